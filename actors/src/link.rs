@@ -1,0 +1,155 @@
+//! The handshake over a socket: plain frames capped at `MAX_HANDSHAKE_FRAME`, the whole exchange
+//! under one deadline, then the socket halves and the channel for a [`crate::connection::ConnectionActor`].
+
+use crate::settings::ChannelSettings;
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+use wazuh_cluster_protocol::frame::{FrameCodec, FramedIoError};
+use wazuh_cluster_protocol::handshake::{
+    self, Channel, HandshakeError, Hello, InitiatorOutcome, Refusal, Responder, MAX_HANDSHAKE_FRAME,
+};
+use wazuh_cluster_protocol::ProtocolVersion;
+
+/// Why a connection never got established. Every message names what to look at; none holds a key.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("handshake not finished within {0:?}")]
+    Timeout(Duration),
+    #[error("the peer closed the connection during the handshake")]
+    Closed,
+    #[error("{0}")]
+    Frame(#[from] FramedIoError),
+    #[error("{0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("refused by {peer}: {refusal}")]
+    Refused { peer: String, refusal: Refusal },
+    #[error("refused {peer}: {refusal}")]
+    RefusedPeer { peer: String, refusal: Refusal },
+}
+
+impl LinkError {
+    /// True when retrying with the same configuration cannot help (wrong key, name, cluster...).
+    pub fn is_config_problem(&self) -> bool {
+        matches!(
+            self,
+            LinkError::Handshake(HandshakeError::Rejected(_))
+                | LinkError::Handshake(HandshakeError::Authentication)
+                | LinkError::Handshake(HandshakeError::SuiteMismatch { .. })
+                | LinkError::Refused { .. }
+        )
+    }
+}
+
+/// An authenticated connection, ready for a connection actor.
+pub struct Link {
+    pub peer: Hello,
+    pub peer_addr: SocketAddr,
+    pub version: ProtocolVersion,
+    pub channel: Channel,
+    pub read: OwnedReadHalf,
+    /// Bytes that arrived after the handshake, already part of the transport stream.
+    pub read_buf: BytesMut,
+    pub write: OwnedWriteHalf,
+}
+
+async fn next_frame(framed: &mut Framed<TcpStream, FrameCodec>) -> Result<BytesMut, LinkError> {
+    match framed.next().await {
+        Some(Ok(frame)) => Ok(frame),
+        Some(Err(e)) => Err(e.into()),
+        None => Err(LinkError::Closed),
+    }
+}
+
+fn into_link(
+    framed: Framed<TcpStream, FrameCodec>,
+    peer: Hello,
+    version: ProtocolVersion,
+    channel: Channel,
+) -> Result<Link, LinkError> {
+    let parts = framed.into_parts();
+    let peer_addr = parts.io.peer_addr().map_err(LinkError::Connect)?;
+    let (read, write) = parts.io.into_split();
+    Ok(Link { peer, peer_addr, version, channel, read, read_buf: parts.read_buf, write })
+}
+
+/// Worker side: connect to `addr` and run the handshake as initiator.
+pub async fn dial(addr: &str, settings: &ChannelSettings) -> Result<Link, LinkError> {
+    let deadline = settings.handshake_timeout;
+    match tokio::time::timeout(deadline, dial_inner(addr, settings)).await {
+        Ok(result) => result,
+        Err(_) => Err(LinkError::Timeout(deadline)),
+    }
+}
+
+async fn dial_inner(addr: &str, settings: &ChannelSettings) -> Result<Link, LinkError> {
+    let stream = TcpStream::connect(addr).await.map_err(LinkError::Connect)?;
+    stream.set_nodelay(true).map_err(LinkError::Connect)?;
+    let mut framed = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME));
+    let (initiator, msg1) =
+        handshake::Initiator::start(&settings.psk, settings.suite, &settings.hello(), settings.max_frame)?;
+    framed.send(&msg1[..]).await?;
+    let msg2 = next_frame(&mut framed).await?;
+    match initiator.finish(&msg2)? {
+        InitiatorOutcome::Refused { peer, refusal } => Err(LinkError::Refused { peer: peer.node_name, refusal }),
+        InitiatorOutcome::Accepted { peer, version, channel, confirmation } => {
+            framed.send(&confirmation[..]).await?;
+            into_link(framed, peer, version, channel)
+        }
+    }
+}
+
+/// Master side: run the handshake as responder on an accepted socket. `admit` decides, from the
+/// authenticated hello, whether to accept the peer and at which version.
+pub async fn accept(
+    stream: TcpStream,
+    settings: &ChannelSettings,
+    admit: impl FnOnce(&Hello) -> Result<ProtocolVersion, Refusal>,
+) -> Result<Link, LinkError> {
+    let deadline = settings.handshake_timeout;
+    match tokio::time::timeout(deadline, accept_inner(stream, settings, admit)).await {
+        Ok(result) => result,
+        Err(_) => Err(LinkError::Timeout(deadline)),
+    }
+}
+
+async fn accept_inner(
+    stream: TcpStream,
+    settings: &ChannelSettings,
+    admit: impl FnOnce(&Hello) -> Result<ProtocolVersion, Refusal>,
+) -> Result<Link, LinkError> {
+    stream.set_nodelay(true).map_err(LinkError::Connect)?;
+    let mut framed = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME));
+    let msg1 = next_frame(&mut framed).await?;
+    let (responder, hello) = match Responder::read_hello(&settings.psk, settings.suite, settings.max_frame, &msg1) {
+        Ok(ok) => ok,
+        Err(err) => {
+            if let Some(code) = err.reject_code() {
+                // Best effort: the peer learns why; the connection closes either way.
+                let _ = framed.send(&handshake::reject_message(code)[..]).await;
+            }
+            return Err(err.into());
+        }
+    };
+    let ours = settings.hello();
+    match admit(&hello) {
+        Err(refusal) => {
+            let msg2 = responder.refuse(&ours, refusal.clone())?;
+            let _ = framed.send(&msg2[..]).await;
+            Err(LinkError::RefusedPeer { peer: hello.node_name, refusal })
+        }
+        Ok(version) => {
+            let (msg2, pending) = responder.accept(&ours, version)?;
+            framed.send(&msg2[..]).await?;
+            let msg3 = next_frame(&mut framed).await?;
+            let channel = pending.confirm(&msg3)?;
+            into_link(framed, hello, version, channel)
+        }
+    }
+}

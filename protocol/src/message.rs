@@ -1,0 +1,306 @@
+//! Typed cluster messages: a closed enum per direction, each variant a plain struct.
+//!
+//! There is no dispatch by name and nothing that can run code: a message is one of the variants
+//! below or it is refused. Payloads are MessagePack with named fields, so a newer minor version can
+//! add optional fields that an older peer ignores. The [`Envelope`] says whether the message is a
+//! notification, a request or a response; the kind and request id travel inside the sealed frame.
+
+use bytes::{BufMut, BytesMut};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The two node roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Master,
+    Worker,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Master => "master",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A request id. Each side numbers its own requests and the id carries the side that issued it,
+/// so ids from the two directions can never collide (Wazuh's shared counter space can).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RequestId {
+    pub origin: Role,
+    pub seq: u64,
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.origin, self.seq)
+    }
+}
+
+/// What a message is, relative to request/response correlation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Fire and forget.
+    Notify,
+    /// Expects exactly one response with the same id; `origin` is the sender's role.
+    Request(RequestId),
+    /// Answers the request with this id; `origin` is the receiver's role.
+    Response(RequestId),
+}
+
+impl Kind {
+    /// Checks that a kind received from a peer with role `peer` is consistent: its requests carry
+    /// its own role, its responses answer ours.
+    pub fn check_from(&self, peer: Role) -> Result<(), MessageError> {
+        match self {
+            Kind::Notify => Ok(()),
+            Kind::Request(id) if id.origin == peer => Ok(()),
+            Kind::Response(id) if id.origin != peer => Ok(()),
+            Kind::Request(id) | Kind::Response(id) => Err(MessageError::BadCorrelation(*id)),
+        }
+    }
+}
+
+/// One message on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<B> {
+    pub kind: Kind,
+    pub body: B,
+}
+
+impl<B> Envelope<B> {
+    pub fn notify(body: B) -> Self {
+        Self { kind: Kind::Notify, body }
+    }
+    pub fn request(id: RequestId, body: B) -> Self {
+        Self { kind: Kind::Request(id), body }
+    }
+    pub fn response(id: RequestId, body: B) -> Self {
+        Self { kind: Kind::Response(id), body }
+    }
+}
+
+/// Messages a worker sends to the master.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerToMaster {
+    /// Keeps the permanent connection alive; answered with [`MasterToWorker::KeepAliveAck`].
+    KeepAlive(KeepAlive),
+    /// The worker is closing the connection on purpose.
+    Goodbye(Goodbye),
+}
+
+/// Messages the master sends to a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MasterToWorker {
+    KeepAliveAck(KeepAliveAck),
+    /// The master is closing the connection on purpose.
+    Goodbye(Goodbye),
+    /// A request could not be served.
+    Error(ErrorReply),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeepAlive {
+    /// Sender's wall clock, milliseconds since the Unix epoch; echoed back to measure round trips.
+    pub sent_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeepAliveAck {
+    pub echo_sent_at_ms: u64,
+    /// The master's wall clock when it answered.
+    pub master_time_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Goodbye {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is understood but not served in this state; retry later.
+    Unavailable,
+    /// The request is invalid; do not retry it unchanged.
+    Invalid,
+    /// The master failed internally.
+    Internal,
+}
+
+/// Names for logs.
+pub trait MessageName {
+    fn name(&self) -> &'static str;
+}
+
+impl MessageName for WorkerToMaster {
+    fn name(&self) -> &'static str {
+        match self {
+            WorkerToMaster::KeepAlive(_) => "keep_alive",
+            WorkerToMaster::Goodbye(_) => "goodbye",
+        }
+    }
+}
+
+impl MessageName for MasterToWorker {
+    fn name(&self) -> &'static str {
+        match self {
+            MasterToWorker::KeepAliveAck(_) => "keep_alive_ack",
+            MasterToWorker::Goodbye(_) => "goodbye",
+            MasterToWorker::Error(_) => "error",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MessageError {
+    #[error("unknown message type: {0}")]
+    UnknownType(String),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+    #[error("request id {0} does not belong to this direction")]
+    BadCorrelation(RequestId),
+}
+
+/// Appends the MessagePack encoding of `envelope` to `dst`.
+pub fn encode<B: Serialize>(envelope: &Envelope<B>, dst: &mut BytesMut) -> Result<(), MessageError> {
+    let mut ser = rmp_serde::Serializer::new(dst.writer()).with_struct_map();
+    envelope.serialize(&mut ser).map_err(|e| MessageError::Encode(e.to_string()))
+}
+
+/// Encodes to a fresh buffer.
+pub fn to_bytes<B: Serialize>(envelope: &Envelope<B>) -> Result<BytesMut, MessageError> {
+    let mut out = BytesMut::new();
+    encode(envelope, &mut out)?;
+    Ok(out)
+}
+
+/// Decodes one envelope; the whole slice must be consumed.
+pub fn decode<B: DeserializeOwned>(bytes: &[u8]) -> Result<Envelope<B>, MessageError> {
+    let mut de = rmp_serde::Deserializer::new(bytes);
+    let envelope = match Envelope::<B>::deserialize(&mut de) {
+        Ok(envelope) => envelope,
+        Err(err) => return Err(classify(bytes, err)),
+    };
+    let rest = de.get_ref().len();
+    if rest != 0 {
+        return Err(MessageError::Malformed(format!("{rest} trailing bytes after the message")));
+    }
+    Ok(envelope)
+}
+
+/// Tells "a well-formed envelope whose body is a type we do not know" from any other fault. Runs
+/// only on the error path.
+fn classify(bytes: &[u8], err: rmp_serde::decode::Error) -> MessageError {
+    let text = err.to_string();
+    let envelope_ok = rmp_serde::from_slice::<Envelope<serde::de::IgnoredAny>>(bytes).is_ok();
+    if envelope_ok && text.contains("unknown variant") {
+        MessageError::UnknownType(text)
+    } else {
+        MessageError::Malformed(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keepalive() -> Envelope<WorkerToMaster> {
+        Envelope::request(
+            RequestId { origin: Role::Worker, seq: 7 },
+            WorkerToMaster::KeepAlive(KeepAlive { sent_at_ms: 42 }),
+        )
+    }
+
+    #[test]
+    fn round_trip_both_directions() {
+        let bytes = to_bytes(&keepalive()).unwrap();
+        assert_eq!(decode::<WorkerToMaster>(&bytes).unwrap(), keepalive());
+        let ack = Envelope::response(
+            RequestId { origin: Role::Worker, seq: 7 },
+            MasterToWorker::KeepAliveAck(KeepAliveAck { echo_sent_at_ms: 42, master_time_ms: 43 }),
+        );
+        assert_eq!(decode::<MasterToWorker>(&to_bytes(&ack).unwrap()).unwrap(), ack);
+    }
+
+    #[test]
+    fn unknown_message_type_is_named_as_such() {
+        #[derive(Serialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Future {
+            RunCommand(String),
+        }
+        let bytes = to_bytes(&Envelope::notify(Future::RunCommand("rm -rf /".into()))).unwrap();
+        assert!(matches!(decode::<WorkerToMaster>(&bytes), Err(MessageError::UnknownType(_))));
+    }
+
+    #[test]
+    fn wrong_shapes_are_malformed() {
+        // Right variant name, wrong payload shape.
+        #[derive(Serialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Liar {
+            KeepAlive(String),
+        }
+        let bytes = to_bytes(&Envelope::notify(Liar::KeepAlive("soon".into()))).unwrap();
+        assert!(matches!(decode::<WorkerToMaster>(&bytes), Err(MessageError::Malformed(_))));
+        // Not an envelope at all, garbage, empty, and trailing bytes.
+        let cases: Vec<Vec<u8>> = vec![
+            rmp_serde::to_vec(&42u32).unwrap(),
+            rmp_serde::to_vec(&vec!["a", "b"]).unwrap(),
+            vec![0xc1, 0xff, 0x00],
+            vec![],
+            {
+                let mut b = to_bytes(&keepalive()).unwrap().to_vec();
+                b.push(0);
+                b
+            },
+            // A map that claims 2^32-1 entries with none present.
+            vec![0xdf, 0xff, 0xff, 0xff, 0xff],
+        ];
+        for case in cases {
+            assert!(matches!(decode::<WorkerToMaster>(&case), Err(MessageError::Malformed(_))), "{case:?}");
+        }
+    }
+
+    #[test]
+    fn correlation_is_checked_by_direction() {
+        let w = |seq| RequestId { origin: Role::Worker, seq };
+        let m = |seq| RequestId { origin: Role::Master, seq };
+        // From a worker: its requests carry "worker", its responses answer master requests.
+        assert!(Kind::Request(w(1)).check_from(Role::Worker).is_ok());
+        assert!(Kind::Response(m(1)).check_from(Role::Worker).is_ok());
+        assert!(Kind::Request(m(1)).check_from(Role::Worker).is_err());
+        assert!(Kind::Response(w(1)).check_from(Role::Worker).is_err());
+        assert!(Kind::Notify.check_from(Role::Master).is_ok());
+        assert_ne!(w(1), m(1), "same number, different origin: distinct ids");
+    }
+
+    #[test]
+    fn names_are_not_in_clear_but_are_in_plaintext() {
+        // The plaintext carries the type name (sealed by the transport layer, see transport tests).
+        let bytes = to_bytes(&keepalive()).unwrap();
+        assert!(bytes.windows(10).any(|w| w == b"keep_alive"));
+    }
+}

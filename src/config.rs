@@ -1,0 +1,654 @@
+//! Node configuration: one TOML file per node, then `WMN_` environment variables, then `--set`
+//! flags, in that order of precedence (last wins). Unknown keys are errors, and every validation
+//! error names the field and what it accepts.
+//!
+//! ```toml
+//! [node]
+//! name = "master-1"          # [A-Za-z0-9_-]+
+//! role = "master"            # master | worker
+//! data_dir = "/var/lib/wazuh-multi-node"
+//!
+//! [cluster]
+//! name = "wazuh"
+//! key_file = "/etc/wazuh-multi-node/cluster.key"   # or: key = "..."
+//! bind = "0.0.0.0:1516"      # master: where workers connect
+//! master = "10.0.0.1:1516"   # worker: the master's host:port
+//! cipher = "chacha20-poly1305"   # or "aes-256-gcm"
+//! max_frame = "16MiB"
+//! handshake_timeout = "10s"
+//!
+//! [cluster.intervals]
+//! keepalive = "5s"
+//! reconnect_min = "250ms"
+//! reconnect_max = "10s"
+//!
+//! [enrollment]
+//! bind = "0.0.0.0:1515"
+//! password = ""
+//!
+//! [agents]
+//! bind = "0.0.0.0:1514"
+//!
+//! [api]
+//! bind = "127.0.0.1:55000"
+//!
+//! [log]
+//! format = "text"            # text | json
+//! level = "info"             # RUST_LOG, when set, wins
+//! ```
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use wazuh_cluster_protocol::handshake::{check_node_name, MAX_NAME_LEN};
+use wazuh_cluster_protocol::{CipherSuite, ClusterKey, Role};
+
+/// Prefix of environment overrides; levels are separated by `__`: `WMN_CLUSTER__KEY`.
+pub const ENV_PREFIX: &str = "WMN_";
+const ENV_SEPARATOR: &str = "__";
+
+/// Smallest and largest allowed `cluster.max_frame`.
+pub const MIN_MAX_FRAME: usize = 64 * 1024;
+pub const MAX_MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// A configuration error; the message names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration: {0}")]
+    Load(String),
+    #[error("invalid configuration: {field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field: field.to_string(), message: message.into() }
+}
+
+// ---- the file as written: every key optional, unknown keys refused ----
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    node: RawNode,
+    cluster: RawCluster,
+    enrollment: RawEnrollment,
+    agents: RawBind,
+    api: RawBind,
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawNode {
+    name: Option<String>,
+    role: Option<String>,
+    data_dir: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCluster {
+    name: Option<String>,
+    key: Option<String>,
+    key_file: Option<String>,
+    bind: Option<String>,
+    master: Option<String>,
+    cipher: Option<String>,
+    max_frame: Option<String>,
+    handshake_timeout: Option<String>,
+    intervals: RawIntervals,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawIntervals {
+    keepalive: Option<String>,
+    reconnect_min: Option<String>,
+    reconnect_max: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawEnrollment {
+    bind: Option<String>,
+    password: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBind {
+    bind: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+// ---- the validated configuration ----
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// Things worth telling the operator once logging is up (for example a loose key file mode).
+    #[serde(skip)]
+    pub warnings: Vec<String>,
+    pub node: NodeConfig,
+    pub cluster: ClusterConfig,
+    pub enrollment: EnrollmentConfig,
+    pub agents: BindConfig,
+    pub api: BindConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeConfig {
+    pub name: String,
+    pub role: Role,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterConfig {
+    pub name: String,
+    #[serde(skip)]
+    pub key: Option<ClusterKey>,
+    /// Where the key came from, for display: "inline" or the key file's path.
+    pub key_source: String,
+    pub bind: SocketAddr,
+    pub master: Option<String>,
+    pub cipher: CipherSuite,
+    pub max_frame: usize,
+    #[serde(serialize_with = "ser_duration")]
+    pub handshake_timeout: Duration,
+    pub intervals: Intervals,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Intervals {
+    #[serde(serialize_with = "ser_duration")]
+    pub keepalive: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub reconnect_min: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub reconnect_max: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EnrollmentConfig {
+    pub bind: SocketAddr,
+    #[serde(serialize_with = "ser_secret")]
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BindConfig {
+    pub bind: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+fn ser_secret<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("********"),
+        None => s.serialize_str(""),
+    }
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    pub file: Option<PathBuf>,
+    /// Environment variables (all of them; only `WMN_*` with a `__` are used).
+    pub env: Vec<(String, String)>,
+    /// `--set section.key=value` overrides, applied last.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl Sources {
+    pub fn from_process(file: Option<PathBuf>, overrides: Vec<(String, String)>) -> Self {
+        Self { file, env: std::env::vars().collect(), overrides }
+    }
+}
+
+/// Parses `section.key=value`.
+pub fn parse_override(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_ascii_lowercase(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE (for example cluster.bind=127.0.0.1:1516), got {text:?}")),
+    }
+}
+
+impl Config {
+    /// Loads and validates: file, then environment, then overrides.
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = &sources.file {
+            if !file.is_file() {
+                return Err(ConfigError::Load(format!("{}: no such file", file.display())));
+            }
+            builder = builder.add_source(config::File::from(file.as_path()).format(config::FileFormat::Toml));
+        }
+        // Only `WMN_SECTION__KEY` variables are configuration; `WMN_API_TOKEN` and the like are
+        // for the CLI and must not be read as unknown top-level keys.
+        let env: HashMap<String, String> = sources
+            .env
+            .iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k[ENV_PREFIX.len()..].contains(ENV_SEPARATOR))
+            .cloned()
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX.trim_end_matches('_'))
+                .prefix_separator("_")
+                .separator(ENV_SEPARATOR)
+                .source(Some(env)),
+        );
+        for (key, value) in &sources.overrides {
+            builder =
+                builder.set_override(key.as_str(), value.as_str()).map_err(|e| ConfigError::Load(e.to_string()))?;
+        }
+        let merged = builder.build().map_err(|e| ConfigError::Load(e.to_string()))?;
+        let raw: RawConfig = merged.try_deserialize().map_err(|e| ConfigError::Load(e.to_string()))?;
+        validate(raw, sources.file.as_deref())
+    }
+
+    /// The effective configuration as TOML, with secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut text = toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+        if self.cluster.key.is_some() && self.cluster.key_source == "inline" {
+            text = text.replacen("[cluster]\n", "[cluster]\nkey = \"********\"\n", 1);
+        }
+        text
+    }
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+fn validate(raw: RawConfig, file: Option<&Path>) -> Result<Config, ConfigError> {
+    let RawConfig { node, cluster, enrollment, agents, api, log } = raw;
+    let mut warnings = Vec::new();
+
+    let name = non_empty(node.name).ok_or_else(|| invalid("node.name", "is required ([A-Za-z0-9_-]+)"))?;
+    check_node_name(&name).map_err(|reason| invalid("node.name", format!("{name:?}: {reason}")))?;
+    let role = match non_empty(node.role).as_deref() {
+        Some("master") => Role::Master,
+        Some("worker") => Role::Worker,
+        Some(other) => {
+            return Err(invalid("node.role", format!("{other:?} is not allowed: use \"master\" or \"worker\"")))
+        }
+        None => return Err(invalid("node.role", "is required: \"master\" or \"worker\"")),
+    };
+    let data_dir = PathBuf::from(non_empty(node.data_dir).unwrap_or_else(|| "/var/lib/wazuh-multi-node".into()));
+
+    let cluster_name = non_empty(cluster.name).unwrap_or_else(|| "wazuh".into());
+    if cluster_name.len() > MAX_NAME_LEN || cluster_name.chars().any(|c| c.is_control()) {
+        return Err(invalid("cluster.name", format!("at most {MAX_NAME_LEN} printable characters")));
+    }
+    let (key, key_source) =
+        match (non_empty(cluster.key), non_empty(cluster.key_file)) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("cluster.key", "set either cluster.key or cluster.key_file, not both"))
+            }
+            (Some(text), None) => {
+                (ClusterKey::new(&text).map_err(|e| invalid("cluster.key", e.to_string()))?, "inline".to_string())
+            }
+            (None, Some(path)) => {
+                let path = resolve(file, &path);
+                (read_key_file(&path, &mut warnings)?, path.display().to_string())
+            }
+            (None, None) => return Err(invalid(
+                "cluster.key",
+                "a cluster key is required: set cluster.key or cluster.key_file (make one with `wazuh-cluster keygen`)",
+            )),
+        };
+    let bind = parse_addr("cluster.bind", cluster.bind, "0.0.0.0:1516")?;
+    let master = non_empty(cluster.master);
+    if let Some(m) = &master {
+        check_host_port("cluster.master", m)?;
+    }
+    if role == Role::Worker && master.is_none() {
+        return Err(invalid("cluster.master", "a worker needs the master's host:port"));
+    }
+    let cipher = match non_empty(cluster.cipher) {
+        Some(c) => c.parse::<CipherSuite>().map_err(|e| invalid("cluster.cipher", e.to_string()))?,
+        None => CipherSuite::default(),
+    };
+    let max_frame = match non_empty(cluster.max_frame) {
+        Some(text) => parse_size(&text).map_err(|e| invalid("cluster.max_frame", e))?,
+        None => MAX_MAX_FRAME,
+    };
+    if !(MIN_MAX_FRAME..=MAX_MAX_FRAME).contains(&max_frame) {
+        return Err(invalid("cluster.max_frame", format!("{max_frame} bytes is out of range: 64KiB..=16MiB")));
+    }
+    let handshake_timeout = duration_field(
+        "cluster.handshake_timeout",
+        cluster.handshake_timeout,
+        "10s",
+        Duration::from_millis(50),
+        Duration::from_secs(300),
+    )?;
+    let i = cluster.intervals;
+    let keepalive = duration_field(
+        "cluster.intervals.keepalive",
+        i.keepalive,
+        "5s",
+        Duration::from_millis(10),
+        Duration::from_secs(600),
+    )?;
+    let reconnect_min = duration_field(
+        "cluster.intervals.reconnect_min",
+        i.reconnect_min,
+        "250ms",
+        Duration::from_millis(1),
+        Duration::from_secs(60),
+    )?;
+    let reconnect_max = duration_field(
+        "cluster.intervals.reconnect_max",
+        i.reconnect_max,
+        "10s",
+        Duration::from_millis(1),
+        Duration::from_secs(600),
+    )?;
+    if reconnect_max < reconnect_min {
+        return Err(invalid("cluster.intervals.reconnect_max", "must not be smaller than reconnect_min"));
+    }
+
+    let enrollment = EnrollmentConfig {
+        bind: parse_addr("enrollment.bind", enrollment.bind, "0.0.0.0:1515")?,
+        password: non_empty(enrollment.password),
+    };
+    let agents = BindConfig { bind: parse_addr("agents.bind", agents.bind, "0.0.0.0:1514")? };
+    let api = BindConfig { bind: parse_addr("api.bind", api.bind, "127.0.0.1:55000")? };
+    let format = match non_empty(log.format).as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            return Err(invalid("log.format", format!("{other:?} is not allowed: use \"text\" or \"json\"")))
+        }
+    };
+    let level = non_empty(log.level).unwrap_or_else(|| "info".into());
+    if !["error", "warn", "info", "debug", "trace", "off"].contains(&level.as_str()) {
+        return Err(invalid("log.level", format!("{level:?} is not allowed: error, warn, info, debug, trace or off")));
+    }
+
+    Ok(Config {
+        warnings,
+        node: NodeConfig { name, role, data_dir },
+        cluster: ClusterConfig {
+            name: cluster_name,
+            key: Some(key),
+            key_source,
+            bind,
+            master,
+            cipher,
+            max_frame,
+            handshake_timeout,
+            intervals: Intervals { keepalive, reconnect_min, reconnect_max },
+        },
+        enrollment,
+        agents,
+        api,
+        log: LogConfig { format, level },
+    })
+}
+
+/// A relative key file path is relative to the config file's directory.
+fn resolve(config_file: Option<&Path>, path: &str) -> PathBuf {
+    let p = PathBuf::from(path);
+    match config_file.and_then(Path::parent) {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p,
+    }
+}
+
+fn read_key_file(path: &Path, warnings: &mut Vec<String>) -> Result<ClusterKey, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid("cluster.key_file", format!("cannot read {}: {e}", path.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                warnings.push(format!("key file {} is readable by group or others; chmod 600 it", path.display()));
+            }
+        }
+    }
+    ClusterKey::new(&text).map_err(|e| invalid("cluster.key_file", format!("{}: {e}", path.display())))
+}
+
+fn parse_addr(field: &str, value: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
+    let text = non_empty(value).unwrap_or_else(|| default.to_string());
+    text.parse().map_err(|_| invalid(field, format!("{text:?} is not an IP:port address (for example {default})")))
+}
+
+fn check_host_port(field: &str, text: &str) -> Result<(), ConfigError> {
+    let bad = || invalid(field, format!("{text:?} is not host:port (for example 10.0.0.1:1516)"));
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+fn duration_field(
+    field: &str,
+    value: Option<String>,
+    default: &str,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    let text = non_empty(value).unwrap_or_else(|| default.to_string());
+    let d = parse_duration(&text).map_err(|e| invalid(field, e))?;
+    if d < min || d > max {
+        return Err(invalid(
+            field,
+            format!("{text} is out of range: {}..={}", format_duration(min), format_duration(max)),
+        ));
+    }
+    Ok(d)
+}
+
+/// `"250ms"`, `"5s"`, `"2m"`, `"1h"`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{text:?} is not a duration (for example 250ms, 5s, 2m)"))?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        other => return Err(format!("unknown unit {other:?} in {text:?}: use ms, s, m or h")),
+    };
+    Ok(d)
+}
+
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_millis() != 0 || d.as_secs() == 0 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", d.as_secs())
+    }
+}
+
+/// `"16MiB"`, `"512KiB"`, `"65536"` (bytes).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num.parse().map_err(|_| format!("{text:?} is not a size (for example 16MiB, 512KiB)"))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1024,
+        "MiB" => 1024 * 1024,
+        other => return Err(format!("unknown unit {other:?} in {text:?}: use B, KiB or MiB")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{text:?} is too large"))
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    fn load(toml: &str, env: &[(&str, &str)], sets: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, toml).unwrap();
+        Config::load(&Sources {
+            file: Some(path),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            overrides: sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        })
+    }
+
+    fn master() -> String {
+        format!("[node]\nname = \"master-1\"\nrole = \"master\"\n[cluster]\nkey = \"{KEY}\"\n")
+    }
+
+    fn field_of(err: ConfigError) -> String {
+        match err {
+            ConfigError::Invalid { field, .. } => field,
+            ConfigError::Load(m) => panic!("expected a validation error, got load error {m}"),
+        }
+    }
+
+    #[test]
+    fn minimal_master_gets_the_documented_defaults() {
+        let c = load(&master(), &[], &[]).unwrap();
+        assert_eq!(c.node.role, Role::Master);
+        assert_eq!(c.cluster.name, "wazuh");
+        assert_eq!(c.cluster.bind, "0.0.0.0:1516".parse().unwrap());
+        assert_eq!(c.enrollment.bind, "0.0.0.0:1515".parse().unwrap());
+        assert_eq!(c.agents.bind, "0.0.0.0:1514".parse().unwrap());
+        assert_eq!(c.api.bind, "127.0.0.1:55000".parse().unwrap());
+        assert_eq!(c.cluster.cipher, CipherSuite::ChaCha20Poly1305);
+        assert_eq!(c.cluster.max_frame, 16 * 1024 * 1024);
+        assert_eq!(c.cluster.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.cluster.intervals.keepalive, Duration::from_secs(5));
+        assert_eq!(c.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn env_overrides_file_and_flags_override_env() {
+        let env = [
+            ("WMN_CLUSTER__BIND", "127.0.0.1:2000"),
+            ("WMN_CLUSTER__INTERVALS__KEEPALIVE", "250ms"),
+            ("WMN_CLUSTER__CIPHER", "aes-256-gcm"),
+            ("WMN_API_TOKEN", "not-config"),
+            ("OTHER__THING", "ignored"),
+        ];
+        let c = load(&master(), &env, &[]).unwrap();
+        assert_eq!(c.cluster.bind, "127.0.0.1:2000".parse().unwrap());
+        assert_eq!(c.cluster.intervals.keepalive, Duration::from_millis(250));
+        assert_eq!(c.cluster.cipher, CipherSuite::Aes256Gcm);
+        let c = load(&master(), &env, &[("cluster.bind", "127.0.0.1:3000")]).unwrap();
+        assert_eq!(c.cluster.bind, "127.0.0.1:3000".parse().unwrap());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = load(&format!("{}\n[cluster.intervals]\nkeepalive_typo = \"5s\"\n", master()), &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("keepalive_typo"), "{err}");
+        let err = load(&format!("{}\n[nodes]\nx = 1\n", master()), &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("nodes"), "{err}");
+        let err = load(&master(), &[("WMN_CLUSTER__PROT", "1")], &[]).unwrap_err();
+        assert!(err.to_string().contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let cases: Vec<(String, &str)> = vec![
+            (master().replace("master-1", "bad name"), "node.name"),
+            (master().replace("role = \"master\"", "role = \"boss\""), "node.role"),
+            (master().replace(KEY, "short"), "cluster.key"),
+            (format!("{}bind = \"nowhere\"\n", master()), "cluster.bind"),
+            (format!("{}cipher = \"rot13\"\n", master()), "cluster.cipher"),
+            (format!("{}max_frame = \"1GiB\"\n", master()), "cluster.max_frame"),
+            (format!("{}max_frame = \"32MiB\"\n", master()), "cluster.max_frame"),
+            (format!("{}handshake_timeout = \"10 parsecs\"\n", master()), "cluster.handshake_timeout"),
+            (format!("{}key_file = \"k\"\n", master()), "cluster.key"),
+            (master().replace("role = \"master\"", "role = \"worker\""), "cluster.master"),
+            (format!("{}master = \"no-port\"\n", master()), "cluster.master"),
+            (format!("{}[log]\nformat = \"xml\"\n", master()), "log.format"),
+            (format!("{}[api]\nbind = \"localhost\"\n", master()), "api.bind"),
+        ];
+        for (toml, field) in cases {
+            assert_eq!(field_of(load(&toml, &[], &[]).unwrap_err()), field, "{toml}");
+        }
+    }
+
+    #[test]
+    fn key_file_is_read_relative_to_the_config_and_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cluster.key"), format!("{KEY}\n")).unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "[node]\nname = \"m\"\nrole = \"master\"\n[cluster]\nkey_file = \"cluster.key\"\n")
+            .unwrap();
+        let c = Config::load(&Sources { file: Some(path), ..Default::default() }).unwrap();
+        assert_eq!(c.cluster.key, Some(ClusterKey::new(KEY).unwrap()));
+        let shown = c.to_masked_toml();
+        assert!(!shown.contains(KEY), "{shown}");
+        assert!(shown.contains("cluster.key"));
+        let inline = load(&master(), &[], &[]).unwrap().to_masked_toml();
+        assert!(!inline.contains(KEY), "{inline}");
+        assert!(inline.contains("key = \"********\""), "{inline}");
+    }
+
+    #[test]
+    fn missing_file_and_bad_toml_are_load_errors() {
+        let err =
+            Config::load(&Sources { file: Some("does/not/exist.toml".into()), ..Default::default() }).unwrap_err();
+        assert!(matches!(err, ConfigError::Load(_)));
+        assert!(matches!(load("[node\nname=", &[], &[]), Err(ConfigError::Load(_))));
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("5 fortnights").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_size("16MiB").unwrap(), 16 << 20);
+        assert_eq!(parse_size("65536").unwrap(), 65536);
+        assert!(parse_size("99999999999999999999MiB").is_err());
+        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(format_duration(Duration::from_secs(5)), "5s");
+        assert_eq!(parse_override("cluster.bind=1.2.3.4:5").unwrap(), ("cluster.bind".into(), "1.2.3.4:5".into()));
+        assert!(parse_override("novalue").is_err());
+    }
+}

@@ -1,0 +1,128 @@
+//! Shared helpers of the integration tests: a log capture that tests can wait on, channel settings
+//! on loopback, and a master started on an ephemeral port.
+#![allow(dead_code)]
+
+use actix::Addr;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Once, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use wazuh_cluster_actors::master::MasterListener;
+use wazuh_cluster_actors::ChannelSettings;
+use wazuh_cluster_protocol::{CipherSuite, Psk, Role};
+
+/// Every log line of the test process, as `LEVEL [node] message`.
+fn lines() -> &'static Mutex<Vec<String>> {
+    static LINES: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    LINES.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+struct Capture;
+
+struct NodeOf(Option<String>);
+
+impl<'kvs> log::kv::VisitSource<'kvs> for NodeOf {
+    fn visit_pair(&mut self, key: log::kv::Key<'kvs>, value: log::kv::Value<'kvs>) -> Result<(), log::kv::Error> {
+        if key.as_str() == "node" {
+            self.0 = Some(value.to_string());
+        }
+        Ok(())
+    }
+}
+
+impl log::Log for Capture {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Info
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let mut node = NodeOf(None);
+        let _ = record.key_values().visit(&mut node);
+        let line = format!("{} [{}] {}", record.level(), node.0.unwrap_or_default(), record.args());
+        if std::env::var_os("TEST_LOG").is_some() {
+            eprintln!("{line}");
+        }
+        if let Ok(mut l) = lines().lock() {
+            l.push(line);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+pub fn init_logs() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let _ = log::set_boxed_logger(Box::new(Capture));
+        log::set_max_level(log::LevelFilter::Info);
+    });
+}
+
+/// Log lines of `node` containing every one of `needles`.
+pub fn find_logs(node: &str, needles: &[&str]) -> Vec<String> {
+    let tag = format!("[{node}]");
+    lines()
+        .lock()
+        .map(|l| {
+            l.iter().filter(|line| line.contains(&tag) && needles.iter().all(|n| line.contains(n))).cloned().collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until `node` logged a line containing all `needles`; returns it.
+pub async fn wait_for_log(node: &str, needles: &[&str], timeout: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        if let Some(line) = find_logs(node, needles).into_iter().next() {
+            return line;
+        }
+        if start.elapsed() > timeout {
+            let all = lines().lock().map(|l| l.join("\n")).unwrap_or_default();
+            panic!("{node} did not log {needles:?} within {timeout:?}; log so far:\n{all}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls `predicate` until it holds.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut predicate: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !predicate().await {
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Settings for a node of cluster "test" keyed by `psk_byte`, with short timers.
+pub fn settings(name: &str, role: Role, psk_byte: u8) -> ChannelSettings {
+    ChannelSettings {
+        node_name: name.into(),
+        role,
+        cluster_name: "test".into(),
+        psk: Psk::from_bytes([psk_byte; 32]),
+        suite: CipherSuite::ChaCha20Poly1305,
+        max_frame: 1 << 20,
+        handshake_timeout: Duration::from_secs(2),
+        keepalive_interval: Duration::from_millis(200),
+        reconnect_min: Duration::from_millis(20),
+        reconnect_max: Duration::from_millis(200),
+    }
+}
+
+/// Starts a master on 127.0.0.1:0.
+pub async fn start_master(settings: ChannelSettings) -> (Addr<MasterListener>, SocketAddr) {
+    init_logs();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let master = MasterListener::start(listener, Arc::new(settings)).expect("start master");
+    (master, addr)
+}

@@ -1,0 +1,179 @@
+//! End to end: the real `wazuh-cluster` binary, started as separate processes with the example
+//! configs from `deploy/`, talking over loopback.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wazuh-cluster");
+const WAIT: Duration = Duration::from_secs(20);
+
+fn deploy(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(file)
+}
+
+/// A running node whose stderr is collected line by line.
+struct Node {
+    name: String,
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Node {
+    fn start(config: &str, sets: &[String]) -> Node {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run").arg("--config").arg(deploy(config));
+        for s in sets {
+            cmd.arg("--set").arg(s);
+        }
+        cmd.env_remove("RUST_LOG").stdout(Stdio::null()).stderr(Stdio::piped()).stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn wazuh-cluster");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("lines").push(line);
+            }
+        });
+        Node { name: config.to_string(), child, lines }
+    }
+
+    fn wait_for(&self, needles: &[&str]) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(line) = self.lines.lock().expect("lines").iter().find(|l| needles.iter().all(|n| l.contains(n)))
+            {
+                return line.clone();
+            }
+            assert!(start.elapsed() < WAIT, "{} did not log {needles:?}; it logged:\n{}", self.name, self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        self.lines.lock().expect("lines").join("\n")
+    }
+
+    fn assert_running(&mut self) {
+        assert!(self.child.try_wait().expect("try_wait").is_none(), "{} exited; log:\n{}", self.name, self.log());
+    }
+
+    /// SIGTERM, then the exit status within 5 s.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success();
+        assert!(ok, "kill -TERM {pid} failed");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if start.elapsed() > Duration::from_secs(5) {
+                let _ = self.child.kill();
+                panic!("{} did not exit within 5 s of SIGTERM; log:\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn write_key(dir: &Path, name: &str) -> PathBuf {
+    let out = Command::new(BIN).arg("keygen").output().expect("keygen");
+    assert!(out.status.success());
+    let path = dir.join(name);
+    std::fs::write(&path, &out.stdout).expect("write key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    path
+}
+
+/// The settings that make the deploy/ examples run on loopback in a temporary directory.
+fn local(dir: &Path, node: &str, key: &Path, port: u16) -> Vec<String> {
+    vec![
+        format!("node.data_dir={}", dir.join(node).display()),
+        format!("cluster.key_file={}", key.display()),
+        format!("cluster.bind=127.0.0.1:{port}"),
+        format!("cluster.master=127.0.0.1:{port}"),
+        "cluster.intervals.keepalive=500ms".to_string(),
+    ]
+}
+
+#[test]
+fn master_and_worker_processes_complete_the_handshake_and_name_each_other() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = write_key(dir.path(), "cluster.key");
+    let port = free_port();
+    let master = Node::start("master.toml", &local(dir.path(), "master", &key, port));
+    master.wait_for(&["master listening for workers on 127.0.0.1"]);
+    let worker = Node::start("worker-1.toml", &local(dir.path(), "worker", &key, port));
+
+    let w = worker.wait_for(&["[worker-1]", "handshake complete with master master-1"]);
+    let m = master.wait_for(&["[master-1]", "handshake complete with worker worker-1"]);
+    assert!(w.contains(&format!("127.0.0.1:{port}")), "{w}");
+    assert!(m.contains("protocol 1.0") && m.contains("chacha20-poly1305"), "{m}");
+    assert!(
+        !master.log().contains(&std::fs::read_to_string(&key).expect("key").trim().to_string()),
+        "key leaked into the log"
+    );
+
+    // Graceful stop: the worker says goodbye, the master notices and both exit 0.
+    assert!(worker.terminate().success());
+    master.wait_for(&["connection with worker worker-1", "closed"]);
+    assert!(master.terminate().success());
+}
+
+#[test]
+fn a_worker_with_another_key_is_refused_and_neither_process_crashes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = write_key(dir.path(), "cluster.key");
+    let other = write_key(dir.path(), "other.key");
+    let port = free_port();
+    let mut master = Node::start("master.toml", &local(dir.path(), "master", &key, port));
+    master.wait_for(&["master listening"]);
+    let mut worker = Node::start("worker-2.toml", &local(dir.path(), "worker", &other, port));
+
+    let m = master.wait_for(&["handshake with 127.0.0.1:", "failed", "does not hold this cluster's key"]);
+    assert!(m.contains("WARN"), "{m}");
+    worker.wait_for(&["[worker-2]", "refused this worker", "does not accept our cluster key"]);
+    // The worker keeps retrying with back-off and both stay up.
+    worker.wait_for(&["redialling master"]);
+    std::thread::sleep(Duration::from_millis(500));
+    master.assert_running();
+    worker.assert_running();
+    assert!(!master.log().contains("handshake complete"));
+    assert!(worker.terminate().success());
+    assert!(master.terminate().success());
+}
+
+#[test]
+fn json_logs_name_the_node_on_every_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = write_key(dir.path(), "cluster.key");
+    let port = free_port();
+    let mut sets = local(dir.path(), "master", &key, port);
+    sets.push("log.format=json".into());
+    let master = Node::start("master.toml", &sets);
+    let line = master.wait_for(&["master listening"]);
+    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(v["node"], "master-1");
+    assert_eq!(v["level"], "info");
+    assert!(v["msg"].as_str().is_some_and(|m| m.contains("listening")));
+    assert!(master.terminate().success());
+}
