@@ -269,10 +269,24 @@ impl Initiator {
         hello: &Hello,
         max_frame: usize,
     ) -> Result<(Self, Vec<u8>), HandshakeError> {
+        Self::start_with_payload(psk, suite, &encode_payload(hello)?, max_frame)
+    }
+
+    /// Message 1 around an arbitrary payload; for fuzzing the responder's payload parsing.
+    #[doc(hidden)]
+    pub fn start_with_payload(
+        psk: &Psk,
+        suite: CipherSuite,
+        payload: &[u8],
+        max_frame: usize,
+    ) -> Result<(Self, Vec<u8>), HandshakeError> {
+        if payload.len() > MAX_HANDSHAKE_FRAME - 128 {
+            return Err(HandshakeError::Internal("handshake payload too large".into()));
+        }
         let mut hs = builder_state(psk, suite, true)?;
         let mut prefix = MAGIC.to_vec();
         prefix.push(suite.wire_id());
-        let msg1 = write_noise(&mut hs, &encode_payload(hello)?, &prefix)?;
+        let msg1 = write_noise(&mut hs, payload, &prefix)?;
         Ok((Self { hs, suite, max_frame }, msg1))
     }
 

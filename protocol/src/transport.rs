@@ -93,8 +93,9 @@ pub struct Opener {
     poisoned: bool,
 }
 
-/// Builds both halves from raw split keys.
-pub(crate) fn pair(suite: CipherSuite, mut send: [u8; 32], mut recv: [u8; 32], max: usize) -> (Sealer, Opener) {
+/// Builds both halves of one end from raw keys: the handshake's split, or fixed keys in tests and
+/// fuzzing.
+pub fn pair(suite: CipherSuite, mut send: [u8; 32], mut recv: [u8; 32], max: usize) -> (Sealer, Opener) {
     let sealer = Sealer { cipher: Cipher::new(suite, &send), next: 0, max };
     let opener = Opener { cipher: Cipher::new(suite, &recv), next: 0, max, poisoned: false };
     send.zeroize();
