@@ -17,10 +17,16 @@
 //! max_frame = "16MiB"
 //! handshake_timeout = "10s"
 //!
+//! request_timeout = "10s"
+//!
 //! [cluster.intervals]
-//! keepalive = "5s"
-//! reconnect_min = "250ms"
-//! reconnect_max = "10s"
+//! keepalive = "5s"           # the master drops a worker silent for 3 of these
+//! reconnect_min = "250ms"    # worker redial back-off: first retry...
+//! reconnect_max = "2s"       # ...and cap (at most 10s)
+//! agent_info = "1s"
+//! integrity = "10s"
+//! local_integrity = "60s"
+//! local_agent_groups = "5s"
 //!
 //! [enrollment]
 //! bind = "0.0.0.0:1515"
@@ -99,6 +105,7 @@ struct RawCluster {
     cipher: Option<String>,
     max_frame: Option<String>,
     handshake_timeout: Option<String>,
+    request_timeout: Option<String>,
     intervals: RawIntervals,
 }
 
@@ -108,6 +115,10 @@ struct RawIntervals {
     keepalive: Option<String>,
     reconnect_min: Option<String>,
     reconnect_max: Option<String>,
+    agent_info: Option<String>,
+    integrity: Option<String>,
+    local_integrity: Option<String>,
+    local_agent_groups: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -165,6 +176,8 @@ pub struct ClusterConfig {
     pub max_frame: usize,
     #[serde(serialize_with = "ser_duration")]
     pub handshake_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub request_timeout: Duration,
     pub intervals: Intervals,
 }
 
@@ -176,6 +189,14 @@ pub struct Intervals {
     pub reconnect_min: Duration,
     #[serde(serialize_with = "ser_duration")]
     pub reconnect_max: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub agent_info: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub integrity: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub local_integrity: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub local_agent_groups: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -363,13 +384,23 @@ fn validate(raw: RawConfig, file: Option<&Path>) -> Result<Config, ConfigError> 
         Duration::from_millis(1),
         Duration::from_secs(60),
     )?;
+    // 2 s: a worker is back within 2 s of its master listening again, however long the outage was.
     let reconnect_max = duration_field(
         "cluster.intervals.reconnect_max",
         i.reconnect_max,
-        "10s",
+        "2s",
         Duration::from_millis(1),
-        Duration::from_secs(600),
+        Duration::from_secs(10),
     )?;
+    let ms = Duration::from_millis;
+    let hour = Duration::from_secs(3600);
+    let agent_info = duration_field("cluster.intervals.agent_info", i.agent_info, "1s", ms(10), hour)?;
+    let integrity = duration_field("cluster.intervals.integrity", i.integrity, "10s", ms(10), hour)?;
+    let local_integrity = duration_field("cluster.intervals.local_integrity", i.local_integrity, "60s", ms(10), hour)?;
+    let local_agent_groups =
+        duration_field("cluster.intervals.local_agent_groups", i.local_agent_groups, "5s", ms(10), hour)?;
+    let request_timeout =
+        duration_field("cluster.request_timeout", cluster.request_timeout, "10s", ms(10), Duration::from_secs(300))?;
     if reconnect_max < reconnect_min {
         return Err(invalid("cluster.intervals.reconnect_max", "must not be smaller than reconnect_min"));
     }
@@ -404,7 +435,16 @@ fn validate(raw: RawConfig, file: Option<&Path>) -> Result<Config, ConfigError> 
             cipher,
             max_frame,
             handshake_timeout,
-            intervals: Intervals { keepalive, reconnect_min, reconnect_max },
+            request_timeout,
+            intervals: Intervals {
+                keepalive,
+                reconnect_min,
+                reconnect_max,
+                agent_info,
+                integrity,
+                local_integrity,
+                local_agent_groups,
+            },
         },
         enrollment,
         agents,

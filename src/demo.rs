@@ -1,51 +1,60 @@
 //! `wazuh-cluster demo`: a master and N workers in one process, on loopback, with a fresh key and a
-//! temporary data directory, until Ctrl-C.
+//! temporary data directory, until Ctrl-C. The master's API is on the default 127.0.0.1:55000 (or
+//! the port given), so `wazuh-cluster nodes` works beside it; every other port is picked free.
 
 use crate::config::{Config, Sources};
 use crate::node::{self, RunningNode};
 use anyhow::Context as _;
-use log::info;
+use log::{info, warn};
+use std::path::Path;
 use std::time::{Duration, Instant};
-use wazuh_cluster_actors::master::ListWorkers;
 use wazuh_cluster_protocol::key;
 
-fn node_config(
-    dir: &std::path::Path,
-    name: &str,
-    role: &str,
-    key: &str,
-    extra: &[(&str, String)],
-) -> anyhow::Result<Config> {
+fn node_config(dir: &Path, name: &str, role: &str, key: &str, extra: &[(&str, String)]) -> anyhow::Result<Config> {
     let mut overrides = vec![
         ("node.name".to_string(), name.to_string()),
         ("node.role".to_string(), role.to_string()),
         ("node.data_dir".to_string(), dir.join(name).display().to_string()),
         ("cluster.name".to_string(), "demo".to_string()),
         ("cluster.key".to_string(), key.to_string()),
+        ("cluster.bind".to_string(), "127.0.0.1:0".to_string()),
+        ("api.bind".to_string(), "127.0.0.1:0".to_string()),
+        ("enrollment.bind".to_string(), "127.0.0.1:0".to_string()),
+        ("agents.bind".to_string(), "127.0.0.1:0".to_string()),
+        ("cluster.intervals.keepalive".to_string(), "2s".to_string()),
     ];
     overrides.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
     Ok(Config::load(&Sources { file: None, env: Vec::new(), overrides })?)
 }
 
-pub fn run(workers: usize, master_port: u16) -> anyhow::Result<()> {
+pub fn run(workers: usize, api_port: u16) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("wazuh-cluster-demo-")
         .tempdir()
         .context("cannot create a temporary data dir")?;
     let key = key::generate()?;
-    let master_cfg =
-        node_config(dir.path(), "master", "master", &key, &[("cluster.bind", format!("127.0.0.1:{master_port}"))])?;
+    let data_dir = dir.path().to_path_buf();
+    let mut master_cfg =
+        node_config(&data_dir, "master", "master", &key, &[("api.bind", format!("127.0.0.1:{api_port}"))])?;
     let psk = node::derive_psk(&master_cfg)?;
-    let data_dir = dir.path().display().to_string();
+    let started = Instant::now();
     actix_rt::System::new().block_on(async move {
-        let master = node::start(&master_cfg, psk.clone()).await?;
-        let RunningNode::Master { listener, cluster_addr } = &master else {
+        let master = match node::start(&master_cfg, psk.clone()).await {
+            Ok(m) => m,
+            Err(e) if api_port != 0 => {
+                warn!(node = "demo"; "{e:#}; using a free port for the master's API instead");
+                master_cfg.api.bind = "127.0.0.1:0".parse()?;
+                node::start(&master_cfg, psk.clone()).await?
+            }
+            Err(e) => return Err(e),
+        };
+        let node::NodeHandle::Master { cluster_addr, .. } = &master.handle else {
             anyhow::bail!("the demo master did not start as a master");
         };
-        let mut nodes = vec![];
+        let mut nodes: Vec<RunningNode> = Vec::new();
         for i in 1..=workers {
             let cfg = node_config(
-                std::path::Path::new(&data_dir),
+                &data_dir,
                 &format!("worker-{i}"),
                 "worker",
                 &key,
@@ -53,40 +62,32 @@ pub fn run(workers: usize, master_port: u16) -> anyhow::Result<()> {
             )?;
             nodes.push(node::start(&cfg, psk.clone()).await?);
         }
-        let started = Instant::now();
-        let connected = loop {
-            let list = listener.send(ListWorkers).await.unwrap_or_default();
-            if list.len() == workers || started.elapsed() > Duration::from_secs(10) {
-                break list;
+        // Wait (up to 10 s) until every worker is listed, then show the table as the API serves it.
+        let api = format!("http://{}", master.api_addr);
+        let mut body = serde_json::Value::Null;
+        while started.elapsed() < Duration::from_secs(10) {
+            let fetch = {
+                let api = api.clone();
+                actix_rt::task::spawn_blocking(move || crate::client::get(&api, "/cluster/nodes"))
+            };
+            if let Ok(Ok((200, text))) = fetch.await {
+                body = serde_json::from_str(&text).unwrap_or_default();
+                if body["data"]["total_affected_items"].as_u64() == Some(workers as u64 + 1) {
+                    break;
+                }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        println!("demo cluster up in {} ms; data dir {data_dir}", started.elapsed().as_millis());
-        println!("{:<12} {:<8} {:<22} {:<9}", "NAME", "TYPE", "ADDRESS", "PROTOCOL");
-        println!(
-            "{:<12} {:<8} {:<22} {:<9}",
-            "master",
-            "master",
-            cluster_addr.to_string(),
-            wazuh_cluster_protocol::version::CURRENT.to_string()
-        );
-        for w in &connected {
-            println!(
-                "{:<12} {:<8} {:<22} {:<9}",
-                w.peer.node_name,
-                "worker",
-                w.peer_addr.to_string(),
-                w.version.to_string()
-            );
         }
-        println!("press Ctrl-C to stop");
+        println!("\ndemo cluster up in {} ms (data dir {})", started.elapsed().as_millis(), data_dir.display());
+        print!("{}", crate::report::nodes_table(&body));
+        println!("\nmaster API: {api}   try: wazuh-cluster nodes --api {api}   |   wazuh-cluster health --api {api}");
+        println!("press Ctrl-C to stop\n");
         let signal = node::wait_for_signal().await;
         info!(node = "demo"; "{signal} received, stopping the demo cluster");
         for n in &nodes {
-            n.shutdown("demo stopping");
+            n.begin_shutdown("demo stopping");
         }
-        master.shutdown("demo stopping");
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        master.shutdown("demo stopping").await;
         Ok(())
     })
 }

@@ -29,6 +29,8 @@ pub fn init(format: LogFormat, level: &str, default_node: &str) {
     let default_node = default_node.to_string();
     let mut builder = env_logger::Builder::new();
     builder.parse_filters(level);
+    // actix-server announces its worker threads and accept loop at info; that is noise here.
+    builder.parse_filters("actix_server=warn");
     if let Ok(spec) = std::env::var("RUST_LOG") {
         builder.parse_filters(&spec);
     }

@@ -4,7 +4,10 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use wazuh_multi_node::config::{parse_override, Config, LogFormat, Sources};
-use wazuh_multi_node::{demo, logging, node};
+use wazuh_multi_node::{client, demo, logging, node, report};
+
+/// The local node's API.
+const DEFAULT_API: &str = "http://127.0.0.1:55000";
 
 #[derive(Parser)]
 #[command(
@@ -49,10 +52,30 @@ enum Command {
         /// How many workers.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
         workers: u16,
-        /// The master's cluster port on 127.0.0.1 (0: any free port).
-        #[arg(long, default_value_t = 0)]
-        port: u16,
+        /// The master's API port on 127.0.0.1 (0: any free port; if taken, a free one is used).
+        #[arg(long, default_value_t = 55000)]
+        api_port: u16,
     },
+    /// List the cluster's nodes (GET /cluster/nodes).
+    Nodes {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show every node's actors: state, runs, failures, restarts, last error (GET /cluster/healthcheck).
+    Health {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// The node's API.
+    #[arg(long, value_name = "URL", default_value = DEFAULT_API)]
+    api: String,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -96,9 +119,26 @@ fn execute(command: Command) -> anyhow::Result<()> {
             }
             node::run(cfg)
         }
-        Command::Demo { workers, port } => {
+        Command::Demo { workers, api_port } => {
             logging::init(LogFormat::Text, "info", "demo");
-            demo::run(workers as usize, port)
+            demo::run(workers as usize, api_port)
         }
+        Command::Nodes { api } => show(&api, "/cluster/nodes", report::nodes_table),
+        Command::Health { api } => show(&api, "/cluster/healthcheck", report::health_table),
     }
+}
+
+fn show(args: &ApiArgs, path: &str, render: fn(&serde_json::Value) -> String) -> anyhow::Result<()> {
+    let (status, body) = client::get(&args.api, path)?;
+    if status != 200 {
+        anyhow::bail!("the API at {} answered {status} for {path}: {}", args.api, body.trim());
+    }
+    if args.json {
+        println!("{}", body.trim());
+        return Ok(());
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| anyhow::anyhow!("the API at {} sent invalid JSON: {e}", args.api))?;
+    print!("{}", render(&value));
+    Ok(())
 }

@@ -1,38 +1,51 @@
-//! Starting and stopping one node inside an actix system.
+//! Starting, observing and stopping one node inside an actix system.
 
 use crate::config::Config;
 use actix::prelude::*;
+use actix_web::dev::ServerHandle;
 use anyhow::Context as _;
 use log::info;
+use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use wazuh_cluster_actors::master::{self, MasterListener};
-use wazuh_cluster_actors::worker::{self, WorkerLink};
+use wazuh_cluster_actors::master::{self, ListWorkers, LocalJobs, MasterListener};
+use wazuh_cluster_actors::settings::JobIntervals;
+use wazuh_cluster_actors::worker::{self, GetLink, WorkerLink};
 use wazuh_cluster_actors::ChannelSettings;
+use wazuh_cluster_protocol::message::JobReport;
+use wazuh_cluster_protocol::version::VersionRange;
 use wazuh_cluster_protocol::{Psk, Role};
 
-/// A started node.
-pub enum RunningNode {
-    Master { listener: Addr<MasterListener>, cluster_addr: SocketAddr },
-    Worker { link: Addr<WorkerLink> },
-}
+/// The software version every node reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The channel settings of `config`, with `psk` already derived from its key.
 pub fn channel_settings(config: &Config, psk: Psk) -> ChannelSettings {
     let c = &config.cluster;
+    let i = &c.intervals;
     ChannelSettings {
         node_name: config.node.name.clone(),
         role: config.node.role,
+        data_dir: config.node.data_dir.clone(),
         cluster_name: c.name.clone(),
         psk,
         suite: c.cipher,
         max_frame: c.max_frame,
         handshake_timeout: c.handshake_timeout,
-        keepalive_interval: c.intervals.keepalive,
-        reconnect_min: c.intervals.reconnect_min,
-        reconnect_max: c.intervals.reconnect_max,
+        request_timeout: c.request_timeout,
+        keepalive_interval: i.keepalive,
+        reconnect_min: i.reconnect_min,
+        reconnect_max: i.reconnect_max,
+        jobs: JobIntervals {
+            agent_info: i.agent_info,
+            integrity: i.integrity,
+            local_integrity: i.local_integrity,
+            local_agent_groups: i.local_agent_groups,
+            ..JobIntervals::default()
+        },
+        versions: VersionRange::ours(),
     }
 }
 
@@ -42,37 +55,260 @@ pub fn derive_psk(config: &Config) -> anyhow::Result<Psk> {
     key.derive_psk().context("cannot derive the cluster key")
 }
 
-/// Starts the node's actors. Must run inside an actix system.
+/// What the API and the CLI need to observe a node: its actors' addresses.
+#[derive(Clone)]
+pub enum NodeHandle {
+    Master { name: String, listener: Addr<MasterListener>, cluster_addr: SocketAddr, started_ms: u64 },
+    Worker { name: String, link: Addr<WorkerLink>, master: String, started_ms: u64 },
+}
+
+/// One row of `GET /cluster/nodes`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeView {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub version: String,
+    pub address: String,
+    pub connected_since: Option<String>,
+    pub last_keepalive: Option<String>,
+}
+
+/// One actor in `GET /cluster/healthcheck`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActorView {
+    pub name: String,
+    /// Which end of the connection runs it: `master` or `worker`.
+    pub end: String,
+    pub state: String,
+    pub runs: u64,
+    pub failures: u64,
+    pub restarts: u64,
+    pub last_run: Option<String>,
+    pub last_duration_ms: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+/// One node in `GET /cluster/healthcheck`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeHealthView {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub connected: bool,
+    pub last_keepalive: Option<String>,
+    pub actors: Vec<ActorView>,
+}
+
+/// Epoch milliseconds as RFC 3339 UTC.
+pub fn iso(ms: u64) -> String {
+    jiff::Timestamp::from_millisecond(ms as i64).map(|t| t.to_string()).unwrap_or_default()
+}
+
+fn actor_views(reports: &[JobReport], end: Role) -> Vec<ActorView> {
+    reports
+        .iter()
+        .map(|r| ActorView {
+            name: r.name.clone(),
+            end: end.name().into(),
+            state: r.state.clone(),
+            runs: r.runs,
+            failures: r.failures,
+            restarts: r.restarts,
+            last_run: r.last_run_ms.map(iso),
+            last_duration_ms: r.last_duration_ms,
+            last_error: r.last_error.clone(),
+        })
+        .collect()
+}
+
+impl NodeHandle {
+    pub fn name(&self) -> &str {
+        match self {
+            NodeHandle::Master { name, .. } | NodeHandle::Worker { name, .. } => name,
+        }
+    }
+
+    pub async fn nodes(&self) -> Vec<NodeView> {
+        match self {
+            NodeHandle::Master { name, listener, cluster_addr, started_ms } => {
+                let mut out = vec![NodeView {
+                    name: name.clone(),
+                    kind: "master".into(),
+                    version: VERSION.into(),
+                    address: cluster_addr.to_string(),
+                    connected_since: Some(iso(*started_ms)),
+                    last_keepalive: None,
+                }];
+                for w in listener.send(ListWorkers).await.unwrap_or_default() {
+                    out.push(NodeView {
+                        name: w.peer.node_name,
+                        kind: "worker".into(),
+                        version: w.peer.software,
+                        address: w.peer_addr.to_string(),
+                        connected_since: Some(iso(w.connected_since_ms)),
+                        last_keepalive: w.last_keepalive_ms.map(iso),
+                    });
+                }
+                out
+            }
+            NodeHandle::Worker { name, link, master, started_ms } => {
+                let info = link.send(GetLink).await.ok().flatten();
+                let mut out = vec![NodeView {
+                    name: name.clone(),
+                    kind: "worker".into(),
+                    version: VERSION.into(),
+                    address: info.as_ref().map(|_| "connected".to_string()).unwrap_or_else(|| "disconnected".into()),
+                    connected_since: Some(iso(*started_ms)),
+                    last_keepalive: info.as_ref().and_then(|i| i.last_keepalive_ms).map(iso),
+                }];
+                if let Some(i) = info {
+                    out.push(NodeView {
+                        name: i.peer.node_name,
+                        kind: "master".into(),
+                        version: i.peer.software,
+                        address: master.clone(),
+                        connected_since: Some(iso(i.connected_since_ms)),
+                        last_keepalive: None,
+                    });
+                }
+                out
+            }
+        }
+    }
+
+    pub async fn healthcheck(&self) -> Vec<NodeHealthView> {
+        match self {
+            NodeHandle::Master { name, listener, .. } => {
+                let local = listener.send(LocalJobs).await.unwrap_or_default();
+                let mut out = vec![NodeHealthView {
+                    name: name.clone(),
+                    kind: "master".into(),
+                    connected: listener.connected(),
+                    last_keepalive: None,
+                    actors: actor_views(&local, Role::Master),
+                }];
+                for w in listener.send(ListWorkers).await.unwrap_or_default() {
+                    let mut actors = actor_views(&w.jobs, Role::Master);
+                    actors.extend(actor_views(&w.peer_jobs, Role::Worker));
+                    out.push(NodeHealthView {
+                        name: w.peer.node_name,
+                        kind: "worker".into(),
+                        connected: true,
+                        last_keepalive: w.last_keepalive_ms.map(iso),
+                        actors,
+                    });
+                }
+                out
+            }
+            NodeHandle::Worker { name, link, .. } => {
+                let info = link.send(GetLink).await.ok().flatten();
+                vec![NodeHealthView {
+                    name: name.clone(),
+                    kind: "worker".into(),
+                    connected: info.is_some(),
+                    last_keepalive: info.as_ref().and_then(|i| i.last_keepalive_ms).map(iso),
+                    actors: info.map(|i| actor_views(&i.jobs, Role::Worker)).unwrap_or_default(),
+                }]
+            }
+        }
+    }
+
+    /// Whether the node serves, and why not.
+    pub async fn serving(&self) -> (bool, String) {
+        match self {
+            NodeHandle::Master { listener, cluster_addr, .. } => {
+                if listener.connected() {
+                    (true, format!("master listening on {cluster_addr}"))
+                } else {
+                    (false, "master stopped".into())
+                }
+            }
+            NodeHandle::Worker { link, master, .. } => match link.send(GetLink).await {
+                Ok(Some(info)) => (true, format!("connected to master {} ({master})", info.peer.node_name)),
+                _ => (false, format!("not connected to master {master}")),
+            },
+        }
+    }
+}
+
+/// A started node: its actors and its API server.
+pub struct RunningNode {
+    pub handle: NodeHandle,
+    pub api_addr: SocketAddr,
+    api: ServerHandle,
+}
+
+/// Starts the node's actors and API. Must run inside an actix system.
 pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
     std::fs::create_dir_all(&config.node.data_dir)
         .with_context(|| format!("cannot create node.data_dir {}", config.node.data_dir.display()))?;
     let settings = Arc::new(channel_settings(config, psk));
-    let name = config.node.name.as_str();
-    match config.node.role {
+    let name = config.node.name.clone();
+    let started_ms = now_ms();
+    let handle = match config.node.role {
         Role::Master => {
             let bind = config.cluster.bind;
             let listener =
                 TcpListener::bind(bind).await.with_context(|| format!("cannot listen on cluster.bind {bind}"))?;
             let cluster_addr = listener.local_addr().context("cannot read the bound address")?;
-            info!(node = name; "starting master of cluster {:?} (cipher {})", config.cluster.name, config.cluster.cipher);
+            info!(node = name.as_str(); "starting master of cluster {:?} (cipher {})", config.cluster.name, config.cluster.cipher);
             let listener = MasterListener::start(listener, settings).context("cannot start the master")?;
-            Ok(RunningNode::Master { listener, cluster_addr })
+            NodeHandle::Master { name, listener, cluster_addr, started_ms }
         }
         Role::Worker => {
             let master = config.cluster.master.clone().context("cluster.master is required for a worker")?;
-            info!(node = name; "starting worker of cluster {:?} (cipher {})", config.cluster.name, config.cluster.cipher);
-            Ok(RunningNode::Worker { link: WorkerLink::new(settings, master).start() })
+            info!(node = name.as_str(); "starting worker of cluster {:?} (cipher {})", config.cluster.name, config.cluster.cipher);
+            let link = WorkerLink::new(settings, master.clone()).start();
+            NodeHandle::Worker { name, link, master, started_ms }
         }
+    };
+    let (api_addr, api) = match crate::api::start(config.api.bind, handle.clone()) {
+        Ok(ok) => ok,
+        Err(e) => {
+            handle_kill(&handle);
+            return Err(e).with_context(|| format!("cannot listen on api.bind {}", config.api.bind));
+        }
+    };
+    info!(node = handle.name(); "API listening on http://{api_addr}");
+    Ok(RunningNode { handle, api_addr, api })
+}
+
+fn handle_kill(handle: &NodeHandle) {
+    match handle {
+        NodeHandle::Master { listener, .. } => listener.do_send(master::Kill),
+        NodeHandle::Worker { link, .. } => link.do_send(worker::Kill),
     }
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 impl RunningNode {
-    /// Tells peers we are leaving and stops the node's actors.
-    pub fn shutdown(&self, reason: &str) {
-        match self {
-            RunningNode::Master { listener, .. } => listener.do_send(master::Shutdown { reason: reason.into() }),
-            RunningNode::Worker { link } => link.do_send(worker::Shutdown { reason: reason.into() }),
+    /// Graceful stop: stop accepting (API and cluster), say goodbye to peers, stop jobs, and give
+    /// the goodbyes time to leave.
+    pub async fn shutdown(&self, reason: &str) {
+        self.begin_shutdown(reason);
+        // Goodbyes are flushed by the connections within a few hundred milliseconds.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+
+    /// Starts the graceful stop without waiting for it (to stop several nodes at once).
+    pub fn begin_shutdown(&self, reason: &str) {
+        // The API stops accepting at once; its in-flight requests finish within a second.
+        let api = self.api.stop(true);
+        actix_rt::spawn(api);
+        match &self.handle {
+            NodeHandle::Master { listener, .. } => listener.do_send(master::Shutdown { reason: reason.into() }),
+            NodeHandle::Worker { link, .. } => link.do_send(worker::Shutdown { reason: reason.into() }),
         }
+    }
+
+    /// Abrupt stop, as a crash: sockets dropped without goodbyes (tests).
+    pub async fn kill(&self) {
+        handle_kill(&self.handle);
+        self.api.stop(false).await;
     }
 }
 
@@ -108,9 +344,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let node = start(&config, psk).await?;
         let signal = wait_for_signal().await;
         info!(node = name.as_str(); "{signal} received, shutting down");
-        node.shutdown(&format!("node {name} is shutting down"));
-        // Let goodbyes reach the peers.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        node.shutdown(&format!("node {name} is shutting down")).await;
         info!(node = name.as_str(); "stopped");
         Ok(())
     })

@@ -53,6 +53,31 @@ impl Node {
         }
     }
 
+    /// Waits until `needles` matched `n` lines.
+    fn wait_for_count(&self, needles: &[&str], n: usize) {
+        let start = Instant::now();
+        loop {
+            let count =
+                self.lines.lock().expect("lines").iter().filter(|l| needles.iter().all(|x| l.contains(x))).count();
+            if count >= n {
+                return;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "{} logged {needles:?} {count} times, not {n}; log:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no chance to say goodbye.
+    fn kill_9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     fn log(&self) -> String {
         self.lines.lock().expect("lines").join("\n")
     }
@@ -104,15 +129,54 @@ fn write_key(dir: &Path, name: &str) -> PathBuf {
     path
 }
 
-/// The settings that make the deploy/ examples run on loopback in a temporary directory.
+/// The settings that make the deploy/ examples run on loopback in a temporary directory, with
+/// every listening port free.
 fn local(dir: &Path, node: &str, key: &Path, port: u16) -> Vec<String> {
     vec![
         format!("node.data_dir={}", dir.join(node).display()),
         format!("cluster.key_file={}", key.display()),
         format!("cluster.bind=127.0.0.1:{port}"),
         format!("cluster.master=127.0.0.1:{port}"),
+        format!("api.bind=127.0.0.1:{}", free_port()),
         "cluster.intervals.keepalive=500ms".to_string(),
     ]
+}
+
+/// `wazuh-cluster nodes --json` against `api`: the names listed, or none if the API is down.
+fn listed_nodes(api: u16) -> Vec<String> {
+    let out = Command::new(BIN)
+        .args(["nodes", "--json", "--api", &format!("http://127.0.0.1:{api}")])
+        .output()
+        .expect("run wazuh-cluster nodes");
+    if !out.status.success() {
+        return Vec::new();
+    }
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nodes --json prints JSON");
+    body["data"]["affected_items"]
+        .as_array()
+        .map(|items| items.iter().filter_map(|i| i["name"].as_str().map(String::from)).collect())
+        .unwrap_or_default()
+}
+
+fn api_port(sets: &[String]) -> u16 {
+    sets.iter()
+        .find_map(|s| s.strip_prefix("api.bind=127.0.0.1:"))
+        .and_then(|p| p.parse().ok())
+        .expect("api.bind in the settings")
+}
+
+/// Polls until `nodes --json` on the master lists exactly `names`; returns the time it took.
+fn wait_listed(api: u16, names: &[&str]) -> Duration {
+    let start = Instant::now();
+    loop {
+        let mut listed = listed_nodes(api);
+        listed.sort();
+        if listed == names {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < WAIT, "the master lists {listed:?}, not {names:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]
@@ -153,8 +217,8 @@ fn a_worker_with_another_key_is_refused_and_neither_process_crashes() {
     assert!(m.contains("WARN"), "{m}");
     worker.wait_for(&["[worker-2]", "refused this worker", "does not accept our cluster key"]);
     // The worker keeps retrying with back-off and both stay up.
-    worker.wait_for(&["redialling master"]);
-    std::thread::sleep(Duration::from_millis(500));
+    worker.wait_for_count(&["refused this worker"], 3);
+    master.wait_for_count(&["does not hold this cluster's key"], 3);
     master.assert_running();
     worker.assert_running();
     assert!(!master.log().contains("handshake complete"));
@@ -175,5 +239,41 @@ fn json_logs_name_the_node_on_every_line() {
     assert_eq!(v["node"], "master-1");
     assert_eq!(v["level"], "info");
     assert!(v["msg"].as_str().is_some_and(|m| m.contains("listening")));
+    assert!(master.terminate().success());
+}
+
+#[test]
+fn three_processes_survive_kill_9_of_the_master_and_of_a_worker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = write_key(dir.path(), "cluster.key");
+    let port = free_port();
+    let master_sets = local(dir.path(), "master", &key, port);
+    let api = api_port(&master_sets);
+    let master = Node::start("master.toml", &master_sets);
+    master.wait_for(&["master listening"]);
+    let w1 = Node::start("worker-1.toml", &local(dir.path(), "w1", &key, port));
+    let w2 = Node::start("worker-2.toml", &local(dir.path(), "w2", &key, port));
+    let all = ["master-1", "worker-1", "worker-2"];
+    let first = wait_listed(api, &all);
+    eprintln!("nodes --json lists both workers {} ms after they started", first.as_millis());
+
+    // kill -9 the master, start it again on the same ports: both workers come back by themselves.
+    master.kill_9();
+    w1.wait_for(&["connection with master master-1", "closed"]);
+    let master = Node::start("master.toml", &master_sets);
+    master.wait_for(&["master listening"]);
+    let listening = Instant::now();
+    wait_listed(api, &all);
+    eprintln!("both workers back {} ms after the restarted master listened", listening.elapsed().as_millis());
+
+    // kill -9 a worker: the master drops it (its socket closes; a silent one goes after 3 intervals).
+    let killed = Instant::now();
+    w2.kill_9();
+    wait_listed(api, &["master-1", "worker-1"]);
+    eprintln!("killed worker dropped after {} ms (keep-alive interval 500 ms)", killed.elapsed().as_millis());
+    master.wait_for(&["connection with worker worker-2", "closed"]);
+
+    // SIGTERM: each exits 0 within 5 s.
+    assert!(w1.terminate().success());
     assert!(master.terminate().success());
 }

@@ -11,7 +11,9 @@
 //! Every log line carries the local node's name as the `node` key-value.
 
 pub mod connection;
+pub mod jobs;
 pub mod link;
+pub mod manifest;
 pub mod master;
 pub mod settings;
 pub mod worker;
@@ -21,4 +23,12 @@ pub use settings::ChannelSettings;
 /// Milliseconds since the Unix epoch by the wall clock (0 if the clock is before 1970).
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A random number for jitter (not for cryptography).
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.finish()
 }

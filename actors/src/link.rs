@@ -106,12 +106,12 @@ async fn dial_inner(addr: &str, settings: &ChannelSettings) -> Result<Link, Link
 }
 
 /// Master side: run the handshake as responder on an accepted socket. `admit` decides, from the
-/// authenticated hello, whether to accept the peer and at which version.
-pub async fn accept(
-    stream: TcpStream,
-    settings: &ChannelSettings,
-    admit: impl FnOnce(&Hello) -> Result<ProtocolVersion, Refusal>,
-) -> Result<Link, LinkError> {
+/// authenticated hello, whether to accept the peer and at which version (it may ask other actors).
+pub async fn accept<F, Fut>(stream: TcpStream, settings: &ChannelSettings, admit: F) -> Result<Link, LinkError>
+where
+    F: FnOnce(Hello) -> Fut,
+    Fut: std::future::Future<Output = Result<ProtocolVersion, Refusal>>,
+{
     let deadline = settings.handshake_timeout;
     match tokio::time::timeout(deadline, accept_inner(stream, settings, admit)).await {
         Ok(result) => result,
@@ -119,11 +119,11 @@ pub async fn accept(
     }
 }
 
-async fn accept_inner(
-    stream: TcpStream,
-    settings: &ChannelSettings,
-    admit: impl FnOnce(&Hello) -> Result<ProtocolVersion, Refusal>,
-) -> Result<Link, LinkError> {
+async fn accept_inner<F, Fut>(stream: TcpStream, settings: &ChannelSettings, admit: F) -> Result<Link, LinkError>
+where
+    F: FnOnce(Hello) -> Fut,
+    Fut: std::future::Future<Output = Result<ProtocolVersion, Refusal>>,
+{
     stream.set_nodelay(true).map_err(LinkError::Connect)?;
     let mut framed = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME));
     let msg1 = next_frame(&mut framed).await?;
@@ -138,7 +138,7 @@ async fn accept_inner(
         }
     };
     let ours = settings.hello();
-    match admit(&hello) {
+    match admit(hello.clone()).await {
         Err(refusal) => {
             let msg2 = responder.refuse(&ours, refusal.clone())?;
             let _ = framed.send(&msg2[..]).await;

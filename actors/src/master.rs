@@ -1,16 +1,21 @@
-//! The master's side of the cluster channel: the accept loop, admission of workers, and the set of
-//! connected workers.
+//! The master's side of the cluster channel: the accept loop, admission of workers, and the
+//! registry of connected workers (the master's peer registry).
 
-use crate::connection::{Close, ConnectionActor, ConnectionClosed, ConnectionInfo, GetInfo, MasterSide};
+use crate::connection::{
+    Abort, Close, ConnectionActor, ConnectionClosed, ConnectionInfo, GetInfo, InjectJobFault, MasterSide,
+};
+use crate::jobs::local::MasterServices;
+use crate::jobs::JobHealth;
 use crate::link::{self, LinkError};
 use crate::settings::ChannelSettings;
 use actix::prelude::*;
 use log::{info, warn};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use wazuh_cluster_protocol::handshake::{check_node_name, Hello, Refusal};
+use wazuh_cluster_protocol::message::JobReport;
 use wazuh_cluster_protocol::version::VersionRange;
 use wazuh_cluster_protocol::{ProtocolVersion, Role};
 
@@ -18,12 +23,8 @@ use wazuh_cluster_protocol::{ProtocolVersion, Role};
 /// unauthenticated peers can make the master hold.
 pub const MAX_PENDING_HANDSHAKES: usize = 256;
 
-/// Decides whether an authenticated peer may join, and at which protocol version.
-pub fn admit(
-    settings: &ChannelSettings,
-    hello: &Hello,
-    connected: &HashSet<String>,
-) -> Result<ProtocolVersion, Refusal> {
+/// The rules that need no knowledge of other connections: cluster, role, name, version.
+pub fn admit(settings: &ChannelSettings, hello: &Hello) -> Result<ProtocolVersion, Refusal> {
     if hello.cluster_name != settings.cluster_name {
         return Err(Refusal::WrongCluster { expected: settings.cluster_name.clone(), got: hello.cluster_name.clone() });
     }
@@ -33,17 +34,17 @@ pub fn admit(
     if let Err(reason) = check_node_name(&hello.node_name) {
         return Err(Refusal::InvalidName { name: hello.node_name.clone(), reason });
     }
-    if hello.node_name == settings.node_name || connected.contains(&hello.node_name) {
+    if hello.node_name == settings.node_name {
         return Err(Refusal::DuplicateName { name: hello.node_name.clone() });
     }
     let ours = VersionRange::ours();
     ours.negotiate(&hello.versions).ok_or(Refusal::IncompatibleVersion { ours, theirs: hello.versions })
 }
 
-/// Owns the connected workers of a master.
+/// Owns the accept loop and the connected workers of a master.
 pub struct MasterListener {
     settings: Arc<ChannelSettings>,
-    local_addr: SocketAddr,
+    services: MasterServices,
     workers: HashMap<String, Addr<ConnectionActor<MasterSide>>>,
     pending: usize,
     accept_task: Option<actix_rt::task::JoinHandle<()>>,
@@ -53,32 +54,65 @@ pub struct MasterListener {
 #[rtype(result = "()")]
 struct Accepted(TcpStream, SocketAddr);
 
+/// Decides on an authenticated hello, including the duplicate-name rule.
+#[derive(Message)]
+#[rtype(result = "Result<ProtocolVersion, Refusal>")]
+struct Admit(Hello);
+
 /// Lists the connected workers.
 #[derive(Message)]
 #[rtype(result = "Vec<ConnectionInfo>")]
 pub struct ListWorkers;
 
-/// Stops accepting, says goodbye to every worker, and stops.
+/// The master's own shared jobs.
+#[derive(Message)]
+#[rtype(result = "Vec<JobReport>")]
+pub struct LocalJobs;
+
+/// Stops accepting, says goodbye to every worker, stops the shared jobs, and stops.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Shutdown {
     pub reason: String,
 }
 
+/// Drops every socket at once, without goodbyes, as a crash would (tests).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Kill;
+
+/// Makes a job of one worker connection fail `failures` times (chaos and test hook).
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct InjectFault {
+    pub worker: String,
+    pub job: String,
+    pub failures: u32,
+}
+
 impl MasterListener {
-    /// Starts serving workers on `listener` (bound by the caller, so tests can use port 0).
+    /// Starts serving workers on `listener` (bound by the caller, so tests can use port 0), with the
+    /// master's shared jobs.
     pub fn start(listener: TcpListener, settings: Arc<ChannelSettings>) -> std::io::Result<Addr<Self>> {
         let local_addr = listener.local_addr()?;
+        let services = MasterServices::start(settings.clone());
         Ok(MasterListener::create(move |ctx| {
             let addr = ctx.address();
             let accept_task = actix_rt::spawn(accept_loop(listener, addr, settings.node_name.clone()));
             info!(node = settings.node_name.as_str(); "master listening for workers on {local_addr}");
-            MasterListener { settings, local_addr, workers: HashMap::new(), pending: 0, accept_task: Some(accept_task) }
+            MasterListener { settings, services, workers: HashMap::new(), pending: 0, accept_task: Some(accept_task) }
         }))
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+    fn stop_accepting(&mut self) {
+        if let Some(task) = self.accept_task.take() {
+            task.abort();
+        }
+    }
+
+    fn stop_services(&self) {
+        self.services.local_integrity.do_send(crate::jobs::StopJob);
+        self.services.local_agent_groups.do_send(crate::jobs::StopJob);
     }
 }
 
@@ -103,9 +137,7 @@ impl Actor for MasterListener {
     type Context = Context<Self>;
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        if let Some(task) = self.accept_task.take() {
-            task.abort();
-        }
+        self.stop_accepting();
     }
 }
 
@@ -120,11 +152,12 @@ impl Handler<Accepted> for MasterListener {
         }
         self.pending += 1;
         let settings = self.settings.clone();
-        let connected: HashSet<String> =
-            self.workers.iter().filter(|(_, a)| a.connected()).map(|(name, _)| name.clone()).collect();
+        let me = ctx.address();
         let fut = async move {
-            let admit_settings = settings.clone();
-            link::accept(stream, &settings, move |hello| admit(&admit_settings, hello, &connected)).await
+            link::accept(stream, &settings, |hello| async move {
+                me.send(Admit(hello)).await.unwrap_or(Err(Refusal::ShuttingDown))
+            })
+            .await
         };
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.pending -= 1;
@@ -132,10 +165,13 @@ impl Handler<Accepted> for MasterListener {
                 Ok(link) => {
                     let name = link.peer.node_name.clone();
                     if act.workers.get(&name).is_some_and(|a| a.connected()) {
+                        // Two handshakes with one name raced; the first to finish keeps it.
                         warn!(node = node.as_str(); "closing second connection of worker {name} from {peer}: already connected");
                         return;
                     }
-                    let conn = ConnectionActor::<MasterSide>::start(link, act.settings.clone(), Some(ctx.address().recipient()));
+                    let owner = Some(ctx.address().recipient());
+                    let conn =
+                        ConnectionActor::<MasterSide>::start(link, act.settings.clone(), act.services.clone(), owner);
                     act.workers.insert(name, conn);
                 }
                 Err(LinkError::RefusedPeer { peer: name, refusal }) => {
@@ -146,6 +182,33 @@ impl Handler<Accepted> for MasterListener {
                 }
             }
         }));
+    }
+}
+
+impl Handler<Admit> for MasterListener {
+    type Result = ResponseFuture<Result<ProtocolVersion, Refusal>>;
+
+    fn handle(&mut self, Admit(hello): Admit, _: &mut Context<Self>) -> Self::Result {
+        let verdict = admit(&self.settings, &hello);
+        let existing = self.workers.get(&hello.node_name).filter(|a| a.connected()).cloned();
+        // A connection counts as stale, and is replaced, once it has been silent for more than one
+        // and a half keep-alive intervals: its worker has missed a keep-alive, so the socket is
+        // probably dead (a host that lost power sends no FIN). A live duplicate is refused.
+        let stale_after_ms = (self.settings.keepalive_interval.as_millis() as u64).saturating_mul(3) / 2;
+        let node = self.settings.node_name.clone();
+        Box::pin(async move {
+            let version = verdict?;
+            let Some(existing) = existing else { return Ok(version) };
+            match existing.send(GetInfo).await {
+                Ok(info) if info.idle_ms <= stale_after_ms => Err(Refusal::DuplicateName { name: hello.node_name }),
+                Ok(info) => {
+                    warn!(node = node.as_str(); "replacing stale connection of worker {} from {} (silent for {} ms)", hello.node_name, info.peer_addr, info.idle_ms);
+                    existing.do_send(Abort);
+                    Ok(version)
+                }
+                Err(_) => Ok(version),
+            }
+        })
     }
 }
 
@@ -163,7 +226,7 @@ impl Handler<ListWorkers> for MasterListener {
     type Result = ResponseFuture<Vec<ConnectionInfo>>;
 
     fn handle(&mut self, _: ListWorkers, _: &mut Context<Self>) -> Self::Result {
-        let addrs: Vec<_> = self.workers.values().cloned().collect();
+        let addrs: Vec<_> = self.workers.values().filter(|a| a.connected()).cloned().collect();
         Box::pin(async move {
             let mut out = Vec::with_capacity(addrs.len());
             for addr in addrs {
@@ -177,16 +240,51 @@ impl Handler<ListWorkers> for MasterListener {
     }
 }
 
+impl Handler<LocalJobs> for MasterListener {
+    type Result = Vec<JobReport>;
+
+    fn handle(&mut self, _: LocalJobs, _: &mut Context<Self>) -> Vec<JobReport> {
+        self.services.healths().iter().map(JobHealth::snapshot).collect()
+    }
+}
+
+impl Handler<InjectFault> for MasterListener {
+    type Result = ResponseFuture<bool>;
+
+    fn handle(&mut self, msg: InjectFault, _: &mut Context<Self>) -> Self::Result {
+        let conn = self.workers.get(&msg.worker).cloned();
+        Box::pin(async move {
+            match conn {
+                Some(conn) => conn.send(InjectJobFault { job: msg.job, failures: msg.failures }).await.unwrap_or(false),
+                None => false,
+            }
+        })
+    }
+}
+
 impl Handler<Shutdown> for MasterListener {
     type Result = ();
 
     fn handle(&mut self, msg: Shutdown, ctx: &mut Context<Self>) {
-        if let Some(task) = self.accept_task.take() {
-            task.abort();
-        }
+        self.stop_accepting();
+        info!(node = self.settings.node_name.as_str(); "no longer accepting workers; closing {} connections", self.workers.len());
         for conn in self.workers.values() {
             conn.do_send(Close { reason: msg.reason.clone() });
         }
+        self.stop_services();
+        ctx.stop();
+    }
+}
+
+impl Handler<Kill> for MasterListener {
+    type Result = ();
+
+    fn handle(&mut self, _: Kill, ctx: &mut Context<Self>) {
+        self.stop_accepting();
+        for conn in self.workers.values() {
+            conn.do_send(Abort);
+        }
+        self.stop_services();
         ctx.stop();
     }
 }
@@ -194,6 +292,7 @@ impl Handler<Shutdown> for MasterListener {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::JobIntervals;
     use std::time::Duration;
     use wazuh_cluster_protocol::{CipherSuite, Psk};
 
@@ -201,14 +300,18 @@ mod tests {
         ChannelSettings {
             node_name: "master".into(),
             role: Role::Master,
+            data_dir: std::env::temp_dir(),
             cluster_name: "wazuh".into(),
             psk: Psk::from_bytes([1; 32]),
             suite: CipherSuite::default(),
             max_frame: 1 << 20,
             handshake_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
             keepalive_interval: Duration::from_secs(1),
             reconnect_min: Duration::from_millis(10),
             reconnect_max: Duration::from_millis(100),
+            jobs: JobIntervals::default(),
+            versions: VersionRange::ours(),
         }
     }
 
@@ -222,23 +325,20 @@ mod tests {
     #[test]
     fn admission_rules() {
         let s = settings();
-        let none = HashSet::new();
-        assert!(admit(&s, &worker("worker-1"), &none).is_ok());
+        assert!(admit(&s, &worker("worker-1")).is_ok());
         let mut wrong_cluster = worker("w");
         wrong_cluster.cluster_name = "other".into();
-        assert!(matches!(admit(&s, &wrong_cluster, &none), Err(Refusal::WrongCluster { .. })));
+        assert!(matches!(admit(&s, &wrong_cluster), Err(Refusal::WrongCluster { .. })));
         let mut master = worker("m2");
         master.role = Role::Master;
-        assert!(matches!(admit(&s, &master, &none), Err(Refusal::WrongRole { .. })));
-        assert!(matches!(admit(&s, &worker("bad/name"), &none), Err(Refusal::InvalidName { .. })));
-        assert!(matches!(admit(&s, &worker("master"), &none), Err(Refusal::DuplicateName { .. })));
-        let taken: HashSet<String> = ["worker-1".to_string()].into();
-        assert!(matches!(admit(&s, &worker("worker-1"), &taken), Err(Refusal::DuplicateName { .. })));
+        assert!(matches!(admit(&s, &master), Err(Refusal::WrongRole { .. })));
+        assert!(matches!(admit(&s, &worker("bad/name")), Err(Refusal::InvalidName { .. })));
+        assert!(matches!(admit(&s, &worker("master")), Err(Refusal::DuplicateName { .. })));
         let mut future = worker("w");
         future.versions = VersionRange { min: ProtocolVersion::new(2, 0), max: ProtocolVersion::new(2, 1) };
-        assert!(matches!(admit(&s, &future, &none), Err(Refusal::IncompatibleVersion { .. })));
+        assert!(matches!(admit(&s, &future), Err(Refusal::IncompatibleVersion { .. })));
         let mut next_minor = worker("w");
         next_minor.versions.max = ProtocolVersion::new(1, 1);
-        assert_eq!(admit(&s, &next_minor, &none), Ok(wazuh_cluster_protocol::version::CURRENT));
+        assert_eq!(admit(&s, &next_minor), Ok(wazuh_cluster_protocol::version::CURRENT));
     }
 }

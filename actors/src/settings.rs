@@ -1,15 +1,18 @@
 //! What a node needs to open and run cluster connections.
 
+use std::path::PathBuf;
 use std::time::Duration;
 use wazuh_cluster_protocol::handshake::Hello;
 use wazuh_cluster_protocol::version::VersionRange;
 use wazuh_cluster_protocol::{CipherSuite, Psk, Role};
 
-/// Everything the cluster channel of one node depends on; built from the node's config.
+/// Everything the cluster channel and the job actors of one node depend on; built from its config.
 #[derive(Debug, Clone)]
 pub struct ChannelSettings {
     pub node_name: String,
     pub role: Role,
+    /// The node's data directory (sync roots live under it).
+    pub data_dir: PathBuf,
     pub cluster_name: String,
     pub psk: Psk,
     pub suite: CipherSuite,
@@ -17,11 +20,45 @@ pub struct ChannelSettings {
     pub max_frame: usize,
     /// A handshake not finished within this time is dropped.
     pub handshake_timeout: Duration,
+    /// A request not answered within this time fails (and its job restarts).
+    pub request_timeout: Duration,
     /// Worker: how often to send a keep-alive. Master: a worker silent for three of these is dropped.
     pub keepalive_interval: Duration,
     /// Worker: first redial delay and the cap of the exponential back-off.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    pub jobs: JobIntervals,
+    /// The protocol versions this node offers; [`VersionRange::ours`] except in compatibility tests.
+    pub versions: VersionRange,
+}
+
+/// Periods of the job actors.
+#[derive(Debug, Clone)]
+pub struct JobIntervals {
+    /// Worker -> master agent status round.
+    pub agent_info: Duration,
+    /// Worker <-> master integrity check round.
+    pub integrity: Duration,
+    /// Master: recomputation of the file manifest (LocalIntegrity).
+    pub local_integrity: Duration,
+    /// Master: re-read of the agent-groups table (LocalAgentGroups).
+    pub local_agent_groups: Duration,
+    /// First and largest delay before a failed job restarts.
+    pub restart_min: Duration,
+    pub restart_max: Duration,
+}
+
+impl Default for JobIntervals {
+    fn default() -> Self {
+        Self {
+            agent_info: Duration::from_secs(1),
+            integrity: Duration::from_secs(10),
+            local_integrity: Duration::from_secs(60),
+            local_agent_groups: Duration::from_secs(5),
+            restart_min: Duration::from_millis(100),
+            restart_max: Duration::from_secs(5),
+        }
+    }
 }
 
 impl ChannelSettings {
@@ -31,7 +68,7 @@ impl ChannelSettings {
             node_name: self.node_name.clone(),
             role: self.role,
             cluster_name: self.cluster_name.clone(),
-            versions: VersionRange::ours(),
+            versions: self.versions,
             software: env!("CARGO_PKG_VERSION").to_string(),
         }
     }

@@ -3,12 +3,13 @@
 //! up to `reconnect_max`). It never gives up and never waits on a dead socket: a dial has the
 //! handshake deadline, and a connection silent for three keep-alive intervals is closed.
 
-use crate::connection::{Close, ConnectionActor, ConnectionClosed, ConnectionInfo, GetInfo, WorkerSide};
+use crate::connection::{
+    Abort, Close, ConnectionActor, ConnectionClosed, ConnectionInfo, GetInfo, InjectJobFault, WorkerSide,
+};
 use crate::link::{self, LinkError};
 use crate::settings::ChannelSettings;
 use actix::prelude::*;
 use log::{error, info, warn};
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,19 @@ pub struct WorkerLink {
 #[rtype(result = "Option<ConnectionInfo>")]
 pub struct GetLink;
 
+/// Drops the connection at once, without a goodbye, and stops (tests: a crashed worker).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Kill;
+
+/// Makes a job of the connection fail `failures` times (chaos and test hook).
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct InjectFault {
+    pub job: String,
+    pub failures: u32,
+}
+
 /// Says goodbye to the master and stops.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -42,12 +56,6 @@ pub fn backoff(failures: u32, min: Duration, max: Duration, random: u64) -> Dura
     let spread = (base - half).as_micros() as u64;
     let jitter = if spread == 0 { 0 } else { random % (spread + 1) };
     half + Duration::from_micros(jitter)
-}
-
-fn random_u64() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
-    h.finish()
 }
 
 impl WorkerLink {
@@ -71,7 +79,7 @@ impl WorkerLink {
                 Ok(link) => {
                     act.failures = 0;
                     let owner = ctx.address().recipient();
-                    act.conn = Some(ConnectionActor::<WorkerSide>::start(link, act.settings.clone(), Some(owner)));
+                    act.conn = Some(ConnectionActor::<WorkerSide>::start(link, act.settings.clone(), (), Some(owner)));
                 }
                 Err(err) => {
                     act.log_failure(&err);
@@ -90,7 +98,8 @@ impl WorkerLink {
     }
 
     fn retry_later(&mut self, ctx: &mut Context<Self>) {
-        let delay = backoff(self.failures, self.settings.reconnect_min, self.settings.reconnect_max, random_u64());
+        let delay =
+            backoff(self.failures, self.settings.reconnect_min, self.settings.reconnect_max, crate::random_u64());
         self.failures = self.failures.saturating_add(1);
         info!(node = self.node(); "redialling master {} in {} ms", self.master, delay.as_millis());
         ctx.run_later(delay, |act, ctx| {
@@ -144,6 +153,32 @@ impl Handler<Shutdown> for WorkerLink {
             conn.do_send(Close { reason: msg.reason });
         }
         ctx.stop();
+    }
+}
+
+impl Handler<Kill> for WorkerLink {
+    type Result = ();
+
+    fn handle(&mut self, _: Kill, ctx: &mut Context<Self>) {
+        self.stopping = true;
+        if let Some(conn) = self.conn.take() {
+            conn.do_send(Abort);
+        }
+        ctx.stop();
+    }
+}
+
+impl Handler<InjectFault> for WorkerLink {
+    type Result = ResponseFuture<bool>;
+
+    fn handle(&mut self, msg: InjectFault, _: &mut Context<Self>) -> Self::Result {
+        let conn = self.conn.clone();
+        Box::pin(async move {
+            match conn {
+                Some(conn) => conn.send(InjectJobFault { job: msg.job, failures: msg.failures }).await.unwrap_or(false),
+                None => false,
+            }
+        })
     }
 }
 

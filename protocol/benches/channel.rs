@@ -6,13 +6,13 @@
 //!   header as associated data) and opened by an `Opener` (length check, split, open in place).
 //! - `seal_open/<suite>/raw_aead`: `encrypt_in_place_detached` + `decrypt_in_place_detached` of the
 //!   same 64 KiB buffer with the same crate, nothing else.
-//! - `message/*`: MessagePack encode and decode of a keep-alive envelope.
+//! - `message/*`: MessagePack encode and decode of a worker keep-alive (with its four job reports).
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use wazuh_cluster_protocol::handshake::{Hello, Initiator, InitiatorOutcome, Responder};
-use wazuh_cluster_protocol::message::{self, Envelope, KeepAlive, RequestId, Role, WorkerToMaster};
+use wazuh_cluster_protocol::message::{self, Envelope, JobReport, KeepAlive, RequestId, Role, WorkerToMaster};
 use wazuh_cluster_protocol::transport::{RawAead, TAG_LEN};
 use wazuh_cluster_protocol::version::{VersionRange, CURRENT};
 use wazuh_cluster_protocol::{CipherSuite, Psk};
@@ -72,10 +72,27 @@ fn seal_open(c: &mut Criterion) {
     group.finish();
 }
 
+/// A worker's keep-alive carries the state of its four job actors.
+fn typical_jobs() -> Vec<JobReport> {
+    ["KeepAlive", "AgentInfo", "AgentGroupsSend", "Integrity"]
+        .iter()
+        .map(|name| JobReport {
+            name: (*name).into(),
+            state: "running".into(),
+            runs: 1_234,
+            failures: 1,
+            restarts: 1,
+            last_run_ms: Some(1_764_166_000_000),
+            last_duration_ms: Some(3),
+            last_error: Some("request timed out after 10s".into()),
+        })
+        .collect()
+}
+
 fn messages(c: &mut Criterion) {
     let env = Envelope::request(
         RequestId { origin: Role::Worker, seq: 123_456 },
-        WorkerToMaster::KeepAlive(KeepAlive { sent_at_ms: 1_764_166_000_000 }),
+        WorkerToMaster::KeepAlive(KeepAlive { sent_at_ms: 1_764_166_000_000, jobs: typical_jobs() }),
     );
     let mut out = BytesMut::with_capacity(256);
     c.bench_function("message/encode_keepalive", |b| {

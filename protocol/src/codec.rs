@@ -113,7 +113,7 @@ mod tests {
     fn ka(seq: u64) -> Envelope<WorkerToMaster> {
         Envelope::request(
             RequestId { origin: Role::Worker, seq },
-            WorkerToMaster::KeepAlive(KeepAlive { sent_at_ms: seq }),
+            WorkerToMaster::KeepAlive(KeepAlive { sent_at_ms: seq, jobs: vec![] }),
         )
     }
 

@@ -97,6 +97,12 @@ impl<B> Envelope<B> {
 pub enum WorkerToMaster {
     /// Keeps the permanent connection alive; answered with [`MasterToWorker::KeepAliveAck`].
     KeepAlive(KeepAlive),
+    /// Status of the agents reporting to this worker; answered with [`MasterToWorker::AgentInfoAck`].
+    AgentInfo(AgentInfoBatch),
+    /// The worker's position in the agent-groups stream; answers [`MasterToWorker::AgentGroups`].
+    AgentGroupsAck(AgentGroupsAck),
+    /// The worker's file manifest digest; answered with [`MasterToWorker::IntegrityStatus`].
+    IntegrityCheck(IntegrityCheck),
     /// The worker is closing the connection on purpose.
     Goodbye(Goodbye),
 }
@@ -106,6 +112,10 @@ pub enum WorkerToMaster {
 #[serde(rename_all = "snake_case")]
 pub enum MasterToWorker {
     KeepAliveAck(KeepAliveAck),
+    AgentInfoAck(AgentInfoAck),
+    /// Agent-group assignments after the worker's last acknowledged sequence number.
+    AgentGroups(AgentGroupsUpdate),
+    IntegrityStatus(IntegrityStatus),
     /// The master is closing the connection on purpose.
     Goodbye(Goodbye),
     /// A request could not be served.
@@ -116,6 +126,9 @@ pub enum MasterToWorker {
 pub struct KeepAlive {
     /// Sender's wall clock, milliseconds since the Unix epoch; echoed back to measure round trips.
     pub sent_at_ms: u64,
+    /// The worker's own job actors, so the master's health check can show them.
+    #[serde(default)]
+    pub jobs: Vec<JobReport>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +136,80 @@ pub struct KeepAliveAck {
     pub echo_sent_at_ms: u64,
     /// The master's wall clock when it answered.
     pub master_time_ms: u64,
+}
+
+/// The observable state of one job actor.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct JobReport {
+    pub name: String,
+    /// `starting`, `running`, `restarting` or `stopped`.
+    pub state: String,
+    pub runs: u64,
+    pub failures: u64,
+    pub restarts: u64,
+    pub last_run_ms: Option<u64>,
+    pub last_duration_ms: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+/// One agent's status as seen by the worker it reports to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfoUpdate {
+    pub agent_id: String,
+    pub status: String,
+    pub last_keepalive_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AgentInfoBatch {
+    pub updates: Vec<AgentInfoUpdate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AgentInfoAck {
+    /// Updates stored.
+    pub stored: u32,
+    /// Updates for agents the master does not know (not stored).
+    pub unknown: u32,
+}
+
+/// One agent's group assignment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentGroups {
+    pub agent_id: String,
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AgentGroupsUpdate {
+    /// Changes after this sequence number...
+    pub from_seq: u64,
+    /// ...up to and including this one.
+    pub to_seq: u64,
+    /// True when `changes` is the whole table rather than a delta.
+    pub snapshot: bool,
+    pub changes: Vec<AgentGroups>,
+    /// Hash of the whole table at `to_seq`, for the worker to check its replica.
+    pub global_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AgentGroupsAck {
+    pub seq: u64,
+    pub global_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct IntegrityCheck {
+    pub manifest_digest: String,
+    pub files: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct IntegrityStatus {
+    pub master_digest: String,
+    pub files: u64,
+    pub in_sync: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +243,9 @@ impl MessageName for WorkerToMaster {
     fn name(&self) -> &'static str {
         match self {
             WorkerToMaster::KeepAlive(_) => "keep_alive",
+            WorkerToMaster::AgentInfo(_) => "agent_info",
+            WorkerToMaster::AgentGroupsAck(_) => "agent_groups_ack",
+            WorkerToMaster::IntegrityCheck(_) => "integrity_check",
             WorkerToMaster::Goodbye(_) => "goodbye",
         }
     }
@@ -165,6 +255,9 @@ impl MessageName for MasterToWorker {
     fn name(&self) -> &'static str {
         match self {
             MasterToWorker::KeepAliveAck(_) => "keep_alive_ack",
+            MasterToWorker::AgentInfoAck(_) => "agent_info_ack",
+            MasterToWorker::AgentGroups(_) => "agent_groups",
+            MasterToWorker::IntegrityStatus(_) => "integrity_status",
             MasterToWorker::Goodbye(_) => "goodbye",
             MasterToWorker::Error(_) => "error",
         }
@@ -229,7 +322,7 @@ mod tests {
     fn keepalive() -> Envelope<WorkerToMaster> {
         Envelope::request(
             RequestId { origin: Role::Worker, seq: 7 },
-            WorkerToMaster::KeepAlive(KeepAlive { sent_at_ms: 42 }),
+            WorkerToMaster::KeepAlive(KeepAlive { sent_at_ms: 42, jobs: vec![] }),
         )
     }
 

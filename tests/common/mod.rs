@@ -8,8 +8,12 @@ use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use wazuh_cluster_actors::master::MasterListener;
+use wazuh_cluster_actors::settings::JobIntervals;
 use wazuh_cluster_actors::ChannelSettings;
+use wazuh_cluster_protocol::version::VersionRange;
 use wazuh_cluster_protocol::{CipherSuite, Psk, Role};
+
+pub mod cluster;
 
 /// Every log line of the test process, as `LEVEL [node] message`.
 fn lines() -> &'static Mutex<Vec<String>> {
@@ -107,14 +111,25 @@ pub fn settings(name: &str, role: Role, psk_byte: u8) -> ChannelSettings {
     ChannelSettings {
         node_name: name.into(),
         role,
+        data_dir: std::env::temp_dir().join("wmn-tests-nonexistent"),
         cluster_name: "test".into(),
         psk: Psk::from_bytes([psk_byte; 32]),
         suite: CipherSuite::ChaCha20Poly1305,
         max_frame: 1 << 20,
         handshake_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_millis(500),
         keepalive_interval: Duration::from_millis(200),
         reconnect_min: Duration::from_millis(20),
         reconnect_max: Duration::from_millis(200),
+        jobs: JobIntervals {
+            agent_info: Duration::from_millis(100),
+            integrity: Duration::from_millis(300),
+            local_integrity: Duration::from_millis(300),
+            local_agent_groups: Duration::from_millis(300),
+            restart_min: Duration::from_millis(20),
+            restart_max: Duration::from_millis(200),
+        },
+        versions: VersionRange::ours(),
     }
 }
 

@@ -1,0 +1,308 @@
+//! The master's end of a worker connection: `KeepAlive`, `AgentInfo`, `AgentGroupsSend`, `Integrity`.
+
+use super::local::{GetIntegrity, GroupsChanged, LocalAgentGroups, LocalIntegrity, MasterServices, Subscribe};
+use super::{call, job_plumbing, Controls, Inbound, InjectFault, JobCore, JobHealth};
+use crate::connection::{ConnectionActor, JobSet, MasterSide, Outgoing};
+use crate::settings::ChannelSettings;
+use actix::prelude::*;
+use log::{debug, warn};
+use std::sync::Arc;
+use wazuh_cluster_protocol::message::{
+    AgentGroupsUpdate, AgentInfoAck, ErrorCode, ErrorReply, IntegrityStatus, KeepAliveAck, MessageName, RequestId,
+};
+use wazuh_cluster_protocol::{Envelope, Kind, MasterToWorker, WorkerToMaster};
+
+type Conn = Addr<ConnectionActor<MasterSide>>;
+
+fn reply(conn: &Conn, id: RequestId, body: MasterToWorker) {
+    conn.do_send(Outgoing(Envelope::response(id, body)));
+}
+
+/// Answers a message that this job cannot serve; requests get an error reply, the rest is logged.
+fn refuse(core: &JobCore, conn: &Conn, envelope: Envelope<WorkerToMaster>) {
+    let what = format!("{} is not valid as {:?}", envelope.body.name(), envelope.kind);
+    warn!(node = core.node(); "worker {}: {what}", core.peer);
+    if let Kind::Request(id) = envelope.kind {
+        reply(conn, id, MasterToWorker::Error(ErrorReply { code: ErrorCode::Invalid, message: what }));
+    }
+}
+
+/// The job actors of one worker connection, master end.
+pub struct MasterJobs {
+    keepalive: Addr<KeepAlive>,
+    agent_info: Addr<AgentInfo>,
+    agent_groups: Addr<AgentGroupsSend>,
+    integrity: Addr<Integrity>,
+    controls: Controls,
+}
+
+impl MasterJobs {
+    pub fn spawn(conn: Conn, settings: &Arc<ChannelSettings>, services: &MasterServices, peer: &str) -> Self {
+        let core = |name: &'static str| {
+            let health = JobHealth::new(name);
+            (JobCore::new(name, settings.clone(), peer, health.clone()), health)
+        };
+        let (c1, h1) = core("KeepAlive");
+        let (c2, h2) = core("AgentInfo");
+        let (c3, h3) = core("AgentGroupsSend");
+        let (c4, h4) = core("Integrity");
+        let conn1 = conn.clone();
+        let keepalive = Supervisor::start(move |_| KeepAlive { core: c1, conn: conn1 });
+        let conn2 = conn.clone();
+        let agent_info = Supervisor::start(move |_| AgentInfo { core: c2, conn: conn2 });
+        let conn3 = conn.clone();
+        let groups = services.local_agent_groups.clone();
+        let agent_groups = Supervisor::start(move |_| AgentGroupsSend {
+            core: c3,
+            conn: conn3,
+            local: groups,
+            acked_seq: None,
+            latest: None,
+            dirty: false,
+        });
+        let local = services.local_integrity.clone();
+        let integrity = Supervisor::start(move |_| Integrity { core: c4, conn, local });
+        let mut controls = Controls::default();
+        controls.add("KeepAlive", &keepalive, h1);
+        controls.add("AgentInfo", &agent_info, h2);
+        controls.add("AgentGroupsSend", &agent_groups, h3);
+        controls.add("Integrity", &integrity, h4);
+        MasterJobs { keepalive, agent_info, agent_groups, integrity, controls }
+    }
+}
+
+impl JobSet<MasterSide> for MasterJobs {
+    fn route(&self, envelope: Envelope<WorkerToMaster>) {
+        match envelope.body {
+            WorkerToMaster::KeepAlive(_) => self.keepalive.do_send(Inbound(envelope)),
+            WorkerToMaster::AgentInfo(_) => self.agent_info.do_send(Inbound(envelope)),
+            WorkerToMaster::AgentGroupsAck(_) => self.agent_groups.do_send(Inbound(envelope)),
+            WorkerToMaster::IntegrityCheck(_) => self.integrity.do_send(Inbound(envelope)),
+            // Handled by the connection itself.
+            WorkerToMaster::Goodbye(_) => {}
+        }
+    }
+
+    fn healths(&self) -> Vec<JobHealth> {
+        self.controls.healths()
+    }
+
+    fn inject(&self, job: &str, fault: InjectFault) -> bool {
+        self.controls.inject(job, fault)
+    }
+
+    fn stop(&self) {
+        self.controls.stop();
+    }
+}
+
+/// Answers the worker's keep-alives.
+pub struct KeepAlive {
+    core: JobCore,
+    conn: Conn,
+}
+
+job_plumbing!(KeepAlive);
+
+impl Actor for KeepAlive {
+    type Context = Context<Self>;
+    fn started(&mut self, _: &mut Context<Self>) {
+        self.core.started();
+    }
+}
+
+impl Handler<Inbound<WorkerToMaster>> for KeepAlive {
+    type Result = ();
+
+    fn handle(&mut self, Inbound(envelope): Inbound<WorkerToMaster>, ctx: &mut Context<Self>) {
+        match (envelope.kind, &envelope.body) {
+            (Kind::Request(id), WorkerToMaster::KeepAlive(ka)) => {
+                if let Err(e) = self.core.begin() {
+                    return self.core.failed(ctx, e);
+                }
+                let ack = KeepAliveAck { echo_sent_at_ms: ka.sent_at_ms, master_time_ms: crate::now_ms() };
+                reply(&self.conn, id, MasterToWorker::KeepAliveAck(ack));
+                self.core.succeeded();
+            }
+            _ => refuse(&self.core, &self.conn, envelope),
+        }
+    }
+}
+
+/// Receives the statuses of the agents reporting to the worker.
+pub struct AgentInfo {
+    core: JobCore,
+    conn: Conn,
+}
+
+job_plumbing!(AgentInfo);
+
+impl Actor for AgentInfo {
+    type Context = Context<Self>;
+    fn started(&mut self, _: &mut Context<Self>) {
+        self.core.started();
+    }
+}
+
+impl Handler<Inbound<WorkerToMaster>> for AgentInfo {
+    type Result = ();
+
+    fn handle(&mut self, Inbound(envelope): Inbound<WorkerToMaster>, ctx: &mut Context<Self>) {
+        match (envelope.kind, &envelope.body) {
+            (Kind::Request(id), WorkerToMaster::AgentInfo(batch)) => {
+                if let Err(e) = self.core.begin() {
+                    return self.core.failed(ctx, e);
+                }
+                // Updates are stored only for agents that exist; the registry comes with
+                // enrollment, so for now every update is for an unknown agent.
+                let unknown = batch.updates.len() as u32;
+                if unknown > 0 {
+                    debug!(node = self.core.node(); "worker {}: {unknown} status updates for unknown agents not stored", self.core.peer);
+                }
+                reply(&self.conn, id, MasterToWorker::AgentInfoAck(AgentInfoAck { stored: 0, unknown }));
+                self.core.succeeded();
+            }
+            _ => refuse(&self.core, &self.conn, envelope),
+        }
+    }
+}
+
+/// Pushes agent-group changes from `LocalAgentGroups` to the worker, from the worker's last
+/// acknowledged sequence number (a snapshot when it has none).
+pub struct AgentGroupsSend {
+    core: JobCore,
+    conn: Conn,
+    local: Addr<LocalAgentGroups>,
+    acked_seq: Option<u64>,
+    latest: Option<GroupsChanged>,
+    /// A change arrived while a push was in flight.
+    dirty: bool,
+}
+
+job_plumbing!(AgentGroupsSend);
+
+impl AgentGroupsSend {
+    fn push(&mut self, ctx: &mut Context<Self>) {
+        let Some(latest) = self.latest.clone() else { return };
+        if self.core.is_busy() {
+            self.dirty = true;
+            return;
+        }
+        if self.acked_seq == Some(latest.seq) {
+            return;
+        }
+        if let Err(e) = self.core.begin() {
+            return self.core.failed(ctx, e);
+        }
+        self.dirty = false;
+        let update = AgentGroupsUpdate {
+            from_seq: self.acked_seq.unwrap_or(0),
+            to_seq: latest.seq,
+            snapshot: self.acked_seq.is_none(),
+            changes: Vec::new(),
+            global_hash: latest.global_hash.clone(),
+        };
+        let fut = call(self.conn.clone(), MasterToWorker::AgentGroups(update));
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| match result {
+            Ok(WorkerToMaster::AgentGroupsAck(ack)) => {
+                if ack.global_hash == latest.global_hash && ack.seq == latest.seq {
+                    act.acked_seq = Some(ack.seq);
+                } else {
+                    warn!(node = act.core.node(); "worker {} disagrees on agent groups (seq {} hash {}); sending a snapshot", act.core.peer, ack.seq, ack.global_hash);
+                    act.acked_seq = None;
+                    act.dirty = true;
+                }
+                act.core.succeeded();
+                if act.dirty {
+                    act.push(ctx);
+                }
+            }
+            Ok(other) => act.core.failed(ctx, format!("unexpected answer {}", other.name())),
+            Err(e) => act.core.failed(ctx, e),
+        }));
+    }
+}
+
+impl Actor for AgentGroupsSend {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.core.is_stopped_for_good() {
+            return;
+        }
+        self.core.started();
+        let delay = self.core.start_delay();
+        ctx.run_later(delay, |act, ctx| {
+            act.local.do_send(Subscribe(ctx.address().recipient()));
+            // After a restart, resend what the worker may have missed.
+            act.push(ctx);
+        });
+    }
+}
+
+impl Handler<GroupsChanged> for AgentGroupsSend {
+    type Result = ();
+
+    fn handle(&mut self, msg: GroupsChanged, ctx: &mut Context<Self>) {
+        self.latest = Some(msg);
+        self.push(ctx);
+    }
+}
+
+impl Handler<Inbound<WorkerToMaster>> for AgentGroupsSend {
+    type Result = ();
+
+    fn handle(&mut self, Inbound(envelope): Inbound<WorkerToMaster>, _: &mut Context<Self>) {
+        // Acks arrive as responses and are matched by the connection; anything routed here is stray.
+        refuse(&self.core, &self.conn, envelope);
+    }
+}
+
+/// Answers the worker's integrity checks with `LocalIntegrity`'s digest.
+pub struct Integrity {
+    core: JobCore,
+    conn: Conn,
+    local: Addr<LocalIntegrity>,
+}
+
+job_plumbing!(Integrity);
+
+impl Actor for Integrity {
+    type Context = Context<Self>;
+    fn started(&mut self, _: &mut Context<Self>) {
+        self.core.started();
+    }
+}
+
+impl Handler<Inbound<WorkerToMaster>> for Integrity {
+    type Result = ();
+
+    fn handle(&mut self, Inbound(envelope): Inbound<WorkerToMaster>, ctx: &mut Context<Self>) {
+        let (id, check) = match (envelope.kind, envelope.body) {
+            (Kind::Request(id), WorkerToMaster::IntegrityCheck(check)) => (id, check),
+            (kind, body) => return refuse(&self.core, &self.conn, Envelope { kind, body }),
+        };
+        if let Err(e) = self.core.begin() {
+            return self.core.failed(ctx, e);
+        }
+        let fut = self.local.send(GetIntegrity);
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| match result {
+            Ok(Some(summary)) => {
+                let in_sync = summary.digest == check.manifest_digest;
+                let status = IntegrityStatus { master_digest: summary.digest, files: summary.files, in_sync };
+                reply(&act.conn, id, MasterToWorker::IntegrityStatus(status));
+                act.core.succeeded();
+            }
+            Ok(None) => {
+                let message = "the master's manifest is not computed yet".to_string();
+                reply(&act.conn, id, MasterToWorker::Error(ErrorReply { code: ErrorCode::Unavailable, message }));
+                act.core.succeeded();
+            }
+            Err(e) => {
+                let message = "the master's integrity job is unavailable".to_string();
+                reply(&act.conn, id, MasterToWorker::Error(ErrorReply { code: ErrorCode::Unavailable, message }));
+                act.core.failed(ctx, format!("LocalIntegrity did not answer: {e}"));
+            }
+        }));
+    }
+}

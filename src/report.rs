@@ -1,0 +1,109 @@
+//! Tables for `wazuh-cluster nodes` and `wazuh-cluster health`, rendered from the API's JSON.
+
+use serde_json::Value;
+
+fn items(body: &Value) -> Vec<Value> {
+    body["data"]["affected_items"].as_array().cloned().unwrap_or_default()
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Left-aligned columns, each as wide as its widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let w = widths.get(i).copied().unwrap_or(0);
+            out.push_str(&format!("{cell:<w$}  "));
+        }
+        out.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        out.push_str(&line(row.clone()));
+    }
+    out
+}
+
+/// `GET /cluster/nodes` as a table.
+pub fn nodes_table(body: &Value) -> String {
+    let rows: Vec<Vec<String>> = items(body)
+        .iter()
+        .map(|n| {
+            vec![
+                s(&n["name"]),
+                s(&n["type"]),
+                s(&n["version"]),
+                s(&n["address"]),
+                s(&n["connected_since"]),
+                s(&n["last_keepalive"]),
+            ]
+        })
+        .collect();
+    table(&["NAME", "TYPE", "VERSION", "ADDRESS", "CONNECTED SINCE", "LAST KEEP-ALIVE"], &rows)
+}
+
+/// `GET /cluster/healthcheck` as a table: one row per actor.
+pub fn health_table(body: &Value) -> String {
+    let mut rows = Vec::new();
+    for node in items(body) {
+        let actors = node["actors"].as_array().cloned().unwrap_or_default();
+        if actors.is_empty() {
+            rows.push(vec![s(&node["name"]), s(&node["type"]), "-".into(), "-".into(), "-".into(), "-".into()]);
+        }
+        for a in actors {
+            rows.push(vec![
+                s(&node["name"]),
+                s(&node["type"]),
+                format!("{} ({})", s(&a["name"]), s(&a["end"])),
+                s(&a["state"]),
+                format!("{}/{}/{}", s(&a["runs"]), s(&a["failures"]), s(&a["restarts"])),
+                s(&a["last_run"]),
+            ]);
+            if let Some(err) = a["last_error"].as_str() {
+                rows.push(vec![
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    format!("last error: {err}"),
+                    String::new(),
+                    String::new(),
+                ]);
+            }
+        }
+    }
+    table(&["NODE", "TYPE", "ACTOR", "STATE", "RUNS/FAIL/RESTARTS", "LAST RUN"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_envelope_as_columns() {
+        let body = serde_json::json!({"data": {"affected_items": [
+            {"name": "master", "type": "master", "version": "0.1.0", "address": "127.0.0.1:1516", "connected_since": "t", "last_keepalive": null},
+            {"name": "worker-1", "type": "worker", "version": "0.1.0", "address": "127.0.0.1:5000", "connected_since": "t", "last_keepalive": "u"}
+        ], "total_affected_items": 2}, "error": 0});
+        let t = nodes_table(&body);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("NAME      TYPE"));
+        assert!(lines[2].starts_with("worker-1  worker"));
+        assert!(lines[1].ends_with('-'), "null shows as -: {}", lines[1]);
+    }
+}

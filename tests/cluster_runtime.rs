@@ -1,0 +1,292 @@
+//! The cluster runtime in one process: supervision of job actors, refusals, reconnects after a
+//! master crash, dropped workers, and the HTTP API. Real sockets, real nodes, millisecond timers;
+//! every wait is on a condition, none is a fixed sleep.
+
+mod common;
+
+use actix::Actor;
+use common::cluster::TestCluster;
+use common::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wazuh_cluster_actors::link;
+use wazuh_cluster_actors::master::{self, LocalJobs};
+use wazuh_cluster_actors::worker::{self, GetLink, WorkerLink};
+use wazuh_cluster_protocol::message::JobReport;
+use wazuh_cluster_protocol::version::VersionRange;
+use wazuh_cluster_protocol::{ProtocolVersion, Role};
+use wazuh_multi_node::node::NodeHandle;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn job<'a>(jobs: &'a [JobReport], name: &str) -> &'a JobReport {
+    jobs.iter().find(|j| j.name == name).unwrap_or_else(|| panic!("no job {name} in {jobs:?}"))
+}
+
+fn link_of(cluster: &TestCluster, i: usize) -> actix::Addr<WorkerLink> {
+    match &cluster.worker(i).handle {
+        NodeHandle::Worker { link, .. } => link.clone(),
+        NodeHandle::Master { .. } => panic!("not a worker"),
+    }
+}
+
+fn listener_of(cluster: &TestCluster) -> actix::Addr<master::MasterListener> {
+    match &cluster.master().handle {
+        NodeHandle::Master { listener, .. } => listener.clone(),
+        NodeHandle::Worker { .. } => panic!("not a master"),
+    }
+}
+
+/// GET on a node's API from a blocking thread; returns status and parsed JSON.
+async fn api_get(addr: std::net::SocketAddr, path: &'static str) -> (u16, serde_json::Value) {
+    let base = format!("http://{addr}");
+    let (status, body) = actix_rt::task::spawn_blocking(move || wazuh_multi_node::client::get(&base, path))
+        .await
+        .expect("join")
+        .expect("http");
+    (status, serde_json::from_str(&body).expect("json"))
+}
+
+#[actix_rt::test]
+async fn a_failing_job_restarts_in_place_while_its_connection_and_siblings_go_on() {
+    let cluster = TestCluster::start("sup", 1).await;
+    let link = link_of(&cluster, 0);
+    let before = link.send(GetLink).await.unwrap().expect("connected");
+    let keepalive_before = job(&before.jobs, "KeepAlive").runs;
+
+    // The worker's AgentInfo fails its next 3 runs; each failure stops it and its supervisor
+    // restarts it after a back-off.
+    assert!(link.send(worker::InjectFault { job: "AgentInfo".into(), failures: 3 }).await.unwrap());
+    wait_until("the worker's AgentInfo restarted 3 times and ran again", WAIT, || {
+        let link = link.clone();
+        async move {
+            let info = link.send(GetLink).await.ok().flatten();
+            info.is_some_and(|i| {
+                let a = job(&i.jobs, "AgentInfo");
+                a.restarts >= 3 && a.state == "running" && a.runs > 0
+            })
+        }
+    })
+    .await;
+    let after = link.send(GetLink).await.unwrap().expect("still connected");
+    let agent_info = job(&after.jobs, "AgentInfo");
+    assert_eq!(agent_info.failures, 3);
+    assert_eq!(agent_info.last_error.as_deref(), Some("injected fault"));
+    assert_eq!(after.connected_since_ms, before.connected_since_ms, "the connection was never dropped");
+    assert!(job(&after.jobs, "KeepAlive").runs > keepalive_before, "siblings kept running");
+    assert_eq!(job(&after.jobs, "KeepAlive").restarts, 0);
+
+    // The same on the master's end of the connection.
+    let listener = listener_of(&cluster);
+    let worker = cluster.worker_name(0);
+    let injected = listener.send(master::InjectFault { worker: worker.clone(), job: "AgentInfo".into(), failures: 2 });
+    assert!(injected.await.unwrap());
+    wait_until("the master's AgentInfo for the worker restarted twice", WAIT, || {
+        let listener = listener.clone();
+        async move {
+            let workers = listener.send(master::ListWorkers).await.unwrap_or_default();
+            workers.first().is_some_and(|w| job(&w.jobs, "AgentInfo").restarts >= 2)
+        }
+    })
+    .await;
+
+    // The healthcheck API shows both ends' restart counts (the worker's through its keep-alives).
+    let master_api = cluster.master().api_addr;
+    wait_until("the healthcheck shows the restarts", WAIT, || async move {
+        let (status, body) = api_get(master_api, "/cluster/healthcheck").await;
+        let items = body["data"]["affected_items"].as_array().cloned().unwrap_or_default();
+        let worker_node = items.iter().find(|n| n["type"] == "worker");
+        let restarts = |end: &str| {
+            worker_node
+                .and_then(|n| n["actors"].as_array())
+                .and_then(|a| a.iter().find(|x| x["name"] == "AgentInfo" && x["end"] == end))
+                .and_then(|x| x["restarts"].as_u64())
+                .unwrap_or(0)
+        };
+        status == 200 && restarts("worker") >= 3 && restarts("master") >= 2
+    })
+    .await;
+    assert!(find_logs(&cluster.master_name(), &["closing connection"]).is_empty());
+    assert!(!find_logs(&worker, &["job AgentInfo for", "failed: injected fault; restarting it"]).is_empty());
+}
+
+#[actix_rt::test]
+async fn the_master_runs_one_shared_local_integrity_and_local_agent_groups() {
+    let cluster = TestCluster::start("shared", 2).await;
+    let listener = listener_of(&cluster);
+    wait_until("the shared jobs have run", WAIT, || {
+        let listener = listener.clone();
+        async move {
+            let jobs = listener.send(LocalJobs).await.unwrap_or_default();
+            jobs.len() == 2 && jobs.iter().all(|j| j.runs >= 2)
+        }
+    })
+    .await;
+    let names: Vec<String> = listener.send(LocalJobs).await.unwrap().into_iter().map(|j| j.name).collect();
+    assert_eq!(names, ["LocalIntegrity", "LocalAgentGroups"]);
+    // Both workers' Integrity and AgentGroupsSend rounds are served from those two jobs.
+    wait_until("both workers checked integrity and acked agent groups", WAIT, || {
+        let listener = listener.clone();
+        async move {
+            let ws = listener.send(master::ListWorkers).await.unwrap_or_default();
+            ws.len() == 2
+                && ws.iter().all(|w| job(&w.jobs, "Integrity").runs >= 1 && job(&w.jobs, "AgentGroupsSend").runs >= 1)
+        }
+    })
+    .await;
+    assert_eq!(find_logs(&cluster.worker_name(0), &["files in sync with master"]).len(), 1);
+}
+
+#[actix_rt::test]
+async fn workers_come_back_after_the_master_is_killed_mid_conversation_repeatedly() {
+    let mut cluster = TestCluster::start("crash", 2).await;
+    for round in 1..=5 {
+        cluster.kill_master().await;
+        // Both workers notice at once (the socket closes) and start redialling.
+        for i in 0..2 {
+            let link = link_of(&cluster, i);
+            wait_until("the worker lost its master", WAIT, || {
+                let link = link.clone();
+                async move { link.send(GetLink).await.ok().flatten().is_none() }
+            })
+            .await;
+        }
+        cluster.restart_master().await;
+        let back = cluster.wait_for_workers(2, WAIT).await;
+        eprintln!("round {round}: both workers back {} ms after the master listened", back.as_millis());
+    }
+    for i in 0..2 {
+        assert!(cluster.worker_connected(i).await);
+        wait_for_log(&cluster.worker_name(i), &["redialling master"], WAIT).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_killed_worker_is_dropped_and_rejoins_when_restarted() {
+    let mut cluster = TestCluster::start("wkill", 2).await;
+    cluster.kill_worker(1).await;
+    cluster.wait_for_workers(1, WAIT).await;
+    assert_eq!(cluster.connected_workers().await, [cluster.worker_name(0)]);
+    let name = cluster.worker_name(1);
+    wait_for_log(&cluster.master_name(), &["connection with worker", &name, "closed"], WAIT).await;
+    cluster.restart_worker(1).await;
+    cluster.wait_for_workers(2, WAIT).await;
+}
+
+/// Starts a WorkerLink with `settings` against `addr` and waits for both sides' refusal lines.
+async fn refused(
+    master_name: &str,
+    addr: std::net::SocketAddr,
+    settings: wazuh_cluster_actors::ChannelSettings,
+    reason: &str,
+) {
+    let name = settings.node_name.clone();
+    let link = WorkerLink::new(Arc::new(settings), addr.to_string()).start();
+    let m = wait_for_log(master_name, &["refused worker", &name, reason], WAIT).await;
+    assert!(m.starts_with("WARN"), "{m}");
+    let w = wait_for_log(&name, &["refused this worker", reason], WAIT).await;
+    assert!(w.starts_with("ERROR"), "{w}");
+    link.do_send(worker::Kill);
+}
+
+fn cluster_addr(cluster: &TestCluster) -> std::net::SocketAddr {
+    match &cluster.master().handle {
+        NodeHandle::Master { cluster_addr, .. } => *cluster_addr,
+        NodeHandle::Worker { .. } => panic!("not a master"),
+    }
+}
+
+#[actix_rt::test]
+async fn wrong_cluster_duplicate_name_incompatible_version_and_invalid_name_are_refused_in_both_logs() {
+    let cluster = TestCluster::start("refuse", 1).await;
+    let addr = cluster_addr(&cluster);
+    let m = cluster.master_name();
+    // The test cluster's key, derived the same way.
+    let psk =
+        wazuh_cluster_protocol::ClusterKey::new("test-cluster-key-0123456789abcdef0123").unwrap().derive_psk().unwrap();
+    let base = |name: &str| {
+        let mut s = settings(name, Role::Worker, 0);
+        s.psk = psk.clone();
+        s
+    };
+
+    let mut wrong_cluster = base("refuse-other-cluster");
+    wrong_cluster.cluster_name = "production".into();
+    refused(&m, addr, wrong_cluster, "wrong cluster name \"production\" (this cluster is \"test\")").await;
+
+    let duplicate = base(&cluster.worker_name(0));
+    refused(&m, addr, duplicate, "is already connected").await;
+
+    let mut future = base("refuse-future");
+    future.versions = VersionRange { min: ProtocolVersion::new(2, 0), max: ProtocolVersion::new(2, 3) };
+    refused(&m, addr, future, "incompatible protocol versions: peer speaks 2.0..=2.3, this node 1.0..=1.0").await;
+
+    refused(&m, addr, base("bad.name"), "invalid node name \"bad.name\"").await;
+
+    // The genuine worker was never disturbed.
+    assert!(cluster.worker_connected(0).await);
+
+    // One minor version ahead still joins.
+    let mut next = base("refuse-next-minor");
+    next.versions = VersionRange { min: ProtocolVersion::new(1, 0), max: ProtocolVersion::new(1, 1) };
+    let joined = link::dial(&addr.to_string(), &next).await.expect("a node one minor version apart joins");
+    assert_eq!(joined.version, ProtocolVersion::new(1, 0));
+}
+
+#[actix_rt::test]
+async fn a_stale_connection_is_replaced_by_a_new_one_with_the_same_name() {
+    let cluster = TestCluster::start("stale", 0).await;
+    let addr = cluster_addr(&cluster);
+    let psk =
+        wazuh_cluster_protocol::ClusterKey::new("test-cluster-key-0123456789abcdef0123").unwrap().derive_psk().unwrap();
+    let mut s = settings("stale-w", Role::Worker, 0);
+    s.psk = psk;
+    // A connection that authenticates and then goes silent, as after a power loss on its host.
+    let ghost = link::dial(&addr.to_string(), &s).await.expect("dial");
+    cluster.wait_for_workers(1, WAIT).await;
+    // While it is fresh, a second connection under its name is refused...
+    let live = link::dial(&addr.to_string(), &s).await;
+    assert!(live.is_err(), "a live duplicate must be refused");
+    // ...once it has missed a keep-alive, the newcomer replaces it.
+    let start = Instant::now();
+    let replaced = loop {
+        if let Ok(l) = link::dial(&addr.to_string(), &s).await {
+            break l;
+        }
+        assert!(start.elapsed() < WAIT, "the stale connection was never replaced");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    wait_for_log(&cluster.master_name(), &["replacing stale connection of worker stale-w"], WAIT).await;
+    drop((ghost, replaced));
+}
+
+#[actix_rt::test]
+async fn nodes_and_health_endpoints_answer_in_the_wazuh_envelope() {
+    let mut cluster = TestCluster::start("api", 2).await;
+    let (status, body) = api_get(cluster.master().api_addr, "/cluster/nodes").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["error"], 0);
+    assert_eq!(body["data"]["total_affected_items"], 3);
+    let items = body["data"]["affected_items"].as_array().unwrap();
+    assert_eq!(items[0]["name"], cluster.master_name());
+    assert_eq!(items[0]["type"], "master");
+    assert_eq!(items[1]["type"], "worker");
+    assert_eq!(items[1]["version"], env!("CARGO_PKG_VERSION"));
+    assert!(items[1]["address"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(items[1]["connected_since"].as_str().unwrap().ends_with('Z'));
+
+    let (status, body) = api_get(cluster.master().api_addr, "/health").await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("serving")));
+    let worker_api = cluster.worker(0).api_addr;
+    let (status, _) = api_get(worker_api, "/health").await;
+    assert_eq!(status, 200);
+    let (status, body) = api_get(worker_api, "/cluster/nodes").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["data"]["affected_items"][1]["type"], "master");
+    let (status, body) = api_get(worker_api, "/nope").await;
+    assert_eq!((status, body["error"].as_u64()), (404, Some(404)));
+
+    // A worker without its master is not serving.
+    cluster.kill_master().await;
+    wait_until("the worker reports 503", WAIT, || async move { api_get(worker_api, "/health").await.0 == 503 }).await;
+}

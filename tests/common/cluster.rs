@@ -1,0 +1,157 @@
+//! `TestCluster`: a master and N workers in one process, on ephemeral loopback ports, each a real
+//! node (config, actors, HTTP API) as `wazuh-cluster run` starts it. Any node can be killed (sockets
+//! dropped without goodbyes, as a crash) and restarted with the same configuration.
+
+use super::init_logs;
+use std::time::{Duration, Instant};
+use wazuh_cluster_actors::master::ListWorkers;
+use wazuh_cluster_actors::worker::GetLink;
+use wazuh_cluster_protocol::Psk;
+use wazuh_multi_node::config::{Config, Sources};
+use wazuh_multi_node::node::{self, NodeHandle, RunningNode};
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub master: Option<RunningNode>,
+    pub workers: Vec<Option<RunningNode>>,
+    master_cfg: Config,
+    worker_cfgs: Vec<Config>,
+    psk: Psk,
+}
+
+const KEY: &str = "test-cluster-key-0123456789abcdef0123";
+
+/// Millisecond intervals so that cluster behaviour plays out in real time, quickly.
+fn config(dir: &std::path::Path, name: &str, role: &str, extra: &[(&str, String)]) -> Config {
+    let mut overrides: Vec<(String, String)> = [
+        ("node.name", name.to_string()),
+        ("node.role", role.to_string()),
+        ("node.data_dir", dir.join(name).display().to_string()),
+        ("cluster.name", "test".to_string()),
+        ("cluster.key", KEY.to_string()),
+        ("cluster.bind", "127.0.0.1:0".to_string()),
+        ("cluster.request_timeout", "500ms".to_string()),
+        ("cluster.intervals.keepalive", "200ms".to_string()),
+        ("cluster.intervals.reconnect_min", "20ms".to_string()),
+        ("cluster.intervals.reconnect_max", "200ms".to_string()),
+        ("cluster.intervals.agent_info", "100ms".to_string()),
+        ("cluster.intervals.integrity", "300ms".to_string()),
+        ("cluster.intervals.local_integrity", "300ms".to_string()),
+        ("cluster.intervals.local_agent_groups", "300ms".to_string()),
+        ("api.bind", "127.0.0.1:0".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    overrides.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    Config::load(&Sources { file: None, env: Vec::new(), overrides }).expect("test config")
+}
+
+impl TestCluster {
+    /// Starts a master named `prefix-master` and `n` workers named `prefix-worker-i`, and waits until
+    /// every worker is connected.
+    pub async fn start(prefix: &str, n: usize) -> TestCluster {
+        init_logs();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut master_cfg = config(dir.path(), &format!("{prefix}-master"), "master", &[]);
+        let psk = node::derive_psk(&master_cfg).expect("psk");
+        let master = node::start(&master_cfg, psk.clone()).await.expect("start master");
+        let NodeHandle::Master { cluster_addr, .. } = &master.handle else { panic!("not a master") };
+        // Restarts reuse the port, as a restarted process would.
+        master_cfg.cluster.bind = *cluster_addr;
+        let mut worker_cfgs = Vec::new();
+        let mut workers = Vec::new();
+        for i in 1..=n {
+            let cfg = config(
+                dir.path(),
+                &format!("{prefix}-worker-{i}"),
+                "worker",
+                &[("cluster.master", cluster_addr.to_string())],
+            );
+            workers.push(Some(node::start(&cfg, psk.clone()).await.expect("start worker")));
+            worker_cfgs.push(cfg);
+        }
+        let cluster = TestCluster { dir, master: Some(master), workers, master_cfg, worker_cfgs, psk };
+        cluster.wait_for_workers(n, Duration::from_secs(10)).await;
+        cluster
+    }
+
+    pub fn master_name(&self) -> String {
+        self.master_cfg.node.name.clone()
+    }
+
+    pub fn worker_name(&self, i: usize) -> String {
+        self.worker_cfgs[i].node.name.clone()
+    }
+
+    pub fn master(&self) -> &RunningNode {
+        self.master.as_ref().expect("master is running")
+    }
+
+    pub fn worker(&self, i: usize) -> &RunningNode {
+        self.workers[i].as_ref().expect("worker is running")
+    }
+
+    /// Names of the workers the master has connected now.
+    pub async fn connected_workers(&self) -> Vec<String> {
+        let Some(NodeHandle::Master { listener, .. }) = self.master.as_ref().map(|m| &m.handle) else {
+            return Vec::new();
+        };
+        listener.send(ListWorkers).await.unwrap_or_default().into_iter().map(|w| w.peer.node_name).collect()
+    }
+
+    /// Whether worker `i` has a live connection to the master.
+    pub async fn worker_connected(&self, i: usize) -> bool {
+        match self.workers[i].as_ref().map(|w| &w.handle) {
+            Some(NodeHandle::Worker { link, .. }) => matches!(link.send(GetLink).await, Ok(Some(_))),
+            _ => false,
+        }
+    }
+
+    /// Waits until the master lists exactly `n` workers; returns how long it took.
+    pub async fn wait_for_workers(&self, n: usize, timeout: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            if self.connected_workers().await.len() == n {
+                return start.elapsed();
+            }
+            assert!(start.elapsed() < timeout, "the master did not list {n} workers within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn kill_master(&mut self) {
+        if let Some(m) = self.master.take() {
+            m.kill().await;
+        }
+    }
+
+    /// Restarts the master on its old port (retrying while the old socket is being released).
+    pub async fn restart_master(&mut self) {
+        let start = Instant::now();
+        loop {
+            match node::start(&self.master_cfg, self.psk.clone()).await {
+                Ok(m) => {
+                    self.master = Some(m);
+                    return;
+                }
+                Err(e) if start.elapsed() < Duration::from_secs(5) => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("master did not restart: {e:#}"),
+            }
+        }
+    }
+
+    pub async fn kill_worker(&mut self, i: usize) {
+        if let Some(w) = self.workers[i].take() {
+            w.kill().await;
+        }
+    }
+
+    pub async fn restart_worker(&mut self, i: usize) {
+        let w = node::start(&self.worker_cfgs[i], self.psk.clone()).await.expect("restart worker");
+        self.workers[i] = Some(w);
+    }
+}
