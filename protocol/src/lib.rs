@@ -14,6 +14,7 @@
 //!   sealed payload.
 //! - [`codec`]: `tokio_util::codec` encoders/decoders stacking the layers for a framed socket.
 
+pub mod agent;
 pub mod codec;
 pub mod frame;
 pub mod handshake;

@@ -1,0 +1,4 @@
+//! The Wazuh 4.x agent protocol, as a manager speaks it (pure parsing and formatting; the sockets are
+//! in `actors`).
+
+pub mod enrollment;
