@@ -30,7 +30,8 @@
 //!
 //! [enrollment]
 //! bind = "0.0.0.0:1515"
-//! password = ""
+//! password = ""              # empty: no password
+//! timeout = "10s"            # TLS + request line must arrive within this
 //!
 //! [agents]
 //! bind = "0.0.0.0:1514"
@@ -126,6 +127,7 @@ struct RawIntervals {
 struct RawEnrollment {
     bind: Option<String>,
     password: Option<String>,
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -204,6 +206,9 @@ pub struct EnrollmentConfig {
     pub bind: SocketAddr,
     #[serde(serialize_with = "ser_secret")]
     pub password: Option<String>,
+    /// A client must finish TLS and send its request line within this time.
+    #[serde(serialize_with = "ser_duration")]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -408,6 +413,7 @@ fn validate(raw: RawConfig, file: Option<&Path>) -> Result<Config, ConfigError> 
     let enrollment = EnrollmentConfig {
         bind: parse_addr("enrollment.bind", enrollment.bind, "0.0.0.0:1515")?,
         password: non_empty(enrollment.password),
+        timeout: duration_field("enrollment.timeout", enrollment.timeout, "10s", ms(10), Duration::from_secs(300))?,
     };
     let agents = BindConfig { bind: parse_addr("agents.bind", agents.bind, "0.0.0.0:1514")? };
     let api = BindConfig { bind: parse_addr("api.bind", api.bind, "127.0.0.1:55000")? };

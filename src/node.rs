@@ -10,9 +10,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use wazuh_cluster_actors::enrollment::{self, Enroller, EnrollmentSettings};
 use wazuh_cluster_actors::master::{self, ListWorkers, LocalJobs, MasterListener};
+use wazuh_cluster_actors::registry::{Registry, Replica};
 use wazuh_cluster_actors::settings::JobIntervals;
-use wazuh_cluster_actors::worker::{self, GetLink, WorkerLink};
+use wazuh_cluster_actors::store_thread::StoreHandle;
+use wazuh_cluster_actors::worker::{self, GetLink, WorkerLink, WorkerServices};
 use wazuh_cluster_actors::ChannelSettings;
 use wazuh_cluster_protocol::message::JobReport;
 use wazuh_cluster_protocol::version::VersionRange;
@@ -58,8 +61,20 @@ pub fn derive_psk(config: &Config) -> anyhow::Result<Psk> {
 /// What the API and the CLI need to observe a node: its actors' addresses.
 #[derive(Clone)]
 pub enum NodeHandle {
-    Master { name: String, listener: Addr<MasterListener>, cluster_addr: SocketAddr, started_ms: u64 },
-    Worker { name: String, link: Addr<WorkerLink>, master: String, started_ms: u64 },
+    Master {
+        name: String,
+        listener: Addr<MasterListener>,
+        cluster_addr: SocketAddr,
+        started_ms: u64,
+        registry: StoreHandle<Registry>,
+    },
+    Worker {
+        name: String,
+        link: Addr<WorkerLink>,
+        master: String,
+        started_ms: u64,
+        replica: StoreHandle<Replica>,
+    },
 }
 
 /// One row of `GET /cluster/nodes`.
@@ -131,7 +146,7 @@ impl NodeHandle {
 
     pub async fn nodes(&self) -> Vec<NodeView> {
         match self {
-            NodeHandle::Master { name, listener, cluster_addr, started_ms } => {
+            NodeHandle::Master { name, listener, cluster_addr, started_ms, .. } => {
                 let mut out = vec![NodeView {
                     name: name.clone(),
                     kind: "master".into(),
@@ -152,7 +167,7 @@ impl NodeHandle {
                 }
                 out
             }
-            NodeHandle::Worker { name, link, master, started_ms } => {
+            NodeHandle::Worker { name, link, master, started_ms, .. } => {
                 let info = link.send(GetLink).await.ok().flatten();
                 let mut out = vec![NodeView {
                     name: name.clone(),
@@ -232,46 +247,75 @@ impl NodeHandle {
     }
 }
 
-/// A started node: its actors and its API server.
+/// A started node: its actors, its enrollment listener and its API server.
 pub struct RunningNode {
     pub handle: NodeHandle,
     pub api_addr: SocketAddr,
+    pub enrollment_addr: SocketAddr,
     api: ServerHandle,
+    enrollment: actix_rt::task::JoinHandle<()>,
 }
 
-/// Starts the node's actors and API. Must run inside an actix system.
+/// Starts the node's actors, enrollment listener and API. Must run inside an actix system.
 pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
-    std::fs::create_dir_all(&config.node.data_dir)
-        .with_context(|| format!("cannot create node.data_dir {}", config.node.data_dir.display()))?;
+    let data_dir = &config.node.data_dir;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create node.data_dir {}", data_dir.display()))?;
     let settings = Arc::new(channel_settings(config, psk));
     let name = config.node.name.clone();
     let started_ms = now_ms();
-    let handle = match config.node.role {
+    let tls = enrollment::tls_config(data_dir, &name).context("enrollment TLS")?;
+    let enroll_listener = TcpListener::bind(config.enrollment.bind)
+        .await
+        .with_context(|| format!("cannot listen on enrollment.bind {}", config.enrollment.bind))?;
+    let enrollment_addr = enroll_listener.local_addr().context("cannot read the bound address")?;
+    let (handle, enroller) = match config.node.role {
         Role::Master => {
+            let registry = Registry::open(data_dir)
+                .with_context(|| format!("cannot open the agent registry in {}", data_dir.display()))?;
+            let registry = StoreHandle::spawn(&format!("{name}-registry"), registry, Registry::seq)
+                .context("cannot start the registry thread")?;
             let bind = config.cluster.bind;
             let listener =
                 TcpListener::bind(bind).await.with_context(|| format!("cannot listen on cluster.bind {bind}"))?;
             let cluster_addr = listener.local_addr().context("cannot read the bound address")?;
             info!(node = name.as_str(); "starting master of cluster {:?} (cipher {})", config.cluster.name, config.cluster.cipher);
-            let listener = MasterListener::start(listener, settings).context("cannot start the master")?;
-            NodeHandle::Master { name, listener, cluster_addr, started_ms }
+            let listener =
+                MasterListener::start(listener, settings, registry.clone()).context("cannot start the master")?;
+            (
+                NodeHandle::Master { name, listener, cluster_addr, started_ms, registry: registry.clone() },
+                Enroller::Master(registry),
+            )
         }
         Role::Worker => {
             let master = config.cluster.master.clone().context("cluster.master is required for a worker")?;
+            let replica = Replica::open(data_dir)
+                .with_context(|| format!("cannot open the agent replica in {}", data_dir.display()))?;
+            let replica = StoreHandle::spawn(&format!("{name}-replica"), replica, Replica::seq)
+                .context("cannot start the replica thread")?;
             info!(node = name.as_str(); "starting worker of cluster {:?} (cipher {})", config.cluster.name, config.cluster.cipher);
-            let link = WorkerLink::new(settings, master.clone()).start();
-            NodeHandle::Worker { name, link, master, started_ms }
+            let services = WorkerServices { replica: replica.clone() };
+            let link = WorkerLink::new(settings, master.clone(), services).start();
+            (NodeHandle::Worker { name, link: link.clone(), master, started_ms, replica }, Enroller::Worker(link))
         }
     };
+    let enroll_settings = Arc::new(EnrollmentSettings {
+        node_name: handle.name().to_string(),
+        password: config.enrollment.password.clone(),
+        timeout: config.enrollment.timeout,
+        tls,
+    });
+    let enrollment = enrollment::serve(enroll_listener, enroll_settings, enroller);
+    info!(node = handle.name(); "enrollment listening on {enrollment_addr} (TLS)");
     let (api_addr, api) = match crate::api::start(config.api.bind, handle.clone()) {
         Ok(ok) => ok,
         Err(e) => {
             handle_kill(&handle);
+            enrollment.abort();
             return Err(e).with_context(|| format!("cannot listen on api.bind {}", config.api.bind));
         }
     };
     info!(node = handle.name(); "API listening on http://{api_addr}");
-    Ok(RunningNode { handle, api_addr, api })
+    Ok(RunningNode { handle, api_addr, enrollment_addr, api, enrollment })
 }
 
 fn handle_kill(handle: &NodeHandle) {
@@ -296,6 +340,7 @@ impl RunningNode {
 
     /// Starts the graceful stop without waiting for it (to stop several nodes at once).
     pub fn begin_shutdown(&self, reason: &str) {
+        self.enrollment.abort();
         // The API stops accepting at once; its in-flight requests finish within a second.
         let api = self.api.stop(true);
         actix_rt::spawn(api);
@@ -307,6 +352,7 @@ impl RunningNode {
 
     /// Abrupt stop, as a crash: sockets dropped without goodbyes (tests).
     pub async fn kill(&self) {
+        self.enrollment.abort();
         handle_kill(&self.handle);
         self.api.stop(false).await;
     }

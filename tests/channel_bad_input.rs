@@ -147,6 +147,7 @@ async fn worker_link_logs_that_it_was_refused_and_keeps_retrying() {
     let link = wazuh_cluster_actors::worker::WorkerLink::new(
         std::sync::Arc::new(settings("w-key2", Role::Worker, 9)),
         addr.to_string(),
+        worker_services(),
     )
     .start();
     wait_for_log("w-key2", &["master", "refused this worker", "does not accept our cluster key"], WAIT).await;
@@ -319,6 +320,7 @@ async fn live_worker_keeps_alive_and_is_listed() {
     let worker = wazuh_cluster_actors::worker::WorkerLink::new(
         std::sync::Arc::new(settings("w-live", Role::Worker, 1)),
         addr.to_string(),
+        worker_services(),
     )
     .start();
     // Six keep-alive rounds is twice the silence limit: the connection must survive it.

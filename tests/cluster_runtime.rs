@@ -181,7 +181,7 @@ async fn refused(
     reason: &str,
 ) {
     let name = settings.node_name.clone();
-    let link = WorkerLink::new(Arc::new(settings), addr.to_string()).start();
+    let link = WorkerLink::new(Arc::new(settings), addr.to_string(), worker_services()).start();
     let m = wait_for_log(master_name, &["refused worker", &name, reason], WAIT).await;
     assert!(m.starts_with("WARN"), "{m}");
     let w = wait_for_log(&name, &["refused this worker", reason], WAIT).await;

@@ -138,6 +138,8 @@ fn local(dir: &Path, node: &str, key: &Path, port: u16) -> Vec<String> {
         format!("cluster.bind=127.0.0.1:{port}"),
         format!("cluster.master=127.0.0.1:{port}"),
         format!("api.bind=127.0.0.1:{}", free_port()),
+        format!("enrollment.bind=127.0.0.1:{}", free_port()),
+        format!("agents.bind=127.0.0.1:{}", free_port()),
         "cluster.intervals.keepalive=500ms".to_string(),
     ]
 }

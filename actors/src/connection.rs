@@ -470,17 +470,17 @@ impl Side for MasterSide {
 impl Side for WorkerSide {
     type In = MasterToWorker;
     type Out = WorkerToMaster;
-    type Services = ();
+    type Services = crate::worker::WorkerServices;
     type Jobs = jobs::worker::WorkerJobs;
     const LOCAL: Role = Role::Worker;
 
     fn spawn_jobs(
         conn: Addr<ConnectionActor<Self>>,
         settings: &Arc<ChannelSettings>,
-        _services: &(),
+        services: &Self::Services,
         peer: &str,
     ) -> Self::Jobs {
-        jobs::worker::WorkerJobs::spawn(conn, settings, peer)
+        jobs::worker::WorkerJobs::spawn(conn, settings, services, peer)
     }
 
     fn goodbye(reason: String) -> WorkerToMaster {

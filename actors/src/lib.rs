@@ -11,11 +11,14 @@
 //! Every log line carries the local node's name as the `node` key-value.
 
 pub mod connection;
+pub mod enrollment;
 pub mod jobs;
 pub mod link;
 pub mod manifest;
 pub mod master;
+pub mod registry;
 pub mod settings;
+pub mod store_thread;
 pub mod worker;
 
 pub use settings::ChannelSettings;

@@ -7,7 +7,9 @@ use crate::connection::{
 use crate::jobs::local::MasterServices;
 use crate::jobs::JobHealth;
 use crate::link::{self, LinkError};
+use crate::registry::Registry;
 use crate::settings::ChannelSettings;
+use crate::store_thread::StoreHandle;
 use actix::prelude::*;
 use log::{info, warn};
 use std::collections::HashMap;
@@ -93,9 +95,13 @@ pub struct InjectFault {
 impl MasterListener {
     /// Starts serving workers on `listener` (bound by the caller, so tests can use port 0), with the
     /// master's shared jobs.
-    pub fn start(listener: TcpListener, settings: Arc<ChannelSettings>) -> std::io::Result<Addr<Self>> {
+    pub fn start(
+        listener: TcpListener,
+        settings: Arc<ChannelSettings>,
+        registry: StoreHandle<Registry>,
+    ) -> std::io::Result<Addr<Self>> {
         let local_addr = listener.local_addr()?;
-        let services = MasterServices::start(settings.clone());
+        let services = MasterServices::start(settings.clone(), registry);
         Ok(MasterListener::create(move |ctx| {
             let addr = ctx.address();
             let accept_task = actix_rt::spawn(accept_loop(listener, addr, settings.node_name.clone()));

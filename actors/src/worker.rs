@@ -7,14 +7,25 @@ use crate::connection::{
     Abort, Close, ConnectionActor, ConnectionClosed, ConnectionInfo, GetInfo, InjectJobFault, WorkerSide,
 };
 use crate::link::{self, LinkError};
+use crate::registry::Replica;
 use crate::settings::ChannelSettings;
+use crate::store_thread::StoreHandle;
 use actix::prelude::*;
 use log::{error, info, warn};
 use std::sync::Arc;
 use std::time::Duration;
+use wazuh_cluster_protocol::message::{EnrollForward, EnrollResolve, EnrollResult, MessageName};
+use wazuh_cluster_protocol::{MasterToWorker, WorkerToMaster};
+
+/// What a worker lends its connection: the agent replica.
+#[derive(Clone)]
+pub struct WorkerServices {
+    pub replica: StoreHandle<Replica>,
+}
 
 pub struct WorkerLink {
     settings: Arc<ChannelSettings>,
+    services: WorkerServices,
     master: String,
     conn: Option<Addr<ConnectionActor<WorkerSide>>>,
     /// Failed attempts since the last established connection.
@@ -59,8 +70,32 @@ pub fn backoff(failures: u32, min: Duration, max: Duration, random: u64) -> Dura
 }
 
 impl WorkerLink {
-    pub fn new(settings: Arc<ChannelSettings>, master: String) -> Self {
-        Self { settings, master, conn: None, failures: 0, stopping: false }
+    pub fn new(settings: Arc<ChannelSettings>, master: String, services: WorkerServices) -> Self {
+        Self { settings, services, master, conn: None, failures: 0, stopping: false }
+    }
+
+    /// Sends every enrollment outcome the master has not acknowledged yet.
+    fn flush_outbox(&mut self, ctx: &mut Context<Self>) {
+        let Some(conn) = self.conn.clone() else { return };
+        let replica = self.services.replica.clone();
+        let node = self.settings.node_name.clone();
+        let fut = async move {
+            let pending = replica.run(|r| r.outbox()).await.unwrap_or_default();
+            for (token, delivered) in pending {
+                let body = WorkerToMaster::EnrollResolve(EnrollResolve { token: token.clone(), delivered });
+                match crate::jobs::call(conn.clone(), body).await {
+                    Ok(MasterToWorker::EnrollResolved(_)) => {
+                        let t = token.clone();
+                        let _ = replica.run(move |r| r.outbox_done(&t)).await;
+                    }
+                    other => {
+                        warn!(node = node.as_str(); "enrollment outcome {token} not acknowledged yet: {:?}", other.err());
+                        return;
+                    }
+                }
+            }
+        };
+        ctx.spawn(fut.into_actor(self));
     }
 
     fn node(&self) -> &str {
@@ -79,7 +114,10 @@ impl WorkerLink {
                 Ok(link) => {
                     act.failures = 0;
                     let owner = ctx.address().recipient();
-                    act.conn = Some(ConnectionActor::<WorkerSide>::start(link, act.settings.clone(), (), Some(owner)));
+                    let services = act.services.clone();
+                    act.conn =
+                        Some(ConnectionActor::<WorkerSide>::start(link, act.settings.clone(), services, Some(owner)));
+                    act.flush_outbox(ctx);
                 }
                 Err(err) => {
                     act.log_failure(&err);
@@ -153,6 +191,58 @@ impl Handler<Shutdown> for WorkerLink {
             conn.do_send(Close { reason: msg.reason });
         }
         ctx.stop();
+    }
+}
+
+/// Forwards an enrollment to the master; fails at once when there is no connection.
+#[derive(Message)]
+#[rtype(result = "Result<EnrollResult, String>")]
+pub struct Forward(pub EnrollForward);
+
+/// Tells the master whether an agent got its key; kept in the outbox until acknowledged.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resolve {
+    pub token: String,
+    pub delivered: bool,
+}
+
+impl Handler<Forward> for WorkerLink {
+    type Result = ResponseFuture<Result<EnrollResult, String>>;
+
+    fn handle(&mut self, Forward(request): Forward, _: &mut Context<Self>) -> Self::Result {
+        let conn = self.conn.clone();
+        Box::pin(async move {
+            let conn = conn.ok_or_else(|| "not connected to the master".to_string())?;
+            match crate::jobs::call(conn, WorkerToMaster::Enroll(request)).await? {
+                MasterToWorker::EnrollResult(result) => Ok(result),
+                other => Err(format!("unexpected answer {}", other.name())),
+            }
+        })
+    }
+}
+
+impl Handler<Resolve> for WorkerLink {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: Resolve, _: &mut Context<Self>) -> Self::Result {
+        let conn = self.conn.clone();
+        let replica = self.services.replica.clone();
+        let node = self.settings.node_name.clone();
+        Box::pin(async move {
+            let token = msg.token.clone();
+            // Durable first: if the master does not hear it now, it hears it after the next connect.
+            if let Err(e) = replica.run(move |r| r.outbox_put(&token, msg.delivered)).await {
+                warn!(node = node.as_str(); "cannot record enrollment outcome {}: {e}", msg.token);
+            }
+            let Some(conn) = conn else { return };
+            let body =
+                WorkerToMaster::EnrollResolve(EnrollResolve { token: msg.token.clone(), delivered: msg.delivered });
+            if let Ok(MasterToWorker::EnrollResolved(_)) = crate::jobs::call(conn, body).await {
+                let token = msg.token;
+                let _ = replica.run(move |r| r.outbox_done(&token)).await;
+            }
+        })
     }
 }
 

@@ -103,6 +103,10 @@ pub enum WorkerToMaster {
     AgentGroupsAck(AgentGroupsAck),
     /// The worker's file manifest digest; answered with [`MasterToWorker::IntegrityStatus`].
     IntegrityCheck(IntegrityCheck),
+    /// An enrollment received by the worker; answered with [`MasterToWorker::EnrollResult`].
+    Enroll(EnrollForward),
+    /// Whether the agent got its key; answered with [`MasterToWorker::EnrollResolved`].
+    EnrollResolve(EnrollResolve),
     /// The worker is closing the connection on purpose.
     Goodbye(Goodbye),
 }
@@ -116,6 +120,8 @@ pub enum MasterToWorker {
     /// Agent-group assignments after the worker's last acknowledged sequence number.
     AgentGroups(AgentGroupsUpdate),
     IntegrityStatus(IntegrityStatus),
+    EnrollResult(EnrollResult),
+    EnrollResolved(EnrollResolve),
     /// The master is closing the connection on purpose.
     Goodbye(Goodbye),
     /// A request could not be served.
@@ -173,11 +179,53 @@ pub struct AgentInfoAck {
     pub unknown: u32,
 }
 
-/// One agent's group assignment.
+/// What every node needs to know of an agent: identity, key and groups.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AgentGroups {
-    pub agent_id: String,
+pub struct AgentEntry {
+    /// Numeric id (`1` is shown as `001`).
+    pub id: u32,
+    pub name: String,
+    /// `any`, an address or a CIDR.
+    pub ip: String,
+    /// 64 lowercase hex characters.
+    pub key: String,
     pub groups: Vec<String>,
+}
+
+/// One change of the agent table, in sequence order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentChange {
+    Added(AgentEntry),
+    Removed { id: u32 },
+    GroupsChanged { id: u32, groups: Vec<String> },
+}
+
+/// An enrollment a worker forwards to the master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollForward {
+    /// Chosen by the worker; the master answers a repeated token with the first answer, so a
+    /// retried request never creates two agents.
+    pub token: String,
+    pub name: String,
+    pub groups: Vec<String>,
+    /// Already resolved (`src` replaced by the agent's address).
+    pub ip: String,
+    pub key_hash: Option<String>,
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollResult {
+    pub token: String,
+    pub outcome: Result<AgentEntry, crate::agent::enrollment::EnrollError>,
+}
+
+/// After the reply to the agent: `delivered` keeps the agent, otherwise the master removes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollResolve {
+    pub token: String,
+    pub delivered: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -188,7 +236,7 @@ pub struct AgentGroupsUpdate {
     pub to_seq: u64,
     /// True when `changes` is the whole table rather than a delta.
     pub snapshot: bool,
-    pub changes: Vec<AgentGroups>,
+    pub changes: Vec<AgentChange>,
     /// Hash of the whole table at `to_seq`, for the worker to check its replica.
     pub global_hash: String,
 }
@@ -246,6 +294,8 @@ impl MessageName for WorkerToMaster {
             WorkerToMaster::AgentInfo(_) => "agent_info",
             WorkerToMaster::AgentGroupsAck(_) => "agent_groups_ack",
             WorkerToMaster::IntegrityCheck(_) => "integrity_check",
+            WorkerToMaster::Enroll(_) => "enroll",
+            WorkerToMaster::EnrollResolve(_) => "enroll_resolve",
             WorkerToMaster::Goodbye(_) => "goodbye",
         }
     }
@@ -258,6 +308,8 @@ impl MessageName for MasterToWorker {
             MasterToWorker::AgentInfoAck(_) => "agent_info_ack",
             MasterToWorker::AgentGroups(_) => "agent_groups",
             MasterToWorker::IntegrityStatus(_) => "integrity_status",
+            MasterToWorker::EnrollResult(_) => "enroll_result",
+            MasterToWorker::EnrollResolved(_) => "enroll_resolved",
             MasterToWorker::Goodbye(_) => "goodbye",
             MasterToWorker::Error(_) => "error",
         }

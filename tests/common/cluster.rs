@@ -39,6 +39,8 @@ fn config(dir: &std::path::Path, name: &str, role: &str, extra: &[(&str, String)
         ("cluster.intervals.local_integrity", "300ms".to_string()),
         ("cluster.intervals.local_agent_groups", "300ms".to_string()),
         ("api.bind", "127.0.0.1:0".to_string()),
+        ("enrollment.bind", "127.0.0.1:0".to_string()),
+        ("agents.bind", "127.0.0.1:0".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -57,8 +59,9 @@ impl TestCluster {
         let psk = node::derive_psk(&master_cfg).expect("psk");
         let master = node::start(&master_cfg, psk.clone()).await.expect("start master");
         let NodeHandle::Master { cluster_addr, .. } = &master.handle else { panic!("not a master") };
-        // Restarts reuse the port, as a restarted process would.
+        // Restarts reuse the ports, as a restarted process would.
         master_cfg.cluster.bind = *cluster_addr;
+        master_cfg.enrollment.bind = master.enrollment_addr;
         let mut worker_cfgs = Vec::new();
         let mut workers = Vec::new();
         for i in 1..=n {

@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use wazuh_cluster_actors::master::MasterListener;
+use wazuh_cluster_actors::registry::{Registry, Replica};
 use wazuh_cluster_actors::settings::JobIntervals;
+use wazuh_cluster_actors::store_thread::StoreHandle;
+use wazuh_cluster_actors::worker::WorkerServices;
 use wazuh_cluster_actors::ChannelSettings;
 use wazuh_cluster_protocol::version::VersionRange;
 use wazuh_cluster_protocol::{CipherSuite, Psk, Role};
@@ -133,11 +136,24 @@ pub fn settings(name: &str, role: Role, psk_byte: u8) -> ChannelSettings {
     }
 }
 
-/// Starts a master on 127.0.0.1:0.
+/// A directory that outlives the test (the OS cleans the temp dir).
+pub fn scratch_dir() -> std::path::PathBuf {
+    tempfile::tempdir().expect("tempdir").keep()
+}
+
+/// Starts a master on 127.0.0.1:0, with a fresh registry.
 pub async fn start_master(settings: ChannelSettings) -> (Addr<MasterListener>, SocketAddr) {
     init_logs();
+    let registry = Registry::open(&scratch_dir()).expect("registry");
+    let registry = StoreHandle::spawn("test-registry", registry, Registry::seq).expect("registry thread");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let master = MasterListener::start(listener, Arc::new(settings)).expect("start master");
+    let master = MasterListener::start(listener, Arc::new(settings), registry).expect("start master");
     (master, addr)
+}
+
+/// A worker's services with a fresh replica.
+pub fn worker_services() -> WorkerServices {
+    let replica = Replica::open(&scratch_dir()).expect("replica");
+    WorkerServices { replica: StoreHandle::spawn("test-replica", replica, Replica::seq).expect("replica thread") }
 }

@@ -2,17 +2,19 @@
 //!
 //! - `LocalIntegrity`: the manifest of the sync roots (path, size, mtime, MD5) and its digest,
 //!   recomputed every `local_integrity` interval on a blocking thread.
-//! - `LocalAgentGroups`: the agent -> groups table, re-read every `local_agent_groups` interval;
-//!   each change gets a new sequence number and is pushed to every subscribed `AgentGroupsSend`.
-//!   (The table itself arrives with the agent registry; until then it is empty.)
+//! - `LocalAgentGroups`: follows the agent registry (every commit, plus a periodic re-read every
+//!   `local_agent_groups` interval) and pushes its sequence number and hash to every subscribed
+//!   `AgentGroupsSend`, which then sends its worker the changes after the worker's position. It also
+//!   removes agents whose key delivery through a worker was never confirmed.
 
 use super::{job_plumbing, schedule, JobCore, JobHealth};
 use crate::manifest;
+use crate::registry::Registry;
 use crate::settings::ChannelSettings;
+use crate::store_thread::StoreHandle;
 use actix::prelude::*;
 use actix::WeakRecipient;
 use log::{info, warn};
-use md5::{Digest, Md5};
 use std::sync::Arc;
 
 /// What the master lends each worker connection.
@@ -20,12 +22,16 @@ use std::sync::Arc;
 pub struct MasterServices {
     pub local_integrity: Addr<LocalIntegrity>,
     pub local_agent_groups: Addr<LocalAgentGroups>,
+    pub registry: StoreHandle<Registry>,
     healths: Vec<JobHealth>,
 }
 
+/// Agents enrolled through a worker whose delivery was never confirmed are removed after this.
+pub const PENDING_EXPIRY_MS: u64 = 10 * 60 * 1000;
+
 impl MasterServices {
     /// Starts both shared jobs under supervisors.
-    pub fn start(settings: Arc<ChannelSettings>) -> Self {
+    pub fn start(settings: Arc<ChannelSettings>, registry: StoreHandle<Registry>) -> Self {
         let integrity_health = JobHealth::new("LocalIntegrity");
         let groups_health = JobHealth::new("LocalAgentGroups");
         let s = settings.clone();
@@ -35,13 +41,15 @@ impl MasterServices {
             current: None,
         });
         let h = groups_health.clone();
+        let reg = registry.clone();
         let local_agent_groups = Supervisor::start(move |_| LocalAgentGroups {
             core: JobCore::new("LocalAgentGroups", settings, "all workers", h),
+            registry: reg,
             seq: 0,
             hash: None,
             subscribers: Vec::new(),
         });
-        MasterServices { local_integrity, local_agent_groups, healths: vec![integrity_health, groups_health] }
+        MasterServices { local_integrity, local_agent_groups, registry, healths: vec![integrity_health, groups_health] }
     }
 
     pub fn healths(&self) -> &[JobHealth] {
@@ -134,6 +142,7 @@ pub struct Subscribe(pub Recipient<GroupsChanged>);
 
 pub struct LocalAgentGroups {
     core: JobCore,
+    registry: StoreHandle<Registry>,
     seq: u64,
     hash: Option<String>,
     /// Weak, so that a closed connection's job is not kept alive by this list.
@@ -142,44 +151,84 @@ pub struct LocalAgentGroups {
 
 job_plumbing!(LocalAgentGroups);
 
-/// Hash of the whole table: MD5 over `id:group,group\n` lines in id order.
-pub fn groups_hash(rows: &[(String, Vec<String>)]) -> String {
-    let mut h = Md5::new();
-    for (id, groups) in rows {
-        h.update(id.as_bytes());
-        h.update(b":");
-        h.update(groups.join(",").as_bytes());
-        h.update(b"\n");
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl LocalAgentGroups {
     fn state(&self) -> Option<GroupsChanged> {
         self.hash.clone().map(|global_hash| GroupsChanged { seq: self.seq, global_hash })
     }
 
+    fn publish(&mut self, seq: u64, hash: String) {
+        if self.hash.as_ref() == Some(&hash) && self.seq == seq {
+            return;
+        }
+        self.seq = seq;
+        self.hash = Some(hash);
+        if let Some(state) = self.state() {
+            self.subscribers.retain(|weak| match weak.upgrade() {
+                Some(r) => {
+                    r.do_send(state.clone());
+                    true
+                }
+                None => false,
+            });
+        }
+    }
+
+    /// The periodic pass: re-reads the table's position and hash, and removes agents whose key
+    /// delivery was never confirmed.
     fn run(&mut self, ctx: &mut Context<Self>) {
+        if self.core.is_busy() {
+            return;
+        }
         if let Err(e) = self.core.begin() {
             return self.core.failed(ctx, e);
         }
-        // The registry that fills this table comes with enrollment; today it is empty.
-        let rows: Vec<(String, Vec<String>)> = Vec::new();
-        let hash = groups_hash(&rows);
-        if self.hash.as_ref() != Some(&hash) {
-            self.seq += 1;
-            self.hash = Some(hash);
-            if let Some(state) = self.state() {
-                self.subscribers.retain(|weak| match weak.upgrade() {
-                    Some(r) => {
-                        r.do_send(state.clone());
-                        true
-                    }
-                    None => false,
-                });
+        let registry = self.registry.clone();
+        let fut = async move {
+            let expired = registry.run(|r| r.expire_pending(PENDING_EXPIRY_MS)).await?;
+            let (seq, hash) = registry.run(|r| Ok((r.seq(), r.hash()))).await?;
+            Ok::<_, String>((seq, hash, expired))
+        };
+        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| match result {
+            Ok((seq, hash, expired)) => {
+                for id in expired {
+                    warn!(node = act.core.node(); "agent {} removed: its key was never confirmed delivered", crate::registry::fmt_id(id));
+                }
+                act.publish(seq, hash);
+                act.core.succeeded();
             }
-        }
-        self.core.succeeded();
+            Err(e) => act.core.failed(ctx, format!("registry: {e}")),
+        }));
+    }
+
+    /// Follows every commit of the registry, so changes reach the workers at once.
+    fn follow(&mut self, ctx: &mut Context<Self>) {
+        let mut watch = self.registry.watch();
+        let registry = self.registry.clone();
+        let me = ctx.address();
+        ctx.spawn(
+            async move {
+                while watch.changed().await.is_ok() {
+                    if let Ok((seq, hash)) = registry.run(|r| Ok((r.seq(), r.hash()))).await {
+                        if me.try_send(Changed(seq, hash)).is_err() && !me.connected() {
+                            return;
+                        }
+                    }
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Changed(u64, String);
+
+impl Handler<Changed> for LocalAgentGroups {
+    type Result = ();
+
+    fn handle(&mut self, Changed(seq, hash): Changed, _: &mut Context<Self>) {
+        self.publish(seq, hash);
     }
 }
 
@@ -190,6 +239,7 @@ impl Actor for LocalAgentGroups {
         if self.core.is_stopped_for_good() {
             return;
         }
+        self.follow(ctx);
         let every = self.core.settings.jobs.local_agent_groups;
         schedule(&mut self.core, ctx, every, Self::run);
     }

@@ -3,12 +3,16 @@
 use super::local::{GetIntegrity, GroupsChanged, LocalAgentGroups, LocalIntegrity, MasterServices, Subscribe};
 use super::{call, job_plumbing, Controls, Inbound, InjectFault, JobCore, JobHealth};
 use crate::connection::{ConnectionActor, JobSet, MasterSide, Outgoing};
+use crate::registry::{NewAgent, Registry};
 use crate::settings::ChannelSettings;
+use crate::store_thread::StoreHandle;
 use actix::prelude::*;
 use log::{debug, warn};
 use std::sync::Arc;
+use wazuh_cluster_protocol::agent::enrollment::EnrollError;
 use wazuh_cluster_protocol::message::{
-    AgentGroupsUpdate, AgentInfoAck, ErrorCode, ErrorReply, IntegrityStatus, KeepAliveAck, MessageName, RequestId,
+    AgentGroupsUpdate, AgentInfoAck, EnrollResult, ErrorCode, ErrorReply, IntegrityStatus, KeepAliveAck, MessageName,
+    RequestId,
 };
 use wazuh_cluster_protocol::{Envelope, Kind, MasterToWorker, WorkerToMaster};
 
@@ -33,6 +37,7 @@ pub struct MasterJobs {
     agent_info: Addr<AgentInfo>,
     agent_groups: Addr<AgentGroupsSend>,
     integrity: Addr<Integrity>,
+    registration: Addr<Registration>,
     controls: Controls,
 }
 
@@ -52,14 +57,20 @@ impl MasterJobs {
         let agent_info = Supervisor::start(move |_| AgentInfo { core: c2, conn: conn2 });
         let conn3 = conn.clone();
         let groups = services.local_agent_groups.clone();
+        let registry = services.registry.clone();
         let agent_groups = Supervisor::start(move |_| AgentGroupsSend {
             core: c3,
             conn: conn3,
             local: groups,
+            registry,
             acked_seq: None,
             latest: None,
             dirty: false,
+            force_snapshot: false,
         });
+        let (c5, h5) = core("Registration");
+        let (conn5, registry) = (conn.clone(), services.registry.clone());
+        let registration = Supervisor::start(move |_| Registration { core: c5, conn: conn5, registry });
         let local = services.local_integrity.clone();
         let integrity = Supervisor::start(move |_| Integrity { core: c4, conn, local });
         let mut controls = Controls::default();
@@ -67,7 +78,8 @@ impl MasterJobs {
         controls.add("AgentInfo", &agent_info, h2);
         controls.add("AgentGroupsSend", &agent_groups, h3);
         controls.add("Integrity", &integrity, h4);
-        MasterJobs { keepalive, agent_info, agent_groups, integrity, controls }
+        controls.add("Registration", &registration, h5);
+        MasterJobs { keepalive, agent_info, agent_groups, integrity, registration, controls }
     }
 }
 
@@ -78,6 +90,9 @@ impl JobSet<MasterSide> for MasterJobs {
             WorkerToMaster::AgentInfo(_) => self.agent_info.do_send(Inbound(envelope)),
             WorkerToMaster::AgentGroupsAck(_) => self.agent_groups.do_send(Inbound(envelope)),
             WorkerToMaster::IntegrityCheck(_) => self.integrity.do_send(Inbound(envelope)),
+            WorkerToMaster::Enroll(_) | WorkerToMaster::EnrollResolve(_) => {
+                self.registration.do_send(Inbound(envelope))
+            }
             // Handled by the connection itself.
             WorkerToMaster::Goodbye(_) => {}
         }
@@ -167,49 +182,63 @@ impl Handler<Inbound<WorkerToMaster>> for AgentInfo {
     }
 }
 
-/// Pushes agent-group changes from `LocalAgentGroups` to the worker, from the worker's last
-/// acknowledged sequence number (a snapshot when it has none).
+/// Replicates the agent table (keys and groups) to the worker: waits for the worker's position
+/// (sent on connect), then sends the changes after it (or a snapshot when the log no longer holds
+/// them, when the position is in the future, or when the worker's hash disagrees), and again after
+/// every change `LocalAgentGroups` announces.
 pub struct AgentGroupsSend {
     core: JobCore,
     conn: Conn,
     local: Addr<LocalAgentGroups>,
+    registry: StoreHandle<Registry>,
+    /// The worker's confirmed position; `None` until it tells us.
     acked_seq: Option<u64>,
     latest: Option<GroupsChanged>,
     /// A change arrived while a push was in flight.
     dirty: bool,
+    /// The next push must be a snapshot.
+    force_snapshot: bool,
 }
 
 job_plumbing!(AgentGroupsSend);
 
 impl AgentGroupsSend {
     fn push(&mut self, ctx: &mut Context<Self>) {
-        let Some(latest) = self.latest.clone() else { return };
+        let Some(acked) = self.acked_seq else { return };
         if self.core.is_busy() {
             self.dirty = true;
             return;
         }
-        if self.acked_seq == Some(latest.seq) {
+        if !self.force_snapshot && self.latest.as_ref().is_some_and(|l| l.seq == acked) {
             return;
         }
         if let Err(e) = self.core.begin() {
             return self.core.failed(ctx, e);
         }
         self.dirty = false;
-        let update = AgentGroupsUpdate {
-            from_seq: self.acked_seq.unwrap_or(0),
-            to_seq: latest.seq,
-            snapshot: self.acked_seq.is_none(),
-            changes: Vec::new(),
-            global_hash: latest.global_hash.clone(),
+        let force = std::mem::take(&mut self.force_snapshot);
+        let (registry, conn) = (self.registry.clone(), self.conn.clone());
+        let fut = async move {
+            let (snapshot, changes, seq, hash) = registry
+                .run(move |r| {
+                    let (snapshot, changes) = r.changes_since(if force { u64::MAX } else { acked })?;
+                    Ok((snapshot, changes, r.seq(), r.hash()))
+                })
+                .await?;
+            let update =
+                AgentGroupsUpdate { from_seq: acked, to_seq: seq, snapshot, changes, global_hash: hash.clone() };
+            let answer = call(conn, MasterToWorker::AgentGroups(update)).await?;
+            Ok::<_, String>((answer, seq, hash, snapshot))
         };
-        let fut = call(self.conn.clone(), MasterToWorker::AgentGroups(update));
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| match result {
-            Ok(WorkerToMaster::AgentGroupsAck(ack)) => {
-                if ack.global_hash == latest.global_hash && ack.seq == latest.seq {
-                    act.acked_seq = Some(ack.seq);
+            Ok((WorkerToMaster::AgentGroupsAck(ack), seq, hash, snapshot)) => {
+                if ack.seq == seq && ack.global_hash == hash {
+                    act.acked_seq = Some(seq);
                 } else {
-                    warn!(node = act.core.node(); "worker {} disagrees on agent groups (seq {} hash {}); sending a snapshot", act.core.peer, ack.seq, ack.global_hash);
-                    act.acked_seq = None;
+                    warn!(node = act.core.node(); "worker {} disagrees on the agent table after seq {seq} (it has seq {} hash {}, the master {}){}; sending a snapshot",
+                        act.core.peer, ack.seq, ack.global_hash, hash, if snapshot { " even after a snapshot" } else { "" });
+                    act.acked_seq = Some(ack.seq);
+                    act.force_snapshot = true;
                     act.dirty = true;
                 }
                 act.core.succeeded();
@@ -217,7 +246,7 @@ impl AgentGroupsSend {
                     act.push(ctx);
                 }
             }
-            Ok(other) => act.core.failed(ctx, format!("unexpected answer {}", other.name())),
+            Ok((other, ..)) => act.core.failed(ctx, format!("unexpected answer {}", other.name())),
             Err(e) => act.core.failed(ctx, e),
         }));
     }
@@ -252,9 +281,88 @@ impl Handler<GroupsChanged> for AgentGroupsSend {
 impl Handler<Inbound<WorkerToMaster>> for AgentGroupsSend {
     type Result = ();
 
-    fn handle(&mut self, Inbound(envelope): Inbound<WorkerToMaster>, _: &mut Context<Self>) {
-        // Acks arrive as responses and are matched by the connection; anything routed here is stray.
-        refuse(&self.core, &self.conn, envelope);
+    fn handle(&mut self, Inbound(envelope): Inbound<WorkerToMaster>, ctx: &mut Context<Self>) {
+        match (envelope.kind, envelope.body) {
+            // The worker's position, sent when it connects: "everything after N".
+            (Kind::Notify, WorkerToMaster::AgentGroupsAck(position)) => {
+                let current = self.latest.as_ref().map(|l| l.seq);
+                if current.is_some_and(|c| position.seq > c) {
+                    warn!(node = self.core.node(); "worker {} claims agent table position {} beyond the master's {}; sending a snapshot",
+                        self.core.peer, position.seq, current.unwrap_or(0));
+                    self.force_snapshot = true;
+                }
+                self.acked_seq = Some(position.seq);
+                self.push(ctx);
+            }
+            (kind, body) => refuse(&self.core, &self.conn, Envelope { kind, body }),
+        }
+    }
+}
+
+/// Serves the enrollments a worker forwards, and their outcomes.
+pub struct Registration {
+    core: JobCore,
+    conn: Conn,
+    registry: StoreHandle<Registry>,
+}
+
+job_plumbing!(Registration);
+
+impl Actor for Registration {
+    type Context = Context<Self>;
+    fn started(&mut self, _: &mut Context<Self>) {
+        self.core.started();
+    }
+}
+
+impl Handler<Inbound<WorkerToMaster>> for Registration {
+    type Result = ();
+
+    fn handle(&mut self, Inbound(envelope): Inbound<WorkerToMaster>, ctx: &mut Context<Self>) {
+        let (id, body) = match envelope.kind {
+            Kind::Request(id) => (id, envelope.body),
+            kind => return refuse(&self.core, &self.conn, Envelope { kind, body: envelope.body }),
+        };
+        if let Err(e) = self.core.begin() {
+            return self.core.failed(ctx, e);
+        }
+        let (registry, conn, node) = (self.registry.clone(), self.conn.clone(), self.core.peer.clone());
+        // Each request runs on its own: enrollments from one worker are handled concurrently, and
+        // the store thread commits them in groups.
+        let fut = async move {
+            match body {
+                WorkerToMaster::Enroll(f) => {
+                    let token = f.token.clone();
+                    let name = f.name.clone();
+                    let agent = NewAgent {
+                        name: f.name,
+                        groups: f.groups,
+                        ip: f.ip,
+                        key_hash: f.key_hash,
+                        version: f.version,
+                        node_name: node,
+                        token: Some(f.token),
+                    };
+                    let outcome = match registry.run(move |r| r.enroll(&agent)).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => Err(EnrollError::Internal(name)),
+                    };
+                    reply(&conn, id, MasterToWorker::EnrollResult(EnrollResult { token, outcome }));
+                    Ok(())
+                }
+                WorkerToMaster::EnrollResolve(r) => {
+                    let token = r.token.clone();
+                    registry.run(move |reg| reg.resolve(&token, r.delivered)).await?;
+                    reply(&conn, id, MasterToWorker::EnrollResolved(r));
+                    Ok(())
+                }
+                other => Err(format!("{} is not a registration request", other.name())),
+            }
+        };
+        ctx.spawn(fut.into_actor(self).map(|result: Result<(), String>, act, ctx| match result {
+            Ok(()) => act.core.succeeded(),
+            Err(e) => act.core.failed(ctx, e),
+        }));
     }
 }
 

@@ -3,9 +3,12 @@
 use super::{call, job_plumbing, schedule, Controls, Inbound, InjectFault, JobCore, JobHealth};
 use crate::connection::{ConnectionActor, JobSet, Outgoing, WorkerSide};
 use crate::manifest;
+use crate::registry::Replica;
 use crate::settings::ChannelSettings;
+use crate::store_thread::StoreHandle;
+use crate::worker::WorkerServices;
 use actix::prelude::*;
-use log::{info, warn};
+use log::{debug, info, warn};
 use std::sync::Arc;
 use wazuh_cluster_protocol::message::{
     AgentGroupsAck, AgentInfoBatch, ErrorCode, IntegrityCheck, KeepAlive as KeepAliveMsg, MessageName,
@@ -22,7 +25,7 @@ pub struct WorkerJobs {
 }
 
 impl WorkerJobs {
-    pub fn spawn(conn: Conn, settings: &Arc<ChannelSettings>, peer: &str) -> Self {
+    pub fn spawn(conn: Conn, settings: &Arc<ChannelSettings>, services: &WorkerServices, peer: &str) -> Self {
         let core = |name: &'static str| {
             let health = JobHealth::new(name);
             (JobCore::new(name, settings.clone(), peer, health.clone()), health)
@@ -36,8 +39,8 @@ impl WorkerJobs {
         let conn2 = conn.clone();
         let agent_info = Supervisor::start(move |_| AgentInfo { core: c2, conn: conn2 });
         let conn3 = conn.clone();
-        let agent_groups =
-            Supervisor::start(move |_| AgentGroupsSend { core: c3, conn: conn3, seq: 0, global_hash: String::new() });
+        let replica = services.replica.clone();
+        let agent_groups = Supervisor::start(move |_| AgentGroupsSend { core: c3, conn: conn3, replica });
         let integrity = Supervisor::start(move |_| Integrity { core: c4, conn, in_sync: None });
         let mut controls = Controls::default();
         controls.add("KeepAlive", &keepalive, h1);
@@ -180,20 +183,39 @@ impl Actor for AgentInfo {
     }
 }
 
-/// Applies the agent-group updates the master pushes, and acknowledges its position.
+/// Keeps the worker's agent replica (keys and groups) in step with the master: tells the master its
+/// position on connect, applies each update the master pushes in one transaction, and acknowledges
+/// the new position and hash (on a gap it acknowledges its old one and the master sends a snapshot).
 pub struct AgentGroupsSend {
     core: JobCore,
     conn: Conn,
-    seq: u64,
-    global_hash: String,
+    replica: StoreHandle<Replica>,
 }
 
 job_plumbing!(AgentGroupsSend);
 
 impl Actor for AgentGroupsSend {
     type Context = Context<Self>;
-    fn started(&mut self, _: &mut Context<Self>) {
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.core.is_stopped_for_good() {
+            return;
+        }
         self.core.started();
+        let (replica, conn) = (self.replica.clone(), self.conn.clone());
+        let fut = async move {
+            let (seq, global_hash) = replica.run(|r| Ok((r.seq(), r.hash()))).await?;
+            conn.do_send(Outgoing(Envelope::notify(WorkerToMaster::AgentGroupsAck(AgentGroupsAck {
+                seq,
+                global_hash,
+            }))));
+            Ok::<_, String>(())
+        };
+        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
+            if let Err(e) = result {
+                act.core.failed(ctx, format!("cannot read the replica: {e}"));
+            }
+        }));
     }
 }
 
@@ -207,14 +229,31 @@ impl Handler<Inbound<MasterToWorker>> for AgentGroupsSend {
         if let Err(e) = self.core.begin() {
             return self.core.failed(ctx, e);
         }
-        if update.snapshot || update.from_seq == self.seq {
-            self.seq = update.to_seq;
-            self.global_hash = update.global_hash;
-        }
-        // On a gap the old position is acknowledged, and the master answers with a snapshot.
-        let ack = AgentGroupsAck { seq: self.seq, global_hash: self.global_hash.clone() };
-        self.conn.do_send(Outgoing(Envelope::response(id, WorkerToMaster::AgentGroupsAck(ack))));
-        self.core.succeeded();
+        let (replica, conn) = (self.replica.clone(), self.conn.clone());
+        let fut = async move {
+            replica
+                .run(move |r| {
+                    r.apply(update.from_seq, update.to_seq, update.snapshot, &update.changes)?;
+                    Ok((r.seq(), r.hash(), update.changes.len()))
+                })
+                .await
+                .map(|(seq, global_hash, n)| {
+                    conn.do_send(Outgoing(Envelope::response(
+                        id,
+                        WorkerToMaster::AgentGroupsAck(AgentGroupsAck { seq, global_hash }),
+                    )));
+                    n
+                })
+        };
+        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| match result {
+            Ok(n) => {
+                if n > 0 {
+                    debug!(node = act.core.node(); "applied {n} agent changes from {}", act.core.peer);
+                }
+                act.core.succeeded()
+            }
+            Err(e) => act.core.failed(ctx, format!("cannot apply the master's agent changes: {e}")),
+        }));
     }
 }
 

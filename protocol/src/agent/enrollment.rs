@@ -31,7 +31,8 @@ pub struct EnrollRequest {
 }
 
 /// Why an enrollment is refused. `Display` is the exact reason Wazuh's authd sends.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum EnrollError {
     InvalidPassword,
     InvalidRequest,

@@ -1,0 +1,293 @@
+//! Agent enrollment on TCP 1515 (authd), on every node: TLS 1.2/1.3 with a self-signed certificate
+//! made at first start (or a configured one), one request line per connection, one reply.
+//!
+//! On the master the request is committed to the registry (durably) before the reply is written; if
+//! the reply cannot be written, the agent is removed again. On a worker the request is forwarded to
+//! the master with an idempotency token; after writing the reply the worker tells the master whether
+//! the agent got its key (and, if the master is unreachable then, keeps that in its replica's outbox
+//! until it is), so no agent exists that never received its key.
+
+use crate::registry::{fmt_id, NewAgent, Registry};
+use crate::store_thread::StoreHandle;
+use crate::worker::{Forward, Resolve, WorkerLink};
+use actix::Addr;
+use log::{debug, info, warn};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use wazuh_cluster_protocol::agent::enrollment::{self, success_reply, EnrollError, MAX_LINE};
+use wazuh_cluster_protocol::message::{AgentEntry, EnrollForward};
+
+/// Where enrollments go.
+#[derive(Clone)]
+pub enum Enroller {
+    Master(StoreHandle<Registry>),
+    Worker(Addr<WorkerLink>),
+}
+
+pub struct EnrollmentSettings {
+    pub node_name: String,
+    pub password: Option<String>,
+    /// A client must finish TLS and send its line within this time.
+    pub timeout: Duration,
+    pub tls: Arc<rustls::ServerConfig>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("cannot generate the enrollment certificate: {0}")]
+    Generate(String),
+    #[error("cannot read or write {path}: {error}")]
+    Io { path: String, error: std::io::Error },
+    #[error("invalid certificate or key in {path}: {reason}")]
+    Pem { path: String, reason: String },
+    #[error("TLS configuration rejected: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Loads `<data_dir>/etc/sslmanager.cert` and `.key`, creating a self-signed pair on first start.
+pub fn tls_config(data_dir: &Path, node_name: &str) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+    let etc = data_dir.join("etc");
+    let cert_path = etc.join("sslmanager.cert");
+    let key_path = etc.join("sslmanager.key");
+    let io = |p: &Path| {
+        let path = p.display().to_string();
+        move |error| TlsSetupError::Io { path, error }
+    };
+    if !cert_path.exists() || !key_path.exists() {
+        std::fs::create_dir_all(&etc).map_err(io(&etc))?;
+        let names = vec![node_name.to_string(), "localhost".to_string()];
+        let certified =
+            rcgen::generate_simple_self_signed(names).map_err(|e| TlsSetupError::Generate(e.to_string()))?;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        use std::io::Write;
+        opts.open(&key_path)
+            .and_then(|mut f| f.write_all(certified.signing_key.serialize_pem().as_bytes()))
+            .map_err(io(&key_path))?;
+        std::fs::write(&cert_path, certified.cert.pem()).map_err(io(&cert_path))?;
+        info!(node = node_name; "generated a self-signed enrollment certificate in {}", cert_path.display());
+    }
+    let cert_pem = std::fs::read(&cert_path).map_err(io(&cert_path))?;
+    let key_pem = std::fs::read(&key_path).map_err(io(&key_path))?;
+    let pem_err = |p: &Path| {
+        let path = p.display().to_string();
+        move |reason: String| TlsSetupError::Pem { path, reason }
+    };
+    let certs: Vec<_> = rustls_pemfile_certs(&cert_pem).map_err(pem_err(&cert_path))?;
+    let key = rustls_pemfile_key(&key_pem).map_err(pem_err(&key_path))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(Arc::new(config))
+}
+
+fn rustls_pemfile_certs(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs: Result<Vec<_>, _> = rustls::pki_types::CertificateDer::pem_slice_iter(pem).collect();
+    let certs = certs.map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("no certificate found".into());
+    }
+    Ok(certs)
+}
+
+fn rustls_pemfile_key(pem: &[u8]) -> Result<rustls::pki_types::PrivateKeyDer<'static>, String> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::PrivateKeyDer::from_pem_slice(pem).map_err(|e| e.to_string())
+}
+
+/// Accepts enrollments on `listener` until the returned task is aborted.
+pub fn serve(
+    listener: TcpListener,
+    settings: Arc<EnrollmentSettings>,
+    enroller: Enroller,
+) -> actix_rt::task::JoinHandle<()> {
+    actix_rt::spawn(async move {
+        let acceptor = TlsAcceptor::from(settings.tls.clone());
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    let (acceptor, settings, enroller) = (acceptor.clone(), settings.clone(), enroller.clone());
+                    actix_rt::spawn(async move { handle(stream, peer, acceptor, settings, enroller).await });
+                }
+                Err(e) => {
+                    warn!(node = settings.node_name.as_str(); "accepting an enrollment connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
+}
+
+/// Reads up to and including the first `\n`, at most [`MAX_LINE`] bytes.
+async fn read_line<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<String, &'static str> {
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = r.read(&mut chunk).await.map_err(|_| "the connection failed before the request line ended")?;
+        if n == 0 {
+            return Err("the client closed the connection before sending a complete request line");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            buf.truncate(pos + 1);
+            return String::from_utf8(buf).map_err(|_| "the request line is not UTF-8");
+        }
+        if buf.len() > MAX_LINE {
+            return Err("the request line is longer than 68 KiB");
+        }
+    }
+}
+
+async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    settings: Arc<EnrollmentSettings>,
+    enroller: Enroller,
+) {
+    let node = settings.node_name.as_str();
+    let _ = stream.set_nodelay(true);
+    let mut tls = match tokio::time::timeout(settings.timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return warn!(node = node; "enrollment from {peer}: TLS handshake failed: {e}"),
+        Err(_) => {
+            return warn!(node = node; "enrollment from {peer}: no TLS handshake within {:?}; closed", settings.timeout)
+        }
+    };
+    let line = match tokio::time::timeout(settings.timeout, read_line(&mut tls)).await {
+        Ok(Ok(line)) => line,
+        Ok(Err(reason)) => {
+            warn!(node = node; "enrollment from {peer}: {reason}; closed");
+            if reason.contains("longer") {
+                let _ = tls.write_all(EnrollError::InvalidRequest.reply().as_bytes()).await;
+                let _ = tls.shutdown().await;
+            }
+            return;
+        }
+        Err(_) => {
+            return warn!(node = node; "enrollment from {peer}: no request line within {:?}; closed", settings.timeout)
+        }
+    };
+    let request = enrollment::parse(&line, settings.password.as_deref())
+        .and_then(|req| enrollment::validate(&req, peer.ip()).map(|v| (req, v)));
+    let (req, valid) = match request {
+        Ok(ok) => ok,
+        Err(e) => {
+            info!(node = node; "enrollment from {peer} refused: {e}");
+            let _ = tls.write_all(e.reply().as_bytes()).await;
+            let _ = tls.shutdown().await;
+            return;
+        }
+    };
+    let _ = req;
+    let forward = EnrollForward {
+        token: random_token(),
+        name: valid.name.clone(),
+        groups: valid.groups.clone(),
+        ip: valid.ip.to_string(),
+        key_hash: valid.key_hash.clone(),
+        version: valid.version.clone(),
+    };
+    let outcome = enroll(&enroller, node, forward.clone()).await;
+    let entry = match outcome {
+        Ok(entry) => entry,
+        Err(e) => {
+            info!(node = node; "enrollment of {} from {peer} refused: {e}", valid.name);
+            let _ = tls.write_all(e.reply().as_bytes()).await;
+            let _ = tls.shutdown().await;
+            return;
+        }
+    };
+    let reply = success_reply(&fmt_id(entry.id), &entry.name, &entry.ip, &entry.key);
+    let delivered = async {
+        tls.write_all(reply.as_bytes()).await?;
+        tls.flush().await?;
+        tls.shutdown().await
+    }
+    .await
+    .is_ok();
+    if delivered {
+        info!(node = node; "agent {} {} enrolled from {peer}", fmt_id(entry.id), entry.name);
+    } else {
+        warn!(node = node; "agent {} {} from {peer}: the reply could not be delivered; removing the agent", fmt_id(entry.id), entry.name);
+    }
+    settle(&enroller, node, &forward.token, entry.id, delivered).await;
+}
+
+/// Commits (master) or forwards (worker) one enrollment.
+async fn enroll(enroller: &Enroller, node: &str, f: EnrollForward) -> Result<AgentEntry, EnrollError> {
+    match enroller {
+        Enroller::Master(registry) => {
+            let name = f.name.clone();
+            let agent = NewAgent {
+                name: f.name,
+                groups: f.groups,
+                ip: f.ip,
+                key_hash: f.key_hash,
+                version: f.version,
+                node_name: node.to_string(),
+                token: None,
+            };
+            match registry.run(move |r| r.enroll(&agent)).await {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    warn!(node = node; "enrollment of {name} failed in the registry: {e}");
+                    Err(EnrollError::Internal(name))
+                }
+            }
+        }
+        Enroller::Worker(link) => {
+            let name = f.name.clone();
+            match link.send(Forward(f)).await {
+                Ok(Ok(result)) => result.outcome,
+                Ok(Err(e)) => {
+                    warn!(node = node; "enrollment of {name}: the master is unreachable ({e}); refused at once");
+                    Err(EnrollError::Internal(name))
+                }
+                Err(_) => Err(EnrollError::Internal(name)),
+            }
+        }
+    }
+}
+
+/// After the reply: keep or remove the agent.
+async fn settle(enroller: &Enroller, node: &str, token: &str, id: u32, delivered: bool) {
+    match enroller {
+        Enroller::Master(registry) => {
+            if !delivered {
+                if let Err(e) = registry.run(move |r| r.delete(id)).await {
+                    warn!(node = node; "could not remove undelivered agent {}: {e}", fmt_id(id));
+                }
+            }
+        }
+        Enroller::Worker(link) => {
+            // The link delivers it now or keeps it in the outbox until the master is reachable.
+            let _ = link.send(Resolve { token: token.to_string(), delivered }).await;
+            debug!(node = node; "enrollment {token} settled (delivered: {delivered})");
+        }
+    }
+}
+
+fn random_token() -> String {
+    let mut raw = [0u8; 16];
+    if getrandom::fill(&mut raw).is_err() {
+        // Fall back to time and a hash: tokens only need to be unique, not secret.
+        let t = crate::random_u64().to_le_bytes();
+        raw[..8].copy_from_slice(&t);
+        raw[8..].copy_from_slice(&crate::now_ms().to_le_bytes());
+    }
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}

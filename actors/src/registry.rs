@@ -1,0 +1,1033 @@
+//! The agent registry: the master's source of truth, and each worker's replica, both in SQLite
+//! (file-backed, WAL).
+//!
+//! The master's store allocates ids as Wazuh does (`001`, one above the highest ever issued, never
+//! reused), generates keys from the OS's CSPRNG, keeps the groups, and logs every change with a
+//! monotonic sequence number in the same transaction, so workers can ask for "everything after N".
+//! A worker's replica applies those changes (or a snapshot) and keeps its position. Both write a
+//! Wazuh-compatible `etc/client.keys` atomically after each change.
+//!
+//! A global hash (XOR of the MD5 of every agent's `id name ip key groups` line) is kept
+//! incrementally on both sides; equal hashes mean equal tables.
+
+use md5::{Digest, Md5};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use wazuh_cluster_protocol::agent::enrollment::{EnrollError, MAX_GROUPS};
+use wazuh_cluster_protocol::message::{AgentChange, AgentEntry};
+
+pub const DEFAULT_GROUP: &str = "default";
+/// Changes kept for delta replication; a worker further behind gets a snapshot.
+pub const CHANGELOG_KEEP: u64 = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("i/o error on {path}: {error}")]
+    Io { path: String, error: std::io::Error },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no agent with id {0:03}")]
+    NoSuchAgent(u32),
+    #[error("no group named {0:?}")]
+    NoSuchGroup(String),
+}
+
+/// Formats an id as Wazuh shows it.
+pub fn fmt_id(id: u32) -> String {
+    format!("{id:03}")
+}
+
+/// Parses `001`, `1`, `1234`.
+pub fn parse_id(text: &str) -> Option<u32> {
+    if text.is_empty() || text.len() > 9 || !text.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+fn entry_digest(e: &AgentEntry) -> [u8; 16] {
+    let mut h = Md5::new();
+    h.update(format!("{} {} {} {} {}\n", e.id, e.name, e.ip, e.key, e.groups.join(",")).as_bytes());
+    h.finalize().into()
+}
+
+/// The order-independent hash of a set of agents, updated in O(1) per change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableHash([u8; 16]);
+
+impl TableHash {
+    pub fn toggle(&mut self, e: &AgentEntry) {
+        for (a, b) in self.0.iter_mut().zip(entry_digest(e)) {
+            *a ^= b;
+        }
+    }
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+fn open_db(path: &Path) -> Result<Connection, StoreError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|error| StoreError::Io { path: dir.display().to_string(), error })?;
+    }
+    let conn = Connection::open(path)?;
+    // WAL: readers never block the writer; FULL: a commit is on disk before we answer.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+fn groups_text(groups: &[String]) -> String {
+    groups.join(",")
+}
+
+fn groups_vec(text: &str) -> Vec<String> {
+    text.split(',').filter(|g| !g.is_empty()).map(String::from).collect()
+}
+
+/// Writes `<dir>/etc/client.keys` atomically: temp file, fsync, rename, fsync the directory.
+pub fn write_client_keys(data_dir: &Path, entries: &[AgentEntry]) -> Result<(), StoreError> {
+    let etc = data_dir.join("etc");
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |error| StoreError::Io { path, error }
+    };
+    std::fs::create_dir_all(&etc).map_err(io(&etc))?;
+    let target = etc.join("client.keys");
+    let tmp = etc.join(".client.keys.tmp");
+    let mut text = String::with_capacity(entries.len() * 96);
+    for e in entries {
+        text.push_str(&format!("{} {} {} {}\n", fmt_id(e.id), e.name, e.ip, e.key));
+    }
+    {
+        use std::io::Write;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o640);
+        }
+        let mut f = opts.open(&tmp).map_err(io(&tmp))?;
+        f.write_all(text.as_bytes()).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    std::fs::rename(&tmp, &target).map_err(io(&target))?;
+    if let Ok(d) = std::fs::File::open(&etc) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// A full agent row, for the API.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AgentRow {
+    pub entry: AgentEntry,
+    pub registered_at_ms: u64,
+    pub node_name: String,
+    pub status: String,
+    pub last_keepalive_ms: Option<u64>,
+    pub version: Option<String>,
+    pub os_name: Option<String>,
+    pub os_platform: Option<String>,
+    pub os_version: Option<String>,
+    /// Enrolled through a worker whose delivery of the key is not confirmed yet.
+    pub pending: bool,
+}
+
+/// When a duplicate name (or IP) may be taken over by a new enrollment.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplacePolicy {
+    /// Replacement allowed at all (Wazuh's `force` option, on by default).
+    pub enabled: bool,
+    /// The old agent must have been disconnected (or never connected) for at least this long...
+    pub disconnected_for_ms: u64,
+    /// ...and registered at least this long ago.
+    pub registered_for_ms: u64,
+}
+
+impl Default for ReplacePolicy {
+    fn default() -> Self {
+        Self { enabled: true, disconnected_for_ms: 3_600_000, registered_for_ms: 3_600_000 }
+    }
+}
+
+/// An enrollment as the registry sees it.
+#[derive(Debug, Clone)]
+pub struct NewAgent {
+    pub name: String,
+    pub groups: Vec<String>,
+    pub ip: String,
+    pub key_hash: Option<String>,
+    pub version: Option<String>,
+    /// Node that received the enrollment.
+    pub node_name: String,
+    /// Idempotency token of a forwarded enrollment (`None`: received by the master itself).
+    pub token: Option<String>,
+}
+
+/// The master's registry.
+pub struct Registry {
+    conn: Connection,
+    data_dir: PathBuf,
+    hash: TableHash,
+    seq: u64,
+    keys_written_at: u64,
+    pub replace: ReplacePolicy,
+}
+
+fn now_ms() -> u64 {
+    crate::now_ms()
+}
+
+fn random_key() -> Result<String, EnrollError> {
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).map_err(|e| EnrollError::Internal(format!("random source failed: {e}")))?;
+    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn sha1_hex(text: &str) -> String {
+    use sha1::Digest as _;
+    let mut h = sha1::Sha1::new();
+    h.update(text.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Registry {
+    /// Opens (or creates) `<data_dir>/var/db/registry.db`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let conn = open_db(&data_dir.join("var/db/registry.db"))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS agents (
+                id INTEGER PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                ip TEXT NOT NULL,
+                key TEXT NOT NULL,
+                groups TEXT NOT NULL,
+                registered_at INTEGER NOT NULL,
+                node_name TEXT NOT NULL,
+                status TEXT NOT NULL DEFAULT 'never_connected',
+                last_keepalive INTEGER,
+                disconnected_at INTEGER,
+                version TEXT,
+                os_name TEXT,
+                os_platform TEXT,
+                os_version TEXT,
+                labels TEXT,
+                merged_sum TEXT,
+                config_sum TEXT,
+                token TEXT UNIQUE,
+                pending INTEGER NOT NULL DEFAULT 0
+            );
+            CREATE TABLE IF NOT EXISTS groups (name TEXT PRIMARY KEY, created_at INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS changes (
+                seq INTEGER PRIMARY KEY,
+                op TEXT NOT NULL,
+                id INTEGER NOT NULL,
+                name TEXT, ip TEXT, key TEXT, groups TEXT
+            );
+            CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, id INTEGER, error TEXT, at INTEGER NOT NULL);
+            INSERT OR IGNORE INTO meta (k, v) VALUES ('last_id', 0), ('seq', 0);",
+        )?;
+        let now = now_ms() as i64;
+        conn.execute("INSERT OR IGNORE INTO groups (name, created_at) VALUES (?1, ?2)", params![DEFAULT_GROUP, now])?;
+        let seq: i64 = conn.query_row("SELECT v FROM meta WHERE k = 'seq'", [], |r| r.get(0))?;
+        let mut reg = Registry {
+            conn,
+            data_dir: data_dir.to_path_buf(),
+            hash: TableHash::default(),
+            seq: seq as u64,
+            keys_written_at: seq as u64,
+            replace: ReplacePolicy::default(),
+        };
+        for e in reg.entries()? {
+            reg.hash.toggle(&e);
+        }
+        reg.ensure_group_dir(DEFAULT_GROUP)?;
+        reg.write_keys()?;
+        Ok(reg)
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn hash(&self) -> String {
+        self.hash.hex()
+    }
+
+    fn ensure_group_dir(&self, group: &str) -> Result<(), StoreError> {
+        let dir = self.data_dir.join("etc/shared").join(group);
+        std::fs::create_dir_all(&dir).map_err(|error| StoreError::Io { path: dir.display().to_string(), error })
+    }
+
+    /// Every agent's identity, in id order.
+    pub fn entries(&self) -> Result<Vec<AgentEntry>, StoreError> {
+        let mut stmt = self.conn.prepare_cached("SELECT id, name, ip, key, groups FROM agents ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(AgentEntry {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                ip: r.get(2)?,
+                key: r.get(3)?,
+                groups: groups_vec(&r.get::<_, String>(4)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    pub fn write_keys(&self) -> Result<(), StoreError> {
+        write_client_keys(&self.data_dir, &self.entries()?)
+    }
+
+    fn log_change(&mut self, change: &AgentChange) -> Result<(), StoreError> {
+        self.seq += 1;
+        let (op, id, name, ip, key, groups) = match change {
+            AgentChange::Added(e) => (
+                "added",
+                e.id,
+                Some(e.name.clone()),
+                Some(e.ip.clone()),
+                Some(e.key.clone()),
+                Some(groups_text(&e.groups)),
+            ),
+            AgentChange::Removed { id } => ("removed", *id, None, None, None, None),
+            AgentChange::GroupsChanged { id, groups } => ("groups", *id, None, None, None, Some(groups_text(groups))),
+        };
+        self.conn.execute(
+            "INSERT INTO changes (seq, op, id, name, ip, key, groups) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![self.seq as i64, op, id, name, ip, key, groups],
+        )?;
+        self.conn.execute("UPDATE meta SET v = ?1 WHERE k = 'seq'", params![self.seq as i64])?;
+        if self.seq > CHANGELOG_KEEP && self.seq % 1000 == 0 {
+            self.conn.execute("DELETE FROM changes WHERE seq <= ?1", params![(self.seq - CHANGELOG_KEEP) as i64])?;
+        }
+        Ok(())
+    }
+
+    fn entry(&self, id: u32) -> Result<Option<AgentEntry>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT id, name, ip, key, groups FROM agents WHERE id = ?1", params![id], |r| {
+                Ok(AgentEntry {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    ip: r.get(2)?,
+                    key: r.get(3)?,
+                    groups: groups_vec(&r.get::<_, String>(4)?),
+                })
+            })
+            .optional()?)
+    }
+
+    fn remove_row(&mut self, id: u32) -> Result<bool, StoreError> {
+        let Some(e) = self.entry(id)? else { return Ok(false) };
+        self.conn.execute("DELETE FROM agents WHERE id = ?1", params![id])?;
+        self.hash.toggle(&e);
+        self.log_change(&AgentChange::Removed { id })?;
+        Ok(true)
+    }
+
+    /// May the agent `id` be replaced by a new enrollment under `policy`?
+    fn replaceable(&self, id: u32, key_hash: Option<&str>) -> Result<bool, StoreError> {
+        if !self.replace.enabled {
+            return Ok(false);
+        }
+        let (name, key, registered, status, disconnected_at, last_keepalive): (
+            String,
+            String,
+            i64,
+            String,
+            Option<i64>,
+            Option<i64>,
+        ) = self.conn.query_row(
+            "SELECT name, key, registered_at, status, disconnected_at, last_keepalive FROM agents WHERE id = ?1",
+            params![id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+        )?;
+        let now = now_ms() as i64;
+        let old_enough = now - registered >= self.replace.registered_for_ms as i64;
+        let gone_long_enough = match status.as_str() {
+            "never_connected" => true,
+            "disconnected" => {
+                now - disconnected_at.or(last_keepalive).unwrap_or(0) >= self.replace.disconnected_for_ms as i64
+            }
+            _ => false,
+        };
+        // An agent re-enrolling with the key it already holds is not a new agent.
+        let same_key =
+            key_hash.is_some_and(|h| h.eq_ignore_ascii_case(&sha1_hex(&format!("{}{name}{key}", fmt_id(id)))));
+        Ok(old_enough && gone_long_enough && !same_key)
+    }
+
+    /// Enrolls one agent inside the caller's transaction. Idempotent per token.
+    pub fn enroll(&mut self, a: &NewAgent) -> Result<Result<AgentEntry, EnrollError>, StoreError> {
+        if let Some(token) = &a.token {
+            let prior: Option<(Option<u32>, Option<String>)> = self
+                .conn
+                .query_row("SELECT id, error FROM tokens WHERE token = ?1", params![token], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            match prior {
+                Some((Some(id), _)) => {
+                    if let Some(e) = self.entry(id)? {
+                        return Ok(Ok(e));
+                    }
+                }
+                Some((None, Some(err))) => {
+                    let e: EnrollError = serde_json_error(&err);
+                    return Ok(Err(e));
+                }
+                _ => {}
+            }
+        }
+        let outcome = self.enroll_new(a)?;
+        if let Some(token) = &a.token {
+            let (id, err) = match &outcome {
+                Ok(e) => (Some(e.id), None),
+                Err(e) => (None, Some(format!("{e:?}"))),
+            };
+            self.conn.execute(
+                "INSERT OR REPLACE INTO tokens (token, id, error, at) VALUES (?1, ?2, ?3, ?4)",
+                params![token, id, err, now_ms() as i64],
+            )?;
+        }
+        Ok(outcome)
+    }
+
+    fn enroll_new(&mut self, a: &NewAgent) -> Result<Result<AgentEntry, EnrollError>, StoreError> {
+        let groups = if a.groups.is_empty() { vec![DEFAULT_GROUP.to_string()] } else { a.groups.clone() };
+        for g in &groups {
+            let exists: bool =
+                self.conn.query_row("SELECT EXISTS(SELECT 1 FROM groups WHERE name = ?1)", params![g], |r| r.get(0))?;
+            if !exists {
+                return Ok(Err(EnrollError::NoSuchGroup(g.clone())));
+            }
+        }
+        if groups.len() > MAX_GROUPS {
+            return Ok(Err(EnrollError::TooManyGroups));
+        }
+        let by_name: Option<u32> =
+            self.conn.query_row("SELECT id FROM agents WHERE name = ?1", params![a.name], |r| r.get(0)).optional()?;
+        if let Some(old) = by_name {
+            if !self.replaceable(old, a.key_hash.as_deref())? {
+                return Ok(Err(EnrollError::DuplicateName(a.name.clone())));
+            }
+            self.remove_row(old)?;
+        }
+        if a.ip != "any" {
+            let by_ip: Option<u32> =
+                self.conn.query_row("SELECT id FROM agents WHERE ip = ?1", params![a.ip], |r| r.get(0)).optional()?;
+            if let Some(old) = by_ip {
+                if !self.replaceable(old, a.key_hash.as_deref())? {
+                    return Ok(Err(EnrollError::DuplicateIp(a.ip.clone())));
+                }
+                self.remove_row(old)?;
+            }
+        }
+        let last: i64 = self.conn.query_row("SELECT v FROM meta WHERE k = 'last_id'", [], |r| r.get(0))?;
+        let id = u32::try_from(last + 1).map_err(|_| StoreError::Invalid("agent ids exhausted".into()))?;
+        let key = match random_key() {
+            Ok(k) => k,
+            Err(e) => return Ok(Err(e)),
+        };
+        let entry = AgentEntry { id, name: a.name.clone(), ip: a.ip.clone(), key, groups };
+        self.conn.execute(
+            "INSERT INTO agents (id, name, ip, key, groups, registered_at, node_name, version, token, pending)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                id,
+                entry.name,
+                entry.ip,
+                entry.key,
+                groups_text(&entry.groups),
+                now_ms() as i64,
+                a.node_name,
+                a.version,
+                a.token,
+                a.token.is_some() as i64
+            ],
+        )?;
+        self.conn.execute("UPDATE meta SET v = ?1 WHERE k = 'last_id'", params![id as i64])?;
+        self.hash.toggle(&entry);
+        self.log_change(&AgentChange::Added(entry.clone()))?;
+        Ok(Ok(entry))
+    }
+
+    /// The worker delivered the key (keep the agent) or could not (remove it). Idempotent.
+    pub fn resolve(&mut self, token: &str, delivered: bool) -> Result<(), StoreError> {
+        let id: Option<u32> =
+            self.conn.query_row("SELECT id FROM agents WHERE token = ?1", params![token], |r| r.get(0)).optional()?;
+        let Some(id) = id else { return Ok(()) };
+        if delivered {
+            self.conn.execute("UPDATE agents SET pending = 0 WHERE id = ?1", params![id])?;
+        } else {
+            self.remove_row(id)?;
+        }
+        Ok(())
+    }
+
+    /// Removes agents whose delivery was never confirmed within `older_than_ms`.
+    pub fn expire_pending(&mut self, older_than_ms: u64) -> Result<Vec<u32>, StoreError> {
+        let cutoff = now_ms().saturating_sub(older_than_ms) as i64;
+        let ids: Vec<u32> = {
+            let mut stmt = self.conn.prepare("SELECT id FROM agents WHERE pending = 1 AND registered_at < ?1")?;
+            let rows = stmt.query_map(params![cutoff], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for id in &ids {
+            self.remove_row(*id)?;
+        }
+        Ok(ids)
+    }
+
+    pub fn delete(&mut self, id: u32) -> Result<(), StoreError> {
+        if self.remove_row(id)? {
+            Ok(())
+        } else {
+            Err(StoreError::NoSuchAgent(id))
+        }
+    }
+
+    /// Changes after `after`: a delta when the log still holds them, a snapshot otherwise (including
+    /// a position in the future, which a healthy replica cannot have).
+    pub fn changes_since(&self, after: u64) -> Result<(bool, Vec<AgentChange>), StoreError> {
+        let oldest: Option<i64> = self.conn.query_row("SELECT MIN(seq) FROM changes", [], |r| r.get(0))?;
+        let delta_ok = after <= self.seq && (after == self.seq || oldest.is_some_and(|o| o as u64 <= after + 1));
+        if !delta_ok {
+            return Ok((true, self.entries()?.into_iter().map(AgentChange::Added).collect()));
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT op, id, name, ip, key, groups FROM changes WHERE seq > ?1 ORDER BY seq")?;
+        let rows = stmt.query_map(params![after as i64], |r| {
+            let op: String = r.get(0)?;
+            let id: u32 = r.get(1)?;
+            let groups = r.get::<_, Option<String>>(5)?.map(|g| groups_vec(&g)).unwrap_or_default();
+            Ok(match op.as_str() {
+                "added" => AgentChange::Added(AgentEntry {
+                    id,
+                    name: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    ip: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                    key: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                    groups,
+                }),
+                "removed" => AgentChange::Removed { id },
+                _ => AgentChange::GroupsChanged { id, groups },
+            })
+        })?;
+        Ok((false, rows.collect::<Result<_, _>>()?))
+    }
+
+    /// Full rows for the API, in id order.
+    pub fn rows(&self) -> Result<Vec<AgentRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, name, ip, key, groups, registered_at, node_name, status, last_keepalive, version, os_name,
+                    os_platform, os_version, pending FROM agents ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(AgentRow {
+                entry: AgentEntry {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    ip: r.get(2)?,
+                    key: r.get(3)?,
+                    groups: groups_vec(&r.get::<_, String>(4)?),
+                },
+                registered_at_ms: r.get::<_, i64>(5)? as u64,
+                node_name: r.get(6)?,
+                status: r.get(7)?,
+                last_keepalive_ms: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+                version: r.get(9)?,
+                os_name: r.get(10)?,
+                os_platform: r.get(11)?,
+                os_version: r.get(12)?,
+                pending: r.get::<_, i64>(13)? != 0,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Group names with their agent counts.
+    pub fn groups(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        for e in self.entries()? {
+            for g in e.groups {
+                *counts.entry(g).or_default() += 1;
+            }
+        }
+        let mut stmt = self.conn.prepare_cached("SELECT name FROM groups ORDER BY name")?;
+        let names = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+        Ok(names
+            .into_iter()
+            .map(|n| {
+                let c = counts.get(&n).copied().unwrap_or(0);
+                (n, c)
+            })
+            .collect())
+    }
+
+    pub fn create_group(&mut self, name: &str) -> Result<bool, StoreError> {
+        if !wazuh_cluster_protocol::agent::enrollment::valid_group_name(name) {
+            return Err(StoreError::Invalid(format!("invalid group name {name:?}: use [A-Za-z0-9_.-], not . or ..")));
+        }
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO groups (name, created_at) VALUES (?1, ?2)",
+            params![name, now_ms() as i64],
+        )?;
+        self.ensure_group_dir(name)?;
+        Ok(n > 0)
+    }
+
+    fn set_groups(&mut self, id: u32, groups: Vec<String>) -> Result<(), StoreError> {
+        let Some(old) = self.entry(id)? else { return Err(StoreError::NoSuchAgent(id)) };
+        if old.groups == groups {
+            return Ok(());
+        }
+        self.conn.execute("UPDATE agents SET groups = ?1 WHERE id = ?2", params![groups_text(&groups), id])?;
+        self.hash.toggle(&old);
+        let new = AgentEntry { groups: groups.clone(), ..old };
+        self.hash.toggle(&new);
+        self.log_change(&AgentChange::GroupsChanged { id, groups })
+    }
+
+    /// Deletes a group; its agents lose it (and fall back to `default` if it was their only one).
+    pub fn delete_group(&mut self, name: &str) -> Result<(), StoreError> {
+        if name == DEFAULT_GROUP {
+            return Err(StoreError::Invalid("the default group cannot be deleted".into()));
+        }
+        if self.conn.execute("DELETE FROM groups WHERE name = ?1", params![name])? == 0 {
+            return Err(StoreError::NoSuchGroup(name.into()));
+        }
+        for e in self.entries()? {
+            if e.groups.iter().any(|g| g == name) {
+                let mut groups: Vec<String> = e.groups.into_iter().filter(|g| g != name).collect();
+                if groups.is_empty() {
+                    groups.push(DEFAULT_GROUP.into());
+                }
+                self.set_groups(e.id, groups)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn assign(&mut self, id: u32, group: &str) -> Result<(), StoreError> {
+        let exists: bool =
+            self.conn.query_row("SELECT EXISTS(SELECT 1 FROM groups WHERE name = ?1)", params![group], |r| r.get(0))?;
+        if !exists {
+            return Err(StoreError::NoSuchGroup(group.into()));
+        }
+        let Some(e) = self.entry(id)? else { return Err(StoreError::NoSuchAgent(id)) };
+        if e.groups.iter().any(|g| g == group) {
+            return Ok(());
+        }
+        if e.groups.len() >= MAX_GROUPS {
+            return Err(StoreError::Invalid(format!("agent {} already has {MAX_GROUPS} groups", fmt_id(id))));
+        }
+        let mut groups = e.groups;
+        groups.push(group.into());
+        self.set_groups(id, groups)
+    }
+
+    pub fn unassign(&mut self, id: u32, group: &str) -> Result<(), StoreError> {
+        let Some(e) = self.entry(id)? else { return Err(StoreError::NoSuchAgent(id)) };
+        let mut groups: Vec<String> = e.groups.into_iter().filter(|g| g != group).collect();
+        if groups.is_empty() {
+            groups.push(DEFAULT_GROUP.into());
+        }
+        self.set_groups(id, groups)
+    }
+
+    pub fn begin(&self) -> Result<(), StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+
+    /// Commits, then rewrites `client.keys` if the table changed.
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("COMMIT")?;
+        if self.seq != self.keys_written_at {
+            self.write_keys()?;
+            self.keys_written_at = self.seq;
+        }
+        Ok(())
+    }
+
+    pub fn rollback(&self) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+    }
+}
+
+/// Token answers are stored as the error's Debug text; map it back (unknown text: internal error).
+fn serde_json_error(text: &str) -> EnrollError {
+    // The variants that can be recorded for a token are the registry's own refusals.
+    let inner = |prefix: &str| text.strip_prefix(prefix).and_then(|r| r.strip_suffix("\")")).map(String::from);
+    if let Some(g) = inner("NoSuchGroup(\"") {
+        EnrollError::NoSuchGroup(g)
+    } else if let Some(n) = inner("DuplicateName(\"") {
+        EnrollError::DuplicateName(n)
+    } else if let Some(ip) = inner("DuplicateIp(\"") {
+        EnrollError::DuplicateIp(ip)
+    } else if text == "TooManyGroups" {
+        EnrollError::TooManyGroups
+    } else {
+        EnrollError::Internal(text.into())
+    }
+}
+
+/// A store driven by a [`crate::store_thread`]: commands run inside one transaction per batch.
+pub trait Store: Send + 'static {
+    fn begin(&mut self) -> Result<(), StoreError>;
+    /// Commits and brings derived files (`client.keys`) up to date.
+    fn commit(&mut self) -> Result<(), StoreError>;
+    fn rollback(&mut self);
+    /// Re-reads in-memory state (position, hash) from the database after a rollback.
+    fn reload(&mut self) -> Result<(), StoreError>;
+    fn savepoint(&mut self) -> Result<(), StoreError>;
+    fn release(&mut self, keep: bool);
+}
+
+fn savepoint(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("SAVEPOINT cmd")?;
+    Ok(())
+}
+
+fn release(conn: &Connection, keep: bool) {
+    if !keep {
+        let _ = conn.execute_batch("ROLLBACK TO cmd");
+    }
+    let _ = conn.execute_batch("RELEASE cmd");
+}
+
+impl Store for Registry {
+    fn begin(&mut self) -> Result<(), StoreError> {
+        Registry::begin(self)
+    }
+    fn commit(&mut self) -> Result<(), StoreError> {
+        Registry::commit(self)
+    }
+    fn rollback(&mut self) {
+        Registry::rollback(self)
+    }
+    fn reload(&mut self) -> Result<(), StoreError> {
+        self.seq = self.conn.query_row("SELECT v FROM meta WHERE k = 'seq'", [], |r| r.get::<_, i64>(0))? as u64;
+        self.hash = TableHash::default();
+        for e in self.entries()? {
+            self.hash.toggle(&e);
+        }
+        Ok(())
+    }
+    fn savepoint(&mut self) -> Result<(), StoreError> {
+        savepoint(&self.conn)
+    }
+    fn release(&mut self, keep: bool) {
+        release(&self.conn, keep)
+    }
+}
+
+impl Store for Replica {
+    fn begin(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+    fn commit(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("COMMIT")?;
+        if self.dirty {
+            self.write_keys()?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+    fn rollback(&mut self) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+    }
+    fn reload(&mut self) -> Result<(), StoreError> {
+        self.seq = self.conn.query_row("SELECT v FROM meta WHERE k = 'seq'", [], |r| r.get::<_, i64>(0))? as u64;
+        self.hash = TableHash::default();
+        for e in self.entries()? {
+            self.hash.toggle(&e);
+        }
+        Ok(())
+    }
+    fn savepoint(&mut self) -> Result<(), StoreError> {
+        savepoint(&self.conn)
+    }
+    fn release(&mut self, keep: bool) {
+        release(&self.conn, keep)
+    }
+}
+
+/// A worker's replica of the agent table.
+pub struct Replica {
+    conn: Connection,
+    data_dir: PathBuf,
+    hash: TableHash,
+    seq: u64,
+    dirty: bool,
+}
+
+impl Replica {
+    /// Opens (or creates) `<data_dir>/var/db/replica.db`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let conn = open_db(&data_dir.join("var/db/replica.db"))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS agents (id INTEGER PRIMARY KEY, name TEXT NOT NULL, ip TEXT NOT NULL, key TEXT NOT NULL, groups TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS outbox (token TEXT PRIMARY KEY, delivered INTEGER NOT NULL, at INTEGER NOT NULL);
+             INSERT OR IGNORE INTO meta (k, v) VALUES ('seq', 0);",
+        )?;
+        let seq: i64 = conn.query_row("SELECT v FROM meta WHERE k = 'seq'", [], |r| r.get(0))?;
+        let mut rep = Replica {
+            conn,
+            data_dir: data_dir.to_path_buf(),
+            hash: TableHash::default(),
+            seq: seq as u64,
+            dirty: false,
+        };
+        for e in rep.entries()? {
+            rep.hash.toggle(&e);
+        }
+        rep.write_keys()?;
+        Ok(rep)
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn hash(&self) -> String {
+        self.hash.hex()
+    }
+
+    pub fn entries(&self) -> Result<Vec<AgentEntry>, StoreError> {
+        let mut stmt = self.conn.prepare_cached("SELECT id, name, ip, key, groups FROM agents ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(AgentEntry {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                ip: r.get(2)?,
+                key: r.get(3)?,
+                groups: groups_vec(&r.get::<_, String>(4)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    pub fn write_keys(&self) -> Result<(), StoreError> {
+        write_client_keys(&self.data_dir, &self.entries()?)
+    }
+
+    fn get(&self, id: u32) -> Result<Option<AgentEntry>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT id, name, ip, key, groups FROM agents WHERE id = ?1", params![id], |r| {
+                Ok(AgentEntry {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    ip: r.get(2)?,
+                    key: r.get(3)?,
+                    groups: groups_vec(&r.get::<_, String>(4)?),
+                })
+            })
+            .optional()?)
+    }
+
+    /// Applies an update (inside the caller's transaction) and returns whether it applied. A delta
+    /// that does not start at our position is refused: the caller acknowledges its old position and
+    /// the master sends a snapshot.
+    pub fn apply(&mut self, from: u64, to: u64, snapshot: bool, changes: &[AgentChange]) -> Result<bool, StoreError> {
+        if !snapshot && from != self.seq {
+            return Ok(false);
+        }
+        if snapshot {
+            self.conn.execute("DELETE FROM agents", [])?;
+            self.hash = TableHash::default();
+        }
+        for c in changes {
+            match c {
+                AgentChange::Added(e) => {
+                    if let Some(old) = self.get(e.id)? {
+                        self.hash.toggle(&old);
+                    }
+                    self.conn.execute(
+                        "INSERT OR REPLACE INTO agents (id, name, ip, key, groups) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![e.id, e.name, e.ip, e.key, groups_text(&e.groups)],
+                    )?;
+                    self.hash.toggle(e);
+                }
+                AgentChange::Removed { id } => {
+                    if let Some(old) = self.get(*id)? {
+                        self.conn.execute("DELETE FROM agents WHERE id = ?1", params![id])?;
+                        self.hash.toggle(&old);
+                    }
+                }
+                AgentChange::GroupsChanged { id, groups } => {
+                    if let Some(old) = self.get(*id)? {
+                        self.conn
+                            .execute("UPDATE agents SET groups = ?1 WHERE id = ?2", params![groups_text(groups), id])?;
+                        self.hash.toggle(&old);
+                        self.hash.toggle(&AgentEntry { groups: groups.clone(), ..old });
+                    }
+                }
+            }
+        }
+        self.conn.execute("UPDATE meta SET v = ?1 WHERE k = 'seq'", params![to as i64])?;
+        self.seq = to;
+        self.dirty = true;
+        Ok(true)
+    }
+
+    /// Records that the master must hear the fate of `token`.
+    pub fn outbox_put(&self, token: &str, delivered: bool) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO outbox (token, delivered, at) VALUES (?1, ?2, ?3)",
+            params![token, delivered as i64, now_ms() as i64],
+        )?;
+        Ok(())
+    }
+
+    pub fn outbox(&self) -> Result<Vec<(String, bool)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached("SELECT token, delivered FROM outbox ORDER BY at")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn outbox_done(&self, token: &str) -> Result<(), StoreError> {
+        self.conn.execute("DELETE FROM outbox WHERE token = ?1", params![token])?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(name: &str, token: Option<&str>) -> NewAgent {
+        NewAgent {
+            name: name.into(),
+            groups: vec![],
+            ip: "any".into(),
+            key_hash: None,
+            version: None,
+            node_name: "master".into(),
+            token: token.map(String::from),
+        }
+    }
+
+    fn enroll(reg: &mut Registry, a: &NewAgent) -> Result<AgentEntry, EnrollError> {
+        reg.begin().unwrap();
+        let out = reg.enroll(a).unwrap();
+        reg.commit().unwrap();
+        out
+    }
+
+    #[test]
+    fn ids_are_wazuh_style_monotonic_and_never_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reg = Registry::open(dir.path()).unwrap();
+        let a = enroll(&mut reg, &agent("a1", None)).unwrap();
+        let b = enroll(&mut reg, &agent("a2", None)).unwrap();
+        assert_eq!((fmt_id(a.id), fmt_id(b.id)), ("001".into(), "002".into()));
+        assert_eq!(a.key.len(), 64);
+        assert!(a.key.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_eq!(a.groups, ["default"]);
+        reg.begin().unwrap();
+        reg.delete(b.id).unwrap();
+        reg.commit().unwrap();
+        let c = enroll(&mut reg, &agent("a3", None)).unwrap();
+        assert_eq!(c.id, 3, "ids are never reused");
+        drop(reg);
+        let mut reg = Registry::open(dir.path()).unwrap();
+        assert_eq!(enroll(&mut reg, &agent("a4", None)).unwrap().id, 4, "survives a restart");
+        let keys = std::fs::read_to_string(dir.path().join("etc/client.keys")).unwrap();
+        assert_eq!(keys.lines().count(), 3);
+        assert!(keys.starts_with(&format!("001 a1 any {}\n", a.key)));
+        assert_eq!(fmt_id(1000), "1000");
+    }
+
+    #[test]
+    fn duplicates_groups_and_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reg = Registry::open(dir.path()).unwrap();
+        enroll(&mut reg, &agent("web-01", None)).unwrap();
+        assert_eq!(enroll(&mut reg, &agent("web-01", None)), Err(EnrollError::DuplicateName("web-01".into())));
+        let mut fixed = agent("db", None);
+        fixed.ip = "10.0.0.7".into();
+        enroll(&mut reg, &fixed).unwrap();
+        let mut other = agent("db2", None);
+        other.ip = "10.0.0.7".into();
+        assert_eq!(enroll(&mut reg, &other), Err(EnrollError::DuplicateIp("10.0.0.7".into())));
+        let mut grouped = agent("g1", None);
+        grouped.groups = vec!["nosuchgroup".into()];
+        assert_eq!(enroll(&mut reg, &grouped), Err(EnrollError::NoSuchGroup("nosuchgroup".into())));
+        // A retried forwarded request returns the first answer and creates nothing.
+        let first = enroll(&mut reg, &agent("tok", Some("t-1"))).unwrap();
+        let again = enroll(&mut reg, &agent("tok", Some("t-1"))).unwrap();
+        assert_eq!(first, again);
+        assert_eq!(reg.entries().unwrap().len(), 3);
+        // Undelivered: removed.
+        reg.begin().unwrap();
+        reg.resolve("t-1", false).unwrap();
+        reg.commit().unwrap();
+        assert_eq!(reg.entries().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_old_never_connected_agent_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reg = Registry::open(dir.path()).unwrap();
+        let old = enroll(&mut reg, &agent("web", None)).unwrap();
+        reg.replace = ReplacePolicy { enabled: true, disconnected_for_ms: 0, registered_for_ms: 0 };
+        let new = enroll(&mut reg, &agent("web", None)).unwrap();
+        assert!(new.id > old.id);
+        assert_eq!(reg.entries().unwrap().len(), 1);
+        // With the key it holds, it is the same agent: not replaced.
+        let mut same = agent("web", None);
+        same.key_hash = Some(sha1_hex(&format!("{}web{}", fmt_id(new.id), new.key)));
+        assert_eq!(enroll(&mut reg, &same), Err(EnrollError::DuplicateName("web".into())));
+    }
+
+    #[test]
+    fn replicas_follow_by_delta_and_snapshot_and_hashes_agree() {
+        let m = tempfile::tempdir().unwrap();
+        let w = tempfile::tempdir().unwrap();
+        let mut reg = Registry::open(m.path()).unwrap();
+        let mut rep = Replica::open(w.path()).unwrap();
+        for i in 0..5 {
+            enroll(&mut reg, &agent(&format!("a{i}"), None)).unwrap();
+        }
+        reg.begin().unwrap();
+        reg.create_group("linux").unwrap();
+        reg.assign(2, "linux").unwrap();
+        reg.delete(3).unwrap();
+        reg.commit().unwrap();
+        let (snap, changes) = reg.changes_since(rep.seq()).unwrap();
+        assert!(!snap);
+        rep.begin().unwrap();
+        assert!(rep.apply(0, reg.seq(), false, &changes).unwrap());
+        rep.commit().unwrap();
+        assert_eq!(rep.hash(), reg.hash());
+        assert_eq!(rep.entries().unwrap(), reg.entries().unwrap());
+        assert_eq!(
+            std::fs::read(w.path().join("etc/client.keys")).unwrap(),
+            std::fs::read(m.path().join("etc/client.keys")).unwrap()
+        );
+        // A gap is refused; a position in the future gets a snapshot.
+        assert!(!rep.apply(rep.seq() + 5, rep.seq() + 6, false, &[]).unwrap());
+        let (snap, all) = reg.changes_since(reg.seq() + 10).unwrap();
+        assert!(snap);
+        let mut fresh = Replica::open(tempfile::tempdir().unwrap().path()).unwrap();
+        fresh.begin().unwrap();
+        assert!(fresh.apply(0, reg.seq(), true, &all).unwrap());
+        fresh.commit().unwrap();
+        assert_eq!(fresh.hash(), reg.hash());
+        assert_eq!(reg.groups().unwrap(), [("default".to_string(), 4), ("linux".to_string(), 1)]);
+    }
+}
