@@ -9,3 +9,4 @@ pub mod demo;
 pub mod logging;
 pub mod node;
 pub mod report;
+pub mod sim;

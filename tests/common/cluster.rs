@@ -40,6 +40,7 @@ fn config(dir: &std::path::Path, name: &str, role: &str, extra: &[(&str, String)
         ("cluster.intervals.local_agent_groups", "300ms".to_string()),
         ("api.bind", "127.0.0.1:0".to_string()),
         ("enrollment.bind", "127.0.0.1:0".to_string()),
+        ("enrollment.timeout", "300ms".to_string()),
         ("agents.bind", "127.0.0.1:0".to_string()),
     ]
     .into_iter()

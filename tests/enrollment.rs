@@ -1,0 +1,133 @@
+//! Agent enrollment on every node (TLS, port 1515 in production): the exact replies, forwarding
+//! through a worker, replication of keys to every worker, and bad input on the socket.
+
+mod common;
+
+use common::cluster::TestCluster;
+use common::*;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use wazuh_multi_node::sim::{connector, enroll_one, parse_key};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn enroll(addr: std::net::SocketAddr, line: &str) -> String {
+    enroll_one(connector().expect("tls"), addr.to_string(), line.to_string()).await.expect("enrollment exchange")
+}
+
+fn keys_file(cluster: &TestCluster, node: &str) -> BTreeSet<String> {
+    let path = cluster.dir.path().join(node).join("etc/client.keys");
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(String::from).collect()
+}
+
+#[actix_rt::test]
+async fn enrollment_through_a_worker_is_committed_on_the_master_and_replicated_to_every_worker() {
+    let cluster = TestCluster::start("enr", 2).await;
+    let worker_enroll = cluster.worker(0).enrollment_addr;
+    let mut received = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let line = format!("OSSEC A:'agent-{i}' V:'v4.14.7'\n");
+        tasks.push(actix_rt::spawn(async move { (enroll(worker_enroll, &line).await, Instant::now()) }));
+    }
+    for t in tasks {
+        let (reply, at) = t.await.expect("task");
+        let key = parse_key(&reply).unwrap_or_else(|| panic!("not a key reply: {reply}"));
+        received.push((key, at));
+    }
+    // Ids are unique and the lines are exactly what the agents were given.
+    let ids: BTreeSet<String> =
+        received.iter().map(|(k, _)| k.split(' ').next().unwrap_or_default().to_string()).collect();
+    assert_eq!(ids.len(), 40);
+    let master = cluster.master_name();
+    let workers = [cluster.worker_name(0), cluster.worker_name(1)];
+    let mut worst = Duration::ZERO;
+    for (key, at) in &received {
+        let start = Instant::now();
+        loop {
+            let everywhere = [&master, &workers[0], &workers[1]].iter().all(|n| keys_file(&cluster, n).contains(key));
+            if everywhere {
+                break;
+            }
+            assert!(start.elapsed() < WAIT, "{key} is not on every node");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        worst = worst.max(at.elapsed());
+    }
+    eprintln!("worst time from an agent's reply to its key on every node: {} ms", worst.as_millis());
+    assert_eq!(keys_file(&cluster, &master), keys_file(&cluster, &workers[1]));
+    // The master logged where each came from.
+    wait_for_log(&workers[0], &["agent", "agent-0 enrolled from 127.0.0.1:"], WAIT).await;
+}
+
+#[actix_rt::test]
+async fn every_refusal_is_answered_with_authds_exact_reply() {
+    let cluster = TestCluster::start("enrbad", 1).await;
+    let first = enroll(cluster.master().enrollment_addr, "OSSEC A:'dup-agent'\n").await;
+    assert!(first.starts_with("OSSEC K:'"), "{first}");
+    // The same replies from the master and, forwarded, from a worker: one registry decides.
+    for addr in [cluster.master().enrollment_addr, cluster.worker(0).enrollment_addr] {
+        let cases = [
+            ("hello\n", "ERROR: Invalid request for new agent. Unable to add agent"),
+            ("OSSEC A:'bad name!'\n", "ERROR: Invalid agent name: bad name!. Unable to add agent"),
+            ("OSSEC A:'ok-name' V:'v4.14\n", "ERROR: Unterminated version field. Unable to add agent"),
+            (
+                "OSSEC A:'ok-name' V:'v9.0.0'\n",
+                "ERROR: Agent version must be lower or equal to manager version. Unable to add agent",
+            ),
+            ("OSSEC A:'ok-name' G:'bad/group'\n", "ERROR: Invalid group name: bad/group. Unable to add agent"),
+            ("OSSEC A:'ok-name' G:'nosuchgroup'\n", "ERROR: Invalid group: nosuchgroup. Unable to add agent"),
+            ("OSSEC A:'ok-name' IP:'300.1.1.1'\n", "ERROR: Invalid IP: 300.1.1.1. Unable to add agent"),
+            ("OSSEC A:'dup-agent'\n", "ERROR: Duplicate agent name: dup-agent. Unable to add agent"),
+        ];
+        for (line, reply) in cases {
+            let got = enroll(addr, line).await;
+            assert_eq!(got, reply, "{line}");
+        }
+        // Over-long line: refused, not buffered without end.
+        let long = format!("OSSEC A:'{}'\n", "a".repeat(70 * 1024));
+        let got = enroll(addr, &long).await;
+        assert_eq!(got, "ERROR: Invalid request for new agent. Unable to add agent");
+    }
+}
+
+#[actix_rt::test]
+async fn plain_tcp_and_silent_clients_are_dropped_with_a_log_line() {
+    let cluster = TestCluster::start("enrtcp", 0).await;
+    let addr = cluster.master().enrollment_addr;
+    let master = cluster.master_name();
+    // No TLS at all.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let local = s.local_addr().expect("addr").to_string();
+    s.write_all(b"OSSEC A:'plain'\n").await.expect("write");
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf)).await.expect("closed in time").unwrap_or(0);
+    assert!(n == 0 || !buf[..n].starts_with(b"OSSEC K:"), "no key over plain TCP");
+    wait_for_log(&master, &["enrollment from", &local, "TLS handshake failed"], WAIT).await;
+    // TLS, then nothing: dropped after enrollment.timeout.
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let local = tcp.local_addr().expect("addr").to_string();
+    let name = rustls::pki_types::ServerName::try_from("wazuh").expect("name").to_owned();
+    let mut tls = connector().expect("tls").connect(name, tcp).await.expect("tls handshake");
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(WAIT, tls.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "a silent client must be dropped");
+    assert!(out.is_empty());
+    wait_for_log(&master, &["enrollment from", &local, "no request line within 300ms"], WAIT).await;
+}
+
+#[actix_rt::test]
+async fn a_worker_without_its_master_refuses_at_once() {
+    let mut cluster = TestCluster::start("enrdown", 1).await;
+    cluster.kill_master().await;
+    let worker = cluster.worker(0).enrollment_addr;
+    let link_down = || async { !cluster.worker_connected(0).await };
+    wait_until("the worker lost its master", WAIT, link_down).await;
+    let started = Instant::now();
+    let reply = enroll(worker, "OSSEC A:'orphan'\n").await;
+    assert_eq!(reply, "ERROR: Internal manager error adding agent: orphan. Unable to add agent");
+    assert!(started.elapsed() < Duration::from_secs(5), "answered without waiting for the master");
+    wait_for_log(&cluster.worker_name(0), &["enrollment of orphan", "the master is unreachable"], WAIT).await;
+}
