@@ -6,6 +6,8 @@
 //! - `GET /cluster/healthcheck`: per node, the status of every actor (state, runs, failures,
 //!   restarts, last run, last error); for each worker, both ends of its connection.
 //! - `GET /health`: 200 while the node serves (master listening, worker connected), 503 otherwise.
+//! - `GET /agents[?status=&node=&group=&keys=true]`: the master answers from its registry, a worker
+//!   from its replica; keys only for loopback clients that ask.
 
 use crate::node::NodeHandle;
 use actix_web::dev::ServerHandle;
@@ -51,6 +53,41 @@ async fn health(node: web::Data<NodeHandle>) -> HttpResponse {
     }
 }
 
+#[derive(serde::Deserialize)]
+struct AgentQuery {
+    status: Option<String>,
+    node: Option<String>,
+    group: Option<String>,
+    /// Include each agent's key (loopback only).
+    keys: Option<bool>,
+}
+
+async fn agents(
+    node: web::Data<NodeHandle>,
+    query: web::Query<AgentQuery>,
+    req: actix_web::HttpRequest,
+) -> HttpResponse {
+    let loopback = req.peer_addr().is_some_and(|a| a.ip().is_loopback());
+    let with_keys = query.keys.unwrap_or(false);
+    if with_keys && !loopback {
+        return HttpResponse::Forbidden().json(error_body(403, "agent keys are only served to loopback clients"));
+    }
+    match node.agents(with_keys).await {
+        Ok(items) => {
+            let items: Vec<_> = items
+                .into_iter()
+                .filter(|a| query.status.as_ref().is_none_or(|s| a.status.as_ref() == Some(s)))
+                .filter(|a| query.node.as_ref().is_none_or(|n| a.node_name.as_ref() == Some(n)))
+                .filter(|a| query.group.as_ref().is_none_or(|g| a.group.contains(g)))
+                .collect();
+            HttpResponse::Ok().json(envelope(&items, "All selected agents information was returned"))
+        }
+        Err(e) => {
+            HttpResponse::ServiceUnavailable().json(error_body(503, &format!("the agent registry is unavailable: {e}")))
+        }
+    }
+}
+
 async fn not_found() -> HttpResponse {
     HttpResponse::NotFound().json(error_body(404, "no such endpoint"))
 }
@@ -65,6 +102,7 @@ pub fn start(bind: SocketAddr, node: NodeHandle) -> std::io::Result<(SocketAddr,
             .route("/cluster/nodes", web::get().to(nodes))
             .route("/cluster/healthcheck", web::get().to(healthcheck))
             .route("/health", web::get().to(health))
+            .route("/agents", web::get().to(agents))
             .default_service(web::to(not_found))
     })
     .workers(1)

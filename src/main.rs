@@ -66,6 +66,14 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// List the agents (GET /agents): id, name, ip, status, node, groups.
+    Agents {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Include each agent's key (the API serves keys to loopback clients only).
+        #[arg(long)]
+        keys: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -125,6 +133,9 @@ fn execute(command: Command) -> anyhow::Result<()> {
         }
         Command::Nodes { api } => show(&api, "/cluster/nodes", report::nodes_table),
         Command::Health { api } => show(&api, "/cluster/healthcheck", report::health_table),
+        Command::Agents { api, keys } => {
+            show(&api, if keys { "/agents?keys=true" } else { "/agents" }, report::agents_table)
+        }
     }
 }
 

@@ -115,6 +115,24 @@ pub struct NodeHealthView {
     pub actors: Vec<ActorView>,
 }
 
+/// One row of `GET /agents`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentView {
+    pub id: String,
+    pub name: String,
+    pub ip: String,
+    pub status: Option<String>,
+    pub version: Option<String>,
+    pub node_name: Option<String>,
+    pub os: Option<serde_json::Value>,
+    pub group: Vec<String>,
+    pub registered_at: Option<String>,
+    pub last_keepalive: Option<String>,
+    /// Only with `?keys=true` on the master.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
 /// Epoch milliseconds as RFC 3339 UTC.
 pub fn iso(ms: u64) -> String {
     jiff::Timestamp::from_millisecond(ms as i64).map(|t| t.to_string()).unwrap_or_default()
@@ -225,6 +243,50 @@ impl NodeHandle {
                     last_keepalive: info.as_ref().and_then(|i| i.last_keepalive_ms).map(iso),
                     actors: info.map(|i| actor_views(&i.jobs, Role::Worker)).unwrap_or_default(),
                 }]
+            }
+        }
+    }
+
+    /// Agents as this node knows them: the registry on the master, the replica on a worker.
+    pub async fn agents(&self, with_keys: bool) -> Result<Vec<AgentView>, String> {
+        match self {
+            NodeHandle::Master { registry, .. } => {
+                let rows = registry.run(|r| r.rows()).await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| AgentView {
+                        id: wazuh_cluster_actors::registry::fmt_id(r.entry.id),
+                        name: r.entry.name,
+                        ip: r.entry.ip,
+                        status: Some(r.status),
+                        version: r.version,
+                        node_name: Some(r.node_name),
+                        os: r.os_name.map(|name| serde_json::json!({ "name": name, "platform": r.os_platform, "version": r.os_version })),
+                        group: r.entry.groups,
+                        registered_at: Some(iso(r.registered_at_ms)),
+                        last_keepalive: r.last_keepalive_ms.map(iso),
+                        key: with_keys.then_some(r.entry.key),
+                    })
+                    .collect())
+            }
+            NodeHandle::Worker { replica, .. } => {
+                let entries = replica.run(|r| r.entries()).await?;
+                Ok(entries
+                    .into_iter()
+                    .map(|e| AgentView {
+                        id: wazuh_cluster_actors::registry::fmt_id(e.id),
+                        name: e.name,
+                        ip: e.ip,
+                        status: None,
+                        version: None,
+                        node_name: None,
+                        os: None,
+                        group: e.groups,
+                        registered_at: None,
+                        last_keepalive: None,
+                        key: with_keys.then_some(e.key),
+                    })
+                    .collect())
             }
         }
     }

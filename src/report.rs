@@ -57,6 +57,27 @@ pub fn nodes_table(body: &Value) -> String {
     table(&["NAME", "TYPE", "VERSION", "ADDRESS", "CONNECTED SINCE", "LAST KEEP-ALIVE"], &rows)
 }
 
+/// `GET /agents` as a table.
+pub fn agents_table(body: &Value) -> String {
+    let rows: Vec<Vec<String>> = items(body)
+        .iter()
+        .map(|a| {
+            let groups =
+                a["group"].as_array().map(|g| g.iter().map(s).collect::<Vec<_>>().join(",")).unwrap_or_default();
+            vec![
+                s(&a["id"]),
+                s(&a["name"]),
+                s(&a["ip"]),
+                s(&a["status"]),
+                s(&a["node_name"]),
+                groups,
+                s(&a["registered_at"]),
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "IP", "STATUS", "NODE", "GROUPS", "REGISTERED"], &rows)
+}
+
 /// `GET /cluster/healthcheck` as a table: one row per actor.
 pub fn health_table(body: &Value) -> String {
     let mut rows = Vec::new();

@@ -279,3 +279,77 @@ fn three_processes_survive_kill_9_of_the_master_and_of_a_worker() {
     assert!(w1.terminate().success());
     assert!(master.terminate().success());
 }
+
+const SIM: &str = env!("CARGO_BIN_EXE_agent-sim");
+
+fn setting(sets: &[String], key: &str) -> String {
+    sets.iter().find_map(|s| s.strip_prefix(&format!("{key}="))).expect("setting").to_string()
+}
+
+#[test]
+fn agent_sim_enrolls_through_a_worker_and_every_node_holds_every_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = write_key(dir.path(), "cluster.key");
+    let port = free_port();
+    let master_sets = local(dir.path(), "master", &key, port);
+    let w1_sets = local(dir.path(), "w1", &key, port);
+    let master = Node::start("master.toml", &master_sets);
+    master.wait_for(&["master listening"]);
+    let w1 = Node::start("worker-1.toml", &w1_sets);
+    let w2 = Node::start("worker-2.toml", &local(dir.path(), "w2", &key, port));
+    wait_listed(api_port(&master_sets), &["master-1", "worker-1", "worker-2"]);
+
+    let received = dir.path().join("received.keys");
+    let out = Command::new(SIM)
+        .args(["--enroll", &setting(&w1_sets, "enrollment.bind"), "--agents", "300", "--concurrency", "32", "--json"])
+        .arg("--keys-out")
+        .arg(&received)
+        .output()
+        .expect("agent-sim");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("agent-sim --json");
+    eprintln!("agent-sim through worker-1: {summary}");
+    assert_eq!(summary["enrolled"], 300, "{summary}");
+    assert_eq!(summary["errors"], 0);
+    let mut given: Vec<String> = std::fs::read_to_string(&received).expect("keys").lines().map(String::from).collect();
+    given.sort();
+
+    // The master's API lists every agent with the id and key it was given.
+    let api = format!("http://127.0.0.1:{}", api_port(&master_sets));
+    let out = Command::new(BIN).args(["agents", "--json", "--keys", "--api", &api]).output().expect("agents");
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).expect("agents --json");
+    let mut listed: Vec<String> = body["data"]["affected_items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {} {} {}",
+                a["id"].as_str().unwrap_or(""),
+                a["name"].as_str().unwrap_or(""),
+                a["ip"].as_str().unwrap_or(""),
+                a["key"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(listed, given);
+
+    // Both workers' client.keys hold exactly the same keys.
+    let keys_of = |node: &str| {
+        let mut v: Vec<String> = std::fs::read_to_string(dir.path().join(node).join("etc/client.keys"))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect();
+        v.sort();
+        v
+    };
+    let start = Instant::now();
+    while keys_of("w1") != given || keys_of("w2") != given {
+        assert!(start.elapsed() < WAIT, "worker replicas did not converge");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("replicas equal to the master {} ms after agent-sim returned", start.elapsed().as_millis());
+    assert_eq!(keys_of("master"), given);
+    drop((w1, w2, master));
+}
