@@ -6,14 +6,18 @@
 //! - `GET /cluster/healthcheck`: per node, the status of every actor (state, runs, failures,
 //!   restarts, last run, last error); for each worker, both ends of its connection.
 //! - `GET /health`: 200 while the node serves (master listening, worker connected), 503 otherwise.
-//! - `GET /agents[?status=&node=&group=&keys=true]`: the master answers from its registry, a worker
-//!   from its replica; keys only for loopback clients that ask.
+//! - `GET /agents[?status=&node=&group=&keys=true]`, `GET /agents/{id}`: the master answers from its
+//!   registry, a worker from its replica; keys only for loopback clients that ask.
+//! - `DELETE /agents/{id}`, `GET /groups`, `POST /groups` (`{"group_id": "linux"}`),
+//!   `DELETE /groups/{group}`, `PUT|DELETE /agents/{id}/group/{group}`: changes need
+//!   `Authorization: Bearer <api.token>`; a worker forwards them to the master.
 
 use crate::node::NodeHandle;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use serde::Serialize;
 use std::net::SocketAddr;
+use wazuh_cluster_protocol::message::AdminRequest;
 
 /// Wazuh's envelope around a list of items.
 pub fn envelope<T: Serialize>(items: &[T], message: &str) -> serde_json::Value {
@@ -88,21 +92,159 @@ async fn agents(
     }
 }
 
+/// The configured token, shared with the handlers.
+#[derive(Clone)]
+pub struct Token(pub Option<String>);
+
+/// Mutations need `Authorization: Bearer <api.token>`; `Some(refusal)` when this request may not.
+fn refuse_unauthorized(req: &actix_web::HttpRequest, token: &Token) -> Option<HttpResponse> {
+    let Some(expected) = &token.0 else {
+        return Some(
+            HttpResponse::Forbidden().json(error_body(403, "changes through the API need api.token to be configured")),
+        );
+    };
+    let given = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Length first, then every byte: no early exit on the first difference.
+    let same = given.len() == expected.len()
+        && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if same {
+        None
+    } else {
+        Some(HttpResponse::Unauthorized().json(error_body(401, "missing or wrong API token")))
+    }
+}
+
+async fn change(
+    node: &NodeHandle,
+    req: &actix_web::HttpRequest,
+    token: &Token,
+    request: AdminRequest,
+    done: &str,
+) -> HttpResponse {
+    if let Some(refusal) = refuse_unauthorized(req, token) {
+        return refusal;
+    }
+    match node.admin(request).await {
+        Ok(()) => HttpResponse::Ok().json(envelope::<String>(&[], done)),
+        Err((status, message)) => HttpResponse::build(
+            actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::BAD_REQUEST),
+        )
+        .json(error_body(status, &message)),
+    }
+}
+
+fn bad_id(text: &str) -> HttpResponse {
+    HttpResponse::BadRequest().json(error_body(400, &format!("invalid agent id {text:?}")))
+}
+
+async fn delete_agent(
+    node: web::Data<NodeHandle>,
+    token: web::Data<Token>,
+    req: actix_web::HttpRequest,
+    id: web::Path<String>,
+) -> HttpResponse {
+    let Some(id) = wazuh_cluster_actors::registry::parse_id(&id) else { return bad_id(&id) };
+    change(&node, &req, &token, AdminRequest::DeleteAgent { id }, "Agent deleted").await
+}
+
+async fn list_groups(node: web::Data<NodeHandle>) -> HttpResponse {
+    match node.groups().await {
+        Ok(groups) => {
+            let items: Vec<_> =
+                groups.into_iter().map(|(name, count)| serde_json::json!({ "name": name, "count": count })).collect();
+            HttpResponse::Ok().json(envelope(&items, "All selected groups information was returned"))
+        }
+        Err(e) => HttpResponse::ServiceUnavailable().json(error_body(503, &e)),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct NewGroup {
+    group_id: String,
+}
+
+async fn create_group(
+    node: web::Data<NodeHandle>,
+    token: web::Data<Token>,
+    req: actix_web::HttpRequest,
+    body: web::Json<NewGroup>,
+) -> HttpResponse {
+    let name = body.into_inner().group_id;
+    change(&node, &req, &token, AdminRequest::CreateGroup { name }, "Group created").await
+}
+
+async fn delete_group(
+    node: web::Data<NodeHandle>,
+    token: web::Data<Token>,
+    req: actix_web::HttpRequest,
+    name: web::Path<String>,
+) -> HttpResponse {
+    change(&node, &req, &token, AdminRequest::DeleteGroup { name: name.into_inner() }, "Group deleted").await
+}
+
+async fn assign(
+    node: web::Data<NodeHandle>,
+    token: web::Data<Token>,
+    req: actix_web::HttpRequest,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
+    let (id, group) = path.into_inner();
+    let Some(id) = wazuh_cluster_actors::registry::parse_id(&id) else { return bad_id(&id) };
+    change(&node, &req, &token, AdminRequest::AssignGroup { id, group }, "Agent assigned to the group").await
+}
+
+async fn unassign(
+    node: web::Data<NodeHandle>,
+    token: web::Data<Token>,
+    req: actix_web::HttpRequest,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
+    let (id, group) = path.into_inner();
+    let Some(id) = wazuh_cluster_actors::registry::parse_id(&id) else { return bad_id(&id) };
+    change(&node, &req, &token, AdminRequest::UnassignGroup { id, group }, "Agent removed from the group").await
+}
+
+async fn get_agent(node: web::Data<NodeHandle>, id: web::Path<String>) -> HttpResponse {
+    let Some(id) = wazuh_cluster_actors::registry::parse_id(&id) else { return bad_id(&id) };
+    let id = wazuh_cluster_actors::registry::fmt_id(id);
+    match node.agents(false).await {
+        Ok(items) => match items.into_iter().find(|a| a.id == id) {
+            Some(a) => HttpResponse::Ok().json(envelope(&[a], "Agent information was returned")),
+            None => HttpResponse::NotFound().json(error_body(404, &format!("no agent with id {id}"))),
+        },
+        Err(e) => HttpResponse::ServiceUnavailable().json(error_body(503, &e)),
+    }
+}
+
 async fn not_found() -> HttpResponse {
     HttpResponse::NotFound().json(error_body(404, "no such endpoint"))
 }
 
 /// Binds the API on `bind` and starts serving in the background. Returns the bound address and a
 /// handle to stop it.
-pub fn start(bind: SocketAddr, node: NodeHandle) -> std::io::Result<(SocketAddr, ServerHandle)> {
+pub fn start(bind: SocketAddr, node: NodeHandle, token: Option<String>) -> std::io::Result<(SocketAddr, ServerHandle)> {
     let data = web::Data::new(node);
+    let token = web::Data::new(Token(token));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(token.clone())
             .route("/cluster/nodes", web::get().to(nodes))
             .route("/cluster/healthcheck", web::get().to(healthcheck))
             .route("/health", web::get().to(health))
             .route("/agents", web::get().to(agents))
+            .route("/agents/{id}", web::get().to(get_agent))
+            .route("/agents/{id}", web::delete().to(delete_agent))
+            .route("/agents/{id}/group/{group}", web::put().to(assign))
+            .route("/agents/{id}/group/{group}", web::delete().to(unassign))
+            .route("/groups", web::get().to(list_groups))
+            .route("/groups", web::post().to(create_group))
+            .route("/groups/{group}", web::delete().to(delete_group))
             .default_service(web::to(not_found))
     })
     .workers(1)

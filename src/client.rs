@@ -20,11 +20,30 @@ fn authority(base: &str) -> anyhow::Result<&str> {
 
 /// GETs `path` and returns the status code and the body.
 pub fn get(base: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    request(base, "GET", path, None, None)
+}
+
+/// One request; `token` goes in `Authorization: Bearer`, `json` is the body.
+pub fn request(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    json: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     let authority = authority(base)?;
     let mut stream = TcpStream::connect(authority).with_context(|| format!("cannot reach the API at {base}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n\r\n");
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        request.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let body = json.unwrap_or("");
+    if json.is_some() {
+        request.push_str("Content-Type: application/json\r\n");
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     stream.write_all(request.as_bytes()).context("cannot send the request")?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).context("cannot read the response")?;

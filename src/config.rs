@@ -38,6 +38,7 @@
 //!
 //! [api]
 //! bind = "127.0.0.1:55000"
+//! token = ""                 # required by every mutating endpoint (Authorization: Bearer ...)
 //!
 //! [log]
 //! format = "text"            # text | json
@@ -83,8 +84,15 @@ struct RawConfig {
     cluster: RawCluster,
     enrollment: RawEnrollment,
     agents: RawBind,
-    api: RawBind,
+    api: RawApi,
     log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawApi {
+    bind: Option<String>,
+    token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,8 +162,16 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub enrollment: EnrollmentConfig,
     pub agents: BindConfig,
-    pub api: BindConfig,
+    pub api: ApiConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiConfig {
+    pub bind: SocketAddr,
+    /// Required (as `Authorization: Bearer <token>`) by every endpoint that changes something.
+    #[serde(serialize_with = "ser_secret")]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -416,7 +432,11 @@ fn validate(raw: RawConfig, file: Option<&Path>) -> Result<Config, ConfigError> 
         timeout: duration_field("enrollment.timeout", enrollment.timeout, "10s", ms(10), Duration::from_secs(300))?,
     };
     let agents = BindConfig { bind: parse_addr("agents.bind", agents.bind, "0.0.0.0:1514")? };
-    let api = BindConfig { bind: parse_addr("api.bind", api.bind, "127.0.0.1:55000")? };
+    let api_token = non_empty(api.token);
+    if api_token.as_ref().is_some_and(|t| t.len() < 16 || t.chars().any(|c| !c.is_ascii_graphic())) {
+        return Err(invalid("api.token", "at least 16 printable characters without spaces"));
+    }
+    let api = ApiConfig { bind: parse_addr("api.bind", api.bind, "127.0.0.1:55000")?, token: api_token };
     let format = match non_empty(log.format).as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,

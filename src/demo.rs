@@ -10,13 +10,21 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use wazuh_cluster_protocol::key;
 
-fn node_config(dir: &Path, name: &str, role: &str, key: &str, extra: &[(&str, String)]) -> anyhow::Result<Config> {
+fn node_config(
+    dir: &Path,
+    name: &str,
+    role: &str,
+    key: &str,
+    token: &str,
+    extra: &[(&str, String)],
+) -> anyhow::Result<Config> {
     let mut overrides = vec![
         ("node.name".to_string(), name.to_string()),
         ("node.role".to_string(), role.to_string()),
         ("node.data_dir".to_string(), dir.join(name).display().to_string()),
         ("cluster.name".to_string(), "demo".to_string()),
         ("cluster.key".to_string(), key.to_string()),
+        ("api.token".to_string(), token.to_string()),
         ("cluster.bind".to_string(), "127.0.0.1:0".to_string()),
         ("api.bind".to_string(), "127.0.0.1:0".to_string()),
         ("enrollment.bind".to_string(), "127.0.0.1:0".to_string()),
@@ -33,9 +41,11 @@ pub fn run(workers: usize, api_port: u16) -> anyhow::Result<()> {
         .tempdir()
         .context("cannot create a temporary data dir")?;
     let key = key::generate()?;
+    // Changes through the API need a token; the demo makes one and prints it.
+    let token = key::generate()?;
     let data_dir = dir.path().to_path_buf();
     let mut master_cfg =
-        node_config(&data_dir, "master", "master", &key, &[("api.bind", format!("127.0.0.1:{api_port}"))])?;
+        node_config(&data_dir, "master", "master", &key, &token, &[("api.bind", format!("127.0.0.1:{api_port}"))])?;
     let psk = node::derive_psk(&master_cfg)?;
     let started = Instant::now();
     actix_rt::System::new().block_on(async move {
@@ -58,6 +68,7 @@ pub fn run(workers: usize, api_port: u16) -> anyhow::Result<()> {
                 &format!("worker-{i}"),
                 "worker",
                 &key,
+                &token,
                 &[("cluster.master", cluster_addr.to_string())],
             )?;
             nodes.push(node::start(&cfg, psk.clone()).await?);
@@ -81,6 +92,16 @@ pub fn run(workers: usize, api_port: u16) -> anyhow::Result<()> {
         println!("\ndemo cluster up in {} ms (data dir {})", started.elapsed().as_millis(), data_dir.display());
         print!("{}", crate::report::nodes_table(&body));
         println!("\nmaster API: {api}   try: wazuh-cluster nodes --api {api}   |   wazuh-cluster health --api {api}");
+        println!(
+            "enrollment: master {}{}",
+            master.enrollment_addr,
+            nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| format!(", worker-{} {}", i + 1, n.enrollment_addr))
+                .collect::<String>()
+        );
+        println!("API token for changes: export WMN_API_TOKEN={token}");
         println!("press Ctrl-C to stop\n");
         let signal = node::wait_for_signal().await;
         info!(node = "demo"; "{signal} received, stopping the demo cluster");

@@ -66,23 +66,78 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// List the agents (GET /agents): id, name, ip, status, node, groups.
+    /// List the agents (GET /agents), or delete one.
     Agents {
+        #[command(subcommand)]
+        action: Option<AgentsAction>,
         #[command(flatten)]
         api: ApiArgs,
         /// Include each agent's key (the API serves keys to loopback clients only).
         #[arg(long)]
         keys: bool,
     },
+    /// List, create and delete groups; assign agents to them.
+    Groups {
+        #[command(subcommand)]
+        action: Option<GroupsAction>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentsAction {
+    /// Delete an agent (on the master; a worker's API forwards it).
+    Delete {
+        id: String,
+        #[command(flatten)]
+        token: TokenArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupsAction {
+    List,
+    Create {
+        name: String,
+        #[command(flatten)]
+        token: TokenArg,
+    },
+    Delete {
+        name: String,
+        #[command(flatten)]
+        token: TokenArg,
+    },
+    /// Add an agent to a group.
+    Assign {
+        id: String,
+        group: String,
+        #[command(flatten)]
+        token: TokenArg,
+    },
+    /// Remove an agent from a group.
+    Unassign {
+        id: String,
+        group: String,
+        #[command(flatten)]
+        token: TokenArg,
+    },
+}
+
+#[derive(clap::Args)]
+struct TokenArg {
+    /// The API token (api.token of the node).
+    #[arg(long, env = "WMN_API_TOKEN", hide_env_values = true)]
+    token: String,
 }
 
 #[derive(clap::Args)]
 struct ApiArgs {
     /// The node's API.
-    #[arg(long, value_name = "URL", default_value = DEFAULT_API)]
+    #[arg(long, value_name = "URL", default_value = DEFAULT_API, global = true)]
     api: String,
     /// Print the API's JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
 }
 
@@ -133,9 +188,29 @@ fn execute(command: Command) -> anyhow::Result<()> {
         }
         Command::Nodes { api } => show(&api, "/cluster/nodes", report::nodes_table),
         Command::Health { api } => show(&api, "/cluster/healthcheck", report::health_table),
-        Command::Agents { api, keys } => {
+        Command::Agents { action: None, api, keys } => {
             show(&api, if keys { "/agents?keys=true" } else { "/agents" }, report::agents_table)
         }
+        Command::Agents { action: Some(AgentsAction::Delete { id, token }), api, .. } => {
+            mutate(&api, "DELETE", &format!("/agents/{id}"), &token.token, None)
+        }
+        Command::Groups { action: None | Some(GroupsAction::List), api } => show(&api, "/groups", report::groups_table),
+        Command::Groups { action: Some(action), api } => match action {
+            GroupsAction::List => Ok(()),
+            GroupsAction::Create { name, token } => {
+                let body = serde_json::json!({ "group_id": name }).to_string();
+                mutate(&api, "POST", "/groups", &token.token, Some(&body))
+            }
+            GroupsAction::Delete { name, token } => {
+                mutate(&api, "DELETE", &format!("/groups/{name}"), &token.token, None)
+            }
+            GroupsAction::Assign { id, group, token } => {
+                mutate(&api, "PUT", &format!("/agents/{id}/group/{group}"), &token.token, None)
+            }
+            GroupsAction::Unassign { id, group, token } => {
+                mutate(&api, "DELETE", &format!("/agents/{id}/group/{group}"), &token.token, None)
+            }
+        },
     }
 }
 
@@ -151,5 +226,25 @@ fn show(args: &ApiArgs, path: &str, render: fn(&serde_json::Value) -> String) ->
     let value: serde_json::Value =
         serde_json::from_str(&body).map_err(|e| anyhow::anyhow!("the API at {} sent invalid JSON: {e}", args.api))?;
     print!("{}", render(&value));
+    Ok(())
+}
+
+fn mutate(args: &ApiArgs, method: &str, path: &str, token: &str, body: Option<&str>) -> anyhow::Result<()> {
+    let (status, text) = client::request(&args.api, method, path, Some(token), body)?;
+    if args.json {
+        println!("{}", text.trim());
+    }
+    if status != 200 {
+        let detail = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["detail"].as_str().map(String::from))
+            .unwrap_or_else(|| text.trim().to_string());
+        anyhow::bail!("{method} {path} failed ({status}): {detail}");
+    }
+    if !args.json {
+        let message =
+            serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["message"].as_str().map(String::from));
+        println!("{}", message.unwrap_or_else(|| "done".into()));
+    }
     Ok(())
 }

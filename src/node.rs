@@ -17,7 +17,7 @@ use wazuh_cluster_actors::settings::JobIntervals;
 use wazuh_cluster_actors::store_thread::StoreHandle;
 use wazuh_cluster_actors::worker::{self, GetLink, WorkerLink, WorkerServices};
 use wazuh_cluster_actors::ChannelSettings;
-use wazuh_cluster_protocol::message::JobReport;
+use wazuh_cluster_protocol::message::{AdminRequest, JobReport};
 use wazuh_cluster_protocol::version::VersionRange;
 use wazuh_cluster_protocol::{Psk, Role};
 
@@ -291,6 +291,39 @@ impl NodeHandle {
         }
     }
 
+    /// Applies a change to agents or groups: on the master directly, on a worker through the master.
+    pub async fn admin(&self, request: AdminRequest) -> Result<(), (u16, String)> {
+        match self {
+            NodeHandle::Master { registry, .. } => match registry.run(move |r| r.admin(&request)).await {
+                Ok(outcome) => outcome,
+                Err(e) => Err((503, format!("the agent registry is unavailable: {e}"))),
+            },
+            NodeHandle::Worker { link, .. } => match link.send(worker::ForwardAdmin(request)).await {
+                Ok(Ok(result)) => result.outcome,
+                Ok(Err(e)) => Err((503, format!("the master is unreachable: {e}"))),
+                Err(_) => Err((503, "the worker is stopping".into())),
+            },
+        }
+    }
+
+    /// Groups with their agent counts: the registry's on the master; on a worker, the groups its
+    /// replica's agents belong to and the group directories it holds.
+    pub async fn groups(&self) -> Result<Vec<(String, u64)>, String> {
+        match self {
+            NodeHandle::Master { registry, .. } => registry.run(|r| r.groups()).await,
+            NodeHandle::Worker { replica, .. } => {
+                let entries = replica.run(|r| r.entries()).await?;
+                let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+                for e in entries {
+                    for g in e.groups {
+                        *counts.entry(g).or_default() += 1;
+                    }
+                }
+                Ok(counts.into_iter().collect())
+            }
+        }
+    }
+
     /// Whether the node serves, and why not.
     pub async fn serving(&self) -> (bool, String) {
         match self {
@@ -368,7 +401,7 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
     });
     let enrollment = enrollment::serve(enroll_listener, enroll_settings, enroller);
     info!(node = handle.name(); "enrollment listening on {enrollment_addr} (TLS)");
-    let (api_addr, api) = match crate::api::start(config.api.bind, handle.clone()) {
+    let (api_addr, api) = match crate::api::start(config.api.bind, handle.clone(), config.api.token.clone()) {
         Ok(ok) => ok,
         Err(e) => {
             handle_kill(&handle);

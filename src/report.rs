@@ -78,6 +78,12 @@ pub fn agents_table(body: &Value) -> String {
     table(&["ID", "NAME", "IP", "STATUS", "NODE", "GROUPS", "REGISTERED"], &rows)
 }
 
+/// `GET /groups` as a table.
+pub fn groups_table(body: &Value) -> String {
+    let rows: Vec<Vec<String>> = items(body).iter().map(|g| vec![s(&g["name"]), s(&g["count"])]).collect();
+    table(&["GROUP", "AGENTS"], &rows)
+}
+
 /// `GET /cluster/healthcheck` as a table: one row per actor.
 pub fn health_table(body: &Value) -> String {
     let mut rows = Vec::new();

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wazuh-cluster");
+const API_TOKEN: &str = "e2e-api-token-0123456789";
 const WAIT: Duration = Duration::from_secs(20);
 
 fn deploy(file: &str) -> PathBuf {
@@ -140,6 +141,7 @@ fn local(dir: &Path, node: &str, key: &Path, port: u16) -> Vec<String> {
         format!("api.bind=127.0.0.1:{}", free_port()),
         format!("enrollment.bind=127.0.0.1:{}", free_port()),
         format!("agents.bind=127.0.0.1:{}", free_port()),
+        format!("api.token={API_TOKEN}"),
         "cluster.intervals.keepalive=500ms".to_string(),
     ]
 }
@@ -351,5 +353,100 @@ fn agent_sim_enrolls_through_a_worker_and_every_node_holds_every_key() {
     }
     eprintln!("replicas equal to the master {} ms after agent-sim returned", start.elapsed().as_millis());
     assert_eq!(keys_of("master"), given);
+
+    // Delete one agent with the CLI (token from the environment): gone from every node.
+    let victim = given[0].clone();
+    let id = victim.split(' ').next().expect("id").to_string();
+    let out = Command::new(BIN)
+        .args(["agents", "delete", &id, "--api", &api])
+        .env("WMN_API_TOKEN", API_TOKEN)
+        .output()
+        .expect("agents delete");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let start = Instant::now();
+    while ["master", "w1", "w2"].iter().any(|n| keys_of(n).contains(&victim)) {
+        assert!(start.elapsed() < WAIT, "the deleted agent is still on a node");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!("deleted agent gone from every node {} ms after the CLI returned", start.elapsed().as_millis());
     drop((w1, w2, master));
+}
+
+/// The agents the master's API lists, as `id name ip key` lines.
+fn master_agents(api: &str) -> Vec<String> {
+    let out = Command::new(BIN).args(["agents", "--json", "--keys", "--api", api]).output().expect("agents");
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let mut v: Vec<String> = body["data"]["affected_items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|a| {
+                    let f = |k: &str| a[k].as_str().unwrap_or("").to_string();
+                    format!("{} {} {} {}", f("id"), f("name"), f("ip"), f("key"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn killing_the_master_during_an_enrollment_storm_leaves_no_agent_without_its_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = write_key(dir.path(), "cluster.key");
+    let port = free_port();
+    let master_sets = local(dir.path(), "master", &key, port);
+    let w1_sets = local(dir.path(), "w1", &key, port);
+    let master = Node::start("master.toml", &master_sets);
+    master.wait_for(&["master listening"]);
+    let w1 = Node::start("worker-1.toml", &w1_sets);
+    wait_listed(api_port(&master_sets), &["master-1", "worker-1"]);
+
+    let received = dir.path().join("received.keys");
+    let sim = Command::new(SIM)
+        .args(["--enroll", &setting(&w1_sets, "enrollment.bind"), "--agents", "1500", "--concurrency", "32", "--json"])
+        .arg("--keys-out")
+        .arg(&received)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent-sim");
+    // Mid-storm: kill -9 the master, then bring it back.
+    w1.wait_for_count(&["enrolled from"], 200);
+    master.kill_9();
+    let master = Node::start("master.toml", &master_sets);
+    master.wait_for(&["master listening"]);
+    let out = sim.wait_with_output().expect("agent-sim");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("agent-sim --json");
+    eprintln!("storm through worker-1 with a master crash: {summary}");
+    let mut given: Vec<String> = std::fs::read_to_string(&received).expect("keys").lines().map(String::from).collect();
+    given.sort();
+    let ids: std::collections::BTreeSet<&str> = given.iter().filter_map(|l| l.split(' ').next()).collect();
+    assert_eq!(ids.len(), given.len(), "an id was given twice");
+    assert!(given.len() >= 200);
+
+    // Once the worker has told the master the fate of every enrollment, the master holds exactly
+    // the agents that received their key.
+    let api = format!("http://127.0.0.1:{}", api_port(&master_sets));
+    let start = Instant::now();
+    loop {
+        let listed = master_agents(&api);
+        if listed == given {
+            break;
+        }
+        if start.elapsed() > WAIT {
+            let extra: Vec<_> = listed.iter().filter(|l| !given.contains(l)).take(5).collect();
+            let missing: Vec<_> = given.iter().filter(|l| !listed.contains(l)).take(5).collect();
+            panic!(
+                "master has {} agents, agents received {}; extra {extra:?}, missing {missing:?}",
+                listed.len(),
+                given.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("master consistent with what the agents received {} ms after the storm", start.elapsed().as_millis());
+    drop((w1, master));
 }

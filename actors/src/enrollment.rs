@@ -204,10 +204,14 @@ async fn handle(
     let outcome = enroll(&enroller, node, forward.clone()).await;
     let entry = match outcome {
         Ok(entry) => entry,
-        Err(e) => {
+        Err((e, uncertain)) => {
             info!(node = node; "enrollment of {} from {peer} refused: {e}", valid.name);
             let _ = tls.write_all(e.reply().as_bytes()).await;
             let _ = tls.shutdown().await;
+            if uncertain {
+                // The master may have committed it before the link failed: it must go again.
+                settle(&enroller, node, &forward.token, 0, false).await;
+            }
             return;
         }
     };
@@ -227,8 +231,9 @@ async fn handle(
     settle(&enroller, node, &forward.token, entry.id, delivered).await;
 }
 
-/// Commits (master) or forwards (worker) one enrollment.
-async fn enroll(enroller: &Enroller, node: &str, f: EnrollForward) -> Result<AgentEntry, EnrollError> {
+/// Commits (master) or forwards (worker) one enrollment. The flag of an error says whether the
+/// master might have created the agent anyway (the answer was lost), so it must be told to drop it.
+async fn enroll(enroller: &Enroller, node: &str, f: EnrollForward) -> Result<AgentEntry, (EnrollError, bool)> {
     match enroller {
         Enroller::Master(registry) => {
             let name = f.name.clone();
@@ -242,22 +247,22 @@ async fn enroll(enroller: &Enroller, node: &str, f: EnrollForward) -> Result<Age
                 token: None,
             };
             match registry.run(move |r| r.enroll(&agent)).await {
-                Ok(outcome) => outcome,
+                Ok(outcome) => outcome.map_err(|e| (e, false)),
                 Err(e) => {
                     warn!(node = node; "enrollment of {name} failed in the registry: {e}");
-                    Err(EnrollError::Internal(name))
+                    Err((EnrollError::Internal(name), false))
                 }
             }
         }
         Enroller::Worker(link) => {
             let name = f.name.clone();
             match link.send(Forward(f)).await {
-                Ok(Ok(result)) => result.outcome,
+                Ok(Ok(result)) => result.outcome.map_err(|e| (e, false)),
                 Ok(Err(e)) => {
                     warn!(node = node; "enrollment of {name}: the master is unreachable ({e}); refused at once");
-                    Err(EnrollError::Internal(name))
+                    Err((EnrollError::Internal(name), true))
                 }
-                Err(_) => Err(EnrollError::Internal(name)),
+                Err(_) => Err((EnrollError::Internal(name), true)),
             }
         }
     }

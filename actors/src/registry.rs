@@ -665,6 +665,35 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Applies an admin request; errors carry the HTTP status the API should answer.
+    pub fn admin(
+        &mut self,
+        req: &wazuh_cluster_protocol::message::AdminRequest,
+    ) -> Result<Result<(), (u16, String)>, StoreError> {
+        use wazuh_cluster_protocol::message::AdminRequest as A;
+        let result = match req {
+            A::DeleteAgent { id } => self.delete(*id),
+            A::CreateGroup { name } => self.create_group(name).and_then(|created| {
+                if created {
+                    Ok(())
+                } else {
+                    Err(StoreError::Invalid(format!("group {name:?} already exists")))
+                }
+            }),
+            A::DeleteGroup { name } => self.delete_group(name),
+            A::AssignGroup { id, group } => self.assign(*id, group),
+            A::UnassignGroup { id, group } => self.unassign(*id, group),
+        };
+        match result {
+            Ok(()) => Ok(Ok(())),
+            Err(e @ (StoreError::NoSuchAgent(_) | StoreError::NoSuchGroup(_))) => Ok(Err((404, e.to_string()))),
+            Err(StoreError::Invalid(m)) => Ok(Err((400, m))),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// Token answers are stored as the error's Debug text; map it back (unknown text: internal error).
 fn serde_json_error(text: &str) -> EnrollError {
     // The variants that can be recorded for a token are the registry's own refusals.

@@ -14,7 +14,9 @@ use actix::prelude::*;
 use log::{error, info, warn};
 use std::sync::Arc;
 use std::time::Duration;
-use wazuh_cluster_protocol::message::{EnrollForward, EnrollResolve, EnrollResult, MessageName};
+use wazuh_cluster_protocol::message::{
+    AdminRequest, AdminResult, EnrollForward, EnrollResolve, EnrollResult, MessageName,
+};
 use wazuh_cluster_protocol::{MasterToWorker, WorkerToMaster};
 
 /// What a worker lends its connection: the agent replica.
@@ -205,6 +207,26 @@ pub struct Forward(pub EnrollForward);
 pub struct Resolve {
     pub token: String,
     pub delivered: bool,
+}
+
+/// Forwards an agent/group change to the master.
+#[derive(Message)]
+#[rtype(result = "Result<AdminResult, String>")]
+pub struct ForwardAdmin(pub AdminRequest);
+
+impl Handler<ForwardAdmin> for WorkerLink {
+    type Result = ResponseFuture<Result<AdminResult, String>>;
+
+    fn handle(&mut self, ForwardAdmin(request): ForwardAdmin, _: &mut Context<Self>) -> Self::Result {
+        let conn = self.conn.clone();
+        Box::pin(async move {
+            let conn = conn.ok_or_else(|| "not connected to the master".to_string())?;
+            match crate::jobs::call(conn, WorkerToMaster::Admin(request)).await? {
+                MasterToWorker::AdminResult(result) => Ok(result),
+                other => Err(format!("unexpected answer {}", other.name())),
+            }
+        })
+    }
 }
 
 impl Handler<Forward> for WorkerLink {

@@ -107,6 +107,9 @@ pub enum WorkerToMaster {
     Enroll(EnrollForward),
     /// Whether the agent got its key; answered with [`MasterToWorker::EnrollResolved`].
     EnrollResolve(EnrollResolve),
+    /// A change to agents or groups received by the worker's API; answered with
+    /// [`MasterToWorker::AdminResult`].
+    Admin(AdminRequest),
     /// The worker is closing the connection on purpose.
     Goodbye(Goodbye),
 }
@@ -122,6 +125,7 @@ pub enum MasterToWorker {
     IntegrityStatus(IntegrityStatus),
     EnrollResult(EnrollResult),
     EnrollResolved(EnrollResolve),
+    AdminResult(AdminResult),
     /// The master is closing the connection on purpose.
     Goodbye(Goodbye),
     /// A request could not be served.
@@ -221,6 +225,23 @@ pub struct EnrollResult {
     pub outcome: Result<AgentEntry, crate::agent::enrollment::EnrollError>,
 }
 
+/// A change to agents or groups; only the master applies them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminRequest {
+    DeleteAgent { id: u32 },
+    CreateGroup { name: String },
+    DeleteGroup { name: String },
+    AssignGroup { id: u32, group: String },
+    UnassignGroup { id: u32, group: String },
+}
+
+/// The outcome of an [`AdminRequest`]: `Err((http status, message))`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminResult {
+    pub outcome: Result<(), (u16, String)>,
+}
+
 /// After the reply to the agent: `delivered` keeps the agent, otherwise the master removes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrollResolve {
@@ -296,6 +317,7 @@ impl MessageName for WorkerToMaster {
             WorkerToMaster::IntegrityCheck(_) => "integrity_check",
             WorkerToMaster::Enroll(_) => "enroll",
             WorkerToMaster::EnrollResolve(_) => "enroll_resolve",
+            WorkerToMaster::Admin(_) => "admin",
             WorkerToMaster::Goodbye(_) => "goodbye",
         }
     }
@@ -310,6 +332,7 @@ impl MessageName for MasterToWorker {
             MasterToWorker::IntegrityStatus(_) => "integrity_status",
             MasterToWorker::EnrollResult(_) => "enroll_result",
             MasterToWorker::EnrollResolved(_) => "enroll_resolved",
+            MasterToWorker::AdminResult(_) => "admin_result",
             MasterToWorker::Goodbye(_) => "goodbye",
             MasterToWorker::Error(_) => "error",
         }

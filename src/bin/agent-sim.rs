@@ -69,6 +69,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         }
         line.push('\n');
         let (connector, addr, semaphore) = (connector.clone(), args.enroll.clone(), semaphore.clone());
+        let name = format!("{}-{n}", args.prefix);
         let limit = Duration::from_secs(args.timeout);
         tasks.push(actix_rt::spawn(async move {
             let _permit = semaphore.acquire_owned().await;
@@ -78,7 +79,8 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
             match result {
                 Ok(Ok(reply)) => match parse_key(&reply) {
                     Some(key) => (ms, Ok(key)),
-                    None => (ms, Err(reply)),
+                    // Group errors by kind: the agent's own name is not part of it.
+                    None => (ms, Err(reply.replace(&name, "<agent>"))),
                 },
                 Ok(Err(e)) => (ms, Err(e.to_string())),
                 Err(_) => (ms, Err("timed out".to_string())),

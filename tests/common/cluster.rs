@@ -20,6 +20,8 @@ pub struct TestCluster {
 }
 
 const KEY: &str = "test-cluster-key-0123456789abcdef0123";
+/// Every test node's `api.token`.
+pub const API_TOKEN: &str = "test-api-token-0123456789";
 
 /// Millisecond intervals so that cluster behaviour plays out in real time, quickly.
 fn config(dir: &std::path::Path, name: &str, role: &str, extra: &[(&str, String)]) -> Config {
@@ -41,6 +43,7 @@ fn config(dir: &std::path::Path, name: &str, role: &str, extra: &[(&str, String)
         ("api.bind", "127.0.0.1:0".to_string()),
         ("enrollment.bind", "127.0.0.1:0".to_string()),
         ("enrollment.timeout", "300ms".to_string()),
+        ("api.token", API_TOKEN.to_string()),
         ("agents.bind", "127.0.0.1:0".to_string()),
     ]
     .into_iter()

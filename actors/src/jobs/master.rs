@@ -11,8 +11,8 @@ use log::{debug, warn};
 use std::sync::Arc;
 use wazuh_cluster_protocol::agent::enrollment::EnrollError;
 use wazuh_cluster_protocol::message::{
-    AgentGroupsUpdate, AgentInfoAck, EnrollResult, ErrorCode, ErrorReply, IntegrityStatus, KeepAliveAck, MessageName,
-    RequestId,
+    AdminResult, AgentGroupsUpdate, AgentInfoAck, EnrollResult, ErrorCode, ErrorReply, IntegrityStatus, KeepAliveAck,
+    MessageName, RequestId,
 };
 use wazuh_cluster_protocol::{Envelope, Kind, MasterToWorker, WorkerToMaster};
 
@@ -90,7 +90,7 @@ impl JobSet<MasterSide> for MasterJobs {
             WorkerToMaster::AgentInfo(_) => self.agent_info.do_send(Inbound(envelope)),
             WorkerToMaster::AgentGroupsAck(_) => self.agent_groups.do_send(Inbound(envelope)),
             WorkerToMaster::IntegrityCheck(_) => self.integrity.do_send(Inbound(envelope)),
-            WorkerToMaster::Enroll(_) | WorkerToMaster::EnrollResolve(_) => {
+            WorkerToMaster::Enroll(_) | WorkerToMaster::EnrollResolve(_) | WorkerToMaster::Admin(_) => {
                 self.registration.do_send(Inbound(envelope))
             }
             // Handled by the connection itself.
@@ -218,6 +218,7 @@ impl AgentGroupsSend {
         self.dirty = false;
         let force = std::mem::take(&mut self.force_snapshot);
         let (registry, conn) = (self.registry.clone(), self.conn.clone());
+        let (node, peer) = (self.core.node().to_string(), self.core.peer.clone());
         let fut = async move {
             let (snapshot, changes, seq, hash) = registry
                 .run(move |r| {
@@ -225,6 +226,9 @@ impl AgentGroupsSend {
                     Ok((snapshot, changes, r.seq(), r.hash()))
                 })
                 .await?;
+            if acked > seq {
+                warn!(node = node.as_str(); "worker {peer} claims agent table position {acked} beyond the master's {seq}; sending a snapshot");
+            }
             let update =
                 AgentGroupsUpdate { from_seq: acked, to_seq: seq, snapshot, changes, global_hash: hash.clone() };
             let answer = call(conn, MasterToWorker::AgentGroups(update)).await?;
@@ -285,12 +289,7 @@ impl Handler<Inbound<WorkerToMaster>> for AgentGroupsSend {
         match (envelope.kind, envelope.body) {
             // The worker's position, sent when it connects: "everything after N".
             (Kind::Notify, WorkerToMaster::AgentGroupsAck(position)) => {
-                let current = self.latest.as_ref().map(|l| l.seq);
-                if current.is_some_and(|c| position.seq > c) {
-                    warn!(node = self.core.node(); "worker {} claims agent table position {} beyond the master's {}; sending a snapshot",
-                        self.core.peer, position.seq, current.unwrap_or(0));
-                    self.force_snapshot = true;
-                }
+                // A position beyond the master's is answered with a snapshot (see `changes_since`).
                 self.acked_seq = Some(position.seq);
                 self.push(ctx);
             }
@@ -299,7 +298,8 @@ impl Handler<Inbound<WorkerToMaster>> for AgentGroupsSend {
     }
 }
 
-/// Serves the enrollments a worker forwards, and their outcomes.
+/// Serves what a worker forwards to the master: enrollments, their outcomes, and agent/group changes
+/// made through the worker's API.
 pub struct Registration {
     core: JobCore,
     conn: Conn,
@@ -354,6 +354,11 @@ impl Handler<Inbound<WorkerToMaster>> for Registration {
                     let token = r.token.clone();
                     registry.run(move |reg| reg.resolve(&token, r.delivered)).await?;
                     reply(&conn, id, MasterToWorker::EnrollResolved(r));
+                    Ok(())
+                }
+                WorkerToMaster::Admin(request) => {
+                    let outcome = registry.run(move |r| r.admin(&request)).await?;
+                    reply(&conn, id, MasterToWorker::AdminResult(AdminResult { outcome }));
                     Ok(())
                 }
                 other => Err(format!("{} is not a registration request", other.name())),

@@ -1,0 +1,158 @@
+//! Agents and groups through the HTTP API of the master and of a worker (which forwards changes):
+//! deletion reaches every replica, group changes reach every node, and changes need the token.
+
+mod common;
+
+use common::cluster::{TestCluster, API_TOKEN};
+use common::*;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+use wazuh_multi_node::sim::{connector, enroll_one, parse_key};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn call(
+    addr: std::net::SocketAddr,
+    method: &'static str,
+    path: String,
+    token: Option<&'static str>,
+    body: Option<String>,
+) -> (u16, serde_json::Value) {
+    let base = format!("http://{addr}");
+    let (status, text) = actix_rt::task::spawn_blocking(move || {
+        wazuh_multi_node::client::request(&base, method, &path, token, body.as_deref())
+    })
+    .await
+    .expect("join")
+    .expect("http");
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+fn keys_file(cluster: &TestCluster, node: &str) -> BTreeSet<String> {
+    let path = cluster.dir.path().join(node).join("etc/client.keys");
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(String::from).collect()
+}
+
+async fn enroll(addr: std::net::SocketAddr, name: &str) -> String {
+    let reply =
+        enroll_one(connector().expect("tls"), addr.to_string(), format!("OSSEC A:'{name}'\n")).await.expect("enroll");
+    parse_key(&reply).unwrap_or_else(|| panic!("{reply}"))
+}
+
+/// Waits until `pred` holds for the client.keys of every node.
+async fn until_every_node(cluster: &TestCluster, what: &str, pred: impl Fn(&BTreeSet<String>) -> bool) -> Duration {
+    let nodes = [cluster.master_name(), cluster.worker_name(0), cluster.worker_name(1)];
+    let start = Instant::now();
+    while !nodes.iter().all(|n| pred(&keys_file(cluster, n))) {
+        assert!(start.elapsed() < WAIT, "not on every node: {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    start.elapsed()
+}
+
+#[actix_rt::test]
+async fn deleting_an_agent_removes_it_from_every_replica_and_needs_the_token() {
+    let cluster = TestCluster::start("del", 2).await;
+    let a = enroll(cluster.worker(0).enrollment_addr, "del-a").await;
+    let b = enroll(cluster.worker(1).enrollment_addr, "del-b").await;
+    until_every_node(&cluster, "both agents", |k| k.contains(&a) && k.contains(&b)).await;
+    let id_a = a.split(' ').next().unwrap_or_default().to_string();
+    let id_b = b.split(' ').next().unwrap_or_default().to_string();
+    let master_api = cluster.master().api_addr;
+
+    let (status, _) = call(master_api, "DELETE", format!("/agents/{id_a}"), None, None).await;
+    assert_eq!(status, 401, "no token");
+    let (status, _) = call(master_api, "DELETE", format!("/agents/{id_a}"), Some("wrong-token-0123456789"), None).await;
+    assert_eq!(status, 401, "wrong token");
+    let (status, body) = call(master_api, "DELETE", format!("/agents/{id_a}"), Some(API_TOKEN), None).await;
+    assert_eq!(status, 200, "{body}");
+    let took = until_every_node(&cluster, "a deleted", |k| !k.contains(&a) && k.contains(&b)).await;
+    eprintln!("deletion on the master reached every node in {} ms", took.as_millis());
+
+    // Through a worker: forwarded to the master, then replicated like any change.
+    let worker_api = cluster.worker(1).api_addr;
+    let (status, body) = call(worker_api, "DELETE", format!("/agents/{id_b}"), Some(API_TOKEN), None).await;
+    assert_eq!(status, 200, "{body}");
+    until_every_node(&cluster, "b deleted", |k| !k.contains(&b)).await;
+    let (status, _) = call(master_api, "DELETE", format!("/agents/{id_b}"), Some(API_TOKEN), None).await;
+    assert_eq!(status, 404);
+    let (status, body) = call(master_api, "GET", format!("/agents/{id_b}"), None, None).await;
+    assert_eq!((status, body["error"].as_u64()), (404, Some(404)));
+    let (status, _) = call(master_api, "DELETE", "/agents/not-an-id".into(), Some(API_TOKEN), None).await;
+    assert_eq!(status, 400);
+}
+
+#[actix_rt::test]
+async fn groups_created_and_assigned_through_a_worker_show_everywhere() {
+    let cluster = TestCluster::start("grp", 2).await;
+    let key = enroll(cluster.master().enrollment_addr, "grp-agent").await;
+    let id = key.split(' ').next().unwrap_or_default().to_string();
+    let worker_api = cluster.worker(0).api_addr;
+    let master_api = cluster.master().api_addr;
+
+    let body = serde_json::json!({ "group_id": "linux" }).to_string();
+    let (status, resp) = call(worker_api, "POST", "/groups".into(), Some(API_TOKEN), Some(body.clone())).await;
+    assert_eq!(status, 200, "{resp}");
+    let (status, _) = call(worker_api, "POST", "/groups".into(), Some(API_TOKEN), Some(body)).await;
+    assert_eq!(status, 400, "a second create is refused");
+    assert!(cluster.dir.path().join(cluster.master_name()).join("etc/shared/linux").is_dir());
+    let (status, resp) = call(worker_api, "PUT", format!("/agents/{id}/group/linux"), Some(API_TOKEN), None).await;
+    assert_eq!(status, 200, "{resp}");
+
+    // The master's registry and the other worker's replica both know.
+    let other = cluster.worker(1).api_addr;
+    let start = Instant::now();
+    loop {
+        let (_, m) = call(master_api, "GET", "/agents?group=linux".into(), None, None).await;
+        let (_, w) = call(other, "GET", "/agents?group=linux".into(), None, None).await;
+        if m["data"]["total_affected_items"] == 1 && w["data"]["total_affected_items"] == 1 {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "group assignment did not spread: {m} / {w}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, groups) = call(master_api, "GET", "/groups".into(), None, None).await;
+    let names: Vec<(String, u64)> = groups["data"]["affected_items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|g| (g["name"].as_str().unwrap_or_default().to_string(), g["count"].as_u64().unwrap_or(0)))
+        .collect();
+    assert_eq!(names, [("default".to_string(), 1), ("linux".to_string(), 1)]);
+
+    // Unknown group or agent: 404; the default group stays.
+    let (status, _) = call(master_api, "PUT", format!("/agents/{id}/group/nope"), Some(API_TOKEN), None).await;
+    assert_eq!(status, 404);
+    let (status, _) = call(master_api, "DELETE", "/groups/default".into(), Some(API_TOKEN), None).await;
+    assert_eq!(status, 400);
+    let (status, _) = call(master_api, "DELETE", "/groups/linux".into(), Some(API_TOKEN), None).await;
+    assert_eq!(status, 200);
+    let (_, a) = call(master_api, "GET", format!("/agents/{id}"), None, None).await;
+    assert_eq!(a["data"]["affected_items"][0]["group"], serde_json::json!(["default"]));
+}
+
+#[actix_rt::test]
+async fn a_worker_position_beyond_the_master_gets_a_snapshot() {
+    let mut cluster = TestCluster::start("future", 2).await;
+    let key = enroll(cluster.master().enrollment_addr, "future-agent").await;
+    until_every_node(&cluster, "the agent", |k| k.contains(&key)).await;
+    cluster.kill_worker(0).await;
+    // Corrupt the replica: a position far in the future and a stray agent.
+    let db = cluster.dir.path().join(cluster.worker_name(0)).join("var/db/replica.db");
+    {
+        let conn = rusqlite::Connection::open(&db).expect("open replica");
+        conn.execute("UPDATE meta SET v = 999999 WHERE k = 'seq'", []).expect("seq");
+        conn.execute("INSERT INTO agents (id, name, ip, key, groups) VALUES (777, 'ghost', 'any', 'k', 'default')", [])
+            .expect("ghost");
+    }
+    cluster.restart_worker(0).await;
+    wait_for_log(&cluster.master_name(), &["claims agent table position 999999 beyond the master's"], WAIT).await;
+    let worker = cluster.worker_name(0);
+    let master = cluster.master_name();
+    let start = Instant::now();
+    while keys_file(&cluster, &worker) != keys_file(&cluster, &master) {
+        assert!(start.elapsed() < WAIT, "the replica did not converge to the master's table");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(keys_file(&cluster, &worker).iter().all(|l| !l.contains("ghost")));
+}
