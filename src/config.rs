@@ -32,6 +32,9 @@
 //! bind = "0.0.0.0:1515"
 //! password = ""              # empty: no password
 //! timeout = "10s"            # TLS + request line must arrive within this
+//! force = true               # a new enrollment may replace an agent of the same name or IP...
+//! force_after = "1h"         # ...disconnected (or never connected) and registered this long
+//! ca_file = ""               # set: agents need a client certificate signed by this CA
 //!
 //! [agents]
 //! bind = "0.0.0.0:1514"
@@ -136,6 +139,9 @@ struct RawEnrollment {
     bind: Option<String>,
     password: Option<String>,
     timeout: Option<String>,
+    force: Option<bool>,
+    force_after: Option<String>,
+    ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -225,6 +231,13 @@ pub struct EnrollmentConfig {
     /// A client must finish TLS and send its request line within this time.
     #[serde(serialize_with = "ser_duration")]
     pub timeout: Duration,
+    /// Whether a new enrollment may replace an agent with the same name or IP (Wazuh's `force`).
+    pub force: bool,
+    /// ...if that agent has been disconnected (or never connected) and registered this long.
+    #[serde(serialize_with = "ser_duration")]
+    pub force_after: Duration,
+    /// When set, agents must present a client certificate signed by this CA (PEM).
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -430,6 +443,15 @@ fn validate(raw: RawConfig, file: Option<&Path>) -> Result<Config, ConfigError> 
         bind: parse_addr("enrollment.bind", enrollment.bind, "0.0.0.0:1515")?,
         password: non_empty(enrollment.password),
         timeout: duration_field("enrollment.timeout", enrollment.timeout, "10s", ms(10), Duration::from_secs(300))?,
+        force: enrollment.force.unwrap_or(true),
+        force_after: duration_field(
+            "enrollment.force_after",
+            enrollment.force_after,
+            "1h",
+            Duration::ZERO,
+            Duration::from_secs(365 * 86400),
+        )?,
+        ca_file: non_empty(enrollment.ca_file).map(|p| resolve(file, &p)),
     };
     let agents = BindConfig { bind: parse_addr("agents.bind", agents.bind, "0.0.0.0:1514")? };
     let api_token = non_empty(api.token);

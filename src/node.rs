@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use wazuh_cluster_actors::enrollment::{self, Enroller, EnrollmentSettings};
 use wazuh_cluster_actors::master::{self, ListWorkers, LocalJobs, MasterListener};
-use wazuh_cluster_actors::registry::{Registry, Replica};
+use wazuh_cluster_actors::registry::{Registry, ReplacePolicy, Replica};
 use wazuh_cluster_actors::settings::JobIntervals;
 use wazuh_cluster_actors::store_thread::StoreHandle;
 use wazuh_cluster_actors::worker::{self, GetLink, WorkerLink, WorkerServices};
@@ -358,15 +358,22 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
     let settings = Arc::new(channel_settings(config, psk));
     let name = config.node.name.clone();
     let started_ms = now_ms();
-    let tls = enrollment::tls_config(data_dir, &name).context("enrollment TLS")?;
+    let tls =
+        enrollment::tls_config(data_dir, &name, config.enrollment.ca_file.as_deref()).context("enrollment TLS")?;
     let enroll_listener = TcpListener::bind(config.enrollment.bind)
         .await
         .with_context(|| format!("cannot listen on enrollment.bind {}", config.enrollment.bind))?;
     let enrollment_addr = enroll_listener.local_addr().context("cannot read the bound address")?;
     let (handle, enroller) = match config.node.role {
         Role::Master => {
-            let registry = Registry::open(data_dir)
+            let mut registry = Registry::open(data_dir)
                 .with_context(|| format!("cannot open the agent registry in {}", data_dir.display()))?;
+            let after = config.enrollment.force_after.as_millis() as u64;
+            registry.replace = ReplacePolicy {
+                enabled: config.enrollment.force,
+                disconnected_for_ms: after,
+                registered_for_ms: after,
+            };
             let registry = StoreHandle::spawn(&format!("{name}-registry"), registry, Registry::seq)
                 .context("cannot start the registry thread")?;
             let bind = config.cluster.bind;

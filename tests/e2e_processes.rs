@@ -303,14 +303,14 @@ fn agent_sim_enrolls_through_a_worker_and_every_node_holds_every_key() {
 
     let received = dir.path().join("received.keys");
     let out = Command::new(SIM)
-        .args(["--enroll", &setting(&w1_sets, "enrollment.bind"), "--agents", "300", "--concurrency", "32", "--json"])
+        .args(["--enroll", &setting(&w1_sets, "enrollment.bind"), "--agents", "1000", "--concurrency", "32", "--json"])
         .arg("--keys-out")
         .arg(&received)
         .output()
         .expect("agent-sim");
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("agent-sim --json");
     eprintln!("agent-sim through worker-1: {summary}");
-    assert_eq!(summary["enrolled"], 300, "{summary}");
+    assert_eq!(summary["enrolled"], 1000, "{summary}");
     assert_eq!(summary["errors"], 0);
     let mut given: Vec<String> = std::fs::read_to_string(&received).expect("keys").lines().map(String::from).collect();
     given.sort();

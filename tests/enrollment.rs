@@ -57,6 +57,8 @@ async fn enrollment_through_a_worker_is_committed_on_the_master_and_replicated_t
         worst = worst.max(at.elapsed());
     }
     eprintln!("worst time from an agent's reply to its key on every node: {} ms", worst.as_millis());
+    // The bound: a new key is usable on every worker within 1 s (measured: tens of ms).
+    assert!(worst < Duration::from_secs(1), "worst case {worst:?}");
     assert_eq!(keys_file(&cluster, &master), keys_file(&cluster, &workers[1]));
     // The master logged where each came from.
     wait_for_log(&workers[0], &["agent", "agent-0 enrolled from 127.0.0.1:"], WAIT).await;
@@ -130,4 +132,55 @@ async fn a_worker_without_its_master_refuses_at_once() {
     assert_eq!(reply, "ERROR: Internal manager error adding agent: orphan. Unable to add agent");
     assert!(started.elapsed() < Duration::from_secs(5), "answered without waiting for the master");
     wait_for_log(&cluster.worker_name(0), &["enrollment of orphan", "the master is unreachable"], WAIT).await;
+}
+
+#[actix_rt::test]
+async fn a_configured_password_is_required_on_every_node_and_replacement_follows_the_policy() {
+    let extra = [("enrollment.password", "TopSecret".to_string()), ("enrollment.force_after", "0s".to_string())];
+    let cluster = TestCluster::start_with("enrpw", 1, &extra).await;
+    for addr in [cluster.master().enrollment_addr, cluster.worker(0).enrollment_addr] {
+        assert_eq!(enroll(addr, "OSSEC A:'pw-agent'\n").await, "ERROR: Invalid password. Unable to add agent");
+        assert_eq!(
+            enroll(addr, "OSSEC PASS: wrong OSSEC A:'pw-agent'\n").await,
+            "ERROR: Invalid password. Unable to add agent"
+        );
+    }
+    let first = enroll(cluster.worker(0).enrollment_addr, "OSSEC PASS: TopSecret OSSEC A:'pw-agent'\n").await;
+    let first = parse_key(&first).expect("key");
+    // force_after 0s: a never-connected agent of the same name is replaced by a new one (new id).
+    let second = enroll(cluster.master().enrollment_addr, "OSSEC PASS: TopSecret OSSEC A:'pw-agent'\n").await;
+    let second = parse_key(&second).expect("key");
+    let id = |k: &str| k.split(' ').next().unwrap_or_default().parse::<u32>().unwrap_or(0);
+    assert!(id(&second) > id(&first), "{first} then {second}");
+}
+
+#[actix_rt::test]
+async fn with_a_client_ca_only_agents_holding_a_signed_certificate_enroll() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let client_key = KeyPair::generate().expect("client key");
+    let client_cert = CertificateParams::new(vec!["agent-01".to_string()])
+        .expect("params")
+        .signed_by(&client_key, &issuer)
+        .expect("sign");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_path = dir.path().join("agents-ca.pem");
+    std::fs::write(&ca_path, ca_cert.pem()).expect("write ca");
+
+    let cluster = TestCluster::start_with("enrca", 0, &[("enrollment.ca_file", ca_path.display().to_string())]).await;
+    let addr = cluster.master().enrollment_addr;
+    // No certificate: the TLS handshake fails and no key is handed out.
+    let refused = enroll_one(connector().expect("tls"), addr.to_string(), "OSSEC A:'no-cert'\n".into()).await;
+    assert!(refused.map(|r| !r.starts_with("OSSEC K:")).unwrap_or(true));
+    wait_for_log(&cluster.master_name(), &["enrollment from", "TLS handshake failed"], WAIT).await;
+    // A certificate from the CA: enrolled.
+    let chain = vec![client_cert.der().clone()];
+    let key = rustls::pki_types::PrivateKeyDer::try_from(client_key.serialize_der()).expect("key der");
+    let connector = wazuh_multi_node::sim::connector_with_client_cert(chain, key).expect("client tls");
+    let reply = enroll_one(connector, addr.to_string(), "OSSEC A:'with-cert'\n".into()).await.expect("enroll");
+    assert!(parse_key(&reply).is_some(), "{reply}");
 }

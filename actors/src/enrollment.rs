@@ -50,7 +50,12 @@ pub enum TlsSetupError {
 }
 
 /// Loads `<data_dir>/etc/sslmanager.cert` and `.key`, creating a self-signed pair on first start.
-pub fn tls_config(data_dir: &Path, node_name: &str) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+/// With `client_ca`, only clients presenting a certificate signed by that CA get through.
+pub fn tls_config(
+    data_dir: &Path,
+    node_name: &str,
+    client_ca: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
     let etc = data_dir.join("etc");
     let cert_path = etc.join("sslmanager.cert");
     let key_path = etc.join("sslmanager.key");
@@ -86,10 +91,24 @@ pub fn tls_config(data_dir: &Path, node_name: &str) -> Result<Arc<rustls::Server
     let certs: Vec<_> = rustls_pemfile_certs(&cert_pem).map_err(pem_err(&cert_path))?;
     let key = rustls_pemfile_key(&key_pem).map_err(pem_err(&key_path))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let config = match client_ca {
+        None => builder.with_no_client_auth().with_single_cert(certs, key)?,
+        Some(ca_path) => {
+            let ca_pem = std::fs::read(ca_path).map_err(io(ca_path))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in rustls_pemfile_certs(&ca_pem).map_err(pem_err(ca_path))? {
+                roots
+                    .add(ca)
+                    .map_err(|e| TlsSetupError::Pem { path: ca_path.display().to_string(), reason: e.to_string() })?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| TlsSetupError::Pem { path: ca_path.display().to_string(), reason: e.to_string() })?;
+            builder.with_client_cert_verifier(verifier).with_single_cert(certs, key)?
+        }
+    };
     Ok(Arc::new(config))
 }
 

@@ -57,9 +57,14 @@ impl TestCluster {
     /// Starts a master named `prefix-master` and `n` workers named `prefix-worker-i`, and waits until
     /// every worker is connected.
     pub async fn start(prefix: &str, n: usize) -> TestCluster {
+        Self::start_with(prefix, n, &[]).await
+    }
+
+    /// As [`TestCluster::start`], with extra settings for every node.
+    pub async fn start_with(prefix: &str, n: usize, extra: &[(&str, String)]) -> TestCluster {
         init_logs();
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut master_cfg = config(dir.path(), &format!("{prefix}-master"), "master", &[]);
+        let mut master_cfg = config(dir.path(), &format!("{prefix}-master"), "master", extra);
         let psk = node::derive_psk(&master_cfg).expect("psk");
         let master = node::start(&master_cfg, psk.clone()).await.expect("start master");
         let NodeHandle::Master { cluster_addr, .. } = &master.handle else { panic!("not a master") };
@@ -69,12 +74,9 @@ impl TestCluster {
         let mut worker_cfgs = Vec::new();
         let mut workers = Vec::new();
         for i in 1..=n {
-            let cfg = config(
-                dir.path(),
-                &format!("{prefix}-worker-{i}"),
-                "worker",
-                &[("cluster.master", cluster_addr.to_string())],
-            );
+            let mut settings = vec![("cluster.master", cluster_addr.to_string())];
+            settings.extend(extra.iter().cloned());
+            let cfg = config(dir.path(), &format!("{prefix}-worker-{i}"), "worker", &settings);
             workers.push(Some(node::start(&cfg, psk.clone()).await.expect("start worker")));
             worker_cfgs.push(cfg);
         }
