@@ -102,6 +102,8 @@ pub struct ActorView {
     pub last_run: Option<String>,
     pub last_duration_ms: Option<u64>,
     pub last_error: Option<String>,
+    /// Job-specific figures (Integrity: missing, changed, extra, bytes, last sync...).
+    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 /// One node in `GET /cluster/healthcheck`.
@@ -151,6 +153,30 @@ fn actor_views(reports: &[JobReport], end: Role) -> Vec<ActorView> {
             last_run: r.last_run_ms.map(iso),
             last_duration_ms: r.last_duration_ms,
             last_error: r.last_error.clone(),
+            details: r
+                .details
+                .iter()
+                .map(|(k, v)| {
+                    // Times are epoch milliseconds on the wire; show them as dates.
+                    let value = match (
+                        k.ends_with("_ms") && !k.contains("duration") && !k.contains("scan"),
+                        v.parse::<u64>(),
+                    ) {
+                        (true, Ok(ms)) if ms > 1_000_000_000_000 => serde_json::Value::String(iso(ms)),
+                        (_, Ok(n)) => serde_json::Value::from(n),
+                        _ => serde_json::Value::String(v.clone()),
+                    };
+                    (
+                        k.trim_end_matches("_ms").to_string()
+                            + if k.ends_with("_ms") && (k.contains("duration") || k.contains("scan")) {
+                                "_ms"
+                            } else {
+                                ""
+                            },
+                        value,
+                    )
+                })
+                .collect(),
         })
         .collect()
 }

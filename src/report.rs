@@ -101,6 +101,10 @@ pub fn health_table(body: &Value) -> String {
                 format!("{}/{}/{}", s(&a["runs"]), s(&a["failures"]), s(&a["restarts"])),
                 s(&a["last_run"]),
             ]);
+            if let Some(details) = a["details"].as_object().filter(|d| !d.is_empty()) {
+                let text = details.iter().map(|(k, v)| format!("{k}={}", s(v))).collect::<Vec<_>>().join(" ");
+                rows.push(vec![String::new(), String::new(), String::new(), text, String::new(), String::new()]);
+            }
             if let Some(err) = a["last_error"].as_str() {
                 rows.push(vec![
                     String::new(),

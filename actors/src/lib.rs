@@ -12,6 +12,7 @@
 
 pub mod connection;
 pub mod enrollment;
+pub mod files;
 pub mod jobs;
 pub mod link;
 pub mod manifest;

@@ -1,23 +1,23 @@
-//! A file manifest: every regular file under the sync roots of a node's data directory, with its
-//! size, modification time and MD5 (as the seed says), and one digest over all of it, so that "same
-//! files" is one comparison.
+//! The file manifest of a node's sync roots: every regular file (relative path, size, mtime, MD5,
+//! as the seed says) and one digest over all of it, so that "same files" is one comparison.
 //!
-//! This is a full scan. It runs on a blocking thread, never on an actor's thread.
+//! Scans are incremental: a file whose size and mtime did not change keeps its previous MD5, so a
+//! warm scan costs a directory walk and a `stat` per file. The files that do need hashing are
+//! spread over all cores. Symlinks are never followed, and a root that is missing or could not be
+//! read completely is marked incomplete, so that nobody deletes a worker's copies because of it.
+//! Scans block: run them on a blocking thread, never on an actor's thread.
 
 use md5::{Digest, Md5};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
-use std::path::Path;
-
-/// The directories under the data dir that the master distributes.
-pub const SYNC_ROOTS: [&str; 4] = ["etc/rules", "etc/decoders", "etc/lists", "etc/shared"];
-/// Name endings never synchronized (editor and lock files).
-pub const EXCLUDED_SUFFIXES: [&str; 4] = ["~", ".tmp", ".lock", ".swp"];
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+use wazuh_cluster_protocol::sync::{self, FileMeta, SYNC_ROOTS};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileEntry {
     pub size: u64,
-    pub mtime_ms: u64,
+    pub mtime_ns: u128,
     pub md5: String,
 }
 
@@ -25,6 +25,17 @@ pub struct FileEntry {
 pub struct Manifest {
     /// Relative path (with `/`) -> entry, sorted.
     pub files: BTreeMap<String, FileEntry>,
+    /// Roots that exist and were read without error. Deletions are only ever decided inside these.
+    pub complete_roots: BTreeSet<String>,
+}
+
+/// What a scan did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanStats {
+    pub files: usize,
+    pub hashed: usize,
+    pub reused: usize,
+    pub errors: Vec<String>,
 }
 
 impl Manifest {
@@ -40,13 +51,17 @@ impl Manifest {
         }
         hex(&h.finalize())
     }
+
+    pub fn metas(&self) -> Vec<FileMeta> {
+        self.files.iter().map(|(path, e)| FileMeta { path: path.clone(), size: e.size, md5: e.md5.clone() }).collect()
+    }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn md5_file(path: &Path) -> std::io::Result<String> {
+pub fn md5_file(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let mut h = Md5::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -60,22 +75,35 @@ fn md5_file(path: &Path) -> std::io::Result<String> {
     Ok(hex(&h.finalize()))
 }
 
-/// Scans the sync roots under `data_dir`. Missing roots are empty; unreadable files are skipped and
-/// returned as errors beside the manifest so the caller can log them.
-pub fn scan(data_dir: &Path) -> (Manifest, Vec<String>) {
-    let mut manifest = Manifest::default();
-    let mut errors = Vec::new();
+struct Found {
+    rel: String,
+    abs: PathBuf,
+    size: u64,
+    mtime_ns: u128,
+}
+
+/// Scans the sync roots under `data_dir`, reusing `previous` for unchanged files.
+pub fn scan(data_dir: &Path, previous: Option<&Manifest>) -> (Manifest, ScanStats) {
+    let mut found = Vec::new();
+    let mut stats = ScanStats::default();
+    let mut complete_roots = BTreeSet::new();
     for root in SYNC_ROOTS {
         let base = data_dir.join(root);
-        if !base.is_dir() {
-            continue;
+        match std::fs::symlink_metadata(&base) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                stats.errors.push(format!("{root}: not a directory (a symlink is never followed)"));
+                continue;
+            }
+            Err(_) => continue,
         }
-        // Symlinks are not followed: a link can never pull a file from outside the root.
+        let mut complete = true;
         for entry in walkdir::WalkDir::new(&base).follow_links(false) {
             let entry = match entry {
                 Ok(e) => e,
                 Err(e) => {
-                    errors.push(e.to_string());
+                    complete = false;
+                    stats.errors.push(e.to_string());
                     continue;
                 }
             };
@@ -83,36 +111,88 @@ pub fn scan(data_dir: &Path) -> (Manifest, Vec<String>) {
                 continue;
             }
             let name = entry.file_name().to_string_lossy();
-            if EXCLUDED_SUFFIXES.iter().any(|s| name.ends_with(s)) {
+            if sync::excluded(&name) {
                 continue;
             }
             let Ok(rel) = entry.path().strip_prefix(data_dir) else { continue };
-            let Some(rel) = rel.to_str() else {
-                errors.push(format!("{}: not valid UTF-8, skipped", entry.path().display()));
+            let Some(rel) = rel.to_str().map(|r| r.replace('\\', "/")) else {
+                stats.errors.push(format!("{}: not valid UTF-8, skipped", entry.path().display()));
                 continue;
             };
-            let meta = match entry.metadata() {
-                Ok(m) => m,
+            if let Err(e) = sync::check_path(&rel) {
+                stats.errors.push(format!("{rel}: {e}, skipped"));
+                continue;
+            }
+            match entry.metadata() {
+                Ok(meta) => {
+                    let mtime_ns = meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                        .map(|d| d.as_nanos())
+                        .unwrap_or(0);
+                    found.push(Found { rel, abs: entry.path().to_path_buf(), size: meta.len(), mtime_ns });
+                }
                 Err(e) => {
-                    errors.push(format!("{rel}: {e}"));
-                    continue;
+                    complete = false;
+                    stats.errors.push(format!("{rel}: {e}"));
                 }
-            };
-            let mtime_ms = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
-            match md5_file(entry.path()) {
-                Ok(md5) => {
-                    manifest.files.insert(rel.replace('\\', "/"), FileEntry { size: meta.len(), mtime_ms, md5 });
+            }
+        }
+        if complete {
+            complete_roots.insert(root.to_string());
+        }
+    }
+    // Reuse what did not change; hash the rest on every core.
+    let mut files = BTreeMap::new();
+    let mut to_hash = Vec::new();
+    for f in found {
+        match previous.and_then(|p| p.files.get(&f.rel)) {
+            Some(old) if old.size == f.size && old.mtime_ns == f.mtime_ns && f.mtime_ns != 0 => {
+                files.insert(f.rel, old.clone());
+                stats.reused += 1;
+            }
+            _ => to_hash.push(f),
+        }
+    }
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
+    let chunk = to_hash.len().div_ceil(threads).max(1);
+    let results: Vec<(String, Result<FileEntry, String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = to_hash
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|f| {
+                            let r = md5_file(&f.abs)
+                                .map(|md5| FileEntry { size: f.size, mtime_ns: f.mtime_ns, md5 })
+                                .map_err(|e| e.to_string());
+                            (f.rel.clone(), r)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    });
+    for (rel, r) in results {
+        match r {
+            Ok(entry) => {
+                files.insert(rel, entry);
+                stats.hashed += 1;
+            }
+            // Deleted while being hashed, or unreadable: logged, the others go on. The root is no
+            // longer complete, so nothing is deleted on the workers because of it.
+            Err(e) => {
+                if let Some(root) = sync::root_of(&rel) {
+                    complete_roots.remove(root);
                 }
-                Err(e) => errors.push(format!("{rel}: {e}")),
+                stats.errors.push(format!("{rel}: {e}"));
             }
         }
     }
-    (manifest, errors)
+    stats.files = files.len();
+    (Manifest { files, complete_roots }, stats)
 }
 
 #[cfg(test)]
@@ -130,26 +210,54 @@ mod tests {
         std::fs::write(d.join("etc/rules/edit.xml~"), b"backup").unwrap();
         std::fs::write(d.join("etc/shared/default/agent.conf"), b"<agent_config/>").unwrap();
         std::fs::write(d.join("etc/ossec.conf"), b"not synced").unwrap();
-        let (m, errors) = scan(d);
-        assert!(errors.is_empty(), "{errors:?}");
+        let (m, stats) = scan(d, None);
+        assert!(stats.errors.is_empty(), "{:?}", stats.errors);
         let names: Vec<_> = m.files.keys().cloned().collect();
         assert_eq!(names, ["etc/rules/local_rules.xml", "etc/rules/sub/x.xml", "etc/shared/default/agent.conf"]);
         assert_eq!(m.files["etc/rules/sub/x.xml"].md5, "9dd4e461268c8034f5c8564e155c67a6");
+        assert_eq!(m.complete_roots.iter().cloned().collect::<Vec<_>>(), ["etc/rules", "etc/shared"]);
         let before = m.digest();
-        std::fs::write(d.join("etc/rules/sub/x.xml"), b"y").unwrap();
-        assert_ne!(scan(d).0.digest(), before, "content change changes the digest");
+        // Warm: nothing rehashed.
+        let (warm, s) = scan(d, Some(&m));
+        assert_eq!((s.hashed, s.reused), (0, 3));
+        assert_eq!(warm.digest(), before);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(d.join("etc/rules/sub/x.xml"), b"yy").unwrap();
+        let (changed, s) = scan(d, Some(&warm));
+        assert_eq!(s.hashed, 1);
+        assert_ne!(changed.digest(), before, "content change changes the digest");
         assert_eq!(Manifest::default().digest(), "d41d8cd98f00b204e9800998ecf8427e");
     }
 
     #[cfg(unix)]
     #[test]
-    fn symlinks_are_not_followed() {
+    fn symlinks_are_not_followed_and_unreadable_files_make_the_root_incomplete() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("secret"), b"s").unwrap();
         std::fs::create_dir_all(dir.path().join("etc/rules")).unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("etc/rules/link")).unwrap();
         std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("etc/rules/f")).unwrap();
-        assert!(scan(dir.path()).0.files.is_empty());
+        let (m, _) = scan(dir.path(), None);
+        assert!(m.files.is_empty());
+        assert!(m.complete_roots.contains("etc/rules"));
+        // A symlinked root is not a root.
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("etc/decoders")).unwrap();
+        let (m, stats) = scan(dir.path(), None);
+        assert!(!m.complete_roots.contains("etc/decoders"));
+        assert!(stats.errors.iter().any(|e| e.contains("etc/decoders")));
+        // An unreadable file (when not root, which ignores modes) is logged and the rest goes on.
+        let locked = dir.path().join("etc/rules/locked.xml");
+        std::fs::write(&locked, b"x").unwrap();
+        std::fs::write(dir.path().join("etc/rules/ok.xml"), b"x").unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let (m, stats) = scan(dir.path(), None);
+        assert!(m.files.contains_key("etc/rules/ok.xml"));
+        if std::fs::read(&locked).is_err() {
+            assert!(!m.files.contains_key("etc/rules/locked.xml"));
+            assert!(!m.complete_roots.contains("etc/rules"));
+            assert!(stats.errors.iter().any(|e| e.contains("locked.xml")));
+        }
     }
 }

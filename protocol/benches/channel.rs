@@ -85,6 +85,7 @@ fn typical_jobs() -> Vec<JobReport> {
             last_run_ms: Some(1_764_166_000_000),
             last_duration_ms: Some(3),
             last_error: Some("request timed out after 10s".into()),
+            details: vec![],
         })
         .collect()
 }

@@ -103,6 +103,10 @@ pub enum WorkerToMaster {
     AgentGroupsAck(AgentGroupsAck),
     /// The worker's file manifest digest; answered with [`MasterToWorker::IntegrityStatus`].
     IntegrityCheck(IntegrityCheck),
+    /// The worker's whole manifest, when digests differ; answered with [`MasterToWorker::SyncPlan`].
+    SyncManifest(SyncManifest),
+    /// Asks for file contents; answered with [`MasterToWorker::FileBatch`].
+    FetchFiles(FetchFiles),
     /// An enrollment received by the worker; answered with [`MasterToWorker::EnrollResult`].
     Enroll(EnrollForward),
     /// Whether the agent got its key; answered with [`MasterToWorker::EnrollResolved`].
@@ -123,6 +127,10 @@ pub enum MasterToWorker {
     /// Agent-group assignments after the worker's last acknowledged sequence number.
     AgentGroups(AgentGroupsUpdate),
     IntegrityStatus(IntegrityStatus),
+    SyncPlan(SyncPlan),
+    FileBatch(FileBatch),
+    /// The master's files changed: check now instead of at the next interval.
+    IntegrityChanged(IntegrityChanged),
     EnrollResult(EnrollResult),
     EnrollResolved(EnrollResolve),
     AdminResult(AdminResult),
@@ -160,6 +168,9 @@ pub struct JobReport {
     pub last_run_ms: Option<u64>,
     pub last_duration_ms: Option<u64>,
     pub last_error: Option<String>,
+    /// Job-specific figures (for Integrity: files missing, changed, extra, bytes, last sync).
+    #[serde(default)]
+    pub details: Vec<(String, String)>,
 }
 
 /// One agent's status as seen by the worker it reports to.
@@ -281,6 +292,63 @@ pub struct IntegrityStatus {
     pub in_sync: bool,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SyncManifest {
+    pub files: Vec<crate::sync::FileMeta>,
+}
+
+/// What the worker must fetch and what it must delete to match the master.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SyncPlan {
+    pub master_digest: String,
+    /// Missing or changed on the worker.
+    pub fetch: Vec<crate::sync::FileMeta>,
+    /// Only on the worker (never under a root the master could not read completely).
+    pub delete: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchItem {
+    pub path: String,
+    /// Resume from this byte.
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FetchFiles {
+    pub items: Vec<FetchItem>,
+    /// Stop adding data to the answer past this many bytes.
+    pub max_bytes: u64,
+}
+
+/// Part of a file (all of it when `offset == 0` and `offset + raw_len == size`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilePart {
+    pub path: String,
+    pub offset: u64,
+    /// The whole file's size and MD5, for the receiver's check.
+    pub size: u64,
+    pub md5: String,
+    /// Length of this part before compression.
+    pub raw_len: u64,
+    /// LZ4 block compressed when that saved space.
+    pub compressed: bool,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FileBatch {
+    pub parts: Vec<FilePart>,
+    /// Asked for but not served (gone, changed or refused), with the reason.
+    pub refused: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct IntegrityChanged {
+    pub master_digest: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Goodbye {
     pub reason: String,
@@ -315,6 +383,8 @@ impl MessageName for WorkerToMaster {
             WorkerToMaster::AgentInfo(_) => "agent_info",
             WorkerToMaster::AgentGroupsAck(_) => "agent_groups_ack",
             WorkerToMaster::IntegrityCheck(_) => "integrity_check",
+            WorkerToMaster::SyncManifest(_) => "sync_manifest",
+            WorkerToMaster::FetchFiles(_) => "fetch_files",
             WorkerToMaster::Enroll(_) => "enroll",
             WorkerToMaster::EnrollResolve(_) => "enroll_resolve",
             WorkerToMaster::Admin(_) => "admin",
@@ -330,6 +400,9 @@ impl MessageName for MasterToWorker {
             MasterToWorker::AgentInfoAck(_) => "agent_info_ack",
             MasterToWorker::AgentGroups(_) => "agent_groups",
             MasterToWorker::IntegrityStatus(_) => "integrity_status",
+            MasterToWorker::SyncPlan(_) => "sync_plan",
+            MasterToWorker::FileBatch(_) => "file_batch",
+            MasterToWorker::IntegrityChanged(_) => "integrity_changed",
             MasterToWorker::EnrollResult(_) => "enroll_result",
             MasterToWorker::EnrollResolved(_) => "enroll_resolved",
             MasterToWorker::AdminResult(_) => "admin_result",

@@ -8,7 +8,7 @@
 //!   removes agents whose key delivery through a worker was never confirmed.
 
 use super::{job_plumbing, schedule, JobCore, JobHealth};
-use crate::manifest;
+use crate::manifest::{self, Manifest};
 use crate::registry::Registry;
 use crate::settings::ChannelSettings;
 use crate::store_thread::StoreHandle;
@@ -39,6 +39,10 @@ impl MasterServices {
         let local_integrity = Supervisor::start(move |_| LocalIntegrity {
             core: JobCore::new("LocalIntegrity", s, "all workers", h),
             current: None,
+            subscribers: Vec::new(),
+            watcher: None,
+            rescan_queued: false,
+            rescan_again: false,
         });
         let h = groups_health.clone();
         let reg = registry.clone();
@@ -57,21 +61,46 @@ impl MasterServices {
     }
 }
 
-/// The manifest summary workers compare against.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The manifest workers compare against, shared without copying.
+#[derive(Debug, Clone)]
 pub struct IntegritySummary {
     pub digest: String,
     pub files: u64,
     pub computed_at_ms: u64,
+    pub manifest: Arc<Manifest>,
 }
 
 #[derive(Message)]
 #[rtype(result = "Option<IntegritySummary>")]
 pub struct GetIntegrity;
 
+/// Announced to every subscribed master-end `Integrity` job when the master's files change.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct FilesChanged {
+    pub digest: String,
+}
+
+/// Subscribes a master-end `Integrity` job to [`FilesChanged`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SubscribeFiles(pub Recipient<FilesChanged>);
+
+/// A filesystem event under the sync roots (from the watcher thread).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct FsEvent;
+
+/// Debounce for filesystem events: one rescan for a burst of writes.
+const FS_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(50);
+
 pub struct LocalIntegrity {
     core: JobCore,
     current: Option<IntegritySummary>,
+    subscribers: Vec<WeakRecipient<FilesChanged>>,
+    watcher: Option<notify::RecommendedWatcher>,
+    rescan_queued: bool,
+    rescan_again: bool,
 }
 
 job_plumbing!(LocalIntegrity);
@@ -79,31 +108,84 @@ job_plumbing!(LocalIntegrity);
 impl LocalIntegrity {
     fn run(&mut self, ctx: &mut Context<Self>) {
         if self.core.is_busy() {
+            self.rescan_again = true;
             return;
         }
         if let Err(e) = self.core.begin() {
             return self.core.failed(ctx, e);
         }
         let dir = self.core.settings.data_dir.clone();
-        let scan = actix_rt::task::spawn_blocking(move || manifest::scan(&dir));
+        let previous = self.current.as_ref().map(|c| c.manifest.clone());
+        let scan = actix_rt::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let (m, stats) = manifest::scan(&dir, previous.as_deref());
+            (m, stats, started.elapsed())
+        });
         ctx.spawn(scan.into_actor(self).map(|result, act, ctx| match result {
-            Ok((manifest, errors)) => {
-                for e in errors.iter().take(20) {
+            Ok((manifest, stats, took)) => {
+                for e in stats.errors.iter().take(20) {
                     warn!(node = act.core.node(); "local integrity: {e}");
                 }
-                let summary = IntegritySummary {
-                    digest: manifest.digest(),
+                let digest = manifest.digest();
+                let changed = act.current.as_ref().map(|c| &c.digest) != Some(&digest);
+                if changed {
+                    info!(node = act.core.node(); "local integrity: {} files ({} hashed, {} unchanged) in {} ms, digest {digest}",
+                        stats.files, stats.hashed, stats.reused, took.as_millis());
+                }
+                act.current = Some(IntegritySummary {
+                    digest: digest.clone(),
                     files: manifest.files.len() as u64,
                     computed_at_ms: crate::now_ms(),
-                };
-                if act.current.as_ref().map(|c| &c.digest) != Some(&summary.digest) {
-                    info!(node = act.core.node(); "local integrity: {} files, digest {}", summary.files, summary.digest);
-                }
-                act.current = Some(summary);
+                    manifest: Arc::new(manifest),
+                });
+                act.core.set_details(vec![
+                    ("files".into(), stats.files.to_string()),
+                    ("hashed".into(), stats.hashed.to_string()),
+                    ("scan_ms".into(), took.as_millis().to_string()),
+                    ("errors".into(), stats.errors.len().to_string()),
+                ]);
                 act.core.succeeded();
+                if changed {
+                    let msg = FilesChanged { digest };
+                    act.subscribers.retain(|w| match w.upgrade() {
+                        Some(r) => {
+                            r.do_send(msg.clone());
+                            true
+                        }
+                        None => false,
+                    });
+                }
+                if std::mem::take(&mut act.rescan_again) {
+                    act.run(ctx);
+                }
             }
             Err(e) => act.core.failed(ctx, format!("the scan thread failed: {e}")),
         }));
+    }
+
+    /// Watches `<data_dir>/etc` for changes; events trigger a (debounced) rescan. Without a
+    /// watcher the periodic rescan still finds every change.
+    fn watch(&mut self, ctx: &mut Context<Self>) {
+        use notify::Watcher;
+        let etc = self.core.settings.data_dir.join("etc");
+        if let Err(e) = std::fs::create_dir_all(&etc) {
+            warn!(node = self.core.node(); "cannot create {}: {e}; relying on periodic rescans", etc.display());
+            return;
+        }
+        let me = ctx.address();
+        let handler = move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                me.do_send(FsEvent);
+            }
+        };
+        match notify::recommended_watcher(handler)
+            .and_then(|mut w| w.watch(&etc, notify::RecursiveMode::Recursive).map(|_| w))
+        {
+            Ok(w) => self.watcher = Some(w),
+            Err(e) => {
+                warn!(node = self.core.node(); "cannot watch {} ({e}); relying on periodic rescans", etc.display())
+            }
+        }
     }
 }
 
@@ -112,10 +194,35 @@ impl Actor for LocalIntegrity {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if self.core.is_stopped_for_good() {
+            self.watcher = None;
             return;
+        }
+        if self.watcher.is_none() {
+            self.watch(ctx);
         }
         let every = self.core.settings.jobs.local_integrity;
         schedule(&mut self.core, ctx, every, Self::run);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if self.core.is_stopped_for_good() {
+            self.watcher = None;
+        }
+    }
+}
+
+impl Handler<FsEvent> for LocalIntegrity {
+    type Result = ();
+
+    fn handle(&mut self, _: FsEvent, ctx: &mut Context<Self>) {
+        if self.rescan_queued {
+            return;
+        }
+        self.rescan_queued = true;
+        ctx.run_later(FS_DEBOUNCE, |act, ctx| {
+            act.rescan_queued = false;
+            act.run(ctx);
+        });
     }
 }
 
@@ -124,6 +231,14 @@ impl Handler<GetIntegrity> for LocalIntegrity {
 
     fn handle(&mut self, _: GetIntegrity, _: &mut Context<Self>) -> Option<IntegritySummary> {
         self.current.clone()
+    }
+}
+
+impl Handler<SubscribeFiles> for LocalIntegrity {
+    type Result = ();
+
+    fn handle(&mut self, SubscribeFiles(r): SubscribeFiles, _: &mut Context<Self>) {
+        self.subscribers.push(r.downgrade());
     }
 }
 

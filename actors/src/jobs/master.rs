@@ -1,6 +1,9 @@
 //! The master's end of a worker connection: `KeepAlive`, `AgentInfo`, `AgentGroupsSend`, `Integrity`.
 
-use super::local::{GetIntegrity, GroupsChanged, LocalAgentGroups, LocalIntegrity, MasterServices, Subscribe};
+use super::local::{
+    FilesChanged, GetIntegrity, GroupsChanged, LocalAgentGroups, LocalIntegrity, MasterServices, Subscribe,
+    SubscribeFiles,
+};
 use super::{call, job_plumbing, Controls, Inbound, InjectFault, JobCore, JobHealth};
 use crate::connection::{ConnectionActor, JobSet, MasterSide, Outgoing};
 use crate::registry::{NewAgent, Registry};
@@ -11,8 +14,8 @@ use log::{debug, warn};
 use std::sync::Arc;
 use wazuh_cluster_protocol::agent::enrollment::EnrollError;
 use wazuh_cluster_protocol::message::{
-    AdminResult, AgentGroupsUpdate, AgentInfoAck, EnrollResult, ErrorCode, ErrorReply, IntegrityStatus, KeepAliveAck,
-    MessageName, RequestId,
+    AdminResult, AgentGroupsUpdate, AgentInfoAck, EnrollResult, ErrorCode, ErrorReply, FileBatch, IntegrityChanged,
+    IntegrityStatus, KeepAliveAck, MessageName, RequestId, SyncPlan,
 };
 use wazuh_cluster_protocol::{Envelope, Kind, MasterToWorker, WorkerToMaster};
 
@@ -72,7 +75,15 @@ impl MasterJobs {
         let (conn5, registry) = (conn.clone(), services.registry.clone());
         let registration = Supervisor::start(move |_| Registration { core: c5, conn: conn5, registry });
         let local = services.local_integrity.clone();
-        let integrity = Supervisor::start(move |_| Integrity { core: c4, conn, local });
+        let conn4 = conn.clone();
+        let integrity = Supervisor::start(move |_| Integrity {
+            core: c4,
+            conn: conn4,
+            local,
+            bytes_sent: 0,
+            files_sent: 0,
+            refused: 0,
+        });
         let mut controls = Controls::default();
         controls.add("KeepAlive", &keepalive, h1);
         controls.add("AgentInfo", &agent_info, h2);
@@ -89,7 +100,9 @@ impl JobSet<MasterSide> for MasterJobs {
             WorkerToMaster::KeepAlive(_) => self.keepalive.do_send(Inbound(envelope)),
             WorkerToMaster::AgentInfo(_) => self.agent_info.do_send(Inbound(envelope)),
             WorkerToMaster::AgentGroupsAck(_) => self.agent_groups.do_send(Inbound(envelope)),
-            WorkerToMaster::IntegrityCheck(_) => self.integrity.do_send(Inbound(envelope)),
+            WorkerToMaster::IntegrityCheck(_) | WorkerToMaster::SyncManifest(_) | WorkerToMaster::FetchFiles(_) => {
+                self.integrity.do_send(Inbound(envelope))
+            }
             WorkerToMaster::Enroll(_) | WorkerToMaster::EnrollResolve(_) | WorkerToMaster::Admin(_) => {
                 self.registration.do_send(Inbound(envelope))
             }
@@ -371,51 +384,134 @@ impl Handler<Inbound<WorkerToMaster>> for Registration {
     }
 }
 
-/// Answers the worker's integrity checks with `LocalIntegrity`'s digest.
+/// Serves the worker's file synchronization from `LocalIntegrity`'s manifest: answers digest checks,
+/// computes what the worker must fetch and delete, serves file contents (only files of the manifest,
+/// only through confined paths), and tells the worker at once when the master's files change.
 pub struct Integrity {
     core: JobCore,
     conn: Conn,
     local: Addr<LocalIntegrity>,
+    bytes_sent: u64,
+    files_sent: u64,
+    refused: u64,
 }
 
 job_plumbing!(Integrity);
 
 impl Actor for Integrity {
     type Context = Context<Self>;
-    fn started(&mut self, _: &mut Context<Self>) {
+    fn started(&mut self, ctx: &mut Context<Self>) {
         self.core.started();
+        if !self.core.is_stopped_for_good() {
+            self.local.do_send(SubscribeFiles(ctx.address().recipient()));
+        }
     }
+}
+
+impl Handler<FilesChanged> for Integrity {
+    type Result = ();
+
+    fn handle(&mut self, msg: FilesChanged, _: &mut Context<Self>) {
+        let body = MasterToWorker::IntegrityChanged(IntegrityChanged { master_digest: msg.digest });
+        self.conn.do_send(Outgoing(Envelope::notify(body)));
+    }
+}
+
+fn unavailable(conn: &Conn, id: RequestId) {
+    let message = "the master's manifest is not computed yet".to_string();
+    reply(conn, id, MasterToWorker::Error(ErrorReply { code: ErrorCode::Unavailable, message }));
 }
 
 impl Handler<Inbound<WorkerToMaster>> for Integrity {
     type Result = ();
 
     fn handle(&mut self, Inbound(envelope): Inbound<WorkerToMaster>, ctx: &mut Context<Self>) {
-        let (id, check) = match (envelope.kind, envelope.body) {
-            (Kind::Request(id), WorkerToMaster::IntegrityCheck(check)) => (id, check),
-            (kind, body) => return refuse(&self.core, &self.conn, Envelope { kind, body }),
+        let Kind::Request(id) = envelope.kind else {
+            return refuse(&self.core, &self.conn, envelope);
         };
+        let body = envelope.body;
+        if !matches!(
+            body,
+            WorkerToMaster::IntegrityCheck(_) | WorkerToMaster::SyncManifest(_) | WorkerToMaster::FetchFiles(_)
+        ) {
+            return refuse(&self.core, &self.conn, Envelope { kind: Kind::Request(id), body });
+        }
         if let Err(e) = self.core.begin() {
             return self.core.failed(ctx, e);
         }
-        let fut = self.local.send(GetIntegrity);
-        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| match result {
-            Ok(Some(summary)) => {
-                let in_sync = summary.digest == check.manifest_digest;
-                let status = IntegrityStatus { master_digest: summary.digest, files: summary.files, in_sync };
-                reply(&act.conn, id, MasterToWorker::IntegrityStatus(status));
+        let (local, conn, data_dir) = (self.local.clone(), self.conn.clone(), self.core.settings.data_dir.clone());
+        let max_frame = self.core.settings.max_frame;
+        let fut = async move {
+            let Some(summary) =
+                local.send(GetIntegrity).await.map_err(|e| format!("LocalIntegrity did not answer: {e}"))?
+            else {
+                unavailable(&conn, id);
+                return Ok((0, 0, 0));
+            };
+            match body {
+                WorkerToMaster::IntegrityCheck(check) => {
+                    let in_sync = summary.digest == check.manifest_digest;
+                    let status = IntegrityStatus { master_digest: summary.digest, files: summary.files, in_sync };
+                    reply(&conn, id, MasterToWorker::IntegrityStatus(status));
+                    Ok((0, 0, 0))
+                }
+                WorkerToMaster::SyncManifest(theirs) => {
+                    let (fetch, delete, _, _) = crate::files::plan(&summary.manifest, &theirs.files);
+                    reply(
+                        &conn,
+                        id,
+                        MasterToWorker::SyncPlan(SyncPlan { master_digest: summary.digest, fetch, delete }),
+                    );
+                    Ok((0, 0, 0))
+                }
+                WorkerToMaster::FetchFiles(req) => {
+                    // Answers stay well inside one frame.
+                    let budget = (req.max_bytes as usize).clamp(1, max_frame / 2);
+                    let manifest = summary.manifest.clone();
+                    let batch = actix_rt::task::spawn_blocking(move || {
+                        let mut batch = FileBatch::default();
+                        let mut used = 0usize;
+                        for item in req.items {
+                            if used >= budget {
+                                break;
+                            }
+                            match crate::files::read_part(&data_dir, &manifest, &item.path, item.offset, budget - used)
+                            {
+                                Ok(part) => {
+                                    used += part.data.len() + part.path.len() + 64;
+                                    batch.parts.push(part);
+                                }
+                                Err(e) => batch.refused.push((item.path, e)),
+                            }
+                        }
+                        batch
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    let bytes: u64 = batch.parts.iter().map(|p| p.raw_len).sum();
+                    let (files, refused) = (batch.parts.len() as u64, batch.refused.len() as u64);
+                    reply(&conn, id, MasterToWorker::FileBatch(batch));
+                    Ok((bytes, files, refused))
+                }
+                _ => Ok((0, 0, 0)),
+            }
+        };
+        ctx.spawn(fut.into_actor(self).map(|result: Result<(u64, u64, u64), String>, act, ctx| match result {
+            Ok((bytes, files, refused)) => {
+                act.bytes_sent += bytes;
+                act.files_sent += files;
+                act.refused += refused;
+                if refused > 0 {
+                    warn!(node = act.core.node(); "worker {} asked for {refused} files that were not served (gone, changed or refused)", act.core.peer);
+                }
+                act.core.set_details(vec![
+                    ("bytes_sent".into(), act.bytes_sent.to_string()),
+                    ("file_parts_sent".into(), act.files_sent.to_string()),
+                    ("refused".into(), act.refused.to_string()),
+                ]);
                 act.core.succeeded();
             }
-            Ok(None) => {
-                let message = "the master's manifest is not computed yet".to_string();
-                reply(&act.conn, id, MasterToWorker::Error(ErrorReply { code: ErrorCode::Unavailable, message }));
-                act.core.succeeded();
-            }
-            Err(e) => {
-                let message = "the master's integrity job is unavailable".to_string();
-                reply(&act.conn, id, MasterToWorker::Error(ErrorReply { code: ErrorCode::Unavailable, message }));
-                act.core.failed(ctx, format!("LocalIntegrity did not answer: {e}"));
-            }
+            Err(e) => act.core.failed(ctx, e),
         }));
     }
 }

@@ -195,6 +195,11 @@ impl JobCore {
         ctx.stop();
     }
 
+    /// Replaces the job's specific figures in its health report.
+    pub fn set_details(&mut self, details: Vec<(String, String)>) {
+        self.health.update(|r| r.details = details);
+    }
+
     /// Call from `Supervised::restarting`.
     pub fn restarting(&mut self) {
         self.busy = false;

@@ -2,25 +2,30 @@
 
 use super::{call, job_plumbing, schedule, Controls, Inbound, InjectFault, JobCore, JobHealth};
 use crate::connection::{ConnectionActor, JobSet, Outgoing, WorkerSide};
-use crate::manifest;
+use crate::files::{self, Staging};
+use crate::manifest::{self, Manifest};
 use crate::registry::Replica;
 use crate::settings::ChannelSettings;
 use crate::store_thread::StoreHandle;
 use crate::worker::WorkerServices;
 use actix::prelude::*;
 use log::{debug, info, warn};
+use std::path::PathBuf;
 use std::sync::Arc;
 use wazuh_cluster_protocol::message::{
-    AgentGroupsAck, AgentInfoBatch, ErrorCode, IntegrityCheck, KeepAlive as KeepAliveMsg, MessageName,
+    AgentGroupsAck, AgentInfoBatch, ErrorCode, FetchFiles, FetchItem, IntegrityCheck, KeepAlive as KeepAliveMsg,
+    MessageName, SyncManifest,
 };
+use wazuh_cluster_protocol::sync::FileMeta;
 use wazuh_cluster_protocol::{Envelope, Kind, MasterToWorker, WorkerToMaster};
 
 type Conn = Addr<ConnectionActor<WorkerSide>>;
 
 /// The job actors of the worker's connection.
 pub struct WorkerJobs {
-    /// The only job that receives messages the master starts; the others start their own rounds.
+    /// The jobs that receive messages the master starts; the others start their own rounds.
     agent_groups: Addr<AgentGroupsSend>,
+    integrity: Addr<Integrity>,
     controls: Controls,
 }
 
@@ -41,13 +46,20 @@ impl WorkerJobs {
         let conn3 = conn.clone();
         let replica = services.replica.clone();
         let agent_groups = Supervisor::start(move |_| AgentGroupsSend { core: c3, conn: conn3, replica });
-        let integrity = Supervisor::start(move |_| Integrity { core: c4, conn, in_sync: None });
+        let integrity = Supervisor::start(move |_| Integrity {
+            core: c4,
+            conn,
+            manifest: None,
+            in_sync: None,
+            again: false,
+            totals: SyncTotals::default(),
+        });
         let mut controls = Controls::default();
         controls.add("KeepAlive", &keepalive, h1);
         controls.add("AgentInfo", &agent_info, h2);
         controls.add("AgentGroupsSend", &agent_groups, h3);
         controls.add("Integrity", &integrity, h4);
-        WorkerJobs { agent_groups, controls }
+        WorkerJobs { agent_groups, integrity, controls }
     }
 }
 
@@ -55,6 +67,7 @@ impl JobSet<WorkerSide> for WorkerJobs {
     fn route(&self, envelope: Envelope<MasterToWorker>) {
         match envelope.body {
             MasterToWorker::AgentGroups(_) => self.agent_groups.do_send(Inbound(envelope)),
+            MasterToWorker::IntegrityChanged(_) => self.integrity.do_send(Inbound(envelope)),
             MasterToWorker::Error(ref err) => {
                 warn!("master sent an unsolicited error ({:?}): {}", err.code, err.message);
             }
@@ -257,51 +270,223 @@ impl Handler<Inbound<MasterToWorker>> for AgentGroupsSend {
     }
 }
 
-/// Compares this worker's files with the master's manifest every interval.
+/// Keeps this worker's sync roots identical to the master's. Each round (every `integrity` interval,
+/// and at once when the master announces a change): scan the local files (incrementally), compare
+/// digests; when they differ, send the whole manifest, fetch the missing and changed files in
+/// batches into the staging area (resuming partial files), check each (size, MD5), then rename them
+/// into place and delete the extras, all through confined paths. The master is the source of truth:
+/// a file changed, added or removed here comes back to the master's version at the next round.
 pub struct Integrity {
     core: JobCore,
     conn: Conn,
+    manifest: Option<Arc<Manifest>>,
     in_sync: Option<bool>,
+    /// A change was announced while a round was running: run again after it.
+    again: bool,
+    totals: SyncTotals,
+}
+
+#[derive(Debug, Default, Clone)]
+struct SyncTotals {
+    last_check_ms: u64,
+    last_sync_start_ms: u64,
+    last_sync_end_ms: u64,
+    last_sync_ms: u64,
+    missing: usize,
+    changed: usize,
+    extra: usize,
+    bytes: u64,
+    errors: usize,
 }
 
 job_plumbing!(Integrity);
 
+/// What one round did.
+#[derive(Debug, Default)]
+struct RoundReport {
+    in_sync: bool,
+    synced: bool,
+    missing: usize,
+    changed: usize,
+    extra: usize,
+    written: usize,
+    deleted: usize,
+    bytes: u64,
+    errors: Vec<String>,
+    started_ms: u64,
+    took_ms: u64,
+}
+
+async fn round_trip(conn: &Conn, body: WorkerToMaster) -> Result<MasterToWorker, String> {
+    call(conn.clone(), body).await
+}
+
+/// One synchronization round; returns the manifest the worker has afterwards.
+async fn sync_round(
+    conn: Conn,
+    data_dir: PathBuf,
+    previous: Option<Arc<Manifest>>,
+    max_frame: usize,
+) -> Result<(Arc<Manifest>, RoundReport), String> {
+    let started = std::time::Instant::now();
+    let mut report = RoundReport { started_ms: crate::now_ms(), ..RoundReport::default() };
+    let dir = data_dir.clone();
+    let (local, _) = actix_rt::task::spawn_blocking(move || manifest::scan(&dir, previous.as_deref()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let check = IntegrityCheck { manifest_digest: local.digest(), files: local.files.len() as u64 };
+    match round_trip(&conn, WorkerToMaster::IntegrityCheck(check)).await? {
+        MasterToWorker::IntegrityStatus(status) if status.in_sync => {
+            report.in_sync = true;
+            return Ok((Arc::new(local), report));
+        }
+        MasterToWorker::IntegrityStatus(_) => {}
+        MasterToWorker::Error(err) if err.code == ErrorCode::Unavailable => return Ok((Arc::new(local), report)),
+        other => return unexpected(other).map(|_| (Arc::new(local), report)),
+    }
+    report.synced = true;
+    let plan = match round_trip(&conn, WorkerToMaster::SyncManifest(SyncManifest { files: local.metas() })).await? {
+        MasterToWorker::SyncPlan(plan) => plan,
+        other => return unexpected(other).map(|_| (Arc::new(local), report)),
+    };
+    report.changed = plan.fetch.iter().filter(|m| local.files.contains_key(&m.path)).count();
+    report.missing = plan.fetch.len() - report.changed;
+    report.extra = plan.delete.len();
+    let staging = Arc::new(Staging::open(&data_dir).map_err(|e| format!("cannot open the staging area: {e}"))?);
+    let budget = (max_frame / 2) as u64;
+    let mut queue: std::collections::VecDeque<FileMeta> = plan.fetch.into_iter().collect();
+    let mut staged = Vec::new();
+    while !queue.is_empty() {
+        // Ask for as many files as fit one answer; resume each from what is already staged.
+        let mut items = Vec::new();
+        let mut asked = 0u64;
+        let mut metas = std::collections::HashMap::new();
+        while let Some(meta) = queue.pop_front() {
+            let have = staging.have(&meta);
+            asked += meta.size - have + 64;
+            items.push(FetchItem { path: meta.path.clone(), offset: have });
+            metas.insert(meta.path.clone(), meta);
+            if asked >= budget {
+                break;
+            }
+        }
+        let batch = match round_trip(&conn, WorkerToMaster::FetchFiles(FetchFiles { items, max_bytes: budget })).await?
+        {
+            MasterToWorker::FileBatch(batch) => batch,
+            other => return unexpected(other).map(|_| (Arc::new(local.clone()), report)),
+        };
+        for (path, why) in batch.refused {
+            metas.remove(&path);
+            report.errors.push(format!("{path}: not served by the master: {why}"));
+        }
+        let stage = staging.clone();
+        let parts = batch.parts;
+        let (done, pending, errors, bytes) = actix_rt::task::spawn_blocking(move || {
+            let (mut done, mut pending, mut errors, mut bytes) = (Vec::new(), Vec::new(), Vec::new(), 0u64);
+            for part in parts {
+                let Some(meta) = metas.remove(&part.path) else {
+                    errors.push(format!("{}: a part nobody asked for", part.path));
+                    continue;
+                };
+                bytes += part.raw_len;
+                match stage.write(&meta, &part) {
+                    Ok(Some(file)) => done.push(file),
+                    Ok(None) => pending.push(meta),
+                    Err(e) => errors.push(format!("{}: {e}", meta.path)),
+                }
+            }
+            // Asked for but not in this answer (the budget ran out): ask again.
+            pending.extend(metas.into_values());
+            (done, pending, errors, bytes)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        report.bytes += bytes;
+        report.errors.extend(errors);
+        staged.extend(done);
+        for meta in pending {
+            queue.push_back(meta);
+        }
+    }
+    let delete = plan.delete;
+    let dir = data_dir.clone();
+    let applied =
+        actix_rt::task::spawn_blocking(move || files::apply(&dir, staged, &delete)).await.map_err(|e| e.to_string())?;
+    report.written = applied.written;
+    report.deleted = applied.deleted;
+    report.errors.extend(applied.refused.into_iter().map(|(p, e)| format!("{p}: refused: {e}")));
+    let dir = data_dir.clone();
+    let after = actix_rt::task::spawn_blocking(move || manifest::scan(&dir, Some(&local)).0)
+        .await
+        .map_err(|e| e.to_string())?;
+    report.took_ms = started.elapsed().as_millis() as u64;
+    Ok((Arc::new(after), report))
+}
+
 impl Integrity {
     fn tick(&mut self, ctx: &mut Context<Self>) {
         if self.core.is_busy() {
+            self.again = true;
             return;
         }
         if let Err(e) = self.core.begin() {
             return self.core.failed(ctx, e);
         }
-        let dir = self.core.settings.data_dir.clone();
-        let conn = self.conn.clone();
-        let fut = async move {
-            let (manifest, _errors) =
-                actix_rt::task::spawn_blocking(move || manifest::scan(&dir)).await.map_err(|e| e.to_string())?;
-            let check = IntegrityCheck { manifest_digest: manifest.digest(), files: manifest.files.len() as u64 };
-            call(conn, WorkerToMaster::IntegrityCheck(check)).await
-        };
+        let fut = sync_round(
+            self.conn.clone(),
+            self.core.settings.data_dir.clone(),
+            self.manifest.clone(),
+            self.core.settings.max_frame,
+        );
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| match result {
-            Ok(MasterToWorker::IntegrityStatus(status)) => {
-                if act.in_sync != Some(status.in_sync) {
-                    if status.in_sync {
-                        info!(node = act.core.node(); "files in sync with master {} ({} files)", act.core.peer, status.files);
-                    } else {
-                        info!(node = act.core.node(); "files differ from master {} (its digest {}, {} files)", act.core.peer, status.master_digest, status.files);
-                    }
-                    act.in_sync = Some(status.in_sync);
-                }
+            Ok((manifest, report)) => {
+                act.manifest = Some(manifest);
+                act.record(&report);
                 act.core.succeeded();
-            }
-            // The master has not scanned yet: nothing to compare, try next round.
-            Ok(MasterToWorker::Error(err)) if err.code == ErrorCode::Unavailable => act.core.succeeded(),
-            Ok(other) => {
-                let e = unexpected(other).err().unwrap_or_default();
-                act.core.failed(ctx, e)
+                if std::mem::take(&mut act.again) {
+                    act.tick(ctx);
+                }
             }
             Err(e) => act.core.failed(ctx, e),
         }));
+    }
+
+    fn record(&mut self, r: &RoundReport) {
+        let node = self.core.node().to_string();
+        let t = &mut self.totals;
+        t.last_check_ms = crate::now_ms();
+        if r.synced {
+            t.last_sync_start_ms = r.started_ms;
+            t.last_sync_end_ms = r.started_ms + r.took_ms;
+            t.last_sync_ms = r.took_ms;
+            t.missing = r.missing;
+            t.changed = r.changed;
+            t.extra = r.extra;
+            t.bytes += r.bytes;
+            t.errors += r.errors.len();
+            for e in r.errors.iter().take(20) {
+                warn!(node = node.as_str(); "file sync with {}: {e}", self.core.peer);
+            }
+            info!(node = node.as_str(); "file sync with master {}: {} missing, {} changed, {} extra; {} written, {} deleted, {} bytes in {} ms",
+                self.core.peer, r.missing, r.changed, r.extra, r.written, r.deleted, r.bytes, r.took_ms);
+        }
+        if self.in_sync != Some(r.in_sync) && r.in_sync {
+            info!(node = node.as_str(); "files in sync with master {}", self.core.peer);
+        }
+        self.in_sync = Some(r.in_sync || (r.synced && r.errors.is_empty()));
+        let t = self.totals.clone();
+        let iso = |ms: u64| if ms == 0 { "-".to_string() } else { ms.to_string() };
+        self.core.set_details(vec![
+            ("last_check_ms".into(), iso(t.last_check_ms)),
+            ("last_sync_start_ms".into(), iso(t.last_sync_start_ms)),
+            ("last_sync_end_ms".into(), iso(t.last_sync_end_ms)),
+            ("last_sync_duration_ms".into(), t.last_sync_ms.to_string()),
+            ("missing".into(), t.missing.to_string()),
+            ("changed".into(), t.changed.to_string()),
+            ("extra".into(), t.extra.to_string()),
+            ("bytes_received".into(), t.bytes.to_string()),
+            ("errors".into(), t.errors.to_string()),
+        ]);
     }
 }
 
@@ -312,6 +497,17 @@ impl Actor for Integrity {
         if !self.core.is_stopped_for_good() {
             let every = self.core.settings.jobs.integrity;
             schedule(&mut self.core, ctx, every, Self::tick);
+        }
+    }
+}
+
+impl Handler<Inbound<MasterToWorker>> for Integrity {
+    type Result = ();
+
+    /// The master's files changed: check now.
+    fn handle(&mut self, Inbound(envelope): Inbound<MasterToWorker>, ctx: &mut Context<Self>) {
+        if let MasterToWorker::IntegrityChanged(_) = envelope.body {
+            self.tick(ctx);
         }
     }
 }

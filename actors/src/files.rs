@@ -1,0 +1,354 @@
+//! Reading and writing synchronized files, confined to the sync roots by construction.
+//!
+//! Every path goes through `protocol::sync::check_path` and then through [`safe_target`], which
+//! refuses any existing symlink (or non-directory) on the way from the data dir to the file, so a
+//! link planted in a root can never redirect a read or a write. Received files are staged, checked
+//! (size and MD5), fsynced, and only then renamed into place: a crash leaves the old or the new
+//! version of each file, never a torn one.
+
+use crate::manifest::{md5_file, Manifest};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use wazuh_cluster_protocol::message::FilePart;
+use wazuh_cluster_protocol::sync::{self, FileMeta};
+
+/// Below this, compression is not worth it.
+const COMPRESS_MIN: usize = 512;
+
+/// The absolute path for `rel` under `data_dir`, or why it is refused.
+pub fn safe_target(data_dir: &Path, rel: &str) -> Result<PathBuf, String> {
+    sync::check_path(rel).map_err(|e| e.to_string())?;
+    let components: Vec<&str> = rel.split('/').collect();
+    let mut cur = data_dir.to_path_buf();
+    for (i, c) in components.iter().enumerate() {
+        cur.push(c);
+        let last = i + 1 == components.len();
+        match std::fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => return Err(format!("{} is a symlink", cur.display())),
+            Ok(m) if !last && !m.is_dir() => return Err(format!("{} is not a directory", cur.display())),
+            Ok(m) if last && m.is_dir() => return Err(format!("{} is a directory", cur.display())),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", cur.display())),
+        }
+    }
+    Ok(cur)
+}
+
+#[cfg(unix)]
+fn open_nofollow(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)
+}
+
+#[cfg(not(unix))]
+fn open_nofollow(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::File::open(path)
+}
+
+/// Master side: up to `max` bytes of `rel` from `offset`, if `rel` is in `manifest`.
+pub fn read_part(data_dir: &Path, manifest: &Manifest, rel: &str, offset: u64, max: usize) -> Result<FilePart, String> {
+    let entry = manifest.files.get(rel).ok_or("not in the master's manifest")?;
+    let path = safe_target(data_dir, rel)?;
+    let mut file = open_nofollow(&path).map_err(|e| e.to_string())?;
+    let size = file.metadata().map_err(|e| e.to_string())?.len();
+    if size != entry.size {
+        return Err("changed since the last scan".into());
+    }
+    if offset > size {
+        return Err(format!("offset {offset} beyond the size {size}"));
+    }
+    file.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
+    let want = ((size - offset) as usize).min(max.max(1));
+    let mut raw = vec![0u8; want];
+    file.read_exact(&mut raw).map_err(|e| e.to_string())?;
+    let (data, compressed) = if raw.len() >= COMPRESS_MIN {
+        let c = lz4_flex::block::compress(&raw);
+        if c.len() < raw.len() * 9 / 10 {
+            (c, true)
+        } else {
+            (raw.clone(), false)
+        }
+    } else {
+        (raw.clone(), false)
+    };
+    Ok(FilePart {
+        path: rel.to_string(),
+        offset,
+        size,
+        md5: entry.md5.clone(),
+        raw_len: raw.len() as u64,
+        compressed,
+        data,
+    })
+}
+
+/// Worker side: where received files wait until the whole batch is checked.
+pub struct Staging {
+    dir: PathBuf,
+}
+
+/// A file fully received and checked, ready to be renamed into place.
+#[derive(Debug)]
+pub struct Staged {
+    pub meta: FileMeta,
+    pub path: PathBuf,
+}
+
+impl Staging {
+    /// `<data_dir>/var/sync/staging`: on the same filesystem as the roots, so renames are atomic.
+    pub fn open(data_dir: &Path) -> std::io::Result<Self> {
+        let dir = data_dir.join("var/sync/staging");
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self { dir })
+    }
+
+    fn part_path(&self, meta: &FileMeta) -> PathBuf {
+        // Keyed by content: a transfer cut midway resumes where it stopped.
+        self.dir.join(format!("{}-{}.part", meta.md5, meta.size))
+    }
+
+    /// Bytes of `meta` already staged (to resume from).
+    pub fn have(&self, meta: &FileMeta) -> u64 {
+        std::fs::metadata(self.part_path(meta)).map(|m| m.len()).unwrap_or(0).min(meta.size)
+    }
+
+    /// Appends a received part. Returns the staged file once complete and checked.
+    pub fn write(&self, meta: &FileMeta, part: &FilePart) -> Result<Option<Staged>, String> {
+        if part.path != meta.path || part.md5 != meta.md5 || part.size != meta.size {
+            return Err("the part does not match the file the master announced".into());
+        }
+        let data = if part.compressed {
+            lz4_flex::block::decompress(&part.data, part.raw_len as usize)
+                .map_err(|e| format!("bad compressed data: {e}"))?
+        } else {
+            part.data.clone()
+        };
+        if data.len() as u64 != part.raw_len || part.offset + part.raw_len > meta.size {
+            return Err("the part's length is inconsistent".into());
+        }
+        let path = self.part_path(meta);
+        let have = self.have(meta);
+        if part.offset != have {
+            // Out of step (a stale partial file): start over.
+            let _ = std::fs::remove_file(&path);
+            if part.offset != 0 {
+                return Err(format!("part at offset {} but {have} bytes staged", part.offset));
+            }
+        }
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| e.to_string())?;
+        f.write_all(&data).map_err(|e| e.to_string())?;
+        if part.offset + part.raw_len < meta.size {
+            return Ok(None);
+        }
+        f.sync_all().map_err(|e| e.to_string())?;
+        drop(f);
+        let md5 = md5_file(&path).map_err(|e| e.to_string())?;
+        if md5 != meta.md5 {
+            let _ = std::fs::remove_file(&path);
+            return Err(format!("MD5 mismatch (got {md5}, expected {})", meta.md5));
+        }
+        Ok(Some(Staged { meta: meta.clone(), path }))
+    }
+}
+
+/// What an apply did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub written: usize,
+    pub deleted: usize,
+    pub refused: Vec<(String, String)>,
+}
+
+/// Renames every staged file into place and deletes `delete`, refusing any path that leaves the
+/// roots or crosses a symlink; then removes directories the deletions emptied.
+pub fn apply(data_dir: &Path, staged: Vec<Staged>, delete: &[String]) -> Applied {
+    let mut out = Applied::default();
+    let mut dirs = std::collections::BTreeSet::new();
+    for s in staged {
+        let target = match safe_target(data_dir, &s.meta.path) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = std::fs::remove_file(&s.path);
+                out.refused.push((s.meta.path, e));
+                continue;
+            }
+        };
+        let result = (|| -> std::io::Result<()> {
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)?;
+                dirs.insert(parent.to_path_buf());
+            }
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&s.path, std::fs::Permissions::from_mode(0o660))?;
+            }
+            std::fs::rename(&s.path, &target)
+        })();
+        match result {
+            Ok(()) => out.written += 1,
+            Err(e) => out.refused.push((s.meta.path, e.to_string())),
+        }
+    }
+    let mut emptied = std::collections::BTreeSet::new();
+    for rel in delete {
+        match safe_target(data_dir, rel) {
+            Ok(target) => match std::fs::remove_file(&target) {
+                Ok(()) => {
+                    out.deleted += 1;
+                    if let Some(p) = target.parent() {
+                        emptied.insert(p.to_path_buf());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => out.refused.push((rel.clone(), e.to_string())),
+            },
+            Err(e) => out.refused.push((rel.clone(), e)),
+        }
+    }
+    // fsync the directories that got new entries, so the renames survive a crash.
+    for d in &dirs {
+        if let Ok(f) = std::fs::File::open(d) {
+            let _ = f.sync_all();
+        }
+    }
+    // Remove directories left empty, up to (not including) their root.
+    let roots: Vec<PathBuf> = sync::SYNC_ROOTS.iter().map(|r| data_dir.join(r)).collect();
+    for mut d in emptied.into_iter().rev() {
+        while !roots.contains(&d) && d.starts_with(data_dir) && std::fs::remove_dir(&d).is_ok() {
+            match d.parent() {
+                Some(p) => d = p.to_path_buf(),
+                None => break,
+            }
+        }
+    }
+    out
+}
+
+/// The plan that makes a worker's manifest equal to the master's: files to fetch (missing or
+/// different) and files to delete (only under roots the master read completely).
+pub fn plan(master: &Manifest, worker: &[FileMeta]) -> (Vec<FileMeta>, Vec<String>, usize, usize) {
+    let theirs: std::collections::HashMap<&str, &FileMeta> = worker.iter().map(|m| (m.path.as_str(), m)).collect();
+    let mut fetch = Vec::new();
+    let (mut missing, mut changed) = (0, 0);
+    for (path, e) in &master.files {
+        match theirs.get(path.as_str()) {
+            None => {
+                missing += 1;
+                fetch.push(FileMeta { path: path.clone(), size: e.size, md5: e.md5.clone() });
+            }
+            Some(m) if m.md5 != e.md5 || m.size != e.size => {
+                changed += 1;
+                fetch.push(FileMeta { path: path.clone(), size: e.size, md5: e.md5.clone() });
+            }
+            Some(_) => {}
+        }
+    }
+    let delete = worker
+        .iter()
+        .filter(|m| !master.files.contains_key(&m.path))
+        .filter(|m| sync::check_path(&m.path).is_ok())
+        .filter(|m| sync::root_of(&m.path).is_some_and(|r| master.complete_roots.contains(r)))
+        .map(|m| m.path.clone())
+        .collect();
+    (fetch, delete, missing, changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::scan;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_planted_in_a_root_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc/rules")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("etc/rules/evil")).unwrap();
+        let err = safe_target(dir.path(), "etc/rules/evil/x.xml").unwrap_err();
+        assert!(err.contains("symlink"), "{err}");
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("etc/rules/passwd.xml")).unwrap();
+        assert!(safe_target(dir.path(), "etc/rules/passwd.xml").unwrap_err().contains("symlink"));
+        // Applying through the link writes nothing outside.
+        let staging = Staging::open(dir.path()).unwrap();
+        let meta =
+            FileMeta { path: "etc/rules/evil/x.xml".into(), size: 1, md5: "9dd4e461268c8034f5c8564e155c67a6".into() };
+        let part = FilePart {
+            path: meta.path.clone(),
+            offset: 0,
+            size: 1,
+            md5: meta.md5.clone(),
+            raw_len: 1,
+            compressed: false,
+            data: b"x".to_vec(),
+        };
+        let staged = staging.write(&meta, &part).unwrap().unwrap();
+        let out = apply(dir.path(), vec![staged], &["etc/rules/passwd.xml".into()]);
+        assert_eq!(out.written, 0);
+        assert_eq!(out.refused.len(), 2);
+        assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
+        assert!(
+            std::fs::symlink_metadata(dir.path().join("etc/rules/passwd.xml")).is_ok(),
+            "the link itself is left alone"
+        );
+    }
+
+    #[test]
+    fn traversal_paths_never_reach_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        for p in ["../x", "/etc/passwd", "etc/rules/../../b", "etc/rules/a\0b", "etc/ossec.conf"] {
+            assert!(safe_target(dir.path(), p).is_err(), "{p:?}");
+        }
+        let long = format!("etc/rules/{}", "n".repeat(5000));
+        assert!(safe_target(dir.path(), &long).is_err());
+        let out = apply(dir.path(), vec![], &["../../etc/passwd".into(), "etc/rules/../../x".into()]);
+        assert_eq!(out.refused.len(), 2);
+    }
+
+    #[test]
+    fn staged_parts_are_checked_resumed_and_applied_atomically() {
+        let master = tempfile::tempdir().unwrap();
+        let worker = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(master.path().join("etc/lists/deep")).unwrap();
+        let content: Vec<u8> = (0..10_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        std::fs::write(master.path().join("etc/lists/deep/big.cdb"), &content).unwrap();
+        let (m, _) = scan(master.path(), None);
+        let meta = m.metas().remove(0);
+        let staging = Staging::open(worker.path()).unwrap();
+        // First part, then the transfer is cut; a new round resumes at the staged length.
+        let p1 = read_part(master.path(), &m, &meta.path, 0, 16_000).unwrap();
+        assert!(staging.write(&meta, &p1).unwrap().is_none());
+        assert_eq!(staging.have(&meta), 16_000);
+        let p2 = read_part(master.path(), &m, &meta.path, staging.have(&meta), 1 << 20).unwrap();
+        let staged = staging.write(&meta, &p2).unwrap().unwrap();
+        let out = apply(worker.path(), vec![staged], &[]);
+        assert_eq!(out.written, 1);
+        assert_eq!(std::fs::read(worker.path().join("etc/lists/deep/big.cdb")).unwrap(), content);
+        // A chunk whose content does not match the announced MD5 is refused, nothing is applied.
+        let mut bad = read_part(master.path(), &m, &meta.path, 0, 1 << 20).unwrap();
+        bad.data = lz4_flex::block::compress(&vec![0u8; content.len()]);
+        bad.compressed = true;
+        assert!(staging.write(&meta, &bad).unwrap_err().contains("MD5 mismatch"));
+        // A file the manifest does not list is never served.
+        assert!(read_part(master.path(), &m, "etc/lists/other", 0, 10).is_err());
+        assert!(read_part(master.path(), &m, "../../etc/passwd", 0, 10).is_err());
+    }
+
+    #[test]
+    fn plans_never_delete_under_an_incomplete_root() {
+        let mut master = Manifest::default();
+        master.files.insert("etc/rules/a".into(), crate::manifest::FileEntry { size: 1, mtime_ns: 1, md5: "m".into() });
+        master.complete_roots.insert("etc/rules".into());
+        let worker = vec![
+            FileMeta { path: "etc/rules/a".into(), size: 1, md5: "old".into() },
+            FileMeta { path: "etc/rules/extra".into(), size: 1, md5: "x".into() },
+            FileMeta { path: "etc/decoders/kept".into(), size: 1, md5: "x".into() },
+        ];
+        let (fetch, delete, missing, changed) = plan(&master, &worker);
+        assert_eq!(fetch.len(), 1);
+        assert_eq!((missing, changed), (0, 1));
+        assert_eq!(delete, ["etc/rules/extra"], "etc/decoders is missing on the master: its files stay");
+    }
+}
