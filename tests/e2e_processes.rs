@@ -450,3 +450,69 @@ fn killing_the_master_during_an_enrollment_storm_leaves_no_agent_without_its_key
     eprintln!("master consistent with what the agents received {} ms after the storm", start.elapsed().as_millis());
     drop((w1, master));
 }
+
+/// MD5 of every file under the sync roots, by relative path.
+fn tree(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    let (m, _) = wazuh_cluster_actors::manifest::scan(dir, None);
+    m.files.into_iter().map(|(k, v)| (k, v.md5)).collect()
+}
+
+fn wait_trees_equal(master: &Path, workers: &[&Path], what: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        let want = tree(master);
+        if workers.iter().all(|w| tree(w) == want) {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < WAIT, "{what}: the workers' trees differ from the master's");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn three_processes_keep_rules_byte_identical_on_every_worker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = write_key(dir.path(), "cluster.key");
+    let port = free_port();
+    let master_sets = local(dir.path(), "master", &key, port);
+    let master = Node::start("master.toml", &master_sets);
+    master.wait_for(&["master listening"]);
+    let mut w1_sets = local(dir.path(), "w1", &key, port);
+    w1_sets.push("cluster.intervals.integrity=1s".into());
+    let mut w2_sets = local(dir.path(), "w2", &key, port);
+    w2_sets.push("cluster.intervals.integrity=1s".into());
+    let w1 = Node::start("worker-1.toml", &w1_sets);
+    let w2 = Node::start("worker-2.toml", &w2_sets);
+    wait_listed(api_port(&master_sets), &["master-1", "worker-1", "worker-2"]);
+    let (m, a, b) = (dir.path().join("master"), dir.path().join("w1"), dir.path().join("w2"));
+
+    // 1,000 files under the master's etc/rules.
+    let t = Instant::now();
+    for i in 0..1000 {
+        let p = m.join(format!("etc/rules/batch{}/rule_{i}.xml", i % 20));
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, format!("<group name=\"r{i}\"><rule id=\"{}\"/></group>\n", 100_000 + i)).expect("write");
+    }
+    wait_trees_equal(&m, &[&a, &b], "1,000 new files");
+    eprintln!("1,000 files byte-identical on both workers {} ms after the first was written", t.elapsed().as_millis());
+
+    // One edited file.
+    let t = Instant::now();
+    std::fs::write(m.join("etc/rules/batch7/rule_7.xml"), b"<group name=\"edited\"/>\n").expect("edit");
+    wait_trees_equal(&m, &[&a, &b], "one edit");
+    eprintln!("one edited file on both workers in {} ms", t.elapsed().as_millis());
+
+    // A deleted file disappears; a file added on a worker is removed.
+    std::fs::remove_file(m.join("etc/rules/batch3/rule_3.xml")).expect("rm");
+    wait_trees_equal(&m, &[&a, &b], "a deletion");
+    assert!(!a.join("etc/rules/batch3/rule_3.xml").exists());
+    std::fs::write(a.join("etc/rules/intruder.xml"), b"<rule/>").expect("intruder");
+    let t = Instant::now();
+    while a.join("etc/rules/intruder.xml").exists() {
+        assert!(t.elapsed() < WAIT, "the file added on worker-1 was never removed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("a file added on worker-1 was removed after {} ms (integrity interval 1 s)", t.elapsed().as_millis());
+    w1.wait_for(&["file sync with master master-1", "1 extra"]);
+    drop((w1, w2, master));
+}

@@ -113,7 +113,8 @@ impl Staging {
         std::fs::metadata(self.part_path(meta)).map(|m| m.len()).unwrap_or(0).min(meta.size)
     }
 
-    /// Appends a received part. Returns the staged file once complete and checked.
+    /// Appends a received part. Returns the staged file once complete and checked (size and MD5).
+    /// The data is not yet durable: call [`Staging::sync`] once for the whole batch before applying.
     pub fn write(&self, meta: &FileMeta, part: &FilePart) -> Result<Option<Staged>, String> {
         if part.path != meta.path || part.md5 != meta.md5 || part.size != meta.size {
             return Err("the part does not match the file the master announced".into());
@@ -136,14 +137,27 @@ impl Staging {
                 return Err(format!("part at offset {} but {have} bytes staged", part.offset));
             }
         }
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| e.to_string())?;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.create(true).append(true);
+        #[cfg(unix)]
+        {
+            // Created with the mode synced files have (0660), so applying needs no chmod.
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o660);
+        }
+        let mut f = opts.open(&path).map_err(|e| e.to_string())?;
         f.write_all(&data).map_err(|e| e.to_string())?;
         if part.offset + part.raw_len < meta.size {
             return Ok(None);
         }
-        f.sync_all().map_err(|e| e.to_string())?;
         drop(f);
-        let md5 = md5_file(&path).map_err(|e| e.to_string())?;
+        // A whole file in one part is checked from memory; a resumed one is read back.
+        let md5 = if part.offset == 0 {
+            use md5::{Digest, Md5};
+            crate::manifest::hex(&Md5::digest(&data))
+        } else {
+            md5_file(&path).map_err(|e| e.to_string())?
+        };
         if md5 != meta.md5 {
             let _ = std::fs::remove_file(&path);
             return Err(format!("MD5 mismatch (got {md5}, expected {})", meta.md5));
@@ -152,21 +166,73 @@ impl Staging {
     }
 }
 
+impl Staging {
+    /// Makes every staged file durable with one filesystem sync instead of one `fsync` per file.
+    pub fn sync(&self) -> std::io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::io::AsRawFd;
+            let dir = std::fs::File::open(&self.dir)?;
+            // SAFETY: `syncfs` only reads the descriptor, which `dir` keeps open for the call.
+            if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            for entry in std::fs::read_dir(&self.dir)? {
+                std::fs::File::open(entry?.path())?.sync_all()?;
+            }
+            Ok(())
+        }
+    }
+}
+
 /// What an apply did.
 #[derive(Debug, Default)]
 pub struct Applied {
-    pub written: usize,
-    pub deleted: usize,
+    pub written: Vec<FileMeta>,
+    pub deleted: Vec<String>,
     pub refused: Vec<(String, String)>,
+}
+
+/// [`safe_target`] for many paths at once: directories already checked (and created) are not
+/// checked again.
+struct Targets<'a> {
+    data_dir: &'a Path,
+    checked: std::collections::HashSet<PathBuf>,
+}
+
+impl Targets<'_> {
+    fn target(&mut self, rel: &str, create_parent: bool) -> Result<PathBuf, String> {
+        sync::check_path(rel).map_err(|e| e.to_string())?;
+        let target = self.data_dir.join(rel);
+        let parent = target.parent().ok_or("no parent directory")?.to_path_buf();
+        if !self.checked.contains(&parent) {
+            // Full check of the way down, then make the directories.
+            safe_target(self.data_dir, rel)?;
+            if create_parent {
+                std::fs::create_dir_all(&parent).map_err(|e| e.to_string())?;
+                safe_target(self.data_dir, rel)?;
+            }
+            self.checked.insert(parent);
+        }
+        match std::fs::symlink_metadata(&target) {
+            Ok(m) if m.file_type().is_symlink() => Err(format!("{} is a symlink", target.display())),
+            Ok(m) if m.is_dir() => Err(format!("{} is a directory", target.display())),
+            _ => Ok(target),
+        }
+    }
 }
 
 /// Renames every staged file into place and deletes `delete`, refusing any path that leaves the
 /// roots or crosses a symlink; then removes directories the deletions emptied.
 pub fn apply(data_dir: &Path, staged: Vec<Staged>, delete: &[String]) -> Applied {
     let mut out = Applied::default();
-    let mut dirs = std::collections::BTreeSet::new();
+    let mut targets = Targets { data_dir, checked: Default::default() };
     for s in staged {
-        let target = match safe_target(data_dir, &s.meta.path) {
+        let target = match targets.target(&s.meta.path, true) {
             Ok(t) => t,
             Err(e) => {
                 let _ = std::fs::remove_file(&s.path);
@@ -174,29 +240,17 @@ pub fn apply(data_dir: &Path, staged: Vec<Staged>, delete: &[String]) -> Applied
                 continue;
             }
         };
-        let result = (|| -> std::io::Result<()> {
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent)?;
-                dirs.insert(parent.to_path_buf());
-            }
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&s.path, std::fs::Permissions::from_mode(0o660))?;
-            }
-            std::fs::rename(&s.path, &target)
-        })();
-        match result {
-            Ok(()) => out.written += 1,
+        match std::fs::rename(&s.path, &target) {
+            Ok(()) => out.written.push(s.meta),
             Err(e) => out.refused.push((s.meta.path, e.to_string())),
         }
     }
     let mut emptied = std::collections::BTreeSet::new();
     for rel in delete {
-        match safe_target(data_dir, rel) {
+        match targets.target(rel, false) {
             Ok(target) => match std::fs::remove_file(&target) {
                 Ok(()) => {
-                    out.deleted += 1;
+                    out.deleted.push(rel.clone());
                     if let Some(p) = target.parent() {
                         emptied.insert(p.to_path_buf());
                     }
@@ -208,7 +262,7 @@ pub fn apply(data_dir: &Path, staged: Vec<Staged>, delete: &[String]) -> Applied
         }
     }
     // fsync the directories that got new entries, so the renames survive a crash.
-    for d in &dirs {
+    for d in &targets.checked {
         if let Ok(f) = std::fs::File::open(d) {
             let _ = f.sync_all();
         }
@@ -286,7 +340,7 @@ mod tests {
         };
         let staged = staging.write(&meta, &part).unwrap().unwrap();
         let out = apply(dir.path(), vec![staged], &["etc/rules/passwd.xml".into()]);
-        assert_eq!(out.written, 0);
+        assert!(out.written.is_empty());
         assert_eq!(out.refused.len(), 2);
         assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
         assert!(
@@ -324,7 +378,7 @@ mod tests {
         let p2 = read_part(master.path(), &m, &meta.path, staging.have(&meta), 1 << 20).unwrap();
         let staged = staging.write(&meta, &p2).unwrap().unwrap();
         let out = apply(worker.path(), vec![staged], &[]);
-        assert_eq!(out.written, 1);
+        assert_eq!(out.written.len(), 1);
         assert_eq!(std::fs::read(worker.path().join("etc/lists/deep/big.cdb")).unwrap(), content);
         // A chunk whose content does not match the announced MD5 is refused, nothing is applied.
         let mut bad = read_part(master.path(), &m, &meta.path, 0, 1 << 20).unwrap();

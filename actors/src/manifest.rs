@@ -195,6 +195,161 @@ pub fn scan(data_dir: &Path, previous: Option<&Manifest>) -> (Manifest, ScanStat
     (Manifest { files, complete_roots }, stats)
 }
 
+/// What changed between two manifests: files added or modified (with their new metadata) and files
+/// removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delta {
+    pub changed: Vec<FileMeta>,
+    pub removed: Vec<String>,
+}
+
+impl Delta {
+    pub fn between(old: &Manifest, new: &Manifest) -> Delta {
+        let mut d = Delta::default();
+        for (path, e) in &new.files {
+            if old.files.get(path).is_none_or(|o| o.md5 != e.md5 || o.size != e.size) {
+                d.changed.push(FileMeta { path: path.clone(), size: e.size, md5: e.md5.clone() });
+            }
+        }
+        // Never announce removals under a root the master cannot see completely (missing or
+        // unreadable): workers keep their copies.
+        d.removed = old
+            .files
+            .keys()
+            .filter(|p| !new.files.contains_key(*p))
+            .filter(|p| sync::root_of(p).is_some_and(|r| new.complete_roots.contains(r)))
+            .cloned()
+            .collect();
+        d
+    }
+
+    pub fn len(&self) -> usize {
+        self.changed.len() + self.removed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn stat_entry(abs: &Path) -> Option<(u64, u128)> {
+    let meta = std::fs::symlink_metadata(abs).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let mtime_ns =
+        meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+    Some((meta.len(), mtime_ns))
+}
+
+/// Updates `previous` for a set of changed absolute paths (files or directories, present or gone)
+/// instead of walking every root: what a file notification needs.
+pub fn update(data_dir: &Path, previous: &Manifest, paths: &[PathBuf]) -> (Manifest, ScanStats) {
+    let mut m = previous.clone();
+    let mut stats = ScanStats::default();
+    for abs in paths {
+        let Ok(rel) = abs.strip_prefix(data_dir) else { continue };
+        let Some(rel) = rel.to_str().map(|r| r.replace('\\', "/")) else { continue };
+        match std::fs::symlink_metadata(abs) {
+            Ok(meta) if meta.is_dir() => {
+                // Re-walk the directory: drop what is gone under it, (re)hash what changed.
+                let prefix = format!("{rel}/");
+                m.files.retain(|p, _| !p.starts_with(&prefix));
+                for entry in walkdir::WalkDir::new(abs).follow_links(false).into_iter().flatten() {
+                    if !entry.file_type().is_file() {
+                        continue;
+                    }
+                    let Some(r) =
+                        entry.path().strip_prefix(data_dir).ok().and_then(|r| r.to_str()).map(|r| r.replace('\\', "/"))
+                    else {
+                        continue;
+                    };
+                    refresh(&mut m, previous, &r, entry.path(), &mut stats);
+                }
+            }
+            Ok(meta) if meta.is_file() => refresh(&mut m, previous, &rel, abs, &mut stats),
+            // Gone, or something that is not a file (a symlink): not in the manifest.
+            _ => {
+                let prefix = format!("{rel}/");
+                m.files.retain(|p, _| p != &rel && !p.starts_with(&prefix));
+            }
+        }
+    }
+    for root in SYNC_ROOTS {
+        let base = data_dir.join(root);
+        let is_dir = std::fs::symlink_metadata(&base).map(|m| m.is_dir()).unwrap_or(false);
+        if !is_dir {
+            m.complete_roots.remove(root);
+        } else if !m.complete_roots.contains(root) {
+            // A root that (re)appeared: read it whole once, so that it can be trusted again.
+            let before = stats.errors.len();
+            let prefix = format!("{root}/");
+            m.files.retain(|p, _| !p.starts_with(&prefix));
+            for entry in walkdir::WalkDir::new(&base).follow_links(false) {
+                match entry {
+                    Ok(e) if e.file_type().is_file() => {
+                        if let Some(r) =
+                            e.path().strip_prefix(data_dir).ok().and_then(|r| r.to_str()).map(|r| r.replace('\\', "/"))
+                        {
+                            refresh(&mut m, previous, &r, e.path(), &mut stats);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => stats.errors.push(e.to_string()),
+                }
+            }
+            if stats.errors.len() == before {
+                m.complete_roots.insert(root.to_string());
+            }
+        }
+    }
+    stats.files = m.files.len();
+    (m, stats)
+}
+
+fn refresh(m: &mut Manifest, previous: &Manifest, rel: &str, abs: &Path, stats: &mut ScanStats) {
+    if sync::check_path(rel).is_err() {
+        m.files.remove(rel);
+        return;
+    }
+    let Some((size, mtime_ns)) = stat_entry(abs) else {
+        m.files.remove(rel);
+        return;
+    };
+    if let Some(old) = previous.files.get(rel).filter(|o| o.size == size && o.mtime_ns == mtime_ns && mtime_ns != 0) {
+        m.files.insert(rel.to_string(), old.clone());
+        stats.reused += 1;
+        return;
+    }
+    match md5_file(abs) {
+        Ok(md5) => {
+            m.files.insert(rel.to_string(), FileEntry { size, mtime_ns, md5 });
+            stats.hashed += 1;
+        }
+        Err(e) => {
+            m.files.remove(rel);
+            stats.errors.push(format!("{rel}: {e}"));
+        }
+    }
+}
+
+/// Records files just written (their size and MD5 are known; only the mtime is read) and removed.
+pub fn record_applied(data_dir: &Path, m: &mut Manifest, written: &[FileMeta], deleted: &[String]) {
+    for f in written {
+        match stat_entry(&data_dir.join(&f.path)) {
+            Some((size, mtime_ns)) => {
+                m.files.insert(f.path.clone(), FileEntry { size, mtime_ns, md5: f.md5.clone() });
+            }
+            None => {
+                m.files.remove(&f.path);
+            }
+        }
+    }
+    for d in deleted {
+        m.files.remove(d);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +382,16 @@ mod tests {
         assert_eq!(s.hashed, 1);
         assert_ne!(changed.digest(), before, "content change changes the digest");
         assert_eq!(Manifest::default().digest(), "d41d8cd98f00b204e9800998ecf8427e");
+        // A partial update for the paths that changed gives the same manifest as a full scan.
+        std::fs::write(d.join("etc/rules/new.xml"), b"n").unwrap();
+        std::fs::remove_dir_all(d.join("etc/shared/default")).unwrap();
+        let paths = vec![d.join("etc/rules/new.xml"), d.join("etc/shared/default"), d.join("etc/rules/sub")];
+        let (partial, _) = update(d, &changed, &paths);
+        let (full, _) = scan(d, None);
+        assert_eq!(partial.files, full.files);
+        let delta = Delta::between(&changed, &partial);
+        assert_eq!(delta.changed.iter().map(|m| m.path.as_str()).collect::<Vec<_>>(), ["etc/rules/new.xml"]);
+        assert_eq!(delta.removed, ["etc/shared/default/agent.conf"]);
     }
 
     #[cfg(unix)]

@@ -71,6 +71,22 @@ pub struct ListWorkers;
 #[rtype(result = "Vec<JobReport>")]
 pub struct LocalJobs;
 
+/// The master's current manifest digest and file count (benchmarks, tests).
+#[derive(Message)]
+#[rtype(result = "Option<(String, u64)>")]
+pub struct GetManifestDigest;
+
+impl Handler<GetManifestDigest> for MasterListener {
+    type Result = ResponseFuture<Option<(String, u64)>>;
+
+    fn handle(&mut self, _: GetManifestDigest, _: &mut Context<Self>) -> Self::Result {
+        let local = self.services.local_integrity.clone();
+        Box::pin(async move {
+            local.send(crate::jobs::local::GetIntegrity).await.ok().flatten().map(|s| (s.digest, s.files))
+        })
+    }
+}
+
 /// Stops accepting, says goodbye to every worker, stops the shared jobs, and stops.
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -347,6 +347,13 @@ pub struct FileBatch {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct IntegrityChanged {
     pub master_digest: String,
+    /// When `delta` is true, the change since the previous manifest: the worker can fetch just these.
+    #[serde(default)]
+    pub delta: bool,
+    #[serde(default)]
+    pub changed: Vec<crate::sync::FileMeta>,
+    #[serde(default)]
+    pub removed: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

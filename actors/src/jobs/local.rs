@@ -43,6 +43,7 @@ impl MasterServices {
             watcher: None,
             rescan_queued: false,
             rescan_again: false,
+            pending: Some(Default::default()),
         });
         let h = groups_health.clone();
         let reg = registry.clone();
@@ -74,25 +75,32 @@ pub struct IntegritySummary {
 #[rtype(result = "Option<IntegritySummary>")]
 pub struct GetIntegrity;
 
-/// Announced to every subscribed master-end `Integrity` job when the master's files change.
+/// Announced to every subscribed master-end `Integrity` job when the master's files change, with
+/// the change itself when it is small.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct FilesChanged {
     pub digest: String,
+    pub delta: Option<Arc<manifest::Delta>>,
 }
+
+/// Largest change sent to workers as a delta; bigger ones make them compare whole manifests.
+const MAX_DELTA: usize = 2000;
+/// More pending paths than this: rescan everything instead.
+const MAX_PENDING_PATHS: usize = 20_000;
 
 /// Subscribes a master-end `Integrity` job to [`FilesChanged`].
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SubscribeFiles(pub Recipient<FilesChanged>);
 
-/// A filesystem event under the sync roots (from the watcher thread).
+/// A filesystem event under the sync roots (from the watcher thread), with the paths it names.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct FsEvent;
+struct FsEvent(Vec<std::path::PathBuf>);
 
 /// Debounce for filesystem events: one rescan for a burst of writes.
-const FS_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(50);
+const FS_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(20);
 
 pub struct LocalIntegrity {
     core: JobCore,
@@ -101,13 +109,27 @@ pub struct LocalIntegrity {
     watcher: Option<notify::RecommendedWatcher>,
     rescan_queued: bool,
     rescan_again: bool,
+    /// Paths named by file events since the last update (`None`: too many, rescan everything).
+    pending: Option<std::collections::BTreeSet<std::path::PathBuf>>,
 }
 
 job_plumbing!(LocalIntegrity);
 
 impl LocalIntegrity {
+    /// A full rescan (periodic, and whenever events were too many to follow one by one).
     fn run(&mut self, ctx: &mut Context<Self>) {
+        self.pending = Some(Default::default());
+        self.update(ctx, None);
+    }
+
+    /// Updates the manifest for the paths events named (or rescans everything with `None`).
+    fn update(&mut self, ctx: &mut Context<Self>, paths: Option<Vec<std::path::PathBuf>>) {
         if self.core.is_busy() {
+            // Keep the paths for the pass that follows the running one.
+            match (paths, &mut self.pending) {
+                (Some(paths), Some(pending)) => pending.extend(paths),
+                _ => self.pending = None,
+            }
             self.rescan_again = true;
             return;
         }
@@ -118,11 +140,15 @@ impl LocalIntegrity {
         let previous = self.current.as_ref().map(|c| c.manifest.clone());
         let scan = actix_rt::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
-            let (m, stats) = manifest::scan(&dir, previous.as_deref());
-            (m, stats, started.elapsed())
+            let (m, stats) = match (&previous, paths) {
+                (Some(prev), Some(paths)) => manifest::update(&dir, prev, &paths),
+                _ => manifest::scan(&dir, previous.as_deref()),
+            };
+            let delta = previous.as_ref().map(|p| manifest::Delta::between(p, &m)).filter(|d| d.len() <= MAX_DELTA);
+            (m, stats, started.elapsed(), delta)
         });
         ctx.spawn(scan.into_actor(self).map(|result, act, ctx| match result {
-            Ok((manifest, stats, took)) => {
+            Ok((manifest, stats, took, delta)) => {
                 for e in stats.errors.iter().take(20) {
                     warn!(node = act.core.node(); "local integrity: {e}");
                 }
@@ -131,6 +157,7 @@ impl LocalIntegrity {
                 if changed {
                     info!(node = act.core.node(); "local integrity: {} files ({} hashed, {} unchanged) in {} ms, digest {digest}",
                         stats.files, stats.hashed, stats.reused, took.as_millis());
+                    log::debug!(node = act.core.node(); "complete roots: {:?}; errors: {:?}", manifest.complete_roots, stats.errors.iter().take(3).collect::<Vec<_>>());
                 }
                 act.current = Some(IntegritySummary {
                     digest: digest.clone(),
@@ -146,7 +173,7 @@ impl LocalIntegrity {
                 ]);
                 act.core.succeeded();
                 if changed {
-                    let msg = FilesChanged { digest };
+                    let msg = FilesChanged { digest, delta: delta.map(Arc::new) };
                     act.subscribers.retain(|w| match w.upgrade() {
                         Some(r) => {
                             r.do_send(msg.clone());
@@ -156,7 +183,7 @@ impl LocalIntegrity {
                     });
                 }
                 if std::mem::take(&mut act.rescan_again) {
-                    act.run(ctx);
+                    act.flush_events(ctx);
                 }
             }
             Err(e) => act.core.failed(ctx, format!("the scan thread failed: {e}")),
@@ -173,10 +200,12 @@ impl LocalIntegrity {
             return;
         }
         let me = ctx.address();
-        let handler = move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                me.do_send(FsEvent);
-            }
+        let handler = move |event: notify::Result<notify::Event>| match event {
+            // Reads (our own scans open every file) change nothing.
+            Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => {}
+            Ok(event) => me.do_send(FsEvent(event.paths)),
+            // A lost event (queue overflow): rescan everything.
+            Err(_) => me.do_send(FsEvent(Vec::new())),
         };
         match notify::recommended_watcher(handler)
             .and_then(|mut w| w.watch(&etc, notify::RecursiveMode::Recursive).map(|_| w))
@@ -211,17 +240,33 @@ impl Actor for LocalIntegrity {
     }
 }
 
+impl LocalIntegrity {
+    /// Runs the update for the paths gathered so far.
+    fn flush_events(&mut self, ctx: &mut Context<Self>) {
+        match self.pending.replace(Default::default()) {
+            Some(paths) if self.current.is_some() => self.update(ctx, Some(paths.into_iter().collect())),
+            _ => self.run(ctx),
+        }
+    }
+}
+
 impl Handler<FsEvent> for LocalIntegrity {
     type Result = ();
 
-    fn handle(&mut self, _: FsEvent, ctx: &mut Context<Self>) {
+    fn handle(&mut self, FsEvent(paths): FsEvent, ctx: &mut Context<Self>) {
+        match &mut self.pending {
+            Some(pending) if !paths.is_empty() && pending.len() + paths.len() <= MAX_PENDING_PATHS => {
+                pending.extend(paths);
+            }
+            _ => self.pending = None,
+        }
         if self.rescan_queued {
             return;
         }
         self.rescan_queued = true;
         ctx.run_later(FS_DEBOUNCE, |act, ctx| {
             act.rescan_queued = false;
-            act.run(ctx);
+            act.flush_events(ctx);
         });
     }
 }

@@ -412,7 +412,12 @@ impl Handler<FilesChanged> for Integrity {
     type Result = ();
 
     fn handle(&mut self, msg: FilesChanged, _: &mut Context<Self>) {
-        let body = MasterToWorker::IntegrityChanged(IntegrityChanged { master_digest: msg.digest });
+        let (delta, changed, removed) = match msg.delta {
+            Some(d) => (true, d.changed.clone(), d.removed.clone()),
+            None => (false, Vec::new(), Vec::new()),
+        };
+        let body =
+            MasterToWorker::IntegrityChanged(IntegrityChanged { master_digest: msg.digest, delta, changed, removed });
         self.conn.do_send(Outgoing(Envelope::notify(body)));
     }
 }

@@ -10,11 +10,11 @@ use crate::store_thread::StoreHandle;
 use crate::worker::WorkerServices;
 use actix::prelude::*;
 use log::{debug, info, warn};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use wazuh_cluster_protocol::message::{
-    AgentGroupsAck, AgentInfoBatch, ErrorCode, FetchFiles, FetchItem, IntegrityCheck, KeepAlive as KeepAliveMsg,
-    MessageName, SyncManifest,
+    AgentGroupsAck, AgentInfoBatch, ErrorCode, FetchFiles, FetchItem, IntegrityChanged, IntegrityCheck,
+    KeepAlive as KeepAliveMsg, MessageName, SyncManifest,
 };
 use wazuh_cluster_protocol::sync::FileMeta;
 use wazuh_cluster_protocol::{Envelope, Kind, MasterToWorker, WorkerToMaster};
@@ -315,48 +315,43 @@ struct RoundReport {
     errors: Vec<String>,
     started_ms: u64,
     took_ms: u64,
+    /// Milliseconds spent in each phase, for the debug log.
+    phases: Vec<(&'static str, u64)>,
 }
 
-async fn round_trip(conn: &Conn, body: WorkerToMaster) -> Result<MasterToWorker, String> {
-    call(conn.clone(), body).await
-}
-
-/// One synchronization round; returns the manifest the worker has afterwards.
-async fn sync_round(
-    conn: Conn,
-    data_dir: PathBuf,
-    previous: Option<Arc<Manifest>>,
+/// Fetches `fetch` in batches (resuming partial files), checks and stages them, makes them durable,
+/// then renames them into place and deletes `delete`; records it all in `report` and `manifest`.
+async fn fetch_and_apply(
+    conn: &Conn,
+    data_dir: &Path,
+    fetch: Vec<FileMeta>,
+    delete: Vec<String>,
     max_frame: usize,
-) -> Result<(Arc<Manifest>, RoundReport), String> {
-    let started = std::time::Instant::now();
-    let mut report = RoundReport { started_ms: crate::now_ms(), ..RoundReport::default() };
-    let dir = data_dir.clone();
-    let (local, _) = actix_rt::task::spawn_blocking(move || manifest::scan(&dir, previous.as_deref()))
-        .await
-        .map_err(|e| e.to_string())?;
-    let check = IntegrityCheck { manifest_digest: local.digest(), files: local.files.len() as u64 };
-    match round_trip(&conn, WorkerToMaster::IntegrityCheck(check)).await? {
-        MasterToWorker::IntegrityStatus(status) if status.in_sync => {
-            report.in_sync = true;
-            return Ok((Arc::new(local), report));
-        }
-        MasterToWorker::IntegrityStatus(_) => {}
-        MasterToWorker::Error(err) if err.code == ErrorCode::Unavailable => return Ok((Arc::new(local), report)),
-        other => return unexpected(other).map(|_| (Arc::new(local), report)),
-    }
-    report.synced = true;
-    let plan = match round_trip(&conn, WorkerToMaster::SyncManifest(SyncManifest { files: local.metas() })).await? {
-        MasterToWorker::SyncPlan(plan) => plan,
-        other => return unexpected(other).map(|_| (Arc::new(local), report)),
-    };
-    report.changed = plan.fetch.iter().filter(|m| local.files.contains_key(&m.path)).count();
-    report.missing = plan.fetch.len() - report.changed;
-    report.extra = plan.delete.len();
-    let staging = Arc::new(Staging::open(&data_dir).map_err(|e| format!("cannot open the staging area: {e}"))?);
+    manifest: &mut Manifest,
+    report: &mut RoundReport,
+) -> Result<(), String> {
+    let staging = Arc::new(Staging::open(data_dir).map_err(|e| format!("cannot open the staging area: {e}"))?);
     let budget = (max_frame / 2) as u64;
-    let mut queue: std::collections::VecDeque<FileMeta> = plan.fetch.into_iter().collect();
+    let mut queue: std::collections::VecDeque<FileMeta> = fetch.into_iter().collect();
     let mut staged = Vec::new();
-    while !queue.is_empty() {
+    // Pipelined: while one answer is being written to the staging area, the next is requested.
+    type Staging_ = (Vec<files::Staged>, Vec<FileMeta>, Vec<String>, u64);
+    let mut writing: Option<actix_rt::task::JoinHandle<Staging_>> = None;
+    loop {
+        if queue.is_empty() {
+            // Parts of large files come back to the queue when their batch is written.
+            match writing.take() {
+                Some(job) => {
+                    let (done, pending, errors, bytes) = job.await.map_err(|e| e.to_string())?;
+                    report.bytes += bytes;
+                    report.errors.extend(errors);
+                    staged.extend(done);
+                    queue.extend(pending);
+                    continue;
+                }
+                None => break,
+            }
+        }
         // Ask for as many files as fit one answer; resume each from what is already staged.
         let mut items = Vec::new();
         let mut asked = 0u64;
@@ -370,18 +365,25 @@ async fn sync_round(
                 break;
             }
         }
-        let batch = match round_trip(&conn, WorkerToMaster::FetchFiles(FetchFiles { items, max_bytes: budget })).await?
-        {
-            MasterToWorker::FileBatch(batch) => batch,
-            other => return unexpected(other).map(|_| (Arc::new(local.clone()), report)),
-        };
+        let batch =
+            match call(conn.clone(), WorkerToMaster::FetchFiles(FetchFiles { items, max_bytes: budget })).await? {
+                MasterToWorker::FileBatch(batch) => batch,
+                other => return unexpected(other),
+            };
         for (path, why) in batch.refused {
             metas.remove(&path);
             report.errors.push(format!("{path}: not served by the master: {why}"));
         }
+        if let Some(job) = writing.take() {
+            let (done, pending, errors, bytes) = job.await.map_err(|e| e.to_string())?;
+            report.bytes += bytes;
+            report.errors.extend(errors);
+            staged.extend(done);
+            queue.extend(pending);
+        }
         let stage = staging.clone();
         let parts = batch.parts;
-        let (done, pending, errors, bytes) = actix_rt::task::spawn_blocking(move || {
+        writing = Some(actix_rt::task::spawn_blocking(move || {
             let (mut done, mut pending, mut errors, mut bytes) = (Vec::new(), Vec::new(), Vec::new(), 0u64);
             for part in parts {
                 let Some(meta) = metas.remove(&part.path) else {
@@ -398,29 +400,89 @@ async fn sync_round(
             // Asked for but not in this answer (the budget ran out): ask again.
             pending.extend(metas.into_values());
             (done, pending, errors, bytes)
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        report.bytes += bytes;
-        report.errors.extend(errors);
-        staged.extend(done);
-        for meta in pending {
-            queue.push_back(meta);
-        }
+        }));
     }
-    let delete = plan.delete;
-    let dir = data_dir.clone();
-    let applied =
-        actix_rt::task::spawn_blocking(move || files::apply(&dir, staged, &delete)).await.map_err(|e| e.to_string())?;
-    report.written = applied.written;
-    report.deleted = applied.deleted;
+    let dir = data_dir.to_path_buf();
+    let applied = actix_rt::task::spawn_blocking(move || {
+        // Staged files become durable before any of them replaces a live one.
+        staging.sync().map(|()| files::apply(&dir, staged, &delete))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("cannot make the staged files durable: {e}"))?;
+    report.written += applied.written.len();
+    report.deleted += applied.deleted.len();
     report.errors.extend(applied.refused.into_iter().map(|(p, e)| format!("{p}: refused: {e}")));
+    manifest::record_applied(data_dir, manifest, &applied.written, &applied.deleted);
+    Ok(())
+}
+
+/// A full round: scan the local files, compare digests, and when they differ compare manifests and
+/// fetch/delete what differs. Returns the manifest the worker has afterwards.
+async fn sync_round(
+    conn: Conn,
+    data_dir: PathBuf,
+    previous: Option<Arc<Manifest>>,
+    max_frame: usize,
+) -> Result<(Arc<Manifest>, RoundReport), String> {
+    let started = std::time::Instant::now();
+    let mut report = RoundReport { started_ms: crate::now_ms(), ..RoundReport::default() };
     let dir = data_dir.clone();
-    let after = actix_rt::task::spawn_blocking(move || manifest::scan(&dir, Some(&local)).0)
+    let (mut local, _) = actix_rt::task::spawn_blocking(move || manifest::scan(&dir, previous.as_deref()))
         .await
         .map_err(|e| e.to_string())?;
+    report.phases.push(("scan", started.elapsed().as_millis() as u64));
+    let check = IntegrityCheck { manifest_digest: local.digest(), files: local.files.len() as u64 };
+    match call(conn.clone(), WorkerToMaster::IntegrityCheck(check)).await? {
+        MasterToWorker::IntegrityStatus(status) if status.in_sync => {
+            report.in_sync = true;
+            return Ok((Arc::new(local), report));
+        }
+        MasterToWorker::IntegrityStatus(_) => {}
+        MasterToWorker::Error(err) if err.code == ErrorCode::Unavailable => return Ok((Arc::new(local), report)),
+        other => return unexpected(other).map(|_| (Arc::new(local), report)),
+    }
+    report.synced = true;
+    let plan = match call(conn.clone(), WorkerToMaster::SyncManifest(SyncManifest { files: local.metas() })).await? {
+        MasterToWorker::SyncPlan(plan) => plan,
+        other => return unexpected(other).map(|_| (Arc::new(local), report)),
+    };
+    report.phases.push(("plan", started.elapsed().as_millis() as u64));
+    report.changed = plan.fetch.iter().filter(|m| local.files.contains_key(&m.path)).count();
+    report.missing = plan.fetch.len() - report.changed;
+    report.extra = plan.delete.len();
+    fetch_and_apply(&conn, &data_dir, plan.fetch, plan.delete, max_frame, &mut local, &mut report).await?;
+    report.in_sync = report.errors.is_empty() && local.digest() == plan.master_digest;
     report.took_ms = started.elapsed().as_millis() as u64;
-    Ok((Arc::new(after), report))
+    report.phases.push(("applied", report.took_ms));
+    Ok((Arc::new(local), report))
+}
+
+/// A delta round: the master announced exactly what changed; fetch and delete just that. Returns
+/// `None` when the result does not match the master's digest (a full round must follow).
+async fn delta_round(
+    conn: Conn,
+    data_dir: PathBuf,
+    current: Arc<Manifest>,
+    change: IntegrityChanged,
+    max_frame: usize,
+) -> Result<(Arc<Manifest>, RoundReport), String> {
+    let started = std::time::Instant::now();
+    let mut report = RoundReport { started_ms: crate::now_ms(), synced: true, ..RoundReport::default() };
+    let mut local = (*current).clone();
+    let fetch: Vec<FileMeta> = change
+        .changed
+        .into_iter()
+        .filter(|m| local.files.get(&m.path).is_none_or(|e| e.md5 != m.md5 || e.size != m.size))
+        .collect();
+    let delete: Vec<String> = change.removed.into_iter().filter(|p| local.files.contains_key(p)).collect();
+    report.changed = fetch.iter().filter(|m| local.files.contains_key(&m.path)).count();
+    report.missing = fetch.len() - report.changed;
+    report.extra = delete.len();
+    fetch_and_apply(&conn, &data_dir, fetch, delete, max_frame, &mut local, &mut report).await?;
+    report.in_sync = report.errors.is_empty() && local.digest() == change.master_digest;
+    report.took_ms = started.elapsed().as_millis() as u64;
+    Ok((Arc::new(local), report))
 }
 
 impl Integrity {
@@ -469,11 +531,12 @@ impl Integrity {
             }
             info!(node = node.as_str(); "file sync with master {}: {} missing, {} changed, {} extra; {} written, {} deleted, {} bytes in {} ms",
                 self.core.peer, r.missing, r.changed, r.extra, r.written, r.deleted, r.bytes, r.took_ms);
+            log::debug!(node = node.as_str(); "file sync phases (ms): {:?}", r.phases);
         }
         if self.in_sync != Some(r.in_sync) && r.in_sync {
             info!(node = node.as_str(); "files in sync with master {}", self.core.peer);
         }
-        self.in_sync = Some(r.in_sync || (r.synced && r.errors.is_empty()));
+        self.in_sync = Some(r.in_sync);
         let t = self.totals.clone();
         let iso = |ms: u64| if ms == 0 { "-".to_string() } else { ms.to_string() };
         self.core.set_details(vec![
@@ -486,6 +549,7 @@ impl Integrity {
             ("extra".into(), t.extra.to_string()),
             ("bytes_received".into(), t.bytes.to_string()),
             ("errors".into(), t.errors.to_string()),
+            ("in_sync".into(), self.in_sync.unwrap_or(false).to_string()),
         ]);
     }
 }
@@ -504,10 +568,38 @@ impl Actor for Integrity {
 impl Handler<Inbound<MasterToWorker>> for Integrity {
     type Result = ();
 
-    /// The master's files changed: check now.
+    /// The master's files changed: apply the announced change at once (or run a full round).
     fn handle(&mut self, Inbound(envelope): Inbound<MasterToWorker>, ctx: &mut Context<Self>) {
-        if let MasterToWorker::IntegrityChanged(_) = envelope.body {
-            self.tick(ctx);
+        let MasterToWorker::IntegrityChanged(change) = envelope.body else { return };
+        let Some(current) = self.manifest.clone().filter(|_| change.delta && self.in_sync == Some(true)) else {
+            return self.tick(ctx);
+        };
+        if self.core.is_busy() {
+            self.again = true;
+            return;
         }
+        if let Err(e) = self.core.begin() {
+            return self.core.failed(ctx, e);
+        }
+        let fut = delta_round(
+            self.conn.clone(),
+            self.core.settings.data_dir.clone(),
+            current,
+            change,
+            self.core.settings.max_frame,
+        );
+        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| match result {
+            Ok((manifest, report)) => {
+                let in_sync = report.in_sync;
+                act.manifest = Some(manifest);
+                act.record(&report);
+                act.core.succeeded();
+                if !in_sync || std::mem::take(&mut act.again) {
+                    // The delta did not bring us to the master's digest (or more changed): compare all.
+                    act.tick(ctx);
+                }
+            }
+            Err(e) => act.core.failed(ctx, e),
+        }));
     }
 }
