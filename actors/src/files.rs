@@ -48,8 +48,27 @@ fn open_nofollow(path: &Path) -> std::io::Result<std::fs::File> {
 
 /// Master side: up to `max` bytes of `rel` from `offset`, if `rel` is in `manifest`.
 pub fn read_part(data_dir: &Path, manifest: &Manifest, rel: &str, offset: u64, max: usize) -> Result<FilePart, String> {
+    read_part_checked(data_dir, manifest, rel, offset, max, &mut Default::default())
+}
+
+/// [`read_part`] remembering, across one batch, the directories already checked for symlinks.
+pub fn read_part_checked(
+    data_dir: &Path,
+    manifest: &Manifest,
+    rel: &str,
+    offset: u64,
+    max: usize,
+    checked: &mut std::collections::HashSet<PathBuf>,
+) -> Result<FilePart, String> {
     let entry = manifest.files.get(rel).ok_or("not in the master's manifest")?;
-    let path = safe_target(data_dir, rel)?;
+    sync::check_path(rel).map_err(|e| e.to_string())?;
+    let path = data_dir.join(rel);
+    let parent = path.parent().ok_or("no parent directory")?.to_path_buf();
+    if !checked.contains(&parent) {
+        safe_target(data_dir, rel)?;
+        checked.insert(parent);
+    }
+    // The file itself is opened with O_NOFOLLOW: a symlink put there since the scan is refused.
     let mut file = open_nofollow(&path).map_err(|e| e.to_string())?;
     let size = file.metadata().map_err(|e| e.to_string())?.len();
     if size != entry.size {

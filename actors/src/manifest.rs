@@ -83,10 +83,66 @@ struct Found {
 }
 
 /// Scans the sync roots under `data_dir`, reusing `previous` for unchanged files.
+/// Walks one subtree (symlinks not followed): the files in it, errors, and whether it was complete.
+fn walk(data_dir: &Path, base: &Path, max_depth: Option<usize>) -> (Vec<Found>, Vec<String>, bool) {
+    let (mut found, mut errors, mut complete) = (Vec::new(), Vec::new(), true);
+    let mut walker = walkdir::WalkDir::new(base).follow_links(false);
+    if let Some(depth) = max_depth {
+        walker = walker.max_depth(depth);
+    }
+    for entry in walker {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                complete = false;
+                errors.push(e.to_string());
+                continue;
+            }
+        };
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy();
+        if sync::excluded(&name) {
+            continue;
+        }
+        let Ok(rel) = entry.path().strip_prefix(data_dir) else { continue };
+        let Some(rel) = rel.to_str().map(|r| r.replace('\\', "/")) else {
+            errors.push(format!("{}: not valid UTF-8, skipped", entry.path().display()));
+            continue;
+        };
+        if let Err(e) = sync::check_path(&rel) {
+            errors.push(format!("{rel}: {e}, skipped"));
+            continue;
+        }
+        match entry.metadata() {
+            Ok(meta) => {
+                let mtime_ns = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                found.push(Found { rel, abs: entry.path().to_path_buf(), size: meta.len(), mtime_ns });
+            }
+            Err(e) => {
+                complete = false;
+                errors.push(format!("{rel}: {e}"));
+            }
+        }
+    }
+    (found, errors, complete)
+}
+
+/// Scans the sync roots under `data_dir`, reusing `previous` for unchanged files. The walk and the
+/// hashing both use every core (the subdirectories of the roots are shared out between threads).
 pub fn scan(data_dir: &Path, previous: Option<&Manifest>) -> (Manifest, ScanStats) {
     let mut found = Vec::new();
     let mut stats = ScanStats::default();
     let mut complete_roots = BTreeSet::new();
+    // Each root's own files, and its subdirectories as units of work.
+    let mut units: Vec<(&'static str, PathBuf)> = Vec::new();
+    let mut root_ok: BTreeMap<&'static str, bool> = BTreeMap::new();
     for root in SYNC_ROOTS {
         let base = data_dir.join(root);
         match std::fs::symlink_metadata(&base) {
@@ -97,49 +153,51 @@ pub fn scan(data_dir: &Path, previous: Option<&Manifest>) -> (Manifest, ScanStat
             }
             Err(_) => continue,
         }
-        let mut complete = true;
-        for entry in walkdir::WalkDir::new(&base).follow_links(false) {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) => {
-                    complete = false;
-                    stats.errors.push(e.to_string());
-                    continue;
+        let (top, errors, complete) = walk(data_dir, &base, Some(1));
+        found.extend(top);
+        stats.errors.extend(errors);
+        root_ok.insert(root, complete);
+        match std::fs::read_dir(&base) {
+            Ok(entries) => {
+                for e in entries.flatten() {
+                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        units.push((root, e.path()));
+                    }
                 }
-            };
-            if !entry.file_type().is_file() {
-                continue;
             }
-            let name = entry.file_name().to_string_lossy();
-            if sync::excluded(&name) {
-                continue;
-            }
-            let Ok(rel) = entry.path().strip_prefix(data_dir) else { continue };
-            let Some(rel) = rel.to_str().map(|r| r.replace('\\', "/")) else {
-                stats.errors.push(format!("{}: not valid UTF-8, skipped", entry.path().display()));
-                continue;
-            };
-            if let Err(e) = sync::check_path(&rel) {
-                stats.errors.push(format!("{rel}: {e}, skipped"));
-                continue;
-            }
-            match entry.metadata() {
-                Ok(meta) => {
-                    let mtime_ns = meta
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                        .map(|d| d.as_nanos())
-                        .unwrap_or(0);
-                    found.push(Found { rel, abs: entry.path().to_path_buf(), size: meta.len(), mtime_ns });
-                }
-                Err(e) => {
-                    complete = false;
-                    stats.errors.push(format!("{rel}: {e}"));
-                }
+            Err(e) => {
+                root_ok.insert(root, false);
+                stats.errors.push(format!("{root}: {e}"));
             }
         }
-        if complete {
+    }
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
+    let per = units.len().div_ceil(threads).max(1);
+    let walked: Vec<(&'static str, Vec<Found>, Vec<String>, bool)> = std::thread::scope(|s| {
+        let handles: Vec<_> = units
+            .chunks(per)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|(root, dir)| {
+                            let (f, e, c) = walk(data_dir, dir, None);
+                            (*root, f, e, c)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    });
+    for (root, f, errors, complete) in walked {
+        found.extend(f);
+        stats.errors.extend(errors);
+        if !complete {
+            root_ok.insert(root, false);
+        }
+    }
+    for (root, ok) in root_ok {
+        if ok {
             complete_roots.insert(root.to_string());
         }
     }

@@ -476,12 +476,20 @@ impl Handler<Inbound<WorkerToMaster>> for Integrity {
                     let batch = actix_rt::task::spawn_blocking(move || {
                         let mut batch = FileBatch::default();
                         let mut used = 0usize;
+                        let mut checked = std::collections::HashSet::<std::path::PathBuf>::new();
                         for item in req.items {
                             if used >= budget {
                                 break;
                             }
-                            match crate::files::read_part(&data_dir, &manifest, &item.path, item.offset, budget - used)
-                            {
+                            let max = budget - used;
+                            match crate::files::read_part_checked(
+                                &data_dir,
+                                &manifest,
+                                &item.path,
+                                item.offset,
+                                max,
+                                &mut checked,
+                            ) {
                                 Ok(part) => {
                                     used += part.data.len() + part.path.len() + 64;
                                     batch.parts.push(part);
