@@ -334,6 +334,7 @@ async fn fetch_and_apply(
     let budget = (max_frame / 2) as u64;
     let mut queue: std::collections::VecDeque<FileMeta> = fetch.into_iter().collect();
     let mut staged = Vec::new();
+    let mut waited_ms = 0u64;
     // Pipelined: while one answer is being written to the staging area, the next is requested.
     type Staging_ = (Vec<files::Staged>, Vec<FileMeta>, Vec<String>, u64);
     let mut writing: Option<actix_rt::task::JoinHandle<Staging_>> = None;
@@ -365,11 +366,13 @@ async fn fetch_and_apply(
                 break;
             }
         }
+        let asked_at = std::time::Instant::now();
         let batch =
             match call(conn.clone(), WorkerToMaster::FetchFiles(FetchFiles { items, max_bytes: budget })).await? {
                 MasterToWorker::FileBatch(batch) => batch,
                 other => return unexpected(other),
             };
+        waited_ms += asked_at.elapsed().as_millis() as u64;
         for (path, why) in batch.refused {
             metas.remove(&path);
             report.errors.push(format!("{path}: not served by the master: {why}"));
@@ -385,13 +388,35 @@ async fn fetch_and_apply(
         let parts = batch.parts;
         writing = Some(actix_rt::task::spawn_blocking(move || {
             let (mut done, mut pending, mut errors, mut bytes) = (Vec::new(), Vec::new(), Vec::new(), 0u64);
+            let mut work = Vec::with_capacity(parts.len());
             for part in parts {
-                let Some(meta) = metas.remove(&part.path) else {
-                    errors.push(format!("{}: a part nobody asked for", part.path));
-                    continue;
-                };
-                bytes += part.raw_len;
-                match stage.write(&meta, &part) {
+                match metas.remove(&part.path) {
+                    Some(meta) => work.push((meta, part)),
+                    None => errors.push(format!("{}: a part nobody asked for", part.path)),
+                }
+            }
+            // Files are independent: write them on every core (the disk's latency, not the CPU, is
+            // what a batch of small files waits on).
+            let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4);
+            let per = work.len().div_ceil(threads).max(1);
+            let results: Vec<_> = std::thread::scope(|s| {
+                let handles: Vec<_> = work
+                    .chunks(per)
+                    .map(|chunk| {
+                        let stage = &stage;
+                        s.spawn(move || {
+                            chunk
+                                .iter()
+                                .map(|(meta, part)| (meta.clone(), part.raw_len, stage.write(meta, part)))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+            });
+            for (meta, raw_len, result) in results {
+                bytes += raw_len;
+                match result {
                     Ok(Some(file)) => done.push(file),
                     Ok(None) => pending.push(meta),
                     Err(e) => errors.push(format!("{}: {e}", meta.path)),
@@ -402,14 +427,22 @@ async fn fetch_and_apply(
             (done, pending, errors, bytes)
         }));
     }
+    report.phases.push(("waiting for the master", waited_ms));
     let dir = data_dir.to_path_buf();
     let applied = actix_rt::task::spawn_blocking(move || {
         // Staged files become durable before any of them replaces a live one.
-        staging.sync().map(|()| files::apply(&dir, staged, &delete))
+        let t = std::time::Instant::now();
+        let synced = staging.sync();
+        let sync_ms = t.elapsed().as_millis() as u64;
+        let t = std::time::Instant::now();
+        synced.map(|()| (files::apply(&dir, staged, &delete), sync_ms, t.elapsed().as_millis() as u64))
     })
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| format!("cannot make the staged files durable: {e}"))?;
+    let (applied, sync_ms, apply_ms) = applied;
+    report.phases.push(("syncfs", sync_ms));
+    report.phases.push(("renames", apply_ms));
     report.written += applied.written.len();
     report.deleted += applied.deleted.len();
     report.errors.extend(applied.refused.into_iter().map(|(p, e)| format!("{p}: refused: {e}")));
