@@ -14,7 +14,7 @@ use log::{debug, warn};
 use std::sync::Arc;
 use wazuh_cluster_protocol::agent::enrollment::EnrollError;
 use wazuh_cluster_protocol::message::{
-    AdminResult, AgentGroupsUpdate, AgentInfoAck, EnrollResult, ErrorCode, ErrorReply, FileBatch, IntegrityChanged,
+    AdminResult, AgentGroupsUpdate, AgentInfoAck, EnrollResult, ErrorCode, ErrorReply, IntegrityChanged,
     IntegrityStatus, KeepAliveAck, MessageName, RequestId, SyncPlan,
 };
 use wazuh_cluster_protocol::{Envelope, Kind, MasterToWorker, WorkerToMaster};
@@ -474,30 +474,7 @@ impl Handler<Inbound<WorkerToMaster>> for Integrity {
                     let budget = (req.max_bytes as usize).clamp(1, max_frame / 2);
                     let manifest = summary.manifest.clone();
                     let batch = actix_rt::task::spawn_blocking(move || {
-                        let mut batch = FileBatch::default();
-                        let mut used = 0usize;
-                        let mut checked = std::collections::HashSet::<std::path::PathBuf>::new();
-                        for item in req.items {
-                            if used >= budget {
-                                break;
-                            }
-                            let max = budget - used;
-                            match crate::files::read_part_checked(
-                                &data_dir,
-                                &manifest,
-                                &item.path,
-                                item.offset,
-                                max,
-                                &mut checked,
-                            ) {
-                                Ok(part) => {
-                                    used += part.data.len() + part.path.len() + 64;
-                                    batch.parts.push(part);
-                                }
-                                Err(e) => batch.refused.push((item.path, e)),
-                            }
-                        }
-                        batch
+                        crate::files::read_batch(&data_dir, &manifest, req.items, budget)
                     })
                     .await
                     .map_err(|e| e.to_string())?;
