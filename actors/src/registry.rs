@@ -90,6 +90,39 @@ fn groups_vec(text: &str) -> Vec<String> {
     text.split(',').filter(|g| !g.is_empty()).map(String::from).collect()
 }
 
+fn row_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentEntry> {
+    Ok(AgentEntry {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        ip: r.get(2)?,
+        key: r.get(3)?,
+        groups: groups_vec(&r.get::<_, String>(4)?),
+    })
+}
+
+/// Every agent's identity (`agents` table of either store), in id order.
+fn all_entries(conn: &Connection) -> Result<Vec<AgentEntry>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT id, name, ip, key, groups FROM agents ORDER BY id")?;
+    let rows = stmt.query_map([], row_entry)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+fn one_entry(conn: &Connection, id: u32) -> Result<Option<AgentEntry>, StoreError> {
+    Ok(conn
+        .query_row("SELECT id, name, ip, key, groups FROM agents WHERE id = ?1", params![id], row_entry)
+        .optional()?)
+}
+
+/// The stored sequence number and the hash of the table, read afresh.
+fn position(conn: &Connection) -> Result<(u64, TableHash), StoreError> {
+    let seq = conn.query_row("SELECT v FROM meta WHERE k = 'seq'", [], |r| r.get::<_, i64>(0))? as u64;
+    let mut hash = TableHash::default();
+    for e in all_entries(conn)? {
+        hash.toggle(&e);
+    }
+    Ok((seq, hash))
+}
+
 /// Writes `<dir>/etc/client.keys` atomically: temp file, fsync, rename, fsync the directory.
 pub fn write_client_keys(data_dir: &Path, entries: &[AgentEntry]) -> Result<(), StoreError> {
     let etc = data_dir.join("etc");
@@ -269,17 +302,7 @@ impl Registry {
 
     /// Every agent's identity, in id order.
     pub fn entries(&self) -> Result<Vec<AgentEntry>, StoreError> {
-        let mut stmt = self.conn.prepare_cached("SELECT id, name, ip, key, groups FROM agents ORDER BY id")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(AgentEntry {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                ip: r.get(2)?,
-                key: r.get(3)?,
-                groups: groups_vec(&r.get::<_, String>(4)?),
-            })
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        all_entries(&self.conn)
     }
 
     pub fn write_keys(&self) -> Result<(), StoreError> {
@@ -312,18 +335,7 @@ impl Registry {
     }
 
     fn entry(&self, id: u32) -> Result<Option<AgentEntry>, StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT id, name, ip, key, groups FROM agents WHERE id = ?1", params![id], |r| {
-                Ok(AgentEntry {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    ip: r.get(2)?,
-                    key: r.get(3)?,
-                    groups: groups_vec(&r.get::<_, String>(4)?),
-                })
-            })
-            .optional()?)
+        one_entry(&self.conn, id)
     }
 
     fn remove_row(&mut self, id: u32) -> Result<bool, StoreError> {
@@ -746,11 +758,7 @@ impl Store for Registry {
         Registry::rollback(self)
     }
     fn reload(&mut self) -> Result<(), StoreError> {
-        self.seq = self.conn.query_row("SELECT v FROM meta WHERE k = 'seq'", [], |r| r.get::<_, i64>(0))? as u64;
-        self.hash = TableHash::default();
-        for e in self.entries()? {
-            self.hash.toggle(&e);
-        }
+        (self.seq, self.hash) = position(&self.conn)?;
         Ok(())
     }
     fn savepoint(&mut self) -> Result<(), StoreError> {
@@ -778,11 +786,7 @@ impl Store for Replica {
         let _ = self.conn.execute_batch("ROLLBACK");
     }
     fn reload(&mut self) -> Result<(), StoreError> {
-        self.seq = self.conn.query_row("SELECT v FROM meta WHERE k = 'seq'", [], |r| r.get::<_, i64>(0))? as u64;
-        self.hash = TableHash::default();
-        for e in self.entries()? {
-            self.hash.toggle(&e);
-        }
+        (self.seq, self.hash) = position(&self.conn)?;
         Ok(())
     }
     fn savepoint(&mut self) -> Result<(), StoreError> {
@@ -836,17 +840,7 @@ impl Replica {
     }
 
     pub fn entries(&self) -> Result<Vec<AgentEntry>, StoreError> {
-        let mut stmt = self.conn.prepare_cached("SELECT id, name, ip, key, groups FROM agents ORDER BY id")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(AgentEntry {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                ip: r.get(2)?,
-                key: r.get(3)?,
-                groups: groups_vec(&r.get::<_, String>(4)?),
-            })
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        all_entries(&self.conn)
     }
 
     pub fn write_keys(&self) -> Result<(), StoreError> {
@@ -854,18 +848,7 @@ impl Replica {
     }
 
     fn get(&self, id: u32) -> Result<Option<AgentEntry>, StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT id, name, ip, key, groups FROM agents WHERE id = ?1", params![id], |r| {
-                Ok(AgentEntry {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    ip: r.get(2)?,
-                    key: r.get(3)?,
-                    groups: groups_vec(&r.get::<_, String>(4)?),
-                })
-            })
-            .optional()?)
+        one_entry(&self.conn, id)
     }
 
     /// Applies an update (inside the caller's transaction) and returns whether it applied. A delta
