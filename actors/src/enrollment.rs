@@ -256,15 +256,7 @@ async fn enroll(enroller: &Enroller, node: &str, f: EnrollForward) -> Result<Age
     match enroller {
         Enroller::Master(registry) => {
             let name = f.name.clone();
-            let agent = NewAgent {
-                name: f.name,
-                groups: f.groups,
-                ip: f.ip,
-                key_hash: f.key_hash,
-                version: f.version,
-                node_name: node.to_string(),
-                token: None,
-            };
+            let agent = NewAgent::from_forward(f, node.to_string(), false);
             match registry.run(move |r| r.enroll(&agent)).await {
                 Ok(outcome) => outcome.map_err(|e| (e, false)),
                 Err(e) => {

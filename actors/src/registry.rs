@@ -204,6 +204,21 @@ pub struct NewAgent {
     pub token: Option<String>,
 }
 
+impl NewAgent {
+    /// The enrollment `f`, received by `node_name`; `forwarded` keeps its token for idempotency.
+    pub fn from_forward(f: wazuh_cluster_protocol::message::EnrollForward, node_name: String, forwarded: bool) -> Self {
+        NewAgent {
+            name: f.name,
+            groups: f.groups,
+            ip: f.ip,
+            key_hash: f.key_hash,
+            version: f.version,
+            node_name,
+            token: forwarded.then_some(f.token),
+        }
+    }
+}
+
 /// The master's registry.
 pub struct Registry {
     conn: Connection,

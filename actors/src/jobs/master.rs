@@ -347,15 +347,7 @@ impl Handler<Inbound<WorkerToMaster>> for Registration {
                 WorkerToMaster::Enroll(f) => {
                     let token = f.token.clone();
                     let name = f.name.clone();
-                    let agent = NewAgent {
-                        name: f.name,
-                        groups: f.groups,
-                        ip: f.ip,
-                        key_hash: f.key_hash,
-                        version: f.version,
-                        node_name: node,
-                        token: Some(f.token),
-                    };
+                    let agent = NewAgent::from_forward(f, node, true);
                     let outcome = match registry.run(move |r| r.enroll(&agent)).await {
                         Ok(outcome) => outcome,
                         Err(_) => Err(EnrollError::Internal(name)),
