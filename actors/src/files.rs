@@ -145,8 +145,18 @@ pub fn read_batch(data_dir: &Path, manifest: &Manifest, items: Vec<FetchItem>, b
 }
 
 /// Worker side: where received files wait until the whole batch is checked.
+///
+/// Files of a root the worker holds nothing under ("fresh" roots, e.g. on a new worker) are staged
+/// as a tree shaped like the root, and the whole root is moved into place with one rename instead
+/// of one rename per file. Every other file is staged flat, keyed by content.
 pub struct Staging {
     dir: PathBuf,
+    /// Fresh roots, each with whether its staged tree already existed (a resumed transfer).
+    fresh: std::collections::HashMap<&'static str, bool>,
+    /// Directories of the staged trees already made (and checked).
+    made: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+    /// Files of new trees with some parts staged by this transfer.
+    partial: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// A file fully received and checked, ready to be renamed into place.
@@ -159,19 +169,61 @@ pub struct Staged {
 impl Staging {
     /// `<data_dir>/var/sync/staging`: on the same filesystem as the roots, so renames are atomic.
     pub fn open(data_dir: &Path) -> std::io::Result<Self> {
+        Self::open_with_fresh(data_dir, &[])
+    }
+
+    /// [`Staging::open`] where the files of `fresh` roots (roots this worker has no file under) are
+    /// staged as trees, to be moved into place one root at a time by [`Staging::apply`].
+    pub fn open_with_fresh(data_dir: &Path, fresh: &[&'static str]) -> std::io::Result<Self> {
         let dir = data_dir.join("var/sync/staging");
         std::fs::create_dir_all(&dir)?;
-        Ok(Self { dir })
+        let fresh = fresh.iter().map(|root| (*root, dir.join("tree").join(root).exists())).collect();
+        Ok(Self { dir, fresh, made: Default::default(), partial: Default::default() })
+    }
+
+    fn tree(&self) -> PathBuf {
+        self.dir.join("tree")
+    }
+
+    /// Whether `rel` is staged in a tree (its root is fresh), and if so whether that tree was
+    /// there before this transfer.
+    fn fresh_root(&self, rel: &str) -> Option<bool> {
+        sync::root_of(rel).and_then(|root| self.fresh.get(root).copied())
     }
 
     fn part_path(&self, meta: &FileMeta) -> PathBuf {
-        // Keyed by content: a transfer cut midway resumes where it stopped.
-        self.dir.join(format!("{}-{}.part", meta.md5, meta.size))
+        match self.fresh_root(&meta.path) {
+            Some(_) => self.tree().join(&meta.path),
+            // Keyed by content: a transfer cut midway resumes where it stopped.
+            None => self.dir.join(format!("{}-{}.part", meta.md5, meta.size)),
+        }
     }
 
     /// Bytes of `meta` already staged (to resume from).
     pub fn have(&self, meta: &FileMeta) -> u64 {
+        if self.fresh_root(&meta.path) == Some(false)
+            && !self.partial.lock().map(|p| p.contains(&meta.path)).unwrap_or(true)
+        {
+            // A tree made by this transfer, and no part of this file written yet.
+            return 0;
+        }
         std::fs::metadata(self.part_path(meta)).map(|m| m.len()).unwrap_or(0).min(meta.size)
+    }
+
+    /// Makes the directory a tree-staged file goes in, refusing any symlink on the way.
+    fn make_parent(&self, rel: &str, path: &Path) -> Result<(), String> {
+        let Some(parent) = path.parent() else { return Ok(()) };
+        if self.made.lock().map(|m| m.contains(parent)).unwrap_or(false) {
+            return Ok(());
+        }
+        let tree = self.tree();
+        safe_target(&tree, rel)?;
+        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        safe_target(&tree, rel)?;
+        if let Ok(mut made) = self.made.lock() {
+            made.insert(parent.to_path_buf());
+        }
+        Ok(())
     }
 
     /// Appends a received part. Returns the staged file once complete and checked (size and MD5).
@@ -190,6 +242,10 @@ impl Staging {
             return Err("the part's length is inconsistent".into());
         }
         let path = self.part_path(meta);
+        if self.fresh_root(&meta.path).is_some() {
+            sync::check_path(&meta.path).map_err(|e| e.to_string())?;
+            self.make_parent(&meta.path, &path)?;
+        }
         let have = self.have(meta);
         if part.offset != have {
             // Out of step (a stale partial file): start over.
@@ -209,6 +265,9 @@ impl Staging {
         let mut f = opts.open(&path).map_err(|e| e.to_string())?;
         f.write_all(&data).map_err(|e| e.to_string())?;
         if part.offset + part.raw_len < meta.size {
+            if let Ok(mut partial) = self.partial.lock() {
+                partial.insert(meta.path.clone());
+            }
             return Ok(None);
         }
         drop(f);
@@ -230,23 +289,32 @@ impl Staging {
 impl Staging {
     /// Makes every staged file durable with one filesystem sync instead of one `fsync` per file.
     pub fn sync(&self) -> std::io::Result<()> {
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::unix::io::AsRawFd;
-            let dir = std::fs::File::open(&self.dir)?;
-            // SAFETY: `syncfs` only reads the descriptor, which `dir` keeps open for the call.
-            if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+        sync_filesystem(&self.dir)
+    }
+}
+
+/// Flushes everything written to the filesystem holding `dir` (Linux: one `syncfs`; elsewhere every
+/// file under `dir` is fsynced).
+pub fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::io::AsRawFd;
+        let dir = std::fs::File::open(dir)?;
+        // SAFETY: `syncfs` only reads the descriptor, which `dir` keeps open for the call.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(std::io::Error::last_os_error());
         }
-        #[cfg(not(target_os = "linux"))]
-        {
-            for entry in std::fs::read_dir(&self.dir)? {
-                std::fs::File::open(entry?.path())?.sync_all()?;
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        for entry in walkdir::WalkDir::new(dir).follow_links(false) {
+            let entry = entry?;
+            if entry.file_type().is_file() {
+                std::fs::File::open(entry.path())?.sync_all()?;
             }
-            Ok(())
         }
+        Ok(())
     }
 }
 
@@ -256,6 +324,8 @@ pub struct Applied {
     pub written: Vec<FileMeta>,
     pub deleted: Vec<String>,
     pub refused: Vec<(String, String)>,
+    /// Worth a line in the log.
+    pub notes: Vec<String>,
 }
 
 /// [`safe_target`] for many paths at once: directories already checked (and created) are not
@@ -339,6 +409,111 @@ pub fn apply(data_dir: &Path, staged: Vec<Staged>, delete: &[String]) -> Applied
         }
     }
     out
+}
+
+impl Staging {
+    /// Applies a transfer: each fresh root whose files were staged as a tree is moved into place
+    /// with one rename (an atomic exchange when the root's directory exists, holding no file);
+    /// everything else goes through [`apply`], file by file. A fresh root that gained files since
+    /// the transfer began also goes file by file, so nothing of the worker's is thrown away.
+    pub fn apply(&self, data_dir: &Path, staged: Vec<Staged>, delete: &[String]) -> Applied {
+        let mut trees: std::collections::BTreeMap<&'static str, Vec<Staged>> = Default::default();
+        let mut flat = Vec::new();
+        for st in staged {
+            match sync::root_of(&st.meta.path).filter(|root| self.fresh.contains_key(root)) {
+                Some(root) => trees.entry(root).or_default().push(st),
+                None => flat.push(st),
+            }
+        }
+        let mut out = apply(data_dir, flat, delete);
+        for (root, files) in trees {
+            let staged_root = self.tree().join(root);
+            match move_root(data_dir, root, &staged_root, &files) {
+                Ok(()) => out.written.extend(files.into_iter().map(|st| st.meta)),
+                Err(why) => {
+                    out.notes.push(format!("{root}: not moved in at once ({why}); file by file instead"));
+                    let more = apply(data_dir, files, &[]);
+                    out.written.extend(more.written);
+                    out.refused.extend(more.refused);
+                }
+            }
+            // What is left there (old empty directories, files nobody asked for) is not needed.
+            let _ = std::fs::remove_dir_all(&staged_root);
+        }
+        out
+    }
+}
+
+/// Moves the staged tree of `root` into place, keeping exactly the `files` staged for it.
+fn move_root(data_dir: &Path, root: &str, staged_root: &Path, files: &[Staged]) -> Result<(), String> {
+    let wanted: std::collections::HashSet<&Path> = files.iter().map(|st| st.path.as_path()).collect();
+    // Anything in the staged tree that is not a checked file of this transfer goes (a part left by
+    // a failed write, a file of an earlier attempt the master no longer has, a planted link).
+    for entry in walkdir::WalkDir::new(staged_root).follow_links(false).min_depth(1) {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let kind = entry.file_type();
+        let keep = kind.is_dir() || (kind.is_file() && wanted.contains(entry.path()));
+        if !keep {
+            std::fs::remove_file(entry.path()).map_err(|e| format!("{}: {e}", entry.path().display()))?;
+        }
+    }
+    // The way to the root: no symlink, directories only.
+    let target = data_dir.join(root);
+    let parent = target.parent().ok_or("no parent directory")?;
+    std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+    let mut cur = data_dir.to_path_buf();
+    for c in root.split('/') {
+        cur.push(c);
+        match std::fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => return Err(format!("{} is a symlink", cur.display())),
+            Ok(m) if !m.is_dir() => return Err(format!("{} is not a directory", cur.display())),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && cur == target => {}
+            Err(e) => return Err(format!("{}: {e}", cur.display())),
+        }
+    }
+    let exists = target.exists();
+    if exists {
+        for entry in walkdir::WalkDir::new(&target).follow_links(false).min_depth(1) {
+            let entry = entry.map_err(|e| e.to_string())?;
+            if !entry.file_type().is_dir() {
+                return Err(format!("{} appeared during the transfer", entry.path().display()));
+            }
+        }
+        exchange(staged_root, &target).map_err(|e| format!("cannot exchange the directories: {e}"))?;
+    } else {
+        std::fs::rename(staged_root, &target).map_err(|e| e.to_string())?;
+    }
+    // The rename itself must survive a crash (the files' contents were synced before).
+    for dir in [parent, staged_root.parent().unwrap_or(parent)] {
+        if let Ok(f) = std::fs::File::open(dir) {
+            let _ = f.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Swaps two directories atomically: at every instant `b` is either the old or the new tree.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let a = CString::new(a.as_os_str().as_bytes())?;
+    let b = CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: both are valid NUL-terminated paths that outlive the call.
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Without an atomic exchange: the (empty) old root is removed, then the new one renamed in; a
+/// crash in between leaves no root, which the next round fills again.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    std::fs::remove_dir_all(b)?;
+    std::fs::rename(a, b)
 }
 
 /// The plan that makes a worker's manifest equal to the master's: files to fetch (missing or
@@ -465,5 +640,129 @@ mod tests {
         assert_eq!(fetch.len(), 1);
         assert_eq!((missing, changed), (0, 1));
         assert_eq!(delete, ["etc/rules/extra"], "etc/decoders is missing on the master: its files stay");
+    }
+
+    /// Stages every file of `master` for a worker whose `fresh` roots are staged as trees.
+    fn stage_all(master: &Path, worker: &Path, fresh: &[&'static str]) -> (Staging, Vec<Staged>) {
+        let (m, _) = scan(master, None);
+        let staging = Staging::open_with_fresh(worker, fresh).unwrap();
+        let staged = m
+            .metas()
+            .into_iter()
+            .map(|meta| {
+                let part = read_part(master, &m, &meta.path, staging.have(&meta), 1 << 20).unwrap();
+                staging.write(&meta, &part).unwrap().unwrap()
+            })
+            .collect();
+        (staging, staged)
+    }
+
+    fn tree_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut out: Vec<_> = walkdir::WalkDir::new(dir.join("etc"))
+            .into_iter()
+            .map(Result::unwrap)
+            .filter(|e| e.file_type().is_file())
+            .map(|e| {
+                let rel = e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                (rel, std::fs::read(e.path()).unwrap())
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn master_tree() -> tempfile::TempDir {
+        let master = tempfile::tempdir().unwrap();
+        for (rel, body) in [
+            ("etc/rules/a.xml", &b"<rule/>"[..]),
+            ("etc/rules/sub/b.xml", b"<rule id=2/>"),
+            ("etc/shared/default/agent.conf", b"<agent_config/>"),
+            ("etc/shared/g1/merged.mg", b"#default\n"),
+        ] {
+            std::fs::create_dir_all(master.path().join(rel).parent().unwrap()).unwrap();
+            std::fs::write(master.path().join(rel), body).unwrap();
+        }
+        master
+    }
+
+    #[test]
+    fn a_fresh_root_is_staged_as_a_tree_and_moved_in_whole() {
+        let master = master_tree();
+        let worker = tempfile::tempdir().unwrap();
+        // etc/rules exists on the worker with empty directories only; etc/shared does not exist.
+        std::fs::create_dir_all(worker.path().join("etc/rules/empty/dirs")).unwrap();
+        let (staging, staged) = stage_all(master.path(), worker.path(), &["etc/rules", "etc/shared"]);
+        assert!(worker.path().join("var/sync/staging/tree/etc/rules/sub/b.xml").is_file());
+        // A part left behind by an earlier failed write is not moved in.
+        std::fs::write(worker.path().join("var/sync/staging/tree/etc/rules/torn.xml"), b"<ru").unwrap();
+        let out = staging.apply(worker.path(), staged, &[]);
+        assert!(out.refused.is_empty() && out.notes.is_empty(), "{out:?}");
+        assert_eq!(out.written.len(), 4);
+        assert_eq!(tree_of(worker.path()), tree_of(master.path()));
+        assert!(!worker.path().join("etc/rules/empty").exists(), "the old root was exchanged away");
+        assert!(!worker.path().join("var/sync/staging/tree/etc/rules").exists(), "nothing left staged");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(worker.path().join("etc/rules/a.xml")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777 & !0o022, 0o660 & !0o022);
+        }
+    }
+
+    #[test]
+    fn a_fresh_root_that_gained_a_file_meanwhile_is_applied_file_by_file() {
+        let master = master_tree();
+        let worker = tempfile::tempdir().unwrap();
+        let (staging, staged) = stage_all(master.path(), worker.path(), &["etc/rules"]);
+        // A file written locally during the transfer: the root is not swapped away with it.
+        std::fs::create_dir_all(worker.path().join("etc/rules")).unwrap();
+        std::fs::write(worker.path().join("etc/rules/local.xml"), b"local").unwrap();
+        let out = staging.apply(worker.path(), staged, &[]);
+        assert!(out.refused.is_empty(), "{out:?}");
+        assert_eq!(out.written.len(), 4);
+        assert!(out.notes.iter().any(|n| n.contains("appeared during the transfer")), "{:?}", out.notes);
+        assert_eq!(std::fs::read(worker.path().join("etc/rules/local.xml")).unwrap(), b"local");
+        assert_eq!(std::fs::read(worker.path().join("etc/rules/sub/b.xml")).unwrap(), b"<rule id=2/>");
+        assert_eq!(std::fs::read(worker.path().join("etc/shared/g1/merged.mg")).unwrap(), b"#default\n");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fresh_root_behind_a_symlink_is_never_written_through() {
+        let master = master_tree();
+        let worker = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(worker.path().join("etc")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), worker.path().join("etc/rules")).unwrap();
+        let (staging, staged) = stage_all(master.path(), worker.path(), &["etc/rules"]);
+        let out = staging.apply(worker.path(), staged, &[]);
+        assert_eq!(out.refused.len(), 2, "{out:?}");
+        assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
+        assert!(std::fs::symlink_metadata(worker.path().join("etc/rules")).unwrap().file_type().is_symlink());
+    }
+
+    #[test]
+    fn a_resumed_tree_continues_a_large_file_from_its_staged_length() {
+        let master = tempfile::tempdir().unwrap();
+        let worker = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(master.path().join("etc/lists")).unwrap();
+        let content: Vec<u8> = (0..50_000u32).flat_map(|i| (i % 241).to_le_bytes()).collect();
+        std::fs::write(master.path().join("etc/lists/big"), &content).unwrap();
+        let (m, _) = scan(master.path(), None);
+        let meta = m.metas().remove(0);
+        let staging = Staging::open_with_fresh(worker.path(), &["etc/lists"]).unwrap();
+        assert_eq!(staging.have(&meta), 0);
+        let p1 = read_part(master.path(), &m, &meta.path, 0, 30_000).unwrap();
+        assert!(staging.write(&meta, &p1).unwrap().is_none());
+        assert_eq!(staging.have(&meta), 30_000, "a part written by this transfer counts");
+        drop(staging);
+        // The transfer is cut; the next round finds the tree and resumes.
+        let staging = Staging::open_with_fresh(worker.path(), &["etc/lists"]).unwrap();
+        assert_eq!(staging.have(&meta), 30_000);
+        let p2 = read_part(master.path(), &m, &meta.path, 30_000, 1 << 20).unwrap();
+        let staged = staging.write(&meta, &p2).unwrap().unwrap();
+        let out = staging.apply(worker.path(), vec![staged], &[]);
+        assert_eq!(out.written.len(), 1, "{out:?}");
+        assert_eq!(std::fs::read(worker.path().join("etc/lists/big")).unwrap(), content);
     }
 }

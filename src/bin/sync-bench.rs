@@ -6,7 +6,8 @@
 //! - warm scan (nothing changed),
 //! - single-change detection latency (a file written on the master -> a new manifest digest),
 //! - one file propagated to every worker (p50, p99 over `--rounds` edits),
-//! - a fresh worker's full sync (time and throughput), for `--workers` workers at once.
+//! - a fresh worker's full sync (time and throughput), for `--workers` workers at once, next to a
+//!   plain copy of the same tree to as many places (the disk's own speed, measured just before).
 //!
 //! `cargo run --release --bin sync-bench -- [--files 50037] [--workers 2] [--rounds 30] [--json]`
 
@@ -173,6 +174,43 @@ async fn worker_in_sync(handle: &NodeHandle) -> bool {
     info.jobs.iter().any(|j| j.name == "Integrity" && j.details.iter().any(|(k, v)| k == "in_sync" && v == "true"))
 }
 
+/// Copies every file under `src` to each of `dsts` (one thread each), then syncs the filesystem;
+/// returns the time taken and removes the copies.
+fn copy_baseline(src: &Path, dsts: &[PathBuf]) -> std::io::Result<Duration> {
+    let files: Vec<PathBuf> = walkdir::WalkDir::new(src)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .filter_map(|e| e.path().strip_prefix(src).ok().map(Path::to_path_buf))
+        .collect();
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = dsts
+            .iter()
+            .map(|dst| {
+                let files = &files;
+                s.spawn(move || -> std::io::Result<()> {
+                    for rel in files {
+                        let to = dst.join(rel);
+                        if let Some(parent) = to.parent() {
+                            std::fs::create_dir_all(parent)?;
+                        }
+                        std::fs::write(to, std::fs::read(src.join(rel))?)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(std::io::Error::other("copy panicked"))))
+    })?;
+    wazuh_cluster_actors::files::sync_filesystem(src)?;
+    let took = t.elapsed();
+    for dst in dsts {
+        std::fs::remove_dir_all(dst)?;
+    }
+    Ok(took)
+}
+
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 100_000.0).round() / 100.0
 }
@@ -206,6 +244,13 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     })
     .await?;
     eprintln!("cold scan {:.0} ms, warm scan median {:.0} ms", ms(cold), percentile(&warm, 0.5));
+
+    // The disk's own speed, just before the sync: the same tree copied (read + write per file) to
+    // as many places as there are workers, at once, then one filesystem sync.
+    let (src, dsts): (PathBuf, Vec<PathBuf>) =
+        (master_dir.clone(), (1..=args.workers).map(|i| base.join(format!("copy-{i}"))).collect());
+    let copy = actix_rt::task::spawn_blocking(move || copy_baseline(&src, &dsts)).await??;
+    eprintln!("plain copy of the tree to {} places: {:.0} ms", args.workers, ms(copy));
 
     // A cluster: the master on the generated tree, fresh workers.
     let master_cfg = node_config(&master_dir, "bench-master", "master", &[])?;
@@ -294,6 +339,8 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         "workers": args.workers,
         "fresh_full_sync_ms": ms(full_sync),
         "fresh_full_sync_mib_per_s": (throughput * 10.0).round() / 10.0,
+        "plain_copy_ms": ms(copy),
+        "fresh_full_sync_vs_plain_copy": (full_sync.as_secs_f64() / copy.as_secs_f64().max(1e-9) * 100.0).round() / 100.0,
         "rounds": args.rounds,
     }))
 }

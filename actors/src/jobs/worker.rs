@@ -16,7 +16,7 @@ use wazuh_cluster_protocol::message::{
     AgentGroupsAck, AgentInfoBatch, ErrorCode, FetchFiles, FetchItem, IntegrityChanged, IntegrityCheck,
     KeepAlive as KeepAliveMsg, MessageName, SyncManifest,
 };
-use wazuh_cluster_protocol::sync::FileMeta;
+use wazuh_cluster_protocol::sync::{self, FileMeta};
 use wazuh_cluster_protocol::{Envelope, Kind, MasterToWorker, WorkerToMaster};
 
 type Conn = Addr<ConnectionActor<WorkerSide>>;
@@ -313,6 +313,7 @@ struct RoundReport {
     deleted: usize,
     bytes: u64,
     errors: Vec<String>,
+    notes: Vec<String>,
     started_ms: u64,
     took_ms: u64,
     /// Milliseconds spent in each phase, for the debug log.
@@ -330,16 +331,47 @@ async fn fetch_and_apply(
     manifest: &mut Manifest,
     report: &mut RoundReport,
 ) -> Result<(), String> {
-    let staging = Arc::new(Staging::open(data_dir).map_err(|e| format!("cannot open the staging area: {e}"))?);
-    let budget = (max_frame / 2) as u64;
+    // Roots this worker holds nothing under are staged as trees and moved in whole.
+    let fresh: Vec<&'static str> = sync::SYNC_ROOTS
+        .into_iter()
+        .filter(|root| {
+            fetch.iter().any(|m| sync::root_of(&m.path) == Some(*root))
+                && !manifest.files.keys().any(|p| sync::root_of(p) == Some(*root))
+        })
+        .collect();
+    let staging =
+        Arc::new(Staging::open_with_fresh(data_dir, &fresh).map_err(|e| format!("cannot open the staging area: {e}"))?);
+    // Up to `DEPTH` answers in flight, each up to a quarter of a frame: the master reads the next
+    // batch while this worker writes the previous one.
+    const DEPTH: usize = 2;
+    let budget = (max_frame / 4) as u64;
     let mut queue: std::collections::VecDeque<FileMeta> = fetch.into_iter().collect();
     let mut staged = Vec::new();
     let mut waited_ms = 0u64;
-    // Pipelined: while one answer is being written to the staging area, the next is requested.
-    type Staging_ = (Vec<files::Staged>, Vec<FileMeta>, Vec<String>, u64);
-    let mut writing: Option<actix_rt::task::JoinHandle<Staging_>> = None;
+    type Asked = std::collections::HashMap<String, FileMeta>;
+    type Written = (Vec<files::Staged>, Vec<FileMeta>, Vec<String>, u64);
+    let mut inflight: std::collections::VecDeque<(actix_rt::task::JoinHandle<Result<MasterToWorker, String>>, Asked)> =
+        Default::default();
+    let mut writing: Option<actix_rt::task::JoinHandle<Written>> = None;
     loop {
-        if queue.is_empty() {
+        while inflight.len() < DEPTH && !queue.is_empty() {
+            // Ask for as many files as fit one answer; resume each from what is already staged.
+            let mut items = Vec::new();
+            let mut asked = 0u64;
+            let mut metas = Asked::new();
+            while let Some(meta) = queue.pop_front() {
+                let have = staging.have(&meta);
+                asked += meta.size - have + 64;
+                items.push(FetchItem { path: meta.path.clone(), offset: have });
+                metas.insert(meta.path.clone(), meta);
+                if asked >= budget {
+                    break;
+                }
+            }
+            let request = call(conn.clone(), WorkerToMaster::FetchFiles(FetchFiles { items, max_bytes: budget }));
+            inflight.push_back((actix_rt::spawn(request), metas));
+        }
+        let Some((answer, mut metas)) = inflight.pop_front() else {
             // Parts of large files come back to the queue when their batch is written.
             match writing.take() {
                 Some(job) => {
@@ -352,26 +384,12 @@ async fn fetch_and_apply(
                 }
                 None => break,
             }
-        }
-        // Ask for as many files as fit one answer; resume each from what is already staged.
-        let mut items = Vec::new();
-        let mut asked = 0u64;
-        let mut metas = std::collections::HashMap::new();
-        while let Some(meta) = queue.pop_front() {
-            let have = staging.have(&meta);
-            asked += meta.size - have + 64;
-            items.push(FetchItem { path: meta.path.clone(), offset: have });
-            metas.insert(meta.path.clone(), meta);
-            if asked >= budget {
-                break;
-            }
-        }
+        };
         let asked_at = std::time::Instant::now();
-        let batch =
-            match call(conn.clone(), WorkerToMaster::FetchFiles(FetchFiles { items, max_bytes: budget })).await? {
-                MasterToWorker::FileBatch(batch) => batch,
-                other => return unexpected(other),
-            };
+        let batch = match answer.await.map_err(|e| e.to_string())?? {
+            MasterToWorker::FileBatch(batch) => batch,
+            other => return unexpected(other),
+        };
         waited_ms += asked_at.elapsed().as_millis() as u64;
         for (path, why) in batch.refused {
             metas.remove(&path);
@@ -435,7 +453,7 @@ async fn fetch_and_apply(
         let synced = staging.sync();
         let sync_ms = t.elapsed().as_millis() as u64;
         let t = std::time::Instant::now();
-        synced.map(|()| (files::apply(&dir, staged, &delete), sync_ms, t.elapsed().as_millis() as u64))
+        synced.map(|()| (staging.apply(&dir, staged, &delete), sync_ms, t.elapsed().as_millis() as u64))
     })
     .await
     .map_err(|e| e.to_string())?
@@ -446,6 +464,7 @@ async fn fetch_and_apply(
     report.written += applied.written.len();
     report.deleted += applied.deleted.len();
     report.errors.extend(applied.refused.into_iter().map(|(p, e)| format!("{p}: refused: {e}")));
+    report.notes.extend(applied.notes);
     manifest::record_applied(data_dir, manifest, &applied.written, &applied.deleted);
     Ok(())
 }
@@ -561,6 +580,9 @@ impl Integrity {
             t.errors += r.errors.len();
             for e in r.errors.iter().take(20) {
                 warn!(node = node.as_str(); "file sync with {}: {e}", self.core.peer);
+            }
+            for note in &r.notes {
+                info!(node = node.as_str(); "file sync with {}: {note}", self.core.peer);
             }
             info!(node = node.as_str(); "file sync with master {}: {} missing, {} changed, {} extra; {} written, {} deleted, {} bytes in {} ms",
                 self.core.peer, r.missing, r.changed, r.extra, r.written, r.deleted, r.bytes, r.took_ms);
