@@ -2,3 +2,5 @@
 //! in `actors`).
 
 pub mod enrollment;
+pub mod keepalive;
+pub mod secure;
