@@ -38,6 +38,10 @@
 //!
 //! [agents]
 //! bind = "0.0.0.0:1514"
+//! disconnection_time = "15m" # an agent silent this long is `disconnected` (Wazuh: 900 s)
+//! enforce_counters = false   # refuse replayed messages (Wazuh's default: record only)
+//! archive_max_size = "100MiB"  # events archive (var/archives/events.jsonl) rotates above this...
+//! archive_keep = 5           # ...keeping this many old files
 //!
 //! [api]
 //! bind = "127.0.0.1:55000"
@@ -86,7 +90,7 @@ struct RawConfig {
     node: RawNode,
     cluster: RawCluster,
     enrollment: RawEnrollment,
-    agents: RawBind,
+    agents: RawAgents,
     api: RawApi,
     log: RawLog,
 }
@@ -146,8 +150,12 @@ struct RawEnrollment {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct RawBind {
+struct RawAgents {
     bind: Option<String>,
+    disconnection_time: Option<String>,
+    enforce_counters: Option<bool>,
+    archive_max_size: Option<String>,
+    archive_keep: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -167,7 +175,7 @@ pub struct Config {
     pub node: NodeConfig,
     pub cluster: ClusterConfig,
     pub enrollment: EnrollmentConfig,
-    pub agents: BindConfig,
+    pub agents: AgentsConfig,
     pub api: ApiConfig,
     pub log: LogConfig,
 }
@@ -243,6 +251,16 @@ pub struct EnrollmentConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct BindConfig {
     pub bind: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentsConfig {
+    pub bind: SocketAddr,
+    #[serde(serialize_with = "ser_duration")]
+    pub disconnection_time: Duration,
+    pub enforce_counters: bool,
+    pub archive_max_size: usize,
+    pub archive_keep: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -453,7 +471,26 @@ fn validate(raw: RawConfig, file: Option<&Path>) -> Result<Config, ConfigError> 
         )?,
         ca_file: non_empty(enrollment.ca_file).map(|p| resolve(file, &p)),
     };
-    let agents = BindConfig { bind: parse_addr("agents.bind", agents.bind, "0.0.0.0:1514")? };
+    let archive_max_size = match non_empty(agents.archive_max_size) {
+        Some(text) => parse_size(&text).map_err(|e| invalid("agents.archive_max_size", e))?,
+        None => 100 << 20,
+    };
+    if archive_max_size < 4096 {
+        return Err(invalid("agents.archive_max_size", format!("{archive_max_size} bytes is below 4KiB")));
+    }
+    let agents = AgentsConfig {
+        bind: parse_addr("agents.bind", agents.bind, "0.0.0.0:1514")?,
+        disconnection_time: duration_field(
+            "agents.disconnection_time",
+            agents.disconnection_time,
+            "15m",
+            Duration::from_secs(1),
+            Duration::from_secs(7 * 24 * 3600),
+        )?,
+        enforce_counters: agents.enforce_counters.unwrap_or(false),
+        archive_max_size,
+        archive_keep: agents.archive_keep.unwrap_or(5).min(100),
+    };
     let api_token = non_empty(api.token);
     if api_token.as_ref().is_some_and(|t| t.len() < 16 || t.chars().any(|c| !c.is_ascii_graphic())) {
         return Err(invalid("api.token", "at least 16 printable characters without spaces"));

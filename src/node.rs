@@ -10,6 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use wazuh_cluster_actors::agents::archive::Archive;
+use wazuh_cluster_actors::agents::hub::{AgentHub, KeySource};
+use wazuh_cluster_actors::agents::{session, AgentSettings, ManagerCounters, Shared};
 use wazuh_cluster_actors::enrollment::{self, Enroller, EnrollmentSettings};
 use wazuh_cluster_actors::master::{self, ListWorkers, LocalJobs, MasterListener};
 use wazuh_cluster_actors::registry::{Registry, ReplacePolicy, Replica};
@@ -67,6 +70,7 @@ pub enum NodeHandle {
         cluster_addr: SocketAddr,
         started_ms: u64,
         registry: StoreHandle<Registry>,
+        agents: Addr<AgentHub>,
     },
     Worker {
         name: String,
@@ -74,6 +78,7 @@ pub enum NodeHandle {
         master: String,
         started_ms: u64,
         replica: StoreHandle<Replica>,
+        agents: Addr<AgentHub>,
     },
 }
 
@@ -127,6 +132,19 @@ pub struct AgentView {
     pub version: Option<String>,
     pub node_name: Option<String>,
     pub os: Option<serde_json::Value>,
+    /// Labels from the last keep-alive (`#` system, `!` hidden).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merged_sum: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_sum: Option<String>,
+    /// `synced` or `not synced`: whether the agent has its groups' current merged.mg.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_config_status: Option<String>,
+    /// The address the agent connects from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_ip: Option<String>,
     pub group: Vec<String>,
     pub registered_at: Option<String>,
     pub last_keepalive: Option<String>,
@@ -185,6 +203,13 @@ impl NodeHandle {
     pub fn name(&self) -> &str {
         match self {
             NodeHandle::Master { name, .. } | NodeHandle::Worker { name, .. } => name,
+        }
+    }
+
+    /// This node's agent hub (its agent connections).
+    pub fn hub(&self) -> &Addr<AgentHub> {
+        match self {
+            NodeHandle::Master { agents, .. } | NodeHandle::Worker { agents, .. } => agents,
         }
     }
 
@@ -287,7 +312,18 @@ impl NodeHandle {
                         status: Some(r.status),
                         version: r.version,
                         node_name: Some(r.node_name),
-                        os: r.os_name.map(|name| serde_json::json!({ "name": name, "platform": r.os_platform, "version": r.os_version })),
+                        os: r.info.as_ref().map(|i| {
+                            serde_json::json!({
+                                "name": i.os_name, "platform": i.os_platform, "version": i.os_version,
+                                "codename": i.os_codename, "arch": i.os_arch, "uname": i.os_uname,
+                                "hostname": i.hostname,
+                            })
+                        }),
+                        labels: r.info.as_ref().map(|i| i.labels.iter().cloned().collect()),
+                        merged_sum: r.info.as_ref().and_then(|i| i.merged_sum.clone()),
+                        config_sum: r.info.as_ref().and_then(|i| i.config_sum.clone()),
+                        group_config_status: r.group_config_status,
+                        peer_ip: r.peer_ip,
                         group: r.entry.groups,
                         registered_at: Some(iso(r.registered_at_ms)),
                         last_keepalive: r.last_keepalive_ms.map(iso),
@@ -307,6 +343,11 @@ impl NodeHandle {
                         version: None,
                         node_name: None,
                         os: None,
+                        labels: None,
+                        merged_sum: None,
+                        config_sum: None,
+                        group_config_status: None,
+                        peer_ip: None,
                         group: e.groups,
                         registered_at: None,
                         last_keepalive: None,
@@ -373,8 +414,10 @@ pub struct RunningNode {
     pub handle: NodeHandle,
     pub api_addr: SocketAddr,
     pub enrollment_addr: SocketAddr,
+    pub agents_addr: SocketAddr,
     api: ServerHandle,
     enrollment: actix_rt::task::JoinHandle<()>,
+    agent_listener: actix_rt::task::JoinHandle<()>,
 }
 
 /// Starts the node's actors, enrollment listener and API. Must run inside an actix system.
@@ -390,6 +433,27 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
         .await
         .with_context(|| format!("cannot listen on enrollment.bind {}", config.enrollment.bind))?;
     let enrollment_addr = enroll_listener.local_addr().context("cannot read the bound address")?;
+    let agent_tcp = TcpListener::bind(config.agents.bind)
+        .await
+        .with_context(|| format!("cannot listen on agents.bind {}", config.agents.bind))?;
+    let agents_addr = agent_tcp.local_addr().context("cannot read the bound address")?;
+    let agent_settings = AgentSettings {
+        disconnection_time: config.agents.disconnection_time,
+        enforce_counters: config.agents.enforce_counters,
+        archive_max_bytes: config.agents.archive_max_size as u64,
+        archive_keep: config.agents.archive_keep,
+        status_flush: (config.cluster.intervals.agent_info / 5).max(Duration::from_millis(20)),
+        ..AgentSettings::new(&name, data_dir.clone())
+    };
+    let archive = Archive::start(data_dir, agent_settings.archive_max_bytes, agent_settings.archive_keep)
+        .with_context(|| format!("cannot open the event archive in {}", data_dir.display()))?;
+    let shared = Arc::new(Shared {
+        settings: agent_settings,
+        keys: Default::default(),
+        counters: ManagerCounters::new(),
+        archive,
+        stats: Default::default(),
+    });
     let (handle, enroller) = match config.node.role {
         Role::Master => {
             let mut registry = Registry::open(data_dir)
@@ -409,8 +473,10 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
             info!(node = name.as_str(); "starting master of cluster {:?} (cipher {})", config.cluster.name, config.cluster.cipher);
             let listener =
                 MasterListener::start(listener, settings, registry.clone()).context("cannot start the master")?;
+            let agents = AgentHub::new(shared.clone(), KeySource::Master(registry.clone())).start();
+            listener.do_send(master::SubscribeFiles(agents.clone().recipient()));
             (
-                NodeHandle::Master { name, listener, cluster_addr, started_ms, registry: registry.clone() },
+                NodeHandle::Master { name, listener, cluster_addr, started_ms, registry: registry.clone(), agents },
                 Enroller::Master(registry),
             )
         }
@@ -421,9 +487,13 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
             let replica = StoreHandle::spawn(&format!("{name}-replica"), replica, Replica::seq)
                 .context("cannot start the replica thread")?;
             info!(node = name.as_str(); "starting worker of cluster {:?} (cipher {})", config.cluster.name, config.cluster.cipher);
-            let services = WorkerServices { replica: replica.clone() };
+            let agents = AgentHub::new(shared.clone(), KeySource::Worker(replica.clone())).start();
+            let services = WorkerServices { replica: replica.clone(), agents: Some(agents.clone()) };
             let link = WorkerLink::new(settings, master.clone(), services).start();
-            (NodeHandle::Worker { name, link: link.clone(), master, started_ms, replica }, Enroller::Worker(link))
+            (
+                NodeHandle::Worker { name, link: link.clone(), master, started_ms, replica, agents },
+                Enroller::Worker(link),
+            )
         }
     };
     let enroll_settings = Arc::new(EnrollmentSettings {
@@ -434,16 +504,19 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
     });
     let enrollment = enrollment::serve(enroll_listener, enroll_settings, enroller);
     info!(node = handle.name(); "enrollment listening on {enrollment_addr} (TLS)");
+    let agent_listener = actix_rt::spawn(session::serve(agent_tcp, handle.hub().clone(), shared));
+    info!(node = handle.name(); "agent connections listening on {agents_addr}");
     let (api_addr, api) = match crate::api::start(config.api.bind, handle.clone(), config.api.token.clone()) {
         Ok(ok) => ok,
         Err(e) => {
             handle_kill(&handle);
             enrollment.abort();
+            agent_listener.abort();
             return Err(e).with_context(|| format!("cannot listen on api.bind {}", config.api.bind));
         }
     };
     info!(node = handle.name(); "API listening on http://{api_addr}");
-    Ok(RunningNode { handle, api_addr, enrollment_addr, api, enrollment })
+    Ok(RunningNode { handle, api_addr, enrollment_addr, agents_addr, api, enrollment, agent_listener })
 }
 
 fn handle_kill(handle: &NodeHandle) {
@@ -469,6 +542,7 @@ impl RunningNode {
     /// Starts the graceful stop without waiting for it (to stop several nodes at once).
     pub fn begin_shutdown(&self, reason: &str) {
         self.enrollment.abort();
+        self.agent_listener.abort();
         // The API stops accepting at once; its in-flight requests finish within a second.
         let api = self.api.stop(true);
         actix_rt::spawn(api);
@@ -481,6 +555,7 @@ impl RunningNode {
     /// Abrupt stop, as a crash: sockets dropped without goodbyes (tests).
     pub async fn kill(&self) {
         self.enrollment.abort();
+        self.agent_listener.abort();
         handle_kill(&self.handle);
         self.api.stop(false).await;
     }

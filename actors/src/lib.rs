@@ -10,6 +10,7 @@
 //!
 //! Every log line carries the local node's name as the `node` key-value.
 
+pub mod agents;
 pub mod connection;
 pub mod enrollment;
 pub mod files;

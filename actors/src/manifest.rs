@@ -262,6 +262,11 @@ pub struct Delta {
 }
 
 impl Delta {
+    /// Every path the delta names (changed or removed).
+    pub fn paths(&self) -> Vec<String> {
+        self.changed.iter().map(|m| m.path.clone()).chain(self.removed.iter().cloned()).collect()
+    }
+
     pub fn between(old: &Manifest, new: &Manifest) -> Delta {
         let mut d = Delta::default();
         for (path, e) in &new.files {

@@ -2,7 +2,7 @@
 //! registry of connected workers (the master's peer registry).
 
 use crate::connection::{
-    Abort, Close, ConnectionActor, ConnectionClosed, ConnectionInfo, GetInfo, InjectJobFault, MasterSide,
+    Abort, Close, ConnectionActor, ConnectionClosed, ConnectionInfo, GetInfo, InjectJobFault, MasterSide, Outgoing,
 };
 use crate::jobs::local::MasterServices;
 use crate::jobs::JobHealth;
@@ -17,8 +17,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use wazuh_cluster_protocol::handshake::{check_node_name, Hello, Refusal};
-use wazuh_cluster_protocol::message::JobReport;
+use wazuh_cluster_protocol::message::{ForceReconnect, JobReport};
 use wazuh_cluster_protocol::version::VersionRange;
+use wazuh_cluster_protocol::{Envelope, MasterToWorker};
 use wazuh_cluster_protocol::{ProtocolVersion, Role};
 
 /// Handshakes allowed in flight at once; further connections are closed at once. Bounds what
@@ -259,6 +260,44 @@ impl Handler<ListWorkers> for MasterListener {
             out.sort_by(|a, b| a.peer.node_name.cmp(&b.peer.node_name));
             out
         })
+    }
+}
+
+/// Subscribes to the master's file changes (the agent hub, for merged.mg pushes).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SubscribeFiles(pub Recipient<crate::jobs::local::FilesChanged>);
+
+impl Handler<SubscribeFiles> for MasterListener {
+    type Result = ();
+
+    fn handle(&mut self, SubscribeFiles(r): SubscribeFiles, _: &mut Context<Self>) {
+        self.services.local_integrity.do_send(crate::jobs::local::SubscribeFiles(r));
+    }
+}
+
+/// Asks connected workers (all, or the one named) to send `#!-force_reconnect` to agents (all of
+/// theirs when `ids` is empty). Returns the workers asked.
+#[derive(Message)]
+#[rtype(result = "Vec<String>")]
+pub struct ForceReconnectWorkers {
+    pub node: Option<String>,
+    pub ids: Vec<u32>,
+}
+
+impl Handler<ForceReconnectWorkers> for MasterListener {
+    type Result = Vec<String>;
+
+    fn handle(&mut self, msg: ForceReconnectWorkers, _: &mut Context<Self>) -> Vec<String> {
+        let mut asked = Vec::new();
+        for (name, conn) in &self.workers {
+            if conn.connected() && msg.node.as_ref().is_none_or(|n| n == name) {
+                let body = MasterToWorker::ForceReconnect(ForceReconnect { ids: msg.ids.clone() });
+                conn.do_send(Outgoing(Envelope::notify(body)));
+                asked.push(name.clone());
+            }
+        }
+        asked
     }
 }
 

@@ -15,7 +15,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use wazuh_cluster_protocol::agent::enrollment::{EnrollError, MAX_GROUPS};
-use wazuh_cluster_protocol::message::{AgentChange, AgentEntry};
+use wazuh_cluster_protocol::message::{AgentChange, AgentEntry, AgentInfoUpdate};
 
 pub const DEFAULT_GROUP: &str = "default";
 /// Changes kept for delta replication; a worker further behind gets a snapshot.
@@ -171,6 +171,10 @@ pub struct AgentRow {
     pub os_version: Option<String>,
     /// Enrolled through a worker whose delivery of the key is not confirmed yet.
     pub pending: bool,
+    /// What its last keep-alive said.
+    pub info: Option<wazuh_cluster_protocol::agent::keepalive::KeepAlive>,
+    pub group_config_status: Option<String>,
+    pub peer_ip: Option<String>,
 }
 
 /// When a duplicate name (or IP) may be taken over by a new enrollment.
@@ -283,6 +287,14 @@ impl Registry {
             CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, id INTEGER, error TEXT, at INTEGER NOT NULL);
             INSERT OR IGNORE INTO meta (k, v) VALUES ('last_id', 0), ('seq', 0);",
         )?;
+        // Columns added after the first release of the table.
+        for (col, ty) in [("info", "TEXT"), ("group_config_status", "TEXT"), ("peer_ip", "TEXT")] {
+            let has: bool =
+                conn.prepare("SELECT 1 FROM pragma_table_info('agents') WHERE name = ?1")?.exists(params![col])?;
+            if !has {
+                conn.execute_batch(&format!("ALTER TABLE agents ADD COLUMN {col} {ty}"))?;
+            }
+        }
         let now = now_ms() as i64;
         conn.execute("INSERT OR IGNORE INTO groups (name, created_at) VALUES (?1, ?2)", params![DEFAULT_GROUP, now])?;
         let seq: i64 = conn.query_row("SELECT v FROM meta WHERE k = 'seq'", [], |r| r.get(0))?;
@@ -553,11 +565,59 @@ impl Registry {
         Ok((false, rows.collect::<Result<_, _>>()?))
     }
 
+    /// Stores status updates reported by `node` (a worker, or the master for its own agents), only
+    /// for agents that exist, and never over a newer report from another node (an agent that moved).
+    /// Returns (stored, unknown, stale).
+    pub fn store_statuses(&mut self, node: &str, updates: &[AgentInfoUpdate]) -> Result<(u32, u32, u32), StoreError> {
+        let (mut stored, mut unknown, mut stale) = (0, 0, 0);
+        for u in updates {
+            let info = u.info.as_ref().and_then(|i| serde_json::to_string(i).ok());
+            let i = u.info.as_ref();
+            let changed = self
+                .conn
+                .prepare_cached(
+                    "UPDATE agents SET status = ?2, last_keepalive = COALESCE(?3, last_keepalive), node_name = ?4,
+                        version = COALESCE(?5, version), os_name = COALESCE(?6, os_name),
+                        os_platform = COALESCE(?7, os_platform), os_version = COALESCE(?8, os_version),
+                        info = COALESCE(?9, info), merged_sum = COALESCE(?10, merged_sum),
+                        config_sum = COALESCE(?11, config_sum),
+                        group_config_status = COALESCE(?12, group_config_status), peer_ip = COALESCE(?13, peer_ip),
+                        disconnected_at = CASE WHEN ?2 = 'disconnected' THEN ?14 ELSE NULL END
+                 WHERE id = ?1 AND (node_name = ?4 OR last_keepalive IS NULL OR ?3 IS NULL AND status != 'active'
+                                    OR last_keepalive <= ?3)",
+                )?
+                .execute(params![
+                    u.id,
+                    u.status,
+                    u.last_keepalive_ms.map(|v| v as i64),
+                    node,
+                    u.version,
+                    i.map(|i| i.os_name.clone()),
+                    i.map(|i| i.os_platform.clone()),
+                    i.map(|i| i.os_version.clone()),
+                    info,
+                    i.and_then(|i| i.merged_sum.clone()),
+                    i.and_then(|i| i.config_sum.clone()),
+                    u.group_config_status,
+                    u.peer_ip,
+                    now_ms() as i64,
+                ])?;
+            if changed > 0 {
+                stored += 1;
+            } else if one_entry(&self.conn, u.id)?.is_some() {
+                stale += 1;
+            } else {
+                unknown += 1;
+            }
+        }
+        Ok((stored, unknown, stale))
+    }
+
     /// Full rows for the API, in id order.
     pub fn rows(&self) -> Result<Vec<AgentRow>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, name, ip, key, groups, registered_at, node_name, status, last_keepalive, version, os_name,
-                    os_platform, os_version, pending FROM agents ORDER BY id",
+                    os_platform, os_version, pending, info, group_config_status, peer_ip FROM agents ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(AgentRow {
@@ -577,6 +637,9 @@ impl Registry {
                 os_platform: r.get(11)?,
                 os_version: r.get(12)?,
                 pending: r.get::<_, i64>(13)? != 0,
+                info: r.get::<_, Option<String>>(14)?.and_then(|t| serde_json::from_str(&t).ok()),
+                group_config_status: r.get(15)?,
+                peer_ip: r.get(16)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -19,10 +19,11 @@ use wazuh_cluster_protocol::message::{
 };
 use wazuh_cluster_protocol::{MasterToWorker, WorkerToMaster};
 
-/// What a worker lends its connection: the agent replica.
+/// What a worker lends its connection: the agent replica and (when it serves agents) its agent hub.
 #[derive(Clone)]
 pub struct WorkerServices {
     pub replica: StoreHandle<Replica>,
+    pub agents: Option<Addr<crate::agents::hub::AgentHub>>,
 }
 
 pub struct WorkerLink {

@@ -134,6 +134,8 @@ pub enum MasterToWorker {
     EnrollResult(EnrollResult),
     EnrollResolved(EnrollResolve),
     AdminResult(AdminResult),
+    /// Asks the worker to send `#!-force_reconnect` to these agents (all when empty).
+    ForceReconnect(ForceReconnect),
     /// The master is closing the connection on purpose.
     Goodbye(Goodbye),
     /// A request could not be served.
@@ -176,14 +178,28 @@ pub struct JobReport {
 /// One agent's status as seen by the worker it reports to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentInfoUpdate {
-    pub agent_id: String,
+    pub id: u32,
+    /// `pending`, `active` or `disconnected`.
     pub status: String,
     pub last_keepalive_ms: Option<u64>,
+    /// e.g. `Wazuh v4.14.7`.
+    pub version: Option<String>,
+    /// What the last keep-alive said (OS, labels, sums).
+    pub info: Option<crate::agent::keepalive::KeepAlive>,
+    /// `synced` or `not synced` (merged.mg).
+    pub group_config_status: Option<String>,
+    /// The address the agent connects from.
+    pub peer_ip: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct AgentInfoBatch {
     pub updates: Vec<AgentInfoUpdate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ForceReconnect {
+    pub ids: Vec<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -413,6 +429,7 @@ impl MessageName for MasterToWorker {
             MasterToWorker::EnrollResult(_) => "enroll_result",
             MasterToWorker::EnrollResolved(_) => "enroll_resolved",
             MasterToWorker::AdminResult(_) => "admin_result",
+            MasterToWorker::ForceReconnect(_) => "force_reconnect",
             MasterToWorker::Goodbye(_) => "goodbye",
             MasterToWorker::Error(_) => "error",
         }

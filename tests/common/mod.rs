@@ -155,5 +155,8 @@ pub async fn start_master(settings: ChannelSettings) -> (Addr<MasterListener>, S
 /// A worker's services with a fresh replica.
 pub fn worker_services() -> WorkerServices {
     let replica = Replica::open(&scratch_dir()).expect("replica");
-    WorkerServices { replica: StoreHandle::spawn("test-replica", replica, Replica::seq).expect("replica thread") }
+    WorkerServices {
+        replica: StoreHandle::spawn("test-replica", replica, Replica::seq).expect("replica thread"),
+        agents: None,
+    }
 }

@@ -10,7 +10,7 @@ use crate::registry::{NewAgent, Registry};
 use crate::settings::ChannelSettings;
 use crate::store_thread::StoreHandle;
 use actix::prelude::*;
-use log::{debug, warn};
+use log::warn;
 use std::sync::Arc;
 use wazuh_cluster_protocol::agent::enrollment::EnrollError;
 use wazuh_cluster_protocol::message::{
@@ -57,7 +57,15 @@ impl MasterJobs {
         let conn1 = conn.clone();
         let keepalive = Supervisor::start(move |_| KeepAlive { core: c1, conn: conn1 });
         let conn2 = conn.clone();
-        let agent_info = Supervisor::start(move |_| AgentInfo { core: c2, conn: conn2 });
+        let registry2 = services.registry.clone();
+        let agent_info = Supervisor::start(move |_| AgentInfo {
+            core: c2,
+            conn: conn2,
+            registry: registry2,
+            stored: 0,
+            unknown: 0,
+            stale: 0,
+        });
         let conn3 = conn.clone();
         let groups = services.local_agent_groups.clone();
         let registry = services.registry.clone();
@@ -161,6 +169,11 @@ impl Handler<Inbound<WorkerToMaster>> for KeepAlive {
 pub struct AgentInfo {
     core: JobCore,
     conn: Conn,
+    registry: StoreHandle<Registry>,
+    /// Totals for health.
+    stored: u64,
+    unknown: u64,
+    stale: u64,
 }
 
 job_plumbing!(AgentInfo);
@@ -177,18 +190,42 @@ impl Handler<Inbound<WorkerToMaster>> for AgentInfo {
 
     fn handle(&mut self, Inbound(envelope): Inbound<WorkerToMaster>, ctx: &mut Context<Self>) {
         match (envelope.kind, &envelope.body) {
-            (Kind::Request(id), WorkerToMaster::AgentInfo(batch)) => {
+            (Kind::Request(id), WorkerToMaster::AgentInfo(_)) => {
                 if let Err(e) = self.core.begin() {
                     return self.core.failed(ctx, e);
                 }
-                // Updates are stored only for agents that exist; the registry comes with
-                // enrollment, so for now every update is for an unknown agent.
-                let unknown = batch.updates.len() as u32;
-                if unknown > 0 {
-                    debug!(node = self.core.node(); "worker {}: {unknown} status updates for unknown agents not stored", self.core.peer);
-                }
-                reply(&self.conn, id, MasterToWorker::AgentInfoAck(AgentInfoAck { stored: 0, unknown }));
-                self.core.succeeded();
+                let WorkerToMaster::AgentInfo(batch) = envelope.body else { return };
+                let (registry, conn, peer) = (self.registry.clone(), self.conn.clone(), self.core.peer.clone());
+                let fut = async move {
+                    // Stored only for agents that exist; the acknowledgement tells the worker it can
+                    // forget these changes.
+                    let n = batch.updates.len();
+                    let counts = if n == 0 {
+                        (0, 0, 0)
+                    } else {
+                        registry.run(move |r| r.store_statuses(&peer, &batch.updates)).await?
+                    };
+                    let (stored, unknown, _) = counts;
+                    reply(&conn, id, MasterToWorker::AgentInfoAck(AgentInfoAck { stored, unknown }));
+                    Ok::<_, String>(counts)
+                };
+                ctx.spawn(fut.into_actor(self).map(|result, act, ctx| match result {
+                    Ok((stored, unknown, stale)) => {
+                        act.stored += stored as u64;
+                        act.unknown += unknown as u64;
+                        act.stale += stale as u64;
+                        if unknown > 0 {
+                            warn!(node = act.core.node(); "worker {}: {unknown} status updates for agents that do not exist (deleted?) were not stored", act.core.peer);
+                        }
+                        act.core.set_details(vec![
+                            ("stored".into(), act.stored.to_string()),
+                            ("unknown".into(), act.unknown.to_string()),
+                            ("stale".into(), act.stale.to_string()),
+                        ]);
+                        act.core.succeeded();
+                    }
+                    Err(e) => act.core.failed(ctx, format!("cannot store agent statuses: {e}")),
+                }));
             }
             _ => refuse(&self.core, &self.conn, envelope),
         }

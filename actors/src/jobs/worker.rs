@@ -1,6 +1,7 @@
 //! A worker's end of its connection: `KeepAlive`, `AgentInfo`, `AgentGroupsSend`, `Integrity`.
 
 use super::{call, job_plumbing, schedule, Controls, Inbound, InjectFault, JobCore, JobHealth};
+use crate::agents::hub::{self, AgentHub, Delivered, ResendAll, SharedChanged, TakeUpdates};
 use crate::connection::{ConnectionActor, JobSet, Outgoing, WorkerSide};
 use crate::files::{self, Staging};
 use crate::manifest::{self, Manifest};
@@ -26,6 +27,7 @@ pub struct WorkerJobs {
     /// The jobs that receive messages the master starts; the others start their own rounds.
     agent_groups: Addr<AgentGroupsSend>,
     integrity: Addr<Integrity>,
+    hub: Option<Addr<AgentHub>>,
     controls: Controls,
 }
 
@@ -42,13 +44,16 @@ impl WorkerJobs {
         let (conn1, siblings) = (conn.clone(), vec![h1.clone(), h2.clone(), h3.clone(), h4.clone()]);
         let keepalive = Supervisor::start(move |_| KeepAlive { core: c1, conn: conn1, siblings });
         let conn2 = conn.clone();
-        let agent_info = Supervisor::start(move |_| AgentInfo { core: c2, conn: conn2 });
+        let hub = services.agents.clone();
+        let agent_info = Supervisor::start(move |_| AgentInfo { core: c2, conn: conn2, hub, last_sent: None });
         let conn3 = conn.clone();
         let replica = services.replica.clone();
         let agent_groups = Supervisor::start(move |_| AgentGroupsSend { core: c3, conn: conn3, replica });
+        let hub = services.agents.clone();
         let integrity = Supervisor::start(move |_| Integrity {
             core: c4,
             conn,
+            hub,
             manifest: None,
             in_sync: None,
             again: false,
@@ -59,7 +64,7 @@ impl WorkerJobs {
         controls.add("AgentInfo", &agent_info, h2);
         controls.add("AgentGroupsSend", &agent_groups, h3);
         controls.add("Integrity", &integrity, h4);
-        WorkerJobs { agent_groups, integrity, controls }
+        WorkerJobs { agent_groups, integrity, hub: services.agents.clone(), controls }
     }
 }
 
@@ -68,6 +73,11 @@ impl JobSet<WorkerSide> for WorkerJobs {
         match envelope.body {
             MasterToWorker::AgentGroups(_) => self.agent_groups.do_send(Inbound(envelope)),
             MasterToWorker::IntegrityChanged(_) => self.integrity.do_send(Inbound(envelope)),
+            MasterToWorker::ForceReconnect(ref f) => {
+                if let Some(hub) = &self.hub {
+                    hub.do_send(hub::ForceReconnect(f.ids.clone()));
+                }
+            }
             MasterToWorker::Error(ref err) => {
                 warn!("master sent an unsolicited error ({:?}): {}", err.code, err.message);
             }
@@ -164,24 +174,62 @@ impl Actor for KeepAlive {
 pub struct AgentInfo {
     core: JobCore,
     conn: Conn,
+    hub: Option<Addr<AgentHub>>,
+    last_sent: Option<std::time::Instant>,
 }
 
 job_plumbing!(AgentInfo);
 
+/// Most updates in one batch.
+const MAX_AGENT_UPDATES: usize = 5000;
+
 impl AgentInfo {
+    /// Sends the changes the master has not acknowledged (at least an empty batch every interval, so
+    /// the round is also a liveness check); an acknowledgement marks them delivered.
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        let body = WorkerToMaster::AgentInfo(AgentInfoBatch::default());
-        round(
-            self,
-            |a| &mut a.core,
-            ctx,
-            self.conn.clone(),
-            body,
-            |_, answer| match answer {
-                MasterToWorker::AgentInfoAck(_) => Ok(()),
-                other => unexpected(other),
-            },
-        );
+        if self.core.is_busy() {
+            return;
+        }
+        let every = self.core.settings.jobs.agent_info;
+        let due = self.last_sent.is_none_or(|t| t.elapsed() >= every);
+        let (hub, conn) = (self.hub.clone(), self.conn.clone());
+        if let Err(e) = self.core.begin() {
+            return self.core.failed(ctx, e);
+        }
+        let fut = async move {
+            let updates = match &hub {
+                Some(h) => h.send(TakeUpdates { max: MAX_AGENT_UPDATES }).await.map_err(|e| e.to_string())?,
+                None => Vec::new(),
+            };
+            if updates.is_empty() && !due {
+                return Ok(None);
+            }
+            let versions: Vec<(u32, u64)> = updates.iter().map(|(u, v)| (u.id, *v)).collect();
+            let batch = AgentInfoBatch { updates: updates.into_iter().map(|(u, _)| u).collect() };
+            match call(conn, WorkerToMaster::AgentInfo(batch)).await? {
+                MasterToWorker::AgentInfoAck(ack) => {
+                    // Delivered: stored, or refused for good (the agent no longer exists, or a newer
+                    // report from another node won); either way not worth sending again.
+                    if let Some(h) = &hub {
+                        h.do_send(Delivered(versions.clone()));
+                    }
+                    Ok(Some((versions.len(), ack)))
+                }
+                other => unexpected(other).map(|_| None),
+            }
+        };
+        ctx.spawn(fut.into_actor(self).map(|result: Result<_, String>, act, ctx| match result {
+            Ok(sent) => {
+                if let Some((n, ack)) = sent {
+                    act.last_sent = Some(std::time::Instant::now());
+                    if ack.unknown > 0 {
+                        debug!(node = act.core.node(); "master {}: {} of {n} status updates were for agents it does not know", act.core.peer, ack.unknown);
+                    }
+                }
+                act.core.succeeded()
+            }
+            Err(e) => act.core.failed(ctx, e),
+        }));
     }
 }
 
@@ -190,7 +238,12 @@ impl Actor for AgentInfo {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if !self.core.is_stopped_for_good() {
-            let every = self.core.settings.jobs.agent_info;
+            if let Some(hub) = &self.hub {
+                // A new connection: the master may have missed anything, send it all again.
+                hub.do_send(ResendAll);
+            }
+            // Checked often, so a change goes out well within the interval.
+            let every = (self.core.settings.jobs.agent_info / 5).max(std::time::Duration::from_millis(20));
             schedule(&mut self.core, ctx, every, Self::tick);
         }
     }
@@ -279,6 +332,8 @@ impl Handler<Inbound<MasterToWorker>> for AgentGroupsSend {
 pub struct Integrity {
     core: JobCore,
     conn: Conn,
+    /// Told which files changed, for merged.mg pushes.
+    hub: Option<Addr<AgentHub>>,
     manifest: Option<Arc<Manifest>>,
     in_sync: Option<bool>,
     /// A change was announced while a round was running: run again after it.
@@ -314,6 +369,8 @@ struct RoundReport {
     bytes: u64,
     errors: Vec<String>,
     notes: Vec<String>,
+    /// Paths written or deleted.
+    touched: Vec<String>,
     started_ms: u64,
     took_ms: u64,
     /// Milliseconds spent in each phase, for the debug log.
@@ -465,6 +522,8 @@ async fn fetch_and_apply(
     report.deleted += applied.deleted.len();
     report.errors.extend(applied.refused.into_iter().map(|(p, e)| format!("{p}: refused: {e}")));
     report.notes.extend(applied.notes);
+    report.touched.extend(applied.written.iter().map(|m| m.path.clone()));
+    report.touched.extend(applied.deleted.iter().cloned());
     manifest::record_applied(data_dir, manifest, &applied.written, &applied.deleted);
     Ok(())
 }
@@ -580,6 +639,11 @@ impl Integrity {
             t.errors += r.errors.len();
             for e in r.errors.iter().take(20) {
                 warn!(node = node.as_str(); "file sync with {}: {e}", self.core.peer);
+            }
+            if !r.touched.is_empty() {
+                if let Some(hub) = &self.hub {
+                    hub.do_send(SharedChanged(Some(r.touched.clone())));
+                }
             }
             for note in &r.notes {
                 info!(node = node.as_str(); "file sync with {}: {note}", self.core.peer);

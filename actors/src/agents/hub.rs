@@ -1,0 +1,560 @@
+//! The node's agent hub: keys, live connections, statuses, undelivered changes and pushes.
+
+use super::merged::{groups_key, MergedCache};
+use super::session::ToSession;
+use super::{KeyMap, Shared};
+use crate::registry::{fmt_id, Registry, Replica};
+use crate::store_thread::StoreHandle;
+use actix::prelude::*;
+use log::{debug, info, warn};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use wazuh_cluster_protocol::agent::keepalive::KeepAlive;
+use wazuh_cluster_protocol::message::{AgentEntry, AgentInfoUpdate};
+
+/// Where the keys come from: the master's registry or a worker's replica.
+#[derive(Clone)]
+pub enum KeySource {
+    Master(StoreHandle<Registry>),
+    Worker(StoreHandle<Replica>),
+}
+
+impl KeySource {
+    async fn entries(&self) -> Result<Vec<AgentEntry>, String> {
+        match self {
+            KeySource::Master(h) => h.run(|r| r.entries()).await,
+            KeySource::Worker(h) => h.run(|r| r.entries()).await,
+        }
+    }
+
+    fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        match self {
+            KeySource::Master(h) => h.watch(),
+            KeySource::Worker(h) => h.watch(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    Active,
+    Disconnected,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Active => "active",
+            Status::Disconnected => "disconnected",
+        }
+    }
+}
+
+struct AgentState {
+    status: Status,
+    /// Last startup or keep-alive (for the disconnection timeout and takeovers).
+    last_seen: Instant,
+    last_keepalive_ms: Option<u64>,
+    version: Option<String>,
+    info: Option<KeepAlive>,
+    peer: Option<SocketAddr>,
+    group_config_status: Option<String>,
+    /// Bumped at every change; the master has everything up to `delivered`.
+    version_seq: u64,
+}
+
+struct Live {
+    conn: u64,
+    peer: SocketAddr,
+    tx: mpsc::UnboundedSender<ToSession>,
+}
+
+pub struct AgentHub {
+    shared: Arc<Shared>,
+    source: KeySource,
+    loaded_seq: Option<u64>,
+    live: HashMap<u32, Live>,
+    states: HashMap<u32, AgentState>,
+    /// Agents whose state changed since the master acknowledged it: id -> version_seq.
+    dirty: HashMap<u32, u64>,
+    next_seq: u64,
+    merged: MergedCache,
+    /// Master: a write of statuses is in flight.
+    flushing: bool,
+}
+
+impl AgentHub {
+    pub fn new(shared: Arc<Shared>, source: KeySource) -> Self {
+        Self {
+            shared,
+            source,
+            loaded_seq: None,
+            live: HashMap::new(),
+            states: HashMap::new(),
+            dirty: HashMap::new(),
+            next_seq: 0,
+            merged: MergedCache::default(),
+            flushing: false,
+        }
+    }
+
+    fn node(&self) -> &str {
+        &self.shared.settings.node_name
+    }
+
+    fn touch(&mut self, id: u32) {
+        self.next_seq += 1;
+        if let Some(s) = self.states.get_mut(&id) {
+            s.version_seq = self.next_seq;
+        }
+        self.dirty.insert(id, self.next_seq);
+    }
+
+    /// Reads the keys again; closes the connections of agents deleted (or re-keyed) since.
+    fn reload(&mut self, ctx: &mut Context<Self>) -> ResponseActFuture<Self, ()> {
+        let seq = *self.source.watch().borrow();
+        if self.loaded_seq == Some(seq) {
+            return Box::pin(actix::fut::ready(()));
+        }
+        let source = self.source.clone();
+        let _ = ctx;
+        Box::pin(async move { (seq, source.entries().await) }.into_actor(self).map(|(seq, result), act, _| {
+            let entries = match result {
+                Ok(e) => e,
+                Err(e) => {
+                    warn!(node = act.node(); "cannot read the agent keys: {e}");
+                    return;
+                }
+            };
+            let map = KeyMap::from_entries(entries);
+            let gone: Vec<u32> = act
+                .live
+                .keys()
+                .copied()
+                .filter(|id| {
+                    let old = act.shared.keys().by_id.get(id).map(|k| k.raw_key.clone());
+                    map.by_id.get(id).map(|k| k.raw_key.clone()) != old || !map.by_id.contains_key(id)
+                })
+                .collect();
+            let removed: Vec<u32> = act.states.keys().copied().filter(|id| !map.by_id.contains_key(id)).collect();
+            if let Ok(mut keys) = act.shared.keys.write() {
+                *keys = Arc::new(map);
+            }
+            act.loaded_seq = Some(seq);
+            for id in gone {
+                if let Some(live) = act.live.remove(&id) {
+                    info!(node = act.node(); "agent {} was deleted or re-keyed: closing its connection from {}", fmt_id(id), live.peer);
+                    let _ = live.tx.send(ToSession::Close("the agent was deleted or its key changed".into()));
+                }
+            }
+            for id in removed {
+                act.states.remove(&id);
+                act.dirty.remove(&id);
+            }
+        }))
+    }
+
+    /// Pushes the current merged.mg to `id` if what it last reported differs.
+    fn push_if_stale(&mut self, id: u32) {
+        let Some(key) = self.shared.keys().by_id.get(&id).cloned() else { return };
+        let Some(tx) = self.live.get(&id).map(|l| l.tx.clone()) else { return };
+        let reported = self.states.get(&id).and_then(|s| s.info.as_ref()).and_then(|i| i.merged_sum.clone());
+        let merged = match self.merged.get(&self.shared.settings.data_dir, &key.groups) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(node = self.node(); "cannot build merged.mg for {}: {e}", groups_key(&key.groups));
+                return;
+            }
+        };
+        let synced = reported.as_deref() == Some(merged.md5.as_str());
+        let status = if synced { "synced" } else { "not synced" };
+        if let Some(s) = self.states.get_mut(&id) {
+            if s.group_config_status.as_deref() != Some(status) {
+                s.group_config_status = Some(status.into());
+                self.touch(id);
+            }
+        }
+        if synced {
+            return;
+        }
+        let mut messages = Vec::with_capacity(2 + merged.data.len() / 900 + 1);
+        messages.push(format!("#!-up file {} merged.mg\n", merged.md5).into_bytes());
+        for chunk in merged.data.chunks(900) {
+            messages.push(chunk.to_vec());
+        }
+        messages.push(b"#!-close file ".to_vec());
+        debug!(node = self.node(); "pushing merged.mg {} ({} bytes) to agent {}", merged.md5, merged.data.len(), fmt_id(id));
+        self.shared.stats.pushes.fetch_add(1, Ordering::Relaxed);
+        let _ = tx.send(ToSession::Send(messages));
+    }
+
+    /// Marks agents silent for longer than the disconnection time as disconnected.
+    fn sweep(&mut self) {
+        let limit = self.shared.settings.disconnection_time;
+        let stale: Vec<u32> = self
+            .states
+            .iter()
+            .filter(|(_, s)| s.status != Status::Disconnected && s.last_seen.elapsed() >= limit)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            if let Some(s) = self.states.get_mut(&id) {
+                s.status = Status::Disconnected;
+            }
+            info!(node = self.node(); "agent {} silent for {} s: disconnected", fmt_id(id), limit.as_secs());
+            self.touch(id);
+        }
+    }
+
+    fn update_for(&self, id: u32, s: &AgentState) -> AgentInfoUpdate {
+        AgentInfoUpdate {
+            id,
+            status: s.status.as_str().to_string(),
+            last_keepalive_ms: s.last_keepalive_ms,
+            version: s.version.clone(),
+            info: s.info.clone(),
+            group_config_status: s.group_config_status.clone(),
+            peer_ip: s.peer.map(|p| p.ip().to_string()),
+        }
+    }
+}
+
+impl Actor for AgentHub {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Keys follow the store: reloaded after every committed change.
+        let mut watch = self.source.watch();
+        let me = ctx.address();
+        ctx.spawn(
+            async move {
+                loop {
+                    me.do_send(RefreshKeys);
+                    if watch.changed().await.is_err() {
+                        break;
+                    }
+                }
+            }
+            .into_actor(self),
+        );
+        ctx.run_interval(std::time::Duration::from_secs(1), |act, _| act.sweep());
+        if let KeySource::Master(registry) = &self.source {
+            // The master stores its own agents' statuses directly.
+            let registry = registry.clone();
+            ctx.run_interval(self.shared.settings.status_flush, move |act, ctx| {
+                if act.flushing || act.dirty.is_empty() {
+                    return;
+                }
+                act.flushing = true;
+                let batch: Vec<(AgentInfoUpdate, u64)> = act
+                    .dirty
+                    .iter()
+                    .filter_map(|(id, v)| act.states.get(id).map(|s| (act.update_for(*id, s), *v)))
+                    .collect();
+                let node = act.shared.settings.node_name.clone();
+                let registry = registry.clone();
+                ctx.spawn(
+                    async move {
+                        let versions: Vec<(u32, u64)> = batch.iter().map(|(u, v)| (u.id, *v)).collect();
+                        let updates: Vec<AgentInfoUpdate> = batch.into_iter().map(|(u, _)| u).collect();
+                        registry.run(move |r| r.store_statuses(&node, &updates)).await.map(|_| versions)
+                    }
+                    .into_actor(act)
+                    .map(|result, act, ctx| {
+                        act.flushing = false;
+                        match result {
+                            Ok(versions) => <Self as Handler<Delivered>>::handle(act, Delivered(versions), ctx),
+                            Err(e) => warn!(node = act.node(); "cannot store agent statuses: {e}"),
+                        }
+                    }),
+                );
+            });
+        }
+    }
+}
+
+/// Re-reads the keys if the store changed since they were read.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RefreshKeys;
+
+impl Handler<RefreshKeys> for AgentHub {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: RefreshKeys, ctx: &mut Context<Self>) -> Self::Result {
+        self.reload(ctx)
+    }
+}
+
+/// A connection says it speaks for agent `id`.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct Bind {
+    pub id: u32,
+    pub conn: u64,
+    pub peer: SocketAddr,
+    pub tx: mpsc::UnboundedSender<ToSession>,
+}
+
+impl Handler<Bind> for AgentHub {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, b: Bind, _: &mut Context<Self>) -> Self::Result {
+        let takeover = self.shared.settings.takeover_after;
+        if let Some(old) = self.live.get(&b.id) {
+            if old.conn != b.conn {
+                let silent = self.states.get(&b.id).map(|s| s.last_seen.elapsed()).unwrap_or(takeover);
+                if silent < takeover && !old.tx.is_closed() {
+                    warn!(node = self.node(); "agent {}: refusing a second connection from {} while the one from {} is live", fmt_id(b.id), b.peer, old.peer);
+                    return Err(format!("agent {} already has a live connection", fmt_id(b.id)));
+                }
+                info!(node = self.node(); "agent {}: the connection from {} replaces the silent one from {}", fmt_id(b.id), b.peer, old.peer);
+                let _ = old.tx.send(ToSession::Close("replaced by a newer connection of the same agent".into()));
+            }
+        }
+        self.live.insert(b.id, Live { conn: b.conn, peer: b.peer, tx: b.tx });
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+pub enum SeenKind {
+    Startup(Option<String>),
+    KeepAlive(Box<KeepAlive>),
+    Shutdown,
+}
+
+/// Something an agent said on its (bound) connection.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Seen {
+    pub id: u32,
+    pub conn: u64,
+    pub kind: SeenKind,
+}
+
+impl Handler<Seen> for AgentHub {
+    type Result = ();
+
+    fn handle(&mut self, seen: Seen, _: &mut Context<Self>) {
+        let Some(live) = self.live.get(&seen.id) else { return };
+        if live.conn != seen.conn {
+            return;
+        }
+        let peer = live.peer;
+        let state = self.states.entry(seen.id).or_insert_with(|| AgentState {
+            status: Status::Pending,
+            last_seen: Instant::now(),
+            last_keepalive_ms: None,
+            version: None,
+            info: None,
+            peer: None,
+            group_config_status: None,
+            version_seq: 0,
+        });
+        state.peer = Some(peer);
+        match seen.kind {
+            SeenKind::Startup(version) => {
+                state.status = Status::Pending;
+                state.last_seen = Instant::now();
+                if let Some(v) = version {
+                    state.version = Some(format!("Wazuh {v}"));
+                }
+                self.touch(seen.id);
+            }
+            SeenKind::KeepAlive(ka) => {
+                state.last_seen = Instant::now();
+                state.last_keepalive_ms = Some(crate::now_ms());
+                state.status = Status::Active;
+                if !ka.version.is_empty() {
+                    state.version = Some(ka.version.clone());
+                }
+                state.info = Some(*ka);
+                // Every keep-alive refreshes last_keepalive on the master.
+                self.touch(seen.id);
+                self.push_if_stale(seen.id);
+            }
+            SeenKind::Shutdown => {
+                state.status = Status::Disconnected;
+                info!(node = self.node(); "agent {} shut down", fmt_id(seen.id));
+                self.touch(seen.id);
+            }
+        }
+    }
+}
+
+/// A connection ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Closed {
+    pub id: u32,
+    pub conn: u64,
+}
+
+impl Handler<Closed> for AgentHub {
+    type Result = ();
+
+    fn handle(&mut self, c: Closed, _: &mut Context<Self>) {
+        if self.live.get(&c.id).is_some_and(|l| l.conn == c.conn) {
+            self.live.remove(&c.id);
+        }
+    }
+}
+
+/// The changes the master has not acknowledged, with their versions.
+#[derive(Message)]
+#[rtype(result = "Vec<(AgentInfoUpdate, u64)>")]
+pub struct TakeUpdates {
+    pub max: usize,
+}
+
+impl Handler<TakeUpdates> for AgentHub {
+    type Result = MessageResult<TakeUpdates>;
+
+    fn handle(&mut self, t: TakeUpdates, _: &mut Context<Self>) -> Self::Result {
+        let out = self
+            .dirty
+            .iter()
+            .take(t.max)
+            .filter_map(|(id, v)| self.states.get(id).map(|s| (self.update_for(*id, s), *v)))
+            .collect();
+        MessageResult(out)
+    }
+}
+
+/// The master stored these updates: forget them unless they changed again since.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Delivered(pub Vec<(u32, u64)>);
+
+impl Handler<Delivered> for AgentHub {
+    type Result = ();
+
+    fn handle(&mut self, Delivered(done): Delivered, _: &mut Context<Self>) {
+        for (id, v) in done {
+            if self.dirty.get(&id) == Some(&v) {
+                self.dirty.remove(&id);
+            }
+        }
+    }
+}
+
+/// A new connection to the master: everything known is sent again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ResendAll;
+
+impl Handler<ResendAll> for AgentHub {
+    type Result = ();
+
+    fn handle(&mut self, _: ResendAll, _: &mut Context<Self>) {
+        let ids: Vec<u32> = self.states.keys().copied().collect();
+        for id in ids {
+            self.touch(id);
+        }
+    }
+}
+
+/// Files under `etc/shared` changed (`None`: maybe any): push new merged.mg files where needed.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct SharedChanged(pub Option<Vec<String>>);
+
+impl Handler<SharedChanged> for AgentHub {
+    type Result = ();
+
+    fn handle(&mut self, SharedChanged(paths): SharedChanged, _: &mut Context<Self>) {
+        if let Some(p) = &paths {
+            if !p.iter().any(|p| p.starts_with("etc/shared/")) {
+                return;
+            }
+        }
+        self.merged.invalidate(paths.as_deref());
+        let ids: Vec<u32> = self.live.keys().copied().collect();
+        for id in ids {
+            if self.states.get(&id).is_some_and(|s| s.status == Status::Active) {
+                self.push_if_stale(id);
+            }
+        }
+    }
+}
+
+impl Handler<crate::jobs::local::FilesChanged> for AgentHub {
+    type Result = ();
+
+    fn handle(&mut self, msg: crate::jobs::local::FilesChanged, ctx: &mut Context<Self>) {
+        let paths = msg.delta.as_ref().map(|d| d.paths());
+        <Self as Handler<SharedChanged>>::handle(self, SharedChanged(paths), ctx);
+    }
+}
+
+/// Asks agents (all when `ids` is empty) to reconnect; returns how many were asked.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct ForceReconnect(pub Vec<u32>);
+
+impl Handler<ForceReconnect> for AgentHub {
+    type Result = usize;
+
+    fn handle(&mut self, ForceReconnect(ids): ForceReconnect, _: &mut Context<Self>) -> usize {
+        let mut n = 0;
+        for (id, live) in &self.live {
+            let asked = ids.is_empty() || ids.contains(id);
+            if asked && live.tx.send(ToSession::Send(vec![b"#!-force_reconnect".to_vec()])).is_ok() {
+                n += 1;
+            }
+        }
+        if n > 0 {
+            info!(node = self.node(); "asked {n} agents to reconnect");
+        }
+        n
+    }
+}
+
+/// Figures for health.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct HubView {
+    pub connected: usize,
+    pub active: usize,
+    pub pending: usize,
+    pub disconnected: usize,
+    pub undelivered: usize,
+    pub connections: u64,
+    pub frames: u64,
+    pub events: u64,
+    pub events_archived: u64,
+    pub refused: u64,
+    pub pushes: u64,
+}
+
+#[derive(Message)]
+#[rtype(result = "HubView")]
+pub struct GetHubView;
+
+impl Handler<GetHubView> for AgentHub {
+    type Result = MessageResult<GetHubView>;
+
+    fn handle(&mut self, _: GetHubView, _: &mut Context<Self>) -> Self::Result {
+        let count = |st: Status| self.states.values().filter(|s| s.status == st).count();
+        let s = &self.shared.stats;
+        MessageResult(HubView {
+            connected: self.live.len(),
+            active: count(Status::Active),
+            pending: count(Status::Pending),
+            disconnected: count(Status::Disconnected),
+            undelivered: self.dirty.len(),
+            connections: s.connections.load(Ordering::Relaxed),
+            frames: s.frames.load(Ordering::Relaxed),
+            events: s.events.load(Ordering::Relaxed),
+            events_archived: self.shared.archive.written.load(Ordering::Relaxed),
+            refused: s.refused.load(Ordering::Relaxed),
+            pushes: s.pushes.load(Ordering::Relaxed),
+        })
+    }
+}

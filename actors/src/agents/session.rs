@@ -1,0 +1,292 @@
+//! One agent connection: reads frames, checks who speaks and from where, answers the conversation,
+//! and writes whatever the hub asks (pushes, reconnect requests), each frame with one write.
+
+use super::archive::ArchivedEvent;
+use super::hub::{AgentHub, Bind, Closed, RefreshKeys, Seen, SeenKind};
+use super::{AgentKey, Shared};
+use actix::Addr;
+use log::{debug, info, warn};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use wazuh_cluster_protocol::agent::keepalive::{classify, AgentMessage};
+use wazuh_cluster_protocol::agent::secure::{self, decrypt, encrypt, frame, parse_header, FrameBuffer, SecureError};
+
+/// What the hub asks a session to do.
+#[derive(Debug)]
+pub enum ToSession {
+    /// Encrypt and write these messages, in order.
+    Send(Vec<Vec<u8>>),
+    /// Close the connection, logging why.
+    Close(String),
+}
+
+/// Accepts agent connections until the listener's task is aborted.
+pub async fn serve(listener: TcpListener, hub: Addr<AgentHub>, shared: Arc<Shared>) {
+    let node = shared.settings.node_name.clone();
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let conn = shared.stats.connections.fetch_add(1, Ordering::Relaxed) + 1;
+                actix_rt::spawn(session(stream, peer, conn, hub.clone(), shared.clone()));
+            }
+            Err(e) => {
+                warn!(node = node.as_str(); "agent connections: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+struct Session {
+    peer: SocketAddr,
+    conn: u64,
+    hub: Addr<AgentHub>,
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<ToSession>,
+    /// The agent this connection speaks for, once it said who it is.
+    agent: Option<Arc<AgentKey>>,
+    /// Last counters received, as (global, local).
+    last: Option<(u32, u32)>,
+}
+
+/// Why a session ends.
+enum End {
+    Closed,
+    Refused(String),
+}
+
+async fn session(mut stream: TcpStream, peer: SocketAddr, conn: u64, hub: Addr<AgentHub>, shared: Arc<Shared>) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut s = Session { peer, conn, hub, shared, tx, agent: None, last: None };
+    let node = s.shared.settings.node_name.clone();
+    let mut fb = FrameBuffer::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    let idle = s.shared.settings.disconnection_time;
+    let stall = s.shared.settings.stall_timeout;
+    let mut partial_since: Option<tokio::time::Instant> = None;
+    let end = 'conn: loop {
+        let deadline = match partial_since {
+            Some(t) => t + stall,
+            None => tokio::time::Instant::now() + idle,
+        };
+        tokio::select! {
+            read = stream.read(&mut buf) => {
+                let n = match read {
+                    Ok(0) => break End::Closed,
+                    Ok(n) => n,
+                    Err(e) => break End::Refused(format!("read failed: {e}")),
+                };
+                fb.extend(&buf[..n]);
+                loop {
+                    match fb.next_payload() {
+                        Ok(Some(payload)) => {
+                            if let Err(why) = s.payload(&mut stream, &payload).await {
+                                break 'conn End::Refused(why);
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => break 'conn End::Refused(e.to_string()),
+                    }
+                }
+                partial_since = match (fb.pending(), partial_since) {
+                    (0, _) => None,
+                    (_, Some(t)) => Some(t),
+                    (_, None) => Some(tokio::time::Instant::now()),
+                };
+            }
+            order = rx.recv() => match order {
+                Some(ToSession::Send(messages)) => {
+                    if let Err(e) = s.send(&mut stream, &messages).await {
+                        break End::Refused(format!("write failed: {e}"));
+                    }
+                }
+                Some(ToSession::Close(why)) => break End::Refused(why),
+                None => break End::Closed,
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                break End::Refused(match partial_since {
+                    Some(_) => format!("a frame was started and not finished within {} s", stall.as_secs()),
+                    None => format!("silent for {} s", idle.as_secs()),
+                });
+            }
+        }
+    };
+    let who = s.who();
+    match end {
+        End::Closed => debug!(node = node.as_str(); "agent connection {who} closed by the peer"),
+        End::Refused(why) => {
+            s.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+            info!(node = node.as_str(); "closing agent connection {who}: {why}");
+        }
+    }
+    let _ = stream.shutdown().await;
+    if let Some(agent) = &s.agent {
+        s.hub.do_send(Closed { id: agent.id, conn });
+    }
+}
+
+impl Session {
+    fn who(&self) -> String {
+        match &self.agent {
+            Some(a) => format!("from {} (agent {} {})", self.peer, crate::registry::fmt_id(a.id), a.name),
+            None => format!("from {}", self.peer),
+        }
+    }
+
+    async fn send(&self, stream: &mut TcpStream, messages: &[Vec<u8>]) -> std::io::Result<()> {
+        let Some(agent) = &self.agent else { return Ok(()) };
+        for m in messages {
+            let counters = self.shared.counters.advance();
+            let payload = encrypt(&agent.aes, secure::AES_TAG, counters, crate::random_u64() as u32 % 100_000, m);
+            stream.write_all(&frame(&payload)).await?;
+        }
+        Ok(())
+    }
+
+    /// Handles one payload; `Err` closes the connection with the reason.
+    async fn payload(&mut self, stream: &mut TcpStream, payload: &[u8]) -> Result<(), String> {
+        self.shared.stats.frames.fetch_add(1, Ordering::Relaxed);
+        if payload == secure::PING {
+            return stream.write_all(&frame(secure::PONG)).await.map_err(|e| format!("write failed: {e}"));
+        }
+        let header = parse_header(payload).map_err(|e| e.to_string())?;
+        let key = self.key_for(header.agent_id).await?;
+        if let Some(bound) = &self.agent {
+            if bound.id != key.id {
+                return Err(format!(
+                    "a frame for agent {} on a connection of another agent",
+                    header.agent_id.unwrap_or("?")
+                ));
+            }
+        }
+        let message = decrypt(&key.aes, header.ciphertext).map_err(|e| match e {
+            SecureError::BadPadding => format!("cannot decrypt a frame for agent {} (wrong key?)", key.name),
+            other => format!("bad frame for agent {}: {other}", key.name),
+        })?;
+        self.check_counters(&key, message.global, message.local)?;
+        let text = classify(&message.text);
+        let shared = self.shared.clone();
+        let node = shared.settings.node_name.as_str();
+        match text {
+            Ok(AgentMessage::Startup { version }) => {
+                self.bind(stream, &key).await?;
+                // The acknowledgement is the first frame the agent gets on this connection.
+                self.send(stream, &[b"#!-agent ack ".to_vec()]).await.map_err(|e| format!("write failed: {e}"))?;
+                info!(node = node; "agent {} ({}) started up {} (version {})", crate::registry::fmt_id(key.id), key.name, self.peer, version.as_deref().unwrap_or("before 4.6"));
+                self.hub.do_send(Seen { id: key.id, conn: self.conn, kind: SeenKind::Startup(version) });
+            }
+            Ok(AgentMessage::KeepAlive(ka)) => {
+                if self.agent.is_none() {
+                    self.bind(stream, &key).await?;
+                }
+                self.send(stream, &[b"#!-agent ack ".to_vec()]).await.map_err(|e| format!("write failed: {e}"))?;
+                self.hub.do_send(Seen { id: key.id, conn: self.conn, kind: SeenKind::KeepAlive(ka) });
+            }
+            Ok(AgentMessage::Shutdown) => {
+                self.hub.do_send(Seen { id: key.id, conn: self.conn, kind: SeenKind::Shutdown });
+            }
+            Ok(AgentMessage::Event(e)) => {
+                if self.agent.is_none() {
+                    self.bind(stream, &key).await?;
+                }
+                self.shared.stats.events.fetch_add(1, Ordering::Relaxed);
+                self.shared.archive.send(ArchivedEvent {
+                    time_ms: crate::now_ms(),
+                    agent_id: key.id,
+                    agent_name: key.name.clone(),
+                    location: e.location,
+                    message: e.message,
+                });
+            }
+            Err(e) => {
+                // Understood frame, unknown content: logged, the connection stays.
+                debug!(node = node; "agent {} sent a message that is not understood: {e}", key.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// The key of the agent a frame claims to come from, by id or (without one) by the peer address,
+    /// checking the peer address against what the agent registered with.
+    async fn key_for(&mut self, id: Option<&str>) -> Result<Arc<AgentKey>, String> {
+        let lookup = |shared: &Shared| {
+            let keys = shared.keys();
+            match id {
+                Some(text) => text.parse::<u32>().ok().and_then(|n| keys.by_id.get(&n).cloned()),
+                None => keys.by_ip.get(&self.peer.ip()).and_then(|n| keys.by_id.get(n).cloned()),
+            }
+        };
+        let key = match lookup(&self.shared) {
+            Some(k) => k,
+            None => {
+                // Perhaps enrolled a moment ago: read the keys again, once.
+                let _ = self.hub.send(RefreshKeys).await;
+                lookup(&self.shared).ok_or_else(|| match id {
+                    Some(id) => format!("a frame for unknown agent id {id}"),
+                    None => format!(
+                        "a frame without an agent id from {}, which no agent is registered with",
+                        self.peer.ip()
+                    ),
+                })?
+            }
+        };
+        if !key.ip.admits(self.peer.ip()) {
+            return Err(format!(
+                "agent {} ({}) is registered with IP {}, not {}",
+                crate::registry::fmt_id(key.id),
+                key.name,
+                key.ip,
+                self.peer.ip()
+            ));
+        }
+        Ok(key)
+    }
+
+    fn check_counters(&mut self, key: &AgentKey, global: u32, local: u32) -> Result<(), String> {
+        if self.shared.settings.enforce_counters {
+            if let Some((g, l)) = self.last {
+                if global < g || (global == g && local <= l) {
+                    return Err(format!("agent {}: counters {global}:{local} not after {g}:{l} (replayed?)", key.name));
+                }
+            }
+        }
+        self.last = Some((global, local));
+        Ok(())
+    }
+
+    /// Binds this connection to `key`'s agent; when the hub refuses (another live connection holds
+    /// it), tells the agent why with `#!-err` and returns the reason (the connection then closes).
+    async fn bind(&mut self, stream: &mut TcpStream, key: &Arc<AgentKey>) -> Result<(), String> {
+        if self.agent.as_ref().is_some_and(|a| a.id == key.id) {
+            return Ok(());
+        }
+        let bound = self
+            .hub
+            .send(Bind { id: key.id, conn: self.conn, peer: self.peer, tx: self.tx.clone() })
+            .await
+            .map_err(|_| "the agent hub is gone".to_string())?;
+        match bound {
+            Ok(()) => {
+                self.agent = Some(key.clone());
+                Ok(())
+            }
+            Err(why) => {
+                let err = format!("#!-err {}", serde_json::json!({ "message": why }));
+                let payload = encrypt(
+                    &key.aes,
+                    secure::AES_TAG,
+                    self.shared.counters.advance(),
+                    crate::random_u64() as u32 % 100_000,
+                    err.as_bytes(),
+                );
+                let _ = stream.write_all(&frame(&payload)).await;
+                Err(why)
+            }
+        }
+    }
+}
