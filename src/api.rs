@@ -210,9 +210,9 @@ async fn unassign(
 }
 
 async fn get_agent(node: web::Data<NodeHandle>, id: web::Path<String>) -> HttpResponse {
-    let Some(id) = wazuh_cluster_actors::registry::parse_id(&id) else { return bad_id(&id) };
-    let id = wazuh_cluster_actors::registry::fmt_id(id);
-    match node.agents(false).await {
+    let Some(num) = wazuh_cluster_actors::registry::parse_id(&id) else { return bad_id(&id) };
+    let id = wazuh_cluster_actors::registry::fmt_id(num);
+    match node.agents_only(false, Some(num)).await {
         Ok(items) => match items.into_iter().find(|a| a.id == id) {
             Some(a) => HttpResponse::Ok().json(envelope(&[a], "Agent information was returned")),
             None => HttpResponse::NotFound().json(error_body(404, &format!("no agent with id {id}"))),

@@ -40,6 +40,7 @@
 //! bind = "0.0.0.0:1514"
 //! disconnection_time = "15m" # an agent silent this long is `disconnected` (Wazuh: 900 s)
 //! enforce_counters = false   # refuse replayed messages (Wazuh's default: record only)
+//! stall_timeout = "30s"      # a frame started and not finished within this closes the connection
 //! archive_max_size = "100MiB"  # events archive (var/archives/events.jsonl) rotates above this...
 //! archive_keep = 5           # ...keeping this many old files
 //!
@@ -154,6 +155,7 @@ struct RawAgents {
     bind: Option<String>,
     disconnection_time: Option<String>,
     enforce_counters: Option<bool>,
+    stall_timeout: Option<String>,
     archive_max_size: Option<String>,
     archive_keep: Option<usize>,
 }
@@ -259,6 +261,8 @@ pub struct AgentsConfig {
     #[serde(serialize_with = "ser_duration")]
     pub disconnection_time: Duration,
     pub enforce_counters: bool,
+    #[serde(serialize_with = "ser_duration")]
+    pub stall_timeout: Duration,
     pub archive_max_size: usize,
     pub archive_keep: usize,
 }
@@ -488,6 +492,13 @@ fn validate(raw: RawConfig, file: Option<&Path>) -> Result<Config, ConfigError> 
             Duration::from_secs(7 * 24 * 3600),
         )?,
         enforce_counters: agents.enforce_counters.unwrap_or(false),
+        stall_timeout: duration_field(
+            "agents.stall_timeout",
+            agents.stall_timeout,
+            "30s",
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        )?,
         archive_max_size,
         archive_keep: agents.archive_keep.unwrap_or(5).min(100),
     };

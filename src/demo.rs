@@ -101,6 +101,11 @@ pub fn run(workers: usize, api_port: u16) -> anyhow::Result<()> {
                 .map(|(i, n)| format!(", worker-{} {}", i + 1, n.enrollment_addr))
                 .collect::<String>()
         );
+        println!(
+            "agent connections: master {}{}",
+            master.agents_addr,
+            nodes.iter().enumerate().map(|(i, n)| format!(", worker-{} {}", i + 1, n.agents_addr)).collect::<String>()
+        );
         println!("API token for changes: export WMN_API_TOKEN={token}");
         println!("press Ctrl-C to stop\n");
         let signal = node::wait_for_signal().await;

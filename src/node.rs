@@ -300,9 +300,14 @@ impl NodeHandle {
 
     /// Agents as this node knows them: the registry on the master, the replica on a worker.
     pub async fn agents(&self, with_keys: bool) -> Result<Vec<AgentView>, String> {
+        self.agents_only(with_keys, None).await
+    }
+
+    /// [`NodeHandle::agents`], only agent `only` when given.
+    pub async fn agents_only(&self, with_keys: bool, only: Option<u32>) -> Result<Vec<AgentView>, String> {
         match self {
             NodeHandle::Master { registry, .. } => {
-                let rows = registry.run(|r| r.rows()).await?;
+                let rows = registry.run(move |r| r.rows(only)).await?;
                 Ok(rows
                     .into_iter()
                     .map(|r| AgentView {
@@ -335,6 +340,7 @@ impl NodeHandle {
                 let entries = replica.run(|r| r.entries()).await?;
                 Ok(entries
                     .into_iter()
+                    .filter(|e| only.is_none_or(|id| e.id == id))
                     .map(|e| AgentView {
                         id: wazuh_cluster_actors::registry::fmt_id(e.id),
                         name: e.name,
@@ -440,6 +446,7 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
     let agent_settings = AgentSettings {
         disconnection_time: config.agents.disconnection_time,
         enforce_counters: config.agents.enforce_counters,
+        stall_timeout: config.agents.stall_timeout,
         archive_max_bytes: config.agents.archive_max_size as u64,
         archive_keep: config.agents.archive_keep,
         status_flush: (config.cluster.intervals.agent_info / 5).max(Duration::from_millis(20)),

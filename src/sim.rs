@@ -88,3 +88,222 @@ pub fn parse_key(reply: &str) -> Option<String> {
     let inner = reply.strip_prefix("OSSEC K:'")?.strip_suffix('\'')?;
     (inner.split(' ').count() == 4).then(|| inner.to_string())
 }
+
+/// Counters of simulated agent connections.
+#[derive(Debug, Default)]
+pub struct ConnStats {
+    /// Agents connected and acknowledged right now.
+    pub active: std::sync::atomic::AtomicU64,
+    pub acks: std::sync::atomic::AtomicU64,
+    /// merged.mg pushes received whole with the announced MD5.
+    pub pushes: std::sync::atomic::AtomicU64,
+    pub errors: std::sync::atomic::AtomicU64,
+    pub reconnects: std::sync::atomic::AtomicU64,
+}
+
+/// What a simulated agent can be told to do while it runs.
+#[derive(Debug)]
+pub enum AgentCmd {
+    /// Send a keep-alive now with this extra label (`"bench":value`).
+    Label(String),
+}
+
+/// One simulated agent: `key_line` is `id name ip key` as enrollment returned it.
+pub struct SimAgent {
+    pub id: String,
+    pub name: String,
+    aes: [u8; 32],
+    header: Vec<u8>,
+    counters: wazuh_cluster_protocol::agent::secure::Counters,
+    pub merged_sum: String,
+    label: Option<String>,
+}
+
+impl SimAgent {
+    pub fn from_key_line(line: &str) -> Option<Self> {
+        let mut parts = line.split(' ');
+        let (id, name, _ip, key) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        Some(Self {
+            id: id.to_string(),
+            name: name.to_string(),
+            aes: wazuh_cluster_protocol::agent::secure::aes_key(key),
+            header: format!("!{id}!#AES:").into_bytes(),
+            counters: Default::default(),
+            merged_sum: "x".into(),
+            label: None,
+        })
+    }
+
+    /// One encrypted frame carrying `message`.
+    pub fn frame(&mut self, message: &[u8]) -> Vec<u8> {
+        use wazuh_cluster_protocol::agent::secure::{encrypt, frame};
+        let c = self.counters.advance();
+        frame(&encrypt(&self.aes, &self.header, c, (rand_u32() % 100_000).max(1), message))
+    }
+
+    pub fn keepalive_text(&self) -> String {
+        let mut text = format!(
+            "#!-Linux |{} |6.1.0-18-amd64 |#1 SMP PREEMPT_DYNAMIC Debian 6.1.76-1 |x86_64 [Debian GNU/Linux|debian: 12 (bookworm)] - Wazuh v4.14.7 / ab73af41699f13fdd81903b5f23d8d00\n\"env\":sim\n",
+            self.name
+        );
+        if let Some(l) = &self.label {
+            text.push_str(&format!("\"bench\":{l}\n"));
+        }
+        text.push_str(&format!("{} merged.mg\n#\"_agent_ip\":127.0.0.1\n", self.merged_sum));
+        text
+    }
+
+    /// Decrypts a manager frame's payload.
+    pub fn open(&self, payload: &[u8]) -> anyhow::Result<Vec<u8>> {
+        use wazuh_cluster_protocol::agent::secure::{decrypt, parse_header};
+        let h = parse_header(payload)?;
+        anyhow::ensure!(h.agent_id.is_none(), "the manager sent an id header");
+        Ok(decrypt(&self.aes, h.ciphertext)?.text)
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
+    );
+    h.finish() as u32
+}
+
+/// Reads one frame's payload.
+pub async fn read_payload(stream: &mut TcpStream) -> anyhow::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await?;
+    let len = u32::from_le_bytes(len) as usize;
+    anyhow::ensure!(len <= wazuh_cluster_protocol::agent::secure::MAX_PAYLOAD, "frame of {len} bytes");
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload).await?;
+    Ok(payload)
+}
+
+/// Why a connection of a simulated agent ended.
+enum ConnEnd {
+    Deadline,
+    Reconnect,
+}
+
+/// Runs `agent` until `until`: connects to `addrs` (starting at `first`, moving to the next address
+/// whenever a connection fails or the manager asks it to reconnect), sends the startup and then a
+/// keep-alive every `keepalive`, checks that the ack comes first, follows merged.mg pushes
+/// (verifying the MD5) and reports the new sum in its keep-alives.
+pub async fn run_agent(
+    mut agent: SimAgent,
+    addrs: Arc<Vec<String>>,
+    first: usize,
+    keepalive: std::time::Duration,
+    until: tokio::time::Instant,
+    stats: Arc<ConnStats>,
+    mut cmds: tokio::sync::mpsc::UnboundedReceiver<AgentCmd>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut idx = first;
+    let mut attempt = 0u32;
+    while tokio::time::Instant::now() < until {
+        let addr = &addrs[idx % addrs.len()];
+        match agent_conn(&mut agent, addr, keepalive, until, &stats, &mut cmds).await {
+            Ok(ConnEnd::Deadline) => break,
+            Ok(ConnEnd::Reconnect) => attempt = 0,
+            Err(_) => {
+                stats.errors.fetch_add(1, Relaxed);
+                attempt += 1;
+            }
+        }
+        idx += 1;
+        stats.reconnects.fetch_add(1, Relaxed);
+        let pause = std::time::Duration::from_millis((50u64 << attempt.min(4)) + u64::from(rand_u32() % 100));
+        tokio::time::sleep(pause).await;
+    }
+}
+
+async fn agent_conn(
+    agent: &mut SimAgent,
+    addr: &str,
+    keepalive: std::time::Duration,
+    until: tokio::time::Instant,
+    stats: &ConnStats,
+    cmds: &mut tokio::sync::mpsc::UnboundedReceiver<AgentCmd>,
+) -> anyhow::Result<ConnEnd> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut stream = tokio::time::timeout(std::time::Duration::from_secs(5), TcpStream::connect(addr)).await??;
+    stream.set_nodelay(true)?;
+    let startup = agent.frame(b"#!-agent startup {\"version\":\"v4.14.7\"}");
+    stream.write_all(&startup).await?;
+    let first = agent.open(&read_payload(&mut stream).await?)?;
+    anyhow::ensure!(first == b"#!-agent ack ", "the first frame is not the ack: {}", String::from_utf8_lossy(&first));
+    stats.acks.fetch_add(1, Relaxed);
+    stats.active.fetch_add(1, Relaxed);
+    let result = conversation(agent, &mut stream, keepalive, until, stats, cmds).await;
+    stats.active.fetch_sub(1, Relaxed);
+    if matches!(result, Ok(ConnEnd::Deadline)) {
+        let bye = agent.frame(b"#!-agent shutdown ");
+        let _ = stream.write_all(&bye).await;
+    }
+    result
+}
+
+async fn conversation(
+    agent: &mut SimAgent,
+    stream: &mut TcpStream,
+    keepalive: std::time::Duration,
+    until: tokio::time::Instant,
+    stats: &ConnStats,
+    cmds: &mut tokio::sync::mpsc::UnboundedReceiver<AgentCmd>,
+) -> anyhow::Result<ConnEnd> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (mut rd, mut wr) = stream.split();
+    let mut next_ka = tokio::time::Instant::now();
+    let mut file: Option<(String, Vec<u8>)> = None;
+    // Reads are cancel-safe: whatever arrived stays in the buffer whatever branch wins.
+    let mut fb = wazuh_cluster_protocol::agent::secure::FrameBuffer::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => return Ok(ConnEnd::Deadline),
+            _ = tokio::time::sleep_until(next_ka) => {
+                let f = agent.frame(agent.keepalive_text().as_bytes());
+                wr.write_all(&f).await?;
+                next_ka = tokio::time::Instant::now() + keepalive;
+            }
+            cmd = cmds.recv() => {
+                if let Some(AgentCmd::Label(l)) = cmd {
+                    agent.label = Some(l);
+                    next_ka = tokio::time::Instant::now();
+                }
+            }
+            read = rd.read(&mut buf) => {
+                let n = read?;
+                anyhow::ensure!(n > 0, "the manager closed the connection");
+                fb.extend(&buf[..n]);
+                while let Some(payload) = fb.next_payload()? {
+                    let text = agent.open(&payload)?;
+                    if text == b"#!-agent ack " {
+                        stats.acks.fetch_add(1, Relaxed);
+                    } else if let Some(rest) = text.strip_prefix(b"#!-up file ") {
+                        let line = String::from_utf8_lossy(rest);
+                        let md5 = line.split(' ').next().unwrap_or_default().to_string();
+                        file = Some((md5, Vec::new()));
+                    } else if text == b"#!-close file " {
+                        let Some((md5, data)) = file.take() else { anyhow::bail!("close without a file") };
+                        use md5::{Digest, Md5};
+                        let got: String = Md5::digest(&data).iter().map(|b| format!("{b:02x}")).collect();
+                        anyhow::ensure!(got == md5, "merged.mg MD5 {got}, announced {md5}");
+                        agent.merged_sum = md5;
+                        stats.pushes.fetch_add(1, Relaxed);
+                    } else if text.starts_with(b"#!-force_reconnect") {
+                        return Ok(ConnEnd::Reconnect);
+                    } else if text.starts_with(b"#!-err") {
+                        anyhow::bail!("refused: {}", String::from_utf8_lossy(&text));
+                    } else if let Some((_, data)) = file.as_mut() {
+                        data.extend_from_slice(&text);
+                    }
+                }
+            }
+        }
+    }
+}

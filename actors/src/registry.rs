@@ -322,9 +322,20 @@ impl Registry {
         self.hash.hex()
     }
 
+    /// Makes the group's directory, with an empty `agent.conf` as Wazuh does, if it has none.
     fn ensure_group_dir(&self, group: &str) -> Result<(), StoreError> {
         let dir = self.data_dir.join("etc/shared").join(group);
-        std::fs::create_dir_all(&dir).map_err(|error| StoreError::Io { path: dir.display().to_string(), error })
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |error| StoreError::Io { path, error }
+        };
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let conf = dir.join("agent.conf");
+        if std::fs::symlink_metadata(&conf).is_err() {
+            std::fs::write(&conf, "<agent_config>\n\n  <!-- Shared agent configuration here -->\n\n</agent_config>\n")
+                .map_err(io(&conf))?;
+        }
+        Ok(())
     }
 
     /// Every agent's identity, in id order.
@@ -613,13 +624,14 @@ impl Registry {
         Ok((stored, unknown, stale))
     }
 
-    /// Full rows for the API, in id order.
-    pub fn rows(&self) -> Result<Vec<AgentRow>, StoreError> {
+    /// Full rows for the API, in id order (only agent `only` when given).
+    pub fn rows(&self, only: Option<u32>) -> Result<Vec<AgentRow>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, name, ip, key, groups, registered_at, node_name, status, last_keepalive, version, os_name,
-                    os_platform, os_version, pending, info, group_config_status, peer_ip FROM agents ORDER BY id",
+                    os_platform, os_version, pending, info, group_config_status, peer_ip FROM agents
+             WHERE ?1 IS NULL OR id = ?1 ORDER BY id",
         )?;
-        let rows = stmt.query_map([], |r| {
+        let rows = stmt.query_map(params![only], |r| {
             Ok(AgentRow {
                 entry: AgentEntry {
                     id: r.get(0)?,
@@ -1016,6 +1028,35 @@ mod tests {
         let out = reg.enroll(a).unwrap();
         reg.commit().unwrap();
         out
+    }
+
+    fn status(id: u32, status: &str, ka: Option<u64>) -> AgentInfoUpdate {
+        AgentInfoUpdate {
+            id,
+            status: status.into(),
+            last_keepalive_ms: ka,
+            version: Some("Wazuh v4.14.7".into()),
+            info: None,
+            group_config_status: None,
+            peer_ip: None,
+        }
+    }
+
+    #[test]
+    fn statuses_are_stored_only_for_existing_agents_and_never_over_a_newer_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reg = Registry::open(dir.path()).unwrap();
+        let a = enroll(&mut reg, &agent("s1", None)).unwrap();
+        // A deleted (or never existing) agent is counted, not inserted.
+        assert_eq!(reg.store_statuses("worker-1", &[status(999, "active", Some(10))]).unwrap(), (0, 1, 0));
+        assert_eq!(reg.rows(None).unwrap().len(), 1);
+        assert_eq!(reg.store_statuses("worker-1", &[status(a.id, "active", Some(100))]).unwrap(), (1, 0, 0));
+        // The agent moved to worker-2 (newer keep-alive); worker-1's late "disconnected" loses.
+        assert_eq!(reg.store_statuses("worker-2", &[status(a.id, "active", Some(200))]).unwrap(), (1, 0, 0));
+        assert_eq!(reg.store_statuses("worker-1", &[status(a.id, "disconnected", Some(100))]).unwrap(), (0, 0, 1));
+        let row = reg.rows(Some(a.id)).unwrap().remove(0);
+        assert_eq!((row.status.as_str(), row.node_name.as_str()), ("active", "worker-2"));
+        assert_eq!(row.last_keepalive_ms, Some(200));
     }
 
     #[test]

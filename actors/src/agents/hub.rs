@@ -382,7 +382,7 @@ impl Handler<Seen> for AgentHub {
             }
             SeenKind::Shutdown => {
                 state.status = Status::Disconnected;
-                info!(node = self.node(); "agent {} shut down", fmt_id(seen.id));
+                debug!(node = self.node(); "agent {} shut down", fmt_id(seen.id));
                 self.touch(seen.id);
             }
         }

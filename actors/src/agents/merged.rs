@@ -29,7 +29,13 @@ pub fn groups_key(groups: &[String]) -> String {
 fn group_files(shared: &Path, group: &str) -> std::io::Result<BTreeMap<String, Vec<u8>>> {
     let mut out = BTreeMap::new();
     let dir = shared.join(group);
-    for entry in std::fs::read_dir(&dir)? {
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        // A group without files (not synchronized as a directory): nothing but ar.conf.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') || name.starts_with("merged.mg") || name == "ar.conf" {

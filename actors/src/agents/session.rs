@@ -177,7 +177,7 @@ impl Session {
                 self.bind(stream, &key).await?;
                 // The acknowledgement is the first frame the agent gets on this connection.
                 self.send(stream, &[b"#!-agent ack ".to_vec()]).await.map_err(|e| format!("write failed: {e}"))?;
-                info!(node = node; "agent {} ({}) started up {} (version {})", crate::registry::fmt_id(key.id), key.name, self.peer, version.as_deref().unwrap_or("before 4.6"));
+                debug!(node = node; "agent {} ({}) started up {} (version {})", crate::registry::fmt_id(key.id), key.name, self.peer, version.as_deref().unwrap_or("before 4.6"));
                 self.hub.do_send(Seen { id: key.id, conn: self.conn, kind: SeenKind::Startup(version) });
             }
             Ok(AgentMessage::KeepAlive(ka)) => {
@@ -224,9 +224,18 @@ impl Session {
         let key = match lookup(&self.shared) {
             Some(k) => k,
             None => {
-                // Perhaps enrolled a moment ago: read the keys again, once.
-                let _ = self.hub.send(RefreshKeys).await;
-                lookup(&self.shared).ok_or_else(|| match id {
+                // Perhaps enrolled a moment ago (through another node, its key still on its way to
+                // this one): read the keys again for up to a second.
+                let mut found = None;
+                for _ in 0..5 {
+                    let _ = self.hub.send(RefreshKeys).await;
+                    found = lookup(&self.shared);
+                    if found.is_some() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                found.ok_or_else(|| match id {
                     Some(id) => format!("a frame for unknown agent id {id}"),
                     None => format!(
                         "a frame without an agent id from {}, which no agent is registered with",
