@@ -516,3 +516,98 @@ fn three_processes_keep_rules_byte_identical_on_every_worker() {
     w1.wait_for(&["file sync with master master-1", "1 extra"]);
     drop((w1, w2, master));
 }
+
+/// The master's agents as (id, status, node_name, os name, group_config_status).
+fn master_agent_states(api: &str) -> Vec<(String, String, String, String, String)> {
+    let Ok((200, body)) = wazuh_multi_node::client::get(api, "/agents") else { return Vec::new() };
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let s = |a: &serde_json::Value, k: &str| a[k].as_str().unwrap_or("").to_string();
+    v["data"]["affected_items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|a| {
+                    let os = a["os"]["name"].as_str().unwrap_or("").to_string();
+                    (s(a, "id"), s(a, "status"), s(a, "node_name"), os, s(a, "group_config_status"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn three_processes_keep_1000_agents_active_across_the_loss_of_a_worker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = write_key(dir.path(), "cluster.key");
+    let port = free_port();
+    let master_sets = local(dir.path(), "master", &key, port);
+    let (w1_sets, w2_sets) = (local(dir.path(), "w1", &key, port), local(dir.path(), "w2", &key, port));
+    let master = Node::start("master.toml", &master_sets);
+    master.wait_for(&["master listening"]);
+    let w1 = Node::start("worker-1.toml", &w1_sets);
+    let w2 = Node::start("worker-2.toml", &w2_sets);
+    wait_listed(api_port(&master_sets), &["master-1", "worker-1", "worker-2"]);
+    let api = format!("http://127.0.0.1:{}", api_port(&master_sets));
+
+    // 1,000 agents enroll through worker-1 and then report to both workers.
+    let connect = format!("{},{}", setting(&w1_sets, "agents.bind"), setting(&w2_sets, "agents.bind"));
+    let started = Instant::now();
+    let mut sim = Command::new(SIM)
+        .args(["--enroll", &setting(&w1_sets, "enrollment.bind"), "--agents", "1000", "--json"])
+        .args(["--connect", &connect, "--keepalive", "2", "--duration", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent-sim");
+    let limit = Duration::from_secs(60);
+    let all_active = loop {
+        let states = master_agent_states(&api);
+        let active: Vec<_> = states.iter().filter(|a| a.1 == "active" && a.3 == "Debian GNU/Linux").collect();
+        if active.len() == 1000 {
+            let on = |n: &str| active.iter().filter(|a| a.2 == n).count();
+            assert_eq!((on("worker-1"), on("worker-2")), (500, 500), "agents are spread over both workers");
+            break started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "only {} of 1000 agents active on the master", active.len());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!(
+        "1000 agents active on the master {} ms after agent-sim started (enrollment included)",
+        all_active.as_millis()
+    );
+    // Every agent got its group's merged.mg and said so in a keep-alive.
+    let start = Instant::now();
+    while master_agent_states(&api).iter().filter(|a| a.4 == "synced").count() < 1000 {
+        assert!(start.elapsed() < limit, "merged.mg not synced on every agent");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // One agent deleted on the master: it is gone and never comes back, though it keeps trying.
+    let victim = master_agent_states(&api).into_iter().find(|a| a.2 == "worker-2").expect("an agent on worker-2").0;
+    let out = Command::new(BIN)
+        .args(["agents", "delete", &victim, "--api", &api])
+        .env("WMN_API_TOKEN", API_TOKEN)
+        .output()
+        .expect("agents delete");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    w2.wait_for(&["deleted or re-keyed", &victim]);
+
+    // kill -9 worker-1: its agents move to worker-2 and are active again on the master.
+    let killed = Instant::now();
+    w1.kill_9();
+    let moved = loop {
+        let states = master_agent_states(&api);
+        assert!(states.iter().all(|a| a.0 != victim), "the deleted agent came back");
+        let on_w2 = states.iter().filter(|a| a.1 == "active" && a.2 == "worker-2").count();
+        if on_w2 == 999 {
+            break killed.elapsed();
+        }
+        assert!(killed.elapsed() < limit, "{on_w2} of 999 agents active on worker-2");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("worker-1 killed: its 500 agents active again through worker-2 {} ms later", moved.as_millis());
+    let _ = sim.kill();
+    let _ = sim.wait();
+    drop((w2, master));
+}
