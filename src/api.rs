@@ -8,6 +8,7 @@
 //! - `GET /health`: 200 while the node serves (master listening, worker connected), 503 otherwise.
 //! - `GET /agents[?status=&node=&group=&keys=true]`, `GET /agents/{id}`: the master answers from its
 //!   registry, a worker from its replica; keys only for loopback clients that ask.
+//! - `PUT /agents/reconnect[?agents_list=001,002][&node=NAME]`: `#!-force_reconnect` to agents.
 //! - `DELETE /agents/{id}`, `GET /groups`, `POST /groups` (`{"group_id": "linux"}`),
 //!   `DELETE /groups/{group}`, `PUT|DELETE /agents/{id}/group/{group}`: changes need
 //!   `Authorization: Bearer <api.token>`; a worker forwards them to the master.
@@ -138,6 +139,36 @@ async fn change(
     }
 }
 
+#[derive(serde::Deserialize)]
+struct ReconnectQuery {
+    /// Comma-separated agent ids; absent: every agent.
+    agents_list: Option<String>,
+    /// Only agents connected to this node.
+    node: Option<String>,
+}
+
+/// `PUT /agents/reconnect[?agents_list=001,002][&node=worker-1]`: sends `#!-force_reconnect` to
+/// the agents (the master forwards the request to its workers).
+async fn reconnect(
+    node: web::Data<NodeHandle>,
+    token: web::Data<Token>,
+    req: actix_web::HttpRequest,
+    query: web::Query<ReconnectQuery>,
+) -> HttpResponse {
+    if let Some(refusal) = refuse_unauthorized(&req, &token) {
+        return refusal;
+    }
+    let mut ids = Vec::new();
+    for text in query.agents_list.as_deref().unwrap_or("").split(',').filter(|t| !t.is_empty()) {
+        match wazuh_cluster_actors::registry::parse_id(text) {
+            Some(id) => ids.push(id),
+            None => return bad_id(text),
+        }
+    }
+    let nodes = node.force_reconnect(query.node.clone(), ids).await;
+    HttpResponse::Ok().json(envelope(&nodes, "Force reconnect command was sent to the agents"))
+}
+
 fn bad_id(text: &str) -> HttpResponse {
     HttpResponse::BadRequest().json(error_body(400, &format!("invalid agent id {text:?}")))
 }
@@ -238,6 +269,7 @@ pub fn start(bind: SocketAddr, node: NodeHandle, token: Option<String>) -> std::
             .route("/cluster/healthcheck", web::get().to(healthcheck))
             .route("/health", web::get().to(health))
             .route("/agents", web::get().to(agents))
+            .route("/agents/reconnect", web::put().to(reconnect))
             .route("/agents/{id}", web::get().to(get_agent))
             .route("/agents/{id}", web::delete().to(delete_agent))
             .route("/agents/{id}/group/{group}", web::put().to(assign))

@@ -93,6 +93,15 @@ enum AgentsAction {
         #[command(flatten)]
         token: TokenArg,
     },
+    /// Send `#!-force_reconnect` to agents (all, or the IDs given), e.g. to rebalance them.
+    Reconnect {
+        /// Only agents connected to this node.
+        #[arg(long)]
+        node: Option<String>,
+        ids: Vec<String>,
+        #[command(flatten)]
+        token: TokenArg,
+    },
 }
 
 #[derive(Subcommand)]
@@ -193,6 +202,21 @@ fn execute(command: Command) -> anyhow::Result<()> {
         }
         Command::Agents { action: Some(AgentsAction::Delete { id, token }), api, .. } => {
             mutate(&api, "DELETE", &format!("/agents/{id}"), &token.token, None)
+        }
+        Command::Agents { action: Some(AgentsAction::Reconnect { node, ids, token }), api, .. } => {
+            let mut query = Vec::new();
+            if !ids.is_empty() {
+                query.push(format!("agents_list={}", ids.join(",")));
+            }
+            if let Some(n) = node {
+                query.push(format!("node={n}"));
+            }
+            let path = if query.is_empty() {
+                "/agents/reconnect".to_string()
+            } else {
+                format!("/agents/reconnect?{}", query.join("&"))
+            };
+            mutate(&api, "PUT", &path, &token.token, None)
         }
         Command::Groups { action: None | Some(GroupsAction::List), api } => show(&api, "/groups", report::groups_table),
         Command::Groups { action: Some(action), api } => match action {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use wazuh_cluster_actors::agents::archive::Archive;
-use wazuh_cluster_actors::agents::hub::{AgentHub, KeySource};
+use wazuh_cluster_actors::agents::hub::{AgentHub, ForceReconnect, KeySource};
 use wazuh_cluster_actors::agents::{session, AgentSettings, ManagerCounters, Shared};
 use wazuh_cluster_actors::enrollment::{self, Enroller, EnrollmentSettings};
 use wazuh_cluster_actors::master::{self, ListWorkers, LocalJobs, MasterListener};
@@ -362,6 +362,24 @@ impl NodeHandle {
                     .collect())
             }
         }
+    }
+
+    /// Asks agents (all when `ids` is empty) connected to `node` (any when `None`) to reconnect.
+    /// Returns the nodes asked (with how many agents, for this node).
+    pub async fn force_reconnect(&self, node: Option<String>, ids: Vec<u32>) -> Vec<String> {
+        let mut asked = Vec::new();
+        let me = self.name().to_string();
+        if node.as_ref().is_none_or(|n| *n == me) {
+            let n = self.hub().send(ForceReconnect(ids.clone())).await.unwrap_or(0);
+            asked.push(format!("{me}: {n} agents"));
+        }
+        if let NodeHandle::Master { listener, .. } = self {
+            if node.as_ref() != Some(&me) {
+                let workers = listener.send(master::ForceReconnectWorkers { node, ids }).await.unwrap_or_default();
+                asked.extend(workers);
+            }
+        }
+        asked
     }
 
     /// Applies a change to agents or groups: on the master directly, on a worker through the master.

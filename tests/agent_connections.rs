@@ -37,7 +37,11 @@ async fn master_agent(cluster: &TestCluster, id: &str) -> serde_json::Value {
 async fn start_agent(agent: &mut SimAgent, addr: std::net::SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(&agent.frame(b"#!-agent startup {\"version\":\"v4.14.7\"}")).await.expect("startup");
-    let first = agent.open(&read_payload(&mut s).await.expect("first frame")).expect("decrypt");
+    let payload = match read_payload(&mut s).await {
+        Ok(p) => p,
+        Err(e) => panic!("no first frame ({e}); logs: {:?}", find_logs("", &["agent connection"])),
+    };
+    let first = agent.open(&payload).expect("decrypt");
     assert_eq!(first, b"#!-agent ack ", "the ack is the first frame");
     s
 }
@@ -208,4 +212,18 @@ async fn bad_agent_input_is_refused_and_logged() {
     s.write_all(&pinned.frame(b"#!-agent startup ")).await.expect("write");
     closed_within(&mut s, WAIT).await;
     wait_for_log(&node, &["registered with IP 10.9.8.7, not 127.0.0.1"], WAIT).await;
+}
+
+#[actix_rt::test]
+async fn the_master_can_ask_agents_on_a_worker_to_reconnect() {
+    init_logs();
+    let cluster = TestCluster::start("rc", 1).await;
+    cluster.wait_for_workers(1, WAIT).await;
+    let line = enroll(cluster.worker(0).enrollment_addr, "OSSEC A:'rc-a'").await;
+    let mut agent = SimAgent::from_key_line(&line).expect("key line");
+    let mut s = start_agent(&mut agent, cluster.worker(0).agents_addr).await;
+    let path = format!("/agents/reconnect?agents_list={}&node={}", agent.id, cluster.worker_name(0));
+    let (status, body) = api(cluster.master().api_addr, "PUT", path).await;
+    assert_eq!(status, 200, "{body}");
+    read_until(&agent, &mut s, |t| t == b"#!-force_reconnect").await.expect("asked to reconnect");
 }

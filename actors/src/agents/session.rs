@@ -225,9 +225,9 @@ impl Session {
             Some(k) => k,
             None => {
                 // Perhaps enrolled a moment ago (through another node, its key still on its way to
-                // this one): read the keys again for up to a second.
+                // this one): read the keys again for up to three seconds.
                 let mut found = None;
-                for _ in 0..5 {
+                for _ in 0..15 {
                     let _ = self.hub.send(RefreshKeys).await;
                     found = lookup(&self.shared);
                     if found.is_some() {
