@@ -583,6 +583,34 @@ fn three_processes_keep_1000_agents_active_across_the_loss_of_a_worker() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // A group file changed on the master: every agent gets the new merged.mg (agent-sim checks its
+    // MD5) and reports its sum in the next keep-alive (every 2 s).
+    let sums = |api: &str| -> Vec<String> {
+        let Ok((200, body)) = wazuh_multi_node::client::get(api, "/agents") else { return Vec::new() };
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["data"]["affected_items"]
+            .as_array()
+            .map(|a| a.iter().map(|x| x["merged_sum"].as_str().unwrap_or("").to_string()).collect())
+            .unwrap_or_default()
+    };
+    let old = sums(&api)[0].clone();
+    let conf = dir.path().join("master/etc/shared/default/agent.conf");
+    let changed = Instant::now();
+    std::fs::write(&conf, "<agent_config>\n  <labels><label key=\"e2e\">1</label></labels>\n</agent_config>\n")
+        .expect("write agent.conf");
+    loop {
+        let now = sums(&api);
+        if now.len() == 1000 && now.iter().all(|s| *s != old && *s == now[0]) {
+            break;
+        }
+        assert!(changed.elapsed() < limit, "not every agent reported the new merged.mg");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "agent.conf changed on the master: all 1000 agents report the new merged.mg {} ms later (keep-alive every 2 s)",
+        changed.elapsed().as_millis()
+    );
+
     // One agent deleted on the master: it is gone and never comes back, though it keeps trying.
     let victim = master_agent_states(&api).into_iter().find(|a| a.2 == "worker-2").expect("an agent on worker-2").0;
     let out = Command::new(BIN)
