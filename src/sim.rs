@@ -99,6 +99,8 @@ pub struct ConnStats {
     pub pushes: std::sync::atomic::AtomicU64,
     pub errors: std::sync::atomic::AtomicU64,
     pub reconnects: std::sync::atomic::AtomicU64,
+    /// When the latest push was received, in milliseconds since the Unix epoch.
+    pub last_push_ms: std::sync::atomic::AtomicU64,
 }
 
 /// What a simulated agent can be told to do while it runs.
@@ -295,6 +297,11 @@ async fn conversation(
                         anyhow::ensure!(got == md5, "merged.mg MD5 {got}, announced {md5}");
                         agent.merged_sum = md5;
                         stats.pushes.fetch_add(1, Relaxed);
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_millis() as u64)
+                            .unwrap_or(0);
+                        stats.last_push_ms.fetch_max(now, Relaxed);
                     } else if text.starts_with(b"#!-force_reconnect") {
                         return Ok(ConnEnd::Reconnect);
                     } else if text.starts_with(b"#!-err") {

@@ -214,6 +214,7 @@ async fn connect(args: &Args, keys: &[String]) -> anyhow::Result<serde_json::Val
         "all_active_ms": all_active_ms,
         "acks": stats.acks.load(Relaxed),
         "pushes": stats.pushes.load(Relaxed),
+        "last_push_epoch_ms": stats.last_push_ms.load(Relaxed),
         "reconnects": stats.reconnects.load(Relaxed),
         "connection_errors": stats.errors.load(Relaxed),
     });
