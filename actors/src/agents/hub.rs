@@ -212,6 +212,15 @@ impl AgentHub {
         }
     }
 
+    /// Up to `max` changes the master has not acknowledged, with their versions.
+    fn pending_updates(&self, max: usize) -> Vec<(AgentInfoUpdate, u64)> {
+        self.dirty
+            .iter()
+            .take(max)
+            .filter_map(|(id, v)| self.states.get(id).map(|s| (self.update_for(*id, s), *v)))
+            .collect()
+    }
+
     fn update_for(&self, id: u32, s: &AgentState) -> AgentInfoUpdate {
         AgentInfoUpdate {
             id,
@@ -252,11 +261,7 @@ impl Actor for AgentHub {
                     return;
                 }
                 act.flushing = true;
-                let batch: Vec<(AgentInfoUpdate, u64)> = act
-                    .dirty
-                    .iter()
-                    .filter_map(|(id, v)| act.states.get(id).map(|s| (act.update_for(*id, s), *v)))
-                    .collect();
+                let batch = act.pending_updates(usize::MAX);
                 let node = act.shared.settings.node_name.clone();
                 let registry = registry.clone();
                 ctx.spawn(
@@ -418,13 +423,7 @@ impl Handler<TakeUpdates> for AgentHub {
     type Result = MessageResult<TakeUpdates>;
 
     fn handle(&mut self, t: TakeUpdates, _: &mut Context<Self>) -> Self::Result {
-        let out = self
-            .dirty
-            .iter()
-            .take(t.max)
-            .filter_map(|(id, v)| self.states.get(id).map(|s| (self.update_for(*id, s), *v)))
-            .collect();
-        MessageResult(out)
+        MessageResult(self.pending_updates(t.max))
     }
 }
 

@@ -82,13 +82,7 @@ pub fn parse_header(payload: &[u8]) -> Result<Header<'_>, SecureError> {
 
 /// The AES key of an agent: the 32 ASCII bytes of md5hex of its 64-hex key.
 pub fn aes_key(raw_key: &str) -> [u8; 32] {
-    let digest = Md5::digest(raw_key.as_bytes());
-    let mut out = [0u8; 32];
-    for (i, b) in digest.iter().enumerate() {
-        out[2 * i] = HEX[(b >> 4) as usize];
-        out[2 * i + 1] = HEX[(b & 15) as usize];
-    }
-    out
+    md5_hex(raw_key.as_bytes())
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
