@@ -467,7 +467,7 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
         stall_timeout: config.agents.stall_timeout,
         archive_max_bytes: config.agents.archive_max_size as u64,
         archive_keep: config.agents.archive_keep,
-        status_flush: (config.cluster.intervals.agent_info / 5).max(Duration::from_millis(20)),
+        status_flush: JobIntervals::status_tick(config.cluster.intervals.agent_info),
         ..AgentSettings::new(&name, data_dir.clone())
     };
     let archive = Archive::start(data_dir, agent_settings.archive_max_bytes, agent_settings.archive_keep)

@@ -140,7 +140,13 @@ impl SimAgent {
     pub fn frame(&mut self, message: &[u8]) -> Vec<u8> {
         use wazuh_cluster_protocol::agent::secure::{encrypt, frame};
         let c = self.counters.advance();
-        frame(&encrypt(&self.aes, &self.header, c, (rand_u32() % 100_000).max(1), message))
+        frame(&encrypt(
+            &self.aes,
+            &self.header,
+            c,
+            (wazuh_cluster_actors::random_u64() % 100_000).max(1) as u32,
+            message,
+        ))
     }
 
     pub fn keepalive_text(&self) -> String {
@@ -162,15 +168,6 @@ impl SimAgent {
         anyhow::ensure!(h.agent_id.is_none(), "the manager sent an id header");
         Ok(decrypt(&self.aes, h.ciphertext)?.text)
     }
-}
-
-fn rand_u32() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
-    );
-    h.finish() as u32
 }
 
 /// Reads one frame's payload.
@@ -218,7 +215,8 @@ pub async fn run_agent(
         }
         idx += 1;
         stats.reconnects.fetch_add(1, Relaxed);
-        let pause = std::time::Duration::from_millis((50u64 << attempt.min(4)) + u64::from(rand_u32() % 100));
+        let pause =
+            std::time::Duration::from_millis((50u64 << attempt.min(4)) + wazuh_cluster_actors::random_u64() % 100);
         tokio::time::sleep(pause).await;
     }
 }

@@ -517,8 +517,18 @@ fn three_processes_keep_rules_byte_identical_on_every_worker() {
     drop((w1, w2, master));
 }
 
-/// The master's agents as (id, status, node_name, os name, group_config_status).
-fn master_agent_states(api: &str) -> Vec<(String, String, String, String, String)> {
+/// One agent as the master's API shows it.
+struct MasterAgent {
+    id: String,
+    status: String,
+    node: String,
+    os: String,
+    config_status: String,
+    merged_sum: String,
+}
+
+/// The master's agents, or none if its API does not answer.
+fn master_agent_states(api: &str) -> Vec<MasterAgent> {
     let Ok((200, body)) = wazuh_multi_node::client::get(api, "/agents") else { return Vec::new() };
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     let s = |a: &serde_json::Value, k: &str| a[k].as_str().unwrap_or("").to_string();
@@ -527,9 +537,13 @@ fn master_agent_states(api: &str) -> Vec<(String, String, String, String, String
         .map(|items| {
             items
                 .iter()
-                .map(|a| {
-                    let os = a["os"]["name"].as_str().unwrap_or("").to_string();
-                    (s(a, "id"), s(a, "status"), s(a, "node_name"), os, s(a, "group_config_status"))
+                .map(|a| MasterAgent {
+                    id: s(a, "id"),
+                    status: s(a, "status"),
+                    node: s(a, "node_name"),
+                    os: a["os"]["name"].as_str().unwrap_or("").to_string(),
+                    config_status: s(a, "group_config_status"),
+                    merged_sum: s(a, "merged_sum"),
                 })
                 .collect()
         })
@@ -563,9 +577,9 @@ fn three_processes_keep_1000_agents_active_across_the_loss_of_a_worker() {
     let limit = Duration::from_secs(60);
     let all_active = loop {
         let states = master_agent_states(&api);
-        let active: Vec<_> = states.iter().filter(|a| a.1 == "active" && a.3 == "Debian GNU/Linux").collect();
+        let active: Vec<_> = states.iter().filter(|a| a.status == "active" && a.os == "Debian GNU/Linux").collect();
         if active.len() == 1000 {
-            let on = |n: &str| active.iter().filter(|a| a.2 == n).count();
+            let on = |n: &str| active.iter().filter(|a| a.node == n).count();
             assert_eq!((on("worker-1"), on("worker-2")), (500, 500), "agents are spread over both workers");
             break started.elapsed();
         }
@@ -578,21 +592,14 @@ fn three_processes_keep_1000_agents_active_across_the_loss_of_a_worker() {
     );
     // Every agent got its group's merged.mg and said so in a keep-alive.
     let start = Instant::now();
-    while master_agent_states(&api).iter().filter(|a| a.4 == "synced").count() < 1000 {
+    while master_agent_states(&api).iter().filter(|a| a.config_status == "synced").count() < 1000 {
         assert!(start.elapsed() < limit, "merged.mg not synced on every agent");
         std::thread::sleep(Duration::from_millis(100));
     }
 
     // A group file changed on the master: every agent gets the new merged.mg (agent-sim checks its
     // MD5) and reports its sum in the next keep-alive (every 2 s).
-    let sums = |api: &str| -> Vec<String> {
-        let Ok((200, body)) = wazuh_multi_node::client::get(api, "/agents") else { return Vec::new() };
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        v["data"]["affected_items"]
-            .as_array()
-            .map(|a| a.iter().map(|x| x["merged_sum"].as_str().unwrap_or("").to_string()).collect())
-            .unwrap_or_default()
-    };
+    let sums = |api: &str| -> Vec<String> { master_agent_states(api).into_iter().map(|a| a.merged_sum).collect() };
     let old = sums(&api)[0].clone();
     let conf = dir.path().join("master/etc/shared/default/agent.conf");
     let changed = Instant::now();
@@ -612,7 +619,7 @@ fn three_processes_keep_1000_agents_active_across_the_loss_of_a_worker() {
     );
 
     // One agent deleted on the master: it is gone and never comes back, though it keeps trying.
-    let victim = master_agent_states(&api).into_iter().find(|a| a.2 == "worker-2").expect("an agent on worker-2").0;
+    let victim = master_agent_states(&api).into_iter().find(|a| a.node == "worker-2").expect("an agent on worker-2").id;
     let out = Command::new(BIN)
         .args(["agents", "delete", &victim, "--api", &api])
         .env("WMN_API_TOKEN", API_TOKEN)
@@ -626,8 +633,8 @@ fn three_processes_keep_1000_agents_active_across_the_loss_of_a_worker() {
     w1.kill_9();
     let moved = loop {
         let states = master_agent_states(&api);
-        assert!(states.iter().all(|a| a.0 != victim), "the deleted agent came back");
-        let on_w2 = states.iter().filter(|a| a.1 == "active" && a.2 == "worker-2").count();
+        assert!(states.iter().all(|a| a.id != victim), "the deleted agent came back");
+        let on_w2 = states.iter().filter(|a| a.status == "active" && a.node == "worker-2").count();
         if on_w2 == 999 {
             break killed.elapsed();
         }

@@ -61,6 +61,14 @@ impl Default for JobIntervals {
     }
 }
 
+impl JobIntervals {
+    /// How often agent status changes are looked at (and sent or stored): a fifth of `agent_info`, so
+    /// a change leaves well within that interval.
+    pub fn status_tick(agent_info: Duration) -> Duration {
+        (agent_info / 5).max(Duration::from_millis(20))
+    }
+}
+
 impl ChannelSettings {
     /// What this node says about itself in a handshake.
     pub fn hello(&self) -> Hello {

@@ -117,13 +117,12 @@ impl AgentHub {
     }
 
     /// Reads the keys again; closes the connections of agents deleted (or re-keyed) since.
-    fn reload(&mut self, ctx: &mut Context<Self>) -> ResponseActFuture<Self, ()> {
+    fn reload(&mut self) -> ResponseActFuture<Self, ()> {
         let seq = *self.source.watch().borrow();
         if self.loaded_seq == Some(seq) {
             return Box::pin(actix::fut::ready(()));
         }
         let source = self.source.clone();
-        let _ = ctx;
         Box::pin(async move { (seq, source.entries().await) }.into_actor(self).map(|(seq, result), act, _| {
             let entries = match result {
                 Ok(e) => e,
@@ -133,15 +132,11 @@ impl AgentHub {
                 }
             };
             let map = KeyMap::from_entries(entries);
-            let gone: Vec<u32> = act
-                .live
-                .keys()
-                .copied()
-                .filter(|id| {
-                    let old = act.shared.keys().by_id.get(id).map(|k| k.raw_key.clone());
-                    map.by_id.get(id).map(|k| k.raw_key.clone()) != old || !map.by_id.contains_key(id)
-                })
-                .collect();
+            // Connected agents that are gone, or whose key is not the one they connected with.
+            let old = act.shared.keys();
+            let key_of = |m: &KeyMap, id: &u32| m.by_id.get(id).map(|k| k.raw_key.clone());
+            let gone: Vec<u32> =
+                act.live.keys().copied().filter(|id| key_of(&map, id).is_none() || key_of(&map, id) != key_of(&old, id)).collect();
             let removed: Vec<u32> = act.states.keys().copied().filter(|id| !map.by_id.contains_key(id)).collect();
             if let Ok(mut keys) = act.shared.keys.write() {
                 *keys = Arc::new(map);
@@ -292,8 +287,8 @@ pub struct RefreshKeys;
 impl Handler<RefreshKeys> for AgentHub {
     type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, _: RefreshKeys, ctx: &mut Context<Self>) -> Self::Result {
-        self.reload(ctx)
+    fn handle(&mut self, _: RefreshKeys, _: &mut Context<Self>) -> Self::Result {
+        self.reload()
     }
 }
 

@@ -141,11 +141,15 @@ impl Session {
     async fn send(&self, stream: &mut TcpStream, messages: &[Vec<u8>]) -> std::io::Result<()> {
         let Some(agent) = &self.agent else { return Ok(()) };
         for m in messages {
-            let counters = self.shared.counters.advance();
-            let payload = encrypt(&agent.aes, secure::AES_TAG, counters, crate::random_u64() as u32 % 100_000, m);
-            stream.write_all(&frame(&payload)).await?;
+            stream.write_all(&self.seal(agent, m)).await?;
         }
         Ok(())
+    }
+
+    /// One manager frame for `key`'s agent: `#AES:`, the process's next counters, ready for one write.
+    fn seal(&self, key: &AgentKey, message: &[u8]) -> Vec<u8> {
+        let random = (crate::random_u64() % 100_000) as u32;
+        frame(&encrypt(&key.aes, secure::AES_TAG, self.shared.counters.advance(), random, message))
     }
 
     /// Handles one payload; `Err` closes the connection with the reason.
@@ -286,14 +290,7 @@ impl Session {
             }
             Err(why) => {
                 let err = format!("#!-err {}", serde_json::json!({ "message": why }));
-                let payload = encrypt(
-                    &key.aes,
-                    secure::AES_TAG,
-                    self.shared.counters.advance(),
-                    crate::random_u64() as u32 % 100_000,
-                    err.as_bytes(),
-                );
-                let _ = stream.write_all(&frame(&payload)).await;
+                let _ = stream.write_all(&self.seal(key, err.as_bytes())).await;
                 Err(why)
             }
         }

@@ -243,7 +243,7 @@ impl Actor for AgentInfo {
                 hub.do_send(ResendAll);
             }
             // Checked often, so a change goes out well within the interval.
-            let every = (self.core.settings.jobs.agent_info / 5).max(std::time::Duration::from_millis(20));
+            let every = crate::settings::JobIntervals::status_tick(self.core.settings.jobs.agent_info);
             schedule(&mut self.core, ctx, every, Self::tick);
         }
     }
@@ -406,7 +406,6 @@ async fn fetch_and_apply(
     let mut staged = Vec::new();
     let mut waited_ms = 0u64;
     type Asked = std::collections::HashMap<String, FileMeta>;
-    type Written = (Vec<files::Staged>, Vec<FileMeta>, Vec<String>, u64);
     let mut inflight: std::collections::VecDeque<(actix_rt::task::JoinHandle<Result<MasterToWorker, String>>, Asked)> =
         Default::default();
     let mut writing: Option<actix_rt::task::JoinHandle<Written>> = None;
@@ -432,11 +431,7 @@ async fn fetch_and_apply(
             // Parts of large files come back to the queue when their batch is written.
             match writing.take() {
                 Some(job) => {
-                    let (done, pending, errors, bytes) = job.await.map_err(|e| e.to_string())?;
-                    report.bytes += bytes;
-                    report.errors.extend(errors);
-                    staged.extend(done);
-                    queue.extend(pending);
+                    absorb(job, report, &mut staged, &mut queue).await?;
                     continue;
                 }
                 None => break,
@@ -453,11 +448,7 @@ async fn fetch_and_apply(
             report.errors.push(format!("{path}: not served by the master: {why}"));
         }
         if let Some(job) = writing.take() {
-            let (done, pending, errors, bytes) = job.await.map_err(|e| e.to_string())?;
-            report.bytes += bytes;
-            report.errors.extend(errors);
-            staged.extend(done);
-            queue.extend(pending);
+            absorb(job, report, &mut staged, &mut queue).await?;
         }
         let stage = staging.clone();
         let parts = batch.parts;
@@ -525,6 +516,24 @@ async fn fetch_and_apply(
     report.touched.extend(applied.written.iter().map(|m| m.path.clone()));
     report.touched.extend(applied.deleted.iter().cloned());
     manifest::record_applied(data_dir, manifest, &applied.written, &applied.deleted);
+    Ok(())
+}
+
+/// What a staging job did: files staged whole, files with parts still to fetch, errors, bytes.
+type Written = (Vec<files::Staged>, Vec<FileMeta>, Vec<String>, u64);
+
+/// Waits for a staging job and takes in its outcome: staged files to apply, files to ask for again.
+async fn absorb(
+    job: actix_rt::task::JoinHandle<Written>,
+    report: &mut RoundReport,
+    staged: &mut Vec<files::Staged>,
+    queue: &mut std::collections::VecDeque<FileMeta>,
+) -> Result<(), String> {
+    let (done, pending, errors, bytes) = job.await.map_err(|e| e.to_string())?;
+    report.bytes += bytes;
+    report.errors.extend(errors);
+    staged.extend(done);
+    queue.extend(pending);
     Ok(())
 }
 
