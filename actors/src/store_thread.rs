@@ -61,7 +61,14 @@ impl<S: Store> StoreHandle<S> {
                 for finish in finishes {
                     finish(outcome.clone());
                 }
-                let _ = pos_tx.send(position(&store));
+                // Only a commit that moved the sequence wakes the watchers: a read-only command
+                // must not, or a watcher that reads the store on every wake-up would spin forever.
+                let now = position(&store);
+                pos_tx.send_if_modified(|seen| {
+                    let moved = *seen != now;
+                    *seen = now;
+                    moved
+                });
             }
         })?;
         Ok(StoreHandle { tx, position: pos_rx })
@@ -105,5 +112,44 @@ impl<S: Store> StoreHandle<S> {
     /// Resolves each time a commit moves the change sequence.
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.position.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Registry;
+    use std::time::Duration;
+
+    #[actix_rt::test]
+    async fn only_commits_that_move_the_sequence_wake_the_watchers() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(dir.path()).unwrap();
+        let handle = StoreHandle::spawn("test-registry", registry, Registry::seq).unwrap();
+        let mut watch = handle.watch();
+        watch.borrow_and_update();
+
+        // Reads commit an empty transaction: nobody is woken (a watcher that reads on every
+        // wake-up would otherwise wake itself forever).
+        for _ in 0..3 {
+            handle.run(|r| Ok(r.seq())).await.unwrap();
+        }
+        let woken = tokio::time::timeout(Duration::from_millis(100), watch.changed()).await;
+        assert!(woken.is_err(), "a read-only command woke the watchers");
+
+        // A change does.
+        let before = *watch.borrow();
+        let agent = crate::registry::NewAgent {
+            name: "web-1".into(),
+            groups: vec![],
+            ip: "any".into(),
+            key_hash: None,
+            version: None,
+            node_name: "master".into(),
+            token: None,
+        };
+        handle.run(move |r| r.enroll(&agent)).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), watch.changed()).await.unwrap().unwrap();
+        assert!(*watch.borrow_and_update() > before);
     }
 }
