@@ -18,7 +18,7 @@ use crate::settings::ChannelSettings;
 use actix::clock::Instant;
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
-use log::{debug, info, warn};
+use log::{debug, info};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -231,10 +231,15 @@ impl<S: Side> ConnectionActor<S> {
         self.writer.write(envelope);
     }
 
-    /// Closes the connection, logging `reason` once.
+    /// Closes the connection, logging `reason` once as a warning.
     fn fail(&mut self, ctx: &mut Context<Self>, reason: String) {
+        self.close(ctx, log::Level::Warn, reason);
+    }
+
+    /// Closes the connection, logging `reason` once at `level` (an orderly goodbye is no warning).
+    fn close(&mut self, ctx: &mut Context<Self>, level: log::Level, reason: String) {
         if self.close_reason.is_none() {
-            warn!(node = self.settings.node_name.as_str();
+            log::log!(level, node = self.settings.node_name.as_str();
                 "closing connection with {} {} ({}): {reason}", peer_role(S::LOCAL), self.peer.node_name, self.peer_addr);
             self.close_reason = Some(reason);
         }
@@ -314,7 +319,7 @@ impl<S: Side> StreamHandler<Result<Envelope<S::In>, ChannelError>> for Connectio
         }
         if let Some(reason) = S::goodbye_reason(&envelope.body) {
             let reason = format!("the {} said goodbye: {reason}", peer_role(S::LOCAL));
-            return self.fail(ctx, reason);
+            return self.close(ctx, log::Level::Info, reason);
         }
         if let Some(reports) = S::reported_jobs(&envelope.body) {
             self.peer_jobs = reports.to_vec();
