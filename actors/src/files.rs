@@ -46,12 +46,92 @@ fn open_nofollow(path: &Path) -> std::io::Result<std::fs::File> {
     std::fs::File::open(path)
 }
 
-/// Master side: up to `max` bytes of `rel` from `offset`, if `rel` is in `manifest`.
-pub fn read_part(data_dir: &Path, manifest: &Manifest, rel: &str, offset: u64, max: usize) -> Result<FilePart, String> {
-    read_part_checked(data_dir, manifest, rel, offset, max, &mut Default::default())
+/// Master side: parts read (and compressed) for one worker, kept for the others.
+///
+/// Workers that sync at the same time (every worker of a cluster that starts, or reconnects after
+/// the master restarted) ask for the same files in the same order, so each file is read and
+/// compressed once instead of once per worker. One cache belongs to one manifest: a part is only
+/// served for the MD5 and size the manifest gives, so nothing stale can come out of it. Bounded
+/// in bytes; the oldest parts go first.
+pub struct PartCache {
+    capacity: usize,
+    inner: std::sync::Mutex<CacheInner>,
 }
 
-/// [`read_part`] remembering, across one batch, the directories already checked for symlinks.
+#[derive(Default)]
+struct CacheInner {
+    parts: std::collections::HashMap<(String, u64), std::sync::Arc<FilePart>>,
+    order: std::collections::VecDeque<(String, u64)>,
+    bytes: usize,
+    hits: u64,
+}
+
+impl PartCache {
+    /// Room for the parts of a few answers: workers that sync together stay that close.
+    pub const DEFAULT_CAPACITY: usize = 32 << 20;
+
+    pub fn new(capacity: usize) -> Self {
+        Self { capacity, inner: Default::default() }
+    }
+
+    /// The part of `rel` at `offset`, if cached for this `entry` and no longer than `max`.
+    fn get(&self, rel: &str, offset: u64, entry: &crate::manifest::FileEntry, max: usize) -> Option<FilePart> {
+        let mut inner = self.inner.lock().ok()?;
+        let part = inner.parts.get(&(rel.to_string(), offset))?.clone();
+        if part.md5 != entry.md5 || part.size != entry.size || part.raw_len as usize > max.max(1) {
+            return None;
+        }
+        inner.hits += 1;
+        Some(FilePart::clone(&part))
+    }
+
+    fn put(&self, part: &FilePart) {
+        let cost = part.data.len() + part.path.len() + 64;
+        if cost > self.capacity {
+            return;
+        }
+        let Ok(mut inner) = self.inner.lock() else { return };
+        let key = (part.path.clone(), part.offset);
+        if inner.parts.contains_key(&key) {
+            return;
+        }
+        while inner.bytes + cost > self.capacity {
+            let Some(old) = inner.order.pop_front() else { break };
+            if let Some(p) = inner.parts.remove(&old) {
+                inner.bytes -= p.data.len() + p.path.len() + 64;
+            }
+        }
+        inner.bytes += cost;
+        inner.order.push_back(key.clone());
+        inner.parts.insert(key, std::sync::Arc::new(part.clone()));
+    }
+
+    /// Parts served from the cache so far.
+    pub fn hits(&self) -> u64 {
+        self.inner.lock().map(|i| i.hits).unwrap_or(0)
+    }
+}
+
+impl std::fmt::Debug for PartCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (parts, bytes) = self.inner.lock().map(|i| (i.parts.len(), i.bytes)).unwrap_or_default();
+        f.debug_struct("PartCache").field("parts", &parts).field("bytes", &bytes).finish()
+    }
+}
+
+impl Default for PartCache {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_CAPACITY)
+    }
+}
+
+/// Master side: up to `max` bytes of `rel` from `offset`, if `rel` is in `manifest`.
+pub fn read_part(data_dir: &Path, manifest: &Manifest, rel: &str, offset: u64, max: usize) -> Result<FilePart, String> {
+    read_part_checked(data_dir, manifest, rel, offset, max, &mut Default::default(), None)
+}
+
+/// [`read_part`] remembering, across one batch, the directories already checked for symlinks, and
+/// going through `cache` when given.
 pub fn read_part_checked(
     data_dir: &Path,
     manifest: &Manifest,
@@ -59,9 +139,13 @@ pub fn read_part_checked(
     offset: u64,
     max: usize,
     checked: &mut std::collections::HashSet<PathBuf>,
+    cache: Option<&PartCache>,
 ) -> Result<FilePart, String> {
     let entry = manifest.files.get(rel).ok_or("not in the master's manifest")?;
     sync::check_path(rel).map_err(|e| e.to_string())?;
+    if let Some(part) = cache.and_then(|c| c.get(rel, offset, entry, max)) {
+        return Ok(part);
+    }
     let path = data_dir.join(rel);
     let parent = path.parent().ok_or("no parent directory")?.to_path_buf();
     if !checked.contains(&parent) {
@@ -79,8 +163,12 @@ pub fn read_part_checked(
     }
     file.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
     let want = ((size - offset) as usize).min(max.max(1));
-    let mut raw = vec![0u8; want];
-    file.read_exact(&mut raw).map_err(|e| e.to_string())?;
+    // Read into spare capacity: no zeroing of a buffer about to be overwritten.
+    let mut raw = Vec::with_capacity(want);
+    (&mut file).take(want as u64).read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    if raw.len() != want {
+        return Err("changed since the last scan (shorter than listed)".into());
+    }
     let (data, compressed) = if raw.len() >= COMPRESS_MIN {
         let c = lz4_flex::block::compress(&raw);
         if c.len() < raw.len() * 9 / 10 {
@@ -91,7 +179,7 @@ pub fn read_part_checked(
     } else {
         (raw.clone(), false)
     };
-    Ok(FilePart {
+    let part = FilePart {
         path: rel.to_string(),
         offset,
         size,
@@ -99,13 +187,23 @@ pub fn read_part_checked(
         raw_len: raw.len() as u64,
         compressed,
         data,
-    })
+    };
+    if let Some(cache) = cache {
+        cache.put(&part);
+    }
+    Ok(part)
 }
 
 /// Master side: the parts of `items` that fit in about `budget` bytes, read on several threads (the
 /// disk's per-file latency, not the CPU, is what a batch of small files waits on). Items left out
 /// are simply asked for again.
-pub fn read_batch(data_dir: &Path, manifest: &Manifest, items: Vec<FetchItem>, budget: usize) -> FileBatch {
+pub fn read_batch(
+    data_dir: &Path,
+    manifest: &Manifest,
+    items: Vec<FetchItem>,
+    budget: usize,
+    cache: Option<&PartCache>,
+) -> FileBatch {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4);
     let per = items.len().div_ceil(threads).max(1);
     let share = (budget / threads).max(1);
@@ -121,8 +219,8 @@ pub fn read_batch(data_dir: &Path, manifest: &Manifest, items: Vec<FetchItem>, b
                         if used >= share {
                             break;
                         }
-                        match read_part_checked(data_dir, manifest, &item.path, item.offset, share - used, &mut checked)
-                        {
+                        let max = share - used;
+                        match read_part_checked(data_dir, manifest, &item.path, item.offset, max, &mut checked, cache) {
                             Ok(part) => {
                                 used += part.data.len() + part.path.len() + 64;
                                 batch.parts.push(part);
@@ -287,10 +385,21 @@ impl Staging {
 }
 
 impl Staging {
-    /// Makes every staged file durable with one filesystem sync instead of one `fsync` per file.
-    pub fn sync(&self) -> std::io::Result<()> {
-        sync_filesystem(&self.dir)
+    /// Makes every staged file durable before any of them is applied: a few files are fsynced one by
+    /// one (a filesystem sync would also wait for everything else dirty on the disk), a batch of
+    /// more with one filesystem sync instead of one `fsync` per file.
+    pub fn sync(&self, staged: &[Staged]) -> std::io::Result<()> {
+        if staged.len() > Self::FSYNC_EACH_UP_TO {
+            return sync_filesystem(&self.dir);
+        }
+        for file in staged {
+            std::fs::File::open(&file.path)?.sync_all()?;
+        }
+        Ok(())
     }
+
+    /// Up to this many staged files, each is fsynced on its own.
+    const FSYNC_EACH_UP_TO: usize = 64;
 }
 
 /// Flushes everything written to the filesystem holding `dir` (Linux: one `syncfs`; elsewhere every
@@ -669,6 +778,52 @@ mod tests {
             .collect();
         out.sort();
         out
+    }
+
+    #[test]
+    fn a_part_read_for_one_worker_is_served_to_the_next_only_for_the_same_content() {
+        let master = master_tree();
+        let (m, _) = scan(master.path(), None);
+        let cache = PartCache::new(1 << 20);
+        let items = || vec![FetchItem { path: "etc/rules/a.xml".into(), offset: 0 }];
+        let first = read_batch(master.path(), &m, items(), 1 << 20, Some(&cache));
+        assert_eq!((first.parts.len(), cache.hits()), (1, 0));
+        // Rewritten on disk, same size, manifest not rescanned yet: the second worker gets the part
+        // the manifest describes, from the cache, not a read of the new bytes.
+        std::fs::write(master.path().join("etc/rules/a.xml"), b"<xxxx/>").unwrap();
+        let second = read_batch(master.path(), &m, items(), 1 << 20, Some(&cache));
+        assert_eq!(second.parts, first.parts);
+        assert_eq!(cache.hits(), 1);
+        // Once the manifest says otherwise, the cached part is never served for it.
+        let (m2, _) = scan(master.path(), Some(&m));
+        let third = read_batch(master.path(), &m2, items(), 1 << 20, Some(&cache));
+        assert_eq!(third.parts[0].data, b"<xxxx/>");
+        assert_eq!(cache.hits(), 1);
+        // A part longer than the room left in an answer is read again, in a shorter piece.
+        let short = read_batch(master.path(), &m2, items(), 3, Some(&cache));
+        assert!(short.parts[0].raw_len < 7);
+        assert_eq!(cache.hits(), 1);
+    }
+
+    #[test]
+    fn the_part_cache_stays_within_its_bytes() {
+        let cache = PartCache::new(10_000);
+        for i in 0..100u64 {
+            let part = FilePart {
+                path: format!("etc/rules/{i}.xml"),
+                offset: 0,
+                size: 1_000,
+                md5: "x".into(),
+                raw_len: 1_000,
+                compressed: false,
+                data: vec![0; 1_000],
+            };
+            cache.put(&part);
+        }
+        let inner = cache.inner.lock().unwrap();
+        assert!(inner.bytes <= 10_000 && inner.parts.len() == inner.order.len() && inner.parts.len() >= 8);
+        assert!(inner.parts.contains_key(&("etc/rules/99.xml".to_string(), 0)));
+        assert!(!inner.parts.contains_key(&("etc/rules/0.xml".to_string(), 0)));
     }
 
     fn master_tree() -> tempfile::TempDir {

@@ -69,6 +69,8 @@ pub struct IntegritySummary {
     pub files: u64,
     pub computed_at_ms: u64,
     pub manifest: Arc<Manifest>,
+    /// File parts already read for a worker, served again to the others.
+    pub parts: Arc<crate::files::PartCache>,
 }
 
 #[derive(Message)]
@@ -159,11 +161,17 @@ impl LocalIntegrity {
                         stats.files, stats.hashed, stats.reused, took.as_millis());
                     log::debug!(node = act.core.node(); "complete roots: {:?}; errors: {:?}", manifest.complete_roots, stats.errors.iter().take(3).collect::<Vec<_>>());
                 }
+                // Parts read for one worker are kept for the others while the manifest holds.
+                let parts = match &act.current {
+                    Some(c) if !changed => c.parts.clone(),
+                    _ => Arc::new(crate::files::PartCache::default()),
+                };
                 act.current = Some(IntegritySummary {
                     digest: digest.clone(),
                     files: manifest.files.len() as u64,
                     computed_at_ms: crate::now_ms(),
                     manifest: Arc::new(manifest),
+                    parts,
                 });
                 act.core.set_details(vec![
                     ("files".into(), stats.files.to_string()),

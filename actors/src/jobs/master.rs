@@ -501,9 +501,9 @@ impl Handler<Inbound<WorkerToMaster>> for Integrity {
                 WorkerToMaster::FetchFiles(req) => {
                     // Answers stay well inside one frame.
                     let budget = (req.max_bytes as usize).clamp(1, max_frame / 2);
-                    let manifest = summary.manifest.clone();
+                    let (manifest, parts) = (summary.manifest.clone(), summary.parts.clone());
                     let batch = actix_rt::task::spawn_blocking(move || {
-                        crate::files::read_batch(&data_dir, &manifest, req.items, budget)
+                        crate::files::read_batch(&data_dir, &manifest, req.items, budget, Some(&parts))
                     })
                     .await
                     .map_err(|e| e.to_string())?;
