@@ -35,15 +35,89 @@ pub fn safe_target(data_dir: &Path, rel: &str) -> Result<PathBuf, String> {
     Ok(cur)
 }
 
-#[cfg(unix)]
-fn open_nofollow(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)
+/// How a file is opened in a [`Dir`].
+#[derive(Clone, Copy)]
+enum Access {
+    Read,
+    /// Created if missing (mode 0660, the mode synced files have), written at the end.
+    Append,
 }
 
+/// An open directory whose files are opened by name (`openat`): the kernel looks up one component
+/// instead of walking the whole path again for each of thousands of files, and the directory
+/// cannot be swapped for a symlink between the check and the open. A symlink in the file's place
+/// is refused (`O_NOFOLLOW`).
+#[cfg(unix)]
+struct Dir(std::os::fd::OwnedFd);
+
+#[cfg(unix)]
+impl Dir {
+    /// Opens `path` as a directory; a symlink as its last component is refused.
+    fn open(path: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir =
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(path)?;
+        Ok(Dir(dir.into()))
+    }
+
+    fn open_file(&self, name: &std::ffi::OsStr, access: Access) -> std::io::Result<std::fs::File> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        use std::os::unix::ffi::OsStrExt;
+        let name = std::ffi::CString::new(name.as_bytes())
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in a file name"))?;
+        let flags = libc::O_CLOEXEC
+            | libc::O_NOFOLLOW
+            | match access {
+                Access::Read => libc::O_RDONLY,
+                Access::Append => libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND,
+            };
+        // SAFETY: `self.0` is an open descriptor for the whole call and `name` is NUL-terminated.
+        let fd = unsafe { libc::openat(self.0.as_raw_fd(), name.as_ptr(), flags, 0o660 as libc::c_uint) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by `openat` and nothing else owns it.
+        Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+    }
+}
+
+/// Elsewhere: the same interface over whole paths.
 #[cfg(not(unix))]
-fn open_nofollow(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::File::open(path)
+struct Dir(PathBuf);
+
+#[cfg(not(unix))]
+impl Dir {
+    fn open(path: &Path) -> std::io::Result<Self> {
+        Ok(Dir(path.to_path_buf()))
+    }
+
+    fn open_file(&self, name: &std::ffi::OsStr, access: Access) -> std::io::Result<std::fs::File> {
+        let mut opts = std::fs::OpenOptions::new();
+        match access {
+            Access::Read => opts.read(true),
+            Access::Append => opts.create(true).append(true),
+        };
+        opts.open(self.0.join(name))
+    }
+}
+
+/// Most directories kept open at once by one reader or one staging area: files come sorted by
+/// path, so a few suffice, and descriptors stay far from the process's limit.
+const MAX_OPEN_DIRS: usize = 64;
+
+/// Directories already checked by [`safe_target`] and opened, by path (at most [`MAX_OPEN_DIRS`]).
+pub struct Dirs(std::collections::HashMap<PathBuf, Dir>);
+
+impl Dirs {
+    pub fn new() -> Self {
+        Dirs(Default::default())
+    }
+}
+
+impl Default for Dirs {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Master side: parts read (and compressed) for one worker, kept for the others.
@@ -130,15 +204,15 @@ pub fn read_part(data_dir: &Path, manifest: &Manifest, rel: &str, offset: u64, m
     read_part_checked(data_dir, manifest, rel, offset, max, &mut Default::default(), None)
 }
 
-/// [`read_part`] remembering, across one batch, the directories already checked for symlinks, and
-/// going through `cache` when given.
+/// [`read_part`] keeping, across one batch, the directories already checked for symlinks (open),
+/// and going through `cache` when given.
 pub fn read_part_checked(
     data_dir: &Path,
     manifest: &Manifest,
     rel: &str,
     offset: u64,
     max: usize,
-    checked: &mut std::collections::HashSet<PathBuf>,
+    dirs: &mut Dirs,
     cache: Option<&PartCache>,
 ) -> Result<FilePart, String> {
     let entry = manifest.files.get(rel).ok_or("not in the master's manifest")?;
@@ -147,13 +221,20 @@ pub fn read_part_checked(
         return Ok(part);
     }
     let path = data_dir.join(rel);
-    let parent = path.parent().ok_or("no parent directory")?.to_path_buf();
-    if !checked.contains(&parent) {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err("no parent directory".into());
+    };
+    if !dirs.0.contains_key(parent) {
         safe_target(data_dir, rel)?;
-        checked.insert(parent);
+        let dir = Dir::open(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        if dirs.0.len() >= MAX_OPEN_DIRS {
+            dirs.0.clear();
+        }
+        dirs.0.insert(parent.to_path_buf(), dir);
     }
+    let dir = dirs.0.get(parent).ok_or("no parent directory")?;
     // The file itself is opened with O_NOFOLLOW: a symlink put there since the scan is refused.
-    let mut file = open_nofollow(&path).map_err(|e| e.to_string())?;
+    let mut file = dir.open_file(name, Access::Read).map_err(|e| e.to_string())?;
     let size = file.metadata().map_err(|e| e.to_string())?.len();
     if size != entry.size {
         return Err("changed since the last scan".into());
@@ -214,13 +295,13 @@ pub fn read_batch(
                 s.spawn(move || {
                     let mut batch = FileBatch::default();
                     let mut used = 0usize;
-                    let mut checked = std::collections::HashSet::new();
+                    let mut dirs = Dirs::new();
                     for item in chunk {
                         if used >= share {
                             break;
                         }
                         let max = share - used;
-                        match read_part_checked(data_dir, manifest, &item.path, item.offset, max, &mut checked, cache) {
+                        match read_part_checked(data_dir, manifest, &item.path, item.offset, max, &mut dirs, cache) {
                             Ok(part) => {
                                 used += part.data.len() + part.path.len() + 64;
                                 batch.parts.push(part);
@@ -251,8 +332,8 @@ pub struct Staging {
     dir: PathBuf,
     /// Fresh roots, each with whether its staged tree already existed (a resumed transfer).
     fresh: std::collections::HashMap<&'static str, bool>,
-    /// Directories of the staged trees already made (and checked).
-    made: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+    /// Directories of the staged trees already made (and checked), open (the latest few).
+    made: std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::Arc<Dir>>>,
     /// Files of new trees with some parts staged by this transfer.
     partial: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -309,19 +390,25 @@ impl Staging {
     }
 
     /// Makes the directory a tree-staged file goes in, refusing any symlink on the way.
-    fn make_parent(&self, rel: &str, path: &Path) -> Result<(), String> {
-        let Some(parent) = path.parent() else { return Ok(()) };
-        if self.made.lock().map(|m| m.contains(parent)).unwrap_or(false) {
-            return Ok(());
+    /// Returns it open.
+    fn make_parent(&self, rel: &str, path: &Path) -> Result<std::sync::Arc<Dir>, String> {
+        let parent = path.parent().ok_or("no parent directory")?;
+        if let Some(dir) = self.made.lock().ok().and_then(|m| m.get(parent).cloned()) {
+            return Ok(dir);
         }
         let tree = self.tree();
         safe_target(&tree, rel)?;
         std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
         safe_target(&tree, rel)?;
+        let dir = std::sync::Arc::new(Dir::open(parent).map_err(|e| format!("{}: {e}", parent.display()))?);
         if let Ok(mut made) = self.made.lock() {
-            made.insert(parent.to_path_buf());
+            if made.len() >= MAX_OPEN_DIRS {
+                // Made and checked again (cheaply) if a file of one of them comes later.
+                made.clear();
+            }
+            made.insert(parent.to_path_buf(), dir.clone());
         }
-        Ok(())
+        Ok(dir)
     }
 
     /// Appends a received part. Returns the staged file once complete and checked (size and MD5).
@@ -340,10 +427,13 @@ impl Staging {
             return Err("the part's length is inconsistent".into());
         }
         let path = self.part_path(meta);
-        if self.fresh_root(&meta.path).is_some() {
-            sync::check_path(&meta.path).map_err(|e| e.to_string())?;
-            self.make_parent(&meta.path, &path)?;
-        }
+        let dir = match self.fresh_root(&meta.path) {
+            Some(_) => {
+                sync::check_path(&meta.path).map_err(|e| e.to_string())?;
+                Some(self.make_parent(&meta.path, &path)?)
+            }
+            None => None,
+        };
         let have = self.have(meta);
         if part.offset != have {
             // Out of step (a stale partial file): start over.
@@ -352,15 +442,21 @@ impl Staging {
                 return Err(format!("part at offset {} but {have} bytes staged", part.offset));
             }
         }
-        let mut opts = std::fs::OpenOptions::new();
-        opts.create(true).append(true);
-        #[cfg(unix)]
-        {
-            // Created with the mode synced files have (0660), so applying needs no chmod.
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o660);
+        // Created with the mode synced files have (0660), so applying needs no chmod.
+        let mut f = match (dir, path.file_name()) {
+            (Some(dir), Some(name)) => dir.open_file(name, Access::Append),
+            _ => {
+                let mut opts = std::fs::OpenOptions::new();
+                opts.create(true).append(true);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    opts.mode(0o660);
+                }
+                opts.open(&path)
+            }
         }
-        let mut f = opts.open(&path).map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?;
         f.write_all(&data).map_err(|e| e.to_string())?;
         if part.offset + part.raw_len < meta.size {
             if let Ok(mut partial) = self.partial.lock() {
