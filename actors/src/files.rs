@@ -135,12 +135,26 @@ pub struct PartCache {
 #[derive(Default)]
 struct CacheInner {
     parts: std::collections::HashMap<(String, u64), std::sync::Arc<FilePart>>,
-    order: std::collections::VecDeque<(String, u64)>,
+    /// Oldest first, with when each part came in.
+    order: std::collections::VecDeque<((String, u64), std::time::Instant)>,
     bytes: usize,
     hits: u64,
 }
 
+impl CacheInner {
+    fn pop_oldest(&mut self) -> bool {
+        let Some((key, _)) = self.order.pop_front() else { return false };
+        if let Some(p) = self.parts.remove(&key) {
+            self.bytes -= p.data.len() + p.path.len() + 64;
+        }
+        true
+    }
+}
+
 impl PartCache {
+    /// How long a part stays cached (see [`PartCache::expire`]).
+    pub const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(10);
+
     /// Room for the parts of a few answers: workers that sync together stay that close.
     pub const DEFAULT_CAPACITY: usize = 32 << 20;
 
@@ -169,15 +183,17 @@ impl PartCache {
         if inner.parts.contains_key(&key) {
             return;
         }
-        while inner.bytes + cost > self.capacity {
-            let Some(old) = inner.order.pop_front() else { break };
-            if let Some(p) = inner.parts.remove(&old) {
-                inner.bytes -= p.data.len() + p.path.len() + 64;
-            }
-        }
+        while inner.bytes + cost > self.capacity && inner.pop_oldest() {}
         inner.bytes += cost;
-        inner.order.push_back(key.clone());
+        inner.order.push_back((key.clone(), std::time::Instant::now()));
         inner.parts.insert(key, std::sync::Arc::new(part.clone()));
+    }
+
+    /// Drops parts cached longer than `max_age` ago: workers that sync together ask for a part
+    /// within moments of each other, and an idle master should not hold on to the memory.
+    pub fn expire(&self, max_age: std::time::Duration) {
+        let Ok(mut inner) = self.inner.lock() else { return };
+        while inner.order.front().is_some_and(|(_, at)| at.elapsed() > max_age) && inner.pop_oldest() {}
     }
 
     /// Parts served from the cache so far.
@@ -916,10 +932,19 @@ mod tests {
             };
             cache.put(&part);
         }
+        {
+            let inner = cache.inner.lock().unwrap();
+            assert!(inner.bytes <= 10_000 && inner.parts.len() == inner.order.len() && inner.parts.len() >= 8);
+            assert!(inner.parts.contains_key(&("etc/rules/99.xml".to_string(), 0)));
+            assert!(!inner.parts.contains_key(&("etc/rules/0.xml".to_string(), 0)));
+        }
+        // Kept while fresh, gone once old.
+        cache.expire(std::time::Duration::from_secs(60));
+        assert!(!cache.inner.lock().unwrap().parts.is_empty());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        cache.expire(std::time::Duration::from_millis(1));
         let inner = cache.inner.lock().unwrap();
-        assert!(inner.bytes <= 10_000 && inner.parts.len() == inner.order.len() && inner.parts.len() >= 8);
-        assert!(inner.parts.contains_key(&("etc/rules/99.xml".to_string(), 0)));
-        assert!(!inner.parts.contains_key(&("etc/rules/0.xml".to_string(), 0)));
+        assert!(inner.parts.is_empty() && inner.order.is_empty() && inner.bytes == 0);
     }
 
     fn master_tree() -> tempfile::TempDir {

@@ -161,9 +161,13 @@ impl LocalIntegrity {
                         stats.files, stats.hashed, stats.reused, took.as_millis());
                     log::debug!(node = act.core.node(); "complete roots: {:?}; errors: {:?}", manifest.complete_roots, stats.errors.iter().take(3).collect::<Vec<_>>());
                 }
-                // Parts read for one worker are kept for the others while the manifest holds.
+                // Parts read for one worker are kept for the others while the manifest holds,
+                // for a few seconds (each scan drops the older ones).
                 let parts = match &act.current {
-                    Some(c) if !changed => c.parts.clone(),
+                    Some(c) if !changed => {
+                        c.parts.expire(crate::files::PartCache::MAX_AGE);
+                        c.parts.clone()
+                    }
                     _ => Arc::new(crate::files::PartCache::default()),
                 };
                 act.current = Some(IntegritySummary {
