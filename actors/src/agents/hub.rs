@@ -10,6 +10,10 @@ use log::{debug, info, warn};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+
+/// Shortest time between two reloads of the keys. The first change after a quiet spell is picked
+/// up at once; an agent whose key is not loaded yet is retried by its session for seconds.
+const KEY_RELOAD_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -131,9 +135,9 @@ impl AgentHub {
                     return;
                 }
             };
-            let map = KeyMap::from_entries(entries);
             // Connected agents that are gone, or whose key is not the one they connected with.
             let old = act.shared.keys();
+            let map = KeyMap::from_entries_reusing(entries, &old);
             let key_of = |m: &KeyMap, id: &u32| m.by_id.get(id).map(|k| k.raw_key.clone());
             let gone: Vec<u32> =
                 act.live.keys().copied().filter(|id| key_of(&map, id).is_none() || key_of(&map, id) != key_of(&old, id)).collect();
@@ -233,13 +237,15 @@ impl Actor for AgentHub {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        // Keys follow the store: reloaded after every committed change.
+        // Keys follow the store: reloaded after a committed change, at most once per
+        // `KEY_RELOAD_EVERY` during a burst of enrollments (a reload reads every agent).
         let mut watch = self.source.watch();
         let me = ctx.address();
         ctx.spawn(
             async move {
                 loop {
                     me.do_send(RefreshKeys);
+                    tokio::time::sleep(KEY_RELOAD_EVERY).await;
                     if watch.changed().await.is_err() {
                         break;
                     }

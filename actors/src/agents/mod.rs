@@ -76,15 +76,27 @@ pub struct KeyMap {
 
 impl KeyMap {
     pub fn from_entries(entries: Vec<AgentEntry>) -> Self {
-        let mut map = KeyMap::default();
+        Self::from_entries_reusing(entries, &KeyMap::default())
+    }
+
+    /// [`KeyMap::from_entries`] keeping the keys of `old` that did not change: a reload after one
+    /// enrollment derives one AES key, not one per agent.
+    pub fn from_entries_reusing(entries: Vec<AgentEntry>, old: &KeyMap) -> Self {
+        let mut map =
+            KeyMap { by_id: HashMap::with_capacity(entries.len()), by_ip: HashMap::with_capacity(old.by_ip.len()) };
         for e in entries {
             let ip = AgentIp::parse(&e.ip).unwrap_or(AgentIp::Any);
             if let AgentIp::Addr(a) = ip {
                 map.by_ip.insert(a, e.id);
             }
-            let aes = aes_key(&e.key);
-            map.by_id
-                .insert(e.id, Arc::new(AgentKey { id: e.id, name: e.name, ip, raw_key: e.key, aes, groups: e.groups }));
+            let key = match old.by_id.get(&e.id) {
+                Some(k) if k.raw_key == e.key && k.name == e.name && k.ip == ip && k.groups == e.groups => k.clone(),
+                _ => {
+                    let aes = aes_key(&e.key);
+                    Arc::new(AgentKey { id: e.id, name: e.name, ip, raw_key: e.key, aes, groups: e.groups })
+                }
+            };
+            map.by_id.insert(e.id, key);
         }
         map
     }
@@ -141,4 +153,36 @@ pub struct Stats {
     pub events: std::sync::atomic::AtomicU64,
     pub refused: std::sync::atomic::AtomicU64,
     pub pushes: std::sync::atomic::AtomicU64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: u32, key: char, ip: &str) -> AgentEntry {
+        AgentEntry {
+            id,
+            name: format!("agent-{id}"),
+            ip: ip.into(),
+            key: std::iter::repeat_n(key, 64).collect(),
+            groups: vec!["default".into()],
+        }
+    }
+
+    #[test]
+    fn a_reload_keeps_unchanged_keys_and_derives_only_new_ones() {
+        let old = KeyMap::from_entries(vec![entry(1, 'a', "any"), entry(2, 'b', "10.0.0.2"), entry(3, 'c', "any")]);
+        // Agent 2 re-keyed, 3 deleted, 4 enrolled.
+        let new = KeyMap::from_entries_reusing(
+            vec![entry(1, 'a', "any"), entry(2, 'd', "10.0.0.2"), entry(4, 'e', "any")],
+            &old,
+        );
+        assert!(Arc::ptr_eq(&new.by_id[&1], &old.by_id[&1]), "an unchanged key is reused");
+        assert!(!Arc::ptr_eq(&new.by_id[&2], &old.by_id[&2]));
+        assert_eq!(new.by_id[&2].aes, aes_key(&entry(2, 'd', "").key));
+        assert_eq!(new.by_id[&4].aes, aes_key(&entry(4, 'e', "").key));
+        assert!(!new.by_id.contains_key(&3));
+        assert_eq!(new.by_ip.get(&"10.0.0.2".parse().unwrap()), Some(&2));
+        assert_eq!(new.by_id.len(), 3);
+    }
 }
