@@ -113,8 +113,22 @@ impl Drop for Node {
     }
 }
 
+/// A port for a child process to listen on. Not from the kernel's ephemeral range (port 0): the
+/// 1,000-agent test opens that many outgoing connections in parallel with the others, and one of them
+/// could take the port before the child binds it. Ports below the range are only ever handed out
+/// here, one after the other, and checked free.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ =
+        NEXT.compare_exchange(0, 20_000 + (std::process::id() % 1_000) as u16 * 10, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(port < 32_000, "no free port left below the ephemeral range");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn write_key(dir: &Path, name: &str) -> PathBuf {
@@ -169,8 +183,9 @@ fn api_port(sets: &[String]) -> u16 {
         .expect("api.bind in the settings")
 }
 
-/// Polls until `nodes --json` on the master lists exactly `names`; returns the time it took.
-fn wait_listed(api: u16, names: &[&str]) -> Duration {
+/// Polls until `nodes --json` on the master lists exactly `names`; returns the time it took. On a
+/// timeout the logs of `nodes` say why.
+fn wait_listed(api: u16, names: &[&str], nodes: &[&Node]) -> Duration {
     let start = Instant::now();
     loop {
         let mut listed = listed_nodes(api);
@@ -178,7 +193,10 @@ fn wait_listed(api: u16, names: &[&str]) -> Duration {
         if listed == names {
             return start.elapsed();
         }
-        assert!(start.elapsed() < WAIT, "the master lists {listed:?}, not {names:?}");
+        if start.elapsed() >= WAIT {
+            let logs: Vec<String> = nodes.iter().map(|n| format!("--- {}:\n{}", n.name, n.log())).collect();
+            panic!("the master lists {listed:?}, not {names:?}\n{}", logs.join("\n"));
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -258,7 +276,7 @@ fn three_processes_survive_kill_9_of_the_master_and_of_a_worker() {
     let w1 = Node::start("worker-1.toml", &local(dir.path(), "w1", &key, port));
     let w2 = Node::start("worker-2.toml", &local(dir.path(), "w2", &key, port));
     let all = ["master-1", "worker-1", "worker-2"];
-    let first = wait_listed(api, &all);
+    let first = wait_listed(api, &all, &[&master, &w1, &w2]);
     eprintln!("nodes --json lists both workers {} ms after they started", first.as_millis());
 
     // kill -9 the master, start it again on the same ports: both workers come back by themselves.
@@ -267,13 +285,13 @@ fn three_processes_survive_kill_9_of_the_master_and_of_a_worker() {
     let master = Node::start("master.toml", &master_sets);
     master.wait_for(&["master listening"]);
     let listening = Instant::now();
-    wait_listed(api, &all);
+    wait_listed(api, &all, &[&master, &w1, &w2]);
     eprintln!("both workers back {} ms after the restarted master listened", listening.elapsed().as_millis());
 
     // kill -9 a worker: the master drops it (its socket closes; a silent one goes after 3 intervals).
     let killed = Instant::now();
     w2.kill_9();
-    wait_listed(api, &["master-1", "worker-1"]);
+    wait_listed(api, &["master-1", "worker-1"], &[&master, &w1]);
     eprintln!("killed worker dropped after {} ms (keep-alive interval 500 ms)", killed.elapsed().as_millis());
     master.wait_for(&["connection with worker worker-2", "closed"]);
 
@@ -299,7 +317,7 @@ fn agent_sim_enrolls_through_a_worker_and_every_node_holds_every_key() {
     master.wait_for(&["master listening"]);
     let w1 = Node::start("worker-1.toml", &w1_sets);
     let w2 = Node::start("worker-2.toml", &local(dir.path(), "w2", &key, port));
-    wait_listed(api_port(&master_sets), &["master-1", "worker-1", "worker-2"]);
+    wait_listed(api_port(&master_sets), &["master-1", "worker-1", "worker-2"], &[&master, &w1, &w2]);
 
     let received = dir.path().join("received.keys");
     let out = Command::new(SIM)
@@ -402,7 +420,7 @@ fn killing_the_master_during_an_enrollment_storm_leaves_no_agent_without_its_key
     let master = Node::start("master.toml", &master_sets);
     master.wait_for(&["master listening"]);
     let w1 = Node::start("worker-1.toml", &w1_sets);
-    wait_listed(api_port(&master_sets), &["master-1", "worker-1"]);
+    wait_listed(api_port(&master_sets), &["master-1", "worker-1"], &[&master, &w1]);
 
     let received = dir.path().join("received.keys");
     let sim = Command::new(SIM)
@@ -483,7 +501,7 @@ fn three_processes_keep_rules_byte_identical_on_every_worker() {
     w2_sets.push("cluster.intervals.integrity=1s".into());
     let w1 = Node::start("worker-1.toml", &w1_sets);
     let w2 = Node::start("worker-2.toml", &w2_sets);
-    wait_listed(api_port(&master_sets), &["master-1", "worker-1", "worker-2"]);
+    wait_listed(api_port(&master_sets), &["master-1", "worker-1", "worker-2"], &[&master, &w1, &w2]);
     let (m, a, b) = (dir.path().join("master"), dir.path().join("w1"), dir.path().join("w2"));
 
     // 1,000 files under the master's etc/rules.
@@ -561,7 +579,7 @@ fn three_processes_keep_1000_agents_active_across_the_loss_of_a_worker() {
     master.wait_for(&["master listening"]);
     let w1 = Node::start("worker-1.toml", &w1_sets);
     let w2 = Node::start("worker-2.toml", &w2_sets);
-    wait_listed(api_port(&master_sets), &["master-1", "worker-1", "worker-2"]);
+    wait_listed(api_port(&master_sets), &["master-1", "worker-1", "worker-2"], &[&master, &w1, &w2]);
     let api = format!("http://127.0.0.1:{}", api_port(&master_sets));
 
     // 1,000 agents enroll through worker-1 and then report to both workers.
