@@ -44,9 +44,9 @@ enum Access {
 }
 
 /// An open directory whose files are opened by name (`openat`): the kernel looks up one component
-/// instead of walking the whole path again for each of thousands of files, and the directory
-/// cannot be swapped for a symlink between the check and the open. A symlink in the file's place
-/// is refused (`O_NOFOLLOW`).
+/// instead of walking the whole path again for each of thousands of files, and once the directory
+/// is open, swapping it (or a directory above it) for a symlink no longer redirects those opens. A
+/// symlink in the file's place is refused (`O_NOFOLLOW`).
 #[cfg(unix)]
 struct Dir(std::os::fd::OwnedFd);
 
