@@ -147,14 +147,15 @@ impl LocalIntegrity {
                 _ => manifest::scan(&dir, previous.as_deref()),
             };
             let delta = previous.as_ref().map(|p| manifest::Delta::between(p, &m)).filter(|d| d.len() <= MAX_DELTA);
-            (m, stats, started.elapsed(), delta)
+            // Here too, not on the event loop: a digest reads every entry.
+            let digest = m.digest();
+            (m, digest, stats, started.elapsed(), delta)
         });
         ctx.spawn(scan.into_actor(self).map(|result, act, ctx| match result {
-            Ok((manifest, stats, took, delta)) => {
+            Ok((manifest, digest, stats, took, delta)) => {
                 for e in stats.errors.iter().take(20) {
                     warn!(node = act.core.node(); "local integrity: {e}");
                 }
-                let digest = manifest.digest();
                 let changed = act.current.as_ref().map(|c| &c.digest) != Some(&digest);
                 if changed {
                     info!(node = act.core.node(); "local integrity: {} files ({} hashed, {} unchanged) in {} ms, digest {digest}",

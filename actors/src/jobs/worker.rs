@@ -549,11 +549,15 @@ async fn sync_round(
     let started = std::time::Instant::now();
     let mut report = RoundReport { started_ms: crate::now_ms(), ..RoundReport::default() };
     let dir = data_dir.clone();
-    let (mut local, _) = actix_rt::task::spawn_blocking(move || manifest::scan(&dir, previous.as_deref()))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut local, digest) = actix_rt::task::spawn_blocking(move || {
+        let (m, _) = manifest::scan(&dir, previous.as_deref());
+        let digest = m.digest();
+        (m, digest)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     report.phases.push(("scan", started.elapsed().as_millis() as u64));
-    let check = IntegrityCheck { manifest_digest: local.digest(), files: local.files.len() as u64 };
+    let check = IntegrityCheck { manifest_digest: digest, files: local.files.len() as u64 };
     match call(conn.clone(), WorkerToMaster::IntegrityCheck(check)).await? {
         MasterToWorker::IntegrityStatus(status) if status.in_sync => {
             report.in_sync = true;
@@ -573,7 +577,8 @@ async fn sync_round(
     report.missing = plan.fetch.len() - report.changed;
     report.extra = plan.delete.len();
     fetch_and_apply(&conn, &data_dir, plan.fetch, plan.delete, max_frame, &mut local, &mut report).await?;
-    report.in_sync = report.errors.is_empty() && local.digest() == plan.master_digest;
+    let (local, digest) = digested(local).await?;
+    report.in_sync = report.errors.is_empty() && digest == plan.master_digest;
     report.took_ms = started.elapsed().as_millis() as u64;
     report.phases.push(("applied", report.took_ms));
     Ok((Arc::new(local), report))
@@ -590,7 +595,8 @@ async fn delta_round(
 ) -> Result<(Arc<Manifest>, RoundReport), String> {
     let started = std::time::Instant::now();
     let mut report = RoundReport { started_ms: crate::now_ms(), synced: true, ..RoundReport::default() };
-    let mut local = (*current).clone();
+    // Copying and digesting 50,000 entries takes milliseconds: not on the event loop.
+    let mut local = actix_rt::task::spawn_blocking(move || (*current).clone()).await.map_err(|e| e.to_string())?;
     let fetch: Vec<FileMeta> = change
         .changed
         .into_iter()
@@ -601,9 +607,20 @@ async fn delta_round(
     report.missing = fetch.len() - report.changed;
     report.extra = delete.len();
     fetch_and_apply(&conn, &data_dir, fetch, delete, max_frame, &mut local, &mut report).await?;
-    report.in_sync = report.errors.is_empty() && local.digest() == change.master_digest;
+    let (local, digest) = digested(local).await?;
+    report.in_sync = report.errors.is_empty() && digest == change.master_digest;
     report.took_ms = started.elapsed().as_millis() as u64;
     Ok((Arc::new(local), report))
+}
+
+/// `m` with its digest, computed on a blocking thread.
+async fn digested(m: Manifest) -> Result<(Manifest, String), String> {
+    actix_rt::task::spawn_blocking(move || {
+        let digest = m.digest();
+        (m, digest)
+    })
+    .await
+    .map_err(|e| e.to_string())
 }
 
 impl Integrity {
