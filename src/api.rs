@@ -252,6 +252,17 @@ async fn get_agent(node: web::Data<NodeHandle>, id: web::Path<String>) -> HttpRe
     }
 }
 
+/// Prometheus' scrape endpoint (see `metrics.rs`).
+async fn metrics(node: web::Data<NodeHandle>) -> HttpResponse {
+    let nodes = node.healthcheck().await;
+    let agents = node.agents(false).await.ok();
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(crate::metrics::render(
+        node.name(),
+        &nodes,
+        agents.as_deref(),
+    ))
+}
+
 async fn not_found() -> HttpResponse {
     HttpResponse::NotFound().json(error_body(404, "no such endpoint"))
 }
@@ -268,6 +279,7 @@ pub fn start(bind: SocketAddr, node: NodeHandle, token: Option<String>) -> std::
             .route("/cluster/nodes", web::get().to(nodes))
             .route("/cluster/healthcheck", web::get().to(healthcheck))
             .route("/health", web::get().to(health))
+            .route("/metrics", web::get().to(metrics))
             .route("/agents", web::get().to(agents))
             .route("/agents/reconnect", web::put().to(reconnect))
             .route("/agents/{id}", web::get().to(get_agent))

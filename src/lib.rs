@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod logging;
+pub mod metrics;
 pub mod node;
 pub mod report;
 pub mod sim;

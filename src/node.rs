@@ -123,7 +123,7 @@ pub struct NodeHealthView {
 }
 
 /// One row of `GET /agents`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct AgentView {
     pub id: String,
     pub name: String,
@@ -345,19 +345,9 @@ impl NodeHandle {
                         id: wazuh_cluster_actors::registry::fmt_id(e.id),
                         name: e.name,
                         ip: e.ip,
-                        status: None,
-                        version: None,
-                        node_name: None,
-                        os: None,
-                        labels: None,
-                        merged_sum: None,
-                        config_sum: None,
-                        group_config_status: None,
-                        peer_ip: None,
                         group: e.groups,
-                        registered_at: None,
-                        last_keepalive: None,
                         key: with_keys.then_some(e.key),
+                        ..AgentView::default()
                     })
                     .collect())
             }

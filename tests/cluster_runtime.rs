@@ -290,3 +290,51 @@ async fn nodes_and_health_endpoints_answer_in_the_wazuh_envelope() {
     cluster.kill_master().await;
     wait_until("the worker reports 503", WAIT, || async move { api_get(worker_api, "/health").await.0 == 503 }).await;
 }
+
+#[actix_rt::test]
+async fn metrics_show_every_node_and_actor_in_prometheus_text() {
+    let cluster = TestCluster::start("metrics", 2).await;
+    let base = format!("http://{}", cluster.master().api_addr);
+    let workers = [cluster.worker_name(0), cluster.worker_name(1)];
+    let master = cluster.master_name();
+    let scrape = move || {
+        let base = base.clone();
+        async move {
+            actix_rt::task::spawn_blocking(move || wazuh_multi_node::client::get(&base, "/metrics"))
+                .await
+                .expect("join")
+                .expect("http")
+        }
+    };
+    // A sample's value, by its exact name and labels.
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' '))?.parse().ok())
+    }
+    let expect = |text: &str| {
+        workers
+            .iter()
+            .all(|w| value(text, &format!("wazuh_cluster_node_connected{{node=\"{w}\",type=\"worker\"}}")) == Some(1.0))
+            && value(
+                text,
+                &format!("wazuh_cluster_actor_runs_total{{node=\"{master}\",actor=\"LocalIntegrity\",end=\"master\"}}"),
+            )
+            .is_some_and(|runs| runs >= 1.0)
+    };
+    wait_until("the master's /metrics lists both workers and its LocalIntegrity runs", WAIT, || {
+        let scrape = scrape.clone();
+        async move {
+            let (status, text) = scrape().await;
+            status == 200 && expect(&text)
+        }
+    })
+    .await;
+    let (_, text) = scrape().await;
+    assert_eq!(value(&text, &format!("wazuh_cluster_registry_up{{node=\"{master}\"}}")), Some(1.0));
+    assert!(text.contains("# TYPE wazuh_cluster_actor_restarts_total counter"));
+    // Both ends of each worker's Integrity job are there, with their sync figures.
+    for end in ["master", "worker"] {
+        let series =
+            format!("wazuh_cluster_actor_runs_total{{node=\"{}\",actor=\"Integrity\",end=\"{end}\"}}", workers[0]);
+        assert!(value(&text, &series).is_some(), "no {series} in:\n{text}");
+    }
+}

@@ -1,0 +1,197 @@
+//! `GET /metrics`: the node's view of the cluster in Prometheus' text exposition format (0.0.4).
+//!
+//! Built from the same views as `GET /cluster/healthcheck` and `GET /agents`, so the figures always
+//! agree with the CLI. Rendering is a pure function, tested on plain values.
+
+use crate::node::{AgentView, NodeHealthView};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+/// Prometheus label values: backslash, double quote and newline escaped.
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// A job detail as a number, when it is one (`true`/`false` count as 1/0).
+fn number(value: &serde_json::Value) -> Option<f64> {
+    match value {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+        serde_json::Value::String(s) => match s.as_str() {
+            "true" => Some(1.0),
+            "false" => Some(0.0),
+            s => s.parse::<f64>().ok().filter(|v| v.is_finite()),
+        },
+        _ => None,
+    }
+}
+
+/// One metric family: its `# HELP` / `# TYPE` header, then one line per labelled sample.
+struct Family<'a> {
+    out: &'a mut String,
+}
+
+impl<'a> Family<'a> {
+    fn new(out: &'a mut String, name: &str, kind: &str, help: &str) -> Self {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        Family { out }
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", label(v))).collect();
+        let _ = writeln!(self.out, "{name}{{{}}} {value}", labels.join(","));
+    }
+}
+
+/// The exposition text for `nodes` (as `/cluster/healthcheck` shows them) and `agents` (as
+/// `/agents` shows them; `None` when the registry could not be read).
+pub fn render(this_node: &str, nodes: &[NodeHealthView], agents: Option<&[AgentView]>) -> String {
+    let mut out = String::new();
+    let name = "wazuh_cluster_node_connected";
+    let mut f = Family::new(&mut out, name, "gauge", "1 if the node is connected (a worker: to the master).");
+    for n in nodes {
+        f.sample(name, &[("node", &n.name), ("type", &n.kind)], if n.connected { 1.0 } else { 0.0 });
+    }
+
+    // Per actor: one family per counter, samples labelled by node, actor and end.
+    type Pick = fn(&crate::node::ActorView) -> Option<f64>;
+    let families: [(&str, &str, &str, Pick); 5] = [
+        ("wazuh_cluster_actor_runs_total", "counter", "Runs of the actor since it started.", |a| Some(a.runs as f64)),
+        ("wazuh_cluster_actor_failures_total", "counter", "Failed runs of the actor.", |a| Some(a.failures as f64)),
+        ("wazuh_cluster_actor_restarts_total", "counter", "Restarts of the actor by its supervisor.", |a| {
+            Some(a.restarts as f64)
+        }),
+        ("wazuh_cluster_actor_running", "gauge", "1 if the actor is running (not restarting or stopped).", |a| {
+            Some(if a.state == "running" { 1.0 } else { 0.0 })
+        }),
+        ("wazuh_cluster_actor_last_duration_seconds", "gauge", "Duration of the actor's last run.", |a| {
+            a.last_duration_ms.map(|ms| ms as f64 / 1000.0)
+        }),
+    ];
+    for (name, kind, help, pick) in families {
+        let mut f = Family::new(&mut out, name, kind, help);
+        for n in nodes {
+            for a in &n.actors {
+                if let Some(v) = pick(a) {
+                    f.sample(name, &[("node", &n.name), ("actor", &a.name), ("end", &a.end)], v);
+                }
+            }
+        }
+    }
+    let name = "wazuh_cluster_actor_detail";
+    let mut f = Family::new(
+        &mut out,
+        name,
+        "gauge",
+        "The actor's own figures (Integrity: missing, changed, extra files, bytes; LocalIntegrity: files...).",
+    );
+    for n in nodes {
+        for a in &n.actors {
+            for (key, value) in &a.details {
+                if let Some(v) = number(value) {
+                    f.sample(name, &[("node", &n.name), ("actor", &a.name), ("end", &a.end), ("detail", key)], v);
+                }
+            }
+        }
+    }
+
+    let name = "wazuh_cluster_agents";
+    let mut f = Family::new(
+        &mut out,
+        name,
+        "gauge",
+        "Registered agents by status and by the node they report to, as this node knows them.",
+    );
+    let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for a in agents.unwrap_or_default() {
+        let status = a.status.clone().unwrap_or_else(|| "never_connected".into());
+        *counts.entry((status, a.node_name.clone().unwrap_or_default())).or_default() += 1;
+    }
+    for ((status, node), count) in &counts {
+        f.sample(name, &[("status", status), ("node", node)], *count as f64);
+    }
+    let name = "wazuh_cluster_registry_up";
+    let mut f = Family::new(&mut out, name, "gauge", "1 if this node could read its agent registry (or replica).");
+    f.sample(name, &[("node", this_node)], if agents.is_some() { 1.0 } else { 0.0 });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::ActorView;
+
+    fn actor(name: &str, state: &str, details: serde_json::Value) -> ActorView {
+        ActorView {
+            name: name.into(),
+            end: "master".into(),
+            state: state.into(),
+            runs: 12,
+            failures: 1,
+            restarts: 0,
+            last_run: None,
+            last_duration_ms: Some(250),
+            last_error: None,
+            details: details.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    fn agent(status: Option<&str>, node: &str) -> AgentView {
+        AgentView {
+            id: "001".into(),
+            status: status.map(String::from),
+            node_name: Some(node.into()),
+            ..AgentView::default()
+        }
+    }
+
+    #[test]
+    fn renders_nodes_actors_numeric_details_and_agent_counts() {
+        let nodes = vec![
+            NodeHealthView {
+                name: "master-1".into(),
+                kind: "master".into(),
+                connected: true,
+                last_keepalive: None,
+                actors: vec![actor("LocalIntegrity", "running", serde_json::json!({"files": "50037", "note": "x"}))],
+            },
+            NodeHealthView {
+                name: "wor\"ker".into(),
+                kind: "worker".into(),
+                connected: false,
+                last_keepalive: None,
+                actors: vec![actor(
+                    "Integrity",
+                    "restarting",
+                    serde_json::json!({"in_sync": "true", "bytes_sent": 10}),
+                )],
+            },
+        ];
+        let agents = vec![agent(Some("active"), "w1"), agent(Some("active"), "w1"), agent(None, "")];
+        let text = render("master-1", &nodes, Some(&agents));
+        for line in [
+            "wazuh_cluster_node_connected{node=\"master-1\",type=\"master\"} 1",
+            "wazuh_cluster_node_connected{node=\"wor\\\"ker\",type=\"worker\"} 0",
+            "wazuh_cluster_actor_runs_total{node=\"master-1\",actor=\"LocalIntegrity\",end=\"master\"} 12",
+            "wazuh_cluster_actor_running{node=\"wor\\\"ker\",actor=\"Integrity\",end=\"master\"} 0",
+            "wazuh_cluster_actor_last_duration_seconds{node=\"master-1\",actor=\"LocalIntegrity\",end=\"master\"} 0.25",
+            "wazuh_cluster_actor_detail{node=\"master-1\",actor=\"LocalIntegrity\",end=\"master\",detail=\"files\"} 50037",
+            "wazuh_cluster_actor_detail{node=\"wor\\\"ker\",actor=\"Integrity\",end=\"master\",detail=\"in_sync\"} 1",
+            "wazuh_cluster_agents{status=\"active\",node=\"w1\"} 2",
+            "wazuh_cluster_agents{status=\"never_connected\",node=\"\"} 1",
+            "wazuh_cluster_registry_up{node=\"master-1\"} 1",
+            "# TYPE wazuh_cluster_actor_failures_total counter",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
+        // A detail that is not a number is left out rather than invented.
+        assert!(!text.contains("detail=\"note\""));
+        // Every sample line is `name{labels} value` with a numeric value.
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = l.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{l}");
+        }
+        assert!(render("w", &[], None).contains("wazuh_cluster_registry_up{node=\"w\"} 0"));
+    }
+}
