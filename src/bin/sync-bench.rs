@@ -11,9 +11,9 @@
 //!   own speed, measured just before).
 //!
 //! Nothing is deleted until the end of the run: on a filesystem without a journal (this project's
-//! CI machines), ext4 skips every inode freed in the last minute or so when it allocates a new one,
-//! so creating files just after deleting many is CPU-bound in the kernel and would measure that,
-//! not the sync. For the same reason, leave a minute between two runs.
+//! CI machines), ext4 skips every inode freed in the last one to six minutes when it allocates a
+//! new one, so creating files just after deleting many is CPU-bound in the kernel and would measure
+//! that, not the sync. For the same reason, leave a few minutes between two runs.
 //!
 //! `cargo run --release --bin sync-bench -- [--files 50037] [--workers 2] [--full-syncs 3] [--rounds 30] [--json]`
 
