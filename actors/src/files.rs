@@ -106,19 +106,8 @@ impl Dir {
 const MAX_OPEN_DIRS: usize = 64;
 
 /// Directories already checked by [`safe_target`] and opened, by path (at most [`MAX_OPEN_DIRS`]).
-pub struct Dirs(std::collections::HashMap<PathBuf, Dir>);
-
-impl Dirs {
-    pub fn new() -> Self {
-        Dirs(Default::default())
-    }
-}
-
-impl Default for Dirs {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+#[derive(Default)]
+struct Dirs(std::collections::HashMap<PathBuf, Dir>);
 
 /// Master side: parts read (and compressed) for one worker, kept for the others.
 ///
@@ -197,7 +186,8 @@ impl PartCache {
     }
 
     /// Parts served from the cache so far.
-    pub fn hits(&self) -> u64 {
+    #[cfg(test)]
+    fn hits(&self) -> u64 {
         self.inner.lock().map(|i| i.hits).unwrap_or(0)
     }
 }
@@ -222,7 +212,7 @@ pub fn read_part(data_dir: &Path, manifest: &Manifest, rel: &str, offset: u64, m
 
 /// [`read_part`] keeping, across one batch, the directories already checked for symlinks (open),
 /// and going through `cache` when given.
-pub fn read_part_checked(
+fn read_part_checked(
     data_dir: &Path,
     manifest: &Manifest,
     rel: &str,
@@ -311,7 +301,7 @@ pub fn read_batch(
                 s.spawn(move || {
                     let mut batch = FileBatch::default();
                     let mut used = 0usize;
-                    let mut dirs = Dirs::new();
+                    let mut dirs = Dirs::default();
                     for item in chunk {
                         if used >= share {
                             break;
