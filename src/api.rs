@@ -13,12 +13,12 @@
 //!   `DELETE /groups/{group}`, `PUT|DELETE /agents/{id}/group/{group}`: changes need
 //!   `Authorization: Bearer <api.token>`; a worker forwards them to the master.
 
-use crate::node::NodeHandle;
+use crate::node::handle::{ChangeError, NodeHandle};
 use actix_web::dev::ServerHandle;
+use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use serde::Serialize;
-use std::net::SocketAddr;
-use wazuh_cluster_protocol::message::AdminRequest;
+use wazuh_cluster_protocol::message::{AdminError, AdminRequest};
 
 /// Wazuh's envelope around a list of items.
 pub fn envelope<T: Serialize>(items: &[T], message: &str) -> serde_json::Value {
@@ -132,10 +132,10 @@ async fn change(
     }
     match node.admin(request).await {
         Ok(()) => HttpResponse::Ok().json(envelope::<String>(&[], done)),
-        Err((status, message)) => HttpResponse::build(
-            actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::BAD_REQUEST),
-        )
-        .json(error_body(status, &message)),
+        Err(e) => {
+            let status = change_status(&e);
+            HttpResponse::build(status).json(error_body(status.as_u16(), &e.to_string()))
+        }
     }
 }
 
@@ -190,7 +190,7 @@ async fn list_groups(node: web::Data<NodeHandle>) -> HttpResponse {
                 groups.into_iter().map(|(name, count)| serde_json::json!({ "name": name, "count": count })).collect();
             HttpResponse::Ok().json(envelope(&items, "All selected groups information was returned"))
         }
-        Err(e) => HttpResponse::ServiceUnavailable().json(error_body(503, &e)),
+        Err(e) => HttpResponse::ServiceUnavailable().json(error_body(503, &e.to_string())),
     }
 }
 
@@ -248,7 +248,7 @@ async fn get_agent(node: web::Data<NodeHandle>, id: web::Path<String>) -> HttpRe
             Some(a) => HttpResponse::Ok().json(envelope(&[a], "Agent information was returned")),
             None => HttpResponse::NotFound().json(error_body(404, &format!("no agent with id {id}"))),
         },
-        Err(e) => HttpResponse::ServiceUnavailable().json(error_body(503, &e)),
+        Err(e) => HttpResponse::ServiceUnavailable().json(error_body(503, &e.to_string())),
     }
 }
 
@@ -267,9 +267,25 @@ async fn not_found() -> HttpResponse {
     HttpResponse::NotFound().json(error_body(404, "no such endpoint"))
 }
 
-/// Binds the API on `bind` and starts serving in the background. Returns the bound address and a
-/// handle to stop it.
-pub fn start(bind: SocketAddr, node: NodeHandle, token: Option<String>) -> std::io::Result<(SocketAddr, ServerHandle)> {
+/// The HTTP status for a change that was not made: the only place cluster outcomes become HTTP.
+fn change_status(e: &ChangeError) -> StatusCode {
+    match e {
+        ChangeError::Refused(AdminError::NoSuchAgent(_) | AdminError::NoSuchGroup(_)) => StatusCode::NOT_FOUND,
+        ChangeError::Refused(AdminError::Invalid(_)) => StatusCode::BAD_REQUEST,
+        ChangeError::Refused(AdminError::Unavailable(_))
+        | ChangeError::Registry(_)
+        | ChangeError::Master(_)
+        | ChangeError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// Starts serving the API on `listener` (bound by the caller) in the background. Returns a handle
+/// to stop it.
+pub fn start(
+    listener: std::net::TcpListener,
+    node: NodeHandle,
+    token: Option<String>,
+) -> std::io::Result<ServerHandle> {
     let data = web::Data::new(node);
     let token = web::Data::new(Token(token));
     let server = HttpServer::new(move || {
@@ -294,10 +310,9 @@ pub fn start(bind: SocketAddr, node: NodeHandle, token: Option<String>) -> std::
     .workers(1)
     .disable_signals()
     .shutdown_timeout(1)
-    .bind(bind)?;
-    let addr = server.addrs().first().copied().unwrap_or(bind);
+    .listen(listener)?;
     let server = server.run();
     let handle = server.handle();
     actix_rt::spawn(server);
-    Ok((addr, handle))
+    Ok(handle)
 }

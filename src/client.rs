@@ -1,21 +1,36 @@
-//! A minimal HTTP/1.1 client for the CLI's `nodes` and `health` commands (plain `http://` only: the
-//! API listens on loopback by default).
+//! The CLI's HTTP client for the node's API (plain `http://`: the API listens on loopback by
+//! default), on `ureq`: connect and overall timeouts, chunked bodies, strict UTF-8.
 
 use anyhow::{bail, Context};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
-/// `http://host:port` -> `host:port`.
-fn authority(base: &str) -> anyhow::Result<&str> {
-    let rest = base
+/// Connecting to the API gives up after this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A whole request (connect, send, read the answer) gives up after this long.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest answer read (`GET /agents` of a large cluster is tens of megabytes).
+const MAX_BODY: u64 = 512 << 20;
+
+/// Checks that `base` is `http://HOST:PORT` and returns it without a trailing slash.
+fn base_url(base: &str) -> anyhow::Result<&str> {
+    let authority = base
         .strip_prefix("http://")
-        .with_context(|| format!("unsupported API URL {base:?}: expected http://HOST:PORT"))?;
-    let authority = rest.trim_end_matches('/');
+        .with_context(|| format!("unsupported API URL {base:?}: expected http://HOST:PORT"))?
+        .trim_end_matches('/');
     if authority.is_empty() || authority.contains('/') {
         bail!("unsupported API URL {base:?}: expected http://HOST:PORT");
     }
-    Ok(authority)
+    Ok(base.trim_end_matches('/'))
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_global(Some(REQUEST_TIMEOUT))
+        // A 4xx or 5xx is an answer to show, not a transport failure.
+        .http_status_as_error(false)
+        .build()
+        .new_agent()
 }
 
 /// GETs `path` and returns the status code and the body.
@@ -31,53 +46,40 @@ pub fn request(
     token: Option<&str>,
     json: Option<&str>,
 ) -> anyhow::Result<(u16, String)> {
-    let authority = authority(base)?;
-    let mut stream = TcpStream::connect(authority).with_context(|| format!("cannot reach the API at {base}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let mut request =
-        format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n");
-    if let Some(t) = token {
-        request.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    let body = json.unwrap_or("");
-    if json.is_some() {
-        request.push_str("Content-Type: application/json\r\n");
-    }
-    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    stream.write_all(request.as_bytes()).context("cannot send the request")?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).context("cannot read the response")?;
-    parse_response(&raw)
-}
-
-fn parse_response(raw: &[u8]) -> anyhow::Result<(u16, String)> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n").context("malformed HTTP response")?;
-    let status: u16 = head
-        .lines()
-        .next()
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|code| code.parse().ok())
-        .context("malformed HTTP status line")?;
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let body = if chunked { dechunk(body)? } else { body.to_string() };
-    Ok((status, body))
-}
-
-fn dechunk(mut body: &str) -> anyhow::Result<String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body.split_once("\r\n").context("malformed chunk")?;
-        let size = usize::from_str_radix(size.trim(), 16).context("malformed chunk size")?;
-        if size == 0 {
-            return Ok(out);
+    let url = format!("{}{path}", base_url(base)?);
+    let agent = agent();
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let sent = match method {
+        "GET" | "DELETE" => {
+            let mut req = if method == "GET" { agent.get(&url) } else { agent.delete(&url) };
+            req = req.header("Accept", "application/json");
+            if let Some(b) = &bearer {
+                req = req.header("Authorization", b);
+            }
+            req.call()
         }
-        out.push_str(rest.get(..size).context("truncated chunk")?);
-        body = rest.get(size + 2..).unwrap_or("");
-    }
+        "PUT" | "POST" => {
+            let mut req = if method == "PUT" { agent.put(&url) } else { agent.post(&url) };
+            req = req.header("Accept", "application/json");
+            if let Some(b) = &bearer {
+                req = req.header("Authorization", b);
+            }
+            match json {
+                Some(body) => req.header("Content-Type", "application/json").send(body),
+                None => req.send_empty(),
+            }
+        }
+        other => bail!("unsupported HTTP method {other}"),
+    };
+    let mut response = sent.with_context(|| format!("cannot reach the API at {base}"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_BODY)
+        .read_to_string()
+        .with_context(|| format!("cannot read the API's answer to {method} {path}"))?;
+    Ok((status, body))
 }
 
 #[cfg(test)]
@@ -85,20 +87,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_plain_and_chunked_responses() {
-        let (s, b) = parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").unwrap();
-        assert_eq!((s, b.as_str()), (200, "{}"));
-        let raw = b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n2\r\n\":\r\n1\r\n1\r\n1\r\n}\r\n0\r\n\r\n";
-        let (s, b) = parse_response(raw).unwrap();
-        assert_eq!((s, b.as_str()), (503, "{\"a\":1}"));
-        assert!(parse_response(b"garbage").is_err());
+    fn only_plain_http_urls() {
+        assert_eq!(base_url("http://127.0.0.1:55000").unwrap(), "http://127.0.0.1:55000");
+        assert_eq!(base_url("http://127.0.0.1:55000/").unwrap(), "http://127.0.0.1:55000");
+        assert!(base_url("https://x:1").is_err());
+        assert!(base_url("http://x:1/path").is_err());
+        assert!(base_url("http://").is_err());
     }
 
     #[test]
-    fn only_plain_http_urls() {
-        assert_eq!(authority("http://127.0.0.1:55000").unwrap(), "127.0.0.1:55000");
-        assert_eq!(authority("http://127.0.0.1:55000/").unwrap(), "127.0.0.1:55000");
-        assert!(authority("https://x:1").is_err());
-        assert!(authority("http://x:1/path").is_err());
+    fn an_unreachable_api_is_a_clear_error_not_a_hang() {
+        // Port 1 on loopback: nothing listens there.
+        let err = get("http://127.0.0.1:1", "/health").unwrap_err();
+        assert!(format!("{err:#}").contains("cannot reach the API at http://127.0.0.1:1"), "{err:#}");
     }
 }

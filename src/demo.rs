@@ -49,6 +49,7 @@ pub fn run(workers: usize, api_port: u16) -> anyhow::Result<()> {
     let psk = node::derive_psk(&master_cfg)?;
     let started = Instant::now();
     actix_rt::System::new().block_on(async move {
+        let mut signals = node::Signals::install()?;
         let master = match node::start(&master_cfg, psk.clone()).await {
             Ok(m) => m,
             Err(e) if api_port != 0 => {
@@ -108,11 +109,10 @@ pub fn run(workers: usize, api_port: u16) -> anyhow::Result<()> {
         );
         println!("API token for changes: export WMN_API_TOKEN={token}");
         println!("press Ctrl-C to stop\n");
-        let signal = node::wait_for_signal().await;
+        let signal = signals.recv().await;
         info!(node = "demo"; "{signal} received, stopping the demo cluster");
-        for n in &nodes {
-            n.begin_shutdown("demo stopping");
-        }
+        // Workers first (their goodbyes reach a master still listening), all at once.
+        futures_util::future::join_all(nodes.iter().map(|n| n.shutdown("demo stopping"))).await;
         master.shutdown("demo stopping").await;
         Ok(())
     })

@@ -1,5 +1,9 @@
 //! The `wazuh-cluster` binary's library: configuration, logging, node start-up, the HTTP API, the
-//! CLI's client and tables, and the demo. The wire lives in `wazuh-cluster-protocol`, the actors in
+//! CLI's client and tables, and the demo. Modules, each depending only on those listed before it:
+//! [`config`], [`logging`], [`views`] (what operators see, as plain values), [`metrics`] (views as
+//! Prometheus text), [`node::handle`] (observing and changing a running node), [`api`] (HTTP),
+//! [`node::startup`] (start, run, stop), [`client`] and [`report`] (the CLI), [`demo`], [`sim`]
+//! (the agent side, for the load generator and tests). The wire lives in `wazuh-cluster-protocol`, the actors in
 //! `wazuh-cluster-actors`.
 
 pub mod api;
@@ -11,3 +15,4 @@ pub mod metrics;
 pub mod node;
 pub mod report;
 pub mod sim;
+pub mod views;

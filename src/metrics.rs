@@ -3,27 +3,13 @@
 //! Built from the same views as `GET /cluster/healthcheck` and `GET /agents`, so the figures always
 //! agree with the CLI. Rendering is a pure function, tested on plain values.
 
-use crate::node::{AgentView, NodeHealthView};
+use crate::views::{AgentView, NodeHealthView};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
 /// Prometheus label values: backslash, double quote and newline escaped.
 fn label(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-/// A job detail as a number, when it is one (`true`/`false` count as 1/0).
-fn number(value: &serde_json::Value) -> Option<f64> {
-    match value {
-        serde_json::Value::Number(n) => n.as_f64(),
-        serde_json::Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
-        serde_json::Value::String(s) => match s.as_str() {
-            "true" => Some(1.0),
-            "false" => Some(0.0),
-            s => s.parse::<f64>().ok().filter(|v| v.is_finite()),
-        },
-        _ => None,
-    }
 }
 
 /// One metric family: its `# HELP` / `# TYPE` header, then one line per labelled sample.
@@ -55,10 +41,13 @@ pub fn render(this_node: &str, nodes: &[NodeHealthView], agents: Option<&[AgentV
     }
 
     // Per actor: one family per counter, samples labelled by node, actor and end.
-    type Pick = fn(&crate::node::ActorView) -> Option<f64>;
-    let families: [(&str, &str, &str, Pick); 5] = [
+    type Pick = fn(&crate::views::ActorView) -> Option<f64>;
+    let families: [(&str, &str, &str, Pick); 6] = [
         ("wazuh_cluster_actor_runs_total", "counter", "Runs of the actor since it started.", |a| Some(a.runs as f64)),
         ("wazuh_cluster_actor_failures_total", "counter", "Failed runs of the actor.", |a| Some(a.failures as f64)),
+        ("wazuh_cluster_actor_panics_total", "counter", "Panics caught at the actor's boundary.", |a| {
+            Some(a.panics as f64)
+        }),
         ("wazuh_cluster_actor_restarts_total", "counter", "Restarts of the actor by its supervisor.", |a| {
             Some(a.restarts as f64)
         }),
@@ -88,10 +77,12 @@ pub fn render(this_node: &str, nodes: &[NodeHealthView], agents: Option<&[AgentV
     );
     for n in nodes {
         for a in &n.actors {
-            for (key, value) in &a.details {
-                if let Some(v) = number(value) {
-                    f.sample(name, &[("node", &n.name), ("actor", &a.name), ("end", &a.end), ("detail", key)], v);
-                }
+            for (key, value) in &a.figures {
+                f.sample(
+                    name,
+                    &[("node", &n.name), ("actor", &a.name), ("end", &a.end), ("detail", key)],
+                    *value as f64,
+                );
             }
         }
     }
@@ -120,20 +111,23 @@ pub fn render(this_node: &str, nodes: &[NodeHealthView], agents: Option<&[AgentV
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::ActorView;
+    use crate::views::ActorView;
 
-    fn actor(name: &str, state: &str, details: serde_json::Value) -> ActorView {
+    fn actor(name: &str, state: &str, figures: &[(&str, u64)]) -> ActorView {
         ActorView {
             name: name.into(),
             end: "master".into(),
+            kind: "periodic".into(),
             state: state.into(),
             runs: 12,
             failures: 1,
+            panics: 1,
             restarts: 0,
             last_run: None,
             last_duration_ms: Some(250),
             last_error: None,
-            details: details.as_object().cloned().unwrap_or_default(),
+            details: Default::default(),
+            figures: figures.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         }
     }
 
@@ -154,18 +148,14 @@ mod tests {
                 kind: "master".into(),
                 connected: true,
                 last_keepalive: None,
-                actors: vec![actor("LocalIntegrity", "running", serde_json::json!({"files": "50037", "note": "x"}))],
+                actors: vec![actor("LocalIntegrity", "running", &[("files", 50037)])],
             },
             NodeHealthView {
                 name: "wor\"ker".into(),
                 kind: "worker".into(),
                 connected: false,
                 last_keepalive: None,
-                actors: vec![actor(
-                    "Integrity",
-                    "restarting",
-                    serde_json::json!({"in_sync": "true", "bytes_sent": 10}),
-                )],
+                actors: vec![actor("Integrity", "restarting", &[("in_sync", 1), ("bytes_sent", 10)])],
             },
         ];
         let agents = vec![agent(Some("active"), "w1"), agent(Some("active"), "w1"), agent(None, "")];
@@ -182,11 +172,10 @@ mod tests {
             "wazuh_cluster_agents{status=\"never_connected\",node=\"\"} 1",
             "wazuh_cluster_registry_up{node=\"master-1\"} 1",
             "# TYPE wazuh_cluster_actor_failures_total counter",
+            "wazuh_cluster_actor_panics_total{node=\"master-1\",actor=\"LocalIntegrity\",end=\"master\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }
-        // A detail that is not a number is left out rather than invented.
-        assert!(!text.contains("detail=\"note\""));
         // Every sample line is `name{labels} value` with a numeric value.
         for l in text.lines().filter(|l| !l.starts_with('#')) {
             let value = l.rsplit(' ').next().unwrap();

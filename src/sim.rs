@@ -144,7 +144,7 @@ impl SimAgent {
             &self.aes,
             &self.header,
             c,
-            (wazuh_cluster_actors::random_u64() % 100_000).max(1) as u32,
+            (wazuh_cluster_actors::backoff::random_u64() % 100_000).max(1) as u32,
             message,
         ))
     }
@@ -215,8 +215,9 @@ pub async fn run_agent(
         }
         idx += 1;
         stats.reconnects.fetch_add(1, Relaxed);
-        let pause =
-            std::time::Duration::from_millis((50u64 << attempt.min(4)) + wazuh_cluster_actors::random_u64() % 100);
+        let pause = std::time::Duration::from_millis(
+            (50u64 << attempt.min(4)) + wazuh_cluster_actors::backoff::random_u64() % 100,
+        );
         tokio::time::sleep(pause).await;
     }
 }

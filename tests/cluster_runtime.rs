@@ -9,10 +9,11 @@ use common::cluster::TestCluster;
 use common::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use wazuh_cluster_actors::jobs::runtime::FaultKind;
 use wazuh_cluster_actors::link;
 use wazuh_cluster_actors::master::{self, LocalJobs};
 use wazuh_cluster_actors::worker::{self, GetLink, WorkerLink};
-use wazuh_cluster_protocol::message::JobReport;
+use wazuh_cluster_protocol::message::{JobReport, JobState};
 use wazuh_cluster_protocol::version::VersionRange;
 use wazuh_cluster_protocol::{ProtocolVersion, Role};
 use wazuh_multi_node::node::NodeHandle;
@@ -48,22 +49,22 @@ async fn api_get(addr: std::net::SocketAddr, path: &'static str) -> (u16, serde_
 }
 
 #[actix_rt::test]
-async fn a_failing_job_restarts_in_place_while_its_connection_and_siblings_go_on() {
+async fn a_failing_periodic_job_restarts_in_place_and_a_failing_server_answers_errors_without_restarting() {
     let cluster = TestCluster::start("sup", 1).await;
     let link = link_of(&cluster, 0);
     let before = link.send(GetLink).await.unwrap().expect("connected");
     let keepalive_before = job(&before.jobs, "KeepAlive").runs;
 
-    // The worker's AgentInfo fails its next 3 runs; each failure stops it and its supervisor
-    // restarts it after a back-off.
-    assert!(link.send(worker::InjectFault { job: "AgentInfo".into(), failures: 3 }).await.unwrap());
+    // The worker's AgentInfo (periodic) fails its next 3 runs; each failure stops it and its
+    // supervisor restarts it after a back-off.
+    assert!(link.send(worker::InjectFault { job: "AgentInfo".into(), kind: FaultKind::Fail, count: 3 }).await.unwrap());
     wait_until("the worker's AgentInfo restarted 3 times and ran again", WAIT, || {
         let link = link.clone();
         async move {
             let info = link.send(GetLink).await.ok().flatten();
             info.is_some_and(|i| {
                 let a = job(&i.jobs, "AgentInfo");
-                a.restarts >= 3 && a.state == "running" && a.runs > 0
+                a.restarts >= 3 && a.state == JobState::Running && a.runs > 0
             })
         }
     })
@@ -76,38 +77,47 @@ async fn a_failing_job_restarts_in_place_while_its_connection_and_siblings_go_on
     assert!(job(&after.jobs, "KeepAlive").runs > keepalive_before, "siblings kept running");
     assert_eq!(job(&after.jobs, "KeepAlive").restarts, 0);
 
-    // The same on the master's end of the connection.
+    // The master's end of AgentInfo is a server: its next 2 requests fail, each is answered with
+    // an error (the worker's periodic AgentInfo then fails and backs off), and it never restarts.
     let listener = listener_of(&cluster);
     let worker = cluster.worker_name(0);
-    let injected = listener.send(master::InjectFault { worker: worker.clone(), job: "AgentInfo".into(), failures: 2 });
-    assert!(injected.await.unwrap());
-    wait_until("the master's AgentInfo for the worker restarted twice", WAIT, || {
+    let fault =
+        master::InjectFault { worker: worker.clone(), job: "AgentInfo".into(), kind: FaultKind::Fail, count: 2 };
+    assert!(listener.send(fault).await.unwrap());
+    wait_until("the master's AgentInfo answered 2 requests with errors and serves again", WAIT, || {
         let listener = listener.clone();
         async move {
             let workers = listener.send(master::ListWorkers).await.unwrap_or_default();
-            workers.first().is_some_and(|w| job(&w.jobs, "AgentInfo").restarts >= 2)
+            workers.first().is_some_and(|w| {
+                let a = job(&w.jobs, "AgentInfo");
+                a.failures >= 2 && a.runs > 0 && a.last_run_ms.is_some()
+            })
         }
     })
     .await;
+    let workers = listener.send(master::ListWorkers).await.unwrap();
+    let server = job(&workers[0].jobs, "AgentInfo");
+    assert_eq!((server.failures, server.restarts, server.state), (2, 0, JobState::Running));
+    wait_for_log(&worker, &["job AgentInfo for", "the peer answered with an error", "injected fault"], WAIT).await;
 
-    // The healthcheck API shows both ends' restart counts (the worker's through its keep-alives).
+    // The healthcheck API shows both ends (the worker's through its keep-alives).
     let master_api = cluster.master().api_addr;
-    wait_until("the healthcheck shows the restarts", WAIT, || async move {
+    wait_until("the healthcheck shows the failures", WAIT, || async move {
         let (status, body) = api_get(master_api, "/cluster/healthcheck").await;
         let items = body["data"]["affected_items"].as_array().cloned().unwrap_or_default();
         let worker_node = items.iter().find(|n| n["type"] == "worker");
-        let restarts = |end: &str| {
+        let actor = |end: &str, field: &str| {
             worker_node
                 .and_then(|n| n["actors"].as_array())
                 .and_then(|a| a.iter().find(|x| x["name"] == "AgentInfo" && x["end"] == end))
-                .and_then(|x| x["restarts"].as_u64())
+                .and_then(|x| x[field].as_u64())
                 .unwrap_or(0)
         };
-        status == 200 && restarts("worker") >= 3 && restarts("master") >= 2
+        status == 200 && actor("worker", "restarts") >= 3 && actor("master", "failures") >= 2
     })
     .await;
     assert!(find_logs(&cluster.master_name(), &["closing connection"]).is_empty());
-    assert!(!find_logs(&worker, &["job AgentInfo for", "failed: injected fault; restarting it"]).is_empty());
+    assert!(!find_logs(&worker, &["job AgentInfo for", "failed: injected fault; restarting it in"]).is_empty());
 }
 
 #[actix_rt::test]
@@ -124,13 +134,26 @@ async fn the_master_runs_one_shared_local_integrity_and_local_agent_groups() {
     .await;
     let names: Vec<String> = listener.send(LocalJobs).await.unwrap().into_iter().map(|j| j.name).collect();
     assert_eq!(names, ["LocalIntegrity", "LocalAgentGroups"]);
-    // Both workers' Integrity and AgentGroupsSend rounds are served from those two jobs.
-    wait_until("both workers checked integrity and acked agent groups", WAIT, || {
+    // Both workers' Integrity rounds are served from LocalIntegrity's manifest, and each
+    // connection holds one receiver of each shared job's publications.
+    wait_until("both workers checked integrity", WAIT, || {
         let listener = listener.clone();
         async move {
             let ws = listener.send(master::ListWorkers).await.unwrap_or_default();
             ws.len() == 2
-                && ws.iter().all(|w| job(&w.jobs, "Integrity").runs >= 1 && job(&w.jobs, "AgentGroupsSend").runs >= 1)
+                && ws.iter().all(|w| {
+                    job(&w.jobs, "Integrity").runs >= 1 && job(&w.jobs, "AgentGroupsSend").state == JobState::Running
+                })
+        }
+    })
+    .await;
+    // Two connections (and, for file changes, the master's agent hub).
+    wait_until("the shared jobs count one receiver per connection", WAIT, || {
+        let listener = listener.clone();
+        async move {
+            let jobs = listener.send(LocalJobs).await.unwrap_or_default();
+            let subscribers = |name: &str| jobs.iter().find(|j| j.name == name).and_then(|j| j.figure("subscribers"));
+            subscribers("LocalIntegrity") == Some(3) && subscribers("LocalAgentGroups") == Some(2)
         }
     })
     .await;
@@ -218,8 +241,8 @@ async fn wrong_cluster_duplicate_name_incompatible_version_and_invalid_name_are_
     refused(&m, addr, duplicate, "is already connected").await;
 
     let mut future = base("refuse-future");
-    future.versions = VersionRange { min: ProtocolVersion::new(2, 0), max: ProtocolVersion::new(2, 3) };
-    refused(&m, addr, future, "incompatible protocol versions: peer speaks 2.0..=2.3, this node 1.0..=1.0").await;
+    future.versions = VersionRange { min: ProtocolVersion::new(3, 0), max: ProtocolVersion::new(3, 3) };
+    refused(&m, addr, future, "incompatible protocol versions: peer speaks 3.0..=3.3, this node 2.0..=2.0").await;
 
     refused(&m, addr, base("bad.name"), "invalid node name \"bad.name\"").await;
 
@@ -228,9 +251,9 @@ async fn wrong_cluster_duplicate_name_incompatible_version_and_invalid_name_are_
 
     // One minor version ahead still joins.
     let mut next = base("refuse-next-minor");
-    next.versions = VersionRange { min: ProtocolVersion::new(1, 0), max: ProtocolVersion::new(1, 1) };
+    next.versions = VersionRange { min: ProtocolVersion::new(2, 0), max: ProtocolVersion::new(2, 1) };
     let joined = link::dial(&addr.to_string(), &next).await.expect("a node one minor version apart joins");
-    assert_eq!(joined.version, ProtocolVersion::new(1, 0));
+    assert_eq!(joined.version, ProtocolVersion::new(2, 0));
 }
 
 #[actix_rt::test]

@@ -7,8 +7,7 @@
 //! the agent got its key (and, if the master is unreachable then, keeps that in its replica's outbox
 //! until it is), so no agent exists that never received its key.
 
-use crate::registry::{fmt_id, NewAgent, Registry};
-use crate::store_thread::StoreHandle;
+use crate::registry::{fmt_id, NewAgent, Registry, StoreHandle};
 use crate::worker::{Forward, Resolve, WorkerLink};
 use actix::Addr;
 use log::{debug, info, warn};
@@ -150,22 +149,35 @@ pub fn serve(
     })
 }
 
+/// Why no request line could be read.
+#[derive(Debug, thiserror::Error)]
+enum LineError {
+    #[error("the connection failed before the request line ended: {0}")]
+    Failed(std::io::Error),
+    #[error("the client closed the connection before sending a complete request line")]
+    Closed,
+    #[error("the request line is not UTF-8")]
+    NotUtf8,
+    #[error("the request line is longer than 68 KiB")]
+    TooLong,
+}
+
 /// Reads up to and including the first `\n`, at most [`MAX_LINE`] bytes.
-async fn read_line<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<String, &'static str> {
+async fn read_line<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<String, LineError> {
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 1024];
     loop {
-        let n = r.read(&mut chunk).await.map_err(|_| "the connection failed before the request line ended")?;
+        let n = r.read(&mut chunk).await.map_err(LineError::Failed)?;
         if n == 0 {
-            return Err("the client closed the connection before sending a complete request line");
+            return Err(LineError::Closed);
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
             buf.truncate(pos + 1);
-            return String::from_utf8(buf).map_err(|_| "the request line is not UTF-8");
+            return String::from_utf8(buf).map_err(|_| LineError::NotUtf8);
         }
         if buf.len() > MAX_LINE {
-            return Err("the request line is longer than 68 KiB");
+            return Err(LineError::TooLong);
         }
     }
 }
@@ -190,7 +202,7 @@ async fn handle(
         Ok(Ok(line)) => line,
         Ok(Err(reason)) => {
             warn!(node = node; "enrollment from {peer}: {reason}; closed");
-            if reason.contains("longer") {
+            if matches!(reason, LineError::TooLong) {
                 let _ = tls.write_all(EnrollError::InvalidRequest.reply().as_bytes()).await;
                 let _ = tls.shutdown().await;
             }
@@ -270,8 +282,17 @@ async fn enroll(enroller: &Enroller, node: &str, f: EnrollForward) -> Result<Age
             match link.send(Forward(f)).await {
                 Ok(Ok(result)) => result.outcome.map_err(|e| (e, false)),
                 Ok(Err(e)) => {
-                    warn!(node = node; "enrollment of {name}: the master is unreachable ({e}); refused at once");
-                    Err((EnrollError::Internal(name), true))
+                    // Not sent at all: nothing to undo. Sent and not (or badly) answered: the
+                    // master may have committed it, so it is told to drop it.
+                    let uncertain = !matches!(e, crate::worker::ForwardError::NotConnected);
+                    let why = match &e {
+                        crate::worker::ForwardError::Call(crate::connection::CallError::Refused(r)) => {
+                            format!("the master could not serve it ({r})")
+                        }
+                        other => format!("the master is unreachable ({other})"),
+                    };
+                    warn!(node = node; "enrollment of {name}: {why}; refused at once");
+                    Err((EnrollError::Internal(name), uncertain))
                 }
                 Err(_) => Err((EnrollError::Internal(name), true)),
             }
@@ -297,13 +318,15 @@ async fn settle(enroller: &Enroller, node: &str, token: &str, id: u32, delivered
     }
 }
 
+/// An idempotency token: 128 bits from the OS generator. Tokens only need to be unique, so if the
+/// generator fails the clock and a counter stand in.
 fn random_token() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut raw = [0u8; 16];
     if getrandom::fill(&mut raw).is_err() {
-        // Fall back to time and a hash: tokens only need to be unique, not secret.
-        let t = crate::random_u64().to_le_bytes();
-        raw[..8].copy_from_slice(&t);
-        raw[8..].copy_from_slice(&crate::now_ms().to_le_bytes());
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        raw[..8].copy_from_slice(&n.to_le_bytes());
+        raw[8..].copy_from_slice(&crate::clock::now_ms().to_le_bytes());
     }
     raw.iter().map(|b| format!("{b:02x}")).collect()
 }

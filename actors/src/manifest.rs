@@ -61,7 +61,8 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-pub fn md5_file(path: &Path) -> std::io::Result<String> {
+/// The MD5 of a file's contents (see [`hex`] for its text form).
+pub fn md5_file(path: &Path) -> std::io::Result<[u8; 16]> {
     let mut file = std::fs::File::open(path)?;
     let mut h = Md5::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -72,7 +73,7 @@ pub fn md5_file(path: &Path) -> std::io::Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(hex(&h.finalize()))
+    Ok(h.finalize().into())
 }
 
 struct Found {
@@ -215,16 +216,18 @@ pub fn scan(data_dir: &Path, previous: Option<&Manifest>) -> (Manifest, ScanStat
     }
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
     let chunk = to_hash.len().div_ceil(threads).max(1);
-    let results: Vec<(String, Result<FileEntry, String>)> = std::thread::scope(|s| {
+    let results: Vec<(String, std::io::Result<FileEntry>)> = std::thread::scope(|s| {
         let handles: Vec<_> = to_hash
             .chunks(chunk)
             .map(|part| {
                 s.spawn(move || {
                     part.iter()
                         .map(|f| {
-                            let r = md5_file(&f.abs)
-                                .map(|md5| FileEntry { size: f.size, mtime_ns: f.mtime_ns, md5 })
-                                .map_err(|e| e.to_string());
+                            let r = md5_file(&f.abs).map(|md5| FileEntry {
+                                size: f.size,
+                                mtime_ns: f.mtime_ns,
+                                md5: hex(&md5),
+                            });
                             (f.rel.clone(), r)
                         })
                         .collect::<Vec<_>>()
@@ -386,7 +389,7 @@ fn refresh(m: &mut Manifest, previous: &Manifest, rel: &str, abs: &Path, stats: 
     }
     match md5_file(abs) {
         Ok(md5) => {
-            m.files.insert(rel.to_string(), FileEntry { size, mtime_ns, md5 });
+            m.files.insert(rel.to_string(), FileEntry { size, mtime_ns, md5: hex(&md5) });
             stats.hashed += 1;
         }
         Err(e) => {

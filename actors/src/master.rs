@@ -1,25 +1,28 @@
-//! The master's side of the cluster channel: the accept loop, admission of workers, and the
-//! registry of connected workers (the master's peer registry).
+//! The master's side of the cluster channel: the accept loop, admission of workers, the registry
+//! of connected workers (each a connection and its job set), and the master's shared jobs.
 
 use crate::connection::{
-    Abort, Close, ConnectionActor, ConnectionClosed, ConnectionInfo, GetInfo, InjectJobFault, MasterSide, Outgoing,
+    self, Abort, Close, ConnHandle, ConnectionActor, ConnectionClosed, ConnectionInfo, Dispatch, GetInfo, MasterSide,
 };
-use crate::jobs::local::MasterServices;
-use crate::jobs::JobHealth;
+use crate::jobs::local::{FilesChanged, MasterServices};
+use crate::jobs::master::MasterJobs;
+use crate::jobs::runtime::{FaultKind, InjectFault as JobFault};
 use crate::link::{self, LinkError};
-use crate::registry::Registry;
+use crate::registry::{Registry, StoreHandle};
 use crate::settings::ChannelSettings;
-use crate::store_thread::StoreHandle;
+use crate::supervise::{AllStopped, JobHealth};
 use actix::prelude::*;
 use log::{info, warn};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use wazuh_cluster_protocol::handshake::{check_node_name, Hello, Refusal};
 use wazuh_cluster_protocol::message::{ForceReconnect, JobReport};
 use wazuh_cluster_protocol::version::VersionRange;
-use wazuh_cluster_protocol::{Envelope, MasterToWorker};
+use wazuh_cluster_protocol::MasterToWorker;
 use wazuh_cluster_protocol::{ProtocolVersion, Role};
 
 /// Handshakes allowed in flight at once; further connections are closed at once. Bounds what
@@ -44,11 +47,20 @@ pub fn admit(settings: &ChannelSettings, hello: &Hello) -> Result<ProtocolVersio
     ours.negotiate(&hello.versions).ok_or(Refusal::IncompatibleVersion { ours, theirs: hello.versions })
 }
 
+/// One connected worker: its connection and the job set serving it.
+struct Live {
+    addr: Addr<ConnectionActor<MasterSide>>,
+    handle: ConnHandle<MasterSide>,
+    jobs: Rc<MasterJobs>,
+    peer_addr: SocketAddr,
+}
+
 /// Owns the accept loop and the connected workers of a master.
 pub struct MasterListener {
     settings: Arc<ChannelSettings>,
     services: MasterServices,
-    workers: HashMap<String, Addr<ConnectionActor<MasterSide>>>,
+    services_stopped: Option<AllStopped>,
+    workers: HashMap<String, Live>,
     pending: usize,
     accept_task: Option<actix_rt::task::JoinHandle<()>>,
 }
@@ -88,7 +100,8 @@ impl Handler<GetManifestDigest> for MasterListener {
     }
 }
 
-/// Stops accepting, says goodbye to every worker, stops the shared jobs, and stops.
+/// Stops accepting, says goodbye to every worker (waiting, bounded, for each connection and its
+/// jobs to stop), stops the shared jobs, and stops.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Shutdown {
@@ -100,14 +113,29 @@ pub struct Shutdown {
 #[rtype(result = "()")]
 pub struct Kill;
 
-/// Makes a job of one worker connection fail `failures` times (chaos and test hook).
+/// Makes a job of one worker connection fail or panic `count` times (chaos and test hook).
 #[derive(Message)]
 #[rtype(result = "bool")]
 pub struct InjectFault {
     pub worker: String,
     pub job: String,
-    pub failures: u32,
+    pub kind: FaultKind,
+    pub count: u32,
 }
+
+/// Makes one of the master's shared jobs fail or panic `count` times (chaos and test hook).
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct InjectLocalFault {
+    pub job: String,
+    pub kind: FaultKind,
+    pub count: u32,
+}
+
+/// A receiver of the master's file changes (the agent hub's, for merged.mg pushes).
+#[derive(Message)]
+#[rtype(result = "tokio::sync::broadcast::Receiver<FilesChanged>")]
+pub struct SubscribeFiles;
 
 impl MasterListener {
     /// Starts serving workers on `listener` (bound by the caller, so tests can use port 0), with the
@@ -118,12 +146,19 @@ impl MasterListener {
         registry: StoreHandle<Registry>,
     ) -> std::io::Result<Addr<Self>> {
         let local_addr = listener.local_addr()?;
-        let services = MasterServices::start(settings.clone(), registry);
+        let (services, services_stopped) = MasterServices::start(settings.clone(), registry);
         Ok(MasterListener::create(move |ctx| {
             let addr = ctx.address();
             let accept_task = actix_rt::spawn(accept_loop(listener, addr, settings.node_name.clone()));
             info!(node = settings.node_name.as_str(); "master listening for workers on {local_addr}");
-            MasterListener { settings, services, workers: HashMap::new(), pending: 0, accept_task: Some(accept_task) }
+            MasterListener {
+                settings,
+                services,
+                services_stopped: Some(services_stopped),
+                workers: HashMap::new(),
+                pending: 0,
+                accept_task: Some(accept_task),
+            }
         }))
     }
 
@@ -132,18 +167,18 @@ impl MasterListener {
             task.abort();
         }
     }
-
-    fn stop_services(&self) {
-        self.services.local_integrity.do_send(crate::jobs::StopJob);
-        self.services.local_agent_groups.do_send(crate::jobs::StopJob);
-    }
 }
 
 async fn accept_loop(listener: TcpListener, addr: Addr<MasterListener>, node: String) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                if addr.try_send(Accepted(stream, peer)).is_err() && !addr.connected() {
+                // Waits for room in the listener's mailbox; the kernel's backlog holds the rest.
+                let sent = match addr.try_send(Accepted(stream, peer)) {
+                    Err(SendError::Full(accepted)) => addr.send(accepted).await.is_ok(),
+                    other => other.is_ok(),
+                };
+                if !sent {
                     return;
                 }
             }
@@ -187,15 +222,18 @@ impl Handler<Accepted> for MasterListener {
             match result {
                 Ok(link) => {
                     let name = link.peer.node_name.clone();
-                    if act.workers.get(&name).is_some_and(|a| a.connected()) {
+                    if act.workers.get(&name).is_some_and(|w| !w.handle.is_closed()) {
                         // Two handshakes with one name raced; the first to finish keeps it.
                         warn!(node = node.as_str(); "closing second connection of worker {name} from {peer}: already connected");
                         return;
                     }
+                    let (handle, transport) = connection::open::<MasterSide>(link, &act.settings);
+                    let peer_addr = transport.peer_addr();
+                    let jobs = MasterJobs::spawn(handle.clone(), &act.settings, &act.services);
+                    let dispatch: Rc<dyn Dispatch<MasterSide>> = jobs.clone();
                     let owner = Some(ctx.address().recipient());
-                    let conn =
-                        ConnectionActor::<MasterSide>::start(link, act.settings.clone(), act.services.clone(), owner);
-                    act.workers.insert(name, conn);
+                    let addr = ConnectionActor::start(transport, handle.clone(), dispatch, owner);
+                    act.workers.insert(name, Live { addr, handle, jobs, peer_addr });
                 }
                 Err(LinkError::RefusedPeer { peer: name, refusal }) => {
                     warn!(node = node.as_str(); "refused worker {name} from {peer}: {refusal}");
@@ -213,7 +251,7 @@ impl Handler<Admit> for MasterListener {
 
     fn handle(&mut self, Admit(hello): Admit, _: &mut Context<Self>) -> Self::Result {
         let verdict = admit(&self.settings, &hello);
-        let existing = self.workers.get(&hello.node_name).filter(|a| a.connected()).cloned();
+        let existing = self.workers.get(&hello.node_name).filter(|w| !w.handle.is_closed()).map(|w| w.addr.clone());
         // A connection counts as stale, and is replaced, once it has been silent for more than one
         // and a half keep-alive intervals: its worker has missed a keep-alive, so the socket is
         // probably dead (a host that lost power sends no FIN). A live duplicate is refused.
@@ -239,7 +277,8 @@ impl Handler<ConnectionClosed> for MasterListener {
     type Result = ();
 
     fn handle(&mut self, msg: ConnectionClosed, _: &mut Context<Self>) {
-        if self.workers.get(&msg.peer).is_some_and(|a| !a.connected()) {
+        // Only if it is still that connection (not a newer one of the same worker).
+        if self.workers.get(&msg.peer).is_some_and(|w| w.peer_addr == msg.peer_addr) {
             self.workers.remove(&msg.peer);
         }
     }
@@ -249,11 +288,19 @@ impl Handler<ListWorkers> for MasterListener {
     type Result = ResponseFuture<Vec<ConnectionInfo>>;
 
     fn handle(&mut self, _: ListWorkers, _: &mut Context<Self>) -> Self::Result {
-        let addrs: Vec<_> = self.workers.values().filter(|a| a.connected()).cloned().collect();
+        let live: Vec<_> = self
+            .workers
+            .values()
+            .filter(|w| w.addr.connected() && !w.handle.is_closed())
+            .map(|w| (w.addr.clone(), w.jobs.view()))
+            .collect();
         Box::pin(async move {
-            let mut out = Vec::with_capacity(addrs.len());
-            for addr in addrs {
-                if let Ok(info) = addr.send(GetInfo).await {
+            let mut out = Vec::with_capacity(live.len());
+            for (addr, view) in live {
+                if let Ok(mut info) = addr.send(GetInfo).await {
+                    info.jobs = view.jobs;
+                    info.peer_jobs = view.peer_jobs;
+                    info.last_keepalive_ms = view.last_keepalive_ms;
                     out.push(info);
                 }
             }
@@ -263,16 +310,11 @@ impl Handler<ListWorkers> for MasterListener {
     }
 }
 
-/// Subscribes to the master's file changes (the agent hub, for merged.mg pushes).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SubscribeFiles(pub Recipient<crate::jobs::local::FilesChanged>);
-
 impl Handler<SubscribeFiles> for MasterListener {
-    type Result = ();
+    type Result = MessageResult<SubscribeFiles>;
 
-    fn handle(&mut self, SubscribeFiles(r): SubscribeFiles, _: &mut Context<Self>) {
-        self.services.local_integrity.do_send(crate::jobs::local::SubscribeFiles(r));
+    fn handle(&mut self, _: SubscribeFiles, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.services.files())
     }
 }
 
@@ -286,18 +328,25 @@ pub struct ForceReconnectWorkers {
 }
 
 impl Handler<ForceReconnectWorkers> for MasterListener {
-    type Result = Vec<String>;
+    type Result = ResponseFuture<Vec<String>>;
 
-    fn handle(&mut self, msg: ForceReconnectWorkers, _: &mut Context<Self>) -> Vec<String> {
-        let mut asked = Vec::new();
-        for (name, conn) in &self.workers {
-            if conn.connected() && msg.node.as_ref().is_none_or(|n| n == name) {
+    fn handle(&mut self, msg: ForceReconnectWorkers, _: &mut Context<Self>) -> Self::Result {
+        let targets: Vec<(String, ConnHandle<MasterSide>)> = self
+            .workers
+            .iter()
+            .filter(|(name, w)| !w.handle.is_closed() && msg.node.as_ref().is_none_or(|n| n == *name))
+            .map(|(name, w)| (name.clone(), w.handle.clone()))
+            .collect();
+        Box::pin(async move {
+            let mut asked = Vec::new();
+            for (name, handle) in targets {
                 let body = MasterToWorker::ForceReconnect(ForceReconnect { ids: msg.ids.clone() });
-                conn.do_send(Outgoing(Envelope::notify(body)));
-                asked.push(name.clone());
+                if handle.notify(body).await.is_ok() {
+                    asked.push(name);
+                }
             }
-        }
-        asked
+            asked
+        })
     }
 }
 
@@ -310,30 +359,49 @@ impl Handler<LocalJobs> for MasterListener {
 }
 
 impl Handler<InjectFault> for MasterListener {
-    type Result = ResponseFuture<bool>;
+    type Result = bool;
 
-    fn handle(&mut self, msg: InjectFault, _: &mut Context<Self>) -> Self::Result {
-        let conn = self.workers.get(&msg.worker).cloned();
-        Box::pin(async move {
-            match conn {
-                Some(conn) => conn.send(InjectJobFault { job: msg.job, failures: msg.failures }).await.unwrap_or(false),
-                None => false,
-            }
-        })
+    fn handle(&mut self, msg: InjectFault, _: &mut Context<Self>) -> bool {
+        let fault = JobFault { kind: msg.kind, count: msg.count };
+        self.workers.get(&msg.worker).is_some_and(|w| w.jobs.inject(&msg.job, fault))
     }
 }
 
-impl Handler<Shutdown> for MasterListener {
-    type Result = ();
+impl Handler<InjectLocalFault> for MasterListener {
+    type Result = bool;
 
-    fn handle(&mut self, msg: Shutdown, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: InjectLocalFault, _: &mut Context<Self>) -> bool {
+        self.services.controls().inject(&msg.job, JobFault { kind: msg.kind, count: msg.count })
+    }
+}
+
+/// How long a graceful stop may take before connections are dropped.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+impl Handler<Shutdown> for MasterListener {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: Shutdown, _: &mut Context<Self>) -> Self::Result {
         self.stop_accepting();
         info!(node = self.settings.node_name.as_str(); "no longer accepting workers; closing {} connections", self.workers.len());
-        for conn in self.workers.values() {
-            conn.do_send(Close { reason: msg.reason.clone() });
-        }
-        self.stop_services();
-        ctx.stop();
+        let conns: Vec<_> = self.workers.drain().map(|(_, w)| w.addr).collect();
+        self.services.stop();
+        let services_stopped = self.services_stopped.take();
+        Box::pin(
+            async move {
+                let closes = conns.iter().map(|c| c.send(Close { reason: msg.reason.clone() }));
+                if tokio::time::timeout(SHUTDOWN_GRACE, futures_util::future::join_all(closes)).await.is_err() {
+                    for c in &conns {
+                        c.do_send(Abort);
+                    }
+                }
+                if let Some(stopped) = services_stopped {
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, stopped.wait()).await;
+                }
+            }
+            .into_actor(self)
+            .map(|(), _, ctx| ctx.stop()),
+        )
     }
 }
 
@@ -342,10 +410,10 @@ impl Handler<Kill> for MasterListener {
 
     fn handle(&mut self, _: Kill, ctx: &mut Context<Self>) {
         self.stop_accepting();
-        for conn in self.workers.values() {
-            conn.do_send(Abort);
+        for w in self.workers.values() {
+            w.addr.do_send(Abort);
         }
-        self.stop_services();
+        self.services.stop();
         ctx.stop();
     }
 }
@@ -353,27 +421,9 @@ impl Handler<Kill> for MasterListener {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::JobIntervals;
-    use std::time::Duration;
-    use wazuh_cluster_protocol::{CipherSuite, Psk};
 
     fn settings() -> ChannelSettings {
-        ChannelSettings {
-            node_name: "master".into(),
-            role: Role::Master,
-            data_dir: std::env::temp_dir(),
-            cluster_name: "wazuh".into(),
-            psk: Psk::from_bytes([1; 32]),
-            suite: CipherSuite::default(),
-            max_frame: 1 << 20,
-            handshake_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(1),
-            keepalive_interval: Duration::from_secs(1),
-            reconnect_min: Duration::from_millis(10),
-            reconnect_max: Duration::from_millis(100),
-            jobs: JobIntervals::default(),
-            versions: VersionRange::ours(),
-        }
+        crate::settings::test_settings("master")
     }
 
     fn worker(name: &str) -> Hello {
@@ -396,10 +446,10 @@ mod tests {
         assert!(matches!(admit(&s, &worker("bad/name")), Err(Refusal::InvalidName { .. })));
         assert!(matches!(admit(&s, &worker("master")), Err(Refusal::DuplicateName { .. })));
         let mut future = worker("w");
-        future.versions = VersionRange { min: ProtocolVersion::new(2, 0), max: ProtocolVersion::new(2, 1) };
+        future.versions = VersionRange { min: ProtocolVersion::new(3, 0), max: ProtocolVersion::new(3, 1) };
         assert!(matches!(admit(&s, &future), Err(Refusal::IncompatibleVersion { .. })));
         let mut next_minor = worker("w");
-        next_minor.versions.max = ProtocolVersion::new(1, 1);
+        next_minor.versions.max = ProtocolVersion::new(2, 1);
         assert_eq!(admit(&s, &next_minor), Ok(wazuh_cluster_protocol::version::CURRENT));
     }
 }

@@ -30,6 +30,29 @@ pub struct ChannelSettings {
     pub jobs: JobIntervals,
     /// The protocol versions this node offers; [`VersionRange::ours`] except in compatibility tests.
     pub versions: VersionRange,
+    /// Bounds of each connection's queues.
+    pub budgets: Budgets,
+}
+
+/// How much one connection may hold in memory on each side of its socket. When a bound is
+/// reached, the connection stops reading from the peer (TCP pushes back) or the job sending waits;
+/// nothing grows without bound and nothing is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budgets {
+    /// Requests and notifications of the peer being handled at once.
+    pub inbound_requests: usize,
+    /// Their bytes (as sealed frames), at once.
+    pub inbound_bytes: usize,
+    /// Bytes queued for the peer and not yet written to its socket.
+    pub outbound_bytes: usize,
+}
+
+impl Budgets {
+    /// The defaults for frames of up to `max_frame` bytes: 64 requests, two frames' worth of bytes
+    /// each way (so one frame of the largest size always fits).
+    pub fn for_frame(max_frame: usize) -> Self {
+        Self { inbound_requests: 64, inbound_bytes: 2 * max_frame, outbound_bytes: 2 * max_frame }
+    }
 }
 
 /// Periods of the job actors.
@@ -62,6 +85,11 @@ impl Default for JobIntervals {
 }
 
 impl JobIntervals {
+    /// The delays a failed job waits out before it works again.
+    pub fn restart_backoff(&self) -> crate::backoff::Backoff {
+        crate::backoff::Backoff::new(self.restart_min, self.restart_max)
+    }
+
     /// How often agent status changes are looked at (and sent or stored): a fifth of `agent_info`, so
     /// a change leaves well within that interval.
     pub fn status_tick(agent_info: Duration) -> Duration {
@@ -84,5 +112,27 @@ impl ChannelSettings {
     /// Silence after which a peer is considered dead.
     pub fn peer_timeout(&self) -> Duration {
         self.keepalive_interval * 3
+    }
+}
+
+/// Settings for unit tests: a node of cluster "test" with short timers.
+#[cfg(test)]
+pub(crate) fn test_settings(name: &str) -> ChannelSettings {
+    ChannelSettings {
+        node_name: name.into(),
+        role: wazuh_cluster_protocol::Role::Master,
+        data_dir: std::env::temp_dir(),
+        cluster_name: "test".into(),
+        psk: Psk::from_bytes([1; 32]),
+        suite: CipherSuite::default(),
+        max_frame: 1 << 20,
+        handshake_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(1),
+        keepalive_interval: Duration::from_secs(1),
+        reconnect_min: Duration::from_millis(10),
+        reconnect_max: Duration::from_millis(100),
+        jobs: JobIntervals::default(),
+        versions: VersionRange::ours(),
+        budgets: Budgets::for_frame(1 << 20),
     }
 }

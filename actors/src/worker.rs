@@ -1,36 +1,39 @@
-//! `WorkerLink`: a worker's link to the master. Dials, runs the connection, and when it is lost
-//! redials with exponential back-off and jitter (first retry within `reconnect_min`, then doubling
-//! up to `reconnect_max`). It never gives up and never waits on a dead socket: a dial has the
-//! handshake deadline, and a connection silent for three keep-alive intervals is closed.
+//! `WorkerLink`: a worker's link to the master. Dials, runs the connection and its jobs, and when
+//! the connection is lost redials with exponential back-off and jitter (first retry within
+//! `reconnect_min`, then doubling up to `reconnect_max`). It never gives up and never waits on a
+//! dead socket: a dial has the handshake deadline, and a connection silent for three keep-alive
+//! intervals is closed. It also carries what the worker forwards to the master: enrollments, their
+//! outcomes (kept in the replica's outbox until acknowledged), and agent/group changes.
 
+use crate::backoff::Backoff;
 use crate::connection::{
-    Abort, Close, ConnectionActor, ConnectionClosed, ConnectionInfo, GetInfo, InjectJobFault, WorkerSide,
+    self, Abort, CallError, Close, ConnHandle, ConnectionActor, ConnectionClosed, ConnectionInfo, Dispatch, GetInfo,
+    WorkerSide,
 };
+use crate::jobs::runtime::{FaultKind, InjectFault as JobFault};
+use crate::jobs::worker::{WorkerJobs, WorkerServices};
 use crate::link::{self, LinkError};
-use crate::registry::Replica;
 use crate::settings::ChannelSettings;
-use crate::store_thread::StoreHandle;
 use actix::prelude::*;
 use log::{error, info, warn};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
-use wazuh_cluster_protocol::message::{
-    AdminRequest, AdminResult, EnrollForward, EnrollResolve, EnrollResult, MessageName,
-};
+use wazuh_cluster_protocol::message::{AdminRequest, AdminResult, EnrollForward, EnrollResolve, EnrollResult};
 use wazuh_cluster_protocol::{MasterToWorker, WorkerToMaster};
 
-/// What a worker lends its connection: the agent replica and (when it serves agents) its agent hub.
-#[derive(Clone)]
-pub struct WorkerServices {
-    pub replica: StoreHandle<Replica>,
-    pub agents: Option<Addr<crate::agents::hub::AgentHub>>,
+/// The connection to the master while there is one.
+struct Live {
+    addr: Addr<ConnectionActor<WorkerSide>>,
+    handle: ConnHandle<WorkerSide>,
+    jobs: Rc<WorkerJobs>,
 }
 
 pub struct WorkerLink {
     settings: Arc<ChannelSettings>,
     services: WorkerServices,
     master: String,
-    conn: Option<Addr<ConnectionActor<WorkerSide>>>,
+    conn: Option<Live>,
     /// Failed attempts since the last established connection.
     failures: u32,
     stopping: bool,
@@ -46,30 +49,33 @@ pub struct GetLink;
 #[rtype(result = "()")]
 pub struct Kill;
 
-/// Makes a job of the connection fail `failures` times (chaos and test hook).
+/// Makes a job of the connection fail or panic `count` times (chaos and test hook).
 #[derive(Message)]
 #[rtype(result = "bool")]
 pub struct InjectFault {
     pub job: String,
-    pub failures: u32,
+    pub kind: FaultKind,
+    pub count: u32,
 }
 
-/// Says goodbye to the master and stops.
+/// Says goodbye to the master, waits (bounded) for the connection and its jobs to stop, and stops.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Shutdown {
     pub reason: String,
 }
 
-/// Delay before retry number `failures` (0-based): in `[base/2, base]` where
-/// `base = min(min * 2^failures, max)`. The jitter keeps workers from redialling in lockstep.
-pub fn backoff(failures: u32, min: Duration, max: Duration, random: u64) -> Duration {
-    let factor = 1u32.checked_shl(failures.min(20)).unwrap_or(u32::MAX);
-    let base = min.saturating_mul(factor).min(max);
-    let half = base / 2;
-    let spread = (base - half).as_micros() as u64;
-    let jitter = if spread == 0 { 0 } else { random % (spread + 1) };
-    half + Duration::from_micros(jitter)
+/// Why something could not be forwarded to the master.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ForwardError {
+    /// No connection to the master now: try again later.
+    #[error("not connected to the master")]
+    NotConnected,
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// The worker is stopping.
+    #[error("the worker is stopping")]
+    Stopping,
 }
 
 impl WorkerLink {
@@ -77,23 +83,38 @@ impl WorkerLink {
         Self { settings, services, master, conn: None, failures: 0, stopping: false }
     }
 
+    fn conn_handle(&self) -> Option<ConnHandle<WorkerSide>> {
+        self.conn.as_ref().map(|l| l.handle.clone())
+    }
+
     /// Sends every enrollment outcome the master has not acknowledged yet.
     fn flush_outbox(&mut self, ctx: &mut Context<Self>) {
-        let Some(conn) = self.conn.clone() else { return };
+        let Some(conn) = self.conn_handle() else { return };
         let replica = self.services.replica.clone();
         let node = self.settings.node_name.clone();
         let fut = async move {
-            let pending = replica.run(|r| r.outbox()).await.unwrap_or_default();
+            let pending = match replica.run(|r| r.outbox()).await {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(node = node.as_str(); "cannot read the enrollment outbox: {e}; it is sent after the next connect");
+                    return;
+                }
+            };
             for (token, delivered) in pending {
                 let body = WorkerToMaster::EnrollResolve(EnrollResolve { token: token.clone(), delivered });
-                match crate::jobs::call(conn.clone(), body).await {
+                match conn.call(body).await {
                     Ok(MasterToWorker::EnrollResolved(_)) => {
                         let t = token.clone();
-                        let _ = replica.run(move |r| r.outbox_done(&t)).await;
+                        if let Err(e) = replica.run(move |r| r.outbox_done(&t)).await {
+                            warn!(node = node.as_str(); "enrollment outcome {token} acknowledged, but not cleared: {e}");
+                        }
                     }
-                    other => {
-                        warn!(node = node.as_str(); "enrollment outcome {token} not acknowledged yet: {:?}", other.err());
-                        return;
+                    Ok(other) => {
+                        let e = CallError::unexpected("enroll_resolved", &other);
+                        return warn!(node = node.as_str(); "enrollment outcome {token} not acknowledged yet: {e}");
+                    }
+                    Err(e) => {
+                        return warn!(node = node.as_str(); "enrollment outcome {token} not acknowledged yet: {e}")
                     }
                 }
             }
@@ -116,10 +137,12 @@ impl WorkerLink {
             match result {
                 Ok(link) => {
                     act.failures = 0;
+                    let (handle, transport) = connection::open::<WorkerSide>(link, &act.settings);
+                    let jobs = WorkerJobs::spawn(handle.clone(), &act.settings, &act.services);
+                    let dispatch: Rc<dyn Dispatch<WorkerSide>> = jobs.clone();
                     let owner = ctx.address().recipient();
-                    let services = act.services.clone();
-                    act.conn =
-                        Some(ConnectionActor::<WorkerSide>::start(link, act.settings.clone(), services, Some(owner)));
+                    let addr = ConnectionActor::start(transport, handle.clone(), dispatch, Some(owner));
+                    act.conn = Some(Live { addr, handle, jobs });
                     act.flush_outbox(ctx);
                 }
                 Err(err) => {
@@ -139,8 +162,7 @@ impl WorkerLink {
     }
 
     fn retry_later(&mut self, ctx: &mut Context<Self>) {
-        let delay =
-            backoff(self.failures, self.settings.reconnect_min, self.settings.reconnect_max, crate::random_u64());
+        let delay = Backoff::new(self.settings.reconnect_min, self.settings.reconnect_max).delay(self.failures);
         self.failures = self.failures.saturating_add(1);
         info!(node = self.node(); "redialling master {} in {} ms", self.master, delay.as_millis());
         ctx.run_later(delay, |act, ctx| {
@@ -175,31 +197,44 @@ impl Handler<GetLink> for WorkerLink {
     type Result = ResponseFuture<Option<ConnectionInfo>>;
 
     fn handle(&mut self, _: GetLink, _: &mut Context<Self>) -> Self::Result {
-        let conn = self.conn.clone();
+        let live = self.conn.as_ref().map(|l| (l.addr.clone(), l.jobs.view()));
         Box::pin(async move {
-            match conn {
-                Some(conn) => conn.send(GetInfo).await.ok(),
-                None => None,
-            }
+            let (addr, view) = live?;
+            let mut info = addr.send(GetInfo).await.ok()?;
+            info.jobs = view.jobs;
+            info.last_keepalive_ms = view.last_keepalive_ms;
+            Some(info)
         })
     }
 }
 
-impl Handler<Shutdown> for WorkerLink {
-    type Result = ();
+/// How long a graceful stop may take before the connection is dropped.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
-    fn handle(&mut self, msg: Shutdown, ctx: &mut Context<Self>) {
+impl Handler<Shutdown> for WorkerLink {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: Shutdown, _: &mut Context<Self>) -> Self::Result {
         self.stopping = true;
-        if let Some(conn) = self.conn.take() {
-            conn.do_send(Close { reason: msg.reason });
-        }
-        ctx.stop();
+        let conn = self.conn.take().map(|l| l.addr);
+        Box::pin(
+            async move {
+                if let Some(conn) = conn {
+                    let closed = conn.send(Close { reason: msg.reason });
+                    if tokio::time::timeout(SHUTDOWN_GRACE, closed).await.is_err() {
+                        conn.do_send(Abort);
+                    }
+                }
+            }
+            .into_actor(self)
+            .map(|(), _, ctx| ctx.stop()),
+        )
     }
 }
 
 /// Forwards an enrollment to the master; fails at once when there is no connection.
 #[derive(Message)]
-#[rtype(result = "Result<EnrollResult, String>")]
+#[rtype(result = "Result<EnrollResult, ForwardError>")]
 pub struct Forward(pub EnrollForward);
 
 /// Tells the master whether an agent got its key; kept in the outbox until acknowledged.
@@ -212,34 +247,34 @@ pub struct Resolve {
 
 /// Forwards an agent/group change to the master.
 #[derive(Message)]
-#[rtype(result = "Result<AdminResult, String>")]
+#[rtype(result = "Result<AdminResult, ForwardError>")]
 pub struct ForwardAdmin(pub AdminRequest);
 
 impl Handler<ForwardAdmin> for WorkerLink {
-    type Result = ResponseFuture<Result<AdminResult, String>>;
+    type Result = ResponseFuture<Result<AdminResult, ForwardError>>;
 
     fn handle(&mut self, ForwardAdmin(request): ForwardAdmin, _: &mut Context<Self>) -> Self::Result {
-        let conn = self.conn.clone();
+        let conn = self.conn_handle();
         Box::pin(async move {
-            let conn = conn.ok_or_else(|| "not connected to the master".to_string())?;
-            match crate::jobs::call(conn, WorkerToMaster::Admin(request)).await? {
+            let conn = conn.ok_or(ForwardError::NotConnected)?;
+            match conn.call(WorkerToMaster::Admin(request)).await? {
                 MasterToWorker::AdminResult(result) => Ok(result),
-                other => Err(format!("unexpected answer {}", other.name())),
+                other => Err(CallError::unexpected("admin_result", &other).into()),
             }
         })
     }
 }
 
 impl Handler<Forward> for WorkerLink {
-    type Result = ResponseFuture<Result<EnrollResult, String>>;
+    type Result = ResponseFuture<Result<EnrollResult, ForwardError>>;
 
     fn handle(&mut self, Forward(request): Forward, _: &mut Context<Self>) -> Self::Result {
-        let conn = self.conn.clone();
+        let conn = self.conn_handle();
         Box::pin(async move {
-            let conn = conn.ok_or_else(|| "not connected to the master".to_string())?;
-            match crate::jobs::call(conn, WorkerToMaster::Enroll(request)).await? {
+            let conn = conn.ok_or(ForwardError::NotConnected)?;
+            match conn.call(WorkerToMaster::Enroll(request)).await? {
                 MasterToWorker::EnrollResult(result) => Ok(result),
-                other => Err(format!("unexpected answer {}", other.name())),
+                other => Err(CallError::unexpected("enroll_result", &other).into()),
             }
         })
     }
@@ -249,7 +284,7 @@ impl Handler<Resolve> for WorkerLink {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, msg: Resolve, _: &mut Context<Self>) -> Self::Result {
-        let conn = self.conn.clone();
+        let conn = self.conn_handle();
         let replica = self.services.replica.clone();
         let node = self.settings.node_name.clone();
         Box::pin(async move {
@@ -261,9 +296,11 @@ impl Handler<Resolve> for WorkerLink {
             let Some(conn) = conn else { return };
             let body =
                 WorkerToMaster::EnrollResolve(EnrollResolve { token: msg.token.clone(), delivered: msg.delivered });
-            if let Ok(MasterToWorker::EnrollResolved(_)) = crate::jobs::call(conn, body).await {
+            if let Ok(MasterToWorker::EnrollResolved(_)) = conn.call(body).await {
                 let token = msg.token;
-                let _ = replica.run(move |r| r.outbox_done(&token)).await;
+                if let Err(e) = replica.run(move |r| r.outbox_done(&token)).await {
+                    warn!(node = node.as_str(); "enrollment outcome acknowledged, but not cleared: {e}");
+                }
             }
         })
     }
@@ -274,44 +311,18 @@ impl Handler<Kill> for WorkerLink {
 
     fn handle(&mut self, _: Kill, ctx: &mut Context<Self>) {
         self.stopping = true;
-        if let Some(conn) = self.conn.take() {
-            conn.do_send(Abort);
+        if let Some(live) = self.conn.take() {
+            live.addr.do_send(Abort);
         }
         ctx.stop();
     }
 }
 
 impl Handler<InjectFault> for WorkerLink {
-    type Result = ResponseFuture<bool>;
+    type Result = bool;
 
-    fn handle(&mut self, msg: InjectFault, _: &mut Context<Self>) -> Self::Result {
-        let conn = self.conn.clone();
-        Box::pin(async move {
-            match conn {
-                Some(conn) => conn.send(InjectJobFault { job: msg.job, failures: msg.failures }).await.unwrap_or(false),
-                None => false,
-            }
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_starts_small_doubles_and_is_capped() {
-        let (min, max) = (Duration::from_millis(250), Duration::from_secs(10));
-        for r in [0, 1, 12345, u64::MAX] {
-            let first = backoff(0, min, max, r);
-            assert!(first <= min && first >= min / 2, "{first:?}");
-            let third = backoff(2, min, max, r);
-            assert!(third <= Duration::from_secs(1) && third >= Duration::from_millis(500));
-            for n in [10, 31, 32, 1000, u32::MAX] {
-                let late = backoff(n, min, max, r);
-                assert!(late <= max && late >= max / 2, "{n}: {late:?}");
-            }
-        }
-        assert_ne!(backoff(3, min, max, 1), backoff(3, min, max, 999_999));
+    fn handle(&mut self, msg: InjectFault, _: &mut Context<Self>) -> bool {
+        let fault = JobFault { kind: msg.kind, count: msg.count };
+        self.conn.as_ref().is_some_and(|l| l.jobs.inject(&msg.job, fault))
     }
 }

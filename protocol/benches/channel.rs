@@ -12,7 +12,9 @@ use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use wazuh_cluster_protocol::handshake::{Hello, Initiator, InitiatorOutcome, Responder};
-use wazuh_cluster_protocol::message::{self, Envelope, JobReport, KeepAlive, RequestId, Role, WorkerToMaster};
+use wazuh_cluster_protocol::message::{
+    self, Envelope, JobReport, JobState, KeepAlive, RequestId, Role, WorkerToMaster,
+};
 use wazuh_cluster_protocol::transport::{RawAead, TAG_LEN};
 use wazuh_cluster_protocol::version::{VersionRange, CURRENT};
 use wazuh_cluster_protocol::{CipherSuite, Psk};
@@ -78,14 +80,14 @@ fn typical_jobs() -> Vec<JobReport> {
         .iter()
         .map(|name| JobReport {
             name: (*name).into(),
-            state: "running".into(),
+            state: JobState::Running,
             runs: 1_234,
             failures: 1,
             restarts: 1,
             last_run_ms: Some(1_764_166_000_000),
             last_duration_ms: Some(3),
             last_error: Some("request timed out after 10s".into()),
-            details: vec![],
+            ..JobReport::default()
         })
         .collect()
 }

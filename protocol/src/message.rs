@@ -116,6 +116,8 @@ pub enum WorkerToMaster {
     Admin(AdminRequest),
     /// The worker is closing the connection on purpose.
     Goodbye(Goodbye),
+    /// A request of the master's could not be served (the answer to it).
+    Error(ErrorReply),
 }
 
 /// Messages the master sends to a worker.
@@ -158,21 +160,84 @@ pub struct KeepAliveAck {
     pub master_time_ms: u64,
 }
 
+/// Where a job actor is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    #[default]
+    Starting,
+    Running,
+    /// Failed, waiting out its back-off before it runs again.
+    #[serde(rename = "restarting")]
+    BackingOff,
+    Stopped,
+    /// A state a newer peer reported that this build does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl JobState {
+    pub fn name(self) -> &'static str {
+        match self {
+            JobState::Starting => "starting",
+            JobState::Running => "running",
+            JobState::BackingOff => "restarting",
+            JobState::Stopped => "stopped",
+            JobState::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a job works, and so how it fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// Runs on its own schedule; a failed run restarts it after an exponential back-off.
+    #[default]
+    Periodic,
+    /// Answers the peer's requests; a failed request gets an error reply, the job goes on.
+    Server,
+    /// Pushes changes to the peer; a failed push is retried after an exponential back-off.
+    Pusher,
+    #[serde(other)]
+    Unknown,
+}
+
 /// The observable state of one job actor.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct JobReport {
     pub name: String,
-    /// `starting`, `running`, `restarting` or `stopped`.
-    pub state: String,
+    #[serde(default)]
+    pub kind: JobKind,
+    pub state: JobState,
+    /// Runs (periodic jobs), requests served (servers) or pushes (pushers) that succeeded.
     pub runs: u64,
+    /// Those that failed (panics included).
     pub failures: u64,
+    /// Of the failures, panics caught at the job's boundary.
+    #[serde(default)]
+    pub panics: u64,
     pub restarts: u64,
     pub last_run_ms: Option<u64>,
     pub last_duration_ms: Option<u64>,
     pub last_error: Option<String>,
-    /// Job-specific figures (for Integrity: files missing, changed, extra, bytes, last sync).
+    /// Job-specific counters and gauges. Names ending in `_at_ms` are epoch milliseconds, in `_ms`
+    /// durations; the others are counts (booleans as 0 or 1).
     #[serde(default)]
-    pub details: Vec<(String, String)>,
+    pub figures: Vec<(String, u64)>,
+}
+
+impl JobReport {
+    /// The figure named `name`, if the job reports it.
+    pub fn figure(&self, name: &str) -> Option<u64> {
+        self.figures.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
 }
 
 /// One agent's status as seen by the worker it reports to.
@@ -263,10 +328,30 @@ pub enum AdminRequest {
     UnassignGroup { id: u32, group: String },
 }
 
-/// The outcome of an [`AdminRequest`]: `Err((http status, message))`.
+/// Why the master refused or failed an [`AdminRequest`]. Each variant says what the caller can do;
+/// the API maps them to HTTP statuses, nothing on the wire does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminError {
+    /// No agent with this id: nothing to retry.
+    #[error("no agent with id {0:03}")]
+    NoSuchAgent(u32),
+    /// No group with this name: nothing to retry.
+    #[error("no group named {0:?}")]
+    NoSuchGroup(String),
+    /// The request cannot be applied as it is (an invalid name, a limit reached, a group that
+    /// exists already): change it before retrying.
+    #[error("{0}")]
+    Invalid(String),
+    /// The master could not apply it now (its registry failed): retry later.
+    #[error("the master could not apply the change: {0}")]
+    Unavailable(String),
+}
+
+/// The outcome of an [`AdminRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdminResult {
-    pub outcome: Result<(), (u16, String)>,
+    pub outcome: Result<(), AdminError>,
 }
 
 /// After the reply to the agent: `delivered` keeps the agent, otherwise the master removes it.
@@ -377,10 +462,18 @@ pub struct Goodbye {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The answer to a request that could not be served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message} ({code})")]
 pub struct ErrorReply {
     pub code: ErrorCode,
     pub message: String,
+}
+
+impl ErrorReply {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -390,8 +483,18 @@ pub enum ErrorCode {
     Unavailable,
     /// The request is invalid; do not retry it unchanged.
     Invalid,
-    /// The master failed internally.
+    /// The peer failed internally while serving it; retrying later may work.
     Internal,
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Invalid => "invalid",
+            ErrorCode::Internal => "internal",
+        })
+    }
 }
 
 /// Names for logs.
@@ -412,6 +515,7 @@ impl MessageName for WorkerToMaster {
             WorkerToMaster::EnrollResolve(_) => "enroll_resolve",
             WorkerToMaster::Admin(_) => "admin",
             WorkerToMaster::Goodbye(_) => "goodbye",
+            WorkerToMaster::Error(_) => "error",
         }
     }
 }
@@ -560,6 +664,47 @@ mod tests {
         assert!(Kind::Response(w(1)).check_from(Role::Worker).is_err());
         assert!(Kind::Notify.check_from(Role::Master).is_ok());
         assert_ne!(w(1), m(1), "same number, different origin: distinct ids");
+    }
+
+    #[test]
+    fn job_states_travel_as_names_and_unknown_ones_are_kept_apart() {
+        let report = JobReport {
+            name: "Integrity".into(),
+            kind: JobKind::Server,
+            state: JobState::BackingOff,
+            figures: vec![("in_sync".into(), 1)],
+            ..JobReport::default()
+        };
+        let bytes = rmp_serde::to_vec_named(&report).unwrap();
+        assert!(bytes.windows(10).any(|w| w == b"restarting"));
+        assert_eq!(rmp_serde::from_slice::<JobReport>(&bytes).unwrap(), report);
+        assert_eq!(report.figure("in_sync"), Some(1));
+        // A state or kind from a newer peer does not break the keep-alive carrying it.
+        #[derive(Serialize)]
+        struct Newer {
+            name: &'static str,
+            kind: &'static str,
+            state: &'static str,
+            runs: u64,
+            failures: u64,
+            restarts: u64,
+            last_run_ms: Option<u64>,
+            last_duration_ms: Option<u64>,
+            last_error: Option<String>,
+        }
+        let newer = Newer {
+            name: "X",
+            kind: "sidecar",
+            state: "hibernating",
+            runs: 1,
+            failures: 0,
+            restarts: 0,
+            last_run_ms: None,
+            last_duration_ms: None,
+            last_error: None,
+        };
+        let decoded: JobReport = rmp_serde::from_slice(&rmp_serde::to_vec_named(&newer).unwrap()).unwrap();
+        assert_eq!((decoded.state, decoded.kind, decoded.panics), (JobState::Unknown, JobKind::Unknown, 0));
     }
 
     #[test]

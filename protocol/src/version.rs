@@ -26,9 +26,13 @@ impl fmt::Display for ProtocolVersion {
 }
 
 /// The version this build speaks natively.
-pub const CURRENT: ProtocolVersion = ProtocolVersion::new(1, 0);
+///
+/// 2.0 (this build): workers answer failed requests with an error reply, agent and group changes
+/// fail with a typed [`crate::message::AdminError`], and job reports carry a typed state and
+/// numeric figures. 1.x nodes (unreleased development builds) are refused with a version message.
+pub const CURRENT: ProtocolVersion = ProtocolVersion::new(2, 0);
 /// The oldest version this build still speaks.
-pub const MIN_SUPPORTED: ProtocolVersion = ProtocolVersion::new(1, 0);
+pub const MIN_SUPPORTED: ProtocolVersion = ProtocolVersion::new(2, 0);
 
 /// An inclusive range of versions a node speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

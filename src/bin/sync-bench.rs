@@ -180,7 +180,7 @@ async fn master_digest(handle: &NodeHandle) -> Option<(String, u64)> {
 async fn worker_in_sync(handle: &NodeHandle) -> bool {
     let NodeHandle::Worker { link, .. } = handle else { return false };
     let Ok(Some(info)) = link.send(wazuh_cluster_actors::worker::GetLink).await else { return false };
-    info.jobs.iter().any(|j| j.name == "Integrity" && j.details.iter().any(|(k, v)| k == "in_sync" && v == "true"))
+    info.jobs.iter().any(|j| j.name == "Integrity" && j.figure("in_sync") == Some(1))
 }
 
 /// Copies every file under `src` to each of `dsts` (one thread each), then syncs the filesystem;
@@ -354,9 +354,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     }
     detect.sort_by(|a, b| a.total_cmp(b));
     propagate.sort_by(|a, b| a.total_cmp(b));
-    for w in &workers {
-        w.begin_shutdown("benchmark done");
-    }
+    futures_util::future::join_all(workers.iter().map(|w| w.shutdown("benchmark done"))).await;
     master.shutdown("benchmark done").await;
     Ok(serde_json::json!({
         "files": files,

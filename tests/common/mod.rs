@@ -7,11 +7,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use wazuh_cluster_actors::jobs::worker::WorkerServices;
 use wazuh_cluster_actors::master::MasterListener;
-use wazuh_cluster_actors::registry::{Registry, Replica};
-use wazuh_cluster_actors::settings::JobIntervals;
-use wazuh_cluster_actors::store_thread::StoreHandle;
-use wazuh_cluster_actors::worker::WorkerServices;
+use wazuh_cluster_actors::registry::{Registry, Replica, StoreHandle};
+use wazuh_cluster_actors::settings::{Budgets, JobIntervals};
 use wazuh_cluster_actors::ChannelSettings;
 use wazuh_cluster_protocol::version::VersionRange;
 use wazuh_cluster_protocol::{CipherSuite, Psk, Role};
@@ -133,6 +132,7 @@ pub fn settings(name: &str, role: Role, psk_byte: u8) -> ChannelSettings {
             restart_max: Duration::from_millis(200),
         },
         versions: VersionRange::ours(),
+        budgets: Budgets::for_frame(1 << 20),
     }
 }
 

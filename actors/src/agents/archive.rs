@@ -1,6 +1,10 @@
 //! The per-node event archive: one JSON object per line (`time`, `agent` id and name, `location`,
 //! `message`) in `<data_dir>/var/archives/events.jsonl`, rotated by size (`events.jsonl.1` is the
 //! newest old file), written by one thread so that agent sessions never wait for the disk.
+//!
+//! Between the sessions and that thread is a queue of [`QUEUE`] events. When the disk falls that
+//! far behind, further events are dropped and counted (`events_dropped` in the hub's figures, one
+//! log line per minute at most) rather than held in memory or made to slow down keep-alives.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,24 +21,32 @@ pub struct ArchivedEvent {
     pub message: String,
 }
 
+/// Events waiting for the writer thread, at most.
+pub const QUEUE: usize = 65_536;
+
 /// Where events go; cheap to clone.
 #[derive(Clone)]
 pub struct Archive {
-    tx: mpsc::Sender<ArchivedEvent>,
+    tx: mpsc::SyncSender<ArchivedEvent>,
     pub written: Arc<AtomicU64>,
     pub failed: Arc<AtomicU64>,
+    /// Events dropped because the queue was full.
+    pub dropped: Arc<AtomicU64>,
+    node: Arc<str>,
+    last_drop_log: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 impl Archive {
     /// Starts the writer thread on `<data_dir>/var/archives/events.jsonl`.
-    pub fn start(data_dir: &Path, max_bytes: u64, keep: usize) -> std::io::Result<Self> {
+    pub fn start(node: &str, data_dir: &Path, max_bytes: u64, keep: usize) -> std::io::Result<Self> {
         let dir = data_dir.join("var/archives");
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("events.jsonl");
-        let (tx, rx) = mpsc::channel::<ArchivedEvent>();
+        let (tx, rx): (mpsc::SyncSender<ArchivedEvent>, _) = mpsc::sync_channel(QUEUE);
         let written = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let (w, f) = (written.clone(), failed.clone());
+        let name = node.to_string();
         let mut writer = Writer::open(path, max_bytes.max(1024), keep)?;
         std::thread::Builder::new().name("event-archive".into()).spawn(move || {
             // Ends when every sender is gone.
@@ -47,7 +59,7 @@ impl Archive {
                         Ok(()) => ok += 1,
                         Err(err) => {
                             if f.fetch_add(1, Ordering::Relaxed) == 0 {
-                                log::error!("cannot write to the event archive {}: {err}", writer.path.display());
+                                log::error!(node = name.as_str(); "cannot write to the event archive {}: {err}", writer.path.display());
                             }
                         }
                     }
@@ -59,11 +71,26 @@ impl Archive {
                 };
             }
         })?;
-        Ok(Self { tx, written, failed })
+        Ok(Self {
+            tx,
+            written,
+            failed,
+            dropped: Arc::new(AtomicU64::new(0)),
+            node: node.into(),
+            last_drop_log: Default::default(),
+        })
     }
 
+    /// Queues `e` for the writer; never waits. A full queue drops it (counted, logged once a minute).
     pub fn send(&self, e: ArchivedEvent) {
-        let _ = self.tx.send(e);
+        if let Err(mpsc::TrySendError::Full(_)) = self.tx.try_send(e) {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            let Ok(mut last) = self.last_drop_log.lock() else { return };
+            if last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
+                *last = Some(std::time::Instant::now());
+                log::warn!(node = &*self.node; "the event archive is {QUEUE} events behind the agents; {dropped} events dropped so far");
+            }
+        }
     }
 }
 
@@ -125,7 +152,7 @@ mod tests {
     #[test]
     fn events_are_written_as_json_lines_and_rotated_by_size() {
         let dir = tempfile::tempdir().unwrap();
-        let archive = Archive::start(dir.path(), 2048, 2).unwrap();
+        let archive = Archive::start("node", dir.path(), 2048, 2).unwrap();
         for i in 0..40 {
             archive.send(ArchivedEvent {
                 time_ms: 1,

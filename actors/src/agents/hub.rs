@@ -1,10 +1,12 @@
 //! The node's agent hub: keys, live connections, statuses, undelivered changes and pushes.
 
 use super::merged::{groups_key, MergedCache};
-use super::session::ToSession;
+use super::messages::{
+    Bind, BindRefused, CloseAll, Closed, Delivered, ForceReconnect, GetHubView, HubLink, HubView, RefreshKeys,
+    ResendAll, Seen, SeenKind, SessionTx, SharedChanged, TakeUpdates, ToSession,
+};
 use super::{KeyMap, Shared};
-use crate::registry::{fmt_id, Registry, Replica};
-use crate::store_thread::StoreHandle;
+use crate::registry::{fmt_id, Registry, Replica, StoreError, StoreHandle};
 use actix::prelude::*;
 use log::{debug, info, warn};
 use std::collections::HashMap;
@@ -16,9 +18,23 @@ use std::sync::atomic::Ordering;
 const KEY_RELOAD_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::mpsc;
 use wazuh_cluster_protocol::agent::keepalive::KeepAlive;
 use wazuh_cluster_protocol::message::{AgentEntry, AgentInfoUpdate};
+
+/// Tells a session to close, without waiting: if its queue is full the order waits in a task of
+/// its own (the session takes it as soon as it reads its queue again).
+fn close(tx: &SessionTx, why: &str) {
+    if let Err(tokio::sync::mpsc::error::TrySendError::Full(order)) = tx.try_send(ToSession::Close(why.into())) {
+        let tx = tx.clone();
+        actix_rt::spawn(async move {
+            let _ = tx.send(order).await;
+        });
+    }
+}
+
+/// Messages the hub's mailbox holds; sessions wait for room beyond this (their agents' frames
+/// then wait in the kernel's socket buffers).
+pub const HUB_MAILBOX: usize = 4096;
 
 /// Where the keys come from: the master's registry or a worker's replica.
 #[derive(Clone)]
@@ -28,7 +44,7 @@ pub enum KeySource {
 }
 
 impl KeySource {
-    async fn entries(&self) -> Result<Vec<AgentEntry>, String> {
+    async fn entries(&self) -> Result<Vec<AgentEntry>, StoreError> {
         match self {
             KeySource::Master(h) => h.run(|r| r.entries()).await,
             KeySource::Worker(h) => h.run(|r| r.entries()).await,
@@ -76,7 +92,7 @@ struct AgentState {
 struct Live {
     conn: u64,
     peer: SocketAddr,
-    tx: mpsc::UnboundedSender<ToSession>,
+    tx: SessionTx,
 }
 
 pub struct AgentHub {
@@ -105,6 +121,24 @@ impl AgentHub {
             next_seq: 0,
             merged: MergedCache::default(),
             flushing: false,
+        }
+    }
+
+    /// Starts the hub with a mailbox of [`HUB_MAILBOX`] messages.
+    pub fn launch(self) -> Addr<Self> {
+        AgentHub::create(|ctx| {
+            ctx.set_mailbox_capacity(HUB_MAILBOX);
+            self
+        })
+    }
+
+    /// What agent sessions hold to reach `hub`.
+    pub fn link(hub: &Addr<Self>) -> HubLink {
+        HubLink {
+            bind: hub.clone().recipient(),
+            seen: hub.clone().recipient(),
+            closed: hub.clone().recipient(),
+            refresh: hub.clone().recipient(),
         }
     }
 
@@ -149,7 +183,7 @@ impl AgentHub {
             for id in gone {
                 if let Some(live) = act.live.remove(&id) {
                     info!(node = act.node(); "agent {} was deleted or re-keyed: closing its connection from {}", fmt_id(id), live.peer);
-                    let _ = live.tx.send(ToSession::Close("the agent was deleted or its key changed".into()));
+                    close(&live.tx, "the agent was deleted or its key changed");
                 }
             }
             for id in removed {
@@ -189,8 +223,12 @@ impl AgentHub {
         }
         messages.push(b"#!-close file ".to_vec());
         debug!(node = self.node(); "pushing merged.mg {} ({} bytes) to agent {}", merged.md5, merged.data.len(), fmt_id(id));
-        self.shared.stats.pushes.fetch_add(1, Ordering::Relaxed);
-        let _ = tx.send(ToSession::Send(messages));
+        if tx.try_send(ToSession::Send(messages)).is_ok() {
+            self.shared.stats.pushes.fetch_add(1, Ordering::Relaxed);
+        } else {
+            // The session has not taken its earlier orders: the agent's next keep-alive retries.
+            self.shared.stats.pushes_dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Marks agents silent for longer than the disconnection time as disconnected.
@@ -244,7 +282,9 @@ impl Actor for AgentHub {
         ctx.spawn(
             async move {
                 loop {
-                    me.do_send(RefreshKeys);
+                    if me.send(RefreshKeys).await.is_err() {
+                        break;
+                    }
                     tokio::time::sleep(KEY_RELOAD_EVERY).await;
                     if watch.changed().await.is_err() {
                         break;
@@ -285,11 +325,6 @@ impl Actor for AgentHub {
     }
 }
 
-/// Re-reads the keys if the store changed since they were read.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RefreshKeys;
-
 impl Handler<RefreshKeys> for AgentHub {
     type Result = ResponseActFuture<Self, ()>;
 
@@ -298,18 +333,8 @@ impl Handler<RefreshKeys> for AgentHub {
     }
 }
 
-/// A connection says it speaks for agent `id`.
-#[derive(Message)]
-#[rtype(result = "Result<(), String>")]
-pub struct Bind {
-    pub id: u32,
-    pub conn: u64,
-    pub peer: SocketAddr,
-    pub tx: mpsc::UnboundedSender<ToSession>,
-}
-
 impl Handler<Bind> for AgentHub {
-    type Result = Result<(), String>;
+    type Result = Result<(), BindRefused>;
 
     fn handle(&mut self, b: Bind, _: &mut Context<Self>) -> Self::Result {
         let takeover = self.shared.settings.takeover_after;
@@ -318,31 +343,15 @@ impl Handler<Bind> for AgentHub {
                 let silent = self.states.get(&b.id).map(|s| s.last_seen.elapsed()).unwrap_or(takeover);
                 if silent < takeover && !old.tx.is_closed() {
                     warn!(node = self.node(); "agent {}: refusing a second connection from {} while the one from {} is live", fmt_id(b.id), b.peer, old.peer);
-                    return Err(format!("agent {} already has a live connection", fmt_id(b.id)));
+                    return Err(BindRefused { id: b.id });
                 }
                 info!(node = self.node(); "agent {}: the connection from {} replaces the silent one from {}", fmt_id(b.id), b.peer, old.peer);
-                let _ = old.tx.send(ToSession::Close("replaced by a newer connection of the same agent".into()));
+                close(&old.tx, "replaced by a newer connection of the same agent");
             }
         }
         self.live.insert(b.id, Live { conn: b.conn, peer: b.peer, tx: b.tx });
         Ok(())
     }
-}
-
-#[derive(Debug)]
-pub enum SeenKind {
-    Startup(Option<String>),
-    KeepAlive(Box<KeepAlive>),
-    Shutdown,
-}
-
-/// Something an agent said on its (bound) connection.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Seen {
-    pub id: u32,
-    pub conn: u64,
-    pub kind: SeenKind,
 }
 
 impl Handler<Seen> for AgentHub {
@@ -376,7 +385,7 @@ impl Handler<Seen> for AgentHub {
             }
             SeenKind::KeepAlive(ka) => {
                 state.last_seen = Instant::now();
-                state.last_keepalive_ms = Some(crate::now_ms());
+                state.last_keepalive_ms = Some(crate::clock::now_ms());
                 state.status = Status::Active;
                 if !ka.version.is_empty() {
                     state.version = Some(ka.version.clone());
@@ -395,14 +404,6 @@ impl Handler<Seen> for AgentHub {
     }
 }
 
-/// A connection ended.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Closed {
-    pub id: u32,
-    pub conn: u64,
-}
-
 impl Handler<Closed> for AgentHub {
     type Result = ();
 
@@ -413,13 +414,6 @@ impl Handler<Closed> for AgentHub {
     }
 }
 
-/// The changes the master has not acknowledged, with their versions.
-#[derive(Message)]
-#[rtype(result = "Vec<(AgentInfoUpdate, u64)>")]
-pub struct TakeUpdates {
-    pub max: usize,
-}
-
 impl Handler<TakeUpdates> for AgentHub {
     type Result = MessageResult<TakeUpdates>;
 
@@ -427,11 +421,6 @@ impl Handler<TakeUpdates> for AgentHub {
         MessageResult(self.pending_updates(t.max))
     }
 }
-
-/// The master stored these updates: forget them unless they changed again since.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Delivered(pub Vec<(u32, u64)>);
 
 impl Handler<Delivered> for AgentHub {
     type Result = ();
@@ -445,11 +434,6 @@ impl Handler<Delivered> for AgentHub {
     }
 }
 
-/// A new connection to the master: everything known is sent again.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ResendAll;
-
 impl Handler<ResendAll> for AgentHub {
     type Result = ();
 
@@ -460,11 +444,6 @@ impl Handler<ResendAll> for AgentHub {
         }
     }
 }
-
-/// Files under `etc/shared` changed (`None`: maybe any): push new merged.mg files where needed.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "()")]
-pub struct SharedChanged(pub Option<Vec<String>>);
 
 impl Handler<SharedChanged> for AgentHub {
     type Result = ();
@@ -485,20 +464,6 @@ impl Handler<SharedChanged> for AgentHub {
     }
 }
 
-impl Handler<crate::jobs::local::FilesChanged> for AgentHub {
-    type Result = ();
-
-    fn handle(&mut self, msg: crate::jobs::local::FilesChanged, ctx: &mut Context<Self>) {
-        let paths = msg.delta.as_ref().map(|d| d.paths());
-        <Self as Handler<SharedChanged>>::handle(self, SharedChanged(paths), ctx);
-    }
-}
-
-/// Asks agents (all when `ids` is empty) to reconnect; returns how many were asked.
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct ForceReconnect(pub Vec<u32>);
-
 impl Handler<ForceReconnect> for AgentHub {
     type Result = usize;
 
@@ -506,7 +471,7 @@ impl Handler<ForceReconnect> for AgentHub {
         let mut n = 0;
         for (id, live) in &self.live {
             let asked = ids.is_empty() || ids.contains(id);
-            if asked && live.tx.send(ToSession::Send(vec![b"#!-force_reconnect".to_vec()])).is_ok() {
+            if asked && live.tx.try_send(ToSession::Send(vec![b"#!-force_reconnect".to_vec()])).is_ok() {
                 n += 1;
             }
         }
@@ -516,26 +481,6 @@ impl Handler<ForceReconnect> for AgentHub {
         n
     }
 }
-
-/// Figures for health.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct HubView {
-    pub connected: usize,
-    pub active: usize,
-    pub pending: usize,
-    pub disconnected: usize,
-    pub undelivered: usize,
-    pub connections: u64,
-    pub frames: u64,
-    pub events: u64,
-    pub events_archived: u64,
-    pub refused: u64,
-    pub pushes: u64,
-}
-
-#[derive(Message)]
-#[rtype(result = "HubView")]
-pub struct GetHubView;
 
 impl Handler<GetHubView> for AgentHub {
     type Result = MessageResult<GetHubView>;
@@ -555,6 +500,20 @@ impl Handler<GetHubView> for AgentHub {
             events_archived: self.shared.archive.written.load(Ordering::Relaxed),
             refused: s.refused.load(Ordering::Relaxed),
             pushes: s.pushes.load(Ordering::Relaxed),
+            pushes_dropped: s.pushes_dropped.load(Ordering::Relaxed),
+            events_dropped: self.shared.archive.dropped.load(Ordering::Relaxed),
         })
+    }
+}
+
+impl Handler<CloseAll> for AgentHub {
+    type Result = usize;
+
+    fn handle(&mut self, CloseAll(why): CloseAll, _: &mut Context<Self>) -> usize {
+        let n = self.live.len();
+        for (_, live) in self.live.drain() {
+            close(&live.tx, &why);
+        }
+        n
     }
 }

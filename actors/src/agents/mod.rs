@@ -5,10 +5,13 @@
 //! - [`hub::AgentHub`]: one actor per node: the keys (from the registry or replica, reloaded on every
 //!   change), which connection holds which agent, statuses, the changes not yet delivered to the
 //!   master, and `merged.mg` pushes ([`merged`]).
+//! - [`messages`]: what sessions, the hub and the jobs say to each other (sessions and the hub
+//!   know this module, not each other).
 
 pub mod archive;
 pub mod hub;
 pub mod merged;
+pub mod messages;
 pub mod session;
 
 use std::collections::HashMap;
@@ -109,7 +112,7 @@ pub struct ManagerCounters(Mutex<Counters>);
 
 impl ManagerCounters {
     pub fn new() -> Self {
-        let secs = crate::now_ms() / 1000;
+        let secs = crate::clock::now_ms() / 1000;
         Self(Mutex::new(Counters { global: secs.min(u32::MAX as u64) as u32, local: 0 }))
     }
 
@@ -153,6 +156,8 @@ pub struct Stats {
     pub events: std::sync::atomic::AtomicU64,
     pub refused: std::sync::atomic::AtomicU64,
     pub pushes: std::sync::atomic::AtomicU64,
+    /// Pushes not queued because the session had not taken its earlier orders.
+    pub pushes_dropped: std::sync::atomic::AtomicU64,
 }
 
 #[cfg(test)]

@@ -2,11 +2,10 @@
 //! and writes whatever the hub asks (pushes, reconnect requests), each frame with one write.
 
 use super::archive::ArchivedEvent;
-use super::hub::{AgentHub, Bind, Closed, RefreshKeys, Seen, SeenKind};
+use super::messages::{Bind, BindRefused, Closed, HubLink, RefreshKeys, Seen, SeenKind, ToSession, SESSION_QUEUE};
 use super::{AgentKey, Shared};
-use actix::Addr;
 use log::{debug, info, warn};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,17 +14,8 @@ use tokio::sync::mpsc;
 use wazuh_cluster_protocol::agent::keepalive::{classify, AgentMessage};
 use wazuh_cluster_protocol::agent::secure::{self, decrypt, encrypt, frame, parse_header, FrameBuffer, SecureError};
 
-/// What the hub asks a session to do.
-#[derive(Debug)]
-pub enum ToSession {
-    /// Encrypt and write these messages, in order.
-    Send(Vec<Vec<u8>>),
-    /// Close the connection, logging why.
-    Close(String),
-}
-
 /// Accepts agent connections until the listener's task is aborted.
-pub async fn serve(listener: TcpListener, hub: Addr<AgentHub>, shared: Arc<Shared>) {
+pub async fn serve(listener: TcpListener, hub: HubLink, shared: Arc<Shared>) {
     let node = shared.settings.node_name.clone();
     loop {
         match listener.accept().await {
@@ -45,9 +35,9 @@ pub async fn serve(listener: TcpListener, hub: Addr<AgentHub>, shared: Arc<Share
 struct Session {
     peer: SocketAddr,
     conn: u64,
-    hub: Addr<AgentHub>,
+    hub: HubLink,
     shared: Arc<Shared>,
-    tx: mpsc::UnboundedSender<ToSession>,
+    tx: mpsc::Sender<ToSession>,
     /// The agent this connection speaks for, once it said who it is.
     agent: Option<Arc<AgentKey>>,
     /// Last counters received, as (global, local).
@@ -57,11 +47,47 @@ struct Session {
 /// Why a session ends.
 enum End {
     Closed,
-    Refused(String),
+    Refused(Refusal),
 }
 
-async fn session(mut stream: TcpStream, peer: SocketAddr, conn: u64, hub: Addr<AgentHub>, shared: Arc<Shared>) {
-    let (tx, mut rx) = mpsc::unbounded_channel();
+/// Why a connection is closed on this side. Each is one log line naming node, peer and agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("read failed: {0}")]
+    Read(std::io::Error),
+    #[error("write failed: {0}")]
+    Write(std::io::Error),
+    #[error("{0}")]
+    Frame(SecureError),
+    #[error("a frame for agent {0} on a connection of another agent")]
+    OtherAgent(String),
+    #[error("cannot decrypt a frame for agent {0} (wrong key?)")]
+    WrongKey(String),
+    #[error("bad frame for agent {name}: {error}")]
+    BadFrame { name: String, error: SecureError },
+    #[error("agent {name}: counters {global}:{local} not after {last_global}:{last_local} (replayed?)")]
+    Replayed { name: String, global: u32, local: u32, last_global: u32, last_local: u32 },
+    #[error("a frame for unknown agent id {0}")]
+    UnknownId(String),
+    #[error("a frame without an agent id from {0}, which no agent is registered with")]
+    UnknownAddress(IpAddr),
+    #[error("agent {id:03} ({name}) is registered with IP {registered}, not {peer}")]
+    WrongAddress { id: u32, name: String, registered: String, peer: IpAddr },
+    #[error(transparent)]
+    Taken(#[from] BindRefused),
+    #[error("the agent hub is gone")]
+    HubGone,
+    #[error("a frame was started and not finished within {0} s")]
+    Stalled(u64),
+    #[error("silent for {0} s")]
+    Silent(u64),
+    /// The hub closed it (deleted agent, replaced connection, node stopping...).
+    #[error("{0}")]
+    Ordered(String),
+}
+
+async fn session(mut stream: TcpStream, peer: SocketAddr, conn: u64, hub: HubLink, shared: Arc<Shared>) {
+    let (tx, mut rx) = mpsc::channel(SESSION_QUEUE);
     let mut s = Session { peer, conn, hub, shared, tx, agent: None, last: None };
     let node = s.shared.settings.node_name.clone();
     let mut fb = FrameBuffer::default();
@@ -79,7 +105,7 @@ async fn session(mut stream: TcpStream, peer: SocketAddr, conn: u64, hub: Addr<A
                 let n = match read {
                     Ok(0) => break End::Closed,
                     Ok(n) => n,
-                    Err(e) => break End::Refused(format!("read failed: {e}")),
+                    Err(e) => break End::Refused(Refusal::Read(e)),
                 };
                 fb.extend(&buf[..n]);
                 loop {
@@ -90,7 +116,7 @@ async fn session(mut stream: TcpStream, peer: SocketAddr, conn: u64, hub: Addr<A
                             }
                         }
                         Ok(None) => break,
-                        Err(e) => break 'conn End::Refused(e.to_string()),
+                        Err(e) => break 'conn End::Refused(Refusal::Frame(e)),
                     }
                 }
                 partial_since = match (fb.pending(), partial_since) {
@@ -102,16 +128,16 @@ async fn session(mut stream: TcpStream, peer: SocketAddr, conn: u64, hub: Addr<A
             order = rx.recv() => match order {
                 Some(ToSession::Send(messages)) => {
                     if let Err(e) = s.send(&mut stream, &messages).await {
-                        break End::Refused(format!("write failed: {e}"));
+                        break End::Refused(Refusal::Write(e));
                     }
                 }
-                Some(ToSession::Close(why)) => break End::Refused(why),
+                Some(ToSession::Close(why)) => break End::Refused(Refusal::Ordered(why)),
                 None => break End::Closed,
             },
             _ = tokio::time::sleep_until(deadline) => {
                 break End::Refused(match partial_since {
-                    Some(_) => format!("a frame was started and not finished within {} s", stall.as_secs()),
-                    None => format!("silent for {} s", idle.as_secs()),
+                    Some(_) => Refusal::Stalled(stall.as_secs()),
+                    None => Refusal::Silent(idle.as_secs()),
                 });
             }
         }
@@ -126,7 +152,7 @@ async fn session(mut stream: TcpStream, peer: SocketAddr, conn: u64, hub: Addr<A
     }
     let _ = stream.shutdown().await;
     if let Some(agent) = &s.agent {
-        s.hub.do_send(Closed { id: agent.id, conn });
+        s.hub.closed.do_send(Closed { id: agent.id, conn });
     }
 }
 
@@ -148,29 +174,26 @@ impl Session {
 
     /// One manager frame for `key`'s agent: `#AES:`, the process's next counters, ready for one write.
     fn seal(&self, key: &AgentKey, message: &[u8]) -> Vec<u8> {
-        let random = (crate::random_u64() % 100_000) as u32;
+        let random = (crate::backoff::random_u64() % 100_000) as u32;
         frame(&encrypt(&key.aes, secure::AES_TAG, self.shared.counters.advance(), random, message))
     }
 
     /// Handles one payload; `Err` closes the connection with the reason.
-    async fn payload(&mut self, stream: &mut TcpStream, payload: &[u8]) -> Result<(), String> {
+    async fn payload(&mut self, stream: &mut TcpStream, payload: &[u8]) -> Result<(), Refusal> {
         self.shared.stats.frames.fetch_add(1, Ordering::Relaxed);
         if payload == secure::PING {
-            return stream.write_all(&frame(secure::PONG)).await.map_err(|e| format!("write failed: {e}"));
+            return stream.write_all(&frame(secure::PONG)).await.map_err(Refusal::Write);
         }
-        let header = parse_header(payload).map_err(|e| e.to_string())?;
+        let header = parse_header(payload).map_err(Refusal::Frame)?;
         let key = self.key_for(header.agent_id).await?;
         if let Some(bound) = &self.agent {
             if bound.id != key.id {
-                return Err(format!(
-                    "a frame for agent {} on a connection of another agent",
-                    header.agent_id.unwrap_or("?")
-                ));
+                return Err(Refusal::OtherAgent(header.agent_id.unwrap_or("?").to_string()));
             }
         }
         let message = decrypt(&key.aes, header.ciphertext).map_err(|e| match e {
-            SecureError::BadPadding => format!("cannot decrypt a frame for agent {} (wrong key?)", key.name),
-            other => format!("bad frame for agent {}: {other}", key.name),
+            SecureError::BadPadding => Refusal::WrongKey(key.name.clone()),
+            error => Refusal::BadFrame { name: key.name.clone(), error },
         })?;
         self.check_counters(&key, message.global, message.local)?;
         let text = classify(&message.text);
@@ -180,19 +203,19 @@ impl Session {
             Ok(AgentMessage::Startup { version }) => {
                 self.bind(stream, &key).await?;
                 // The acknowledgement is the first frame the agent gets on this connection.
-                self.send(stream, &[b"#!-agent ack ".to_vec()]).await.map_err(|e| format!("write failed: {e}"))?;
+                self.send(stream, &[b"#!-agent ack ".to_vec()]).await.map_err(Refusal::Write)?;
                 debug!(node = node; "agent {} ({}) started up {} (version {})", crate::registry::fmt_id(key.id), key.name, self.peer, version.as_deref().unwrap_or("before 4.6"));
-                self.hub.do_send(Seen { id: key.id, conn: self.conn, kind: SeenKind::Startup(version) });
+                self.seen(key.id, SeenKind::Startup(version)).await?;
             }
             Ok(AgentMessage::KeepAlive(ka)) => {
                 if self.agent.is_none() {
                     self.bind(stream, &key).await?;
                 }
-                self.send(stream, &[b"#!-agent ack ".to_vec()]).await.map_err(|e| format!("write failed: {e}"))?;
-                self.hub.do_send(Seen { id: key.id, conn: self.conn, kind: SeenKind::KeepAlive(ka) });
+                self.send(stream, &[b"#!-agent ack ".to_vec()]).await.map_err(Refusal::Write)?;
+                self.seen(key.id, SeenKind::KeepAlive(ka)).await?;
             }
             Ok(AgentMessage::Shutdown) => {
-                self.hub.do_send(Seen { id: key.id, conn: self.conn, kind: SeenKind::Shutdown });
+                self.seen(key.id, SeenKind::Shutdown).await?;
             }
             Ok(AgentMessage::Event(e)) => {
                 if self.agent.is_none() {
@@ -200,7 +223,7 @@ impl Session {
                 }
                 self.shared.stats.events.fetch_add(1, Ordering::Relaxed);
                 self.shared.archive.send(ArchivedEvent {
-                    time_ms: crate::now_ms(),
+                    time_ms: crate::clock::now_ms(),
                     agent_id: key.id,
                     agent_name: key.name.clone(),
                     location: e.location,
@@ -215,9 +238,19 @@ impl Session {
         Ok(())
     }
 
+    /// Tells the hub what the agent said; waits for room in the hub's mailbox (this agent's next
+    /// frames wait in the socket meanwhile).
+    async fn seen(&self, id: u32, kind: SeenKind) -> Result<(), Refusal> {
+        match self.hub.seen.try_send(Seen { id, conn: self.conn, kind }) {
+            Ok(()) => Ok(()),
+            Err(actix::prelude::SendError::Full(seen)) => self.hub.seen.send(seen).await.map_err(|_| Refusal::HubGone),
+            Err(actix::prelude::SendError::Closed(_)) => Err(Refusal::HubGone),
+        }
+    }
+
     /// The key of the agent a frame claims to come from, by id or (without one) by the peer address,
     /// checking the peer address against what the agent registered with.
-    async fn key_for(&mut self, id: Option<&str>) -> Result<Arc<AgentKey>, String> {
+    async fn key_for(&mut self, id: Option<&str>) -> Result<Arc<AgentKey>, Refusal> {
         let lookup = |shared: &Shared| {
             let keys = shared.keys();
             match id {
@@ -232,7 +265,7 @@ impl Session {
                 // this one): read the keys again for up to three seconds.
                 let mut found = None;
                 for _ in 0..15 {
-                    let _ = self.hub.send(RefreshKeys).await;
+                    let _ = self.hub.refresh.send(RefreshKeys).await;
                     found = lookup(&self.shared);
                     if found.is_some() {
                         break;
@@ -240,31 +273,33 @@ impl Session {
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 }
                 found.ok_or_else(|| match id {
-                    Some(id) => format!("a frame for unknown agent id {id}"),
-                    None => format!(
-                        "a frame without an agent id from {}, which no agent is registered with",
-                        self.peer.ip()
-                    ),
+                    Some(id) => Refusal::UnknownId(id.to_string()),
+                    None => Refusal::UnknownAddress(self.peer.ip()),
                 })?
             }
         };
         if !key.ip.admits(self.peer.ip()) {
-            return Err(format!(
-                "agent {} ({}) is registered with IP {}, not {}",
-                crate::registry::fmt_id(key.id),
-                key.name,
-                key.ip,
-                self.peer.ip()
-            ));
+            return Err(Refusal::WrongAddress {
+                id: key.id,
+                name: key.name.clone(),
+                registered: key.ip.to_string(),
+                peer: self.peer.ip(),
+            });
         }
         Ok(key)
     }
 
-    fn check_counters(&mut self, key: &AgentKey, global: u32, local: u32) -> Result<(), String> {
+    fn check_counters(&mut self, key: &AgentKey, global: u32, local: u32) -> Result<(), Refusal> {
         if self.shared.settings.enforce_counters {
             if let Some((g, l)) = self.last {
                 if global < g || (global == g && local <= l) {
-                    return Err(format!("agent {}: counters {global}:{local} not after {g}:{l} (replayed?)", key.name));
+                    return Err(Refusal::Replayed {
+                        name: key.name.clone(),
+                        global,
+                        local,
+                        last_global: g,
+                        last_local: l,
+                    });
                 }
             }
         }
@@ -274,24 +309,25 @@ impl Session {
 
     /// Binds this connection to `key`'s agent; when the hub refuses (another live connection holds
     /// it), tells the agent why with `#!-err` and returns the reason (the connection then closes).
-    async fn bind(&mut self, stream: &mut TcpStream, key: &Arc<AgentKey>) -> Result<(), String> {
+    async fn bind(&mut self, stream: &mut TcpStream, key: &Arc<AgentKey>) -> Result<(), Refusal> {
         if self.agent.as_ref().is_some_and(|a| a.id == key.id) {
             return Ok(());
         }
         let bound = self
             .hub
+            .bind
             .send(Bind { id: key.id, conn: self.conn, peer: self.peer, tx: self.tx.clone() })
             .await
-            .map_err(|_| "the agent hub is gone".to_string())?;
+            .map_err(|_| Refusal::HubGone)?;
         match bound {
             Ok(()) => {
                 self.agent = Some(key.clone());
                 Ok(())
             }
-            Err(why) => {
-                let err = format!("#!-err {}", serde_json::json!({ "message": why }));
+            Err(refused) => {
+                let err = format!("#!-err {}", serde_json::json!({ "message": refused.to_string() }));
                 let _ = stream.write_all(&self.seal(key, err.as_bytes())).await;
-                Err(why)
+                Err(refused.into())
             }
         }
     }

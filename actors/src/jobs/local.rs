@@ -1,21 +1,40 @@
 //! The master's shared jobs: computed once, read by every worker connection.
 //!
 //! - `LocalIntegrity`: the manifest of the sync roots (path, size, mtime, MD5) and its digest,
-//!   recomputed every `local_integrity` interval on a blocking thread.
+//!   kept current by a file watcher (debounced; only the named paths are looked at again) and a
+//!   full incremental rescan every `local_integrity` interval, all on blocking threads. Each change
+//!   is published on a broadcast channel ([`MasterServices::files`]); every connection's Integrity
+//!   server and the agent hub hold one receiver each, taken once when they are made.
 //! - `LocalAgentGroups`: follows the agent registry (every commit, plus a periodic re-read every
-//!   `local_agent_groups` interval) and pushes its sequence number and hash to every subscribed
-//!   `AgentGroupsSend`, which then sends its worker the changes after the worker's position. It also
-//!   removes agents whose key delivery through a worker was never confirmed.
+//!   `local_agent_groups` interval) and publishes its sequence number and hash in a watch channel
+//!   ([`MasterServices::groups`]) that every connection's AgentGroupsSend reads. It also removes
+//!   agents whose key delivery through a worker was never confirmed.
+//!
+//! Neither keeps a list of subscribers: a receiver is taken once per connection and dropped with
+//! it, so restarts of either side can never duplicate a subscription. A receiver that falls more
+//! than [`FILES_BACKLOG`] changes behind is told it lagged and makes its worker compare everything.
 
-use super::{job_plumbing, schedule, JobCore, JobHealth};
+use super::runtime::{job_plumbing, schedule, Controls, JobCore, MAILBOX};
 use crate::manifest::{self, Manifest};
-use crate::registry::Registry;
+use crate::registry::{Registry, StoreHandle};
 use crate::settings::ChannelSettings;
-use crate::store_thread::StoreHandle;
+use crate::supervise::{liveness, AllStopped, JobHealth};
 use actix::prelude::*;
-use actix::WeakRecipient;
 use log::{info, warn};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use tokio::sync::{broadcast, watch};
+use wazuh_cluster_protocol::message::JobKind;
+
+/// Changes of the master's files a slow receiver may fall behind by before it is told it lagged.
+pub const FILES_BACKLOG: usize = 64;
+
+/// The state of the agent-groups table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupsState {
+    pub seq: u64,
+    pub global_hash: String,
+}
 
 /// What the master lends each worker connection.
 #[derive(Clone)]
@@ -23,42 +42,80 @@ pub struct MasterServices {
     pub local_integrity: Addr<LocalIntegrity>,
     pub local_agent_groups: Addr<LocalAgentGroups>,
     pub registry: StoreHandle<Registry>,
+    files: broadcast::Sender<FilesChanged>,
+    groups: Arc<watch::Sender<Option<GroupsState>>>,
     healths: Vec<JobHealth>,
+    controls: Arc<Controls>,
 }
 
 /// Agents enrolled through a worker whose delivery was never confirmed are removed after this.
 pub const PENDING_EXPIRY_MS: u64 = 10 * 60 * 1000;
 
 impl MasterServices {
-    /// Starts both shared jobs under supervisors.
-    pub fn start(settings: Arc<ChannelSettings>, registry: StoreHandle<Registry>) -> Self {
-        let integrity_health = JobHealth::new("LocalIntegrity");
-        let groups_health = JobHealth::new("LocalAgentGroups");
-        let s = settings.clone();
-        let h = integrity_health.clone();
-        let local_integrity = Supervisor::start(move |_| LocalIntegrity {
-            core: JobCore::new("LocalIntegrity", s, "all workers", h),
+    /// Starts both shared jobs, supervised. The second value resolves once both have stopped.
+    pub fn start(settings: Arc<ChannelSettings>, registry: StoreHandle<Registry>) -> (Self, AllStopped) {
+        let (files, _) = broadcast::channel(FILES_BACKLOG);
+        let groups = Arc::new(watch::channel(None).0);
+        let (alive, all_stopped) = liveness();
+        let integrity_core = JobCore::new("LocalIntegrity", JobKind::Periodic, &settings, "all workers");
+        let groups_core = JobCore::new("LocalAgentGroups", JobKind::Periodic, &settings, "all workers");
+        let healths = vec![integrity_core.health().clone(), groups_core.health().clone()];
+        let publisher = files.clone();
+        let local_integrity = crate::supervise::start(MAILBOX, Some(alive.clone()), move |_| LocalIntegrity {
+            core: integrity_core,
             current: None,
-            subscribers: Vec::new(),
+            publisher,
+            publications: 0,
             watcher: None,
+            overflow: Arc::new(AtomicBool::new(false)),
             rescan_queued: false,
             rescan_again: false,
             pending: Some(Default::default()),
         });
-        let h = groups_health.clone();
-        let reg = registry.clone();
-        let local_agent_groups = Supervisor::start(move |_| LocalAgentGroups {
-            core: JobCore::new("LocalAgentGroups", settings, "all workers", h),
+        let (reg, sender) = (registry.clone(), groups.clone());
+        let local_agent_groups = crate::supervise::start(MAILBOX, Some(alive), move |_| LocalAgentGroups {
+            core: groups_core,
             registry: reg,
-            seq: 0,
-            hash: None,
-            subscribers: Vec::new(),
+            state: sender,
+            expired: 0,
         });
-        MasterServices { local_integrity, local_agent_groups, registry, healths: vec![integrity_health, groups_health] }
+        let mut controls = Controls::default();
+        controls.add("LocalIntegrity", &local_integrity, healths[0].clone());
+        controls.add("LocalAgentGroups", &local_agent_groups, healths[1].clone());
+        let services = MasterServices {
+            local_integrity,
+            local_agent_groups,
+            registry,
+            files,
+            groups,
+            healths,
+            controls: Arc::new(controls),
+        };
+        (services, all_stopped)
     }
 
     pub fn healths(&self) -> &[JobHealth] {
         &self.healths
+    }
+
+    /// The shared jobs by name, for fault injection and stopping.
+    pub fn controls(&self) -> &Controls {
+        &self.controls
+    }
+
+    /// A new receiver of the master's file changes (take one per consumer, once).
+    pub fn files(&self) -> broadcast::Receiver<FilesChanged> {
+        self.files.subscribe()
+    }
+
+    /// A new receiver of the agent-groups table's state (take one per consumer, once).
+    pub fn groups(&self) -> watch::Receiver<Option<GroupsState>> {
+        self.groups.subscribe()
+    }
+
+    /// Stops both shared jobs for good.
+    pub fn stop(&self) {
+        self.controls.stop();
     }
 }
 
@@ -77,10 +134,8 @@ pub struct IntegritySummary {
 #[rtype(result = "Option<IntegritySummary>")]
 pub struct GetIntegrity;
 
-/// Announced to every subscribed master-end `Integrity` job when the master's files change, with
-/// the change itself when it is small.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "()")]
+/// Published when the master's files change, with the change itself when it is small.
+#[derive(Debug, Clone)]
 pub struct FilesChanged {
     pub digest: String,
     pub delta: Option<Arc<manifest::Delta>>,
@@ -90,11 +145,6 @@ pub struct FilesChanged {
 const MAX_DELTA: usize = 2000;
 /// More pending paths than this: rescan everything instead.
 const MAX_PENDING_PATHS: usize = 20_000;
-
-/// Subscribes a master-end `Integrity` job to [`FilesChanged`].
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SubscribeFiles(pub Recipient<FilesChanged>);
 
 /// A filesystem event under the sync roots (from the watcher thread), with the paths it names.
 #[derive(Message)]
@@ -107,8 +157,12 @@ const FS_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(20);
 pub struct LocalIntegrity {
     core: JobCore,
     current: Option<IntegritySummary>,
-    subscribers: Vec<WeakRecipient<FilesChanged>>,
+    publisher: broadcast::Sender<FilesChanged>,
+    publications: u64,
     watcher: Option<notify::RecommendedWatcher>,
+    /// Set by the watcher thread when this actor's mailbox was full: events were lost, so the
+    /// next pass rescans everything.
+    overflow: Arc<AtomicBool>,
     rescan_queued: bool,
     rescan_again: bool,
     /// Paths named by file events since the last update (`None`: too many, rescan everything).
@@ -160,7 +214,6 @@ impl LocalIntegrity {
                 if changed {
                     info!(node = act.core.node(); "local integrity: {} files ({} hashed, {} unchanged) in {} ms, digest {digest}",
                         stats.files, stats.hashed, stats.reused, took.as_millis());
-                    log::debug!(node = act.core.node(); "complete roots: {:?}; errors: {:?}", manifest.complete_roots, stats.errors.iter().take(3).collect::<Vec<_>>());
                 }
                 // Parts read for one worker are kept for the others while the manifest holds,
                 // for a few seconds (each scan drops the older ones).
@@ -174,27 +227,24 @@ impl LocalIntegrity {
                 act.current = Some(IntegritySummary {
                     digest: digest.clone(),
                     files: manifest.files.len() as u64,
-                    computed_at_ms: crate::now_ms(),
+                    computed_at_ms: crate::clock::now_ms(),
                     manifest: Arc::new(manifest),
                     parts,
                 });
-                act.core.set_details(vec![
-                    ("files".into(), stats.files.to_string()),
-                    ("hashed".into(), stats.hashed.to_string()),
-                    ("scan_ms".into(), took.as_millis().to_string()),
-                    ("errors".into(), stats.errors.len().to_string()),
+                if changed {
+                    act.publications += 1;
+                    // Nobody listening is fine: a worker that connects later compares digests.
+                    let _ = act.publisher.send(FilesChanged { digest, delta: delta.map(Arc::new) });
+                }
+                act.core.health().set_figures(vec![
+                    ("files".into(), stats.files as u64),
+                    ("hashed".into(), stats.hashed as u64),
+                    ("scan_ms".into(), took.as_millis() as u64),
+                    ("errors".into(), stats.errors.len() as u64),
+                    ("subscribers".into(), act.publisher.receiver_count() as u64),
+                    ("publications".into(), act.publications),
                 ]);
                 act.core.succeeded();
-                if changed {
-                    let msg = FilesChanged { digest, delta: delta.map(Arc::new) };
-                    act.subscribers.retain(|w| match w.upgrade() {
-                        Some(r) => {
-                            r.do_send(msg.clone());
-                            true
-                        }
-                        None => false,
-                    });
-                }
                 if std::mem::take(&mut act.rescan_again) {
                     act.flush_events(ctx);
                 }
@@ -203,7 +253,7 @@ impl LocalIntegrity {
         }));
     }
 
-    /// Watches `<data_dir>/etc` for changes; events trigger a (debounced) rescan. Without a
+    /// Watches `<data_dir>/etc` for changes; events trigger a (debounced) update. Without a
     /// watcher the periodic rescan still finds every change.
     fn watch(&mut self, ctx: &mut Context<Self>) {
         use notify::Watcher;
@@ -213,12 +263,20 @@ impl LocalIntegrity {
             return;
         }
         let me = ctx.address();
-        let handler = move |event: notify::Result<notify::Event>| match event {
-            // Reads (our own scans open every file) change nothing.
-            Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => {}
-            Ok(event) => me.do_send(FsEvent(event.paths)),
-            // A lost event (queue overflow): rescan everything.
-            Err(_) => me.do_send(FsEvent(Vec::new())),
+        let overflow = self.overflow.clone();
+        let handler = move |event: notify::Result<notify::Event>| {
+            let paths = match event {
+                // Reads (our own scans open every file) change nothing.
+                Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => return,
+                Ok(event) => event.paths,
+                // A lost event (queue overflow): rescan everything.
+                Err(_) => Vec::new(),
+            };
+            if me.try_send(FsEvent(paths)).is_err() {
+                // The mailbox is full (or the job is gone): the events queued there will run a
+                // pass, and this flag makes it a full rescan.
+                overflow.store(true, Ordering::Relaxed);
+            }
         };
         match notify::recommended_watcher(handler)
             .and_then(|mut w| w.watch(&etc, notify::RecursiveMode::Recursive).map(|_| w))
@@ -229,13 +287,24 @@ impl LocalIntegrity {
             }
         }
     }
+
+    /// Runs the update for the paths gathered so far.
+    fn flush_events(&mut self, ctx: &mut Context<Self>) {
+        if self.overflow.swap(false, Ordering::Relaxed) {
+            self.pending = None;
+        }
+        match self.pending.replace(Default::default()) {
+            Some(paths) if self.current.is_some() => self.update(ctx, Some(paths.into_iter().collect())),
+            _ => self.run(ctx),
+        }
+    }
 }
 
 impl Actor for LocalIntegrity {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if self.core.is_stopped_for_good() {
+        if self.core.is_stopped() {
             self.watcher = None;
             return;
         }
@@ -247,18 +316,8 @@ impl Actor for LocalIntegrity {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        if self.core.is_stopped_for_good() {
+        if self.core.is_stopped() {
             self.watcher = None;
-        }
-    }
-}
-
-impl LocalIntegrity {
-    /// Runs the update for the paths gathered so far.
-    fn flush_events(&mut self, ctx: &mut Context<Self>) {
-        match self.pending.replace(Default::default()) {
-            Some(paths) if self.current.is_some() => self.update(ctx, Some(paths.into_iter().collect())),
-            _ => self.run(ctx),
         }
     }
 }
@@ -292,58 +351,30 @@ impl Handler<GetIntegrity> for LocalIntegrity {
     }
 }
 
-impl Handler<SubscribeFiles> for LocalIntegrity {
-    type Result = ();
-
-    fn handle(&mut self, SubscribeFiles(r): SubscribeFiles, _: &mut Context<Self>) {
-        self.subscribers.push(r.downgrade());
-    }
-}
-
-/// The state of the agent-groups table, pushed to subscribers when it changes.
-#[derive(Message, Debug, Clone, PartialEq, Eq)]
-#[rtype(result = "()")]
-pub struct GroupsChanged {
-    pub seq: u64,
-    pub global_hash: String,
-}
-
-/// Subscribes an `AgentGroupsSend` job; it gets the current state at once, then every change.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Subscribe(pub Recipient<GroupsChanged>);
-
 pub struct LocalAgentGroups {
     core: JobCore,
     registry: StoreHandle<Registry>,
-    seq: u64,
-    hash: Option<String>,
-    /// Weak, so that a closed connection's job is not kept alive by this list.
-    subscribers: Vec<WeakRecipient<GroupsChanged>>,
+    state: Arc<watch::Sender<Option<GroupsState>>>,
+    expired: u64,
 }
 
 job_plumbing!(LocalAgentGroups);
 
 impl LocalAgentGroups {
-    fn state(&self) -> Option<GroupsChanged> {
-        self.hash.clone().map(|global_hash| GroupsChanged { seq: self.seq, global_hash })
-    }
-
-    fn publish(&mut self, seq: u64, hash: String) {
-        if self.hash.as_ref() == Some(&hash) && self.seq == seq {
-            return;
-        }
-        self.seq = seq;
-        self.hash = Some(hash);
-        if let Some(state) = self.state() {
-            self.subscribers.retain(|weak| match weak.upgrade() {
-                Some(r) => {
-                    r.do_send(state.clone());
-                    true
-                }
-                None => false,
-            });
-        }
+    fn publish(&mut self, seq: u64, global_hash: String) {
+        let next = GroupsState { seq, global_hash };
+        self.state.send_if_modified(|current| {
+            let moved = current.as_ref() != Some(&next);
+            if moved {
+                *current = Some(next);
+            }
+            moved
+        });
+        self.core.health().set_figures(vec![
+            ("seq".into(), seq),
+            ("subscribers".into(), self.state.receiver_count() as u64),
+            ("expired".into(), self.expired),
+        ]);
     }
 
     /// The periodic pass: re-reads the table's position and hash, and removes agents whose key
@@ -359,13 +390,14 @@ impl LocalAgentGroups {
         let fut = async move {
             let expired = registry.run(|r| r.expire_pending(PENDING_EXPIRY_MS)).await?;
             let (seq, hash) = registry.run(|r| Ok((r.seq(), r.hash()))).await?;
-            Ok::<_, String>((seq, hash, expired))
+            Ok::<_, crate::registry::StoreError>((seq, hash, expired))
         };
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| match result {
             Ok((seq, hash, expired)) => {
-                for id in expired {
-                    warn!(node = act.core.node(); "agent {} removed: its key was never confirmed delivered", crate::registry::fmt_id(id));
+                for id in &expired {
+                    warn!(node = act.core.node(); "agent {} removed: its key was never confirmed delivered", crate::registry::fmt_id(*id));
                 }
+                act.expired += expired.len() as u64;
                 act.publish(seq, hash);
                 act.core.succeeded();
             }
@@ -377,31 +409,22 @@ impl LocalAgentGroups {
     fn follow(&mut self, ctx: &mut Context<Self>) {
         let mut watch = self.registry.watch();
         let registry = self.registry.clone();
-        let me = ctx.address();
         ctx.spawn(
             async move {
-                while watch.changed().await.is_ok() {
-                    if let Ok((seq, hash)) = registry.run(|r| Ok((r.seq(), r.hash()))).await {
-                        if me.try_send(Changed(seq, hash)).is_err() && !me.connected() {
-                            return;
-                        }
-                    }
-                }
+                // `None`: the registry's thread has ended; nothing more will change.
+                watch.changed().await.ok()?;
+                Some(registry.run(|r| Ok((r.seq(), r.hash()))).await.ok())
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(|state, act, ctx| {
+                let Some(read) = state else { return };
+                // A failed read is caught up by the periodic pass.
+                if let Some((seq, hash)) = read {
+                    act.publish(seq, hash);
+                }
+                act.follow(ctx);
+            }),
         );
-    }
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Changed(u64, String);
-
-impl Handler<Changed> for LocalAgentGroups {
-    type Result = ();
-
-    fn handle(&mut self, Changed(seq, hash): Changed, _: &mut Context<Self>) {
-        self.publish(seq, hash);
     }
 }
 
@@ -409,22 +432,11 @@ impl Actor for LocalAgentGroups {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if self.core.is_stopped_for_good() {
+        if self.core.is_stopped() {
             return;
         }
         self.follow(ctx);
         let every = self.core.settings.jobs.local_agent_groups;
         schedule(&mut self.core, ctx, every, Self::run);
-    }
-}
-
-impl Handler<Subscribe> for LocalAgentGroups {
-    type Result = ();
-
-    fn handle(&mut self, Subscribe(recipient): Subscribe, _: &mut Context<Self>) {
-        if let Some(state) = self.state() {
-            recipient.do_send(state);
-        }
-        self.subscribers.push(recipient.downgrade());
     }
 }

@@ -1,161 +1,21 @@
-//! The agent registry: the master's source of truth, and each worker's replica, both in SQLite
-//! (file-backed, WAL).
+//! The master's agent registry: the source of truth for agents, keys and groups.
 //!
-//! The master's store allocates ids as Wazuh does (`001`, one above the highest ever issued, never
-//! reused), generates keys from the OS's CSPRNG, keeps the groups, and logs every change with a
-//! monotonic sequence number in the same transaction, so workers can ask for "everything after N".
-//! A worker's replica applies those changes (or a snapshot) and keeps its position. Both write a
-//! Wazuh-compatible `etc/client.keys` atomically after each change.
-//!
-//! A global hash (XOR of the MD5 of every agent's `id name ip key groups` line) is kept
-//! incrementally on both sides; equal hashes mean equal tables.
+//! Ids are allocated as Wazuh does (`001`, one above the highest ever issued, never reused), keys
+//! come from the OS's CSPRNG, and every change is logged with a monotonic sequence number in the
+//! same transaction, so workers can ask for "everything after N". `client.keys` is rewritten after
+//! each commit that changed the table.
 
-use md5::{Digest, Md5};
+use super::client_keys;
+use super::policy::{Incumbent, ReplacePolicy, Verdict};
+use super::schema::{
+    self, all_entries, fmt_id, groups_text, groups_vec, one_entry, open_db, TableHash, CHANGELOG_KEEP, DEFAULT_GROUP,
+};
+use super::store::{Store, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use wazuh_cluster_protocol::agent::enrollment::{EnrollError, MAX_GROUPS};
 use wazuh_cluster_protocol::message::{AgentChange, AgentEntry, AgentInfoUpdate};
-
-pub const DEFAULT_GROUP: &str = "default";
-/// Changes kept for delta replication; a worker further behind gets a snapshot.
-pub const CHANGELOG_KEEP: u64 = 100_000;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database error: {0}")]
-    Db(#[from] rusqlite::Error),
-    #[error("i/o error on {path}: {error}")]
-    Io { path: String, error: std::io::Error },
-    #[error("{0}")]
-    Invalid(String),
-    #[error("no agent with id {0:03}")]
-    NoSuchAgent(u32),
-    #[error("no group named {0:?}")]
-    NoSuchGroup(String),
-}
-
-/// Formats an id as Wazuh shows it.
-pub fn fmt_id(id: u32) -> String {
-    format!("{id:03}")
-}
-
-/// Parses `001`, `1`, `1234`.
-pub fn parse_id(text: &str) -> Option<u32> {
-    if text.is_empty() || text.len() > 9 || !text.chars().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    text.parse().ok()
-}
-
-fn entry_digest(e: &AgentEntry) -> [u8; 16] {
-    let mut h = Md5::new();
-    h.update(format!("{} {} {} {} {}\n", e.id, e.name, e.ip, e.key, e.groups.join(",")).as_bytes());
-    h.finalize().into()
-}
-
-/// The order-independent hash of a set of agents, updated in O(1) per change.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TableHash([u8; 16]);
-
-impl TableHash {
-    pub fn toggle(&mut self, e: &AgentEntry) {
-        for (a, b) in self.0.iter_mut().zip(entry_digest(e)) {
-            *a ^= b;
-        }
-    }
-    pub fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
-
-fn open_db(path: &Path) -> Result<Connection, StoreError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|error| StoreError::Io { path: dir.display().to_string(), error })?;
-    }
-    let conn = Connection::open(path)?;
-    // WAL: readers never block the writer; FULL: a commit is on disk before we answer.
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    Ok(conn)
-}
-
-fn groups_text(groups: &[String]) -> String {
-    groups.join(",")
-}
-
-fn groups_vec(text: &str) -> Vec<String> {
-    text.split(',').filter(|g| !g.is_empty()).map(String::from).collect()
-}
-
-fn row_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentEntry> {
-    Ok(AgentEntry {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        ip: r.get(2)?,
-        key: r.get(3)?,
-        groups: groups_vec(&r.get::<_, String>(4)?),
-    })
-}
-
-/// Every agent's identity (`agents` table of either store), in id order.
-fn all_entries(conn: &Connection) -> Result<Vec<AgentEntry>, StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT id, name, ip, key, groups FROM agents ORDER BY id")?;
-    let rows = stmt.query_map([], row_entry)?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
-}
-
-fn one_entry(conn: &Connection, id: u32) -> Result<Option<AgentEntry>, StoreError> {
-    Ok(conn
-        .query_row("SELECT id, name, ip, key, groups FROM agents WHERE id = ?1", params![id], row_entry)
-        .optional()?)
-}
-
-/// The stored sequence number and the hash of the table, read afresh.
-fn position(conn: &Connection) -> Result<(u64, TableHash), StoreError> {
-    let seq = conn.query_row("SELECT v FROM meta WHERE k = 'seq'", [], |r| r.get::<_, i64>(0))? as u64;
-    let mut hash = TableHash::default();
-    for e in all_entries(conn)? {
-        hash.toggle(&e);
-    }
-    Ok((seq, hash))
-}
-
-/// Writes `<dir>/etc/client.keys` atomically: temp file, fsync, rename, fsync the directory.
-pub fn write_client_keys(data_dir: &Path, entries: &[AgentEntry]) -> Result<(), StoreError> {
-    let etc = data_dir.join("etc");
-    let io = |path: &Path| {
-        let path = path.display().to_string();
-        move |error| StoreError::Io { path, error }
-    };
-    std::fs::create_dir_all(&etc).map_err(io(&etc))?;
-    let target = etc.join("client.keys");
-    let tmp = etc.join(".client.keys.tmp");
-    let mut text = String::with_capacity(entries.len() * 96);
-    for e in entries {
-        text.push_str(&format!("{} {} {} {}\n", fmt_id(e.id), e.name, e.ip, e.key));
-    }
-    {
-        use std::io::Write;
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o640);
-        }
-        let mut f = opts.open(&tmp).map_err(io(&tmp))?;
-        f.write_all(text.as_bytes()).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-    }
-    std::fs::rename(&tmp, &target).map_err(io(&target))?;
-    if let Ok(d) = std::fs::File::open(&etc) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
 
 /// A full agent row, for the API.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -175,23 +35,6 @@ pub struct AgentRow {
     pub info: Option<wazuh_cluster_protocol::agent::keepalive::KeepAlive>,
     pub group_config_status: Option<String>,
     pub peer_ip: Option<String>,
-}
-
-/// When a duplicate name (or IP) may be taken over by a new enrollment.
-#[derive(Debug, Clone, Copy)]
-pub struct ReplacePolicy {
-    /// Replacement allowed at all (Wazuh's `force` option, on by default).
-    pub enabled: bool,
-    /// The old agent must have been disconnected (or never connected) for at least this long...
-    pub disconnected_for_ms: u64,
-    /// ...and registered at least this long ago.
-    pub registered_for_ms: u64,
-}
-
-impl Default for ReplacePolicy {
-    fn default() -> Self {
-        Self { enabled: true, disconnected_for_ms: 3_600_000, registered_for_ms: 3_600_000 }
-    }
 }
 
 /// An enrollment as the registry sees it.
@@ -234,7 +77,7 @@ pub struct Registry {
 }
 
 fn now_ms() -> u64 {
-    crate::now_ms()
+    crate::clock::now_ms()
 }
 
 fn random_key() -> Result<String, EnrollError> {
@@ -243,58 +86,12 @@ fn random_key() -> Result<String, EnrollError> {
     Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn sha1_hex(text: &str) -> String {
-    use sha1::Digest as _;
-    let mut h = sha1::Sha1::new();
-    h.update(text.as_bytes());
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl Registry {
     /// Opens (or creates) `<data_dir>/var/db/registry.db`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let conn = open_db(&data_dir.join("var/db/registry.db"))?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS agents (
-                id INTEGER PRIMARY KEY,
-                name TEXT NOT NULL UNIQUE,
-                ip TEXT NOT NULL,
-                key TEXT NOT NULL,
-                groups TEXT NOT NULL,
-                registered_at INTEGER NOT NULL,
-                node_name TEXT NOT NULL,
-                status TEXT NOT NULL DEFAULT 'never_connected',
-                last_keepalive INTEGER,
-                disconnected_at INTEGER,
-                version TEXT,
-                os_name TEXT,
-                os_platform TEXT,
-                os_version TEXT,
-                labels TEXT,
-                merged_sum TEXT,
-                config_sum TEXT,
-                token TEXT UNIQUE,
-                pending INTEGER NOT NULL DEFAULT 0
-            );
-            CREATE TABLE IF NOT EXISTS groups (name TEXT PRIMARY KEY, created_at INTEGER NOT NULL);
-            CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
-            CREATE TABLE IF NOT EXISTS changes (
-                seq INTEGER PRIMARY KEY,
-                op TEXT NOT NULL,
-                id INTEGER NOT NULL,
-                name TEXT, ip TEXT, key TEXT, groups TEXT
-            );
-            CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, id INTEGER, error TEXT, at INTEGER NOT NULL);
-            INSERT OR IGNORE INTO meta (k, v) VALUES ('last_id', 0), ('seq', 0);",
-        )?;
-        // Columns added after the first release of the table.
-        for (col, ty) in [("info", "TEXT"), ("group_config_status", "TEXT"), ("peer_ip", "TEXT")] {
-            let has: bool =
-                conn.prepare("SELECT 1 FROM pragma_table_info('agents') WHERE name = ?1")?.exists(params![col])?;
-            if !has {
-                conn.execute_batch(&format!("ALTER TABLE agents ADD COLUMN {col} {ty}"))?;
-            }
-        }
+        conn.execute_batch(schema::MASTER_TABLES)?;
+        schema::add_missing_columns(&conn, "agents", &schema::MASTER_ADDED_COLUMNS)?;
         let now = now_ms() as i64;
         conn.execute("INSERT OR IGNORE INTO groups (name, created_at) VALUES (?1, ?2)", params![DEFAULT_GROUP, now])?;
         let seq: i64 = conn.query_row("SELECT v FROM meta WHERE k = 'seq'", [], |r| r.get(0))?;
@@ -344,7 +141,7 @@ impl Registry {
     }
 
     pub fn write_keys(&self) -> Result<(), StoreError> {
-        write_client_keys(&self.data_dir, &self.entries()?)
+        client_keys::write(&self.data_dir, &self.entries()?)
     }
 
     fn log_change(&mut self, change: &AgentChange) -> Result<(), StoreError> {
@@ -384,11 +181,8 @@ impl Registry {
         Ok(true)
     }
 
-    /// May the agent `id` be replaced by a new enrollment under `policy`?
+    /// May the agent `id` be replaced by a new enrollment (see [`ReplacePolicy`])?
     fn replaceable(&self, id: u32, key_hash: Option<&str>) -> Result<bool, StoreError> {
-        if !self.replace.enabled {
-            return Ok(false);
-        }
         let (name, key, registered, status, disconnected_at, last_keepalive): (
             String,
             String,
@@ -401,19 +195,17 @@ impl Registry {
             params![id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
         )?;
-        let now = now_ms() as i64;
-        let old_enough = now - registered >= self.replace.registered_for_ms as i64;
-        let gone_long_enough = match status.as_str() {
-            "never_connected" => true,
-            "disconnected" => {
-                now - disconnected_at.or(last_keepalive).unwrap_or(0) >= self.replace.disconnected_for_ms as i64
-            }
-            _ => false,
+        let ms = |v: i64| u64::try_from(v).unwrap_or(0);
+        let incumbent = Incumbent {
+            id,
+            name: &name,
+            key: &key,
+            registered_at_ms: ms(registered),
+            status: &status,
+            disconnected_at_ms: disconnected_at.map(ms),
+            last_keepalive_ms: last_keepalive.map(ms),
         };
-        // An agent re-enrolling with the key it already holds is not a new agent.
-        let same_key =
-            key_hash.is_some_and(|h| h.eq_ignore_ascii_case(&sha1_hex(&format!("{}{name}{key}", fmt_id(id)))));
-        Ok(old_enough && gone_long_enough && !same_key)
+        Ok(self.replace.decide(&incumbent, key_hash, now_ms()) == Verdict::Replace)
     }
 
     /// Enrolls one agent inside the caller's transaction. Idempotent per token.
@@ -431,10 +223,7 @@ impl Registry {
                         return Ok(Ok(e));
                     }
                 }
-                Some((None, Some(err))) => {
-                    let e: EnrollError = serde_json_error(&err);
-                    return Ok(Err(e));
-                }
+                Some((None, Some(err))) => return Ok(Err(recorded_refusal(&err))),
                 _ => {}
             }
         }
@@ -442,7 +231,7 @@ impl Registry {
         if let Some(token) = &a.token {
             let (id, err) = match &outcome {
                 Ok(e) => (Some(e.id), None),
-                Err(e) => (None, Some(format!("{e:?}"))),
+                Err(e) => (None, Some(serde_json::to_string(e).unwrap_or_else(|_| e.to_string()))),
             };
             self.conn.execute(
                 "INSERT OR REPLACE INTO tokens (token, id, error, at) VALUES (?1, ?2, ?3, ?4)",
@@ -767,38 +556,12 @@ impl Registry {
     }
 }
 
-impl Registry {
-    /// Applies an admin request; errors carry the HTTP status the API should answer.
-    pub fn admin(
-        &mut self,
-        req: &wazuh_cluster_protocol::message::AdminRequest,
-    ) -> Result<Result<(), (u16, String)>, StoreError> {
-        use wazuh_cluster_protocol::message::AdminRequest as A;
-        let result = match req {
-            A::DeleteAgent { id } => self.delete(*id),
-            A::CreateGroup { name } => self.create_group(name).and_then(|created| {
-                if created {
-                    Ok(())
-                } else {
-                    Err(StoreError::Invalid(format!("group {name:?} already exists")))
-                }
-            }),
-            A::DeleteGroup { name } => self.delete_group(name),
-            A::AssignGroup { id, group } => self.assign(*id, group),
-            A::UnassignGroup { id, group } => self.unassign(*id, group),
-        };
-        match result {
-            Ok(()) => Ok(Ok(())),
-            Err(e @ (StoreError::NoSuchAgent(_) | StoreError::NoSuchGroup(_))) => Ok(Err((404, e.to_string()))),
-            Err(StoreError::Invalid(m)) => Ok(Err((400, m))),
-            Err(e) => Err(e),
-        }
+/// A refusal recorded for a token: JSON of the [`EnrollError`] (rows written by builds before 0.2
+/// hold its `Debug` text, read too). Anything unreadable is an internal error.
+fn recorded_refusal(text: &str) -> EnrollError {
+    if let Ok(e) = serde_json::from_str::<EnrollError>(text) {
+        return e;
     }
-}
-
-/// Token answers are stored as the error's Debug text; map it back (unknown text: internal error).
-fn serde_json_error(text: &str) -> EnrollError {
-    // The variants that can be recorded for a token are the registry's own refusals.
     let inner = |prefix: &str| text.strip_prefix(prefix).and_then(|r| r.strip_suffix("\")")).map(String::from);
     if let Some(g) = inner("NoSuchGroup(\"") {
         EnrollError::NoSuchGroup(g)
@@ -813,30 +576,6 @@ fn serde_json_error(text: &str) -> EnrollError {
     }
 }
 
-/// A store driven by a [`crate::store_thread`]: commands run inside one transaction per batch.
-pub trait Store: Send + 'static {
-    fn begin(&mut self) -> Result<(), StoreError>;
-    /// Commits and brings derived files (`client.keys`) up to date.
-    fn commit(&mut self) -> Result<(), StoreError>;
-    fn rollback(&mut self);
-    /// Re-reads in-memory state (position, hash) from the database after a rollback.
-    fn reload(&mut self) -> Result<(), StoreError>;
-    fn savepoint(&mut self) -> Result<(), StoreError>;
-    fn release(&mut self, keep: bool);
-}
-
-fn savepoint(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute_batch("SAVEPOINT cmd")?;
-    Ok(())
-}
-
-fn release(conn: &Connection, keep: bool) {
-    if !keep {
-        let _ = conn.execute_batch("ROLLBACK TO cmd");
-    }
-    let _ = conn.execute_batch("RELEASE cmd");
-}
-
 impl Store for Registry {
     fn begin(&mut self) -> Result<(), StoreError> {
         Registry::begin(self)
@@ -848,187 +587,21 @@ impl Store for Registry {
         Registry::rollback(self)
     }
     fn reload(&mut self) -> Result<(), StoreError> {
-        (self.seq, self.hash) = position(&self.conn)?;
+        (self.seq, self.hash) = schema::position(&self.conn)?;
         Ok(())
     }
     fn savepoint(&mut self) -> Result<(), StoreError> {
-        savepoint(&self.conn)
+        schema::savepoint(&self.conn)
     }
     fn release(&mut self, keep: bool) {
-        release(&self.conn, keep)
-    }
-}
-
-impl Store for Replica {
-    fn begin(&mut self) -> Result<(), StoreError> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        Ok(())
-    }
-    fn commit(&mut self) -> Result<(), StoreError> {
-        self.conn.execute_batch("COMMIT")?;
-        if self.dirty {
-            self.write_keys()?;
-            self.dirty = false;
-        }
-        Ok(())
-    }
-    fn rollback(&mut self) {
-        let _ = self.conn.execute_batch("ROLLBACK");
-    }
-    fn reload(&mut self) -> Result<(), StoreError> {
-        (self.seq, self.hash) = position(&self.conn)?;
-        Ok(())
-    }
-    fn savepoint(&mut self) -> Result<(), StoreError> {
-        savepoint(&self.conn)
-    }
-    fn release(&mut self, keep: bool) {
-        release(&self.conn, keep)
-    }
-}
-
-/// A worker's replica of the agent table.
-pub struct Replica {
-    conn: Connection,
-    data_dir: PathBuf,
-    hash: TableHash,
-    seq: u64,
-    dirty: bool,
-}
-
-impl Replica {
-    /// Opens (or creates) `<data_dir>/var/db/replica.db`.
-    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        let conn = open_db(&data_dir.join("var/db/replica.db"))?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS agents (id INTEGER PRIMARY KEY, name TEXT NOT NULL, ip TEXT NOT NULL, key TEXT NOT NULL, groups TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS outbox (token TEXT PRIMARY KEY, delivered INTEGER NOT NULL, at INTEGER NOT NULL);
-             INSERT OR IGNORE INTO meta (k, v) VALUES ('seq', 0);",
-        )?;
-        let seq: i64 = conn.query_row("SELECT v FROM meta WHERE k = 'seq'", [], |r| r.get(0))?;
-        let mut rep = Replica {
-            conn,
-            data_dir: data_dir.to_path_buf(),
-            hash: TableHash::default(),
-            seq: seq as u64,
-            dirty: false,
-        };
-        for e in rep.entries()? {
-            rep.hash.toggle(&e);
-        }
-        rep.write_keys()?;
-        Ok(rep)
-    }
-
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-
-    pub fn hash(&self) -> String {
-        self.hash.hex()
-    }
-
-    pub fn entries(&self) -> Result<Vec<AgentEntry>, StoreError> {
-        all_entries(&self.conn)
-    }
-
-    pub fn write_keys(&self) -> Result<(), StoreError> {
-        write_client_keys(&self.data_dir, &self.entries()?)
-    }
-
-    fn get(&self, id: u32) -> Result<Option<AgentEntry>, StoreError> {
-        one_entry(&self.conn, id)
-    }
-
-    /// Applies an update (inside the caller's transaction) and returns whether it applied. A delta
-    /// that does not start at our position is refused: the caller acknowledges its old position and
-    /// the master sends a snapshot.
-    pub fn apply(&mut self, from: u64, to: u64, snapshot: bool, changes: &[AgentChange]) -> Result<bool, StoreError> {
-        if !snapshot && from != self.seq {
-            return Ok(false);
-        }
-        if snapshot {
-            self.conn.execute("DELETE FROM agents", [])?;
-            self.hash = TableHash::default();
-        }
-        for c in changes {
-            match c {
-                AgentChange::Added(e) => {
-                    if let Some(old) = self.get(e.id)? {
-                        self.hash.toggle(&old);
-                    }
-                    self.conn.execute(
-                        "INSERT OR REPLACE INTO agents (id, name, ip, key, groups) VALUES (?1, ?2, ?3, ?4, ?5)",
-                        params![e.id, e.name, e.ip, e.key, groups_text(&e.groups)],
-                    )?;
-                    self.hash.toggle(e);
-                }
-                AgentChange::Removed { id } => {
-                    if let Some(old) = self.get(*id)? {
-                        self.conn.execute("DELETE FROM agents WHERE id = ?1", params![id])?;
-                        self.hash.toggle(&old);
-                    }
-                }
-                AgentChange::GroupsChanged { id, groups } => {
-                    if let Some(old) = self.get(*id)? {
-                        self.conn
-                            .execute("UPDATE agents SET groups = ?1 WHERE id = ?2", params![groups_text(groups), id])?;
-                        self.hash.toggle(&old);
-                        self.hash.toggle(&AgentEntry { groups: groups.clone(), ..old });
-                    }
-                }
-            }
-        }
-        self.conn.execute("UPDATE meta SET v = ?1 WHERE k = 'seq'", params![to as i64])?;
-        self.seq = to;
-        self.dirty = true;
-        Ok(true)
-    }
-
-    /// Records that the master must hear the fate of `token`.
-    pub fn outbox_put(&self, token: &str, delivered: bool) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT OR REPLACE INTO outbox (token, delivered, at) VALUES (?1, ?2, ?3)",
-            params![token, delivered as i64, now_ms() as i64],
-        )?;
-        Ok(())
-    }
-
-    pub fn outbox(&self) -> Result<Vec<(String, bool)>, StoreError> {
-        let mut stmt = self.conn.prepare_cached("SELECT token, delivered FROM outbox ORDER BY at")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    pub fn outbox_done(&self, token: &str) -> Result<(), StoreError> {
-        self.conn.execute("DELETE FROM outbox WHERE token = ?1", params![token])?;
-        Ok(())
+        schema::release(&self.conn, keep)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn agent(name: &str, token: Option<&str>) -> NewAgent {
-        NewAgent {
-            name: name.into(),
-            groups: vec![],
-            ip: "any".into(),
-            key_hash: None,
-            version: None,
-            node_name: "master".into(),
-            token: token.map(String::from),
-        }
-    }
-
-    fn enroll(reg: &mut Registry, a: &NewAgent) -> Result<AgentEntry, EnrollError> {
-        reg.begin().unwrap();
-        let out = reg.enroll(a).unwrap();
-        reg.commit().unwrap();
-        out
-    }
+    use crate::registry::testing::{agent, enroll};
 
     fn status(id: u32, status: &str, ka: Option<u64>) -> AgentInfoUpdate {
         AgentInfoUpdate {
@@ -1121,44 +694,7 @@ mod tests {
         assert_eq!(reg.entries().unwrap().len(), 1);
         // With the key it holds, it is the same agent: not replaced.
         let mut same = agent("web", None);
-        same.key_hash = Some(sha1_hex(&format!("{}web{}", fmt_id(new.id), new.key)));
+        same.key_hash = Some(crate::registry::policy::key_hash(new.id, "web", &new.key));
         assert_eq!(enroll(&mut reg, &same), Err(EnrollError::DuplicateName("web".into())));
-    }
-
-    #[test]
-    fn replicas_follow_by_delta_and_snapshot_and_hashes_agree() {
-        let m = tempfile::tempdir().unwrap();
-        let w = tempfile::tempdir().unwrap();
-        let mut reg = Registry::open(m.path()).unwrap();
-        let mut rep = Replica::open(w.path()).unwrap();
-        for i in 0..5 {
-            enroll(&mut reg, &agent(&format!("a{i}"), None)).unwrap();
-        }
-        reg.begin().unwrap();
-        reg.create_group("linux").unwrap();
-        reg.assign(2, "linux").unwrap();
-        reg.delete(3).unwrap();
-        reg.commit().unwrap();
-        let (snap, changes) = reg.changes_since(rep.seq()).unwrap();
-        assert!(!snap);
-        rep.begin().unwrap();
-        assert!(rep.apply(0, reg.seq(), false, &changes).unwrap());
-        rep.commit().unwrap();
-        assert_eq!(rep.hash(), reg.hash());
-        assert_eq!(rep.entries().unwrap(), reg.entries().unwrap());
-        assert_eq!(
-            std::fs::read(w.path().join("etc/client.keys")).unwrap(),
-            std::fs::read(m.path().join("etc/client.keys")).unwrap()
-        );
-        // A gap is refused; a position in the future gets a snapshot.
-        assert!(!rep.apply(rep.seq() + 5, rep.seq() + 6, false, &[]).unwrap());
-        let (snap, all) = reg.changes_since(reg.seq() + 10).unwrap();
-        assert!(snap);
-        let mut fresh = Replica::open(tempfile::tempdir().unwrap().path()).unwrap();
-        fresh.begin().unwrap();
-        assert!(fresh.apply(0, reg.seq(), true, &all).unwrap());
-        fresh.commit().unwrap();
-        assert_eq!(fresh.hash(), reg.hash());
-        assert_eq!(reg.groups().unwrap(), [("default".to_string(), 4), ("linux".to_string(), 1)]);
     }
 }

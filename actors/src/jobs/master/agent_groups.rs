@@ -1,0 +1,212 @@
+//! AgentGroupsSend, master end: replicates the agent table (keys and groups) to one worker.
+//!
+//! A pusher: it waits for the worker's position (sent on connect), then pushes the changes after
+//! it whenever `LocalAgentGroups` publishes a newer state, one push at a time; the decisions are
+//! [`Delivery`]'s. A failed push is counted and retried after an exponential back-off from the same
+//! position; the job itself never restarts for it.
+
+use super::delivery::{Command, Delivery, Event};
+use crate::connection::{CallError, ConnHandle, MasterSide};
+use crate::jobs::local::GroupsState;
+use crate::jobs::runtime::{FaultKind, Faults, InjectFault, Notice, StopJob};
+use crate::registry::{Registry, StoreError, StoreHandle};
+use crate::supervise::{Guarded, JobHealth};
+use actix::clock::Instant;
+use actix::prelude::*;
+use log::{debug, warn};
+use wazuh_cluster_protocol::message::{AgentGroupsAck, AgentGroupsUpdate, JobState};
+use wazuh_cluster_protocol::{MasterToWorker, WorkerToMaster};
+
+/// Why a push failed.
+#[derive(Debug, thiserror::Error)]
+enum PushError {
+    #[error("cannot read the registry: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Call(#[from] CallError),
+    #[error("injected fault")]
+    Injected,
+}
+
+/// The agent-groups table moved (from the connection's watcher task).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct GroupsMoved(pub Option<GroupsState>);
+
+pub struct AgentGroupsSend {
+    health: JobHealth,
+    conn: ConnHandle<MasterSide>,
+    registry: StoreHandle<Registry>,
+    latest: Option<GroupsState>,
+    delivery: Delivery,
+    faults: Faults,
+    restarted: bool,
+    stopped: bool,
+    snapshots: u64,
+}
+
+impl AgentGroupsSend {
+    pub fn new(health: JobHealth, conn: ConnHandle<MasterSide>, registry: StoreHandle<Registry>) -> Self {
+        Self {
+            health,
+            conn,
+            registry,
+            latest: None,
+            delivery: Delivery::default(),
+            faults: Faults::default(),
+            restarted: false,
+            stopped: false,
+            snapshots: 0,
+        }
+    }
+
+    fn event(&mut self, event: Event, ctx: &mut Context<Self>) {
+        if self.stopped {
+            return;
+        }
+        let latest = self.latest.as_ref().map(|g| g.seq);
+        let command = self.delivery.on(event, latest);
+        self.execute(command, ctx);
+    }
+
+    fn execute(&mut self, command: Command, ctx: &mut Context<Self>) {
+        match command {
+            Command::Idle => {}
+            Command::BackOff { .. } => {
+                let delay = self.health.start_delay();
+                ctx.run_later(delay, |act, ctx| act.event(Event::RetryDue, ctx));
+            }
+            Command::Push { from, snapshot } => self.push(from, snapshot, ctx),
+        }
+    }
+
+    fn push(&mut self, from: u64, force_snapshot: bool, ctx: &mut Context<Self>) {
+        let fault = self.faults.take();
+        if fault == Some(FaultKind::Panic) {
+            panic!("injected panic");
+        }
+        let (registry, conn) = (self.registry.clone(), self.conn.clone());
+        let started = Instant::now();
+        let fut = async move {
+            if fault == Some(FaultKind::Fail) {
+                return Err(PushError::Injected);
+            }
+            let after = if force_snapshot { u64::MAX } else { from };
+            let (snapshot, changes, seq, hash) = registry
+                .run(move |r| {
+                    let (snapshot, changes) = r.changes_since(after)?;
+                    Ok((snapshot, changes, r.seq(), r.hash()))
+                })
+                .await?;
+            let update =
+                AgentGroupsUpdate { from_seq: from, to_seq: seq, snapshot, changes, global_hash: hash.clone() };
+            match conn.call(MasterToWorker::AgentGroups(update)).await? {
+                WorkerToMaster::AgentGroupsAck(ack) => Ok((ack, seq, hash, snapshot)),
+                other => Err(CallError::unexpected("agent_groups_ack", &other).into()),
+            }
+        };
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| match result {
+            Ok((ack, seq, hash, snapshot)) => act.acked(from, ack, seq, hash, snapshot, started, ctx),
+            Err(e) => {
+                let delay = act.health.failed(&e.to_string(), false);
+                warn!(node = act.conn.node(); "job AgentGroupsSend for {}: push failed: {e}; retrying in {} ms",
+                    act.conn.peer(), delay.as_millis());
+                act.event(Event::Failed, ctx);
+            }
+        }));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn acked(
+        &mut self,
+        from: u64,
+        ack: AgentGroupsAck,
+        seq: u64,
+        hash: String,
+        snapshot: bool,
+        started: Instant,
+        ctx: &mut Context<Self>,
+    ) {
+        if from > seq {
+            warn!(node = self.conn.node(); "worker {} claims agent table position {from} beyond the master's {seq}; sending a snapshot",
+                self.conn.peer());
+        }
+        let agrees = ack.seq == seq && ack.global_hash == hash;
+        if !agrees {
+            warn!(node = self.conn.node(); "worker {} disagrees on the agent table after seq {seq} (it has seq {} hash {}, the master {hash}){}; sending a snapshot",
+                self.conn.peer(), ack.seq, ack.global_hash, if snapshot { " even after a snapshot" } else { "" });
+        }
+        self.snapshots += u64::from(snapshot);
+        self.health.succeeded(Some(started.elapsed()));
+        self.health.set_figures(vec![("acked_seq".into(), ack.seq), ("snapshots".into(), self.snapshots)]);
+        debug!(node = self.conn.node(); "worker {} at agent table position {}", self.conn.peer(), ack.seq);
+        self.event(Event::Acked { seq: if agrees { seq } else { ack.seq }, agrees }, ctx);
+    }
+}
+
+impl Actor for AgentGroupsSend {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.stopped {
+            return;
+        }
+        if std::mem::take(&mut self.restarted) {
+            // A panic cut a push short: back off, then push again from the acknowledged position.
+            self.event(Event::Interrupted, ctx);
+        } else {
+            self.health.set_state(JobState::Running);
+        }
+    }
+}
+
+impl Supervised for AgentGroupsSend {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.restarted = true;
+        self.health.restarted();
+    }
+}
+
+impl Guarded for AgentGroupsSend {
+    fn health(&self) -> &JobHealth {
+        &self.health
+    }
+    fn names(&self) -> (&str, &str) {
+        (self.conn.node(), self.conn.peer())
+    }
+}
+
+impl Handler<GroupsMoved> for AgentGroupsSend {
+    type Result = ();
+
+    fn handle(&mut self, GroupsMoved(state): GroupsMoved, ctx: &mut Context<Self>) {
+        self.latest = state;
+        self.event(Event::Changed, ctx);
+    }
+}
+
+impl Handler<Notice<AgentGroupsAck>> for AgentGroupsSend {
+    type Result = ();
+
+    /// The worker's position, sent when it connects: "everything after N".
+    fn handle(&mut self, notice: Notice<AgentGroupsAck>, ctx: &mut Context<Self>) {
+        debug!(node = self.conn.node(); "worker {} holds the agent table up to {}", self.conn.peer(), notice.body.seq);
+        self.event(Event::Position(notice.body.seq), ctx);
+    }
+}
+
+impl Handler<InjectFault> for AgentGroupsSend {
+    type Result = ();
+    fn handle(&mut self, msg: InjectFault, _: &mut Context<Self>) {
+        self.faults.add(msg);
+    }
+}
+
+impl Handler<StopJob> for AgentGroupsSend {
+    type Result = ();
+    fn handle(&mut self, _: StopJob, ctx: &mut Context<Self>) {
+        self.stopped = true;
+        self.health.set_state(JobState::Stopped);
+        ctx.stop();
+    }
+}

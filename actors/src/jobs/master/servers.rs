@@ -1,0 +1,209 @@
+//! The request servers of the master's end of a worker connection: KeepAlive, AgentInfo,
+//! Integrity and Registration. Each is a [`Serve`] that a [`Server`](crate::jobs::runtime::Server)
+//! runs: requests are served concurrently, a failed one is answered with a typed error.
+//!
+//! Everything a worker sends is checked here as untrusted input: statuses are stored only for
+//! agents that exist and never over a newer report of another node; files are served only from
+//! the manifest and through confined paths; enrollments and changes go through the registry's
+//! own validation.
+
+use crate::connection::{LocalFuture, MasterSide};
+use crate::jobs::local::{GetIntegrity, LocalIntegrity};
+use crate::jobs::runtime::{Serve, ServeError, Served};
+use crate::registry::{NewAgent, Registry, StoreHandle};
+use actix::Addr;
+use log::{info, warn};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use wazuh_cluster_protocol::message::{
+    AdminRequest, AdminResult, AgentInfoAck, AgentInfoBatch, EnrollForward, EnrollResolve, EnrollResult, FetchFiles,
+    IntegrityCheck, IntegrityStatus, JobReport, KeepAlive, KeepAliveAck, SyncManifest, SyncPlan,
+};
+use wazuh_cluster_protocol::MasterToWorker;
+
+/// What the worker last reported about itself (in its keep-alives).
+#[derive(Debug, Default, Clone)]
+pub struct PeerReport {
+    pub jobs: Vec<JobReport>,
+    pub last_keepalive_ms: Option<u64>,
+}
+
+/// Answers keep-alives, keeping the worker's own job reports for the health check.
+pub struct KeepAliveServe {
+    pub report: Arc<Mutex<PeerReport>>,
+}
+
+impl Serve for KeepAliveServe {
+    type Side = MasterSide;
+    type Request = KeepAlive;
+
+    fn serve(&mut self, ka: KeepAlive) -> LocalFuture<Result<Served<MasterToWorker>, ServeError>> {
+        let now = crate::clock::now_ms();
+        if let Ok(mut r) = self.report.lock() {
+            r.jobs = ka.jobs;
+            r.last_keepalive_ms = Some(now);
+        }
+        let ack = KeepAliveAck { echo_sent_at_ms: ka.sent_at_ms, master_time_ms: now };
+        Box::pin(async move { Ok(Served::reply(MasterToWorker::KeepAliveAck(ack))) })
+    }
+}
+
+/// Stores the statuses of the worker's agents: only for agents that exist, never over a newer
+/// report of another node (an agent that moved).
+pub struct AgentInfoServe {
+    pub registry: StoreHandle<Registry>,
+    pub node: String,
+    pub peer: String,
+}
+
+impl Serve for AgentInfoServe {
+    type Side = MasterSide;
+    type Request = AgentInfoBatch;
+
+    fn serve(&mut self, batch: AgentInfoBatch) -> LocalFuture<Result<Served<MasterToWorker>, ServeError>> {
+        let (registry, node, peer) = (self.registry.clone(), self.node.clone(), self.peer.clone());
+        Box::pin(async move {
+            let (stored, unknown, stale) = if batch.updates.is_empty() {
+                (0, 0, 0)
+            } else {
+                let p = peer.clone();
+                registry.run(move |r| r.store_statuses(&p, &batch.updates)).await?
+            };
+            if unknown > 0 {
+                warn!(node = node.as_str(); "worker {peer}: {unknown} status updates for agents that do not exist (deleted?) were not stored");
+            }
+            Ok(Served {
+                reply: MasterToWorker::AgentInfoAck(AgentInfoAck { stored, unknown }),
+                counts: vec![("stored", stored.into()), ("unknown", unknown.into()), ("stale", stale.into())],
+            })
+        })
+    }
+}
+
+/// The requests of a worker's file sync.
+pub enum IntegrityRequest {
+    Check(IntegrityCheck),
+    Manifest(SyncManifest),
+    Fetch(FetchFiles),
+}
+
+/// Serves file sync from `LocalIntegrity`'s manifest: digest checks, plans, and file contents
+/// (only files of the manifest, only through confined paths).
+pub struct IntegrityServe {
+    pub local: Addr<LocalIntegrity>,
+    pub data_dir: PathBuf,
+    pub max_frame: usize,
+    pub node: String,
+    pub peer: String,
+    /// Changes announced to the worker (by the connection's announcer task).
+    pub announcements: Arc<AtomicU64>,
+}
+
+impl Serve for IntegrityServe {
+    type Side = MasterSide;
+    type Request = IntegrityRequest;
+
+    fn serve(&mut self, request: IntegrityRequest) -> LocalFuture<Result<Served<MasterToWorker>, ServeError>> {
+        let (local, data_dir, max_frame) = (self.local.clone(), self.data_dir.clone(), self.max_frame);
+        let (node, peer) = (self.node.clone(), self.peer.clone());
+        Box::pin(async move {
+            let summary = local
+                .send(GetIntegrity)
+                .await
+                .map_err(|e| ServeError::Internal(format!("LocalIntegrity did not answer: {e}")))?
+                .ok_or_else(|| ServeError::Unavailable("the master's manifest is not computed yet".into()))?;
+            match request {
+                IntegrityRequest::Check(check) => {
+                    let in_sync = summary.digest == check.manifest_digest;
+                    let status = IntegrityStatus { master_digest: summary.digest, files: summary.files, in_sync };
+                    Ok(Served { reply: MasterToWorker::IntegrityStatus(status), counts: vec![("checks", 1)] })
+                }
+                IntegrityRequest::Manifest(theirs) => {
+                    let (fetch, delete, _, _) = crate::files::plan(&summary.manifest, &theirs.files);
+                    let plan = SyncPlan { master_digest: summary.digest, fetch, delete };
+                    Ok(Served { reply: MasterToWorker::SyncPlan(plan), counts: vec![("plans", 1)] })
+                }
+                IntegrityRequest::Fetch(req) => {
+                    // Answers stay well inside one frame.
+                    let budget = (req.max_bytes as usize).clamp(1, max_frame / 2);
+                    let (manifest, parts) = (summary.manifest.clone(), summary.parts.clone());
+                    let batch = actix_rt::task::spawn_blocking(move || {
+                        crate::files::read_batch(&data_dir, &manifest, req.items, budget, Some(&parts))
+                    })
+                    .await
+                    .map_err(|e| ServeError::Internal(format!("the file reader failed: {e}")))?;
+                    let bytes: u64 = batch.parts.iter().map(|p| p.raw_len).sum();
+                    let (files, refused) = (batch.parts.len() as u64, batch.refused.len() as u64);
+                    if refused > 0 {
+                        warn!(node = node.as_str(); "worker {peer} asked for {refused} files that were not served (gone, changed or refused)");
+                    }
+                    Ok(Served {
+                        reply: MasterToWorker::FileBatch(batch),
+                        counts: vec![("bytes_sent", bytes), ("file_parts_sent", files), ("refused", refused)],
+                    })
+                }
+            }
+        })
+    }
+
+    fn figures(&self) -> Vec<(String, u64)> {
+        vec![("announcements".into(), self.announcements.load(Ordering::Relaxed))]
+    }
+}
+
+/// What a worker forwards to the master: enrollments, their outcomes, agent and group changes.
+pub enum RegistrationRequest {
+    Enroll(EnrollForward),
+    Resolve(EnrollResolve),
+    Admin(AdminRequest),
+}
+
+/// Serves what a worker forwards, through the registry (which validates it like the master's own
+/// requests). Enrollments from one worker are served concurrently; the registry commits them in
+/// groups.
+pub struct RegistrationServe {
+    pub registry: StoreHandle<Registry>,
+    pub node: String,
+    pub peer: String,
+}
+
+impl Serve for RegistrationServe {
+    type Side = MasterSide;
+    type Request = RegistrationRequest;
+
+    fn serve(&mut self, request: RegistrationRequest) -> LocalFuture<Result<Served<MasterToWorker>, ServeError>> {
+        let (registry, node, peer) = (self.registry.clone(), self.node.clone(), self.peer.clone());
+        Box::pin(async move {
+            match request {
+                RegistrationRequest::Enroll(f) => {
+                    let token = f.token.clone();
+                    let agent = NewAgent::from_forward(f, peer, true);
+                    // A store failure is an error answer: the worker then tells the agent and
+                    // settles the token, so no half-made agent stays.
+                    let outcome = registry.run(move |r| r.enroll(&agent)).await?;
+                    let counts =
+                        vec![("enrolled", u64::from(outcome.is_ok())), ("refused", u64::from(outcome.is_err()))];
+                    Ok(Served { reply: MasterToWorker::EnrollResult(EnrollResult { token, outcome }), counts })
+                }
+                RegistrationRequest::Resolve(r) => {
+                    let token = r.token.clone();
+                    let delivered = r.delivered;
+                    registry.run(move |reg| reg.resolve(&token, delivered)).await?;
+                    Ok(Served { reply: MasterToWorker::EnrollResolved(r), counts: vec![("resolved", 1)] })
+                }
+                RegistrationRequest::Admin(request) => {
+                    let what = format!("{request:?}");
+                    let outcome = registry.run(move |r| r.admin(&request)).await?;
+                    if outcome.is_ok() {
+                        info!(node = node.as_str(); "worker {peer} applied {what} through the master");
+                    }
+                    Ok(Served {
+                        reply: MasterToWorker::AdminResult(AdminResult { outcome }),
+                        counts: vec![("changes", 1)],
+                    })
+                }
+            }
+        })
+    }
+}

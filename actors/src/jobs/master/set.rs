@@ -1,0 +1,220 @@
+//! The job set of the master's end of one worker connection: four request servers, one pusher,
+//! and two small tasks that carry the shared jobs' publications to this worker.
+//!
+//! | job | kind | serves / does |
+//! |---|---|---|
+//! | `KeepAlive` | server | `keep_alive` -> `keep_alive_ack`, keeps the worker's job reports |
+//! | `AgentInfo` | server | `agent_info` -> `agent_info_ack`, statuses into the registry |
+//! | `AgentGroupsSend` | pusher | the worker's position in, `agent_groups` out after every change |
+//! | `Integrity` | server | `integrity_check`, `sync_manifest`, `fetch_files`; announces file changes |
+//! | `Registration` | server | `enroll`, `enroll_resolve`, `admin` |
+//!
+//! [`MasterJobs::deliver`](crate::connection::Dispatch::deliver) unpacks each message into the
+//! typed request of the one job that serves it; a message no job takes in that form (a request
+//! sent as a notification, a response type sent as a request) is refused with an `invalid` error.
+
+use super::agent_groups::{AgentGroupsSend, GroupsMoved};
+use super::servers::{
+    AgentInfoServe, IntegrityRequest, IntegrityServe, KeepAliveServe, PeerReport, RegistrationRequest,
+    RegistrationServe,
+};
+use crate::connection::{ConnHandle, Dispatch, Inbound, LocalFuture, MasterSide, Undeliverable};
+use crate::jobs::local::{GetIntegrity, MasterServices};
+use crate::jobs::runtime::{
+    deliver as send, Controls, InjectFault, JobSetView, Notice, Request, Server, SetControl, MAILBOX,
+};
+use crate::settings::ChannelSettings;
+use crate::supervise::{liveness, JobHealth};
+use actix::prelude::*;
+use log::warn;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+use wazuh_cluster_protocol::message::{IntegrityChanged, JobKind, MessageName};
+use wazuh_cluster_protocol::{Kind, MasterToWorker, WorkerToMaster};
+
+/// The job actors of one worker connection, master end.
+pub struct MasterJobs {
+    keepalive: Addr<Server<KeepAliveServe>>,
+    agent_info: Addr<Server<AgentInfoServe>>,
+    agent_groups: Addr<AgentGroupsSend>,
+    integrity: Addr<Server<IntegrityServe>>,
+    registration: Addr<Server<RegistrationServe>>,
+    control: SetControl,
+    report: Arc<Mutex<PeerReport>>,
+    node: String,
+    peer: String,
+}
+
+impl MasterJobs {
+    /// Starts the jobs of the connection `conn` handles.
+    pub fn spawn(conn: ConnHandle<MasterSide>, settings: &Arc<ChannelSettings>, services: &MasterServices) -> Rc<Self> {
+        let (alive, all_stopped) = liveness();
+        let (node, peer) = (settings.node_name.clone(), conn.peer().to_string());
+        let report = Arc::new(Mutex::new(PeerReport::default()));
+        let mut controls = Controls::default();
+
+        let (keepalive, h) = Server::start(
+            "KeepAlive",
+            KeepAliveServe { report: report.clone() },
+            conn.clone(),
+            settings,
+            alive.clone(),
+        );
+        controls.add("KeepAlive", &keepalive, h);
+        let job = AgentInfoServe { registry: services.registry.clone(), node: node.clone(), peer: peer.clone() };
+        let (agent_info, h) = Server::start("AgentInfo", job, conn.clone(), settings, alive.clone());
+        controls.add("AgentInfo", &agent_info, h);
+
+        let health = JobHealth::new("AgentGroupsSend", JobKind::Pusher, settings.jobs.restart_backoff());
+        let (c, r, h) = (conn.clone(), services.registry.clone(), health.clone());
+        let agent_groups =
+            crate::supervise::start(MAILBOX, Some(alive.clone()), move |_| AgentGroupsSend::new(h, c, r));
+        controls.add("AgentGroupsSend", &agent_groups, health);
+
+        let announcements = Arc::new(AtomicU64::new(0));
+        let job = IntegrityServe {
+            local: services.local_integrity.clone(),
+            data_dir: settings.data_dir.clone(),
+            max_frame: settings.max_frame,
+            node: node.clone(),
+            peer: peer.clone(),
+            announcements: announcements.clone(),
+        };
+        let (integrity, h) = Server::start("Integrity", job, conn.clone(), settings, alive.clone());
+        controls.add("Integrity", &integrity, h);
+
+        let job = RegistrationServe { registry: services.registry.clone(), node: node.clone(), peer: peer.clone() };
+        let (registration, h) = Server::start("Registration", job, conn.clone(), settings, alive);
+        controls.add("Registration", &registration, h);
+
+        // The shared jobs' publications: one receiver each, taken here, once per connection.
+        let tasks = vec![
+            actix_rt::spawn(announce_file_changes(services.files(), services.clone(), conn, announcements)),
+            actix_rt::spawn(follow_groups(services.groups(), agent_groups.downgrade())),
+        ];
+        Rc::new(MasterJobs {
+            keepalive,
+            agent_info,
+            agent_groups,
+            integrity,
+            registration,
+            control: SetControl::new(controls, tasks, all_stopped),
+            report,
+            node,
+            peer,
+        })
+    }
+
+    /// This end's jobs and what the worker last said of its own.
+    pub fn view(&self) -> JobSetView {
+        let report = self.report.lock().map(|r| r.clone()).unwrap_or_default();
+        JobSetView { jobs: self.control.reports(), peer_jobs: report.jobs, last_keepalive_ms: report.last_keepalive_ms }
+    }
+
+    /// Sends `fault` to the job named `job`; false if there is none.
+    pub fn inject(&self, job: &str, fault: InjectFault) -> bool {
+        self.control.inject(job, fault)
+    }
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Notify => "a notification",
+        Kind::Request(_) => "a request",
+        Kind::Response(_) => "a response",
+    }
+}
+
+impl Dispatch<MasterSide> for MasterJobs {
+    fn deliver(&self, message: Inbound<WorkerToMaster>) -> LocalFuture<Result<(), Undeliverable>> {
+        let Inbound { kind, body, permit } = message;
+        use WorkerToMaster as W;
+        match (kind, body) {
+            (Kind::Request(id), W::KeepAlive(body)) => send(&self.keepalive, Request { id, body, permit }),
+            (Kind::Request(id), W::AgentInfo(body)) => send(&self.agent_info, Request { id, body, permit }),
+            (Kind::Notify, W::AgentGroupsAck(body)) => send(&self.agent_groups, Notice { body, permit }),
+            (Kind::Request(id), W::IntegrityCheck(c)) => {
+                send(&self.integrity, Request { id, body: IntegrityRequest::Check(c), permit })
+            }
+            (Kind::Request(id), W::SyncManifest(m)) => {
+                send(&self.integrity, Request { id, body: IntegrityRequest::Manifest(m), permit })
+            }
+            (Kind::Request(id), W::FetchFiles(f)) => {
+                send(&self.integrity, Request { id, body: IntegrityRequest::Fetch(f), permit })
+            }
+            (Kind::Request(id), W::Enroll(e)) => {
+                send(&self.registration, Request { id, body: RegistrationRequest::Enroll(e), permit })
+            }
+            (Kind::Request(id), W::EnrollResolve(r)) => {
+                send(&self.registration, Request { id, body: RegistrationRequest::Resolve(r), permit })
+            }
+            (Kind::Request(id), W::Admin(a)) => {
+                send(&self.registration, Request { id, body: RegistrationRequest::Admin(a), permit })
+            }
+            (Kind::Notify, W::Error(e)) => {
+                warn!(node = self.node.as_str(); "worker {} sent an error that answers nothing: {e}", self.peer);
+                Box::pin(async { Ok(()) })
+            }
+            (kind, body) => {
+                let why = format!("{} is not valid as {}", body.name(), kind_name(kind));
+                Box::pin(async move { Err(Undeliverable::Invalid(why)) })
+            }
+        }
+    }
+
+    fn stop(&self) -> LocalFuture<()> {
+        self.control.stop()
+    }
+}
+
+/// Tells the worker at once when the master's files change, with the change itself when it is
+/// small; one that fell behind is told to compare everything.
+async fn announce_file_changes(
+    mut changes: broadcast::Receiver<crate::jobs::local::FilesChanged>,
+    services: MasterServices,
+    conn: ConnHandle<MasterSide>,
+    announced: Arc<AtomicU64>,
+) {
+    loop {
+        let body = match changes.recv().await {
+            Ok(change) => {
+                let (delta, changed, removed) = match &change.delta {
+                    Some(d) => (true, d.changed.clone(), d.removed.clone()),
+                    None => (false, Vec::new(), Vec::new()),
+                };
+                IntegrityChanged { master_digest: change.digest, delta, changed, removed }
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                warn!(node = conn.node(); "worker {} missed {missed} file change announcements; it will compare everything", conn.peer());
+                let digest = services.local_integrity.send(GetIntegrity).await.ok().flatten().map(|s| s.digest);
+                IntegrityChanged { master_digest: digest.unwrap_or_default(), delta: false, ..Default::default() }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if conn.notify(MasterToWorker::IntegrityChanged(body)).await.is_err() {
+            return;
+        }
+        announced.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Wakes the connection's AgentGroupsSend each time the agent-groups table moves.
+async fn follow_groups(
+    mut groups: tokio::sync::watch::Receiver<Option<crate::jobs::local::GroupsState>>,
+    job: actix::WeakAddr<AgentGroupsSend>,
+) {
+    loop {
+        let state = groups.borrow_and_update().clone();
+        let Some(addr) = job.upgrade() else { return };
+        // Waits for room: one wake-up at a time from here.
+        if addr.send(GroupsMoved(state)).await.is_err() {
+            return;
+        }
+        drop(addr);
+        if groups.changed().await.is_err() {
+            return;
+        }
+    }
+}

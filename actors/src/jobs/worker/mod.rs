@@ -1,0 +1,11 @@
+//! A worker's end of its connection: its job set ([`set::WorkerJobs`]), the periodic reports
+//! ([`status`]), AgentGroupsSend ([`agent_groups`]), file sync ([`integrity`]) and the pure
+//! decisions of a sync round ([`sync_round`]).
+
+pub mod agent_groups;
+pub mod integrity;
+pub mod set;
+pub mod status;
+pub mod sync_round;
+
+pub use set::{WorkerJobs, WorkerServices};

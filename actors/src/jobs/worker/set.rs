@@ -1,0 +1,163 @@
+//! The job set of a worker's end of its connection to the master.
+//!
+//! | job | kind | does |
+//! |---|---|---|
+//! | `KeepAlive` | periodic | `keep_alive` every interval, with its siblings' health |
+//! | `AgentInfo` | periodic | the statuses of this worker's agents |
+//! | `AgentGroupsSend` | server | applies the master's `agent_groups` pushes to the replica |
+//! | `Integrity` | periodic | file sync rounds, and at once on `integrity_changed` |
+//!
+//! `force_reconnect` from the master goes straight to the agent hub.
+
+use super::agent_groups::{tell_position, AgentGroupsApply};
+use super::integrity::Integrity;
+use super::status::{AgentInfo, KeepAlive};
+use super::sync_round::Schedule;
+use crate::agents::hub::AgentHub;
+use crate::agents::messages::ForceReconnect;
+use crate::connection::{ConnHandle, Dispatch, Inbound, LocalFuture, Undeliverable, WorkerSide};
+use crate::jobs::runtime::{
+    deliver as send, Controls, InjectFault, JobCore, JobSetView, Notice, Request, Server, SetControl, MAILBOX,
+};
+use crate::registry::{Replica, StoreHandle};
+use crate::settings::ChannelSettings;
+use crate::supervise::{liveness, JobHealth};
+use actix::prelude::*;
+use log::warn;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use wazuh_cluster_protocol::message::{JobKind, MessageName};
+use wazuh_cluster_protocol::{Kind, MasterToWorker};
+
+/// What a worker lends its connection: the agent replica and (when it serves agents) its agent hub.
+#[derive(Clone)]
+pub struct WorkerServices {
+    pub replica: StoreHandle<Replica>,
+    pub agents: Option<Addr<AgentHub>>,
+}
+
+/// The job actors of the worker's connection.
+pub struct WorkerJobs {
+    agent_groups: Addr<Server<AgentGroupsApply>>,
+    integrity: Addr<Integrity>,
+    hub: Option<Addr<AgentHub>>,
+    control: SetControl,
+    last_ack_ms: Arc<AtomicU64>,
+    node: String,
+    peer: String,
+}
+
+impl WorkerJobs {
+    pub fn spawn(conn: ConnHandle<WorkerSide>, settings: &Arc<ChannelSettings>, services: &WorkerServices) -> Rc<Self> {
+        let (alive, all_stopped) = liveness();
+        let peer = conn.peer().to_string();
+        let core = |name| JobCore::new(name, JobKind::Periodic, settings, &peer);
+        let (keepalive_core, agent_info_core, integrity_core) =
+            (core("KeepAlive"), core("AgentInfo"), core("Integrity"));
+        let job = AgentGroupsApply {
+            replica: services.replica.clone(),
+            node: settings.node_name.clone(),
+            peer: peer.clone(),
+        };
+        let (agent_groups, groups_health) =
+            Server::start("AgentGroupsSend", job, conn.clone(), settings, alive.clone());
+        let mut controls = Controls::default();
+        let siblings: Vec<JobHealth> = vec![
+            keepalive_core.health().clone(),
+            agent_info_core.health().clone(),
+            groups_health.clone(),
+            integrity_core.health().clone(),
+        ];
+        let last_ack_ms = Arc::new(AtomicU64::new(0));
+        let (c, s, l) = (conn.clone(), siblings.clone(), last_ack_ms.clone());
+        let (kh, ah, ih) =
+            (keepalive_core.health().clone(), agent_info_core.health().clone(), integrity_core.health().clone());
+        let keepalive = crate::supervise::start(MAILBOX, Some(alive.clone()), move |_| KeepAlive {
+            core: keepalive_core,
+            conn: c,
+            siblings: s,
+            last_ack_ms: l,
+        });
+        let (c, hub) = (conn.clone(), services.agents.clone());
+        let agent_info = crate::supervise::start(MAILBOX, Some(alive.clone()), move |_| AgentInfo {
+            core: agent_info_core,
+            conn: c,
+            hub,
+            last_sent: None,
+            sent: 0,
+        });
+        let (c, hub) = (conn.clone(), services.agents.clone());
+        let integrity = crate::supervise::start(MAILBOX, Some(alive), move |_| Integrity {
+            core: integrity_core,
+            conn: c,
+            hub,
+            manifest: None,
+            schedule: Schedule::default(),
+            totals: Default::default(),
+        });
+        controls.add("KeepAlive", &keepalive, kh);
+        controls.add("AgentInfo", &agent_info, ah);
+        controls.add("AgentGroupsSend", &agent_groups, groups_health);
+        controls.add("Integrity", &integrity, ih);
+        let backoff = settings.jobs.restart_backoff();
+        let tasks = vec![actix_rt::spawn(tell_position(services.replica.clone(), conn, backoff))];
+        Rc::new(WorkerJobs {
+            agent_groups,
+            integrity,
+            hub: services.agents.clone(),
+            control: SetControl::new(controls, tasks, all_stopped),
+            last_ack_ms,
+            node: settings.node_name.clone(),
+            peer,
+        })
+    }
+
+    /// This end's jobs (a worker knows nothing of the master's end).
+    pub fn view(&self) -> JobSetView {
+        let ack = self.last_ack_ms.load(Ordering::Relaxed);
+        JobSetView { jobs: self.control.reports(), peer_jobs: Vec::new(), last_keepalive_ms: (ack > 0).then_some(ack) }
+    }
+
+    /// Sends `fault` to the job named `job`; false if there is none.
+    pub fn inject(&self, job: &str, fault: InjectFault) -> bool {
+        self.control.inject(job, fault)
+    }
+}
+
+impl Dispatch<WorkerSide> for WorkerJobs {
+    fn deliver(&self, message: Inbound<MasterToWorker>) -> LocalFuture<Result<(), Undeliverable>> {
+        let Inbound { kind, body, permit } = message;
+        use MasterToWorker as M;
+        match (kind, body) {
+            (Kind::Request(id), M::AgentGroups(body)) => send(&self.agent_groups, Request { id, body, permit }),
+            (Kind::Notify, M::IntegrityChanged(body)) => send(&self.integrity, Notice { body, permit }),
+            (Kind::Notify, M::ForceReconnect(f)) => {
+                let hub = self.hub.clone();
+                Box::pin(async move {
+                    if let Some(hub) = hub {
+                        hub.send(ForceReconnect(f.ids)).await.map_err(|_| Undeliverable::Stopped)?;
+                    }
+                    drop(permit);
+                    Ok(())
+                })
+            }
+            (Kind::Notify, M::Error(e)) => {
+                warn!(node = self.node.as_str(); "master {} sent an error that answers nothing: {e}", self.peer);
+                Box::pin(async { Ok(()) })
+            }
+            (kind, body) => {
+                let what = match kind {
+                    Kind::Request(_) => "a request",
+                    _ => "a notification",
+                };
+                let why = format!("{} is not valid as {what}", body.name());
+                Box::pin(async move { Err(Undeliverable::Invalid(why)) })
+            }
+        }
+    }
+
+    fn stop(&self) -> LocalFuture<()> {
+        self.control.stop()
+    }
+}

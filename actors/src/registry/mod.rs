@@ -1,0 +1,29 @@
+//! The agent registry: the master's source of truth, and each worker's replica, both in SQLite
+//! (file-backed, WAL), each owned by one thread.
+//!
+//! - [`schema`]: opening a database, the tables, row readers, ids, the table hash.
+//! - [`master`]: the master's [`Registry`]: enrollment, deletion, groups, statuses, the change log.
+//! - [`policy`]: when a new enrollment may replace an agent holding its name (pure decisions).
+//! - [`admin`]: agent and group changes from an API, with typed refusals.
+//! - [`replica`]: a worker's [`Replica`], following the master's change log.
+//! - [`client_keys`]: `etc/client.keys`, Wazuh-compatible, written atomically.
+//! - [`store`]: the thread that owns one store and runs commands in group commits.
+//!
+//! A global hash (XOR of the MD5 of every agent's `id name ip key groups` line) is kept
+//! incrementally on both sides; equal hashes mean equal tables.
+
+pub mod admin;
+pub mod client_keys;
+pub mod master;
+pub mod policy;
+pub mod replica;
+pub mod schema;
+pub mod store;
+#[cfg(test)]
+pub(crate) mod testing;
+
+pub use master::{AgentRow, NewAgent, Registry};
+pub use policy::ReplacePolicy;
+pub use replica::Replica;
+pub use schema::{fmt_id, parse_id, DEFAULT_GROUP};
+pub use store::{Store, StoreError, StoreHandle};

@@ -1,0 +1,295 @@
+//! One thread owns a SQLite store; async callers send it commands and await their outcome.
+//!
+//! Commands that arrive together run in one transaction (group commit): one fsync for a burst of
+//! enrollments, and every caller hears back only after its change is durable. Each command runs
+//! under a savepoint, so one failure (or one panic, caught here) does not undo its neighbours.
+//!
+//! Bounds: the command queue holds [`QUEUE`] commands; a caller finding it full waits for room (the
+//! store's pace becomes its callers' pace) instead of the queue growing. A transaction takes at most
+//! [`MAX_BATCH`] commands. If the thread itself dies (a panic outside a command), every later call
+//! fails with [`StoreError::Stopped`] and [`StoreHandle::stopped`] resolves with the reason, which
+//! the node treats as fatal.
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Why a store command failed. The variants say what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed the statement.
+    #[error("database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// A file the store keeps beside the database (client.keys, group directories) failed.
+    #[error("i/o error on {path}: {error}")]
+    Io { path: String, error: std::io::Error },
+    /// The command is not valid for the data as it is (a bad name, a limit reached...).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no agent with id {0:03}")]
+    NoSuchAgent(u32),
+    #[error("no group named {0:?}")]
+    NoSuchGroup(String),
+    /// The command ran, but the transaction holding it could not be committed.
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
+    /// The transaction could not even start; the command did not run.
+    #[error("cannot start a transaction: {0}")]
+    NotRun(String),
+    /// The command panicked; its savepoint was rolled back and the store goes on.
+    #[error("the command panicked: {0}")]
+    Panicked(String),
+    /// The store thread has ended: nothing more will run.
+    #[error("the store thread has stopped")]
+    Stopped,
+}
+
+impl StoreError {
+    /// I/O on `path` failed.
+    pub fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> StoreError {
+        let path = path.display().to_string();
+        move |error| StoreError::Io { path, error }
+    }
+}
+
+/// A store driven by a [`StoreHandle`]'s thread: commands run inside one transaction per batch.
+pub trait Store: Send + 'static {
+    fn begin(&mut self) -> Result<(), StoreError>;
+    /// Commits and brings derived files (`client.keys`) up to date.
+    fn commit(&mut self) -> Result<(), StoreError>;
+    fn rollback(&mut self);
+    /// Re-reads in-memory state (position, hash) from the database after a rollback.
+    fn reload(&mut self) -> Result<(), StoreError>;
+    fn savepoint(&mut self) -> Result<(), StoreError>;
+    fn release(&mut self, keep: bool);
+}
+
+/// Why a whole transaction failed (its text goes to every caller in it).
+#[derive(Debug, Clone)]
+struct TxFailure(String);
+
+type Finish = Box<dyn FnOnce(Result<(), TxFailure>) + Send>;
+/// Runs the command (`Ok`) or only reports that it could not run (`Err`, with why).
+type Job<S> = Box<dyn FnOnce(Result<&mut S, TxFailure>) -> Finish + Send>;
+
+/// Most commands waiting for the thread; callers wait for room beyond this.
+pub const QUEUE: usize = 4096;
+/// Most commands in one transaction.
+pub const MAX_BATCH: usize = 1024;
+
+/// A cheap, clonable handle to the store thread.
+pub struct StoreHandle<S> {
+    tx: mpsc::Sender<Job<S>>,
+    position: watch::Receiver<u64>,
+    exit: watch::Receiver<Option<String>>,
+}
+
+impl<S> Clone for StoreHandle<S> {
+    fn clone(&self) -> Self {
+        Self { tx: self.tx.clone(), position: self.position.clone(), exit: self.exit.clone() }
+    }
+}
+
+impl<S: Store> StoreHandle<S> {
+    /// Starts the thread. `position` reads the store's change sequence after each commit; watchers
+    /// see it move.
+    pub fn spawn(name: &str, mut store: S, position: fn(&S) -> u64) -> std::io::Result<Self> {
+        let (tx, mut rx): (mpsc::Sender<Job<S>>, _) = mpsc::channel(QUEUE);
+        let (pos_tx, pos_rx) = watch::channel(position(&store));
+        let (exit_tx, exit_rx) = watch::channel(None);
+        std::thread::Builder::new().name(name.into()).spawn(move || {
+            let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                serve(&mut store, &mut rx, &pos_tx, position);
+            }));
+            let reason = match served {
+                Ok(()) => "every handle to it was dropped".to_string(),
+                Err(panic) => format!("it panicked: {}", crate::supervise::panic_message(&*panic)),
+            };
+            let _ = exit_tx.send(Some(reason));
+        })?;
+        Ok(StoreHandle { tx, position: pos_rx, exit: exit_rx })
+    }
+
+    /// Runs `f` on the store thread inside a transaction; resolves once it is committed.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut S) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job<S> = Box::new(move |store: Result<&mut S, TxFailure>| {
+            let result = match store {
+                Err(why) => Err(StoreError::NotRun(why.0)),
+                Ok(store) => match store.savepoint() {
+                    Ok(()) => {
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut *store)))
+                            .unwrap_or_else(|panic| {
+                                Err(StoreError::Panicked(crate::supervise::panic_message(&*panic)))
+                            });
+                        store.release(r.is_ok());
+                        if r.is_err() {
+                            let _ = store.reload();
+                        }
+                        r
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            Box::new(move |commit: Result<(), TxFailure>| {
+                let out = match (result, commit) {
+                    (Ok(v), Ok(())) => Ok(v),
+                    (Ok(_), Err(e)) => Err(StoreError::CommitFailed(e.0)),
+                    (Err(e), _) => Err(e),
+                };
+                let _ = tx.send(out);
+            })
+        });
+        self.tx.send(job).await.map_err(|_| StoreError::Stopped)?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Resolves each time a commit moves the change sequence.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.position.clone()
+    }
+
+    /// Resolves when the store thread has ended, with why.
+    pub async fn stopped(&self) -> String {
+        let mut exit = self.exit.clone();
+        loop {
+            if let Some(reason) = exit.borrow_and_update().clone() {
+                return reason;
+            }
+            if exit.changed().await.is_err() {
+                return "the store thread is gone".into();
+            }
+        }
+    }
+}
+
+/// The thread's loop: a batch of commands per transaction, until every handle is dropped.
+fn serve<S: Store>(
+    store: &mut S,
+    rx: &mut mpsc::Receiver<Job<S>>,
+    pos_tx: &watch::Sender<u64>,
+    position: fn(&S) -> u64,
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = store.begin() {
+            // Nothing runs; every caller hears why.
+            let why = TxFailure(e.to_string());
+            for job in batch {
+                job(Err(why.clone()))(Err(why.clone()));
+            }
+            continue;
+        }
+        let finishes: Vec<Finish> = batch.into_iter().map(|job| job(Ok(&mut *store))).collect();
+        let outcome = match store.commit() {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                store.rollback();
+                let _ = store.reload();
+                Err(TxFailure(e.to_string()))
+            }
+        };
+        for finish in finishes {
+            finish(outcome.clone());
+        }
+        // Only a commit that moved the sequence wakes the watchers: a read-only command must not,
+        // or a watcher that reads the store on every wake-up would spin forever.
+        let now = position(store);
+        pos_tx.send_if_modified(|seen| {
+            let moved = *seen != now;
+            *seen = now;
+            moved
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::master::Registry;
+    use crate::registry::testing::agent;
+    use std::time::Duration;
+
+    #[actix_rt::test]
+    async fn only_commits_that_move_the_sequence_wake_the_watchers() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(dir.path()).unwrap();
+        let handle = StoreHandle::spawn("test-registry", registry, Registry::seq).unwrap();
+        let mut watch = handle.watch();
+        watch.borrow_and_update();
+
+        // Reads commit an empty transaction: nobody is woken (a watcher that reads on every
+        // wake-up would otherwise wake itself forever).
+        for _ in 0..3 {
+            handle.run(|r| Ok(r.seq())).await.unwrap();
+        }
+        let woken = tokio::time::timeout(Duration::from_millis(100), watch.changed()).await;
+        assert!(woken.is_err(), "a read-only command woke the watchers");
+
+        // A change does.
+        let before = *watch.borrow();
+        let a = agent("web-1", None);
+        handle.run(move |r| r.enroll(&a)).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), watch.changed()).await.unwrap().unwrap();
+        assert!(*watch.borrow_and_update() > before);
+    }
+
+    #[actix_rt::test]
+    async fn a_panicking_command_fails_alone_and_the_store_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = StoreHandle::spawn("test-registry", Registry::open(dir.path()).unwrap(), Registry::seq).unwrap();
+        let a = agent("kept", None);
+        let (first, panicked) = tokio::join!(
+            handle.run(move |r| r.enroll(&a)),
+            handle.run(|r| -> Result<(), StoreError> {
+                let b = agent("undone", None);
+                r.enroll(&b)?.ok();
+                panic!("injected panic in a store command")
+            })
+        );
+        assert!(first.unwrap().is_ok());
+        match panicked {
+            Err(StoreError::Panicked(m)) => assert!(m.contains("injected panic"), "{m}"),
+            other => panic!("expected a panic to be reported, got {other:?}"),
+        }
+        let names: Vec<String> = handle.run(|r| r.entries()).await.unwrap().into_iter().map(|e| e.name).collect();
+        assert_eq!(names, ["kept"], "the panicking command's savepoint was rolled back");
+    }
+
+    /// A store whose commit panics: the thread dies, and says so.
+    struct Doomed;
+
+    impl Store for Doomed {
+        fn begin(&mut self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn commit(&mut self) -> Result<(), StoreError> {
+            panic!("the disk caught fire")
+        }
+        fn rollback(&mut self) {}
+        fn reload(&mut self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn savepoint(&mut self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn release(&mut self, _: bool) {}
+    }
+
+    #[actix_rt::test]
+    async fn a_dead_store_thread_reports_its_death_and_refuses_further_work() {
+        let handle = StoreHandle::spawn("doomed", Doomed, |_| 0).unwrap();
+        assert!(matches!(handle.run(|_| Ok(())).await, Err(StoreError::Stopped)));
+        let reason = tokio::time::timeout(Duration::from_secs(5), handle.stopped()).await.unwrap();
+        assert!(reason.contains("panicked") && reason.contains("the disk caught fire"), "{reason}");
+        assert!(matches!(handle.run(|_| Ok(())).await, Err(StoreError::Stopped)));
+    }
+}

@@ -1,0 +1,411 @@
+//! Supervision: job health, restarts with back-off, and panics caught at the job's boundary.
+//!
+//! actix's own `Supervisor` restarts an actor that stopped itself, not one that panicked: a panic
+//! unwinds out of the actor's task, its mailbox closes, and every message sent to it is lost while
+//! its health still says "running". [`start`] runs the actor the same way, but polls it inside
+//! `catch_unwind`: a panic in a handler, in `started`, or in a future the actor spawned is caught,
+//! logged (naming node, job and peer), counted in the job's [`JobHealth`] as a failure and a panic,
+//! and the actor is restarted in place (same address, same mailbox) after its back-off, exactly as
+//! if it had failed a run. Futures that must fail alone instead of taking their job down (one
+//! request of a server) go through [`CatchUnwind`].
+//!
+//! This is the chosen policy: panics are caught and counted, the process goes on. (The other
+//! choice, aborting the process so that systemd restarts it, would drop every agent connection and
+//! every in-flight enrollment of the node for a bug in one job.)
+
+use crate::backoff::Backoff;
+use actix::dev::ContextFut;
+use actix::prelude::*;
+use log::error;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Duration;
+use wazuh_cluster_protocol::message::{JobKind, JobReport, JobState};
+
+/// The text of a panic's payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".into()
+    }
+}
+
+struct Health {
+    report: JobReport,
+    consecutive_failures: u32,
+    /// The delay the next (re)start waits out.
+    next_delay: Duration,
+}
+
+/// The observable state of one job, shared by the actor, its supervisor and whoever reports on it.
+#[derive(Clone)]
+pub struct JobHealth {
+    inner: Arc<Mutex<Health>>,
+    backoff: Backoff,
+}
+
+impl std::fmt::Debug for JobHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("JobHealth").field(&self.snapshot()).finish()
+    }
+}
+
+impl JobHealth {
+    pub fn new(name: &str, kind: JobKind, backoff: Backoff) -> Self {
+        let report = JobReport { name: name.into(), kind, state: JobState::Starting, ..JobReport::default() };
+        Self {
+            inner: Arc::new(Mutex::new(Health { report, consecutive_failures: 0, next_delay: Duration::ZERO })),
+            backoff,
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Health) -> T) -> T {
+        match self.inner.lock() {
+            Ok(mut h) => f(&mut h),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    pub fn name(&self) -> String {
+        self.with(|h| h.report.name.clone())
+    }
+
+    pub fn snapshot(&self) -> JobReport {
+        self.with(|h| h.report.clone())
+    }
+
+    pub fn state(&self) -> JobState {
+        self.with(|h| h.report.state)
+    }
+
+    pub fn set_state(&self, state: JobState) {
+        self.with(|h| h.report.state = state);
+    }
+
+    /// A run (or request, or push) succeeded; `took` is how long it took.
+    pub fn succeeded(&self, took: Option<Duration>) {
+        self.with(|h| {
+            h.consecutive_failures = 0;
+            h.next_delay = Duration::ZERO;
+            let r = &mut h.report;
+            r.runs += 1;
+            r.last_run_ms = Some(crate::clock::now_ms());
+            if took.is_some() {
+                r.last_duration_ms = took.map(|d| d.as_millis() as u64);
+            }
+            if r.state != JobState::Stopped {
+                r.state = JobState::Running;
+            }
+        });
+    }
+
+    /// A failure that does not stop the job (a server's request): counted, nothing more.
+    pub fn failed_once(&self, error: &str, panicked: bool) {
+        self.with(|h| {
+            h.report.failures += 1;
+            h.report.panics += u64::from(panicked);
+            h.report.last_error = Some(error.to_string());
+            h.report.last_run_ms = Some(crate::clock::now_ms());
+        });
+    }
+
+    /// A failure that makes the job wait before it works again: counted, and the back-off grows.
+    /// Returns the delay to wait out.
+    pub fn failed(&self, error: &str, panicked: bool) -> Duration {
+        let backoff = self.backoff;
+        self.with(|h| {
+            let delay = backoff.delay(h.consecutive_failures);
+            h.consecutive_failures = h.consecutive_failures.saturating_add(1);
+            h.next_delay = delay;
+            let r = &mut h.report;
+            r.failures += 1;
+            r.panics += u64::from(panicked);
+            r.last_error = Some(error.to_string());
+            if r.state != JobState::Stopped {
+                r.state = JobState::BackingOff;
+            }
+            delay
+        })
+    }
+
+    /// The job restarted in place (after a failure).
+    pub fn restarted(&self) {
+        self.with(|h| h.report.restarts += 1);
+    }
+
+    /// How long the job waits before its next start: zero unless it failed last time.
+    pub fn start_delay(&self) -> Duration {
+        self.with(|h| h.next_delay)
+    }
+
+    pub fn consecutive_failures(&self) -> u32 {
+        self.with(|h| h.consecutive_failures)
+    }
+
+    /// Replaces the job's own figures.
+    pub fn set_figures(&self, figures: Vec<(String, u64)>) {
+        self.with(|h| h.report.figures = figures);
+    }
+
+    /// Sets one figure, keeping the others.
+    pub fn set_figure(&self, name: &str, value: u64) {
+        self.with(|h| match h.report.figures.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => *v = value,
+            None => h.report.figures.push((name.to_string(), value)),
+        });
+    }
+}
+
+/// An actor [`start`] can supervise: it says who it is, for the log line of a caught panic.
+pub trait Guarded: Supervised + Actor<Context = Context<Self>> {
+    fn health(&self) -> &JobHealth;
+    /// `(node, peer)` for log lines.
+    fn names(&self) -> (&str, &str);
+}
+
+/// Held by every supervised actor of a set; [`AllStopped::wait`] resolves once all are gone.
+#[derive(Clone)]
+pub struct Alive(#[allow(dead_code)] tokio::sync::mpsc::Sender<()>);
+
+/// Waits for the actors holding the matching [`Alive`] tokens.
+pub struct AllStopped(tokio::sync::mpsc::Receiver<()>);
+
+/// A token for the actors of one set, and the way to wait for all of them to end.
+pub fn liveness() -> (Alive, AllStopped) {
+    // Nothing is ever sent: the channel only tells when the last token is dropped.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    (Alive(tx), AllStopped(rx))
+}
+
+impl AllStopped {
+    pub async fn wait(mut self) {
+        while self.0.recv().await.is_some() {}
+    }
+}
+
+/// Starts `A` with a mailbox of `mailbox` messages, restarting it in place when it stops itself
+/// (after a failed run) or panics (caught here). It ends for good once its health says
+/// [`JobState::Stopped`] or every address to it is gone; then `alive` is dropped.
+pub fn start<A, F>(mailbox: usize, alive: Option<Alive>, f: F) -> Addr<A>
+where
+    A: Guarded,
+    F: FnOnce(&mut Context<A>) -> A,
+{
+    let mut ctx = Context::new();
+    ctx.set_mailbox_capacity(mailbox);
+    let act = f(&mut ctx);
+    let addr = ctx.address();
+    let health = act.health().clone();
+    let (node, peer) = act.names();
+    let who = (node.to_string(), peer.to_string());
+    let fut = ctx.into_future(act);
+    actix_rt::spawn(Guard { fut, health, who, _alive: alive });
+    addr
+}
+
+struct Guard<A: Guarded> {
+    fut: ContextFut<A, Context<A>>,
+    health: JobHealth,
+    who: (String, String),
+    _alive: Option<Alive>,
+}
+
+impl<A: Guarded> Future for Guard<A> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(&mut this.fut).poll(cx)));
+            match polled {
+                Ok(Poll::Pending) => return Poll::Pending,
+                Ok(Poll::Ready(())) => {}
+                Err(payload) => {
+                    let message = panic_message(&*payload);
+                    let delay = this.health.failed(&format!("panicked: {message}"), true);
+                    error!(node = this.who.0.as_str(); "job {} for {} panicked: {message}; restarting it in {} ms",
+                        this.health.name(), this.who.1, delay.as_millis());
+                }
+            }
+            // Stopped (after a failure) or panicked: restart in place, unless it was stopped for
+            // good or nobody can reach it any more.
+            if this.health.state() == JobState::Stopped || !this.fut.restart() {
+                return Poll::Ready(());
+            }
+        }
+    }
+}
+
+/// A future that panicked; holds the panic's message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("panicked: {0}")]
+pub struct Panicked(pub String);
+
+/// A future whose panic becomes an `Err` with the panic's message, instead of unwinding into the
+/// actor (or task) that polls it.
+pub struct CatchUnwind<T> {
+    inner: Option<Pin<Box<dyn Future<Output = T>>>>,
+}
+
+impl<T> CatchUnwind<T> {
+    pub fn new(fut: impl Future<Output = T> + 'static) -> Self {
+        Self { inner: Some(Box::pin(fut)) }
+    }
+}
+
+impl<T> Future for CatchUnwind<T> {
+    type Output = Result<T, Panicked>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Result<T, Panicked>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(Err(Panicked("polled after it panicked".into())));
+        };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(payload) => {
+                self.inner = None;
+                Poll::Ready(Err(Panicked(panic_message(&*payload))))
+            }
+        }
+    }
+}
+
+/// Lets through one log line per `every`, and counts what it held back.
+#[derive(Debug)]
+pub struct LogLimiter {
+    every: Duration,
+    last: Option<actix::clock::Instant>,
+    held: u64,
+}
+
+impl LogLimiter {
+    pub fn new(every: Duration) -> Self {
+        Self { every, last: None, held: 0 }
+    }
+
+    /// `Some(n)` when a line may be logged now (`n` lines were held back since the last one).
+    pub fn allow(&mut self) -> Option<u64> {
+        let now = actix::clock::Instant::now();
+        if self.last.is_some_and(|t| now.duration_since(t) < self.every) {
+            self.held += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job that panics on `Boom` and counts its starts.
+    struct Fragile {
+        health: JobHealth,
+        starts: Arc<Mutex<u32>>,
+    }
+
+    impl Actor for Fragile {
+        type Context = Context<Self>;
+        fn started(&mut self, _: &mut Context<Self>) {
+            *self.starts.lock().unwrap() += 1;
+        }
+    }
+
+    impl Supervised for Fragile {
+        fn restarting(&mut self, _: &mut Context<Self>) {
+            self.health.restarted();
+        }
+    }
+
+    impl Guarded for Fragile {
+        fn health(&self) -> &JobHealth {
+            &self.health
+        }
+        fn names(&self) -> (&str, &str) {
+            ("node", "peer")
+        }
+    }
+
+    #[derive(Message)]
+    #[rtype(result = "u32")]
+    struct Boom(bool);
+
+    impl Handler<Boom> for Fragile {
+        type Result = u32;
+        fn handle(&mut self, Boom(panic): Boom, _: &mut Context<Self>) -> u32 {
+            if panic {
+                panic!("injected panic");
+            }
+            7
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_panic_is_counted_and_the_actor_serves_again_at_the_same_address() {
+        let health = JobHealth::new("Fragile", JobKind::Periodic, Backoff::new(Duration::ZERO, Duration::ZERO));
+        let starts = Arc::new(Mutex::new(0));
+        let (h, s) = (health.clone(), starts.clone());
+        let (alive, all_stopped) = liveness();
+        let addr = start(16, Some(alive), move |_| Fragile { health: h, starts: s });
+        assert_eq!(addr.send(Boom(false)).await.unwrap(), 7);
+        // The panicking message gets no answer; the actor is back for the next one.
+        assert!(addr.send(Boom(true)).await.is_err());
+        assert_eq!(addr.send(Boom(false)).await.unwrap(), 7);
+        let report = health.snapshot();
+        assert_eq!((report.failures, report.panics, report.restarts), (1, 1, 1));
+        assert!(report.last_error.unwrap().contains("injected panic"));
+        assert_eq!(*starts.lock().unwrap(), 2, "restarted in place: started ran again");
+        // Stopped for good: it ends, and whoever waits for the set hears it.
+        health.set_state(JobState::Stopped);
+        assert!(addr.send(Boom(true)).await.is_err());
+        tokio::time::timeout(Duration::from_secs(5), all_stopped.wait()).await.unwrap();
+    }
+
+    #[actix_rt::test]
+    async fn a_panicking_future_is_an_error_not_an_unwind() {
+        let ok = CatchUnwind::new(async { 1 }).await;
+        assert_eq!(ok, Ok(1));
+        let caught = CatchUnwind::new(async {
+            tokio::task::yield_now().await;
+            panic!("in a future")
+        })
+        .await;
+        assert_eq!(caught, Err::<(), _>(Panicked("in a future".to_string())));
+    }
+
+    #[test]
+    fn failures_grow_the_delay_and_a_success_resets_it() {
+        let h =
+            JobHealth::new("J", JobKind::Periodic, Backoff::new(Duration::from_millis(100), Duration::from_secs(1)));
+        assert_eq!(h.start_delay(), Duration::ZERO);
+        let d1 = h.failed("x", false);
+        let d2 = h.failed("x", false);
+        assert!(
+            d1 <= Duration::from_millis(100) && d2 <= Duration::from_millis(200) && d2 >= Duration::from_millis(100)
+        );
+        assert_eq!((h.consecutive_failures(), h.state()), (2, JobState::BackingOff));
+        h.succeeded(Some(Duration::from_millis(3)));
+        assert_eq!((h.consecutive_failures(), h.start_delay(), h.state()), (0, Duration::ZERO, JobState::Running));
+        let r = h.snapshot();
+        assert_eq!((r.runs, r.failures, r.last_duration_ms), (1, 2, Some(3)));
+    }
+
+    #[actix_rt::test]
+    async fn the_log_limiter_holds_back_a_burst_and_reports_it() {
+        tokio::time::pause();
+        let mut l = LogLimiter::new(Duration::from_secs(1));
+        assert_eq!(l.allow(), Some(0));
+        for _ in 0..5 {
+            assert_eq!(l.allow(), None);
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(l.allow(), Some(5));
+    }
+}

@@ -1,0 +1,276 @@
+//! [`NodeHandle`]: what the API and the CLI use to observe and change a running node, through
+//! its actors' addresses. Answers are the plain values of [`crate::views`].
+
+use crate::views::{actor_views, iso, AgentView, NodeHealthView, NodeView};
+use actix::prelude::*;
+use std::net::SocketAddr;
+use wazuh_cluster_actors::agents::hub::AgentHub;
+use wazuh_cluster_actors::agents::messages::ForceReconnect;
+use wazuh_cluster_actors::master::{self, ListWorkers, LocalJobs, MasterListener};
+use wazuh_cluster_actors::registry::{Registry, Replica, StoreError, StoreHandle};
+use wazuh_cluster_actors::worker::{self, ForwardError, GetLink, WorkerLink};
+use wazuh_cluster_protocol::message::{AdminError, AdminRequest};
+use wazuh_cluster_protocol::Role;
+
+/// The software version every node reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What the API and the CLI need to observe a node: its actors' addresses.
+#[derive(Clone)]
+pub enum NodeHandle {
+    Master {
+        name: String,
+        listener: Addr<MasterListener>,
+        cluster_addr: SocketAddr,
+        started_ms: u64,
+        registry: StoreHandle<Registry>,
+        agents: Addr<AgentHub>,
+    },
+    Worker {
+        name: String,
+        link: Addr<WorkerLink>,
+        master: String,
+        started_ms: u64,
+        replica: StoreHandle<Replica>,
+        agents: Addr<AgentHub>,
+    },
+}
+
+/// Why a change to agents or groups was not made. The API maps each to an HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The master refused it (no such agent or group, an invalid request).
+    #[error(transparent)]
+    Refused(#[from] AdminError),
+    /// This master's registry failed.
+    #[error("the agent registry is unavailable: {0}")]
+    Registry(StoreError),
+    /// This worker could not get it to the master, or the master could not serve it.
+    #[error("the master is unreachable: {0}")]
+    Master(ForwardError),
+    #[error("the node is stopping")]
+    Stopping,
+}
+
+impl NodeHandle {
+    pub fn name(&self) -> &str {
+        match self {
+            NodeHandle::Master { name, .. } | NodeHandle::Worker { name, .. } => name,
+        }
+    }
+
+    /// This node's agent hub (its agent connections).
+    pub fn hub(&self) -> &Addr<AgentHub> {
+        match self {
+            NodeHandle::Master { agents, .. } | NodeHandle::Worker { agents, .. } => agents,
+        }
+    }
+
+    pub async fn nodes(&self) -> Vec<NodeView> {
+        match self {
+            NodeHandle::Master { name, listener, cluster_addr, started_ms, .. } => {
+                let mut out = vec![NodeView {
+                    name: name.clone(),
+                    kind: "master".into(),
+                    version: VERSION.into(),
+                    address: cluster_addr.to_string(),
+                    connected_since: Some(iso(*started_ms)),
+                    last_keepalive: None,
+                }];
+                for w in listener.send(ListWorkers).await.unwrap_or_default() {
+                    out.push(NodeView {
+                        name: w.peer.node_name,
+                        kind: "worker".into(),
+                        version: w.peer.software,
+                        address: w.peer_addr.to_string(),
+                        connected_since: Some(iso(w.connected_since_ms)),
+                        last_keepalive: w.last_keepalive_ms.map(iso),
+                    });
+                }
+                out
+            }
+            NodeHandle::Worker { name, link, master, started_ms, .. } => {
+                let info = link.send(GetLink).await.ok().flatten();
+                let mut out = vec![NodeView {
+                    name: name.clone(),
+                    kind: "worker".into(),
+                    version: VERSION.into(),
+                    address: info.as_ref().map(|_| "connected".to_string()).unwrap_or_else(|| "disconnected".into()),
+                    connected_since: Some(iso(*started_ms)),
+                    last_keepalive: info.as_ref().and_then(|i| i.last_keepalive_ms).map(iso),
+                }];
+                if let Some(i) = info {
+                    out.push(NodeView {
+                        name: i.peer.node_name,
+                        kind: "master".into(),
+                        version: i.peer.software,
+                        address: master.clone(),
+                        connected_since: Some(iso(i.connected_since_ms)),
+                        last_keepalive: None,
+                    });
+                }
+                out
+            }
+        }
+    }
+
+    pub async fn healthcheck(&self) -> Vec<NodeHealthView> {
+        match self {
+            NodeHandle::Master { name, listener, .. } => {
+                let local = listener.send(LocalJobs).await.unwrap_or_default();
+                let mut out = vec![NodeHealthView {
+                    name: name.clone(),
+                    kind: "master".into(),
+                    connected: listener.connected(),
+                    last_keepalive: None,
+                    actors: actor_views(&local, Role::Master),
+                }];
+                for w in listener.send(ListWorkers).await.unwrap_or_default() {
+                    let mut actors = actor_views(&w.jobs, Role::Master);
+                    actors.extend(actor_views(&w.peer_jobs, Role::Worker));
+                    out.push(NodeHealthView {
+                        name: w.peer.node_name,
+                        kind: "worker".into(),
+                        connected: true,
+                        last_keepalive: w.last_keepalive_ms.map(iso),
+                        actors,
+                    });
+                }
+                out
+            }
+            NodeHandle::Worker { name, link, .. } => {
+                let info = link.send(GetLink).await.ok().flatten();
+                vec![NodeHealthView {
+                    name: name.clone(),
+                    kind: "worker".into(),
+                    connected: info.is_some(),
+                    last_keepalive: info.as_ref().and_then(|i| i.last_keepalive_ms).map(iso),
+                    actors: info.map(|i| actor_views(&i.jobs, Role::Worker)).unwrap_or_default(),
+                }]
+            }
+        }
+    }
+
+    /// Agents as this node knows them: the registry on the master, the replica on a worker.
+    pub async fn agents(&self, with_keys: bool) -> Result<Vec<AgentView>, StoreError> {
+        self.agents_only(with_keys, None).await
+    }
+
+    /// [`NodeHandle::agents`], only agent `only` when given.
+    pub async fn agents_only(&self, with_keys: bool, only: Option<u32>) -> Result<Vec<AgentView>, StoreError> {
+        match self {
+            NodeHandle::Master { registry, .. } => {
+                let rows = registry.run(move |r| r.rows(only)).await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| AgentView {
+                        id: wazuh_cluster_actors::registry::fmt_id(r.entry.id),
+                        name: r.entry.name,
+                        ip: r.entry.ip,
+                        status: Some(r.status),
+                        version: r.version,
+                        node_name: Some(r.node_name),
+                        os: r.info.as_ref().map(|i| {
+                            serde_json::json!({
+                                "name": i.os_name, "platform": i.os_platform, "version": i.os_version,
+                                "codename": i.os_codename, "arch": i.os_arch, "uname": i.os_uname,
+                                "hostname": i.hostname,
+                            })
+                        }),
+                        labels: r.info.as_ref().map(|i| i.labels.iter().cloned().collect()),
+                        merged_sum: r.info.as_ref().and_then(|i| i.merged_sum.clone()),
+                        config_sum: r.info.as_ref().and_then(|i| i.config_sum.clone()),
+                        group_config_status: r.group_config_status,
+                        peer_ip: r.peer_ip,
+                        group: r.entry.groups,
+                        registered_at: Some(iso(r.registered_at_ms)),
+                        last_keepalive: r.last_keepalive_ms.map(iso),
+                        key: with_keys.then_some(r.entry.key),
+                    })
+                    .collect())
+            }
+            NodeHandle::Worker { replica, .. } => {
+                let entries = replica.run(|r| r.entries()).await?;
+                Ok(entries
+                    .into_iter()
+                    .filter(|e| only.is_none_or(|id| e.id == id))
+                    .map(|e| AgentView {
+                        id: wazuh_cluster_actors::registry::fmt_id(e.id),
+                        name: e.name,
+                        ip: e.ip,
+                        group: e.groups,
+                        key: with_keys.then_some(e.key),
+                        ..AgentView::default()
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// Asks agents (all when `ids` is empty) connected to `node` (any when `None`) to reconnect.
+    /// Returns the nodes asked (with how many agents, for this node).
+    pub async fn force_reconnect(&self, node: Option<String>, ids: Vec<u32>) -> Vec<String> {
+        let mut asked = Vec::new();
+        let me = self.name().to_string();
+        if node.as_ref().is_none_or(|n| *n == me) {
+            let n = self.hub().send(ForceReconnect(ids.clone())).await.unwrap_or(0);
+            asked.push(format!("{me}: {n} agents"));
+        }
+        if let NodeHandle::Master { listener, .. } = self {
+            if node.as_ref() != Some(&me) {
+                let workers = listener.send(master::ForceReconnectWorkers { node, ids }).await.unwrap_or_default();
+                asked.extend(workers);
+            }
+        }
+        asked
+    }
+
+    /// Applies a change to agents or groups: on the master directly, on a worker through the master.
+    pub async fn admin(&self, request: AdminRequest) -> Result<(), ChangeError> {
+        match self {
+            NodeHandle::Master { registry, .. } => {
+                registry.run(move |r| r.admin(&request)).await.map_err(ChangeError::Registry)??;
+            }
+            NodeHandle::Worker { link, .. } => {
+                let result = link.send(worker::ForwardAdmin(request)).await.map_err(|_| ChangeError::Stopping)?;
+                result.map_err(ChangeError::Master)?.outcome?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Groups with their agent counts: the registry's on the master; on a worker, the groups its
+    /// replica's agents belong to and the group directories it holds.
+    pub async fn groups(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        match self {
+            NodeHandle::Master { registry, .. } => registry.run(|r| r.groups()).await,
+            NodeHandle::Worker { replica, .. } => {
+                let entries = replica.run(|r| r.entries()).await?;
+                let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+                for e in entries {
+                    for g in e.groups {
+                        *counts.entry(g).or_default() += 1;
+                    }
+                }
+                Ok(counts.into_iter().collect())
+            }
+        }
+    }
+
+    /// Whether the node serves, and why not.
+    pub async fn serving(&self) -> (bool, String) {
+        match self {
+            NodeHandle::Master { listener, cluster_addr, .. } => {
+                if listener.connected() {
+                    (true, format!("master listening on {cluster_addr}"))
+                } else {
+                    (false, "master stopped".into())
+                }
+            }
+            NodeHandle::Worker { link, master, .. } => match link.send(GetLink).await {
+                Ok(Some(info)) => (true, format!("connected to master {} ({master})", info.peer.node_name)),
+                _ => (false, format!("not connected to master {master}")),
+            },
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! Starting, running and stopping one node inside an actix system.
+//!
+//! Start-up does everything that can fail before any actor exists: the data dir, the TLS
+//! configuration, every listening socket (cluster, enrollment, agents, API), the registry or
+//! replica. A bad port or a bad file therefore ends the process with one error line and nothing
+//! to unwind. Then the actors start. A store thread that dies later is fatal: the node stops and
+//! exits non-zero with a clear line, so that its service manager restarts it.
+
+use super::handle::NodeHandle;
+use crate::config::Config;
+use actix::prelude::*;
+use actix_web::dev::ServerHandle;
+use anyhow::Context as _;
+use log::{error, info};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use wazuh_cluster_actors::agents::archive::Archive;
+use wazuh_cluster_actors::agents::hub::{AgentHub, KeySource};
+use wazuh_cluster_actors::agents::messages::{CloseAll, SharedChanged};
+use wazuh_cluster_actors::agents::{session, AgentSettings, ManagerCounters, Shared};
+use wazuh_cluster_actors::enrollment::{self, Enroller, EnrollmentSettings};
+use wazuh_cluster_actors::jobs::worker::WorkerServices;
+use wazuh_cluster_actors::master::{self, MasterListener};
+use wazuh_cluster_actors::registry::{Registry, ReplacePolicy, Replica, StoreHandle};
+use wazuh_cluster_actors::settings::{Budgets, JobIntervals};
+use wazuh_cluster_actors::worker::{self, WorkerLink};
+use wazuh_cluster_actors::ChannelSettings;
+use wazuh_cluster_protocol::version::VersionRange;
+use wazuh_cluster_protocol::{Psk, Role};
+
+/// The channel settings of `config`, with `psk` already derived from its key.
+pub fn channel_settings(config: &Config, psk: Psk) -> ChannelSettings {
+    let c = &config.cluster;
+    let i = &c.intervals;
+    ChannelSettings {
+        node_name: config.node.name.clone(),
+        role: config.node.role,
+        data_dir: config.node.data_dir.clone(),
+        cluster_name: c.name.clone(),
+        psk,
+        suite: c.cipher,
+        max_frame: c.max_frame,
+        handshake_timeout: c.handshake_timeout,
+        request_timeout: c.request_timeout,
+        keepalive_interval: i.keepalive,
+        reconnect_min: i.reconnect_min,
+        reconnect_max: i.reconnect_max,
+        jobs: JobIntervals {
+            agent_info: i.agent_info,
+            integrity: i.integrity,
+            local_integrity: i.local_integrity,
+            local_agent_groups: i.local_agent_groups,
+            ..JobIntervals::default()
+        },
+        versions: VersionRange::ours(),
+        budgets: Budgets::for_frame(c.max_frame),
+    }
+}
+
+/// Stretches the configured key (Argon2id; tens of milliseconds).
+pub fn derive_psk(config: &Config) -> anyhow::Result<Psk> {
+    let key = config.cluster.key.as_ref().context("no cluster key configured")?;
+    key.derive_psk().context("cannot derive the cluster key")
+}
+
+/// A started node: its actors, its enrollment listener and its API server.
+pub struct RunningNode {
+    pub handle: NodeHandle,
+    pub api_addr: SocketAddr,
+    pub enrollment_addr: SocketAddr,
+    pub agents_addr: SocketAddr,
+    api: ServerHandle,
+    tasks: Vec<actix_rt::task::JoinHandle<()>>,
+}
+
+/// Binds `addr` for `what`, naming the setting in the error.
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {what} {addr}"))?;
+    let bound = listener.local_addr().context("cannot read the bound address")?;
+    Ok((listener, bound))
+}
+
+/// The store a node opens: the registry on a master, the replica on a worker.
+enum Store {
+    Master(Registry),
+    Worker(Replica),
+}
+
+/// Starts the node's actors, enrollment listener and API. Must run inside an actix system.
+pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
+    // Everything that can fail comes first, before any actor exists.
+    let data_dir = &config.node.data_dir;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create node.data_dir {}", data_dir.display()))?;
+    let settings = Arc::new(channel_settings(config, psk));
+    let name = config.node.name.clone();
+    let started_ms = wazuh_cluster_actors::clock::now_ms();
+    let tls =
+        enrollment::tls_config(data_dir, &name, config.enrollment.ca_file.as_deref()).context("enrollment TLS")?;
+    let (enroll_listener, enrollment_addr) = bind(config.enrollment.bind, "enrollment.bind").await?;
+    let (agent_tcp, agents_addr) = bind(config.agents.bind, "agents.bind").await?;
+    let api_listener = std::net::TcpListener::bind(config.api.bind)
+        .with_context(|| format!("cannot listen on api.bind {}", config.api.bind))?;
+    let api_addr = api_listener.local_addr().context("cannot read the bound address")?;
+    let cluster = match config.node.role {
+        Role::Master => Some(bind(config.cluster.bind, "cluster.bind").await?),
+        Role::Worker => None,
+    };
+    let store = match config.node.role {
+        Role::Master => {
+            let mut registry = Registry::open(data_dir)
+                .with_context(|| format!("cannot open the agent registry in {}", data_dir.display()))?;
+            let after = config.enrollment.force_after.as_millis() as u64;
+            registry.replace = ReplacePolicy {
+                enabled: config.enrollment.force,
+                disconnected_for_ms: after,
+                registered_for_ms: after,
+            };
+            Store::Master(registry)
+        }
+        Role::Worker => Store::Worker(
+            Replica::open(data_dir)
+                .with_context(|| format!("cannot open the agent replica in {}", data_dir.display()))?,
+        ),
+    };
+    let master_addr = match config.node.role {
+        Role::Worker => Some(config.cluster.master.clone().context("cluster.master is required for a worker")?),
+        Role::Master => None,
+    };
+    let agent_settings = AgentSettings {
+        disconnection_time: config.agents.disconnection_time,
+        enforce_counters: config.agents.enforce_counters,
+        stall_timeout: config.agents.stall_timeout,
+        archive_max_bytes: config.agents.archive_max_size as u64,
+        archive_keep: config.agents.archive_keep,
+        status_flush: JobIntervals::status_tick(config.cluster.intervals.agent_info),
+        ..AgentSettings::new(&name, data_dir.clone())
+    };
+    let archive = Archive::start(&name, data_dir, agent_settings.archive_max_bytes, agent_settings.archive_keep)
+        .with_context(|| format!("cannot open the event archive in {}", data_dir.display()))?;
+    let shared = Arc::new(Shared {
+        settings: agent_settings,
+        keys: Default::default(),
+        counters: ManagerCounters::new(),
+        archive,
+        stats: Default::default(),
+    });
+
+    // Then the actors.
+    let mut tasks = Vec::new();
+    let (handle, enroller) = match (store, cluster, master_addr) {
+        (Store::Master(registry), Some((listener, cluster_addr)), _) => {
+            let registry = StoreHandle::spawn(&format!("{name}-registry"), registry, Registry::seq)
+                .context("cannot start the registry thread")?;
+            info!(node = name.as_str(); "starting master of cluster {:?} (cipher {})", config.cluster.name, config.cluster.cipher);
+            let listener =
+                MasterListener::start(listener, settings, registry.clone()).context("cannot start the master")?;
+            let agents = AgentHub::new(shared.clone(), KeySource::Master(registry.clone())).launch();
+            // File changes on the master make the hub push new merged.mg files to its agents.
+            let changes = listener.send(master::SubscribeFiles).await.context("the master stopped at once")?;
+            tasks.push(actix_rt::spawn(forward_file_changes(changes, agents.clone())));
+            (
+                NodeHandle::Master { name, listener, cluster_addr, started_ms, registry: registry.clone(), agents },
+                Enroller::Master(registry),
+            )
+        }
+        (Store::Worker(replica), None, Some(master)) => {
+            let replica = StoreHandle::spawn(&format!("{name}-replica"), replica, Replica::seq)
+                .context("cannot start the replica thread")?;
+            info!(node = name.as_str(); "starting worker of cluster {:?} (cipher {})", config.cluster.name, config.cluster.cipher);
+            let agents = AgentHub::new(shared.clone(), KeySource::Worker(replica.clone())).launch();
+            let services = WorkerServices { replica: replica.clone(), agents: Some(agents.clone()) };
+            let link = WorkerLink::new(settings, master.clone(), services).start();
+            (
+                NodeHandle::Worker { name, link: link.clone(), master, started_ms, replica, agents },
+                Enroller::Worker(link),
+            )
+        }
+        _ => anyhow::bail!("node.role and the cluster settings disagree"),
+    };
+    let enroll_settings = Arc::new(EnrollmentSettings {
+        node_name: handle.name().to_string(),
+        password: config.enrollment.password.clone(),
+        timeout: config.enrollment.timeout,
+        tls,
+    });
+    tasks.push(enrollment::serve(enroll_listener, enroll_settings, enroller));
+    info!(node = handle.name(); "enrollment listening on {enrollment_addr} (TLS)");
+    tasks.push(actix_rt::spawn(session::serve(agent_tcp, AgentHub::link(handle.hub()), shared)));
+    info!(node = handle.name(); "agent connections listening on {agents_addr}");
+    let api = match crate::api::start(api_listener, handle.clone(), config.api.token.clone()) {
+        Ok(api) => api,
+        Err(e) => {
+            // The actors exist now: stop them and let them run their stop before returning.
+            kill_actors(&handle);
+            for t in &tasks {
+                t.abort();
+            }
+            tokio::task::yield_now().await;
+            return Err(e).with_context(|| format!("cannot serve the API on {api_addr}"));
+        }
+    };
+    info!(node = handle.name(); "API listening on http://{api_addr}");
+    Ok(RunningNode { handle, api_addr, enrollment_addr, agents_addr, api, tasks })
+}
+
+/// Carries the master's file changes to its agent hub (merged.mg pushes).
+async fn forward_file_changes(
+    mut changes: tokio::sync::broadcast::Receiver<wazuh_cluster_actors::jobs::local::FilesChanged>,
+    hub: Addr<AgentHub>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let paths = match changes.recv().await {
+            Ok(change) => change.delta.as_ref().map(|d| d.paths()),
+            // Missed some: any group may have changed.
+            Err(RecvError::Lagged(_)) => None,
+            Err(RecvError::Closed) => return,
+        };
+        if hub.send(SharedChanged(paths)).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn kill_actors(handle: &NodeHandle) {
+    match handle {
+        NodeHandle::Master { listener, .. } => listener.do_send(master::Kill),
+        NodeHandle::Worker { link, .. } => link.do_send(worker::Kill),
+    }
+}
+
+impl RunningNode {
+    /// Graceful stop, joined: stop accepting (cluster, enrollment, agents, API), close the agent
+    /// connections, say goodbye to peers and wait (bounded) for each connection and its jobs to
+    /// stop, then let the API finish its requests.
+    pub async fn shutdown(&self, reason: &str) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let api = self.api.stop(true);
+        let _ = self.handle.hub().send(CloseAll(reason.to_string())).await;
+        match &self.handle {
+            NodeHandle::Master { listener, .. } => {
+                let _ = listener.send(master::Shutdown { reason: reason.into() }).await;
+            }
+            NodeHandle::Worker { link, .. } => {
+                let _ = link.send(worker::Shutdown { reason: reason.into() }).await;
+            }
+        }
+        api.await;
+    }
+
+    /// Abrupt stop, as a crash: sockets dropped without goodbyes (tests).
+    pub async fn kill(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        kill_actors(&self.handle);
+        let _ = self.handle.hub().send(CloseAll("the node was killed".into())).await;
+        self.api.stop(false).await;
+    }
+
+    /// Resolves if the node's store thread dies, with why (the node cannot go on without it).
+    pub async fn store_died(&self) -> String {
+        match &self.handle {
+            NodeHandle::Master { registry, .. } => {
+                format!("the agent registry thread stopped: {}", registry.stopped().await)
+            }
+            NodeHandle::Worker { replica, .. } => {
+                format!("the agent replica thread stopped: {}", replica.stopped().await)
+            }
+        }
+    }
+}
+
+/// SIGINT and SIGTERM, caught from the moment this is made (before the node starts, so that a
+/// signal sent as soon as the node logs anything stops it gracefully rather than killing it).
+pub struct Signals {
+    #[cfg(unix)]
+    term: actix_rt::signal::unix::Signal,
+    #[cfg(unix)]
+    int: actix_rt::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Starts catching the signals. Must run inside the actix system.
+    pub fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use actix_rt::signal::unix::{signal, SignalKind};
+            let term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
+            let int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
+            Ok(Self { term, int })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Resolves with the name of the next signal.
+    pub async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.int.recv() => "SIGINT",
+                _ = self.term.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = actix_rt::signal::ctrl_c().await;
+            "interrupt"
+        }
+    }
+}
+
+/// `wazuh-cluster run`: one node until SIGINT/SIGTERM (exit 0), or until its store dies (error).
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let psk = derive_psk(&config)?;
+    let name = config.node.name.clone();
+    actix_rt::System::new().block_on(async move {
+        let mut signals = Signals::install()?;
+        let node = start(&config, psk).await?;
+        let fatal = tokio::select! {
+            signal = signals.recv() => {
+                info!(node = name.as_str(); "{signal} received, shutting down");
+                None
+            }
+            died = node.store_died() => {
+                error!(node = name.as_str(); "{died}; shutting down");
+                Some(died)
+            }
+        };
+        node.shutdown(&format!("node {name} is shutting down")).await;
+        info!(node = name.as_str(); "stopped");
+        match fatal {
+            Some(why) => Err(anyhow::anyhow!(why)),
+            None => Ok(()),
+        }
+    })
+}
