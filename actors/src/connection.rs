@@ -462,12 +462,34 @@ impl InboundBudget {
     }
 }
 
-/// What the reader and the actor share: when a frame last arrived, and whether the reader is
-/// waiting for the inbound budget (then the peer is not silent, we are not reading).
+/// What the reader and the actor share: when bytes last arrived, how many frames did, and whether
+/// the reader is waiting for the inbound budget (then the peer is not silent, we are not reading).
 struct Activity {
-    last_frame: Cell<Instant>,
+    last_heard: Cell<Instant>,
     frames: Cell<u64>,
     throttled: Cell<bool>,
+}
+
+/// The socket's read side, noting each time bytes arrive: a peer sending one large frame over a
+/// slow link is not silent.
+struct Heard<R> {
+    inner: R,
+    activity: Rc<Activity>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Heard<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.last_heard.set(Instant::now());
+        }
+        polled
+    }
 }
 
 /// How a side of the socket ended.
@@ -578,7 +600,7 @@ impl<S: Side> ConnectionActor<S> {
             dispatch,
             owner,
             activity: Rc::new(Activity {
-                last_frame: Cell::new(Instant::now()),
+                last_heard: Cell::new(Instant::now()),
                 frames: Cell::new(0),
                 throttled: Cell::new(false),
             }),
@@ -618,6 +640,7 @@ impl<S: Side> Actor for ConnectionActor<S> {
             peer_role(S::LOCAL), self.peer.node_name, self.peer_addr, self.version, self.settings.suite);
         let Some(Socket { read, opener, sealer, write, out_rx }) = self.socket.take() else { return };
         let me = ctx.address();
+        let read: Box<dyn AsyncRead + Unpin> = Box::new(Heard { inner: read, activity: self.activity.clone() });
         let frames = FramedRead::new(read, SizedDecoder(opener));
         let reader = Reader {
             handle: self.handle.clone(),
@@ -646,10 +669,10 @@ impl<S: Side> Actor for ConnectionActor<S> {
         ctx.run_interval(check, |act, ctx| {
             if act.activity.throttled.get() {
                 // Not reading because our own jobs are behind: the peer is not silent.
-                act.activity.last_frame.set(Instant::now());
+                act.activity.last_heard.set(Instant::now());
                 return;
             }
-            let silent = act.activity.last_frame.get().elapsed();
+            let silent = act.activity.last_heard.get().elapsed();
             if silent > act.settings.peer_timeout() {
                 let reason = format!(
                     "no traffic for {:.1}s (limit {:.1}s)",
@@ -747,7 +770,7 @@ impl<S: Side> Handler<GetInfo> for ConnectionActor<S> {
             peer_addr: self.peer_addr,
             version: self.version,
             connected_since_ms: self.connected_since_ms,
-            idle_ms: self.activity.last_frame.get().elapsed().as_millis() as u64,
+            idle_ms: self.activity.last_heard.get().elapsed().as_millis() as u64,
             frames_received: self.activity.frames.get(),
             inbound_in_flight: self.budget.in_flight(self.settings.budgets.inbound_requests.max(1)),
             outbound_queued_bytes: out.out_budget_max.saturating_sub(out.out_budget.available_permits()),
@@ -781,7 +804,6 @@ impl<S: Side> Reader<S> {
                 None => return ("the peer closed the connection".into(), log::Level::Info),
             };
             self.activity.frames.set(self.activity.frames.get() + 1);
-            self.activity.last_frame.set(Instant::now());
             if let Err(err) = envelope.kind.check_from(peer_role(S::LOCAL)) {
                 return (err.to_string(), log::Level::Warn);
             }

@@ -48,10 +48,11 @@ pub struct Budgets {
 }
 
 impl Budgets {
-    /// The defaults for frames of up to `max_frame` bytes: 64 requests, two frames' worth of bytes
-    /// each way (so one frame of the largest size always fits).
+    /// The defaults for frames of up to `max_frame` bytes: 64 requests, and one frame's worth of
+    /// bytes each way (so a message of the largest size always fits, alone; small ones go many at
+    /// a time).
     pub fn for_frame(max_frame: usize) -> Self {
-        Self { inbound_requests: 64, inbound_bytes: 2 * max_frame, outbound_bytes: 2 * max_frame }
+        Self { inbound_requests: 64, inbound_bytes: max_frame, outbound_bytes: max_frame }
     }
 }
 

@@ -16,6 +16,7 @@ use wazuh_cluster_protocol::version::VersionRange;
 use wazuh_cluster_protocol::{CipherSuite, Psk, Role};
 
 pub mod cluster;
+pub mod process;
 
 /// Every log line of the test process, as `LEVEL [node] message`.
 fn lines() -> &'static Mutex<Vec<String>> {

@@ -200,18 +200,29 @@ async fn announce_file_changes(
     }
 }
 
-/// Wakes the connection's AgentGroupsSend each time the agent-groups table moves.
+/// Wakes the connection's AgentGroupsSend each time the agent-groups table moves. Ends when the
+/// job is gone for good (not when it restarts: a wake-up lost to a restart is sent again).
 async fn follow_groups(
     mut groups: tokio::sync::watch::Receiver<Option<crate::jobs::local::GroupsState>>,
     job: actix::WeakAddr<AgentGroupsSend>,
 ) {
+    let mut lost = 0;
     loop {
         let state = groups.borrow_and_update().clone();
         let Some(addr) = job.upgrade() else { return };
         // Waits for room: one wake-up at a time from here.
         if addr.send(GroupsMoved(state)).await.is_err() {
-            return;
+            if !addr.connected() {
+                return;
+            }
+            // Lost in a restart (the job panicked while handling it): send it again, a few
+            // times at most; after that the next change wakes it.
+            lost += 1;
+            if lost <= 3 {
+                continue;
+            }
         }
+        lost = 0;
         drop(addr);
         if groups.changed().await.is_err() {
             return;
