@@ -296,11 +296,7 @@ async fn conversation(
                         anyhow::ensure!(got == md5, "merged.mg MD5 {got}, announced {md5}");
                         agent.merged_sum = md5;
                         stats.pushes.fetch_add(1, Relaxed);
-                        let now = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.as_millis() as u64)
-                            .unwrap_or(0);
-                        stats.last_push_ms.fetch_max(now, Relaxed);
+                        stats.last_push_ms.fetch_max(wazuh_cluster_actors::clock::now_ms(), Relaxed);
                     } else if text.starts_with(b"#!-force_reconnect") {
                         return Ok(ConnEnd::Reconnect);
                     } else if text.starts_with(b"#!-err") {

@@ -248,3 +248,28 @@ async fn enroll_line(addr: std::net::SocketAddr, line: &str) -> String {
     let connector = wazuh_multi_node::sim::connector().expect("tls");
     wazuh_multi_node::sim::enroll_one(connector, addr.to_string(), line.to_string()).await.expect("enroll")
 }
+
+#[actix_rt::test]
+async fn an_idle_master_leaves_its_registry_idle_after_changes() {
+    let cluster = TestCluster::start("idle", 1).await;
+    let NodeHandle::Master { registry, .. } = &cluster.master().handle else { panic!("master") };
+    // Changes move the registry's sequence: the jobs following it must wake once per change, not
+    // for ever after.
+    for i in 0..5 {
+        let reply = enroll_line(cluster.master().enrollment_addr, &format!("OSSEC A:'idle-{i}'\n")).await;
+        assert!(reply.starts_with("OSSEC K:"), "{reply}");
+    }
+    let worker_keys = cluster.dir.path().join(cluster.worker_name(0)).join("etc/client.keys");
+    wait_until("the worker holds the 5 agents", WAIT, || {
+        let path = worker_keys.clone();
+        async move { std::fs::read_to_string(path).is_ok_and(|k| k.lines().count() == 5) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = registry.commands_run();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let per_second = registry.commands_run() - before;
+    // The periodic jobs (every 300 ms here) and the worker's status rounds ask a few dozen
+    // times a second at most; a job spinning on the registry asks thousands of times.
+    assert!(per_second < 100, "{per_second} registry commands in a second of idling");
+}

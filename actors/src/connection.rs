@@ -690,8 +690,9 @@ impl<S: Side> Actor for ConnectionActor<S> {
             task.abort();
         }
         if !self.closing {
-            // Not a graceful close: the jobs stop now, nobody waits for them.
-            actix_rt::spawn(self.dispatch.stop());
+            // Not a graceful close: the jobs are told to stop now; nobody waits for them (and
+            // nothing is spawned: this also runs while the runtime itself is being torn down).
+            drop(self.dispatch.stop());
         }
         let reason = self.close_reason.clone().unwrap_or_else(|| "closed".into());
         info!(node = self.node();

@@ -76,6 +76,7 @@ impl MasterServices {
         let local_agent_groups = crate::supervise::start(MAILBOX, Some(alive), move |_| LocalAgentGroups {
             core: groups_core,
             registry: reg,
+            position: None,
             state: sender,
             expired: 0,
         });
@@ -354,6 +355,9 @@ impl Handler<GetIntegrity> for LocalIntegrity {
 pub struct LocalAgentGroups {
     core: JobCore,
     registry: StoreHandle<Registry>,
+    /// The registry's change sequence, followed with one receiver (a fresh one would report every
+    /// change since the registry opened as new).
+    position: Option<watch::Receiver<u64>>,
     state: Arc<watch::Sender<Option<GroupsState>>>,
     expired: u64,
 }
@@ -405,18 +409,31 @@ impl LocalAgentGroups {
         }));
     }
 
-    /// Follows every commit of the registry, so changes reach the workers at once.
+    /// Follows every commit of the registry that moved its sequence, so changes reach the workers
+    /// at once.
     fn follow(&mut self, ctx: &mut Context<Self>) {
-        let mut watch = self.registry.watch();
+        let mut position = match self.position.take() {
+            Some(p) => p,
+            None => {
+                // (Re)started: from now on; the periodic pass publishes where the table is.
+                let mut p = self.registry.watch();
+                p.borrow_and_update();
+                p
+            }
+        };
         let registry = self.registry.clone();
         ctx.spawn(
             async move {
                 // `None`: the registry's thread has ended; nothing more will change.
-                watch.changed().await.ok()?;
-                Some(registry.run(|r| Ok((r.seq(), r.hash()))).await.ok())
+                if position.changed().await.is_err() {
+                    return (position, None);
+                }
+                let read = registry.run(|r| Ok((r.seq(), r.hash()))).await.ok();
+                (position, Some(read))
             }
             .into_actor(self)
-            .map(|state, act, ctx| {
+            .map(|(position, state), act, ctx| {
+                act.position = Some(position);
                 let Some(read) = state else { return };
                 // A failed read is caught up by the periodic pass.
                 if let Some((seq, hash)) = read {

@@ -80,11 +80,17 @@ pub struct StoreHandle<S> {
     tx: mpsc::Sender<Job<S>>,
     position: watch::Receiver<u64>,
     exit: watch::Receiver<Option<String>>,
+    commands: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<S> Clone for StoreHandle<S> {
     fn clone(&self) -> Self {
-        Self { tx: self.tx.clone(), position: self.position.clone(), exit: self.exit.clone() }
+        Self {
+            tx: self.tx.clone(),
+            position: self.position.clone(),
+            exit: self.exit.clone(),
+            commands: self.commands.clone(),
+        }
     }
 }
 
@@ -95,9 +101,11 @@ impl<S: Store> StoreHandle<S> {
         let (tx, mut rx): (mpsc::Sender<Job<S>>, _) = mpsc::channel(QUEUE);
         let (pos_tx, pos_rx) = watch::channel(position(&store));
         let (exit_tx, exit_rx) = watch::channel(None);
+        let commands = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = commands.clone();
         std::thread::Builder::new().name(name.into()).spawn(move || {
             let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                serve(&mut store, &mut rx, &pos_tx, position);
+                serve(&mut store, &mut rx, &pos_tx, position, &counted);
             }));
             let reason = match served {
                 Ok(()) => "every handle to it was dropped".to_string(),
@@ -105,7 +113,12 @@ impl<S: Store> StoreHandle<S> {
             };
             let _ = exit_tx.send(Some(reason));
         })?;
-        Ok(StoreHandle { tx, position: pos_rx, exit: exit_rx })
+        Ok(StoreHandle { tx, position: pos_rx, exit: exit_rx, commands })
+    }
+
+    /// Commands run so far (a figure for health, and for tests that an idle node stays idle).
+    pub fn commands_run(&self) -> u64 {
+        self.commands.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs `f` on the store thread inside a transaction; resolves once it is committed.
@@ -146,7 +159,9 @@ impl<S: Store> StoreHandle<S> {
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 
-    /// Resolves each time a commit moves the change sequence.
+    /// A receiver of the change sequence, moved by each commit that changed it. Keep it and call
+    /// `changed()` on it again and again: a new one reports as new every change since the store
+    /// opened (mark what it holds seen with `borrow_and_update` first).
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.position.clone()
     }
@@ -171,6 +186,7 @@ fn serve<S: Store>(
     rx: &mut mpsc::Receiver<Job<S>>,
     pos_tx: &watch::Sender<u64>,
     position: fn(&S) -> u64,
+    commands: &std::sync::atomic::AtomicU64,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
@@ -188,6 +204,7 @@ fn serve<S: Store>(
             }
             continue;
         }
+        commands.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let finishes: Vec<Finish> = batch.into_iter().map(|job| job(Ok(&mut *store))).collect();
         let outcome = match store.commit() {
             Ok(()) => Ok(()),

@@ -27,14 +27,43 @@ pub enum Start {
 }
 
 /// When rounds run: one at a time; a full round every interval; a delta round when the master
-/// announces a small change and this worker was in sync; anything asked for during a round runs
-/// (as a full round) right after it.
+/// announces a small change and this worker was in sync. What is asked for during a round runs right
+/// after it: announced changes, merged, as one delta round (when the round ended in sync), anything
+/// else as a full round.
 #[derive(Debug, Default)]
 pub struct Schedule {
     running: Option<RoundKind>,
-    again: bool,
+    next: Option<Queued>,
     in_sync: Option<bool>,
     have_manifest: bool,
+}
+
+/// What to run after the round that is running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Queued {
+    Full,
+    Delta(IntegrityChanged),
+}
+
+/// `later` applied after `earlier`: one change that leads from before `earlier` to after `later`.
+pub fn merge_deltas(earlier: IntegrityChanged, later: IntegrityChanged) -> IntegrityChanged {
+    let mut changed: std::collections::BTreeMap<String, FileMeta> =
+        earlier.changed.into_iter().map(|m| (m.path.clone(), m)).collect();
+    let mut removed: std::collections::BTreeSet<String> = earlier.removed.into_iter().collect();
+    for path in later.removed {
+        changed.remove(&path);
+        removed.insert(path);
+    }
+    for meta in later.changed {
+        removed.remove(&meta.path);
+        changed.insert(meta.path.clone(), meta);
+    }
+    IntegrityChanged {
+        master_digest: later.master_digest,
+        delta: true,
+        changed: changed.into_values().collect(),
+        removed: removed.into_iter().collect(),
+    }
 }
 
 impl Schedule {
@@ -49,7 +78,7 @@ impl Schedule {
     /// The interval elapsed (or a full comparison is wanted).
     pub fn tick(&mut self) -> Start {
         if self.running.is_some() {
-            self.again = true;
+            self.next = Some(Queued::Full);
             return Start::Wait;
         }
         self.running = Some(RoundKind::Full);
@@ -58,13 +87,19 @@ impl Schedule {
 
     /// The master announced a change of its files.
     pub fn announced(&mut self, change: IntegrityChanged) -> Start {
-        let can_apply_delta = change.delta && self.have_manifest && self.in_sync == Some(true);
-        if !can_apply_delta {
+        if !change.delta || !self.have_manifest {
             return self.tick();
         }
         if self.running.is_some() {
-            self.again = true;
+            self.next = Some(match self.next.take() {
+                None => Queued::Delta(change),
+                Some(Queued::Delta(queued)) => Queued::Delta(merge_deltas(queued, change)),
+                Some(Queued::Full) => Queued::Full,
+            });
             return Start::Wait;
+        }
+        if self.in_sync != Some(true) {
+            return self.tick();
         }
         self.running = Some(RoundKind::Delta);
         Start::Delta(change)
@@ -75,19 +110,22 @@ impl Schedule {
         let kind = self.running.take();
         self.have_manifest = true;
         self.in_sync = Some(in_sync);
-        // A delta that did not reach the master's digest is followed by a full comparison.
-        let follow_up = std::mem::take(&mut self.again) || (kind == Some(RoundKind::Delta) && !in_sync);
-        if follow_up {
-            self.tick()
-        } else {
-            Start::Wait
+        match self.next.take() {
+            Some(Queued::Delta(change)) if in_sync => {
+                self.running = Some(RoundKind::Delta);
+                Start::Delta(change)
+            }
+            Some(_) => self.tick(),
+            // A delta that did not reach the master's digest is followed by a full comparison.
+            None if kind == Some(RoundKind::Delta) && !in_sync => self.tick(),
+            None => Start::Wait,
         }
     }
 
     /// The running round failed: the job restarts (after its back-off) and starts over.
     pub fn aborted(&mut self) {
         self.running = None;
-        self.again = false;
+        self.next = None;
     }
 }
 
@@ -248,14 +286,53 @@ mod tests {
         assert_eq!(s.finished(false), Start::Full);
     }
 
+    fn delta(digest: &str, changed: &[(&str, &str)], removed: &[&str]) -> IntegrityChanged {
+        IntegrityChanged {
+            master_digest: digest.into(),
+            delta: true,
+            changed: changed.iter().map(|(p, m)| meta(p, 1, m)).collect(),
+            removed: removed.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
     #[test]
-    fn an_announcement_during_a_round_runs_after_it_as_a_full_round() {
+    fn announcements_during_a_round_run_after_it_as_one_merged_delta() {
+        let mut s = Schedule::default();
+        assert_eq!(s.tick(), Start::Full);
+        assert_eq!(s.finished(true), Start::Wait);
+        let first = delta("d1", &[("etc/rules/a", "1")], &[]);
+        assert_eq!(s.announced(first.clone()), Start::Delta(first));
+        // Two more while it runs (the same file written twice, one removed).
+        assert_eq!(s.announced(delta("d2", &[("etc/rules/a", "2"), ("etc/rules/b", "1")], &[])), Start::Wait);
+        assert_eq!(s.announced(delta("d3", &[], &["etc/rules/b", "etc/rules/c"])), Start::Wait);
+        assert_eq!(
+            s.finished(true),
+            Start::Delta(delta("d3", &[("etc/rules/a", "2")], &["etc/rules/b", "etc/rules/c"]))
+        );
+        assert_eq!(s.finished(true), Start::Wait);
+    }
+
+    #[test]
+    fn a_queued_delta_after_a_round_that_missed_the_digest_becomes_a_full_round() {
         let mut s = Schedule::default();
         assert_eq!(s.tick(), Start::Full);
         assert_eq!(s.finished(true), Start::Wait);
         assert_eq!(s.announced(change(true)), Start::Delta(change(true)));
         assert_eq!(s.announced(change(true)), Start::Wait);
+        assert_eq!(s.finished(false), Start::Full);
+        // A tick queued with a delta wins: one full round.
+        assert_eq!(s.announced(change(true)), Start::Wait);
+        assert_eq!(s.tick(), Start::Wait);
         assert_eq!(s.finished(true), Start::Full);
+    }
+
+    #[test]
+    fn merging_deltas_keeps_the_last_word_on_each_path() {
+        let merged = merge_deltas(
+            delta("d1", &[("etc/rules/a", "1"), ("etc/rules/gone", "1")], &["etc/rules/back"]),
+            delta("d2", &[("etc/rules/back", "2")], &["etc/rules/gone"]),
+        );
+        assert_eq!(merged, delta("d2", &[("etc/rules/a", "1"), ("etc/rules/back", "2")], &["etc/rules/gone"]));
     }
 
     #[test]
