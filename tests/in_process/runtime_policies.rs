@@ -3,7 +3,7 @@
 //! complete; restarted jobs never receive a change twice; a panic is counted and the job serves
 //! again.
 
-mod common;
+use crate::common;
 
 use common::cluster::TestCluster;
 use common::*;

@@ -2,7 +2,7 @@
 //! master crash, dropped workers, and the HTTP API. Real sockets, real nodes, millisecond timers;
 //! every wait is on a condition, none is a fixed sleep.
 
-mod common;
+use crate::common;
 
 use actix::Actor;
 use common::cluster::TestCluster;

@@ -3,7 +3,7 @@
 //! back; a hostile worker cannot read outside the master's roots; a master whose root is missing
 //! does not make workers delete their copies.
 
-mod common;
+use crate::common;
 
 use common::cluster::TestCluster;
 use common::*;

@@ -1,7 +1,7 @@
 //! Agent enrollment on every node (TLS, port 1515 in production): the exact replies, forwarding
 //! through a worker, replication of keys to every worker, and bad input on the socket.
 
-mod common;
+use crate::common;
 
 use common::cluster::TestCluster;
 use common::*;

@@ -1,7 +1,7 @@
 //! End to end: the real `wazuh-cluster` binary, started as separate processes with the example
 //! configs from `deploy/`, talking over loopback.
 
-mod common;
+use crate::common;
 
 use common::process::*;
 use std::path::Path;

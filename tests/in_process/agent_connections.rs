@@ -1,7 +1,7 @@
 //! Agent connections (TCP 1514) on a master and two workers, in one process with real sockets:
 //! the conversation, statuses reaching the master, deletion, merged.mg pushes and bad input.
 
-mod common;
+use crate::common;
 
 use common::cluster::{TestCluster, API_TOKEN};
 use common::*;

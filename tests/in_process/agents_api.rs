@@ -1,7 +1,7 @@
 //! Agents and groups through the HTTP API of the master and of a worker (which forwards changes):
 //! deletion reaches every replica, group changes reach every node, and changes need the token.
 
-mod common;
+use crate::common;
 
 use common::cluster::{TestCluster, API_TOKEN};
 use common::*;

@@ -1,7 +1,7 @@
 //! Socket-level bad input against a real master listening on loopback: every case closes the
 //! connection with a clear log line naming the peer, nothing panics, and the master keeps serving.
 
-mod common;
+use crate::common;
 
 use bytes::BytesMut;
 use common::*;
