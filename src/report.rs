@@ -84,40 +84,56 @@ pub fn groups_table(body: &Value) -> String {
     table(&["GROUP", "AGENTS"], &rows)
 }
 
-/// `GET /cluster/healthcheck` as a table: one row per actor.
+/// `GET /cluster/healthcheck` as a table: one row per actor, its figures and last error on indented
+/// lines below it (they do not widen the columns).
 pub fn health_table(body: &Value) -> String {
-    let mut rows = Vec::new();
+    let header = ["NODE", "TYPE", "ACTOR", "STATE", "RUNS/FAIL/RESTARTS", "LAST RUN"];
+    let mut rows: Vec<(Vec<String>, Vec<String>)> = Vec::new();
     for node in items(body) {
         let actors = node["actors"].as_array().cloned().unwrap_or_default();
         if actors.is_empty() {
-            rows.push(vec![s(&node["name"]), s(&node["type"]), "-".into(), "-".into(), "-".into(), "-".into()]);
+            let row = vec![s(&node["name"]), s(&node["type"]), "-".into(), "-".into(), "-".into(), "-".into()];
+            rows.push((row, Vec::new()));
         }
         for a in actors {
-            rows.push(vec![
+            let kind = a["kind"].as_str().filter(|k| !k.is_empty()).map(|k| format!(", {k}")).unwrap_or_default();
+            let panics = a["panics"].as_u64().filter(|p| *p > 0).map(|p| format!(" ({p} panics)")).unwrap_or_default();
+            let row = vec![
                 s(&node["name"]),
                 s(&node["type"]),
-                format!("{} ({})", s(&a["name"]), s(&a["end"])),
+                format!("{} ({}{kind})", s(&a["name"]), s(&a["end"])),
                 s(&a["state"]),
-                format!("{}/{}/{}", s(&a["runs"]), s(&a["failures"]), s(&a["restarts"])),
+                format!("{}/{}/{}{panics}", s(&a["runs"]), s(&a["failures"]), s(&a["restarts"])),
                 s(&a["last_run"]),
-            ]);
+            ];
+            let mut extra = Vec::new();
             if let Some(details) = a["details"].as_object().filter(|d| !d.is_empty()) {
-                let text = details.iter().map(|(k, v)| format!("{k}={}", s(v))).collect::<Vec<_>>().join(" ");
-                rows.push(vec![String::new(), String::new(), String::new(), text, String::new(), String::new()]);
+                extra.push(details.iter().map(|(k, v)| format!("{k}={}", s(v))).collect::<Vec<_>>().join(" "));
             }
             if let Some(err) = a["last_error"].as_str() {
-                rows.push(vec![
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                    format!("last error: {err}"),
-                    String::new(),
-                    String::new(),
-                ]);
+                extra.push(format!("last error: {err}"));
             }
+            rows.push((row, extra));
         }
     }
-    table(&["NODE", "TYPE", "ACTOR", "STATE", "RUNS/FAIL/RESTARTS", "LAST RUN"], &rows)
+    let main: Vec<Vec<String>> = rows.iter().map(|(r, _)| r.clone()).collect();
+    let table = table(&header, &main);
+    let mut lines = table.lines();
+    let mut out = String::new();
+    if let Some(head) = lines.next() {
+        out.push_str(head);
+        out.push('\n');
+    }
+    for ((_, extra), line) in rows.iter().zip(lines) {
+        out.push_str(line);
+        out.push('\n');
+        for e in extra {
+            out.push_str("    ");
+            out.push_str(e);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -136,5 +152,24 @@ mod tests {
         assert!(lines[0].starts_with("NAME      TYPE"));
         assert!(lines[2].starts_with("worker-1  worker"));
         assert!(lines[1].ends_with('-'), "null shows as -: {}", lines[1]);
+    }
+
+    #[test]
+    fn health_figures_go_below_their_actor_without_widening_the_columns() {
+        let body = serde_json::json!({"data": {"affected_items": [
+            {"name": "w1", "type": "worker", "actors": [
+                {"name": "Integrity", "end": "worker", "kind": "periodic", "state": "running", "runs": 3,
+                 "failures": 1, "panics": 1, "restarts": 1, "last_run": "t",
+                 "details": {"missing": 2, "in_sync": 1, "a_rather_long_figure_name_that_would_widen": 12345},
+                 "last_error": "panicked: boom"}
+            ]}
+        ]}});
+        let t = health_table(&body);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(lines[1].contains("Integrity (worker, periodic)") && lines[1].contains("3/1/1 (1 panics)"), "{t}");
+        assert!(lines[2].starts_with("    ") && lines[2].contains("missing=2"), "{t}");
+        assert_eq!(lines[3], "    last error: panicked: boom");
+        assert!(lines[0].len() < 100, "the figures widened the header: {}", lines[0]);
     }
 }

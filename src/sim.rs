@@ -198,7 +198,7 @@ pub async fn run_agent(
     keepalive: std::time::Duration,
     until: tokio::time::Instant,
     stats: Arc<ConnStats>,
-    mut cmds: tokio::sync::mpsc::UnboundedReceiver<AgentCmd>,
+    mut cmds: tokio::sync::mpsc::Receiver<AgentCmd>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     let mut idx = first;
@@ -228,7 +228,7 @@ async fn agent_conn(
     keepalive: std::time::Duration,
     until: tokio::time::Instant,
     stats: &ConnStats,
-    cmds: &mut tokio::sync::mpsc::UnboundedReceiver<AgentCmd>,
+    cmds: &mut tokio::sync::mpsc::Receiver<AgentCmd>,
 ) -> anyhow::Result<ConnEnd> {
     use std::sync::atomic::Ordering::Relaxed;
     let mut stream = tokio::time::timeout(std::time::Duration::from_secs(5), TcpStream::connect(addr)).await??;
@@ -254,7 +254,7 @@ async fn conversation(
     keepalive: std::time::Duration,
     until: tokio::time::Instant,
     stats: &ConnStats,
-    cmds: &mut tokio::sync::mpsc::UnboundedReceiver<AgentCmd>,
+    cmds: &mut tokio::sync::mpsc::Receiver<AgentCmd>,
 ) -> anyhow::Result<ConnEnd> {
     use std::sync::atomic::Ordering::Relaxed;
     let (mut rd, mut wr) = stream.split();

@@ -163,7 +163,8 @@ async fn connect(args: &Args, keys: &[String]) -> anyhow::Result<serde_json::Val
     let mut controls = Vec::new();
     for (i, line) in keys.iter().enumerate() {
         let agent = SimAgent::from_key_line(line).ok_or_else(|| anyhow::anyhow!("bad key line {line:?}"))?;
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        // One command at a time per agent (the benchmark waits for each to show on the master).
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
         controls.push((agent.id.clone(), tx));
         let (addrs, stats) = (addrs.clone(), stats.clone());
         tasks.push(actix_rt::spawn(run_agent(agent, addrs, i, Duration::from_secs(args.keepalive), until, stats, rx)));
@@ -183,7 +184,7 @@ async fn connect(args: &Args, keys: &[String]) -> anyhow::Result<serde_json::Val
             let (id, tx) = &controls[k * controls.len() / args.status_samples];
             let value = format!("{}-{k}", std::process::id());
             let t0 = Instant::now();
-            let _ = tx.send(AgentCmd::Label(value.clone()));
+            let _ = tx.send(AgentCmd::Label(value.clone())).await;
             let (api, path) = (api.clone(), format!("/agents/{id}"));
             loop {
                 let (api, path) = (api.clone(), path.clone());
