@@ -204,7 +204,7 @@ where
     let (node, peer) = act.names();
     let who = (node.to_string(), peer.to_string());
     let fut = ctx.into_future(act);
-    actix_rt::spawn(Guard { fut, health, who, _alive: alive });
+    actix_rt::spawn(Guard { fut, health, who, pause: None, _alive: alive });
     addr
 }
 
@@ -212,6 +212,9 @@ struct Guard<A: Guarded> {
     fut: ContextFut<A, Context<A>>,
     health: JobHealth,
     who: (String, String),
+    /// After panics in a row with no pause between them (a job that panics as soon as it starts),
+    /// the restart waits out the back-off here instead of looping.
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
     _alive: Option<Alive>,
 }
 
@@ -220,6 +223,13 @@ impl<A: Guarded> Future for Guard<A> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        if let Some(pause) = this.pause.as_mut() {
+            if pause.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.pause = None;
+        }
+        let mut panicked = false;
         loop {
             let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(&mut this.fut).poll(cx)));
             match polled {
@@ -230,6 +240,18 @@ impl<A: Guarded> Future for Guard<A> {
                     let delay = this.health.failed(&format!("panicked: {message}"), true);
                     error!(node = this.who.0.as_str(); "job {} for {} panicked: {message}; restarting it in {} ms",
                         this.health.name(), this.who.1, delay.as_millis());
+                    if std::mem::replace(&mut panicked, true) {
+                        // The second panic without the job ever waiting: pause before the next start.
+                        if this.health.state() == JobState::Stopped || !this.fut.restart() {
+                            return Poll::Ready(());
+                        }
+                        let mut pause = Box::pin(tokio::time::sleep(delay));
+                        if pause.as_mut().poll(cx).is_pending() {
+                            this.pause = Some(pause);
+                            return Poll::Pending;
+                        }
+                        continue;
+                    }
                 }
             }
             // Stopped (after a failure) or panicked: restart in place, unless it was stopped for
@@ -366,6 +388,53 @@ mod tests {
         health.set_state(JobState::Stopped);
         assert!(addr.send(Boom(true)).await.is_err());
         tokio::time::timeout(Duration::from_secs(5), all_stopped.wait()).await.unwrap();
+    }
+
+    /// A job that panics as soon as it starts.
+    struct Doomed {
+        health: JobHealth,
+        starts: Arc<Mutex<u32>>,
+    }
+
+    impl Actor for Doomed {
+        type Context = Context<Self>;
+        fn started(&mut self, _: &mut Context<Self>) {
+            *self.starts.lock().unwrap() += 1;
+            panic!("broken from the start");
+        }
+    }
+
+    impl Supervised for Doomed {}
+
+    impl Guarded for Doomed {
+        fn health(&self) -> &JobHealth {
+            &self.health
+        }
+        fn names(&self) -> (&str, &str) {
+            ("node", "peer")
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_job_that_panics_whenever_it_starts_waits_out_its_back_off_instead_of_looping() {
+        tokio::time::pause();
+        let health =
+            JobHealth::new("Doomed", JobKind::Periodic, Backoff::new(Duration::from_secs(1), Duration::from_secs(8)));
+        let starts = Arc::new(Mutex::new(0));
+        let (h, s) = (health.clone(), starts.clone());
+        let _addr = start(16, None, move |_| Doomed { health: h, starts: s });
+        tokio::task::yield_now().await;
+        let early = *starts.lock().unwrap();
+        assert!(early <= 2, "{early} starts before any time passed");
+        // 20 s of back-offs growing from 1 s (0.5-1 s, 1-2 s, 2-4 s, 4-8 s, 4-8 s...): a handful of
+        // starts, not thousands.
+        for _ in 0..200 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            tokio::task::yield_now().await;
+        }
+        let later = *starts.lock().unwrap();
+        assert!(later > early && later <= 9, "{later} starts in 20 s");
+        assert_eq!(health.snapshot().panics as u32, later);
     }
 
     #[actix_rt::test]
