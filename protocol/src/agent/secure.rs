@@ -7,8 +7,10 @@
 //! counter, `:` and the message. Every check a receiver makes is a distinct [`SecureError`].
 
 use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, BlockEncryptMut, KeyIvInit};
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use md5::{Digest, Md5};
-use std::io::{Read, Write};
+use std::cell::RefCell;
+use std::io::Write;
 
 /// Largest frame payload, and largest inflated body.
 pub const MAX_PAYLOAD: usize = 65536;
@@ -140,16 +142,70 @@ pub fn decrypt(key: &[u8; 32], ciphertext: &[u8]) -> Result<Message, SecureError
     })
 }
 
+thread_local! {
+    // One compressor and one decompressor per thread, reset for each message: making new ones costs
+    // more than the message itself (their state is hundreds of kilobytes to allocate and clear).
+    static DEFLATE: RefCell<Compress> = RefCell::new(Compress::new(Compression::fast(), true));
+    static INFLATE: RefCell<Decompress> = RefCell::new(Decompress::new(true));
+}
+
+/// Deflates `data` as one zlib stream.
+fn deflate(data: &[u8]) -> Vec<u8> {
+    DEFLATE.with(|c| {
+        let mut c = c.borrow_mut();
+        c.reset();
+        let mut out = Vec::with_capacity(data.len() / 2 + 64);
+        loop {
+            let consumed = c.total_in() as usize;
+            let input = data.get(consumed..).unwrap_or_default();
+            match c.compress_vec(input, &mut out, FlushCompress::Finish) {
+                Ok(Status::StreamEnd) => return out,
+                // More room wanted: grow and go on.
+                Ok(_) => out.reserve(out.capacity().max(64)),
+                // Compressing into a growable buffer cannot fail; should it, fall back.
+                Err(_) => {
+                    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), Compression::fast());
+                    let _ = z.write_all(data);
+                    return z.finish().unwrap_or_default();
+                }
+            }
+        }
+    })
+}
+
 /// Inflates a zlib stream, refusing more than [`MAX_PAYLOAD`] bytes of output; bytes after the end of
 /// the stream are ignored.
 fn inflate_capped(data: &[u8]) -> Result<Vec<u8>, SecureError> {
-    let mut out = Vec::with_capacity(data.len() * 4);
-    let mut decoder = flate2::read::ZlibDecoder::new(data).take(MAX_PAYLOAD as u64 + 1);
-    decoder.read_to_end(&mut out).map_err(|e| SecureError::BadZlib(e.to_string()))?;
-    if out.len() > MAX_PAYLOAD {
-        return Err(SecureError::TooLarge);
-    }
-    Ok(out)
+    INFLATE.with(|d| {
+        let mut d = d.borrow_mut();
+        d.reset(true);
+        let mut out = Vec::with_capacity((data.len() * 4).clamp(64, MAX_PAYLOAD + 1));
+        loop {
+            let (in_before, out_before) = (d.total_in(), d.total_out());
+            let input = data.get(d.total_in() as usize..).unwrap_or_default();
+            let status = d
+                .decompress_vec(input, &mut out, FlushDecompress::None)
+                .map_err(|e| SecureError::BadZlib(e.to_string()))?;
+            if out.len() > MAX_PAYLOAD {
+                return Err(SecureError::TooLarge);
+            }
+            match status {
+                Status::StreamEnd => return Ok(out),
+                _ if out.len() == out.capacity() => {
+                    // Out of room: grow up to one byte past the cap (which then refuses it).
+                    let room = (out.capacity() * 2).min(MAX_PAYLOAD + 1) - out.len();
+                    if room == 0 {
+                        return Err(SecureError::TooLarge);
+                    }
+                    out.reserve_exact(room);
+                }
+                _ if d.total_in() == in_before && d.total_out() == out_before => {
+                    return Err(SecureError::BadZlib("the stream ends before its end".into()));
+                }
+                _ => {}
+            }
+        }
+    })
 }
 
 /// The counters a sender puts in each message: `local` wraps at 9997 into `global`.
@@ -181,10 +237,7 @@ pub fn encrypt(key: &[u8; 32], header: &[u8], counters: Counters, random: u32, m
     body.extend_from_slice(message);
     let sum = md5_hex(&body[32..]);
     body[..32].copy_from_slice(&sum);
-    let mut z = flate2::write::ZlibEncoder::new(Vec::with_capacity(body.len() / 2 + 16), flate2::Compression::fast());
-    // Writing to a Vec cannot fail.
-    let _ = z.write_all(&body);
-    let comp = z.finish().unwrap_or_default();
+    let comp = deflate(&body);
     let bangs = 8 - comp.len() % 8;
     let mut plain = Vec::with_capacity(bangs + comp.len() + 16);
     plain.resize(bangs, b'!');
@@ -205,35 +258,60 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
 }
 
 /// Incremental frame reader over a byte buffer: complete payloads, or how the stream went wrong.
+///
+/// Consumed bytes are dropped once per [`FrameBuffer::extend`] (not once per frame), and a buffer
+/// left empty gives its memory back, so an idle connection holds no buffer at all.
 #[derive(Debug, Default)]
 pub struct FrameBuffer {
     buf: Vec<u8>,
+    /// Where the next frame starts in `buf`.
+    start: usize,
 }
+
+/// Capacity an empty buffer may keep; more is released.
+const KEEP_CAPACITY: usize = 4096;
 
 impl FrameBuffer {
     pub fn extend(&mut self, data: &[u8]) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(data);
     }
 
     /// The next complete payload, `Ok(None)` if more bytes are needed, or an error when the length
     /// prefix is over the limit (the connection must be closed).
     pub fn next_payload(&mut self) -> Result<Option<Vec<u8>>, SecureError> {
-        let Some(prefix) = self.buf.get(..4) else { return Ok(None) };
+        let rest = &self.buf[self.start..];
+        let Some(prefix) = rest.get(..4) else { return Ok(self.settle()) };
         let len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
         if len > MAX_PAYLOAD {
             return Err(SecureError::TooLong(len));
         }
-        if self.buf.len() < 4 + len {
-            return Ok(None);
+        if rest.len() < 4 + len {
+            return Ok(self.settle());
         }
-        let payload = self.buf[4..4 + len].to_vec();
-        self.buf.drain(..4 + len);
+        let payload = rest[4..4 + len].to_vec();
+        self.start += 4 + len;
         Ok(Some(payload))
+    }
+
+    /// Nothing complete is left: frees the buffer if it is empty and large.
+    fn settle(&mut self) -> Option<Vec<u8>> {
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+            if self.buf.capacity() > KEEP_CAPACITY {
+                self.buf = Vec::new();
+            }
+        }
+        None
     }
 
     /// Bytes buffered but not yet a complete frame.
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 }
 
@@ -275,5 +353,26 @@ mod tests {
         assert_eq!(fb.next_payload().unwrap(), None);
         fb.extend(&65537u32.to_le_bytes());
         assert_eq!(fb.next_payload().unwrap_err(), SecureError::TooLong(65537));
+    }
+
+    #[test]
+    fn a_drained_buffer_gives_its_memory_back_and_keeps_a_partial_frame() {
+        let mut fb = FrameBuffer::default();
+        let big = vec![b'x'; 60_000];
+        let mut wire = Vec::new();
+        for _ in 0..3 {
+            wire.extend(frame(&big));
+        }
+        wire.extend(&frame(b"tail")[..6]);
+        fb.extend(&wire);
+        for _ in 0..3 {
+            assert_eq!(fb.next_payload().unwrap().unwrap().len(), 60_000);
+        }
+        assert_eq!(fb.next_payload().unwrap(), None);
+        assert_eq!(fb.pending(), 6, "the start of the next frame is kept");
+        fb.extend(&frame(b"tail")[6..]);
+        assert_eq!(fb.next_payload().unwrap().unwrap(), b"tail");
+        assert_eq!(fb.next_payload().unwrap(), None);
+        assert_eq!((fb.pending(), fb.buf.capacity()), (0, 0), "an idle buffer holds no memory");
     }
 }
