@@ -49,7 +49,8 @@ sim=$!
 pids+=("$sim")
 # Memory once every agent is connected (sampled while agent-sim measures).
 for _ in $(seq 600); do
-  active=$("$bin" agents --api "http://127.0.0.1:$mapi" --json 2>/dev/null | grep -o '"status": *"active"' | wc -l || true)
+  active=$("$bin" agents summary --api "http://127.0.0.1:$mapi" --json 2>/dev/null \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["connection"]["active"])' 2>/dev/null || echo 0)
   [ "$active" -ge "$agents" ] && break
   sleep 1
 done

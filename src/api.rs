@@ -6,8 +6,10 @@
 //! - `GET /cluster/healthcheck`: per node, the status of every actor (state, runs, failures,
 //!   restarts, last run, last error); for each worker, both ends of its connection.
 //! - `GET /health`: 200 while the node serves (master listening, worker connected), 503 otherwise.
-//! - `GET /agents[?status=&node=&group=&keys=true]`, `GET /agents/{id}`: the master answers from its
-//!   registry, a worker from its replica; keys only for loopback clients that ask.
+//! - `GET /agents[?offset=&limit=&sort=&status=&node_name=&group=&keys=true]`, `GET /agents/{id}`:
+//!   the master answers from its registry, a worker from its replica; one page at a time (default
+//!   500, at most 100,000, as Wazuh's API); keys only for loopback clients that ask.
+//! - `GET /agents/summary/status`: counts by status, configuration status and node (no agent read).
 //! - `PUT /agents/reconnect[?agents_list=001,002][&node=NAME]`: `#!-force_reconnect` to agents.
 //! - `DELETE /agents/{id}`, `GET /groups`, `POST /groups` (`{"group_id": "linux"}`),
 //!   `DELETE /groups/{group}`, `PUT|DELETE /agents/{id}/group/{group}`: changes need
@@ -18,6 +20,7 @@ use actix_web::dev::ServerHandle;
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use serde::Serialize;
+use wazuh_cluster_actors::registry::query::{parse_sort, AgentQuery};
 use wazuh_cluster_protocol::message::{AdminError, AdminRequest};
 
 /// Wazuh's envelope around a list of items.
@@ -59,37 +62,71 @@ async fn health(node: web::Data<NodeHandle>) -> HttpResponse {
 }
 
 #[derive(serde::Deserialize)]
-struct AgentQuery {
+struct AgentsParams {
     status: Option<String>,
+    /// Wazuh's name for it; `node` is accepted too.
+    node_name: Option<String>,
     node: Option<String>,
     group: Option<String>,
+    offset: Option<u64>,
+    limit: Option<u64>,
+    /// `+name,-id`: see [`parse_sort`].
+    sort: Option<String>,
     /// Include each agent's key (loopback only).
     keys: Option<bool>,
 }
 
+/// `GET /agents`: one page (`offset`, `limit` default 500 and at most 100,000, `sort`), filtered
+/// by `status`, `node_name`, `group`; `total_affected_items` counts every match.
 async fn agents(
     node: web::Data<NodeHandle>,
-    query: web::Query<AgentQuery>,
+    query: web::Query<AgentsParams>,
     req: actix_web::HttpRequest,
 ) -> HttpResponse {
     let loopback = req.peer_addr().is_some_and(|a| a.ip().is_loopback());
-    let with_keys = query.keys.unwrap_or(false);
+    let p = query.into_inner();
+    let with_keys = p.keys.unwrap_or(false);
     if with_keys && !loopback {
         return HttpResponse::Forbidden().json(error_body(403, "agent keys are only served to loopback clients"));
     }
-    match node.agents(with_keys).await {
-        Ok(items) => {
-            let items: Vec<_> = items
-                .into_iter()
-                .filter(|a| query.status.as_ref().is_none_or(|s| a.status.as_ref() == Some(s)))
-                .filter(|a| query.node.as_ref().is_none_or(|n| a.node_name.as_ref() == Some(n)))
-                .filter(|a| query.group.as_ref().is_none_or(|g| a.group.contains(g)))
-                .collect();
-            HttpResponse::Ok().json(envelope(&items, "All selected agents information was returned"))
+    let sort = match p.sort.as_deref().map(parse_sort).transpose() {
+        Ok(s) => s.unwrap_or_default(),
+        Err(e) => return HttpResponse::BadRequest().json(error_body(400, &e.to_string())),
+    };
+    let q = AgentQuery {
+        status: p.status,
+        node: p.node_name.or(p.node),
+        group: p.group,
+        sort,
+        offset: p.offset.unwrap_or(0),
+        ..AgentQuery::default()
+    };
+    let q = match q.with_limit(p.limit) {
+        Ok(q) => q,
+        Err(e) => return HttpResponse::BadRequest().json(error_body(400, &e.to_string())),
+    };
+    match node.agents_page(q, with_keys).await {
+        Ok((total, items)) => {
+            let mut body = envelope(&items, "All selected agents information was returned");
+            body["data"]["total_affected_items"] = total.into();
+            HttpResponse::Ok().json(body)
         }
         Err(e) => {
             HttpResponse::ServiceUnavailable().json(error_body(503, &format!("the agent registry is unavailable: {e}")))
         }
+    }
+}
+
+/// `GET /agents/summary/status`: agents by connection status and configuration status (Wazuh's
+/// shape), and by node (`nodes`), from counters: no agent is read.
+async fn agents_summary(node: web::Data<NodeHandle>) -> HttpResponse {
+    match node.agent_summary().await {
+        Ok(summary) => HttpResponse::Ok().json(serde_json::json!({
+            "data": summary,
+            "message": "Agent summary was returned",
+            "error": 0,
+        })),
+        Err(e) => HttpResponse::ServiceUnavailable().json(error_body(503, &e.to_string())),
     }
 }
 
@@ -243,11 +280,9 @@ async fn unassign(
 async fn get_agent(node: web::Data<NodeHandle>, id: web::Path<String>) -> HttpResponse {
     let Some(num) = wazuh_cluster_actors::registry::parse_id(&id) else { return bad_id(&id) };
     let id = wazuh_cluster_actors::registry::fmt_id(num);
-    match node.agents_only(false, Some(num)).await {
-        Ok(items) => match items.into_iter().find(|a| a.id == id) {
-            Some(a) => HttpResponse::Ok().json(envelope(&[a], "Agent information was returned")),
-            None => HttpResponse::NotFound().json(error_body(404, &format!("no agent with id {id}"))),
-        },
+    match node.agent(num).await {
+        Ok(Some(a)) => HttpResponse::Ok().json(envelope(&[a], "Agent information was returned")),
+        Ok(None) => HttpResponse::NotFound().json(error_body(404, &format!("no agent with id {id}"))),
         Err(e) => HttpResponse::ServiceUnavailable().json(error_body(503, &e.to_string())),
     }
 }
@@ -255,11 +290,11 @@ async fn get_agent(node: web::Data<NodeHandle>, id: web::Path<String>) -> HttpRe
 /// Prometheus' scrape endpoint (see `metrics.rs`).
 async fn metrics(node: web::Data<NodeHandle>) -> HttpResponse {
     let nodes = node.healthcheck().await;
-    let agents = node.agents(false).await.ok();
+    let agents = node.agent_summary().await.ok();
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(crate::metrics::render(
         node.name(),
         &nodes,
-        agents.as_deref(),
+        agents.as_ref(),
     ))
 }
 
@@ -298,6 +333,7 @@ pub fn start(
             .route("/metrics", web::get().to(metrics))
             .route("/agents", web::get().to(agents))
             .route("/agents/reconnect", web::put().to(reconnect))
+            .route("/agents/summary/status", web::get().to(agents_summary))
             .route("/agents/{id}", web::get().to(get_agent))
             .route("/agents/{id}", web::delete().to(delete_agent))
             .route("/agents/{id}/group/{group}", web::put().to(assign))

@@ -3,7 +3,8 @@
 //! [`config`], [`logging`], [`views`] (what operators see, as plain values), [`metrics`] (views as
 //! Prometheus text), [`node::handle`] (observing and changing a running node), [`api`] (HTTP),
 //! [`node::startup`] (start, run, stop), [`client`] and [`report`] (the CLI), [`demo`], [`sim`]
-//! (the agent side, for the load generator and tests). The wire lives in `wazuh-cluster-protocol`, the actors in
+//! (the agent side, for the load generator and tests), [`procstat`] (a process's CPU and memory,
+//! for the load generator and benchmarks). The wire lives in `wazuh-cluster-protocol`, the actors in
 //! `wazuh-cluster-actors`.
 
 pub mod api;
@@ -13,6 +14,7 @@ pub mod demo;
 pub mod logging;
 pub mod metrics;
 pub mod node;
+pub mod procstat;
 pub mod report;
 pub mod sim;
 pub mod views;

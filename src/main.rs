@@ -87,6 +87,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AgentsAction {
+    /// Counts by status, configuration status and node (GET /agents/summary/status).
+    Summary,
     /// Delete an agent (on the master; a worker's API forwards it).
     Delete {
         id: String,
@@ -197,8 +199,9 @@ fn execute(command: Command) -> anyhow::Result<()> {
         }
         Command::Nodes { api } => show(&api, "/cluster/nodes", report::nodes_table),
         Command::Health { api } => show(&api, "/cluster/healthcheck", report::health_table),
-        Command::Agents { action: None, api, keys } => {
-            show(&api, if keys { "/agents?keys=true" } else { "/agents" }, report::agents_table)
+        Command::Agents { action: None, api, keys } => show_all_agents(&api, keys),
+        Command::Agents { action: Some(AgentsAction::Summary), api, .. } => {
+            show(&api, "/agents/summary/status", report::summary_table)
         }
         Command::Agents { action: Some(AgentsAction::Delete { id, token }), api, .. } => {
             mutate(&api, "DELETE", &format!("/agents/{id}"), &token.token, None)
@@ -250,6 +253,37 @@ fn show(args: &ApiArgs, path: &str, render: fn(&serde_json::Value) -> String) ->
     let value: serde_json::Value =
         serde_json::from_str(&body).map_err(|e| anyhow::anyhow!("the API at {} sent invalid JSON: {e}", args.api))?;
     print!("{}", render(&value));
+    Ok(())
+}
+
+/// Every agent, read a page of [`AGENTS_PAGE`] at a time, shown as one list.
+fn show_all_agents(args: &ApiArgs, keys: bool) -> anyhow::Result<()> {
+    const AGENTS_PAGE: u64 = 10_000;
+    let mut items = Vec::new();
+    let mut offset = 0u64;
+    loop {
+        let path = format!("/agents?offset={offset}&limit={AGENTS_PAGE}{}", if keys { "&keys=true" } else { "" });
+        let (status, body) = client::get(&args.api, &path)?;
+        if status != 200 {
+            anyhow::bail!("the API at {} answered {status} for {path}: {}", args.api, body.trim());
+        }
+        let value: serde_json::Value = serde_json::from_str(&body)
+            .map_err(|e| anyhow::anyhow!("the API at {} sent invalid JSON: {e}", args.api))?;
+        let page = value["data"]["affected_items"].as_array().cloned().unwrap_or_default();
+        let total = value["data"]["total_affected_items"].as_u64().unwrap_or(0);
+        offset += page.len() as u64;
+        let done = page.is_empty() || offset >= total;
+        items.extend(page);
+        if done {
+            break;
+        }
+    }
+    let all = wazuh_multi_node::api::envelope(&items, "All selected agents information was returned");
+    if args.json {
+        println!("{all}");
+    } else {
+        print!("{}", report::agents_table(&all));
+    }
     Ok(())
 }
 

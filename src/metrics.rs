@@ -1,11 +1,11 @@
 //! `GET /metrics`: the node's view of the cluster in Prometheus' text exposition format (0.0.4).
 //!
-//! Built from the same views as `GET /cluster/healthcheck` and `GET /agents`, so the figures always
+//! Built from the same views as `GET /cluster/healthcheck` and `GET /agents/summary/status`, so the figures always
 //! agree with the CLI. Rendering is a pure function, tested on plain values.
 
-use crate::views::{AgentView, NodeHealthView};
-use std::collections::BTreeMap;
+use crate::views::NodeHealthView;
 use std::fmt::Write;
+use wazuh_cluster_actors::registry::counts::StatusSummary;
 
 /// Prometheus label values: backslash, double quote and newline escaped.
 fn label(value: &str) -> String {
@@ -31,8 +31,8 @@ impl<'a> Family<'a> {
 }
 
 /// The exposition text for `nodes` (as `/cluster/healthcheck` shows them) and `agents` (as
-/// `/agents` shows them; `None` when the registry could not be read).
-pub fn render(this_node: &str, nodes: &[NodeHealthView], agents: Option<&[AgentView]>) -> String {
+/// `/agents/summary/status` shows them; `None` when the registry could not be read).
+pub fn render(this_node: &str, nodes: &[NodeHealthView], agents: Option<&StatusSummary>) -> String {
     let mut out = String::new();
     let name = "wazuh_cluster_node_connected";
     let mut f = Family::new(&mut out, name, "gauge", "1 if the node is connected (a worker: to the master).");
@@ -94,13 +94,10 @@ pub fn render(this_node: &str, nodes: &[NodeHealthView], agents: Option<&[AgentV
         "gauge",
         "Registered agents by status and by the node they report to, as this node knows them.",
     );
-    let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for a in agents.unwrap_or_default() {
-        let status = a.status.clone().unwrap_or_else(|| "never_connected".into());
-        *counts.entry((status, a.node_name.clone().unwrap_or_default())).or_default() += 1;
-    }
-    for ((status, node), count) in &counts {
-        f.sample(name, &[("status", status), ("node", node)], *count as f64);
+    for (node, statuses) in agents.map(|a| &a.nodes).into_iter().flatten() {
+        for (status, count) in statuses {
+            f.sample(name, &[("status", status), ("node", node)], *count as f64);
+        }
     }
     let name = "wazuh_cluster_registry_up";
     let mut f = Family::new(&mut out, name, "gauge", "1 if this node could read its agent registry (or replica).");
@@ -131,15 +128,6 @@ mod tests {
         }
     }
 
-    fn agent(status: Option<&str>, node: &str) -> AgentView {
-        AgentView {
-            id: "001".into(),
-            status: status.map(String::from),
-            node_name: Some(node.into()),
-            ..AgentView::default()
-        }
-    }
-
     #[test]
     fn renders_nodes_actors_numeric_details_and_agent_counts() {
         let nodes = vec![
@@ -158,8 +146,11 @@ mod tests {
                 actors: vec![actor("Integrity", "restarting", &[("in_sync", 1), ("bytes_sent", 10)])],
             },
         ];
-        let agents = vec![agent(Some("active"), "w1"), agent(Some("active"), "w1"), agent(None, "")];
-        let text = render("master-1", &nodes, Some(&agents));
+        let mut counts = wazuh_cluster_actors::registry::counts::StatusCounts::default();
+        counts.set(1, "active", "w1", None);
+        counts.set(2, "active", "w1", None);
+        counts.set(3, "never_connected", "", None);
+        let text = render("master-1", &nodes, Some(&counts.summary()));
         for line in [
             "wazuh_cluster_node_connected{node=\"master-1\",type=\"master\"} 1",
             "wazuh_cluster_node_connected{node=\"wor\\\"ker\",type=\"worker\"} 0",

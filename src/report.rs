@@ -78,6 +78,34 @@ pub fn agents_table(body: &Value) -> String {
     table(&["ID", "NAME", "IP", "STATUS", "NODE", "GROUPS", "REGISTERED"], &rows)
 }
 
+/// `GET /agents/summary/status` as a table: one row per node, then the totals.
+pub fn summary_table(body: &Value) -> String {
+    let statuses = ["active", "pending", "disconnected", "never_connected"];
+    let count = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0).to_string();
+    let mut rows: Vec<Vec<String>> = body["data"]["nodes"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(node, c)| {
+            let mut row = vec![node.clone()];
+            row.extend(statuses.iter().map(|st| count(c, st)));
+            row
+        })
+        .collect();
+    let all = &body["data"]["connection"];
+    let mut total = vec!["(all)".to_string()];
+    total.extend(statuses.iter().map(|st| count(all, st)));
+    rows.push(total);
+    let mut out = table(&["NODE", "ACTIVE", "PENDING", "DISCONNECTED", "NEVER CONNECTED"], &rows);
+    out.push_str(&format!(
+        "{} agents; group configuration synced {}, not synced {}\n",
+        count(all, "total"),
+        count(&body["data"]["configuration"], "synced"),
+        count(&body["data"]["configuration"], "not_synced")
+    ));
+    out
+}
+
 /// `GET /groups` as a table.
 pub fn groups_table(body: &Value) -> String {
     let rows: Vec<Vec<String>> = items(body).iter().map(|g| vec![s(&g["name"]), s(&g["count"])]).collect();

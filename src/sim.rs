@@ -101,6 +101,8 @@ pub struct ConnStats {
     pub reconnects: std::sync::atomic::AtomicU64,
     /// When the latest push was received, in milliseconds since the Unix epoch.
     pub last_push_ms: std::sync::atomic::AtomicU64,
+    /// Events sent.
+    pub events: std::sync::atomic::AtomicU64,
 }
 
 /// What a simulated agent can be told to do while it runs.
@@ -183,30 +185,49 @@ pub async fn read_payload(stream: &mut TcpStream) -> anyhow::Result<Vec<u8>> {
 
 /// Why a connection of a simulated agent ended.
 enum ConnEnd {
-    Deadline,
+    Stopped,
     Reconnect,
 }
 
-/// Runs `agent` until `until`: connects to `addrs` (starting at `first`, moving to the next address
+/// How simulated agents behave once connected.
+#[derive(Debug, Clone)]
+pub struct AgentOpts {
+    /// Time between keep-alives.
+    pub keepalive: std::time::Duration,
+    /// Events each agent sends per second (0: none), as logcollector forwards log lines.
+    pub events_per_s: f64,
+    /// Bytes of each event's log line.
+    pub event_size: usize,
+}
+
+/// Resolves once `stop` says so (at once if it already has).
+pub async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        // The sender is gone: nothing will ever say stop; wait forever like a live run would.
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Runs `agent` until `stop`: connects to `addrs` (starting at `first`, moving to the next address
 /// whenever a connection fails or the manager asks it to reconnect), sends the startup and then a
-/// keep-alive every `keepalive`, checks that the ack comes first, follows merged.mg pushes
-/// (verifying the MD5) and reports the new sum in its keep-alives.
+/// keep-alive every `opts.keepalive` (and events at `opts.events_per_s`), checks that the ack comes
+/// first, follows merged.mg pushes (verifying the MD5) and reports the new sum in its keep-alives.
 pub async fn run_agent(
     mut agent: SimAgent,
     addrs: Arc<Vec<String>>,
     first: usize,
-    keepalive: std::time::Duration,
-    until: tokio::time::Instant,
+    opts: Arc<AgentOpts>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
     stats: Arc<ConnStats>,
     mut cmds: tokio::sync::mpsc::Receiver<AgentCmd>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     let mut idx = first;
     let mut attempt = 0u32;
-    while tokio::time::Instant::now() < until {
+    while !*stop.borrow() {
         let addr = &addrs[idx % addrs.len()];
-        match agent_conn(&mut agent, addr, keepalive, until, &stats, &mut cmds).await {
-            Ok(ConnEnd::Deadline) => break,
+        match agent_conn(&mut agent, addr, &opts, &mut stop, &stats, &mut cmds).await {
+            Ok(ConnEnd::Stopped) => break,
             Ok(ConnEnd::Reconnect) => attempt = 0,
             Err(_) => {
                 stats.errors.fetch_add(1, Relaxed);
@@ -218,15 +239,18 @@ pub async fn run_agent(
         let pause = std::time::Duration::from_millis(
             (50u64 << attempt.min(4)) + wazuh_cluster_actors::backoff::random_u64() % 100,
         );
-        tokio::time::sleep(pause).await;
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stopped(&mut stop) => break,
+        }
     }
 }
 
 async fn agent_conn(
     agent: &mut SimAgent,
     addr: &str,
-    keepalive: std::time::Duration,
-    until: tokio::time::Instant,
+    opts: &AgentOpts,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
     stats: &ConnStats,
     cmds: &mut tokio::sync::mpsc::Receiver<AgentCmd>,
 ) -> anyhow::Result<ConnEnd> {
@@ -235,41 +259,79 @@ async fn agent_conn(
     stream.set_nodelay(true)?;
     let startup = agent.frame(b"#!-agent startup {\"version\":\"v4.14.7\"}");
     stream.write_all(&startup).await?;
-    let first = agent.open(&read_payload(&mut stream).await?)?;
+    let first = tokio::time::timeout(std::time::Duration::from_secs(30), read_payload(&mut stream)).await??;
+    let first = agent.open(&first)?;
     anyhow::ensure!(first == b"#!-agent ack ", "the first frame is not the ack: {}", String::from_utf8_lossy(&first));
     stats.acks.fetch_add(1, Relaxed);
     stats.active.fetch_add(1, Relaxed);
-    let result = conversation(agent, &mut stream, keepalive, until, stats, cmds).await;
+    let result = conversation(agent, &mut stream, opts, stop, stats, cmds).await;
     stats.active.fetch_sub(1, Relaxed);
-    if matches!(result, Ok(ConnEnd::Deadline)) {
+    if matches!(result, Ok(ConnEnd::Stopped)) {
         let bye = agent.frame(b"#!-agent shutdown ");
         let _ = stream.write_all(&bye).await;
     }
     result
 }
 
+/// One log line of about `size` bytes, as logcollector forwards it (`1:<location>:<line>`).
+pub fn event_text(agent: &str, n: u64, size: usize) -> String {
+    let mut text = format!(
+        "1:/var/log/auth.log:Nov 30 12:00:00 {agent} sshd[{}]: Failed password for invalid user admin from 10.0.{}.{} port 22 ssh2 #{n}",
+        1000 + n % 30_000,
+        n % 250,
+        (n / 250) % 250
+    );
+    while text.len() < size {
+        text.push_str(" padding");
+    }
+    text.truncate(size.max(40));
+    text
+}
+
 async fn conversation(
     agent: &mut SimAgent,
     stream: &mut TcpStream,
-    keepalive: std::time::Duration,
-    until: tokio::time::Instant,
+    opts: &AgentOpts,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
     stats: &ConnStats,
     cmds: &mut tokio::sync::mpsc::Receiver<AgentCmd>,
 ) -> anyhow::Result<ConnEnd> {
     use std::sync::atomic::Ordering::Relaxed;
     let (mut rd, mut wr) = stream.split();
-    let mut next_ka = tokio::time::Instant::now();
+    let now = tokio::time::Instant::now();
+    let mut next_ka = now;
+    // Events go out in batches, at most ten times a second.
+    let tick = if opts.events_per_s > 0.0 {
+        std::time::Duration::from_secs_f64((1.0 / opts.events_per_s).max(0.1))
+    } else {
+        std::time::Duration::from_secs(3600)
+    };
+    let per_tick = opts.events_per_s * tick.as_secs_f64();
+    let mut owed = 0.0f64;
+    let mut next_ev = now + tick.mul_f64(wazuh_cluster_actors::backoff::random_u64() as f64 / u64::MAX as f64);
     let mut file: Option<(String, Vec<u8>)> = None;
     // Reads are cancel-safe: whatever arrived stays in the buffer whatever branch wins.
     let mut fb = wazuh_cluster_protocol::agent::secure::FrameBuffer::default();
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut buf = vec![0u8; 4 * 1024];
     loop {
         tokio::select! {
-            _ = tokio::time::sleep_until(until) => return Ok(ConnEnd::Deadline),
+            _ = stopped(stop) => return Ok(ConnEnd::Stopped),
             _ = tokio::time::sleep_until(next_ka) => {
                 let f = agent.frame(agent.keepalive_text().as_bytes());
                 wr.write_all(&f).await?;
-                next_ka = tokio::time::Instant::now() + keepalive;
+                next_ka = tokio::time::Instant::now() + opts.keepalive;
+            }
+            _ = tokio::time::sleep_until(next_ev), if opts.events_per_s > 0.0 => {
+                owed += per_tick;
+                let n = owed as u64;
+                owed -= n as f64;
+                let mut out = Vec::new();
+                for _ in 0..n {
+                    let seq = stats.events.fetch_add(1, Relaxed);
+                    out.extend_from_slice(&agent.frame(event_text(&agent.name, seq, opts.event_size).as_bytes()));
+                }
+                wr.write_all(&out).await?;
+                next_ev += tick;
             }
             cmd = cmds.recv() => {
                 if let Some(AgentCmd::Label(l)) = cmd {

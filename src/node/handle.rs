@@ -3,12 +3,17 @@
 
 use crate::views::{actor_views, iso, AgentView, NodeHealthView, NodeView};
 use actix::prelude::*;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use wazuh_cluster_actors::agents::hub::AgentHub;
 use wazuh_cluster_actors::agents::messages::ForceReconnect;
+use wazuh_cluster_actors::agents::messages::GetHubView;
 use wazuh_cluster_actors::master::{self, ListWorkers, LocalJobs, MasterListener};
-use wazuh_cluster_actors::registry::{Registry, Replica, StoreError, StoreHandle};
+use wazuh_cluster_actors::registry::counts::StatusSummary;
+use wazuh_cluster_actors::registry::query::AgentQuery;
+use wazuh_cluster_actors::registry::{fmt_id, AgentRow, Registry, Replica, StoreError, StoreHandle};
 use wazuh_cluster_actors::worker::{self, ForwardError, GetLink, WorkerLink};
+use wazuh_cluster_protocol::message::AgentEntry;
 use wazuh_cluster_protocol::message::{AdminError, AdminRequest};
 use wazuh_cluster_protocol::Role;
 
@@ -151,58 +156,59 @@ impl NodeHandle {
         }
     }
 
-    /// Agents as this node knows them: the registry on the master, the replica on a worker.
-    pub async fn agents(&self, with_keys: bool) -> Result<Vec<AgentView>, StoreError> {
-        self.agents_only(with_keys, None).await
-    }
-
-    /// [`NodeHandle::agents`], only agent `only` when given.
-    pub async fn agents_only(&self, with_keys: bool, only: Option<u32>) -> Result<Vec<AgentView>, StoreError> {
+    /// One page of agents as this node knows them (the registry on the master, the replica on a
+    /// worker) and how many match in all.
+    pub async fn agents_page(&self, q: AgentQuery, with_keys: bool) -> Result<(u64, Vec<AgentView>), StoreError> {
         match self {
             NodeHandle::Master { registry, .. } => {
-                let rows = registry.run(move |r| r.rows(only)).await?;
-                Ok(rows
-                    .into_iter()
-                    .map(|r| AgentView {
-                        id: wazuh_cluster_actors::registry::fmt_id(r.entry.id),
-                        name: r.entry.name,
-                        ip: r.entry.ip,
-                        status: Some(r.status),
-                        version: r.version,
-                        node_name: Some(r.node_name),
-                        os: r.info.as_ref().map(|i| {
-                            serde_json::json!({
-                                "name": i.os_name, "platform": i.os_platform, "version": i.os_version,
-                                "codename": i.os_codename, "arch": i.os_arch, "uname": i.os_uname,
-                                "hostname": i.hostname,
-                            })
-                        }),
-                        labels: r.info.as_ref().map(|i| i.labels.iter().cloned().collect()),
-                        merged_sum: r.info.as_ref().and_then(|i| i.merged_sum.clone()),
-                        config_sum: r.info.as_ref().and_then(|i| i.config_sum.clone()),
-                        group_config_status: r.group_config_status,
-                        peer_ip: r.peer_ip,
-                        group: r.entry.groups,
-                        registered_at: Some(iso(r.registered_at_ms)),
-                        last_keepalive: r.last_keepalive_ms.map(iso),
-                        key: with_keys.then_some(r.entry.key),
-                    })
-                    .collect())
+                let (total, rows) = registry.run(move |r| r.page(&q)).await?;
+                Ok((total, rows.into_iter().map(|r| row_view(r, with_keys)).collect()))
             }
             NodeHandle::Worker { replica, .. } => {
-                let entries = replica.run(|r| r.entries()).await?;
-                Ok(entries
-                    .into_iter()
-                    .filter(|e| only.is_none_or(|id| e.id == id))
-                    .map(|e| AgentView {
-                        id: wazuh_cluster_actors::registry::fmt_id(e.id),
-                        name: e.name,
-                        ip: e.ip,
-                        group: e.groups,
-                        key: with_keys.then_some(e.key),
-                        ..AgentView::default()
-                    })
-                    .collect())
+                let (total, entries) = replica.run(move |r| r.page(&q)).await?;
+                Ok((total, entries.into_iter().map(|e| entry_view(e, with_keys)).collect()))
+            }
+        }
+    }
+
+    /// Agent `id` as this node knows it.
+    pub async fn agent(&self, id: u32) -> Result<Option<AgentView>, StoreError> {
+        match self {
+            NodeHandle::Master { registry, .. } => {
+                let rows = registry.run(move |r| r.rows(Some(id))).await?;
+                Ok(rows.into_iter().next().map(|r| row_view(r, false)))
+            }
+            NodeHandle::Worker { replica, .. } => {
+                let entry = replica.run(move |r| r.entry(id)).await?;
+                Ok(entry.map(|e| entry_view(e, false)))
+            }
+        }
+    }
+
+    /// Agents by connection status, configuration status and node. The master counts its whole
+    /// registry (from memory); a worker counts the agents connected to it (its hub) against the
+    /// agents of its replica.
+    pub async fn agent_summary(&self) -> Result<StatusSummary, StoreError> {
+        match self {
+            NodeHandle::Master { registry, .. } => registry.run(|r| Ok(r.status_summary())).await,
+            NodeHandle::Worker { name, replica, agents, .. } => {
+                let total = replica.run(|r| r.count()).await?;
+                let hub = agents.send(GetHubView).await.unwrap_or_default();
+                let (active, pending, disconnected) = (hub.active as u64, hub.pending as u64, hub.disconnected as u64);
+                let mine: BTreeMap<String, u64> = [
+                    ("active".to_string(), active),
+                    ("pending".to_string(), pending),
+                    ("disconnected".to_string(), disconnected),
+                ]
+                .into();
+                let mut connection = mine.clone();
+                connection.insert("never_connected".into(), total.saturating_sub(active + pending + disconnected));
+                connection.insert("total".into(), total);
+                Ok(StatusSummary {
+                    connection,
+                    configuration: [("total".to_string(), total)].into(),
+                    nodes: [(name.clone(), mine)].into(),
+                })
             }
         }
     }
@@ -272,5 +278,45 @@ impl NodeHandle {
                 _ => (false, format!("not connected to master {master}")),
             },
         }
+    }
+}
+
+/// A registry row as the API shows it.
+fn row_view(r: AgentRow, with_keys: bool) -> AgentView {
+    AgentView {
+        id: fmt_id(r.entry.id),
+        name: r.entry.name,
+        ip: r.entry.ip,
+        status: Some(r.status),
+        version: r.version,
+        node_name: Some(r.node_name),
+        os: r.info.as_ref().map(|i| {
+            serde_json::json!({
+                "name": i.os_name, "platform": i.os_platform, "version": i.os_version,
+                "codename": i.os_codename, "arch": i.os_arch, "uname": i.os_uname,
+                "hostname": i.hostname,
+            })
+        }),
+        labels: r.info.as_ref().map(|i| i.labels.iter().cloned().collect()),
+        merged_sum: r.info.as_ref().and_then(|i| i.merged_sum.clone()),
+        config_sum: r.info.as_ref().and_then(|i| i.config_sum.clone()),
+        group_config_status: r.group_config_status,
+        peer_ip: r.peer_ip,
+        group: r.entry.groups,
+        registered_at: Some(iso(r.registered_at_ms)),
+        last_keepalive: r.last_keepalive_ms.map(iso),
+        key: with_keys.then_some(r.entry.key),
+    }
+}
+
+/// A replica entry as the API shows it (a worker knows no statuses).
+fn entry_view(e: AgentEntry, with_keys: bool) -> AgentView {
+    AgentView {
+        id: fmt_id(e.id),
+        name: e.name,
+        ip: e.ip,
+        group: e.groups,
+        key: with_keys.then_some(e.key),
+        ..AgentView::default()
     }
 }

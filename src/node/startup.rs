@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use wazuh_cluster_actors::agents::archive::Archive;
 use wazuh_cluster_actors::agents::hub::{AgentHub, KeySource};
 use wazuh_cluster_actors::agents::messages::{CloseAll, SharedChanged};
-use wazuh_cluster_actors::agents::{session, AgentSettings, ManagerCounters, Shared};
+use wazuh_cluster_actors::agents::{session, AgentSettings, KeyIndex, ManagerCounters, Shared};
 use wazuh_cluster_actors::enrollment::{self, Enroller, EnrollmentSettings};
 use wazuh_cluster_actors::jobs::worker::WorkerServices;
 use wazuh_cluster_actors::master::{self, MasterListener};
@@ -138,9 +138,21 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
     };
     let archive = Archive::start(&name, data_dir, agent_settings.archive_max_bytes, agent_settings.archive_keep)
         .with_context(|| format!("cannot open the event archive in {}", data_dir.display()))?;
+    // The agent connections' keys follow the store from its first commit on.
+    let keys = Arc::new(KeyIndex::default());
+    let store = match store {
+        Store::Master(mut registry) => {
+            registry.set_key_sink(keys.clone()).context("cannot read the agent registry")?;
+            Store::Master(registry)
+        }
+        Store::Worker(mut replica) => {
+            replica.set_key_sink(keys.clone()).context("cannot read the agent replica")?;
+            Store::Worker(replica)
+        }
+    };
     let shared = Arc::new(Shared {
         settings: agent_settings,
-        keys: Default::default(),
+        keys,
         counters: ManagerCounters::new(),
         archive,
         stats: Default::default(),

@@ -354,7 +354,7 @@ struct MasterAgent {
 
 /// The master's agents, or none if its API does not answer.
 fn master_agent_states(api: &str) -> Vec<MasterAgent> {
-    let Ok((200, body)) = wazuh_multi_node::client::get(api, "/agents") else { return Vec::new() };
+    let Ok((200, body)) = wazuh_multi_node::client::get(api, "/agents?limit=100000") else { return Vec::new() };
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     let s = |a: &serde_json::Value, k: &str| a[k].as_str().unwrap_or("").to_string();
     v["data"]["affected_items"]

@@ -15,8 +15,8 @@ use std::sync::{mpsc, Arc};
 #[derive(Debug, Clone)]
 pub struct ArchivedEvent {
     pub time_ms: u64,
-    pub agent_id: u32,
-    pub agent_name: String,
+    /// The agent that sent it (shared with its connection, not copied).
+    pub agent: std::sync::Arc<super::AgentKey>,
     pub location: String,
     pub message: String,
 }
@@ -112,7 +112,7 @@ impl Writer {
     fn write(&mut self, e: &ArchivedEvent) -> std::io::Result<()> {
         let line = serde_json::json!({
             "time": e.time_ms,
-            "agent": { "id": crate::registry::fmt_id(e.agent_id), "name": e.agent_name },
+            "agent": { "id": crate::registry::fmt_id(e.agent.id), "name": &*e.agent.name },
             "location": e.location,
             "message": e.message,
         })
@@ -153,11 +153,17 @@ mod tests {
     fn events_are_written_as_json_lines_and_rotated_by_size() {
         let dir = tempfile::tempdir().unwrap();
         let archive = Archive::start("node", dir.path(), 2048, 2).unwrap();
+        let agent = std::sync::Arc::new(crate::agents::AgentKey {
+            id: 7,
+            name: "web01".into(),
+            ip: wazuh_cluster_protocol::agent::enrollment::AgentIp::Any,
+            aes: [0; 32],
+            groups: vec!["default".to_string()].into(),
+        });
         for i in 0..40 {
             archive.send(ArchivedEvent {
                 time_ms: 1,
-                agent_id: 7,
-                agent_name: "web01".into(),
+                agent: agent.clone(),
                 location: "/var/log/syslog".into(),
                 message: format!("event {i} {}", "x".repeat(60)),
             });

@@ -5,21 +5,21 @@ use super::messages::{
     Bind, BindRefused, CloseAll, Closed, Delivered, ForceReconnect, GetHubView, HubLink, HubView, RefreshKeys,
     ResendAll, Seen, SeenKind, SessionTx, SharedChanged, TakeUpdates, ToSession,
 };
-use super::{KeyMap, Shared};
-use crate::registry::{fmt_id, Registry, Replica, StoreError, StoreHandle};
+use super::{AgentKey, Shared};
+use crate::registry::{fmt_id, Registry, Replica, StoreHandle};
 use actix::prelude::*;
 use log::{debug, info, warn};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-/// Shortest time between two reloads of the keys. The first change after a quiet spell is picked
-/// up at once; an agent whose key is not loaded yet is retried by its session for seconds.
-const KEY_RELOAD_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// Shortest time between two checks of the live connections against the key index. The first
+/// change after a quiet spell is picked up at once.
+const KEY_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 use std::sync::Arc;
 use std::time::Instant;
 use wazuh_cluster_protocol::agent::keepalive::KeepAlive;
-use wazuh_cluster_protocol::message::{AgentEntry, AgentInfoUpdate};
+use wazuh_cluster_protocol::message::AgentInfoUpdate;
 
 /// Tells a session to close, without waiting: if its queue is full the order waits in a task of
 /// its own (the session takes it as soon as it reads its queue again).
@@ -44,13 +44,6 @@ pub enum KeySource {
 }
 
 impl KeySource {
-    async fn entries(&self) -> Result<Vec<AgentEntry>, StoreError> {
-        match self {
-            KeySource::Master(h) => h.run(|r| r.entries()).await,
-            KeySource::Worker(h) => h.run(|r| r.entries()).await,
-        }
-    }
-
     fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
         match self {
             KeySource::Master(h) => h.watch(),
@@ -87,12 +80,19 @@ struct AgentState {
     group_config_status: Option<String>,
     /// Bumped at every change; the master has everything up to `delivered`.
     version_seq: u64,
+    /// When the details (version, keep-alive fields, group configuration status, address) last
+    /// changed, and whether the master has acknowledged them since: a keep-alive that changes
+    /// nothing but the time is sent to the master without them.
+    details_seq: u64,
+    details_acked: bool,
 }
 
 struct Live {
     conn: u64,
     peer: SocketAddr,
     tx: SessionTx,
+    /// The key the connection was bound with.
+    key: Arc<AgentKey>,
 }
 
 pub struct AgentHub {
@@ -134,12 +134,7 @@ impl AgentHub {
 
     /// What agent sessions hold to reach `hub`.
     pub fn link(hub: &Addr<Self>) -> HubLink {
-        HubLink {
-            bind: hub.clone().recipient(),
-            seen: hub.clone().recipient(),
-            closed: hub.clone().recipient(),
-            refresh: hub.clone().recipient(),
-        }
+        HubLink { bind: hub.clone().recipient(), seen: hub.clone().recipient(), closed: hub.clone().recipient() }
     }
 
     fn node(&self) -> &str {
@@ -154,48 +149,47 @@ impl AgentHub {
         self.dirty.insert(id, self.next_seq);
     }
 
-    /// Reads the keys again; closes the connections of agents deleted (or re-keyed) since.
-    fn reload(&mut self) -> ResponseActFuture<Self, ()> {
+    /// [`AgentHub::touch`] for a change of the agent's details: the next update carries them.
+    fn touch_details(&mut self, id: u32) {
+        self.touch(id);
+        if let Some(s) = self.states.get_mut(&id) {
+            s.details_seq = self.next_seq;
+            s.details_acked = false;
+        }
+    }
+
+    /// After a change of the agent table: closes the connections of agents deleted (or re-keyed)
+    /// since, and forgets the state of deleted agents. Costs one lookup per agent of this node (the
+    /// key index itself is kept up to date by the store's thread).
+    fn check_keys(&mut self) {
         let seq = *self.source.watch().borrow();
         if self.loaded_seq == Some(seq) {
-            return Box::pin(actix::fut::ready(()));
+            return;
         }
-        let source = self.source.clone();
-        Box::pin(async move { (seq, source.entries().await) }.into_actor(self).map(|(seq, result), act, _| {
-            let entries = match result {
-                Ok(e) => e,
-                Err(e) => {
-                    warn!(node = act.node(); "cannot read the agent keys: {e}");
-                    return;
-                }
-            };
-            // Connected agents that are gone, or whose key is not the one they connected with.
-            let old = act.shared.keys();
-            let map = KeyMap::from_entries_reusing(entries, &old);
-            let key_of = |m: &KeyMap, id: &u32| m.by_id.get(id).map(|k| k.raw_key.clone());
-            let gone: Vec<u32> =
-                act.live.keys().copied().filter(|id| key_of(&map, id).is_none() || key_of(&map, id) != key_of(&old, id)).collect();
-            let removed: Vec<u32> = act.states.keys().copied().filter(|id| !map.by_id.contains_key(id)).collect();
-            if let Ok(mut keys) = act.shared.keys.write() {
-                *keys = Arc::new(map);
+        self.loaded_seq = Some(seq);
+        let keys = &self.shared.keys;
+        let gone: Vec<u32> = self
+            .live
+            .iter()
+            .filter(|(id, live)| keys.get(**id).is_none_or(|k| k.aes != live.key.aes))
+            .map(|(id, _)| *id)
+            .collect();
+        let removed: Vec<u32> = self.states.keys().copied().filter(|id| keys.get(*id).is_none()).collect();
+        for id in gone {
+            if let Some(live) = self.live.remove(&id) {
+                info!(node = self.node(); "agent {} was deleted or re-keyed: closing its connection from {}", fmt_id(id), live.peer);
+                close(&live.tx, "the agent was deleted or its key changed");
             }
-            act.loaded_seq = Some(seq);
-            for id in gone {
-                if let Some(live) = act.live.remove(&id) {
-                    info!(node = act.node(); "agent {} was deleted or re-keyed: closing its connection from {}", fmt_id(id), live.peer);
-                    close(&live.tx, "the agent was deleted or its key changed");
-                }
-            }
-            for id in removed {
-                act.states.remove(&id);
-                act.dirty.remove(&id);
-            }
-        }))
+        }
+        for id in removed {
+            self.states.remove(&id);
+            self.dirty.remove(&id);
+        }
     }
 
     /// Pushes the current merged.mg to `id` if what it last reported differs.
     fn push_if_stale(&mut self, id: u32) {
-        let Some(key) = self.shared.keys().by_id.get(&id).cloned() else { return };
+        let Some(key) = self.shared.keys.get(id) else { return };
         let Some(tx) = self.live.get(&id).map(|l| l.tx.clone()) else { return };
         let reported = self.states.get(&id).and_then(|s| s.info.as_ref()).and_then(|i| i.merged_sum.clone());
         let merged = match self.merged.get(&self.shared.settings.data_dir, &key.groups) {
@@ -210,7 +204,7 @@ impl AgentHub {
         if let Some(s) = self.states.get_mut(&id) {
             if s.group_config_status.as_deref() != Some(status) {
                 s.group_config_status = Some(status.into());
-                self.touch(id);
+                self.touch_details(id);
             }
         }
         if synced {
@@ -258,15 +252,17 @@ impl AgentHub {
             .collect()
     }
 
+    /// The update for the master: status and time always, the details only until it has them.
     fn update_for(&self, id: u32, s: &AgentState) -> AgentInfoUpdate {
+        let details = !s.details_acked;
         AgentInfoUpdate {
             id,
             status: s.status.as_str().to_string(),
             last_keepalive_ms: s.last_keepalive_ms,
-            version: s.version.clone(),
-            info: s.info.clone(),
-            group_config_status: s.group_config_status.clone(),
-            peer_ip: s.peer.map(|p| p.ip().to_string()),
+            version: s.version.clone().filter(|_| details),
+            info: s.info.clone().filter(|_| details),
+            group_config_status: s.group_config_status.clone().filter(|_| details),
+            peer_ip: s.peer.map(|p| p.ip().to_string()).filter(|_| details),
         }
     }
 }
@@ -275,8 +271,8 @@ impl Actor for AgentHub {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        // Keys follow the store: reloaded after a committed change, at most once per
-        // `KEY_RELOAD_EVERY` during a burst of enrollments (a reload reads every agent).
+        // Live connections are checked against the keys after a committed change, at most once
+        // per `KEY_CHECK_EVERY` during a burst of enrollments.
         let mut watch = self.source.watch();
         let me = ctx.address();
         ctx.spawn(
@@ -285,7 +281,7 @@ impl Actor for AgentHub {
                     if me.send(RefreshKeys).await.is_err() {
                         break;
                     }
-                    tokio::time::sleep(KEY_RELOAD_EVERY).await;
+                    tokio::time::sleep(KEY_CHECK_EVERY).await;
                     if watch.changed().await.is_err() {
                         break;
                     }
@@ -326,10 +322,10 @@ impl Actor for AgentHub {
 }
 
 impl Handler<RefreshKeys> for AgentHub {
-    type Result = ResponseActFuture<Self, ()>;
+    type Result = ();
 
-    fn handle(&mut self, _: RefreshKeys, _: &mut Context<Self>) -> Self::Result {
-        self.reload()
+    fn handle(&mut self, _: RefreshKeys, _: &mut Context<Self>) {
+        self.check_keys()
     }
 }
 
@@ -349,7 +345,7 @@ impl Handler<Bind> for AgentHub {
                 close(&old.tx, "replaced by a newer connection of the same agent");
             }
         }
-        self.live.insert(b.id, Live { conn: b.conn, peer: b.peer, tx: b.tx });
+        self.live.insert(b.id, Live { conn: b.conn, peer: b.peer, tx: b.tx, key: b.key });
         Ok(())
     }
 }
@@ -372,27 +368,45 @@ impl Handler<Seen> for AgentHub {
             peer: None,
             group_config_status: None,
             version_seq: 0,
+            details_seq: 0,
+            details_acked: false,
         });
+        let mut details = state.peer != Some(peer);
         state.peer = Some(peer);
         match seen.kind {
             SeenKind::Startup(version) => {
                 state.status = Status::Pending;
                 state.last_seen = Instant::now();
                 if let Some(v) = version {
-                    state.version = Some(format!("Wazuh {v}"));
+                    let v = Some(format!("Wazuh {v}"));
+                    details |= state.version != v;
+                    state.version = v;
                 }
-                self.touch(seen.id);
+                if details {
+                    self.touch_details(seen.id);
+                } else {
+                    self.touch(seen.id);
+                }
             }
             SeenKind::KeepAlive(ka) => {
                 state.last_seen = Instant::now();
                 state.last_keepalive_ms = Some(crate::clock::now_ms());
                 state.status = Status::Active;
-                if !ka.version.is_empty() {
+                if !ka.version.is_empty() && state.version.as_deref() != Some(ka.version.as_str()) {
                     state.version = Some(ka.version.clone());
+                    details = true;
                 }
-                state.info = Some(*ka);
-                // Every keep-alive refreshes last_keepalive on the master.
-                self.touch(seen.id);
+                if state.info.as_ref() != Some(&*ka) {
+                    state.info = Some(*ka);
+                    details = true;
+                }
+                // Every keep-alive refreshes last_keepalive on the master; its fields go along
+                // only when they changed.
+                if details {
+                    self.touch_details(seen.id);
+                } else {
+                    self.touch(seen.id);
+                }
                 self.push_if_stale(seen.id);
             }
             SeenKind::Shutdown => {
@@ -430,6 +444,11 @@ impl Handler<Delivered> for AgentHub {
             if self.dirty.get(&id) == Some(&v) {
                 self.dirty.remove(&id);
             }
+            if let Some(s) = self.states.get_mut(&id) {
+                if s.details_seq <= v {
+                    s.details_acked = true;
+                }
+            }
         }
     }
 }
@@ -440,7 +459,7 @@ impl Handler<ResendAll> for AgentHub {
     fn handle(&mut self, _: ResendAll, _: &mut Context<Self>) {
         let ids: Vec<u32> = self.states.keys().copied().collect();
         for id in ids {
-            self.touch(id);
+            self.touch_details(id);
         }
     }
 }

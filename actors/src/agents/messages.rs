@@ -34,6 +34,8 @@ pub struct Bind {
     pub conn: u64,
     pub peer: SocketAddr,
     pub tx: SessionTx,
+    /// The key the agent spoke with (a connection is closed when its agent's key changes).
+    pub key: std::sync::Arc<super::AgentKey>,
 }
 
 /// Why a connection may not speak for an agent.
@@ -67,7 +69,8 @@ pub struct Closed {
     pub conn: u64,
 }
 
-/// Re-reads the keys if the store changed since they were read.
+/// Checks the live connections against the key index if the store changed since the last check
+/// (the hub sends it to itself after each commit).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct RefreshKeys;
@@ -78,7 +81,6 @@ pub struct HubLink {
     pub bind: Recipient<Bind>,
     pub seen: Recipient<Seen>,
     pub closed: Recipient<Closed>,
-    pub refresh: Recipient<RefreshKeys>,
 }
 
 /// The changes the master has not acknowledged, with their versions.

@@ -14,6 +14,7 @@ pub mod merged;
 pub mod messages;
 pub mod session;
 
+use crate::registry::KeySink;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -21,7 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use wazuh_cluster_protocol::agent::enrollment::AgentIp;
 use wazuh_cluster_protocol::agent::secure::{aes_key, Counters};
-use wazuh_cluster_protocol::message::AgentEntry;
+use wazuh_cluster_protocol::message::{AgentChange, AgentEntry};
 
 /// How agent connections behave.
 #[derive(Debug, Clone)]
@@ -59,15 +60,16 @@ impl AgentSettings {
     }
 }
 
-/// What a connection needs to know of an agent.
+/// What a connection needs to know of an agent. Every node holds one per registered agent, so it
+/// is kept small: no copy of the registered key (the AES key derived from it is enough, and tells
+/// a re-keyed agent apart), and group lists shared between the agents that have the same.
 #[derive(Debug, Clone)]
 pub struct AgentKey {
     pub id: u32,
-    pub name: String,
+    pub name: Box<str>,
     pub ip: AgentIp,
-    pub raw_key: String,
     pub aes: [u8; 32],
-    pub groups: Vec<String>,
+    pub groups: Arc<[String]>,
 }
 
 /// Every agent's key, by id and (for agents registered with one address) by address.
@@ -75,6 +77,14 @@ pub struct AgentKey {
 pub struct KeyMap {
     pub by_id: HashMap<u32, Arc<AgentKey>>,
     pub by_ip: HashMap<IpAddr, u32>,
+    /// Group lists in use, shared.
+    group_lists: std::collections::HashSet<Arc<[String]>>,
+}
+
+fn key_of(e: AgentEntry) -> AgentKey {
+    let ip = AgentIp::parse(&e.ip).unwrap_or(AgentIp::Any);
+    let aes = aes_key(&e.key);
+    AgentKey { id: e.id, name: e.name.into_boxed_str(), ip, aes, groups: e.groups.into() }
 }
 
 impl KeyMap {
@@ -85,23 +95,142 @@ impl KeyMap {
     /// [`KeyMap::from_entries`] keeping the keys of `old` that did not change: a reload after one
     /// enrollment derives one AES key, not one per agent.
     pub fn from_entries_reusing(entries: Vec<AgentEntry>, old: &KeyMap) -> Self {
-        let mut map =
-            KeyMap { by_id: HashMap::with_capacity(entries.len()), by_ip: HashMap::with_capacity(old.by_ip.len()) };
+        let mut map = KeyMap {
+            by_id: HashMap::with_capacity(entries.len()),
+            by_ip: HashMap::with_capacity(old.by_ip.len()),
+            group_lists: Default::default(),
+        };
         for e in entries {
             let ip = AgentIp::parse(&e.ip).unwrap_or(AgentIp::Any);
-            if let AgentIp::Addr(a) = ip {
-                map.by_ip.insert(a, e.id);
-            }
             let key = match old.by_id.get(&e.id) {
-                Some(k) if k.raw_key == e.key && k.name == e.name && k.ip == ip && k.groups == e.groups => k.clone(),
-                _ => {
-                    let aes = aes_key(&e.key);
-                    Arc::new(AgentKey { id: e.id, name: e.name, ip, raw_key: e.key, aes, groups: e.groups })
+                Some(k) if *k.name == *e.name && k.ip == ip && *k.groups == *e.groups && k.aes == aes_key(&e.key) => {
+                    k.clone()
                 }
+                _ => Arc::new(key_of(e)),
             };
-            map.by_id.insert(e.id, key);
+            map.insert(key);
         }
         map
+    }
+
+    /// The shared copy of `groups`.
+    fn shared_groups(&mut self, groups: Arc<[String]>) -> Arc<[String]> {
+        if let Some(g) = self.group_lists.get(&*groups) {
+            return g.clone();
+        }
+        self.group_lists.insert(groups.clone());
+        groups
+    }
+
+    fn insert(&mut self, key: Arc<AgentKey>) {
+        self.remove(key.id);
+        let groups = self.shared_groups(key.groups.clone());
+        let key = if Arc::ptr_eq(&groups, &key.groups) { key } else { Arc::new(AgentKey { groups, ..(*key).clone() }) };
+        if let AgentIp::Addr(a) = key.ip {
+            self.by_ip.insert(a, key.id);
+        }
+        self.by_id.insert(key.id, key);
+    }
+
+    fn remove(&mut self, id: u32) {
+        if let Some(old) = self.by_id.remove(&id) {
+            if let AgentIp::Addr(a) = old.ip {
+                if self.by_ip.get(&a) == Some(&id) {
+                    self.by_ip.remove(&a);
+                }
+            }
+        }
+    }
+
+    /// Applies committed changes of the agent table, each in O(1).
+    pub fn apply(&mut self, changes: &[AgentChange]) {
+        for p in prepare(changes) {
+            self.apply_prepared(p);
+        }
+    }
+
+    fn apply_prepared(&mut self, change: Prepared) {
+        match change {
+            Prepared::Put(key) => self.insert(key),
+            Prepared::Remove(id) => self.remove(id),
+            Prepared::Groups(id, groups) => {
+                if let Some(old) = self.by_id.get(&id) {
+                    let key = AgentKey { groups: groups.into(), ..(**old).clone() };
+                    self.insert(Arc::new(key));
+                }
+            }
+        }
+    }
+}
+
+/// A change with its AES key already derived (done outside the index's lock).
+enum Prepared {
+    Put(Arc<AgentKey>),
+    Remove(u32),
+    Groups(u32, Vec<String>),
+}
+
+fn prepare(changes: &[AgentChange]) -> Vec<Prepared> {
+    changes
+        .iter()
+        .map(|c| match c {
+            AgentChange::Added(e) => Prepared::Put(Arc::new(key_of(e.clone()))),
+            AgentChange::Removed { id } => Prepared::Remove(*id),
+            AgentChange::GroupsChanged { id, groups } => Prepared::Groups(*id, groups.clone()),
+        })
+        .collect()
+}
+
+/// The node's key index: kept up to date by the registry's (or replica's) thread as a
+/// [`KeySink`], right after each commit; read by agent sessions and the hub.
+#[derive(Debug, Default)]
+pub struct KeyIndex(RwLock<KeyMap>);
+
+impl KeyIndex {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, KeyMap> {
+        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, KeyMap> {
+        self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn get(&self, id: u32) -> Option<Arc<AgentKey>> {
+        self.read().by_id.get(&id).cloned()
+    }
+
+    /// The agent registered with address `ip`, if one is.
+    pub fn by_ip(&self, ip: IpAddr) -> Option<Arc<AgentKey>> {
+        let map = self.read();
+        map.by_ip.get(&ip).and_then(|id| map.by_id.get(id)).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl KeySink for KeyIndex {
+    fn reset(&self, entries: &[AgentEntry]) {
+        // Built outside the lock: sessions keep reading the old map meanwhile.
+        let map = {
+            let old = self.read();
+            KeyMap::from_entries_reusing(entries.to_vec(), &old)
+        };
+        *self.write() = map;
+    }
+
+    fn apply(&self, changes: &[AgentChange]) {
+        // AES keys are derived before taking the lock.
+        let prepared = prepare(changes);
+        let mut map = self.write();
+        for p in prepared {
+            map.apply_prepared(p);
+        }
     }
 }
 
@@ -133,19 +262,10 @@ impl Default for ManagerCounters {
 /// What sessions share with the hub without asking it.
 pub struct Shared {
     pub settings: AgentSettings,
-    pub keys: RwLock<Arc<KeyMap>>,
+    pub keys: Arc<KeyIndex>,
     pub counters: ManagerCounters,
     pub archive: archive::Archive,
     pub stats: Stats,
-}
-
-impl Shared {
-    pub fn keys(&self) -> Arc<KeyMap> {
-        match self.keys.read() {
-            Ok(k) => k.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
 }
 
 /// Counters for health.
@@ -172,6 +292,38 @@ mod tests {
             key: std::iter::repeat_n(key, 64).collect(),
             groups: vec!["default".into()],
         }
+    }
+
+    #[test]
+    fn committed_changes_give_the_index_a_full_reload_would() {
+        let index = KeyIndex::default();
+        index.reset(&[entry(1, 'a', "any"), entry(2, 'b', "10.0.0.2"), entry(3, 'c', "10.0.0.3")]);
+        let kept = index.get(1).unwrap();
+        index.apply(&[
+            AgentChange::Removed { id: 3 },
+            AgentChange::Added(entry(2, 'd', "10.0.0.9")),
+            AgentChange::Added(entry(4, 'e', "10.0.0.3")),
+            AgentChange::GroupsChanged { id: 1, groups: vec!["linux".into()] },
+        ]);
+        let full = KeyMap::from_entries(vec![
+            AgentEntry { groups: vec!["linux".into()], ..entry(1, 'a', "any") },
+            entry(2, 'd', "10.0.0.9"),
+            entry(4, 'e', "10.0.0.3"),
+        ]);
+        let map = index.read();
+        assert_eq!(map.by_ip, full.by_ip, "the old address of a re-keyed agent is gone, a reused one moved");
+        let view = |m: &KeyMap| {
+            let mut v: Vec<_> = m.by_id.values().map(|k| (k.id, k.name.clone(), k.aes, k.groups.to_vec())).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(view(&map), view(&full));
+        drop(map);
+        assert!(!Arc::ptr_eq(&kept, &index.get(1).unwrap()), "a group change gives the agent a new key entry");
+        assert_eq!(index.by_ip("10.0.0.3".parse().unwrap()).map(|k| k.id), Some(4));
+        assert!(index.get(3).is_none());
+        let (two, four) = (index.get(2).unwrap(), index.get(4).unwrap());
+        assert!(Arc::ptr_eq(&two.groups, &four.groups), "agents with the same groups share one list");
     }
 
     #[test]

@@ -2,13 +2,13 @@
 //! and writes whatever the hub asks (pushes, reconnect requests), each frame with one write.
 
 use super::archive::ArchivedEvent;
-use super::messages::{Bind, BindRefused, Closed, HubLink, RefreshKeys, Seen, SeenKind, ToSession, SESSION_QUEUE};
+use super::messages::{Bind, BindRefused, Closed, HubLink, Seen, SeenKind, ToSession, SESSION_QUEUE};
 use super::{AgentKey, Shared};
 use log::{debug, info, warn};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use wazuh_cluster_protocol::agent::keepalive::{classify, AgentMessage};
@@ -30,6 +30,22 @@ pub async fn serve(listener: TcpListener, hub: HubLink, shared: Arc<Shared>) {
             }
         }
     }
+}
+
+thread_local! {
+    /// The read buffer of every session of this thread: a connection holds no buffer of its own
+    /// while it waits (what a read brings goes to its frame buffer, which is empty between frames).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 64 * 1024]);
+}
+
+/// Reads what the socket has (without waiting) into `fb`; `Ok(0)` is the end of the stream.
+fn read_into(stream: &TcpStream, fb: &mut FrameBuffer) -> std::io::Result<usize> {
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let n = stream.try_read(&mut scratch)?;
+        fb.extend(&scratch[..n]);
+        Ok(n)
+    })
 }
 
 struct Session {
@@ -91,7 +107,6 @@ async fn session(mut stream: TcpStream, peer: SocketAddr, conn: u64, hub: HubLin
     let mut s = Session { peer, conn, hub, shared, tx, agent: None, last: None };
     let node = s.shared.settings.node_name.clone();
     let mut fb = FrameBuffer::default();
-    let mut buf = vec![0u8; 16 * 1024];
     let idle = s.shared.settings.disconnection_time;
     let stall = s.shared.settings.stall_timeout;
     let mut partial_since: Option<tokio::time::Instant> = None;
@@ -101,13 +116,16 @@ async fn session(mut stream: TcpStream, peer: SocketAddr, conn: u64, hub: HubLin
             None => tokio::time::Instant::now() + idle,
         };
         tokio::select! {
-            read = stream.read(&mut buf) => {
-                let n = match read {
+            ready = stream.readable() => {
+                if let Err(e) = ready {
+                    break End::Refused(Refusal::Read(e));
+                }
+                match read_into(&stream, &mut fb) {
                     Ok(0) => break End::Closed,
-                    Ok(n) => n,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     Err(e) => break End::Refused(Refusal::Read(e)),
-                };
-                fb.extend(&buf[..n]);
+                }
                 loop {
                     match fb.next_payload() {
                         Ok(Some(payload)) => {
@@ -192,8 +210,8 @@ impl Session {
             }
         }
         let message = decrypt(&key.aes, header.ciphertext).map_err(|e| match e {
-            SecureError::BadPadding => Refusal::WrongKey(key.name.clone()),
-            error => Refusal::BadFrame { name: key.name.clone(), error },
+            SecureError::BadPadding => Refusal::WrongKey(key.name.to_string()),
+            error => Refusal::BadFrame { name: key.name.to_string(), error },
         })?;
         self.check_counters(&key, message.global, message.local)?;
         let text = classify(&message.text);
@@ -224,8 +242,7 @@ impl Session {
                 self.shared.stats.events.fetch_add(1, Ordering::Relaxed);
                 self.shared.archive.send(ArchivedEvent {
                     time_ms: crate::clock::now_ms(),
-                    agent_id: key.id,
-                    agent_name: key.name.clone(),
+                    agent: key.clone(),
                     location: e.location,
                     message: e.message,
                 });
@@ -251,21 +268,17 @@ impl Session {
     /// The key of the agent a frame claims to come from, by id or (without one) by the peer address,
     /// checking the peer address against what the agent registered with.
     async fn key_for(&mut self, id: Option<&str>) -> Result<Arc<AgentKey>, Refusal> {
-        let lookup = |shared: &Shared| {
-            let keys = shared.keys();
-            match id {
-                Some(text) => text.parse::<u32>().ok().and_then(|n| keys.by_id.get(&n).cloned()),
-                None => keys.by_ip.get(&self.peer.ip()).and_then(|n| keys.by_id.get(n).cloned()),
-            }
+        let lookup = |shared: &Shared| match id {
+            Some(text) => text.parse::<u32>().ok().and_then(|n| shared.keys.get(n)),
+            None => shared.keys.by_ip(self.peer.ip()),
         };
         let key = match lookup(&self.shared) {
             Some(k) => k,
             None => {
                 // Perhaps enrolled a moment ago (through another node, its key still on its way to
-                // this one): read the keys again for up to three seconds.
+                // this one): look again for up to three seconds.
                 let mut found = None;
                 for _ in 0..15 {
-                    let _ = self.hub.refresh.send(RefreshKeys).await;
                     found = lookup(&self.shared);
                     if found.is_some() {
                         break;
@@ -281,7 +294,7 @@ impl Session {
         if !key.ip.admits(self.peer.ip()) {
             return Err(Refusal::WrongAddress {
                 id: key.id,
-                name: key.name.clone(),
+                name: key.name.to_string(),
                 registered: key.ip.to_string(),
                 peer: self.peer.ip(),
             });
@@ -294,7 +307,7 @@ impl Session {
             if let Some((g, l)) = self.last {
                 if global < g || (global == g && local <= l) {
                     return Err(Refusal::Replayed {
-                        name: key.name.clone(),
+                        name: key.name.to_string(),
                         global,
                         local,
                         last_global: g,
@@ -316,7 +329,7 @@ impl Session {
         let bound = self
             .hub
             .bind
-            .send(Bind { id: key.id, conn: self.conn, peer: self.peer, tx: self.tx.clone() })
+            .send(Bind { id: key.id, conn: self.conn, peer: self.peer, tx: self.tx.clone(), key: key.clone() })
             .await
             .map_err(|_| Refusal::HubGone)?;
         match bound {

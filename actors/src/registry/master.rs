@@ -2,11 +2,14 @@
 //!
 //! Ids are allocated as Wazuh does (`001`, one above the highest ever issued, never reused), keys
 //! come from the OS's CSPRNG, and every change is logged with a monotonic sequence number in the
-//! same transaction, so workers can ask for "everything after N". `client.keys` is rewritten after
-//! each commit that changed the table.
+//! same transaction, so workers can ask for "everything after N". `client.keys` and the node's key
+//! index follow each committed change ([`super::derived`]); agent counts by status and node are
+//! kept in memory ([`super::counts`]).
 
-use super::client_keys;
+use super::counts::{StatusCounts, StatusSummary};
+use super::derived::{Derived, KeySink};
 use super::policy::{Incumbent, ReplacePolicy, Verdict};
+use super::query::{AgentQuery, SortField};
 use super::schema::{
     self, all_entries, fmt_id, groups_text, groups_vec, one_entry, open_db, TableHash, CHANGELOG_KEEP, DEFAULT_GROUP,
 };
@@ -72,7 +75,8 @@ pub struct Registry {
     data_dir: PathBuf,
     hash: TableHash,
     seq: u64,
-    keys_written_at: u64,
+    derived: Derived,
+    counts: StatusCounts,
     pub replace: ReplacePolicy,
 }
 
@@ -94,21 +98,61 @@ impl Registry {
         schema::add_missing_columns(&conn, "agents", &schema::MASTER_ADDED_COLUMNS)?;
         let now = now_ms() as i64;
         conn.execute("INSERT OR IGNORE INTO groups (name, created_at) VALUES (?1, ?2)", params![DEFAULT_GROUP, now])?;
+        conn.execute_batch(schema::MASTER_INDEXES)?;
         let seq: i64 = conn.query_row("SELECT v FROM meta WHERE k = 'seq'", [], |r| r.get(0))?;
+        let entries = all_entries(&conn)?;
+        let mut hash = TableHash::default();
+        for e in &entries {
+            hash.toggle(e);
+        }
         let mut reg = Registry {
             conn,
             data_dir: data_dir.to_path_buf(),
-            hash: TableHash::default(),
+            hash,
             seq: seq as u64,
-            keys_written_at: seq as u64,
+            derived: Derived::open(data_dir, &entries)?,
+            counts: StatusCounts::default(),
             replace: ReplacePolicy::default(),
         };
-        for e in reg.entries()? {
-            reg.hash.toggle(&e);
-        }
+        reg.load_counts()?;
         reg.ensure_group_dir(DEFAULT_GROUP)?;
-        reg.write_keys()?;
         Ok(reg)
+    }
+
+    /// Sends every committed change of the agent table to `sink` (after the whole table now).
+    pub fn set_key_sink(&mut self, sink: std::sync::Arc<dyn KeySink>) -> Result<(), StoreError> {
+        let entries = self.entries()?;
+        self.derived.set_sink(sink, &entries);
+        Ok(())
+    }
+
+    /// client.keys as it is kept (for figures and tests).
+    pub fn client_keys(&self) -> &super::client_keys::ClientKeys {
+        self.derived.client_keys()
+    }
+
+    fn load_counts(&mut self) -> Result<(), StoreError> {
+        self.counts.clear();
+        let mut stmt = self.conn.prepare_cached("SELECT id, status, node_name, group_config_status FROM agents")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let id: u32 = r.get(0)?;
+            let status: String = r.get(1)?;
+            let node: String = r.get(2)?;
+            let config: Option<String> = r.get(3)?;
+            self.counts.set(id, &status, &node, config.as_deref());
+        }
+        Ok(())
+    }
+
+    /// Agents by status, configuration status and node, from memory.
+    pub fn status_summary(&self) -> StatusSummary {
+        self.counts.summary()
+    }
+
+    /// Agents with `status` reporting to `node` (either `None`: any), from memory.
+    pub fn count(&self, status: Option<&str>, node: Option<&str>) -> u64 {
+        self.counts.count(status, node)
     }
 
     pub fn seq(&self) -> u64 {
@@ -140,10 +184,6 @@ impl Registry {
         all_entries(&self.conn)
     }
 
-    pub fn write_keys(&self) -> Result<(), StoreError> {
-        client_keys::write(&self.data_dir, &self.entries()?)
-    }
-
     fn log_change(&mut self, change: &AgentChange) -> Result<(), StoreError> {
         self.seq += 1;
         let (op, id, name, ip, key, groups) = match change {
@@ -166,6 +206,7 @@ impl Registry {
         if self.seq > CHANGELOG_KEEP && self.seq % 1000 == 0 {
             self.conn.execute("DELETE FROM changes WHERE seq <= ?1", params![(self.seq - CHANGELOG_KEEP) as i64])?;
         }
+        self.derived.record(change.clone());
         Ok(())
     }
 
@@ -177,6 +218,7 @@ impl Registry {
         let Some(e) = self.entry(id)? else { return Ok(false) };
         self.conn.execute("DELETE FROM agents WHERE id = ?1", params![id])?;
         self.hash.toggle(&e);
+        self.counts.remove(id);
         self.log_change(&AgentChange::Removed { id })?;
         Ok(true)
     }
@@ -296,6 +338,7 @@ impl Registry {
         )?;
         self.conn.execute("UPDATE meta SET v = ?1 WHERE k = 'last_id'", params![id as i64])?;
         self.hash.toggle(&entry);
+        self.counts.set(id, "never_connected", &a.node_name, None);
         self.log_change(&AgentChange::Added(entry.clone()))?;
         Ok(Ok(entry))
     }
@@ -367,43 +410,35 @@ impl Registry {
 
     /// Stores status updates reported by `node` (a worker, or the master for its own agents), only
     /// for agents that exist, and never over a newer report from another node (an agent that moved).
-    /// Returns (stored, unknown, stale).
+    /// A status Wazuh does not have (or `never_connected`, which only the registry sets) is refused
+    /// and counted as unknown. Returns (stored, unknown, stale).
     pub fn store_statuses(&mut self, node: &str, updates: &[AgentInfoUpdate]) -> Result<(u32, u32, u32), StoreError> {
         let (mut stored, mut unknown, mut stale) = (0, 0, 0);
         for u in updates {
-            let info = u.info.as_ref().and_then(|i| serde_json::to_string(i).ok());
-            let i = u.info.as_ref();
-            let changed = self
-                .conn
-                .prepare_cached(
-                    "UPDATE agents SET status = ?2, last_keepalive = COALESCE(?3, last_keepalive), node_name = ?4,
-                        version = COALESCE(?5, version), os_name = COALESCE(?6, os_name),
-                        os_platform = COALESCE(?7, os_platform), os_version = COALESCE(?8, os_version),
-                        info = COALESCE(?9, info), merged_sum = COALESCE(?10, merged_sum),
-                        config_sum = COALESCE(?11, config_sum),
-                        group_config_status = COALESCE(?12, group_config_status), peer_ip = COALESCE(?13, peer_ip),
-                        disconnected_at = CASE WHEN ?2 = 'disconnected' THEN ?14 ELSE NULL END
-                 WHERE id = ?1 AND (node_name = ?4 OR last_keepalive IS NULL OR ?3 IS NULL AND status != 'active'
-                                    OR last_keepalive <= ?3)",
-                )?
-                .execute(params![
-                    u.id,
-                    u.status,
-                    u.last_keepalive_ms.map(|v| v as i64),
-                    node,
-                    u.version,
-                    i.map(|i| i.os_name.clone()),
-                    i.map(|i| i.os_platform.clone()),
-                    i.map(|i| i.os_version.clone()),
-                    info,
-                    i.and_then(|i| i.merged_sum.clone()),
-                    i.and_then(|i| i.config_sum.clone()),
-                    u.group_config_status,
-                    u.peer_ip,
-                    now_ms() as i64,
-                ])?;
+            if super::counts::status_code(&u.status).is_none_or(|c| c == 0) {
+                unknown += 1;
+                continue;
+            }
+            let changed = if u.version.is_none()
+                && u.info.is_none()
+                && u.group_config_status.is_none()
+                && u.peer_ip.is_none()
+            {
+                // A keep-alive that changed nothing but the time: the light statement.
+                self.conn
+                    .prepare_cached(
+                        "UPDATE agents SET status = ?2, last_keepalive = COALESCE(?3, last_keepalive), node_name = ?4,
+                            disconnected_at = CASE WHEN ?2 = 'disconnected' THEN ?5 ELSE NULL END
+                         WHERE id = ?1 AND (node_name = ?4 OR last_keepalive IS NULL OR ?3 IS NULL AND status != 'active'
+                                            OR last_keepalive <= ?3)",
+                    )?
+                    .execute(params![u.id, u.status, u.last_keepalive_ms.map(|v| v as i64), node, now_ms() as i64])?
+            } else {
+                self.store_status_details(node, u)?
+            };
             if changed > 0 {
                 stored += 1;
+                self.counts.update(u.id, &u.status, node, u.group_config_status.as_deref());
             } else if one_entry(&self.conn, u.id)?.is_some() {
                 stale += 1;
             } else {
@@ -413,37 +448,75 @@ impl Registry {
         Ok((stored, unknown, stale))
     }
 
+    /// One status update with its details (version, keep-alive fields...): the full statement.
+    fn store_status_details(&mut self, node: &str, u: &AgentInfoUpdate) -> Result<usize, StoreError> {
+        let info = u.info.as_ref().and_then(|i| serde_json::to_string(i).ok());
+        let i = u.info.as_ref();
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE agents SET status = ?2, last_keepalive = COALESCE(?3, last_keepalive), node_name = ?4,
+                    version = COALESCE(?5, version), os_name = COALESCE(?6, os_name),
+                    os_platform = COALESCE(?7, os_platform), os_version = COALESCE(?8, os_version),
+                    info = COALESCE(?9, info), merged_sum = COALESCE(?10, merged_sum),
+                    config_sum = COALESCE(?11, config_sum),
+                    group_config_status = COALESCE(?12, group_config_status), peer_ip = COALESCE(?13, peer_ip),
+                    disconnected_at = CASE WHEN ?2 = 'disconnected' THEN ?14 ELSE NULL END
+             WHERE id = ?1 AND (node_name = ?4 OR last_keepalive IS NULL OR ?3 IS NULL AND status != 'active'
+                                OR last_keepalive <= ?3)",
+            )?
+            .execute(params![
+                u.id,
+                u.status,
+                u.last_keepalive_ms.map(|v| v as i64),
+                node,
+                u.version,
+                i.map(|i| i.os_name.clone()),
+                i.map(|i| i.os_platform.clone()),
+                i.map(|i| i.os_version.clone()),
+                info,
+                i.and_then(|i| i.merged_sum.clone()),
+                i.and_then(|i| i.config_sum.clone()),
+                u.group_config_status,
+                u.peer_ip,
+                now_ms() as i64,
+            ])?;
+        Ok(changed)
+    }
+
     /// Full rows for the API, in id order (only agent `only` when given).
     pub fn rows(&self, only: Option<u32>) -> Result<Vec<AgentRow>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, name, ip, key, groups, registered_at, node_name, status, last_keepalive, version, os_name,
-                    os_platform, os_version, pending, info, group_config_status, peer_ip FROM agents
-             WHERE ?1 IS NULL OR id = ?1 ORDER BY id",
-        )?;
-        let rows = stmt.query_map(params![only], |r| {
-            Ok(AgentRow {
-                entry: AgentEntry {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    ip: r.get(2)?,
-                    key: r.get(3)?,
-                    groups: groups_vec(&r.get::<_, String>(4)?),
-                },
-                registered_at_ms: r.get::<_, i64>(5)? as u64,
-                node_name: r.get(6)?,
-                status: r.get(7)?,
-                last_keepalive_ms: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
-                version: r.get(9)?,
-                os_name: r.get(10)?,
-                os_platform: r.get(11)?,
-                os_version: r.get(12)?,
-                pending: r.get::<_, i64>(13)? != 0,
-                info: r.get::<_, Option<String>>(14)?.and_then(|t| serde_json::from_str(&t).ok()),
-                group_config_status: r.get(15)?,
-                peer_ip: r.get(16)?,
-            })
-        })?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM agents WHERE ?1 IS NULL OR id = ?1 ORDER BY id"))?;
+        let rows = stmt.query_map(params![only], agent_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One page of agents and how many match in all. The total comes from the in-memory counts
+    /// unless a group is asked for.
+    pub fn page(&self, q: &AgentQuery) -> Result<(u64, Vec<AgentRow>), StoreError> {
+        let (filter, mut args) = q.where_clause();
+        let total = if q.group.is_none() {
+            self.counts.count(q.status.as_deref(), q.node.as_deref())
+        } else {
+            let sql = format!("SELECT COUNT(*) FROM agents {filter}");
+            self.conn.prepare_cached(&sql)?.query_row(rusqlite::params_from_iter(&args), |r| r.get::<_, i64>(0))? as u64
+        };
+        let all = [
+            SortField::Name,
+            SortField::Ip,
+            SortField::Status,
+            SortField::NodeName,
+            SortField::Version,
+            SortField::RegisteredAt,
+            SortField::LastKeepAlive,
+        ];
+        let sql =
+            format!("SELECT {ROW_COLUMNS} FROM agents {filter} {} {}", q.order_clause(&all), q.page_clause(&mut args));
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(&args), agent_row)?;
+        Ok((total, rows.collect::<Result<_, _>>()?))
     }
 
     /// Group names with their agent counts.
@@ -541,19 +614,51 @@ impl Registry {
         Ok(())
     }
 
-    /// Commits, then rewrites `client.keys` if the table changed.
+    /// Commits, then brings client.keys and the key index up to date with what changed. A failed
+    /// write of client.keys does not undo the commit (the file is written whole after the next
+    /// change, and at every start); it is logged.
     pub fn commit(&mut self) -> Result<(), StoreError> {
         self.conn.execute_batch("COMMIT")?;
-        if self.seq != self.keys_written_at {
-            self.write_keys()?;
-            self.keys_written_at = self.seq;
+        let conn = &self.conn;
+        if let Err(e) = self.derived.committed(&self.data_dir, || all_entries(conn)) {
+            log::warn!("agent registry in {}: cannot update client.keys: {e}", self.data_dir.display());
         }
         Ok(())
     }
 
-    pub fn rollback(&self) {
+    pub fn rollback(&mut self) {
         let _ = self.conn.execute_batch("ROLLBACK");
+        self.derived.rollback();
     }
+}
+
+/// The columns [`agent_row`] reads, in its order.
+const ROW_COLUMNS: &str =
+    "id, name, ip, key, groups, registered_at, node_name, status, last_keepalive, version, os_name,
+    os_platform, os_version, pending, info, group_config_status, peer_ip";
+
+fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
+    Ok(AgentRow {
+        entry: AgentEntry {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            ip: r.get(2)?,
+            key: r.get(3)?,
+            groups: groups_vec(&r.get::<_, String>(4)?),
+        },
+        registered_at_ms: r.get::<_, i64>(5)? as u64,
+        node_name: r.get(6)?,
+        status: r.get(7)?,
+        last_keepalive_ms: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+        version: r.get(9)?,
+        os_name: r.get(10)?,
+        os_platform: r.get(11)?,
+        os_version: r.get(12)?,
+        pending: r.get::<_, i64>(13)? != 0,
+        info: r.get::<_, Option<String>>(14)?.and_then(|t| serde_json::from_str(&t).ok()),
+        group_config_status: r.get(15)?,
+        peer_ip: r.get(16)?,
+    })
 }
 
 /// A refusal recorded for a token: JSON of the [`EnrollError`] (rows written by builds before 0.2
@@ -588,13 +693,16 @@ impl Store for Registry {
     }
     fn reload(&mut self) -> Result<(), StoreError> {
         (self.seq, self.hash) = schema::position(&self.conn)?;
-        Ok(())
+        self.load_counts()
     }
     fn savepoint(&mut self) -> Result<(), StoreError> {
-        schema::savepoint(&self.conn)
+        schema::savepoint(&self.conn)?;
+        self.derived.savepoint();
+        Ok(())
     }
     fn release(&mut self, keep: bool) {
-        schema::release(&self.conn, keep)
+        schema::release(&self.conn, keep);
+        self.derived.release(keep);
     }
 }
 
@@ -630,6 +738,85 @@ mod tests {
         let row = reg.rows(Some(a.id)).unwrap().remove(0);
         assert_eq!((row.status.as_str(), row.node_name.as_str()), ("active", "worker-2"));
         assert_eq!(row.last_keepalive_ms, Some(200));
+    }
+
+    #[test]
+    fn a_keepalive_without_details_keeps_them_and_counts_follow_every_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reg = Registry::open(dir.path()).unwrap();
+        let a = enroll(&mut reg, &agent("s1", None)).unwrap();
+        let b = enroll(&mut reg, &agent("s2", None)).unwrap();
+        assert_eq!(reg.count(Some("never_connected"), None), 2);
+        let full = AgentInfoUpdate {
+            group_config_status: Some("synced".into()),
+            peer_ip: Some("10.1.1.1".into()),
+            ..status(a.id, "active", Some(100))
+        };
+        reg.store_statuses("worker-1", &[full]).unwrap();
+        let light = AgentInfoUpdate { version: None, ..status(a.id, "active", Some(300)) };
+        assert_eq!(reg.store_statuses("worker-1", &[light]).unwrap(), (1, 0, 0));
+        let row = reg.rows(Some(a.id)).unwrap().remove(0);
+        assert_eq!(row.last_keepalive_ms, Some(300));
+        assert_eq!(row.version.as_deref(), Some("Wazuh v4.14.7"), "details kept");
+        assert_eq!((row.group_config_status.as_deref(), row.peer_ip.as_deref()), (Some("synced"), Some("10.1.1.1")));
+        // Statuses Wazuh does not have are refused, and counted as unknown.
+        assert_eq!(reg.store_statuses("worker-1", &[status(b.id, "bogus", Some(1))]).unwrap(), (0, 1, 0));
+        assert_eq!(reg.store_statuses("worker-1", &[status(b.id, "never_connected", Some(1))]).unwrap(), (0, 1, 0));
+        let summary = reg.status_summary();
+        assert_eq!((summary.connection["active"], summary.connection["never_connected"]), (1, 1));
+        assert_eq!(summary.configuration["synced"], 1);
+        assert_eq!(summary.nodes["worker-1"]["active"], 1);
+        // A light update keeps the configuration status in the counts too.
+        reg.store_statuses("worker-2", &[AgentInfoUpdate { version: None, ..status(a.id, "active", Some(400)) }])
+            .unwrap();
+        assert_eq!(reg.status_summary().configuration["synced"], 1);
+        assert_eq!(reg.count(Some("active"), Some("worker-2")), 1);
+        reg.delete(a.id).unwrap();
+        assert_eq!(reg.status_summary().connection["total"], 1);
+    }
+
+    #[test]
+    fn pages_hold_every_agent_exactly_once_in_any_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reg = Registry::open(dir.path()).unwrap();
+        let mut ids = Vec::new();
+        for i in 0..230 {
+            ids.push(enroll(&mut reg, &agent(&format!("p{:03}", (i * 7919) % 1000), None)).unwrap().id);
+        }
+        for id in ids.iter().step_by(3) {
+            reg.store_statuses("worker-1", &[status(*id, "active", Some(*id as u64 % 17))]).unwrap();
+        }
+        for sort in ["", "-id", "+name", "-name", "lastKeepAlive", "-status,+name", "node_name"] {
+            let mut seen = Vec::new();
+            let mut offset = 0;
+            loop {
+                let q = AgentQuery {
+                    sort: super::super::query::parse_sort(sort).unwrap(),
+                    offset,
+                    limit: 17,
+                    ..AgentQuery::default()
+                };
+                let (total, page) = reg.page(&q).unwrap();
+                assert_eq!(total, 230, "sort {sort}");
+                if page.is_empty() {
+                    break;
+                }
+                offset += page.len() as u64;
+                seen.extend(page.into_iter().map(|r| r.entry.id));
+            }
+            let mut sorted = seen.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted.len(), 230, "sort {sort}: every agent exactly once");
+            assert_eq!(seen.len(), 230, "sort {sort}: no agent twice");
+        }
+        let q = AgentQuery { status: Some("active".into()), limit: 1000, ..AgentQuery::default() };
+        let (total, page) = reg.page(&q).unwrap();
+        assert_eq!((total, page.len()), (77, 77));
+        let q = AgentQuery { group: Some("default".into()), limit: 5, ..AgentQuery::default() };
+        assert_eq!(reg.page(&q).unwrap().0, 230);
+        let q = AgentQuery { group: Some("defaul".into()), ..AgentQuery::default() };
+        assert_eq!(reg.page(&q).unwrap().0, 0, "a group is matched whole");
     }
 
     #[test]

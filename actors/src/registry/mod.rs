@@ -6,7 +6,10 @@
 //! - [`policy`]: when a new enrollment may replace an agent holding its name (pure decisions).
 //! - [`admin`]: agent and group changes from an API, with typed refusals.
 //! - [`replica`]: a worker's [`Replica`], following the master's change log.
-//! - [`client_keys`]: `etc/client.keys`, Wazuh-compatible, written atomically.
+//! - [`client_keys`]: `etc/client.keys`, Wazuh-compatible, kept up to date per change.
+//! - [`derived`]: what follows each committed change (client.keys, the node's key index).
+//! - [`query`]: pages of agents (filters, sort, offset, limit) for the API.
+//! - [`counts`]: agent counts by status and node, kept in memory for summaries and metrics.
 //! - [`store`]: the thread that owns one store and runs commands in group commits.
 //!
 //! A global hash (XOR of the MD5 of every agent's `id name ip key groups` line) is kept
@@ -14,14 +17,18 @@
 
 pub mod admin;
 pub mod client_keys;
+pub mod counts;
+pub mod derived;
 pub mod master;
 pub mod policy;
+pub mod query;
 pub mod replica;
 pub mod schema;
 pub mod store;
 #[cfg(test)]
 pub(crate) mod testing;
 
+pub use derived::KeySink;
 pub use master::{AgentRow, NewAgent, Registry};
 pub use policy::ReplacePolicy;
 pub use replica::Replica;

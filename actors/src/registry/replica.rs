@@ -1,9 +1,11 @@
 //! A worker's replica of the agent table: the master's changes (or a snapshot) applied in order,
 //! its position (the master's sequence number it has reached), the same table hash as the master,
-//! `client.keys` rewritten after each applied change, and the outbox of enrollment outcomes the
+//! `client.keys` and the node's key index following each applied change ([`super::derived`]), and
+//! the outbox of enrollment outcomes the
 //! master has not acknowledged yet.
 
-use super::client_keys;
+use super::derived::{Derived, KeySink};
+use super::query::{AgentQuery, SortField};
 use super::schema::{self, all_entries, groups_text, one_entry, open_db, TableHash};
 use super::store::{Store, StoreError};
 use rusqlite::{params, Connection};
@@ -16,7 +18,7 @@ pub struct Replica {
     data_dir: PathBuf,
     hash: TableHash,
     seq: u64,
-    dirty: bool,
+    derived: Derived,
 }
 
 impl Replica {
@@ -25,18 +27,25 @@ impl Replica {
         let conn = open_db(&data_dir.join("var/db/replica.db"))?;
         conn.execute_batch(schema::REPLICA_TABLES)?;
         let seq: i64 = conn.query_row("SELECT v FROM meta WHERE k = 'seq'", [], |r| r.get(0))?;
-        let mut rep = Replica {
-            conn,
-            data_dir: data_dir.to_path_buf(),
-            hash: TableHash::default(),
-            seq: seq as u64,
-            dirty: false,
-        };
-        for e in rep.entries()? {
-            rep.hash.toggle(&e);
+        let entries = all_entries(&conn)?;
+        let mut hash = TableHash::default();
+        for e in &entries {
+            hash.toggle(e);
         }
-        rep.write_keys()?;
-        Ok(rep)
+        let derived = Derived::open(data_dir, &entries)?;
+        Ok(Replica { conn, data_dir: data_dir.to_path_buf(), hash, seq: seq as u64, derived })
+    }
+
+    /// Sends every committed change of the replica to `sink` (after the whole table now).
+    pub fn set_key_sink(&mut self, sink: std::sync::Arc<dyn KeySink>) -> Result<(), StoreError> {
+        let entries = self.entries()?;
+        self.derived.set_sink(sink, &entries);
+        Ok(())
+    }
+
+    /// client.keys as it is kept (for figures and tests).
+    pub fn client_keys(&self) -> &super::client_keys::ClientKeys {
+        self.derived.client_keys()
     }
 
     pub fn seq(&self) -> u64 {
@@ -51,8 +60,35 @@ impl Replica {
         all_entries(&self.conn)
     }
 
-    pub fn write_keys(&self) -> Result<(), StoreError> {
-        client_keys::write(&self.data_dir, &self.entries()?)
+    /// One page of the replica's agents and how many match in all. The replica knows agents'
+    /// identities and groups, not their statuses: a status or node filter matches nothing.
+    pub fn page(&self, q: &AgentQuery) -> Result<(u64, Vec<AgentEntry>), StoreError> {
+        if q.status.is_some() || q.node.is_some() {
+            return Ok((0, Vec::new()));
+        }
+        let (filter, mut args) = q.where_clause();
+        let total = self
+            .conn
+            .prepare_cached(&format!("SELECT COUNT(*) FROM agents {filter}"))?
+            .query_row(rusqlite::params_from_iter(&args), |r| r.get::<_, i64>(0))? as u64;
+        let sql = format!(
+            "SELECT id, name, ip, key, groups FROM agents {filter} {} {}",
+            q.order_clause(&[SortField::Name, SortField::Ip]),
+            q.page_clause(&mut args)
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(&args), schema::row_entry)?;
+        Ok((total, rows.collect::<Result<_, _>>()?))
+    }
+
+    /// Agent `id`, if the replica has it.
+    pub fn entry(&self, id: u32) -> Result<Option<AgentEntry>, StoreError> {
+        self.get(id)
+    }
+
+    /// Agents in the replica.
+    pub fn count(&self) -> Result<u64, StoreError> {
+        Ok(self.conn.prepare_cached("SELECT COUNT(*) FROM agents")?.query_row([], |r| r.get::<_, i64>(0))? as u64)
     }
 
     fn get(&self, id: u32) -> Result<Option<AgentEntry>, StoreError> {
@@ -69,6 +105,7 @@ impl Replica {
         if snapshot {
             self.conn.execute("DELETE FROM agents", [])?;
             self.hash = TableHash::default();
+            self.derived.record_reset();
         }
         for c in changes {
             match c {
@@ -76,31 +113,35 @@ impl Replica {
                     if let Some(old) = self.get(e.id)? {
                         self.hash.toggle(&old);
                     }
-                    self.conn.execute(
-                        "INSERT OR REPLACE INTO agents (id, name, ip, key, groups) VALUES (?1, ?2, ?3, ?4, ?5)",
-                        params![e.id, e.name, e.ip, e.key, groups_text(&e.groups)],
-                    )?;
+                    self.conn
+                        .prepare_cached(
+                            "INSERT OR REPLACE INTO agents (id, name, ip, key, groups) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        )?
+                        .execute(params![e.id, e.name, e.ip, e.key, groups_text(&e.groups)])?;
                     self.hash.toggle(e);
+                    self.derived.record(c.clone());
                 }
                 AgentChange::Removed { id } => {
                     if let Some(old) = self.get(*id)? {
-                        self.conn.execute("DELETE FROM agents WHERE id = ?1", params![id])?;
+                        self.conn.prepare_cached("DELETE FROM agents WHERE id = ?1")?.execute(params![id])?;
                         self.hash.toggle(&old);
+                        self.derived.record(c.clone());
                     }
                 }
                 AgentChange::GroupsChanged { id, groups } => {
                     if let Some(old) = self.get(*id)? {
                         self.conn
-                            .execute("UPDATE agents SET groups = ?1 WHERE id = ?2", params![groups_text(groups), id])?;
+                            .prepare_cached("UPDATE agents SET groups = ?1 WHERE id = ?2")?
+                            .execute(params![groups_text(groups), id])?;
                         self.hash.toggle(&old);
                         self.hash.toggle(&AgentEntry { groups: groups.clone(), ..old });
+                        self.derived.record(c.clone());
                     }
                 }
             }
         }
         self.conn.execute("UPDATE meta SET v = ?1 WHERE k = 'seq'", params![to as i64])?;
         self.seq = to;
-        self.dirty = true;
         Ok(true)
     }
 
@@ -130,26 +171,31 @@ impl Store for Replica {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         Ok(())
     }
+    /// Commits, then brings client.keys and the key index up to date (see `Registry::commit`).
     fn commit(&mut self) -> Result<(), StoreError> {
         self.conn.execute_batch("COMMIT")?;
-        if self.dirty {
-            self.write_keys()?;
-            self.dirty = false;
+        let conn = &self.conn;
+        if let Err(e) = self.derived.committed(&self.data_dir, || all_entries(conn)) {
+            log::warn!("agent replica in {}: cannot update client.keys: {e}", self.data_dir.display());
         }
         Ok(())
     }
     fn rollback(&mut self) {
         let _ = self.conn.execute_batch("ROLLBACK");
+        self.derived.rollback();
     }
     fn reload(&mut self) -> Result<(), StoreError> {
         (self.seq, self.hash) = schema::position(&self.conn)?;
         Ok(())
     }
     fn savepoint(&mut self) -> Result<(), StoreError> {
-        schema::savepoint(&self.conn)
+        schema::savepoint(&self.conn)?;
+        self.derived.savepoint();
+        Ok(())
     }
     fn release(&mut self, keep: bool) {
-        schema::release(&self.conn, keep)
+        schema::release(&self.conn, keep);
+        self.derived.release(keep);
     }
 }
 

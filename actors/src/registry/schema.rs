@@ -48,6 +48,11 @@ pub const MASTER_TABLES: &str = "CREATE TABLE IF NOT EXISTS agents (
 pub const MASTER_ADDED_COLUMNS: [(&str, &str); 3] =
     [("info", "TEXT"), ("group_config_status", "TEXT"), ("peer_ip", "TEXT")];
 
+/// Indexes for the lookups that run per enrollment or per pass (a duplicate address; agents whose
+/// key delivery is unconfirmed), so that their cost does not grow with the registry.
+pub const MASTER_INDEXES: &str = "CREATE INDEX IF NOT EXISTS agents_ip ON agents (ip);
+    CREATE INDEX IF NOT EXISTS agents_pending ON agents (registered_at) WHERE pending = 1;";
+
 /// A worker's tables.
 pub const REPLICA_TABLES: &str = "CREATE TABLE IF NOT EXISTS agents (id INTEGER PRIMARY KEY, name TEXT NOT NULL, ip TEXT NOT NULL, key TEXT NOT NULL, groups TEXT NOT NULL);
      CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);

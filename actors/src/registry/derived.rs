@@ -1,0 +1,136 @@
+//! What follows the agent table, per change: `client.keys` and the node's key index (the agent
+//! connections' keys). A store records the changes of the transaction in progress here; once it
+//! commits they are applied, in O(change), before any caller hears of the commit. A change undone
+//! (a command's savepoint rolled back, a transaction that failed) is forgotten with it.
+
+use super::client_keys::ClientKeys;
+use super::store::StoreError;
+use std::path::Path;
+use std::sync::Arc;
+use wazuh_cluster_protocol::message::{AgentChange, AgentEntry};
+
+/// Something that keeps a copy of the agent table's identities (the agent hub's key index). Called
+/// on the store's thread, after the commit and before its callers are answered.
+pub trait KeySink: Send + Sync {
+    /// The table is now exactly `entries`.
+    fn reset(&self, entries: &[AgentEntry]);
+    /// These committed changes, in order.
+    fn apply(&self, changes: &[AgentChange]);
+}
+
+/// The changes of the open transaction and where they go once it commits.
+pub struct Derived {
+    keys: ClientKeys,
+    sink: Option<Arc<dyn KeySink>>,
+    pending: Vec<AgentChange>,
+    /// The transaction replaced the whole table (a snapshot): everything is rebuilt.
+    reset: bool,
+    /// Where the current command's savepoint began.
+    mark: (usize, bool),
+    /// A write of client.keys failed: the next commit writes it whole.
+    keys_stale: bool,
+    /// A reset could not be carried out (the table could not be read): the next commit does it.
+    resync: bool,
+}
+
+impl Derived {
+    /// Writes `client.keys` whole for `entries`.
+    pub fn open(data_dir: &Path, entries: &[AgentEntry]) -> Result<Self, StoreError> {
+        Ok(Self {
+            keys: ClientKeys::create(data_dir, entries)?,
+            sink: None,
+            pending: Vec::new(),
+            reset: false,
+            mark: (0, false),
+            keys_stale: false,
+            resync: false,
+        })
+    }
+
+    /// Sends every committed change to `sink` from now on, starting with the whole table.
+    pub fn set_sink(&mut self, sink: Arc<dyn KeySink>, entries: &[AgentEntry]) {
+        sink.reset(entries);
+        self.sink = Some(sink);
+    }
+
+    pub fn record(&mut self, change: AgentChange) {
+        if !self.reset {
+            self.pending.push(change);
+        }
+    }
+
+    /// The whole table is replaced in this transaction.
+    pub fn record_reset(&mut self) {
+        self.reset = true;
+        self.pending.clear();
+    }
+
+    pub fn savepoint(&mut self) {
+        self.mark = (self.pending.len(), self.reset);
+    }
+
+    /// The command under the savepoint is kept or undone.
+    pub fn release(&mut self, keep: bool) {
+        if !keep {
+            self.pending.truncate(self.mark.0);
+            self.reset = self.mark.1;
+        }
+    }
+
+    pub fn rollback(&mut self) {
+        self.pending.clear();
+        self.reset = false;
+    }
+
+    /// Whether the open transaction changed the table.
+    pub fn dirty(&self) -> bool {
+        self.reset || !self.pending.is_empty()
+    }
+
+    /// The transaction committed: brings the sink and client.keys up to date. `entries` reads the
+    /// whole table, needed only after a reset (or to write client.keys whole again after a failed
+    /// write). An error is about client.keys only: the commit stands, the sink has the changes, and
+    /// the next commit writes the file whole.
+    pub fn committed(
+        &mut self,
+        data_dir: &Path,
+        entries: impl FnOnce() -> Result<Vec<AgentEntry>, StoreError>,
+    ) -> Result<(), StoreError> {
+        let changes = std::mem::take(&mut self.pending);
+        let reset = std::mem::replace(&mut self.reset, false) || self.resync;
+        if !reset && changes.is_empty() && !self.keys_stale {
+            return Ok(());
+        }
+        if !reset {
+            if let Some(s) = &self.sink {
+                s.apply(&changes);
+            }
+        }
+        if !reset && !self.keys_stale {
+            let written = self.keys.apply(&changes);
+            self.keys_stale = written.is_err();
+            return written;
+        }
+        let all = match entries() {
+            Ok(all) => all,
+            Err(e) => {
+                self.resync |= reset;
+                self.keys_stale = true;
+                return Err(e);
+            }
+        };
+        self.resync = false;
+        if reset {
+            if let Some(s) = &self.sink {
+                s.reset(&all);
+            }
+        }
+        let written = ClientKeys::create(data_dir, &all).map(|k| self.keys = k);
+        self.keys_stale = written.is_err();
+        written
+    }
+
+    pub fn client_keys(&self) -> &ClientKeys {
+        &self.keys
+    }
+}

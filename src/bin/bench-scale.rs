@@ -1,0 +1,521 @@
+//! `bench-scale`: the cluster at Wazuh's QA shape, as separate processes on this machine.
+//!
+//! Starts a master and `--workers` workers from the release build (`deploy/` configurations, loopback
+//! ports below 32768, a temporary data directory), then agent-sim with `--agents` agents enrolling
+//! through every worker and reporting to them (keep-alive every `--keepalive` seconds), and
+//! measures, printing one JSON object:
+//! - enrollment: time and rate overall and over the first and the last tenth, latency, errors;
+//! - the time until every agent is `active` on the master (from agent-sim's start);
+//! - a steady-state window: master and worker RSS (mean, max), each process's CPU, agent-sim's CPU,
+//!   and the memory per connected agent on a worker (RSS in the window minus RSS before any agent,
+//!   over the agents of a worker);
+//! - status change on a worker -> visible on the master's API, p50 / p99 (agent-sim measures);
+//! - a rule file written on the master -> the same bytes on every worker, p50 / p99 over rounds;
+//! - `kill -9` of one worker -> its agents active again on the master through the others;
+//! - WARN and ERROR lines per node, before and after the kill, with the distinct messages.
+//!
+//! `bench-scale [--agents 50000] [--workers 25] [--keepalive 10] [--window 60] [--rule-rounds 10]`
+//! (`scripts/bench-scale.sh` builds the release binaries and runs it).
+
+use clap::Parser;
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use wazuh_multi_node::procstat;
+
+#[derive(Parser, Debug)]
+#[command(name = "bench-scale", about = "A master, N workers and many agents as processes on this machine")]
+struct Args {
+    #[arg(long, default_value_t = 50_000)]
+    agents: usize,
+    #[arg(long, default_value_t = 25)]
+    workers: usize,
+    /// Seconds between an agent's keep-alives.
+    #[arg(long, default_value_t = 10.0)]
+    keepalive: f64,
+    /// Enrollments in flight at once (all agent-sim processes together).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds of steady state measured for memory and CPU.
+    #[arg(long, default_value_t = 60)]
+    window: u64,
+    /// Status-change measurements.
+    #[arg(long, default_value_t = 100)]
+    status_samples: usize,
+    /// Rule-file propagation rounds.
+    #[arg(long, default_value_t = 10)]
+    rule_rounds: usize,
+    /// Give up waiting for every agent to be active after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    setup_timeout: u64,
+    /// First port to try; every port used is below 32768 (the ephemeral range starts there).
+    #[arg(long, default_value_t = 20_000)]
+    base_port: u16,
+    /// Where the binaries are (default: next to this one).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// The configurations to start from.
+    #[arg(long, default_value = "deploy")]
+    deploy: PathBuf,
+    /// Keep the data directory (and the logs) instead of removing it.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// Ports below 32768, each checked free when taken.
+struct Ports(u16);
+
+impl Ports {
+    fn take(&mut self) -> anyhow::Result<u16> {
+        while self.0 < 32_700 {
+            let p = self.0;
+            self.0 += 1;
+            if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+                return Ok(p);
+            }
+        }
+        anyhow::bail!("no free port below 32700")
+    }
+}
+
+struct Node {
+    name: String,
+    child: Child,
+    api: u16,
+    enroll: u16,
+    agents: u16,
+    data: PathBuf,
+    log: PathBuf,
+}
+
+impl Node {
+    fn api_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api)
+    }
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+fn start_node(
+    args: &Args,
+    bin: &Path,
+    dir: &Path,
+    ports: &mut Ports,
+    name: &str,
+    master: bool,
+    cluster_port: u16,
+) -> anyhow::Result<Node> {
+    let (api, enroll, agents) = (ports.take()?, ports.take()?, ports.take()?);
+    let data = dir.join(name);
+    let log = dir.join(format!("{name}.log"));
+    let config = args.deploy.join(if master { "master.toml" } else { "worker-1.toml" });
+    let sets = [
+        format!("node.name={name}"),
+        format!("node.data_dir={}", data.display()),
+        format!("cluster.key_file={}", dir.join("cluster.key").display()),
+        format!("cluster.bind=127.0.0.1:{cluster_port}"),
+        format!("cluster.master=127.0.0.1:{cluster_port}"),
+        format!("api.bind=127.0.0.1:{api}"),
+        format!("enrollment.bind=127.0.0.1:{enroll}"),
+        format!("agents.bind=127.0.0.1:{agents}"),
+        "log.level=info".to_string(),
+    ];
+    let mut cmd = Command::new(bin.join("wazuh-cluster"));
+    cmd.arg("run").arg("--config").arg(&config);
+    for s in &sets {
+        cmd.arg("--set").arg(s);
+    }
+    let child = cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log)?).spawn()?;
+    Ok(Node { name: name.to_string(), child, api, enroll, agents, data, log })
+}
+
+fn get_json(base: &str, path: &str) -> Option<serde_json::Value> {
+    match wazuh_multi_node::client::get(base, path) {
+        Ok((200, body)) => serde_json::from_str(&body).ok(),
+        _ => None,
+    }
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
+}
+
+fn round1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    Md5::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The processes of agent-sim: the parent and its parts.
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    out.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+    out
+}
+
+fn cpu_of(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|p| procstat::cpu_ms(Some(*p))).sum()
+}
+
+/// WARN and ERROR lines of a log from line `from` on: count and distinct messages (without time).
+fn log_problems(path: &Path, from: usize) -> (usize, usize, BTreeMap<String, u64>) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let (mut count, mut lines) = (0, 0);
+    let mut kinds = BTreeMap::new();
+    for l in text.lines() {
+        lines += 1;
+        if lines <= from {
+            continue;
+        }
+        if l.contains(" WARN ") || l.contains(" ERROR ") {
+            count += 1;
+            // Without the timestamp and with digits folded, so that repeats group together.
+            let msg: String = l
+                .split_once(' ')
+                .map_or(l, |(_, rest)| rest)
+                .chars()
+                .map(|c| if c.is_ascii_digit() { '#' } else { c })
+                .collect();
+            *kinds.entry(msg).or_default() += 1;
+        }
+    }
+    (count, lines, kinds)
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn say(text: &str) {
+    eprintln!("[bench-scale] {text}");
+}
+
+fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
+    let bin = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()?.parent().map(Path::to_path_buf).unwrap_or_default(),
+    };
+    let tmp = tempfile::Builder::new().prefix("bench-scale-").tempdir()?;
+    let dir = tmp.path().to_path_buf();
+    let key = Command::new(bin.join("wazuh-cluster")).arg("keygen").output()?;
+    anyhow::ensure!(key.status.success(), "keygen failed");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dir.join("cluster.key"))?;
+        f.write_all(&key.stdout)?;
+    }
+    let mut ports = Ports(args.base_port);
+    let cluster_port = ports.take()?;
+    let mut nodes = Vec::new();
+    let result = measure(args, &bin, &dir, &mut ports, cluster_port, &mut nodes);
+    for n in &mut nodes {
+        if matches!(n.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill").arg("-TERM").arg(n.pid().to_string()).status();
+        }
+    }
+    for n in &mut nodes {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && matches!(n.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = n.child.kill();
+        let _ = n.child.wait();
+    }
+    if args.keep {
+        let kept = tmp.keep();
+        say(&format!("data and logs kept in {}", kept.display()));
+    }
+    result
+}
+
+fn measure(
+    args: &Args,
+    bin: &Path,
+    dir: &Path,
+    ports: &mut Ports,
+    cluster_port: u16,
+    nodes: &mut Vec<Node>,
+) -> anyhow::Result<serde_json::Value> {
+    nodes.push(start_node(args, bin, dir, ports, "master", true, cluster_port)?);
+    let master_api = nodes[0].api_url();
+    anyhow::ensure!(
+        wait_until(Duration::from_secs(30), || get_json(&master_api, "/cluster/nodes").is_some()),
+        "the master did not start (see {})",
+        nodes[0].log.display()
+    );
+    for i in 1..=args.workers {
+        nodes.push(start_node(args, bin, dir, ports, &format!("worker-{i:02}"), false, cluster_port)?);
+    }
+    let expected = args.workers + 1;
+    let listed = wait_until(Duration::from_secs(120), || {
+        get_json(&master_api, "/cluster/nodes")
+            .and_then(|v| v["data"]["total_affected_items"].as_u64())
+            .is_some_and(|n| n as usize >= expected)
+    });
+    anyhow::ensure!(listed, "not every worker connected to the master within 120 s");
+    say(&format!("master and {} workers up", args.workers));
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_rss: Vec<u64> = nodes.iter().map(|n| procstat::rss_kib(n.pid()).unwrap_or(0)).collect();
+
+    // agent-sim: enrolls through every worker, connects to every worker.
+    let enroll: Vec<String> = nodes[1..].iter().map(|n| format!("127.0.0.1:{}", n.enroll)).collect();
+    let connect: Vec<String> = nodes[1..].iter().map(|n| format!("127.0.0.1:{}", n.agents)).collect();
+    let sim_start = Instant::now();
+    let mut sim = Command::new(bin.join("agent-sim"))
+        .args(["--enroll", &enroll.join(","), "--agents", &args.agents.to_string()])
+        .args(["--concurrency", &args.concurrency.to_string(), "--connect", &connect.join(",")])
+        .args(["--keepalive", &args.keepalive.to_string(), "--duration", "100000", "--api", &master_api])
+        .args(["--control-stdin", "--progress", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut sim_in = sim.stdin.take();
+    let sim_out = sim.stdout.take().ok_or_else(|| anyhow::anyhow!("agent-sim has no stdout"))?;
+    let (tx, rx) = mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(sim_out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut sim_lines: Vec<serde_json::Value> = Vec::new();
+    let take_lines = |sim_lines: &mut Vec<serde_json::Value>| {
+        while let Ok(v) = rx.try_recv() {
+            sim_lines.push(v);
+        }
+    };
+    let phase = |lines: &[serde_json::Value], p: &str| lines.iter().find(|v| v["phase"] == p).cloned();
+
+    // Until every agent is active on the master.
+    let mut all_active_s = None;
+    let mut last_print = Instant::now();
+    while sim_start.elapsed() < Duration::from_secs(args.setup_timeout) {
+        take_lines(&mut sim_lines);
+        let summary = get_json(&master_api, "/agents/summary/status");
+        let active = summary.as_ref().and_then(|s| s["data"]["connection"]["active"].as_u64()).unwrap_or(0);
+        if last_print.elapsed() > Duration::from_secs(10) {
+            let total = summary.as_ref().and_then(|s| s["data"]["connection"]["total"].as_u64()).unwrap_or(0);
+            say(&format!(
+                "{:.0} s: {total} registered, {active} active on the master",
+                sim_start.elapsed().as_secs_f64()
+            ));
+            last_print = Instant::now();
+        }
+        if active as usize >= args.agents {
+            all_active_s = Some(sim_start.elapsed().as_secs_f64());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    take_lines(&mut sim_lines);
+    say(&format!("every agent active on the master after {all_active_s:?} s"));
+
+    // Steady state: memory and CPU over the window.
+    let sim_pids = process_tree(sim.id());
+    let cpu0: Vec<u64> = nodes.iter().map(|n| procstat::cpu_ms(Some(n.pid())).unwrap_or(0)).collect();
+    let sim_cpu0 = cpu_of(&sim_pids);
+    let w0 = Instant::now();
+    let mut rss: Vec<Vec<u64>> = vec![Vec::new(); nodes.len()];
+    while w0.elapsed() < Duration::from_secs(args.window) {
+        for (i, n) in nodes.iter().enumerate() {
+            if let Some(k) = procstat::rss_kib(n.pid()) {
+                rss[i].push(k);
+            }
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let window_s = w0.elapsed().as_secs_f64();
+    let cpu1: Vec<u64> = nodes.iter().map(|n| procstat::cpu_ms(Some(n.pid())).unwrap_or(0)).collect();
+    let sim_cpu = cpu_of(&sim_pids).saturating_sub(sim_cpu0);
+    let pct = |ms: u64| round1(ms as f64 / 10.0 / window_s);
+    let mib = |k: f64| round1(k / 1024.0);
+    let mean = |v: &[u64]| if v.is_empty() { 0.0 } else { v.iter().sum::<u64>() as f64 / v.len() as f64 };
+    let master_rss = &rss[0];
+    let worker_all: Vec<u64> = rss[1..].iter().flatten().copied().collect();
+    let worker_means: Vec<f64> = rss[1..].iter().map(|v| mean(v)).collect();
+    let idle_worker = mean(&idle_rss[1..]);
+    let per_worker_agents = args.agents as f64 / args.workers.max(1) as f64;
+    let per_agent_kib = (mean(&worker_all) - idle_worker) / per_worker_agents.max(1.0);
+    let steady = serde_json::json!({
+        "window_s": round1(window_s),
+        "master_rss_mib": { "mean": mib(mean(master_rss)), "max": mib(master_rss.iter().copied().max().unwrap_or(0) as f64), "idle": mib(idle_rss[0] as f64) },
+        "worker_rss_mib": { "mean": mib(mean(&worker_all)), "max": mib(worker_all.iter().copied().max().unwrap_or(0) as f64), "idle_mean": mib(idle_worker),
+                             "min_of_means": mib(worker_means.iter().copied().fold(f64::MAX, f64::min)) },
+        "worker_kib_per_connected_agent": round1(per_agent_kib),
+        "master_cpu_pct": pct(cpu1[0] - cpu0[0]),
+        "workers_cpu_pct_sum": pct(cpu1[1..].iter().zip(&cpu0[1..]).map(|(a, b)| a - b).sum()),
+        "worker_cpu_pct_max": cpu1[1..].iter().zip(&cpu0[1..]).map(|(a, b)| pct(a - b)).fold(0.0, f64::max),
+        "agent_sim_cpu_pct": pct(sim_cpu),
+    });
+    say(&format!("steady state: {steady}"));
+
+    // Status change: agent-sim measures on request.
+    let mut status = serde_json::Value::Null;
+    if let Some(input) = sim_in.as_mut() {
+        writeln!(input, "status {}", args.status_samples)?;
+        input.flush()?;
+        let deadline = Instant::now() + Duration::from_secs(60 + args.status_samples as u64);
+        while Instant::now() < deadline {
+            take_lines(&mut sim_lines);
+            if let Some(s) = phase(&sim_lines, "status") {
+                status = s;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    say(&format!("status change to the master: {status}"));
+
+    // A rule file on every worker.
+    let mut rule_ms = Vec::new();
+    let rel = "etc/rules/bench_scale_rules.xml";
+    for round in 0..args.rule_rounds {
+        let content = format!(
+            "<group name=\"bench,\">\n  <rule id=\"{}\" level=\"3\">\n    <match>bench round {round} {}</match>\n  </rule>\n</group>\n",
+            100_000 + round,
+            wazuh_cluster_actors::clock::now_ms()
+        );
+        let want = md5_hex(content.as_bytes());
+        let target = nodes[0].data.join(rel);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let t0 = Instant::now();
+        std::fs::write(&target, &content)?;
+        let mut pending: Vec<PathBuf> = nodes[1..].iter().map(|n| n.data.join(rel)).collect();
+        while !pending.is_empty() && t0.elapsed() < Duration::from_secs(60) {
+            pending.retain(|p| std::fs::read(p).map(|d| md5_hex(&d) != want).unwrap_or(true));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if pending.is_empty() {
+            rule_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        } else {
+            say(&format!("round {round}: {} workers without the file after 60 s", pending.len()));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    rule_ms.sort_by(|a, b| a.total_cmp(b));
+    say(&format!("rule file on every worker: {rule_ms:?} ms"));
+
+    // kill -9 of the last worker: its agents move to the others.
+    let before_kill: Vec<(usize, usize, BTreeMap<String, u64>)> =
+        nodes.iter().map(|n| log_problems(&n.log, 0)).collect();
+    let mut failover_s = None;
+    let mut moved_agents = 0;
+    if args.workers > 1 {
+        let victim = nodes.len() - 1;
+        let name = nodes[victim].name.clone();
+        let on_victim = get_json(&master_api, "/agents/summary/status")
+            .and_then(|s| s["data"]["nodes"][name.as_str()]["active"].as_u64())
+            .unwrap_or(0);
+        moved_agents = on_victim;
+        let t0 = Instant::now();
+        nodes[victim].child.kill()?;
+        let _ = nodes[victim].child.wait();
+        while t0.elapsed() < Duration::from_secs(120) {
+            if let Some(s) = get_json(&master_api, "/agents/summary/status") {
+                let left = s["data"]["nodes"][name.as_str()]["active"].as_u64().unwrap_or(0);
+                let active = s["data"]["connection"]["active"].as_u64().unwrap_or(0);
+                if left == 0 && active as usize >= args.agents {
+                    failover_s = Some(t0.elapsed().as_secs_f64());
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        say(&format!("{on_victim} agents of {name} active through the others after {failover_s:?} s"));
+    }
+
+    // Stop agent-sim and read its summary.
+    drop(sim_in.take());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let final_summary = loop {
+        take_lines(&mut sim_lines);
+        if let Some(v) = sim_lines.iter().find(|v| v.get("phase").is_none()).cloned() {
+            break v;
+        }
+        if Instant::now() > deadline {
+            break serde_json::Value::Null;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = sim.wait();
+
+    let mut problems_before = serde_json::Map::new();
+    let mut problems_after = serde_json::Map::new();
+    let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let (before, lines, k) = &before_kill[i];
+        problems_before.insert(n.name.clone(), (*before).into());
+        for (m, c) in k {
+            *kinds.entry(m.clone()).or_default() += c;
+        }
+        let (after, _, k2) = log_problems(&n.log, *lines);
+        problems_after.insert(n.name.clone(), after.into());
+        for (m, c) in k2 {
+            *kinds.entry(format!("(after the kill) {m}")).or_default() += c;
+        }
+    }
+    let mut top: Vec<(String, u64)> = kinds.into_iter().collect();
+    top.sort_by_key(|t| std::cmp::Reverse(t.1));
+    top.truncate(20);
+    let enrolled = phase(&sim_lines, "enrolled").unwrap_or_default();
+    Ok(serde_json::json!({
+        "agents": args.agents,
+        "workers": args.workers,
+        "keepalive_s": args.keepalive,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "enrollment": {
+            "elapsed_s": enrolled["elapsed_s"], "per_s": enrolled["enroll_per_s"],
+            "first10_per_s": enrolled["enroll_first10_per_s"], "last10_per_s": enrolled["enroll_last10_per_s"],
+            "p50_ms": enrolled["enroll_p50_ms"], "p99_ms": enrolled["enroll_p99_ms"],
+            "enrolled": enrolled["enrolled"], "errors": enrolled["errors"], "error_kinds": enrolled["error_kinds"],
+        },
+        "all_active_on_master_s": all_active_s.map(round1),
+        "steady": steady,
+        "status_change_ms": { "p50": status["p50_ms"], "p99": status["p99_ms"] },
+        "rule_file_all_workers_ms": {
+            "p50": round1(percentile(&rule_ms, 0.5)), "p99": round1(percentile(&rule_ms, 0.99)), "rounds": rule_ms.len(),
+        },
+        "failover": { "killed_worker_agents": moved_agents, "active_again_s": failover_s.map(round1) },
+        "warn_error_lines": { "before_kill": problems_before, "after_kill": problems_after, "top": top },
+        "agent_sim": final_summary,
+    }))
+}
