@@ -299,7 +299,6 @@ async fn conversation(
     use std::sync::atomic::Ordering::Relaxed;
     let (mut rd, mut wr) = stream.split();
     let now = tokio::time::Instant::now();
-    let mut next_ka = now;
     // Events go out in batches, at most ten times a second.
     let tick = if opts.events_per_s > 0.0 {
         std::time::Duration::from_secs_f64((1.0 / opts.events_per_s).max(0.1))
@@ -313,15 +312,22 @@ async fn conversation(
     // Reads are cancel-safe: whatever arrived stays in the buffer whatever branch wins.
     let mut fb = wazuh_cluster_protocol::agent::secure::FrameBuffer::default();
     let mut buf = vec![0u8; 4 * 1024];
+    // The timers and the stop signal live as long as the connection: a timer made anew on each
+    // turn of the loop registers with the runtime's timer wheel every time, and each registration
+    // can wake the driver (a write to its eventfd), which cost this process half its CPU.
+    let keepalive = tokio::time::sleep_until(now);
+    let events = tokio::time::sleep_until(next_ev);
+    let stop = stopped(stop);
+    tokio::pin!(keepalive, events, stop);
     loop {
         tokio::select! {
-            _ = stopped(stop) => return Ok(ConnEnd::Stopped),
-            _ = tokio::time::sleep_until(next_ka) => {
+            _ = &mut stop => return Ok(ConnEnd::Stopped),
+            _ = &mut keepalive => {
                 let f = agent.frame(agent.keepalive_text().as_bytes());
                 wr.write_all(&f).await?;
-                next_ka = tokio::time::Instant::now() + opts.keepalive;
+                keepalive.as_mut().reset(tokio::time::Instant::now() + opts.keepalive);
             }
-            _ = tokio::time::sleep_until(next_ev), if opts.events_per_s > 0.0 => {
+            _ = &mut events, if opts.events_per_s > 0.0 => {
                 owed += per_tick;
                 let n = owed as u64;
                 owed -= n as f64;
@@ -332,11 +338,12 @@ async fn conversation(
                 }
                 wr.write_all(&out).await?;
                 next_ev += tick;
+                events.as_mut().reset(next_ev);
             }
             cmd = cmds.recv() => {
                 if let Some(AgentCmd::Label(l)) = cmd {
                     agent.label = Some(l);
-                    next_ka = tokio::time::Instant::now();
+                    keepalive.as_mut().reset(tokio::time::Instant::now());
                 }
             }
             read = rd.read(&mut buf) => {

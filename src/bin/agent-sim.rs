@@ -165,7 +165,7 @@ async fn enroll_part(args: &Args, part: &Part) -> anyhow::Result<Vec<String>> {
         let (connector, semaphore) = (connector.clone(), semaphore.clone());
         let name = format!("{}-{n}", args.prefix);
         let limit = Duration::from_secs(args.timeout);
-        tasks.push(actix_rt::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let _permit = semaphore.acquire_owned().await;
             let t0 = Instant::now();
             let result = tokio::time::timeout(limit, enroll_one(connector, addr, line)).await;
@@ -245,7 +245,7 @@ async fn connect_part(args: &Args, part: &Part, keys: &[String]) -> anyhow::Resu
     };
     let duration = Duration::from_secs(args.duration);
     let by_timer = stop_now.clone();
-    actix_rt::spawn(async move {
+    tokio::spawn(async move {
         tokio::time::sleep(duration).await;
         by_timer();
     });
@@ -280,7 +280,7 @@ async fn connect_part(args: &Args, part: &Part, keys: &[String]) -> anyhow::Resu
             controls.push((agent.id.clone(), tx));
         }
         let (addrs, stats, opts, stop) = (addrs.clone(), stats.clone(), opts.clone(), stop.clone());
-        tasks.push(actix_rt::spawn(run_agent(agent, addrs, n, opts, stop, stats, rx)));
+        tasks.push(tokio::spawn(run_agent(agent, addrs, n, opts, stop, stats, rx)));
     }
     // Everyone connected and acknowledged.
     let mut waiting = stop.clone();
@@ -342,7 +342,7 @@ async fn status_samples(
         let _ = tx.send(AgentCmd::Label(value.clone())).await;
         loop {
             let (api, path) = (api.to_string(), format!("/agents/{id}"));
-            let body = actix_rt::task::spawn_blocking(move || wazuh_multi_node::client::get(&api, &path)).await?;
+            let body = tokio::task::spawn_blocking(move || wazuh_multi_node::client::get(&api, &path)).await?;
             let seen = body
                 .ok()
                 .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
@@ -712,7 +712,13 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::from(2);
             }
         };
-        let result = actix_rt::System::new().block_on(run_part(args, part));
+        // A plain single-threaded runtime: tasks woken by the I/O driver are queued in place
+        // (actix's LocalSet wakes its runtime through an eventfd write for each of them).
+        let result = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(run_part(args, part)));
         return match result {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
