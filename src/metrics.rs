@@ -87,6 +87,23 @@ pub fn render(this_node: &str, nodes: &[NodeHealthView], agents: Option<&StatusS
         }
     }
 
+    let name = "wazuh_cluster_agent_connections";
+    let mut f = Family::new(
+        &mut out,
+        name,
+        "gauge",
+        "This node's agent connections: connected, active, pending, disconnected agents; connections, frames, events received, archived, failed; archive waits; pushes.",
+    );
+    for n in nodes {
+        let Some(hub) = &n.agent_connections else { continue };
+        let Ok(serde_json::Value::Object(figures)) = serde_json::to_value(hub) else { continue };
+        for (figure, value) in figures {
+            if let Some(v) = value.as_f64() {
+                f.sample(name, &[("node", &n.name), ("figure", &figure)], v);
+            }
+        }
+    }
+
     let name = "wazuh_cluster_agents";
     let mut f = Family::new(
         &mut out,
@@ -137,6 +154,11 @@ mod tests {
                 connected: true,
                 last_keepalive: None,
                 actors: vec![actor("LocalIntegrity", "running", &[("files", 50037)])],
+                agent_connections: Some(wazuh_cluster_actors::agents::messages::HubView {
+                    connected: 3,
+                    events_archived: 120,
+                    ..Default::default()
+                }),
             },
             NodeHealthView {
                 name: "wor\"ker".into(),
@@ -144,6 +166,7 @@ mod tests {
                 connected: false,
                 last_keepalive: None,
                 actors: vec![actor("Integrity", "restarting", &[("in_sync", 1), ("bytes_sent", 10)])],
+                agent_connections: None,
             },
         ];
         let mut counts = wazuh_cluster_actors::registry::counts::StatusCounts::default();
@@ -153,6 +176,8 @@ mod tests {
         let text = render("master-1", &nodes, Some(&counts.summary()));
         for line in [
             "wazuh_cluster_node_connected{node=\"master-1\",type=\"master\"} 1",
+            "wazuh_cluster_agent_connections{node=\"master-1\",figure=\"connected\"} 3",
+            "wazuh_cluster_agent_connections{node=\"master-1\",figure=\"events_archived\"} 120",
             "wazuh_cluster_node_connected{node=\"wor\\\"ker\",type=\"worker\"} 0",
             "wazuh_cluster_actor_runs_total{node=\"master-1\",actor=\"LocalIntegrity\",end=\"master\"} 12",
             "wazuh_cluster_actor_running{node=\"wor\\\"ker\",actor=\"Integrity\",end=\"master\"} 0",

@@ -269,6 +269,14 @@ async fn agent_conn(
     if matches!(result, Ok(ConnEnd::Stopped)) {
         let bye = agent.frame(b"#!-agent shutdown ");
         let _ = stream.write_all(&bye).await;
+        // End the stream and read what the manager still sends until it closes too: a socket
+        // closed with unread bytes resets the connection, and a reset makes the manager's kernel
+        // drop whatever events it had received and the manager had not read yet.
+        if stream.shutdown().await.is_ok() {
+            let mut sink = [0u8; 4096];
+            let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), drain).await;
+        }
     }
     result
 }

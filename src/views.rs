@@ -50,6 +50,9 @@ pub struct NodeHealthView {
     pub connected: bool,
     pub last_keepalive: Option<String>,
     pub actors: Vec<ActorView>,
+    /// This node's agent connections and events (only for the node that answers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_connections: Option<wazuh_cluster_actors::agents::messages::HubView>,
 }
 
 /// One row of `GET /agents`.

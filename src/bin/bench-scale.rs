@@ -60,6 +60,13 @@ struct Args {
     /// The configurations to start from.
     #[arg(long, default_value = "deploy")]
     deploy: PathBuf,
+    /// Events each agent sends per second (0: keep-alives only); the steady window then measures
+    /// events archived per second by the workers and their CPU per 1,000 events.
+    #[arg(long, default_value_t = 0.0)]
+    events_per_s: f64,
+    /// Bytes of each event's log line.
+    #[arg(long, default_value_t = 256)]
+    event_size: usize,
     /// Keep the data directory (and the logs) instead of removing it.
     #[arg(long)]
     keep: bool,
@@ -165,6 +172,17 @@ fn round1(v: f64) -> f64 {
 fn md5_hex(data: &[u8]) -> String {
     use md5::{Digest, Md5};
     Md5::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A figure of a node's agent connections, from its own healthcheck.
+fn hub_figure(node: &Node, figure: &str) -> Option<u64> {
+    get_json(&node.api_url(), "/cluster/healthcheck")?["data"]["affected_items"][0]["agent_connections"][figure]
+        .as_u64()
+}
+
+/// Events archived so far by each of `nodes`.
+fn events_archived(nodes: &[Node]) -> Vec<u64> {
+    nodes.iter().map(|n| hub_figure(n, "events_archived").unwrap_or(0)).collect()
 }
 
 /// The processes of agent-sim: the parent and its parts.
@@ -298,6 +316,7 @@ fn measure(
         .args(["--enroll", &enroll.join(","), "--agents", &args.agents.to_string()])
         .args(["--concurrency", &args.concurrency.to_string(), "--connect", &connect.join(",")])
         .args(["--keepalive", &args.keepalive.to_string(), "--duration", "100000", "--api", &master_api])
+        .args(["--events-per-s", &args.events_per_s.to_string(), "--event-size", &args.event_size.to_string()])
         .args(["--control-stdin", "--progress", "--json"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -351,6 +370,7 @@ fn measure(
     let sim_pids = process_tree(sim.id());
     let cpu0: Vec<u64> = nodes.iter().map(|n| procstat::cpu_ms(Some(n.pid())).unwrap_or(0)).collect();
     let sim_cpu0 = cpu_of(&sim_pids);
+    let archived0 = events_archived(&nodes[1..]);
     let w0 = Instant::now();
     let mut rss: Vec<Vec<u64>> = vec![Vec::new(); nodes.len()];
     while w0.elapsed() < Duration::from_secs(args.window) {
@@ -363,6 +383,7 @@ fn measure(
     }
     let window_s = w0.elapsed().as_secs_f64();
     let cpu1: Vec<u64> = nodes.iter().map(|n| procstat::cpu_ms(Some(n.pid())).unwrap_or(0)).collect();
+    let archived1 = events_archived(&nodes[1..]);
     let sim_cpu = cpu_of(&sim_pids).saturating_sub(sim_cpu0);
     let pct = |ms: u64| round1(ms as f64 / 10.0 / window_s);
     let mib = |k: f64| round1(k / 1024.0);
@@ -385,10 +406,25 @@ fn measure(
         "agent_sim_cpu_pct": pct(sim_cpu),
     });
     say(&format!("steady state: {steady}"));
+    let mut events = serde_json::Value::Null;
+    if args.events_per_s > 0.0 {
+        let per_worker: Vec<f64> =
+            archived1.iter().zip(&archived0).map(|(a, b)| a.saturating_sub(*b) as f64 / window_s).collect();
+        let total: f64 = per_worker.iter().sum();
+        let worker_cpu_ms: u64 = cpu1[1..].iter().zip(&cpu0[1..]).map(|(a, b)| a - b).sum();
+        events = serde_json::json!({
+            "offered_per_s": round1(args.events_per_s * args.agents as f64),
+            "event_bytes": args.event_size,
+            "archived_per_s": round1(total),
+            "archived_per_s_per_worker_max": round1(per_worker.iter().copied().fold(0.0, f64::max)),
+            "worker_cpu_ms_per_1000": if total > 0.0 { (worker_cpu_ms as f64 / (total * window_s / 1000.0) * 100.0).round() / 100.0 } else { 0.0 },
+        });
+        say(&format!("events: {events}"));
+    }
 
     // Status change: agent-sim measures on request.
     let mut status = serde_json::Value::Null;
-    if let Some(input) = sim_in.as_mut() {
+    if let (Some(input), true) = (sim_in.as_mut(), args.status_samples > 0) {
         writeln!(input, "status {}", args.status_samples)?;
         input.flush()?;
         let deadline = Instant::now() + Duration::from_secs(60 + args.status_samples as u64);
@@ -439,7 +475,9 @@ fn measure(
         nodes.iter().map(|n| log_problems(&n.log, 0)).collect();
     let mut failover_s = None;
     let mut moved_agents = 0;
-    if args.workers > 1 {
+    // Not with events: a worker killed with -9 loses what it received and had not written yet,
+    // which would blur the count of events lost.
+    if args.workers > 1 && args.events_per_s <= 0.0 {
         let victim = nodes.len() - 1;
         let name = nodes[victim].name.clone();
         let on_victim = get_json(&master_api, "/agents/summary/status")
@@ -477,6 +515,26 @@ fn measure(
         std::thread::sleep(Duration::from_millis(100));
     };
     let _ = sim.wait();
+    if args.events_per_s > 0.0 {
+        // Every event agent-sim sent must reach an archive.
+        let sent = final_summary["events_sent"].as_u64().unwrap_or(0);
+        let live = &nodes[1..];
+        let mut archived = 0;
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(120) {
+            archived = events_archived(live).iter().sum::<u64>();
+            if archived >= sent {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let waits: u64 = live.iter().filter_map(|n| hub_figure(n, "archive_waits")).sum();
+        events["sent"] = sent.into();
+        events["archived"] = archived.into();
+        events["lost"] = sent.saturating_sub(archived).into();
+        events["archive_waits"] = waits.into();
+        say(&format!("events: {events}"));
+    }
 
     let mut problems_before = serde_json::Map::new();
     let mut problems_after = serde_json::Map::new();
@@ -514,6 +572,7 @@ fn measure(
         "rule_file_all_workers_ms": {
             "p50": round1(percentile(&rule_ms, 0.5)), "p99": round1(percentile(&rule_ms, 0.99)), "rounds": rule_ms.len(),
         },
+        "events": events,
         "failover": { "killed_worker_agents": moved_agents, "active_again_s": failover_s.map(round1) },
         "warn_error_lines": { "before_kill": problems_before, "after_kill": problems_after, "top": top },
         "agent_sim": final_summary,

@@ -129,6 +129,7 @@ impl NodeHandle {
                     connected: listener.connected(),
                     last_keepalive: None,
                     actors: actor_views(&local, Role::Master),
+                    agent_connections: self.hub().send(GetHubView).await.ok(),
                 }];
                 for w in listener.send(ListWorkers).await.unwrap_or_default() {
                     let mut actors = actor_views(&w.jobs, Role::Master);
@@ -139,6 +140,7 @@ impl NodeHandle {
                         connected: true,
                         last_keepalive: w.last_keepalive_ms.map(iso),
                         actors,
+                        agent_connections: None,
                     });
                 }
                 out
@@ -151,6 +153,7 @@ impl NodeHandle {
                     connected: info.is_some(),
                     last_keepalive: info.as_ref().and_then(|i| i.last_keepalive_ms).map(iso),
                     actors: info.map(|i| actor_views(&i.jobs, Role::Worker)).unwrap_or_default(),
+                    agent_connections: self.hub().send(GetHubView).await.ok(),
                 }]
             }
         }

@@ -520,7 +520,8 @@ impl Handler<GetHubView> for AgentHub {
             refused: s.refused.load(Ordering::Relaxed),
             pushes: s.pushes.load(Ordering::Relaxed),
             pushes_dropped: s.pushes_dropped.load(Ordering::Relaxed),
-            events_dropped: self.shared.archive.dropped.load(Ordering::Relaxed),
+            events_failed: self.shared.archive.failed.load(Ordering::Relaxed),
+            archive_waits: self.shared.archive.waits.load(Ordering::Relaxed),
         })
     }
 }

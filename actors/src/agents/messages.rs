@@ -127,7 +127,10 @@ pub struct HubView {
     pub frames: u64,
     pub events: u64,
     pub events_archived: u64,
-    pub events_dropped: u64,
+    /// Events the archive could not write (disk errors).
+    pub events_failed: u64,
+    /// Times a session waited for room in the archive's queue.
+    pub archive_waits: u64,
     pub refused: u64,
     pub pushes: u64,
     pub pushes_dropped: u64,

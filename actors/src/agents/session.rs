@@ -240,12 +240,15 @@ impl Session {
                     self.bind(stream, &key).await?;
                 }
                 self.shared.stats.events.fetch_add(1, Ordering::Relaxed);
-                self.shared.archive.send(ArchivedEvent {
-                    time_ms: crate::clock::now_ms(),
-                    agent: key.clone(),
-                    location: e.location,
-                    message: e.message,
-                });
+                self.shared
+                    .archive
+                    .send(ArchivedEvent {
+                        time_ms: crate::clock::now_ms(),
+                        agent: key.clone(),
+                        location: e.location,
+                        message: e.message,
+                    })
+                    .await;
             }
             Err(e) => {
                 // Understood frame, unknown content: logged, the connection stays.
