@@ -370,7 +370,8 @@ pub struct AgentGroupsUpdate {
     /// True when `changes` is the whole table rather than a delta.
     pub snapshot: bool,
     pub changes: Vec<AgentChange>,
-    /// Hash of the whole table at `to_seq`, for the worker to check its replica.
+    /// Hash of the whole table at `to_seq`, for the worker to check its replica; empty when
+    /// `to_seq` is not the master's current position (one part of a longer delta).
     pub global_hash: String,
 }
 

@@ -12,4 +12,5 @@ mod cluster_runtime;
 mod enrollment;
 mod file_sync;
 mod layers;
+mod replica_burst;
 mod runtime_policies;

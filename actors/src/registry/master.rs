@@ -378,34 +378,56 @@ impl Registry {
         }
     }
 
-    /// Changes after `after`: a delta when the log still holds them, a snapshot otherwise (including
-    /// a position in the future, which a healthy replica cannot have).
+    /// The changes after position `after` (all of them), or the whole table as `Added` entries when
+    /// the changelog no longer reaches back that far (or `after` is beyond the table): (snapshot?,
+    /// changes).
     pub fn changes_since(&self, after: u64) -> Result<(bool, Vec<AgentChange>), StoreError> {
+        let (snapshot, changes, _) = self.changes_since_limited(after, usize::MAX)?;
+        Ok((snapshot, changes))
+    }
+
+    /// Like [`Registry::changes_since`], at most `limit` changes of a delta (a snapshot is always
+    /// whole): (snapshot?, changes, the position they lead to).
+    pub fn changes_since_limited(&self, after: u64, limit: usize) -> Result<(bool, Vec<AgentChange>, u64), StoreError> {
         let oldest: Option<i64> = self.conn.query_row("SELECT MIN(seq) FROM changes", [], |r| r.get(0))?;
         let delta_ok = after <= self.seq && (after == self.seq || oldest.is_some_and(|o| o as u64 <= after + 1));
         if !delta_ok {
-            return Ok((true, self.entries()?.into_iter().map(AgentChange::Added).collect()));
+            return Ok((true, self.entries()?.into_iter().map(AgentChange::Added).collect(), self.seq));
         }
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT op, id, name, ip, key, groups FROM changes WHERE seq > ?1 ORDER BY seq")?;
-        let rows = stmt.query_map(params![after as i64], |r| {
-            let op: String = r.get(0)?;
-            let id: u32 = r.get(1)?;
-            let groups = r.get::<_, Option<String>>(5)?.map(|g| groups_vec(&g)).unwrap_or_default();
-            Ok(match op.as_str() {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, op, id, name, ip, key, groups FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![after as i64, limit], |r| {
+            let seq: i64 = r.get(0)?;
+            let op: String = r.get(1)?;
+            let id: u32 = r.get(2)?;
+            let groups = r.get::<_, Option<String>>(6)?.map(|g| groups_vec(&g)).unwrap_or_default();
+            let change = match op.as_str() {
                 "added" => AgentChange::Added(AgentEntry {
                     id,
-                    name: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
-                    ip: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
-                    key: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                    name: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                    ip: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                    key: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
                     groups,
                 }),
                 "removed" => AgentChange::Removed { id },
                 _ => AgentChange::GroupsChanged { id, groups },
-            })
+            };
+            Ok((seq as u64, change))
         })?;
-        Ok((false, rows.collect::<Result<_, _>>()?))
+        let mut changes = Vec::new();
+        let mut to = after;
+        for row in rows {
+            let (seq, change) = row?;
+            to = seq;
+            changes.push(change);
+        }
+        // Fewer than asked: the delta reaches the current position.
+        if (changes.len() as i64) < limit {
+            to = self.seq;
+        }
+        Ok((false, changes, to))
     }
 
     /// Stores status updates reported by `node` (a worker, or the master for its own agents), only

@@ -241,4 +241,37 @@ mod tests {
         assert_eq!(fresh.hash(), reg.hash());
         assert_eq!(reg.groups().unwrap(), [("default".to_string(), 4), ("linux".to_string(), 1)]);
     }
+
+    #[test]
+    fn a_long_delta_in_parts_reaches_the_same_table() {
+        let m = tempfile::tempdir().unwrap();
+        let w = tempfile::tempdir().unwrap();
+        let mut reg = Registry::open(m.path()).unwrap();
+        let mut rep = Replica::open(w.path()).unwrap();
+        for i in 0..10 {
+            enroll(&mut reg, &agent(&format!("p{i}"), None)).unwrap();
+        }
+        reg.begin().unwrap();
+        reg.delete(4).unwrap();
+        reg.commit().unwrap();
+        let mut parts = Vec::new();
+        while rep.seq() < reg.seq() {
+            let (snap, changes, to) = reg.changes_since_limited(rep.seq(), 4).unwrap();
+            assert!(!snap);
+            assert!(changes.len() <= 4 && to > rep.seq());
+            parts.push((rep.seq(), to, changes.len()));
+            rep.begin().unwrap();
+            assert!(rep.apply(rep.seq(), to, false, &changes).unwrap());
+            rep.commit().unwrap();
+        }
+        assert_eq!(parts, [(0, 4, 4), (4, 8, 4), (8, 11, 3)]);
+        assert_eq!(rep.hash(), reg.hash());
+        assert_eq!(rep.entries().unwrap(), reg.entries().unwrap());
+        assert_eq!(
+            std::fs::read(w.path().join("etc/client.keys")).unwrap(),
+            std::fs::read(m.path().join("etc/client.keys")).unwrap()
+        );
+        // Nothing after the current position: an empty delta at that position.
+        assert_eq!(reg.changes_since_limited(reg.seq(), 4).unwrap(), (false, vec![], reg.seq()));
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! A pusher: it waits for the worker's position (sent on connect), then pushes the changes after
 //! it whenever `LocalAgentGroups` publishes a newer state, one push at a time; the decisions are
-//! [`Delivery`]'s. A failed push is counted and retried after an exponential back-off from the same
+//! [`Delivery`]'s. A delta longer than [`MAX_CHANGES_PER_PUSH`] goes in parts, each acknowledged
+//! before the next. A failed push is counted and retried after an exponential back-off from the same
 //! position; the job itself never restarts for it.
 
 use super::delivery::{Command, Delivery, Event};
@@ -44,6 +45,11 @@ pub struct AgentGroupsSend {
     stopped: bool,
     snapshots: u64,
 }
+
+/// Changes in one push at most: a longer delta goes in several, each acknowledged before the next,
+/// so that neither end holds or applies more than this at once (a burst of enrollments, a worker
+/// back after a long absence) and no push outlasts the request timeout.
+pub const MAX_CHANGES_PER_PUSH: usize = 2_000;
 
 impl AgentGroupsSend {
     pub fn new(health: JobHealth, conn: ConnHandle<MasterSide>, registry: StoreHandle<Registry>) -> Self {
@@ -94,12 +100,20 @@ impl AgentGroupsSend {
             let after = if force_snapshot { u64::MAX } else { from };
             let (snapshot, changes, seq, hash) = registry
                 .run(move |r| {
-                    let (snapshot, changes) = r.changes_since(after)?;
-                    Ok((snapshot, changes, r.seq(), r.hash()))
+                    let (snapshot, changes, to) = r.changes_since_limited(after, MAX_CHANGES_PER_PUSH)?;
+                    // The table's hash is known at the current position only: a part of a longer
+                    // delta carries none, and its acknowledgement is checked on the position alone.
+                    let hash = if to == r.seq() { Some(r.hash()) } else { None };
+                    Ok((snapshot, changes, to, hash))
                 })
                 .await?;
-            let update =
-                AgentGroupsUpdate { from_seq: from, to_seq: seq, snapshot, changes, global_hash: hash.clone() };
+            let update = AgentGroupsUpdate {
+                from_seq: from,
+                to_seq: seq,
+                snapshot,
+                changes,
+                global_hash: hash.clone().unwrap_or_default(),
+            };
             match conn.call(MasterToWorker::AgentGroups(update)).await? {
                 WorkerToMaster::AgentGroupsAck(ack) => Ok((ack, seq, hash, snapshot)),
                 other => Err(CallError::unexpected("agent_groups_ack", &other).into()),
@@ -122,7 +136,7 @@ impl AgentGroupsSend {
         from: u64,
         ack: AgentGroupsAck,
         seq: u64,
-        hash: String,
+        hash: Option<String>,
         snapshot: bool,
         started: Instant,
         ctx: &mut Context<Self>,
@@ -131,10 +145,10 @@ impl AgentGroupsSend {
             warn!(node = self.conn.node(); "worker {} claims agent table position {from} beyond the master's {seq}; sending a snapshot",
                 self.conn.peer());
         }
-        let agrees = ack.seq == seq && ack.global_hash == hash;
+        let agrees = ack.seq == seq && hash.as_ref().is_none_or(|h| *h == ack.global_hash);
         if !agrees {
-            warn!(node = self.conn.node(); "worker {} disagrees on the agent table after seq {seq} (it has seq {} hash {}, the master {hash}){}; sending a snapshot",
-                self.conn.peer(), ack.seq, ack.global_hash, if snapshot { " even after a snapshot" } else { "" });
+            warn!(node = self.conn.node(); "worker {} disagrees on the agent table after seq {seq} (it has seq {} hash {}, the master {}){}; sending a snapshot",
+                self.conn.peer(), ack.seq, ack.global_hash, hash.as_deref().unwrap_or("(not compared)"), if snapshot { " even after a snapshot" } else { "" });
         }
         self.snapshots += u64::from(snapshot);
         self.health.succeeded(Some(started.elapsed()));
