@@ -67,6 +67,13 @@ struct Args {
     /// Bytes of each event's log line.
     #[arg(long, default_value_t = 256)]
     event_size: usize,
+    /// Agents enrolled (through the workers, by agent-sim, never connected) before the measured
+    /// enrollment starts: the registry the measured agents join.
+    #[arg(long, default_value_t = 0)]
+    prefill: usize,
+    /// Calls of each API request timed on the master (median and maximum reported).
+    #[arg(long, default_value_t = 5)]
+    api_calls: usize,
     /// Keep the data directory (and the logs) instead of removing it.
     #[arg(long)]
     keep: bool,
@@ -172,6 +179,43 @@ fn round1(v: f64) -> f64 {
 fn md5_hex(data: &[u8]) -> String {
     use md5::{Digest, Md5};
     Md5::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Milliseconds per call of the master's API requests an operator (or a scraper) makes, with
+/// `total` agents registered: median and maximum of `calls` calls each.
+fn api_timings(base: &str, calls: usize, total: usize) -> serde_json::Value {
+    let deep = total.saturating_sub(500);
+    let requests = [
+        ("agents_first_page", "/agents".to_string()),
+        ("agents_deep_offset", format!("/agents?offset={deep}&limit=500")),
+        ("agents_sorted_by_name", "/agents?sort=name".to_string()),
+        ("agents_sorted_by_name_deep", format!("/agents?sort=-name&offset={}", total / 2)),
+        ("agents_active_on_a_node", "/agents?status=active&node_name=worker-01".to_string()),
+        ("summary_status", "/agents/summary/status".to_string()),
+        ("metrics", "/metrics".to_string()),
+        ("healthcheck", "/cluster/healthcheck".to_string()),
+    ];
+    let mut out = serde_json::Map::new();
+    for (name, path) in requests {
+        let mut ms = Vec::new();
+        let mut failed = 0;
+        for _ in 0..calls.max(1) {
+            let t0 = Instant::now();
+            match wazuh_multi_node::client::get(base, &path) {
+                Ok((200, _)) => ms.push(t0.elapsed().as_secs_f64() * 1000.0),
+                _ => failed += 1,
+            }
+        }
+        ms.sort_by(|a, b| a.total_cmp(b));
+        let mut v = serde_json::json!({
+            "p50": round1(percentile(&ms, 0.5)), "max": round1(ms.last().copied().unwrap_or(0.0)),
+        });
+        if failed > 0 {
+            v["failed"] = failed.into();
+        }
+        out.insert(name.to_string(), v);
+    }
+    out.into()
 }
 
 /// A figure of a node's agent connections, from its own healthcheck.
@@ -310,6 +354,36 @@ fn measure(
 
     // agent-sim: enrolls through every worker, connects to every worker.
     let enroll: Vec<String> = nodes[1..].iter().map(|n| format!("127.0.0.1:{}", n.enroll)).collect();
+    let mut prefill = serde_json::Value::Null;
+    if args.prefill > 0 {
+        say(&format!("enrolling {} agents first (never connected)", args.prefill));
+        let out = Command::new(bin.join("agent-sim"))
+            .args(["--enroll", &enroll.join(","), "--agents", &args.prefill.to_string(), "--prefix", "prefill"])
+            .args(["--concurrency", &args.concurrency.to_string(), "--json"])
+            .stderr(Stdio::inherit())
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let summary: serde_json::Value =
+            text.lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap_or_default();
+        anyhow::ensure!(
+            summary["enrolled"].as_u64() == Some(args.prefill as u64),
+            "prefill: {} of {} enrolled ({})",
+            summary["enrolled"],
+            args.prefill,
+            summary["error_kinds"]
+        );
+        let registered = wait_until(Duration::from_secs(120), || {
+            get_json(&master_api, "/agents/summary/status")
+                .and_then(|s| s["data"]["connection"]["total"].as_u64())
+                .is_some_and(|n| n as usize >= args.prefill)
+        });
+        anyhow::ensure!(registered, "the master does not count the prefilled agents");
+        prefill = serde_json::json!({
+            "agents": args.prefill, "elapsed_s": summary["elapsed_s"], "per_s": summary["enroll_per_s"],
+            "first10_per_s": summary["enroll_first10_per_s"], "last10_per_s": summary["enroll_last10_per_s"],
+        });
+        say(&format!("prefilled: {prefill}"));
+    }
     let connect: Vec<String> = nodes[1..].iter().map(|n| format!("127.0.0.1:{}", n.agents)).collect();
     let sim_start = Instant::now();
     let mut sim = Command::new(bin.join("agent-sim"))
@@ -406,6 +480,8 @@ fn measure(
         "agent_sim_cpu_pct": pct(sim_cpu),
     });
     say(&format!("steady state: {steady}"));
+    let api = api_timings(&master_api, args.api_calls, args.agents + args.prefill);
+    say(&format!("API on the master: {api}"));
     let mut events = serde_json::Value::Null;
     if args.events_per_s > 0.0 {
         let per_worker: Vec<f64> =
@@ -566,7 +642,9 @@ fn measure(
             "p50_ms": enrolled["enroll_p50_ms"], "p99_ms": enrolled["enroll_p99_ms"],
             "enrolled": enrolled["enrolled"], "errors": enrolled["errors"], "error_kinds": enrolled["error_kinds"],
         },
+        "prefill": prefill,
         "all_active_on_master_s": all_active_s.map(round1),
+        "api_ms": api,
         "steady": steady,
         "status_change_ms": { "p50": status["p50_ms"], "p99": status["p99_ms"] },
         "rule_file_all_workers_ms": {
