@@ -327,6 +327,7 @@ async fn conversation(
     let events = tokio::time::sleep_until(next_ev);
     let stop = stopped(stop);
     tokio::pin!(keepalive, events, stop);
+    let mut commands_open = true;
     loop {
         tokio::select! {
             _ = &mut stop => return Ok(ConnEnd::Stopped),
@@ -348,12 +349,15 @@ async fn conversation(
                 next_ev += tick;
                 events.as_mut().reset(next_ev);
             }
-            cmd = cmds.recv() => {
-                if let Some(AgentCmd::Label(l)) = cmd {
+            cmd = cmds.recv(), if commands_open => match cmd {
+                Some(AgentCmd::Label(l)) => {
                     agent.label = Some(l);
                     keepalive.as_mut().reset(tokio::time::Instant::now());
                 }
-            }
+                // Nobody will send commands: stop asking (a closed channel answers at once, and
+                // asking again and again would spin).
+                None => commands_open = false,
+            },
             read = rd.read(&mut buf) => {
                 let n = read?;
                 anyhow::ensure!(n > 0, "the manager closed the connection");
