@@ -218,6 +218,22 @@ fn api_timings(base: &str, calls: usize, total: usize) -> serde_json::Value {
     out.into()
 }
 
+/// Status updates the master stored so far: the `stored` figures of its AgentInfo jobs (one per
+/// worker), from its healthcheck.
+fn statuses_stored(master: &str) -> u64 {
+    let Some(h) = get_json(master, "/cluster/healthcheck") else { return 0 };
+    let nodes = h["data"]["affected_items"].as_array().cloned().unwrap_or_default();
+    let mut total = 0;
+    for n in nodes {
+        for a in n["actors"].as_array().into_iter().flatten() {
+            if a["name"] == "AgentInfo" && a["end"] == "master" {
+                total += a["details"]["stored"].as_u64().unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
 /// A figure of a node's agent connections, from its own healthcheck.
 fn hub_figure(node: &Node, figure: &str) -> Option<u64> {
     get_json(&node.api_url(), "/cluster/healthcheck")?["data"]["affected_items"][0]["agent_connections"][figure]
@@ -445,6 +461,7 @@ fn measure(
     let cpu0: Vec<u64> = nodes.iter().map(|n| procstat::cpu_ms(Some(n.pid())).unwrap_or(0)).collect();
     let sim_cpu0 = cpu_of(&sim_pids);
     let archived0 = events_archived(&nodes[1..]);
+    let stored0 = statuses_stored(&master_api);
     let w0 = Instant::now();
     let mut rss: Vec<Vec<u64>> = vec![Vec::new(); nodes.len()];
     while w0.elapsed() < Duration::from_secs(args.window) {
@@ -458,6 +475,7 @@ fn measure(
     let window_s = w0.elapsed().as_secs_f64();
     let cpu1: Vec<u64> = nodes.iter().map(|n| procstat::cpu_ms(Some(n.pid())).unwrap_or(0)).collect();
     let archived1 = events_archived(&nodes[1..]);
+    let stored = statuses_stored(&master_api).saturating_sub(stored0);
     let sim_cpu = cpu_of(&sim_pids).saturating_sub(sim_cpu0);
     let pct = |ms: u64| round1(ms as f64 / 10.0 / window_s);
     let mib = |k: f64| round1(k / 1024.0);
@@ -478,6 +496,8 @@ fn measure(
         "workers_cpu_pct_sum": pct(cpu1[1..].iter().zip(&cpu0[1..]).map(|(a, b)| a - b).sum()),
         "worker_cpu_pct_max": cpu1[1..].iter().zip(&cpu0[1..]).map(|(a, b)| pct(a - b)).fold(0.0, f64::max),
         "agent_sim_cpu_pct": pct(sim_cpu),
+        "status_updates_stored_per_s": round1(stored as f64 / window_s),
+        "master_cpu_us_per_status_update": if stored > 0 { round1((cpu1[0] - cpu0[0]) as f64 * 1000.0 / stored as f64) } else { 0.0 },
     });
     say(&format!("steady state: {steady}"));
     let api = api_timings(&master_api, args.api_calls, args.agents + args.prefill);
