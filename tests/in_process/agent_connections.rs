@@ -227,3 +227,32 @@ async fn the_master_can_ask_agents_on_a_worker_to_reconnect() {
     assert_eq!(status, 200, "{body}");
     read_until(&agent, &mut s, |t| t == b"#!-force_reconnect").await.expect("asked to reconnect");
 }
+
+/// A connection that says nothing for `agents.disconnection_time` is closed; one that keeps
+/// talking stays open however long it lives (its silence timer is moved, not fired).
+#[actix_rt::test]
+async fn a_silent_connection_is_closed_and_a_talking_one_is_not() {
+    init_logs();
+    let cluster = TestCluster::start_with("quiet", 1, &[("agents.disconnection_time", "1s".into())]).await;
+    cluster.wait_for_workers(1, WAIT).await;
+    let node = cluster.worker_name(0);
+    let addr = cluster.worker(0).agents_addr;
+    let line = enroll(cluster.master().enrollment_addr, "OSSEC A:'quiet-a'").await;
+    let mut talker = SimAgent::from_key_line(&line).expect("key line");
+    let line = enroll(cluster.master().enrollment_addr, "OSSEC A:'quiet-b'").await;
+    let mut silent = SimAgent::from_key_line(&line).expect("key line");
+
+    let mut t = start_agent(&mut talker, addr).await;
+    let mut s = start_agent(&mut silent, addr).await;
+    let started = Instant::now();
+    // Keep-alives every 300 ms for three silence limits.
+    while started.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        t.write_all(&talker.frame(talker.keepalive_text().as_bytes())).await.expect("keep-alive");
+        read_until(&talker, &mut t, |m| m == b"#!-agent ack ").await.expect("the talking agent was cut off");
+    }
+    // The silent one was closed meanwhile, for its silence.
+    closed_within(&mut s, WAIT).await;
+    wait_for_log(&node, &["quiet-b", "silent for"], WAIT).await;
+    assert!(find_logs(&node, &["quiet-a", "closing"]).is_empty(), "the talking agent was closed");
+}

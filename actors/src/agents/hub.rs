@@ -3,7 +3,7 @@
 use super::merged::{groups_key, MergedCache};
 use super::messages::{
     Bind, BindRefused, CloseAll, Closed, Delivered, ForceReconnect, GetHubView, HubLink, HubView, RefreshKeys,
-    ResendAll, Seen, SeenKind, SessionTx, SharedChanged, TakeUpdates, ToSession,
+    ResendAll, Seen, SeenKind, SessionTx, SharedChanged, TakeUpdates,
 };
 use super::{AgentKey, Shared};
 use crate::registry::{fmt_id, Registry, Replica, StoreHandle};
@@ -20,17 +20,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use wazuh_cluster_protocol::agent::keepalive::KeepAlive;
 use wazuh_cluster_protocol::message::AgentInfoUpdate;
-
-/// Tells a session to close, without waiting: if its queue is full the order waits in a task of
-/// its own (the session takes it as soon as it reads its queue again).
-fn close(tx: &SessionTx, why: &str) {
-    if let Err(tokio::sync::mpsc::error::TrySendError::Full(order)) = tx.try_send(ToSession::Close(why.into())) {
-        let tx = tx.clone();
-        actix_rt::spawn(async move {
-            let _ = tx.send(order).await;
-        });
-    }
-}
 
 /// Messages the hub's mailbox holds; sessions wait for room beyond this (their agents' frames
 /// then wait in the kernel's socket buffers).
@@ -178,7 +167,7 @@ impl AgentHub {
         for id in gone {
             if let Some(live) = self.live.remove(&id) {
                 info!(node = self.node(); "agent {} was deleted or re-keyed: closing its connection from {}", fmt_id(id), live.peer);
-                close(&live.tx, "the agent was deleted or its key changed");
+                live.tx.close("the agent was deleted or its key changed");
             }
         }
         for id in removed {
@@ -217,7 +206,7 @@ impl AgentHub {
         }
         messages.push(b"#!-close file ".to_vec());
         debug!(node = self.node(); "pushing merged.mg {} ({} bytes) to agent {}", merged.md5, merged.data.len(), fmt_id(id));
-        if tx.try_send(ToSession::Send(messages)).is_ok() {
+        if tx.push(messages) {
             self.shared.stats.pushes.fetch_add(1, Ordering::Relaxed);
         } else {
             // The session has not taken its earlier orders: the agent's next keep-alive retries.
@@ -342,7 +331,7 @@ impl Handler<Bind> for AgentHub {
                     return Err(BindRefused { id: b.id });
                 }
                 info!(node = self.node(); "agent {}: the connection from {} replaces the silent one from {}", fmt_id(b.id), b.peer, old.peer);
-                close(&old.tx, "replaced by a newer connection of the same agent");
+                old.tx.close("replaced by a newer connection of the same agent");
             }
         }
         self.live.insert(b.id, Live { conn: b.conn, peer: b.peer, tx: b.tx, key: b.key });
@@ -490,7 +479,7 @@ impl Handler<ForceReconnect> for AgentHub {
         let mut n = 0;
         for (id, live) in &self.live {
             let asked = ids.is_empty() || ids.contains(id);
-            if asked && live.tx.try_send(ToSession::Send(vec![b"#!-force_reconnect".to_vec()])).is_ok() {
+            if asked && live.tx.push(vec![b"#!-force_reconnect".to_vec()]) {
                 n += 1;
             }
         }
@@ -532,7 +521,7 @@ impl Handler<CloseAll> for AgentHub {
     fn handle(&mut self, CloseAll(why): CloseAll, _: &mut Context<Self>) -> usize {
         let n = self.live.len();
         for (_, live) in self.live.drain() {
-            close(&live.tx, &why);
+            live.tx.close(&why);
         }
         n
     }

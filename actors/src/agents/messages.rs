@@ -3,8 +3,9 @@
 //! (recipients), the hub reaches a session through its bounded [`SessionTx`].
 
 use actix::prelude::*;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use tokio::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use wazuh_cluster_protocol::agent::keepalive::KeepAlive;
 use wazuh_cluster_protocol::message::AgentInfoUpdate;
 
@@ -18,12 +19,107 @@ pub enum ToSession {
 }
 
 /// Orders for one session that it has not taken yet; the hub never waits on a full queue (a push
-/// that does not fit is dropped and made again at the agent's next keep-alive; a close waits in a
-/// task of its own).
+/// that does not fit is dropped and made again at the agent's next keep-alive; a close has a place
+/// of its own and always fits).
 pub const SESSION_QUEUE: usize = 16;
 
-/// The hub's way to one session.
-pub type SessionTx = mpsc::Sender<ToSession>;
+/// One session's orders: a few hundred bytes per connection, nothing allocated while empty (a
+/// tokio channel costs ~1.5 KB per connection before its first message, and a worker holds
+/// thousands of idle connections).
+#[derive(Debug, Default)]
+struct Inbox {
+    state: Mutex<InboxState>,
+    ready: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct InboxState {
+    sends: VecDeque<Vec<Vec<u8>>>,
+    close: Option<String>,
+    /// The session is gone: nobody reads this inbox any more.
+    gone: bool,
+}
+
+impl Inbox {
+    fn state(&self) -> std::sync::MutexGuard<'_, InboxState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The hub's way to one session; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SessionTx(Arc<Inbox>);
+
+/// The session's end of its inbox.
+#[derive(Debug)]
+pub struct SessionRx(Arc<Inbox>);
+
+/// A new inbox for one session.
+pub fn session_inbox() -> (SessionTx, SessionRx) {
+    let inbox = Arc::new(Inbox::default());
+    (SessionTx(inbox.clone()), SessionRx(inbox))
+}
+
+impl SessionTx {
+    /// Queues messages to write, in order; false (and nothing queued) when [`SESSION_QUEUE`]
+    /// orders are already waiting or the session is gone.
+    pub fn push(&self, messages: Vec<Vec<u8>>) -> bool {
+        {
+            let mut s = self.0.state();
+            if s.gone || s.sends.len() >= SESSION_QUEUE {
+                return false;
+            }
+            s.sends.push_back(messages);
+        }
+        self.0.ready.notify_one();
+        true
+    }
+
+    /// Tells the session to close (the first reason given stands); never waits, always fits.
+    pub fn close(&self, why: &str) {
+        {
+            let mut s = self.0.state();
+            if s.close.is_none() {
+                s.close = Some(why.to_string());
+            }
+        }
+        self.0.ready.notify_one();
+    }
+
+    /// The session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.0.state().gone
+    }
+}
+
+impl SessionRx {
+    /// The next order: a close before any writes still waiting (they would go to a connection
+    /// about to be closed), else the oldest writes. Cancel-safe: an order is taken only when this
+    /// resolves.
+    pub async fn recv(&mut self) -> ToSession {
+        loop {
+            let notified = self.0.ready.notified();
+            {
+                let mut s = self.0.state();
+                if let Some(why) = s.close.take() {
+                    return ToSession::Close(why);
+                }
+                if let Some(messages) = s.sends.pop_front() {
+                    return ToSession::Send(messages);
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for SessionRx {
+    fn drop(&mut self) {
+        let mut s = self.0.state();
+        s.gone = true;
+        s.sends.clear();
+    }
+}
 
 /// A connection says it speaks for agent `id`. Refused (with why) when another live connection
 /// holds that agent.
@@ -139,3 +235,42 @@ pub struct HubView {
 #[derive(Message)]
 #[rtype(result = "HubView")]
 pub struct GetHubView;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_inbox_holds_a_bounded_number_of_writes_and_a_close_that_always_fits() {
+        let (tx, mut rx) = session_inbox();
+        for i in 0..SESSION_QUEUE {
+            assert!(tx.push(vec![vec![i as u8]]), "write {i} refused");
+        }
+        assert!(!tx.push(vec![b"one too many".to_vec()]), "the bound was not kept");
+        // A close fits however full the inbox is, and comes before the writes still waiting.
+        tx.close("deleted");
+        tx.close("a later reason");
+        assert!(matches!(rx.recv().await, ToSession::Close(why) if why == "deleted"));
+        for i in 0..SESSION_QUEUE {
+            assert!(matches!(rx.recv().await, ToSession::Send(m) if m == vec![vec![i as u8]]));
+        }
+        // Empty: recv waits until something comes, and an abandoned recv takes nothing.
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(50), rx.recv()).await;
+        assert!(waited.is_err(), "recv on an empty inbox returned");
+        assert!(tx.push(vec![b"later".to_vec()]));
+        assert!(matches!(rx.recv().await, ToSession::Send(m) if m == vec![b"later".to_vec()]));
+        // A writer wakes a waiting session.
+        let sender = tx.clone();
+        let wake = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            sender.push(vec![b"woken".to_vec()])
+        });
+        assert!(matches!(rx.recv().await, ToSession::Send(m) if m == vec![b"woken".to_vec()]));
+        assert!(wake.await.unwrap());
+        // The session gone: nothing more is queued.
+        assert!(!tx.is_closed());
+        drop(rx);
+        assert!(tx.is_closed());
+        assert!(!tx.push(vec![b"to nobody".to_vec()]));
+    }
+}

@@ -2,7 +2,7 @@
 //! and writes whatever the hub asks (pushes, reconnect requests), each frame with one write.
 
 use super::archive::ArchivedEvent;
-use super::messages::{Bind, BindRefused, Closed, HubLink, Seen, SeenKind, ToSession, SESSION_QUEUE};
+use super::messages::{session_inbox, Bind, BindRefused, Closed, HubLink, Seen, SeenKind, SessionTx, ToSession};
 use super::{AgentKey, Shared};
 use log::{debug, info, warn};
 use std::net::{IpAddr, SocketAddr};
@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use wazuh_cluster_protocol::agent::keepalive::{classify, AgentMessage};
 use wazuh_cluster_protocol::agent::secure::{self, decrypt, encrypt, frame, parse_header, FrameBuffer, SecureError};
 
@@ -53,7 +52,7 @@ struct Session {
     conn: u64,
     hub: HubLink,
     shared: Arc<Shared>,
-    tx: mpsc::Sender<ToSession>,
+    tx: SessionTx,
     /// The agent this connection speaks for, once it said who it is.
     agent: Option<Arc<AgentKey>>,
     /// Last counters received, as (global, local).
@@ -103,18 +102,20 @@ pub enum Refusal {
 }
 
 async fn session(mut stream: TcpStream, peer: SocketAddr, conn: u64, hub: HubLink, shared: Arc<Shared>) {
-    let (tx, mut rx) = mpsc::channel(SESSION_QUEUE);
+    let (tx, mut rx) = session_inbox();
     let mut s = Session { peer, conn, hub, shared, tx, agent: None, last: None };
     let node = s.shared.settings.node_name.clone();
     let mut fb = FrameBuffer::default();
     let idle = s.shared.settings.disconnection_time;
     let stall = s.shared.settings.stall_timeout;
     let mut partial_since: Option<tokio::time::Instant> = None;
+    let mut last_read = tokio::time::Instant::now();
+    // One timer for the connection's life, moved only when it fires early (the connection was
+    // active meanwhile) or a frame starts that must end sooner: a timer made or moved on every
+    // frame costs a timer-wheel registration, and at times a wake-up of the runtime, each time.
+    let timer = tokio::time::sleep_until(last_read + idle);
+    tokio::pin!(timer);
     let end = 'conn: loop {
-        let deadline = match partial_since {
-            Some(t) => t + stall,
-            None => tokio::time::Instant::now() + idle,
-        };
         tokio::select! {
             ready = stream.readable() => {
                 if let Err(e) = ready {
@@ -122,14 +123,16 @@ async fn session(mut stream: TcpStream, peer: SocketAddr, conn: u64, hub: HubLin
                 }
                 match read_into(&stream, &mut fb) {
                     Ok(0) => break End::Closed,
-                    Ok(_) => {}
+                    Ok(_) => last_read = tokio::time::Instant::now(),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     Err(e) => break End::Refused(Refusal::Read(e)),
                 }
                 loop {
                     match fb.next_payload() {
                         Ok(Some(payload)) => {
-                            if let Err(why) = s.payload(&mut stream, &payload).await {
+                            // Boxed: a frame's handling is the largest state of this task, and
+                            // an idle connection (nearly all of them) need not hold room for it.
+                            if let Err(why) = Box::pin(s.payload(&mut stream, &payload)).await {
                                 break 'conn End::Refused(why);
                             }
                         }
@@ -140,19 +143,32 @@ async fn session(mut stream: TcpStream, peer: SocketAddr, conn: u64, hub: HubLin
                 partial_since = match (fb.pending(), partial_since) {
                     (0, _) => None,
                     (_, Some(t)) => Some(t),
-                    (_, None) => Some(tokio::time::Instant::now()),
+                    (_, None) => {
+                        let started = tokio::time::Instant::now();
+                        if started + stall < timer.deadline() {
+                            timer.as_mut().reset(started + stall);
+                        }
+                        Some(started)
+                    }
                 };
             }
             order = rx.recv() => match order {
-                Some(ToSession::Send(messages)) => {
+                ToSession::Send(messages) => {
                     if let Err(e) = s.send(&mut stream, &messages).await {
                         break End::Refused(Refusal::Write(e));
                     }
                 }
-                Some(ToSession::Close(why)) => break End::Refused(Refusal::Ordered(why)),
-                None => break End::Closed,
+                ToSession::Close(why) => break End::Refused(Refusal::Ordered(why)),
             },
-            _ = tokio::time::sleep_until(deadline) => {
+            _ = &mut timer => {
+                let deadline = match partial_since {
+                    Some(t) => t + stall,
+                    None => last_read + idle,
+                };
+                if tokio::time::Instant::now() < deadline {
+                    timer.as_mut().reset(deadline);
+                    continue;
+                }
                 break End::Refused(match partial_since {
                     Some(_) => Refusal::Stalled(stall.as_secs()),
                     None => Refusal::Silent(idle.as_secs()),
