@@ -153,6 +153,7 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
     let shared = Arc::new(Shared {
         settings: agent_settings,
         keys,
+        source: Default::default(),
         counters: ManagerCounters::new(),
         archive,
         stats: Default::default(),
@@ -167,6 +168,7 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
             info!(node = name.as_str(); "starting master of cluster {:?} (cipher {})", config.cluster.name, config.cluster.cipher);
             let listener =
                 MasterListener::start(listener, settings, registry.clone()).context("cannot start the master")?;
+            let _ = shared.source.set(KeySource::Master(registry.clone()));
             let agents = AgentHub::new(shared.clone(), KeySource::Master(registry.clone())).launch();
             // File changes on the master make the hub push new merged.mg files to its agents.
             let changes = listener.send(master::SubscribeFiles).await.context("the master stopped at once")?;
@@ -180,6 +182,7 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
             let replica = StoreHandle::spawn(&format!("{name}-replica"), replica, Replica::seq)
                 .context("cannot start the replica thread")?;
             info!(node = name.as_str(); "starting worker of cluster {:?} (cipher {})", config.cluster.name, config.cluster.cipher);
+            let _ = shared.source.set(KeySource::Worker(replica.clone()));
             let agents = AgentHub::new(shared.clone(), KeySource::Worker(replica.clone())).launch();
             let services = WorkerServices { replica: replica.clone(), agents: Some(agents.clone()) };
             let link = WorkerLink::new(settings, master.clone(), services).start();

@@ -6,7 +6,7 @@ use super::messages::{
     ResendAll, Seen, SeenKind, SessionTx, SharedChanged, TakeUpdates,
 };
 use super::{AgentKey, Shared};
-use crate::registry::{fmt_id, Registry, Replica, StoreHandle};
+use crate::registry::fmt_id;
 use actix::prelude::*;
 use log::{debug, info, warn};
 use std::collections::HashMap;
@@ -25,21 +25,7 @@ use wazuh_cluster_protocol::message::AgentInfoUpdate;
 /// then wait in the kernel's socket buffers).
 pub const HUB_MAILBOX: usize = 4096;
 
-/// Where the keys come from: the master's registry or a worker's replica.
-#[derive(Clone)]
-pub enum KeySource {
-    Master(StoreHandle<Registry>),
-    Worker(StoreHandle<Replica>),
-}
-
-impl KeySource {
-    fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
-        match self {
-            KeySource::Master(h) => h.watch(),
-            KeySource::Worker(h) => h.watch(),
-        }
-    }
-}
+pub use super::KeySource;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -149,7 +135,8 @@ impl AgentHub {
 
     /// After a change of the agent table: closes the connections of agents deleted (or re-keyed)
     /// since, and forgets the state of deleted agents. Costs one lookup per agent of this node (the
-    /// key index itself is kept up to date by the store's thread).
+    /// key index itself is kept up to date by the store's thread; it caches the key of every agent
+    /// that connected here until the agent is deleted, so a missing key means a deleted agent).
     fn check_keys(&mut self) {
         let seq = *self.source.watch().borrow();
         if self.loaded_seq == Some(seq) {

@@ -72,13 +72,21 @@ pub struct AgentKey {
     pub groups: Arc<[String]>,
 }
 
-/// Every agent's key, by id and (for agents registered with one address) by address.
+/// The keys of the agents that connected to this node, by id; and, for every agent registered
+/// with one address, its address (a frame without an agent id is matched by it). Other agents'
+/// keys stay in the store until one connects: a worker of a 50,000-agent cluster holds the keys
+/// of its 2,000 agents, not of all 50,000.
 #[derive(Debug, Default)]
 pub struct KeyMap {
     pub by_id: HashMap<u32, Arc<AgentKey>>,
     pub by_ip: HashMap<IpAddr, u32>,
+    /// The address of each agent in `by_ip`.
+    ip_of: HashMap<u32, IpAddr>,
     /// Group lists in use, shared.
     group_lists: std::collections::HashSet<Arc<[String]>>,
+    /// Bumped by every change applied: a key read from the store before a change to the table
+    /// was applied here is not cached (it may predate that change).
+    epoch: u64,
 }
 
 fn key_of(e: AgentEntry) -> AgentKey {
@@ -88,31 +96,6 @@ fn key_of(e: AgentEntry) -> AgentKey {
 }
 
 impl KeyMap {
-    pub fn from_entries(entries: Vec<AgentEntry>) -> Self {
-        Self::from_entries_reusing(entries, &KeyMap::default())
-    }
-
-    /// [`KeyMap::from_entries`] keeping the keys of `old` that did not change: a reload after one
-    /// enrollment derives one AES key, not one per agent.
-    pub fn from_entries_reusing(entries: Vec<AgentEntry>, old: &KeyMap) -> Self {
-        let mut map = KeyMap {
-            by_id: HashMap::with_capacity(entries.len()),
-            by_ip: HashMap::with_capacity(old.by_ip.len()),
-            group_lists: Default::default(),
-        };
-        for e in entries {
-            let ip = AgentIp::parse(&e.ip).unwrap_or(AgentIp::Any);
-            let key = match old.by_id.get(&e.id) {
-                Some(k) if *k.name == *e.name && k.ip == ip && *k.groups == *e.groups && k.aes == aes_key(&e.key) => {
-                    k.clone()
-                }
-                _ => Arc::new(key_of(e)),
-            };
-            map.insert(key);
-        }
-        map
-    }
-
     /// The shared copy of `groups`.
     fn shared_groups(&mut self, groups: Arc<[String]>) -> Arc<[String]> {
         if let Some(g) = self.group_lists.get(&*groups) {
@@ -122,67 +105,126 @@ impl KeyMap {
         groups
     }
 
-    fn insert(&mut self, key: Arc<AgentKey>) {
-        self.remove(key.id);
+    /// Caches `key`.
+    fn cache(&mut self, key: Arc<AgentKey>) -> Arc<AgentKey> {
         let groups = self.shared_groups(key.groups.clone());
         let key = if Arc::ptr_eq(&groups, &key.groups) { key } else { Arc::new(AgentKey { groups, ..(*key).clone() }) };
-        if let AgentIp::Addr(a) = key.ip {
-            self.by_ip.insert(a, key.id);
-        }
-        self.by_id.insert(key.id, key);
+        self.by_id.insert(key.id, key.clone());
+        key
     }
 
-    fn remove(&mut self, id: u32) {
-        if let Some(old) = self.by_id.remove(&id) {
-            if let AgentIp::Addr(a) = old.ip {
-                if self.by_ip.get(&a) == Some(&id) {
-                    self.by_ip.remove(&a);
-                }
+    /// Records the address agent `id` is registered with (`None`: any).
+    fn set_address(&mut self, id: u32, ip: Option<IpAddr>) {
+        if let Some(old) = self.ip_of.remove(&id) {
+            if self.by_ip.get(&old) == Some(&id) {
+                self.by_ip.remove(&old);
+            }
+        }
+        if let Some(ip) = ip {
+            self.by_ip.insert(ip, id);
+            self.ip_of.insert(id, ip);
+        }
+    }
+
+    fn address(ip: &str) -> Option<IpAddr> {
+        match AgentIp::parse(ip) {
+            Some(AgentIp::Addr(a)) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The table is now exactly `entries`: addresses rebuilt, cached keys refreshed or dropped.
+    fn reset(&mut self, entries: &[AgentEntry]) {
+        self.epoch += 1;
+        self.by_ip.clear();
+        self.ip_of.clear();
+        let cached = std::mem::take(&mut self.by_id);
+        for e in entries {
+            let ip = Self::address(&e.ip);
+            self.set_address(e.id, ip);
+            if let Some(old) = cached.get(&e.id) {
+                let same = *old.name == *e.name
+                    && old.ip == AgentIp::parse(&e.ip).unwrap_or(AgentIp::Any)
+                    && *old.groups == *e.groups
+                    && old.aes == aes_key(&e.key);
+                let key = if same { old.clone() } else { Arc::new(key_of(e.clone())) };
+                self.cache(key);
             }
         }
     }
 
-    /// Applies committed changes of the agent table, each in O(1).
-    pub fn apply(&mut self, changes: &[AgentChange]) {
-        for p in prepare(changes) {
-            self.apply_prepared(p);
-        }
-    }
-
-    fn apply_prepared(&mut self, change: Prepared) {
-        match change {
-            Prepared::Put(key) => self.insert(key),
-            Prepared::Remove(id) => self.remove(id),
-            Prepared::Groups(id, groups) => {
-                if let Some(old) = self.by_id.get(&id) {
-                    let key = AgentKey { groups: groups.into(), ..(**old).clone() };
-                    self.insert(Arc::new(key));
+    /// Applies committed changes of the agent table, each in O(1); only cached agents' keys are
+    /// derived again.
+    fn apply(&mut self, changes: &[AgentChange]) {
+        self.epoch += 1;
+        for c in changes {
+            match c {
+                AgentChange::Added(e) => {
+                    self.set_address(e.id, Self::address(&e.ip));
+                    if self.by_id.contains_key(&e.id) {
+                        self.cache(Arc::new(key_of(e.clone())));
+                    }
+                }
+                AgentChange::Removed { id } => {
+                    self.set_address(*id, None);
+                    self.by_id.remove(id);
+                }
+                AgentChange::GroupsChanged { id, groups } => {
+                    if let Some(old) = self.by_id.get(id) {
+                        let key = AgentKey { groups: groups.clone().into(), ..(**old).clone() };
+                        self.cache(Arc::new(key));
+                    }
                 }
             }
         }
     }
 }
 
-/// A change with its AES key already derived (done outside the index's lock).
-enum Prepared {
-    Put(Arc<AgentKey>),
-    Remove(u32),
-    Groups(u32, Vec<String>),
+/// The store a node's keys come from (its registry or replica).
+#[derive(Clone)]
+pub enum KeySource {
+    Master(crate::registry::StoreHandle<crate::registry::Registry>),
+    Worker(crate::registry::StoreHandle<crate::registry::Replica>),
 }
 
-fn prepare(changes: &[AgentChange]) -> Vec<Prepared> {
-    changes
-        .iter()
-        .map(|c| match c {
-            AgentChange::Added(e) => Prepared::Put(Arc::new(key_of(e.clone()))),
-            AgentChange::Removed { id } => Prepared::Remove(*id),
-            AgentChange::GroupsChanged { id, groups } => Prepared::Groups(*id, groups.clone()),
-        })
-        .collect()
+impl KeySource {
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        match self {
+            KeySource::Master(h) => h.watch(),
+            KeySource::Worker(h) => h.watch(),
+        }
+    }
+
+    /// Agent `id` as the store has it, the index's epoch when it was read, and whether the read
+    /// saw only committed changes. Runs on the store's thread, in order with its commits.
+    async fn read_key(
+        &self,
+        id: u32,
+        index: Arc<KeyIndex>,
+    ) -> Result<(Option<AgentEntry>, u64, bool), crate::registry::StoreError> {
+        match self {
+            KeySource::Master(h) => {
+                h.run(move |r| {
+                    let (entry, committed) = r.key_entry(id)?;
+                    Ok((entry, index.epoch(), committed))
+                })
+                .await
+            }
+            KeySource::Worker(h) => {
+                h.run(move |r| {
+                    let (entry, committed) = r.key_entry(id)?;
+                    Ok((entry, index.epoch(), committed))
+                })
+                .await
+            }
+        }
+    }
 }
 
 /// The node's key index: kept up to date by the registry's (or replica's) thread as a
-/// [`KeySink`], right after each commit; read by agent sessions and the hub.
+/// [`KeySink`], right after each commit; read by agent sessions and the hub. It caches the keys
+/// of agents that connect here ([`KeyIndex::lookup`] reads a missing one from the store); a
+/// cached key leaves only when its agent is deleted, so an agent the hub knows is one it finds.
 #[derive(Debug, Default)]
 pub struct KeyIndex(RwLock<KeyMap>);
 
@@ -195,42 +237,59 @@ impl KeyIndex {
         self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The cached key of agent `id`.
     pub fn get(&self, id: u32) -> Option<Arc<AgentKey>> {
         self.read().by_id.get(&id).cloned()
     }
 
+    fn epoch(&self) -> u64 {
+        self.read().epoch
+    }
+
+    /// The key of agent `id`: cached, or read from `source` and cached. `None` when the agent is
+    /// not registered (or the store cannot be read).
+    pub async fn lookup(self: &Arc<Self>, id: u32, source: Option<&KeySource>) -> Option<Arc<AgentKey>> {
+        if let Some(k) = self.get(id) {
+            return Some(k);
+        }
+        let source = source?;
+        // A read that races with a commit is read again; a commit in flight ends within a batch.
+        for attempt in 0..20u64 {
+            let (entry, epoch, committed) = source.read_key(id, self.clone()).await.ok()?;
+            let entry = entry?;
+            if committed {
+                let mut map = self.write();
+                if let Some(k) = map.by_id.get(&id) {
+                    return Some(k.clone());
+                }
+                if map.epoch == epoch {
+                    return Some(map.cache(Arc::new(key_of(entry))));
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2 * (attempt + 1))).await;
+        }
+        None
+    }
+
     /// The agent registered with address `ip`, if one is.
-    pub fn by_ip(&self, ip: IpAddr) -> Option<Arc<AgentKey>> {
-        let map = self.read();
-        map.by_ip.get(&ip).and_then(|id| map.by_id.get(id)).cloned()
+    pub async fn by_ip(self: &Arc<Self>, ip: IpAddr, source: Option<&KeySource>) -> Option<Arc<AgentKey>> {
+        let id = *self.read().by_ip.get(&ip)?;
+        self.lookup(id, source).await
     }
 
-    pub fn len(&self) -> usize {
+    /// Keys cached.
+    pub fn cached(&self) -> usize {
         self.read().by_id.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
 impl KeySink for KeyIndex {
     fn reset(&self, entries: &[AgentEntry]) {
-        // Built outside the lock: sessions keep reading the old map meanwhile.
-        let map = {
-            let old = self.read();
-            KeyMap::from_entries_reusing(entries.to_vec(), &old)
-        };
-        *self.write() = map;
+        self.write().reset(entries);
     }
 
     fn apply(&self, changes: &[AgentChange]) {
-        // AES keys are derived before taking the lock.
-        let prepared = prepare(changes);
-        let mut map = self.write();
-        for p in prepared {
-            map.apply_prepared(p);
-        }
+        self.write().apply(changes);
     }
 }
 
@@ -263,6 +322,8 @@ impl Default for ManagerCounters {
 pub struct Shared {
     pub settings: AgentSettings,
     pub keys: Arc<KeyIndex>,
+    /// Where keys missing from `keys` are read (set once the store's thread runs).
+    pub source: std::sync::OnceLock<KeySource>,
     pub counters: ManagerCounters,
     pub archive: archive::Archive,
     pub stats: Stats,
@@ -294,52 +355,115 @@ mod tests {
         }
     }
 
+    type KeyView = (u32, Box<str>, [u8; 32], Vec<String>);
+
+    fn view(index: &KeyIndex) -> Vec<KeyView> {
+        let map = index.read();
+        let mut v: Vec<_> = map.by_id.values().map(|k| (k.id, k.name.clone(), k.aes, k.groups.to_vec())).collect();
+        v.sort();
+        v
+    }
+
+    fn cache(index: &KeyIndex, e: AgentEntry) {
+        index.write().cache(Arc::new(key_of(e)));
+    }
+
     #[test]
-    fn committed_changes_give_the_index_a_full_reload_would() {
+    fn changes_keep_cached_keys_and_every_address_as_a_full_reload_would() {
         let index = KeyIndex::default();
-        index.reset(&[entry(1, 'a', "any"), entry(2, 'b', "10.0.0.2"), entry(3, 'c', "10.0.0.3")]);
+        index.reset(&[
+            entry(1, 'a', "any"),
+            entry(2, 'b', "10.0.0.2"),
+            entry(3, 'c', "10.0.0.3"),
+            entry(5, 'f', "any"),
+        ]);
+        assert_eq!(index.cached(), 0, "nothing is cached before an agent connects");
+        for e in [entry(1, 'a', "any"), entry(2, 'b', "10.0.0.2"), entry(3, 'c', "10.0.0.3")] {
+            cache(&index, e);
+        }
         let kept = index.get(1).unwrap();
         index.apply(&[
             AgentChange::Removed { id: 3 },
             AgentChange::Added(entry(2, 'd', "10.0.0.9")),
             AgentChange::Added(entry(4, 'e', "10.0.0.3")),
             AgentChange::GroupsChanged { id: 1, groups: vec!["linux".into()] },
+            AgentChange::GroupsChanged { id: 5, groups: vec!["linux".into()] },
         ]);
-        let full = KeyMap::from_entries(vec![
+        // The same table read whole, with the same agents cached.
+        let full = KeyIndex::default();
+        full.reset(&[
             AgentEntry { groups: vec!["linux".into()], ..entry(1, 'a', "any") },
             entry(2, 'd', "10.0.0.9"),
             entry(4, 'e', "10.0.0.3"),
+            AgentEntry { groups: vec!["linux".into()], ..entry(5, 'f', "any") },
         ]);
-        let map = index.read();
-        assert_eq!(map.by_ip, full.by_ip, "the old address of a re-keyed agent is gone, a reused one moved");
-        let view = |m: &KeyMap| {
-            let mut v: Vec<_> = m.by_id.values().map(|k| (k.id, k.name.clone(), k.aes, k.groups.to_vec())).collect();
-            v.sort();
-            v
-        };
-        assert_eq!(view(&map), view(&full));
-        drop(map);
+        cache(&full, AgentEntry { groups: vec!["linux".into()], ..entry(1, 'a', "any") });
+        cache(&full, entry(2, 'd', "10.0.0.9"));
+        assert_eq!(
+            index.read().by_ip,
+            full.read().by_ip,
+            "the old address of a re-keyed agent is gone, a reused one moved"
+        );
+        assert_eq!(view(&index), view(&full), "cached keys follow; uncached agents stay out");
         assert!(!Arc::ptr_eq(&kept, &index.get(1).unwrap()), "a group change gives the agent a new key entry");
-        assert_eq!(index.by_ip("10.0.0.3".parse().unwrap()).map(|k| k.id), Some(4));
-        assert!(index.get(3).is_none());
+        assert!(index.get(3).is_none() && index.get(4).is_none() && index.get(5).is_none());
+        assert_eq!(index.read().by_ip.get(&"10.0.0.3".parse().unwrap()), Some(&4));
+        cache(&index, entry(4, 'e', "10.0.0.3"));
         let (two, four) = (index.get(2).unwrap(), index.get(4).unwrap());
         assert!(Arc::ptr_eq(&two.groups, &four.groups), "agents with the same groups share one list");
     }
 
     #[test]
-    fn a_reload_keeps_unchanged_keys_and_derives_only_new_ones() {
-        let old = KeyMap::from_entries(vec![entry(1, 'a', "any"), entry(2, 'b', "10.0.0.2"), entry(3, 'c', "any")]);
+    fn a_reload_keeps_unchanged_cached_keys_and_drops_deleted_ones() {
+        let index = KeyIndex::default();
+        index.reset(&[entry(1, 'a', "any"), entry(2, 'b', "10.0.0.2"), entry(3, 'c', "any")]);
+        for e in [entry(1, 'a', "any"), entry(2, 'b', "10.0.0.2"), entry(3, 'c', "any")] {
+            cache(&index, e);
+        }
+        let one = index.get(1).unwrap();
+        let two = index.get(2).unwrap();
         // Agent 2 re-keyed, 3 deleted, 4 enrolled.
-        let new = KeyMap::from_entries_reusing(
-            vec![entry(1, 'a', "any"), entry(2, 'd', "10.0.0.2"), entry(4, 'e', "any")],
-            &old,
-        );
-        assert!(Arc::ptr_eq(&new.by_id[&1], &old.by_id[&1]), "an unchanged key is reused");
-        assert!(!Arc::ptr_eq(&new.by_id[&2], &old.by_id[&2]));
-        assert_eq!(new.by_id[&2].aes, aes_key(&entry(2, 'd', "").key));
-        assert_eq!(new.by_id[&4].aes, aes_key(&entry(4, 'e', "").key));
-        assert!(!new.by_id.contains_key(&3));
-        assert_eq!(new.by_ip.get(&"10.0.0.2".parse().unwrap()), Some(&2));
-        assert_eq!(new.by_id.len(), 3);
+        index.reset(&[entry(1, 'a', "any"), entry(2, 'd', "10.0.0.2"), entry(4, 'e', "any")]);
+        assert!(Arc::ptr_eq(&index.get(1).unwrap(), &one), "an unchanged key is reused");
+        assert!(!Arc::ptr_eq(&index.get(2).unwrap(), &two));
+        assert_eq!(index.get(2).unwrap().aes, aes_key(&entry(2, 'd', "").key));
+        assert!(index.get(3).is_none() && index.get(4).is_none());
+        assert_eq!(index.read().by_ip.get(&"10.0.0.2".parse().unwrap()), Some(&2));
+    }
+
+    /// A key missing from the index is read from the store and cached; a deletion committed
+    /// later removes it; an agent the store does not have is not found.
+    #[tokio::test]
+    async fn lookups_read_missing_keys_from_the_store_and_changes_follow() {
+        use crate::registry::store::Store;
+        let dir = tempfile::tempdir().unwrap();
+        let mut replica = crate::registry::Replica::open(dir.path()).unwrap();
+        replica.begin().unwrap();
+        let added = [entry(1, 'a', "any"), entry(2, 'b', "10.0.0.2")].map(AgentChange::Added);
+        assert!(replica.apply(0, 2, false, &added).unwrap());
+        replica.commit().unwrap();
+        let index = Arc::new(KeyIndex::default());
+        replica.set_key_sink(index.clone()).unwrap();
+        let store =
+            crate::registry::StoreHandle::spawn("test-replica", replica, crate::registry::Replica::seq).unwrap();
+        let source = KeySource::Worker(store.clone());
+        assert_eq!(index.cached(), 0);
+        let two = index.by_ip("10.0.0.2".parse().unwrap(), Some(&source)).await.expect("agent 2 by address");
+        assert_eq!((two.id, two.aes), (2, aes_key(&entry(2, 'b', "").key)));
+        assert!(Arc::ptr_eq(&index.get(2).unwrap(), &two), "cached once read");
+        assert!(index.lookup(9, Some(&source)).await.is_none(), "an agent the store does not have");
+        assert!(index.lookup(1, None).await.is_none(), "without a store only the cache answers");
+        assert_eq!(index.lookup(1, Some(&source)).await.map(|k| k.id), Some(1));
+        store
+            .run(|r| {
+                r.apply(2, 3, false, &[AgentChange::Removed { id: 2 }])?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(index.get(2).is_none(), "a deletion leaves the cache");
+        assert!(index.lookup(2, Some(&source)).await.is_none());
+        assert!(index.by_ip("10.0.0.2".parse().unwrap(), Some(&source)).await.is_none());
+        assert_eq!(index.cached(), 1);
     }
 }

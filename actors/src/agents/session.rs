@@ -287,18 +287,33 @@ impl Session {
     /// The key of the agent a frame claims to come from, by id or (without one) by the peer address,
     /// checking the peer address against what the agent registered with.
     async fn key_for(&mut self, id: Option<&str>) -> Result<Arc<AgentKey>, Refusal> {
-        let lookup = |shared: &Shared| match id {
-            Some(text) => text.parse::<u32>().ok().and_then(|n| shared.keys.get(n)),
-            None => shared.keys.by_ip(self.peer.ip()),
+        // The agent this connection speaks for, without asking the store again.
+        if let (Some(bound), Some(text)) = (&self.agent, id) {
+            if text.parse::<u32>().ok() == Some(bound.id) {
+                if let Some(current) = self.shared.keys.get(bound.id) {
+                    return Ok(current);
+                }
+            }
+        }
+        let peer = self.peer.ip();
+        let lookup = |shared: Arc<Shared>| async move {
+            let source = shared.source.get();
+            match id {
+                Some(text) => match text.parse::<u32>() {
+                    Ok(n) => shared.keys.lookup(n, source).await,
+                    Err(_) => None,
+                },
+                None => shared.keys.by_ip(peer, source).await,
+            }
         };
-        let key = match lookup(&self.shared) {
+        let key = match lookup(self.shared.clone()).await {
             Some(k) => k,
             None => {
                 // Perhaps enrolled a moment ago (through another node, its key still on its way to
                 // this one): look again for up to three seconds.
                 let mut found = None;
                 for _ in 0..15 {
-                    found = lookup(&self.shared);
+                    found = lookup(self.shared.clone()).await;
                     if found.is_some() {
                         break;
                     }

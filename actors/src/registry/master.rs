@@ -210,6 +210,12 @@ impl Registry {
         Ok(())
     }
 
+    /// Agent `id` for the key index, and whether the open transaction has left the table as it
+    /// was committed (a key read amid uncommitted changes is not cached).
+    pub fn key_entry(&self, id: u32) -> Result<(Option<AgentEntry>, bool), StoreError> {
+        Ok((one_entry(&self.conn, id)?, !self.derived.dirty()))
+    }
+
     fn entry(&self, id: u32) -> Result<Option<AgentEntry>, StoreError> {
         one_entry(&self.conn, id)
     }

@@ -81,6 +81,12 @@ impl Replica {
         Ok((total, rows.collect::<Result<_, _>>()?))
     }
 
+    /// Agent `id` for the key index, and whether the open transaction has left the table as it
+    /// was committed (a key read amid uncommitted changes is not cached).
+    pub fn key_entry(&self, id: u32) -> Result<(Option<AgentEntry>, bool), StoreError> {
+        Ok((one_entry(&self.conn, id)?, !self.derived.dirty()))
+    }
+
     /// Agent `id`, if the replica has it.
     pub fn entry(&self, id: u32) -> Result<Option<AgentEntry>, StoreError> {
         self.get(id)
