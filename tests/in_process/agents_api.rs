@@ -156,3 +156,83 @@ async fn a_worker_position_beyond_the_master_gets_a_snapshot() {
     }
     assert!(keys_file(&cluster, &worker).iter().all(|l| !l.contains("ghost")));
 }
+
+/// `GET /agents` pages on the master and on a worker: every agent exactly once across the pages,
+/// whatever the sort; the default page is 500, more than 100,000 is refused; the summary counts
+/// them all without reading them.
+#[actix_rt::test]
+async fn agents_come_in_pages_each_agent_exactly_once() {
+    use wazuh_cluster_actors::registry::master::NewAgent;
+    use wazuh_multi_node::node::NodeHandle;
+    const N: usize = 1237;
+    let cluster = TestCluster::start("page", 1).await;
+    let NodeHandle::Master { registry, .. } = &cluster.master().handle else { panic!("not a master") };
+    registry
+        .run(|r| {
+            for i in 0..N {
+                // Names in an order unlike the ids.
+                let a = NewAgent {
+                    name: format!("page-{:04}", (i * 7919) % 10_000),
+                    groups: vec![],
+                    ip: "any".into(),
+                    key_hash: None,
+                    version: None,
+                    node_name: "page-master".into(),
+                    token: None,
+                };
+                if let Err(refused) = r.enroll(&a)? {
+                    panic!("refused: {refused}");
+                }
+            }
+            Ok(())
+        })
+        .await
+        .expect("enroll");
+    let worker_api = cluster.worker(0).api_addr;
+    let start = Instant::now();
+    loop {
+        let (_, w) = call(worker_api, "GET", "/agents?limit=1".into(), None, None).await;
+        if w["data"]["total_affected_items"] == N as u64 {
+            break;
+        }
+        assert!(start.elapsed() < WAIT * 3, "the worker's replica did not reach {N} agents: {w}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for api in [cluster.master().api_addr, worker_api] {
+        for sort in ["", "&sort=name", "&sort=-id", "&sort=-name,id"] {
+            let mut seen = BTreeSet::new();
+            let mut names = Vec::new();
+            let mut offset = 0;
+            loop {
+                let (status, page) =
+                    call(api, "GET", format!("/agents?offset={offset}&limit=100{sort}"), None, None).await;
+                assert_eq!(status, 200, "{page}");
+                assert_eq!(page["data"]["total_affected_items"], N as u64);
+                let items = page["data"]["affected_items"].as_array().expect("items").clone();
+                if items.is_empty() {
+                    break;
+                }
+                assert!(items.len() <= 100);
+                for item in items {
+                    let id = item["id"].as_str().expect("id").to_string();
+                    assert!(seen.insert(id.clone()), "agent {id} on two pages ({api}, sort {sort:?})");
+                    names.push(item["name"].as_str().expect("name").to_string());
+                }
+                offset += 100;
+            }
+            assert_eq!(seen.len(), N, "{api}, sort {sort:?}");
+            if sort == "&sort=name" {
+                assert!(names.windows(2).all(|w| w[0] <= w[1]), "not sorted by name");
+            }
+        }
+        let (_, page) = call(api, "GET", "/agents".into(), None, None).await;
+        assert_eq!(page["data"]["affected_items"].as_array().map(Vec::len), Some(500), "the default page");
+        let (status, _) = call(api, "GET", "/agents?limit=100001".into(), None, None).await;
+        assert_eq!(status, 400, "a page above 100,000");
+        let (status, _) = call(api, "GET", "/agents?sort=secret".into(), None, None).await;
+        assert_eq!(status, 400, "an unknown sort field");
+        let (status, summary) = call(api, "GET", "/agents/summary/status".into(), None, None).await;
+        assert_eq!(status, 200);
+        assert_eq!(summary["data"]["connection"]["total"], N as u64, "{summary}");
+    }
+}
