@@ -14,8 +14,14 @@ fn s(v: &Value) -> String {
     }
 }
 
-/// Left-aligned columns, each as wide as its widest cell.
+/// Left-aligned columns, each as wide as its widest cell. Control characters in cells are shown
+/// escaped (`\n`, `\u{1b}`): a value that came from a client never drives the terminal.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| wazuh_cluster_protocol::agent::enrollment::printable(c).into_owned()).collect())
+        .collect();
+    let rows = &rows[..];
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -199,5 +205,13 @@ mod tests {
         assert!(lines[2].starts_with("    ") && lines[2].contains("missing=2"), "{t}");
         assert_eq!(lines[3], "    last error: panicked: boom");
         assert!(lines[0].len() < 100, "the figures widened the header: {}", lines[0]);
+    }
+
+    #[test]
+    fn control_characters_in_cells_are_shown_escaped() {
+        let out = table(&["NAME"], &[vec!["evil\u{1b}[2J\nline".to_string()]]);
+        assert!(!out.trim_end().contains('\n') || out.lines().count() == 2, "{out:?}");
+        assert!(!out.contains('\u{1b}'), "{out:?}");
+        assert!(out.contains("evil\\u{1b}[2J\\nline"), "{out:?}");
     }
 }

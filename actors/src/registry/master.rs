@@ -256,8 +256,19 @@ impl Registry {
         Ok(self.replace.decide(&incumbent, key_hash, now_ms()) == Verdict::Replace)
     }
 
-    /// Enrolls one agent inside the caller's transaction. Idempotent per token.
+    /// Enrolls one agent inside the caller's transaction. Idempotent per token. The request is
+    /// checked again here with the enrollment endpoint's rules, whoever sent it (a worker's forward
+    /// is not trusted): nothing that could break a `client.keys` line is ever stored.
     pub fn enroll(&mut self, a: &NewAgent) -> Result<Result<AgentEntry, EnrollError>, StoreError> {
+        if let Err(e) = wazuh_cluster_protocol::agent::enrollment::validate_fields(
+            &a.name,
+            &a.groups,
+            &a.ip,
+            a.key_hash.as_deref(),
+            a.version.as_deref(),
+        ) {
+            return Ok(Err(e));
+        }
         if let Some(token) = &a.token {
             let prior: Option<(Option<u32>, Option<String>)> = self
                 .conn

@@ -56,19 +56,19 @@ impl fmt::Display for EnrollError {
         match self {
             EnrollError::InvalidPassword => f.write_str("Invalid password"),
             EnrollError::InvalidRequest => f.write_str("Invalid request for new agent"),
-            EnrollError::InvalidName(n) => write!(f, "Invalid agent name: {n}"),
+            EnrollError::InvalidName(n) => write!(f, "Invalid agent name: {}", printable(n)),
             EnrollError::UnterminatedVersion => f.write_str("Unterminated version field"),
             EnrollError::VersionTooHigh => f.write_str("Agent version must be lower or equal to manager version"),
             EnrollError::UnterminatedGroup => f.write_str("Unterminated group field"),
-            EnrollError::InvalidGroupName(g) => write!(f, "Invalid group name: {g}"),
-            EnrollError::NoSuchGroup(g) => write!(f, "Invalid group: {g}"),
+            EnrollError::InvalidGroupName(g) => write!(f, "Invalid group name: {}", printable(g)),
+            EnrollError::NoSuchGroup(g) => write!(f, "Invalid group: {}", printable(g)),
             EnrollError::TooManyGroups => write!(f, "Maximum multigroup reached: Limit is {MAX_GROUPS}"),
             EnrollError::UnterminatedIp => f.write_str("Unterminated IP field"),
-            EnrollError::InvalidIp(ip) => write!(f, "Invalid IP: {ip}"),
+            EnrollError::InvalidIp(ip) => write!(f, "Invalid IP: {}", printable(ip)),
             EnrollError::UnterminatedKey => f.write_str("Unterminated key field"),
-            EnrollError::DuplicateIp(ip) => write!(f, "Duplicate IP: {ip}"),
-            EnrollError::DuplicateName(n) => write!(f, "Duplicate agent name: {n}"),
-            EnrollError::Internal(n) => write!(f, "Internal manager error adding agent: {n}"),
+            EnrollError::DuplicateIp(ip) => write!(f, "Duplicate IP: {}", printable(ip)),
+            EnrollError::DuplicateName(n) => write!(f, "Duplicate agent name: {}", printable(n)),
+            EnrollError::Internal(n) => write!(f, "Internal manager error adding agent: {}", printable(n)),
         }
     }
 }
@@ -218,6 +218,62 @@ fn version_tuple(v: &str) -> Option<(u32, u32, u32)> {
     Some((major, minor, patch))
 }
 
+/// The same rules as [`validate`], for an enrollment that reached the registry by another way (a
+/// worker's forward, which the master does not trust): name, groups, an already resolved address,
+/// version, and a key hash of at most 128 visible ASCII characters. A field that could break a `client.keys` line (a space,
+/// a newline, any control character) fails one of these.
+pub fn validate_fields(
+    name: &str,
+    groups: &[String],
+    ip: &str,
+    key_hash: Option<&str>,
+    version: Option<&str>,
+) -> Result<(), EnrollError> {
+    if !valid_agent_name(name) {
+        return Err(EnrollError::InvalidName(name.to_string()));
+    }
+    if let Some(v) = version {
+        match version_tuple(v) {
+            Some(t) if t <= MANAGER_VERSION => {}
+            _ => return Err(EnrollError::VersionTooHigh),
+        }
+    }
+    if groups.len() > MAX_GROUPS {
+        return Err(EnrollError::TooManyGroups);
+    }
+    for (i, g) in groups.iter().enumerate() {
+        if !valid_group_name(g) || groups[..i].contains(g) {
+            return Err(EnrollError::InvalidGroupName(g.clone()));
+        }
+    }
+    if AgentIp::parse(ip).is_none() {
+        return Err(EnrollError::InvalidIp(ip.to_string()));
+    }
+    if let Some(h) = key_hash {
+        if h.len() > 128 || !h.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(EnrollError::InvalidRequest);
+        }
+    }
+    Ok(())
+}
+
+/// `text` with every control character escaped (`\n`, `\u{1b}`...): for log lines and terminal
+/// tables, where a name chosen by a client must not start a new line or drive the terminal.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// The registry-free checks, in authd's order. `peer` resolves `IP:'src'`.
 pub fn validate(req: &EnrollRequest, peer: IpAddr) -> Result<ValidRequest, EnrollError> {
     if !valid_agent_name(&req.name) {
@@ -330,5 +386,41 @@ mod tests {
         let v = validate(&req, "::ffff:10.0.0.5".parse().unwrap()).unwrap();
         assert_eq!(v.ip, AgentIp::Addr(peer()));
         assert_eq!(success_reply("002", "web-01", &v.ip.to_string(), "k"), "OSSEC K:'002 web-01 10.0.0.5 k'");
+    }
+
+    #[test]
+    fn forwarded_fields_that_could_break_a_keys_line_are_refused() {
+        let ok = |name: &str, groups: &[&str], ip: &str, hash: Option<&str>, version: Option<&str>| {
+            let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+            validate_fields(name, &groups, ip, hash, version)
+        };
+        assert_eq!(ok("web-01", &["default", "linux"], "10.0.0.0/8", Some("ab01"), Some("v4.14.7")), Ok(()));
+        assert_eq!(ok("web-01", &[], "any", None, None), Ok(()));
+        for name in
+            ["pwn a\n777 injected any 00ff\n#", "a b", "esc\u{1b}[31m", "bell\u{7}", "x", ".hidden", &"n".repeat(129)]
+        {
+            assert!(matches!(ok(name, &[], "any", None, None), Err(EnrollError::InvalidName(_))), "{name:?} accepted");
+        }
+        for ip in ["999.1.1.1; rm -rf /", "10.0.0.1 any", "", "src", "10.0.0.0/33"] {
+            assert!(matches!(ok("web", &[], ip, None, None), Err(EnrollError::InvalidIp(_))), "{ip:?} accepted");
+        }
+        assert!(matches!(ok("web", &["a b"], "any", None, None), Err(EnrollError::InvalidGroupName(_))));
+        assert!(matches!(ok("web", &["linux", "linux"], "any", None, None), Err(EnrollError::InvalidGroupName(_))));
+        let many: Vec<String> = (0..=MAX_GROUPS).map(|i| format!("g{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(ok("web", &many, "any", None, None), Err(EnrollError::TooManyGroups));
+        assert_eq!(ok("web", &[], "any", Some(&"f".repeat(129)), None), Err(EnrollError::InvalidRequest));
+        assert_eq!(ok("web", &[], "any", Some("ab cd"), None), Err(EnrollError::InvalidRequest));
+        assert_eq!(ok("web", &[], "any", None, Some("v9.0.0")), Err(EnrollError::VersionTooHigh));
+    }
+
+    #[test]
+    fn refusals_name_what_was_sent_without_its_control_characters() {
+        let e = EnrollError::InvalidName("a\r\nforged line\u{1b}[2J".into());
+        let text = e.to_string();
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert!(text.contains("forged line"));
+        assert_eq!(printable("plain"), "plain");
+        assert_eq!(printable("a\nb"), "a\\nb");
     }
 }

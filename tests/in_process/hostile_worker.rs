@@ -1,0 +1,71 @@
+//! A hostile worker: a node built from this project's library that holds the cluster key and
+//! sends the master what it likes through its own link. The master must re-check every field.
+
+use crate::common;
+
+use common::cluster::TestCluster;
+use std::collections::BTreeSet;
+use wazuh_cluster_actors::worker::Forward;
+use wazuh_cluster_protocol::agent::enrollment::EnrollError;
+use wazuh_cluster_protocol::message::EnrollForward;
+use wazuh_multi_node::node::NodeHandle;
+
+fn keys_file(cluster: &TestCluster, node: &str) -> BTreeSet<String> {
+    let path = cluster.dir.path().join(node).join("etc/client.keys");
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(String::from).collect()
+}
+
+fn forward(name: &str, ip: &str, groups: &[&str]) -> EnrollForward {
+    EnrollForward {
+        token: format!("hostile-{}", wazuh_cluster_actors::backoff::random_u64()),
+        name: name.into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        ip: ip.into(),
+        key_hash: None,
+        version: None,
+    }
+}
+
+/// Forwarded enrollments with fields that would break a client.keys line, or that the enrollment
+/// endpoint would refuse, are refused by the master: client.keys stays as it was on every node.
+#[actix_rt::test]
+async fn a_forged_enrollment_cannot_write_to_client_keys() {
+    let cluster = TestCluster::start("hostile-enroll", 1).await;
+    let NodeHandle::Worker { link, .. } = &cluster.worker(0).handle else { panic!("not a worker") };
+    let (master, worker) = (cluster.master_name(), cluster.worker_name(0));
+    let before = (keys_file(&cluster, &master), keys_file(&cluster, &worker));
+    let injected = format!("pwn a\n777 injected any {}\n#", "ab".repeat(32));
+    let cases = [
+        (forward(&injected, "any", &[]), "newline in the name"),
+        (forward("esc\u{1b}[31mred", "any", &[]), "escape in the name"),
+        (forward("bell\u{7}", "any", &[]), "bell in the name"),
+        (forward("web-01", "999.1.1.1; rm -rf /", &[]), "shell in the address"),
+        (forward("web-02", "any injected", &[]), "space in the address"),
+        (forward("web-03", "any", &["default\n777"]), "newline in a group"),
+    ];
+    for (f, what) in cases {
+        let result = link.send(Forward(f)).await.expect("the link").expect("an answer from the master");
+        let refused = result.outcome.err().unwrap_or_else(|| panic!("{what}: enrolled"));
+        assert!(
+            matches!(
+                refused,
+                EnrollError::InvalidName(_) | EnrollError::InvalidIp(_) | EnrollError::InvalidGroupName(_)
+            ),
+            "{what}: {refused:?}"
+        );
+    }
+    // A well-formed forward still works, so the link was usable all along.
+    let ok = link.send(Forward(forward("fine-agent", "any", &[]))).await.expect("link").expect("answer");
+    let entry = ok.outcome.expect("a good forward is enrolled");
+    let start = std::time::Instant::now();
+    loop {
+        let (m, w) = (keys_file(&cluster, &master), keys_file(&cluster, &worker));
+        if m.len() == before.0.len() + 1 && w == m {
+            assert!(m.iter().all(|l| !l.contains("injected") && l.split(' ').count() == 4), "{m:?}");
+            assert!(m.iter().any(|l| l.starts_with(&format!("{:03} fine-agent ", entry.id))));
+            break;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "client.keys: {m:?} / {w:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
