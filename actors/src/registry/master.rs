@@ -80,6 +80,23 @@ pub struct Registry {
     pub replace: ReplacePolicy,
 }
 
+/// A status update as the master stores it, whoever sent it: a keep-alive time no later than the
+/// master's own clock (a report from the future would otherwise win over every later one), an
+/// address that is an address, a version and a configuration status of the expected shape; a
+/// field that is not is dropped (the stored value stays).
+fn checked_update(u: &AgentInfoUpdate, now: u64) -> AgentInfoUpdate {
+    let printable = |t: &str, max: usize| t.len() <= max && !t.chars().any(char::is_control);
+    AgentInfoUpdate {
+        id: u.id,
+        status: u.status.clone(),
+        last_keepalive_ms: u.last_keepalive_ms.map(|t| t.min(now)),
+        version: u.version.clone().filter(|v| printable(v, 64)),
+        info: u.info.clone(),
+        group_config_status: u.group_config_status.clone().filter(|s| s == "synced" || s == "not synced"),
+        peer_ip: u.peer_ip.clone().filter(|ip| ip.parse::<std::net::IpAddr>().is_ok()),
+    }
+}
+
 fn now_ms() -> u64 {
     crate::clock::now_ms()
 }
@@ -453,7 +470,9 @@ impl Registry {
     /// and counted as unknown. Returns (stored, unknown, stale).
     pub fn store_statuses(&mut self, node: &str, updates: &[AgentInfoUpdate]) -> Result<(u32, u32, u32), StoreError> {
         let (mut stored, mut unknown, mut stale) = (0, 0, 0);
+        let now = now_ms();
         for u in updates {
+            let u = &checked_update(u, now);
             if super::counts::status_code(&u.status).is_none_or(|c| c == 0) {
                 unknown += 1;
                 continue;
@@ -777,6 +796,35 @@ mod tests {
         let row = reg.rows(Some(a.id)).unwrap().remove(0);
         assert_eq!((row.status.as_str(), row.node_name.as_str()), ("active", "worker-2"));
         assert_eq!(row.last_keepalive_ms, Some(200));
+    }
+
+    /// A report from the future cannot take an agent for good: its time is the master's clock at
+    /// most, so the real node's next report wins; fields of the wrong shape are not stored.
+    #[test]
+    fn a_worker_cannot_claim_an_agent_from_the_future_or_store_forged_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reg = Registry::open(dir.path()).unwrap();
+        let a = enroll(&mut reg, &agent("victim", None)).unwrap();
+        let t0 = now_ms();
+        assert_eq!(reg.store_statuses("worker-1", &[status(a.id, "active", Some(t0))]).unwrap(), (1, 0, 0));
+        let forged = AgentInfoUpdate {
+            version: Some("Wazuh v9\u{1b}[2J".into()),
+            peer_ip: Some("999.1.1.1; rm -rf /".into()),
+            group_config_status: Some("owned".into()),
+            ..status(a.id, "active", Some(9_000_000_000_000_000_000))
+        };
+        assert_eq!(reg.store_statuses("evil3", &[forged]).unwrap(), (1, 0, 0));
+        let row = reg.rows(Some(a.id)).unwrap().remove(0);
+        assert_eq!(row.node_name, "evil3");
+        assert!(row.last_keepalive_ms.is_some_and(|t| t <= now_ms()), "a time from the future was stored");
+        assert_eq!(row.version.as_deref(), Some("Wazuh v4.14.7"), "a forged version was stored");
+        assert_eq!(row.peer_ip, None);
+        assert_eq!(row.group_config_status, None);
+        // The real worker's next keep-alive takes it back.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(reg.store_statuses("worker-1", &[status(a.id, "active", Some(now_ms()))]).unwrap(), (1, 0, 0));
+        let row = reg.rows(Some(a.id)).unwrap().remove(0);
+        assert_eq!((row.status.as_str(), row.node_name.as_str()), ("active", "worker-1"));
     }
 
     #[test]
