@@ -134,6 +134,15 @@ async fn agents_summary(node: web::Data<NodeHandle>) -> HttpResponse {
 #[derive(Clone)]
 pub struct Token(pub Option<String>);
 
+/// The request's `Authorization: Bearer` credential ("" when there is none).
+fn bearer(req: &actix_web::HttpRequest) -> &str {
+    req.headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+}
+
 /// Mutations need `Authorization: Bearer <api.token>`; `Some(refusal)` when this request may not.
 fn refuse_unauthorized(req: &actix_web::HttpRequest, token: &Token) -> Option<HttpResponse> {
     let Some(expected) = &token.0 else {
@@ -141,12 +150,7 @@ fn refuse_unauthorized(req: &actix_web::HttpRequest, token: &Token) -> Option<Ht
             HttpResponse::Forbidden().json(error_body(403, "changes through the API need api.token to be configured")),
         );
     };
-    let given = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let given = bearer(req);
     // Length first, then every byte: no early exit on the first difference.
     let same = given.len() == expected.len()
         && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
@@ -167,7 +171,8 @@ async fn change(
     if let Some(refusal) = refuse_unauthorized(req, token) {
         return refusal;
     }
-    match node.admin(request).await {
+    // A worker hands the caller's credential to the master, which checks it again itself.
+    match node.admin(request, bearer(req).to_string()).await {
         Ok(()) => HttpResponse::Ok().json(envelope::<String>(&[], done)),
         Err(e) => {
             let status = change_status(&e);
@@ -307,6 +312,7 @@ fn change_status(e: &ChangeError) -> StatusCode {
     match e {
         ChangeError::Refused(AdminError::NoSuchAgent(_) | AdminError::NoSuchGroup(_)) => StatusCode::NOT_FOUND,
         ChangeError::Refused(AdminError::Invalid(_)) => StatusCode::BAD_REQUEST,
+        ChangeError::Refused(AdminError::Unauthorized) => StatusCode::FORBIDDEN,
         ChangeError::Refused(AdminError::Unavailable(_))
         | ChangeError::Registry(_)
         | ChangeError::Master(_)

@@ -32,6 +32,9 @@ pub struct ChannelSettings {
     pub versions: VersionRange,
     /// Bounds of each connection's queues.
     pub budgets: Budgets,
+    /// Master: the API credential a change forwarded by a worker must carry (the node's
+    /// `api.token`); `None`: changes from workers are refused.
+    pub admin_token: Option<String>,
 }
 
 /// How much one connection may hold in memory on each side of its socket. When a bound is
@@ -135,5 +138,6 @@ pub(crate) fn test_settings(name: &str) -> ChannelSettings {
         jobs: JobIntervals::default(),
         versions: VersionRange::ours(),
         budgets: Budgets::for_frame(1 << 20),
+        admin_token: None,
     }
 }

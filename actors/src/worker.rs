@@ -19,7 +19,9 @@ use log::{error, info, warn};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
-use wazuh_cluster_protocol::message::{AdminRequest, AdminResult, EnrollForward, EnrollResolve, EnrollResult};
+use wazuh_cluster_protocol::message::{
+    AdminForward, AdminRequest, AdminResult, EnrollForward, EnrollResolve, EnrollResult,
+};
 use wazuh_cluster_protocol::{MasterToWorker, WorkerToMaster};
 
 /// The connection to the master while there is one.
@@ -248,16 +250,20 @@ pub struct Resolve {
 /// Forwards an agent/group change to the master.
 #[derive(Message)]
 #[rtype(result = "Result<AdminResult, ForwardError>")]
-pub struct ForwardAdmin(pub AdminRequest);
+pub struct ForwardAdmin {
+    pub request: AdminRequest,
+    /// The API credential the change came with (checked by the master).
+    pub credential: String,
+}
 
 impl Handler<ForwardAdmin> for WorkerLink {
     type Result = ResponseFuture<Result<AdminResult, ForwardError>>;
 
-    fn handle(&mut self, ForwardAdmin(request): ForwardAdmin, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, ForwardAdmin { request, credential }: ForwardAdmin, _: &mut Context<Self>) -> Self::Result {
         let conn = self.conn_handle();
         Box::pin(async move {
             let conn = conn.ok_or(ForwardError::NotConnected)?;
-            match conn.call(WorkerToMaster::Admin(request)).await? {
+            match conn.call(WorkerToMaster::Admin(AdminForward { request, credential })).await? {
                 MasterToWorker::AdminResult(result) => Ok(result),
                 other => Err(CallError::unexpected("admin_result", &other).into()),
             }

@@ -111,9 +111,9 @@ pub enum WorkerToMaster {
     Enroll(EnrollForward),
     /// Whether the agent got its key; answered with [`MasterToWorker::EnrollResolved`].
     EnrollResolve(EnrollResolve),
-    /// A change to agents or groups received by the worker's API; answered with
-    /// [`MasterToWorker::AdminResult`].
-    Admin(AdminRequest),
+    /// A change to agents or groups received by the worker's API, with its caller's credential;
+    /// answered with [`MasterToWorker::AdminResult`].
+    Admin(AdminForward),
     /// The worker is closing the connection on purpose.
     Goodbye(Goodbye),
     /// A request of the master's could not be served (the answer to it).
@@ -328,6 +328,20 @@ pub enum AdminRequest {
     UnassignGroup { id: u32, group: String },
 }
 
+/// A change received by a worker's API and the API credential its caller gave. The master checks
+/// the credential against its own: holding the cluster key never authorizes a change by itself.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminForward {
+    pub request: AdminRequest,
+    pub credential: String,
+}
+
+impl std::fmt::Debug for AdminForward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminForward").field("request", &self.request).field("credential", &"<hidden>").finish()
+    }
+}
+
 /// Why the master refused or failed an [`AdminRequest`]. Each variant says what the caller can do;
 /// the API maps them to HTTP statuses, nothing on the wire does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -346,6 +360,10 @@ pub enum AdminError {
     /// The master could not apply it now (its registry failed): retry later.
     #[error("the master could not apply the change: {0}")]
     Unavailable(String),
+    /// The caller's credential is not valid on the master (or the master takes no changes from
+    /// workers: it has no API token): nothing was changed.
+    #[error("the master refused the change: the caller's API credential is not valid there")]
+    Unauthorized,
 }
 
 /// The outcome of an [`AdminRequest`].

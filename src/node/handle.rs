@@ -234,14 +234,16 @@ impl NodeHandle {
         asked
     }
 
-    /// Applies a change to agents or groups: on the master directly, on a worker through the master.
-    pub async fn admin(&self, request: AdminRequest) -> Result<(), ChangeError> {
+    /// Applies a change to agents or groups: on the master directly, on a worker through the master,
+    /// with `credential` (the caller's API token), which the master checks itself.
+    pub async fn admin(&self, request: AdminRequest, credential: String) -> Result<(), ChangeError> {
         match self {
             NodeHandle::Master { registry, .. } => {
                 registry.run(move |r| r.admin(&request)).await.map_err(ChangeError::Registry)??;
             }
             NodeHandle::Worker { link, .. } => {
-                let result = link.send(worker::ForwardAdmin(request)).await.map_err(|_| ChangeError::Stopping)?;
+                let result =
+                    link.send(worker::ForwardAdmin { request, credential }).await.map_err(|_| ChangeError::Stopping)?;
                 result.map_err(ChangeError::Master)?.outcome?;
             }
         }

@@ -55,6 +55,7 @@ pub fn channel_settings(config: &Config, psk: Psk) -> ChannelSettings {
         },
         versions: VersionRange::ours(),
         budgets: Budgets::for_frame(c.max_frame),
+        admin_token: config.api.token.clone(),
     }
 }
 

@@ -134,6 +134,7 @@ pub fn settings(name: &str, role: Role, psk_byte: u8) -> ChannelSettings {
         },
         versions: VersionRange::ours(),
         budgets: Budgets::for_frame(1 << 20),
+        admin_token: None,
     }
 }
 

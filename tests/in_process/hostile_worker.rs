@@ -69,3 +69,39 @@ async fn a_forged_enrollment_cannot_write_to_client_keys() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// The cluster key alone is no administrator: a change a worker forwards without the master's API
+/// credential is refused and changes nothing; with it, the change is applied.
+#[actix_rt::test]
+async fn a_worker_cannot_change_the_registry_without_the_callers_credential() {
+    use wazuh_cluster_actors::worker::ForwardAdmin;
+    use wazuh_cluster_protocol::message::{AdminError, AdminRequest};
+    let cluster = TestCluster::start("hostile-admin", 1).await;
+    let NodeHandle::Worker { link, .. } = &cluster.worker(0).handle else { panic!("not a worker") };
+    let ok = link.send(Forward(forward("kept-agent", "any", &[]))).await.expect("link").expect("answer");
+    let id = ok.outcome.expect("enrolled").id;
+    for credential in ["", "guessed-token-0123456789", &common::cluster::API_TOKEN[1..]] {
+        let request = AdminRequest::DeleteAgent { id };
+        let result = link
+            .send(ForwardAdmin { request, credential: credential.to_string() })
+            .await
+            .expect("link")
+            .expect("an answer from the master");
+        assert_eq!(result.outcome, Err(AdminError::Unauthorized), "credential {credential:?}");
+    }
+    let NodeHandle::Master { registry, .. } = &cluster.master().handle else { panic!("not a master") };
+    let still = registry.run(move |r| r.rows(Some(id))).await.expect("rows");
+    assert_eq!(still.len(), 1, "the agent was deleted without a credential");
+    common::wait_for_log(
+        &cluster.master_name(),
+        &["without a valid API credential"],
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+    // The operator's credential, carried by the worker: applied.
+    let request = AdminRequest::DeleteAgent { id };
+    let credential = common::cluster::API_TOKEN.to_string();
+    let result = link.send(ForwardAdmin { request, credential }).await.expect("link").expect("answer");
+    assert_eq!(result.outcome, Ok(()));
+    assert!(registry.run(move |r| r.rows(Some(id))).await.expect("rows").is_empty());
+}

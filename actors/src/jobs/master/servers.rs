@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use wazuh_cluster_protocol::message::{
-    AdminRequest, AdminResult, AgentInfoAck, AgentInfoBatch, EnrollForward, EnrollResolve, EnrollResult, FetchFiles,
-    IntegrityCheck, IntegrityStatus, JobReport, KeepAlive, KeepAliveAck, SyncManifest, SyncPlan,
+    AdminError, AdminForward, AdminResult, AgentInfoAck, AgentInfoBatch, EnrollForward, EnrollResolve, EnrollResult,
+    FetchFiles, IntegrityCheck, IntegrityStatus, JobReport, KeepAlive, KeepAliveAck, SyncManifest, SyncPlan,
 };
 use wazuh_cluster_protocol::MasterToWorker;
 
@@ -156,7 +156,7 @@ impl Serve for IntegrityServe {
 pub enum RegistrationRequest {
     Enroll(EnrollForward),
     Resolve(EnrollResolve),
-    Admin(AdminRequest),
+    Admin(AdminForward),
 }
 
 /// Serves what a worker forwards, through the registry (which validates it like the master's own
@@ -166,6 +166,13 @@ pub struct RegistrationServe {
     pub registry: StoreHandle<Registry>,
     pub node: String,
     pub peer: String,
+    /// The credential a forwarded change must carry (`None`: none is taken).
+    pub admin_token: Option<String>,
+}
+
+/// Whether `given` is `expected`, comparing every byte (no early exit on the first difference).
+fn same_secret(given: &str, expected: &str) -> bool {
+    given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 impl Serve for RegistrationServe {
@@ -174,6 +181,7 @@ impl Serve for RegistrationServe {
 
     fn serve(&mut self, request: RegistrationRequest) -> LocalFuture<Result<Served<MasterToWorker>, ServeError>> {
         let (registry, node, peer) = (self.registry.clone(), self.node.clone(), self.peer.clone());
+        let admin_token = self.admin_token.clone();
         Box::pin(async move {
             match request {
                 RegistrationRequest::Enroll(f) => {
@@ -192,8 +200,15 @@ impl Serve for RegistrationServe {
                     registry.run(move |reg| reg.resolve(&token, delivered)).await?;
                     Ok(Served { reply: MasterToWorker::EnrollResolved(r), counts: vec![("resolved", 1)] })
                 }
-                RegistrationRequest::Admin(request) => {
+                RegistrationRequest::Admin(AdminForward { request, credential }) => {
                     let what = format!("{request:?}");
+                    if !admin_token.as_deref().is_some_and(|t| same_secret(&credential, t)) {
+                        warn!(node = node.as_str(); "worker {peer} forwarded {what} without a valid API credential; refused");
+                        return Ok(Served {
+                            reply: MasterToWorker::AdminResult(AdminResult { outcome: Err(AdminError::Unauthorized) }),
+                            counts: vec![("unauthorized", 1)],
+                        });
+                    }
                     let outcome = registry.run(move |r| r.admin(&request)).await?;
                     if outcome.is_ok() {
                         info!(node = node.as_str(); "worker {peer} applied {what} through the master");

@@ -85,7 +85,12 @@ impl MasterJobs {
         let (integrity, h) = Server::start("Integrity", job, conn.clone(), settings, alive.clone());
         controls.add("Integrity", &integrity, h);
 
-        let job = RegistrationServe { registry: services.registry.clone(), node: node.clone(), peer: peer.clone() };
+        let job = RegistrationServe {
+            registry: services.registry.clone(),
+            node: node.clone(),
+            peer: peer.clone(),
+            admin_token: settings.admin_token.clone(),
+        };
         let (registration, h) = Server::start("Registration", job, conn.clone(), settings, alive);
         controls.add("Registration", &registration, h);
 
