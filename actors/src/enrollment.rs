@@ -173,6 +173,10 @@ async fn read_line<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<String, LineErr
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            // The limit holds for a line that arrived whole in one read too.
+            if pos + 1 > MAX_LINE {
+                return Err(LineError::TooLong);
+            }
             buf.truncate(pos + 1);
             return String::from_utf8(buf).map_err(|_| LineError::NotUtf8);
         }
@@ -329,4 +333,28 @@ fn random_token() -> String {
         raw[8..].copy_from_slice(&crate::clock::now_ms().to_le_bytes());
     }
     raw.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_line_over_the_limit_is_refused_even_when_its_newline_came_in_the_same_read() {
+        // Over the limit by less than one read's worth: the newline arrives in the read that
+        // crosses it.
+        let mut long = vec![b'A'; MAX_LINE + 500];
+        long.push(b'\n');
+        assert!(matches!(read_line(&mut &long[..]).await, Err(LineError::TooLong)));
+        let mut longer = vec![b'A'; 70 * 1024];
+        longer.push(b'\n');
+        assert!(matches!(read_line(&mut &longer[..]).await, Err(LineError::TooLong)));
+        // At the limit, newline included: read.
+        let mut fits = vec![b'A'; MAX_LINE - 1];
+        fits.push(b'\n');
+        fits.extend_from_slice(b"after");
+        let line = read_line(&mut &fits[..]).await.expect("a line at the limit");
+        assert_eq!(line.len(), MAX_LINE);
+        assert!(matches!(read_line(&mut &b"no newline"[..]).await, Err(LineError::Closed)));
+    }
 }
