@@ -270,6 +270,17 @@ impl NodeHandle {
 
     /// Whether the node serves, and why not.
     pub async fn serving(&self) -> (bool, String) {
+        let store = match self {
+            NodeHandle::Master { registry, .. } => {
+                registry.unusable().map(|why| format!("the agent registry is unusable: {why}"))
+            }
+            NodeHandle::Worker { replica, .. } => {
+                replica.unusable().map(|why| format!("the agent replica is unusable: {why}"))
+            }
+        };
+        if let Some(why) = store {
+            return (false, why);
+        }
         match self {
             NodeHandle::Master { listener, cluster_addr, .. } => {
                 if listener.connected() {

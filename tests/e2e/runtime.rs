@@ -291,6 +291,11 @@ fn a_full_disk_makes_no_job_fail_faster_than_its_back_off_allows_and_nothing_is_
         pushes_failed <= most,
         "the master pushed {pushes_failed} times in {window:?}, more than its back-off allows ({most})"
     );
+    // The worker's /health says it cannot store what it must, and why.
+    let health = format!("http://127.0.0.1:{}", api_port(&w_sets));
+    let (status, body) = wazuh_multi_node::client::get(&health, "/health").expect("/health");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("agent replica is unusable") && body.contains("cannot commit"), "{body}");
     // A server logs a failed request at most once a second.
     assert!(requests_failed <= window.as_secs() as usize + 1, "{requests_failed} lines in {window:?}");
     for (job, n) in &restarts {
@@ -313,4 +318,6 @@ fn a_full_disk_makes_no_job_fail_faster_than_its_back_off_allows_and_nothing_is_
         std::thread::sleep(Duration::from_millis(50));
     }
     eprintln!("disk freed: the worker caught up {} ms later", start.elapsed().as_millis());
+    let (status, body) = wazuh_multi_node::client::get(&health, "/health").expect("/health");
+    assert_eq!(status, 200, "serving again once the replica could write: {body}");
 }

@@ -81,6 +81,9 @@ pub struct StoreHandle<S> {
     position: watch::Receiver<u64>,
     exit: watch::Receiver<Option<String>>,
     commands: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Why the last transaction that had to write could not (a full disk...); cleared by the next
+    /// commit that moves the position.
+    failing: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl<S> Clone for StoreHandle<S> {
@@ -90,6 +93,7 @@ impl<S> Clone for StoreHandle<S> {
             position: self.position.clone(),
             exit: self.exit.clone(),
             commands: self.commands.clone(),
+            failing: self.failing.clone(),
         }
     }
 }
@@ -103,9 +107,11 @@ impl<S: Store> StoreHandle<S> {
         let (exit_tx, exit_rx) = watch::channel(None);
         let commands = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counted = commands.clone();
+        let failing = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let failures = failing.clone();
         std::thread::Builder::new().name(name.into()).spawn(move || {
             let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                serve(&mut store, &mut rx, &pos_tx, position, &counted);
+                serve(&mut store, &mut rx, &pos_tx, position, &counted, &failures);
             }));
             let reason = match served {
                 Ok(()) => "every handle to it was dropped".to_string(),
@@ -113,7 +119,16 @@ impl<S: Store> StoreHandle<S> {
             };
             let _ = exit_tx.send(Some(reason));
         })?;
-        Ok(StoreHandle { tx, position: pos_rx, exit: exit_rx, commands })
+        Ok(StoreHandle { tx, position: pos_rx, exit: exit_rx, commands, failing })
+    }
+
+    /// Why the store cannot be used as it should: its thread ended, or its last transaction that
+    /// had to write failed (and none has succeeded since). `None` while it works.
+    pub fn unusable(&self) -> Option<String> {
+        if let Some(reason) = self.exit.borrow().clone() {
+            return Some(format!("its thread ended: {reason}"));
+        }
+        self.failing.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Commands run so far (a figure for health, and for tests that an idle node stays idle).
@@ -187,7 +202,12 @@ fn serve<S: Store>(
     pos_tx: &watch::Sender<u64>,
     position: fn(&S) -> u64,
     commands: &std::sync::atomic::AtomicU64,
+    failing: &std::sync::Mutex<Option<String>>,
 ) {
+    let set_failing = |why: Option<String>| *failing.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    // A failed begin is over with the next transaction that commits; a failed commit, with the
+    // next one that writes (a read-only one commits even on a full disk).
+    let mut begin_failed = false;
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -199,6 +219,8 @@ fn serve<S: Store>(
         if let Err(e) = store.begin() {
             // Nothing runs; every caller hears why.
             let why = TxFailure(e.to_string());
+            set_failing(Some(format!("cannot begin a transaction: {e}")));
+            begin_failed = true;
             for job in batch {
                 job(Err(why.clone()))(Err(why.clone()));
             }
@@ -207,10 +229,17 @@ fn serve<S: Store>(
         commands.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let finishes: Vec<Finish> = batch.into_iter().map(|job| job(Ok(&mut *store))).collect();
         let outcome = match store.commit() {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if std::mem::take(&mut begin_failed) {
+                    set_failing(None);
+                }
+                Ok(())
+            }
             Err(e) => {
                 store.rollback();
                 let _ = store.reload();
+                set_failing(Some(format!("cannot commit: {e}")));
+                begin_failed = false;
                 Err(TxFailure(e.to_string()))
             }
         };
@@ -220,11 +249,14 @@ fn serve<S: Store>(
         // Only a commit that moved the sequence wakes the watchers: a read-only command must not,
         // or a watcher that reads the store on every wake-up would spin forever.
         let now = position(store);
-        pos_tx.send_if_modified(|seen| {
+        let moved = pos_tx.send_if_modified(|seen| {
             let moved = *seen != now;
             *seen = now;
             moved
         });
+        if moved {
+            set_failing(None);
+        }
     }
 }
 
