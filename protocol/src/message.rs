@@ -391,12 +391,19 @@ pub struct AgentGroupsUpdate {
     /// Hash of the whole table at `to_seq`, for the worker to check its replica; empty when
     /// `to_seq` is not the master's current position (one part of a longer delta).
     pub global_hash: String,
+    /// The master registry's generation: a worker never applies an update of another registry
+    /// over a replica that holds agents.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct AgentGroupsAck {
     pub seq: u64,
     pub global_hash: String,
+    /// The generation of the registry the worker's replica follows (0: none yet).
+    #[serde(default)]
+    pub generation: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -132,12 +132,12 @@ async fn groups_created_and_assigned_through_a_worker_show_everywhere() {
 }
 
 #[actix_rt::test]
-async fn a_worker_position_beyond_the_master_gets_a_snapshot() {
+async fn a_worker_position_beyond_the_master_is_left_alone_and_said_so() {
     let mut cluster = TestCluster::start("future", 2).await;
     let key = enroll(cluster.master().enrollment_addr, "future-agent").await;
     until_every_node(&cluster, "the agent", |k| k.contains(&key)).await;
     cluster.kill_worker(0).await;
-    // Corrupt the replica: a position far in the future and a stray agent.
+    // The replica claims a position far ahead of the master's, with an agent the master lacks.
     let db = cluster.dir.path().join(cluster.worker_name(0)).join("var/db/replica.db");
     {
         let conn = rusqlite::Connection::open(&db).expect("open replica");
@@ -145,16 +145,54 @@ async fn a_worker_position_beyond_the_master_gets_a_snapshot() {
         conn.execute("INSERT INTO agents (id, name, ip, key, groups) VALUES (777, 'ghost', 'any', 'k', 'default')", [])
             .expect("ghost");
     }
-    cluster.restart_worker(0).await;
-    wait_for_log(&cluster.master_name(), &["claims agent table position 999999 beyond the master's"], WAIT).await;
     let worker = cluster.worker_name(0);
-    let master = cluster.master_name();
-    let start = Instant::now();
-    while keys_file(&cluster, &worker) != keys_file(&cluster, &master) {
-        assert!(start.elapsed() < WAIT, "the replica did not converge to the master's table");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    cluster.restart_worker(0).await;
+    let line = wait_for_log(
+        &cluster.master_name(),
+        &["not sending the agent table to worker", "beyond this master's", "wazuh-cluster recover"],
+        WAIT,
+    )
+    .await;
+    assert!(line.starts_with("ERROR"), "{line}");
+    // Nothing is rewritten: the worker keeps what it has, however it differs.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = keys_file(&cluster, &worker);
+    assert!(after.iter().any(|l| l.contains("ghost")) && after.contains(&key), "{after:?}");
+    let conn = rusqlite::Connection::open(&db).expect("open replica");
+    let seq: i64 = conn.query_row("SELECT v FROM meta WHERE k = 'seq'", [], |r| r.get(0)).expect("seq");
+    assert_eq!(seq, 999999);
+}
+
+/// The master's registry lost (its database deleted, the master restarted with an empty one): no
+/// worker's replica is emptied; the master says why it sends them nothing.
+#[actix_rt::test]
+async fn a_master_that_lost_its_registry_wipes_no_worker() {
+    let mut cluster = TestCluster::start("lost", 2).await;
+    let mut keys = Vec::new();
+    for i in 0..5 {
+        keys.push(enroll(cluster.master().enrollment_addr, &format!("lost-agent-{i}")).await);
     }
-    assert!(keys_file(&cluster, &worker).iter().all(|l| !l.contains("ghost")));
+    until_every_node(&cluster, "the agents", |k| keys.iter().all(|key| k.contains(key))).await;
+    let replicas: Vec<_> = (0..2).map(|i| keys_file(&cluster, &cluster.worker_name(i))).collect();
+    cluster.kill_master().await;
+    let db = cluster.dir.path().join(cluster.master_name()).join("var/db");
+    for f in ["registry.db", "registry.db-wal", "registry.db-shm"] {
+        let _ = std::fs::remove_file(db.join(f));
+    }
+    cluster.restart_master().await;
+    for i in 0..2 {
+        let worker = cluster.worker_name(i);
+        wait_for_log(
+            &cluster.master_name(),
+            &["not sending the agent table to worker", &worker, "another agent registry"],
+            WAIT,
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (i, before) in replicas.iter().enumerate() {
+        assert_eq!(&keys_file(&cluster, &cluster.worker_name(i)), before, "worker {i} lost agents");
+    }
 }
 
 /// `GET /agents` pages on the master and on a worker: every agent exactly once across the pages,

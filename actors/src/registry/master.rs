@@ -71,6 +71,8 @@ impl NewAgent {
 
 /// The master's registry.
 pub struct Registry {
+    /// This registry's identity (random, made with it).
+    generation: u64,
     conn: Connection,
     data_dir: PathBuf,
     hash: TableHash,
@@ -117,12 +119,20 @@ impl Registry {
         conn.execute("INSERT OR IGNORE INTO groups (name, created_at) VALUES (?1, ?2)", params![DEFAULT_GROUP, now])?;
         conn.execute_batch(schema::MASTER_INDEXES)?;
         let seq: i64 = conn.query_row("SELECT v FROM meta WHERE k = 'seq'", [], |r| r.get(0))?;
+        // A registry's identity, made with it (or at the first start of a release that has it):
+        // a worker following another registry is never rewritten to this one's content.
+        let mut generation = schema::stored_generation(&conn)?;
+        if generation == 0 {
+            generation = (crate::backoff::random_u64() & (i64::MAX as u64)).max(1);
+            schema::store_generation(&conn, generation)?;
+        }
         let entries = all_entries(&conn)?;
         let mut hash = TableHash::default();
         for e in &entries {
             hash.toggle(e);
         }
         let mut reg = Registry {
+            generation,
             conn,
             data_dir: data_dir.to_path_buf(),
             hash,
@@ -170,6 +180,11 @@ impl Registry {
     /// Agents with `status` reporting to `node` (either `None`: any), from memory.
     pub fn count(&self, status: Option<&str>, node: Option<&str>) -> u64 {
         self.counts.count(status, node)
+    }
+
+    /// This registry's identity: workers' replicas carry it.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn seq(&self) -> u64 {

@@ -14,6 +14,8 @@ use wazuh_cluster_protocol::message::{AgentChange, AgentEntry};
 
 /// A worker's replica of the agent table.
 pub struct Replica {
+    /// The generation of the registry it follows (0: none yet).
+    generation: u64,
     conn: Connection,
     data_dir: PathBuf,
     hash: TableHash,
@@ -33,7 +35,8 @@ impl Replica {
             hash.toggle(e);
         }
         let derived = Derived::open(data_dir, &entries)?;
-        Ok(Replica { conn, data_dir: data_dir.to_path_buf(), hash, seq: seq as u64, derived })
+        let generation = schema::stored_generation(&conn)?;
+        Ok(Replica { conn, data_dir: data_dir.to_path_buf(), hash, seq: seq as u64, derived, generation })
     }
 
     /// Sends every committed change of the replica to `sink` (after the whole table now).
@@ -50,6 +53,11 @@ impl Replica {
 
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// The generation of the registry this replica follows (0: none yet).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn hash(&self) -> String {
@@ -108,6 +116,40 @@ impl Replica {
         if !snapshot && from != self.seq {
             return Ok(false);
         }
+        self.apply_inner(to, snapshot, changes)
+    }
+
+    /// [`Replica::apply`] for an update of registry `generation` (0: unknown): refused without a
+    /// change when this replica follows another registry and holds agents. Adopts `generation`
+    /// otherwise.
+    pub fn apply_from(
+        &mut self,
+        generation: u64,
+        from: u64,
+        to: u64,
+        snapshot: bool,
+        changes: &[AgentChange],
+    ) -> Result<bool, StoreError> {
+        if self.foreign(generation) {
+            return Ok(false);
+        }
+        if !snapshot && from != self.seq {
+            return Ok(false);
+        }
+        if generation != 0 && generation != self.generation {
+            schema::store_generation(&self.conn, generation)?;
+            self.generation = generation;
+        }
+        self.apply_inner(to, snapshot, changes)
+    }
+
+    /// Whether an update of registry `generation` comes from another registry than the one this
+    /// replica follows, while the replica holds agents of its own (never overwritten then).
+    pub fn foreign(&self, generation: u64) -> bool {
+        generation != 0 && self.generation != 0 && generation != self.generation && self.seq > 0
+    }
+
+    fn apply_inner(&mut self, to: u64, snapshot: bool, changes: &[AgentChange]) -> Result<bool, StoreError> {
         if snapshot {
             self.conn.execute("DELETE FROM agents", [])?;
             self.hash = TableHash::default();
@@ -192,6 +234,7 @@ impl Store for Replica {
     }
     fn reload(&mut self) -> Result<(), StoreError> {
         (self.seq, self.hash) = schema::position(&self.conn)?;
+        self.generation = schema::stored_generation(&self.conn)?;
         Ok(())
     }
     fn savepoint(&mut self) -> Result<(), StoreError> {
@@ -279,5 +322,28 @@ mod tests {
         );
         // Nothing after the current position: an empty delta at that position.
         assert_eq!(reg.changes_since_limited(reg.seq(), 4).unwrap(), (false, vec![], reg.seq()));
+    }
+
+    #[test]
+    fn a_replica_that_holds_agents_never_takes_another_registrys_table() {
+        let w = tempfile::tempdir().unwrap();
+        let mut rep = Replica::open(w.path()).unwrap();
+        let one = AgentEntry { id: 1, name: "a".into(), ip: "any".into(), key: "k".repeat(64), groups: vec![] };
+        rep.begin().unwrap();
+        assert!(rep.apply_from(11, 0, 1, false, &[AgentChange::Added(one.clone())]).unwrap());
+        rep.commit().unwrap();
+        assert_eq!((rep.generation(), rep.seq()), (11, 1), "a fresh replica adopts the generation");
+        // Another registry's snapshot (an empty table): refused, nothing changes.
+        assert!(rep.foreign(22));
+        rep.begin().unwrap();
+        assert!(!rep.apply_from(22, 0, 0, true, &[]).unwrap());
+        rep.commit().unwrap();
+        assert_eq!(rep.entries().unwrap(), vec![one.clone()]);
+        assert_eq!((rep.generation(), rep.seq()), (11, 1));
+        // The same registry goes on; the generation survives a reopen.
+        drop(rep);
+        let rep = Replica::open(w.path()).unwrap();
+        assert_eq!(rep.generation(), 11);
+        assert!(!rep.foreign(11) && !rep.foreign(0));
     }
 }

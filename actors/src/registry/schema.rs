@@ -152,6 +152,23 @@ pub fn one_entry(conn: &Connection, id: u32) -> Result<Option<AgentEntry>, Store
         .optional()?)
 }
 
+/// The registry generation stored in `meta` (0: none yet).
+pub fn stored_generation(conn: &Connection) -> Result<u64, StoreError> {
+    Ok(conn
+        .query_row("SELECT v FROM meta WHERE k = 'generation'", [], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map_or(0, |v| v as u64))
+}
+
+/// Stores `generation` in `meta`.
+pub fn store_generation(conn: &Connection, generation: u64) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (k, v) VALUES ('generation', ?1)",
+        params![(generation & (i64::MAX as u64)) as i64],
+    )?;
+    Ok(())
+}
+
 /// The stored sequence number.
 pub fn stored_seq(conn: &Connection) -> Result<u64, StoreError> {
     Ok(conn.query_row("SELECT v FROM meta WHERE k = 'seq'", [], |r| r.get::<_, i64>(0))? as u64)

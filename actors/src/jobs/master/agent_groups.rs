@@ -14,7 +14,7 @@ use crate::registry::{Registry, StoreError, StoreHandle};
 use crate::supervise::{Guarded, JobHealth};
 use actix::clock::Instant;
 use actix::prelude::*;
-use log::{debug, warn};
+use log::{debug, error, warn};
 use wazuh_cluster_protocol::message::{AgentGroupsAck, AgentGroupsUpdate, JobState};
 use wazuh_cluster_protocol::{MasterToWorker, WorkerToMaster};
 
@@ -27,6 +27,10 @@ enum PushError {
     Call(#[from] CallError),
     #[error("injected fault")]
     Injected,
+    /// The worker's replica must not be touched: it follows another registry, or it is ahead of
+    /// this one (this registry lost changes). Not retried: an operator decides.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// The agent-groups table moved (from the connection's watcher task).
@@ -44,6 +48,10 @@ pub struct AgentGroupsSend {
     restarted: bool,
     stopped: bool,
     snapshots: u64,
+    /// The generation of the registry the worker's replica follows (0: none or unknown).
+    worker_generation: u64,
+    /// Pushes refused for good on this connection (see [`PushError::Refused`]).
+    refused: bool,
 }
 
 /// Changes in one push at most: a longer delta goes in several, each acknowledged before the next,
@@ -63,11 +71,13 @@ impl AgentGroupsSend {
             restarted: false,
             stopped: false,
             snapshots: 0,
+            worker_generation: 0,
+            refused: false,
         }
     }
 
     fn event(&mut self, event: Event, ctx: &mut Context<Self>) {
-        if self.stopped {
+        if self.stopped || self.refused {
             return;
         }
         let latest = self.latest.as_ref().map(|g| g.seq);
@@ -92,27 +102,46 @@ impl AgentGroupsSend {
             panic!("injected panic");
         }
         let (registry, conn) = (self.registry.clone(), self.conn.clone());
+        let worker_generation = self.worker_generation;
         let started = Instant::now();
         let fut = async move {
             if fault == Some(FaultKind::Fail) {
                 return Err(PushError::Injected);
             }
             let after = if force_snapshot { u64::MAX } else { from };
-            let (snapshot, changes, seq, hash) = registry
+            let read = registry
                 .run(move |r| {
+                    // A replica that holds agents of another registry, or more of this one than
+                    // it has, is never rewritten: that would wipe what may be the only copy.
+                    let generation = r.generation();
+                    if worker_generation != 0 && worker_generation != generation && from > 0 {
+                        return Ok(Err(format!(
+                            "its replica follows another agent registry (generation {worker_generation}, this \
+                             master's {generation}) and holds agents up to position {from}"
+                        )));
+                    }
+                    if from > r.seq() {
+                        return Ok(Err(format!(
+                            "its replica holds agents up to position {from}, beyond this master's {} (this \
+                             registry lost changes)",
+                            r.seq()
+                        )));
+                    }
                     let (snapshot, changes, to) = r.changes_since_limited(after, MAX_CHANGES_PER_PUSH)?;
                     // The table's hash is known at the current position only: a part of a longer
                     // delta carries none, and its acknowledgement is checked on the position alone.
                     let hash = if to == r.seq() { Some(r.hash()) } else { None };
-                    Ok((snapshot, changes, to, hash))
+                    Ok(Ok((snapshot, changes, to, hash, generation)))
                 })
                 .await?;
+            let (snapshot, changes, seq, hash, generation) = read.map_err(PushError::Refused)?;
             let update = AgentGroupsUpdate {
                 from_seq: from,
                 to_seq: seq,
                 snapshot,
                 changes,
                 global_hash: hash.clone().unwrap_or_default(),
+                generation,
             };
             match conn.call(MasterToWorker::AgentGroups(update)).await? {
                 WorkerToMaster::AgentGroupsAck(ack) => Ok((ack, seq, hash, snapshot)),
@@ -120,7 +149,12 @@ impl AgentGroupsSend {
             }
         };
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| match result {
-            Ok((ack, seq, hash, snapshot)) => act.acked(from, ack, seq, hash, snapshot, started, ctx),
+            Ok((ack, seq, hash, snapshot)) => act.acked(ack, seq, hash, snapshot, started, ctx),
+            Err(PushError::Refused(why)) => {
+                act.refused = true;
+                act.health.set_figure("refused", 1);
+                error!(node = act.conn.node(); "not sending the agent table to worker {}: {why}. Its replica is left as it is. If this master lost its registry, rebuild it from that replica (wazuh-cluster recover); to make the worker follow this master anyway, stop it and remove its var/db/replica.db", act.conn.peer());
+            }
             Err(e) => {
                 let delay = act.health.failed(&e.to_string(), false);
                 warn!(node = act.conn.node(); "job AgentGroupsSend for {}: push failed: {e}; retrying in {} ms",
@@ -130,10 +164,8 @@ impl AgentGroupsSend {
         }));
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn acked(
         &mut self,
-        from: u64,
         ack: AgentGroupsAck,
         seq: u64,
         hash: Option<String>,
@@ -141,10 +173,6 @@ impl AgentGroupsSend {
         started: Instant,
         ctx: &mut Context<Self>,
     ) {
-        if from > seq {
-            warn!(node = self.conn.node(); "worker {} claims agent table position {from} beyond the master's {seq}; sending a snapshot",
-                self.conn.peer());
-        }
         let agrees = ack.seq == seq && hash.as_ref().is_none_or(|h| *h == ack.global_hash);
         if !agrees {
             warn!(node = self.conn.node(); "worker {} disagrees on the agent table after seq {seq} (it has seq {} hash {}, the master {}){}; sending a snapshot",
@@ -204,7 +232,8 @@ impl Handler<Notice<AgentGroupsAck>> for AgentGroupsSend {
 
     /// The worker's position, sent when it connects: "everything after N".
     fn handle(&mut self, notice: Notice<AgentGroupsAck>, ctx: &mut Context<Self>) {
-        debug!(node = self.conn.node(); "worker {} holds the agent table up to {}", self.conn.peer(), notice.body.seq);
+        debug!(node = self.conn.node(); "worker {} holds the agent table up to {} (generation {})", self.conn.peer(), notice.body.seq, notice.body.generation);
+        self.worker_generation = notice.body.generation;
         self.event(Event::Position(notice.body.seq), ctx);
     }
 }

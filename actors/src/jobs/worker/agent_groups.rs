@@ -8,7 +8,7 @@
 use crate::connection::{ConnHandle, LocalFuture, WorkerSide};
 use crate::jobs::runtime::{Serve, ServeError, Served};
 use crate::registry::{Replica, StoreHandle};
-use log::{debug, warn};
+use log::{debug, error, warn};
 use wazuh_cluster_protocol::message::{AgentGroupsAck, AgentGroupsUpdate};
 use wazuh_cluster_protocol::WorkerToMaster;
 
@@ -27,17 +27,28 @@ impl Serve for AgentGroupsApply {
         Box::pin(async move {
             let n = update.changes.len() as u64;
             let snapshot = update.snapshot;
-            let (applied, seq, global_hash) = replica
+            let from_generation = update.generation;
+            let (applied, seq, global_hash, generation, foreign) = replica
                 .run(move |r| {
-                    let applied = r.apply(update.from_seq, update.to_seq, update.snapshot, &update.changes)?;
-                    Ok((applied, r.seq(), r.hash()))
+                    let foreign = r.foreign(update.generation);
+                    let applied = r.apply_from(
+                        update.generation,
+                        update.from_seq,
+                        update.to_seq,
+                        update.snapshot,
+                        &update.changes,
+                    )?;
+                    Ok((applied, r.seq(), r.hash(), r.generation(), foreign))
                 })
                 .await?;
+            if foreign {
+                error!(node = node.as_str(); "master {peer} sent the agent table of another registry (generation {from_generation}); this replica follows generation {generation} and holds agents up to position {seq}: it is left as it is. If the master lost its registry, rebuild it from a replica (wazuh-cluster recover); to follow this master anyway, stop this worker and remove its var/db/replica.db");
+            }
             if applied && n > 0 {
                 debug!(node = node.as_str(); "applied {n} agent changes from {peer}{}", if snapshot { " (snapshot)" } else { "" });
             }
             Ok(Served {
-                reply: WorkerToMaster::AgentGroupsAck(AgentGroupsAck { seq, global_hash }),
+                reply: WorkerToMaster::AgentGroupsAck(AgentGroupsAck { seq, global_hash, generation }),
                 counts: vec![("updates", u64::from(applied)), ("changes", if applied { n } else { 0 })],
             })
         })
@@ -54,9 +65,10 @@ pub async fn tell_position(
 ) {
     let mut failures = 0;
     loop {
-        match replica.run(|r| Ok((r.seq(), r.hash()))).await {
-            Ok((seq, global_hash)) => {
-                let _ = conn.notify(WorkerToMaster::AgentGroupsAck(AgentGroupsAck { seq, global_hash })).await;
+        match replica.run(|r| Ok((r.seq(), r.hash(), r.generation()))).await {
+            Ok((seq, global_hash, generation)) => {
+                let ack = AgentGroupsAck { seq, global_hash, generation };
+                let _ = conn.notify(WorkerToMaster::AgentGroupsAck(ack)).await;
                 return;
             }
             Err(e) => {
