@@ -45,6 +45,15 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Rebuild a lost master registry from a worker's replica (the master stopped): every agent
+    /// with its id, key and groups, the groups, the next id, and the replica's position.
+    Recover {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// A worker's replica database (its var/db/replica.db; the most advanced worker's).
+        #[arg(long, value_name = "FILE")]
+        from_replica: PathBuf,
+    },
     /// Print a new random cluster key (256 bits).
     Keygen,
     /// Start a master and workers on loopback with a temporary data dir, until Ctrl-C.
@@ -171,6 +180,26 @@ fn execute(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Keygen => {
             println!("{}", wazuh_cluster_protocol::key::generate()?);
+            Ok(())
+        }
+        Command::Recover { config, from_replica } => {
+            let cfg = Config::load(&Sources::from_process(Some(config.config), config.set))?;
+            anyhow::ensure!(
+                cfg.node.role == wazuh_cluster_protocol::Role::Master,
+                "recover rebuilds a master's registry: node.role is not master"
+            );
+            let done = wazuh_cluster_actors::registry::master::Registry::recover_from_replica(
+                &cfg.node.data_dir,
+                &from_replica,
+            )?;
+            println!(
+                "recovered {} agents and {} groups into {} (position {}, generation {}); start the master",
+                done.agents,
+                done.groups,
+                cfg.node.data_dir.display(),
+                done.seq,
+                done.generation
+            );
             Ok(())
         }
         Command::CheckConfig { config } => {

@@ -193,6 +193,23 @@ async fn a_master_that_lost_its_registry_wipes_no_worker() {
     for (i, before) in replicas.iter().enumerate() {
         assert_eq!(&keys_file(&cluster, &cluster.worker_name(i)), before, "worker {i} lost agents");
     }
+
+    // `wazuh-cluster recover`: the master stopped, its registry rebuilt from a worker's replica.
+    cluster.kill_master().await;
+    let master_dir = cluster.dir.path().join(cluster.master_name());
+    let replica = cluster.dir.path().join(cluster.worker_name(0)).join("var/db/replica.db");
+    let done =
+        wazuh_cluster_actors::registry::master::Registry::recover_from_replica(&master_dir, &replica).expect("recover");
+    assert_eq!(done.agents, 5);
+    // Refused over a registry that holds agents.
+    assert!(wazuh_cluster_actors::registry::master::Registry::recover_from_replica(&master_dir, &replica).is_err());
+    cluster.restart_master().await;
+    assert_eq!(keys_file(&cluster, &cluster.master_name()), replicas[0], "the master has every agent and key back");
+    // The workers follow it again: a new enrollment reaches both, with the next id.
+    let new = enroll(cluster.master().enrollment_addr, "after-recovery").await;
+    let max_id = keys.iter().filter_map(|k| k.split(' ').next()?.parse::<u32>().ok()).max().unwrap_or(0);
+    assert_eq!(new.split(' ').next().and_then(|id| id.parse::<u32>().ok()), Some(max_id + 1));
+    until_every_node(&cluster, "the new agent", |k| k.contains(&new) && keys.iter().all(|key| k.contains(key))).await;
 }
 
 /// `GET /agents` pages on the master and on a worker: every agent exactly once across the pages,

@@ -69,6 +69,32 @@ impl NewAgent {
     }
 }
 
+/// What [`Registry::recover_from_replica`] rebuilt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    pub agents: usize,
+    pub groups: usize,
+    /// The position and generation taken over from the replica: workers at this position need
+    /// nothing, workers behind it get the table again, none is wiped.
+    pub seq: u64,
+    pub generation: u64,
+}
+
+/// Why a registry could not be rebuilt from a replica.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    #[error("the master's registry in {0} still holds {1} agents: move it aside first (the master must be stopped)")]
+    RegistryInUse(String, u64),
+    #[error("cannot read the replica {0}: {1}")]
+    Replica(String, rusqlite::Error),
+    #[error("the replica holds agent {id:03} with a field the registry refuses: {why}")]
+    BadAgent { id: u32, why: EnrollError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot remove the empty registry {0}: {1}")]
+    Io(String, std::io::Error),
+}
+
 /// The master's registry.
 pub struct Registry {
     /// This registry's identity (random, made with it).
@@ -180,6 +206,87 @@ impl Registry {
     /// Agents with `status` reporting to `node` (either `None`: any), from memory.
     pub fn count(&self, status: Option<&str>, node: Option<&str>) -> u64 {
         self.counts.count(status, node)
+    }
+
+    /// Rebuilds the master's registry in `data_dir` from a worker's replica database (the master
+    /// lost its own): every agent with its id, name, address, key and groups, the groups, the next
+    /// id, and the replica's position and generation, so that the workers follow it as before.
+    /// Refused while `data_dir` holds a registry with agents; an empty one (a master restarted
+    /// after the loss) is replaced. The master must be stopped.
+    pub fn recover_from_replica(data_dir: &Path, replica_db: &Path) -> Result<Recovered, RecoverError> {
+        let db = data_dir.join("var/db/registry.db");
+        if db.exists() {
+            let held = {
+                let existing = Registry::open(data_dir)?;
+                existing.count(None, None)
+            };
+            if held > 0 {
+                return Err(RecoverError::RegistryInUse(data_dir.display().to_string(), held));
+            }
+            for suffix in ["", "-wal", "-shm"] {
+                let path = PathBuf::from(format!("{}{suffix}", db.display()));
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(RecoverError::Io(path.display().to_string(), e)),
+                }
+            }
+        }
+        let name = replica_db.display().to_string();
+        let replica = rusqlite::Connection::open_with_flags(replica_db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| RecoverError::Replica(name.clone(), e))?;
+        let read = || -> rusqlite::Result<(Vec<AgentEntry>, i64, Option<i64>)> {
+            let entries = replica
+                .prepare("SELECT id, name, ip, key, groups FROM agents ORDER BY id")?
+                .query_map([], schema::row_entry)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let seq = replica.query_row("SELECT v FROM meta WHERE k = 'seq'", [], |r| r.get(0))?;
+            let generation =
+                replica.query_row("SELECT v FROM meta WHERE k = 'generation'", [], |r| r.get(0)).optional()?;
+            Ok((entries, seq, generation))
+        };
+        let (entries, seq, generation) = read().map_err(|e| RecoverError::Replica(name, e))?;
+        for e in &entries {
+            wazuh_cluster_protocol::agent::enrollment::validate_fields(&e.name, &e.groups, &e.ip, None, None)
+                .map_err(|why| RecoverError::BadAgent { id: e.id, why })?;
+        }
+        let mut groups: Vec<String> = entries.iter().flat_map(|e| e.groups.iter().cloned()).collect();
+        groups.sort();
+        groups.dedup();
+        {
+            let reg = Registry::open(data_dir)?;
+            reg.begin()?;
+            let write = || -> Result<(), StoreError> {
+                let now = now_ms() as i64;
+                for g in &groups {
+                    reg.conn
+                        .execute("INSERT OR IGNORE INTO groups (name, created_at) VALUES (?1, ?2)", params![g, now])?;
+                    reg.ensure_group_dir(g)?;
+                }
+                for e in &entries {
+                    reg.conn.execute(
+                        "INSERT INTO agents (id, name, ip, key, groups, registered_at, node_name)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, '')",
+                        params![e.id, e.name, e.ip, e.key, groups_text(&e.groups), now],
+                    )?;
+                }
+                let last_id = entries.iter().map(|e| e.id).max().unwrap_or(0);
+                reg.conn.execute("UPDATE meta SET v = MAX(v, ?1) WHERE k = 'last_id'", params![last_id as i64])?;
+                reg.conn.execute("UPDATE meta SET v = ?1 WHERE k = 'seq'", params![seq])?;
+                if let Some(g) = generation.filter(|g| *g != 0) {
+                    schema::store_generation(&reg.conn, g as u64)?;
+                }
+                reg.conn.execute_batch("COMMIT")?;
+                Ok(())
+            };
+            if let Err(e) = write() {
+                let _ = reg.conn.execute_batch("ROLLBACK");
+                return Err(e.into());
+            }
+        }
+        // Opened again: client.keys, the hash and the counts are made from what was written.
+        let reg = Registry::open(data_dir)?;
+        Ok(Recovered { agents: entries.len(), groups: groups.len(), seq: reg.seq(), generation: reg.generation() })
     }
 
     /// This registry's identity: workers' replicas carry it.
