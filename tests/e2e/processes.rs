@@ -471,3 +471,103 @@ fn three_processes_keep_1000_agents_active_across_the_loss_of_a_worker() {
     let _ = sim.wait();
     drop((w2, master));
 }
+
+/// The master loses its registry (its database deleted, the process restarted): no worker loses an
+/// agent and the master's log says why it sends them nothing; `wazuh-cluster recover` rebuilds the
+/// registry from a worker's replica, and the restarted master has every agent, key and group back.
+#[test]
+fn a_master_that_lost_its_registry_is_recovered_from_a_worker_and_no_worker_loses_an_agent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = write_key(dir.path(), "cluster.key");
+    let port = free_port();
+    let master_sets = local(dir.path(), "master", &key, port);
+    let w1_sets = local(dir.path(), "w1", &key, port);
+    let master = Node::start("master.toml", &master_sets);
+    master.wait_for(&["master listening"]);
+    let w1 = Node::start("worker-1.toml", &w1_sets);
+    let w2 = Node::start("worker-2.toml", &local(dir.path(), "w2", &key, port));
+    let api = api_port(&master_sets);
+    wait_listed(api, &["master-1", "worker-1", "worker-2"], &[&master, &w1, &w2]);
+    let base = format!("http://127.0.0.1:{api}");
+    let (status, body) = wazuh_multi_node::client::request(
+        &base,
+        "POST",
+        "/groups",
+        Some(API_TOKEN),
+        Some(&serde_json::json!({ "group_id": "linux" }).to_string()),
+    )
+    .expect("create a group");
+    assert_eq!(status, 200, "{body}");
+    let out = Command::new(SIM)
+        .args(["--enroll", &setting(&w1_sets, "enrollment.bind"), "--agents", "200", "--concurrency", "16"])
+        .args(["--groups", "linux", "--json"])
+        .output()
+        .expect("agent-sim");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("agent-sim --json");
+    assert_eq!(summary["enrolled"], 200, "{summary}");
+    let read = |node: &str, file: &str| {
+        let mut v: Vec<String> = std::fs::read_to_string(dir.path().join(node).join(file))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect();
+        v.sort();
+        v
+    };
+    let start = Instant::now();
+    let before = loop {
+        let m = read("master", "etc/client.keys");
+        if m.len() == 200 && read("w1", "etc/client.keys") == m && read("w2", "etc/client.keys") == m {
+            break m;
+        }
+        assert!(start.elapsed() < WAIT, "replicas did not converge");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let groups_before = master_groups(&base);
+
+    // The disk of the master is lost: its database goes, it starts again with an empty registry.
+    master.kill_9();
+    for f in ["registry.db", "registry.db-wal", "registry.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join("master/var/db").join(f));
+    }
+    let master = Node::start("master.toml", &master_sets);
+    master.wait_for_count(&["not sending the agent table to worker", "another agent registry"], 2);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(read("w1", "etc/client.keys"), before, "worker-1 lost agents");
+    assert_eq!(read("w2", "etc/client.keys"), before, "worker-2 lost agents");
+
+    // Recovery from worker-1's replica, the master stopped.
+    assert!(master.terminate().success());
+    let mut recover = Command::new(BIN);
+    recover.arg("recover").arg("--config").arg(deploy("master.toml"));
+    for s in &master_sets {
+        recover.arg("--set").arg(s);
+    }
+    let out = recover.arg("--from-replica").arg(dir.path().join("w1/var/db/replica.db")).output().expect("recover");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("recovered 200 agents and 2 groups"), "{said}");
+    let master = Node::start("master.toml", &master_sets);
+    master.wait_for(&["master listening"]);
+    wait_listed(api, &["master-1", "worker-1", "worker-2"], &[&master, &w1, &w2]);
+    assert_eq!(read("master", "etc/client.keys"), before, "the master's agents and keys after recovery");
+    assert_eq!(master_groups(&base), groups_before);
+    assert!(
+        master.lines().iter().all(|l| !l.contains("not sending the agent table")),
+        "the recovered master still refuses a worker:\n{}",
+        master.log()
+    );
+}
+
+/// The master's groups with their agent counts.
+fn master_groups(base: &str) -> Vec<(String, u64)> {
+    let (status, body) = wazuh_multi_node::client::get(base, "/groups").expect("groups");
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).expect("json");
+    body["data"]["affected_items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|g| (g["name"].as_str().unwrap_or("").to_string(), g["count"].as_u64().unwrap_or(0)))
+        .collect()
+}

@@ -209,8 +209,9 @@ impl Registry {
     }
 
     /// Rebuilds the master's registry in `data_dir` from a worker's replica database (the master
-    /// lost its own): every agent with its id, name, address, key and groups, the groups, the next
-    /// id, and the replica's position and generation, so that the workers follow it as before.
+    /// lost its own): every agent with its id, name, address, key and groups, the groups (those of
+    /// the agents and the worker's `etc/shared` directories), the next id, and the replica's
+    /// position and generation, so that the workers follow it as before.
     /// Refused while `data_dir` holds a registry with agents; an empty one (a master restarted
     /// after the loss) is replaced. The master must be stopped.
     pub fn recover_from_replica(data_dir: &Path, replica_db: &Path) -> Result<Recovered, RecoverError> {
@@ -250,7 +251,20 @@ impl Registry {
             wazuh_cluster_protocol::agent::enrollment::validate_fields(&e.name, &e.groups, &e.ip, None, None)
                 .map_err(|why| RecoverError::BadAgent { id: e.id, why })?;
         }
+        // Groups: those of the agents, and every group directory the worker holds (file sync gave
+        // it the master's etc/shared), so that groups without agents come back too.
         let mut groups: Vec<String> = entries.iter().flat_map(|e| e.groups.iter().cloned()).collect();
+        let shared = replica_db.parent().and_then(Path::parent).and_then(Path::parent).map(|d| d.join("etc/shared"));
+        if let Some(Ok(dirs)) = shared.map(std::fs::read_dir) {
+            for dir in dirs.flatten() {
+                let name = dir.file_name().to_string_lossy().into_owned();
+                if dir.file_type().is_ok_and(|t| t.is_dir())
+                    && wazuh_cluster_protocol::agent::enrollment::valid_group_name(&name)
+                {
+                    groups.push(name);
+                }
+            }
+        }
         groups.sort();
         groups.dedup();
         {
