@@ -119,10 +119,14 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
             };
             Store::Master(registry)
         }
-        Role::Worker => Store::Worker(
-            Replica::open(data_dir)
-                .with_context(|| format!("cannot open the agent replica in {}", data_dir.display()))?,
-        ),
+        Role::Worker => {
+            let (replica, aside) = Replica::open_or_set_aside(data_dir)
+                .with_context(|| format!("cannot open the agent replica in {}", data_dir.display()))?;
+            if let Some(aside) = aside {
+                log::error!(node = name.as_str(); "the agent replica was corrupt: set aside as {} (kept for inspection); starting an empty one, which the master fills again", aside.display());
+            }
+            Store::Worker(replica)
+        }
     };
     let master_addr = match config.node.role {
         Role::Worker => Some(config.cluster.master.clone().context("cluster.master is required for a worker")?),

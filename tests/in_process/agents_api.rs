@@ -291,3 +291,27 @@ async fn agents_come_in_pages_each_agent_exactly_once() {
         assert_eq!(summary["data"]["connection"]["total"], N as u64, "{summary}");
     }
 }
+
+/// A worker whose replica database is damaged sets it aside (kept), starts an empty one and gets
+/// the agent table from the master again, instead of refusing to start.
+#[actix_rt::test]
+async fn a_corrupt_replica_is_set_aside_and_rebuilt_from_the_master() {
+    let mut cluster = TestCluster::start("corrupt", 2).await;
+    let key = enroll(cluster.master().enrollment_addr, "corrupt-agent").await;
+    until_every_node(&cluster, "the agent", |k| k.contains(&key)).await;
+    cluster.kill_worker(0).await;
+    let db = cluster.dir.path().join(cluster.worker_name(0)).join("var/db");
+    std::fs::write(db.join("replica.db"), b"garbage, not a database ".repeat(400)).expect("corrupt it");
+    for f in ["replica.db-wal", "replica.db-shm"] {
+        let _ = std::fs::remove_file(db.join(f));
+    }
+    cluster.restart_worker(0).await;
+    let line = wait_for_log(&cluster.worker_name(0), &["agent replica was corrupt: set aside as"], WAIT).await;
+    assert!(line.starts_with("ERROR"), "{line}");
+    until_every_node(&cluster, "the agent again", |k| k.contains(&key)).await;
+    let kept = std::fs::read_dir(&db)
+        .expect("db dir")
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("replica.db.corrupt-"));
+    assert!(kept, "the corrupt database is kept for inspection");
+}

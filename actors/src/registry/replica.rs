@@ -39,6 +39,31 @@ impl Replica {
         Ok(Replica { conn, data_dir: data_dir.to_path_buf(), hash, seq: seq as u64, derived, generation })
     }
 
+    /// [`Replica::open`], setting a database SQLite finds corrupt (or not a database at all) aside
+    /// as `replica.db.corrupt-<ms>` (with its -wal and -shm), kept for inspection, and starting an
+    /// empty replica, which the master fills again. Returns the replica and the name the corrupt
+    /// one was set aside under, if it was. Other errors (permissions, a full disk) are returned.
+    pub fn open_or_set_aside(data_dir: &Path) -> Result<(Self, Option<PathBuf>), StoreError> {
+        match Self::open(data_dir) {
+            Ok(r) => Ok((r, None)),
+            Err(StoreError::Db(e)) if is_corruption(&e) => {
+                let db = data_dir.join("var/db/replica.db");
+                let aside = PathBuf::from(format!("{}.corrupt-{}", db.display(), crate::clock::now_ms()));
+                for suffix in ["", "-wal", "-shm"] {
+                    let from = PathBuf::from(format!("{}{suffix}", db.display()));
+                    let to = PathBuf::from(format!("{}{suffix}", aside.display()));
+                    match std::fs::rename(&from, &to) {
+                        Ok(()) => {}
+                        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(error) => return Err(StoreError::Io { path: from.display().to_string(), error }),
+                    }
+                }
+                Ok((Self::open(data_dir)?, Some(aside)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sends every committed change of the replica to `sink` (after the whole table now).
     pub fn set_key_sink(&mut self, sink: std::sync::Arc<dyn KeySink>) -> Result<(), StoreError> {
         let entries = self.entries()?;
@@ -248,6 +273,15 @@ impl Store for Replica {
     }
 }
 
+/// Whether SQLite says the file is damaged or not a database.
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,5 +379,23 @@ mod tests {
         let rep = Replica::open(w.path()).unwrap();
         assert_eq!(rep.generation(), 11);
         assert!(!rep.foreign(11) && !rep.foreign(0));
+    }
+
+    #[test]
+    fn a_corrupt_replica_is_set_aside_and_an_empty_one_started() {
+        let w = tempfile::tempdir().unwrap();
+        let db = w.path().join("var/db");
+        std::fs::create_dir_all(&db).unwrap();
+        std::fs::write(db.join("replica.db"), b"this is not an SQLite database, just garbage bytes. ".repeat(200))
+            .unwrap();
+        let (rep, aside) = Replica::open_or_set_aside(w.path()).unwrap();
+        let aside = aside.expect("set aside");
+        assert!(aside.exists(), "the corrupt file is kept for inspection");
+        assert!(aside.file_name().unwrap().to_string_lossy().starts_with("replica.db.corrupt-"));
+        assert_eq!((rep.seq(), rep.generation(), rep.count().unwrap()), (0, 0, 0));
+        // A sound replica is opened as it is.
+        drop(rep);
+        let (_, aside) = Replica::open_or_set_aside(w.path()).unwrap();
+        assert!(aside.is_none());
     }
 }
