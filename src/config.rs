@@ -41,6 +41,9 @@
 //! disconnection_time = "15m" # an agent silent this long is `disconnected` (Wazuh: 900 s)
 //! enforce_counters = false   # refuse replayed messages (Wazuh's default: record only)
 //! stall_timeout = "30s"      # a frame started and not finished within this closes the connection
+//! auth_timeout = "30s"       # a connection that speaks for no agent within this is closed
+//! max_pending_per_address = 4096  # connections of one address not yet speaking for an agent, at most
+//!                                 # (many agents behind one NAT address reconnect at once)
 //! archive_max_size = "100MiB"  # events archive (var/archives/events.jsonl) rotates above this...
 //! archive_keep = 5           # ...keeping this many old files
 //!
@@ -156,6 +159,8 @@ struct RawAgents {
     disconnection_time: Option<String>,
     enforce_counters: Option<bool>,
     stall_timeout: Option<String>,
+    auth_timeout: Option<String>,
+    max_pending_per_address: Option<u32>,
     archive_max_size: Option<String>,
     archive_keep: Option<usize>,
 }
@@ -263,6 +268,9 @@ pub struct AgentsConfig {
     pub enforce_counters: bool,
     #[serde(serialize_with = "ser_duration")]
     pub stall_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub auth_timeout: Duration,
+    pub max_pending_per_address: u32,
     pub archive_max_size: usize,
     pub archive_keep: usize,
 }
@@ -499,6 +507,18 @@ fn validate(raw: RawConfig, file: Option<&Path>) -> Result<Config, ConfigError> 
             Duration::from_millis(100),
             Duration::from_secs(600),
         )?,
+        auth_timeout: duration_field(
+            "agents.auth_timeout",
+            agents.auth_timeout,
+            "30s",
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+        )?,
+        max_pending_per_address: match agents.max_pending_per_address {
+            Some(0) => return Err(invalid("agents.max_pending_per_address", "must be at least 1")),
+            Some(n) => n,
+            None => 4096,
+        },
         archive_max_size,
         archive_keep: agents.archive_keep.unwrap_or(5).min(100),
     };

@@ -136,6 +136,8 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
         disconnection_time: config.agents.disconnection_time,
         enforce_counters: config.agents.enforce_counters,
         stall_timeout: config.agents.stall_timeout,
+        auth_timeout: config.agents.auth_timeout,
+        max_pending_per_address: config.agents.max_pending_per_address,
         archive_max_bytes: config.agents.archive_max_size as u64,
         archive_keep: config.agents.archive_keep,
         status_flush: JobIntervals::status_tick(config.cluster.intervals.agent_info),

@@ -11,6 +11,7 @@ mod cli;
 mod cluster_runtime;
 mod enrollment;
 mod file_sync;
+mod floods;
 mod hostile_worker;
 mod layers;
 mod replica_burst;

@@ -35,6 +35,10 @@ pub struct AgentSettings {
     pub enforce_counters: bool,
     /// A frame started and not finished within this time closes the connection.
     pub stall_timeout: Duration,
+    /// A connection that speaks for no agent within this time is closed.
+    pub auth_timeout: Duration,
+    /// Connections of one address that speak for no agent yet, at most; more are closed at once.
+    pub max_pending_per_address: u32,
     /// A second connection for an agent takes over only after the first is silent this long.
     pub takeover_after: Duration,
     /// Event archive: rotate above this size, keep this many old files.
@@ -52,6 +56,8 @@ impl AgentSettings {
             disconnection_time: Duration::from_secs(900),
             enforce_counters: false,
             stall_timeout: Duration::from_secs(30),
+            auth_timeout: Duration::from_secs(30),
+            max_pending_per_address: 4096,
             takeover_after: Duration::from_secs(60),
             archive_max_bytes: 100 << 20,
             archive_keep: 5,

@@ -13,15 +13,58 @@ use tokio::net::{TcpListener, TcpStream};
 use wazuh_cluster_protocol::agent::keepalive::{classify, AgentMessage};
 use wazuh_cluster_protocol::agent::secure::{self, decrypt, encrypt, frame, parse_header, FrameBuffer, SecureError};
 
-/// Accepts agent connections until the listener's task is aborted.
+/// Connections per address that speak for no agent yet (all sessions run on the accepting thread).
+type Pending = std::rc::Rc<std::cell::RefCell<std::collections::HashMap<IpAddr, u32>>>;
+
+/// A connection's place among its address's connections that speak for no agent yet; given back
+/// when it binds an agent or ends.
+struct PendingSlot {
+    pending: Pending,
+    ip: IpAddr,
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut map = self.pending.borrow_mut();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Accepts agent connections until the listener's task is aborted. An address with
+/// `max_pending_per_address` connections that speak for no agent yet gets no more: further ones
+/// are closed at once (counted; one log line per 10 s at most says how many).
 pub async fn serve(listener: TcpListener, hub: HubLink, shared: Arc<Shared>) {
     let node = shared.settings.node_name.clone();
+    let pending: Pending = Default::default();
+    let max_pending = shared.settings.max_pending_per_address.max(1);
+    let mut turned_away = 0u64;
+    let mut last_said: Option<std::time::Instant> = None;
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let ip = peer.ip().to_canonical();
+                let held = pending.borrow().get(&ip).copied().unwrap_or(0);
+                if held >= max_pending {
+                    drop(stream);
+                    shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    turned_away += 1;
+                    if last_said.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10)) {
+                        warn!(node = node.as_str(); "agent connections: {turned_away} from {ip} closed at once: that address already has {max_pending} connections that speak for no agent (agents.max_pending_per_address)");
+                        last_said = Some(std::time::Instant::now());
+                        turned_away = 0;
+                    }
+                    continue;
+                }
+                *pending.borrow_mut().entry(ip).or_default() += 1;
+                let slot = PendingSlot { pending: pending.clone(), ip };
                 let _ = stream.set_nodelay(true);
                 let conn = shared.stats.connections.fetch_add(1, Ordering::Relaxed) + 1;
-                actix_rt::spawn(session(stream, peer, conn, hub.clone(), shared.clone()));
+                actix_rt::spawn(session(stream, peer, conn, hub.clone(), shared.clone(), slot));
             }
             Err(e) => {
                 warn!(node = node.as_str(); "agent connections: accept failed: {e}");
@@ -57,6 +100,8 @@ struct Session {
     agent: Option<Arc<AgentKey>>,
     /// Last counters received, as (global, local).
     last: Option<(u32, u32)>,
+    /// Held until the connection speaks for an agent.
+    slot: Option<PendingSlot>,
 }
 
 /// Why a session ends.
@@ -96,24 +141,35 @@ pub enum Refusal {
     Stalled(u64),
     #[error("silent for {0} s")]
     Silent(u64),
+    #[error("spoke for no agent within {0:?}")]
+    NotAuthenticated(std::time::Duration),
     /// The hub closed it (deleted agent, replaced connection, node stopping...).
     #[error("{0}")]
     Ordered(String),
 }
 
-async fn session(mut stream: TcpStream, peer: SocketAddr, conn: u64, hub: HubLink, shared: Arc<Shared>) {
+async fn session(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    conn: u64,
+    hub: HubLink,
+    shared: Arc<Shared>,
+    slot: PendingSlot,
+) {
     let (tx, mut rx) = session_inbox();
-    let mut s = Session { peer, conn, hub, shared, tx, agent: None, last: None };
+    let mut s = Session { peer, conn, hub, shared, tx, agent: None, last: None, slot: Some(slot) };
+    let auth = s.shared.settings.auth_timeout;
     let node = s.shared.settings.node_name.clone();
     let mut fb = FrameBuffer::default();
     let idle = s.shared.settings.disconnection_time;
     let stall = s.shared.settings.stall_timeout;
     let mut partial_since: Option<tokio::time::Instant> = None;
     let mut last_read = tokio::time::Instant::now();
+    let opened = last_read;
     // One timer for the connection's life, moved only when it fires early (the connection was
     // active meanwhile) or a frame starts that must end sooner: a timer made or moved on every
     // frame costs a timer-wheel registration, and at times a wake-up of the runtime, each time.
-    let timer = tokio::time::sleep_until(last_read + idle);
+    let timer = tokio::time::sleep_until((last_read + idle).min(opened + auth));
     tokio::pin!(timer);
     let end = 'conn: loop {
         tokio::select! {
@@ -161,15 +217,20 @@ async fn session(mut stream: TcpStream, peer: SocketAddr, conn: u64, hub: HubLin
                 ToSession::Close(why) => break End::Refused(Refusal::Ordered(why)),
             },
             _ = &mut timer => {
-                let deadline = match partial_since {
+                let mut deadline = match partial_since {
                     Some(t) => t + stall,
                     None => last_read + idle,
                 };
+                let unbound = s.agent.is_none();
+                if unbound {
+                    deadline = deadline.min(opened + auth);
+                }
                 if tokio::time::Instant::now() < deadline {
                     timer.as_mut().reset(deadline);
                     continue;
                 }
                 break End::Refused(match partial_since {
+                    _ if unbound && tokio::time::Instant::now() >= opened + auth => Refusal::NotAuthenticated(auth),
                     Some(_) => Refusal::Stalled(stall.as_secs()),
                     None => Refusal::Silent(idle.as_secs()),
                 });
@@ -179,6 +240,11 @@ async fn session(mut stream: TcpStream, peer: SocketAddr, conn: u64, hub: HubLin
     let who = s.who();
     match end {
         End::Closed => debug!(node = node.as_str(); "agent connection {who} closed by the peer"),
+        End::Refused(why @ Refusal::NotAuthenticated(_)) => {
+            // Before any agent spoke: not logged one by one (a flood would flood the log too).
+            s.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+            debug!(node = node.as_str(); "closing agent connection {who}: {why}");
+        }
         End::Refused(why) => {
             s.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
             info!(node = node.as_str(); "closing agent connection {who}: {why}");
@@ -369,6 +435,7 @@ impl Session {
         match bound {
             Ok(()) => {
                 self.agent = Some(key.clone());
+                self.slot = None;
                 Ok(())
             }
             Err(refused) => {

@@ -1,0 +1,104 @@
+//! Floods against the agent port (bounded loops, loopback only): connections that never speak for
+//! an agent are capped per address and closed after `agents.auth_timeout`; a real agent still
+//! connects during the flood; the node logs a bounded number of lines about it.
+
+use crate::common;
+
+use common::cluster::TestCluster;
+use common::*;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpSocket, TcpStream};
+use wazuh_multi_node::sim::{connector, enroll_one, parse_key, read_payload, SimAgent};
+
+const FLOOD: usize = 5_000;
+const CAP: u32 = 256;
+
+/// Raises this process's open-file limit to what `want` sockets need (up to the hard limit).
+fn allow_files(want: u64) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < want {
+            lim.rlim_cur = want.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn rss_kib() -> u64 {
+    wazuh_multi_node::procstat::rss_kib(std::process::id()).unwrap_or(0)
+}
+
+#[actix_rt::test]
+async fn idle_connections_on_the_agent_port_are_capped_and_closed_and_a_real_agent_still_connects() {
+    allow_files(FLOOD as u64 + 2_000);
+    let cluster = TestCluster::start_with(
+        "flood",
+        1,
+        &[("agents.auth_timeout", "2s".into()), ("agents.max_pending_per_address", CAP.to_string())],
+    )
+    .await;
+    let node = cluster.worker_name(0);
+    let addr = cluster.worker(0).agents_addr;
+    let reply = enroll_one(
+        connector().expect("tls"),
+        cluster.master().enrollment_addr.to_string(),
+        "OSSEC A:'flood-agent'\n".into(),
+    )
+    .await
+    .expect("enroll");
+    let mut agent = SimAgent::from_key_line(&parse_key(&reply).expect("key")).expect("agent");
+    let rss_before = rss_kib();
+
+    // The flood: connections that never say anything, all from 127.0.0.1.
+    let started = Instant::now();
+    let mut idle = Vec::with_capacity(FLOOD);
+    for _ in 0..FLOOD {
+        match TcpStream::connect(addr).await {
+            Ok(s) => idle.push(s),
+            Err(e) => panic!("connect {} failed: {e}", idle.len()),
+        }
+    }
+    let flooded_in = started.elapsed();
+
+    // A real agent from another address connects and is acknowledged within a second.
+    let t0 = Instant::now();
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.2:0".parse().expect("addr")).expect("bind 127.0.0.2");
+    let mut s = socket.connect(addr).await.expect("connect");
+    s.write_all(&agent.frame(b"#!-agent startup {\"version\":\"v4.14.7\"}")).await.expect("startup");
+    let ack =
+        tokio::time::timeout(Duration::from_secs(5), read_payload(&mut s)).await.expect("an answer").expect("frame");
+    assert_eq!(agent.open(&ack).expect("decrypt"), b"#!-agent ack ");
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(1), "the real agent waited {took:?} during the flood");
+
+    // Beyond the cap the worker closed them at once; the rest within the deadline.
+    let rss_flood = rss_kib();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut open = 0;
+    let mut buf = [0u8; 16];
+    for c in &idle {
+        match c.try_read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => open += 1,
+            _ => {}
+        }
+    }
+    eprintln!(
+        "{FLOOD} idle connections made in {flooded_in:?}; a real agent acknowledged after {took:?}; \
+         {open} still open 3 s later; test process RSS {rss_before} -> {rss_flood} KiB"
+    );
+    assert_eq!(open, 0, "idle connections outlived agents.auth_timeout");
+    // The one real agent is still served.
+    s.write_all(&agent.frame(agent.keepalive_text().as_bytes())).await.expect("keep-alive");
+    let ack =
+        tokio::time::timeout(Duration::from_secs(5), read_payload(&mut s)).await.expect("an answer").expect("frame");
+    assert_eq!(agent.open(&ack).expect("decrypt"), b"#!-agent ack ");
+    // A handful of lines about the flood, not one per connection.
+    let lines = find_logs(&node, &["agent connection"]).len() + find_logs(&node, &["agent connections:"]).len();
+    assert!(lines <= 10, "{lines} log lines about the flood");
+    assert!(!find_logs(&node, &["agent connections:", "closed at once"]).is_empty(), "the cap was never reached");
+    // The in-process cluster and the test's own sockets: a stated, loose bound.
+    assert!(rss_flood.saturating_sub(rss_before) < 128 * 1024, "RSS grew {} KiB", rss_flood - rss_before);
+}
