@@ -63,6 +63,52 @@ pub struct MasterListener {
     workers: HashMap<String, Live>,
     pending: usize,
     accept_task: Option<actix_rt::task::JoinHandle<()>>,
+    /// Refusals before authentication, logged at most once per [`REFUSAL_LOG_EVERY`] per kind.
+    refusals: RefusalLog,
+}
+
+/// How often one kind of refused cluster connection is logged at most.
+pub const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Counts refusals of one kind (the same message, whoever the peer) and says when one may be
+/// logged: the first, then one per [`REFUSAL_LOG_EVERY`] with how many were not. A peer that
+/// opens connections as fast as they close cannot write a line for each.
+#[derive(Default)]
+struct RefusalLog {
+    kinds: HashMap<String, (std::time::Instant, u64)>,
+}
+
+impl RefusalLog {
+    /// `Some(suppressed)` when a line for `kind` may be written now (after `suppressed` were not).
+    fn allow(&mut self, kind: &str) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self.kinds.len() > 1024 {
+            self.kinds.retain(|_, (at, _)| now.duration_since(*at) < REFUSAL_LOG_EVERY);
+        }
+        match self.kinds.get_mut(kind) {
+            Some((at, suppressed)) if now.duration_since(*at) < REFUSAL_LOG_EVERY => {
+                *suppressed += 1;
+                None
+            }
+            Some((at, suppressed)) => {
+                *at = now;
+                Some(std::mem::take(suppressed))
+            }
+            None => {
+                self.kinds.insert(kind.to_string(), (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+/// `" (N similar suppressed)"`, or nothing.
+fn suppressed(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" ({n} similar suppressed in the last {} s)", REFUSAL_LOG_EVERY.as_secs())
+    }
 }
 
 #[derive(Message)]
@@ -158,6 +204,7 @@ impl MasterListener {
                 workers: HashMap::new(),
                 pending: 0,
                 accept_task: Some(accept_task),
+                refusals: RefusalLog::default(),
             }
         }))
     }
@@ -205,7 +252,9 @@ impl Handler<Accepted> for MasterListener {
     fn handle(&mut self, Accepted(stream, peer): Accepted, ctx: &mut Context<Self>) {
         let node = self.settings.node_name.clone();
         if self.pending >= MAX_PENDING_HANDSHAKES {
-            warn!(node = node.as_str(); "dropping connection from {peer}: {MAX_PENDING_HANDSHAKES} handshakes already in progress");
+            if let Some(n) = self.refusals.allow("handshakes full") {
+                warn!(node = node.as_str(); "dropping connection from {peer}: {MAX_PENDING_HANDSHAKES} handshakes already in progress{}", suppressed(n));
+            }
             return;
         }
         self.pending += 1;
@@ -236,10 +285,16 @@ impl Handler<Accepted> for MasterListener {
                     act.workers.insert(name, Live { addr, handle, jobs, peer_addr });
                 }
                 Err(LinkError::RefusedPeer { peer: name, refusal }) => {
-                    warn!(node = node.as_str(); "refused worker {name} from {peer}: {refusal}");
+                    if let Some(n) = act.refusals.allow(&format!("refused {name}: {refusal}")) {
+                        warn!(node = node.as_str(); "refused worker {name} from {peer}: {refusal}{}", suppressed(n));
+                    }
                 }
                 Err(err) => {
-                    warn!(node = node.as_str(); "handshake with {peer} failed: {err}");
+                    // One kind per message (the peer's address left out): a flood of the same
+                    // failure is one line per interval; different failures each get theirs.
+                    if let Some(n) = act.refusals.allow(&err.to_string()) {
+                        warn!(node = node.as_str(); "handshake with {peer} failed: {err}{}", suppressed(n));
+                    }
                 }
             }
         }));
@@ -421,6 +476,24 @@ impl Handler<Kill> for MasterListener {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_of_one_kind_are_logged_once_per_interval_with_a_count() {
+        let mut log = RefusalLog::default();
+        assert_eq!(log.allow("bad key"), Some(0), "the first is logged");
+        for _ in 0..500 {
+            assert_eq!(log.allow("bad key"), None);
+        }
+        assert_eq!(log.allow("garbage"), Some(0), "another kind has its own line");
+        // Once the interval is over, the next line says how many were not written.
+        if let Some((at, _)) = log.kinds.get_mut("bad key") {
+            *at -= REFUSAL_LOG_EVERY;
+        }
+        assert_eq!(log.allow("bad key"), Some(500));
+        assert_eq!(log.allow("bad key"), None);
+        assert_eq!(suppressed(500), " (500 similar suppressed in the last 10 s)");
+        assert_eq!(suppressed(0), "");
+    }
 
     fn settings() -> ChannelSettings {
         crate::settings::test_settings("master")
