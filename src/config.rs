@@ -32,6 +32,7 @@
 //! bind = "0.0.0.0:1515"
 //! password = ""              # empty: no password
 //! timeout = "10s"            # TLS + request line must arrive within this
+//! max_per_address = 1024     # enrollments in progress from one address, at most
 //! force = true               # a new enrollment may replace an agent of the same name or IP...
 //! force_after = "1h"         # ...disconnected (or never connected) and registered this long
 //! ca_file = ""               # set: agents need a client certificate signed by this CA
@@ -150,6 +151,7 @@ struct RawEnrollment {
     force: Option<bool>,
     force_after: Option<String>,
     ca_file: Option<String>,
+    max_per_address: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -253,6 +255,8 @@ pub struct EnrollmentConfig {
     pub force_after: Duration,
     /// When set, agents must present a client certificate signed by this CA (PEM).
     pub ca_file: Option<PathBuf>,
+    /// Enrollments in progress from one address, at most; more connections are closed at once.
+    pub max_per_address: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -482,6 +486,11 @@ fn validate(raw: RawConfig, file: Option<&Path>) -> Result<Config, ConfigError> 
             Duration::from_secs(365 * 86400),
         )?,
         ca_file: non_empty(enrollment.ca_file).map(|p| resolve(file, &p)),
+        max_per_address: match enrollment.max_per_address {
+            Some(0) => return Err(invalid("enrollment.max_per_address", "must be at least 1")),
+            Some(n) => n,
+            None => 1024,
+        },
     };
     let archive_max_size = match non_empty(agents.archive_max_size) {
         Some(text) => parse_size(&text).map_err(|e| invalid("agents.archive_max_size", e))?,

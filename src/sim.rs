@@ -68,6 +68,11 @@ pub fn connector() -> anyhow::Result<TlsConnector> {
 /// One enrollment: the request line out, the reply back.
 pub async fn enroll_one(connector: TlsConnector, addr: String, line: String) -> anyhow::Result<String> {
     let tcp = TcpStream::connect(&addr).await?;
+    enroll_over(connector, tcp, line).await
+}
+
+/// [`enroll_one`] over a connection already made (from a chosen source address, in tests).
+pub async fn enroll_over(connector: TlsConnector, tcp: TcpStream, line: String) -> anyhow::Result<String> {
     tcp.set_nodelay(true)?;
     let name = rustls::pki_types::ServerName::try_from("wazuh-manager")?.to_owned();
     let mut tls = connector.connect(name, tcp).await?;

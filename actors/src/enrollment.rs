@@ -33,6 +33,8 @@ pub struct EnrollmentSettings {
     pub password: Option<String>,
     /// A client must finish TLS and send its line within this time.
     pub timeout: Duration,
+    /// Enrollments in progress from one address, at most; more connections are closed at once.
+    pub max_per_address: u32,
     pub tls: Arc<rustls::ServerConfig>,
 }
 
@@ -134,11 +136,28 @@ pub fn serve(
 ) -> actix_rt::task::JoinHandle<()> {
     actix_rt::spawn(async move {
         let acceptor = TlsAcceptor::from(settings.tls.clone());
+        let in_progress: crate::agents::session::Pending = Default::default();
+        let (mut turned_away, mut last_said) = (0u64, None::<std::time::Instant>);
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
+                    let Some(slot) =
+                        crate::agents::session::PendingSlot::take(&in_progress, peer.ip(), settings.max_per_address)
+                    else {
+                        drop(stream);
+                        turned_away += 1;
+                        if last_said.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                            warn!(node = settings.node_name.as_str(); "enrollment: {turned_away} connections from {} closed at once: that address already has {} enrollments in progress (enrollment.max_per_address)", peer.ip(), settings.max_per_address);
+                            last_said = Some(std::time::Instant::now());
+                            turned_away = 0;
+                        }
+                        continue;
+                    };
                     let (acceptor, settings, enroller) = (acceptor.clone(), settings.clone(), enroller.clone());
-                    actix_rt::spawn(async move { handle(stream, peer, acceptor, settings, enroller).await });
+                    actix_rt::spawn(async move {
+                        handle(stream, peer, acceptor, settings, enroller).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     warn!(node = settings.node_name.as_str(); "accepting an enrollment connection failed: {e}");

@@ -204,6 +204,7 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
         node_name: handle.name().to_string(),
         password: config.enrollment.password.clone(),
         timeout: config.enrollment.timeout,
+        max_per_address: config.enrollment.max_per_address,
         tls,
     });
     tasks.push(enrollment::serve(enroll_listener, enroll_settings, enroller));

@@ -102,3 +102,44 @@ async fn idle_connections_on_the_agent_port_are_capped_and_closed_and_a_real_age
     // The in-process cluster and the test's own sockets: a stated, loose bound.
     assert!(rss_flood.saturating_sub(rss_before) < 128 * 1024, "RSS grew {} KiB", rss_flood - rss_before);
 }
+
+/// The same on the enrollment port: connections that never finish an enrollment are capped per
+/// address and closed after `enrollment.timeout`; a real agent enrolls meanwhile.
+#[actix_rt::test]
+async fn idle_connections_on_the_enrollment_port_are_capped_and_closed_and_a_real_agent_still_enrolls() {
+    allow_files(FLOOD as u64 + 2_000);
+    let cluster = TestCluster::start_with(
+        "eflood",
+        1,
+        &[("enrollment.timeout", "2s".into()), ("enrollment.max_per_address", CAP.to_string())],
+    )
+    .await;
+    let node = cluster.worker_name(0);
+    let addr = cluster.worker(0).enrollment_addr;
+    let mut idle = Vec::with_capacity(FLOOD);
+    for _ in 0..FLOOD {
+        idle.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    let t0 = Instant::now();
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.2:0".parse().expect("addr")).expect("bind 127.0.0.2");
+    let tcp = socket.connect(addr).await.expect("connect");
+    let reply = wazuh_multi_node::sim::enroll_over(connector().expect("tls"), tcp, "OSSEC A:'eflood-agent'\n".into())
+        .await
+        .expect("enroll");
+    let took = t0.elapsed();
+    assert!(parse_key(&reply).is_some(), "{reply}");
+    assert!(took < Duration::from_secs(1), "enrollment took {took:?} during the flood");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut buf = [0u8; 16];
+    let open = idle
+        .iter()
+        .filter(|c| matches!(c.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock))
+        .count();
+    eprintln!("{FLOOD} idle enrollment connections; a real enrollment took {took:?}; {open} still open 3 s later");
+    assert_eq!(open, 0, "idle enrollment connections outlived enrollment.timeout");
+    assert!(!find_logs(&node, &["enrollment:", "closed at once"]).is_empty(), "the cap was never reached");
+    // One line per idle connection that timed out would be FLOOD lines; the capped ones are not logged.
+    let lines = find_logs(&node, &["enrollment"]).len();
+    assert!(lines <= CAP as usize + 10, "{lines} log lines about the flood");
+}

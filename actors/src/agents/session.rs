@@ -13,14 +13,29 @@ use tokio::net::{TcpListener, TcpStream};
 use wazuh_cluster_protocol::agent::keepalive::{classify, AgentMessage};
 use wazuh_cluster_protocol::agent::secure::{self, decrypt, encrypt, frame, parse_header, FrameBuffer, SecureError};
 
-/// Connections per address that speak for no agent yet (all sessions run on the accepting thread).
-type Pending = std::rc::Rc<std::cell::RefCell<std::collections::HashMap<IpAddr, u32>>>;
+/// Connections per address that have not authenticated yet (the tasks that hold them run on the
+/// accepting thread).
+pub(crate) type Pending = std::rc::Rc<std::cell::RefCell<std::collections::HashMap<IpAddr, u32>>>;
 
-/// A connection's place among its address's connections that speak for no agent yet; given back
-/// when it binds an agent or ends.
-struct PendingSlot {
+/// A connection's place among its address's connections that have not authenticated yet; given
+/// back when it authenticates or ends.
+pub(crate) struct PendingSlot {
     pending: Pending,
     ip: IpAddr,
+}
+
+impl PendingSlot {
+    /// A place for a connection from `ip`, if it holds fewer than `max`.
+    pub(crate) fn take(pending: &Pending, ip: IpAddr, max: u32) -> Option<PendingSlot> {
+        let ip = ip.to_canonical();
+        let mut map = pending.borrow_mut();
+        let held = map.entry(ip).or_default();
+        if *held >= max.max(1) {
+            return None;
+        }
+        *held += 1;
+        Some(PendingSlot { pending: pending.clone(), ip })
+    }
 }
 
 impl Drop for PendingSlot {
@@ -48,8 +63,7 @@ pub async fn serve(listener: TcpListener, hub: HubLink, shared: Arc<Shared>) {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let ip = peer.ip().to_canonical();
-                let held = pending.borrow().get(&ip).copied().unwrap_or(0);
-                if held >= max_pending {
+                let Some(slot) = PendingSlot::take(&pending, ip, max_pending) else {
                     drop(stream);
                     shared.stats.refused.fetch_add(1, Ordering::Relaxed);
                     turned_away += 1;
@@ -59,9 +73,7 @@ pub async fn serve(listener: TcpListener, hub: HubLink, shared: Arc<Shared>) {
                         turned_away = 0;
                     }
                     continue;
-                }
-                *pending.borrow_mut().entry(ip).or_default() += 1;
-                let slot = PendingSlot { pending: pending.clone(), ip };
+                };
                 let _ = stream.set_nodelay(true);
                 let conn = shared.stats.connections.fetch_add(1, Ordering::Relaxed) + 1;
                 actix_rt::spawn(session(stream, peer, conn, hub.clone(), shared.clone(), slot));
