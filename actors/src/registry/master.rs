@@ -112,17 +112,25 @@ pub struct Registry {
 /// master's own clock (a report from the future would otherwise win over every later one), an
 /// address that is an address, a version and a configuration status of the expected shape; a
 /// field that is not is dropped (the stored value stays).
-fn checked_update(u: &AgentInfoUpdate, now: u64) -> AgentInfoUpdate {
+fn checked_update(u: &AgentInfoUpdate, now: u64) -> std::borrow::Cow<'_, AgentInfoUpdate> {
     let printable = |t: &str, max: usize| t.len() <= max && !t.chars().any(char::is_control);
-    AgentInfoUpdate {
+    let time_ok = u.last_keepalive_ms.is_none_or(|t| t <= now);
+    let version_ok = u.version.as_deref().is_none_or(|v| printable(v, 64));
+    let status_ok = u.group_config_status.as_deref().is_none_or(|s| s == "synced" || s == "not synced");
+    let ip_ok = u.peer_ip.as_deref().is_none_or(|ip| ip.parse::<std::net::IpAddr>().is_ok());
+    if time_ok && version_ok && status_ok && ip_ok {
+        // The usual case, on the status path: nothing to copy.
+        return std::borrow::Cow::Borrowed(u);
+    }
+    std::borrow::Cow::Owned(AgentInfoUpdate {
         id: u.id,
         status: u.status.clone(),
         last_keepalive_ms: u.last_keepalive_ms.map(|t| t.min(now)),
-        version: u.version.clone().filter(|v| printable(v, 64)),
+        version: u.version.clone().filter(|_| version_ok),
         info: u.info.clone(),
-        group_config_status: u.group_config_status.clone().filter(|s| s == "synced" || s == "not synced"),
-        peer_ip: u.peer_ip.clone().filter(|ip| ip.parse::<std::net::IpAddr>().is_ok()),
-    }
+        group_config_status: u.group_config_status.clone().filter(|_| status_ok),
+        peer_ip: u.peer_ip.clone().filter(|_| ip_ok),
+    })
 }
 
 fn now_ms() -> u64 {
@@ -608,7 +616,8 @@ impl Registry {
         let (mut stored, mut unknown, mut stale) = (0, 0, 0);
         let now = now_ms();
         for u in updates {
-            let u = &checked_update(u, now);
+            let checked = checked_update(u, now);
+            let u = &*checked;
             if super::counts::status_code(&u.status).is_none_or(|c| c == 0) {
                 unknown += 1;
                 continue;
