@@ -137,7 +137,7 @@ pub fn serve(
     actix_rt::spawn(async move {
         let acceptor = TlsAcceptor::from(settings.tls.clone());
         let in_progress: crate::agents::session::Pending = Default::default();
-        let (mut turned_away, mut last_said) = (0u64, None::<std::time::Instant>);
+        let mut said = crate::throttle::Throttle::new(Duration::from_secs(10));
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
@@ -145,11 +145,8 @@ pub fn serve(
                         crate::agents::session::PendingSlot::take(&in_progress, peer.ip(), settings.max_per_address)
                     else {
                         drop(stream);
-                        turned_away += 1;
-                        if last_said.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                            warn!(node = settings.node_name.as_str(); "enrollment: {turned_away} connections from {} closed at once: that address already has {} enrollments in progress (enrollment.max_per_address)", peer.ip(), settings.max_per_address);
-                            last_said = Some(std::time::Instant::now());
-                            turned_away = 0;
+                        if let Some(unsaid) = said.allow() {
+                            warn!(node = settings.node_name.as_str(); "enrollment: {} connections from {} closed at once: that address already has {} enrollments in progress (enrollment.max_per_address)", unsaid + 1, peer.ip(), settings.max_per_address);
                         }
                         continue;
                     };

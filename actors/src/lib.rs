@@ -30,6 +30,7 @@ pub mod master;
 pub mod registry;
 pub mod settings;
 pub mod supervise;
+pub mod throttle;
 pub mod worker;
 
 pub use settings::ChannelSettings;

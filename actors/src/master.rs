@@ -75,30 +75,16 @@ pub const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_sec
 /// opens connections as fast as they close cannot write a line for each.
 #[derive(Default)]
 struct RefusalLog {
-    kinds: HashMap<String, (std::time::Instant, u64)>,
+    kinds: HashMap<String, crate::throttle::Throttle>,
 }
 
 impl RefusalLog {
     /// `Some(suppressed)` when a line for `kind` may be written now (after `suppressed` were not).
     fn allow(&mut self, kind: &str) -> Option<u64> {
-        let now = std::time::Instant::now();
         if self.kinds.len() > 1024 {
-            self.kinds.retain(|_, (at, _)| now.duration_since(*at) < REFUSAL_LOG_EVERY);
+            self.kinds.retain(|_, t| !t.idle());
         }
-        match self.kinds.get_mut(kind) {
-            Some((at, suppressed)) if now.duration_since(*at) < REFUSAL_LOG_EVERY => {
-                *suppressed += 1;
-                None
-            }
-            Some((at, suppressed)) => {
-                *at = now;
-                Some(std::mem::take(suppressed))
-            }
-            None => {
-                self.kinds.insert(kind.to_string(), (now, 0));
-                Some(0)
-            }
-        }
+        self.kinds.entry(kind.to_string()).or_insert_with(|| crate::throttle::Throttle::new(REFUSAL_LOG_EVERY)).allow()
     }
 }
 
@@ -486,8 +472,8 @@ mod tests {
         }
         assert_eq!(log.allow("garbage"), Some(0), "another kind has its own line");
         // Once the interval is over, the next line says how many were not written.
-        if let Some((at, _)) = log.kinds.get_mut("bad key") {
-            *at -= REFUSAL_LOG_EVERY;
+        if let Some(t) = log.kinds.get_mut("bad key") {
+            t.age(REFUSAL_LOG_EVERY);
         }
         assert_eq!(log.allow("bad key"), Some(500));
         assert_eq!(log.allow("bad key"), None);

@@ -521,7 +521,9 @@ fn run_parent(args: &Args) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(args.keys_in.is_some() || !args.enroll.is_empty(), "--enroll or --keys-in is needed");
     let count = (args.agents as u64).div_ceil(args.per_process).max(1) as usize;
     let exe = std::env::current_exe()?;
-    let (tx, rx) = mpsc::channel::<(usize, Option<String>)>();
+    // The parts' output lines, 1,024 at most: a reader waits (and its part with it, on its pipe)
+    // while the parent is behind.
+    let (tx, rx) = mpsc::sync_channel::<(usize, Option<String>)>(1024);
     let mut children = Vec::new();
     let stdins = Arc::new(Mutex::new(Vec::new()));
     for index in 0..count {

@@ -414,7 +414,8 @@ fn measure(
         .spawn()?;
     let mut sim_in = sim.stdin.take();
     let sim_out = sim.stdout.take().ok_or_else(|| anyhow::anyhow!("agent-sim has no stdout"))?;
-    let (tx, rx) = mpsc::channel::<serde_json::Value>();
+    // agent-sim's lines, 1,024 at most: the reader waits (and agent-sim on its pipe) when full.
+    let (tx, rx) = mpsc::sync_channel::<serde_json::Value>(1024);
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(sim_out).lines().map_while(Result::ok) {
             if let Ok(v) = serde_json::from_str(&line) {

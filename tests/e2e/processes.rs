@@ -116,18 +116,32 @@ fn setting(sets: &[String], key: &str) -> String {
     sets.iter().find_map(|s| s.strip_prefix(&format!("{key}="))).expect("setting").to_string()
 }
 
-#[test]
-fn agent_sim_enrolls_through_a_worker_and_every_node_holds_every_key() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = write_key(dir.path(), "cluster.key");
+/// A master and two workers as processes from `deploy/`, in `dir`: (master's settings, worker-1's
+/// settings, the three nodes), once every worker is listed.
+fn master_and_two_workers(dir: &Path) -> (Vec<String>, Vec<String>, Node, Node, Node) {
+    let key = write_key(dir, "cluster.key");
     let port = free_port();
-    let master_sets = local(dir.path(), "master", &key, port);
-    let w1_sets = local(dir.path(), "w1", &key, port);
+    let master_sets = local(dir, "master", &key, port);
+    let w1_sets = local(dir, "w1", &key, port);
     let master = Node::start("master.toml", &master_sets);
     master.wait_for(&["master listening"]);
     let w1 = Node::start("worker-1.toml", &w1_sets);
-    let w2 = Node::start("worker-2.toml", &local(dir.path(), "w2", &key, port));
+    let w2 = Node::start("worker-2.toml", &local(dir, "w2", &key, port));
     wait_listed(api_port(&master_sets), &["master-1", "worker-1", "worker-2"], &[&master, &w1, &w2]);
+    (master_sets, w1_sets, master, w1, w2)
+}
+
+/// The lines of a file, sorted (none if it cannot be read).
+fn sorted_lines(path: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_to_string(path).unwrap_or_default().lines().map(String::from).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn agent_sim_enrolls_through_a_worker_and_every_node_holds_every_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (master_sets, w1_sets, master, w1, w2) = master_and_two_workers(dir.path());
 
     let received = dir.path().join("received.keys");
     let out = Command::new(SIM)
@@ -165,15 +179,7 @@ fn agent_sim_enrolls_through_a_worker_and_every_node_holds_every_key() {
     assert_eq!(listed, given);
 
     // Both workers' client.keys hold exactly the same keys.
-    let keys_of = |node: &str| {
-        let mut v: Vec<String> = std::fs::read_to_string(dir.path().join(node).join("etc/client.keys"))
-            .unwrap_or_default()
-            .lines()
-            .map(String::from)
-            .collect();
-        v.sort();
-        v
-    };
+    let keys_of = |node: &str| sorted_lines(&dir.path().join(node).join("etc/client.keys"));
     let start = Instant::now();
     while keys_of("w1") != given || keys_of("w2") != given {
         assert!(start.elapsed() < WAIT, "worker replicas did not converge");
@@ -481,16 +487,8 @@ fn three_processes_keep_1000_agents_active_across_the_loss_of_a_worker() {
 #[test]
 fn a_master_that_lost_its_registry_is_recovered_from_a_worker_and_no_worker_loses_an_agent() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let key = write_key(dir.path(), "cluster.key");
-    let port = free_port();
-    let master_sets = local(dir.path(), "master", &key, port);
-    let w1_sets = local(dir.path(), "w1", &key, port);
-    let master = Node::start("master.toml", &master_sets);
-    master.wait_for(&["master listening"]);
-    let w1 = Node::start("worker-1.toml", &w1_sets);
-    let w2 = Node::start("worker-2.toml", &local(dir.path(), "w2", &key, port));
+    let (master_sets, w1_sets, master, w1, w2) = master_and_two_workers(dir.path());
     let api = api_port(&master_sets);
-    wait_listed(api, &["master-1", "worker-1", "worker-2"], &[&master, &w1, &w2]);
     let base = format!("http://127.0.0.1:{api}");
     let (status, body) = wazuh_multi_node::client::request(
         &base,
@@ -508,15 +506,7 @@ fn a_master_that_lost_its_registry_is_recovered_from_a_worker_and_no_worker_lose
         .expect("agent-sim");
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("agent-sim --json");
     assert_eq!(summary["enrolled"], 200, "{summary}");
-    let read = |node: &str, file: &str| {
-        let mut v: Vec<String> = std::fs::read_to_string(dir.path().join(node).join(file))
-            .unwrap_or_default()
-            .lines()
-            .map(String::from)
-            .collect();
-        v.sort();
-        v
-    };
+    let read = |node: &str, file: &str| sorted_lines(&dir.path().join(node).join(file));
     let start = Instant::now();
     let before = loop {
         let m = read("master", "etc/client.keys");

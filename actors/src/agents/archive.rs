@@ -49,7 +49,7 @@ pub struct Archive {
     /// Times a session waited for room in the queue.
     pub waits: Arc<AtomicU64>,
     node: Arc<str>,
-    last_wait_log: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    wait_log: Arc<std::sync::Mutex<crate::throttle::Throttle>>,
 }
 
 impl Archive {
@@ -71,6 +71,9 @@ impl Archive {
         let dir = data_dir.join("var/archives");
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("events.jsonl");
+        // Bounded by `room`, not by the channel: a sender takes an event's cost in bytes first
+        // (waiting when the queue is full), so at most QUEUE_BYTES / EVENT_OVERHEAD events wait
+        // here; a fixed-size channel of that many slots would allocate them all up front.
         let (tx, rx) = mpsc::channel::<ArchivedEvent>();
         let room = Arc::new(Semaphore::new(queue_bytes.clamp(64 << 10, Semaphore::MAX_PERMITS)));
         let written = Arc::new(AtomicU64::new(0));
@@ -114,7 +117,9 @@ impl Archive {
             failed,
             waits: Arc::new(AtomicU64::new(0)),
             node: node.into(),
-            last_wait_log: Default::default(),
+            wait_log: Arc::new(std::sync::Mutex::new(crate::throttle::Throttle::new(std::time::Duration::from_secs(
+                60,
+            )))),
         })
     }
 
@@ -126,11 +131,8 @@ impl Archive {
             Ok(permit) => permit.forget(),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
                 let waits = self.waits.fetch_add(1, Ordering::Relaxed) + 1;
-                if let Ok(mut last) = self.last_wait_log.lock() {
-                    if last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
-                        *last = Some(std::time::Instant::now());
-                        log::warn!(node = &*self.node; "the event archive is {} MiB behind the agents: agents sending events wait for it ({waits} waits so far)", QUEUE_BYTES >> 20);
-                    }
+                if self.wait_log.lock().is_ok_and(|mut t| t.allow().is_some()) {
+                    log::warn!(node = &*self.node; "the event archive is {} MiB behind the agents: agents sending events wait for it ({waits} waits so far)", QUEUE_BYTES >> 20);
                 }
                 match self.room.acquire_many(cost).await {
                     Ok(permit) => permit.forget(),

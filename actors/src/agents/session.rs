@@ -57,8 +57,7 @@ pub async fn serve(listener: TcpListener, hub: HubLink, shared: Arc<Shared>) {
     let node = shared.settings.node_name.clone();
     let pending: Pending = Default::default();
     let max_pending = shared.settings.max_pending_per_address.max(1);
-    let mut turned_away = 0u64;
-    let mut last_said: Option<std::time::Instant> = None;
+    let mut said = crate::throttle::Throttle::new(std::time::Duration::from_secs(10));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -66,11 +65,8 @@ pub async fn serve(listener: TcpListener, hub: HubLink, shared: Arc<Shared>) {
                 let Some(slot) = PendingSlot::take(&pending, ip, max_pending) else {
                     drop(stream);
                     shared.stats.refused.fetch_add(1, Ordering::Relaxed);
-                    turned_away += 1;
-                    if last_said.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10)) {
-                        warn!(node = node.as_str(); "agent connections: {turned_away} from {ip} closed at once: that address already has {max_pending} connections that speak for no agent (agents.max_pending_per_address)");
-                        last_said = Some(std::time::Instant::now());
-                        turned_away = 0;
+                    if let Some(unsaid) = said.allow() {
+                        warn!(node = node.as_str(); "agent connections: {} from {ip} closed at once: that address already has {max_pending} connections that speak for no agent (agents.max_pending_per_address)", unsaid + 1);
                     }
                     continue;
                 };
