@@ -30,7 +30,7 @@ start() { # name config api_port
     --set "node.data_dir=$dir/$name" --set "cluster.key_file=$dir/cluster.key" \
     --set "cluster.bind=127.0.0.1:$cport" --set "cluster.master=127.0.0.1:$cport" \
     --set "api.bind=127.0.0.1:$api" --set "enrollment.bind=127.0.0.1:${enroll_port[$name]}" \
-    --set "agents.bind=127.0.0.1:${agents_port[$name]}" --set "log.level=warn" 2>"$dir/$name.log" &
+    --set "agents.bind=127.0.0.1:${agents_port[$name]}" --set "log.level=warn" --set "cluster.admission=open" 2>"$dir/$name.log" &
   pids+=($!)
 }
 start master master.toml "$mapi"

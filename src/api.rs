@@ -6,14 +6,23 @@
 //! - `GET /cluster/healthcheck`: per node, the status of every actor (state, runs, failures,
 //!   restarts, last run, last error); for each worker, both ends of its connection.
 //! - `GET /health`: 200 while the node serves (master listening, worker connected), 503 otherwise.
-//! - `GET /agents[?offset=&limit=&sort=&status=&node_name=&group=&keys=true]`, `GET /agents/{id}`:
+//! - `GET /agents[?offset=&limit=&sort=&status=&node_name=&group=]`, `GET /agents/{id}`:
 //!   the master answers from its registry, a worker from its replica; one page at a time (default
-//!   500, at most 100,000, as Wazuh's API); keys only for loopback clients that ask.
+//!   500, at most 100,000, as Wazuh's API). No list carries a key: `GET /agents/{id}/key` is the
+//!   one explicit call that returns one.
 //! - `GET /agents/summary/status`: counts by status, configuration status and node (no agent read).
 //! - `PUT /agents/reconnect[?agents_list=001,002][&node=NAME]`: `#!-force_reconnect` to agents.
 //! - `DELETE /agents/{id}`, `GET /groups`, `POST /groups` (`{"group_id": "linux"}`),
 //!   `DELETE /groups/{group}`, `PUT|DELETE /agents/{id}/group/{group}`: changes need
-//!   `Authorization: Bearer <api.token>`; a worker forwards them to the master.
+//!   a worker forwards them to the master with the caller's credential, which the master checks.
+//! - `POST /cluster/join-tokens[?ttl=SECONDS&uses=N]` (master): a join token for new workers;
+//!   `POST /cluster/nodes/{name}/revoke` (master): a worker's identity is revoked.
+//!
+//! Every endpoint but `/health` (and `/metrics` with `api.metrics_public`) needs
+//! `Authorization: Bearer <api.token>`, and answers 401 without it. A request whose `Host` is not
+//! an IP literal, `localhost` or one of `api.allowed_hosts` is refused (421) before anything else:
+//! a web page cannot reach the API through a name it controls (DNS rebinding). No CORS header is
+//! ever sent, so browsers keep other origins' scripts from reading answers.
 
 use crate::node::handle::{ChangeError, NodeHandle};
 use actix_web::dev::ServerHandle;
@@ -62,6 +71,7 @@ async fn health(node: web::Data<NodeHandle>) -> HttpResponse {
 }
 
 #[derive(serde::Deserialize)]
+#[allow(dead_code)] // `keys` is read only to refuse it with a clear message.
 struct AgentsParams {
     status: Option<String>,
     /// Wazuh's name for it; `node` is accepted too.
@@ -72,22 +82,17 @@ struct AgentsParams {
     limit: Option<u64>,
     /// `+name,-id`: see [`parse_sort`].
     sort: Option<String>,
-    /// Include each agent's key (loopback only).
-    keys: Option<bool>,
+    /// No longer served in lists: refused with a pointer to `GET /agents/{id}/key`.
+    keys: Option<String>,
 }
 
 /// `GET /agents`: one page (`offset`, `limit` default 500 and at most 100,000, `sort`), filtered
 /// by `status`, `node_name`, `group`; `total_affected_items` counts every match.
-async fn agents(
-    node: web::Data<NodeHandle>,
-    query: web::Query<AgentsParams>,
-    req: actix_web::HttpRequest,
-) -> HttpResponse {
-    let loopback = req.peer_addr().is_some_and(|a| a.ip().is_loopback());
+async fn agents(node: web::Data<NodeHandle>, query: web::Query<AgentsParams>) -> HttpResponse {
     let p = query.into_inner();
-    let with_keys = p.keys.unwrap_or(false);
-    if with_keys && !loopback {
-        return HttpResponse::Forbidden().json(error_body(403, "agent keys are only served to loopback clients"));
+    if p.keys.is_some() {
+        return HttpResponse::BadRequest()
+            .json(error_body(400, "lists never carry agent keys: ask for one with GET /agents/{id}/key"));
     }
     let sort = match p.sort.as_deref().map(parse_sort).transpose() {
         Ok(s) => s.unwrap_or_default(),
@@ -105,7 +110,7 @@ async fn agents(
         Ok(q) => q,
         Err(e) => return HttpResponse::BadRequest().json(error_body(400, &e.to_string())),
     };
-    match node.agents_page(q, with_keys).await {
+    match node.agents_page(q).await {
         Ok((total, items)) => {
             let mut body = envelope(&items, "All selected agents information was returned");
             body["data"]["total_affected_items"] = total.into();
@@ -143,12 +148,11 @@ fn bearer(req: &actix_web::HttpRequest) -> &str {
         .unwrap_or("")
 }
 
-/// Mutations need `Authorization: Bearer <api.token>`; `Some(refusal)` when this request may not.
+/// Every endpoint but the open ones needs `Authorization: Bearer <api.token>`; `Some(refusal)`
+/// when this request may not.
 fn refuse_unauthorized(req: &actix_web::HttpRequest, token: &Token) -> Option<HttpResponse> {
     let Some(expected) = &token.0 else {
-        return Some(
-            HttpResponse::Forbidden().json(error_body(403, "changes through the API need api.token to be configured")),
-        );
+        return Some(unauthorized("this node's API has no api.token configured: only /health is served"));
     };
     let given = bearer(req);
     // Length first, then every byte: no early exit on the first difference.
@@ -157,8 +161,71 @@ fn refuse_unauthorized(req: &actix_web::HttpRequest, token: &Token) -> Option<Ht
     if same {
         None
     } else {
-        Some(HttpResponse::Unauthorized().json(error_body(401, "missing or wrong API token")))
+        Some(unauthorized("missing or wrong API token (Authorization: Bearer <api.token>)"))
     }
+}
+
+fn unauthorized(message: &str) -> HttpResponse {
+    HttpResponse::Unauthorized()
+        .insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"))
+        .json(error_body(401, message))
+}
+
+/// What the guard in front of every endpoint knows.
+#[derive(Clone)]
+pub struct Access {
+    pub token: Option<String>,
+    /// Names accepted in `Host` besides IP literals and `localhost` (lowercase).
+    pub allowed_hosts: Vec<String>,
+    pub metrics_public: bool,
+}
+
+/// The host part of a `Host` header value (`name`, `name:port`, `[v6]:port`), lowercase.
+fn host_name(value: &str) -> String {
+    let v = value.trim();
+    let host = if let Some(rest) = v.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        match v.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => v,
+        }
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Whether a `Host` header value names this API: an IP literal (what a browser sends only when it
+/// was pointed at an address, never after DNS rebinding), `localhost`, or a configured name.
+fn host_allowed(value: &str, allowed: &[String]) -> bool {
+    let host = host_name(value);
+    host.parse::<std::net::IpAddr>().is_ok() || host == "localhost" || allowed.contains(&host)
+}
+
+/// The guard in front of every endpoint: the `Host` check, then the credential.
+async fn guard(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let Some(access) = req.app_data::<web::Data<Access>>().cloned() else {
+        return Err(actix_web::error::ErrorInternalServerError("the API guard has no settings"));
+    };
+    if let Some(host) = req.headers().get(actix_web::http::header::HOST) {
+        let ok = host.to_str().is_ok_and(|h| host_allowed(h, &access.allowed_hosts));
+        if !ok {
+            let raw = String::from_utf8_lossy(host.as_bytes()).into_owned();
+            let shown = wazuh_cluster_protocol::agent::enrollment::printable(&raw);
+            let body = error_body(421, &format!("this API does not serve the host {shown:?} (see api.allowed_hosts)"));
+            return Ok(req.into_response(HttpResponse::MisdirectedRequest().json(body)));
+        }
+    }
+    let path = req.path();
+    let open = path == "/health" || (path == "/metrics" && access.metrics_public);
+    if !open {
+        if let Some(refusal) = refuse_unauthorized(req.request(), &Token(access.token.clone())) {
+            return Ok(req.into_response(refusal));
+        }
+    }
+    Ok(next.call(req).await?.map_into_boxed_body())
 }
 
 async fn change(
@@ -283,9 +350,18 @@ async fn unassign(
 }
 
 async fn get_agent(node: web::Data<NodeHandle>, id: web::Path<String>) -> HttpResponse {
-    let Some(num) = wazuh_cluster_actors::registry::parse_id(&id) else { return bad_id(&id) };
+    one_agent(&node, &id, false).await
+}
+
+/// `GET /agents/{id}/key`: the agent with its key; the only call that returns a key.
+async fn get_agent_key(node: web::Data<NodeHandle>, id: web::Path<String>) -> HttpResponse {
+    one_agent(&node, &id, true).await
+}
+
+async fn one_agent(node: &NodeHandle, id: &str, with_key: bool) -> HttpResponse {
+    let Some(num) = wazuh_cluster_actors::registry::parse_id(id) else { return bad_id(id) };
     let id = wazuh_cluster_actors::registry::fmt_id(num);
-    match node.agent(num).await {
+    match node.agent(num, with_key).await {
         Ok(Some(a)) => HttpResponse::Ok().json(envelope(&[a], "Agent information was returned")),
         Ok(None) => HttpResponse::NotFound().json(error_body(404, &format!("no agent with id {id}"))),
         Err(e) => HttpResponse::ServiceUnavailable().json(error_body(503, &e.to_string())),
@@ -301,6 +377,52 @@ async fn metrics(node: web::Data<NodeHandle>) -> HttpResponse {
         &nodes,
         agents.as_ref(),
     ))
+}
+
+#[derive(serde::Deserialize)]
+struct JoinTokenQuery {
+    /// Seconds the token is valid (60 s .. 30 days; default 1 h).
+    ttl: Option<u64>,
+    /// How many workers may join with it (1..1000; default 1).
+    uses: Option<u32>,
+}
+
+/// `POST /cluster/join-tokens[?ttl=&uses=]` (master): a join token, shown this once.
+async fn join_token(node: web::Data<NodeHandle>, query: web::Query<JoinTokenQuery>) -> HttpResponse {
+    let ttl = std::time::Duration::from_secs(query.ttl.unwrap_or(3600));
+    match node.issue_join_token(ttl, query.uses.unwrap_or(1)).await {
+        Ok(issued) => HttpResponse::Ok().json(serde_json::json!({
+            "data": {
+                "token": issued.token.reveal(),
+                "id": issued.token.id,
+                "expires": crate::views::iso(issued.expires_ms),
+                "uses": issued.uses,
+            },
+            "message": "Join token issued: set it as cluster.join_token on the new worker(s)",
+            "error": 0,
+        })),
+        Err(e) => {
+            let status = change_status(&e);
+            HttpResponse::build(status).json(error_body(status.as_u16(), &e.to_string()))
+        }
+    }
+}
+
+/// `POST /cluster/nodes/{name}/revoke` (master): the worker's identity is revoked and its
+/// connection closed; it cannot join again under any name.
+async fn revoke(node: web::Data<NodeHandle>, name: web::Path<String>) -> HttpResponse {
+    match node.revoke_worker(name.into_inner()).await {
+        Ok(Some(identity)) => HttpResponse::Ok().json(serde_json::json!({
+            "data": { "revoked_identity": identity },
+            "message": "Worker revoked",
+            "error": 0,
+        })),
+        Ok(None) => HttpResponse::NotFound().json(error_body(404, "no admitted worker by that name")),
+        Err(e) => {
+            let status = change_status(&e);
+            HttpResponse::build(status).json(error_body(status.as_u16(), &e.to_string()))
+        }
+    }
 }
 
 async fn not_found() -> HttpResponse {
@@ -325,14 +447,21 @@ fn change_status(e: &ChangeError) -> StatusCode {
 pub fn start(
     listener: std::net::TcpListener,
     node: NodeHandle,
-    token: Option<String>,
+    access: Access,
+    max_connections: usize,
 ) -> std::io::Result<ServerHandle> {
     let data = web::Data::new(node);
-    let token = web::Data::new(Token(token));
+    let token = web::Data::new(Token(access.token.clone()));
+    let access = web::Data::new(access);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .app_data(token.clone())
+            .app_data(access.clone())
+            .wrap(actix_web::middleware::from_fn(guard))
+            .route("/cluster/join-tokens", web::post().to(join_token))
+            .route("/cluster/nodes/{name}/revoke", web::post().to(revoke))
+            .route("/agents/{id}/key", web::get().to(get_agent_key))
             .route("/cluster/nodes", web::get().to(nodes))
             .route("/cluster/healthcheck", web::get().to(healthcheck))
             .route("/health", web::get().to(health))
@@ -350,6 +479,10 @@ pub fn start(
             .default_service(web::to(not_found))
     })
     .workers(1)
+    // Bounds what clients can hold: connections at once (more wait in the backlog), and the time
+    // to send a request's head.
+    .max_connections(max_connections)
+    .client_request_timeout(std::time::Duration::from_secs(5))
     .disable_signals()
     .shutdown_timeout(1)
     .listen(listener)?;

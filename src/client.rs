@@ -33,9 +33,10 @@ fn agent() -> ureq::Agent {
         .new_agent()
 }
 
-/// GETs `path` and returns the status code and the body.
-pub fn get(base: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    request(base, "GET", path, None, None)
+/// GETs `path` with the API token (`None`: only `/health` answers) and returns the status code
+/// and the body.
+pub fn get(base: &str, path: &str, token: Option<&str>) -> anyhow::Result<(u16, String)> {
+    request(base, "GET", path, token, None)
 }
 
 /// One request; `token` goes in `Authorization: Bearer`, `json` is the body.
@@ -98,7 +99,7 @@ mod tests {
     #[test]
     fn an_unreachable_api_is_a_clear_error_not_a_hang() {
         // Port 1 on loopback: nothing listens there.
-        let err = get("http://127.0.0.1:1", "/health").unwrap_err();
+        let err = get("http://127.0.0.1:1", "/health", None).unwrap_err();
         assert!(format!("{err:#}").contains("cannot reach the API at http://127.0.0.1:1"), "{err:#}");
     }
 }

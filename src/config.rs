@@ -18,6 +18,8 @@
 //! handshake_timeout = "10s"
 //!
 //! request_timeout = "10s"
+//! admission = "token"        # master: new workers need a join token ("open": the cluster key alone)
+//! join_token = ""            # worker: from `wazuh-cluster join-token` on the master (first join only)
 //!
 //! [cluster.intervals]
 //! keepalive = "5s"           # the master drops a worker silent for 3 of these
@@ -50,7 +52,10 @@
 //!
 //! [api]
 //! bind = "127.0.0.1:55000"
-//! token = ""                 # required by every mutating endpoint (Authorization: Bearer ...)
+//! token = ""                 # required by every endpoint but /health (Authorization: Bearer ...)
+//! allowed_hosts = ""         # host names accepted in `Host:` besides IP literals and localhost
+//! metrics_public = false     # true: /metrics without credentials
+//! max_connections = 256      # connections served at once
 //!
 //! [log]
 //! format = "text"            # text | json
@@ -105,6 +110,9 @@ struct RawConfig {
 struct RawApi {
     bind: Option<String>,
     token: Option<String>,
+    allowed_hosts: Option<String>,
+    metrics_public: Option<bool>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -127,6 +135,8 @@ struct RawCluster {
     max_frame: Option<String>,
     handshake_timeout: Option<String>,
     request_timeout: Option<String>,
+    admission: Option<String>,
+    join_token: Option<String>,
     intervals: RawIntervals,
 }
 
@@ -195,6 +205,13 @@ pub struct ApiConfig {
     /// Required (as `Authorization: Bearer <token>`) by every endpoint that changes something.
     #[serde(serialize_with = "ser_secret")]
     pub token: Option<String>,
+    /// Host names (besides IP literals and `localhost`) accepted in a request's `Host` header;
+    /// anything else is refused (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// `/metrics` without credentials (for a scraper on a trusted network).
+    pub metrics_public: bool,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -219,6 +236,12 @@ pub struct ClusterConfig {
     pub handshake_timeout: Duration,
     #[serde(serialize_with = "ser_duration")]
     pub request_timeout: Duration,
+    /// Master: how workers it does not know yet get in: "token" (a join token issued by the
+    /// master) or "open" (the cluster key alone; labs).
+    pub admission: String,
+    /// Worker: the join token for its first connection (`wazuh-cluster join-token` on the master).
+    #[serde(serialize_with = "ser_secret")]
+    pub join_token: Option<String>,
     pub intervals: Intervals,
 }
 
@@ -472,6 +495,16 @@ fn validate(raw: RawConfig, file: Option<&Path>) -> Result<Config, ConfigError> 
     if reconnect_max < reconnect_min {
         return Err(invalid("cluster.intervals.reconnect_max", "must not be smaller than reconnect_min"));
     }
+    let admission = non_empty(cluster.admission).unwrap_or_else(|| "token".into());
+    if let Err(e) = admission.parse::<wazuh_cluster_actors::admission::AdmissionMode>() {
+        return Err(invalid("cluster.admission", e));
+    }
+    let join_token = non_empty(cluster.join_token);
+    if let Some(t) = &join_token {
+        if let Err(e) = wazuh_cluster_protocol::identity::JoinToken::parse(t) {
+            return Err(invalid("cluster.join_token", e.to_string()));
+        }
+    }
 
     let enrollment = EnrollmentConfig {
         bind: parse_addr("enrollment.bind", enrollment.bind, "0.0.0.0:1515")?,
@@ -535,7 +568,25 @@ fn validate(raw: RawConfig, file: Option<&Path>) -> Result<Config, ConfigError> 
     if api_token.as_ref().is_some_and(|t| t.len() < 16 || t.chars().any(|c| !c.is_ascii_graphic())) {
         return Err(invalid("api.token", "at least 16 printable characters without spaces"));
     }
-    let api = ApiConfig { bind: parse_addr("api.bind", api.bind, "127.0.0.1:55000")?, token: api_token };
+    let allowed_hosts: Vec<String> = non_empty(api.allowed_hosts)
+        .map(|t| t.split(',').map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()).collect())
+        .unwrap_or_default();
+    if let Some(bad) =
+        allowed_hosts.iter().find(|h| !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'))
+    {
+        return Err(invalid("api.allowed_hosts", format!("{bad:?} is not a host name (comma-separated names)")));
+    }
+    let max_connections = api.max_connections.unwrap_or(256);
+    if !(1..=25_000).contains(&max_connections) {
+        return Err(invalid("api.max_connections", "between 1 and 25000"));
+    }
+    let api = ApiConfig {
+        bind: parse_addr("api.bind", api.bind, "127.0.0.1:55000")?,
+        token: api_token,
+        allowed_hosts,
+        metrics_public: api.metrics_public.unwrap_or(false),
+        max_connections,
+    };
     let format = match non_empty(log.format).as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
@@ -561,6 +612,8 @@ fn validate(raw: RawConfig, file: Option<&Path>) -> Result<Config, ConfigError> 
             max_frame,
             handshake_timeout,
             request_timeout,
+            admission,
+            join_token,
             intervals: Intervals {
                 keepalive,
                 reconnect_min,

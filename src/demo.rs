@@ -59,9 +59,17 @@ pub fn run(workers: usize, api_port: u16) -> anyhow::Result<()> {
             }
             Err(e) => return Err(e),
         };
-        let node::NodeHandle::Master { cluster_addr, .. } = &master.handle else {
+        let node::NodeHandle::Master { cluster_addr, listener, .. } = &master.handle else {
             anyhow::bail!("the demo master did not start as a master");
         };
+        // Workers join as in production: with a join token the master issues (one for all).
+        let join = listener
+            .send(wazuh_cluster_actors::master::IssueJoinToken { ttl: Duration::from_secs(600), uses: workers as u32 })
+            .await
+            .context("the master stopped")?
+            .map_err(anyhow::Error::msg)?
+            .token
+            .reveal();
         let mut nodes: Vec<RunningNode> = Vec::new();
         for i in 1..=workers {
             let cfg = node_config(
@@ -70,7 +78,7 @@ pub fn run(workers: usize, api_port: u16) -> anyhow::Result<()> {
                 "worker",
                 &key,
                 &token,
-                &[("cluster.master", cluster_addr.to_string())],
+                &[("cluster.master", cluster_addr.to_string()), ("cluster.join_token", join.clone())],
             )?;
             nodes.push(node::start(&cfg, psk.clone()).await?);
         }
@@ -79,8 +87,8 @@ pub fn run(workers: usize, api_port: u16) -> anyhow::Result<()> {
         let mut body = serde_json::Value::Null;
         while started.elapsed() < Duration::from_secs(10) {
             let fetch = {
-                let api = api.clone();
-                actix_rt::task::spawn_blocking(move || crate::client::get(&api, "/cluster/nodes"))
+                let (api, token) = (api.clone(), token.clone());
+                actix_rt::task::spawn_blocking(move || crate::client::get(&api, "/cluster/nodes", Some(&token)))
             };
             if let Ok(Ok((200, text))) = fetch.await {
                 body = serde_json::from_str(&text).unwrap_or_default();
@@ -92,7 +100,8 @@ pub fn run(workers: usize, api_port: u16) -> anyhow::Result<()> {
         }
         println!("\ndemo cluster up in {} ms (data dir {})", started.elapsed().as_millis(), data_dir.display());
         print!("{}", crate::report::nodes_table(&body));
-        println!("\nmaster API: {api}   try: wazuh-cluster nodes --api {api}   |   wazuh-cluster health --api {api}");
+        println!("\nAPI token (every call but /health needs it): export WMN_API_TOKEN={token}");
+        println!("master API: {api}   try: wazuh-cluster nodes --api {api}   |   wazuh-cluster health --api {api}");
         println!(
             "enrollment: master {}{}",
             master.enrollment_addr,
@@ -107,7 +116,6 @@ pub fn run(workers: usize, api_port: u16) -> anyhow::Result<()> {
             master.agents_addr,
             nodes.iter().enumerate().map(|(i, n)| format!(", worker-{} {}", i + 1, n.agents_addr)).collect::<String>()
         );
-        println!("API token for changes: export WMN_API_TOKEN={token}");
         println!("press Ctrl-C to stop\n");
         let signal = signals.recv().await;
         info!(node = "demo"; "{signal} received, stopping the demo cluster");

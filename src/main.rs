@@ -81,9 +81,28 @@ enum Command {
         action: Option<AgentsAction>,
         #[command(flatten)]
         api: ApiArgs,
-        /// Include each agent's key (the API serves keys to loopback clients only).
+        /// Include each agent's key (one explicit GET /agents/{id}/key per agent).
         #[arg(long)]
         keys: bool,
+    },
+    /// Issue a join token on the master (POST /cluster/join-tokens): a new worker sets it as
+    /// cluster.join_token for its first connection.
+    JoinToken {
+        /// How long the token is valid, in seconds (60 .. 2592000).
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// How many workers may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Revoke a worker's identity on the master: its connection closes and it cannot join again
+    /// (POST /cluster/nodes/{name}/revoke). The cluster key stays as it is.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// List, create and delete groups; assign agents to them.
     Groups {
@@ -99,19 +118,15 @@ enum AgentsAction {
     /// Counts by status, configuration status and node (GET /agents/summary/status).
     Summary,
     /// Delete an agent (on the master; a worker's API forwards it).
-    Delete {
-        id: String,
-        #[command(flatten)]
-        token: TokenArg,
-    },
+    Delete { id: String },
+    /// Show one agent with its key (GET /agents/{id}/key).
+    Key { id: String },
     /// Send `#!-force_reconnect` to agents (all, or the IDs given), e.g. to rebalance them.
     Reconnect {
         /// Only agents connected to this node.
         #[arg(long)]
         node: Option<String>,
         ids: Vec<String>,
-        #[command(flatten)]
-        token: TokenArg,
     },
 }
 
@@ -120,35 +135,20 @@ enum GroupsAction {
     List,
     Create {
         name: String,
-        #[command(flatten)]
-        token: TokenArg,
     },
     Delete {
         name: String,
-        #[command(flatten)]
-        token: TokenArg,
     },
     /// Add an agent to a group.
     Assign {
         id: String,
         group: String,
-        #[command(flatten)]
-        token: TokenArg,
     },
     /// Remove an agent from a group.
     Unassign {
         id: String,
         group: String,
-        #[command(flatten)]
-        token: TokenArg,
     },
-}
-
-#[derive(clap::Args)]
-struct TokenArg {
-    /// The API token (api.token of the node).
-    #[arg(long, env = "WMN_API_TOKEN", hide_env_values = true)]
-    token: String,
 }
 
 #[derive(clap::Args)]
@@ -159,6 +159,9 @@ struct ApiArgs {
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// The API token (api.token of the node); every call but /health needs it.
+    #[arg(long, env = "WMN_API_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -232,10 +235,35 @@ fn execute(command: Command) -> anyhow::Result<()> {
         Command::Agents { action: Some(AgentsAction::Summary), api, .. } => {
             show(&api, "/agents/summary/status", report::summary_table)
         }
-        Command::Agents { action: Some(AgentsAction::Delete { id, token }), api, .. } => {
-            mutate(&api, "DELETE", &format!("/agents/{id}"), &token.token, None)
+        Command::Agents { action: Some(AgentsAction::Delete { id }), api, .. } => {
+            mutate(&api, "DELETE", &format!("/agents/{id}"), None)
         }
-        Command::Agents { action: Some(AgentsAction::Reconnect { node, ids, token }), api, .. } => {
+        Command::Agents { action: Some(AgentsAction::Key { id }), api, .. } => {
+            show(&api, &format!("/agents/{id}/key"), report::agents_table)
+        }
+        Command::JoinToken { ttl, uses, api } => {
+            let (status, body) = client::request(
+                &api.api,
+                "POST",
+                &format!("/cluster/join-tokens?ttl={ttl}&uses={uses}"),
+                api.token.as_deref(),
+                None,
+            )?;
+            let value = answer(&api, status, "/cluster/join-tokens", &body)?;
+            if api.json {
+                println!("{}", body.trim());
+            } else {
+                println!("{}", value["data"]["token"].as_str().unwrap_or_default());
+                eprintln!(
+                    "valid until {} for {} worker(s): set it as cluster.join_token on the new worker",
+                    value["data"]["expires"].as_str().unwrap_or("?"),
+                    value["data"]["uses"]
+                );
+            }
+            Ok(())
+        }
+        Command::Revoke { name, api } => mutate(&api, "POST", &format!("/cluster/nodes/{name}/revoke"), None),
+        Command::Agents { action: Some(AgentsAction::Reconnect { node, ids }), api, .. } => {
             let mut query = Vec::new();
             if !ids.is_empty() {
                 query.push(format!("agents_list={}", ids.join(",")));
@@ -248,39 +276,50 @@ fn execute(command: Command) -> anyhow::Result<()> {
             } else {
                 format!("/agents/reconnect?{}", query.join("&"))
             };
-            mutate(&api, "PUT", &path, &token.token, None)
+            mutate(&api, "PUT", &path, None)
         }
         Command::Groups { action: None | Some(GroupsAction::List), api } => show(&api, "/groups", report::groups_table),
         Command::Groups { action: Some(action), api } => match action {
             GroupsAction::List => Ok(()),
-            GroupsAction::Create { name, token } => {
+            GroupsAction::Create { name } => {
                 let body = serde_json::json!({ "group_id": name }).to_string();
-                mutate(&api, "POST", "/groups", &token.token, Some(&body))
+                mutate(&api, "POST", "/groups", Some(&body))
             }
-            GroupsAction::Delete { name, token } => {
-                mutate(&api, "DELETE", &format!("/groups/{name}"), &token.token, None)
-            }
-            GroupsAction::Assign { id, group, token } => {
-                mutate(&api, "PUT", &format!("/agents/{id}/group/{group}"), &token.token, None)
-            }
-            GroupsAction::Unassign { id, group, token } => {
-                mutate(&api, "DELETE", &format!("/agents/{id}/group/{group}"), &token.token, None)
+            GroupsAction::Delete { name } => mutate(&api, "DELETE", &format!("/groups/{name}"), None),
+            GroupsAction::Assign { id, group } => mutate(&api, "PUT", &format!("/agents/{id}/group/{group}"), None),
+            GroupsAction::Unassign { id, group } => {
+                mutate(&api, "DELETE", &format!("/agents/{id}/group/{group}"), None)
             }
         },
     }
 }
 
-fn show(args: &ApiArgs, path: &str, render: fn(&serde_json::Value) -> String) -> anyhow::Result<()> {
-    let (status, body) = client::get(&args.api, path)?;
-    if status != 200 {
-        anyhow::bail!("the API at {} answered {status} for {path}: {}", args.api, body.trim());
+/// A 200 answer's JSON, or an error naming the API, the path and what it said.
+fn answer(args: &ApiArgs, status: u16, path: &str, body: &str) -> anyhow::Result<serde_json::Value> {
+    if status == 401 && args.token.is_none() {
+        anyhow::bail!("the API at {} needs its token: pass --token or set WMN_API_TOKEN", args.api);
     }
+    if status != 200 {
+        let detail = serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["detail"].as_str().map(String::from))
+            .unwrap_or_else(|| body.trim().to_string());
+        anyhow::bail!(
+            "the API at {} answered {status} for {path}: {}",
+            args.api,
+            wazuh_cluster_protocol::agent::enrollment::printable(&detail)
+        );
+    }
+    serde_json::from_str(body).map_err(|e| anyhow::anyhow!("the API at {} sent invalid JSON: {e}", args.api))
+}
+
+fn show(args: &ApiArgs, path: &str, render: fn(&serde_json::Value) -> String) -> anyhow::Result<()> {
+    let (status, body) = client::request(&args.api, "GET", path, args.token.as_deref(), None)?;
+    let value = answer(args, status, path, &body)?;
     if args.json {
         println!("{}", body.trim());
         return Ok(());
     }
-    let value: serde_json::Value =
-        serde_json::from_str(&body).map_err(|e| anyhow::anyhow!("the API at {} sent invalid JSON: {e}", args.api))?;
     print!("{}", render(&value));
     Ok(())
 }
@@ -291,13 +330,9 @@ fn show_all_agents(args: &ApiArgs, keys: bool) -> anyhow::Result<()> {
     let mut items = Vec::new();
     let mut offset = 0u64;
     loop {
-        let path = format!("/agents?offset={offset}&limit={AGENTS_PAGE}{}", if keys { "&keys=true" } else { "" });
-        let (status, body) = client::get(&args.api, &path)?;
-        if status != 200 {
-            anyhow::bail!("the API at {} answered {status} for {path}: {}", args.api, body.trim());
-        }
-        let value: serde_json::Value = serde_json::from_str(&body)
-            .map_err(|e| anyhow::anyhow!("the API at {} sent invalid JSON: {e}", args.api))?;
+        let path = format!("/agents?offset={offset}&limit={AGENTS_PAGE}");
+        let (status, body) = client::request(&args.api, "GET", &path, args.token.as_deref(), None)?;
+        let value = answer(args, status, &path, &body)?;
         let page = value["data"]["affected_items"].as_array().cloned().unwrap_or_default();
         let total = value["data"]["total_affected_items"].as_u64().unwrap_or(0);
         offset += page.len() as u64;
@@ -305,6 +340,16 @@ fn show_all_agents(args: &ApiArgs, keys: bool) -> anyhow::Result<()> {
         items.extend(page);
         if done {
             break;
+        }
+    }
+    if keys {
+        // Lists never carry keys: one explicit call per agent.
+        for item in &mut items {
+            let Some(id) = item["id"].as_str().map(String::from) else { continue };
+            let path = format!("/agents/{id}/key");
+            let (status, body) = client::request(&args.api, "GET", &path, args.token.as_deref(), None)?;
+            let value = answer(args, status, &path, &body)?;
+            item["key"] = value["data"]["affected_items"][0]["key"].clone();
         }
     }
     let all = wazuh_multi_node::api::envelope(&items, "All selected agents information was returned");
@@ -316,17 +361,23 @@ fn show_all_agents(args: &ApiArgs, keys: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn mutate(args: &ApiArgs, method: &str, path: &str, token: &str, body: Option<&str>) -> anyhow::Result<()> {
-    let (status, text) = client::request(&args.api, method, path, Some(token), body)?;
+fn mutate(args: &ApiArgs, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<()> {
+    let (status, text) = client::request(&args.api, method, path, args.token.as_deref(), body)?;
     if args.json {
         println!("{}", text.trim());
+    }
+    if status == 401 && args.token.is_none() {
+        anyhow::bail!("{method} {path} needs the API token: pass --token or set WMN_API_TOKEN");
     }
     if status != 200 {
         let detail = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
             .and_then(|v| v["detail"].as_str().map(String::from))
             .unwrap_or_else(|| text.trim().to_string());
-        anyhow::bail!("{method} {path} failed ({status}): {detail}");
+        anyhow::bail!(
+            "{method} {path} failed ({status}): {}",
+            wazuh_cluster_protocol::agent::enrollment::printable(&detail)
+        );
     }
     if !args.json {
         let message =

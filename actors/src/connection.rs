@@ -380,7 +380,7 @@ impl<S: Side> Transport<S> {
 /// Splits an authenticated link into the handle jobs send through and the transport the
 /// connection actor runs.
 pub fn open<S: Side>(link: Link, settings: &Arc<ChannelSettings>) -> (ConnHandle<S>, Transport<S>) {
-    let Link { peer, peer_addr, version, channel, read, read_buf, write } = link;
+    let Link { peer, peer_addr, version, channel, read, read_buf, write, .. } = link;
     let budgets = settings.budgets;
     let out_budget_max = budgets.outbound_bytes.max(1);
     // Messages queued beyond the byte budget wait on its semaphore, so the channel itself only

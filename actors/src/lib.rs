@@ -12,11 +12,13 @@
 //!   jobs).
 //! - Agents: [`agents`] (sessions on 1514, the hub, the event archive) and [`enrollment`] (TLS on
 //!   1515).
-//! - The owners: [`master::MasterListener`] (accepts and admits workers) and
+//! - The owners: [`master::MasterListener`] (accepts workers and admits them by identity, see
+//!   [`admission`]) and
 //!   [`worker::WorkerLink`] (dials the master, redials with back-off).
 //!
 //! Every log line carries the local node's name as the `node` key-value.
 
+pub mod admission;
 pub mod agents;
 pub mod backoff;
 pub mod clock;

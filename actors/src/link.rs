@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 use wazuh_cluster_protocol::frame::{FrameCodec, FramedIoError};
 use wazuh_cluster_protocol::handshake::{
-    self, Channel, HandshakeError, Hello, InitiatorOutcome, Refusal, Responder, MAX_HANDSHAKE_FRAME,
+    self, Channel, Confirmed, HandshakeError, Hello, InitiatorOutcome, Refusal, Responder, MAX_HANDSHAKE_FRAME,
 };
 use wazuh_cluster_protocol::ProtocolVersion;
 
@@ -57,6 +57,9 @@ pub struct Link {
     /// Bytes that arrived after the handshake, already part of the transport stream.
     pub read_buf: BytesMut,
     pub write: OwnedWriteHalf,
+    /// Master side: what message 3 carried (the handshake hash and the worker's identity proof),
+    /// for admission to check before the connection is used.
+    pub confirmed: Option<Confirmed>,
 }
 
 async fn next_frame(framed: &mut Framed<TcpStream, FrameCodec>) -> Result<BytesMut, LinkError> {
@@ -72,11 +75,12 @@ fn into_link(
     peer: Hello,
     version: ProtocolVersion,
     channel: Channel,
+    confirmed: Option<Confirmed>,
 ) -> Result<Link, LinkError> {
     let parts = framed.into_parts();
     let peer_addr = parts.io.peer_addr().map_err(LinkError::Connect)?;
     let (read, write) = parts.io.into_split();
-    Ok(Link { peer, peer_addr, version, channel, read, read_buf: parts.read_buf, write })
+    Ok(Link { peer, peer_addr, version, channel, read, read_buf: parts.read_buf, write, confirmed })
 }
 
 /// Worker side: connect to `addr` and run the handshake as initiator.
@@ -96,11 +100,12 @@ async fn dial_inner(addr: &str, settings: &ChannelSettings) -> Result<Link, Link
         handshake::Initiator::start(&settings.psk, settings.suite, &settings.hello(), settings.max_frame)?;
     framed.send(&msg1[..]).await?;
     let msg2 = next_frame(&mut framed).await?;
-    match initiator.finish(&msg2)? {
+    let prove = |hash: &[u8]| settings.identity.prove(hash, settings.join_token.as_ref());
+    match initiator.finish(&msg2, prove)? {
         InitiatorOutcome::Refused { peer, refusal } => Err(LinkError::Refused { peer: peer.node_name, refusal }),
         InitiatorOutcome::Accepted { peer, version, channel, confirmation } => {
             framed.send(&confirmation[..]).await?;
-            into_link(framed, peer, version, channel)
+            into_link(framed, peer, version, channel, None)
         }
     }
 }
@@ -148,8 +153,8 @@ where
             let (msg2, pending) = responder.accept(&ours, version)?;
             framed.send(&msg2[..]).await?;
             let msg3 = next_frame(&mut framed).await?;
-            let channel = pending.confirm(&msg3)?;
-            into_link(framed, hello, version, channel)
+            let (channel, confirmed) = pending.confirm(&msg3)?;
+            into_link(framed, hello, version, channel, Some(confirmed))
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The master's side of the cluster channel: the accept loop, admission of workers, the registry
 //! of connected workers (each a connection and its job set), and the master's shared jobs.
 
+use crate::admission::{Admission, Admitted, Issued, KnownNode};
 use crate::connection::{
     self, Abort, Close, ConnHandle, ConnectionActor, ConnectionClosed, ConnectionInfo, Dispatch, GetInfo, MasterSide,
 };
@@ -65,7 +66,15 @@ pub struct MasterListener {
     accept_task: Option<actix_rt::task::JoinHandle<()>>,
     /// Refusals before authentication, logged at most once per [`REFUSAL_LOG_EVERY`] per kind.
     refusals: RefusalLog,
+    /// Handshakes in flight per source address (at most [`MAX_PENDING_PER_ADDRESS`] each).
+    pending_by_ip: HashMap<std::net::IpAddr, usize>,
+    /// Which workers are admitted (identities, join tokens, revocations).
+    admission: Admission,
 }
+
+/// Handshakes allowed in flight at once from one address: a flood from a few addresses cannot
+/// take the slots a worker needs to join.
+pub const MAX_PENDING_PER_ADDRESS: usize = 8;
 
 /// How often one kind of refused cluster connection is logged at most.
 pub const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
@@ -176,6 +185,7 @@ impl MasterListener {
         listener: TcpListener,
         settings: Arc<ChannelSettings>,
         registry: StoreHandle<Registry>,
+        admission: Admission,
     ) -> std::io::Result<Addr<Self>> {
         let local_addr = listener.local_addr()?;
         let (services, services_stopped) = MasterServices::start(settings.clone(), registry);
@@ -183,7 +193,7 @@ impl MasterListener {
             let addr = ctx.address();
             let accept_task = actix_rt::spawn(accept_loop(listener, addr, settings.node_name.clone()));
             info!(node = settings.node_name.as_str(); "master listening for workers on {local_addr}");
-            MasterListener {
+            let me = MasterListener {
                 settings,
                 services,
                 services_stopped: Some(services_stopped),
@@ -191,8 +201,26 @@ impl MasterListener {
                 pending: 0,
                 accept_task: Some(accept_task),
                 refusals: RefusalLog::default(),
-            }
+                pending_by_ip: HashMap::new(),
+                admission,
+            };
+            // The master's own agents are its to report.
+            me.set_live(&me.settings.node_name, true);
+            me
         }))
+    }
+
+    /// Tells the registry whether `node` holds agent sessions now (see `Registry::set_live`).
+    fn set_live(&self, node: &str, live: bool) {
+        let (registry, node) = (self.services.registry.clone(), node.to_string());
+        actix_rt::spawn(async move {
+            let _ = registry
+                .run(move |r| {
+                    r.set_live(&node, live);
+                    Ok(())
+                })
+                .await;
+        });
     }
 
     fn stop_accepting(&mut self) {
@@ -243,7 +271,16 @@ impl Handler<Accepted> for MasterListener {
             }
             return;
         }
+        let ip = peer.ip();
+        let from_ip = self.pending_by_ip.get(&ip).copied().unwrap_or(0);
+        if from_ip >= MAX_PENDING_PER_ADDRESS {
+            if let Some(n) = self.refusals.allow(&format!("handshakes full from {ip}")) {
+                warn!(node = node.as_str(); "dropping connection from {peer}: {MAX_PENDING_PER_ADDRESS} handshakes from {ip} already in progress{}", suppressed(n));
+            }
+            return;
+        }
         self.pending += 1;
+        *self.pending_by_ip.entry(ip).or_insert(0) += 1;
         let settings = self.settings.clone();
         let me = ctx.address();
         let fut = async move {
@@ -254,9 +291,31 @@ impl Handler<Accepted> for MasterListener {
         };
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.pending -= 1;
+            if let Some(n) = act.pending_by_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    act.pending_by_ip.remove(&ip);
+                }
+            }
             match result {
                 Ok(link) => {
                     let name = link.peer.node_name.clone();
+                    let Some(confirmed) = link.confirmed.as_ref() else { return };
+                    match act.admission.finish(&link.peer, confirmed, crate::clock::now_ms()) {
+                        Ok(Admitted::Known) => {}
+                        Ok(Admitted::Joined(token)) => {
+                            info!(node = node.as_str(); "admitted new worker {name} from {peer} with join token {token} (identity {})", identity_of(&link.peer));
+                        }
+                        Ok(Admitted::Pinned) => {
+                            info!(node = node.as_str(); "admitted new worker {name} from {peer} in open admission; its identity {} is now pinned to the name", identity_of(&link.peer));
+                        }
+                        Err(reason) => {
+                            if let Some(n) = act.refusals.allow(&format!("identity of {name}: {reason}")) {
+                                warn!(node = node.as_str(); "closing connection of {name} from {peer}: its identity does not check out: {reason}{}", suppressed(n));
+                            }
+                            return;
+                        }
+                    }
                     if act.workers.get(&name).is_some_and(|w| !w.handle.is_closed()) {
                         // Two handshakes with one name raced; the first to finish keeps it.
                         warn!(node = node.as_str(); "closing second connection of worker {name} from {peer}: already connected");
@@ -268,6 +327,7 @@ impl Handler<Accepted> for MasterListener {
                     let dispatch: Rc<dyn Dispatch<MasterSide>> = jobs.clone();
                     let owner = Some(ctx.address().recipient());
                     let addr = ConnectionActor::start(transport, handle.clone(), dispatch, owner);
+                    act.set_live(&name, true);
                     act.workers.insert(name, Live { addr, handle, jobs, peer_addr });
                 }
                 Err(LinkError::RefusedPeer { peer: name, refusal }) => {
@@ -291,7 +351,10 @@ impl Handler<Admit> for MasterListener {
     type Result = ResponseFuture<Result<ProtocolVersion, Refusal>>;
 
     fn handle(&mut self, Admit(hello): Admit, _: &mut Context<Self>) -> Self::Result {
-        let verdict = admit(&self.settings, &hello);
+        let verdict = admit(&self.settings, &hello).and_then(|version| {
+            self.admission.check_hello(&hello, crate::clock::now_ms())?;
+            Ok(version)
+        });
         let existing = self.workers.get(&hello.node_name).filter(|w| !w.handle.is_closed()).map(|w| w.addr.clone());
         // A connection counts as stale, and is replaced, once it has been silent for more than one
         // and a half keep-alive intervals: its worker has missed a keep-alive, so the socket is
@@ -314,6 +377,74 @@ impl Handler<Admit> for MasterListener {
     }
 }
 
+/// The first 16 hex characters of a hello's identity key.
+fn identity_of(hello: &Hello) -> String {
+    hello
+        .public_key
+        .as_deref()
+        .and_then(wazuh_cluster_protocol::identity::PublicKey::from_slice)
+        .map(|k| k.fingerprint())
+        .unwrap_or_else(|| "none".into())
+}
+
+/// Issues a join token (see [`Admission::issue`]).
+#[derive(Message)]
+#[rtype(result = "Result<Issued, String>")]
+pub struct IssueJoinToken {
+    pub ttl: Duration,
+    pub uses: u32,
+}
+
+impl Handler<IssueJoinToken> for MasterListener {
+    type Result = Result<Issued, String>;
+
+    fn handle(&mut self, msg: IssueJoinToken, _: &mut Context<Self>) -> Self::Result {
+        let issued = self
+            .admission
+            .issue(msg.ttl, msg.uses, crate::clock::now_ms())
+            .map_err(|e| format!("cannot issue: {e}"))?;
+        info!(node = self.settings.node_name.as_str(); "issued join token {} for {} join(s), valid until {} ms", issued.token.id, issued.uses, issued.expires_ms);
+        Ok(issued)
+    }
+}
+
+/// Revokes a worker's identity and closes its connection. `Ok(None)`: no such admitted worker.
+#[derive(Message)]
+#[rtype(result = "Result<Option<String>, String>")]
+pub struct RevokeWorker {
+    pub name: String,
+}
+
+impl Handler<RevokeWorker> for MasterListener {
+    type Result = Result<Option<String>, String>;
+
+    fn handle(&mut self, msg: RevokeWorker, _: &mut Context<Self>) -> Self::Result {
+        let node = self.settings.node_name.as_str();
+        let revoked =
+            self.admission.revoke(&msg.name, crate::clock::now_ms()).map_err(|e| format!("cannot revoke: {e}"))?;
+        let Some(key) = revoked else { return Ok(None) };
+        warn!(node = node; "revoked the identity {} of worker {}; it can no longer join", key.fingerprint(), msg.name);
+        if let Some(live) = self.workers.remove(&msg.name) {
+            live.addr.do_send(Close { reason: "this worker's identity was revoked".into() });
+        }
+        self.set_live(&msg.name, false);
+        Ok(Some(key.fingerprint()))
+    }
+}
+
+/// The admitted workers (connected or not).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<KnownNode>, String>")]
+pub struct ListAdmitted;
+
+impl Handler<ListAdmitted> for MasterListener {
+    type Result = Result<Vec<KnownNode>, String>;
+
+    fn handle(&mut self, _: ListAdmitted, _: &mut Context<Self>) -> Self::Result {
+        self.admission.known().map_err(|e| e.to_string())
+    }
+}
+
 impl Handler<ConnectionClosed> for MasterListener {
     type Result = ();
 
@@ -321,6 +452,7 @@ impl Handler<ConnectionClosed> for MasterListener {
         // Only if it is still that connection (not a newer one of the same worker).
         if self.workers.get(&msg.peer).is_some_and(|w| w.peer_addr == msg.peer_addr) {
             self.workers.remove(&msg.peer);
+            self.set_live(&msg.peer, false);
         }
     }
 }

@@ -1,8 +1,11 @@
 //! What a node needs to open and run cluster connections.
 
+use crate::admission::AdmissionMode;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use wazuh_cluster_protocol::handshake::Hello;
+use wazuh_cluster_protocol::identity::{JoinToken, NodeIdentity};
 use wazuh_cluster_protocol::version::VersionRange;
 use wazuh_cluster_protocol::{CipherSuite, Psk, Role};
 
@@ -35,6 +38,12 @@ pub struct ChannelSettings {
     /// Master: the API credential a change forwarded by a worker must carry (the node's
     /// `api.token`); `None`: changes from workers are refused.
     pub admin_token: Option<String>,
+    /// This node's identity key (see [`crate::admission`]).
+    pub identity: Arc<NodeIdentity>,
+    /// Worker: the join token to present while the master does not know this node yet.
+    pub join_token: Option<JoinToken>,
+    /// Master: how workers it does not know yet are admitted.
+    pub admission: AdmissionMode,
 }
 
 /// How much one connection may hold in memory on each side of its socket. When a bound is
@@ -110,6 +119,8 @@ impl ChannelSettings {
             cluster_name: self.cluster_name.clone(),
             versions: self.versions,
             software: env!("CARGO_PKG_VERSION").to_string(),
+            public_key: Some(self.identity.public_key().0.to_vec()),
+            join_token: self.join_token.as_ref().map(|t| t.id.clone()),
         }
     }
 
@@ -139,5 +150,17 @@ pub(crate) fn test_settings(name: &str) -> ChannelSettings {
         versions: VersionRange::ours(),
         budgets: Budgets::for_frame(1 << 20),
         admin_token: None,
+        identity: Arc::new(test_identity()),
+        join_token: None,
+        admission: AdmissionMode::Open,
+    }
+}
+
+/// A fresh identity for tests (key generation cannot fail short of a broken OS random source).
+#[cfg(test)]
+pub(crate) fn test_identity() -> NodeIdentity {
+    match NodeIdentity::generate() {
+        Ok((identity, _)) => identity,
+        Err(e) => panic!("cannot make a test identity: {e}"),
     }
 }

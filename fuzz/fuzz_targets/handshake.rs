@@ -17,6 +17,8 @@ fn hello(role: Role) -> Hello {
         cluster_name: "fuzz".into(),
         versions: VersionRange::ours(),
         software: "fuzz".into(),
+        public_key: None,
+        join_token: None,
     }
 }
 
@@ -41,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
         // Arbitrary bytes as message 2.
         2 => {
             if let Ok((initiator, _)) = Initiator::start(&psk, suite, &hello(Role::Worker), MAX) {
-                if let Ok(InitiatorOutcome::Accepted { .. }) = initiator.finish(rest) {
+                if let Ok(InitiatorOutcome::Accepted { .. }) = initiator.finish(rest, |_| Vec::new()) {
                     panic!("garbage completed the handshake");
                 }
             }

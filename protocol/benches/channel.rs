@@ -31,14 +31,17 @@ fn channels(
         cluster_name: "bench".into(),
         versions: VersionRange::ours(),
         software: "bench".into(),
+        public_key: None,
+        join_token: None,
     };
     let (init, m1) = Initiator::start(&psk, suite, &hello("w", Role::Worker), 1 << 20).expect("start");
     let (resp, _) = Responder::read_hello(&psk, suite, 1 << 20, &m1).expect("hello");
     let (m2, pending) = resp.accept(&hello("m", Role::Master), CURRENT).expect("accept");
-    let InitiatorOutcome::Accepted { channel, confirmation, .. } = init.finish(&m2).expect("finish") else {
+    let InitiatorOutcome::Accepted { channel, confirmation, .. } = init.finish(&m2, |_| Vec::new()).expect("finish")
+    else {
         panic!("refused")
     };
-    let other = pending.confirm(&confirmation).expect("confirm");
+    let (other, _) = pending.confirm(&confirmation).expect("confirm");
     (channel, other)
 }
 

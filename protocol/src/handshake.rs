@@ -49,18 +49,50 @@ pub struct Hello {
     pub versions: VersionRange,
     /// The software version, for operators (`wazuh-cluster nodes`).
     pub software: String,
+    /// The node's identity ([`crate::identity::PublicKey`]); message 3 proves it is held.
+    #[serde(default, with = "serde_bytes")]
+    pub public_key: Option<Vec<u8>>,
+    /// A worker joining with a join token: the token's id (the secret never travels; message 3
+    /// carries a MAC made with it).
+    #[serde(default)]
+    pub join_token: Option<String>,
 }
 
 /// Why an authenticated peer was turned away; sent to it, sealed, and logged on both sides.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Refusal {
-    WrongCluster { expected: String, got: String },
-    IncompatibleVersion { ours: VersionRange, theirs: VersionRange },
-    InvalidName { name: String, reason: String },
-    DuplicateName { name: String },
-    WrongRole { expected: Role, got: Role },
+    WrongCluster {
+        expected: String,
+        got: String,
+    },
+    IncompatibleVersion {
+        ours: VersionRange,
+        theirs: VersionRange,
+    },
+    InvalidName {
+        name: String,
+        reason: String,
+    },
+    DuplicateName {
+        name: String,
+    },
+    WrongRole {
+        expected: Role,
+        got: Role,
+    },
     ShuttingDown,
+    /// The peer sent no node identity (a node older than identities).
+    IdentityRequired,
+    /// This node's identity (or its name) was revoked by an operator.
+    Revoked {
+        name: String,
+    },
+    /// The master does not know this node and it brought no usable join token.
+    NotAdmitted {
+        name: String,
+        reason: String,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -76,6 +108,9 @@ impl fmt::Display for Refusal {
             Refusal::DuplicateName { name } => write!(f, "a node named {name:?} is already connected"),
             Refusal::WrongRole { expected, got } => write!(f, "a {got} cannot connect here (expected a {expected})"),
             Refusal::ShuttingDown => f.write_str("the node is shutting down"),
+            Refusal::IdentityRequired => f.write_str("the node sent no identity key (upgrade it)"),
+            Refusal::Revoked { name } => write!(f, "the identity of {name:?} was revoked by an operator"),
+            Refusal::NotAdmitted { name, reason } => write!(f, "{name:?} is not admitted: {reason}"),
         }
     }
 }
@@ -290,8 +325,13 @@ impl Initiator {
         Ok((Self { hs, suite, max_frame }, msg1))
     }
 
-    /// Reads message 2 and, when accepted, builds message 3.
-    pub fn finish(mut self, msg2: &[u8]) -> Result<InitiatorOutcome, HandshakeError> {
+    /// Reads message 2 and, when accepted, builds message 3, with what `prove` makes of the
+    /// handshake hash appended (the node's identity proof; see [`crate::identity`]).
+    pub fn finish(
+        mut self,
+        msg2: &[u8],
+        prove: impl FnOnce(&[u8]) -> Vec<u8>,
+    ) -> Result<InitiatorOutcome, HandshakeError> {
         match msg2 {
             [TAG_REJECT, code] => Err(HandshakeError::Rejected(Reject::from_code(*code).unwrap_or(Reject::Malformed))),
             [TAG_REPLY, rest @ ..] => {
@@ -307,6 +347,7 @@ impl Initiator {
                         let mut channel = split(&mut self.hs, self.suite, true, self.max_frame);
                         let mut plain = FINISHED_LABEL.to_vec();
                         plain.extend_from_slice(&hash);
+                        plain.extend_from_slice(&prove(&hash));
                         let mut sealed = BytesMut::new();
                         channel.sealer.seal(&mut sealed, &plain).map_err(internal)?;
                         // The frame header is re-added by the plain framing layer; it is the same.
@@ -331,6 +372,14 @@ pub struct Responder {
 pub struct PendingConfirmation {
     channel: Channel,
     hash: Vec<u8>,
+}
+
+/// What message 3 carried besides the confirmation: the handshake hash it confirmed and the
+/// initiator's identity proof, for the caller to check (see [`crate::identity::Proof`]).
+#[derive(Debug, Clone)]
+pub struct Confirmed {
+    pub hash: Vec<u8>,
+    pub proof: Vec<u8>,
 }
 
 /// Message 2 of a rejection, sent in clear.
@@ -389,8 +438,9 @@ impl Responder {
 }
 
 impl PendingConfirmation {
-    /// Checks message 3; on success the channel is ready, its receive counter past message 3.
-    pub fn confirm(mut self, msg3: &[u8]) -> Result<Channel, HandshakeError> {
+    /// Checks message 3; on success the channel is ready, its receive counter past message 3,
+    /// and the proof that followed the confirmation is returned unchecked.
+    pub fn confirm(mut self, msg3: &[u8]) -> Result<(Channel, Confirmed), HandshakeError> {
         let len = u32::try_from(msg3.len()).map_err(|_| HandshakeError::Confirmation)?;
         let mut framed = BytesMut::with_capacity(msg3.len() + 4);
         framed.extend_from_slice(&len.to_be_bytes());
@@ -399,14 +449,15 @@ impl PendingConfirmation {
             Ok(Some(plain)) => plain,
             Ok(None) | Err(TransportError::Frame(_)) | Err(_) => return Err(HandshakeError::Confirmation),
         };
-        let expected_len = FINISHED_LABEL.len() + self.hash.len();
-        if plain.len() != expected_len
+        let confirmed_len = FINISHED_LABEL.len() + self.hash.len();
+        if plain.len() < confirmed_len
             || !plain.starts_with(FINISHED_LABEL)
-            || plain[FINISHED_LABEL.len()..] != self.hash[..]
+            || plain[FINISHED_LABEL.len()..confirmed_len] != self.hash[..]
         {
             return Err(HandshakeError::Confirmation);
         }
-        Ok(self.channel)
+        let proof = plain[confirmed_len..].to_vec();
+        Ok((self.channel, Confirmed { hash: self.hash, proof }))
     }
 }
 
@@ -423,6 +474,8 @@ mod tests {
             cluster_name: "wazuh".into(),
             versions: VersionRange::ours(),
             software: "test".into(),
+            public_key: None,
+            join_token: None,
         }
     }
 
@@ -438,12 +491,13 @@ mod tests {
         let version = VersionRange::ours().negotiate(&peer.versions).unwrap();
         let (msg2, pending) = resp.accept(&hello("master", Role::Master), version).unwrap();
         let InitiatorOutcome::Accepted { peer: master, channel: wch, confirmation, version: v } =
-            init.finish(&msg2).unwrap()
+            init.finish(&msg2, |_| Vec::new()).unwrap()
         else {
             panic!("refused")
         };
         assert_eq!(v, version);
-        let mch = pending.confirm(&confirmation).unwrap();
+        let (mch, confirmed) = pending.confirm(&confirmation).unwrap();
+        assert!(confirmed.proof.is_empty());
         (wch, mch, master, peer)
     }
 
@@ -487,7 +541,10 @@ mod tests {
         let err = Responder::read_hello(&psk(2), CipherSuite::ChaCha20Poly1305, 1024, &msg1).err().unwrap();
         assert_eq!(err, HandshakeError::Authentication);
         let reject = reject_message(err.reject_code().unwrap());
-        assert_eq!(init.finish(&reject).unwrap_err(), HandshakeError::Rejected(Reject::AuthenticationFailed));
+        assert_eq!(
+            init.finish(&reject, |_| Vec::new()).unwrap_err(),
+            HandshakeError::Rejected(Reject::AuthenticationFailed)
+        );
     }
 
     #[test]
@@ -499,7 +556,7 @@ mod tests {
         assert!(read_noise(&mut fake, &msg1[5..]).is_err());
         let mut msg2 = vec![TAG_REPLY];
         msg2.extend_from_slice(&[0x55; 80]);
-        assert_eq!(init.finish(&msg2).unwrap_err(), HandshakeError::Authentication);
+        assert_eq!(init.finish(&msg2, |_| Vec::new()).unwrap_err(), HandshakeError::Authentication);
     }
 
     #[test]
@@ -553,7 +610,7 @@ mod tests {
         let refusal = Refusal::WrongCluster { expected: "prod".into(), got: "wazuh".into() };
         let msg2 = resp.refuse(&hello("master", Role::Master), refusal.clone()).unwrap();
         assert!(!msg2.windows(4).any(|w| w == b"prod"), "the reason is sealed");
-        match init.finish(&msg2).unwrap() {
+        match init.finish(&msg2, |_| Vec::new()).unwrap() {
             InitiatorOutcome::Refused { refusal: got, peer } => {
                 assert_eq!(got, refusal);
                 assert_eq!(peer.node_name, "master");
@@ -576,7 +633,9 @@ mod tests {
             Initiator::start(&psk(1), CipherSuite::ChaCha20Poly1305, &hello("w", Role::Worker), 1024).unwrap();
         let (resp2, _) = Responder::read_hello(&psk(1), CipherSuite::ChaCha20Poly1305, 1024, &msg1b).unwrap();
         let (msg2b, _pending2) = resp2.accept(&hello("master", Role::Master), crate::version::CURRENT).unwrap();
-        let InitiatorOutcome::Accepted { confirmation, .. } = init2.finish(&msg2b).unwrap() else { panic!() };
+        let InitiatorOutcome::Accepted { confirmation, .. } = init2.finish(&msg2b, |_| Vec::new()).unwrap() else {
+            panic!()
+        };
         let (resp3, _) = Responder::read_hello(&psk(1), CipherSuite::ChaCha20Poly1305, 1024, &msg1).unwrap();
         let (_, pending3) = resp3.accept(&hello("master", Role::Master), crate::version::CURRENT).unwrap();
         assert_eq!(pending3.confirm(&confirmation).unwrap_err(), HandshakeError::Confirmation);
@@ -601,8 +660,34 @@ mod tests {
             Initiator::start(&p, CipherSuite::ChaCha20Poly1305, &hello("w", Role::Worker), 1024).unwrap();
         let (resp, _) = Responder::read_hello(&p, CipherSuite::ChaCha20Poly1305, 1024, &msg1).unwrap();
         let (msg2, pending) = resp.accept(&hello("m", Role::Master), crate::version::CURRENT).unwrap();
-        let InitiatorOutcome::Accepted { confirmation, .. } = init.finish(&msg2).unwrap() else { panic!() };
+        let InitiatorOutcome::Accepted { confirmation, .. } = init.finish(&msg2, |_| Vec::new()).unwrap() else {
+            panic!()
+        };
         pending.confirm(&confirmation).unwrap();
+    }
+
+    #[test]
+    fn message_3_carries_a_signed_identity_proof_bound_to_the_connection() {
+        use crate::identity::{NodeIdentity, Proof};
+        let (me, _) = NodeIdentity::generate().unwrap();
+        let suite = CipherSuite::ChaCha20Poly1305;
+        let run = || {
+            let (init, msg1) = Initiator::start(&psk(1), suite, &hello("w", Role::Worker), 1024).unwrap();
+            let (resp, _) = Responder::read_hello(&psk(1), suite, 1024, &msg1).unwrap();
+            let (msg2, pending) = resp.accept(&hello("m", Role::Master), crate::version::CURRENT).unwrap();
+            let InitiatorOutcome::Accepted { confirmation, .. } = init.finish(&msg2, |h| me.prove(h, None)).unwrap()
+            else {
+                panic!()
+            };
+            pending.confirm(&confirmation).unwrap().1
+        };
+        let first = run();
+        let proof = Proof::parse(&first.proof).unwrap();
+        proof.verify(&me.public_key(), &first.hash).unwrap();
+        // Each connection has its own hash: a proof from one does not verify on another.
+        let second = run();
+        assert_ne!(first.hash, second.hash);
+        assert!(proof.verify(&me.public_key(), &second.hash).is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod agent;
 pub mod codec;
 pub mod frame;
 pub mod handshake;
+pub mod identity;
 pub mod key;
 pub mod message;
 pub mod suite;

@@ -89,6 +89,10 @@ struct Args {
     /// The master's API, for --status-samples.
     #[arg(long, value_name = "URL")]
     api: Option<String>,
+    /// The API token (the master's api.token), for --api. Child processes read it from the
+    /// environment too.
+    #[arg(long, env = "WMN_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
     /// Most agents in one process: more agents run in more processes.
     #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(1..))]
     per_process: u64,
@@ -304,7 +308,7 @@ async fn connect_part(args: &Args, part: &Part, keys: &[String]) -> anyhow::Resu
                     break;
                 };
                 if let (true, Some(api)) = (!controls.is_empty() && n > 0, &args.api) {
-                    let latencies = status_samples(n, api, &controls).await?;
+                    let latencies = status_samples(n, api, args.api_token.as_deref(), &controls).await?;
                     report(serde_json::json!({ "phase": "status", "lat_ms": latencies }));
                 }
             }
@@ -332,6 +336,7 @@ async fn connect_part(args: &Args, part: &Part, keys: &[String]) -> anyhow::Resu
 async fn status_samples(
     samples: usize,
     api: &str,
+    token: Option<&str>,
     controls: &[(String, tokio::sync::mpsc::Sender<AgentCmd>)],
 ) -> anyhow::Result<Vec<f64>> {
     let mut latencies = Vec::new();
@@ -341,8 +346,10 @@ async fn status_samples(
         let t0 = Instant::now();
         let _ = tx.send(AgentCmd::Label(value.clone())).await;
         loop {
-            let (api, path) = (api.to_string(), format!("/agents/{id}"));
-            let body = tokio::task::spawn_blocking(move || wazuh_multi_node::client::get(&api, &path)).await?;
+            let (api, path, token) = (api.to_string(), format!("/agents/{id}"), token.map(String::from));
+            let body =
+                tokio::task::spawn_blocking(move || wazuh_multi_node::client::get(&api, &path, token.as_deref()))
+                    .await?;
             let seen = body
                 .ok()
                 .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())

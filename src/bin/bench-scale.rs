@@ -137,6 +137,9 @@ fn start_node(
         format!("enrollment.bind=127.0.0.1:{enroll}"),
         format!("agents.bind=127.0.0.1:{agents}"),
         "log.level=info".to_string(),
+        format!("api.token={API_TOKEN}"),
+        // A lab on loopback: workers join on the cluster key alone.
+        "cluster.admission=open".to_string(),
     ];
     let mut cmd = Command::new(bin.join("wazuh-cluster"));
     cmd.arg("run").arg("--config").arg(&config);
@@ -147,8 +150,11 @@ fn start_node(
     Ok(Node { name: name.to_string(), child, api, enroll, agents, data, log })
 }
 
+/// The API token of the bench's nodes (agent-sim reads it from WMN_API_TOKEN).
+const API_TOKEN: &str = "bench-scale-api-token-0123456789";
+
 fn get_json(base: &str, path: &str) -> Option<serde_json::Value> {
-    match wazuh_multi_node::client::get(base, path) {
+    match wazuh_multi_node::client::get(base, path, Some(API_TOKEN)) {
         Ok((200, body)) => serde_json::from_str(&body).ok(),
         _ => None,
     }
@@ -201,7 +207,7 @@ fn api_timings(base: &str, calls: usize, total: usize) -> serde_json::Value {
         let mut failed = 0;
         for _ in 0..calls.max(1) {
             let t0 = Instant::now();
-            match wazuh_multi_node::client::get(base, &path) {
+            match wazuh_multi_node::client::get(base, &path, Some(API_TOKEN)) {
                 Ok((200, _)) => ms.push(t0.elapsed().as_secs_f64() * 1000.0),
                 _ => failed += 1,
             }
@@ -374,6 +380,7 @@ fn measure(
     if args.prefill > 0 {
         say(&format!("enrolling {} agents first (never connected)", args.prefill));
         let out = Command::new(bin.join("agent-sim"))
+            .env("WMN_API_TOKEN", API_TOKEN)
             .args(["--enroll", &enroll.join(","), "--agents", &args.prefill.to_string(), "--prefix", "prefill"])
             .args(["--concurrency", &args.concurrency.to_string(), "--json"])
             .stderr(Stdio::inherit())
@@ -403,6 +410,7 @@ fn measure(
     let connect: Vec<String> = nodes[1..].iter().map(|n| format!("127.0.0.1:{}", n.agents)).collect();
     let sim_start = Instant::now();
     let mut sim = Command::new(bin.join("agent-sim"))
+        .env("WMN_API_TOKEN", API_TOKEN)
         .args(["--enroll", &enroll.join(","), "--agents", &args.agents.to_string()])
         .args(["--concurrency", &args.concurrency.to_string(), "--connect", &connect.join(",")])
         .args(["--keepalive", &args.keepalive.to_string(), "--duration", "100000", "--api", &master_api])

@@ -161,31 +161,63 @@ impl NodeHandle {
 
     /// One page of agents as this node knows them (the registry on the master, the replica on a
     /// worker) and how many match in all.
-    pub async fn agents_page(&self, q: AgentQuery, with_keys: bool) -> Result<(u64, Vec<AgentView>), StoreError> {
+    /// Keys are never part of a list: see [`NodeHandle::agent`].
+    pub async fn agents_page(&self, q: AgentQuery) -> Result<(u64, Vec<AgentView>), StoreError> {
         match self {
             NodeHandle::Master { registry, .. } => {
                 let (total, rows) = registry.run(move |r| r.page(&q)).await?;
-                Ok((total, rows.into_iter().map(|r| row_view(r, with_keys)).collect()))
+                Ok((total, rows.into_iter().map(|r| row_view(r, false)).collect()))
             }
             NodeHandle::Worker { replica, .. } => {
                 let (total, entries) = replica.run(move |r| r.page(&q)).await?;
-                Ok((total, entries.into_iter().map(|e| entry_view(e, with_keys)).collect()))
+                Ok((total, entries.into_iter().map(|e| entry_view(e, false)).collect()))
             }
         }
     }
 
-    /// Agent `id` as this node knows it.
-    pub async fn agent(&self, id: u32) -> Result<Option<AgentView>, StoreError> {
+    /// Agent `id` as this node knows it; with its key only when `with_key` (an explicit call).
+    pub async fn agent(&self, id: u32, with_key: bool) -> Result<Option<AgentView>, StoreError> {
         match self {
             NodeHandle::Master { registry, .. } => {
                 let rows = registry.run(move |r| r.rows(Some(id))).await?;
-                Ok(rows.into_iter().next().map(|r| row_view(r, false)))
+                Ok(rows.into_iter().next().map(|r| row_view(r, with_key)))
             }
             NodeHandle::Worker { replica, .. } => {
                 let entry = replica.run(move |r| r.entry(id)).await?;
-                Ok(entry.map(|e| entry_view(e, false)))
+                Ok(entry.map(|e| entry_view(e, with_key)))
             }
         }
+    }
+
+    /// Master: issues a join token for `uses` workers, valid `ttl`.
+    pub async fn issue_join_token(
+        &self,
+        ttl: std::time::Duration,
+        uses: u32,
+    ) -> Result<wazuh_cluster_actors::admission::Issued, ChangeError> {
+        let NodeHandle::Master { listener, .. } = self else {
+            return Err(ChangeError::Refused(AdminError::Invalid("join tokens are issued by the master's API".into())));
+        };
+        listener
+            .send(wazuh_cluster_actors::master::IssueJoinToken { ttl, uses })
+            .await
+            .map_err(|_| ChangeError::Stopping)?
+            .map_err(|e| ChangeError::Refused(AdminError::Unavailable(e)))
+    }
+
+    /// Master: revokes worker `name`'s identity (its connection closes; it cannot join again).
+    /// The revoked identity's fingerprint; `NoSuchAgent`-like `None` when no such worker.
+    pub async fn revoke_worker(&self, name: String) -> Result<Option<String>, ChangeError> {
+        let NodeHandle::Master { listener, .. } = self else {
+            return Err(ChangeError::Refused(AdminError::Invalid(
+                "workers are revoked through the master's API".into(),
+            )));
+        };
+        listener
+            .send(wazuh_cluster_actors::master::RevokeWorker { name })
+            .await
+            .map_err(|_| ChangeError::Stopping)?
+            .map_err(|e| ChangeError::Refused(AdminError::Unavailable(e)))
     }
 
     /// Agents by connection status, configuration status and node. The master counts its whole

@@ -15,6 +15,7 @@ use log::{error, info};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use wazuh_cluster_actors::admission::{load_or_create_identity, Admission, AdmissionMode, IDENTITY_FILE};
 use wazuh_cluster_actors::agents::archive::Archive;
 use wazuh_cluster_actors::agents::hub::{AgentHub, KeySource};
 use wazuh_cluster_actors::agents::messages::{CloseAll, SharedChanged};
@@ -26,14 +27,18 @@ use wazuh_cluster_actors::registry::{Registry, ReplacePolicy, Replica, StoreHand
 use wazuh_cluster_actors::settings::{Budgets, JobIntervals};
 use wazuh_cluster_actors::worker::{self, WorkerLink};
 use wazuh_cluster_actors::ChannelSettings;
+use wazuh_cluster_protocol::identity::{JoinToken, NodeIdentity};
 use wazuh_cluster_protocol::version::VersionRange;
 use wazuh_cluster_protocol::{Psk, Role};
 
-/// The channel settings of `config`, with `psk` already derived from its key.
-pub fn channel_settings(config: &Config, psk: Psk) -> ChannelSettings {
+/// The channel settings of `config`, with `psk` already derived from its key and the node's
+/// identity loaded.
+pub fn channel_settings(config: &Config, psk: Psk, identity: Arc<NodeIdentity>) -> anyhow::Result<ChannelSettings> {
     let c = &config.cluster;
     let i = &c.intervals;
-    ChannelSettings {
+    let admission = c.admission.parse::<AdmissionMode>().map_err(anyhow::Error::msg).context("cluster.admission")?;
+    let join_token = c.join_token.as_deref().map(JoinToken::parse).transpose().context("cluster.join_token")?;
+    Ok(ChannelSettings {
         node_name: config.node.name.clone(),
         role: config.node.role,
         data_dir: config.node.data_dir.clone(),
@@ -56,7 +61,10 @@ pub fn channel_settings(config: &Config, psk: Psk) -> ChannelSettings {
         versions: VersionRange::ours(),
         budgets: Budgets::for_frame(c.max_frame),
         admin_token: config.api.token.clone(),
-    }
+        identity,
+        join_token,
+        admission,
+    })
 }
 
 /// Stretches the configured key (Argon2id; tens of milliseconds).
@@ -84,8 +92,8 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<(TcpListener, Sock
 
 /// The store a node opens: the registry on a master, the replica on a worker.
 enum Store {
-    Master(Registry),
-    Worker(Replica),
+    Master(Box<Registry>),
+    Worker(Box<Replica>),
 }
 
 /// Starts the node's actors, enrollment listener and API. Must run inside an actix system.
@@ -93,8 +101,12 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
     // Everything that can fail comes first, before any actor exists.
     let data_dir = &config.node.data_dir;
     std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create node.data_dir {}", data_dir.display()))?;
-    let settings = Arc::new(channel_settings(config, psk));
     let name = config.node.name.clone();
+    let (identity, made) = load_or_create_identity(data_dir)?;
+    if made {
+        info!(node = name.as_str(); "made this node's identity key {} (identity {})", data_dir.join(IDENTITY_FILE).display(), identity.public_key().fingerprint());
+    }
+    let settings = Arc::new(channel_settings(config, psk, Arc::new(identity))?);
     let started_ms = wazuh_cluster_actors::clock::now_ms();
     let tls =
         enrollment::tls_config(data_dir, &name, config.enrollment.ca_file.as_deref()).context("enrollment TLS")?;
@@ -107,17 +119,22 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
         Role::Master => Some(bind(config.cluster.bind, "cluster.bind").await?),
         Role::Worker => None,
     };
+    let mut admission = None;
     let store = match config.node.role {
         Role::Master => {
             let mut registry = Registry::open(data_dir)
                 .with_context(|| format!("cannot open the agent registry in {}", data_dir.display()))?;
+            admission = Some(
+                Admission::open(data_dir, settings.admission)
+                    .with_context(|| format!("cannot open the node records in {}", data_dir.display()))?,
+            );
             let after = config.enrollment.force_after.as_millis() as u64;
             registry.replace = ReplacePolicy {
                 enabled: config.enrollment.force,
                 disconnected_for_ms: after,
                 registered_for_ms: after,
             };
-            Store::Master(registry)
+            Store::Master(Box::new(registry))
         }
         Role::Worker => {
             let (replica, aside) = Replica::open_or_set_aside(data_dir)
@@ -125,7 +142,7 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
             if let Some(aside) = aside {
                 log::error!(node = name.as_str(); "the agent replica was corrupt: set aside as {} (kept for inspection); starting an empty one, which the master fills again", aside.display());
             }
-            Store::Worker(replica)
+            Store::Worker(Box::new(replica))
         }
     };
     let master_addr = match config.node.role {
@@ -168,13 +185,13 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
 
     // Then the actors.
     let mut tasks = Vec::new();
-    let (handle, enroller) = match (store, cluster, master_addr) {
-        (Store::Master(registry), Some((listener, cluster_addr)), _) => {
-            let registry = StoreHandle::spawn(&format!("{name}-registry"), registry, Registry::seq)
+    let (handle, enroller) = match (store, cluster, master_addr, admission) {
+        (Store::Master(registry), Some((listener, cluster_addr)), _, Some(admission)) => {
+            let registry = StoreHandle::spawn(&format!("{name}-registry"), *registry, Registry::seq)
                 .context("cannot start the registry thread")?;
-            info!(node = name.as_str(); "starting master of cluster {:?} (cipher {})", config.cluster.name, config.cluster.cipher);
-            let listener =
-                MasterListener::start(listener, settings, registry.clone()).context("cannot start the master")?;
+            info!(node = name.as_str(); "starting master of cluster {:?} (cipher {}, admission {})", config.cluster.name, config.cluster.cipher, admission.mode);
+            let listener = MasterListener::start(listener, settings, registry.clone(), admission)
+                .context("cannot start the master")?;
             let _ = shared.source.set(KeySource::Master(registry.clone()));
             let agents = AgentHub::new(shared.clone(), KeySource::Master(registry.clone())).launch();
             // File changes on the master make the hub push new merged.mg files to its agents.
@@ -185,8 +202,8 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
                 Enroller::Master(registry),
             )
         }
-        (Store::Worker(replica), None, Some(master)) => {
-            let replica = StoreHandle::spawn(&format!("{name}-replica"), replica, Replica::seq)
+        (Store::Worker(replica), None, Some(master), None) => {
+            let replica = StoreHandle::spawn(&format!("{name}-replica"), *replica, Replica::seq)
                 .context("cannot start the replica thread")?;
             info!(node = name.as_str(); "starting worker of cluster {:?} (cipher {})", config.cluster.name, config.cluster.cipher);
             let _ = shared.source.set(KeySource::Worker(replica.clone()));
@@ -211,7 +228,12 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
     info!(node = handle.name(); "enrollment listening on {enrollment_addr} (TLS)");
     tasks.push(actix_rt::spawn(session::serve(agent_tcp, AgentHub::link(handle.hub()), shared)));
     info!(node = handle.name(); "agent connections listening on {agents_addr}");
-    let api = match crate::api::start(api_listener, handle.clone(), config.api.token.clone()) {
+    let access = crate::api::Access {
+        token: config.api.token.clone(),
+        allowed_hosts: config.api.allowed_hosts.clone(),
+        metrics_public: config.api.metrics_public,
+    };
+    let api = match crate::api::start(api_listener, handle.clone(), access, config.api.max_connections) {
         Ok(api) => api,
         Err(e) => {
             // The actors exist now: stop them and let them run their stop before returning.

@@ -17,6 +17,8 @@ pub struct TestCluster {
     master_cfg: Config,
     worker_cfgs: Vec<Config>,
     psk: Psk,
+    /// A join token of the master (1,000 uses), for workers made by hand.
+    join: String,
 }
 
 const KEY: &str = "test-cluster-key-0123456789abcdef0123";
@@ -67,22 +69,45 @@ impl TestCluster {
         let mut master_cfg = config(dir.path(), &format!("{prefix}-master"), "master", extra);
         let psk = node::derive_psk(&master_cfg).expect("psk");
         let master = node::start(&master_cfg, psk.clone()).await.expect("start master");
-        let NodeHandle::Master { cluster_addr, .. } = &master.handle else { panic!("not a master") };
+        let NodeHandle::Master { cluster_addr, listener, .. } = &master.handle else { panic!("not a master") };
+        // Workers join with a join token, as in production (the default admission).
+        let join = listener
+            .send(wazuh_cluster_actors::master::IssueJoinToken { ttl: Duration::from_secs(3600), uses: 1000 })
+            .await
+            .expect("master")
+            .expect("join token")
+            .token
+            .reveal();
         // Restarts reuse the ports, as a restarted process would.
         master_cfg.cluster.bind = *cluster_addr;
         master_cfg.enrollment.bind = master.enrollment_addr;
         let mut worker_cfgs = Vec::new();
         let mut workers = Vec::new();
         for i in 1..=n {
-            let mut settings = vec![("cluster.master", cluster_addr.to_string())];
+            let mut settings = vec![("cluster.master", cluster_addr.to_string()), ("cluster.join_token", join.clone())];
             settings.extend(extra.iter().cloned());
             let cfg = config(dir.path(), &format!("{prefix}-worker-{i}"), "worker", &settings);
             workers.push(Some(node::start(&cfg, psk.clone()).await.expect("start worker")));
             worker_cfgs.push(cfg);
         }
-        let cluster = TestCluster { dir, master: Some(master), workers, master_cfg, worker_cfgs, psk };
+        let cluster = TestCluster { dir, master: Some(master), workers, master_cfg, worker_cfgs, psk, join };
         cluster.wait_for_workers(n, Duration::from_secs(10)).await;
         cluster
+    }
+
+    /// Settings for a worker speaking the protocol by hand (a hostile one, or a raw test client):
+    /// this cluster's key and a join token, a fresh identity.
+    pub fn hand_worker(&self, name: &str) -> wazuh_cluster_actors::ChannelSettings {
+        let mut s = super::settings(name, wazuh_cluster_protocol::Role::Worker, 0);
+        s.psk = self.psk.clone();
+        s.join_token = Some(wazuh_cluster_protocol::identity::JoinToken::parse(&self.join).expect("join token"));
+        s
+    }
+
+    /// Worker `i`'s identity, as its node loaded it from its data dir.
+    pub fn worker_identity(&self, i: usize) -> std::sync::Arc<wazuh_cluster_protocol::identity::NodeIdentity> {
+        let dir = &self.worker_cfgs[i].node.data_dir;
+        std::sync::Arc::new(wazuh_cluster_actors::admission::load_or_create_identity(dir).expect("identity").0)
     }
 
     pub fn master_name(&self) -> String {
@@ -126,6 +151,25 @@ impl TestCluster {
             }
             assert!(start.elapsed() < timeout, "the master did not list {n} workers within {timeout:?}");
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Starts one more worker named `name` (with the cluster's join token) and returns how long
+    /// it took until the master listed it.
+    pub async fn add_worker(&mut self, name: &str, timeout: Duration) -> Duration {
+        let NodeHandle::Master { cluster_addr, .. } = &self.master().handle else { panic!("not a master") };
+        let settings = [("cluster.master", cluster_addr.to_string()), ("cluster.join_token", self.join.clone())];
+        let cfg = config(self.dir.path(), name, "worker", &settings);
+        let before = self.connected_workers().await.len();
+        let start = Instant::now();
+        self.workers.push(Some(node::start(&cfg, self.psk.clone()).await.expect("start worker")));
+        self.worker_cfgs.push(cfg);
+        loop {
+            if self.connected_workers().await.iter().any(|w| w == name) {
+                return start.elapsed();
+            }
+            assert!(start.elapsed() < timeout, "worker {name} did not join within {timeout:?} ({before} before)");
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 

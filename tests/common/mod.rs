@@ -135,6 +135,9 @@ pub fn settings(name: &str, role: Role, psk_byte: u8) -> ChannelSettings {
         versions: VersionRange::ours(),
         budgets: Budgets::for_frame(1 << 20),
         admin_token: None,
+        identity: std::sync::Arc::new(wazuh_cluster_protocol::identity::NodeIdentity::generate().expect("identity").0),
+        join_token: None,
+        admission: wazuh_cluster_actors::admission::AdmissionMode::Open,
     }
 }
 
@@ -150,7 +153,9 @@ pub async fn start_master(settings: ChannelSettings) -> (Addr<MasterListener>, S
     let registry = StoreHandle::spawn("test-registry", registry, Registry::seq).expect("registry thread");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let master = MasterListener::start(listener, Arc::new(settings), registry).expect("start master");
+    let admission =
+        wazuh_cluster_actors::admission::Admission::open(&scratch_dir(), settings.admission).expect("node records");
+    let master = MasterListener::start(listener, Arc::new(settings), registry, admission).expect("start master");
     (master, addr)
 }
 

@@ -187,6 +187,8 @@ pub fn local(dir: &Path, node: &str, key: &Path, port: u16) -> Vec<String> {
         format!("agents.bind=127.0.0.1:{}", free_port()),
         format!("api.token={API_TOKEN}"),
         "cluster.intervals.keepalive=500ms".to_string(),
+        // Workers join on the cluster key alone here; the join-token path has its own tests.
+        "cluster.admission=open".to_string(),
     ]
 }
 
@@ -194,6 +196,7 @@ pub fn local(dir: &Path, node: &str, key: &Path, port: u16) -> Vec<String> {
 pub fn listed_nodes(api: u16) -> Vec<String> {
     let out = Command::new(BIN)
         .args(["nodes", "--json", "--api", &format!("http://127.0.0.1:{api}")])
+        .env("WMN_API_TOKEN", API_TOKEN)
         .output()
         .expect("run wazuh-cluster nodes");
     if !out.status.success() {

@@ -159,7 +159,11 @@ fn agent_sim_enrolls_through_a_worker_and_every_node_holds_every_key() {
 
     // The master's API lists every agent with the id and key it was given.
     let api = format!("http://127.0.0.1:{}", api_port(&master_sets));
-    let out = Command::new(BIN).args(["agents", "--json", "--keys", "--api", &api]).output().expect("agents");
+    let out = Command::new(BIN)
+        .args(["agents", "--json", "--keys", "--api", &api])
+        .env("WMN_API_TOKEN", API_TOKEN)
+        .output()
+        .expect("agents");
     let body: serde_json::Value = serde_json::from_slice(&out.stdout).expect("agents --json");
     let mut listed: Vec<String> = body["data"]["affected_items"]
         .as_array()
@@ -208,7 +212,11 @@ fn agent_sim_enrolls_through_a_worker_and_every_node_holds_every_key() {
 
 /// The agents the master's API lists, as `id name ip key` lines.
 fn master_agents(api: &str) -> Vec<String> {
-    let out = Command::new(BIN).args(["agents", "--json", "--keys", "--api", api]).output().expect("agents");
+    let out = Command::new(BIN)
+        .args(["agents", "--json", "--keys", "--api", api])
+        .env("WMN_API_TOKEN", API_TOKEN)
+        .output()
+        .expect("agents");
     let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let mut v: Vec<String> = body["data"]["affected_items"]
         .as_array()
@@ -363,7 +371,10 @@ struct MasterAgent {
 
 /// The master's agents, or none if its API does not answer.
 fn master_agent_states(api: &str) -> Vec<MasterAgent> {
-    let Ok((200, body)) = wazuh_multi_node::client::get(api, "/agents?limit=100000") else { return Vec::new() };
+    let Ok((200, body)) = wazuh_multi_node::client::get(api, "/agents?limit=100000", Some(common::process::API_TOKEN))
+    else {
+        return Vec::new();
+    };
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     let s = |a: &serde_json::Value, k: &str| a[k].as_str().unwrap_or("").to_string();
     v["data"]["affected_items"]
@@ -554,7 +565,8 @@ fn a_master_that_lost_its_registry_is_recovered_from_a_worker_and_no_worker_lose
 
 /// The master's groups with their agent counts.
 fn master_groups(base: &str) -> Vec<(String, u64)> {
-    let (status, body) = wazuh_multi_node::client::get(base, "/groups").expect("groups");
+    let (status, body) =
+        wazuh_multi_node::client::get(base, "/groups", Some(common::process::API_TOKEN)).expect("groups");
     assert_eq!(status, 200, "{body}");
     let body: serde_json::Value = serde_json::from_str(&body).expect("json");
     body["data"]["affected_items"]

@@ -164,7 +164,7 @@ fn a_worker_flooding_the_master_with_large_frames_leaves_its_memory_bounded() {
     assert!(frames * frame > 4 * (bound - before), "the flood must offer far more than the bound holds");
     assert!(offered < frames, "the master read everything: nothing pushed back");
     // It protected itself (the flooding connection was dropped as not reading) and goes on.
-    let (status, _) = wazuh_multi_node::client::get(&format!("http://127.0.0.1:{}", api_port(&sets)), "/health")
+    let (status, _) = wazuh_multi_node::client::get(&format!("http://127.0.0.1:{}", api_port(&sets)), "/health", None)
         .expect("the API answers");
     assert_eq!(status, 200);
 }
@@ -293,7 +293,7 @@ fn a_full_disk_makes_no_job_fail_faster_than_its_back_off_allows_and_nothing_is_
     );
     // The worker's /health says it cannot store what it must, and why.
     let health = format!("http://127.0.0.1:{}", api_port(&w_sets));
-    let (status, body) = wazuh_multi_node::client::get(&health, "/health").expect("/health");
+    let (status, body) = wazuh_multi_node::client::get(&health, "/health", None).expect("/health");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("agent replica is unusable") && body.contains("cannot commit"), "{body}");
     // A server logs a failed request at most once a second.
@@ -318,6 +318,6 @@ fn a_full_disk_makes_no_job_fail_faster_than_its_back_off_allows_and_nothing_is_
         std::thread::sleep(Duration::from_millis(50));
     }
     eprintln!("disk freed: the worker caught up {} ms later", start.elapsed().as_millis());
-    let (status, body) = wazuh_multi_node::client::get(&health, "/health").expect("/health");
+    let (status, body) = wazuh_multi_node::client::get(&health, "/health", None).expect("/health");
     assert_eq!(status, 200, "serving again once the replica could write: {body}");
 }

@@ -76,7 +76,7 @@ async fn deleting_an_agent_removes_it_from_every_replica_and_needs_the_token() {
     until_every_node(&cluster, "b deleted", |k| !k.contains(&b)).await;
     let (status, _) = call(master_api, "DELETE", format!("/agents/{id_b}"), Some(API_TOKEN), None).await;
     assert_eq!(status, 404);
-    let (status, body) = call(master_api, "GET", format!("/agents/{id_b}"), None, None).await;
+    let (status, body) = call(master_api, "GET", format!("/agents/{id_b}"), Some(API_TOKEN), None).await;
     assert_eq!((status, body["error"].as_u64()), (404, Some(404)));
     let (status, _) = call(master_api, "DELETE", "/agents/not-an-id".into(), Some(API_TOKEN), None).await;
     assert_eq!(status, 400);
@@ -103,15 +103,15 @@ async fn groups_created_and_assigned_through_a_worker_show_everywhere() {
     let other = cluster.worker(1).api_addr;
     let start = Instant::now();
     loop {
-        let (_, m) = call(master_api, "GET", "/agents?group=linux".into(), None, None).await;
-        let (_, w) = call(other, "GET", "/agents?group=linux".into(), None, None).await;
+        let (_, m) = call(master_api, "GET", "/agents?group=linux".into(), Some(API_TOKEN), None).await;
+        let (_, w) = call(other, "GET", "/agents?group=linux".into(), Some(API_TOKEN), None).await;
         if m["data"]["total_affected_items"] == 1 && w["data"]["total_affected_items"] == 1 {
             break;
         }
         assert!(start.elapsed() < WAIT, "group assignment did not spread: {m} / {w}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (_, groups) = call(master_api, "GET", "/groups".into(), None, None).await;
+    let (_, groups) = call(master_api, "GET", "/groups".into(), Some(API_TOKEN), None).await;
     let names: Vec<(String, u64)> = groups["data"]["affected_items"]
         .as_array()
         .expect("items")
@@ -127,7 +127,7 @@ async fn groups_created_and_assigned_through_a_worker_show_everywhere() {
     assert_eq!(status, 400);
     let (status, _) = call(master_api, "DELETE", "/groups/linux".into(), Some(API_TOKEN), None).await;
     assert_eq!(status, 200);
-    let (_, a) = call(master_api, "GET", format!("/agents/{id}"), None, None).await;
+    let (_, a) = call(master_api, "GET", format!("/agents/{id}"), Some(API_TOKEN), None).await;
     assert_eq!(a["data"]["affected_items"][0]["group"], serde_json::json!(["default"]));
 }
 
@@ -246,7 +246,7 @@ async fn agents_come_in_pages_each_agent_exactly_once() {
     let worker_api = cluster.worker(0).api_addr;
     let start = Instant::now();
     loop {
-        let (_, w) = call(worker_api, "GET", "/agents?limit=1".into(), None, None).await;
+        let (_, w) = call(worker_api, "GET", "/agents?limit=1".into(), Some(API_TOKEN), None).await;
         if w["data"]["total_affected_items"] == N as u64 {
             break;
         }
@@ -260,7 +260,7 @@ async fn agents_come_in_pages_each_agent_exactly_once() {
             let mut offset = 0;
             loop {
                 let (status, page) =
-                    call(api, "GET", format!("/agents?offset={offset}&limit=100{sort}"), None, None).await;
+                    call(api, "GET", format!("/agents?offset={offset}&limit=100{sort}"), Some(API_TOKEN), None).await;
                 assert_eq!(status, 200, "{page}");
                 assert_eq!(page["data"]["total_affected_items"], N as u64);
                 let items = page["data"]["affected_items"].as_array().expect("items").clone();
@@ -280,13 +280,13 @@ async fn agents_come_in_pages_each_agent_exactly_once() {
                 assert!(names.windows(2).all(|w| w[0] <= w[1]), "not sorted by name");
             }
         }
-        let (_, page) = call(api, "GET", "/agents".into(), None, None).await;
+        let (_, page) = call(api, "GET", "/agents".into(), Some(API_TOKEN), None).await;
         assert_eq!(page["data"]["affected_items"].as_array().map(Vec::len), Some(500), "the default page");
-        let (status, _) = call(api, "GET", "/agents?limit=100001".into(), None, None).await;
+        let (status, _) = call(api, "GET", "/agents?limit=100001".into(), Some(API_TOKEN), None).await;
         assert_eq!(status, 400, "a page above 100,000");
-        let (status, _) = call(api, "GET", "/agents?sort=secret".into(), None, None).await;
+        let (status, _) = call(api, "GET", "/agents?sort=secret".into(), Some(API_TOKEN), None).await;
         assert_eq!(status, 400, "an unknown sort field");
-        let (status, summary) = call(api, "GET", "/agents/summary/status".into(), None, None).await;
+        let (status, summary) = call(api, "GET", "/agents/summary/status".into(), Some(API_TOKEN), None).await;
         assert_eq!(status, 200);
         assert_eq!(summary["data"]["connection"]["total"], N as u64, "{summary}");
     }
@@ -314,4 +314,106 @@ async fn a_corrupt_replica_is_set_aside_and_rebuilt_from_the_master() {
         .flatten()
         .any(|e| e.file_name().to_string_lossy().starts_with("replica.db.corrupt-"));
     assert!(kept, "the corrupt database is kept for inspection");
+}
+
+/// A raw HTTP/1.1 request with the headers given: status and headers+body text.
+async fn raw(addr: std::net::SocketAddr, head: String) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(head.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+/// Every endpoint but /health needs the token, on the master and on a worker (unknown paths too,
+/// so that nothing is learnt without it); no list carries a key, only the explicit per-agent call;
+/// a request for a host name the API does not serve (DNS rebinding) is refused whatever its
+/// credential; no CORS header is ever sent.
+#[actix_rt::test]
+async fn every_endpoint_but_health_needs_the_token_and_lists_never_carry_keys() {
+    let cluster = TestCluster::start("guard", 1).await;
+    let key = enroll(cluster.worker(0).enrollment_addr, "guard-agent").await;
+    let id = key.split(' ').next().unwrap_or_default().to_string();
+    until_every_node_of(&cluster, &key).await;
+    let endpoints: [(&str, String); 17] = [
+        ("GET", "/cluster/nodes".into()),
+        ("GET", "/cluster/healthcheck".into()),
+        ("GET", "/metrics".into()),
+        ("GET", "/agents".into()),
+        ("GET", "/agents/summary/status".into()),
+        ("GET", format!("/agents/{id}")),
+        ("GET", format!("/agents/{id}/key")),
+        ("GET", "/groups".into()),
+        ("PUT", "/agents/reconnect".into()),
+        ("DELETE", format!("/agents/{id}")),
+        ("PUT", format!("/agents/{id}/group/default")),
+        ("DELETE", format!("/agents/{id}/group/default")),
+        ("POST", "/groups".into()),
+        ("DELETE", "/groups/nope".into()),
+        ("POST", "/cluster/join-tokens".into()),
+        ("POST", "/cluster/nodes/nobody/revoke".into()),
+        ("GET", "/no/such/endpoint".into()),
+    ];
+    for api in [cluster.master().api_addr, cluster.worker(0).api_addr] {
+        for (method, path) in &endpoints {
+            for token in [None, Some("wrong-token-0123456789")] {
+                let (status, body) = call(api, method, path.clone(), token, None).await;
+                assert_eq!(status, 401, "{method} {path} with {token:?} on {api}: {body}");
+            }
+        }
+        let (status, body) = call(api, "GET", "/health".into(), None, None).await;
+        assert_eq!(status, 200, "{body}");
+
+        // Lists: no key, with or without asking; the one explicit call has it.
+        let (status, list) = call(api, "GET", "/agents".into(), Some(API_TOKEN), None).await;
+        assert_eq!(status, 200);
+        assert!(!list.to_string().contains(key.rsplit(' ').next().unwrap_or("?")), "a list carried a key: {list}");
+        assert!(list["data"]["affected_items"][0].get("key").is_none());
+        let (status, body) = call(api, "GET", "/agents?keys=true".into(), Some(API_TOKEN), None).await;
+        assert_eq!(status, 400, "{body}");
+        let (status, one) = call(api, "GET", format!("/agents/{id}/key"), Some(API_TOKEN), None).await;
+        assert_eq!(status, 200, "{one}");
+        assert_eq!(one["data"]["affected_items"][0]["key"].as_str(), key.rsplit(' ').next());
+
+        // Host: IP literals and localhost are this API; any other name is refused, token or not.
+        let port = api.port();
+        for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}"), "[::1]".to_string()] {
+            let (status, text) = raw(
+                api,
+                format!("GET /cluster/nodes HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_TOKEN}\r\nConnection: close\r\n\r\n"),
+            )
+            .await;
+            assert_eq!(status, 200, "{host}: {text}");
+        }
+        for host in ["attacker.example", "attacker.example:55000", "evil\u{1b}[31m"] {
+            let (status, text) = raw(
+                api,
+                format!("GET /cluster/nodes HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_TOKEN}\r\nConnection: close\r\n\r\n"),
+            )
+            .await;
+            // (A control character does not even parse as a header: 400.)
+            assert!(status == 421 || (status == 400 && host.contains('\u{1b}')), "{host}: {text}");
+            assert!(!text.contains('\u{1b}'), "the refused host is escaped: {text}");
+        }
+        // No CORS: a preflight and a cross-origin read get no Access-Control-* header.
+        for head in [
+            "OPTIONS /agents HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://attacker.example\r\nAccess-Control-Request-Method: GET\r\nConnection: close\r\n\r\n".to_string(),
+            format!("GET /agents HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://attacker.example\r\nAuthorization: Bearer {API_TOKEN}\r\nConnection: close\r\n\r\n"),
+        ] {
+            let (_, text) = raw(api, head).await;
+            assert!(!text.to_ascii_lowercase().contains("access-control-"), "{text}");
+        }
+    }
+}
+
+async fn until_every_node_of(cluster: &TestCluster, key: &str) {
+    let nodes = [cluster.master_name(), cluster.worker_name(0)];
+    let start = Instant::now();
+    while !nodes.iter().all(|n| keys_file(cluster, n).contains(key)) {
+        assert!(start.elapsed() < WAIT, "the agent did not reach every node");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

@@ -347,8 +347,10 @@ async fn live_worker_keeps_alive_and_is_listed() {
 #[actix_rt::test]
 async fn a_second_live_connection_with_the_same_name_is_refused() {
     let (_m, addr) = master("m-dup").await;
-    let _first = authenticated(addr, "w-dup").await;
+    let first = settings("w-dup", Role::Worker, 1);
+    let _first = link::dial(&addr.to_string(), &first).await.expect("handshake");
     wait_for_log("m-dup", &["handshake complete with worker w-dup"], WAIT).await;
-    let err = link::dial(&addr.to_string(), &settings("w-dup", Role::Worker, 1)).await.err().expect("duplicate");
+    // Same name, same identity (a copy of its key): a live duplicate is refused.
+    let err = link::dial(&addr.to_string(), &first).await.err().expect("duplicate");
     assert!(matches!(err, LinkError::Refused { refusal: Refusal::DuplicateName { .. }, .. }), "{err}");
 }

@@ -15,7 +15,7 @@ use wazuh_cluster_actors::master::{self, LocalJobs};
 use wazuh_cluster_actors::worker::{self, GetLink, WorkerLink};
 use wazuh_cluster_protocol::message::{JobReport, JobState};
 use wazuh_cluster_protocol::version::VersionRange;
-use wazuh_cluster_protocol::{ProtocolVersion, Role};
+use wazuh_cluster_protocol::ProtocolVersion;
 use wazuh_multi_node::node::NodeHandle;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -41,10 +41,12 @@ fn listener_of(cluster: &TestCluster) -> actix::Addr<master::MasterListener> {
 /// GET on a node's API from a blocking thread; returns status and parsed JSON.
 async fn api_get(addr: std::net::SocketAddr, path: &'static str) -> (u16, serde_json::Value) {
     let base = format!("http://{addr}");
-    let (status, body) = actix_rt::task::spawn_blocking(move || wazuh_multi_node::client::get(&base, path))
-        .await
-        .expect("join")
-        .expect("http");
+    let (status, body) = actix_rt::task::spawn_blocking(move || {
+        wazuh_multi_node::client::get(&base, path, Some(common::cluster::API_TOKEN))
+    })
+    .await
+    .expect("join")
+    .expect("http");
     (status, serde_json::from_str(&body).expect("json"))
 }
 
@@ -224,20 +226,18 @@ async fn wrong_cluster_duplicate_name_incompatible_version_and_invalid_name_are_
     let cluster = TestCluster::start("refuse", 1).await;
     let addr = cluster_addr(&cluster);
     let m = cluster.master_name();
-    // The test cluster's key, derived the same way.
-    let psk =
-        wazuh_cluster_protocol::ClusterKey::new("test-cluster-key-0123456789abcdef0123").unwrap().derive_psk().unwrap();
-    let base = |name: &str| {
-        let mut s = settings(name, Role::Worker, 0);
-        s.psk = psk.clone();
-        s
-    };
+    let base = |name: &str| cluster.hand_worker(name);
 
     let mut wrong_cluster = base("refuse-other-cluster");
     wrong_cluster.cluster_name = "production".into();
     refused(&m, addr, wrong_cluster, "wrong cluster name \"production\" (this cluster is \"test\")").await;
 
-    let duplicate = base(&cluster.worker_name(0));
+    // The worker's name with another identity is not that worker...
+    let impostor = base(&cluster.worker_name(0));
+    refused(&m, addr, impostor, "is admitted with another identity").await;
+    // ...and with its identity (a copy of its key), a second live connection is refused.
+    let mut duplicate = base(&cluster.worker_name(0));
+    duplicate.identity = cluster.worker_identity(0);
     refused(&m, addr, duplicate, "is already connected").await;
 
     let mut future = base("refuse-future");
@@ -260,10 +260,7 @@ async fn wrong_cluster_duplicate_name_incompatible_version_and_invalid_name_are_
 async fn a_stale_connection_is_replaced_by_a_new_one_with_the_same_name() {
     let cluster = TestCluster::start("stale", 0).await;
     let addr = cluster_addr(&cluster);
-    let psk =
-        wazuh_cluster_protocol::ClusterKey::new("test-cluster-key-0123456789abcdef0123").unwrap().derive_psk().unwrap();
-    let mut s = settings("stale-w", Role::Worker, 0);
-    s.psk = psk;
+    let s = cluster.hand_worker("stale-w");
     // A connection that authenticates and then goes silent, as after a power loss on its host.
     let ghost = link::dial(&addr.to_string(), &s).await.expect("dial");
     cluster.wait_for_workers(1, WAIT).await;
@@ -323,10 +320,12 @@ async fn metrics_show_every_node_and_actor_in_prometheus_text() {
     let scrape = move || {
         let base = base.clone();
         async move {
-            actix_rt::task::spawn_blocking(move || wazuh_multi_node::client::get(&base, "/metrics"))
-                .await
-                .expect("join")
-                .expect("http")
+            actix_rt::task::spawn_blocking(move || {
+                wazuh_multi_node::client::get(&base, "/metrics", Some(common::cluster::API_TOKEN))
+            })
+            .await
+            .expect("join")
+            .expect("http")
         }
     };
     // A sample's value, by its exact name and labels.

@@ -114,12 +114,7 @@ async fn a_hostile_worker_cannot_read_outside_the_masters_roots() {
     write(&master, "etc/rules/ok.xml", b"<ok/>");
     std::fs::write(master.join("etc/client.keys.bak"), b"secret").expect("secret");
     let NodeHandle::Master { cluster_addr, .. } = &cluster.master().handle else { panic!("master") };
-    let psk = wazuh_cluster_protocol::ClusterKey::new("test-cluster-key-0123456789abcdef0123")
-        .expect("key")
-        .derive_psk()
-        .expect("psk");
-    let mut s = settings("evil-worker", Role::Worker, 0);
-    s.psk = psk;
+    let s = cluster.hand_worker("evil-worker");
     let l = link::dial(&cluster_addr.to_string(), &s).await.expect("dial");
     let source = std::io::Cursor::new(l.read_buf).chain(l.read);
     let mut reader =

@@ -10,6 +10,8 @@ use wazuh_cluster_protocol::agent::enrollment::EnrollError;
 use wazuh_cluster_protocol::message::EnrollForward;
 use wazuh_multi_node::node::NodeHandle;
 
+const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn keys_file(cluster: &TestCluster, node: &str) -> BTreeSet<String> {
     let path = cluster.dir.path().join(node).join("etc/client.keys");
     std::fs::read_to_string(path).unwrap_or_default().lines().map(String::from).collect()
@@ -104,4 +106,60 @@ async fn a_worker_cannot_change_the_registry_without_the_callers_credential() {
     let result = link.send(ForwardAdmin { request, credential }).await.expect("link").expect("answer");
     assert_eq!(result.outcome, Ok(()));
     assert!(registry.run(move |r| r.rows(Some(id))).await.expect("rows").is_empty());
+}
+
+/// The cluster key alone does not make a worker: a node the master does not know needs a join
+/// token; a revoked worker is disconnected and cannot come back, under its name or another, with
+/// or without a token, while the rest of the cluster keeps its key.
+#[actix_rt::test]
+async fn a_worker_without_a_join_token_is_refused_and_a_revoked_worker_cannot_reconnect() {
+    use wazuh_cluster_actors::link::{self, LinkError};
+    use wazuh_cluster_actors::master::RevokeWorker;
+    use wazuh_cluster_protocol::Refusal;
+    let cluster = TestCluster::start("revoke", 2).await;
+    let NodeHandle::Master { listener, cluster_addr, .. } = &cluster.master().handle else { panic!("master") };
+    let addr = cluster_addr.to_string();
+
+    // The cluster key without a token: refused, with the reason, before any message.
+    let mut intruder = cluster.hand_worker("intruder");
+    intruder.join_token = None;
+    match link::dial(&addr, &intruder).await {
+        Err(LinkError::Refused { refusal: Refusal::NotAdmitted { reason, .. }, .. }) => {
+            assert!(reason.contains("join token"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|l| l.peer)),
+    }
+    // A forged token (right id, wrong secret) gets past the hello, and no further.
+    let mut forged = cluster.hand_worker("forger");
+    let id = forged.join_token.as_ref().expect("token").id.clone();
+    forged.join_token = Some(wazuh_cluster_protocol::identity::JoinToken::from_parts(&id, &[9; 32]).expect("token"));
+    if let Ok(l) = link::dial(&addr, &forged).await {
+        // The master closes the connection once it checked message 3.
+        let mut read = l.read;
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut read, &mut buf)).await;
+        assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "the connection must be closed: {n:?}");
+    }
+    common::wait_for_log(&cluster.master_name(), &["closing connection of forger", "join token proof"], WAIT).await;
+    assert!(!cluster.connected_workers().await.contains(&"forger".to_string()));
+
+    // Revoke worker 1: its connection closes, and it stays out.
+    let victim = cluster.worker_name(0);
+    let revoked = listener.send(RevokeWorker { name: victim.clone() }).await.expect("master").expect("revoke");
+    assert!(revoked.is_some());
+    common::wait_for_log(&victim, &["refused this worker", "was revoked"], WAIT).await;
+    assert!(!cluster.connected_workers().await.contains(&victim));
+    // With a copy of its key, under its name or a new one, even with a fresh token: refused.
+    for name in [victim.as_str(), "renamed"] {
+        let mut again = cluster.hand_worker(name);
+        again.identity = cluster.worker_identity(0);
+        match link::dial(&addr, &again).await {
+            Err(LinkError::Refused { refusal: Refusal::Revoked { .. }, .. }) => {}
+            other => panic!("{name}: expected a revocation refusal, got {:?}", other.map(|l| l.peer)),
+        }
+    }
+    // The other worker was never disturbed and still serves.
+    assert!(cluster.worker_connected(1).await);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(cluster.connected_workers().await, vec![cluster.worker_name(1)]);
 }

@@ -64,12 +64,7 @@ async fn a_failed_request_gets_an_error_reply_while_the_others_in_flight_complet
     .await;
     // A worker speaking the protocol by hand, so that requests can be put in flight together.
     let NodeHandle::Master { cluster_addr, .. } = &cluster.master().handle else { panic!("master") };
-    let psk = wazuh_cluster_protocol::ClusterKey::new("test-cluster-key-0123456789abcdef0123")
-        .expect("key")
-        .derive_psk()
-        .expect("psk");
-    let mut s = settings("inflight-w", Role::Worker, 0);
-    s.psk = psk;
+    let s = cluster.hand_worker("inflight-w");
     let l = wazuh_cluster_actors::link::dial(&cluster_addr.to_string(), &s).await.expect("dial");
     let source = std::io::Cursor::new(l.read_buf).chain(l.read);
     let mut reader =

@@ -70,6 +70,15 @@ impl StatusCounts {
         *c = c.saturating_add_signed(by);
     }
 
+    /// The node agent `id` is active on, if it is active.
+    pub fn active_on(&self, id: u32) -> Option<&str> {
+        let cell = self.agents.get(&id)?;
+        if cell.status != 2 {
+            return None;
+        }
+        self.nodes.get(cell.node as usize).map(String::as_str)
+    }
+
     /// Agent `id` now has `status` (one of [`STATUSES`]; anything else counts as never connected),
     /// reports to `node`, and its group configuration is `config` (`synced`, `not synced`, unknown).
     pub fn set(&mut self, id: u32, status: &str, node: &str, config: Option<&str>) {

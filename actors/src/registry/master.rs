@@ -106,7 +106,17 @@ pub struct Registry {
     derived: Derived,
     counts: StatusCounts,
     pub replace: ReplacePolicy,
+    /// The nodes that hold agents' sessions now: the master and its connected workers (see
+    /// [`Registry::set_live`]). An agent active on one of them is that node's to report.
+    live: std::collections::HashSet<String>,
+    /// Contested claims, logged once per interval with how many were not.
+    contests: crate::throttle::Throttle,
 }
+
+/// An agent active on a live node stays that node's, against other nodes' reports, until that
+/// node reports it gone, leaves the cluster, or has not reported a keep-alive of it for this long
+/// (the agent moved without its old session noticing).
+pub const CLAIM_LAPSE_MS: u64 = 30_000;
 
 /// A status update as the master stores it, whoever sent it: a keep-alive time no later than the
 /// master's own clock (a report from the future would otherwise win over every later one), an
@@ -174,6 +184,8 @@ impl Registry {
             derived: Derived::open(data_dir, &entries)?,
             counts: StatusCounts::default(),
             replace: ReplacePolicy::default(),
+            live: Default::default(),
+            contests: crate::throttle::Throttle::new(std::time::Duration::from_secs(10)),
         };
         reg.load_counts()?;
         reg.ensure_group_dir(DEFAULT_GROUP)?;
@@ -608,8 +620,39 @@ impl Registry {
         Ok((false, changes, to))
     }
 
+    /// Marks `node` as holding agent sessions now (the master itself, a connected worker) or not
+    /// (a worker that left): what decides competing claims in [`Registry::store_statuses`].
+    pub fn set_live(&mut self, node: &str, live: bool) {
+        if live {
+            self.live.insert(node.to_string());
+        } else {
+            self.live.remove(node);
+        }
+    }
+
+    /// Whether `node`'s report on agent `id` contests the claim of another live node that has it
+    /// active and reported it within [`CLAIM_LAPSE_MS`]: the master's order is that the first
+    /// claim holds.
+    fn contested(&mut self, node: &str, id: u32, now: u64) -> Result<Option<String>, StoreError> {
+        let Some(holder) = self.counts.active_on(id) else { return Ok(None) };
+        if holder == node || !self.live.contains(holder) {
+            return Ok(None);
+        }
+        let holder = holder.to_string();
+        let last: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT last_keepalive FROM agents WHERE id = ?1")?
+            .query_row(params![id], |r| r.get(0))
+            .optional()?
+            .flatten();
+        let fresh = last.is_some_and(|t| now.saturating_sub(t.max(0) as u64) < CLAIM_LAPSE_MS);
+        Ok(fresh.then_some(holder))
+    }
+
     /// Stores status updates reported by `node` (a worker, or the master for its own agents), only
-    /// for agents that exist, and never over a newer report from another node (an agent that moved).
+    /// for agents that exist, and never over a newer report from another node (an agent that moved),
+    /// nor over the live claim of another node (see [`Registry::contested`]; counted as stale and
+    /// logged, naming both nodes).
     /// A status Wazuh does not have (or `never_connected`, which only the registry sets) is refused
     /// and counted as unknown. Returns (stored, unknown, stale).
     pub fn store_statuses(&mut self, node: &str, updates: &[AgentInfoUpdate]) -> Result<(u32, u32, u32), StoreError> {
@@ -620,6 +663,13 @@ impl Registry {
             let u = &*checked;
             if super::counts::status_code(&u.status).is_none_or(|c| c == 0) {
                 unknown += 1;
+                continue;
+            }
+            if let Some(holder) = self.contested(node, u.id, now)? {
+                stale += 1;
+                if let Some(n) = self.contests.allow() {
+                    log::warn!("worker {node} reports agent {} which is active on {holder}: refused, the first live claim holds ({n} similar not logged); if this repeats, one of them is not telling the truth", fmt_id(u.id));
+                }
                 continue;
             }
             let changed = if u.version.is_none()
@@ -970,6 +1020,41 @@ mod tests {
         assert_eq!(reg.store_statuses("worker-1", &[status(a.id, "active", Some(now_ms()))]).unwrap(), (1, 0, 0));
         let row = reg.rows(Some(a.id)).unwrap().remove(0);
         assert_eq!((row.status.as_str(), row.node_name.as_str()), ("active", "worker-1"));
+    }
+
+    /// Competing claims of one agent are decided by the master's order: the live node that has
+    /// it active keeps it until it reports it gone, leaves, or stops reporting it.
+    #[test]
+    fn a_live_claim_holds_against_other_workers_until_released_or_lapsed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reg = Registry::open(dir.path()).unwrap();
+        let a = enroll(&mut reg, &agent("held", None)).unwrap();
+        reg.set_live("worker-1", true);
+        reg.set_live("evil", true);
+        let node_of = |reg: &Registry| {
+            let row = reg.rows(Some(a.id)).unwrap().remove(0);
+            (row.status, row.node_name)
+        };
+        assert_eq!(reg.store_statuses("worker-1", &[status(a.id, "active", Some(now_ms()))]).unwrap(), (1, 0, 0));
+        // Another live worker cannot report it, active or not.
+        for s in ["active", "disconnected"] {
+            assert_eq!(reg.store_statuses("evil", &[status(a.id, s, Some(now_ms()))]).unwrap(), (0, 0, 1), "{s}");
+        }
+        assert_eq!(node_of(&reg), ("active".to_string(), "worker-1".to_string()));
+        // Released by its holder: the agent reconnecting elsewhere is that node's.
+        assert_eq!(reg.store_statuses("worker-1", &[status(a.id, "disconnected", Some(now_ms()))]).unwrap(), (1, 0, 0));
+        assert_eq!(reg.store_statuses("evil", &[status(a.id, "active", Some(now_ms()))]).unwrap(), (1, 0, 0));
+        assert_eq!(reg.store_statuses("worker-1", &[status(a.id, "active", Some(now_ms()))]).unwrap(), (0, 0, 1));
+        // The holder leaves (or is revoked): the claim goes with it.
+        reg.set_live("evil", false);
+        assert_eq!(reg.store_statuses("worker-1", &[status(a.id, "active", Some(now_ms()))]).unwrap(), (1, 0, 0));
+        assert_eq!(node_of(&reg), ("active".to_string(), "worker-1".to_string()));
+        // A claim that stopped being renewed lapses.
+        reg.set_live("worker-2", true);
+        let old = now_ms() - CLAIM_LAPSE_MS - 1000;
+        assert_eq!(reg.store_statuses("worker-1", &[status(a.id, "active", Some(old))]).unwrap(), (1, 0, 0));
+        assert_eq!(reg.store_statuses("worker-2", &[status(a.id, "active", Some(now_ms()))]).unwrap(), (1, 0, 0));
+        assert_eq!(node_of(&reg), ("active".to_string(), "worker-2".to_string()));
     }
 
     #[test]
