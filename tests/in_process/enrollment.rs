@@ -93,6 +93,12 @@ async fn every_refusal_is_answered_with_authds_exact_reply() {
         let got = enroll(addr, &long).await;
         assert_eq!(got, "ERROR: Invalid request for new agent. Unable to add agent");
     }
+    // Log forging: a refused name with ESC and CR reaches the log (and the reply) escaped.
+    let got = enroll(cluster.master().enrollment_addr, "OSSEC A:'forge\u{1b}[2J\rINFO fake'\n").await;
+    assert!(got.starts_with("ERROR: Invalid agent name: forge\\u{1b}[2J\\rINFO fake"), "{got:?}");
+    let lines = wait_for_log(&cluster.master_name(), &["forge"], Duration::from_secs(10)).await;
+    assert!(!lines.chars().any(char::is_control), "a control character reached the log: {lines:?}");
+    assert!(lines.contains("\\u{1b}"), "{lines}");
 }
 
 #[actix_rt::test]

@@ -163,3 +163,83 @@ async fn a_worker_without_a_join_token_is_refused_and_a_revoked_worker_cannot_re
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     assert_eq!(cluster.connected_workers().await, vec![cluster.worker_name(1)]);
 }
+
+/// A status hijack through the wire: an admitted worker reports an agent that another worker holds,
+/// with a keep-alive time from the future and forged fields. The master stores none of it (the
+/// first live claim holds; times are capped at its clock) and says so naming both workers; the
+/// agent stays active on the worker that holds its session.
+#[actix_rt::test]
+async fn a_worker_cannot_report_an_agent_another_worker_holds() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::AsyncWriteExt;
+    use wazuh_cluster_protocol::message::{AgentInfoBatch, AgentInfoUpdate, Envelope, Kind, MasterToWorker};
+    use wazuh_cluster_protocol::{MessageDecoder, MessageEncoder, RequestId, Role, WorkerToMaster};
+    use wazuh_multi_node::sim::{connector, enroll_one, parse_key, read_payload, SimAgent};
+
+    let cluster = TestCluster::start("hijack", 1).await;
+    let holder = cluster.worker_name(0);
+    let reply =
+        enroll_one(connector().expect("tls"), cluster.worker(0).enrollment_addr.to_string(), "OSSEC A:'held'\n".into())
+            .await
+            .expect("enroll");
+    let mut agent = SimAgent::from_key_line(&parse_key(&reply).expect("key")).expect("agent");
+    let mut s = tokio::net::TcpStream::connect(cluster.worker(0).agents_addr).await.expect("connect");
+    s.write_all(&agent.frame(b"#!-agent startup {\"version\":\"v4.14.7\"}")).await.expect("startup");
+    read_payload(&mut s).await.expect("ack");
+    s.write_all(&agent.frame(agent.keepalive_text().as_bytes())).await.expect("keep-alive");
+    let id: u32 = agent.id.parse().expect("id");
+    let NodeHandle::Master { registry, .. } = &cluster.master().handle else { panic!("master") };
+    let row = || async move {
+        let rows = registry.run(move |r| r.rows(Some(id))).await.expect("rows");
+        rows.into_iter().next().map(|r| (r.status, r.node_name, r.version, r.peer_ip))
+    };
+    let start = std::time::Instant::now();
+    while row().await.map(|r| (r.0, r.1)) != Some(("active".into(), holder.clone())) {
+        assert!(start.elapsed() < WAIT, "the agent never showed active on {holder}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let before = row().await;
+
+    // The hostile worker: admitted (it has a join token), speaking the protocol by hand.
+    let l = wazuh_cluster_actors::link::dial(
+        &match &cluster.master().handle {
+            NodeHandle::Master { cluster_addr, .. } => cluster_addr.to_string(),
+            _ => unreachable!(),
+        },
+        &cluster.hand_worker("evil3"),
+    )
+    .await
+    .expect("dial");
+    let source = tokio::io::AsyncReadExt::chain(std::io::Cursor::new(l.read_buf), l.read);
+    let mut reader =
+        tokio_util::codec::FramedRead::new(source, MessageDecoder::<MasterToWorker>::new(l.channel.opener));
+    let mut writer =
+        tokio_util::codec::FramedWrite::new(l.write, MessageEncoder::<WorkerToMaster>::new(l.channel.sealer));
+    let forged = |status: &str| AgentInfoUpdate {
+        id,
+        status: status.into(),
+        last_keepalive_ms: Some(9_000_000_000_000_000_000),
+        version: Some("Wazuh v9.9.9".into()),
+        info: None,
+        group_config_status: Some("synced".into()),
+        peer_ip: Some("10.6.6.6".into()),
+    };
+    for (seq, status) in [(1u64, "active"), (2, "disconnected")] {
+        let body = WorkerToMaster::AgentInfo(AgentInfoBatch { updates: vec![forged(status)] });
+        writer.send(Envelope::request(RequestId { origin: Role::Worker, seq }, body)).await.expect("send");
+        let ack = loop {
+            let envelope =
+                tokio::time::timeout(WAIT, reader.next()).await.expect("an answer").expect("open").expect("decode");
+            if let (Kind::Response(_), MasterToWorker::AgentInfoAck(ack)) = (envelope.kind, envelope.body) {
+                break ack;
+            }
+        };
+        assert_eq!((ack.stored, ack.unknown), (0, 0), "{status}: the hostile report was stored");
+    }
+    common::wait_for_log(&cluster.master_name(), &["worker evil3 reports agent", &holder, "refused"], WAIT).await;
+    assert_eq!(row().await, before, "the agent's row changed");
+    // The real worker's next reports are still stored.
+    s.write_all(&agent.frame(agent.keepalive_text().as_bytes())).await.expect("keep-alive");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(row().await.map(|r| (r.0, r.1)), Some(("active".into(), holder)));
+}

@@ -109,7 +109,9 @@ pub struct Registry {
     /// The nodes that hold agents' sessions now: the master and its connected workers (see
     /// [`Registry::set_live`]). An agent active on one of them is that node's to report.
     live: std::collections::HashSet<String>,
-    /// Contested claims, logged once per interval with how many were not.
+    /// Contested claims, logged once per interval with how many were not (see
+    /// [`Registry::contest_line`]): the last one seen, and the throttle.
+    last_contest: Option<(u32, String, String)>,
     contests: crate::throttle::Throttle,
 }
 
@@ -185,6 +187,7 @@ impl Registry {
             counts: StatusCounts::default(),
             replace: ReplacePolicy::default(),
             live: Default::default(),
+            last_contest: None,
             contests: crate::throttle::Throttle::new(std::time::Duration::from_secs(10)),
         };
         reg.load_counts()?;
@@ -630,6 +633,19 @@ impl Registry {
         }
     }
 
+    /// A log line about the reports refused as contested since the last line, at most once per
+    /// 10 s (the caller logs it, naming its node).
+    pub fn contest_line(&mut self) -> Option<String> {
+        self.last_contest.as_ref()?;
+        let n = self.contests.allow()?;
+        let (id, claimant, holder) = self.last_contest.take()?;
+        let others = if n > 0 { format!(" ({n} similar not logged)") } else { String::new() };
+        Some(format!(
+            "worker {claimant} reports agent {} which is active on {holder}: refused, the first live claim holds{others}; if this repeats, one of them is not telling the truth",
+            fmt_id(id)
+        ))
+    }
+
     /// Whether `node`'s report on agent `id` contests the claim of another live node that has it
     /// active and reported it within [`CLAIM_LAPSE_MS`]: the master's order is that the first
     /// claim holds.
@@ -667,9 +683,7 @@ impl Registry {
             }
             if let Some(holder) = self.contested(node, u.id, now)? {
                 stale += 1;
-                if let Some(n) = self.contests.allow() {
-                    log::warn!("worker {node} reports agent {} which is active on {holder}: refused, the first live claim holds ({n} similar not logged); if this repeats, one of them is not telling the truth", fmt_id(u.id));
-                }
+                self.last_contest = Some((u.id, node.to_string(), holder));
                 continue;
             }
             let changed = if u.version.is_none()
