@@ -113,6 +113,54 @@ pub fn load_or_create_identity(data_dir: &Path) -> Result<(NodeIdentity, bool), 
     }
 }
 
+/// Where a worker keeps the master's identity, pinned at its first connection.
+pub const MASTER_PIN_FILE: &str = "var/master.pub";
+
+/// Worker: checks the master's identity: its signature of this connection's `hello_hash` must
+/// verify with the key in its hello, and that key must be the one pinned at the first connection
+/// (`data_dir/var/master.pub`; pinned now if there is none). `Ok(true)` when pinned now.
+pub fn check_master_identity(
+    data_dir: &Path,
+    hello: &Hello,
+    hello_hash: &[u8],
+    signature: Option<&[u8]>,
+) -> Result<bool, String> {
+    let key = hello.public_key.as_deref().and_then(PublicKey::from_slice).ok_or("the master sent no identity key")?;
+    let signature = signature.ok_or("the master did not sign the handshake with its identity")?;
+    key.verify_handshake(hello_hash, signature)
+        .map_err(|_| "the master's signature of the handshake does not verify with its identity key".to_string())?;
+    let path = data_dir.join(MASTER_PIN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            if text.trim() == key.to_string() {
+                Ok(false)
+            } else {
+                Err(format!(
+                    "the master's identity changed: this worker knows {}, {:?} offers {}; if the master was re-installed on purpose, remove {} on this worker",
+                    text.trim().get(..16).unwrap_or("?"),
+                    hello.node_name,
+                    key.fingerprint(),
+                    path.display()
+                ))
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let write = || -> std::io::Result<()> {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let tmp = path.with_extension("pub.tmp");
+                std::fs::write(&tmp, format!("{key}\n"))?;
+                std::fs::File::open(&tmp)?.sync_all()?;
+                std::fs::rename(&tmp, &path)
+            };
+            write().map_err(|e| format!("cannot pin the master's identity in {}: {e}", path.display()))?;
+            Ok(true)
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
 /// How a worker got in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admitted {
@@ -147,6 +195,11 @@ pub struct Issued {
 pub struct Admission {
     conn: Connection,
     pub mode: AdmissionMode,
+}
+
+/// The first 16 hex characters of a hello's identity key ("none" without one).
+pub fn fingerprint_of(hello: &Hello) -> String {
+    key_of(hello).map(|k| k.fingerprint()).unwrap_or_else(|_| "none".into())
 }
 
 fn key_of(hello: &Hello) -> Result<PublicKey, Refusal> {
@@ -407,6 +460,23 @@ mod tests {
         assert_eq!(a.check_hello(&h, 1), Err(Refusal::IdentityRequired));
         h.public_key = Some(vec![1, 2, 3]);
         assert_eq!(a.check_hello(&h, 1), Err(Refusal::IdentityRequired));
+    }
+
+    #[test]
+    fn a_worker_pins_the_masters_identity_and_refuses_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let (master, _) = NodeIdentity::generate().unwrap();
+        let mut h = test_settings("m").hello();
+        h.public_key = Some(master.public_key().0.to_vec());
+        let sig = master.sign_handshake(b"h1");
+        assert_eq!(check_master_identity(dir.path(), &h, b"h1", Some(&sig)), Ok(true));
+        assert_eq!(check_master_identity(dir.path(), &h, b"h1", Some(&sig)), Ok(false));
+        assert!(check_master_identity(dir.path(), &h, b"h2", Some(&sig)).is_err(), "a signature of another hash");
+        assert!(check_master_identity(dir.path(), &h, b"h1", None).is_err());
+        let (impostor, _) = NodeIdentity::generate().unwrap();
+        h.public_key = Some(impostor.public_key().0.to_vec());
+        let err = check_master_identity(dir.path(), &h, b"h1", Some(&impostor.sign_handshake(b"h1"))).unwrap_err();
+        assert!(err.contains("identity changed"), "{err}");
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub enum LinkError {
     Refused { peer: String, refusal: Refusal },
     #[error("refused {peer}: {refusal}")]
     RefusedPeer { peer: String, refusal: Refusal },
+    #[error("{0}")]
+    MasterIdentity(String),
 }
 
 impl LinkError {
@@ -43,6 +45,7 @@ impl LinkError {
                 | LinkError::Handshake(HandshakeError::Authentication)
                 | LinkError::Handshake(HandshakeError::SuiteMismatch { .. })
                 | LinkError::Refused { .. }
+                | LinkError::MasterIdentity(_)
         )
     }
 }
@@ -103,7 +106,13 @@ async fn dial_inner(addr: &str, settings: &ChannelSettings) -> Result<Link, Link
     let prove = |hash: &[u8]| settings.identity.prove(hash, settings.join_token.as_ref());
     match initiator.finish(&msg2, prove)? {
         InitiatorOutcome::Refused { peer, refusal } => Err(LinkError::Refused { peer: peer.node_name, refusal }),
-        InitiatorOutcome::Accepted { peer, version, channel, confirmation } => {
+        InitiatorOutcome::Accepted { peer, version, channel, confirmation, signature, hello_hash } => {
+            let pinned =
+                crate::admission::check_master_identity(&settings.data_dir, &peer, &hello_hash, signature.as_deref())
+                    .map_err(LinkError::MasterIdentity)?;
+            if pinned {
+                log::info!(node = settings.node_name.as_str(); "pinned the identity of master {} ({}) in {}", peer.node_name, crate::admission::fingerprint_of(&peer), crate::admission::MASTER_PIN_FILE);
+            }
             framed.send(&confirmation[..]).await?;
             into_link(framed, peer, version, channel, None)
         }
@@ -150,7 +159,8 @@ where
             Err(LinkError::RefusedPeer { peer: hello.node_name, refusal })
         }
         Ok(version) => {
-            let (msg2, pending) = responder.accept(&ours, version)?;
+            let sign = |hash: &[u8]| Some(settings.identity.sign_handshake(hash).to_vec());
+            let (msg2, pending) = responder.accept_signed(&ours, version, sign)?;
             framed.send(&msg2[..]).await?;
             let msg3 = next_frame(&mut framed).await?;
             let (channel, confirmed) = pending.confirm(&msg3)?;

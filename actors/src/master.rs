@@ -377,15 +377,7 @@ impl Handler<Admit> for MasterListener {
     }
 }
 
-/// The first 16 hex characters of a hello's identity key.
-fn identity_of(hello: &Hello) -> String {
-    hello
-        .public_key
-        .as_deref()
-        .and_then(wazuh_cluster_protocol::identity::PublicKey::from_slice)
-        .map(|k| k.fingerprint())
-        .unwrap_or_else(|| "none".into())
-}
+use crate::admission::fingerprint_of as identity_of;
 
 /// Issues a join token (see [`Admission::issue`]).
 #[derive(Message)]

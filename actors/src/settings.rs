@@ -136,7 +136,8 @@ pub(crate) fn test_settings(name: &str) -> ChannelSettings {
     ChannelSettings {
         node_name: name.into(),
         role: wazuh_cluster_protocol::Role::Master,
-        data_dir: std::env::temp_dir(),
+        // Each test node its own directory: a worker pins its master's identity there.
+        data_dir: std::env::temp_dir().join(format!("wmn-unit-{}", crate::backoff::random_u64())),
         cluster_name: "test".into(),
         psk: Psk::from_bytes([1; 32]),
         suite: CipherSuite::default(),

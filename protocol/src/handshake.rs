@@ -118,8 +118,18 @@ impl fmt::Display for Refusal {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Reply {
-    Accepted { hello: Hello, version: ProtocolVersion },
-    Refused { hello: Hello, refusal: Refusal },
+    Accepted {
+        hello: Hello,
+        version: ProtocolVersion,
+        /// The responder's signature, by its identity key, of the handshake hash after message 1
+        /// (which covers the initiator's fresh ephemeral key): see [`Responder::accept_signed`].
+        #[serde(default, with = "serde_bytes")]
+        signature: Option<Vec<u8>>,
+    },
+    Refused {
+        hello: Hello,
+        refusal: Refusal,
+    },
 }
 
 /// Failures that a responder reports in clear, before any key is shared.
@@ -285,13 +295,24 @@ pub struct Initiator {
     hs: HandshakeState,
     suite: CipherSuite,
     max_frame: usize,
+    /// The handshake hash after message 1 (what the responder signs).
+    hello_hash: Vec<u8>,
 }
 
 /// How the responder answered.
 #[derive(Debug)]
 pub enum InitiatorOutcome {
     /// Send `confirmation` as the next handshake frame, then use `channel`.
-    Accepted { peer: Hello, version: ProtocolVersion, channel: Channel, confirmation: Vec<u8> },
+    Accepted {
+        peer: Hello,
+        version: ProtocolVersion,
+        channel: Channel,
+        confirmation: Vec<u8>,
+        /// The responder's signature of `hello_hash`, if it sent one (its identity proof).
+        signature: Option<Vec<u8>>,
+        /// The handshake hash after message 1, which the signature covers.
+        hello_hash: Vec<u8>,
+    },
     /// The responder authenticated us and turned us away, saying why.
     Refused { peer: Hello, refusal: Refusal },
 }
@@ -322,7 +343,8 @@ impl Initiator {
         let mut prefix = MAGIC.to_vec();
         prefix.push(suite.wire_id());
         let msg1 = write_noise(&mut hs, payload, &prefix)?;
-        Ok((Self { hs, suite, max_frame }, msg1))
+        let hello_hash = hs.get_handshake_hash().to_vec();
+        Ok((Self { hs, suite, max_frame, hello_hash }, msg1))
     }
 
     /// Reads message 2 and, when accepted, builds message 3, with what `prove` makes of the
@@ -339,7 +361,7 @@ impl Initiator {
                 let reply: Reply = decode_payload(&payload)?;
                 match reply {
                     Reply::Refused { hello, refusal } => Ok(InitiatorOutcome::Refused { peer: hello, refusal }),
-                    Reply::Accepted { hello, version } => {
+                    Reply::Accepted { hello, version, signature } => {
                         if !self.hs.is_handshake_finished() {
                             return Err(internal("noise handshake not finished after message 2"));
                         }
@@ -352,7 +374,14 @@ impl Initiator {
                         channel.sealer.seal(&mut sealed, &plain).map_err(internal)?;
                         // The frame header is re-added by the plain framing layer; it is the same.
                         let confirmation = sealed.split_off(crate::frame::HEADER_LEN).to_vec();
-                        Ok(InitiatorOutcome::Accepted { peer: hello, version, channel, confirmation })
+                        Ok(InitiatorOutcome::Accepted {
+                            peer: hello,
+                            version,
+                            channel,
+                            confirmation,
+                            signature,
+                            hello_hash: self.hello_hash,
+                        })
                     }
                 }
             }
@@ -414,13 +443,26 @@ impl Responder {
 
     /// Accepts the peer at `version` and builds message 2.
     pub fn accept(
-        mut self,
+        self,
         ours: &Hello,
         version: ProtocolVersion,
     ) -> Result<(Vec<u8>, PendingConfirmation), HandshakeError> {
+        self.accept_signed(ours, version, |_| None)
+    }
+
+    /// As [`Responder::accept`], with `sign`'s signature of the handshake hash after message 1 in
+    /// the reply. Message 2 is readable only with the initiator's ephemeral secret, so the
+    /// signature reaches no one else, and the hash it covers is unique to this connection.
+    pub fn accept_signed(
+        mut self,
+        ours: &Hello,
+        version: ProtocolVersion,
+        sign: impl FnOnce(&[u8]) -> Option<Vec<u8>>,
+    ) -> Result<(Vec<u8>, PendingConfirmation), HandshakeError> {
+        let signature = sign(self.hs.get_handshake_hash());
         let msg2 = write_noise(
             &mut self.hs,
-            &encode_payload(&Reply::Accepted { hello: ours.clone(), version })?,
+            &encode_payload(&Reply::Accepted { hello: ours.clone(), version, signature })?,
             &[TAG_REPLY],
         )?;
         if !self.hs.is_handshake_finished() {
@@ -490,7 +532,7 @@ mod tests {
         assert_eq!(peer, hello("worker-1", Role::Worker));
         let version = VersionRange::ours().negotiate(&peer.versions).unwrap();
         let (msg2, pending) = resp.accept(&hello("master", Role::Master), version).unwrap();
-        let InitiatorOutcome::Accepted { peer: master, channel: wch, confirmation, version: v } =
+        let InitiatorOutcome::Accepted { peer: master, channel: wch, confirmation, version: v, .. } =
             init.finish(&msg2, |_| Vec::new()).unwrap()
         else {
             panic!("refused")
@@ -688,6 +730,28 @@ mod tests {
         let second = run();
         assert_ne!(first.hash, second.hash);
         assert!(proof.verify(&me.public_key(), &second.hash).is_err());
+    }
+
+    #[test]
+    fn the_responder_signs_the_hash_of_message_1_and_the_initiator_can_check_it() {
+        use crate::identity::NodeIdentity;
+        let (master, _) = NodeIdentity::generate().unwrap();
+        let suite = CipherSuite::Aes256Gcm;
+        let (init, msg1) = Initiator::start(&psk(1), suite, &hello("w", Role::Worker), 1024).unwrap();
+        let (resp, _) = Responder::read_hello(&psk(1), suite, 1024, &msg1).unwrap();
+        let (msg2, _) = resp
+            .accept_signed(&hello("m", Role::Master), crate::version::CURRENT, |h| {
+                Some(master.sign_handshake(h).to_vec())
+            })
+            .unwrap();
+        let InitiatorOutcome::Accepted { signature, hello_hash, .. } = init.finish(&msg2, |_| Vec::new()).unwrap()
+        else {
+            panic!()
+        };
+        let signature = signature.expect("signed");
+        master.public_key().verify_handshake(&hello_hash, &signature).unwrap();
+        let (other, _) = NodeIdentity::generate().unwrap();
+        assert!(other.public_key().verify_handshake(&hello_hash, &signature).is_err());
     }
 
     #[test]

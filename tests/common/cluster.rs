@@ -173,6 +173,29 @@ impl TestCluster {
         }
     }
 
+    /// Replaces the master by another node on its address with the same cluster key and settings
+    /// but its own data directory (so another identity): a holder of the key posing as the master.
+    pub async fn start_impostor_master(&mut self) {
+        self.kill_master().await;
+        let mut cfg = self.master_cfg.clone();
+        cfg.node.data_dir = self.dir.path().join("impostor-master");
+        // It lets anyone in: what an impostor wants.
+        cfg.cluster.admission = "open".into();
+        let start = Instant::now();
+        loop {
+            match node::start(&cfg, self.psk.clone()).await {
+                Ok(m) => {
+                    self.master = Some(m);
+                    return;
+                }
+                Err(_) if start.elapsed() < Duration::from_secs(5) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Err(e) => panic!("impostor master did not start: {e:#}"),
+            }
+        }
+    }
+
     pub async fn kill_master(&mut self) {
         if let Some(m) = self.master.take() {
             m.kill().await;

@@ -114,7 +114,8 @@ pub fn settings(name: &str, role: Role, psk_byte: u8) -> ChannelSettings {
     ChannelSettings {
         node_name: name.into(),
         role,
-        data_dir: std::env::temp_dir().join("wmn-tests-nonexistent"),
+        // Its own directory: a worker pins its master's identity there.
+        data_dir: scratch_dir(),
         cluster_name: "test".into(),
         psk: Psk::from_bytes([psk_byte; 32]),
         suite: CipherSuite::ChaCha20Poly1305,

@@ -243,3 +243,19 @@ async fn a_worker_cannot_report_an_agent_another_worker_holds() {
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(row().await.map(|r| (r.0, r.1)), Some(("active".into(), holder)));
 }
+
+/// A holder of the cluster key posing as the master (another identity on the master's address) gets
+/// no worker: each worker pinned the real master's identity at its first connection and refuses,
+/// saying why; the real master back on its address is followed again.
+#[actix_rt::test]
+async fn a_worker_refuses_a_master_with_another_identity() {
+    let mut cluster = TestCluster::start("pinned", 1).await;
+    let worker = cluster.worker_name(0);
+    cluster.start_impostor_master().await;
+    common::wait_for_log(&worker, &["the master's identity changed", "remove"], WAIT).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(cluster.connected_workers().await.is_empty(), "a worker followed the impostor");
+    cluster.kill_master().await;
+    cluster.restart_master().await;
+    cluster.wait_for_workers(1, WAIT).await;
+}
