@@ -49,6 +49,13 @@
 //!                                 # (many agents behind one NAT address reconnect at once)
 //! archive_max_size = "100MiB"  # events archive (var/archives/events.jsonl) rotates above this...
 //! archive_keep = 5           # ...keeping this many old files
+//! archive = true             # false: no events archive (with [analysis], analysisd has them)
+//!
+//! [analysis]                 # the hand-off to wazuh-analysisd; off unless queue is set
+//! queue = ""                 # its event socket; relative to data_dir ("queue/sockets/queue" in a Wazuh install)
+//! control = ""               # its control socket, for ruleset reloads ("queue/sockets/analysis", Wazuh 4.13+)
+//! buffer = "16MiB"           # events held while analysisd is away or slow; past it they are dropped (counted)
+//! reload_debounce = "1s"     # ruleset changes closer together than this make one reload
 //!
 //! [api]
 //! bind = "127.0.0.1:55000"
@@ -101,6 +108,7 @@ struct RawConfig {
     cluster: RawCluster,
     enrollment: RawEnrollment,
     agents: RawAgents,
+    analysis: RawAnalysis,
     api: RawApi,
     log: RawLog,
 }
@@ -175,6 +183,16 @@ struct RawAgents {
     max_pending_per_address: Option<u32>,
     archive_max_size: Option<String>,
     archive_keep: Option<usize>,
+    archive: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAnalysis {
+    queue: Option<String>,
+    control: Option<String>,
+    buffer: Option<String>,
+    reload_debounce: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -195,8 +213,23 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub enrollment: EnrollmentConfig,
     pub agents: AgentsConfig,
+    pub analysis: AnalysisConfig,
     pub api: ApiConfig,
     pub log: LogConfig,
+}
+
+/// The hand-off to wazuh-analysisd (off unless `queue` is set).
+#[derive(Debug, Clone, Serialize)]
+pub struct AnalysisConfig {
+    /// analysisd's event queue (a Unix datagram socket); relative paths are under `node.data_dir`.
+    pub queue: Option<PathBuf>,
+    /// analysisd's control socket (Unix stream), for `reload-ruleset` after a sync round.
+    pub control: Option<PathBuf>,
+    /// Bytes of events held while analysisd is away or slow; past this, events are dropped.
+    pub buffer: usize,
+    /// Changes to the ruleset closer together than this make one reload.
+    #[serde(serialize_with = "ser_duration")]
+    pub reload_debounce: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -300,6 +333,8 @@ pub struct AgentsConfig {
     pub max_pending_per_address: u32,
     pub archive_max_size: usize,
     pub archive_keep: usize,
+    /// Write events to `var/archives/events.jsonl`.
+    pub archive: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -398,7 +433,7 @@ fn non_empty(v: Option<String>) -> Option<String> {
 }
 
 fn validate(raw: RawConfig, file: Option<&Path>) -> Result<Config, ConfigError> {
-    let RawConfig { node, cluster, enrollment, agents, api, log } = raw;
+    let RawConfig { node, cluster, enrollment, agents, analysis, api, log } = raw;
     let mut warnings = Vec::new();
 
     let name = non_empty(node.name).ok_or_else(|| invalid("node.name", "is required ([A-Za-z0-9_-]+)"))?;
@@ -563,6 +598,34 @@ fn validate(raw: RawConfig, file: Option<&Path>) -> Result<Config, ConfigError> 
         },
         archive_max_size,
         archive_keep: agents.archive_keep.unwrap_or(5).min(100),
+        archive: agents.archive.unwrap_or(true),
+    };
+    let under_data_dir = |p: String| {
+        let p = PathBuf::from(p);
+        if p.is_relative() {
+            data_dir.join(p)
+        } else {
+            p
+        }
+    };
+    let buffer = match non_empty(analysis.buffer) {
+        Some(text) => parse_size(&text).map_err(|e| invalid("analysis.buffer", e))?,
+        None => 16 << 20,
+    };
+    if !(64 << 10..=4 << 30).contains(&buffer) {
+        return Err(invalid("analysis.buffer", "between 64KiB and 4GiB"));
+    }
+    let analysis = AnalysisConfig {
+        queue: non_empty(analysis.queue).map(under_data_dir),
+        control: non_empty(analysis.control).map(under_data_dir),
+        buffer,
+        reload_debounce: duration_field(
+            "analysis.reload_debounce",
+            analysis.reload_debounce,
+            "1s",
+            Duration::from_millis(10),
+            Duration::from_secs(600),
+        )?,
     };
     let api_token = non_empty(api.token);
     if api_token.as_ref().is_some_and(|t| t.len() < 16 || t.chars().any(|c| !c.is_ascii_graphic())) {
@@ -626,6 +689,7 @@ fn validate(raw: RawConfig, file: Option<&Path>) -> Result<Config, ConfigError> 
         },
         enrollment,
         agents,
+        analysis,
         api,
         log: LogConfig { format, level },
     })

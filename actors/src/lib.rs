@@ -30,6 +30,7 @@ pub mod link;
 pub mod manifest;
 pub mod master;
 pub mod registry;
+pub mod ruleset;
 pub mod settings;
 pub mod supervise;
 pub mod throttle;

@@ -30,6 +30,7 @@ pub enum NodeHandle {
         started_ms: u64,
         registry: StoreHandle<Registry>,
         agents: Addr<AgentHub>,
+        ruleset: Option<Ruleset>,
     },
     Worker {
         name: String,
@@ -38,8 +39,12 @@ pub enum NodeHandle {
         started_ms: u64,
         replica: StoreHandle<Replica>,
         agents: Addr<AgentHub>,
+        ruleset: Option<Ruleset>,
     },
 }
+
+/// The node's ruleset reloader and its health (with `analysis.control`).
+pub type Ruleset = (Addr<wazuh_cluster_actors::ruleset::RulesetReloader>, wazuh_cluster_actors::supervise::JobHealth);
 
 /// Why a change to agents or groups was not made. The API maps each to an HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +63,17 @@ pub enum ChangeError {
 }
 
 impl NodeHandle {
+    /// The ruleset reloader, if this node has one.
+    pub fn ruleset(&self) -> Option<&Ruleset> {
+        match self {
+            NodeHandle::Master { ruleset, .. } | NodeHandle::Worker { ruleset, .. } => ruleset.as_ref(),
+        }
+    }
+
+    fn ruleset_report(&self) -> Option<wazuh_cluster_protocol::message::JobReport> {
+        self.ruleset().map(|(_, health)| health.snapshot())
+    }
+
     pub fn name(&self) -> &str {
         match self {
             NodeHandle::Master { name, .. } | NodeHandle::Worker { name, .. } => name,
@@ -122,7 +138,8 @@ impl NodeHandle {
     pub async fn healthcheck(&self) -> Vec<NodeHealthView> {
         match self {
             NodeHandle::Master { name, listener, .. } => {
-                let local = listener.send(LocalJobs).await.unwrap_or_default();
+                let mut local = listener.send(LocalJobs).await.unwrap_or_default();
+                local.extend(self.ruleset_report());
                 let mut out = vec![NodeHealthView {
                     name: name.clone(),
                     kind: "master".into(),
@@ -152,7 +169,14 @@ impl NodeHandle {
                     kind: "worker".into(),
                     connected: info.is_some(),
                     last_keepalive: info.as_ref().and_then(|i| i.last_keepalive_ms).map(iso),
-                    actors: info.map(|i| actor_views(&i.jobs, Role::Worker)).unwrap_or_default(),
+                    actors: {
+                        // The reloader is reported with the connection's jobs while connected.
+                        let mut jobs = info.map(|i| i.jobs).unwrap_or_default();
+                        if !jobs.iter().any(|j| j.name == "RulesetReload") {
+                            jobs.extend(self.ruleset_report());
+                        }
+                        actor_views(&jobs, Role::Worker)
+                    },
                     agent_connections: self.hub().send(GetHubView).await.ok(),
                 }]
             }

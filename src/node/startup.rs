@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use wazuh_cluster_actors::admission::{load_or_create_identity, Admission, AdmissionMode, IDENTITY_FILE};
+use wazuh_cluster_actors::agents::analysis::AnalysisQueue;
 use wazuh_cluster_actors::agents::archive::Archive;
 use wazuh_cluster_actors::agents::hub::{AgentHub, KeySource};
 use wazuh_cluster_actors::agents::messages::{CloseAll, SharedChanged};
@@ -24,6 +25,7 @@ use wazuh_cluster_actors::enrollment::{self, Enroller, EnrollmentSettings};
 use wazuh_cluster_actors::jobs::worker::WorkerServices;
 use wazuh_cluster_actors::master::{self, MasterListener};
 use wazuh_cluster_actors::registry::{Registry, ReplacePolicy, Replica, StoreHandle};
+use wazuh_cluster_actors::ruleset::{in_ruleset, RulesetChanged, RulesetReloader};
 use wazuh_cluster_actors::settings::{Budgets, JobIntervals};
 use wazuh_cluster_actors::worker::{self, WorkerLink};
 use wazuh_cluster_actors::ChannelSettings;
@@ -81,6 +83,7 @@ pub struct RunningNode {
     pub agents_addr: SocketAddr,
     api: ServerHandle,
     tasks: Vec<actix_rt::task::JoinHandle<()>>,
+    analysis: Option<Arc<AnalysisQueue>>,
 }
 
 /// Binds `addr` for `what`, naming the setting in the error.
@@ -174,17 +177,34 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
             Store::Worker(replica)
         }
     };
+    // The hand-off to analysisd, when configured.
+    let analysis = match &config.analysis.queue {
+        Some(queue) => Some(
+            AnalysisQueue::start(&name, queue, config.analysis.buffer)
+                .context("cannot start the analysisd hand-off thread")?,
+        ),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         settings: agent_settings,
         keys,
         source: Default::default(),
         counters: ManagerCounters::new(),
         archive,
+        archive_events: config.agents.archive,
+        analysis: analysis.clone(),
         stats: Default::default(),
     });
 
     // Then the actors.
     let mut tasks = Vec::new();
+    let ruleset = config.analysis.control.as_ref().map(|control| {
+        let health = RulesetReloader::job_health();
+        let reloader =
+            RulesetReloader::new(&name, control.clone(), config.analysis.reload_debounce, health.clone()).start();
+        info!(node = name.as_str(); "ruleset changes make analysisd at {} reload them", control.display());
+        (reloader, health)
+    });
     let (handle, enroller) = match (store, cluster, master_addr, admission) {
         (Store::Master(registry), Some((listener, cluster_addr)), _, Some(admission)) => {
             let registry = StoreHandle::spawn(&format!("{name}-registry"), *registry, Registry::seq)
@@ -196,9 +216,18 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
             let agents = AgentHub::new(shared.clone(), KeySource::Master(registry.clone())).launch();
             // File changes on the master make the hub push new merged.mg files to its agents.
             let changes = listener.send(master::SubscribeFiles).await.context("the master stopped at once")?;
-            tasks.push(actix_rt::spawn(forward_file_changes(changes, agents.clone())));
+            let reloader = ruleset.as_ref().map(|(addr, _)| addr.clone());
+            tasks.push(actix_rt::spawn(forward_file_changes(changes, agents.clone(), reloader)));
             (
-                NodeHandle::Master { name, listener, cluster_addr, started_ms, registry: registry.clone(), agents },
+                NodeHandle::Master {
+                    name,
+                    listener,
+                    cluster_addr,
+                    started_ms,
+                    registry: registry.clone(),
+                    agents,
+                    ruleset,
+                },
                 Enroller::Master(registry),
             )
         }
@@ -208,10 +237,11 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
             info!(node = name.as_str(); "starting worker of cluster {:?} (cipher {})", config.cluster.name, config.cluster.cipher);
             let _ = shared.source.set(KeySource::Worker(replica.clone()));
             let agents = AgentHub::new(shared.clone(), KeySource::Worker(replica.clone())).launch();
-            let services = WorkerServices { replica: replica.clone(), agents: Some(agents.clone()) };
+            let services =
+                WorkerServices { replica: replica.clone(), agents: Some(agents.clone()), ruleset: ruleset.clone() };
             let link = WorkerLink::new(settings, master.clone(), services).start();
             (
-                NodeHandle::Worker { name, link: link.clone(), master, started_ms, replica, agents },
+                NodeHandle::Worker { name, link: link.clone(), master, started_ms, replica, agents, ruleset },
                 Enroller::Worker(link),
             )
         }
@@ -246,13 +276,15 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
         }
     };
     info!(node = handle.name(); "API listening on http://{api_addr}");
-    Ok(RunningNode { handle, api_addr, enrollment_addr, agents_addr, api, tasks })
+    Ok(RunningNode { handle, api_addr, enrollment_addr, agents_addr, api, tasks, analysis })
 }
 
-/// Carries the master's file changes to its agent hub (merged.mg pushes).
+/// Carries the master's file changes to its agent hub (merged.mg pushes) and, when they touch the
+/// ruleset, to its ruleset reloader.
 async fn forward_file_changes(
     mut changes: tokio::sync::broadcast::Receiver<wazuh_cluster_actors::jobs::local::FilesChanged>,
     hub: Addr<AgentHub>,
+    ruleset: Option<Addr<RulesetReloader>>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
     loop {
@@ -262,6 +294,10 @@ async fn forward_file_changes(
             Err(RecvError::Lagged(_)) => None,
             Err(RecvError::Closed) => return,
         };
+        let touches_ruleset = paths.as_ref().is_none_or(|p| p.iter().any(|p| in_ruleset(p)));
+        if let (true, Some(reloader)) = (touches_ruleset, &ruleset) {
+            reloader.do_send(RulesetChanged);
+        }
         if hub.send(SharedChanged(paths)).await.is_err() {
             return;
         }
@@ -293,6 +329,10 @@ impl RunningNode {
                 let _ = link.send(worker::Shutdown { reason: reason.into() }).await;
             }
         }
+        if let Some(analysis) = self.analysis.clone() {
+            // What is held goes to analysisd if it takes it within a second.
+            let _ = actix_rt::task::spawn_blocking(move || analysis.stop(std::time::Duration::from_secs(1))).await;
+        }
         api.await;
     }
 
@@ -304,6 +344,9 @@ impl RunningNode {
         kill_actors(&self.handle);
         let _ = self.handle.hub().send(CloseAll("the node was killed".into())).await;
         self.api.stop(false).await;
+        if let Some(analysis) = &self.analysis {
+            analysis.stop(std::time::Duration::ZERO);
+        }
     }
 
     /// Resolves if the node's store thread dies, with why (the node cannot go on without it).

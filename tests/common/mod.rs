@@ -166,5 +166,6 @@ pub fn worker_services() -> WorkerServices {
     WorkerServices {
         replica: StoreHandle::spawn("test-replica", replica, Replica::seq).expect("replica thread"),
         agents: None,
+        ruleset: None,
     }
 }

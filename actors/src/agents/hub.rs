@@ -483,6 +483,7 @@ impl Handler<GetHubView> for AgentHub {
     fn handle(&mut self, _: GetHubView, _: &mut Context<Self>) -> Self::Result {
         let count = |st: Status| self.states.values().filter(|s| s.status == st).count();
         let s = &self.shared.stats;
+        let a = self.shared.analysis.as_ref().map(|a| &*a.stats);
         MessageResult(HubView {
             connected: self.live.len(),
             active: count(Status::Active),
@@ -498,6 +499,10 @@ impl Handler<GetHubView> for AgentHub {
             pushes_dropped: s.pushes_dropped.load(Ordering::Relaxed),
             events_failed: self.shared.archive.failed.load(Ordering::Relaxed),
             archive_waits: self.shared.archive.waits.load(Ordering::Relaxed),
+            events_analysis: a.map_or(0, |a| a.delivered.load(Ordering::Relaxed)),
+            events_analysis_dropped: a.map_or(0, |a| a.dropped.load(Ordering::Relaxed)),
+            analysis_held_bytes: a.map_or(0, |a| a.held.load(Ordering::Relaxed) as u64),
+            analysis_connected: a.map_or(0, |a| a.connected.load(Ordering::Relaxed) as u64),
         })
     }
 }

@@ -230,6 +230,12 @@ pub struct HubView {
     pub refused: u64,
     pub pushes: u64,
     pub pushes_dropped: u64,
+    /// Events written to analysisd's queue; dropped (its queue full past `analysis.buffer`);
+    /// bytes held for it now; whether its socket is connected (all 0 without `[analysis]`).
+    pub events_analysis: u64,
+    pub events_analysis_dropped: u64,
+    pub analysis_held_bytes: u64,
+    pub analysis_connected: u64,
 }
 
 #[derive(Message)]

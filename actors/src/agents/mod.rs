@@ -8,6 +8,7 @@
 //! - [`messages`]: what sessions, the hub and the jobs say to each other (sessions and the hub
 //!   know this module, not each other).
 
+pub mod analysis;
 pub mod archive;
 pub mod hub;
 pub mod merged;
@@ -332,6 +333,10 @@ pub struct Shared {
     pub source: std::sync::OnceLock<KeySource>,
     pub counters: ManagerCounters,
     pub archive: archive::Archive,
+    /// Whether events are written to the archive (`agents.archive`).
+    pub archive_events: bool,
+    /// analysisd's queue, when events are handed to it (`[analysis]`).
+    pub analysis: Option<Arc<analysis::AnalysisQueue>>,
     pub stats: Stats,
 }
 

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use wazuh_cluster_protocol::agent::analysis::event_datagram;
 use wazuh_cluster_protocol::agent::keepalive::{classify, AgentMessage};
 use wazuh_cluster_protocol::agent::secure::{self, decrypt, encrypt, frame, parse_header, FrameBuffer, SecureError};
 
@@ -304,6 +305,16 @@ impl Session {
             error => Refusal::BadFrame { name: key.name.to_string(), error },
         })?;
         self.check_counters(&key, message.global, message.local)?;
+        // An event for analysisd, byte for byte as remoted hands it over (whatever its encoding).
+        if let Some(analysis) = &self.shared.analysis {
+            if !message.text.starts_with(b"#!-") {
+                let id = crate::registry::fmt_id(key.id);
+                let ip = key.ip.to_string();
+                if let Some(datagram) = event_datagram(&id, &key.name, &ip, &message.text) {
+                    analysis.offer(datagram);
+                }
+            }
+        }
         let text = classify(&message.text);
         let shared = self.shared.clone();
         let node = shared.settings.node_name.as_str();
@@ -330,15 +341,17 @@ impl Session {
                     self.bind(stream, &key).await?;
                 }
                 self.shared.stats.events.fetch_add(1, Ordering::Relaxed);
-                self.shared
-                    .archive
-                    .send(ArchivedEvent {
-                        time_ms: crate::clock::now_ms(),
-                        agent: key.clone(),
-                        location: e.location,
-                        message: e.message,
-                    })
-                    .await;
+                if self.shared.archive_events {
+                    self.shared
+                        .archive
+                        .send(ArchivedEvent {
+                            time_ms: crate::clock::now_ms(),
+                            agent: key.clone(),
+                            location: e.location,
+                            message: e.message,
+                        })
+                        .await;
+                }
             }
             Err(e) => {
                 // Understood frame, unknown content: logged, the connection stays.

@@ -46,6 +46,10 @@ pub struct Integrity {
     pub(super) conn: ConnHandle<WorkerSide>,
     /// Told which files changed, for merged.mg pushes.
     pub(super) hub: Option<Addr<AgentHub>>,
+    /// Told when the ruleset changed and the tree is in sync again (analysisd reloads).
+    pub(super) ruleset: Option<Addr<crate::ruleset::RulesetReloader>>,
+    /// Ruleset files changed in a round that did not end in sync: reload once it does.
+    pub(super) ruleset_pending: bool,
     pub(super) manifest: Option<Arc<Manifest>>,
     pub(super) schedule: Schedule,
     pub(super) totals: SyncTotals,
@@ -374,12 +378,22 @@ impl Integrity {
                     hub.do_send(SharedChanged(Some(r.touched.clone())));
                 }
             }
+            if r.touched.iter().any(|p| crate::ruleset::in_ruleset(p)) {
+                self.ruleset_pending = true;
+            }
             for note in &r.notes {
                 info!(node = node.as_str(); "file sync with {}: {note}", self.core.peer);
             }
             info!(node = node.as_str(); "file sync with master {}: {} missing, {} changed, {} extra; {} written, {} deleted, {} bytes in {} ms",
                 self.core.peer, r.diff.missing, r.diff.changed, r.diff.extra, r.written, r.deleted, r.bytes, r.took_ms);
             log::debug!(node = node.as_str(); "file sync phases (ms): {:?}", r.phases);
+        }
+        // A reload only on a complete tree: after a round that left it as the master's.
+        if r.in_sync && self.ruleset_pending {
+            self.ruleset_pending = false;
+            if let Some(ruleset) = &self.ruleset {
+                ruleset.do_send(crate::ruleset::RulesetChanged);
+            }
         }
         if r.in_sync && was_in_sync != Some(true) {
             info!(node = node.as_str(); "files in sync with master {}", self.core.peer);

@@ -35,6 +35,8 @@ use wazuh_cluster_protocol::{Kind, MasterToWorker};
 pub struct WorkerServices {
     pub replica: StoreHandle<Replica>,
     pub agents: Option<Addr<AgentHub>>,
+    /// The node's ruleset reloader and its health, when analysisd's control socket is configured.
+    pub ruleset: Option<(Addr<crate::ruleset::RulesetReloader>, JobHealth)>,
 }
 
 /// The job actors of the worker's connection.
@@ -69,6 +71,9 @@ impl WorkerJobs {
             groups_health.clone(),
             integrity_core.health().clone(),
         ];
+        // The node's ruleset reloads are reported to the master with the connection's jobs.
+        let siblings: Vec<JobHealth> =
+            siblings.into_iter().chain(services.ruleset.as_ref().map(|(_, h)| h.clone())).collect();
         let last_ack_ms = Arc::new(AtomicU64::new(0));
         let (c, s, l) = (conn.clone(), siblings.clone(), last_ack_ms.clone());
         let (kh, ah, ih) =
@@ -88,10 +93,13 @@ impl WorkerJobs {
             sent: 0,
         });
         let (c, hub) = (conn.clone(), services.agents.clone());
+        let ruleset = services.ruleset.as_ref().map(|(addr, _)| addr.clone());
         let integrity = crate::supervise::start(MAILBOX, Some(alive), move |_| Integrity {
             core: integrity_core,
             conn: c,
             hub,
+            ruleset: ruleset.clone(),
+            ruleset_pending: false,
             manifest: None,
             schedule: Schedule::default(),
             totals: Default::default(),
