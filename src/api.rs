@@ -15,6 +15,8 @@
 //! - `DELETE /agents/{id}`, `GET /groups`, `POST /groups` (`{"group_id": "linux"}`),
 //!   `DELETE /groups/{group}`, `PUT|DELETE /agents/{id}/group/{group}`: changes need
 //!   a worker forwards them to the master with the caller's credential, which the master checks.
+//! - `PUT /cluster/analysisd/reload` (master): every node's analysisd reloads the ruleset, each
+//!   worker once its files reached the master's digest.
 //! - `POST /cluster/join-tokens[?ttl=SECONDS&uses=N]` (master): a join token for new workers;
 //!   `POST /cluster/nodes/{name}/revoke` (master): a worker's identity is revoked.
 //!
@@ -425,6 +427,43 @@ async fn revoke(node: web::Data<NodeHandle>, name: web::Path<String>) -> HttpRes
     }
 }
 
+/// `PUT /cluster/analysisd/reload` (master): every node's analysisd reloads the ruleset, each worker
+/// once its files reached the master's; nodes that did not are `failed_items`, in Wazuh's shape.
+async fn reload_analysisd(node: web::Data<NodeHandle>) -> HttpResponse {
+    match node.reload_ruleset_everywhere().await {
+        Ok(outcomes) => {
+            let (ok, failed): (Vec<_>, Vec<_>) = outcomes.into_iter().partition(|(_, reloaded, _)| *reloaded);
+            let affected: Vec<_> =
+                ok.iter().map(|(name, _, message)| serde_json::json!({ "name": name, "message": message })).collect();
+            let failed: Vec<_> = failed
+                .iter()
+                .map(|(name, _, message)| serde_json::json!({ "error": { "code": 1914, "message": message }, "id": [name] }))
+                .collect();
+            let message = if failed.is_empty() {
+                "Reload request sent to all specified nodes"
+            } else if affected.is_empty() {
+                "Could not send reload request to any node"
+            } else {
+                "Could not send reload request to some nodes"
+            };
+            HttpResponse::Ok().json(serde_json::json!({
+                "data": {
+                    "affected_items": affected,
+                    "total_affected_items": affected.len(),
+                    "total_failed_items": failed.len(),
+                    "failed_items": failed,
+                },
+                "message": message,
+                "error": if failed.is_empty() { 0 } else if affected.is_empty() { 1 } else { 2 },
+            }))
+        }
+        Err(e) => {
+            let status = change_status(&e);
+            HttpResponse::build(status).json(error_body(status.as_u16(), &e.to_string()))
+        }
+    }
+}
+
 async fn not_found() -> HttpResponse {
     HttpResponse::NotFound().json(error_body(404, "no such endpoint"))
 }
@@ -460,6 +499,7 @@ pub fn start(
             .app_data(access.clone())
             .wrap(actix_web::middleware::from_fn(guard))
             .route("/cluster/join-tokens", web::post().to(join_token))
+            .route("/cluster/analysisd/reload", web::put().to(reload_analysisd))
             .route("/cluster/nodes/{name}/revoke", web::post().to(revoke))
             .route("/agents/{id}/key", web::get().to(get_agent_key))
             .route("/cluster/nodes", web::get().to(nodes))

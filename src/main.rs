@@ -97,6 +97,14 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Have every node's analysisd reload the ruleset, each worker once its files reached the
+    /// master's (PUT /cluster/analysisd/reload on the master).
+    Ruleset {
+        #[command(subcommand)]
+        action: RulesetAction,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Revoke a worker's identity on the master: its connection closes and it cannot join again
     /// (POST /cluster/nodes/{name}/revoke). The cluster key stays as it is.
     Revoke {
@@ -111,6 +119,12 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+}
+
+#[derive(Subcommand)]
+enum RulesetAction {
+    /// Reload the ruleset on every node (the master, then each worker once in sync).
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -260,6 +274,33 @@ fn execute(command: Command) -> anyhow::Result<()> {
                     value["data"]["uses"]
                 );
             }
+            Ok(())
+        }
+        Command::Ruleset { action: RulesetAction::Reload, api } => {
+            let path = "/cluster/analysisd/reload";
+            let (status, body) = client::request(&api.api, "PUT", path, api.token.as_deref(), None)?;
+            let value = answer(&api, status, path, &body)?;
+            if api.json {
+                println!("{}", body.trim());
+            } else {
+                for item in value["data"]["affected_items"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}: reloaded ({})",
+                        item["name"].as_str().unwrap_or("?"),
+                        item["message"].as_str().unwrap_or("")
+                    );
+                }
+                for item in value["data"]["failed_items"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}: NOT reloaded: {}",
+                        item["id"][0].as_str().unwrap_or("?"),
+                        wazuh_cluster_protocol::agent::enrollment::printable(
+                            item["error"]["message"].as_str().unwrap_or("")
+                        )
+                    );
+                }
+            }
+            anyhow::ensure!(value["error"] == 0, "the ruleset was not reloaded everywhere");
             Ok(())
         }
         Command::Revoke { name, api } => mutate(&api, "POST", &format!("/cluster/nodes/{name}/revoke"), None),

@@ -54,6 +54,7 @@ struct Live {
     handle: ConnHandle<MasterSide>,
     jobs: Rc<MasterJobs>,
     peer_addr: SocketAddr,
+    version: ProtocolVersion,
 }
 
 /// Owns the accept loop and the connected workers of a master.
@@ -321,6 +322,7 @@ impl Handler<Accepted> for MasterListener {
                         warn!(node = node.as_str(); "closing second connection of worker {name} from {peer}: already connected");
                         return;
                     }
+                    let version = link.version;
                     let (handle, transport) = connection::open::<MasterSide>(link, &act.settings);
                     let peer_addr = transport.peer_addr();
                     let jobs = MasterJobs::spawn(handle.clone(), &act.settings, &act.services);
@@ -328,7 +330,7 @@ impl Handler<Accepted> for MasterListener {
                     let owner = Some(ctx.address().recipient());
                     let addr = ConnectionActor::start(transport, handle.clone(), dispatch, owner);
                     act.set_live(&name, true);
-                    act.workers.insert(name, Live { addr, handle, jobs, peer_addr });
+                    act.workers.insert(name, Live { addr, handle, jobs, peer_addr, version });
                 }
                 Err(LinkError::RefusedPeer { peer: name, refusal }) => {
                     if let Some(n) = act.refusals.allow(&format!("refused {name}: {refusal}")) {
@@ -511,6 +513,65 @@ impl Handler<ForceReconnectWorkers> for MasterListener {
                 }
             }
             asked
+        })
+    }
+}
+
+/// Asks every connected worker to have its analysisd reload the ruleset once its files reached
+/// the master's digest, read afresh from disk now (a file written just before the request counts);
+/// the outcome per worker, by name.
+#[derive(Message)]
+#[rtype(result = "Vec<(String, wazuh_cluster_protocol::message::RulesetReloaded)>")]
+pub struct ReloadWorkers;
+
+impl Handler<ReloadWorkers> for MasterListener {
+    type Result = ResponseFuture<Vec<(String, wazuh_cluster_protocol::message::RulesetReloaded)>>;
+
+    fn handle(&mut self, _: ReloadWorkers, _: &mut Context<Self>) -> Self::Result {
+        use wazuh_cluster_protocol::message::{ReloadRuleset, RulesetReloaded};
+        let local = self.services.local_integrity.clone();
+        let dir = self.settings.data_dir.clone();
+        use wazuh_cluster_protocol::WorkerToMaster;
+        let targets: Vec<(String, ConnHandle<MasterSide>, ProtocolVersion)> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| !w.handle.is_closed())
+            .map(|(name, w)| (name.clone(), w.handle.clone(), w.version))
+            .collect();
+        Box::pin(async move {
+            // The digest the workers sync to once the master's integrity job has seen the same.
+            let previous = local.send(crate::jobs::local::GetIntegrity).await.ok().flatten().map(|c| c.manifest);
+            let scanned =
+                actix_rt::task::spawn_blocking(move || crate::manifest::scan(&dir, previous.as_deref()).0.digest())
+                    .await;
+            let Ok(digest) = scanned else {
+                let answer = RulesetReloaded { reloaded: false, message: "the master could not read its files".into() };
+                return targets.into_iter().map(|(name, _, _)| (name, answer.clone())).collect();
+            };
+            let asks = targets.into_iter().map(|(name, handle, version)| {
+                let digest = digest.clone();
+                async move {
+                    if version < ProtocolVersion::new(2, 1) {
+                        let message = format!("this worker speaks protocol {version}: it cannot be asked to reload");
+                        return (name, RulesetReloaded { reloaded: false, message });
+                    }
+                    let answer = match handle.call(MasterToWorker::ReloadRuleset(ReloadRuleset { digest })).await {
+                        Ok(WorkerToMaster::RulesetReloaded(r)) => r,
+                        Ok(other) => RulesetReloaded {
+                            reloaded: false,
+                            message: format!(
+                                "unexpected answer {}",
+                                wazuh_cluster_protocol::message::MessageName::name(&other)
+                            ),
+                        },
+                        Err(e) => RulesetReloaded { reloaded: false, message: e.to_string() },
+                    };
+                    (name, answer)
+                }
+            });
+            let mut out = futures_util::future::join_all(asks).await;
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            out
         })
     }
 }

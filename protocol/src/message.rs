@@ -114,6 +114,8 @@ pub enum WorkerToMaster {
     /// A change to agents or groups received by the worker's API, with its caller's credential;
     /// answered with [`MasterToWorker::AdminResult`].
     Admin(AdminForward),
+    /// The outcome of a [`MasterToWorker::ReloadRuleset`] (protocol 2.1).
+    RulesetReloaded(RulesetReloaded),
     /// The worker is closing the connection on purpose.
     Goodbye(Goodbye),
     /// A request of the master's could not be served (the answer to it).
@@ -138,6 +140,9 @@ pub enum MasterToWorker {
     AdminResult(AdminResult),
     /// Asks the worker to send `#!-force_reconnect` to these agents (all when empty).
     ForceReconnect(ForceReconnect),
+    /// Asks the worker to have its analysisd reload the ruleset once its files reached
+    /// `digest` (protocol 2.1); answered with [`WorkerToMaster::RulesetReloaded`].
+    ReloadRuleset(ReloadRuleset),
     /// The master is closing the connection on purpose.
     Goodbye(Goodbye),
     /// A request could not be served.
@@ -260,6 +265,19 @@ pub struct AgentInfoUpdate {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct AgentInfoBatch {
     pub updates: Vec<AgentInfoUpdate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ReloadRuleset {
+    /// The master's manifest digest: the worker reloads once its own files have it.
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RulesetReloaded {
+    pub reloaded: bool,
+    /// analysisd's words, or why no reload was asked for.
+    pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -540,6 +558,7 @@ impl MessageName for WorkerToMaster {
             WorkerToMaster::Enroll(_) => "enroll",
             WorkerToMaster::EnrollResolve(_) => "enroll_resolve",
             WorkerToMaster::Admin(_) => "admin",
+            WorkerToMaster::RulesetReloaded(_) => "ruleset_reloaded",
             WorkerToMaster::Goodbye(_) => "goodbye",
             WorkerToMaster::Error(_) => "error",
         }
@@ -560,6 +579,7 @@ impl MessageName for MasterToWorker {
             MasterToWorker::EnrollResolved(_) => "enroll_resolved",
             MasterToWorker::AdminResult(_) => "admin_result",
             MasterToWorker::ForceReconnect(_) => "force_reconnect",
+            MasterToWorker::ReloadRuleset(_) => "reload_ruleset",
             MasterToWorker::Goodbye(_) => "goodbye",
             MasterToWorker::Error(_) => "error",
         }

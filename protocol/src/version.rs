@@ -27,10 +27,12 @@ impl fmt::Display for ProtocolVersion {
 
 /// The version this build speaks natively.
 ///
-/// 2.0 (this build): workers answer failed requests with an error reply, agent and group changes
-/// fail with a typed [`crate::message::AdminError`], and job reports carry a typed state and
-/// numeric figures. 1.x nodes (unreleased development builds) are refused with a version message.
-pub const CURRENT: ProtocolVersion = ProtocolVersion::new(2, 0);
+/// 2.0: workers answer failed requests with an error reply, agent and group changes fail with a
+/// typed [`crate::message::AdminError`], and job reports carry a typed state and numeric figures.
+/// 2.1 (this build): the master may ask a worker to reload analysisd's ruleset
+/// ([`crate::message::MasterToWorker::ReloadRuleset`]); it never asks a 2.0 worker. 1.x nodes
+/// (unreleased development builds) are refused with a version message.
+pub const CURRENT: ProtocolVersion = ProtocolVersion::new(2, 1);
 /// The oldest version this build still speaks.
 pub const MIN_SUPPORTED: ProtocolVersion = ProtocolVersion::new(2, 0);
 

@@ -213,6 +213,30 @@ impl NodeHandle {
         }
     }
 
+    /// Master: has every node's analysisd reload the ruleset, each worker once its files reached the
+    /// master's digest. The outcome per node (name, reloaded, analysisd's words or why not).
+    pub async fn reload_ruleset_everywhere(&self) -> Result<Vec<(String, bool, String)>, ChangeError> {
+        let NodeHandle::Master { name, listener, ruleset, .. } = self else {
+            return Err(ChangeError::Refused(AdminError::Invalid(
+                "cluster-wide reloads go through the master's API".into(),
+            )));
+        };
+        let workers = listener.send(master::ReloadWorkers).await.map_err(|_| ChangeError::Stopping)?;
+        let own = match ruleset {
+            Some((reloader, _)) => match reloader.send(wazuh_cluster_actors::ruleset::ReloadNow).await {
+                Ok(wazuh_cluster_actors::ruleset::ReloadOutcome::Reloaded(words)) => {
+                    (true, if words.is_empty() { "reloaded".to_string() } else { words })
+                }
+                Ok(wazuh_cluster_actors::ruleset::ReloadOutcome::Failed(why)) => (false, why),
+                Err(_) => (false, "the ruleset reloader stopped".to_string()),
+            },
+            None => (false, "this node has no analysis.control configured".to_string()),
+        };
+        let mut out = vec![(name.clone(), own.0, own.1)];
+        out.extend(workers.into_iter().map(|(n, r)| (n, r.reloaded, r.message)));
+        Ok(out)
+    }
+
     /// Master: issues a join token for `uses` workers, valid `ttl`.
     pub async fn issue_join_token(
         &self,

@@ -237,8 +237,12 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
             info!(node = name.as_str(); "starting worker of cluster {:?} (cipher {})", config.cluster.name, config.cluster.cipher);
             let _ = shared.source.set(KeySource::Worker(replica.clone()));
             let agents = AgentHub::new(shared.clone(), KeySource::Worker(replica.clone())).launch();
-            let services =
-                WorkerServices { replica: replica.clone(), agents: Some(agents.clone()), ruleset: ruleset.clone() };
+            let services = WorkerServices {
+                replica: replica.clone(),
+                agents: Some(agents.clone()),
+                ruleset: ruleset.clone(),
+                tree: Arc::new(tokio::sync::watch::Sender::new(String::new())),
+            };
             let link = WorkerLink::new(settings, master.clone(), services).start();
             (
                 NodeHandle::Worker { name, link: link.clone(), master, started_ms, replica, agents, ruleset },

@@ -167,5 +167,6 @@ pub fn worker_services() -> WorkerServices {
         replica: StoreHandle::spawn("test-replica", replica, Replica::seq).expect("replica thread"),
         agents: None,
         ruleset: None,
+        tree: Arc::new(tokio::sync::watch::Sender::new(String::new())),
     }
 }

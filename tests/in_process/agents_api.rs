@@ -338,7 +338,7 @@ async fn every_endpoint_but_health_needs_the_token_and_lists_never_carry_keys() 
     let key = enroll(cluster.worker(0).enrollment_addr, "guard-agent").await;
     let id = key.split(' ').next().unwrap_or_default().to_string();
     until_every_node_of(&cluster, &key).await;
-    let endpoints: [(&str, String); 17] = [
+    let endpoints: [(&str, String); 18] = [
         ("GET", "/cluster/nodes".into()),
         ("GET", "/cluster/healthcheck".into()),
         ("GET", "/metrics".into()),
@@ -354,6 +354,7 @@ async fn every_endpoint_but_health_needs_the_token_and_lists_never_carry_keys() 
         ("POST", "/groups".into()),
         ("DELETE", "/groups/nope".into()),
         ("POST", "/cluster/join-tokens".into()),
+        ("PUT", "/cluster/analysisd/reload".into()),
         ("POST", "/cluster/nodes/nobody/revoke".into()),
         ("GET", "/no/such/endpoint".into()),
     ];

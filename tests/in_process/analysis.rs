@@ -241,4 +241,43 @@ async fn a_rule_change_makes_each_worker_reload_once_after_its_sync_round_and_fa
     let ok = cluster.worker(0).handle.healthcheck().await;
     let job = ok[0].actors.iter().find(|a| a.name == "RulesetReload").expect("RulesetReload");
     assert_eq!((job.runs, job.failures), (1, 0));
+
+    // A cluster-wide reload right after another change: each worker asks only once its files have
+    // the change; the answer names who reloaded and who did not (and why).
+    let newer = content.replace("level=\"5\"", "level=\"7\"");
+    std::fs::write(&master_rule, &newer).expect("write");
+    let before: Vec<usize> = seen.iter().map(|l| l.lock().map(|v| v.len()).unwrap_or(0)).collect();
+    let base = format!("http://{}", cluster.master().api_addr);
+    let (status, body) = actix_rt::task::spawn_blocking(move || {
+        wazuh_multi_node::client::request(
+            &base,
+            "PUT",
+            "/cluster/analysisd/reload",
+            Some(common::cluster::API_TOKEN),
+            None,
+        )
+    })
+    .await
+    .expect("join")
+    .expect("http");
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let names = |key: &str, field: &dyn Fn(&serde_json::Value) -> String| -> Vec<String> {
+        body["data"][key].as_array().expect("items").iter().map(field).collect()
+    };
+    assert_eq!(
+        names("affected_items", &|i| i["name"].as_str().unwrap_or_default().to_string()),
+        [cluster.worker_name(0)]
+    );
+    let mut failed = names("failed_items", &|i| i["id"][0].as_str().unwrap_or_default().to_string());
+    failed.sort();
+    assert_eq!(failed, [cluster.master_name(), cluster.worker_name(1)], "{body}");
+    assert_eq!(body["error"], 2);
+    for (i, log) in seen.iter().enumerate() {
+        let v = log.lock().expect("log").clone();
+        assert!(v.len() > before[i], "worker {i} was not asked");
+        for (_, on_disk) in &v[before[i]..] {
+            assert_eq!(on_disk, &newer, "worker {i} reloaded before its files had the change");
+        }
+    }
 }

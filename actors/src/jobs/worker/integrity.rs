@@ -50,6 +50,8 @@ pub struct Integrity {
     pub(super) ruleset: Option<Addr<crate::ruleset::RulesetReloader>>,
     /// Ruleset files changed in a round that did not end in sync: reload once it does.
     pub(super) ruleset_pending: bool,
+    /// The digest of this worker's files the last time a round ended in sync with the master.
+    pub(super) tree: Arc<tokio::sync::watch::Sender<String>>,
     pub(super) manifest: Option<Arc<Manifest>>,
     pub(super) schedule: Schedule,
     pub(super) totals: SyncTotals,
@@ -82,6 +84,8 @@ impl Supervised for Integrity {
 #[derive(Debug, Default)]
 struct RoundReport {
     in_sync: bool,
+    /// This worker's manifest digest at the end of the round.
+    digest: String,
     synced: bool,
     diff: Differences,
     written: usize,
@@ -266,6 +270,7 @@ async fn full_round(
     .await
     .map_err(joined)?;
     report.phases.push(("scan", started.elapsed().as_millis() as u64));
+    report.digest = digest.clone();
     let check = IntegrityCheck { manifest_digest: digest, files: local.files.len() as u64 };
     match conn.call(WorkerToMaster::IntegrityCheck(check)).await {
         Ok(MasterToWorker::IntegrityStatus(status)) if status.in_sync => {
@@ -288,6 +293,7 @@ async fn full_round(
     fetch_and_apply(&conn, &data_dir, plan.fetch, plan.delete, max_frame, &mut local, &mut report).await?;
     let (local, digest) = digested(local).await?;
     report.in_sync = sync_round::ended_in_sync(report.errors.len(), &digest, &plan.master_digest);
+    report.digest = digest;
     report.took_ms = started.elapsed().as_millis() as u64;
     report.phases.push(("applied", report.took_ms));
     Ok((Arc::new(local), report))
@@ -310,6 +316,7 @@ async fn delta_round(
     fetch_and_apply(&conn, &data_dir, fetch, delete, max_frame, &mut local, &mut report).await?;
     let (local, digest) = digested(local).await?;
     report.in_sync = sync_round::ended_in_sync(report.errors.len(), &digest, &change.master_digest);
+    report.digest = digest;
     report.took_ms = started.elapsed().as_millis() as u64;
     Ok((Arc::new(local), report))
 }
@@ -387,6 +394,9 @@ impl Integrity {
             info!(node = node.as_str(); "file sync with master {}: {} missing, {} changed, {} extra; {} written, {} deleted, {} bytes in {} ms",
                 self.core.peer, r.diff.missing, r.diff.changed, r.diff.extra, r.written, r.deleted, r.bytes, r.took_ms);
             log::debug!(node = node.as_str(); "file sync phases (ms): {:?}", r.phases);
+        }
+        if r.in_sync {
+            self.tree.send_replace(r.digest.clone());
         }
         // A reload only on a complete tree: after a round that left it as the master's.
         if r.in_sync && self.ruleset_pending {

@@ -23,12 +23,12 @@ use crate::registry::{Replica, StoreHandle};
 use crate::settings::ChannelSettings;
 use crate::supervise::{liveness, JobHealth};
 use actix::prelude::*;
-use log::warn;
+use log::{info, warn};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use wazuh_cluster_protocol::message::{JobKind, MessageName};
-use wazuh_cluster_protocol::{Kind, MasterToWorker};
+use wazuh_cluster_protocol::message::{JobKind, MessageName, RulesetReloaded};
+use wazuh_cluster_protocol::{Kind, MasterToWorker, WorkerToMaster};
 
 /// What a worker lends its connection: the agent replica and (when it serves agents) its agent hub.
 #[derive(Clone)]
@@ -37,6 +37,9 @@ pub struct WorkerServices {
     pub agents: Option<Addr<AgentHub>>,
     /// The node's ruleset reloader and its health, when analysisd's control socket is configured.
     pub ruleset: Option<(Addr<crate::ruleset::RulesetReloader>, JobHealth)>,
+    /// The digest of the worker's files the last time a sync round ended with them as the
+    /// master's (kept across connections).
+    pub tree: Arc<tokio::sync::watch::Sender<String>>,
 }
 
 /// The job actors of the worker's connection.
@@ -48,6 +51,11 @@ pub struct WorkerJobs {
     last_ack_ms: Arc<AtomicU64>,
     node: String,
     peer: String,
+    conn: ConnHandle<WorkerSide>,
+    ruleset: Option<Addr<crate::ruleset::RulesetReloader>>,
+    tree: tokio::sync::watch::Receiver<String>,
+    /// How long a reload request may wait for the files to reach the master's digest.
+    reload_wait: std::time::Duration,
 }
 
 impl WorkerJobs {
@@ -94,12 +102,14 @@ impl WorkerJobs {
         });
         let (c, hub) = (conn.clone(), services.agents.clone());
         let ruleset = services.ruleset.as_ref().map(|(addr, _)| addr.clone());
+        let tree = services.tree.clone();
         let integrity = crate::supervise::start(MAILBOX, Some(alive), move |_| Integrity {
             core: integrity_core,
             conn: c,
             hub,
             ruleset: ruleset.clone(),
             ruleset_pending: false,
+            tree: tree.clone(),
             manifest: None,
             schedule: Schedule::default(),
             totals: Default::default(),
@@ -109,7 +119,7 @@ impl WorkerJobs {
         controls.add("AgentGroupsSend", &agent_groups, groups_health);
         controls.add("Integrity", &integrity, ih);
         let backoff = settings.jobs.restart_backoff();
-        let tasks = vec![actix_rt::spawn(tell_position(services.replica.clone(), conn, backoff))];
+        let tasks = vec![actix_rt::spawn(tell_position(services.replica.clone(), conn.clone(), backoff))];
         Rc::new(WorkerJobs {
             agent_groups,
             integrity,
@@ -118,6 +128,10 @@ impl WorkerJobs {
             last_ack_ms,
             node: settings.node_name.clone(),
             peer,
+            conn,
+            ruleset: services.ruleset.as_ref().map(|(addr, _)| addr.clone()),
+            tree: services.tree.subscribe(),
+            reload_wait: settings.request_timeout * 3 / 4,
         })
     }
 
@@ -130,6 +144,32 @@ impl WorkerJobs {
     /// Sends `fault` to the job named `job`; false if there is none.
     pub fn inject(&self, job: &str, fault: InjectFault) -> bool {
         self.control.inject(job, fault)
+    }
+}
+
+/// Waits (at most `wait`) until the worker's files have the master's `digest`, then has its
+/// analysisd reload the ruleset.
+async fn reload_when_in_sync(
+    ruleset: Option<Addr<crate::ruleset::RulesetReloader>>,
+    tree: &mut tokio::sync::watch::Receiver<String>,
+    digest: &str,
+    wait: std::time::Duration,
+) -> RulesetReloaded {
+    let Some(ruleset) = ruleset else {
+        return RulesetReloaded { reloaded: false, message: "this worker has no analysis.control configured".into() };
+    };
+    if tokio::time::timeout(wait, tree.wait_for(|d| d == digest)).await.is_err() {
+        return RulesetReloaded {
+            reloaded: false,
+            message: format!("its files did not reach the master's digest {digest} within {wait:?}; not reloaded"),
+        };
+    }
+    match ruleset.send(crate::ruleset::ReloadNow).await {
+        Ok(crate::ruleset::ReloadOutcome::Reloaded(words)) => {
+            RulesetReloaded { reloaded: true, message: if words.is_empty() { "reloaded".into() } else { words } }
+        }
+        Ok(crate::ruleset::ReloadOutcome::Failed(why)) => RulesetReloaded { reloaded: false, message: why },
+        Err(_) => RulesetReloaded { reloaded: false, message: "the ruleset reloader stopped".into() },
     }
 }
 
@@ -149,6 +189,18 @@ impl Dispatch<WorkerSide> for WorkerJobs {
                     drop(permit);
                     Ok(())
                 })
+            }
+            (Kind::Request(id), M::ReloadRuleset(r)) => {
+                let (conn, ruleset, mut tree, wait) =
+                    (self.conn.clone(), self.ruleset.clone(), self.tree.clone(), self.reload_wait);
+                let (node, peer) = (self.node.clone(), self.peer.clone());
+                actix_rt::spawn(async move {
+                    let answer = reload_when_in_sync(ruleset, &mut tree, &r.digest, wait).await;
+                    info!(node = node.as_str(); "ruleset reload asked by master {peer}: {}", answer.message);
+                    let _ = conn.respond(id, WorkerToMaster::RulesetReloaded(answer)).await;
+                    drop(permit);
+                });
+                Box::pin(async { Ok(()) })
             }
             (Kind::Notify, M::Error(e)) => {
                 warn!(node = self.node.as_str(); "master {} sent an error that answers nothing: {e}", self.peer);
