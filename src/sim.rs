@@ -286,14 +286,18 @@ async fn agent_conn(
     result
 }
 
-/// One log line of about `size` bytes, as logcollector forwards it (`1:<location>:<line>`).
+/// One log line of about `size` bytes, as logcollector forwards it (`1:<location>:<line>`): sshd
+/// and sudo lines of the kinds Wazuh's default ruleset decodes (failed and accepted logins, invalid
+/// users, sudo commands), in turn.
 pub fn event_text(agent: &str, n: u64, size: usize) -> String {
-    let mut text = format!(
-        "1:/var/log/auth.log:Nov 30 12:00:00 {agent} sshd[{}]: Failed password for invalid user admin from 10.0.{}.{} port 22 ssh2 #{n}",
-        1000 + n % 30_000,
-        n % 250,
-        (n / 250) % 250
-    );
+    let pid = 1000 + n % 30_000;
+    let (a, b) = (n % 250, (n / 250) % 250);
+    let mut text = match n % 4 {
+        0 => format!("1:/var/log/auth.log:Nov 30 12:00:00 {agent} sshd[{pid}]: Failed password for invalid user admin from 10.0.{a}.{b} port 22 ssh2 #{n}"),
+        1 => format!("1:/var/log/auth.log:Nov 30 12:00:00 {agent} sshd[{pid}]: Accepted publickey for deploy from 10.0.{a}.{b} port 52{a:03} ssh2: RSA SHA256:q7X{n}"),
+        2 => format!("1:/var/log/auth.log:Nov 30 12:00:00 {agent} sudo:   deploy : TTY=pts/0 ; PWD=/home/deploy ; USER=root ; COMMAND=/usr/bin/systemctl restart nginx #{n}"),
+        _ => format!("1:/var/log/auth.log:Nov 30 12:00:00 {agent} sshd[{pid}]: Invalid user oracle from 10.0.{a}.{b} port 4{b:04} #{n}"),
+    };
     while text.len() < size {
         text.push_str(" padding");
     }

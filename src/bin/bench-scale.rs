@@ -77,6 +77,45 @@ struct Args {
     /// Keep the data directory (and the logs) instead of removing it.
     #[arg(long)]
     keep: bool,
+    /// Workers hand events to a stand-in for wazuh-analysisd's queue (a Unix datagram socket per
+    /// worker, read by this process) instead of writing the JSON archive; the event figures are then
+    /// datagrams delivered, dropped and received.
+    #[arg(long)]
+    analysis: bool,
+    /// With --analysis: each stand-in reads at most this many datagrams per second (0: as fast as
+    /// it can), to show what a slow analysisd does to a worker (drops counted, memory bounded).
+    #[arg(long, default_value_t = 0)]
+    analysis_read_per_s: u64,
+}
+
+/// Datagrams and bytes the analysisd stand-ins received.
+#[derive(Default)]
+struct Sink {
+    datagrams: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+/// Binds a stand-in for analysisd's queue at `path` and reads it on a thread of its own.
+fn analysis_sink(path: &Path, read_per_s: u64, sink: std::sync::Arc<Sink>) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let sock = std::os::unix::net::UnixDatagram::bind(path)?;
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 70_000];
+        let started = Instant::now();
+        let mut n = 0u64;
+        while let Ok(k) = sock.recv(&mut buf) {
+            n += 1;
+            sink.datagrams.fetch_add(1, Relaxed);
+            sink.bytes.fetch_add(k as u64, Relaxed);
+            if read_per_s > 0 {
+                let due = Duration::from_secs_f64(n as f64 / read_per_s as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Ports below 32768, each checked free when taken.
@@ -141,6 +180,11 @@ fn start_node(
         // A lab on loopback: workers join on the cluster key alone.
         "cluster.admission=open".to_string(),
     ];
+    let mut sets = sets.to_vec();
+    if args.analysis && !master {
+        sets.push(format!("analysis.queue={}", dir.join(format!("{name}-queue.sock")).display()));
+        sets.push("agents.archive=false".to_string());
+    }
     let mut cmd = Command::new(bin.join("wazuh-cluster"));
     cmd.arg("run").arg("--config").arg(&config);
     for s in &sets {
@@ -246,10 +290,15 @@ fn hub_figure(node: &Node, figure: &str) -> Option<u64> {
         .as_u64()
 }
 
-/// Events archived so far by each of `nodes`.
+/// Events archived so far by each of `nodes` (or, with `--analysis`, delivered to analysisd).
 fn events_archived(nodes: &[Node]) -> Vec<u64> {
-    nodes.iter().map(|n| hub_figure(n, "events_archived").unwrap_or(0)).collect()
+    let figure =
+        if ANALYSIS.load(std::sync::atomic::Ordering::Relaxed) { "events_analysis" } else { "events_archived" };
+    nodes.iter().map(|n| hub_figure(n, figure).unwrap_or(0)).collect()
 }
+
+/// Whether the run hands events to analysisd stand-ins (`--analysis`).
+static ANALYSIS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The processes of agent-sim: the parent and its parts.
 fn process_tree(pid: u32) -> Vec<u32> {
@@ -360,8 +409,14 @@ fn measure(
         "the master did not start (see {})",
         nodes[0].log.display()
     );
+    ANALYSIS.store(args.analysis, std::sync::atomic::Ordering::Relaxed);
+    let sink = std::sync::Arc::new(Sink::default());
     for i in 1..=args.workers {
-        nodes.push(start_node(args, bin, dir, ports, &format!("worker-{i:02}"), false, cluster_port)?);
+        let name = format!("worker-{i:02}");
+        if args.analysis {
+            analysis_sink(&dir.join(format!("{name}-queue.sock")), args.analysis_read_per_s, sink.clone())?;
+        }
+        nodes.push(start_node(args, bin, dir, ports, &name, false, cluster_port)?);
     }
     let expected = args.workers + 1;
     let listed = wait_until(Duration::from_secs(120), || {
@@ -470,6 +525,9 @@ fn measure(
     let cpu0: Vec<u64> = nodes.iter().map(|n| procstat::cpu_ms(Some(n.pid())).unwrap_or(0)).collect();
     let sim_cpu0 = cpu_of(&sim_pids);
     let archived0 = events_archived(&nodes[1..]);
+    let own_cpu0 = procstat::cpu_ms(None).unwrap_or(0);
+    let sunk0 = sink.datagrams.load(std::sync::atomic::Ordering::Relaxed);
+    let dropped0: u64 = nodes[1..].iter().filter_map(|n| hub_figure(n, "events_analysis_dropped")).sum();
     let stored0 = statuses_stored(&master_api);
     let w0 = Instant::now();
     let mut rss: Vec<Vec<u64>> = vec![Vec::new(); nodes.len()];
@@ -484,6 +542,13 @@ fn measure(
     let window_s = w0.elapsed().as_secs_f64();
     let cpu1: Vec<u64> = nodes.iter().map(|n| procstat::cpu_ms(Some(n.pid())).unwrap_or(0)).collect();
     let archived1 = events_archived(&nodes[1..]);
+    let own_cpu = procstat::cpu_ms(None).unwrap_or(0).saturating_sub(own_cpu0);
+    let sunk = sink.datagrams.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(sunk0);
+    let dropped: u64 = nodes[1..]
+        .iter()
+        .filter_map(|n| hub_figure(n, "events_analysis_dropped"))
+        .sum::<u64>()
+        .saturating_sub(dropped0);
     let stored = statuses_stored(&master_api).saturating_sub(stored0);
     let sim_cpu = cpu_of(&sim_pids).saturating_sub(sim_cpu0);
     let pct = |ms: u64| round1(ms as f64 / 10.0 / window_s);
@@ -524,6 +589,16 @@ fn measure(
             "archived_per_s_per_worker_max": round1(per_worker.iter().copied().fold(0.0, f64::max)),
             "worker_cpu_ms_per_1000": if total > 0.0 { (worker_cpu_ms as f64 / (total * window_s / 1000.0) * 100.0).round() / 100.0 } else { 0.0 },
         });
+        if args.analysis {
+            // "archived" above counts datagrams the workers wrote to analysisd's queue.
+            events["to_analysisd"] = serde_json::json!({
+                "delivered_per_s": round1(total),
+                "received_by_stand_in_per_s": round1(sunk as f64 / window_s),
+                "dropped_per_s": round1(dropped as f64 / window_s),
+                "stand_in_read_limit_per_s": args.analysis_read_per_s,
+                "stand_in_cpu_pct": pct(own_cpu),
+            });
+        }
         say(&format!("events: {events}"));
     }
 
@@ -628,15 +703,19 @@ fn measure(
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(120) {
             archived = events_archived(live).iter().sum::<u64>();
-            if archived >= sent {
+            let dropped: u64 = live.iter().filter_map(|n| hub_figure(n, "events_analysis_dropped")).sum();
+            if archived + dropped >= sent {
                 break;
             }
             std::thread::sleep(Duration::from_millis(200));
         }
         let waits: u64 = live.iter().filter_map(|n| hub_figure(n, "archive_waits")).sum();
+        let dropped: u64 = live.iter().filter_map(|n| hub_figure(n, "events_analysis_dropped")).sum();
         events["sent"] = sent.into();
         events["archived"] = archived.into();
-        events["lost"] = sent.saturating_sub(archived).into();
+        // With --analysis: what a slow analysisd made the workers drop (counted, never waited for).
+        events["dropped_for_analysisd"] = dropped.into();
+        events["lost"] = sent.saturating_sub(archived + dropped).into();
         events["archive_waits"] = waits.into();
         say(&format!("events: {events}"));
     }

@@ -233,3 +233,14 @@ pub fn wait_listed(api: u16, names: &[&str], nodes: &[&Node]) -> Duration {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A fresh cluster key in `dir` and a master process started from deploy/ on a free port, listening:
+/// the key file, the port, the master's settings and the master.
+pub fn started_master(dir: &Path) -> (PathBuf, u16, Vec<String>, Node) {
+    let key = write_key(dir, "cluster.key");
+    let port = free_port();
+    let master_sets = local(dir, "master", &key, port);
+    let master = Node::start("master.toml", &master_sets);
+    master.wait_for(&["master listening"]);
+    (key, port, master_sets, master)
+}

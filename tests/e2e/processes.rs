@@ -314,11 +314,7 @@ fn wait_trees_equal(master: &Path, workers: &[&Path], what: &str) -> Duration {
 #[test]
 fn three_processes_keep_rules_byte_identical_on_every_worker() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let key = write_key(dir.path(), "cluster.key");
-    let port = free_port();
-    let master_sets = local(dir.path(), "master", &key, port);
-    let master = Node::start("master.toml", &master_sets);
-    master.wait_for(&["master listening"]);
+    let (key, port, master_sets, master) = started_master(dir.path());
     let mut w1_sets = local(dir.path(), "w1", &key, port);
     w1_sets.push("cluster.intervals.integrity=1s".into());
     let mut w2_sets = local(dir.path(), "w2", &key, port);
@@ -575,4 +571,76 @@ fn master_groups(base: &str) -> Vec<(String, u64)> {
         .iter()
         .map(|g| (g["name"].as_str().unwrap_or("").to_string(), g["count"].as_u64().unwrap_or(0)))
         .collect()
+}
+
+/// agent-sim's events reach a stand-in for analysisd's queue beside a worker process: each one byte
+/// for byte as remoted writes it (`1:[<id>] (<name>) any-><location>:<log>`), and exactly as many as
+/// agent-sim sent.
+#[test]
+fn agent_sim_events_reach_analysisd_byte_for_byte_through_a_worker_process() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, port, master_sets, master) = started_master(dir.path());
+    let queue_path = dir.path().join("analysisd-queue.sock");
+    let queue = std::os::unix::net::UnixDatagram::bind(&queue_path).expect("bind the stand-in");
+    let mut w_sets = local(dir.path(), "w1", &key, port);
+    w_sets.push(format!("analysis.queue={}", queue_path.display()));
+    let w1 = Node::start("worker-1.toml", &w_sets);
+    wait_listed(api_port(&master_sets), &["master-1", "worker-1"], &[&master, &w1]);
+    w1.wait_for(&["events go to analysisd's queue"]);
+    let reader = std::thread::spawn(move || {
+        queue.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        let mut buf = vec![0u8; 70_000];
+        let mut got = Vec::new();
+        while let Ok(n) = queue.recv(&mut buf) {
+            got.push(buf[..n].to_vec());
+        }
+        got
+    });
+    let keys = dir.path().join("sim.keys");
+    let out = Command::new(SIM)
+        .args(["--enroll", &setting(&w_sets, "enrollment.bind"), "--connect", &setting(&w_sets, "agents.bind")])
+        .args([
+            "--agents",
+            "20",
+            "--events-per-s",
+            "5",
+            "--event-size",
+            "256",
+            "--duration",
+            "3",
+            "--json",
+            "--keys-out",
+        ])
+        .arg(&keys)
+        .output()
+        .expect("agent-sim");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let sent: u64 = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v["events_sent"].as_u64())
+        .unwrap_or_else(|| panic!("no events_sent in {stdout}"));
+    let got = reader.join().expect("reader");
+    assert!(sent > 0);
+    assert_eq!(got.len() as u64, sent, "every event sent reached analysisd's queue, once");
+    let names: std::collections::HashMap<String, String> = std::fs::read_to_string(&keys)
+        .expect("keys")
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            Some((f.next()?.to_string(), f.next()?.to_string()))
+        })
+        .collect();
+    for d in &got {
+        let text = String::from_utf8(d.clone()).expect("UTF-8");
+        let (id, rest) = text.strip_prefix("1:[").and_then(|t| t.split_once("] (")).unwrap_or_else(|| panic!("{text}"));
+        let name = &names[id];
+        let head = format!("1:[{id}] ({name}) any->");
+        let log = text.strip_prefix(&head).unwrap_or_else(|| panic!("{text} does not start with {head} ({rest})"));
+        // agent-sim's 256-byte event, `1:` taken off: the location and the line, as sent.
+        assert_eq!(log.len(), 254, "{text}");
+        assert!(log.starts_with(&format!("/var/log/auth.log:Nov 30 12:00:00 {name} ")), "{text}");
+    }
+    drop((w1, master));
 }

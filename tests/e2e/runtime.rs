@@ -221,11 +221,7 @@ fn count_since(node: &Node, from: usize, needles: &[&str]) -> usize {
 fn a_full_disk_makes_no_job_fail_faster_than_its_back_off_allows_and_nothing_is_lost() {
     let unshare = private_mounts();
     let dir = tempfile::tempdir().expect("tempdir");
-    let key = write_key(dir.path(), "cluster.key");
-    let port = free_port();
-    let master_sets = local(dir.path(), "master", &key, port);
-    let master = Node::start("master.toml", &master_sets);
-    master.wait_for(&["master listening"]);
+    let (key, port, master_sets, master) = started_master(dir.path());
     // The worker's data dir is a 16 MiB tmpfs in a mount namespace of its own (gone with it).
     let wdir = dir.path().join("w1");
     std::fs::create_dir_all(&wdir).expect("mkdir");
