@@ -182,7 +182,7 @@ async fn a_rule_change_makes_each_worker_reload_once_after_its_sync_round_and_fa
     let cluster = TestCluster::start_with(
         "reload",
         2,
-        &[("analysis.control", "queue/sockets/analysis".into()), ("analysis.reload_debounce", "100ms".into())],
+        &[("analysis.control", "queue/sockets/analysis".into()), ("analysis.reload_debounce", "500ms".into())],
     )
     .await;
     let rule = "etc/rules/local_rules.xml";
@@ -196,6 +196,15 @@ async fn a_rule_change_makes_each_worker_reload_once_after_its_sync_round_and_fa
         actix_rt::spawn(control_stand_in(dir.join("queue/sockets/analysis"), dir.join(rule), answer, log.clone()));
         seen.push(log);
     }
+    // The master's analysisd too: an operator's change there reloads it.
+    let master_dir = cluster.dir.path().join(cluster.master_name());
+    let master_seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    actix_rt::spawn(control_stand_in(
+        master_dir.join("queue/sockets/analysis"),
+        master_dir.join(rule),
+        br#"{"error":0,"message":"ok"}"#,
+        master_seen.clone(),
+    ));
     // The rule changes on the master, in two writes close together (one reload each, still).
     let master_rule = cluster.dir.path().join(cluster.master_name()).join(rule);
     std::fs::create_dir_all(master_rule.parent().expect("dir")).expect("dir");
@@ -218,6 +227,9 @@ async fn a_rule_change_makes_each_worker_reload_once_after_its_sync_round_and_fa
         // Sent only once the round had written the new file.
         assert_eq!(on_disk, content, "worker {i} asked before its tree was complete");
     }
+    let on_master = master_seen.lock().expect("log").clone();
+    assert_eq!(on_master.len(), 1, "the master asked {} times", on_master.len());
+    assert_eq!(on_master[0].1, content);
     // The refused reload shows in health: on the worker and, through its keep-alives, on the master.
     let failing = cluster.worker_name(1);
     wait_for_log(&failing, &["ruleset reload failed", "rule 100200 is duplicated"], WAIT).await;
@@ -265,13 +277,15 @@ async fn a_rule_change_makes_each_worker_reload_once_after_its_sync_round_and_fa
     let names = |key: &str, field: &dyn Fn(&serde_json::Value) -> String| -> Vec<String> {
         body["data"][key].as_array().expect("items").iter().map(field).collect()
     };
-    assert_eq!(
-        names("affected_items", &|i| i["name"].as_str().unwrap_or_default().to_string()),
-        [cluster.worker_name(0)]
+    let mut affected = names("affected_items", &|i| i["name"].as_str().unwrap_or_default().to_string());
+    affected.sort();
+    assert_eq!(affected, [cluster.master_name(), cluster.worker_name(0)], "{body}");
+    let failed = names("failed_items", &|i| i["id"][0].as_str().unwrap_or_default().to_string());
+    assert_eq!(failed, [cluster.worker_name(1)], "{body}");
+    assert!(
+        body["data"]["failed_items"][0]["error"]["message"].as_str().unwrap_or("").contains("duplicated"),
+        "{body}"
     );
-    let mut failed = names("failed_items", &|i| i["id"][0].as_str().unwrap_or_default().to_string());
-    failed.sort();
-    assert_eq!(failed, [cluster.master_name(), cluster.worker_name(1)], "{body}");
     assert_eq!(body["error"], 2);
     for (i, log) in seen.iter().enumerate() {
         let v = log.lock().expect("log").clone();
