@@ -20,16 +20,22 @@
 //! - `POST /cluster/join-tokens[?ttl=SECONDS&uses=N]` (master): a join token for new workers;
 //!   `POST /cluster/nodes/{name}/revoke` (master): a worker's identity is revoked.
 //!
-//! Every endpoint but `/health` (and `/metrics` with `api.metrics_public`) needs
-//! `Authorization: Bearer <api.token>`, and answers 401 without it. A request whose `Host` is not
+//! - `POST /security/user/authenticate[?raw=true]` with HTTP Basic: a token for an `api.users`
+//!   user (Wazuh's envelope, or the bare token).
+//!
+//! Every endpoint but `/health`, the authentication (and `/metrics` with `api.metrics_public`) needs
+//! `Authorization: Bearer <token>` (a user's token, or the static `api.token`), and answers 401
+//! without it; a `readonly` user gets 403 on anything but `GET`. A request whose `Host` is not
 //! an IP literal, `localhost` or one of `api.allowed_hosts` is refused (421) before anything else:
 //! a web page cannot reach the API through a name it controls (DNS rebinding). No CORS header is
 //! ever sent, so browsers keep other origins' scripts from reading answers.
 
+use crate::auth::ApiRole;
 use crate::node::handle::{ChangeError, NodeHandle};
 use actix_web::dev::ServerHandle;
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpResponse, HttpServer};
+use base64ct::Encoding;
 use serde::Serialize;
 use wazuh_cluster_actors::registry::query::{parse_sort, AgentQuery};
 use wazuh_cluster_protocol::message::{AdminError, AdminRequest};
@@ -150,20 +156,45 @@ fn bearer(req: &actix_web::HttpRequest) -> &str {
         .unwrap_or("")
 }
 
-/// Every endpoint but the open ones needs `Authorization: Bearer <api.token>`; `Some(refusal)`
-/// when this request may not.
-fn refuse_unauthorized(req: &actix_web::HttpRequest, token: &Token) -> Option<HttpResponse> {
-    let Some(expected) = &token.0 else {
-        return Some(unauthorized("this node's API has no api.token configured: only /health is served"));
-    };
-    let given = bearer(req);
-    // Length first, then every byte: no early exit on the first difference.
-    let same = given.len() == expected.len()
-        && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-    if same {
-        None
-    } else {
-        Some(unauthorized("missing or wrong API token (Authorization: Bearer <api.token>)"))
+/// Changes need an administrator: `Some(refusal)` when this request's caller (as the guard found
+/// it) is not one.
+fn refuse_unauthorized(req: &actix_web::HttpRequest, _token: &Token) -> Option<HttpResponse> {
+    use actix_web::HttpMessage;
+    match req.extensions().get::<ApiRole>() {
+        Some(ApiRole::Administrator) => None,
+        Some(ApiRole::Readonly) => Some(forbidden()),
+        None => Some(unauthorized("missing or invalid credentials")),
+    }
+}
+
+fn forbidden() -> HttpResponse {
+    HttpResponse::Forbidden().json(error_body(403, "Permission denied: this user's role may only read"))
+}
+
+impl Access {
+    /// The role of the request's bearer credential: the static `api.token` (an administrator's) or
+    /// a token this cluster signed.
+    fn role_of(&self, given: &str) -> Option<ApiRole> {
+        if given.is_empty() {
+            return None;
+        }
+        if let Some(expected) = &self.token {
+            // Length first, then every byte: no early exit on the first difference.
+            if given.len() == expected.len()
+                && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+            {
+                return Some(ApiRole::Administrator);
+            }
+        }
+        self.tokens.check(given, crate::auth::now_s()).map(|c| c.role)
+    }
+
+    /// Whether a credential a worker forwarded with a change is an administrator's.
+    pub fn admin_check(&self) -> wazuh_cluster_actors::settings::AdminCheck {
+        let me = self.clone();
+        wazuh_cluster_actors::settings::AdminCheck(std::sync::Arc::new(move |c: &str| {
+            me.role_of(c) == Some(ApiRole::Administrator)
+        }))
     }
 }
 
@@ -177,6 +208,9 @@ fn unauthorized(message: &str) -> HttpResponse {
 #[derive(Clone)]
 pub struct Access {
     pub token: Option<String>,
+    /// Signs and checks the users' tokens.
+    pub tokens: crate::auth::Tokens,
+    pub users: std::sync::Arc<Vec<crate::auth::ApiUser>>,
     /// Names accepted in `Host` besides IP literals and `localhost` (lowercase).
     pub allowed_hosts: Vec<String>,
     pub metrics_public: bool,
@@ -221,11 +255,20 @@ async fn guard(
         }
     }
     let path = req.path();
-    let open = path == "/health" || (path == "/metrics" && access.metrics_public);
+    let open = path == "/health"
+        || (path == "/metrics" && access.metrics_public)
+        || (path == AUTHENTICATE && req.method() == actix_web::http::Method::POST);
     if !open {
-        if let Some(refusal) = refuse_unauthorized(req.request(), &Token(access.token.clone())) {
-            return Ok(req.into_response(refusal));
+        let Some(role) = access.role_of(bearer(req.request())) else {
+            return Ok(
+                req.into_response(unauthorized("missing or invalid credentials (Authorization: Bearer <token>)"))
+            );
+        };
+        if role == ApiRole::Readonly && req.method() != actix_web::http::Method::GET {
+            return Ok(req.into_response(forbidden()));
         }
+        use actix_web::HttpMessage;
+        req.extensions_mut().insert(role);
     }
     Ok(next.call(req).await?.map_into_boxed_body())
 }
@@ -381,6 +424,55 @@ async fn metrics(node: web::Data<NodeHandle>) -> HttpResponse {
     ))
 }
 
+/// Where users trade their password for a token (Wazuh's path).
+const AUTHENTICATE: &str = "/security/user/authenticate";
+
+#[derive(serde::Deserialize)]
+struct AuthenticateQuery {
+    /// `true`: the bare token as text, as Wazuh's API answers.
+    raw: Option<bool>,
+}
+
+/// `POST /security/user/authenticate` with HTTP Basic: a token for the user, valid
+/// `api.token_lifetime`, accepted by every node that shares `api.secret`.
+async fn authenticate(
+    access: web::Data<Access>,
+    req: actix_web::HttpRequest,
+    query: web::Query<AuthenticateQuery>,
+) -> HttpResponse {
+    let basic = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64ct::Base64::decode_vec(b.trim()).ok())
+        .and_then(|raw| String::from_utf8(raw).ok());
+    let Some((user, password)) = basic.as_deref().and_then(|b| b.split_once(':')) else {
+        return HttpResponse::Unauthorized()
+            .insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Basic realm=\"wazuh\""))
+            .json(error_body(401, "Invalid credentials: HTTP Basic authentication is required"));
+    };
+    let (users, user_name, password) = (access.users.clone(), user.to_string(), password.to_string());
+    // Argon2 takes tens of milliseconds: off the API's thread.
+    let role = actix_web::rt::task::spawn_blocking(move || crate::auth::check_password(&users, &user_name, &password))
+        .await
+        .ok()
+        .flatten();
+    let Some(role) = role else {
+        let shown = wazuh_cluster_protocol::agent::enrollment::printable(user).into_owned();
+        log::warn!(
+            "API: failed authentication for user {shown:?} from {}",
+            req.peer_addr().map(|a| a.to_string()).unwrap_or_default()
+        );
+        return HttpResponse::Unauthorized().json(error_body(401, "Invalid credentials"));
+    };
+    let token = access.tokens.issue(user, role, crate::auth::now_s());
+    if query.raw.unwrap_or(false) {
+        return HttpResponse::Ok().content_type("text/plain").body(token);
+    }
+    HttpResponse::Ok().json(serde_json::json!({ "data": { "token": token }, "error": 0 }))
+}
+
 #[derive(serde::Deserialize)]
 struct JoinTokenQuery {
     /// Seconds the token is valid (60 s .. 30 days; default 1 h).
@@ -498,6 +590,7 @@ pub fn start(
             .app_data(token.clone())
             .app_data(access.clone())
             .wrap(actix_web::middleware::from_fn(guard))
+            .route(AUTHENTICATE, web::post().to(authenticate))
             .route("/cluster/join-tokens", web::post().to(join_token))
             .route("/cluster/analysisd/reload", web::put().to(reload_analysisd))
             .route("/cluster/nodes/{name}/revoke", web::post().to(revoke))

@@ -83,6 +83,24 @@ pub fn request(
     Ok((status, body))
 }
 
+/// `POST /security/user/authenticate` as `user`: the token, or an error naming the API's answer.
+pub fn authenticate(base: &str, user: &str, password: &str) -> anyhow::Result<String> {
+    use base64ct::Encoding;
+    let url = format!("{}/security/user/authenticate?raw=true", base_url(base)?);
+    let basic = base64ct::Base64::encode_string(format!("{user}:{password}").as_bytes());
+    let mut response = agent()
+        .post(&url)
+        .header("Authorization", &format!("Basic {basic}"))
+        .send_empty()
+        .with_context(|| format!("cannot reach the API at {base}"))?;
+    let status = response.status().as_u16();
+    let body = response.body_mut().with_config().limit(64 * 1024).read_to_string().unwrap_or_default();
+    if status != 200 {
+        bail!("the API at {base} refused user {user:?} ({status}): {}", body.trim());
+    }
+    Ok(body.trim().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

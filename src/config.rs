@@ -59,7 +59,13 @@
 //!
 //! [api]
 //! bind = "127.0.0.1:55000"
-//! token = ""                 # required by every endpoint but /health (Authorization: Bearer ...)
+//! token = ""                 # a static administrator credential (Authorization: Bearer ...)
+//! secret = ""                # signs the users' tokens; the same on every node (>= 32 characters)
+//! token_lifetime = "900s"
+//! # [[api.users]]            # POST /security/user/authenticate with HTTP Basic -> a token
+//! # name = "wazuh"
+//! # password_hash = "$argon2id$..."   # wazuh-cluster hash-password
+//! # role = "administrator"   # or readonly
 //! allowed_hosts = ""         # host names accepted in `Host:` besides IP literals and localhost
 //! metrics_public = false     # true: /metrics without credentials
 //! max_connections = 256      # connections served at once
@@ -118,6 +124,9 @@ struct RawConfig {
 struct RawApi {
     bind: Option<String>,
     token: Option<String>,
+    secret: Option<String>,
+    token_lifetime: Option<String>,
+    users: Option<Vec<RawUser>>,
     allowed_hosts: Option<String>,
     metrics_public: Option<bool>,
     max_connections: Option<usize>,
@@ -188,6 +197,14 @@ struct RawAgents {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+struct RawUser {
+    name: Option<String>,
+    password_hash: Option<String>,
+    role: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 struct RawAnalysis {
     queue: Option<String>,
     control: Option<String>,
@@ -243,6 +260,13 @@ pub struct ApiConfig {
     pub allowed_hosts: Vec<String>,
     /// `/metrics` without credentials (for a scraper on a trusted network).
     pub metrics_public: bool,
+    /// Signs the tokens `POST /security/user/authenticate` issues; the same on every node so that
+    /// each accepts the others' tokens. `None`: a per-node secret in `var/api.secret`.
+    #[serde(serialize_with = "ser_secret")]
+    pub secret: Option<String>,
+    #[serde(serialize_with = "ser_duration")]
+    pub token_lifetime: Duration,
+    pub users: Vec<crate::auth::ApiUser>,
     /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
 }
@@ -643,12 +667,47 @@ fn validate(raw: RawConfig, file: Option<&Path>) -> Result<Config, ConfigError> 
     if !(1..=25_000).contains(&max_connections) {
         return Err(invalid("api.max_connections", "between 1 and 25000"));
     }
+    let secret = non_empty(api.secret);
+    if secret.as_ref().is_some_and(|t| t.len() < 32) {
+        return Err(invalid("api.secret", "at least 32 characters (the same on every node)"));
+    }
+    let mut users = Vec::new();
+    for (i, u) in api.users.unwrap_or_default().into_iter().enumerate() {
+        let field = format!("api.users[{i}]");
+        let name = non_empty(u.name).ok_or_else(|| invalid(&field, "a user needs a name"))?;
+        if name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return Err(invalid(&field, format!("{name:?}: at most 64 of A-Z a-z 0-9 . _ -")));
+        }
+        if users.iter().any(|x: &crate::auth::ApiUser| x.name == name) {
+            return Err(invalid(&field, format!("user {name:?} is listed twice")));
+        }
+        let password_hash = non_empty(u.password_hash).unwrap_or_default();
+        if !crate::auth::valid_hash(&password_hash) {
+            return Err(invalid(
+                &field,
+                "password_hash must be an Argon2 PHC string (make one with `wazuh-cluster hash-password`)",
+            ));
+        }
+        let role_text = non_empty(u.role).unwrap_or_else(|| "readonly".into());
+        let role = crate::auth::ApiRole::parse(&role_text)
+            .ok_or_else(|| invalid(&field, format!("role {role_text:?}: administrator or readonly")))?;
+        users.push(crate::auth::ApiUser { name, password_hash, role });
+    }
     let api = ApiConfig {
         bind: parse_addr("api.bind", api.bind, "127.0.0.1:55000")?,
         token: api_token,
         allowed_hosts,
         metrics_public: api.metrics_public.unwrap_or(false),
         max_connections,
+        secret,
+        token_lifetime: duration_field(
+            "api.token_lifetime",
+            api.token_lifetime,
+            "900s",
+            Duration::from_secs(30),
+            Duration::from_secs(86_400),
+        )?,
+        users,
     };
     let format = match non_empty(log.format).as_deref() {
         None | Some("text") => LogFormat::Text,

@@ -35,6 +35,30 @@ fn node_config(
     Ok(Config::load(&Sources { file: None, env: Vec::new(), overrides })?)
 }
 
+/// The demo's API user (an administrator) and the secret every node signs tokens with.
+struct DemoUser {
+    password: String,
+    user: crate::auth::ApiUser,
+    secret: String,
+}
+
+impl DemoUser {
+    fn new() -> anyhow::Result<Self> {
+        let password = key::generate()?.chars().filter(|c| c.is_ascii_alphanumeric()).take(20).collect::<String>();
+        let user = crate::auth::ApiUser {
+            name: "wazuh".into(),
+            password_hash: crate::auth::hash_password(&password)?,
+            role: crate::auth::ApiRole::Administrator,
+        };
+        Ok(Self { password, user, secret: key::generate()? })
+    }
+
+    fn apply(&self, cfg: &mut Config) {
+        cfg.api.users = vec![self.user.clone()];
+        cfg.api.secret = Some(self.secret.clone());
+    }
+}
+
 pub fn run(workers: usize, api_port: u16) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("wazuh-cluster-demo-")
@@ -44,8 +68,10 @@ pub fn run(workers: usize, api_port: u16) -> anyhow::Result<()> {
     // Changes through the API need a token; the demo makes one and prints it.
     let token = key::generate()?;
     let data_dir = dir.path().to_path_buf();
+    let demo_user = DemoUser::new()?;
     let mut master_cfg =
         node_config(&data_dir, "master", "master", &key, &token, &[("api.bind", format!("127.0.0.1:{api_port}"))])?;
+    demo_user.apply(&mut master_cfg);
     let psk = node::derive_psk(&master_cfg)?;
     let started = Instant::now();
     actix_rt::System::new().block_on(async move {
@@ -72,7 +98,7 @@ pub fn run(workers: usize, api_port: u16) -> anyhow::Result<()> {
             .reveal();
         let mut nodes: Vec<RunningNode> = Vec::new();
         for i in 1..=workers {
-            let cfg = node_config(
+            let mut cfg = node_config(
                 &data_dir,
                 &format!("worker-{i}"),
                 "worker",
@@ -80,6 +106,7 @@ pub fn run(workers: usize, api_port: u16) -> anyhow::Result<()> {
                 &token,
                 &[("cluster.master", cluster_addr.to_string()), ("cluster.join_token", join.clone())],
             )?;
+            demo_user.apply(&mut cfg);
             nodes.push(node::start(&cfg, psk.clone()).await?);
         }
         // Wait (up to 10 s) until every worker is listed, then show the table as the API serves it.
@@ -100,7 +127,11 @@ pub fn run(workers: usize, api_port: u16) -> anyhow::Result<()> {
         }
         println!("\ndemo cluster up in {} ms (data dir {})", started.elapsed().as_millis(), data_dir.display());
         print!("{}", crate::report::nodes_table(&body));
-        println!("\nAPI token (every call but /health needs it): export WMN_API_TOKEN={token}");
+        println!(
+            "\nAPI user: wazuh / {}   (curl -u wazuh:{} -X POST {api}/security/user/authenticate)",
+            demo_user.password, demo_user.password
+        );
+        println!("API token (every call but /health needs one): export WMN_API_TOKEN={token}");
         println!("master API: {api}   try: wazuh-cluster nodes --api {api}   |   wazuh-cluster health --api {api}");
         println!(
             "enrollment: master {}{}",

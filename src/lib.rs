@@ -8,6 +8,7 @@
 //! `wazuh-cluster-actors`.
 
 pub mod api;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod demo;

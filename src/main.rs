@@ -56,6 +56,9 @@ enum Command {
     },
     /// Print a new random cluster key (256 bits).
     Keygen,
+    /// Print an Argon2id hash of a password for api.users (the password from WMN_PASSWORD, or the
+    /// first line of standard input).
+    HashPassword,
     /// Start a master and workers on loopback with a temporary data dir, until Ctrl-C.
     Demo {
         /// How many workers.
@@ -173,9 +176,73 @@ struct ApiArgs {
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
-    /// The API token (api.token of the node); every call but /health needs it.
+    /// The API token (a user's token, or api.token of the node); every call but /health needs one.
     #[arg(long, env = "WMN_API_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// Sign in as this API user instead (password from WMN_API_PASSWORD, or asked for); the token
+    /// is kept in a 0600 file under ~/.cache/wazuh-cluster until it expires.
+    #[arg(long, env = "WMN_API_USER", global = true)]
+    user: Option<String>,
+}
+
+/// The bearer credential for `args`: `--token`, or a token for `--user` (cached, or signed in now).
+fn cred(args: &ApiArgs) -> anyhow::Result<Option<String>> {
+    if args.token.is_some() {
+        return Ok(args.token.clone());
+    }
+    let Some(user) = &args.user else { return Ok(None) };
+    let cache = token_cache(&args.api, user);
+    if let Some(token) = cache.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
+        if token_valid_for_a_while(token.trim()) {
+            return Ok(Some(token.trim().to_string()));
+        }
+    }
+    let password = match std::env::var("WMN_API_PASSWORD") {
+        Ok(p) => p,
+        Err(_) => {
+            eprint!("password for {user} at {}: ", args.api);
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            line.trim_end_matches(['\n', '\r']).to_string()
+        }
+    };
+    let token = client::authenticate(&args.api, user, &password)?;
+    if let Some(path) = cache {
+        // Best effort: without a cache the next command signs in again.
+        let _ = write_private(&path, &token);
+    }
+    Ok(Some(token))
+}
+
+/// `~/.cache/wazuh-cluster/token-<api>-<user>` (a name safe for the file system).
+fn token_cache(api: &str, user: &str) -> Option<std::path::PathBuf> {
+    let home = std::env::var_os("HOME")?;
+    let safe: String =
+        format!("{api}-{user}").chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    Some(std::path::PathBuf::from(home).join(".cache/wazuh-cluster").join(format!("token-{safe}")))
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+/// Whether a cached token has more than a minute left (read from its `exp`, not checked: the API
+/// checks it).
+fn token_valid_for_a_while(token: &str) -> bool {
+    use base64ct::Encoding;
+    let exp = token
+        .split('.')
+        .nth(1)
+        .and_then(|p| base64ct::Base64UrlUnpadded::decode_vec(p).ok())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["exp"].as_u64());
+    exp.is_some_and(|e| e > wazuh_multi_node::auth::now_s() + 60)
 }
 
 fn main() -> ExitCode {
@@ -195,6 +262,19 @@ fn one_line(err: &anyhow::Error) -> String {
 
 fn execute(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::HashPassword => {
+            let password = match std::env::var("WMN_PASSWORD") {
+                Ok(p) => p,
+                Err(_) => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line.trim_end_matches(['\n', '\r']).to_string()
+                }
+            };
+            anyhow::ensure!(password.len() >= 8, "a password needs at least 8 characters");
+            println!("{}", wazuh_multi_node::auth::hash_password(&password)?);
+            Ok(())
+        }
         Command::Keygen => {
             println!("{}", wazuh_cluster_protocol::key::generate()?);
             Ok(())
@@ -260,7 +340,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 &api.api,
                 "POST",
                 &format!("/cluster/join-tokens?ttl={ttl}&uses={uses}"),
-                api.token.as_deref(),
+                cred(&api)?.as_deref(),
                 None,
             )?;
             let value = answer(&api, status, "/cluster/join-tokens", &body)?;
@@ -278,7 +358,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
         }
         Command::Ruleset { action: RulesetAction::Reload, api } => {
             let path = "/cluster/analysisd/reload";
-            let (status, body) = client::request(&api.api, "PUT", path, api.token.as_deref(), None)?;
+            let (status, body) = client::request(&api.api, "PUT", path, cred(&api)?.as_deref(), None)?;
             let value = answer(&api, status, path, &body)?;
             if api.json {
                 println!("{}", body.trim());
@@ -337,8 +417,8 @@ fn execute(command: Command) -> anyhow::Result<()> {
 
 /// A 200 answer's JSON, or an error naming the API, the path and what it said.
 fn answer(args: &ApiArgs, status: u16, path: &str, body: &str) -> anyhow::Result<serde_json::Value> {
-    if status == 401 && args.token.is_none() {
-        anyhow::bail!("the API at {} needs its token: pass --token or set WMN_API_TOKEN", args.api);
+    if status == 401 && args.token.is_none() && args.user.is_none() {
+        anyhow::bail!("the API at {} needs its token: pass --token (or WMN_API_TOKEN) or --user", args.api);
     }
     if status != 200 {
         let detail = serde_json::from_str::<serde_json::Value>(body)
@@ -355,7 +435,7 @@ fn answer(args: &ApiArgs, status: u16, path: &str, body: &str) -> anyhow::Result
 }
 
 fn show(args: &ApiArgs, path: &str, render: fn(&serde_json::Value) -> String) -> anyhow::Result<()> {
-    let (status, body) = client::request(&args.api, "GET", path, args.token.as_deref(), None)?;
+    let (status, body) = client::request(&args.api, "GET", path, cred(args)?.as_deref(), None)?;
     let value = answer(args, status, path, &body)?;
     if args.json {
         println!("{}", body.trim());
@@ -372,7 +452,7 @@ fn show_all_agents(args: &ApiArgs, keys: bool) -> anyhow::Result<()> {
     let mut offset = 0u64;
     loop {
         let path = format!("/agents?offset={offset}&limit={AGENTS_PAGE}");
-        let (status, body) = client::request(&args.api, "GET", &path, args.token.as_deref(), None)?;
+        let (status, body) = client::request(&args.api, "GET", &path, cred(args)?.as_deref(), None)?;
         let value = answer(args, status, &path, &body)?;
         let page = value["data"]["affected_items"].as_array().cloned().unwrap_or_default();
         let total = value["data"]["total_affected_items"].as_u64().unwrap_or(0);
@@ -388,7 +468,7 @@ fn show_all_agents(args: &ApiArgs, keys: bool) -> anyhow::Result<()> {
         for item in &mut items {
             let Some(id) = item["id"].as_str().map(String::from) else { continue };
             let path = format!("/agents/{id}/key");
-            let (status, body) = client::request(&args.api, "GET", &path, args.token.as_deref(), None)?;
+            let (status, body) = client::request(&args.api, "GET", &path, cred(args)?.as_deref(), None)?;
             let value = answer(args, status, &path, &body)?;
             item["key"] = value["data"]["affected_items"][0]["key"].clone();
         }
@@ -403,12 +483,12 @@ fn show_all_agents(args: &ApiArgs, keys: bool) -> anyhow::Result<()> {
 }
 
 fn mutate(args: &ApiArgs, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<()> {
-    let (status, text) = client::request(&args.api, method, path, args.token.as_deref(), body)?;
+    let (status, text) = client::request(&args.api, method, path, cred(args)?.as_deref(), body)?;
     if args.json {
         println!("{}", text.trim());
     }
-    if status == 401 && args.token.is_none() {
-        anyhow::bail!("{method} {path} needs the API token: pass --token or set WMN_API_TOKEN");
+    if status == 401 && args.token.is_none() && args.user.is_none() {
+        anyhow::bail!("{method} {path} needs the API token: pass --token (or WMN_API_TOKEN) or --user");
     }
     if status != 200 {
         let detail = serde_json::from_str::<serde_json::Value>(&text)

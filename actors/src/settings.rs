@@ -35,15 +35,39 @@ pub struct ChannelSettings {
     pub versions: VersionRange,
     /// Bounds of each connection's queues.
     pub budgets: Budgets,
-    /// Master: the API credential a change forwarded by a worker must carry (the node's
-    /// `api.token`); `None`: changes from workers are refused.
-    pub admin_token: Option<String>,
+    /// Master: whether the API credential a change forwarded by a worker carries is an
+    /// administrator's (the node's own API rules); `None`: changes from workers are refused.
+    pub admin: Option<AdminCheck>,
     /// This node's identity key (see [`crate::admission`]).
     pub identity: Arc<NodeIdentity>,
     /// Worker: the join token to present while the master does not know this node yet.
     pub join_token: Option<JoinToken>,
     /// Master: how workers it does not know yet are admitted.
     pub admission: AdmissionMode,
+}
+
+/// Decides whether a credential (a bearer token of the API) is an administrator's.
+#[derive(Clone)]
+pub struct AdminCheck(pub Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for AdminCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminCheck(..)")
+    }
+}
+
+impl AdminCheck {
+    /// Only this one token (compared in constant time).
+    pub fn token(expected: String) -> Self {
+        AdminCheck(Arc::new(move |given: &str| {
+            given.len() == expected.len()
+                && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        }))
+    }
+
+    pub fn allows(&self, credential: &str) -> bool {
+        (self.0)(credential)
+    }
 }
 
 /// How much one connection may hold in memory on each side of its socket. When a bound is
@@ -150,7 +174,7 @@ pub(crate) fn test_settings(name: &str) -> ChannelSettings {
         jobs: JobIntervals::default(),
         versions: VersionRange::ours(),
         budgets: Budgets::for_frame(1 << 20),
-        admin_token: None,
+        admin: None,
         identity: Arc::new(test_identity()),
         join_token: None,
         admission: AdmissionMode::Open,

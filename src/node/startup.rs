@@ -35,7 +35,12 @@ use wazuh_cluster_protocol::{Psk, Role};
 
 /// The channel settings of `config`, with `psk` already derived from its key and the node's
 /// identity loaded.
-pub fn channel_settings(config: &Config, psk: Psk, identity: Arc<NodeIdentity>) -> anyhow::Result<ChannelSettings> {
+pub fn channel_settings(
+    config: &Config,
+    psk: Psk,
+    identity: Arc<NodeIdentity>,
+    admin: Option<wazuh_cluster_actors::settings::AdminCheck>,
+) -> anyhow::Result<ChannelSettings> {
     let c = &config.cluster;
     let i = &c.intervals;
     let admission = c.admission.parse::<AdmissionMode>().map_err(anyhow::Error::msg).context("cluster.admission")?;
@@ -62,10 +67,52 @@ pub fn channel_settings(config: &Config, psk: Psk, identity: Arc<NodeIdentity>) 
         },
         versions: VersionRange::ours(),
         budgets: Budgets::for_frame(c.max_frame),
-        admin_token: config.api.token.clone(),
+        admin,
         identity,
         join_token,
         admission,
+    })
+}
+
+/// Where a node keeps its own API secret when `api.secret` is not set.
+pub const API_SECRET_FILE: &str = "var/api.secret";
+
+/// The API's guard: credentials, users, the token signer (`api.secret`, or a per-node secret made
+/// at first start, whose tokens only this node accepts).
+fn api_access(config: &Config) -> anyhow::Result<crate::api::Access> {
+    let secret = match &config.api.secret {
+        Some(s) => s.as_bytes().to_vec(),
+        None => {
+            let path = config.node.data_dir.join(API_SECRET_FILE);
+            match std::fs::read(&path) {
+                Ok(bytes) if bytes.len() >= 32 => bytes,
+                _ => {
+                    let mut raw = [0u8; 32];
+                    getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("random source failed: {e}"))?;
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                    }
+                    use std::io::Write;
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(&path)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    f.write_all(&raw).with_context(|| format!("cannot write {}", path.display()))?;
+                    raw.to_vec()
+                }
+            }
+        }
+    };
+    Ok(crate::api::Access {
+        token: config.api.token.clone(),
+        tokens: crate::auth::Tokens::new(&secret, config.api.token_lifetime),
+        users: Arc::new(config.api.users.clone()),
+        allowed_hosts: config.api.allowed_hosts.clone(),
+        metrics_public: config.api.metrics_public,
     })
 }
 
@@ -109,7 +156,10 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
     if made {
         info!(node = name.as_str(); "made this node's identity key {} (identity {})", data_dir.join(IDENTITY_FILE).display(), identity.public_key().fingerprint());
     }
-    let settings = Arc::new(channel_settings(config, psk, Arc::new(identity))?);
+    let access = api_access(config)?;
+    // Changes a worker forwards are checked with the same rules as this node's own API.
+    let admin = (config.api.token.is_some() || !config.api.users.is_empty()).then(|| access.admin_check());
+    let settings = Arc::new(channel_settings(config, psk, Arc::new(identity), admin)?);
     let started_ms = wazuh_cluster_actors::clock::now_ms();
     let tls =
         enrollment::tls_config(data_dir, &name, config.enrollment.ca_file.as_deref()).context("enrollment TLS")?;
@@ -262,11 +312,6 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
     info!(node = handle.name(); "enrollment listening on {enrollment_addr} (TLS)");
     tasks.push(actix_rt::spawn(session::serve(agent_tcp, AgentHub::link(handle.hub()), shared)));
     info!(node = handle.name(); "agent connections listening on {agents_addr}");
-    let access = crate::api::Access {
-        token: config.api.token.clone(),
-        allowed_hosts: config.api.allowed_hosts.clone(),
-        metrics_public: config.api.metrics_public,
-    };
     let api = match crate::api::start(api_listener, handle.clone(), access, config.api.max_connections) {
         Ok(api) => api,
         Err(e) => {

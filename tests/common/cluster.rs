@@ -52,8 +52,35 @@ fn config(dir: &std::path::Path, name: &str, role: &str, extra: &[(&str, String)
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     overrides.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
-    Config::load(&Sources { file: None, env: Vec::new(), overrides }).expect("test config")
+    overrides.push(("api.secret".to_string(), "test-cluster-api-secret-0123456789abcdef".to_string()));
+    let mut cfg = Config::load(&Sources { file: None, env: Vec::new(), overrides }).expect("test config");
+    cfg.api.users = test_users().to_vec();
+    cfg
 }
+
+/// Every test node's API users: `admin` (administrator) and `auditor` (readonly), passwords
+/// [`ADMIN_PASSWORD`] and [`AUDITOR_PASSWORD`] (hashed once per test process).
+pub fn test_users() -> &'static [wazuh_multi_node::auth::ApiUser] {
+    use wazuh_multi_node::auth::{hash_password, ApiRole, ApiUser};
+    static USERS: std::sync::OnceLock<Vec<ApiUser>> = std::sync::OnceLock::new();
+    USERS.get_or_init(|| {
+        vec![
+            ApiUser {
+                name: "admin".into(),
+                password_hash: hash_password(ADMIN_PASSWORD).expect("hash"),
+                role: ApiRole::Administrator,
+            },
+            ApiUser {
+                name: "auditor".into(),
+                password_hash: hash_password(AUDITOR_PASSWORD).expect("hash"),
+                role: ApiRole::Readonly,
+            },
+        ]
+    })
+}
+
+pub const ADMIN_PASSWORD: &str = "admin-password-0123";
+pub const AUDITOR_PASSWORD: &str = "auditor-password-0123";
 
 impl TestCluster {
     /// Starts a master named `prefix-master` and `n` workers named `prefix-worker-i`, and waits until

@@ -135,7 +135,7 @@ pub fn settings(name: &str, role: Role, psk_byte: u8) -> ChannelSettings {
         },
         versions: VersionRange::ours(),
         budgets: Budgets::for_frame(1 << 20),
-        admin_token: None,
+        admin: None,
         identity: std::sync::Arc::new(wazuh_cluster_protocol::identity::NodeIdentity::generate().expect("identity").0),
         join_token: None,
         admission: wazuh_cluster_actors::admission::AdmissionMode::Open,

@@ -418,3 +418,122 @@ async fn until_every_node_of(cluster: &TestCluster, key: &str) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Users trade a password for a token (Wazuh's `POST /security/user/authenticate`, HTTP Basic);
+/// every node accepts any node's tokens; a readonly user reads and gets 403 on every change; an
+/// administrator's token carries a change through a worker to the master, which checks it again;
+/// wrong passwords and altered tokens get 401.
+#[actix_rt::test]
+async fn users_get_tokens_that_every_node_accepts_and_readonly_users_only_read() {
+    use common::cluster::{ADMIN_PASSWORD, AUDITOR_PASSWORD};
+    let cluster = TestCluster::start("users", 1).await;
+    let (master_api, worker_api) = (cluster.master().api_addr, cluster.worker(0).api_addr);
+    let login = |addr: std::net::SocketAddr, user: &'static str, password: &'static str| async move {
+        let base = format!("http://{addr}");
+        actix_rt::task::spawn_blocking(move || wazuh_multi_node::client::authenticate(&base, user, password))
+            .await
+            .expect("join")
+    };
+    let admin: &'static str =
+        Box::leak(login(worker_api, "admin", ADMIN_PASSWORD).await.expect("admin").into_boxed_str());
+    let auditor: &'static str =
+        Box::leak(login(master_api, "auditor", AUDITOR_PASSWORD).await.expect("auditor").into_boxed_str());
+    assert_eq!(admin.split('.').count(), 3, "a JWT");
+    assert!(login(master_api, "admin", "wrong-password").await.is_err());
+    assert!(login(master_api, "nobody", ADMIN_PASSWORD).await.is_err());
+    // Wazuh's envelope without ?raw=true.
+    let (status, _) = call(master_api, "POST", "/security/user/authenticate".into(), None, None).await;
+    assert_eq!(status, 401, "no Basic credentials");
+
+    // Both tokens are good on both nodes for reads.
+    for api in [master_api, worker_api] {
+        for token in [admin, auditor] {
+            let (status, body) = call(api, "GET", "/cluster/nodes".into(), Some(token), None).await;
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+    // The readonly user: 403 on every change, on either node.
+    let group = serde_json::json!({ "group_id": "ro-test" }).to_string();
+    for api in [master_api, worker_api] {
+        for (method, path) in [
+            ("POST", "/groups"),
+            ("DELETE", "/agents/001"),
+            ("PUT", "/agents/reconnect"),
+            ("PUT", "/cluster/analysisd/reload"),
+            ("POST", "/cluster/join-tokens"),
+        ] {
+            let (status, body) = call(api, method, path.into(), Some(auditor), Some(group.clone())).await;
+            assert_eq!(status, 403, "{method} {path}: {body}");
+        }
+    }
+    // The administrator's token (issued by the worker) makes a change through the worker: the
+    // master checks the token itself.
+    let (status, body) = call(worker_api, "POST", "/groups".into(), Some(admin), Some(group)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(cluster.dir.path().join(cluster.master_name()).join("etc/shared/ro-test").is_dir());
+    // An altered token: 401.
+    let mut altered = admin.to_string();
+    altered.pop();
+    altered.push(if admin.ends_with('A') { 'B' } else { 'A' });
+    let altered: &'static str = Box::leak(altered.into_boxed_str());
+    let (status, _) = call(master_api, "GET", "/agents".into(), Some(altered), None).await;
+    assert_eq!(status, 401);
+}
+
+/// The CLI signs in with `--user` (password from WMN_API_PASSWORD), keeps the token in a 0600 file
+/// and uses it until it expires; `hash-password` prints what api.users takes.
+#[actix_rt::test]
+async fn the_cli_signs_in_as_a_user_and_keeps_its_token_private() {
+    const BIN: &str = env!("CARGO_BIN_EXE_wazuh-cluster");
+    let cluster = TestCluster::start("cli-user", 1).await;
+    let api = format!("http://{}", cluster.master().api_addr);
+    let home = tempfile::tempdir().expect("home");
+    let home_path = home.path().to_path_buf();
+    let run = move |password: &'static str| {
+        let (api, home) = (api.clone(), home_path.clone());
+        actix_rt::task::spawn_blocking(move || {
+            std::process::Command::new(BIN)
+                .args(["nodes", "--json", "--api", &api, "--user", "admin"])
+                .env("HOME", &home)
+                .env("WMN_API_PASSWORD", password)
+                .env_remove("WMN_API_TOKEN")
+                .output()
+                .expect("run")
+        })
+    };
+    let out = run(common::cluster::ADMIN_PASSWORD).await.expect("join");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(body["data"]["total_affected_items"], 2);
+    let cache: Vec<_> = std::fs::read_dir(home.path().join(".cache/wazuh-cluster")).expect("cache").flatten().collect();
+    assert_eq!(cache.len(), 1);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(cache[0].metadata().expect("meta").permissions().mode() & 0o777, 0o600);
+    // The kept token serves the next command (a wrong password is never tried).
+    let out = run("not-the-password").await.expect("join");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Without it, a wrong password is refused with one clear line.
+    std::fs::remove_file(cache[0].path()).expect("rm");
+    let out = run("not-the-password").await.expect("join");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused user \"admin\" (401)"), "{err}");
+
+    let out = actix_rt::task::spawn_blocking(|| {
+        std::process::Command::new(BIN)
+            .arg("hash-password")
+            .env("WMN_PASSWORD", "a good password")
+            .output()
+            .expect("run")
+    })
+    .await
+    .expect("join");
+    let hash = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    let users = [wazuh_multi_node::auth::ApiUser {
+        name: "u".into(),
+        password_hash: hash,
+        role: wazuh_multi_node::auth::ApiRole::Readonly,
+    }];
+    assert!(wazuh_multi_node::auth::check_password(&users, "u", "a good password").is_some());
+}

@@ -169,13 +169,8 @@ pub struct RegistrationServe {
     pub registry: StoreHandle<Registry>,
     pub node: String,
     pub peer: String,
-    /// The credential a forwarded change must carry (`None`: none is taken).
-    pub admin_token: Option<String>,
-}
-
-/// Whether `given` is `expected`, comparing every byte (no early exit on the first difference).
-fn same_secret(given: &str, expected: &str) -> bool {
-    given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    /// Whether a forwarded change's credential is an administrator's (`None`: none is taken).
+    pub admin: Option<crate::settings::AdminCheck>,
 }
 
 impl Serve for RegistrationServe {
@@ -184,7 +179,7 @@ impl Serve for RegistrationServe {
 
     fn serve(&mut self, request: RegistrationRequest) -> LocalFuture<Result<Served<MasterToWorker>, ServeError>> {
         let (registry, node, peer) = (self.registry.clone(), self.node.clone(), self.peer.clone());
-        let admin_token = self.admin_token.clone();
+        let admin = self.admin.clone();
         Box::pin(async move {
             match request {
                 RegistrationRequest::Enroll(f) => {
@@ -205,7 +200,7 @@ impl Serve for RegistrationServe {
                 }
                 RegistrationRequest::Admin(AdminForward { request, credential }) => {
                     let what = format!("{request:?}");
-                    if !admin_token.as_deref().is_some_and(|t| same_secret(&credential, t)) {
+                    if !admin.as_ref().is_some_and(|a| a.allows(&credential)) {
                         warn!(node = node.as_str(); "worker {peer} forwarded {what} without a valid API credential; refused");
                         return Ok(Served {
                             reply: MasterToWorker::AdminResult(AdminResult { outcome: Err(AdminError::Unauthorized) }),

@@ -89,7 +89,7 @@ impl MasterJobs {
             registry: services.registry.clone(),
             node: node.clone(),
             peer: peer.clone(),
-            admin_token: settings.admin_token.clone(),
+            admin: settings.admin.clone(),
         };
         let (registration, h) = Server::start("Registration", job, conn.clone(), settings, alive);
         controls.add("Registration", &registration, h);
