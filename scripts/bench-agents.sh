@@ -22,6 +22,8 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 "$bin" keygen >"$dir/cluster.key"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cport=$(port); mapi=$(port)
+# The nodes' API token; the CLI and agent-sim read it from the environment.
+export WMN_API_TOKEN=bench-agents-api-token-0123456789
 declare -A agents_port enroll_port
 start() { # name config api_port
   local name=$1 config=$2 api=$3
@@ -30,7 +32,7 @@ start() { # name config api_port
     --set "node.data_dir=$dir/$name" --set "cluster.key_file=$dir/cluster.key" \
     --set "cluster.bind=127.0.0.1:$cport" --set "cluster.master=127.0.0.1:$cport" \
     --set "api.bind=127.0.0.1:$api" --set "enrollment.bind=127.0.0.1:${enroll_port[$name]}" \
-    --set "agents.bind=127.0.0.1:${agents_port[$name]}" --set "log.level=warn" --set "cluster.admission=open" 2>"$dir/$name.log" &
+    --set "agents.bind=127.0.0.1:${agents_port[$name]}" --set "log.level=warn" --set "cluster.admission=open" --set "api.tls=false" --set "api.token=$WMN_API_TOKEN" 2>"$dir/$name.log" &
   pids+=($!)
 }
 start master master.toml "$mapi"

@@ -580,6 +580,7 @@ pub fn start(
     node: NodeHandle,
     access: Access,
     max_connections: usize,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 ) -> std::io::Result<ServerHandle> {
     let data = web::Data::new(node);
     let token = web::Data::new(Token(access.token.clone()));
@@ -617,8 +618,15 @@ pub fn start(
     .max_connections(max_connections)
     .client_request_timeout(std::time::Duration::from_secs(5))
     .disable_signals()
-    .shutdown_timeout(1)
-    .listen(listener)?;
+    .shutdown_timeout(1);
+    let server = match tls {
+        Some(config) => {
+            let mut config = (*config).clone();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            server.listen_rustls_0_23(listener, config)?
+        }
+        None => server.listen(listener)?,
+    };
     let server = server.run();
     let handle = server.handle();
     actix_rt::spawn(server);

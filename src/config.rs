@@ -59,6 +59,9 @@
 //!
 //! [api]
 //! bind = "127.0.0.1:55000"
+//! tls = true                 # HTTPS; false: plain HTTP
+//! cert_file = ""             # default var/api.crt and var/api.key, self-signed at the first start
+//! key_file = ""
 //! token = ""                 # a static administrator credential (Authorization: Bearer ...)
 //! secret = ""                # signs the users' tokens; the same on every node (>= 32 characters)
 //! token_lifetime = "900s"
@@ -129,6 +132,9 @@ struct RawApi {
     users: Option<Vec<RawUser>>,
     allowed_hosts: Option<String>,
     metrics_public: Option<bool>,
+    tls: Option<bool>,
+    cert_file: Option<String>,
+    key_file: Option<String>,
     max_connections: Option<usize>,
 }
 
@@ -260,6 +266,12 @@ pub struct ApiConfig {
     pub allowed_hosts: Vec<String>,
     /// `/metrics` without credentials (for a scraper on a trusted network).
     pub metrics_public: bool,
+    /// HTTPS (the default); `false` serves plain HTTP.
+    pub tls: bool,
+    /// The API's certificate and key (PEM); by default `var/api.crt` and `var/api.key`, made
+    /// self-signed at the first start.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
     /// Signs the tokens `POST /security/user/authenticate` issues; the same on every node so that
     /// each accepts the others' tokens. `None`: a per-node secret in `var/api.secret`.
     #[serde(serialize_with = "ser_secret")]
@@ -698,6 +710,9 @@ fn validate(raw: RawConfig, file: Option<&Path>) -> Result<Config, ConfigError> 
         token: api_token,
         allowed_hosts,
         metrics_public: api.metrics_public.unwrap_or(false),
+        tls: api.tls.unwrap_or(true),
+        cert_file: non_empty(api.cert_file).map(|p| resolve(file, &p)).unwrap_or_else(|| data_dir.join("var/api.crt")),
+        key_file: non_empty(api.key_file).map(|p| resolve(file, &p)).unwrap_or_else(|| data_dir.join("var/api.key")),
         max_connections,
         secret,
         token_lifetime: duration_field(
@@ -896,6 +911,7 @@ mod tests {
         assert_eq!(c.enrollment.bind, "0.0.0.0:1515".parse().unwrap());
         assert_eq!(c.agents.bind, "0.0.0.0:1514".parse().unwrap());
         assert_eq!(c.api.bind, "127.0.0.1:55000".parse().unwrap());
+        assert!(c.api.tls, "HTTPS unless configured otherwise");
         assert_eq!(c.cluster.cipher, CipherSuite::ChaCha20Poly1305);
         assert_eq!(c.cluster.max_frame, 16 * 1024 * 1024);
         assert_eq!(c.cluster.handshake_timeout, Duration::from_secs(10));

@@ -44,7 +44,15 @@ struct DemoUser {
 
 impl DemoUser {
     fn new() -> anyhow::Result<Self> {
-        let password = key::generate()?.chars().filter(|c| c.is_ascii_alphanumeric()).take(20).collect::<String>();
+        let generated = key::generate()?;
+        let password = generated
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(20)
+            .collect::<String>();
         let user = crate::auth::ApiUser {
             name: "wazuh".into(),
             password_hash: crate::auth::hash_password(&password)?,
@@ -110,7 +118,10 @@ pub fn run(workers: usize, api_port: u16) -> anyhow::Result<()> {
             nodes.push(node::start(&cfg, psk.clone()).await?);
         }
         // Wait (up to 10 s) until every worker is listed, then show the table as the API serves it.
-        let api = format!("http://{}", master.api_addr);
+        // The master's API speaks HTTPS with the certificate it made: trust that one.
+        let ca_file = master_cfg.api.cert_file.clone();
+        crate::client::set_trust(crate::client::Trust { ca_file: Some(ca_file.clone()), insecure: false });
+        let api = format!("https://{}", master.api_addr);
         let mut body = serde_json::Value::Null;
         while started.elapsed() < Duration::from_secs(10) {
             let fetch = {
@@ -128,10 +139,11 @@ pub fn run(workers: usize, api_port: u16) -> anyhow::Result<()> {
         println!("\ndemo cluster up in {} ms (data dir {})", started.elapsed().as_millis(), data_dir.display());
         print!("{}", crate::report::nodes_table(&body));
         println!(
-            "\nAPI user: wazuh / {}   (curl -u wazuh:{} -X POST {api}/security/user/authenticate)",
+            "\nAPI user: wazuh / {}   (curl -k -u wazuh:{} -X POST {api}/security/user/authenticate)",
             demo_user.password, demo_user.password
         );
         println!("API token (every call but /health needs one): export WMN_API_TOKEN={token}");
+        println!("the API's certificate (self-signed):   export WMN_API_CA={}", ca_file.display());
         println!("master API: {api}   try: wazuh-cluster nodes --api {api}   |   wazuh-cluster health --api {api}");
         println!(
             "enrollment: master {}{}",

@@ -7,7 +7,7 @@ use wazuh_multi_node::config::{parse_override, Config, LogFormat, Sources};
 use wazuh_multi_node::{client, demo, logging, node, report};
 
 /// The local node's API.
-const DEFAULT_API: &str = "http://127.0.0.1:55000";
+const DEFAULT_API: &str = "https://127.0.0.1:55000";
 
 #[derive(Parser)]
 #[command(
@@ -179,6 +179,12 @@ struct ApiArgs {
     /// The API token (a user's token, or api.token of the node); every call but /health needs one.
     #[arg(long, env = "WMN_API_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// Trust this certificate (PEM) for https: the node's var/api.crt when it is self-signed.
+    #[arg(long, env = "WMN_API_CA", value_name = "FILE", global = true)]
+    ca_file: Option<PathBuf>,
+    /// Trust any certificate (as curl -k).
+    #[arg(long, short = 'k', global = true)]
+    insecure: bool,
     /// Sign in as this API user instead (password from WMN_API_PASSWORD, or asked for); the token
     /// is kept in a 0600 file under ~/.cache/wazuh-cluster until it expires.
     #[arg(long, env = "WMN_API_USER", global = true)]
@@ -187,6 +193,10 @@ struct ApiArgs {
 
 /// The bearer credential for `args`: `--token`, or a token for `--user` (cached, or signed in now).
 fn cred(args: &ApiArgs) -> anyhow::Result<Option<String>> {
+    client::set_trust(client::Trust {
+        ca_file: args.ca_file.clone(),
+        insecure: args.insecure || std::env::var("WMN_API_INSECURE").is_ok_and(|v| v == "1" || v == "true"),
+    });
     if args.token.is_some() {
         return Ok(args.token.clone());
     }

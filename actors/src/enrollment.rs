@@ -58,15 +58,28 @@ pub fn tls_config(
     client_ca: Option<&Path>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
     let etc = data_dir.join("etc");
-    let cert_path = etc.join("sslmanager.cert");
-    let key_path = etc.join("sslmanager.key");
+    server_tls(&etc.join("sslmanager.cert"), &etc.join("sslmanager.key"), node_name, "enrollment", client_ca)
+}
+
+/// A TLS server configuration from a PEM certificate and key, made self-signed (for the node's
+/// name, `localhost` and 127.0.0.1) when neither file exists; `what` names the use in the log line.
+pub fn server_tls(
+    cert_path: &Path,
+    key_path: &Path,
+    node_name: &str,
+    what: &str,
+    client_ca: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+    let (cert_path, key_path) = (cert_path.to_path_buf(), key_path.to_path_buf());
     let io = |p: &Path| {
         let path = p.display().to_string();
         move |error| TlsSetupError::Io { path, error }
     };
-    if !cert_path.exists() || !key_path.exists() {
-        std::fs::create_dir_all(&etc).map_err(io(&etc))?;
-        let names = vec![node_name.to_string(), "localhost".to_string()];
+    if !cert_path.exists() && !key_path.exists() {
+        if let Some(dir) = cert_path.parent() {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+        }
+        let names = vec![node_name.to_string(), "localhost".to_string(), "127.0.0.1".to_string()];
         let certified =
             rcgen::generate_simple_self_signed(names).map_err(|e| TlsSetupError::Generate(e.to_string()))?;
         let mut opts = std::fs::OpenOptions::new();
@@ -81,7 +94,7 @@ pub fn tls_config(
             .and_then(|mut f| f.write_all(certified.signing_key.serialize_pem().as_bytes()))
             .map_err(io(&key_path))?;
         std::fs::write(&cert_path, certified.cert.pem()).map_err(io(&cert_path))?;
-        info!(node = node_name; "generated a self-signed enrollment certificate in {}", cert_path.display());
+        info!(node = node_name; "generated a self-signed {what} certificate in {}", cert_path.display());
     }
     let cert_pem = std::fs::read(&cert_path).map_err(io(&cert_path))?;
     let key_pem = std::fs::read(&key_path).map_err(io(&key_path))?;

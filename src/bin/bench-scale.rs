@@ -177,6 +177,7 @@ fn start_node(
         format!("agents.bind=127.0.0.1:{agents}"),
         "log.level=info".to_string(),
         format!("api.token={API_TOKEN}"),
+        "api.tls=false".to_string(),
         // A lab on loopback: workers join on the cluster key alone.
         "cluster.admission=open".to_string(),
     ];

@@ -163,6 +163,7 @@ fn node_config(dir: &Path, name: &str, role: &str, extra: &[(&str, String)]) -> 
         ("enrollment.bind", "127.0.0.1:0".to_string()),
         ("agents.bind", "127.0.0.1:0".to_string()),
         ("cluster.admission", "open".to_string()),
+        ("api.tls", "false".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

@@ -163,6 +163,13 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
     let started_ms = wazuh_cluster_actors::clock::now_ms();
     let tls =
         enrollment::tls_config(data_dir, &name, config.enrollment.ca_file.as_deref()).context("enrollment TLS")?;
+    let api_tls = match config.api.tls {
+        true => Some(
+            enrollment::server_tls(&config.api.cert_file, &config.api.key_file, &name, "API", None)
+                .context("API TLS (api.cert_file, api.key_file)")?,
+        ),
+        false => None,
+    };
     let (enroll_listener, enrollment_addr) = bind(config.enrollment.bind, "enrollment.bind").await?;
     let (agent_tcp, agents_addr) = bind(config.agents.bind, "agents.bind").await?;
     let api_listener = std::net::TcpListener::bind(config.api.bind)
@@ -312,7 +319,7 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
     info!(node = handle.name(); "enrollment listening on {enrollment_addr} (TLS)");
     tasks.push(actix_rt::spawn(session::serve(agent_tcp, AgentHub::link(handle.hub()), shared)));
     info!(node = handle.name(); "agent connections listening on {agents_addr}");
-    let api = match crate::api::start(api_listener, handle.clone(), access, config.api.max_connections) {
+    let api = match crate::api::start(api_listener, handle.clone(), access, config.api.max_connections, api_tls) {
         Ok(api) => api,
         Err(e) => {
             // The actors exist now: stop them and let them run their stop before returning.
@@ -324,7 +331,7 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
             return Err(e).with_context(|| format!("cannot serve the API on {api_addr}"));
         }
     };
-    info!(node = handle.name(); "API listening on http://{api_addr}");
+    info!(node = handle.name(); "API listening on {}://{api_addr}", if config.api.tls { "https" } else { "http" });
     Ok(RunningNode { handle, api_addr, enrollment_addr, agents_addr, api, tasks, analysis })
 }
 

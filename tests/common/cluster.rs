@@ -43,6 +43,8 @@ fn config(dir: &std::path::Path, name: &str, role: &str, extra: &[(&str, String)
         ("cluster.intervals.local_integrity", "300ms".to_string()),
         ("cluster.intervals.local_agent_groups", "300ms".to_string()),
         ("api.bind", "127.0.0.1:0".to_string()),
+        // Plain HTTP, set explicitly (HTTPS is the default; its own test sets it back).
+        ("api.tls", "false".to_string()),
         ("enrollment.bind", "127.0.0.1:0".to_string()),
         ("enrollment.timeout", "300ms".to_string()),
         ("api.token", API_TOKEN.to_string()),

@@ -186,6 +186,7 @@ pub fn local(dir: &Path, node: &str, key: &Path, port: u16) -> Vec<String> {
         format!("enrollment.bind=127.0.0.1:{}", free_port()),
         format!("agents.bind=127.0.0.1:{}", free_port()),
         format!("api.token={API_TOKEN}"),
+        "api.tls=false".to_string(),
         "cluster.intervals.keepalive=500ms".to_string(),
         // Workers join on the cluster key alone here; the join-token path has its own tests.
         "cluster.admission=open".to_string(),

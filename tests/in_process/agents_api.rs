@@ -537,3 +537,36 @@ async fn the_cli_signs_in_as_a_user_and_keeps_its_token_private() {
     }];
     assert!(wazuh_multi_node::auth::check_password(&users, "u", "a good password").is_some());
 }
+
+/// HTTPS unless configured otherwise: a certificate made at the first start (key 0600); a client
+/// that trusts that certificate, or trusts anything (`curl -k`), gets answers; one that trusts only
+/// public CAs is refused the connection, and plain HTTP gets no answer.
+#[actix_rt::test]
+async fn the_api_speaks_https_with_a_certificate_made_at_first_start() {
+    use wazuh_multi_node::client::{request_trusting, Trust};
+    let cluster = TestCluster::start_with("tls", 1, &[("api.tls", "true".into())]).await;
+    let dir = cluster.dir.path().join(cluster.master_name());
+    let cert = dir.join("var/api.crt");
+    assert!(cert.is_file());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("var/api.key")).expect("key").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let https = format!("https://{}", cluster.master().api_addr);
+    let http = format!("http://{}", cluster.master().api_addr);
+    let ask = |trust: Trust, base: String| async move {
+        actix_rt::task::spawn_blocking(move || {
+            request_trusting(&trust, &base, "GET", "/cluster/nodes", Some(API_TOKEN), None)
+        })
+        .await
+        .expect("join")
+    };
+    let pinned = Trust { ca_file: Some(cert.clone()), insecure: false };
+    let (status, body) = ask(pinned, https.clone()).await.expect("trusting the node's certificate");
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = ask(Trust { ca_file: None, insecure: true }, https.clone()).await.expect("-k");
+    assert_eq!(status, 200);
+    let refused = ask(Trust::default(), https).await;
+    assert!(refused.is_err(), "a self-signed certificate passed as a public CA's: {refused:?}");
+    let plain = ask(Trust::default(), http).await;
+    assert!(!matches!(plain, Ok((200, _))), "plain HTTP was answered: {plain:?}");
+}
