@@ -15,6 +15,9 @@
 //! - `DELETE /agents/{id}`, `GET /groups`, `POST /groups` (`{"group_id": "linux"}`),
 //!   `DELETE /groups/{group}`, `PUT|DELETE /agents/{id}/group/{group}`: changes need
 //!   a worker forwards them to the master with the caller's credential, which the master checks.
+//! - `GET|PUT|DELETE /{rules,decoders,lists}/files/{name}`: a ruleset file (`?raw=true` for the bare
+//!   content; PUT takes the file as its body, `?overwrite=true` to replace): writes go to the
+//!   master's sync roots (a worker forwards them) and reach every node by file sync.
 //! - `PUT /cluster/analysisd/reload` (master): every node's analysisd reloads the ruleset, each
 //!   worker once its files reached the master's digest.
 //! - `POST /cluster/join-tokens[?ttl=SECONDS&uses=N]` (master): a join token for new workers;
@@ -38,7 +41,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use base64ct::Encoding;
 use serde::Serialize;
 use wazuh_cluster_actors::registry::query::{parse_sort, AgentQuery};
-use wazuh_cluster_protocol::message::{AdminError, AdminRequest};
+use wazuh_cluster_protocol::message::{AdminError, AdminRequest, RulesetRoot};
 
 /// Wazuh's envelope around a list of items.
 pub fn envelope<T: Serialize>(items: &[T], message: &str) -> serde_json::Value {
@@ -556,6 +559,87 @@ async fn reload_analysisd(node: web::Data<NodeHandle>) -> HttpResponse {
     }
 }
 
+#[derive(serde::Deserialize)]
+struct FileQuery {
+    /// GET: the file's content as text (`true`) or in Wazuh's envelope. PUT: replace an existing
+    /// file (`true`) or refuse to (default).
+    raw: Option<bool>,
+    overwrite: Option<bool>,
+}
+
+/// Which ruleset directory a route serves.
+fn ruleset_root(req: &actix_web::HttpRequest) -> Option<RulesetRoot> {
+    let first = req.path().trim_start_matches('/').split('/').next()?;
+    match first {
+        "rules" => Some(RulesetRoot::Rules),
+        "decoders" => Some(RulesetRoot::Decoders),
+        "lists" => Some(RulesetRoot::Lists),
+        _ => None,
+    }
+}
+
+/// `GET /{rules,decoders,lists}/files/{name}[?raw=true]`: the file as this node has it (file sync
+/// keeps it the master's).
+async fn get_ruleset_file(
+    node: web::Data<NodeHandle>,
+    req: actix_web::HttpRequest,
+    name: web::Path<String>,
+    query: web::Query<FileQuery>,
+) -> HttpResponse {
+    let Some(root) = ruleset_root(&req) else { return not_found().await };
+    if let Err(e) = root.check_name(&name) {
+        return HttpResponse::BadRequest().json(error_body(400, &e));
+    }
+    let path = node.data_dir().join(root.dir()).join(name.as_str());
+    match std::fs::read(&path) {
+        Ok(bytes) if query.raw.unwrap_or(false) => HttpResponse::Ok().content_type("text/plain").body(bytes),
+        Ok(bytes) => HttpResponse::Ok().json(envelope(
+            &[serde_json::json!({
+                "filename": name.as_str(),
+                "relative_dirname": root.dir(),
+                "content": String::from_utf8_lossy(&bytes),
+            })],
+            "File read",
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            HttpResponse::NotFound().json(error_body(404, &format!("no file {}/{}", root.dir(), name.as_str())))
+        }
+        Err(e) => HttpResponse::InternalServerError().json(error_body(500, &format!("cannot read the file: {e}"))),
+    }
+}
+
+/// `PUT /{rules,decoders,lists}/files/{name}[?overwrite=true]` with the file as the body: written
+/// into the master's sync roots (a worker forwards it), from where file sync takes it everywhere.
+async fn put_ruleset_file(
+    node: web::Data<NodeHandle>,
+    token: web::Data<Token>,
+    req: actix_web::HttpRequest,
+    name: web::Path<String>,
+    query: web::Query<FileQuery>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let Some(root) = ruleset_root(&req) else { return not_found().await };
+    let request = AdminRequest::PutRulesetFile {
+        root,
+        name: name.into_inner(),
+        content: body.to_vec(),
+        overwrite: query.overwrite.unwrap_or(false),
+    };
+    change(&node, &req, &token, request, "File was successfully uploaded").await
+}
+
+/// `DELETE /{rules,decoders,lists}/files/{name}`.
+async fn delete_ruleset_file(
+    node: web::Data<NodeHandle>,
+    token: web::Data<Token>,
+    req: actix_web::HttpRequest,
+    name: web::Path<String>,
+) -> HttpResponse {
+    let Some(root) = ruleset_root(&req) else { return not_found().await };
+    let request = AdminRequest::DeleteRulesetFile { root, name: name.into_inner() };
+    change(&node, &req, &token, request, "File was successfully deleted").await
+}
+
 async fn not_found() -> HttpResponse {
     HttpResponse::NotFound().json(error_body(404, "no such endpoint"))
 }
@@ -563,7 +647,9 @@ async fn not_found() -> HttpResponse {
 /// The HTTP status for a change that was not made: the only place cluster outcomes become HTTP.
 fn change_status(e: &ChangeError) -> StatusCode {
     match e {
-        ChangeError::Refused(AdminError::NoSuchAgent(_) | AdminError::NoSuchGroup(_)) => StatusCode::NOT_FOUND,
+        ChangeError::Refused(AdminError::NoSuchAgent(_) | AdminError::NoSuchGroup(_) | AdminError::NoSuchFile(_)) => {
+            StatusCode::NOT_FOUND
+        }
         ChangeError::Refused(AdminError::Invalid(_)) => StatusCode::BAD_REQUEST,
         ChangeError::Refused(AdminError::Unauthorized) => StatusCode::FORBIDDEN,
         ChangeError::Refused(AdminError::Unavailable(_))
@@ -592,6 +678,16 @@ pub fn start(
             .app_data(access.clone())
             .wrap(actix_web::middleware::from_fn(guard))
             .route(AUTHENTICATE, web::post().to(authenticate))
+            .app_data(web::PayloadConfig::new(wazuh_cluster_actors::registry::admin::MAX_RULESET_FILE))
+            .route("/rules/files/{name}", web::get().to(get_ruleset_file))
+            .route("/rules/files/{name}", web::put().to(put_ruleset_file))
+            .route("/rules/files/{name}", web::delete().to(delete_ruleset_file))
+            .route("/decoders/files/{name}", web::get().to(get_ruleset_file))
+            .route("/decoders/files/{name}", web::put().to(put_ruleset_file))
+            .route("/decoders/files/{name}", web::delete().to(delete_ruleset_file))
+            .route("/lists/files/{name}", web::get().to(get_ruleset_file))
+            .route("/lists/files/{name}", web::put().to(put_ruleset_file))
+            .route("/lists/files/{name}", web::delete().to(delete_ruleset_file))
             .route("/cluster/join-tokens", web::post().to(join_token))
             .route("/cluster/analysisd/reload", web::put().to(reload_analysisd))
             .route("/cluster/nodes/{name}/revoke", web::post().to(revoke))

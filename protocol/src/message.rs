@@ -335,15 +335,110 @@ pub struct EnrollResult {
     pub outcome: Result<AgentEntry, crate::agent::enrollment::EnrollError>,
 }
 
-/// A change to agents or groups; only the master applies them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A change to agents, groups or ruleset files; only the master applies them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AdminRequest {
-    DeleteAgent { id: u32 },
-    CreateGroup { name: String },
-    DeleteGroup { name: String },
-    AssignGroup { id: u32, group: String },
-    UnassignGroup { id: u32, group: String },
+    DeleteAgent {
+        id: u32,
+    },
+    CreateGroup {
+        name: String,
+    },
+    DeleteGroup {
+        name: String,
+    },
+    AssignGroup {
+        id: u32,
+        group: String,
+    },
+    UnassignGroup {
+        id: u32,
+        group: String,
+    },
+    /// Writes a file of the ruleset into the master's sync roots (protocol 2.1); file sync takes
+    /// it to every worker.
+    PutRulesetFile {
+        root: RulesetRoot,
+        name: String,
+        #[serde(with = "serde_bytes")]
+        content: Vec<u8>,
+        overwrite: bool,
+    },
+    /// Deletes a file of the ruleset from the master's sync roots (protocol 2.1).
+    DeleteRulesetFile {
+        root: RulesetRoot,
+        name: String,
+    },
+}
+
+impl std::fmt::Debug for AdminRequest {
+    /// A file's content shows as its length: requests are logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminRequest::DeleteAgent { id } => f.debug_struct("DeleteAgent").field("id", id).finish(),
+            AdminRequest::CreateGroup { name } => f.debug_struct("CreateGroup").field("name", name).finish(),
+            AdminRequest::DeleteGroup { name } => f.debug_struct("DeleteGroup").field("name", name).finish(),
+            AdminRequest::AssignGroup { id, group } => {
+                f.debug_struct("AssignGroup").field("id", id).field("group", group).finish()
+            }
+            AdminRequest::UnassignGroup { id, group } => {
+                f.debug_struct("UnassignGroup").field("id", id).field("group", group).finish()
+            }
+            AdminRequest::PutRulesetFile { root, name, content, overwrite } => f
+                .debug_struct("PutRulesetFile")
+                .field("root", root)
+                .field("name", name)
+                .field("bytes", &content.len())
+                .field("overwrite", overwrite)
+                .finish(),
+            AdminRequest::DeleteRulesetFile { root, name } => {
+                f.debug_struct("DeleteRulesetFile").field("root", root).field("name", name).finish()
+            }
+        }
+    }
+}
+
+/// Where a ruleset file lives: `etc/rules`, `etc/decoders` or `etc/lists`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RulesetRoot {
+    Rules,
+    Decoders,
+    Lists,
+}
+
+impl RulesetRoot {
+    /// The directory under a node's data dir.
+    pub fn dir(self) -> &'static str {
+        match self {
+            RulesetRoot::Rules => "etc/rules",
+            RulesetRoot::Decoders => "etc/decoders",
+            RulesetRoot::Lists => "etc/lists",
+        }
+    }
+
+    /// Checks a file name for this root: one path component of `[A-Za-z0-9._-]`, at most 255
+    /// bytes, not starting with `.`, `.xml` for rules and decoders, not a temporary name file sync
+    /// skips.
+    pub fn check_name(self, name: &str) -> Result<(), String> {
+        if name.is_empty() || name.len() > 255 {
+            return Err("a file name needs 1 to 255 characters".into());
+        }
+        if name.starts_with('.') || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return Err(format!(
+                "{:?} is not a file name here: only A-Z a-z 0-9 . _ -, not starting with '.'",
+                crate::agent::enrollment::printable(name)
+            ));
+        }
+        if matches!(self, RulesetRoot::Rules | RulesetRoot::Decoders) && !name.ends_with(".xml") {
+            return Err(format!("{name:?}: rule and decoder files end in .xml"));
+        }
+        if [".tmp", ".lock", ".swp", "~"].iter().any(|s| name.ends_with(s)) {
+            return Err(format!("{name:?}: a temporary file's name, which file sync skips"));
+        }
+        Ok(())
+    }
 }
 
 /// A change received by a worker's API and the API credential its caller gave. The master checks
@@ -371,6 +466,9 @@ pub enum AdminError {
     /// No group with this name: nothing to retry.
     #[error("no group named {0:?}")]
     NoSuchGroup(String),
+    /// No such file (protocol 2.1).
+    #[error("no file {0}")]
+    NoSuchFile(String),
     /// The request cannot be applied as it is (an invalid name, a limit reached, a group that
     /// exists already): change it before retrying.
     #[error("{0}")]

@@ -31,6 +31,7 @@ pub enum NodeHandle {
         registry: StoreHandle<Registry>,
         agents: Addr<AgentHub>,
         ruleset: Option<Ruleset>,
+        data_dir: std::path::PathBuf,
     },
     Worker {
         name: String,
@@ -40,6 +41,7 @@ pub enum NodeHandle {
         replica: StoreHandle<Replica>,
         agents: Addr<AgentHub>,
         ruleset: Option<Ruleset>,
+        data_dir: std::path::PathBuf,
     },
 }
 
@@ -63,6 +65,13 @@ pub enum ChangeError {
 }
 
 impl NodeHandle {
+    /// The node's data directory (its sync roots are under it).
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        match self {
+            NodeHandle::Master { data_dir, .. } | NodeHandle::Worker { data_dir, .. } => data_dir.clone(),
+        }
+    }
+
     /// The ruleset reloader, if this node has one.
     pub fn ruleset(&self) -> Option<&Ruleset> {
         match self {

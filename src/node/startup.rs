@@ -284,6 +284,7 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
                     registry: registry.clone(),
                     agents,
                     ruleset,
+                    data_dir: data_dir.clone(),
                 },
                 Enroller::Master(registry),
             )
@@ -302,7 +303,16 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
             };
             let link = WorkerLink::new(settings, master.clone(), services).start();
             (
-                NodeHandle::Worker { name, link: link.clone(), master, started_ms, replica, agents, ruleset },
+                NodeHandle::Worker {
+                    name,
+                    link: link.clone(),
+                    master,
+                    started_ms,
+                    replica,
+                    agents,
+                    ruleset,
+                    data_dir: data_dir.clone(),
+                },
                 Enroller::Worker(link),
             )
         }

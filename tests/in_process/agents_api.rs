@@ -338,7 +338,7 @@ async fn every_endpoint_but_health_needs_the_token_and_lists_never_carry_keys() 
     let key = enroll(cluster.worker(0).enrollment_addr, "guard-agent").await;
     let id = key.split(' ').next().unwrap_or_default().to_string();
     until_every_node_of(&cluster, &key).await;
-    let endpoints: [(&str, String); 18] = [
+    let endpoints: [(&str, String); 21] = [
         ("GET", "/cluster/nodes".into()),
         ("GET", "/cluster/healthcheck".into()),
         ("GET", "/metrics".into()),
@@ -355,6 +355,9 @@ async fn every_endpoint_but_health_needs_the_token_and_lists_never_carry_keys() 
         ("DELETE", "/groups/nope".into()),
         ("POST", "/cluster/join-tokens".into()),
         ("PUT", "/cluster/analysisd/reload".into()),
+        ("GET", "/rules/files/local_rules.xml".into()),
+        ("PUT", "/decoders/files/local_decoder.xml".into()),
+        ("DELETE", "/lists/files/audit-keys".into()),
         ("POST", "/cluster/nodes/nobody/revoke".into()),
         ("GET", "/no/such/endpoint".into()),
     ];
@@ -569,4 +572,86 @@ async fn the_api_speaks_https_with_a_certificate_made_at_first_start() {
     assert!(refused.is_err(), "a self-signed certificate passed as a public CA's: {refused:?}");
     let plain = ask(Trust::default(), http).await;
     assert!(!matches!(plain, Ok((200, _))), "plain HTTP was answered: {plain:?}");
+}
+
+/// A rule file written through a worker's API lands in the master's sync roots and reaches every
+/// node, byte for byte; names that are not a plain file name of that directory are refused; a
+/// delete spreads the same way.
+#[actix_rt::test]
+async fn a_rule_file_written_through_a_workers_api_reaches_every_node_and_traversal_is_refused() {
+    let cluster = TestCluster::start("rulesapi", 2).await;
+    let worker_api = cluster.worker(0).api_addr;
+    let nodes = [cluster.master_name(), cluster.worker_name(0), cluster.worker_name(1)];
+    let on = |node: &str| cluster.dir.path().join(node).join("etc/rules/api_rules.xml");
+    let content = "<group name=\"api\">\n  <rule id=\"100300\" level=\"3\"><match>api test</match></rule>\n</group>\n";
+    let t = Instant::now();
+    let (status, body) =
+        call(worker_api, "PUT", "/rules/files/api_rules.xml".into(), Some(API_TOKEN), Some(content.into())).await;
+    assert_eq!(status, 200, "{body}");
+    while !nodes.iter().all(|n| std::fs::read_to_string(on(n)).ok().as_deref() == Some(content)) {
+        assert!(t.elapsed() < WAIT, "the rule file did not reach every node");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!("a rule file PUT on a worker's API was on all 3 nodes after {} ms", t.elapsed().as_millis());
+    // Not replaced unless asked; replaced when asked.
+    let (status, _) =
+        call(worker_api, "PUT", "/rules/files/api_rules.xml".into(), Some(API_TOKEN), Some("<x/>".into())).await;
+    assert_eq!(status, 400);
+    let newer = content.replace("level=\"3\"", "level=\"4\"");
+    let (status, _) = call(
+        worker_api,
+        "PUT",
+        "/rules/files/api_rules.xml?overwrite=true".into(),
+        Some(API_TOKEN),
+        Some(newer.clone()),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let base = format!("http://{}", cluster.worker(1).api_addr);
+    let t = Instant::now();
+    loop {
+        let b = base.clone();
+        let (status, text) = actix_rt::task::spawn_blocking(move || {
+            wazuh_multi_node::client::request(&b, "GET", "/rules/files/api_rules.xml?raw=true", Some(API_TOKEN), None)
+        })
+        .await
+        .expect("join")
+        .expect("http");
+        if status == 200 && text == newer {
+            break;
+        }
+        assert!(t.elapsed() < WAIT, "the new content never reached worker 2's API: {status} {text}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Names that could leave the directory, hide, or be something else: refused, nothing written.
+    for name in
+        ["..%2F..%2Fetc%2Fpasswd", "..%2Fdecoders%2Fx.xml", "..", ".hidden.xml", "notes.txt", "a%20b.xml", "x.xml.tmp"]
+    {
+        let (status, body) =
+            call(worker_api, "PUT", format!("/rules/files/{name}"), Some(API_TOKEN), Some("<x/>".into())).await;
+        assert!((400..500).contains(&status) && status != 401, "{name}: {status} {body}");
+    }
+    for node in &nodes {
+        let dir = cluster.dir.path().join(node);
+        assert!(!dir.join("etc/passwd").exists() && !dir.join("etc/decoders/x.xml").exists());
+        let names: Vec<String> = std::fs::read_dir(dir.join("etc/rules"))
+            .expect("rules")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["api_rules.xml"], "{node}");
+    }
+    // Deleted through the master: gone everywhere; a second delete is a 404.
+    let master_api = cluster.master().api_addr;
+    let (status, _) = call(master_api, "DELETE", "/rules/files/api_rules.xml".into(), Some(API_TOKEN), None).await;
+    assert_eq!(status, 200);
+    let t = Instant::now();
+    while nodes.iter().any(|n| on(n).exists()) {
+        assert!(t.elapsed() < WAIT, "the deletion did not reach every node");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (status, _) = call(master_api, "DELETE", "/rules/files/api_rules.xml".into(), Some(API_TOKEN), None).await;
+    assert_eq!(status, 404);
+    let (status, _) = call(master_api, "GET", "/lists/files/nope".into(), Some(API_TOKEN), None).await;
+    assert_eq!(status, 404);
 }

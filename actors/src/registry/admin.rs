@@ -3,7 +3,7 @@
 
 use super::master::Registry;
 use super::store::StoreError;
-use wazuh_cluster_protocol::message::{AdminError, AdminRequest};
+use wazuh_cluster_protocol::message::{AdminError, AdminRequest, RulesetRoot};
 
 impl Registry {
     /// Applies `req` inside the caller's transaction. `Ok(Err(_))` is a refusal to report to the
@@ -21,6 +21,10 @@ impl Registry {
             AdminRequest::DeleteGroup { name } => self.delete_group(name),
             AdminRequest::AssignGroup { id, group } => self.assign(*id, group),
             AdminRequest::UnassignGroup { id, group } => self.unassign(*id, group),
+            AdminRequest::PutRulesetFile { root, name, content, overwrite } => {
+                return Ok(self.put_ruleset_file(*root, name, content, *overwrite));
+            }
+            AdminRequest::DeleteRulesetFile { root, name } => return Ok(self.delete_ruleset_file(*root, name)),
         };
         match result {
             Ok(()) => Ok(Ok(())),
@@ -28,6 +32,52 @@ impl Registry {
             Err(StoreError::NoSuchGroup(name)) => Ok(Err(AdminError::NoSuchGroup(name))),
             Err(StoreError::Invalid(m)) => Ok(Err(AdminError::Invalid(m))),
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// Largest ruleset file taken through the API.
+pub const MAX_RULESET_FILE: usize = 10 << 20;
+
+impl Registry {
+    /// Writes `etc/<root>/<name>` in the master's sync roots, atomically (a temporary name file sync
+    /// skips, then a rename), so that file sync never sees half a file.
+    fn put_ruleset_file(
+        &self,
+        root: RulesetRoot,
+        name: &str,
+        content: &[u8],
+        overwrite: bool,
+    ) -> Result<(), AdminError> {
+        root.check_name(name).map_err(AdminError::Invalid)?;
+        if content.len() > MAX_RULESET_FILE {
+            return Err(AdminError::Invalid(format!("{name}: larger than {MAX_RULESET_FILE} bytes")));
+        }
+        if std::str::from_utf8(content).is_err() {
+            return Err(AdminError::Invalid(format!("{name}: not UTF-8 text")));
+        }
+        let dir = self.data_dir().join(root.dir());
+        let path = dir.join(name);
+        if !overwrite && path.exists() {
+            return Err(AdminError::Invalid(format!("{}/{name} exists (overwrite=true replaces it)", root.dir())));
+        }
+        let unavailable = |e: std::io::Error| AdminError::Unavailable(format!("{}/{name}: {e}", root.dir()));
+        std::fs::create_dir_all(&dir).map_err(unavailable)?;
+        let tmp = dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, content).map_err(unavailable)?;
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(unavailable)?;
+        std::fs::rename(&tmp, &path).map_err(unavailable)
+    }
+
+    fn delete_ruleset_file(&self, root: RulesetRoot, name: &str) -> Result<(), AdminError> {
+        root.check_name(name).map_err(AdminError::Invalid)?;
+        let path = self.data_dir().join(root.dir()).join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(AdminError::NoSuchFile(format!("{}/{name}", root.dir())))
+            }
+            Err(e) => Err(AdminError::Unavailable(format!("{}/{name}: {e}", root.dir()))),
         }
     }
 }

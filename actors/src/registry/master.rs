@@ -623,6 +623,11 @@ impl Registry {
         Ok((false, changes, to))
     }
 
+    /// The master's data directory (its sync roots are under it).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     /// Marks `node` as holding agent sessions now (the master itself, a connected worker) or not
     /// (a worker that left): what decides competing claims in [`Registry::store_statuses`].
     pub fn set_live(&mut self, node: &str, live: bool) {
