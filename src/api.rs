@@ -1,12 +1,15 @@
 //! The node's HTTP API (actix-web), in Wazuh's response envelope:
 //! `{"data": {"affected_items": [...], "total_affected_items": N, ...}, "message": "...", "error": 0}`.
 //!
+//! - `GET /` (the API's information), `GET /manager/info`, `GET /cluster/status`,
+//!   `GET /cluster/local/info`: in Wazuh's shapes.
 //! - `GET /cluster/nodes`: the master lists itself and every connected worker; a worker lists
 //!   itself and its master while connected.
 //! - `GET /cluster/healthcheck`: per node, the status of every actor (state, runs, failures,
 //!   restarts, last run, last error); for each worker, both ends of its connection.
 //! - `GET /health`: 200 while the node serves (master listening, worker connected), 503 otherwise.
-//! - `GET /agents[?offset=&limit=&sort=&status=&node_name=&group=]`, `GET /agents/{id}`:
+//! - `GET /agents[?offset=&limit=&sort=&status=&node_name=&group=&agents_list=&search=&select=&q=]`,
+//!   `GET /agents/{id}`:
 //!   the master answers from its registry, a worker from its replica; one page at a time (default
 //!   500, at most 100,000, as Wazuh's API). No list carries a key: `GET /agents/{id}/key` is the
 //!   one explicit call that returns one.
@@ -95,6 +98,14 @@ struct AgentsParams {
     sort: Option<String>,
     /// No longer served in lists: refused with a pointer to `GET /agents/{id}/key`.
     keys: Option<String>,
+    /// Comma-separated agent ids.
+    agents_list: Option<String>,
+    /// Agents whose id, name or address contains this.
+    search: Option<String>,
+    /// Comma-separated fields to return (`id` always comes).
+    select: Option<String>,
+    /// Wazuh's query: `field=value` terms joined by `;` (status, node_name, group, name, id).
+    q: Option<String>,
 }
 
 /// `GET /agents`: one page (`offset`, `limit` default 500 and at most 100,000, `sort`), filtered
@@ -109,20 +120,50 @@ async fn agents(node: web::Data<NodeHandle>, query: web::Query<AgentsParams>) ->
         Ok(s) => s.unwrap_or_default(),
         Err(e) => return HttpResponse::BadRequest().json(error_body(400, &e.to_string())),
     };
+    let mut ids = Vec::new();
+    for text in p.agents_list.as_deref().unwrap_or("").split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        match wazuh_cluster_actors::registry::parse_id(text) {
+            Some(id) => ids.push(id),
+            None => return bad_id(text),
+        }
+    }
+    if ids.len() > wazuh_cluster_actors::registry::query::MAX_IDS {
+        let e = wazuh_cluster_actors::registry::query::QueryError::TooManyIds;
+        return HttpResponse::BadRequest().json(error_body(400, &e.to_string()));
+    }
     let q = AgentQuery {
         status: p.status,
         node: p.node_name.or(p.node),
         group: p.group,
+        ids,
+        search: p.search.filter(|s| !s.is_empty()),
         sort,
         offset: p.offset.unwrap_or(0),
         ..AgentQuery::default()
+    };
+    let q = match q.with_q(p.q.as_deref().unwrap_or("")) {
+        Ok(q) => q,
+        Err(e) => return HttpResponse::BadRequest().json(error_body(400, &e)),
     };
     let q = match q.with_limit(p.limit) {
         Ok(q) => q,
         Err(e) => return HttpResponse::BadRequest().json(error_body(400, &e.to_string())),
     };
+    let select: Option<Vec<String>> = p.select.as_deref().map(|s| {
+        s.split(',').map(|f| f.trim().to_string()).filter(|f| !f.is_empty()).chain(["id".to_string()]).collect()
+    });
     match node.agents_page(q).await {
         Ok((total, items)) => {
+            let items: Vec<serde_json::Value> = items
+                .into_iter()
+                .map(|a| {
+                    let mut v = serde_json::to_value(a).unwrap_or_default();
+                    if let (Some(keep), serde_json::Value::Object(map)) = (&select, &mut v) {
+                        map.retain(|k, _| keep.contains(k));
+                    }
+                    v
+                })
+                .collect();
             let mut body = envelope(&items, "All selected agents information was returned");
             body["data"]["total_affected_items"] = total.into();
             HttpResponse::Ok().json(body)
@@ -205,6 +246,63 @@ fn unauthorized(message: &str) -> HttpResponse {
     HttpResponse::Unauthorized()
         .insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"))
         .json(error_body(401, message))
+}
+
+/// What this node is, for the informational endpoints.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    pub cluster: String,
+    pub data_dir: String,
+}
+
+/// `GET /`: the API's own information, in Wazuh's shape.
+async fn api_info(node: web::Data<NodeHandle>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "data": {
+            "title": "Wazuh API REST",
+            "api_version": crate::node::handle::VERSION,
+            "revision": 1,
+            "license_name": "Apache 2.0",
+            "license_url": "https://www.apache.org/licenses/LICENSE-2.0",
+            "hostname": node.name(),
+            "timestamp": crate::views::iso(wazuh_cluster_actors::clock::now_ms()),
+        },
+        "error": 0,
+    }))
+}
+
+fn node_type(node: &NodeHandle) -> &'static str {
+    match node {
+        NodeHandle::Master { .. } => "master",
+        NodeHandle::Worker { .. } => "worker",
+    }
+}
+
+/// `GET /cluster/status`: clustering is on and this node runs it.
+async fn cluster_status() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "data": { "enabled": "yes", "running": "yes" }, "error": 0 }))
+}
+
+/// `GET /cluster/local/info`: this node's name, cluster and type.
+async fn cluster_local_info(node: web::Data<NodeHandle>, info: web::Data<NodeInfo>) -> HttpResponse {
+    let item = serde_json::json!({ "node": node.name(), "cluster": info.cluster, "type": node_type(&node) });
+    HttpResponse::Ok().json(envelope(&[item], "Read node information"))
+}
+
+/// `GET /manager/info`: what this node is, in the fields Wazuh's manager reports.
+async fn manager_info(node: web::Data<NodeHandle>, info: web::Data<NodeInfo>) -> HttpResponse {
+    let item = serde_json::json!({
+        "path": info.data_dir,
+        "version": format!("v{}", crate::node::handle::VERSION),
+        "type": "server",
+        "max_agents": "unlimited",
+        "openssl_support": "yes",
+        "tz_offset": "+0000",
+        "tz_name": "UTC",
+        "node_name": node.name(),
+        "node_type": node_type(&node),
+    });
+    HttpResponse::Ok().json(envelope(&[item], "Basic information was successfully read"))
 }
 
 /// What the guard in front of every endpoint knows.
@@ -667,8 +765,10 @@ pub fn start(
     access: Access,
     max_connections: usize,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    info: NodeInfo,
 ) -> std::io::Result<ServerHandle> {
     let data = web::Data::new(node);
+    let info = web::Data::new(info);
     let token = web::Data::new(Token(access.token.clone()));
     let access = web::Data::new(access);
     let server = HttpServer::new(move || {
@@ -676,8 +776,13 @@ pub fn start(
             .app_data(data.clone())
             .app_data(token.clone())
             .app_data(access.clone())
+            .app_data(info.clone())
             .wrap(actix_web::middleware::from_fn(guard))
             .route(AUTHENTICATE, web::post().to(authenticate))
+            .route("/", web::get().to(api_info))
+            .route("/manager/info", web::get().to(manager_info))
+            .route("/cluster/status", web::get().to(cluster_status))
+            .route("/cluster/local/info", web::get().to(cluster_local_info))
             .app_data(web::PayloadConfig::new(wazuh_cluster_actors::registry::admin::MAX_RULESET_FILE))
             .route("/rules/files/{name}", web::get().to(get_ruleset_file))
             .route("/rules/files/{name}", web::put().to(put_ruleset_file))

@@ -329,7 +329,11 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
     info!(node = handle.name(); "enrollment listening on {enrollment_addr} (TLS)");
     tasks.push(actix_rt::spawn(session::serve(agent_tcp, AgentHub::link(handle.hub()), shared)));
     info!(node = handle.name(); "agent connections listening on {agents_addr}");
-    let api = match crate::api::start(api_listener, handle.clone(), access, config.api.max_connections, api_tls) {
+    let info = crate::api::NodeInfo {
+        cluster: config.cluster.name.clone(),
+        data_dir: config.node.data_dir.display().to_string(),
+    };
+    let api = match crate::api::start(api_listener, handle.clone(), access, config.api.max_connections, api_tls, info) {
         Ok(api) => api,
         Err(e) => {
             // The actors exist now: stop them and let them run their stop before returning.

@@ -338,7 +338,11 @@ async fn every_endpoint_but_health_needs_the_token_and_lists_never_carry_keys() 
     let key = enroll(cluster.worker(0).enrollment_addr, "guard-agent").await;
     let id = key.split(' ').next().unwrap_or_default().to_string();
     until_every_node_of(&cluster, &key).await;
-    let endpoints: [(&str, String); 21] = [
+    let endpoints: [(&str, String); 25] = [
+        ("GET", "/".into()),
+        ("GET", "/manager/info".into()),
+        ("GET", "/cluster/status".into()),
+        ("GET", "/cluster/local/info".into()),
         ("GET", "/cluster/nodes".into()),
         ("GET", "/cluster/healthcheck".into()),
         ("GET", "/metrics".into()),
@@ -654,4 +658,77 @@ async fn a_rule_file_written_through_a_workers_api_reaches_every_node_and_traver
     assert_eq!(status, 404);
     let (status, _) = call(master_api, "GET", "/lists/files/nope".into(), Some(API_TOKEN), None).await;
     assert_eq!(status, 404);
+}
+
+/// The informational endpoints answer in Wazuh's shapes, each node for itself.
+#[actix_rt::test]
+async fn info_endpoints_answer_in_wazuhs_shapes() {
+    let cluster = TestCluster::start("info", 1).await;
+    for (api, name, kind) in [
+        (cluster.master().api_addr, cluster.master_name(), "master"),
+        (cluster.worker(0).api_addr, cluster.worker_name(0), "worker"),
+    ] {
+        let (status, root) = call(api, "GET", "/".into(), Some(API_TOKEN), None).await;
+        assert_eq!(status, 200);
+        assert_eq!(root["data"]["title"], "Wazuh API REST");
+        assert_eq!(root["data"]["hostname"], name.as_str());
+        let (status, s) = call(api, "GET", "/cluster/status".into(), Some(API_TOKEN), None).await;
+        assert_eq!((status, &s["data"]["enabled"], &s["data"]["running"]), (200, &"yes".into(), &"yes".into()));
+        let (_, local) = call(api, "GET", "/cluster/local/info".into(), Some(API_TOKEN), None).await;
+        let item = &local["data"]["affected_items"][0];
+        assert_eq!(
+            (item["node"].as_str(), item["cluster"].as_str(), item["type"].as_str()),
+            (Some(name.as_str()), Some("test"), Some(kind))
+        );
+        let (_, manager) = call(api, "GET", "/manager/info".into(), Some(API_TOKEN), None).await;
+        let item = &manager["data"]["affected_items"][0];
+        assert_eq!(item["type"], "server");
+        assert!(item["version"].as_str().unwrap_or("").starts_with('v'));
+        assert_eq!(manager["data"]["total_affected_items"], 1);
+    }
+}
+
+/// `agents_list`, `search`, `select` and `q` filter and shape `GET /agents` on the master and on
+/// a worker; a query this API does not support is a 400 that says what it supports.
+#[actix_rt::test]
+async fn agents_filter_by_list_search_select_and_q() {
+    let cluster = TestCluster::start("filters", 1).await;
+    let mut keys = Vec::new();
+    for name in ["web-01", "web-02", "db-01", "db_x"] {
+        keys.push(enroll(cluster.master().enrollment_addr, name).await);
+    }
+    let ids: Vec<String> = keys.iter().map(|k| k.split(' ').next().unwrap_or_default().to_string()).collect();
+    until_every_node_of(&cluster, &keys[3]).await;
+    let names = |body: &serde_json::Value| -> Vec<String> {
+        let mut v: Vec<String> = body["data"]["affected_items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|i| i["name"].as_str().unwrap_or_default().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    for api in [cluster.master().api_addr, cluster.worker(0).api_addr] {
+        let get = |path: String| call(api, "GET", path, Some(API_TOKEN), None);
+        let (_, b) = get(format!("/agents?agents_list={},{}", ids[0], ids[2])).await;
+        assert_eq!(names(&b), ["db-01", "web-01"]);
+        assert_eq!(b["data"]["total_affected_items"], 2);
+        let (_, b) = get("/agents?search=web".into()).await;
+        assert_eq!(names(&b), ["web-01", "web-02"]);
+        // `_` is a character, not a wildcard.
+        let (_, b) = get("/agents?search=db_".into()).await;
+        assert_eq!(names(&b), ["db_x"]);
+        let (_, b) = get("/agents?q=name=db-01".into()).await;
+        assert_eq!(names(&b), ["db-01"]);
+        let (_, b) = get("/agents?select=name&search=web-02".into()).await;
+        let item = b["data"]["affected_items"][0].as_object().expect("item").clone();
+        let mut fields: Vec<&String> = item.keys().collect();
+        fields.sort();
+        assert_eq!(fields, ["id", "name"]);
+        let (status, b) = get("/agents?q=os.name~linux".into()).await;
+        assert_eq!(status, 400, "{b}");
+        let (status, _) = get("/agents?agents_list=1,abc".into()).await;
+        assert_eq!(status, 400);
+    }
 }

@@ -769,7 +769,7 @@ impl Registry {
     /// unless a group is asked for.
     pub fn page(&self, q: &AgentQuery) -> Result<(u64, Vec<AgentRow>), StoreError> {
         let (filter, mut args) = q.where_clause();
-        let total = if q.group.is_none() {
+        let total = if q.counted_in_memory() {
             self.counts.count(q.status.as_deref(), q.node.as_deref())
         } else {
             let sql = format!("SELECT COUNT(*) FROM agents {filter}");

@@ -66,7 +66,12 @@ pub enum QueryError {
     SortField(String),
     #[error("limit must be between 1 and {MAX_LIMIT}, not {0}")]
     Limit(u64),
+    #[error("agents_list may name at most {MAX_IDS} agents")]
+    TooManyIds,
 }
+
+/// Most agents one `agents_list` may name.
+pub const MAX_IDS: usize = 10_000;
 
 /// `+name,-id` (Wazuh's syntax; no sign means ascending).
 pub fn parse_sort(text: &str) -> Result<Vec<SortKey>, QueryError> {
@@ -92,6 +97,12 @@ pub struct AgentQuery {
     pub status: Option<String>,
     pub node: Option<String>,
     pub group: Option<String>,
+    /// Only these agents (`agents_list`), when not empty.
+    pub ids: Vec<u32>,
+    /// An exact name (`q=name=...`).
+    pub name: Option<String>,
+    /// Agents whose id, name or address contains this text (`search`).
+    pub search: Option<String>,
     pub sort: Vec<SortKey>,
     pub offset: u64,
     pub limit: u64,
@@ -99,11 +110,54 @@ pub struct AgentQuery {
 
 impl Default for AgentQuery {
     fn default() -> Self {
-        Self { status: None, node: None, group: None, sort: Vec::new(), offset: 0, limit: DEFAULT_LIMIT }
+        Self {
+            status: None,
+            node: None,
+            group: None,
+            ids: Vec::new(),
+            name: None,
+            search: None,
+            sort: Vec::new(),
+            offset: 0,
+            limit: DEFAULT_LIMIT,
+        }
     }
 }
 
 impl AgentQuery {
+    /// Whether the in-memory counts can say how many match (no filter they do not keep).
+    pub fn counted_in_memory(&self) -> bool {
+        self.group.is_none() && self.ids.is_empty() && self.name.is_none() && self.search.is_none()
+    }
+
+    /// Applies Wazuh's `q` for the fields this API filters on: `field=value` terms joined by `;`
+    /// (and), over `status`, `node_name`, `group`, `name` and `id`.
+    pub fn with_q(mut self, q: &str) -> Result<Self, String> {
+        for term in q.split(';').map(str::trim).filter(|t| !t.is_empty()) {
+            let Some((field, value)) = term.split_once('=') else {
+                return Err(format!("q term {term:?}: only field=value terms joined by ';' are supported"));
+            };
+            if value.contains(['<', '>', '~', '!', ',', '(', ')']) || field.contains(['<', '>', '~', '!']) {
+                return Err(format!("q term {term:?}: only = is supported"));
+            }
+            let value = value.to_string();
+            match field.trim() {
+                "status" => self.status = Some(value),
+                "node_name" => self.node = Some(value),
+                "group" => self.group = Some(value),
+                "name" => self.name = Some(value),
+                "id" => match crate::registry::parse_id(&value) {
+                    Some(id) => self.ids.push(id),
+                    None => return Err(format!("q term {term:?}: not an agent id")),
+                },
+                other => {
+                    return Err(format!("q field {other:?}: use status, node_name, group, name or id"));
+                }
+            }
+        }
+        Ok(self)
+    }
+
     /// The query with `limit` checked against [`MAX_LIMIT`].
     pub fn with_limit(mut self, limit: Option<u64>) -> Result<Self, QueryError> {
         let limit = limit.unwrap_or(DEFAULT_LIMIT);
@@ -130,6 +184,25 @@ impl AgentQuery {
         if let Some(g) = &self.group {
             params.push(Value::Text(g.clone()));
             terms.push(format!("instr(',' || groups || ',', ',' || ?{} || ',') > 0", params.len()));
+        }
+        if !self.ids.is_empty() {
+            let first = params.len() + 1;
+            params.extend(self.ids.iter().map(|id| Value::Integer(i64::from(*id))));
+            let marks: Vec<String> = (first..=params.len()).map(|i| format!("?{i}")).collect();
+            terms.push(format!("id IN ({})", marks.join(", ")));
+        }
+        if let Some(n) = &self.name {
+            params.push(Value::Text(n.clone()));
+            terms.push(format!("name = ?{}", params.len()));
+        }
+        if let Some(text) = &self.search {
+            // LIKE with the text's own % and _ taken literally.
+            let escaped = text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            params.push(Value::Text(format!("%{escaped}%")));
+            let n = params.len();
+            terms.push(format!(
+                "(name LIKE ?{n} ESCAPE '\\' OR ip LIKE ?{n} ESCAPE '\\' OR printf('%03d', id) LIKE ?{n} ESCAPE '\\')"
+            ));
         }
         if terms.is_empty() {
             (String::new(), params)
@@ -196,6 +269,17 @@ mod tests {
         assert_eq!(q.order_clause(&[]), "ORDER BY id DESC");
         assert_eq!(AgentQuery::default().with_limit(Some(0)), Err(QueryError::Limit(0)));
         assert!(AgentQuery::default().with_limit(Some(MAX_LIMIT)).is_ok());
+        // agents_list, an exact name and a search, all as parameters.
+        let q = AgentQuery { ids: vec![1, 7], search: Some("50%_x".into()), ..AgentQuery::default() }
+            .with_q("status=active;name=web-1")
+            .unwrap();
+        let (w, p) = q.where_clause();
+        assert!(w.contains("id IN (?2, ?3)") && w.contains("name = ?4") && w.contains("LIKE ?5"), "{w}");
+        assert_eq!(p.last(), Some(&Value::Text("%50\\%\\_x%".into())));
+        assert!(!q.counted_in_memory());
+        for bad in ["status>1", "os.name=x", "name", "id=abc"] {
+            assert!(AgentQuery::default().with_q(bad).is_err(), "{bad}");
+        }
         assert_eq!(AgentQuery::default().with_limit(None).unwrap().limit, DEFAULT_LIMIT);
     }
 }
