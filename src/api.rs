@@ -43,6 +43,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use base64ct::Encoding;
 use serde::Serialize;
+use wazuh_cluster_actors::registry::fmt_id;
 use wazuh_cluster_actors::registry::query::{parse_sort, AgentQuery};
 use wazuh_cluster_protocol::message::{AdminError, AdminRequest, RulesetRoot};
 
@@ -438,6 +439,249 @@ async fn delete_agent(
     change(&node, &req, &token, AdminRequest::DeleteAgent { id }, "Agent deleted").await
 }
 
+/// Applies `requests` one by one (each named by the id it shows in the answer), in Wazuh's bulk
+/// envelope: the ones done in `affected_items`, the others in `failed_items` with why.
+async fn bulk(
+    node: &NodeHandle,
+    req: &actix_web::HttpRequest,
+    token: &Token,
+    requests: Vec<(String, AdminRequest)>,
+    done: &str,
+) -> HttpResponse {
+    if let Some(refusal) = refuse_unauthorized(req, token) {
+        return refusal;
+    }
+    let (mut affected, mut failed) = (Vec::new(), Vec::new());
+    for (id, request) in requests {
+        match node.admin(request, bearer(req).to_string()).await {
+            Ok(()) => affected.push(id),
+            Err(e) => {
+                let code = change_status(&e).as_u16();
+                failed.push(serde_json::json!({ "error": { "code": code, "message": e.to_string() }, "id": [id] }));
+            }
+        }
+    }
+    let message = if failed.is_empty() { done.to_string() } else { format!("{done} (some were not)") };
+    HttpResponse::Ok().json(serde_json::json!({
+        "data": {
+            "affected_items": affected,
+            "total_affected_items": affected.len(),
+            "total_failed_items": failed.len(),
+            "failed_items": failed,
+        },
+        "message": message,
+        "error": if failed.is_empty() { 0 } else if affected.is_empty() { 1 } else { 2 },
+    }))
+}
+
+/// Agent ids from `agents_list` (comma-separated; `all` for every agent this node knows).
+async fn agent_ids(node: &NodeHandle, list: &str, status: Option<String>) -> Result<Vec<u32>, Box<HttpResponse>> {
+    if list.trim() == "all" || status.is_some() {
+        let q = AgentQuery { status, ..AgentQuery::default() }
+            .with_limit(Some(wazuh_cluster_actors::registry::query::MAX_LIMIT))
+            .map_err(|e| Box::new(HttpResponse::BadRequest().json(error_body(400, &e.to_string()))))?;
+        let (_, items) = node
+            .agents_page(q)
+            .await
+            .map_err(|e| Box::new(HttpResponse::ServiceUnavailable().json(error_body(503, &e.to_string()))))?;
+        let found: Vec<u32> = items.iter().filter_map(|a| wazuh_cluster_actors::registry::parse_id(&a.id)).collect();
+        if list.trim() == "all" {
+            return Ok(found);
+        }
+        let named = parse_ids(list)?;
+        return Ok(named.into_iter().filter(|id| found.contains(id)).collect());
+    }
+    parse_ids(list)
+}
+
+fn parse_ids(list: &str) -> Result<Vec<u32>, Box<HttpResponse>> {
+    let mut ids = Vec::new();
+    for text in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        match wazuh_cluster_actors::registry::parse_id(text) {
+            Some(id) => ids.push(id),
+            None => return Err(Box::new(bad_id(text))),
+        }
+    }
+    if ids.is_empty() {
+        return Err(Box::new(HttpResponse::BadRequest().json(error_body(400, "agents_list names no agent"))));
+    }
+    Ok(ids)
+}
+
+#[derive(serde::Deserialize)]
+struct BulkAgents {
+    agents_list: Option<String>,
+    status: Option<String>,
+    group_id: Option<String>,
+}
+
+/// `DELETE /agents?agents_list=001,002|all[&status=disconnected]`: each agent deleted, in Wazuh's
+/// bulk envelope.
+async fn delete_agents(
+    node: web::Data<NodeHandle>,
+    token: web::Data<Token>,
+    req: actix_web::HttpRequest,
+    query: web::Query<BulkAgents>,
+) -> HttpResponse {
+    let q = query.into_inner();
+    let Some(list) = q.agents_list else {
+        return HttpResponse::BadRequest().json(error_body(400, "agents_list is required (ids, or all)"));
+    };
+    let ids = match agent_ids(&node, &list, q.status).await {
+        Ok(ids) => ids,
+        Err(r) => return *r,
+    };
+    let requests = ids.into_iter().map(|id| (fmt_id(id), AdminRequest::DeleteAgent { id })).collect();
+    bulk(&node, &req, &token, requests, "All selected agents were deleted").await
+}
+
+/// `PUT /agents/group/{group_id}?agents_list=...`: each agent assigned to the group.
+async fn assign_many(
+    node: web::Data<NodeHandle>,
+    token: web::Data<Token>,
+    req: actix_web::HttpRequest,
+    group: web::Path<String>,
+    query: web::Query<BulkAgents>,
+) -> HttpResponse {
+    let group = group.into_inner();
+    let ids = match agent_ids(&node, query.agents_list.as_deref().unwrap_or(""), None).await {
+        Ok(ids) => ids,
+        Err(r) => return *r,
+    };
+    let requests =
+        ids.into_iter().map(|id| (fmt_id(id), AdminRequest::AssignGroup { id, group: group.clone() })).collect();
+    bulk(&node, &req, &token, requests, "All selected agents were assigned to the group").await
+}
+
+/// `DELETE /agents/group?agents_list=...&group_id=...`: each agent removed from the group.
+async fn unassign_many(
+    node: web::Data<NodeHandle>,
+    token: web::Data<Token>,
+    req: actix_web::HttpRequest,
+    query: web::Query<BulkAgents>,
+) -> HttpResponse {
+    let q = query.into_inner();
+    let Some(group) = q.group_id else {
+        return HttpResponse::BadRequest().json(error_body(400, "group_id is required"));
+    };
+    let ids = match agent_ids(&node, q.agents_list.as_deref().unwrap_or(""), None).await {
+        Ok(ids) => ids,
+        Err(r) => return *r,
+    };
+    let requests =
+        ids.into_iter().map(|id| (fmt_id(id), AdminRequest::UnassignGroup { id, group: group.clone() })).collect();
+    bulk(&node, &req, &token, requests, "All selected agents were removed from the group").await
+}
+
+#[derive(serde::Deserialize)]
+struct GroupsList {
+    groups_list: Option<String>,
+}
+
+/// `DELETE /groups?groups_list=a,b`: each group deleted.
+async fn delete_groups(
+    node: web::Data<NodeHandle>,
+    token: web::Data<Token>,
+    req: actix_web::HttpRequest,
+    query: web::Query<GroupsList>,
+) -> HttpResponse {
+    let names: Vec<String> = query
+        .groups_list
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .map(String::from)
+        .collect();
+    if names.is_empty() {
+        return HttpResponse::BadRequest().json(error_body(400, "groups_list names no group"));
+    }
+    let requests = names.into_iter().map(|name| (name.clone(), AdminRequest::DeleteGroup { name })).collect();
+    bulk(&node, &req, &token, requests, "All selected groups were deleted").await
+}
+
+/// `GET /groups/{group_id}/agents`: the group's agents, paged and sorted as `GET /agents`.
+async fn group_agents(
+    node: web::Data<NodeHandle>,
+    group: web::Path<String>,
+    query: web::Query<AgentsParams>,
+) -> HttpResponse {
+    let mut p = query.into_inner();
+    p.group = Some(group.into_inner());
+    agents(node, web::Query(p)).await
+}
+
+/// A group's directory under the sync roots, if `group` is a valid group name.
+fn group_dir(node: &NodeHandle, group: &str) -> Result<std::path::PathBuf, Box<HttpResponse>> {
+    if !wazuh_cluster_protocol::agent::enrollment::valid_group_name(group) {
+        return Err(Box::new(HttpResponse::BadRequest().json(error_body(400, "not a group name"))));
+    }
+    let dir = node.data_dir().join("etc/shared").join(group);
+    if !dir.is_dir() {
+        return Err(Box::new(HttpResponse::NotFound().json(error_body(404, &format!("no group named {group:?}")))));
+    }
+    Ok(dir)
+}
+
+/// `GET /groups/{group_id}/files`: the group's files with their MD5.
+async fn group_files(node: web::Data<NodeHandle>, group: web::Path<String>) -> HttpResponse {
+    let dir = match group_dir(&node, &group) {
+        Ok(d) => d,
+        Err(r) => return *r,
+    };
+    let mut items = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(&dir).into_iter().flatten().flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let Ok(bytes) = std::fs::read(e.path()) else { continue };
+        if !e.path().is_file() {
+            continue;
+        }
+        use md5::Digest;
+        let hash: String = md5::Md5::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        items.push(serde_json::json!({ "filename": e.file_name().to_string_lossy(), "hash": hash }));
+    }
+    HttpResponse::Ok().json(envelope(&items, "All selected groups files were returned"))
+}
+
+/// `GET /groups/{group_id}/files/{file_name}[?raw=true]`.
+async fn group_file(
+    node: web::Data<NodeHandle>,
+    path: web::Path<(String, String)>,
+    query: web::Query<FileQuery>,
+) -> HttpResponse {
+    let (group, file) = path.into_inner();
+    let dir = match group_dir(&node, &group) {
+        Ok(d) => d,
+        Err(r) => return *r,
+    };
+    if file.starts_with('.') || !file.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+        return HttpResponse::BadRequest().json(error_body(400, "not a file name"));
+    }
+    match std::fs::read(dir.join(&file)) {
+        Ok(bytes) if query.raw.unwrap_or(false) => HttpResponse::Ok().content_type("text/plain").body(bytes),
+        Ok(bytes) => HttpResponse::Ok().json(envelope(
+            &[serde_json::json!({ "filename": file, "group": group, "content": String::from_utf8_lossy(&bytes) })],
+            "File read",
+        )),
+        Err(_) => HttpResponse::NotFound().json(error_body(404, &format!("no file {file:?} in group {group:?}"))),
+    }
+}
+
+/// `PUT /groups/{group_id}/configuration` with an `agent.conf` as the body: written into the
+/// master's group directory (a worker forwards it), pushed to the group's agents by every node.
+async fn put_group_configuration(
+    node: web::Data<NodeHandle>,
+    token: web::Data<Token>,
+    req: actix_web::HttpRequest,
+    group: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let request = AdminRequest::PutGroupConfiguration { group: group.into_inner(), content: body.to_vec() };
+    change(&node, &req, &token, request, "Agent configuration was successfully updated").await
+}
+
 async fn list_groups(node: web::Data<NodeHandle>) -> HttpResponse {
     match node.groups().await {
         Ok(groups) => {
@@ -779,6 +1023,15 @@ pub fn start(
             .app_data(info.clone())
             .wrap(actix_web::middleware::from_fn(guard))
             .route(AUTHENTICATE, web::post().to(authenticate))
+            // Before /agents/{id}: "group" is not an agent id.
+            .route("/agents", web::delete().to(delete_agents))
+            .route("/agents/group", web::delete().to(unassign_many))
+            .route("/agents/group/{group_id}", web::put().to(assign_many))
+            .route("/groups", web::delete().to(delete_groups))
+            .route("/groups/{group_id}/agents", web::get().to(group_agents))
+            .route("/groups/{group_id}/files", web::get().to(group_files))
+            .route("/groups/{group_id}/files/{file_name}", web::get().to(group_file))
+            .route("/groups/{group_id}/configuration", web::put().to(put_group_configuration))
             .route("/", web::get().to(api_info))
             .route("/manager/info", web::get().to(manager_info))
             .route("/cluster/status", web::get().to(cluster_status))

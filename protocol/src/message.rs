@@ -370,6 +370,12 @@ pub enum AdminRequest {
         root: RulesetRoot,
         name: String,
     },
+    /// Writes a group's `agent.conf` (protocol 2.1).
+    PutGroupConfiguration {
+        group: String,
+        #[serde(with = "serde_bytes")]
+        content: Vec<u8>,
+    },
 }
 
 impl std::fmt::Debug for AdminRequest {
@@ -394,6 +400,9 @@ impl std::fmt::Debug for AdminRequest {
                 .finish(),
             AdminRequest::DeleteRulesetFile { root, name } => {
                 f.debug_struct("DeleteRulesetFile").field("root", root).field("name", name).finish()
+            }
+            AdminRequest::PutGroupConfiguration { group, content } => {
+                f.debug_struct("PutGroupConfiguration").field("group", group).field("bytes", &content.len()).finish()
             }
         }
     }

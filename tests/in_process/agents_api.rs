@@ -338,7 +338,14 @@ async fn every_endpoint_but_health_needs_the_token_and_lists_never_carry_keys() 
     let key = enroll(cluster.worker(0).enrollment_addr, "guard-agent").await;
     let id = key.split(' ').next().unwrap_or_default().to_string();
     until_every_node_of(&cluster, &key).await;
-    let endpoints: [(&str, String); 25] = [
+    let endpoints: [(&str, String); 32] = [
+        ("DELETE", "/agents?agents_list=all".into()),
+        ("PUT", "/agents/group/default?agents_list=001".into()),
+        ("DELETE", "/agents/group?agents_list=001&group_id=default".into()),
+        ("DELETE", "/groups?groups_list=x".into()),
+        ("GET", "/groups/default/agents".into()),
+        ("GET", "/groups/default/files".into()),
+        ("PUT", "/groups/default/configuration".into()),
         ("GET", "/".into()),
         ("GET", "/manager/info".into()),
         ("GET", "/cluster/status".into()),
@@ -731,4 +738,76 @@ async fn agents_filter_by_list_search_select_and_q() {
         let (status, _) = get("/agents?agents_list=1,abc".into()).await;
         assert_eq!(status, 400);
     }
+}
+
+/// Wazuh's bulk and group endpoints: assignments and deletions by `agents_list` answer with
+/// affected and failed items; a group's agents, files and `agent.conf` (written through a worker,
+/// on every node after file sync).
+#[actix_rt::test]
+async fn bulk_agent_changes_and_group_files_in_wazuhs_shapes() {
+    let cluster = TestCluster::start("bulk", 1).await;
+    let (master_api, worker_api) = (cluster.master().api_addr, cluster.worker(0).api_addr);
+    let mut ids = Vec::new();
+    for name in ["b-1", "b-2", "b-3"] {
+        let key = enroll(cluster.master().enrollment_addr, name).await;
+        ids.push(key.split(' ').next().unwrap_or_default().to_string());
+    }
+    let admin =
+        |api, method: &'static str, path: String, body: Option<String>| call(api, method, path, Some(API_TOKEN), body);
+    let group = serde_json::json!({ "group_id": "linux" }).to_string();
+    assert_eq!(admin(master_api, "POST", "/groups".into(), Some(group)).await.0, 200);
+    let (status, b) =
+        admin(worker_api, "PUT", format!("/agents/group/linux?agents_list={},{},999", ids[0], ids[1]), None).await;
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(b["data"]["affected_items"], serde_json::json!([ids[0], ids[1]]));
+    assert_eq!(b["data"]["failed_items"][0]["id"][0], "999");
+    assert_eq!(b["data"]["failed_items"][0]["error"]["code"], 404);
+    assert_eq!(b["error"], 2);
+    let (_, b) = admin(master_api, "GET", "/groups/linux/agents".into(), None).await;
+    assert_eq!(b["data"]["total_affected_items"], 2, "{b}");
+    // agent.conf through the worker: on every node.
+    let conf = "<agent_config>\n  <labels><label key=\"env\">prod</label></labels>\n</agent_config>\n";
+    let (status, b) = admin(worker_api, "PUT", "/groups/linux/configuration".into(), Some(conf.into())).await;
+    assert_eq!(status, 200, "{b}");
+    let start = Instant::now();
+    for node in [cluster.master_name(), cluster.worker_name(0)] {
+        let path = cluster.dir.path().join(&node).join("etc/shared/linux/agent.conf");
+        while std::fs::read_to_string(&path).ok().as_deref() != Some(conf) {
+            assert!(start.elapsed() < WAIT, "agent.conf did not reach {node}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let (_, b) = admin(worker_api, "GET", "/groups/linux/files".into(), None).await;
+    let files = b["data"]["affected_items"].as_array().expect("files").clone();
+    let conf_item = files.iter().find(|f| f["filename"] == "agent.conf").expect("agent.conf listed");
+    use md5::Digest;
+    let md5: String = md5::Md5::digest(conf.as_bytes()).iter().map(|x| format!("{x:02x}")).collect();
+    assert_eq!(conf_item["hash"], md5.as_str());
+    let base = format!("http://{worker_api}");
+    let raw = actix_rt::task::spawn_blocking(move || {
+        wazuh_multi_node::client::request(
+            &base,
+            "GET",
+            "/groups/linux/files/agent.conf?raw=true",
+            Some(API_TOKEN),
+            None,
+        )
+    })
+    .await
+    .expect("join")
+    .expect("http");
+    assert_eq!(raw, (200, conf.to_string()));
+    assert_eq!(admin(master_api, "PUT", "/groups/nope/configuration".into(), Some(conf.into())).await.0, 404);
+    assert_eq!(admin(master_api, "GET", "/groups/..%2F..%2Fetc/files".into(), None).await.0, 400);
+    // Out of the group, then deleted.
+    let (_, b) =
+        admin(master_api, "DELETE", format!("/agents/group?agents_list={}&group_id=linux", ids[0]), None).await;
+    assert_eq!(b["data"]["total_affected_items"], 1, "{b}");
+    assert_eq!(admin(master_api, "DELETE", "/agents".into(), None).await.0, 400, "agents_list is required");
+    let (_, b) = admin(master_api, "DELETE", format!("/agents?agents_list={}", ids[2]), None).await;
+    assert_eq!(b["data"]["affected_items"], serde_json::json!([ids[2]]));
+    let (_, b) = admin(master_api, "GET", "/agents".into(), None).await;
+    assert_eq!(b["data"]["total_affected_items"], 2);
+    let (_, b) = admin(master_api, "DELETE", "/groups?groups_list=linux".into(), None).await;
+    assert_eq!(b["data"]["affected_items"], serde_json::json!(["linux"]), "{b}");
 }

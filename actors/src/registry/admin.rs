@@ -25,6 +25,9 @@ impl Registry {
                 return Ok(self.put_ruleset_file(*root, name, content, *overwrite));
             }
             AdminRequest::DeleteRulesetFile { root, name } => return Ok(self.delete_ruleset_file(*root, name)),
+            AdminRequest::PutGroupConfiguration { group, content } => {
+                return Ok(self.put_group_configuration(group, content));
+            }
         };
         match result {
             Ok(()) => Ok(Ok(())),
@@ -67,6 +70,28 @@ impl Registry {
         std::fs::write(&tmp, content).map_err(unavailable)?;
         std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(unavailable)?;
         std::fs::rename(&tmp, &path).map_err(unavailable)
+    }
+
+    /// Writes `etc/shared/<group>/agent.conf` of an existing group, atomically.
+    fn put_group_configuration(&self, group: &str, content: &[u8]) -> Result<(), AdminError> {
+        if !wazuh_cluster_protocol::agent::enrollment::valid_group_name(group) {
+            return Err(AdminError::Invalid(format!(
+                "{:?} is not a group name",
+                wazuh_cluster_protocol::agent::enrollment::printable(group)
+            )));
+        }
+        let dir = self.data_dir().join("etc/shared").join(group);
+        if !dir.is_dir() {
+            return Err(AdminError::NoSuchGroup(group.to_string()));
+        }
+        if content.len() > MAX_RULESET_FILE || std::str::from_utf8(content).is_err() {
+            return Err(AdminError::Invalid(format!("agent.conf: at most {MAX_RULESET_FILE} bytes of UTF-8")));
+        }
+        let unavailable = |e: std::io::Error| AdminError::Unavailable(format!("etc/shared/{group}/agent.conf: {e}"));
+        let tmp = dir.join("agent.conf.tmp");
+        std::fs::write(&tmp, content).map_err(unavailable)?;
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(unavailable)?;
+        std::fs::rename(&tmp, dir.join("agent.conf")).map_err(unavailable)
     }
 
     fn delete_ruleset_file(&self, root: RulesetRoot, name: &str) -> Result<(), AdminError> {
