@@ -1001,6 +1001,15 @@ fn change_status(e: &ChangeError) -> StatusCode {
     }
 }
 
+/// A 400 in the API's error format for a request that does not parse.
+fn bad_input(why: String) -> actix_web::Error {
+    let body = error_body(400, &format!("invalid request: {why}"));
+    actix_web::error::InternalError::from_response(why, HttpResponse::BadRequest().json(body)).into()
+}
+
+#[path = "api_spec.rs"]
+pub mod spec;
+
 /// Starts serving the API on `listener` (bound by the caller) in the background. Returns a handle
 /// to stop it.
 pub fn start(
@@ -1016,55 +1025,20 @@ pub fn start(
     let token = web::Data::new(Token(access.token.clone()));
     let access = web::Data::new(access);
     let server = HttpServer::new(move || {
-        App::new()
+        let mut app = App::new()
             .app_data(data.clone())
             .app_data(token.clone())
             .app_data(access.clone())
             .app_data(info.clone())
             .wrap(actix_web::middleware::from_fn(guard))
-            .route(AUTHENTICATE, web::post().to(authenticate))
-            // Before /agents/{id}: "group" is not an agent id.
-            .route("/agents", web::delete().to(delete_agents))
-            .route("/agents/group", web::delete().to(unassign_many))
-            .route("/agents/group/{group_id}", web::put().to(assign_many))
-            .route("/groups", web::delete().to(delete_groups))
-            .route("/groups/{group_id}/agents", web::get().to(group_agents))
-            .route("/groups/{group_id}/files", web::get().to(group_files))
-            .route("/groups/{group_id}/files/{file_name}", web::get().to(group_file))
-            .route("/groups/{group_id}/configuration", web::put().to(put_group_configuration))
-            .route("/", web::get().to(api_info))
-            .route("/manager/info", web::get().to(manager_info))
-            .route("/cluster/status", web::get().to(cluster_status))
-            .route("/cluster/local/info", web::get().to(cluster_local_info))
-            .app_data(web::PayloadConfig::new(wazuh_cluster_actors::registry::admin::MAX_RULESET_FILE))
-            .route("/rules/files/{name}", web::get().to(get_ruleset_file))
-            .route("/rules/files/{name}", web::put().to(put_ruleset_file))
-            .route("/rules/files/{name}", web::delete().to(delete_ruleset_file))
-            .route("/decoders/files/{name}", web::get().to(get_ruleset_file))
-            .route("/decoders/files/{name}", web::put().to(put_ruleset_file))
-            .route("/decoders/files/{name}", web::delete().to(delete_ruleset_file))
-            .route("/lists/files/{name}", web::get().to(get_ruleset_file))
-            .route("/lists/files/{name}", web::put().to(put_ruleset_file))
-            .route("/lists/files/{name}", web::delete().to(delete_ruleset_file))
-            .route("/cluster/join-tokens", web::post().to(join_token))
-            .route("/cluster/analysisd/reload", web::put().to(reload_analysisd))
-            .route("/cluster/nodes/{name}/revoke", web::post().to(revoke))
-            .route("/agents/{id}/key", web::get().to(get_agent_key))
-            .route("/cluster/nodes", web::get().to(nodes))
-            .route("/cluster/healthcheck", web::get().to(healthcheck))
-            .route("/health", web::get().to(health))
-            .route("/metrics", web::get().to(metrics))
-            .route("/agents", web::get().to(agents))
-            .route("/agents/reconnect", web::put().to(reconnect))
-            .route("/agents/summary/status", web::get().to(agents_summary))
-            .route("/agents/{id}", web::get().to(get_agent))
-            .route("/agents/{id}", web::delete().to(delete_agent))
-            .route("/agents/{id}/group/{group}", web::put().to(assign))
-            .route("/agents/{id}/group/{group}", web::delete().to(unassign))
-            .route("/groups", web::get().to(list_groups))
-            .route("/groups", web::post().to(create_group))
-            .route("/groups/{group}", web::delete().to(delete_group))
-            .default_service(web::to(not_found))
+            // Malformed parameters and bodies answer in the API's JSON error format.
+            .app_data(web::QueryConfig::default().error_handler(|e, _| bad_input(e.to_string())))
+            .app_data(web::JsonConfig::default().error_handler(|e, _| bad_input(e.to_string())))
+            .app_data(web::PayloadConfig::new(wazuh_cluster_actors::registry::admin::MAX_RULESET_FILE));
+        for ep in spec::endpoints() {
+            app = app.route(ep.path, (ep.route)());
+        }
+        app.default_service(web::to(not_found))
     })
     .workers(1)
     // Bounds what clients can hold: connections at once (more wait in the backlog), and the time

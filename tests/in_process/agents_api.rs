@@ -811,3 +811,39 @@ async fn bulk_agent_changes_and_group_files_in_wazuhs_shapes() {
     let (_, b) = admin(master_api, "DELETE", "/groups?groups_list=linux".into(), None).await;
     assert_eq!(b["data"]["affected_items"], serde_json::json!(["linux"]), "{b}");
 }
+
+/// The OpenAPI document is served and names every endpoint the server routes (they come from one
+/// table), each with its parameters, responses and security.
+#[actix_rt::test]
+async fn the_openapi_document_covers_every_endpoint() {
+    let cluster = TestCluster::start("openapi", 0).await;
+    let (status, doc) = call(cluster.master().api_addr, "GET", "/api/openapi.json".into(), Some(API_TOKEN), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.0.3");
+    let endpoints = wazuh_multi_node::api::spec::endpoints();
+    assert!(endpoints.len() >= 40, "{}", endpoints.len());
+    for ep in &endpoints {
+        let op = &doc["paths"][ep.path][ep.method];
+        assert!(op.is_object(), "{} {} is not documented", ep.method, ep.path);
+        assert!(op["responses"]["200"].is_object());
+        let placeholders = ep.path.matches('{').count();
+        let in_path = op["parameters"].as_array().map_or(0, |p| p.iter().filter(|p| p["in"] == "path").count());
+        assert_eq!(placeholders, in_path, "{} {}", ep.method, ep.path);
+        if ep.path != "/health" && ep.path != "/security/user/authenticate" {
+            assert_eq!(op["security"], serde_json::json!([{ "bearer": [] }]), "{}", ep.path);
+        }
+    }
+    // Every documented operation is routed: called, it never gets the "no such endpoint" answer.
+    for ep in &endpoints {
+        let path = ep
+            .path
+            .replace("{id}", "001")
+            .replace("{group_id}", "default")
+            .replace("{group}", "default")
+            .replace("{file_name}", "agent.conf")
+            .replace("{name}", "probe.xml");
+        let method: &'static str = ep.method.to_uppercase().leak();
+        let (_, body) = call(cluster.master().api_addr, method, path.clone(), Some(API_TOKEN), None).await;
+        assert_ne!(body["detail"], "no such endpoint", "{method} {path} is not routed");
+    }
+}

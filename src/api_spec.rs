@@ -1,0 +1,423 @@
+//! The API's endpoints as one table: the server registers its routes from it, and the OpenAPI 3
+//! document (`GET /api/openapi.json`) is generated from it, so the document covers every endpoint
+//! by construction.
+
+use super::*;
+use actix_web::Route;
+
+/// Where a parameter goes.
+#[derive(Clone, Copy)]
+pub enum In {
+    Path,
+    Query,
+}
+
+/// One parameter: its name, where, its JSON type and a description.
+#[derive(Clone, Copy)]
+pub struct Param {
+    pub name: &'static str,
+    pub at: In,
+    /// `string`, `integer` or `boolean`.
+    pub kind: &'static str,
+    pub doc: &'static str,
+}
+
+const fn path(name: &'static str, doc: &'static str) -> Param {
+    Param { name, at: In::Path, kind: "string", doc }
+}
+const fn query(name: &'static str, kind: &'static str, doc: &'static str) -> Param {
+    Param { name, at: In::Query, kind, doc }
+}
+
+/// A `&'static [Param]` of const parameters.
+macro_rules! params {
+    ($($p:expr),* $(,)?) => {{
+        const P: &[Param] = &[$($p),*];
+        P
+    }};
+}
+
+/// What a request carries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    None,
+    /// A JSON object.
+    Json,
+    /// A file's text.
+    Text,
+}
+
+/// One endpoint.
+pub struct Endpoint {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    pub params: &'static [Param],
+    pub body: Body,
+    /// `false`: answered without credentials.
+    pub auth: bool,
+    /// Whether a 200 may be plain text (`?raw=true`, Prometheus).
+    pub text: bool,
+    pub route: fn() -> Route,
+}
+
+const AGENT_FILTERS: &[Param] = &[
+    query("offset", "integer", "first item (0)"),
+    query("limit", "integer", "items per page (500, at most 100000)"),
+    query("sort", "string", "+field or -field, comma-separated"),
+    query("status", "string", "active, pending, disconnected, never_connected"),
+    query("node_name", "string", "the node the agents report to"),
+    query("group", "string", "a group the agents belong to"),
+    query("agents_list", "string", "comma-separated agent ids"),
+    query("search", "string", "text in the id, name or address"),
+    query("select", "string", "comma-separated fields to return (id always)"),
+    query("q", "string", "field=value terms joined by ';' (status, node_name, group, name, id)"),
+];
+
+const FILE_PARAMS: &[Param] = &[
+    path("name", "the file's name"),
+    query("raw", "boolean", "the bare file"),
+    query("overwrite", "boolean", "replace an existing file"),
+];
+const FILE_NAME: &[Param] = &[path("name", "the file's name")];
+const GROUP_AGENTS: &[Param] = &[
+    path("group_id", "the group"),
+    query("offset", "integer", "first item (0)"),
+    query("limit", "integer", "items per page (500, at most 100000)"),
+    query("sort", "string", "+field or -field, comma-separated"),
+    query("status", "string", "active, pending, disconnected, never_connected"),
+    query("node_name", "string", "the node the agents report to"),
+    query("agents_list", "string", "comma-separated agent ids"),
+    query("search", "string", "text in the id, name or address"),
+    query("select", "string", "comma-separated fields to return (id always)"),
+    query("q", "string", "field=value terms joined by ';' (status, node_name, group, name, id)"),
+];
+
+/// Every endpoint, in the order the server matches them (fixed paths before `{id}`).
+pub fn endpoints() -> Vec<Endpoint> {
+    let e = |method, path, summary, params, body, route| Endpoint {
+        method,
+        path,
+        summary,
+        params,
+        body,
+        auth: true,
+        text: false,
+        route,
+    };
+    let mut v = vec![
+        Endpoint {
+            auth: false,
+            ..e(
+                "post",
+                AUTHENTICATE,
+                "A token for an API user (HTTP Basic)",
+                params![query("raw", "boolean", "the bare token")],
+                Body::None,
+                || web::post().to(authenticate),
+            )
+        },
+        e(
+            "delete",
+            "/agents",
+            "Delete agents",
+            params![
+                query("agents_list", "string", "comma-separated ids, or all"),
+                query("status", "string", "only agents with this status")
+            ],
+            Body::None,
+            || web::delete().to(delete_agents),
+        ),
+        e(
+            "delete",
+            "/agents/group",
+            "Remove agents from a group",
+            params![query("agents_list", "string", "comma-separated ids"), query("group_id", "string", "the group")],
+            Body::None,
+            || web::delete().to(unassign_many),
+        ),
+        e(
+            "put",
+            "/agents/group/{group_id}",
+            "Assign agents to a group",
+            params![path("group_id", "the group"), query("agents_list", "string", "comma-separated ids")],
+            Body::None,
+            || web::put().to(assign_many),
+        ),
+        e(
+            "delete",
+            "/groups",
+            "Delete groups",
+            params![query("groups_list", "string", "comma-separated group names")],
+            Body::None,
+            || web::delete().to(delete_groups),
+        ),
+        e("get", "/groups/{group_id}/agents", "A group's agents", GROUP_AGENTS, Body::None, || {
+            web::get().to(group_agents)
+        }),
+        e(
+            "get",
+            "/groups/{group_id}/files",
+            "A group's files with their MD5",
+            params![path("group_id", "the group")],
+            Body::None,
+            || web::get().to(group_files),
+        ),
+        Endpoint {
+            text: true,
+            ..e(
+                "get",
+                "/groups/{group_id}/files/{file_name}",
+                "One file of a group",
+                params![
+                    path("group_id", "the group"),
+                    path("file_name", "the file"),
+                    query("raw", "boolean", "the bare file")
+                ],
+                Body::None,
+                || web::get().to(group_file),
+            )
+        },
+        e(
+            "put",
+            "/groups/{group_id}/configuration",
+            "A group's agent.conf",
+            params![path("group_id", "the group")],
+            Body::Text,
+            || web::put().to(put_group_configuration),
+        ),
+        e("get", "/", "The API's information", params![], Body::None, || web::get().to(api_info)),
+        e("get", "/manager/info", "This node's information", params![], Body::None, || web::get().to(manager_info)),
+        e("get", "/cluster/status", "Whether clustering is on", params![], Body::None, || {
+            web::get().to(cluster_status)
+        }),
+        e("get", "/cluster/local/info", "This node's name, cluster and type", params![], Body::None, || {
+            web::get().to(cluster_local_info)
+        }),
+        e(
+            "post",
+            "/cluster/join-tokens",
+            "A join token for new workers (master)",
+            params![query("ttl", "integer", "seconds valid"), query("uses", "integer", "joins allowed")],
+            Body::None,
+            || web::post().to(join_token),
+        ),
+        e(
+            "put",
+            "/cluster/analysisd/reload",
+            "Every node's analysisd reloads the ruleset (master)",
+            params![],
+            Body::None,
+            || web::put().to(reload_analysisd),
+        ),
+        e(
+            "post",
+            "/cluster/nodes/{name}/revoke",
+            "Revoke a worker's identity (master)",
+            params![path("name", "the worker")],
+            Body::None,
+            || web::post().to(revoke),
+        ),
+        e("get", "/cluster/nodes", "The cluster's nodes", params![], Body::None, || web::get().to(nodes)),
+        e("get", "/cluster/healthcheck", "Every node's actors", params![], Body::None, || web::get().to(healthcheck)),
+        Endpoint {
+            auth: false,
+            ..e("get", "/health", "Whether this node serves", params![], Body::None, || web::get().to(health))
+        },
+        Endpoint {
+            text: true,
+            ..e("get", "/metrics", "Prometheus metrics", params![], Body::None, || web::get().to(metrics))
+        },
+        e("get", "/agents", "Agents, one page", AGENT_FILTERS, Body::None, || web::get().to(agents)),
+        e(
+            "put",
+            "/agents/reconnect",
+            "Agents reconnect (#!-force_reconnect)",
+            params![
+                query("agents_list", "string", "comma-separated ids"),
+                query("node", "string", "only agents on this node")
+            ],
+            Body::None,
+            || web::put().to(reconnect),
+        ),
+        e("get", "/agents/summary/status", "Agents by status and node", params![], Body::None, || {
+            web::get().to(agents_summary)
+        }),
+        e(
+            "get",
+            "/agents/{id}/key",
+            "One agent with its key",
+            params![path("id", "the agent's id")],
+            Body::None,
+            || web::get().to(get_agent_key),
+        ),
+        e("get", "/agents/{id}", "One agent", params![path("id", "the agent's id")], Body::None, || {
+            web::get().to(get_agent)
+        }),
+        e("delete", "/agents/{id}", "Delete an agent", params![path("id", "the agent's id")], Body::None, || {
+            web::delete().to(delete_agent)
+        }),
+        e(
+            "put",
+            "/agents/{id}/group/{group}",
+            "Assign an agent to a group",
+            params![path("id", "the agent's id"), path("group", "the group")],
+            Body::None,
+            || web::put().to(assign),
+        ),
+        e(
+            "delete",
+            "/agents/{id}/group/{group}",
+            "Remove an agent from a group",
+            params![path("id", "the agent's id"), path("group", "the group")],
+            Body::None,
+            || web::delete().to(unassign),
+        ),
+        e("get", "/groups", "Groups with their agent counts", params![], Body::None, || web::get().to(list_groups)),
+        e("post", "/groups", "Create a group ({\"group_id\": ...})", params![], Body::Json, || {
+            web::post().to(create_group)
+        }),
+        e("delete", "/groups/{group}", "Delete a group", params![path("group", "the group")], Body::None, || {
+            web::delete().to(delete_group)
+        }),
+        e("get", "/api/openapi.json", "This document", params![], Body::None, || web::get().to(openapi)),
+    ];
+    for p in ["/rules/files/{name}", "/decoders/files/{name}", "/lists/files/{name}"] {
+        v.push(Endpoint {
+            text: true,
+            ..e("get", p, "A ruleset file as this node has it", FILE_PARAMS, Body::None, || {
+                web::get().to(get_ruleset_file)
+            })
+        });
+        v.push(e(
+            "put",
+            p,
+            "Write a ruleset file (on the master; file sync spreads it)",
+            FILE_PARAMS,
+            Body::Text,
+            || web::put().to(put_ruleset_file),
+        ));
+        v.push(e("delete", p, "Delete a ruleset file", FILE_NAME, Body::None, || {
+            web::delete().to(delete_ruleset_file)
+        }));
+    }
+    v
+}
+
+/// The statuses an endpoint may answer with (JSON bodies, Wazuh's error format for errors).
+fn statuses(ep: &Endpoint) -> Vec<u16> {
+    let mut s = vec![200, 400, 404, 405, 413, 421];
+    if ep.auth {
+        s.extend([401, 403]);
+    }
+    if ep.path == AUTHENTICATE {
+        s.push(401);
+    }
+    // A node whose registry or master is unavailable says so.
+    s.push(503);
+    s.sort_unstable();
+    s.dedup();
+    s
+}
+
+/// The OpenAPI 3 document of [`endpoints`].
+pub fn document() -> serde_json::Value {
+    use serde_json::json;
+    let mut paths = serde_json::Map::new();
+    for ep in endpoints() {
+        let params: Vec<_> = ep
+            .params
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": p.name,
+                    "in": match p.at { In::Path => "path", In::Query => "query" },
+                    "required": matches!(p.at, In::Path),
+                    "description": p.doc,
+                    "schema": { "type": p.kind },
+                })
+            })
+            .collect();
+        let mut responses = serde_json::Map::new();
+        for code in statuses(&ep) {
+            let mut content = serde_json::Map::new();
+            content.insert("application/json".into(), json!({ "schema": { "type": "object" } }));
+            if code == 200 && ep.text {
+                content.insert("text/plain".into(), json!({ "schema": { "type": "string" } }));
+            }
+            if code == 200 && ep.path == AUTHENTICATE {
+                content.insert("text/plain".into(), json!({ "schema": { "type": "string" } }));
+            }
+            responses.insert(code.to_string(), json!({ "description": reason(code), "content": content }));
+        }
+        let mut op = json!({
+            "summary": ep.summary,
+            "operationId": format!("{}{}", ep.method, ep.path.replace(['/', '{', '}', '.'], "_")),
+            "parameters": params,
+            "responses": responses,
+        });
+        if ep.auth {
+            op["security"] = json!([{ "bearer": [] }]);
+        } else if ep.path == AUTHENTICATE {
+            op["security"] = json!([{ "basic": [] }]);
+        } else {
+            op["security"] = json!([]);
+        }
+        match ep.body {
+            Body::None => {}
+            Body::Json => {
+                op["requestBody"] = json!({
+                    "required": true,
+                    "content": { "application/json": { "schema": {
+                        "type": "object",
+                        "properties": { "group_id": { "type": "string" } },
+                        "required": ["group_id"],
+                    } } },
+                });
+            }
+            Body::Text => {
+                op["requestBody"] = json!({
+                    "required": true,
+                    "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } },
+                });
+            }
+        }
+        let entry = paths.entry(ep.path.to_string()).or_insert_with(|| json!({}));
+        entry[ep.method] = op;
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "wazuh-multi-node API",
+            "version": crate::node::handle::VERSION,
+            "description": "Wazuh-compatible REST API of a wazuh-multi-node node. Errors: {\"title\", \"detail\", \"error\"}.",
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT" },
+                "basic": { "type": "http", "scheme": "basic" },
+            },
+        },
+        "paths": paths,
+    })
+}
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        200 => "Done",
+        400 => "Bad request",
+        401 => "No valid credentials",
+        403 => "The caller's role may not do this",
+        404 => "No such item",
+        405 => "Method not allowed",
+        413 => "Too large",
+        421 => "This API does not serve that host",
+        503 => "Unavailable now",
+        _ => "Error",
+    }
+}
+
+/// `GET /api/openapi.json`.
+pub async fn openapi() -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok().json(document())
+}
