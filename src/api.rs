@@ -1,6 +1,7 @@
 //! The node's HTTP API (actix-web), in Wazuh's response envelope:
 //! `{"data": {"affected_items": [...], "total_affected_items": N, ...}, "message": "...", "error": 0}`.
 //!
+//! - `GET /ui`: the web console (static files embedded in the binary; it signs in through the API).
 //! - `GET /` (the API's information), `GET /manager/info`, `GET /cluster/status`,
 //!   `GET /cluster/local/info`: in Wazuh's shapes.
 //! - `GET /cluster/nodes`: the master lists itself and every connected worker; a worker lists
@@ -358,6 +359,8 @@ async fn guard(
     }
     let path = req.path();
     let open = path == "/health"
+        || path == "/ui"
+        || path.starts_with("/ui/")
         || (path == "/metrics" && access.metrics_public)
         || (path == AUTHENTICATE && req.method() == actix_web::http::Method::POST);
     if !open {
@@ -1001,6 +1004,20 @@ fn change_status(e: &ChangeError) -> StatusCode {
     }
 }
 
+/// The web console's files, embedded in the binary.
+const UI_HTML: &str = include_str!("ui/index.html");
+const UI_JS: &str = include_str!("ui/app.js");
+const UI_CSS: &str = include_str!("ui/app.css");
+
+/// A static file of the console; the page may run only its own script and style (CSP).
+fn asset(content_type: &'static str, body: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header(("Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'"))
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .body(body)
+}
+
 /// A 400 in the API's error format for a request that does not parse.
 fn bad_input(why: String) -> actix_web::Error {
     let body = error_body(400, &format!("invalid request: {why}"));
@@ -1035,6 +1052,12 @@ pub fn start(
             .app_data(web::QueryConfig::default().error_handler(|e, _| bad_input(e.to_string())))
             .app_data(web::JsonConfig::default().error_handler(|e, _| bad_input(e.to_string())))
             .app_data(web::PayloadConfig::new(wazuh_cluster_actors::registry::admin::MAX_RULESET_FILE));
+        // The web console: static files, open (it signs in through the API).
+        app = app
+            .route("/ui", web::get().to(|| async { asset("text/html; charset=utf-8", UI_HTML) }))
+            .route("/ui/", web::get().to(|| async { asset("text/html; charset=utf-8", UI_HTML) }))
+            .route("/ui/app.js", web::get().to(|| async { asset("text/javascript; charset=utf-8", UI_JS) }))
+            .route("/ui/app.css", web::get().to(|| async { asset("text/css; charset=utf-8", UI_CSS) }));
         for ep in spec::endpoints() {
             app = app.route(ep.path, (ep.route)());
         }

@@ -381,6 +381,15 @@ async fn every_endpoint_but_health_needs_the_token_and_lists_never_carry_keys() 
         }
         let (status, body) = call(api, "GET", "/health".into(), None, None).await;
         assert_eq!(status, 200, "{body}");
+        // The console's static files are open (the page signs in through the API), with a CSP.
+        let (status, text) =
+            raw(api, "GET /ui HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".to_string()).await;
+        assert_eq!(status, 200);
+        assert!(text.contains("content-security-policy: default-src 'self'") && text.contains("signin-form"), "{text}");
+        let (status, text) =
+            raw(api, "GET /ui/app.js HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".to_string()).await;
+        assert_eq!(status, 200);
+        assert!(text.contains("/security/user/authenticate"));
 
         // Lists: no key, with or without asking; the one explicit call has it.
         let (status, list) = call(api, "GET", "/agents".into(), Some(API_TOKEN), None).await;
