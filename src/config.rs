@@ -837,7 +837,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        other => return Err(format!("unknown unit {other:?} in {text:?}: use ms, s, m or h")),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
+        other => return Err(format!("unknown unit {other:?} in {text:?}: use ms, s, m, h or d")),
     };
     Ok(d)
 }

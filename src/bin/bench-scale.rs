@@ -77,6 +77,10 @@ struct Args {
     /// Keep the data directory (and the logs) instead of removing it.
     #[arg(long)]
     keep: bool,
+    /// The nodes' APIs over HTTPS (their self-signed certificates; the default of a real node) rather
+    /// than plain HTTP: the API timings then include TLS.
+    #[arg(long)]
+    api_https: bool,
     /// Workers hand events to a stand-in for wazuh-analysisd's queue (a Unix datagram socket per
     /// worker, read by this process) instead of writing the JSON archive; the event figures are then
     /// datagrams delivered, dropped and received.
@@ -146,7 +150,8 @@ struct Node {
 
 impl Node {
     fn api_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.api)
+        let scheme = if API_HTTPS.load(std::sync::atomic::Ordering::Relaxed) { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.api)
     }
     fn pid(&self) -> u32 {
         self.child.id()
@@ -177,7 +182,7 @@ fn start_node(
         format!("agents.bind=127.0.0.1:{agents}"),
         "log.level=info".to_string(),
         format!("api.token={API_TOKEN}"),
-        "api.tls=false".to_string(),
+        format!("api.tls={}", args.api_https),
         // A lab on loopback: workers join on the cluster key alone.
         "cluster.admission=open".to_string(),
     ];
@@ -298,6 +303,9 @@ fn events_archived(nodes: &[Node]) -> Vec<u64> {
     nodes.iter().map(|n| hub_figure(n, figure).unwrap_or(0)).collect()
 }
 
+/// Whether the nodes' APIs speak HTTPS (`--api-https`).
+static API_HTTPS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Whether the run hands events to analysisd stand-ins (`--analysis`).
 static ANALYSIS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -403,6 +411,10 @@ fn measure(
     cluster_port: u16,
     nodes: &mut Vec<Node>,
 ) -> anyhow::Result<serde_json::Value> {
+    ANALYSIS.store(args.analysis, std::sync::atomic::Ordering::Relaxed);
+    API_HTTPS.store(args.api_https, std::sync::atomic::Ordering::Relaxed);
+    // The nodes' certificates are self-signed: the bench trusts them without checking.
+    wazuh_multi_node::client::set_trust(wazuh_multi_node::client::Trust { ca_file: None, insecure: args.api_https });
     nodes.push(start_node(args, bin, dir, ports, "master", true, cluster_port)?);
     let master_api = nodes[0].api_url();
     anyhow::ensure!(
@@ -410,7 +422,6 @@ fn measure(
         "the master did not start (see {})",
         nodes[0].log.display()
     );
-    ANALYSIS.store(args.analysis, std::sync::atomic::Ordering::Relaxed);
     let sink = std::sync::Arc::new(Sink::default());
     for i in 1..=args.workers {
         let name = format!("worker-{i:02}");
@@ -437,6 +448,7 @@ fn measure(
         say(&format!("enrolling {} agents first (never connected)", args.prefill));
         let out = Command::new(bin.join("agent-sim"))
             .env("WMN_API_TOKEN", API_TOKEN)
+            .env("WMN_API_INSECURE", if args.api_https { "1" } else { "0" })
             .args(["--enroll", &enroll.join(","), "--agents", &args.prefill.to_string(), "--prefix", "prefill"])
             .args(["--concurrency", &args.concurrency.to_string(), "--json"])
             .stderr(Stdio::inherit())
@@ -467,6 +479,7 @@ fn measure(
     let sim_start = Instant::now();
     let mut sim = Command::new(bin.join("agent-sim"))
         .env("WMN_API_TOKEN", API_TOKEN)
+        .env("WMN_API_INSECURE", if args.api_https { "1" } else { "0" })
         .args(["--enroll", &enroll.join(","), "--agents", &args.agents.to_string()])
         .args(["--concurrency", &args.concurrency.to_string(), "--connect", &connect.join(",")])
         .args(["--keepalive", &args.keepalive.to_string(), "--duration", "100000", "--api", &master_api])

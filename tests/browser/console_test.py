@@ -8,6 +8,7 @@ import time
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -22,7 +23,8 @@ for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-backg
              "--ignore-certificate-errors"]:
     options.add_argument(flag)
 driver = webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=options)
-wait = WebDriverWait(driver, 30, poll_frequency=0.2)
+# The page redraws its tables every 5 s: an element read mid-redraw is stale, and read again.
+wait = WebDriverWait(driver, 30, poll_frequency=0.2, ignored_exceptions=[StaleElementReferenceException])
 
 
 def rows(table_id):
@@ -36,10 +38,9 @@ try:
     driver.find_element(By.ID, "signin-password").send_keys(password)
     driver.find_element(By.ID, "signin-submit").click()
 
-    wait.until(lambda d: len(rows("nodes")) == 3)
-    names = sorted(r.get_attribute("data-node") for r in rows("nodes"))
-    assert names == ["master-1", "worker-1", "worker-2"], names
-    print("nodes:", names)
+    expected = ["master-1", "worker-1", "worker-2"]
+    wait.until(lambda d: sorted(r.get_attribute("data-node") for r in rows("nodes")) == expected)
+    print("nodes:", expected)
 
     # Agents appear as agent-sim enrolls and connects them (the page refreshes itself).
     wait.until(lambda d: d.find_element(By.ID, "agents-total").text.startswith("30 "))
@@ -55,7 +56,7 @@ try:
         return listed and all(r.find_elements(By.TAG_NAME, "td")[4].text == "worker-1" for r in listed)
 
     wait.until(only_worker_1)
-    shown = len(rows("agents-table"))
+    shown = wait.until(lambda d: len(rows("agents-table")) if only_worker_1(d) else False)
     assert 0 < shown < 30, shown
     print("agents on worker-1:", shown, "-", driver.find_element(By.ID, "agents-total").text)
     Select(driver.find_element(By.ID, "filter-node")).select_by_value("")

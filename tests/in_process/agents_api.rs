@@ -813,6 +813,10 @@ async fn bulk_agent_changes_and_group_files_in_wazuhs_shapes() {
         admin(master_api, "DELETE", format!("/agents/group?agents_list={}&group_id=linux", ids[0]), None).await;
     assert_eq!(b["data"]["total_affected_items"], 1, "{b}");
     assert_eq!(admin(master_api, "DELETE", "/agents".into(), None).await.0, 400, "agents_list is required");
+    // older_than: nobody here is a week old; a bad duration is a 400.
+    let (_, b) = admin(master_api, "DELETE", "/agents?agents_list=all&older_than=7d".into(), None).await;
+    assert_eq!(b["data"]["total_affected_items"], 0, "{b}");
+    assert_eq!(admin(master_api, "DELETE", "/agents?agents_list=all&older_than=soon".into(), None).await.0, 400);
     let (_, b) = admin(master_api, "DELETE", format!("/agents?agents_list={}", ids[2]), None).await;
     assert_eq!(b["data"]["affected_items"], serde_json::json!([ids[2]]));
     let (_, b) = admin(master_api, "GET", "/agents".into(), None).await;
