@@ -56,6 +56,13 @@ enum Command {
     },
     /// Print a new random cluster key (256 bits).
     Keygen,
+    /// Exit 0 if the node's API says it serves (GET /health), 1 otherwise: for a container
+    /// engine's health check (the image has no shell or curl). Loopback's certificate is not checked.
+    Probe {
+        /// The node's API.
+        #[arg(long, value_name = "URL", default_value = DEFAULT_API)]
+        api: String,
+    },
     /// Print an Argon2id hash of a password for api.users (the password from WMN_PASSWORD, or the
     /// first line of standard input).
     HashPassword,
@@ -272,6 +279,13 @@ fn one_line(err: &anyhow::Error) -> String {
 
 fn execute(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Probe { api } => {
+            let trust = client::Trust { ca_file: None, insecure: true };
+            let (status, body) = client::request_trusting(&trust, &api, "GET", "/health", None, None)?;
+            anyhow::ensure!(status == 200, "{api}/health answered {status}: {}", body.trim());
+            println!("{}", body.trim());
+            Ok(())
+        }
         Command::HashPassword => {
             let password = match std::env::var("WMN_PASSWORD") {
                 Ok(p) => p,
