@@ -11,5 +11,5 @@ ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 cp target/x86_64-unknown-linux-gnu/release/wazuh-cluster "$ctx/"
 strip "$ctx/wazuh-cluster" 2>/dev/null || true
-podman build --quiet -f deploy/Containerfile -t "$tag" "$ctx" >/dev/null
+podman build --quiet --format docker -f deploy/Containerfile -t "$tag" "$ctx" >/dev/null
 podman image inspect "$tag" --format '{{.Size}}' | awk -v t="$tag" '{ printf "%s: %.1f MB\n", t, $1 / 1e6 }'
