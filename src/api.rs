@@ -189,10 +189,6 @@ async fn agents_summary(node: web::Data<NodeHandle>) -> HttpResponse {
     }
 }
 
-/// The configured token, shared with the handlers.
-#[derive(Clone)]
-pub struct Token(pub Option<String>);
-
 /// The request's `Authorization: Bearer` credential ("" when there is none).
 fn bearer(req: &actix_web::HttpRequest) -> &str {
     req.headers()
@@ -204,7 +200,7 @@ fn bearer(req: &actix_web::HttpRequest) -> &str {
 
 /// Changes need an administrator: `Some(refusal)` when this request's caller (as the guard found
 /// it) is not one.
-fn refuse_unauthorized(req: &actix_web::HttpRequest, _token: &Token) -> Option<HttpResponse> {
+fn refuse_unauthorized(req: &actix_web::HttpRequest) -> Option<HttpResponse> {
     use actix_web::HttpMessage;
     match req.extensions().get::<ApiRole>() {
         Some(ApiRole::Administrator) => None,
@@ -224,13 +220,8 @@ impl Access {
         if given.is_empty() {
             return None;
         }
-        if let Some(expected) = &self.token {
-            // Length first, then every byte: no early exit on the first difference.
-            if given.len() == expected.len()
-                && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-            {
-                return Some(ApiRole::Administrator);
-            }
+        if self.token.as_deref().is_some_and(|t| wazuh_cluster_actors::secret::same_secret(given, t)) {
+            return Some(ApiRole::Administrator);
         }
         self.tokens.check(given, crate::auth::now_s()).map(|c| c.role)
     }
@@ -378,14 +369,8 @@ async fn guard(
     Ok(next.call(req).await?.map_into_boxed_body())
 }
 
-async fn change(
-    node: &NodeHandle,
-    req: &actix_web::HttpRequest,
-    token: &Token,
-    request: AdminRequest,
-    done: &str,
-) -> HttpResponse {
-    if let Some(refusal) = refuse_unauthorized(req, token) {
+async fn change(node: &NodeHandle, req: &actix_web::HttpRequest, request: AdminRequest, done: &str) -> HttpResponse {
+    if let Some(refusal) = refuse_unauthorized(req) {
         return refusal;
     }
     // A worker hands the caller's credential to the master, which checks it again itself.
@@ -410,11 +395,10 @@ struct ReconnectQuery {
 /// the agents (the master forwards the request to its workers).
 async fn reconnect(
     node: web::Data<NodeHandle>,
-    token: web::Data<Token>,
     req: actix_web::HttpRequest,
     query: web::Query<ReconnectQuery>,
 ) -> HttpResponse {
-    if let Some(refusal) = refuse_unauthorized(&req, &token) {
+    if let Some(refusal) = refuse_unauthorized(&req) {
         return refusal;
     }
     let mut ids = Vec::new();
@@ -432,14 +416,9 @@ fn bad_id(text: &str) -> HttpResponse {
     HttpResponse::BadRequest().json(error_body(400, &format!("invalid agent id {text:?}")))
 }
 
-async fn delete_agent(
-    node: web::Data<NodeHandle>,
-    token: web::Data<Token>,
-    req: actix_web::HttpRequest,
-    id: web::Path<String>,
-) -> HttpResponse {
+async fn delete_agent(node: web::Data<NodeHandle>, req: actix_web::HttpRequest, id: web::Path<String>) -> HttpResponse {
     let Some(id) = wazuh_cluster_actors::registry::parse_id(&id) else { return bad_id(&id) };
-    change(&node, &req, &token, AdminRequest::DeleteAgent { id }, "Agent deleted").await
+    change(&node, &req, AdminRequest::DeleteAgent { id }, "Agent deleted").await
 }
 
 /// Applies `requests` one by one (each named by the id it shows in the answer), in Wazuh's bulk
@@ -447,11 +426,10 @@ async fn delete_agent(
 async fn bulk(
     node: &NodeHandle,
     req: &actix_web::HttpRequest,
-    token: &Token,
     requests: Vec<(String, AdminRequest)>,
     done: &str,
 ) -> HttpResponse {
-    if let Some(refusal) = refuse_unauthorized(req, token) {
+    if let Some(refusal) = refuse_unauthorized(req) {
         return refusal;
     }
     let (mut affected, mut failed) = (Vec::new(), Vec::new());
@@ -539,7 +517,6 @@ struct BulkAgents {
 /// bulk envelope.
 async fn delete_agents(
     node: web::Data<NodeHandle>,
-    token: web::Data<Token>,
     req: actix_web::HttpRequest,
     query: web::Query<BulkAgents>,
 ) -> HttpResponse {
@@ -556,13 +533,12 @@ async fn delete_agents(
         Err(r) => return *r,
     };
     let requests = ids.into_iter().map(|id| (fmt_id(id), AdminRequest::DeleteAgent { id })).collect();
-    bulk(&node, &req, &token, requests, "All selected agents were deleted").await
+    bulk(&node, &req, requests, "All selected agents were deleted").await
 }
 
 /// `PUT /agents/group/{group_id}?agents_list=...`: each agent assigned to the group.
 async fn assign_many(
     node: web::Data<NodeHandle>,
-    token: web::Data<Token>,
     req: actix_web::HttpRequest,
     group: web::Path<String>,
     query: web::Query<BulkAgents>,
@@ -574,13 +550,12 @@ async fn assign_many(
     };
     let requests =
         ids.into_iter().map(|id| (fmt_id(id), AdminRequest::AssignGroup { id, group: group.clone() })).collect();
-    bulk(&node, &req, &token, requests, "All selected agents were assigned to the group").await
+    bulk(&node, &req, requests, "All selected agents were assigned to the group").await
 }
 
 /// `DELETE /agents/group?agents_list=...&group_id=...`: each agent removed from the group.
 async fn unassign_many(
     node: web::Data<NodeHandle>,
-    token: web::Data<Token>,
     req: actix_web::HttpRequest,
     query: web::Query<BulkAgents>,
 ) -> HttpResponse {
@@ -594,7 +569,7 @@ async fn unassign_many(
     };
     let requests =
         ids.into_iter().map(|id| (fmt_id(id), AdminRequest::UnassignGroup { id, group: group.clone() })).collect();
-    bulk(&node, &req, &token, requests, "All selected agents were removed from the group").await
+    bulk(&node, &req, requests, "All selected agents were removed from the group").await
 }
 
 #[derive(serde::Deserialize)]
@@ -605,7 +580,6 @@ struct GroupsList {
 /// `DELETE /groups?groups_list=a,b`: each group deleted.
 async fn delete_groups(
     node: web::Data<NodeHandle>,
-    token: web::Data<Token>,
     req: actix_web::HttpRequest,
     query: web::Query<GroupsList>,
 ) -> HttpResponse {
@@ -622,7 +596,7 @@ async fn delete_groups(
         return HttpResponse::BadRequest().json(error_body(400, "groups_list names no group"));
     }
     let requests = names.into_iter().map(|name| (name.clone(), AdminRequest::DeleteGroup { name })).collect();
-    bulk(&node, &req, &token, requests, "All selected groups were deleted").await
+    bulk(&node, &req, requests, "All selected groups were deleted").await
 }
 
 /// `GET /groups/{group_id}/agents`: the group's agents, paged and sorted as `GET /agents`.
@@ -697,13 +671,12 @@ async fn group_file(
 /// master's group directory (a worker forwards it), pushed to the group's agents by every node.
 async fn put_group_configuration(
     node: web::Data<NodeHandle>,
-    token: web::Data<Token>,
     req: actix_web::HttpRequest,
     group: web::Path<String>,
     body: web::Bytes,
 ) -> HttpResponse {
     let request = AdminRequest::PutGroupConfiguration { group: group.into_inner(), content: body.to_vec() };
-    change(&node, &req, &token, request, "Agent configuration was successfully updated").await
+    change(&node, &req, request, "Agent configuration was successfully updated").await
 }
 
 async fn list_groups(node: web::Data<NodeHandle>) -> HttpResponse {
@@ -724,43 +697,39 @@ struct NewGroup {
 
 async fn create_group(
     node: web::Data<NodeHandle>,
-    token: web::Data<Token>,
     req: actix_web::HttpRequest,
     body: web::Json<NewGroup>,
 ) -> HttpResponse {
     let name = body.into_inner().group_id;
-    change(&node, &req, &token, AdminRequest::CreateGroup { name }, "Group created").await
+    change(&node, &req, AdminRequest::CreateGroup { name }, "Group created").await
 }
 
 async fn delete_group(
     node: web::Data<NodeHandle>,
-    token: web::Data<Token>,
     req: actix_web::HttpRequest,
     name: web::Path<String>,
 ) -> HttpResponse {
-    change(&node, &req, &token, AdminRequest::DeleteGroup { name: name.into_inner() }, "Group deleted").await
+    change(&node, &req, AdminRequest::DeleteGroup { name: name.into_inner() }, "Group deleted").await
 }
 
 async fn assign(
     node: web::Data<NodeHandle>,
-    token: web::Data<Token>,
     req: actix_web::HttpRequest,
     path: web::Path<(String, String)>,
 ) -> HttpResponse {
     let (id, group) = path.into_inner();
     let Some(id) = wazuh_cluster_actors::registry::parse_id(&id) else { return bad_id(&id) };
-    change(&node, &req, &token, AdminRequest::AssignGroup { id, group }, "Agent assigned to the group").await
+    change(&node, &req, AdminRequest::AssignGroup { id, group }, "Agent assigned to the group").await
 }
 
 async fn unassign(
     node: web::Data<NodeHandle>,
-    token: web::Data<Token>,
     req: actix_web::HttpRequest,
     path: web::Path<(String, String)>,
 ) -> HttpResponse {
     let (id, group) = path.into_inner();
     let Some(id) = wazuh_cluster_actors::registry::parse_id(&id) else { return bad_id(&id) };
-    change(&node, &req, &token, AdminRequest::UnassignGroup { id, group }, "Agent removed from the group").await
+    change(&node, &req, AdminRequest::UnassignGroup { id, group }, "Agent removed from the group").await
 }
 
 async fn get_agent(node: web::Data<NodeHandle>, id: web::Path<String>) -> HttpResponse {
@@ -978,7 +947,6 @@ async fn get_ruleset_file(
 /// into the master's sync roots (a worker forwards it), from where file sync takes it everywhere.
 async fn put_ruleset_file(
     node: web::Data<NodeHandle>,
-    token: web::Data<Token>,
     req: actix_web::HttpRequest,
     name: web::Path<String>,
     query: web::Query<FileQuery>,
@@ -991,19 +959,18 @@ async fn put_ruleset_file(
         content: body.to_vec(),
         overwrite: query.overwrite.unwrap_or(false),
     };
-    change(&node, &req, &token, request, "File was successfully uploaded").await
+    change(&node, &req, request, "File was successfully uploaded").await
 }
 
 /// `DELETE /{rules,decoders,lists}/files/{name}`.
 async fn delete_ruleset_file(
     node: web::Data<NodeHandle>,
-    token: web::Data<Token>,
     req: actix_web::HttpRequest,
     name: web::Path<String>,
 ) -> HttpResponse {
     let Some(root) = ruleset_root(&req) else { return not_found().await };
     let request = AdminRequest::DeleteRulesetFile { root, name: name.into_inner() };
-    change(&node, &req, &token, request, "File was successfully deleted").await
+    change(&node, &req, request, "File was successfully deleted").await
 }
 
 async fn not_found() -> HttpResponse {
@@ -1060,12 +1027,10 @@ pub fn start(
 ) -> std::io::Result<ServerHandle> {
     let data = web::Data::new(node);
     let info = web::Data::new(info);
-    let token = web::Data::new(Token(access.token.clone()));
     let access = web::Data::new(access);
     let server = HttpServer::new(move || {
         let mut app = App::new()
             .app_data(data.clone())
-            .app_data(token.clone())
             .app_data(access.clone())
             .app_data(info.clone())
             .wrap(actix_web::middleware::from_fn(guard))

@@ -214,19 +214,11 @@ fn cred(args: &ApiArgs) -> anyhow::Result<Option<String>> {
             return Ok(Some(token.trim().to_string()));
         }
     }
-    let password = match std::env::var("WMN_API_PASSWORD") {
-        Ok(p) => p,
-        Err(_) => {
-            eprint!("password for {user} at {}: ", args.api);
-            let mut line = String::new();
-            std::io::stdin().read_line(&mut line)?;
-            line.trim_end_matches(['\n', '\r']).to_string()
-        }
-    };
+    let password = password_from("WMN_API_PASSWORD", Some(&format!("password for {user} at {}: ", args.api)))?;
     let token = client::authenticate(&args.api, user, &password)?;
     if let Some(path) = cache {
         // Best effort: without a cache the next command signs in again.
-        let _ = write_private(&path, &token);
+        let _ = wazuh_cluster_actors::secret::write_private(&path, token.as_bytes());
     }
     Ok(Some(token))
 }
@@ -239,14 +231,18 @@ fn token_cache(api: &str, user: &str) -> Option<std::path::PathBuf> {
     Some(std::path::PathBuf::from(home).join(".cache/wazuh-cluster").join(format!("token-{safe}")))
 }
 
-fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+/// A password from the environment variable `var`, else the first line of standard input (after
+/// `prompt` on standard error, if any).
+fn password_from(var: &str, prompt: Option<&str>) -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var(var) {
+        return Ok(p);
     }
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    f.write_all(text.as_bytes())
+    if let Some(prompt) = prompt {
+        eprint!("{prompt}");
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
 /// Whether a cached token has more than a minute left (read from its `exp`, not checked: the API
@@ -287,14 +283,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::HashPassword => {
-            let password = match std::env::var("WMN_PASSWORD") {
-                Ok(p) => p,
-                Err(_) => {
-                    let mut line = String::new();
-                    std::io::stdin().read_line(&mut line)?;
-                    line.trim_end_matches(['\n', '\r']).to_string()
-                }
-            };
+            let password = password_from("WMN_PASSWORD", None)?;
             anyhow::ensure!(password.len() >= 8, "a password needs at least 8 characters");
             println!("{}", wazuh_multi_node::auth::hash_password(&password)?);
             Ok(())

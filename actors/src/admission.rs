@@ -89,24 +89,7 @@ pub fn load_or_create_identity(data_dir: &Path) -> Result<(NodeIdentity, bool), 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let (identity, pkcs8) =
                 NodeIdentity::generate().map_err(|error| IdentityFileError::Bad { path: path.clone(), error })?;
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(io)?;
-            }
-            let tmp = path.with_extension("key.tmp");
-            {
-                use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .map_err(io)?;
-                f.write_all(&pkcs8).map_err(io)?;
-                f.sync_all().map_err(io)?;
-            }
-            std::fs::rename(&tmp, &path).map_err(io)?;
+            crate::secret::write_private(&path, &pkcs8).map_err(io)?;
             Ok((identity, true))
         }
         Err(e) => Err(io(e)),

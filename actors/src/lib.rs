@@ -1,6 +1,7 @@
 //! The actors of a wazuh-multi-node node, in layers (each depends only on those below it):
 //!
 //! - Foundations: [`clock`] (the one wall clock), [`backoff`] (delays and OS randomness),
+//!   [`secret`] (constant-time comparison, private files),
 //!   [`settings`], [`supervise`] (job health, restarts, panics caught at a job's boundary).
 //! - Storage and files: [`registry`] (the master's registry, the workers' replicas, their store
 //!   threads, `client.keys`), [`manifest`] (scans and digests of the sync roots), [`files`]
@@ -31,6 +32,7 @@ pub mod manifest;
 pub mod master;
 pub mod registry;
 pub mod ruleset;
+pub mod secret;
 pub mod settings;
 pub mod supervise;
 pub mod throttle;

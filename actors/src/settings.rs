@@ -59,10 +59,7 @@ impl std::fmt::Debug for AdminCheck {
 impl AdminCheck {
     /// Only this one token (compared in constant time).
     pub fn token(expected: String) -> Self {
-        AdminCheck(Arc::new(move |given: &str| {
-            given.len() == expected.len()
-                && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-        }))
+        AdminCheck(Arc::new(move |given: &str| crate::secret::same_secret(given, &expected)))
     }
 
     pub fn allows(&self, credential: &str) -> bool {

@@ -89,19 +89,8 @@ fn api_access(config: &Config) -> anyhow::Result<crate::api::Access> {
                 _ => {
                     let mut raw = [0u8; 32];
                     getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("random source failed: {e}"))?;
-                    if let Some(dir) = path.parent() {
-                        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-                    }
-                    use std::io::Write;
-                    use std::os::unix::fs::OpenOptionsExt;
-                    let mut f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .mode(0o600)
-                        .open(&path)
+                    wazuh_cluster_actors::secret::write_private(&path, &raw)
                         .with_context(|| format!("cannot write {}", path.display()))?;
-                    f.write_all(&raw).with_context(|| format!("cannot write {}", path.display()))?;
                     raw.to_vec()
                 }
             }

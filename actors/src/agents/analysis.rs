@@ -60,6 +60,9 @@ impl std::fmt::Debug for AnalysisQueue {
 impl AnalysisQueue {
     /// Starts the writer thread for analysisd's queue socket at `path`, holding up to `max_bytes`.
     pub fn start(node: &str, path: &Path, max_bytes: usize) -> std::io::Result<Arc<Self>> {
+        // Bounded by bytes, not by the channel: `offer` counts each datagram against `max_bytes`
+        // before sending and drops (and counts) what would go past it; the writer gives the bytes
+        // back as it delivers.
         let (tx, rx) = channel();
         let stats = Arc::new(AnalysisStats::default());
         let writer = Writer { node: node.to_string(), path: path.to_path_buf(), stats: stats.clone(), max_bytes };
