@@ -4,13 +4,14 @@
 //!
 //! ```toml
 //! [node]
-//! name = "master-1"          # [A-Za-z0-9_-]+
+//! name = "master-1"          # [A-Za-z0-9_-]+; default: the host name (dots become dashes)
 //! role = "master"            # master | worker
 //! data_dir = "/var/lib/wazuh-multi-node"
 //!
 //! [cluster]
 //! name = "wazuh"
-//! key_file = "/etc/wazuh-multi-node/cluster.key"   # or: key = "..."
+//! key_file = "/etc/wazuh-multi-node/cluster.key"   # or: key = "..." (a key given by a later source,
+//!                            # e.g. WMN_CLUSTER__KEY, replaces the file's key_file)
 //! bind = "0.0.0.0:1516"      # master: where workers connect
 //! master = "10.0.0.1:1516"   # worker: the master's host:port
 //! cipher = "chacha20-poly1305"   # or "aes-256-gcm"
@@ -19,7 +20,9 @@
 //!
 //! request_timeout = "10s"
 //! admission = "token"        # master: new workers need a join token ("open": the cluster key alone)
-//! join_token = ""            # worker: from `wazuh-cluster join-token` on the master (first join only)
+//! join_token = ""            # worker: from `wazuh-cluster join-token` on the master (first join only);
+//!                            # master: a standing token that admits any number of new workers
+//!                            # (containers; `wazuh-cluster secrets` makes one) until removed
 //!
 //! [cluster.intervals]
 //! keepalive = "5s"           # the master drops a worker silent for 3 of these
@@ -405,12 +408,32 @@ pub struct Sources {
     pub env: Vec<(String, String)>,
     /// `--set section.key=value` overrides, applied last.
     pub overrides: Vec<(String, String)>,
+    /// The machine's (or container's) host name: `node.name` when none is set.
+    pub host_name: Option<String>,
 }
 
 impl Sources {
     pub fn from_process(file: Option<PathBuf>, overrides: Vec<(String, String)>) -> Self {
-        Self { file, env: std::env::vars().collect(), overrides }
+        Self { file, env: std::env::vars().collect(), overrides, host_name: host_name() }
     }
+}
+
+/// This host's name, from the kernel (containers and pods have their own).
+fn host_name() -> Option<String> {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// A host name as a node name: characters other than `A-Za-z0-9_-` (the dots of a domain name)
+/// become `-`, cut at the longest name allowed.
+pub fn node_name_from_host(host: &str) -> String {
+    host.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '-' })
+        .take(MAX_NAME_LEN)
+        .collect()
 }
 
 /// Parses `section.key=value`.
@@ -443,15 +466,28 @@ impl Config {
             config::Environment::with_prefix(ENV_PREFIX.trim_end_matches('_'))
                 .prefix_separator("_")
                 .separator(ENV_SEPARATOR)
-                .source(Some(env)),
+                .source(Some(env.clone())),
         );
+        // The cluster key is one setting given two ways: a later source that gives it one way
+        // replaces what an earlier one gave the other way (a file's key_file, WMN_CLUSTER__KEY).
+        let later_gives = |name: &str| {
+            let var = format!("{ENV_PREFIX}CLUSTER{ENV_SEPARATOR}{}", name.to_ascii_uppercase());
+            env.contains_key(&var) || sources.overrides.iter().any(|(k, _)| k == &format!("cluster.{name}"))
+        };
+        for (given, other) in [("key", "key_file"), ("key_file", "key")] {
+            if later_gives(given) && !later_gives(other) {
+                builder = builder
+                    .set_override(format!("cluster.{other}"), "")
+                    .map_err(|e| ConfigError::Load(e.to_string()))?;
+            }
+        }
         for (key, value) in &sources.overrides {
             builder =
                 builder.set_override(key.as_str(), value.as_str()).map_err(|e| ConfigError::Load(e.to_string()))?;
         }
         let merged = builder.build().map_err(|e| ConfigError::Load(e.to_string()))?;
         let raw: RawConfig = merged.try_deserialize().map_err(|e| ConfigError::Load(e.to_string()))?;
-        validate(raw, sources.file.as_deref())
+        validate(raw, sources.file.as_deref(), sources.host_name.as_deref())
     }
 
     /// The effective configuration as TOML, with secrets masked.
@@ -468,11 +504,13 @@ fn non_empty(v: Option<String>) -> Option<String> {
     v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
-fn validate(raw: RawConfig, file: Option<&Path>) -> Result<Config, ConfigError> {
+fn validate(raw: RawConfig, file: Option<&Path>, host_name: Option<&str>) -> Result<Config, ConfigError> {
     let RawConfig { node, cluster, enrollment, agents, analysis, api, log } = raw;
     let mut warnings = Vec::new();
 
-    let name = non_empty(node.name).ok_or_else(|| invalid("node.name", "is required ([A-Za-z0-9_-]+)"))?;
+    let name = non_empty(node.name)
+        .or_else(|| host_name.map(node_name_from_host).filter(|n| !n.is_empty()))
+        .ok_or_else(|| invalid("node.name", "is required ([A-Za-z0-9_-]+; no host name to use instead)"))?;
     check_node_name(&name).map_err(|reason| invalid("node.name", format!("{name:?}: {reason}")))?;
     let role = match non_empty(node.role).as_deref() {
         Some("master") => Role::Master,
@@ -889,6 +927,7 @@ mod tests {
             file: Some(path),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             overrides: sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            host_name: None,
         })
     }
 
@@ -945,6 +984,49 @@ mod tests {
         assert!(err.to_string().contains("nodes"), "{err}");
         let err = load(&master(), &[("WMN_CLUSTER__PROT", "1")], &[]).unwrap_err();
         assert!(err.to_string().contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn a_node_runs_from_environment_variables_alone_named_after_its_host() {
+        let token = wazuh_cluster_protocol::identity::JoinToken::generate().unwrap().reveal();
+        let env: Vec<(String, String)> = [
+            ("WMN_NODE__ROLE", "worker"),
+            ("WMN_CLUSTER__KEY", KEY),
+            ("WMN_CLUSTER__MASTER", "master:1516"),
+            ("WMN_CLUSTER__JOIN_TOKEN", token.as_str()),
+            ("HOSTNAME", "ignored"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let sources =
+            |host: Option<&str>| Sources { env: env.clone(), host_name: host.map(String::from), ..Default::default() };
+        let c = Config::load(&sources(Some("3f2a9c1b7d4e"))).unwrap();
+        assert_eq!(c.node.name, "3f2a9c1b7d4e");
+        assert_eq!(c.node.role, Role::Worker);
+        assert_eq!(c.cluster.master.as_deref(), Some("master:1516"));
+        assert!(c.cluster.join_token.is_some());
+        // A domain name's dots become dashes; a name set anywhere wins over the host's.
+        assert_eq!(Config::load(&sources(Some("node-7.example.com"))).unwrap().node.name, "node-7-example-com");
+        let mut named = sources(Some("host"));
+        named.env.push(("WMN_NODE__NAME".into(), "worker-9".into()));
+        assert_eq!(Config::load(&named).unwrap().node.name, "worker-9");
+        assert_eq!(field_of(Config::load(&sources(None)).unwrap_err()), "node.name");
+        assert_eq!(node_name_from_host(&"x".repeat(300)).len(), MAX_NAME_LEN);
+    }
+
+    #[test]
+    fn a_key_from_the_environment_or_a_flag_replaces_the_files_key_file() {
+        let file = master().replace(&format!("key = \"{KEY}\""), "key_file = \"/nonexistent/cluster.key\"");
+        // The file alone: its key_file, which does not exist.
+        assert_eq!(field_of(load(&file, &[], &[]).unwrap_err()), "cluster.key_file");
+        let c = load(&file, &[("WMN_CLUSTER__KEY", KEY)], &[]).unwrap();
+        assert!(c.cluster.key.is_some());
+        let c = load(&file, &[], &[("cluster.key", KEY)]).unwrap();
+        assert!(c.cluster.key.is_some());
+        // Both ways in one source is still an error.
+        let both = load(&file, &[("WMN_CLUSTER__KEY", KEY), ("WMN_CLUSTER__KEY_FILE", "/k")], &[]).unwrap_err();
+        assert_eq!(field_of(both), "cluster.key");
     }
 
     #[test]

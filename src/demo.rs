@@ -32,7 +32,7 @@ fn node_config(
         ("cluster.intervals.keepalive".to_string(), "2s".to_string()),
     ];
     overrides.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
-    Ok(Config::load(&Sources { file: None, env: Vec::new(), overrides })?)
+    Ok(Config::load(&Sources { file: None, env: Vec::new(), overrides, host_name: None })?)
 }
 
 /// The demo's API user (an administrator) and the secret every node signs tokens with.

@@ -22,9 +22,10 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct ConfigArgs {
-    /// The node's TOML configuration file.
-    #[arg(long, short, value_name = "FILE")]
-    config: PathBuf,
+    /// The node's TOML configuration file (none: the settings come from WMN_* environment
+    /// variables and --set alone, as in a container).
+    #[arg(long, short, value_name = "FILE", env = "WMN_CONFIG")]
+    config: Option<PathBuf>,
     /// Override one setting, after the file and WMN_* environment variables (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_override)]
     set: Vec<(String, String)>,
@@ -56,6 +57,11 @@ enum Command {
     },
     /// Print a new random cluster key (256 bits).
     Keygen,
+    /// Print a new set of cluster secrets as WMN_* variables, one per line: an env file for
+    /// `podman-compose`/`docker compose` or `kubectl create secret generic --from-env-file`. The
+    /// cluster key, a standing join token (the master admits new workers that show it), the API's
+    /// token-signing secret and a static administrator API token. Keep it private (mode 0600).
+    Secrets,
     /// Exit 0 if the node's API says it serves (GET /health), 1 otherwise: for a container
     /// engine's health check (the image has no shell or curl). Loopback's certificate is not checked.
     Probe {
@@ -292,8 +298,17 @@ fn execute(command: Command) -> anyhow::Result<()> {
             println!("{}", wazuh_cluster_protocol::key::generate()?);
             Ok(())
         }
+        Command::Secrets => {
+            use wazuh_cluster_protocol::identity::JoinToken;
+            println!("# wazuh-multi-node secrets (wazuh-cluster secrets): the same on every node; keep private.");
+            println!("WMN_CLUSTER__KEY={}", wazuh_cluster_protocol::key::generate()?);
+            println!("WMN_CLUSTER__JOIN_TOKEN={}", JoinToken::generate()?.reveal());
+            println!("WMN_API__SECRET={}", wazuh_cluster_protocol::key::generate()?);
+            println!("WMN_API__TOKEN={}", wazuh_cluster_protocol::key::generate()?);
+            Ok(())
+        }
         Command::Recover { config, from_replica } => {
-            let cfg = Config::load(&Sources::from_process(Some(config.config), config.set))?;
+            let cfg = Config::load(&Sources::from_process(config.config, config.set))?;
             anyhow::ensure!(
                 cfg.node.role == wazuh_cluster_protocol::Role::Master,
                 "recover rebuilds a master's registry: node.role is not master"
@@ -313,7 +328,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::CheckConfig { config } => {
-            let cfg = Config::load(&Sources::from_process(Some(config.config), config.set))?;
+            let cfg = Config::load(&Sources::from_process(config.config, config.set))?;
             for w in &cfg.warnings {
                 eprintln!("warning: {w}");
             }
@@ -322,7 +337,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { config, json_logs } => {
-            let mut cfg = Config::load(&Sources::from_process(Some(config.config), config.set))?;
+            let mut cfg = Config::load(&Sources::from_process(config.config, config.set))?;
             if json_logs {
                 cfg.log.format = LogFormat::Json;
             }

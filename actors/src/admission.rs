@@ -8,6 +8,11 @@
 //! whatever name it comes with, and the name's live connection is closed; the rest of the cluster
 //! keeps its key.
 //!
+//! A master may also hold a standing join token (`cluster.join_token` in its own config, for
+//! container platforms where workers come and go under one secret): it admits any number of new
+//! names, never expires, and stops working when it is removed from the config. Its holders are as
+//! trusted as holders of issued tokens; revocation still works name by name.
+//!
 //! The decision runs twice: on the hello (message 1), so that a refusal reaches the worker with
 //! its reason, and on message 3, after the signature (and the token's MAC) proved the claims, in
 //! one transaction with the token's use.
@@ -162,7 +167,7 @@ pub struct KnownNode {
     /// The first 16 hex characters of its public key.
     pub identity: String,
     pub admitted_ms: u64,
-    /// `token <id>`, `open` or `recorded`.
+    /// `token <id>`, `standing token <id>`, `open` or `recorded`.
     pub how: String,
 }
 
@@ -178,6 +183,8 @@ pub struct Issued {
 pub struct Admission {
     conn: Connection,
     pub mode: AdmissionMode,
+    /// The master's standing join token, if its config has one.
+    standing: Option<JoinToken>,
 }
 
 /// The first 16 hex characters of a hello's identity key ("none" without one).
@@ -197,7 +204,17 @@ impl Admission {
     pub fn open(data_dir: &Path, mode: AdmissionMode) -> Result<Self, StoreError> {
         let conn = open_db(&data_dir.join(NODES_DB))?;
         conn.execute_batch(TABLES)?;
-        Ok(Self { conn, mode })
+        Ok(Self { conn, mode, standing: None })
+    }
+
+    /// Accepts `token` too, for any number of joins, as long as this master runs with it.
+    pub fn with_standing_token(mut self, token: Option<JoinToken>) -> Self {
+        self.standing = token;
+        self
+    }
+
+    fn standing(&self, id: &str) -> Option<&JoinToken> {
+        self.standing.as_ref().filter(|t| t.id == id)
     }
 
     fn revoked(&self, key: &PublicKey) -> Result<Option<String>, StoreError> {
@@ -224,6 +241,9 @@ impl Admission {
 
     /// A usable token (known, not expired, uses left), with its secret.
     fn usable_token(&self, id: &str, now_ms: u64) -> Result<Option<JoinToken>, StoreError> {
+        if let Some(token) = self.standing(id) {
+            return Ok(Some(token.clone()));
+        }
         let secret: Option<Vec<u8>> = self
             .conn
             .query_row(
@@ -285,6 +305,17 @@ impl Admission {
             return Ok(Admitted::Known);
         }
         let db = |e: rusqlite::Error| format!("cannot record the worker: {e}");
+        if let Some(token) = hello.join_token.as_deref().and_then(|id| self.standing(id)) {
+            let mac = proof.token_mac.ok_or("the hello names a join token but message 3 has no proof of it")?;
+            token.verify_mac(&confirmed.hash, &key, &mac).map_err(|e| e.to_string())?;
+            self.conn
+                .execute(
+                    "INSERT OR REPLACE INTO nodes (name, public_key, admitted_ms, how) VALUES (?1, ?2, ?3, ?4)",
+                    params![hello.node_name, &key.0[..], now_ms as i64, format!("standing token {}", token.id)],
+                )
+                .map_err(db)?;
+            return Ok(Admitted::Joined(token.id.clone()));
+        }
         if let Some(id) = &hello.join_token {
             if let Some(token) = self.usable_token(id, now_ms).map_err(|e| e.to_string())? {
                 let mac = proof.token_mac.ok_or("the hello names a join token but message 3 has no proof of it")?;
@@ -418,6 +449,44 @@ mod tests {
         a.check_hello(&hello("w2", &w2, Some(&short.token)), now).unwrap();
         assert!(a.check_hello(&hello("w2", &w2, Some(&short.token)), now + 61_000).is_err());
         assert_eq!(a.known().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_standing_token_admits_any_number_of_new_names_but_never_takes_a_name_or_a_revoked_key() {
+        let standing = JoinToken::generate().unwrap();
+        let mut a = store(AdmissionMode::Token).with_standing_token(Some(standing.clone()));
+        let now = 5_000_000;
+        for n in 0..5 {
+            let (w, _) = NodeIdentity::generate().unwrap();
+            let h = hello(&format!("w{n}"), &w, Some(&standing));
+            a.check_hello(&h, now).unwrap();
+            // Years later too: it does not expire.
+            let later = now + 10 * 365 * 86_400_000;
+            assert_eq!(
+                a.finish(&h, &confirm(&w, b"h", Some(&standing)), later),
+                Ok(Admitted::Joined(standing.id.clone()))
+            );
+        }
+        assert_eq!(a.known().unwrap().len(), 5);
+        assert!(a.known().unwrap().iter().all(|k| k.how.starts_with("standing token")));
+        // Its id alone proves nothing: the MAC under the secret does.
+        let (thief, _) = NodeIdentity::generate().unwrap();
+        let forged = JoinToken::from_parts(&standing.id, &[9u8; 32]).unwrap();
+        let h = hello("thief", &thief, Some(&standing));
+        assert!(a.finish(&h, &confirm(&thief, b"h", Some(&forged)), now).is_err());
+        // It takes no name from the identity that holds it, and a revoked key stays out.
+        assert!(matches!(a.check_hello(&hello("w1", &thief, Some(&standing)), now), Err(Refusal::NotAdmitted { .. })));
+        let (w, _) = NodeIdentity::generate().unwrap();
+        assert!(a.finish(&hello("w9", &w, Some(&standing)), &confirm(&w, b"h", Some(&standing)), now).is_ok());
+        a.revoke("w9", now).unwrap();
+        assert_eq!(
+            a.check_hello(&hello("w10", &w, Some(&standing)), now),
+            Err(Refusal::Revoked { name: "w10".into() })
+        );
+        // Another master without it does not know it.
+        let b = store(AdmissionMode::Token);
+        let (w, _) = NodeIdentity::generate().unwrap();
+        assert!(b.check_hello(&hello("w", &w, Some(&standing)), now).is_err());
     }
 
     #[test]

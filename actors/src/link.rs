@@ -95,8 +95,38 @@ pub async fn dial(addr: &str, settings: &ChannelSettings) -> Result<Link, LinkEr
     }
 }
 
+/// How long one name lookup may take before the dial fails and is retried with a fresh query.
+/// glibc waits 5 s for a DNS server that dropped the query (a container network's DNS while it
+/// reloads, as the master's container restarts); a new query usually gets the answer at once.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Resolves `host:port` in a thread of its own rather than the runtime's blocking pool: a resolver
+/// that does not answer (the name of a master that has just gone, while the container network's
+/// DNS reloads) holds neither the dial past [`RESOLVE_TIMEOUT`] nor the node's exit, which waits
+/// for the blocking pool but not for a detached thread.
+async fn resolve(addr: &str) -> std::io::Result<Vec<std::net::SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    if let Ok(sa) = addr.parse::<std::net::SocketAddr>() {
+        return Ok(vec![sa]);
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let owned = addr.to_string();
+    std::thread::Builder::new().name("resolve".into()).spawn(move || {
+        let _ = tx.send(owned.to_socket_addrs().map(|a| a.collect::<Vec<_>>()));
+    })?;
+    let answer = tokio::time::timeout(RESOLVE_TIMEOUT, rx).await.map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer for {addr} within {RESOLVE_TIMEOUT:?}"))
+    })?;
+    let addrs = answer.map_err(|_| std::io::Error::other("the resolver thread ended without an answer"))??;
+    if addrs.is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{addr} resolves to no address")));
+    }
+    Ok(addrs)
+}
+
 async fn dial_inner(addr: &str, settings: &ChannelSettings) -> Result<Link, LinkError> {
-    let stream = TcpStream::connect(addr).await.map_err(LinkError::Connect)?;
+    let addrs = resolve(addr).await.map_err(LinkError::Connect)?;
+    let stream = TcpStream::connect(&addrs[..]).await.map_err(LinkError::Connect)?;
     stream.set_nodelay(true).map_err(LinkError::Connect)?;
     let mut framed = Framed::new(stream, FrameCodec::new(MAX_HANDSHAKE_FRAME));
     let (initiator, msg1) =
@@ -166,5 +196,20 @@ where
             let (channel, confirmed) = pending.confirm(&msg3)?;
             into_link(framed, hello, version, channel, Some(confirmed))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_rt::test]
+    async fn names_resolve_off_the_runtime_and_a_name_that_does_not_resolve_is_a_clear_error() {
+        assert_eq!(resolve("127.0.0.1:1516").await.unwrap(), vec!["127.0.0.1:1516".parse().unwrap()]);
+        assert!(resolve("localhost:1516").await.unwrap().iter().all(|a| a.ip().is_loopback() && a.port() == 1516));
+        // RFC 2606: .invalid never resolves.
+        let err = resolve("master.invalid:1516").await.unwrap_err();
+        assert!(!err.to_string().is_empty());
+        assert!(resolve("no-port").await.is_err());
     }
 }

@@ -169,7 +169,7 @@ fn node_config(dir: &Path, name: &str, role: &str, extra: &[(&str, String)]) -> 
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     overrides.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
-    Ok(Config::load(&Sources { file: None, env: Vec::new(), overrides })?)
+    Ok(Config::load(&Sources { file: None, env: Vec::new(), overrides, host_name: None })?)
 }
 
 async fn master_digest(handle: &NodeHandle) -> Option<(String, u64)> {

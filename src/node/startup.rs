@@ -175,7 +175,8 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
                 .with_context(|| format!("cannot open the agent registry in {}", data_dir.display()))?;
             admission = Some(
                 Admission::open(data_dir, settings.admission)
-                    .with_context(|| format!("cannot open the node records in {}", data_dir.display()))?,
+                    .with_context(|| format!("cannot open the node records in {}", data_dir.display()))?
+                    .with_standing_token(settings.join_token.clone()),
             );
             let after = config.enrollment.force_after.as_millis() as u64;
             registry.replace = ReplacePolicy {

@@ -55,7 +55,8 @@ fn config(dir: &std::path::Path, name: &str, role: &str, extra: &[(&str, String)
     .collect();
     overrides.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
     overrides.push(("api.secret".to_string(), "test-cluster-api-secret-0123456789abcdef".to_string()));
-    let mut cfg = Config::load(&Sources { file: None, env: Vec::new(), overrides }).expect("test config");
+    let mut cfg =
+        Config::load(&Sources { file: None, env: Vec::new(), overrides, host_name: None }).expect("test config");
     cfg.api.users = test_users().to_vec();
     cfg
 }

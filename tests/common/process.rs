@@ -195,9 +195,14 @@ pub fn local(dir: &Path, node: &str, key: &Path, port: u16) -> Vec<String> {
 
 /// `wazuh-cluster nodes --json` against `api`: the names listed, or none if the API is down.
 pub fn listed_nodes(api: u16) -> Vec<String> {
+    listed_nodes_with(api, API_TOKEN)
+}
+
+/// [`listed_nodes`] with another API token.
+pub fn listed_nodes_with(api: u16, token: &str) -> Vec<String> {
     let out = Command::new(BIN)
         .args(["nodes", "--json", "--api", &format!("http://127.0.0.1:{api}")])
-        .env("WMN_API_TOKEN", API_TOKEN)
+        .env("WMN_API_TOKEN", token)
         .output()
         .expect("run wazuh-cluster nodes");
     if !out.status.success() {

@@ -112,6 +112,74 @@ fn three_processes_survive_kill_9_of_the_master_and_of_a_worker() {
 
 const SIM: &str = env!("CARGO_BIN_EXE_agent-sim");
 
+/// A node configured as in a container: no config file, only `WMN_*` variables (from
+/// `wazuh-cluster secrets` and per node), in `dir/<name>`; (node, API port).
+fn env_node(dir: &Path, secrets: &[(String, String)], name: &str, vars: &[(&str, String)]) -> (Node, u16) {
+    let api = free_port();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("run").env_remove("WMN_CONFIG").envs(secrets.iter().map(|(k, v)| (k, v)));
+    let data = dir.join(name).display().to_string();
+    let own = [
+        ("WMN_NODE__NAME", name.to_string()),
+        ("WMN_NODE__DATA_DIR", data),
+        ("WMN_API__BIND", format!("127.0.0.1:{api}")),
+        ("WMN_API__TLS", "false".into()),
+        ("WMN_ENROLLMENT__BIND", format!("127.0.0.1:{}", free_port())),
+        ("WMN_AGENTS__BIND", format!("127.0.0.1:{}", free_port())),
+    ];
+    cmd.envs(own.iter().chain(vars).map(|(k, v)| (k.to_string(), v.clone())));
+    (Node::spawn(name, cmd), api)
+}
+
+#[test]
+fn nodes_run_from_environment_variables_alone_and_workers_join_with_the_masters_standing_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN).arg("secrets").output().expect("secrets");
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let secrets: Vec<(String, String)> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let names: Vec<&str> = secrets.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["WMN_CLUSTER__KEY", "WMN_CLUSTER__JOIN_TOKEN", "WMN_API__SECRET", "WMN_API__TOKEN"]);
+    let token = &secrets[3].1;
+    let port = free_port();
+    let master_vars = [("WMN_NODE__ROLE", "master".to_string()), ("WMN_CLUSTER__BIND", format!("127.0.0.1:{port}"))];
+    let (master, api) = env_node(dir.path(), &secrets, "m", &master_vars);
+    master.wait_for(&["master listening for workers"]);
+    let worker_vars = [("WMN_NODE__ROLE", "worker".to_string()), ("WMN_CLUSTER__MASTER", format!("127.0.0.1:{port}"))];
+    let (w1, _) = env_node(dir.path(), &secrets, "w1", &worker_vars);
+    let (w2, _) = env_node(dir.path(), &secrets, "w2", &worker_vars);
+    // The same env file's API token is the administrator's on the master.
+    let listed = || {
+        let mut names = listed_nodes_with(api, token);
+        names.sort();
+        names
+    };
+    let start = Instant::now();
+    while listed() != ["m", "w1", "w2"] {
+        assert!(start.elapsed() < WAIT, "listed {:?}\n{}\n{}\n{}", listed(), master.log(), w1.log(), w2.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    w1.wait_for(&["handshake complete with master m"]);
+    // A worker with another join token (and the right cluster key) stays out, and says why.
+    let mut forged = secrets.clone();
+    forged[1].1 = String::from_utf8(Command::new(BIN).arg("secrets").output().expect("secrets").stdout)
+        .expect("utf-8")
+        .lines()
+        .find_map(|l| l.strip_prefix("WMN_CLUSTER__JOIN_TOKEN=").map(String::from))
+        .expect("a token");
+    let (w3, _) = env_node(dir.path(), &forged, "w3", &worker_vars);
+    w3.wait_for(&["refused this worker", "join token"]);
+    assert_eq!(listed(), ["m", "w1", "w2"]);
+    for node in [w3, w2, w1, master] {
+        assert!(node.terminate().success());
+    }
+}
+
 fn setting(sets: &[String], key: &str) -> String {
     sets.iter().find_map(|s| s.strip_prefix(&format!("{key}="))).expect("setting").to_string()
 }
