@@ -9,9 +9,14 @@ impl Registry {
     /// Applies `req` inside the caller's transaction. `Ok(Err(_))` is a refusal to report to the
     /// caller (nothing changed); `Err(_)` is a failure of the store itself.
     pub fn admin(&mut self, req: &AdminRequest) -> Result<Result<(), AdminError>, StoreError> {
+        self.admin_at(req, crate::clock::now_ms())
+    }
+
+    /// [`Registry::admin`] at the time `at_ms` (what a replicated change carries).
+    pub fn admin_at(&mut self, req: &AdminRequest, at_ms: u64) -> Result<Result<(), AdminError>, StoreError> {
         let result = match req {
             AdminRequest::DeleteAgent { id } => self.delete(*id),
-            AdminRequest::CreateGroup { name } => self.create_group(name).and_then(|created| {
+            AdminRequest::CreateGroup { name } => self.create_group_at(name, at_ms).and_then(|created| {
                 if created {
                     Ok(())
                 } else {

@@ -41,7 +41,7 @@ pub struct AgentRow {
 }
 
 /// An enrollment as the registry sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NewAgent {
     pub name: String,
     pub groups: Vec<String>,
@@ -147,6 +147,29 @@ fn checked_update(u: &AgentInfoUpdate, now: u64) -> std::borrow::Cow<'_, AgentIn
 
 fn now_ms() -> u64 {
     crate::clock::now_ms()
+}
+
+/// The enrollment endpoint's rules on the fields of `a`.
+fn validate_new(a: &NewAgent) -> Result<(), EnrollError> {
+    wazuh_cluster_protocol::agent::enrollment::validate_fields(
+        &a.name,
+        &a.groups,
+        &a.ip,
+        a.key_hash.as_deref(),
+        a.version.as_deref(),
+    )
+}
+
+/// An enrollment with what one node decided for it (see [`Registry::prepare_enrollment`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PreparedEnrollment {
+    pub agent: NewAgent,
+    /// The agent's key, 64 hex characters.
+    pub key: String,
+    /// When it was registered.
+    pub at_ms: u64,
+    /// Agents holding its name or IP that it may replace.
+    pub replace: Vec<u32>,
 }
 
 fn random_key() -> Result<String, EnrollError> {
@@ -434,49 +457,89 @@ impl Registry {
 
     /// Enrolls one agent inside the caller's transaction. Idempotent per token. The request is
     /// checked again here with the enrollment endpoint's rules, whoever sent it (a worker's forward
-    /// is not trusted): nothing that could break a `client.keys` line is ever stored.
+    /// is not trusted): nothing that could break a `client.keys` line is ever stored. The same as
+    /// [`Registry::prepare_enrollment`] then [`Registry::apply_enrollment`].
     pub fn enroll(&mut self, a: &NewAgent) -> Result<Result<AgentEntry, EnrollError>, StoreError> {
-        if let Err(e) = wazuh_cluster_protocol::agent::enrollment::validate_fields(
-            &a.name,
-            &a.groups,
-            &a.ip,
-            a.key_hash.as_deref(),
-            a.version.as_deref(),
-        ) {
+        if let Some(prior) = self.prior_outcome(a)? {
+            return Ok(prior);
+        }
+        match self.prepare_enrollment(a, now_ms())? {
+            Ok(prepared) => self.apply_enrollment(&prepared),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// What an earlier enrollment with `a`'s idempotency token came to, if there was one.
+    fn prior_outcome(&self, a: &NewAgent) -> Result<Option<Result<AgentEntry, EnrollError>>, StoreError> {
+        let Some(token) = &a.token else { return Ok(None) };
+        let prior: Option<(Option<u32>, Option<String>)> = self
+            .conn
+            .query_row("SELECT id, error FROM tokens WHERE token = ?1", params![token], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        Ok(match prior {
+            Some((Some(id), _)) => self.entry(id)?.map(Ok),
+            Some((None, Some(err))) => Some(Err(recorded_refusal(&err))),
+            _ => None,
+        })
+    }
+
+    /// Everything about enrolling `a` that is not a function of the table alone, decided now by
+    /// this node: the key (random), the time, and which agents holding its name or IP may be
+    /// replaced (that depends on their statuses, which only this node's view has). Applying the
+    /// result ([`Registry::apply_enrollment`]) is then the same on every registry with the same
+    /// table: what a replicated log needs.
+    pub fn prepare_enrollment(
+        &self,
+        a: &NewAgent,
+        now_ms: u64,
+    ) -> Result<Result<PreparedEnrollment, EnrollError>, StoreError> {
+        if let Err(e) = validate_new(a) {
             return Ok(Err(e));
         }
-        if let Some(token) = &a.token {
-            let prior: Option<(Option<u32>, Option<String>)> = self
-                .conn
-                .query_row("SELECT id, error FROM tokens WHERE token = ?1", params![token], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .optional()?;
-            match prior {
-                Some((Some(id), _)) => {
-                    if let Some(e) = self.entry(id)? {
-                        return Ok(Ok(e));
-                    }
-                }
-                Some((None, Some(err))) => return Ok(Err(recorded_refusal(&err))),
-                _ => {}
+        let key = match random_key() {
+            Ok(k) => k,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut replace = Vec::new();
+        let by_name: Option<u32> =
+            self.conn.query_row("SELECT id FROM agents WHERE name = ?1", params![a.name], |r| r.get(0)).optional()?;
+        let by_ip: Option<u32> = match a.ip.as_str() {
+            "any" => None,
+            ip => self.conn.query_row("SELECT id FROM agents WHERE ip = ?1", params![ip], |r| r.get(0)).optional()?,
+        };
+        for old in by_name.into_iter().chain(by_ip) {
+            if !replace.contains(&old) && self.replaceable(old, a.key_hash.as_deref())? {
+                replace.push(old);
             }
         }
-        let outcome = self.enroll_new(a)?;
-        if let Some(token) = &a.token {
+        Ok(Ok(PreparedEnrollment { agent: a.clone(), key, at_ms: now_ms, replace }))
+    }
+
+    /// Applies an enrollment prepared by [`Registry::prepare_enrollment`] (here or on another
+    /// node), inside the caller's transaction: a function of the table and `p` alone.
+    pub fn apply_enrollment(&mut self, p: &PreparedEnrollment) -> Result<Result<AgentEntry, EnrollError>, StoreError> {
+        if let Err(e) = validate_new(&p.agent) {
+            return Ok(Err(e));
+        }
+        if let Some(prior) = self.prior_outcome(&p.agent)? {
+            return Ok(prior);
+        }
+        let outcome = self.enroll_new(p)?;
+        if let Some(token) = &p.agent.token {
             let (id, err) = match &outcome {
                 Ok(e) => (Some(e.id), None),
                 Err(e) => (None, Some(serde_json::to_string(e).unwrap_or_else(|_| e.to_string()))),
             };
             self.conn.execute(
                 "INSERT OR REPLACE INTO tokens (token, id, error, at) VALUES (?1, ?2, ?3, ?4)",
-                params![token, id, err, now_ms() as i64],
+                params![token, id, err, p.at_ms as i64],
             )?;
         }
         Ok(outcome)
     }
 
-    fn enroll_new(&mut self, a: &NewAgent) -> Result<Result<AgentEntry, EnrollError>, StoreError> {
+    fn enroll_new(&mut self, p: &PreparedEnrollment) -> Result<Result<AgentEntry, EnrollError>, StoreError> {
+        let a = &p.agent;
         let groups = if a.groups.is_empty() { vec![DEFAULT_GROUP.to_string()] } else { a.groups.clone() };
         for g in &groups {
             let exists: bool =
@@ -491,7 +554,7 @@ impl Registry {
         let by_name: Option<u32> =
             self.conn.query_row("SELECT id FROM agents WHERE name = ?1", params![a.name], |r| r.get(0)).optional()?;
         if let Some(old) = by_name {
-            if !self.replaceable(old, a.key_hash.as_deref())? {
+            if !p.replace.contains(&old) {
                 return Ok(Err(EnrollError::DuplicateName(a.name.clone())));
             }
             self.remove_row(old)?;
@@ -500,7 +563,7 @@ impl Registry {
             let by_ip: Option<u32> =
                 self.conn.query_row("SELECT id FROM agents WHERE ip = ?1", params![a.ip], |r| r.get(0)).optional()?;
             if let Some(old) = by_ip {
-                if !self.replaceable(old, a.key_hash.as_deref())? {
+                if !p.replace.contains(&old) {
                     return Ok(Err(EnrollError::DuplicateIp(a.ip.clone())));
                 }
                 self.remove_row(old)?;
@@ -508,11 +571,7 @@ impl Registry {
         }
         let last: i64 = self.conn.query_row("SELECT v FROM meta WHERE k = 'last_id'", [], |r| r.get(0))?;
         let id = u32::try_from(last + 1).map_err(|_| StoreError::Invalid("agent ids exhausted".into()))?;
-        let key = match random_key() {
-            Ok(k) => k,
-            Err(e) => return Ok(Err(e)),
-        };
-        let entry = AgentEntry { id, name: a.name.clone(), ip: a.ip.clone(), key, groups };
+        let entry = AgentEntry { id, name: a.name.clone(), ip: a.ip.clone(), key: p.key.clone(), groups };
         self.conn.execute(
             "INSERT INTO agents (id, name, ip, key, groups, registered_at, node_name, version, token, pending)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -522,7 +581,7 @@ impl Registry {
                 entry.ip,
                 entry.key,
                 groups_text(&entry.groups),
-                now_ms() as i64,
+                p.at_ms as i64,
                 a.node_name,
                 a.version,
                 a.token,
@@ -551,16 +610,31 @@ impl Registry {
 
     /// Removes agents whose delivery was never confirmed within `older_than_ms`.
     pub fn expire_pending(&mut self, older_than_ms: u64) -> Result<Vec<u32>, StoreError> {
-        let cutoff = now_ms().saturating_sub(older_than_ms) as i64;
-        let ids: Vec<u32> = {
-            let mut stmt = self.conn.prepare("SELECT id FROM agents WHERE pending = 1 AND registered_at < ?1")?;
-            let rows = stmt.query_map(params![cutoff], |r| r.get(0))?;
-            rows.collect::<Result<_, _>>()?
-        };
-        for id in &ids {
-            self.remove_row(*id)?;
+        let ids = self.pending_older_than(now_ms().saturating_sub(older_than_ms))?;
+        self.apply_expiry(&ids)
+    }
+
+    /// Agents enrolled through a worker before `cutoff_ms` whose delivery is still unconfirmed.
+    pub fn pending_older_than(&self, cutoff_ms: u64) -> Result<Vec<u32>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT id FROM agents WHERE pending = 1 AND registered_at < ?1")?;
+        let rows = stmt.query_map(params![cutoff_ms as i64], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Removes those of `ids` that are still pending (one node chose them with its clock; a
+    /// delivery confirmed since keeps the agent): the ones removed.
+    pub fn apply_expiry(&mut self, ids: &[u32]) -> Result<Vec<u32>, StoreError> {
+        let mut removed = Vec::new();
+        for &id in ids {
+            let pending: Option<bool> = self
+                .conn
+                .query_row("SELECT pending FROM agents WHERE id = ?1", params![id], |r| r.get(0))
+                .optional()?;
+            if pending == Some(true) && self.remove_row(id)? {
+                removed.push(id);
+            }
         }
-        Ok(ids)
+        Ok(removed)
     }
 
     pub fn delete(&mut self, id: u32) -> Result<(), StoreError> {
@@ -811,13 +885,17 @@ impl Registry {
     }
 
     pub fn create_group(&mut self, name: &str) -> Result<bool, StoreError> {
+        self.create_group_at(name, now_ms())
+    }
+
+    /// [`Registry::create_group`] with the time it was created.
+    pub fn create_group_at(&mut self, name: &str, at_ms: u64) -> Result<bool, StoreError> {
         if !wazuh_cluster_protocol::agent::enrollment::valid_group_name(name) {
             return Err(StoreError::Invalid(format!("invalid group name {name:?}: use [A-Za-z0-9_.-], not . or ..")));
         }
-        let n = self.conn.execute(
-            "INSERT OR IGNORE INTO groups (name, created_at) VALUES (?1, ?2)",
-            params![name, now_ms() as i64],
-        )?;
+        let n = self
+            .conn
+            .execute("INSERT OR IGNORE INTO groups (name, created_at) VALUES (?1, ?2)", params![name, at_ms as i64])?;
         self.ensure_group_dir(name)?;
         Ok(n > 0)
     }

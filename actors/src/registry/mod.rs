@@ -5,6 +5,7 @@
 //! - [`master`]: the master's [`Registry`]: enrollment, deletion, groups, statuses, the change log.
 //! - [`policy`]: when a new enrollment may replace an agent holding its name (pure decisions).
 //! - [`admin`]: agent and group changes from an API, with typed refusals.
+//! - [`command`]: changes as commands whose application is deterministic (for a replicated log).
 //! - [`replica`]: a worker's [`Replica`], following the master's change log.
 //! - [`client_keys`]: `etc/client.keys`, Wazuh-compatible, kept up to date per change.
 //! - [`derived`]: what follows each committed change (client.keys, the node's key index).
@@ -17,6 +18,7 @@
 
 pub mod admin;
 pub mod client_keys;
+pub mod command;
 pub mod counts;
 pub mod derived;
 pub mod master;
