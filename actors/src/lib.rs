@@ -24,6 +24,7 @@ pub mod agents;
 pub mod backoff;
 pub mod clock;
 pub mod connection;
+pub mod consensus;
 pub mod enrollment;
 pub mod files;
 pub mod jobs;

@@ -38,6 +38,8 @@ pub enum Command {
 /// What applying a [`Command`] came to: the same on every registry that applies it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
+    /// A log entry without a registry command (a new leader's blank entry, a membership change).
+    Nothing,
     Enrolled(Result<AgentEntry, EnrollError>),
     Resolved,
     Expired(Vec<u32>),

@@ -1031,6 +1031,117 @@ fn recorded_refusal(text: &str) -> EnrollError {
     }
 }
 
+/// The tables a registry snapshot carries: everything but the replicated log's own state.
+const SNAPSHOT_TABLES: [&str; 5] = ["agents", "groups", "meta", "changes", "tokens"];
+
+/// A whole registry as rows, for a replicated log's snapshot: per table, its columns and rows.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TableDump {
+    pub table: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<serde_json::Value>>,
+}
+
+fn to_json(v: rusqlite::types::ValueRef<'_>) -> serde_json::Value {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Null => serde_json::Value::Null,
+        ValueRef::Integer(i) => i.into(),
+        ValueRef::Real(f) => f.into(),
+        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned().into(),
+        ValueRef::Blob(b) => serde_json::json!({ "blob": b }),
+    }
+}
+
+fn from_json(v: &serde_json::Value) -> Result<rusqlite::types::Value, StoreError> {
+    use rusqlite::types::Value;
+    Ok(match v {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Integer(*b as i64),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Value::Integer(i),
+            None => Value::Real(n.as_f64().unwrap_or_default()),
+        },
+        serde_json::Value::String(s) => Value::Text(s.clone()),
+        serde_json::Value::Object(o) => match o.get("blob") {
+            Some(b) => Value::Blob(serde_json::from_value(b.clone()).map_err(|e| StoreError::Invalid(e.to_string()))?),
+            None => return Err(StoreError::Invalid("a snapshot cell is an object other than a blob".into())),
+        },
+        serde_json::Value::Array(_) => return Err(StoreError::Invalid("a snapshot cell is an array".into())),
+    })
+}
+
+impl Registry {
+    /// Every row of the registry's tables (inside the caller's transaction: one consistent view).
+    pub fn dump(&self) -> Result<Vec<TableDump>, StoreError> {
+        let mut out = Vec::new();
+        for table in SNAPSHOT_TABLES {
+            let mut stmt = self.conn.prepare(&format!("SELECT * FROM {table}"))?;
+            let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
+            let n = columns.len();
+            let mut rows = Vec::new();
+            let mut cursor = stmt.query([])?;
+            while let Some(r) = cursor.next()? {
+                rows.push((0..n).map(|i| r.get_ref(i).map(to_json)).collect::<Result<Vec<_>, _>>()?);
+            }
+            out.push(TableDump { table: table.to_string(), columns, rows });
+        }
+        Ok(out)
+    }
+
+    /// Replaces the registry's tables with `dump` (inside the caller's transaction), then its
+    /// position, hash, counts and client.keys follow. Only the known tables and their own columns
+    /// are written: a dump naming anything else is refused whole.
+    pub fn restore(&mut self, dump: &[TableDump]) -> Result<(), StoreError> {
+        for d in dump {
+            if !SNAPSHOT_TABLES.contains(&d.table.as_str()) {
+                return Err(StoreError::Invalid(format!("a snapshot names an unknown table {:?}", d.table)));
+            }
+            let known: Vec<String> = self
+                .conn
+                .prepare(&format!("SELECT * FROM {} LIMIT 0", d.table))?
+                .column_names()
+                .iter()
+                .map(|c| c.to_string())
+                .collect();
+            if let Some(c) = d.columns.iter().find(|c| !known.contains(c)) {
+                return Err(StoreError::Invalid(format!("a snapshot names an unknown column {}.{c}", d.table)));
+            }
+        }
+        for table in SNAPSHOT_TABLES {
+            self.conn.execute(&format!("DELETE FROM {table}"), [])?;
+        }
+        for d in dump {
+            let marks = vec!["?"; d.columns.len()].join(", ");
+            let sql = format!("INSERT INTO {} ({}) VALUES ({marks})", d.table, d.columns.join(", "));
+            let mut stmt = self.conn.prepare(&sql)?;
+            for row in &d.rows {
+                if row.len() != d.columns.len() {
+                    return Err(StoreError::Invalid(format!("a snapshot row of {} has the wrong width", d.table)));
+                }
+                let values = row.iter().map(from_json).collect::<Result<Vec<_>, _>>()?;
+                stmt.execute(rusqlite::params_from_iter(values))?;
+            }
+        }
+        (self.seq, self.hash) = schema::position(&self.conn)?;
+        self.generation = schema::stored_generation(&self.conn)?;
+        self.load_counts()?;
+        self.derived.record_reset();
+        Ok(())
+    }
+
+    /// A value of the replicated log's state kept with the registry (applied position, membership),
+    /// so that it commits with the changes it describes.
+    pub fn raft_value(&self, k: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.conn.query_row("SELECT v FROM raft WHERE k = ?1", params![k], |r| r.get(0)).optional()?)
+    }
+
+    pub fn set_raft_value(&mut self, k: &str, v: &str) -> Result<(), StoreError> {
+        self.conn.execute("INSERT OR REPLACE INTO raft (k, v) VALUES (?1, ?2)", params![k, v])?;
+        Ok(())
+    }
+}
+
 impl Store for Registry {
     fn begin(&mut self) -> Result<(), StoreError> {
         Registry::begin(self)

@@ -42,6 +42,7 @@ pub const MASTER_TABLES: &str = "CREATE TABLE IF NOT EXISTS agents (
         name TEXT, ip TEXT, key TEXT, groups TEXT
     );
     CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, id INTEGER, error TEXT, at INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS raft (k TEXT PRIMARY KEY, v TEXT NOT NULL);
     INSERT OR IGNORE INTO meta (k, v) VALUES ('last_id', 0), ('seq', 0);";
 
 /// Columns added to the master's `agents` table after its first release.

@@ -1,0 +1,213 @@
+//! The Raft log in SQLite: `var/db/raft.db`, one row per entry (JSON), and the vote, the committed
+//! position and the last purged position beside it. Every write is synchronous (`synchronous =
+//! FULL`): Raft counts a vote or an appended entry only once it would survive a crash.
+
+use super::{RegistryRaft, StorageError};
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{Entry, LogId, LogState, RaftLogId, RaftLogReader, StorageIOError, Vote};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Where a master-eligible node keeps its Raft log, under its data dir.
+pub const RAFT_DB: &str = "var/db/raft.db";
+
+const TABLES: &str = "
+CREATE TABLE IF NOT EXISTS log (idx INTEGER PRIMARY KEY, entry TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+";
+
+/// The log store; clones share one connection (openraft reads through a clone while it appends).
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Mutex<Connection>>,
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_logs(&e).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_logs(&e).into()
+}
+
+/// `range` as SQLite bounds `[start, end)`.
+fn bounds(range: &impl RangeBounds<u64>) -> (i64, i64) {
+    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let start = match range.start_bound() {
+        Bound::Included(&s) => clamp(s),
+        Bound::Excluded(&s) => clamp(s).saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => clamp(e).saturating_add(1),
+        Bound::Excluded(&e) => clamp(e),
+        Bound::Unbounded => i64::MAX,
+    };
+    (start, end)
+}
+
+impl LogStore {
+    /// Opens (or creates) `<data_dir>/var/db/raft.db`.
+    pub fn open(data_dir: &Path) -> Result<Self, crate::registry::StoreError> {
+        let conn = crate::registry::schema::open_db(&data_dir.join(RAFT_DB))?;
+        conn.execute_batch("PRAGMA synchronous = FULL;")?;
+        conn.execute_batch(TABLES)?;
+        Ok(Self { db: Arc::new(Mutex::new(conn)) })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding it leaves nothing half-written that SQLite has not rolled back.
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, k: &str) -> Result<Option<T>, StorageError> {
+        let text: Option<String> = self
+            .conn()
+            .query_row("SELECT v FROM state WHERE k = ?1", params![k], |r| r.get(0))
+            .optional()
+            .map_err(read_err)?;
+        text.map(|t| serde_json::from_str(&t).map_err(read_err)).transpose()
+    }
+
+    fn put<T: serde::Serialize>(&self, k: &str, v: &T) -> Result<(), StorageError> {
+        let text = serde_json::to_string(v).map_err(write_err)?;
+        self.conn()
+            .execute("INSERT OR REPLACE INTO state (k, v) VALUES (?1, ?2)", params![k, text])
+            .map_err(write_err)?;
+        Ok(())
+    }
+}
+
+impl RaftLogReader<RegistryRaft> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<RegistryRaft>>, StorageError> {
+        let (start, end) = bounds(&range);
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT entry FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx").map_err(read_err)?;
+        let rows = stmt.query_map(params![start, end], |r| r.get::<_, String>(0)).map_err(read_err)?;
+        let mut out = Vec::new();
+        for text in rows {
+            out.push(serde_json::from_str(&text.map_err(read_err)?).map_err(read_err)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<RegistryRaft> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<RegistryRaft>, StorageError> {
+        let last_purged_log_id: Option<LogId<u64>> = self.get("last_purged")?;
+        let last: Option<String> = self
+            .conn()
+            .query_row("SELECT entry FROM log ORDER BY idx DESC LIMIT 1", [], |r| r.get(0))
+            .optional()
+            .map_err(read_err)?;
+        let last_log_id = match last {
+            Some(text) => Some(*serde_json::from_str::<Entry<RegistryRaft>>(&text).map_err(read_err)?.get_log_id()),
+            None => last_purged_log_id,
+        };
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
+        self.put("vote", vote).map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
+        self.get("vote")
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), StorageError> {
+        self.put("committed", &committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError> {
+        Ok(self.get::<Option<LogId<u64>>>("committed")?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<RegistryRaft>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry<RegistryRaft>> + Send,
+        I::IntoIter: Send,
+    {
+        let result = (|| -> Result<(), StorageError> {
+            let mut conn = self.conn();
+            let tx = conn.transaction().map_err(write_err)?;
+            {
+                let mut stmt =
+                    tx.prepare_cached("INSERT OR REPLACE INTO log (idx, entry) VALUES (?1, ?2)").map_err(write_err)?;
+                for entry in entries {
+                    let idx = i64::try_from(entry.get_log_id().index).map_err(write_err)?;
+                    stmt.execute(params![idx, serde_json::to_string(&entry).map_err(write_err)?]).map_err(write_err)?;
+                }
+            }
+            tx.commit().map_err(write_err)
+        })();
+        match &result {
+            Ok(()) => callback.log_io_completed(Ok(())),
+            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        }
+        result
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError> {
+        let idx = i64::try_from(log_id.index).map_err(write_err)?;
+        self.conn().execute("DELETE FROM log WHERE idx >= ?1", params![idx]).map_err(write_err)?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError> {
+        let idx = i64::try_from(log_id.index).map_err(write_err)?;
+        let text = serde_json::to_string(&log_id).map_err(write_err)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(write_err)?;
+        tx.execute("INSERT OR REPLACE INTO state (k, v) VALUES ('last_purged', ?1)", params![text])
+            .map_err(write_err)?;
+        tx.execute("DELETE FROM log WHERE idx <= ?1", params![idx]).map_err(write_err)?;
+        tx.commit().map_err(write_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn blank(term: u64, index: u64) -> Entry<RegistryRaft> {
+        Entry { log_id: LogId::new(CommittedLeaderId::new(term, 1), index), payload: EntryPayload::Blank }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_vote_the_entries_and_the_purged_position_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = LogStore::open(dir.path()).unwrap();
+            log.save_vote(&Vote::new(3, 2)).await.unwrap();
+            let mut reader = log.get_log_reader().await;
+            log.blocking_append((1..=5).map(|i| blank(3, i))).await.unwrap();
+            assert_eq!(reader.try_get_log_entries(2..4).await.unwrap().len(), 2);
+            log.purge(LogId::new(CommittedLeaderId::new(3, 1), 2)).await.unwrap();
+            log.save_committed(Some(LogId::new(CommittedLeaderId::new(3, 1), 4))).await.unwrap();
+        }
+        let mut log = LogStore::open(dir.path()).unwrap();
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 2)));
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(2));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(5));
+        assert_eq!(log.read_committed().await.unwrap().map(|l| l.index), Some(4));
+        let left: Vec<u64> = log.try_get_log_entries(..).await.unwrap().iter().map(|e| e.log_id.index).collect();
+        assert_eq!(left, vec![3, 4, 5]);
+    }
+}
