@@ -113,18 +113,53 @@ pub fn check_master_identity(
     hello_hash: &[u8],
     signature: Option<&[u8]>,
 ) -> Result<bool, String> {
-    let key = hello.public_key.as_deref().and_then(PublicKey::from_slice).ok_or("the master sent no identity key")?;
-    let signature = signature.ok_or("the master did not sign the handshake with its identity")?;
+    check_pinned_identity(&data_dir.join(MASTER_PIN_FILE), "master", "worker", hello, hello_hash, signature)
+}
+
+/// Where a master-eligible node pins the identity of another one (by its name), under its data dir.
+pub fn peer_pin_file(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.join("var/peers").join(format!("{name}.pub"))
+}
+
+/// Master-eligible nodes: checks a peer's identity as [`check_master_identity`] does, pinned per
+/// peer name in [`peer_pin_file`]. `name` comes from an authenticated hello (checked by
+/// `check_node_name`: no path separator can reach the file name).
+pub fn check_peer_identity(
+    data_dir: &Path,
+    hello: &Hello,
+    hello_hash: &[u8],
+    signature: Option<&[u8]>,
+) -> Result<bool, String> {
+    wazuh_cluster_protocol::handshake::check_node_name(&hello.node_name)?;
+    let pin = peer_pin_file(data_dir, &hello.node_name);
+    check_pinned_identity(&pin, "master-eligible peer", "node", hello, hello_hash, signature)
+}
+
+/// The identity in `hello` must sign `hello_hash` and be the key pinned in `path` (pinned now
+/// when there is none: `Ok(true)`).
+fn check_pinned_identity(
+    path: &Path,
+    what: &str,
+    us: &str,
+    hello: &Hello,
+    hello_hash: &[u8],
+    signature: Option<&[u8]>,
+) -> Result<bool, String> {
+    let key = hello
+        .public_key
+        .as_deref()
+        .and_then(PublicKey::from_slice)
+        .ok_or(format!("the {what} sent no identity key"))?;
+    let signature = signature.ok_or(format!("the {what} did not sign the handshake with its identity"))?;
     key.verify_handshake(hello_hash, signature)
-        .map_err(|_| "the master's signature of the handshake does not verify with its identity key".to_string())?;
-    let path = data_dir.join(MASTER_PIN_FILE);
-    match std::fs::read_to_string(&path) {
+        .map_err(|_| format!("the {what}'s signature of the handshake does not verify with its identity key"))?;
+    match std::fs::read_to_string(path) {
         Ok(text) => {
             if text.trim() == key.to_string() {
                 Ok(false)
             } else {
                 Err(format!(
-                    "the master's identity changed: this worker knows {}, {:?} offers {}; if the master was re-installed on purpose, remove {} on this worker",
+                    "the {what}'s identity changed: this {us} knows {}, {:?} offers {}; if it was re-installed on purpose, remove {} on this {us}",
                     text.trim().get(..16).unwrap_or("?"),
                     hello.node_name,
                     key.fingerprint(),
@@ -140,9 +175,9 @@ pub fn check_master_identity(
                 let tmp = path.with_extension("pub.tmp");
                 std::fs::write(&tmp, format!("{key}\n"))?;
                 std::fs::File::open(&tmp)?.sync_all()?;
-                std::fs::rename(&tmp, &path)
+                std::fs::rename(&tmp, path)
             };
-            write().map_err(|e| format!("cannot pin the master's identity in {}: {e}", path.display()))?;
+            write().map_err(|e| format!("cannot pin the {what}'s identity in {}: {e}", path.display()))?;
             Ok(true)
         }
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),

@@ -41,7 +41,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::{Decoder, FramedRead};
-use wazuh_cluster_protocol::message::{self, ErrorCode, ErrorReply, Goodbye, JobReport, MessageName, RequestId};
+use wazuh_cluster_protocol::message::{
+    self, ErrorCode, ErrorReply, Goodbye, JobReport, MessageName, PeerReply, PeerRequest, RequestId,
+};
 use wazuh_cluster_protocol::transport::{Sealer, TAG_LEN};
 use wazuh_cluster_protocol::{
     ChannelError, Envelope, Hello, Kind, MasterToWorker, MessageDecoder, ProtocolVersion, Role, WorkerToMaster,
@@ -116,6 +118,62 @@ impl Side for WorkerSide {
     fn check_answer(body: MasterToWorker) -> Result<MasterToWorker, ErrorReply> {
         match body {
             MasterToWorker::Error(e) => Err(e),
+            other => Ok(other),
+        }
+    }
+}
+
+/// Between two master-eligible nodes (a Raft group), the dialing end. On the wire it takes the
+/// worker's place (its request ids carry that role), so that the two ends' ids never mix.
+pub struct PeerDialSide;
+/// Between two master-eligible nodes, the accepting end (the master's place on the wire).
+pub struct PeerAcceptSide;
+
+impl Side for PeerDialSide {
+    type In = PeerReply;
+    type Out = PeerRequest;
+    const LOCAL: Role = Role::Worker;
+
+    fn goodbye(reason: String) -> PeerRequest {
+        PeerRequest::Goodbye(Goodbye { reason })
+    }
+    fn goodbye_reason(body: &PeerReply) -> Option<&str> {
+        match body {
+            PeerReply::Goodbye(bye) => Some(&bye.reason),
+            _ => None,
+        }
+    }
+    fn error(reply: ErrorReply) -> PeerRequest {
+        PeerRequest::Error(reply)
+    }
+    fn check_answer(body: PeerReply) -> Result<PeerReply, ErrorReply> {
+        match body {
+            PeerReply::Error(e) => Err(e),
+            other => Ok(other),
+        }
+    }
+}
+
+impl Side for PeerAcceptSide {
+    type In = PeerRequest;
+    type Out = PeerReply;
+    const LOCAL: Role = Role::Master;
+
+    fn goodbye(reason: String) -> PeerReply {
+        PeerReply::Goodbye(Goodbye { reason })
+    }
+    fn goodbye_reason(body: &PeerRequest) -> Option<&str> {
+        match body {
+            PeerRequest::Goodbye(bye) => Some(&bye.reason),
+            _ => None,
+        }
+    }
+    fn error(reply: ErrorReply) -> PeerReply {
+        PeerReply::Error(reply)
+    }
+    fn check_answer(body: PeerRequest) -> Result<PeerRequest, ErrorReply> {
+        match body {
+            PeerRequest::Error(e) => Err(e),
             other => Ok(other),
         }
     }

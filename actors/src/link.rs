@@ -86,10 +86,25 @@ fn into_link(
     Ok(Link { peer, peer_addr, version, channel, read, read_buf: parts.read_buf, write, confirmed })
 }
 
-/// Worker side: connect to `addr` and run the handshake as initiator.
+/// Worker side: connect to `addr` and run the handshake as initiator; the master's identity must
+/// be the one this worker pinned.
 pub async fn dial(addr: &str, settings: &ChannelSettings) -> Result<Link, LinkError> {
+    dial_checking(addr, settings, Pin::Master).await
+}
+
+/// Whose identity a dial checks the answering node's against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pin {
+    /// The master's, pinned once per worker ([`crate::admission::MASTER_PIN_FILE`]).
+    Master,
+    /// A master-eligible peer's, pinned per peer name ([`crate::admission::peer_pin_file`]).
+    Peer,
+}
+
+/// [`dial`] with the identity check `pin`.
+pub async fn dial_checking(addr: &str, settings: &ChannelSettings, pin: Pin) -> Result<Link, LinkError> {
     let deadline = settings.handshake_timeout;
-    match tokio::time::timeout(deadline, dial_inner(addr, settings)).await {
+    match tokio::time::timeout(deadline, dial_inner(addr, settings, pin)).await {
         Ok(result) => result,
         Err(_) => Err(LinkError::Timeout(deadline)),
     }
@@ -124,7 +139,7 @@ async fn resolve(addr: &str) -> std::io::Result<Vec<std::net::SocketAddr>> {
     Ok(addrs)
 }
 
-async fn dial_inner(addr: &str, settings: &ChannelSettings) -> Result<Link, LinkError> {
+async fn dial_inner(addr: &str, settings: &ChannelSettings, pin: Pin) -> Result<Link, LinkError> {
     let addrs = resolve(addr).await.map_err(LinkError::Connect)?;
     let stream = TcpStream::connect(&addrs[..]).await.map_err(LinkError::Connect)?;
     stream.set_nodelay(true).map_err(LinkError::Connect)?;
@@ -137,16 +152,42 @@ async fn dial_inner(addr: &str, settings: &ChannelSettings) -> Result<Link, Link
     match initiator.finish(&msg2, prove)? {
         InitiatorOutcome::Refused { peer, refusal } => Err(LinkError::Refused { peer: peer.node_name, refusal }),
         InitiatorOutcome::Accepted { peer, version, channel, confirmation, signature, hello_hash } => {
-            let pinned =
-                crate::admission::check_master_identity(&settings.data_dir, &peer, &hello_hash, signature.as_deref())
-                    .map_err(LinkError::MasterIdentity)?;
+            let check = match pin {
+                Pin::Master => crate::admission::check_master_identity,
+                Pin::Peer => crate::admission::check_peer_identity,
+            };
+            let pinned = check(&settings.data_dir, &peer, &hello_hash, signature.as_deref())
+                .map_err(LinkError::MasterIdentity)?;
             if pinned {
-                log::info!(node = settings.node_name.as_str(); "pinned the identity of master {} ({}) in {}", peer.node_name, crate::admission::fingerprint_of(&peer), crate::admission::MASTER_PIN_FILE);
+                log::info!(node = settings.node_name.as_str(); "pinned the identity of {} {} ({})", peer.role, peer.node_name, crate::admission::fingerprint_of(&peer));
             }
             framed.send(&confirmation[..]).await?;
             into_link(framed, peer, version, channel, None)
         }
     }
+}
+
+/// The rules for an authenticated hello that need no knowledge of other connections: this
+/// cluster, the `expected` role, a valid name that is not ours, a common protocol version.
+pub fn admit_hello(
+    settings: &ChannelSettings,
+    hello: &Hello,
+    expected: wazuh_cluster_protocol::Role,
+) -> Result<ProtocolVersion, Refusal> {
+    if hello.cluster_name != settings.cluster_name {
+        return Err(Refusal::WrongCluster { expected: settings.cluster_name.clone(), got: hello.cluster_name.clone() });
+    }
+    if hello.role != expected {
+        return Err(Refusal::WrongRole { expected, got: hello.role });
+    }
+    if let Err(reason) = wazuh_cluster_protocol::handshake::check_node_name(&hello.node_name) {
+        return Err(Refusal::InvalidName { name: hello.node_name.clone(), reason });
+    }
+    if hello.node_name == settings.node_name {
+        return Err(Refusal::DuplicateName { name: hello.node_name.clone() });
+    }
+    let ours = wazuh_cluster_protocol::version::VersionRange::ours();
+    ours.negotiate(&hello.versions).ok_or(Refusal::IncompatibleVersion { ours, theirs: hello.versions })
 }
 
 /// Master side: run the handshake as responder on an accepted socket. `admit` decides, from the

@@ -20,9 +20,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use wazuh_cluster_protocol::handshake::{check_node_name, Hello, Refusal};
+use wazuh_cluster_protocol::handshake::{Hello, Refusal};
 use wazuh_cluster_protocol::message::{ForceReconnect, JobReport};
-use wazuh_cluster_protocol::version::VersionRange;
 use wazuh_cluster_protocol::MasterToWorker;
 use wazuh_cluster_protocol::{ProtocolVersion, Role};
 
@@ -30,22 +29,9 @@ use wazuh_cluster_protocol::{ProtocolVersion, Role};
 /// unauthenticated peers can make the master hold.
 pub const MAX_PENDING_HANDSHAKES: usize = 256;
 
-/// The rules that need no knowledge of other connections: cluster, role, name, version.
+/// The rules that need no knowledge of other connections: cluster, role (a worker), name, version.
 pub fn admit(settings: &ChannelSettings, hello: &Hello) -> Result<ProtocolVersion, Refusal> {
-    if hello.cluster_name != settings.cluster_name {
-        return Err(Refusal::WrongCluster { expected: settings.cluster_name.clone(), got: hello.cluster_name.clone() });
-    }
-    if hello.role != Role::Worker {
-        return Err(Refusal::WrongRole { expected: Role::Worker, got: hello.role });
-    }
-    if let Err(reason) = check_node_name(&hello.node_name) {
-        return Err(Refusal::InvalidName { name: hello.node_name.clone(), reason });
-    }
-    if hello.node_name == settings.node_name {
-        return Err(Refusal::DuplicateName { name: hello.node_name.clone() });
-    }
-    let ours = VersionRange::ours();
-    ours.negotiate(&hello.versions).ok_or(Refusal::IncompatibleVersion { ours, theirs: hello.versions })
+    crate::link::admit_hello(settings, hello, Role::Worker)
 }
 
 /// One connected worker: its connection and the job set serving it.
@@ -647,6 +633,7 @@ impl Handler<Kill> for MasterListener {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wazuh_cluster_protocol::version::VersionRange;
 
     #[test]
     fn refusals_of_one_kind_are_logged_once_per_interval_with_a_count() {

@@ -649,6 +649,62 @@ impl fmt::Display for ErrorCode {
 }
 
 /// Names for logs.
+/// Which Raft RPC a [`RaftMessage`] carries (between master-eligible nodes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RaftRpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+/// A Raft RPC or its answer, encoded by the consensus layer (this crate stays free of it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftMessage {
+    pub rpc: RaftRpc,
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+}
+
+/// What a master-eligible node sends on the connection it dialed to another one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerRequest {
+    /// A Raft RPC; answered with [`PeerReply::Raft`].
+    Raft(RaftMessage),
+    Goodbye(Goodbye),
+    Error(ErrorReply),
+}
+
+/// What a master-eligible node answers on a connection another one dialed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerReply {
+    Raft(RaftMessage),
+    Goodbye(Goodbye),
+    Error(ErrorReply),
+}
+
+impl MessageName for PeerRequest {
+    fn name(&self) -> &'static str {
+        match self {
+            PeerRequest::Raft(_) => "raft",
+            PeerRequest::Goodbye(_) => "goodbye",
+            PeerRequest::Error(_) => "error",
+        }
+    }
+}
+
+impl MessageName for PeerReply {
+    fn name(&self) -> &'static str {
+        match self {
+            PeerReply::Raft(_) => "raft_reply",
+            PeerReply::Goodbye(_) => "goodbye",
+            PeerReply::Error(_) => "error",
+        }
+    }
+}
+
 pub trait MessageName {
     fn name(&self) -> &'static str;
 }

@@ -16,6 +16,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod log_store;
+pub mod network;
 pub mod state_machine;
 
 use crate::registry::command::{Command, Outcome};

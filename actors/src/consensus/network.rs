@@ -1,0 +1,405 @@
+//! Raft's RPCs between master-eligible nodes, over the cluster channel: the same handshake (cluster
+//! key, Noise, identities), transport and frame caps as workers' connections, with the peer pair of
+//! message types (`PeerRequest`/`PeerReply`). Each node dials every other one for its own RPCs
+//! ([`PeerNetwork`]), and answers those it receives on connections others dialed ([`accept_peer`]).
+//! Each RPC body is openraft's request or `Result<response, RaftError>` as JSON.
+//!
+//! A peer is admitted when it holds the cluster key, says it is a master, and proves the identity
+//! pinned for its name at its first connection (`var/peers/<name>.pub`), both ways.
+
+use super::RegistryRaft;
+use crate::connection::{
+    self, ConnHandle, ConnectionActor, Dispatch, Inbound, LocalFuture, PeerAcceptSide, PeerDialSide, Undeliverable,
+};
+use crate::link::{self, LinkError, Pin};
+use crate::settings::ChannelSettings;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::rc::Rc;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use wazuh_cluster_protocol::message::{ErrorCode, PeerReply, PeerRequest, RaftMessage, RaftRpc};
+use wazuh_cluster_protocol::{Hello, Kind, ProtocolVersion, Refusal, Role};
+
+/// A running Raft node of the registry.
+pub type Raft = openraft::Raft<RegistryRaft>;
+
+type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<u64, BasicNode, RaftError<u64, E>>>;
+
+/// The rules for a peer's hello: this cluster, a master, a valid name that is not ours, a common
+/// protocol version.
+pub fn admit_peer(settings: &ChannelSettings, hello: &Hello) -> Result<ProtocolVersion, Refusal> {
+    link::admit_hello(settings, hello, Role::Master)
+}
+
+/// Runs the handshake on a connection a peer dialed, checks its identity, and serves its Raft
+/// RPCs with `raft` until it closes. Must run on an actix arbiter (the connection is an actor).
+pub async fn accept_peer(stream: TcpStream, settings: Arc<ChannelSettings>, raft: Raft) -> Result<(), LinkError> {
+    let s = settings.clone();
+    let link = link::accept(stream, &settings, move |hello| {
+        let decided = admit_peer(&s, &hello);
+        async move { decided }
+    })
+    .await?;
+    let confirmed = link.confirmed.clone().ok_or(LinkError::Closed)?;
+    let proof = wazuh_cluster_protocol::identity::Proof::parse(&confirmed.proof)
+        .map_err(|e| LinkError::MasterIdentity(e.to_string()))?;
+    let pinned = crate::admission::check_peer_identity(
+        &settings.data_dir,
+        &link.peer,
+        &confirmed.hash,
+        Some(&proof.signature[..]),
+    )
+    .map_err(LinkError::MasterIdentity)?;
+    if pinned {
+        log::info!(node = settings.node_name.as_str(); "pinned the identity of master-eligible peer {} ({})", link.peer.node_name, crate::admission::fingerprint_of(&link.peer));
+    }
+    let (handle, transport) = connection::open::<PeerAcceptSide>(link, &settings);
+    let serve = Rc::new(ServeRaft { raft, handle: handle.clone() });
+    ConnectionActor::start(transport, handle, serve, None);
+    Ok(())
+}
+
+/// Answers a peer's Raft RPCs with the local Raft node.
+struct ServeRaft {
+    raft: Raft,
+    handle: ConnHandle<PeerAcceptSide>,
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(value).map_err(|e| format!("cannot encode a raft answer: {e}"))
+}
+
+impl ServeRaft {
+    async fn answer(raft: Raft, message: RaftMessage) -> Result<RaftMessage, String> {
+        let bad = |e: serde_json::Error| format!("malformed {:?} request: {e}", message.rpc);
+        let body = match message.rpc {
+            RaftRpc::AppendEntries => {
+                let req: AppendEntriesRequest<RegistryRaft> = serde_json::from_slice(&message.body).map_err(bad)?;
+                encode(&raft.append_entries(req).await)?
+            }
+            RaftRpc::Vote => {
+                let req: VoteRequest<u64> = serde_json::from_slice(&message.body).map_err(bad)?;
+                encode(&raft.vote(req).await)?
+            }
+            RaftRpc::InstallSnapshot => {
+                let req: InstallSnapshotRequest<RegistryRaft> = serde_json::from_slice(&message.body).map_err(bad)?;
+                encode(&raft.install_snapshot(req).await)?
+            }
+        };
+        Ok(RaftMessage { rpc: message.rpc, body })
+    }
+}
+
+impl Dispatch<PeerAcceptSide> for ServeRaft {
+    fn deliver(&self, message: Inbound<PeerRequest>) -> LocalFuture<Result<(), Undeliverable>> {
+        let Inbound { kind, body, permit } = message;
+        let (Kind::Request(id), PeerRequest::Raft(rpc)) = (kind, body) else {
+            return Box::pin(async { Err(Undeliverable::Invalid("only raft requests are served here".into())) });
+        };
+        let (raft, handle) = (self.raft.clone(), self.handle.clone());
+        actix_rt::spawn(async move {
+            let _permit = permit;
+            let sent = match ServeRaft::answer(raft, rpc).await {
+                Ok(answer) => handle.respond(id, PeerReply::Raft(answer)).await,
+                Err(why) => handle.respond_error(id, ErrorCode::Invalid, why).await,
+            };
+            if let Err(e) = sent {
+                log::debug!(node = handle.node(); "raft answer to {} not sent: {e}", handle.peer());
+            }
+        });
+        Box::pin(async { Ok(()) })
+    }
+
+    fn stop(&self) -> LocalFuture<()> {
+        Box::pin(async {})
+    }
+}
+
+/// The dialing end takes no requests.
+struct NoRequests;
+
+impl Dispatch<PeerDialSide> for NoRequests {
+    fn deliver(&self, _: Inbound<PeerReply>) -> LocalFuture<Result<(), Undeliverable>> {
+        Box::pin(async { Err(Undeliverable::Invalid("a dialed peer sends no requests".into())) })
+    }
+    fn stop(&self) -> LocalFuture<()> {
+        Box::pin(async {})
+    }
+}
+
+/// openraft's network: one client per peer, each dialing it when it has no live connection.
+/// Connections are actors, so they are made on `arbiter` (openraft's tasks run outside it).
+#[derive(Clone)]
+pub struct PeerNetwork {
+    settings: Arc<ChannelSettings>,
+    arbiter: actix_rt::ArbiterHandle,
+}
+
+impl PeerNetwork {
+    pub fn new(settings: Arc<ChannelSettings>, arbiter: actix_rt::ArbiterHandle) -> Self {
+        Self { settings, arbiter }
+    }
+}
+
+/// The connection to one peer, for openraft.
+pub struct PeerClient {
+    target: u64,
+    addr: String,
+    settings: Arc<ChannelSettings>,
+    arbiter: actix_rt::ArbiterHandle,
+    conn: Option<ConnHandle<PeerDialSide>>,
+}
+
+impl RaftNetworkFactory<RegistryRaft> for PeerNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
+        PeerClient {
+            target,
+            addr: node.addr.clone(),
+            settings: self.settings.clone(),
+            arbiter: self.arbiter.clone(),
+            conn: None,
+        }
+    }
+}
+
+fn unreachable<E: std::error::Error>(why: String) -> RPCError<u64, BasicNode, RaftError<u64, E>> {
+    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(why)))
+}
+
+fn network<E: std::error::Error>(why: String) -> RPCError<u64, BasicNode, RaftError<u64, E>> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(why)))
+}
+
+impl PeerClient {
+    async fn connection<E: std::error::Error>(&mut self) -> RpcResult<ConnHandle<PeerDialSide>, E> {
+        if let Some(c) = self.conn.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        self.conn = None;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (settings, addr) = (self.settings.clone(), self.addr.clone());
+        let spawned = self.arbiter.spawn(async move {
+            let result = match link::dial_checking(&addr, &settings, Pin::Peer).await {
+                Ok(link) => {
+                    let (handle, transport) = connection::open::<PeerDialSide>(link, &settings);
+                    ConnectionActor::start(transport, handle.clone(), Rc::new(NoRequests), None);
+                    Ok(handle)
+                }
+                Err(e) => Err(format!("cannot reach peer {addr}: {e}")),
+            };
+            let _ = tx.send(result);
+        });
+        if !spawned {
+            return Err(unreachable("the node is stopping".into()));
+        }
+        let handle = rx.await.map_err(|_| unreachable("the node is stopping".into()))?.map_err(unreachable)?;
+        self.conn = Some(handle.clone());
+        Ok(handle)
+    }
+
+    async fn call<Req, Resp, E>(&mut self, rpc: RaftRpc, req: &Req, option: RPCOption) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let conn = self.connection().await?;
+        let body = serde_json::to_vec(req).map_err(|e| network(format!("cannot encode {rpc:?}: {e}")))?;
+        let call = conn.call(PeerRequest::Raft(RaftMessage { rpc, body }));
+        let answer = match tokio::time::timeout(option.hard_ttl(), call).await {
+            Err(_) => return Err(network(format!("no {rpc:?} answer within {:?}", option.hard_ttl()))),
+            Ok(Err(e)) => {
+                if conn.is_closed() {
+                    self.conn = None;
+                }
+                return Err(network(format!("{rpc:?}: {e}")));
+            }
+            Ok(Ok(PeerReply::Raft(m))) if m.rpc == rpc => m,
+            Ok(Ok(other)) => return Err(network(format!("{rpc:?} answered with {other:?}"))),
+        };
+        let result: Result<Resp, RaftError<u64, E>> =
+            serde_json::from_slice(&answer.body).map_err(|e| network(format!("malformed {rpc:?} answer: {e}")))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<RegistryRaft> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<RegistryRaft>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<u64>> {
+        self.call(RaftRpc::AppendEntries, &rpc, option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<RegistryRaft>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
+        self.call(RaftRpc::InstallSnapshot, &rpc, option).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<u64>, option: RPCOption) -> RpcResult<VoteResponse<u64>> {
+        self.call(RaftRpc::Vote, &rpc, option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::log_store::LogStore;
+    use crate::consensus::state_machine::StateMachine;
+    use crate::registry::command::{Command, Outcome};
+    use crate::registry::master::Registry;
+    use crate::registry::store::StoreHandle;
+    use crate::registry::testing::agent;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::time::{Duration, Instant};
+
+    struct Member {
+        id: u64,
+        raft: Raft,
+        registry: StoreHandle<Registry>,
+        accept: actix_rt::task::JoinHandle<()>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn member(id: u64, listener: tokio::net::TcpListener) -> Member {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = crate::settings::test_settings(&format!("m{id}"));
+        s.data_dir = dir.path().to_path_buf();
+        let settings = Arc::new(s);
+        let registry =
+            StoreHandle::spawn("raft-test-registry", Registry::open(dir.path()).unwrap(), Registry::seq).unwrap();
+        let config = openraft::Config {
+            cluster_name: "test".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 400,
+            election_timeout_max: 800,
+            ..Default::default()
+        };
+        let raft = Raft::new(
+            id,
+            Arc::new(config.validate().unwrap()),
+            PeerNetwork::new(settings.clone(), actix_rt::Arbiter::current()),
+            LogStore::open(dir.path()).unwrap(),
+            StateMachine::new(registry.clone(), dir.path()),
+        )
+        .await
+        .unwrap();
+        let (r, s) = (raft.clone(), settings.clone());
+        let accept = actix_rt::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (r, s) = (r.clone(), s.clone());
+                actix_rt::spawn(async move {
+                    if let Err(e) = accept_peer(stream, s, r).await {
+                        log::warn!("peer refused: {e}");
+                    }
+                });
+            }
+        });
+        Member { id, raft, registry, accept, _dir: dir }
+    }
+
+    /// The leader all of `members` agree on, once they do.
+    async fn agreed_leader(members: &[&Member], within: Duration) -> u64 {
+        let start = Instant::now();
+        loop {
+            let leaders: BTreeSet<Option<u64>> =
+                members.iter().map(|m| m.raft.metrics().borrow().current_leader).collect();
+            if let [Some(l)] = leaders.iter().collect::<Vec<_>>()[..] {
+                if members.iter().any(|m| m.id == *l) {
+                    return *l;
+                }
+            }
+            assert!(start.elapsed() < within, "no agreed leader within {within:?}: {leaders:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn enroll(leader: &Member, name: &str) -> wazuh_cluster_protocol::message::AgentEntry {
+        let a = agent(name, Some(&format!("token-{name}")));
+        let prepared = leader.registry.run(move |r| r.prepare_enrollment(&a, 1_000)).await.unwrap().unwrap();
+        match leader.raft.client_write(Command::Enroll(prepared)).await.unwrap().data {
+            Outcome::Enrolled(Ok(e)) => e,
+            other => panic!("not enrolled: {other:?}"),
+        }
+    }
+
+    async fn table(m: &Member) -> (Vec<wazuh_cluster_protocol::message::AgentEntry>, String, u64) {
+        m.registry.run(|r| Ok((r.entries()?, r.hash(), r.seq()))).await.unwrap()
+    }
+
+    async fn converged(members: &[&Member], within: Duration) {
+        let start = Instant::now();
+        loop {
+            let mut tables = Vec::new();
+            for m in members {
+                tables.push(table(m).await);
+            }
+            if tables.windows(2).all(|w| w[0] == w[1]) {
+                return;
+            }
+            assert!(start.elapsed() < within, "registries differ after {within:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[actix_rt::test]
+    async fn three_masters_elect_a_leader_over_the_cluster_channel_replicate_enrollments_and_survive_its_loss() {
+        let mut listeners = Vec::new();
+        let mut nodes = BTreeMap::new();
+        for id in 1..=3u64 {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            nodes.insert(id, BasicNode { addr: l.local_addr().unwrap().to_string() });
+            listeners.push(l);
+        }
+        let mut members = Vec::new();
+        for (id, l) in (1..=3u64).zip(listeners) {
+            members.push(member(id, l).await);
+        }
+        members[0].raft.initialize(nodes).await.unwrap();
+        let all: Vec<&Member> = members.iter().collect();
+        let leader_id = agreed_leader(&all, Duration::from_secs(10)).await;
+        let leader = members.iter().find(|m| m.id == leader_id).unwrap();
+        let first = enroll(leader, "web-1").await;
+        let second = enroll(leader, "web-2").await;
+        assert_eq!(second.id, first.id + 1);
+        converged(&all, Duration::from_secs(5)).await;
+        // A follower refuses a write and names the leader.
+        let follower = members.iter().find(|m| m.id != leader_id).unwrap();
+        let a = agent("elsewhere", None);
+        let p = follower.registry.run(move |r| r.prepare_enrollment(&a, 1)).await.unwrap().unwrap();
+        let err = follower.raft.client_write(Command::Enroll(p)).await.unwrap_err();
+        assert_eq!(err.forward_to_leader().and_then(|f| f.leader_id), Some(leader_id), "{err}");
+
+        // The leader is lost: the two others elect one of them and go on from the same table.
+        let lost = Instant::now();
+        leader.accept.abort();
+        leader.raft.shutdown().await.unwrap();
+        let rest: Vec<&Member> = members.iter().filter(|m| m.id != leader_id).collect();
+        let new_leader_id = agreed_leader(&rest, Duration::from_secs(10)).await;
+        eprintln!("new leader {new_leader_id} {} ms after the loss of {leader_id}", lost.elapsed().as_millis());
+        let new_leader = members.iter().find(|m| m.id == new_leader_id).unwrap();
+        let third = enroll(new_leader, "web-3").await;
+        assert_eq!(third.id, second.id + 1, "no id is used twice");
+        // A retried enrollment (same idempotency token) is the same agent under the new leader.
+        assert_eq!(enroll(new_leader, "web-1").await, first);
+        converged(&rest, Duration::from_secs(5)).await;
+        assert_eq!(table(rest[0]).await.0.len(), 3);
+        for m in &rest {
+            m.raft.shutdown().await.unwrap();
+        }
+    }
+}
