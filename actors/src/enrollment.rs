@@ -7,7 +7,7 @@
 //! the agent got its key (and, if the master is unreachable then, keeps that in its replica's outbox
 //! until it is), so no agent exists that never received its key.
 
-use crate::registry::{fmt_id, NewAgent, Registry, StoreHandle};
+use crate::registry::{fmt_id, NewAgent};
 use crate::worker::{Forward, Resolve, WorkerLink};
 use actix::Addr;
 use log::{debug, info, warn};
@@ -19,12 +19,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use wazuh_cluster_protocol::agent::enrollment::{self, success_reply, EnrollError, MAX_LINE};
-use wazuh_cluster_protocol::message::{AgentEntry, EnrollForward};
+use wazuh_cluster_protocol::message::{AdminRequest, AgentEntry, EnrollForward};
 
 /// Where enrollments go.
 #[derive(Clone)]
 pub enum Enroller {
-    Master(StoreHandle<Registry>),
+    Master(crate::consensus::writes::Writes),
     Worker(Addr<WorkerLink>),
 }
 
@@ -299,10 +299,10 @@ async fn handle(
 /// master might have created the agent anyway (the answer was lost), so it must be told to drop it.
 async fn enroll(enroller: &Enroller, node: &str, f: EnrollForward) -> Result<AgentEntry, (EnrollError, bool)> {
     match enroller {
-        Enroller::Master(registry) => {
+        Enroller::Master(writes) => {
             let name = f.name.clone();
             let agent = NewAgent::from_forward(f, node.to_string(), false);
-            match registry.run(move |r| r.enroll(&agent)).await {
+            match writes.enroll(agent).await {
                 Ok(outcome) => outcome.map_err(|e| (e, false)),
                 Err(e) => {
                     warn!(node = node; "enrollment of {name} failed in the registry: {e}");
@@ -336,9 +336,9 @@ async fn enroll(enroller: &Enroller, node: &str, f: EnrollForward) -> Result<Age
 /// After the reply: keep or remove the agent.
 async fn settle(enroller: &Enroller, node: &str, token: &str, id: u32, delivered: bool) {
     match enroller {
-        Enroller::Master(registry) => {
+        Enroller::Master(writes) => {
             if !delivered {
-                if let Err(e) = registry.run(move |r| r.delete(id)).await {
+                if let Err(e) = writes.admin(AdminRequest::DeleteAgent { id }).await {
                     warn!(node = node; "could not remove undelivered agent {}: {e}", fmt_id(id));
                 }
             }

@@ -9,7 +9,6 @@ use crate::jobs::local::{FilesChanged, MasterServices};
 use crate::jobs::master::MasterJobs;
 use crate::jobs::runtime::{FaultKind, InjectFault as JobFault};
 use crate::link::{self, LinkError};
-use crate::registry::{Registry, StoreHandle};
 use crate::settings::ChannelSettings;
 use crate::supervise::{AllStopped, JobHealth};
 use actix::prelude::*;
@@ -171,11 +170,11 @@ impl MasterListener {
     pub fn start(
         listener: TcpListener,
         settings: Arc<ChannelSettings>,
-        registry: StoreHandle<Registry>,
+        writes: crate::consensus::writes::Writes,
         admission: Admission,
     ) -> std::io::Result<Addr<Self>> {
         let local_addr = listener.local_addr()?;
-        let (services, services_stopped) = MasterServices::start(settings.clone(), registry);
+        let (services, services_stopped) = MasterServices::start(settings.clone(), writes);
         Ok(MasterListener::create(move |ctx| {
             let addr = ctx.address();
             let accept_task = actix_rt::spawn(accept_loop(listener, addr, settings.node_name.clone()));

@@ -29,6 +29,8 @@ pub enum NodeHandle {
         cluster_addr: SocketAddr,
         started_ms: u64,
         registry: StoreHandle<Registry>,
+        /// Where changes go (the registry, or the Raft log of the master-eligible nodes).
+        writes: wazuh_cluster_actors::consensus::writes::Writes,
         agents: Addr<AgentHub>,
         ruleset: Option<Ruleset>,
         data_dir: std::path::PathBuf,
@@ -327,8 +329,8 @@ impl NodeHandle {
     /// with `credential` (the caller's API token), which the master checks itself.
     pub async fn admin(&self, request: AdminRequest, credential: String) -> Result<(), ChangeError> {
         match self {
-            NodeHandle::Master { registry, .. } => {
-                registry.run(move |r| r.admin(&request)).await.map_err(ChangeError::Registry)??;
+            NodeHandle::Master { writes, .. } => {
+                writes.admin(request).await.map_err(ChangeError::Registry)??;
             }
             NodeHandle::Worker { link, .. } => {
                 let result =

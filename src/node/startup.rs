@@ -21,6 +21,7 @@ use wazuh_cluster_actors::agents::archive::Archive;
 use wazuh_cluster_actors::agents::hub::{AgentHub, KeySource};
 use wazuh_cluster_actors::agents::messages::{CloseAll, SharedChanged};
 use wazuh_cluster_actors::agents::{session, AgentSettings, KeyIndex, ManagerCounters, Shared};
+use wazuh_cluster_actors::consensus::writes::Writes;
 use wazuh_cluster_actors::enrollment::{self, Enroller, EnrollmentSettings};
 use wazuh_cluster_actors::jobs::worker::WorkerServices;
 use wazuh_cluster_actors::master::{self, MasterListener};
@@ -257,7 +258,8 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
             let registry = StoreHandle::spawn(&format!("{name}-registry"), *registry, Registry::seq)
                 .context("cannot start the registry thread")?;
             info!(node = name.as_str(); "starting master of cluster {:?} (cipher {}, admission {})", config.cluster.name, config.cluster.cipher, admission.mode);
-            let listener = MasterListener::start(listener, settings, registry.clone(), admission)
+            let writes = Writes::local(registry.clone());
+            let listener = MasterListener::start(listener, settings, writes.clone(), admission)
                 .context("cannot start the master")?;
             let _ = shared.source.set(KeySource::Master(registry.clone()));
             let agents = AgentHub::new(shared.clone(), KeySource::Master(registry.clone())).launch();
@@ -272,11 +274,12 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
                     cluster_addr,
                     started_ms,
                     registry: registry.clone(),
+                    writes: writes.clone(),
                     agents,
                     ruleset,
                     data_dir: data_dir.clone(),
                 },
-                Enroller::Master(registry),
+                Enroller::Master(writes),
             )
         }
         (Store::Worker(replica), None, Some(master), None) => {

@@ -156,7 +156,8 @@ pub async fn start_master(settings: ChannelSettings) -> (Addr<MasterListener>, S
     let addr = listener.local_addr().expect("addr");
     let admission =
         wazuh_cluster_actors::admission::Admission::open(&scratch_dir(), settings.admission).expect("node records");
-    let master = MasterListener::start(listener, Arc::new(settings), registry, admission).expect("start master");
+    let writes = wazuh_cluster_actors::consensus::writes::Writes::local(registry);
+    let master = MasterListener::start(listener, Arc::new(settings), writes, admission).expect("start master");
     (master, addr)
 }
 

@@ -18,6 +18,7 @@
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
+pub mod writes;
 
 use crate::registry::command::{Command, Outcome};
 use std::io::Cursor;

@@ -42,6 +42,8 @@ pub struct MasterServices {
     pub local_integrity: Addr<LocalIntegrity>,
     pub local_agent_groups: Addr<LocalAgentGroups>,
     pub registry: StoreHandle<Registry>,
+    /// Where changes of the registry go (the registry itself, or the Raft log).
+    pub writes: crate::consensus::writes::Writes,
     files: broadcast::Sender<FilesChanged>,
     groups: Arc<watch::Sender<Option<GroupsState>>>,
     healths: Vec<JobHealth>,
@@ -53,7 +55,8 @@ pub const PENDING_EXPIRY_MS: u64 = 10 * 60 * 1000;
 
 impl MasterServices {
     /// Starts both shared jobs, supervised. The second value resolves once both have stopped.
-    pub fn start(settings: Arc<ChannelSettings>, registry: StoreHandle<Registry>) -> (Self, AllStopped) {
+    pub fn start(settings: Arc<ChannelSettings>, writes: crate::consensus::writes::Writes) -> (Self, AllStopped) {
+        let registry = writes.registry().clone();
         let (files, _) = broadcast::channel(FILES_BACKLOG);
         let groups = Arc::new(watch::channel(None).0);
         let (alive, all_stopped) = liveness();
@@ -72,10 +75,11 @@ impl MasterServices {
             rescan_again: false,
             pending: Some(Default::default()),
         });
-        let (reg, sender) = (registry.clone(), groups.clone());
+        let (reg, sender, w) = (registry.clone(), groups.clone(), writes.clone());
         let local_agent_groups = crate::supervise::start(MAILBOX, Some(alive), move |_| LocalAgentGroups {
             core: groups_core,
             registry: reg,
+            writes: w.clone(),
             position: None,
             state: sender,
             expired: 0,
@@ -87,6 +91,7 @@ impl MasterServices {
             local_integrity,
             local_agent_groups,
             registry,
+            writes,
             files,
             groups,
             healths,
@@ -355,6 +360,7 @@ impl Handler<GetIntegrity> for LocalIntegrity {
 pub struct LocalAgentGroups {
     core: JobCore,
     registry: StoreHandle<Registry>,
+    writes: crate::consensus::writes::Writes,
     /// The registry's change sequence, followed with one receiver (a fresh one would report every
     /// change since the registry opened as new).
     position: Option<watch::Receiver<u64>>,
@@ -390,9 +396,9 @@ impl LocalAgentGroups {
         if let Err(e) = self.core.begin() {
             return self.core.failed(ctx, e);
         }
-        let registry = self.registry.clone();
+        let (registry, writes) = (self.registry.clone(), self.writes.clone());
         let fut = async move {
-            let expired = registry.run(|r| r.expire_pending(PENDING_EXPIRY_MS)).await?;
+            let expired = writes.expire_pending(PENDING_EXPIRY_MS).await?;
             let (seq, hash) = registry.run(|r| Ok((r.seq(), r.hash()))).await?;
             Ok::<_, crate::registry::StoreError>((seq, hash, expired))
         };

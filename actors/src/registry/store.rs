@@ -40,6 +40,13 @@ pub enum StoreError {
     /// The store thread has ended: nothing more will run.
     #[error("the store thread has stopped")]
     Stopped,
+    /// A replicated registry: this node does not lead the master-eligible nodes (the leader's
+    /// address, when known); a change must go there.
+    #[error("this node is not the leader of the master-eligible nodes{}", .0.as_deref().map(|l| format!(" (the leader is {l})")).unwrap_or_default())]
+    NotLeader(Option<String>),
+    /// A replicated registry could not commit the change (no majority, the node stopping...).
+    #[error("the change was not committed: {0}")]
+    NotCommitted(String),
 }
 
 impl StoreError {

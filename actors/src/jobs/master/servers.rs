@@ -166,7 +166,7 @@ pub enum RegistrationRequest {
 /// requests). Enrollments from one worker are served concurrently; the registry commits them in
 /// groups.
 pub struct RegistrationServe {
-    pub registry: StoreHandle<Registry>,
+    pub writes: crate::consensus::writes::Writes,
     pub node: String,
     pub peer: String,
     /// Whether a forwarded change's credential is an administrator's (`None`: none is taken).
@@ -178,7 +178,7 @@ impl Serve for RegistrationServe {
     type Request = RegistrationRequest;
 
     fn serve(&mut self, request: RegistrationRequest) -> LocalFuture<Result<Served<MasterToWorker>, ServeError>> {
-        let (registry, node, peer) = (self.registry.clone(), self.node.clone(), self.peer.clone());
+        let (writes, node, peer) = (self.writes.clone(), self.node.clone(), self.peer.clone());
         let admin = self.admin.clone();
         Box::pin(async move {
             match request {
@@ -187,7 +187,7 @@ impl Serve for RegistrationServe {
                     let agent = NewAgent::from_forward(f, peer, true);
                     // A store failure is an error answer: the worker then tells the agent and
                     // settles the token, so no half-made agent stays.
-                    let outcome = registry.run(move |r| r.enroll(&agent)).await?;
+                    let outcome = writes.enroll(agent).await?;
                     let counts =
                         vec![("enrolled", u64::from(outcome.is_ok())), ("refused", u64::from(outcome.is_err()))];
                     Ok(Served { reply: MasterToWorker::EnrollResult(EnrollResult { token, outcome }), counts })
@@ -195,7 +195,7 @@ impl Serve for RegistrationServe {
                 RegistrationRequest::Resolve(r) => {
                     let token = r.token.clone();
                     let delivered = r.delivered;
-                    registry.run(move |reg| reg.resolve(&token, delivered)).await?;
+                    writes.resolve(token, delivered).await?;
                     Ok(Served { reply: MasterToWorker::EnrollResolved(r), counts: vec![("resolved", 1)] })
                 }
                 RegistrationRequest::Admin(AdminForward { request, credential }) => {
@@ -207,7 +207,7 @@ impl Serve for RegistrationServe {
                             counts: vec![("unauthorized", 1)],
                         });
                     }
-                    let outcome = registry.run(move |r| r.admin(&request)).await?;
+                    let outcome = writes.admin(request).await?;
                     if outcome.is_ok() {
                         info!(node = node.as_str(); "worker {peer} applied {what} through the master");
                     }

@@ -86,7 +86,7 @@ impl MasterJobs {
         controls.add("Integrity", &integrity, h);
 
         let job = RegistrationServe {
-            registry: services.registry.clone(),
+            writes: services.writes.clone(),
             node: node.clone(),
             peer: peer.clone(),
             admin: settings.admin.clone(),
