@@ -14,6 +14,10 @@
 //!                            # e.g. WMN_CLUSTER__KEY, replaces the file's key_file)
 //! bind = "0.0.0.0:1516"      # master: where workers connect
 //! master = "10.0.0.1:1516"   # worker: the master's host:port
+//! masters = []               # HA: 3 or 5 master-eligible nodes, "host:port" each, the same list
+//!                            # in the same order on every node (a node is the entry whose host is
+//!                            # its node.name, or that equals its cluster.bind); the Raft leader
+//!                            # acts as the master
 //! cipher = "chacha20-poly1305"   # or "aes-256-gcm"
 //! max_frame = "16MiB"
 //! handshake_timeout = "10s"
@@ -157,6 +161,7 @@ struct RawCluster {
     key_file: Option<String>,
     bind: Option<String>,
     master: Option<String>,
+    masters: Option<StrOrList>,
     cipher: Option<String>,
     max_frame: Option<String>,
     handshake_timeout: Option<String>,
@@ -164,6 +169,24 @@ struct RawCluster {
     admission: Option<String>,
     join_token: Option<String>,
     intervals: RawIntervals,
+}
+
+/// A list given as a TOML array, or as one comma-separated string (environment, `--set`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StrOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StrOrList {
+    fn items(self) -> Vec<String> {
+        let all = match self {
+            StrOrList::One(s) => s.split(',').map(String::from).collect(),
+            StrOrList::Many(v) => v,
+        };
+        all.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -302,6 +325,11 @@ pub struct ClusterConfig {
     pub key_source: String,
     pub bind: SocketAddr,
     pub master: Option<String>,
+    /// The master-eligible nodes (3 or 5 for high availability), `host:port` each, in the same
+    /// order on every node; empty: one master, as before.
+    pub masters: Vec<String>,
+    /// A master-eligible node's Raft id: its 1-based place in `masters`.
+    pub raft_id: Option<u64>,
     pub cipher: CipherSuite,
     pub max_frame: usize,
     #[serde(serialize_with = "ser_duration")]
@@ -544,12 +572,50 @@ fn validate(raw: RawConfig, file: Option<&Path>, host_name: Option<&str>) -> Res
             )),
         };
     let bind = parse_addr("cluster.bind", cluster.bind, "0.0.0.0:1516")?;
-    let master = non_empty(cluster.master);
+    let mut master = non_empty(cluster.master);
     if let Some(m) = &master {
         check_host_port("cluster.master", m)?;
     }
+    let masters = cluster.masters.map(StrOrList::items).unwrap_or_default();
+    for m in &masters {
+        check_host_port("cluster.masters", m)?;
+    }
+    if masters.iter().enumerate().any(|(i, m)| masters[..i].contains(m)) {
+        return Err(invalid("cluster.masters", "an address is listed twice"));
+    }
+    if !matches!(masters.len(), 0 | 1 | 3 | 5) {
+        return Err(invalid(
+            "cluster.masters",
+            format!(
+                "{} master-eligible nodes: use 1, 3 or 5 (an even number survives no more failures than one fewer)",
+                masters.len()
+            ),
+        ));
+    }
+    let raft_id = match role {
+        Role::Master if masters.len() > 1 => {
+            // This node is the entry whose host is its name, or the entry equal to its bind address.
+            let me = masters.iter().position(|m| {
+                m.rsplit_once(':').is_some_and(|(host, _)| host == name) || m.parse::<SocketAddr>().ok() == Some(bind)
+            });
+            match me {
+                Some(i) => Some(i as u64 + 1),
+                None => {
+                    return Err(invalid(
+                        "cluster.masters",
+                        format!("none of the entries is this node: one must be {name}:<port> (node.name) or equal cluster.bind ({bind})"),
+                    ))
+                }
+            }
+        }
+        _ => None,
+    };
     if role == Role::Worker && master.is_none() {
-        return Err(invalid("cluster.master", "a worker needs the master's host:port"));
+        // A worker of an HA cluster dials the master-eligible nodes; the first to start with.
+        master = masters.first().cloned();
+    }
+    if role == Role::Worker && master.is_none() {
+        return Err(invalid("cluster.master", "a worker needs the master's host:port (or cluster.masters)"));
     }
     let cipher = match non_empty(cluster.cipher) {
         Some(c) => c.parse::<CipherSuite>().map_err(|e| invalid("cluster.cipher", e.to_string()))?,
@@ -783,6 +849,8 @@ fn validate(raw: RawConfig, file: Option<&Path>, host_name: Option<&str>) -> Res
             key_source,
             bind,
             master,
+            masters,
+            raft_id,
             cipher,
             max_frame,
             handshake_timeout,
@@ -1027,6 +1095,30 @@ mod tests {
         // Both ways in one source is still an error.
         let both = load(&file, &[("WMN_CLUSTER__KEY", KEY), ("WMN_CLUSTER__KEY_FILE", "/k")], &[]).unwrap_err();
         assert_eq!(field_of(both), "cluster.key");
+    }
+
+    #[test]
+    fn master_eligible_nodes_find_themselves_in_cluster_masters_given_as_a_list_or_a_string() {
+        let list = "masters = [\"master-a:1516\", \"master-1:1516\", \"10.0.0.3:1516\"]\n";
+        let c = load(&format!("{}{list}", master()), &[], &[]).unwrap();
+        assert_eq!(c.cluster.masters.len(), 3);
+        assert_eq!(c.cluster.raft_id, Some(2), "node.name master-1 is the second entry");
+        // The same from the environment, as one comma-separated value; found by its bind address.
+        let env = [
+            ("WMN_CLUSTER__MASTERS", "10.0.0.1:1516, 10.0.0.2:1516,10.0.0.3:1516"),
+            ("WMN_CLUSTER__BIND", "10.0.0.3:1516"),
+        ];
+        assert_eq!(load(&master(), &env, &[]).unwrap().cluster.raft_id, Some(3));
+        // A worker dials the first when it has no cluster.master.
+        let worker = master().replace("role = \"master\"", "role = \"worker\"");
+        let w = load(&worker, &[("WMN_CLUSTER__MASTERS", "a:1516,b:1516,c:1516")], &[]).unwrap();
+        assert_eq!((w.cluster.master.as_deref(), w.cluster.raft_id), (Some("a:1516"), None));
+        // One master: as before, no Raft.
+        assert_eq!(load(&master(), &[("WMN_CLUSTER__MASTERS", "master-1:1516")], &[]).unwrap().cluster.raft_id, None);
+        for bad in ["a:1516,b:1516", "a:1516,a:1516,b:1516", "a:1516,b:1516,c:1516", "a:1516,b,c:1516"] {
+            let err = load(&master(), &[("WMN_CLUSTER__MASTERS", bad)], &[]).unwrap_err();
+            assert_eq!(field_of(err), "cluster.masters", "{bad}");
+        }
     }
 
     #[test]

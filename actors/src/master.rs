@@ -12,7 +12,7 @@ use crate::link::{self, LinkError};
 use crate::settings::ChannelSettings;
 use crate::supervise::{AllStopped, JobHealth};
 use actix::prelude::*;
-use log::{info, warn};
+use log::{debug, info, warn};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -284,6 +284,18 @@ impl Handler<Accepted> for MasterListener {
                 }
             }
             match result {
+                Ok(link) if link.peer.role == Role::Master => {
+                    let name = link.peer.node_name.clone();
+                    let Some(raft) = act.services.writes.raft().cloned() else { return };
+                    match crate::consensus::network::serve_peer(link, &act.settings, raft) {
+                        Ok(()) => debug!(node = node.as_str(); "serving raft to master-eligible peer {name} from {peer}"),
+                        Err(e) => {
+                            if let Some(n) = act.refusals.allow(&format!("peer {name}: {e}")) {
+                                warn!(node = node.as_str(); "closing connection of master-eligible peer {name} from {peer}: {e}{}", suppressed(n));
+                            }
+                        }
+                    }
+                }
                 Ok(link) => {
                     let name = link.peer.node_name.clone();
                     let Some(confirmed) = link.confirmed.as_ref() else { return };
@@ -338,6 +350,12 @@ impl Handler<Admit> for MasterListener {
     type Result = ResponseFuture<Result<ProtocolVersion, Refusal>>;
 
     fn handle(&mut self, Admit(hello): Admit, _: &mut Context<Self>) -> Self::Result {
+        if hello.role == Role::Master && self.services.writes.raft().is_some() {
+            // Another master-eligible node, for Raft: its identity is checked once the handshake
+            // completes (pinned per name), not by worker admission.
+            let verdict = crate::consensus::network::admit_peer(&self.settings, &hello);
+            return Box::pin(async move { verdict });
+        }
         let verdict = admit(&self.settings, &hello).and_then(|version| {
             self.admission.check_hello(&hello, crate::clock::now_ms())?;
             Ok(version)

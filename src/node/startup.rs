@@ -258,7 +258,24 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
             let registry = StoreHandle::spawn(&format!("{name}-registry"), *registry, Registry::seq)
                 .context("cannot start the registry thread")?;
             info!(node = name.as_str(); "starting master of cluster {:?} (cipher {}, admission {})", config.cluster.name, config.cluster.cipher, admission.mode);
-            let writes = Writes::local(registry.clone());
+            let writes = match config.cluster.raft_id {
+                None => Writes::local(registry.clone()),
+                Some(id) => {
+                    let masters = &config.cluster.masters;
+                    info!(node = name.as_str(); "master-eligible node {id} of {}: the Raft leader among {} acts as the master", masters.len(), masters.join(", "));
+                    let raft = wazuh_cluster_actors::consensus::start_member(
+                        id,
+                        masters,
+                        settings.clone(),
+                        registry.clone(),
+                        data_dir,
+                        wazuh_cluster_actors::consensus::Timing::DEFAULT,
+                    )
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                    Writes::replicated(registry.clone(), raft)
+                }
+            };
             let listener = MasterListener::start(listener, settings, writes.clone(), admission)
                 .context("cannot start the master")?;
             let _ = shared.source.set(KeySource::Master(registry.clone()));
@@ -385,8 +402,13 @@ impl RunningNode {
         let api = self.api.stop(true);
         let _ = self.handle.hub().send(CloseAll(reason.to_string())).await;
         match &self.handle {
-            NodeHandle::Master { listener, .. } => {
+            NodeHandle::Master { listener, writes, .. } => {
                 let _ = listener.send(master::Shutdown { reason: reason.into() }).await;
+                if let Some(raft) = writes.raft() {
+                    if let Err(e) = raft.shutdown().await {
+                        log::warn!("raft did not stop cleanly: {e}");
+                    }
+                }
             }
             NodeHandle::Worker { link, .. } => {
                 let _ = link.send(worker::Shutdown { reason: reason.into() }).await;

@@ -1,9 +1,11 @@
 //! End to end: the real `wazuh-cluster` binary (and `agent-sim`) as separate processes, in one test
 //! binary. [`processes`]: clusters from the `deploy/` configs, crashes, enrollment, sync, 1,000
 //! agents. [`runtime`]: the runtime under abuse (a taken port, a flooding worker, a full disk).
+//! [`ha`]: three master-eligible nodes, a leader lost.
 
 #[path = "../common/mod.rs"]
 mod common;
 
+mod ha;
 mod processes;
 mod runtime;

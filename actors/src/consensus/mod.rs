@@ -36,3 +36,64 @@ openraft::declare_raft_types!(
 
 /// openraft's storage error for this type config.
 pub type StorageError = openraft::StorageError<u64>;
+
+/// Raft's timers, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub heartbeat: u64,
+    pub election_min: u64,
+    pub election_max: u64,
+}
+
+impl Timing {
+    /// A leader heard from every 250 ms; a follower that hears nothing for 1 to 2 s (random, so
+    /// that one candidate usually wins) starts an election: a new leader within about 2.5 s.
+    pub const DEFAULT: Timing = Timing { heartbeat: 250, election_min: 1_000, election_max: 2_000 };
+}
+
+/// Entries kept after a snapshot (a follower that is behind by fewer gets entries, not a snapshot),
+/// and how many entries make a new snapshot.
+const LOGS_KEPT: u64 = 1_000;
+const SNAPSHOT_EVERY: u64 = 10_000;
+
+/// Starts this master-eligible node's Raft member `id` (1-based place in `masters`, the addresses
+/// of all of them, the same list on every node), over `registry` and the log in `data_dir`, and
+/// proposes the membership if no member has yet (every member may: the same proposal wins once).
+pub async fn start_member(
+    id: u64,
+    masters: &[String],
+    settings: std::sync::Arc<crate::settings::ChannelSettings>,
+    registry: crate::registry::StoreHandle<crate::registry::Registry>,
+    data_dir: &std::path::Path,
+    timing: Timing,
+) -> Result<network::Raft, String> {
+    let config = openraft::Config {
+        cluster_name: settings.cluster_name.clone(),
+        heartbeat_interval: timing.heartbeat,
+        election_timeout_min: timing.election_min,
+        election_timeout_max: timing.election_max,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
+        max_in_snapshot_log_to_keep: LOGS_KEPT,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| format!("raft settings: {e}"))?;
+    let log = log_store::LogStore::open(data_dir).map_err(|e| format!("cannot open the raft log: {e}"))?;
+    let sm = state_machine::StateMachine::new(registry, data_dir);
+    let net = network::PeerNetwork::new(settings, actix_rt::Arbiter::current());
+    let raft = network::Raft::new(id, std::sync::Arc::new(config), net, log, sm)
+        .await
+        .map_err(|e| format!("cannot start raft: {e}"))?;
+    if !raft.is_initialized().await.map_err(|e| e.to_string())? {
+        let members: std::collections::BTreeMap<u64, openraft::BasicNode> = masters
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| (i as u64 + 1, openraft::BasicNode { addr: addr.clone() }))
+            .collect();
+        if let Err(e) = raft.initialize(members).await {
+            // Another member's proposal got here first: the same membership, nothing to do.
+            log::debug!("raft membership already proposed: {e}");
+        }
+    }
+    Ok(raft)
+}

@@ -39,8 +39,8 @@ pub fn admit_peer(settings: &ChannelSettings, hello: &Hello) -> Result<ProtocolV
     link::admit_hello(settings, hello, Role::Master)
 }
 
-/// Runs the handshake on a connection a peer dialed, checks its identity, and serves its Raft
-/// RPCs with `raft` until it closes. Must run on an actix arbiter (the connection is an actor).
+/// Runs the handshake on a connection a peer dialed, then [`serve_peer`]. Must run on an actix
+/// arbiter (the connection is an actor).
 pub async fn accept_peer(stream: TcpStream, settings: Arc<ChannelSettings>, raft: Raft) -> Result<(), LinkError> {
     let s = settings.clone();
     let link = link::accept(stream, &settings, move |hello| {
@@ -48,6 +48,12 @@ pub async fn accept_peer(stream: TcpStream, settings: Arc<ChannelSettings>, raft
         async move { decided }
     })
     .await?;
+    serve_peer(link, &settings, raft)
+}
+
+/// Checks the identity of a peer whose handshake completed (pinned for its name at its first
+/// connection) and serves its Raft RPCs with `raft` until it closes.
+pub fn serve_peer(link: link::Link, settings: &Arc<ChannelSettings>, raft: Raft) -> Result<(), LinkError> {
     let confirmed = link.confirmed.clone().ok_or(LinkError::Closed)?;
     let proof = wazuh_cluster_protocol::identity::Proof::parse(&confirmed.proof)
         .map_err(|e| LinkError::MasterIdentity(e.to_string()))?;
@@ -61,7 +67,7 @@ pub async fn accept_peer(stream: TcpStream, settings: Arc<ChannelSettings>, raft
     if pinned {
         log::info!(node = settings.node_name.as_str(); "pinned the identity of master-eligible peer {} ({})", link.peer.node_name, crate::admission::fingerprint_of(&link.peer));
     }
-    let (handle, transport) = connection::open::<PeerAcceptSide>(link, &settings);
+    let (handle, transport) = connection::open::<PeerAcceptSide>(link, settings);
     let serve = Rc::new(ServeRaft { raft, handle: handle.clone() });
     ConnectionActor::start(transport, handle, serve, None);
     Ok(())
@@ -258,13 +264,11 @@ impl RaftNetwork<RegistryRaft> for PeerClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consensus::log_store::LogStore;
-    use crate::consensus::state_machine::StateMachine;
     use crate::registry::command::{Command, Outcome};
     use crate::registry::master::Registry;
     use crate::registry::store::StoreHandle;
     use crate::registry::testing::agent;
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeSet;
     use std::time::{Duration, Instant};
 
     struct Member {
@@ -275,29 +279,17 @@ mod tests {
         _dir: tempfile::TempDir,
     }
 
-    async fn member(id: u64, listener: tokio::net::TcpListener) -> Member {
+    async fn member(id: u64, listener: tokio::net::TcpListener, masters: &[String]) -> Member {
         let dir = tempfile::tempdir().unwrap();
         let mut s = crate::settings::test_settings(&format!("m{id}"));
         s.data_dir = dir.path().to_path_buf();
         let settings = Arc::new(s);
         let registry =
             StoreHandle::spawn("raft-test-registry", Registry::open(dir.path()).unwrap(), Registry::seq).unwrap();
-        let config = openraft::Config {
-            cluster_name: "test".into(),
-            heartbeat_interval: 100,
-            election_timeout_min: 400,
-            election_timeout_max: 800,
-            ..Default::default()
-        };
-        let raft = Raft::new(
-            id,
-            Arc::new(config.validate().unwrap()),
-            PeerNetwork::new(settings.clone(), actix_rt::Arbiter::current()),
-            LogStore::open(dir.path()).unwrap(),
-            StateMachine::new(registry.clone(), dir.path()),
-        )
-        .await
-        .unwrap();
+        let timing = crate::consensus::Timing { heartbeat: 100, election_min: 400, election_max: 800 };
+        let raft = crate::consensus::start_member(id, masters, settings.clone(), registry.clone(), dir.path(), timing)
+            .await
+            .unwrap();
         let (r, s) = (raft.clone(), settings.clone());
         let accept = actix_rt::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -359,17 +351,17 @@ mod tests {
     #[actix_rt::test]
     async fn three_masters_elect_a_leader_over_the_cluster_channel_replicate_enrollments_and_survive_its_loss() {
         let mut listeners = Vec::new();
-        let mut nodes = BTreeMap::new();
-        for id in 1..=3u64 {
+        let mut masters = Vec::new();
+        for _ in 1..=3u64 {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            nodes.insert(id, BasicNode { addr: l.local_addr().unwrap().to_string() });
+            masters.push(l.local_addr().unwrap().to_string());
             listeners.push(l);
         }
+        // Every member proposes the same membership; one proposal wins.
         let mut members = Vec::new();
         for (id, l) in (1..=3u64).zip(listeners) {
-            members.push(member(id, l).await);
+            members.push(member(id, l, &masters).await);
         }
-        members[0].raft.initialize(nodes).await.unwrap();
         let all: Vec<&Member> = members.iter().collect();
         let leader_id = agreed_leader(&all, Duration::from_secs(10)).await;
         let leader = members.iter().find(|m| m.id == leader_id).unwrap();

@@ -1,0 +1,117 @@
+//! Master high availability, as processes: three master-eligible nodes on loopback (a Raft group
+//! over the cluster channel) take enrollments through whichever leads, and survive `kill -9` of it.
+
+use crate::common;
+
+use common::process::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const SIM: &str = env!("CARGO_BIN_EXE_agent-sim");
+
+fn setting(sets: &[String], key: &str) -> String {
+    sets.iter().find_map(|s| s.strip_prefix(&format!("{key}="))).expect("setting").to_string()
+}
+
+/// Enrolls `n` agents named `prefix-<i>` through `enroll` with agent-sim: how many got a key, and
+/// the keys they got written to `keys`.
+fn enroll(enroll: &str, n: usize, prefix: &str, keys: &Path) -> u64 {
+    let out = Command::new(SIM)
+        .args(["--enroll", enroll, "--agents", &n.to_string(), "--prefix", prefix, "--timeout", "5", "--json"])
+        .arg("--keys-out")
+        .arg(keys)
+        .output()
+        .expect("agent-sim");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    summary["enrolled"].as_u64().unwrap_or(0)
+}
+
+/// `id -> (name, key)` from a client.keys-shaped file (`id name ip key`).
+fn keys_of(path: &Path) -> BTreeMap<String, (String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 4).then(|| (f[0].to_string(), (f[1].to_string(), f[3].to_string())))
+        })
+        .collect()
+}
+
+/// The index of the node that takes an enrollment (the leader), trying each in turn.
+fn leader(sets: &[Vec<String>], alive: &[usize], dir: &Path, within: Duration) -> usize {
+    let start = Instant::now();
+    for round in 0.. {
+        for &i in alive {
+            let probe = dir.join(format!("probe-{round}-{i}.keys"));
+            if enroll(&setting(&sets[i], "enrollment.bind"), 1, &format!("probe-{round}-{i}"), &probe) == 1 {
+                return i;
+            }
+        }
+        assert!(start.elapsed() < within, "no node took an enrollment within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    unreachable!()
+}
+
+fn wait_same_keys(dirs: &[&Path], at_least: usize) -> BTreeMap<String, (String, String)> {
+    let start = Instant::now();
+    loop {
+        let tables: Vec<_> = dirs.iter().map(|d| keys_of(&d.join("etc/client.keys"))).collect();
+        if tables[0].len() >= at_least && tables.windows(2).all(|w| w[0] == w[1]) {
+            return tables[0].clone();
+        }
+        assert!(start.elapsed() < WAIT, "client.keys differ: {:?}", tables.iter().map(|t| t.len()).collect::<Vec<_>>());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn three_master_processes_elect_a_leader_replicate_enrollments_and_survive_kill_9_of_the_leader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = write_key(dir.path(), "cluster.key");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let masters = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+    let sets: Vec<Vec<String>> = (0..3)
+        .map(|i| {
+            let mut s = local(dir.path(), &format!("m{i}"), &key, ports[i]);
+            s.push(format!("node.name=m{i}"));
+            s.push(format!("cluster.masters={masters}"));
+            s
+        })
+        .collect();
+    let mut nodes: Vec<Option<Node>> = sets.iter().map(|s| Some(Node::start("master.toml", s))).collect();
+    for n in nodes.iter().flatten() {
+        n.wait_for(&["master-eligible node", "acts as the master"]);
+    }
+    let data = |i: usize| dir.path().join(format!("m{i}"));
+
+    let first = leader(&sets, &[0, 1, 2], dir.path(), Duration::from_secs(15));
+    let got = dir.path().join("first.keys");
+    assert_eq!(enroll(&setting(&sets[first], "enrollment.bind"), 40, "web", &got), 40);
+    let table = wait_same_keys(&[&data(0), &data(1), &data(2)], 41);
+    for (id, (name, key)) in keys_of(&got) {
+        assert_eq!(table.get(&id), Some(&(name, key)), "agent {id} holds its key on every member");
+    }
+
+    // kill -9 of the leader: another member takes enrollments within seconds.
+    nodes[first].take().expect("leader").kill_9();
+    let lost = Instant::now();
+    let rest: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    let second = leader(&sets, &rest, dir.path(), Duration::from_secs(15));
+    eprintln!("m{second} took enrollments {} ms after kill -9 of leader m{first}", lost.elapsed().as_millis());
+    let more = dir.path().join("second.keys");
+    assert_eq!(enroll(&setting(&sets[second], "enrollment.bind"), 20, "db", &more), 20);
+    let table = wait_same_keys(&[&data(rest[0]), &data(rest[1])], 62);
+    let received: Vec<_> = keys_of(&got).into_iter().chain(keys_of(&more)).collect();
+    for (id, (name, key)) in &received {
+        assert_eq!(table.get(id), Some(&(name.clone(), key.clone())), "agent {id} kept its key across the failover");
+    }
+    let names: BTreeSet<&String> = table.values().map(|(n, _)| n).collect();
+    assert_eq!(names.len(), table.len(), "no name twice");
+    for n in nodes.into_iter().flatten() {
+        assert!(n.terminate().success());
+    }
+}
