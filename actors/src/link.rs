@@ -44,7 +44,17 @@ impl LinkError {
             LinkError::Handshake(HandshakeError::Rejected(_))
                 | LinkError::Handshake(HandshakeError::Authentication)
                 | LinkError::Handshake(HandshakeError::SuiteMismatch { .. })
-                | LinkError::Refused { .. }
+                | LinkError::Refused {
+                    refusal: Refusal::WrongCluster { .. }
+                        | Refusal::IncompatibleVersion { .. }
+                        | Refusal::InvalidName { .. }
+                        | Refusal::DuplicateName { .. }
+                        | Refusal::WrongRole { .. }
+                        | Refusal::IdentityRequired
+                        | Refusal::Revoked { .. }
+                        | Refusal::NotAdmitted { .. },
+                    ..
+                }
                 | LinkError::MasterIdentity(_)
         )
     }

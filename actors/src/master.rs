@@ -192,6 +192,9 @@ impl MasterListener {
             };
             // The master's own agents are its to report.
             me.set_live(&me.settings.node_name, true);
+            if let Some(raft) = me.services.writes.raft().cloned() {
+                actix_rt::spawn(follow_leadership(raft, ctx.address()));
+            }
             me
         }))
     }
@@ -234,6 +237,41 @@ async fn accept_loop(listener: TcpListener, addr: Addr<MasterListener>, node: St
                 warn!(node = node.as_str(); "accepting a cluster connection failed: {err}");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
+        }
+    }
+}
+
+/// This master-eligible node stopped leading: its workers must go to the leader.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct NotLeading;
+
+/// Watches the Raft node's state and tells the listener when it stops leading.
+async fn follow_leadership(raft: crate::consensus::network::Raft, listener: Addr<MasterListener>) {
+    let mut metrics = raft.metrics();
+    let mut leading = false;
+    loop {
+        let now = crate::consensus::writes::leadership(&raft).is_ok();
+        if leading && !now {
+            listener.do_send(NotLeading);
+        }
+        leading = now;
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Handler<NotLeading> for MasterListener {
+    type Result = ();
+
+    fn handle(&mut self, _: NotLeading, _: &mut Context<Self>) {
+        let node = self.settings.node_name.as_str();
+        if !self.workers.is_empty() {
+            warn!(node = node; "this node no longer leads the masters: closing the connections of its {} workers, which go to the leader", self.workers.len());
+        }
+        for w in self.workers.values() {
+            w.addr.do_send(crate::connection::Close { reason: "this node no longer leads the masters".into() });
         }
     }
 }
@@ -355,6 +393,13 @@ impl Handler<Admit> for MasterListener {
             // completes (pinned per name), not by worker admission.
             let verdict = crate::consensus::network::admit_peer(&self.settings, &hello);
             return Box::pin(async move { verdict });
+        }
+        if let Some(raft) = self.services.writes.raft() {
+            // High availability: workers connect to the leader only.
+            if let Err(leader) = crate::consensus::writes::leadership(raft) {
+                let refusal = Refusal::NotLeader { leader };
+                return Box::pin(async move { Err(refusal) });
+            }
         }
         let verdict = admit(&self.settings, &hello).and_then(|version| {
             self.admission.check_hello(&hello, crate::clock::now_ms())?;

@@ -22,7 +22,7 @@ use std::time::Duration;
 use wazuh_cluster_protocol::message::{
     AdminForward, AdminRequest, AdminResult, EnrollForward, EnrollResolve, EnrollResult,
 };
-use wazuh_cluster_protocol::{MasterToWorker, WorkerToMaster};
+use wazuh_cluster_protocol::{MasterToWorker, Refusal, WorkerToMaster};
 
 /// The connection to the master while there is one.
 struct Live {
@@ -34,7 +34,10 @@ struct Live {
 pub struct WorkerLink {
     settings: Arc<ChannelSettings>,
     services: WorkerServices,
+    /// The address dialled now (the master, or with high availability the node believed to lead).
     master: String,
+    /// High availability: every master-eligible node, tried in turn (empty: one master).
+    masters: Vec<String>,
     conn: Option<Live>,
     /// Failed attempts since the last established connection.
     failures: u32,
@@ -82,7 +85,17 @@ pub enum ForwardError {
 
 impl WorkerLink {
     pub fn new(settings: Arc<ChannelSettings>, master: String, services: WorkerServices) -> Self {
-        Self { settings, services, master, conn: None, failures: 0, stopping: false }
+        Self { settings, services, master, masters: Vec::new(), conn: None, failures: 0, stopping: false }
+    }
+
+    /// Follows the leader among `masters` (the master-eligible nodes): a node that does not lead
+    /// names the leader, which is dialled next; one that cannot be reached makes way for the next
+    /// in the list. Each one's identity is pinned under its name.
+    pub fn following(mut self, masters: Vec<String>) -> Self {
+        if masters.len() > 1 {
+            self.masters = masters;
+        }
+        self
     }
 
     fn conn_handle(&self) -> Option<ConnHandle<WorkerSide>> {
@@ -131,7 +144,8 @@ impl WorkerLink {
     fn dial(&mut self, ctx: &mut Context<Self>) {
         let settings = self.settings.clone();
         let master = self.master.clone();
-        let fut = async move { link::dial(&master, &settings).await };
+        let pin = if self.masters.is_empty() { link::Pin::Master } else { link::Pin::Peer };
+        let fut = async move { link::dial_checking(&master, &settings, pin).await };
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
             if act.stopping {
                 return;
@@ -147,12 +161,29 @@ impl WorkerLink {
                     act.conn = Some(Live { addr, handle, jobs });
                     act.flush_outbox(ctx);
                 }
+                Err(LinkError::Refused { refusal: Refusal::NotLeader { leader }, .. }) if !act.masters.is_empty() => {
+                    // Straight to the leader it named (or the next one, if it knows none yet).
+                    let next = leader.filter(|l| *l != act.master).unwrap_or_else(|| act.next_master());
+                    info!(node = act.node(); "{} does not lead the masters; dialling {next}", act.master);
+                    act.master = next;
+                    act.failures = act.failures.min(1);
+                    act.retry_later(ctx);
+                }
                 Err(err) => {
                     act.log_failure(&err);
+                    if !act.masters.is_empty() {
+                        act.master = act.next_master();
+                    }
                     act.retry_later(ctx);
                 }
             }
         }));
+    }
+
+    /// The master-eligible node after the one dialled now, in the configured order.
+    fn next_master(&self) -> String {
+        let at = self.masters.iter().position(|m| *m == self.master).map_or(0, |i| i + 1);
+        self.masters[at % self.masters.len()].clone()
     }
 
     fn log_failure(&self, err: &LinkError) {

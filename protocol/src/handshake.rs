@@ -93,6 +93,11 @@ pub enum Refusal {
         name: String,
         reason: String,
     },
+    /// A master-eligible node that does not lead (high availability): the worker should dial the
+    /// leader, at this address when known.
+    NotLeader {
+        leader: Option<String>,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -111,6 +116,12 @@ impl fmt::Display for Refusal {
             Refusal::IdentityRequired => f.write_str("the node sent no identity key (upgrade it)"),
             Refusal::Revoked { name } => write!(f, "the identity of {name:?} was revoked by an operator"),
             Refusal::NotAdmitted { name, reason } => write!(f, "{name:?} is not admitted: {reason}"),
+            Refusal::NotLeader { leader: Some(l) } => {
+                write!(f, "this node does not lead the masters; the leader is {l}")
+            }
+            Refusal::NotLeader { leader: None } => {
+                f.write_str("this node does not lead the masters; no leader is known yet")
+            }
         }
     }
 }

@@ -311,7 +311,8 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
                 ruleset: ruleset.clone(),
                 tree: Arc::new(tokio::sync::watch::Sender::new(String::new())),
             };
-            let link = WorkerLink::new(settings, master.clone(), services).start();
+            let link =
+                WorkerLink::new(settings, master.clone(), services).following(config.cluster.masters.clone()).start();
             (
                 NodeHandle::Worker {
                     name,

@@ -28,11 +28,13 @@ fn enroll(enroll: &str, n: usize, prefix: &str, keys: &Path) -> u64 {
     summary["enrolled"].as_u64().unwrap_or(0)
 }
 
-/// `id -> (name, key)` from a client.keys-shaped file (`id name ip key`).
+/// `id -> (name, key)` from a client.keys-shaped file (`id name ip key`; lines of removed agents,
+/// marked with `#` in place as Wazuh does, are skipped).
 fn keys_of(path: &Path) -> BTreeMap<String, (String, String)> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
+        .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             (f.len() == 4).then(|| (f[0].to_string(), (f[1].to_string(), f[3].to_string())))
@@ -112,6 +114,117 @@ fn three_master_processes_elect_a_leader_replicate_enrollments_and_survive_kill_
     let names: BTreeSet<&String> = table.values().map(|(n, _)| n).collect();
     assert_eq!(names.len(), table.len(), "no name twice");
     for n in nodes.into_iter().flatten() {
+        assert!(n.terminate().success());
+    }
+}
+
+#[test]
+fn workers_follow_the_leader_through_kill_9_during_an_enrollment_storm_and_no_acknowledged_key_is_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = write_key(dir.path(), "cluster.key");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let list: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let masters = list.join(",");
+    let master_sets: Vec<Vec<String>> = (0..3)
+        .map(|i| {
+            let mut s = local(dir.path(), &format!("m{i}"), &key, ports[i]);
+            s.extend([format!("node.name=m{i}"), format!("cluster.masters={masters}")]);
+            s
+        })
+        .collect();
+    let mut nodes: Vec<Option<Node>> = master_sets.iter().map(|s| Some(Node::start("master.toml", s))).collect();
+    let worker_sets: Vec<Vec<String>> = (0..2)
+        .map(|i| {
+            // The worker's cluster.master is dropped in favour of the list.
+            let mut s = local(dir.path(), &format!("w{i}"), &key, ports[0]);
+            s.retain(|x| !x.starts_with("cluster.master="));
+            s.extend([format!("node.name=w{i}"), format!("cluster.masters={masters}"), "cluster.master=".into()]);
+            s
+        })
+        .collect();
+    let workers: Vec<Node> = worker_sets.iter().map(|s| Node::start("worker-1.toml", s)).collect();
+    let leader_of = |w: &Node| -> usize {
+        let line = w.wait_for(&["handshake complete with master m"]);
+        let at = line.find("with master m").expect("name") + "with master m".len();
+        line[at..at + 1].parse().expect("a master index")
+    };
+    let first = leader_of(&workers[0]);
+    assert_eq!(leader_of(&workers[1]), first, "both workers connect to the leader");
+
+    // An enrollment storm through worker 0; the leader is killed in the middle of it.
+    let got = dir.path().join("storm.keys");
+    let storm = Command::new(SIM)
+        .args(["--enroll", &setting(&worker_sets[0], "enrollment.bind"), "--agents", "400", "--concurrency", "8"])
+        .args(["--prefix", "storm", "--timeout", "10", "--json", "--keys-out"])
+        .arg(&got)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("agent-sim");
+    std::thread::sleep(Duration::from_millis(700));
+    nodes[first].take().expect("leader").kill_9();
+    let killed = Instant::now();
+    let out = storm.wait_with_output().expect("agent-sim ends");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("agent-sim --json");
+    let enrolled = summary["enrolled"].as_u64().expect("enrolled");
+    eprintln!("storm: {enrolled} of 400 acknowledged, {} errors", summary["errors"]);
+    // Both workers are with the new leader.
+    let rest: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    for w in &workers {
+        let start = Instant::now();
+        while !w
+            .lines()
+            .iter()
+            .any(|l| rest.iter().any(|r| l.contains(&format!("handshake complete with master m{r}"))))
+        {
+            assert!(start.elapsed() < WAIT, "{} did not follow the new leader:\n{}", w.name, w.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    eprintln!("workers followed the new leader within {} ms of kill -9", killed.elapsed().as_millis());
+    // Enrollment resumes through the worker.
+    let after = dir.path().join("after.keys");
+    assert_eq!(enroll(&setting(&worker_sets[0], "enrollment.bind"), 20, "after", &after), 20);
+
+    // Every acknowledged key, and nothing else, on every surviving node.
+    let received: BTreeMap<String, (String, String)> = keys_of(&got).into_iter().chain(keys_of(&after)).collect();
+    assert_eq!(received.len() as u64, enrolled + 20, "agent-sim wrote what it acknowledged");
+    let dirs: Vec<std::path::PathBuf> = rest
+        .iter()
+        .map(|i| dir.path().join(format!("m{i}")))
+        .chain((0..2).map(|i| dir.path().join(format!("w{i}"))))
+        .collect();
+    let start = Instant::now();
+    loop {
+        let tables: Vec<_> = dirs.iter().map(|d| keys_of(&d.join("etc/client.keys"))).collect();
+        if tables.iter().all(|t| *t == received) {
+            break;
+        }
+        let extra: Vec<_> = tables.iter().map(|t| t.keys().filter(|k| !received.contains_key(*k)).count()).collect();
+        let missing: Vec<_> = tables.iter().map(|t| received.keys().filter(|k| !t.contains_key(*k)).count()).collect();
+        if start.elapsed() > Duration::from_secs(30) {
+            let names: Vec<String> =
+                tables[0].iter().filter(|(k, _)| !received.contains_key(*k)).map(|(_, (n, _))| n.clone()).collect();
+            let log: Vec<String> = workers
+                .iter()
+                .chain(nodes.iter().flatten())
+                .flat_map(|n| n.lines())
+                .filter(|l| {
+                    names.iter().any(|n| l.contains(n.as_str()))
+                        || l.contains("WARN")
+                        || l.contains("ERROR")
+                        || l.contains("handshake complete")
+                })
+                .collect();
+            panic!(
+                "tables differ from what agents received: extra {extra:?} {names:?}, missing {missing:?}\n{}",
+                log.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let names: BTreeSet<&String> = received.values().map(|(n, _)| n).collect();
+    assert_eq!(names.len(), received.len(), "no id or name twice");
+    for n in workers.into_iter().chain(nodes.into_iter().flatten()) {
         assert!(n.terminate().success());
     }
 }

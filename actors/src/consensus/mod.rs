@@ -56,6 +56,16 @@ impl Timing {
 const LOGS_KEPT: u64 = 1_000;
 const SNAPSHOT_EVERY: u64 = 10_000;
 
+/// The registry generation every member of a replicated group uses: a digest of the cluster's
+/// name and its master-eligible nodes (the same on every member, never 0).
+pub fn group_generation(cluster_name: &str, masters: &[String]) -> u64 {
+    use md5::Digest;
+    let digest = md5::Md5::digest(format!("wazuh-multi-node raft group {cluster_name} {}", masters.join(",")));
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    (u64::from_le_bytes(first) & (i64::MAX as u64)).max(1)
+}
+
 /// Starts this master-eligible node's Raft member `id` (1-based place in `masters`, the addresses
 /// of all of them, the same list on every node), over `registry` and the log in `data_dir`, and
 /// proposes the membership if no member has yet (every member may: the same proposal wins once).
@@ -78,6 +88,14 @@ pub async fn start_member(
     }
     .validate()
     .map_err(|e| format!("raft settings: {e}"))?;
+    let generation = group_generation(&settings.cluster_name, masters);
+    let adopted = registry.run(move |r| r.adopt_generation(generation)).await.map_err(|e| e.to_string())?;
+    if !adopted {
+        return Err(format!(
+            "the registry in {} already holds agents of a single master; a replicated group starts from empty registries",
+            data_dir.display()
+        ));
+    }
     let log = log_store::LogStore::open(data_dir).map_err(|e| format!("cannot open the raft log: {e}"))?;
     let sm = state_machine::StateMachine::new(registry, data_dir);
     let net = network::PeerNetwork::new(settings, actix_rt::Arbiter::current());

@@ -118,3 +118,13 @@ impl Writes {
 fn raft_id(raft: &Raft) -> u64 {
     raft.metrics().borrow().id
 }
+
+/// Whether `raft`'s node leads, and the leader's address when it does not (and one is known).
+pub fn leadership(raft: &Raft) -> Result<(), Option<String>> {
+    let m = raft.metrics().borrow().clone();
+    match m.current_leader {
+        Some(l) if l == m.id && m.state.is_leader() => Ok(()),
+        Some(l) => Err(m.membership_config.nodes().find(|(id, _)| **id == l).map(|(_, n)| n.addr.clone())),
+        None => Err(None),
+    }
+}

@@ -1130,6 +1130,21 @@ impl Registry {
         Ok(())
     }
 
+    /// Master-eligible nodes: takes `generation` (the same on every member) if this registry has
+    /// never held a change, so that a worker's replica follows every member alike. A registry with
+    /// history keeps its own (and says so: it cannot join a replicated group as it is).
+    pub fn adopt_generation(&mut self, generation: u64) -> Result<bool, StoreError> {
+        if self.generation == generation {
+            return Ok(true);
+        }
+        if self.seq != 0 {
+            return Ok(false);
+        }
+        schema::store_generation(&self.conn, generation)?;
+        self.generation = generation;
+        Ok(true)
+    }
+
     /// A value of the replicated log's state kept with the registry (applied position, membership),
     /// so that it commits with the changes it describes.
     pub fn raft_value(&self, k: &str) -> Result<Option<String>, StoreError> {
