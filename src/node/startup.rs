@@ -255,6 +255,9 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
     });
     let (handle, enroller) = match (store, cluster, master_addr, admission) {
         (Store::Master(registry), Some((listener, cluster_addr)), _, Some(admission)) => {
+            if config.cluster.raft_id.is_some() {
+                registry.relax_sync_for_log().context("cannot set up the registry for a replicated log")?;
+            }
             let registry = StoreHandle::spawn(&format!("{name}-registry"), *registry, Registry::seq)
                 .context("cannot start the registry thread")?;
             info!(node = name.as_str(); "starting master of cluster {:?} (cipher {}, admission {})", config.cluster.name, config.cluster.cipher, admission.mode);

@@ -9,7 +9,6 @@ use rusqlite::{params, Connection, OptionalExtension};
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Where a master-eligible node keeps its Raft log, under its data dir.
 pub const RAFT_DB: &str = "var/db/raft.db";
@@ -19,11 +18,16 @@ CREATE TABLE IF NOT EXISTS log (idx INTEGER PRIMARY KEY, entry TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 ";
 
-/// The log store; clones share one connection (openraft reads through a clone while it appends).
+/// The log store. Its SQLite connection lives on a thread of its own and serves requests in
+/// order: a write waits for the disk there, never on the runtime that runs Raft and the node's
+/// sockets (a node is single-threaded; an fsync on it would stall every connection). Clones share
+/// the thread.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Mutex<Connection>>,
+    jobs: std::sync::mpsc::Sender<Job>,
 }
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::read_logs(&e).into()
@@ -31,6 +35,10 @@ fn read_err(e: impl std::error::Error + 'static) -> StorageError {
 
 fn write_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_logs(&e).into()
+}
+
+fn gone() -> StorageError {
+    write_err(std::io::Error::other("the raft log thread has stopped"))
 }
 
 /// `range` as SQLite bounds `[start, end)`.
@@ -49,35 +57,48 @@ fn bounds(range: &impl RangeBounds<u64>) -> (i64, i64) {
     (start, end)
 }
 
+fn get<T: serde::de::DeserializeOwned>(conn: &Connection, k: &str) -> Result<Option<T>, StorageError> {
+    let text: Option<String> =
+        conn.query_row("SELECT v FROM state WHERE k = ?1", params![k], |r| r.get(0)).optional().map_err(read_err)?;
+    text.map(|t| serde_json::from_str(&t).map_err(read_err)).transpose()
+}
+
+fn put<T: serde::Serialize>(conn: &Connection, k: &str, v: &T) -> Result<(), StorageError> {
+    let text = serde_json::to_string(v).map_err(write_err)?;
+    conn.execute("INSERT OR REPLACE INTO state (k, v) VALUES (?1, ?2)", params![k, text]).map_err(write_err)?;
+    Ok(())
+}
+
 impl LogStore {
-    /// Opens (or creates) `<data_dir>/var/db/raft.db`.
+    /// Opens (or creates) `<data_dir>/var/db/raft.db` and starts its thread.
     pub fn open(data_dir: &Path) -> Result<Self, crate::registry::StoreError> {
-        let conn = crate::registry::schema::open_db(&data_dir.join(RAFT_DB))?;
+        let mut conn = crate::registry::schema::open_db(&data_dir.join(RAFT_DB))?;
         conn.execute_batch("PRAGMA synchronous = FULL;")?;
         conn.execute_batch(TABLES)?;
-        Ok(Self { db: Arc::new(Mutex::new(conn)) })
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("raft-log".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job(&mut conn);
+                }
+            })
+            .map_err(crate::registry::StoreError::io(&data_dir.join(RAFT_DB)))?;
+        Ok(Self { jobs })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding it leaves nothing half-written that SQLite has not rolled back.
-        self.db.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn get<T: serde::de::DeserializeOwned>(&self, k: &str) -> Result<Option<T>, StorageError> {
-        let text: Option<String> = self
-            .conn()
-            .query_row("SELECT v FROM state WHERE k = ?1", params![k], |r| r.get(0))
-            .optional()
-            .map_err(read_err)?;
-        text.map(|t| serde_json::from_str(&t).map_err(read_err)).transpose()
-    }
-
-    fn put<T: serde::Serialize>(&self, k: &str, v: &T) -> Result<(), StorageError> {
-        let text = serde_json::to_string(v).map_err(write_err)?;
-        self.conn()
-            .execute("INSERT OR REPLACE INTO state (k, v) VALUES (?1, ?2)", params![k, text])
-            .map_err(write_err)?;
-        Ok(())
+    /// Runs `f` on the log's thread, after every request sent before it.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move |conn| {
+                let _ = tx.send(f(conn));
+            }))
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
     }
 }
 
@@ -87,15 +108,18 @@ impl RaftLogReader<RegistryRaft> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry<RegistryRaft>>, StorageError> {
         let (start, end) = bounds(&range);
-        let conn = self.conn();
-        let mut stmt =
-            conn.prepare_cached("SELECT entry FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx").map_err(read_err)?;
-        let rows = stmt.query_map(params![start, end], |r| r.get::<_, String>(0)).map_err(read_err)?;
-        let mut out = Vec::new();
-        for text in rows {
-            out.push(serde_json::from_str(&text.map_err(read_err)?).map_err(read_err)?);
-        }
-        Ok(out)
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT entry FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")
+                .map_err(read_err)?;
+            let rows = stmt.query_map(params![start, end], |r| r.get::<_, String>(0)).map_err(read_err)?;
+            let mut out = Vec::new();
+            for text in rows {
+                out.push(serde_json::from_str(&text.map_err(read_err)?).map_err(read_err)?);
+            }
+            Ok(out)
+        })
+        .await
     }
 }
 
@@ -103,17 +127,19 @@ impl RaftLogStorage<RegistryRaft> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<RegistryRaft>, StorageError> {
-        let last_purged_log_id: Option<LogId<u64>> = self.get("last_purged")?;
-        let last: Option<String> = self
-            .conn()
-            .query_row("SELECT entry FROM log ORDER BY idx DESC LIMIT 1", [], |r| r.get(0))
-            .optional()
-            .map_err(read_err)?;
-        let last_log_id = match last {
-            Some(text) => Some(*serde_json::from_str::<Entry<RegistryRaft>>(&text).map_err(read_err)?.get_log_id()),
-            None => last_purged_log_id,
-        };
-        Ok(LogState { last_purged_log_id, last_log_id })
+        self.with(|conn| {
+            let last_purged_log_id: Option<LogId<u64>> = get(conn, "last_purged")?;
+            let last: Option<String> = conn
+                .query_row("SELECT entry FROM log ORDER BY idx DESC LIMIT 1", [], |r| r.get(0))
+                .optional()
+                .map_err(read_err)?;
+            let last_log_id = match last {
+                Some(text) => Some(*serde_json::from_str::<Entry<RegistryRaft>>(&text).map_err(read_err)?.get_log_id()),
+                None => last_purged_log_id,
+            };
+            Ok(LogState { last_purged_log_id, last_log_id })
+        })
+        .await
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -121,19 +147,20 @@ impl RaftLogStorage<RegistryRaft> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
-        self.put("vote", vote).map_err(|e| StorageIOError::write_vote(&e).into())
+        let vote = *vote;
+        self.with(move |conn| put(conn, "vote", &vote).map_err(|e| StorageIOError::write_vote(&e).into())).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
-        self.get("vote")
+        self.with(|conn| get(conn, "vote")).await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), StorageError> {
-        self.put("committed", &committed)
+        self.with(move |conn| put(conn, "committed", &committed)).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError> {
-        Ok(self.get::<Option<LogId<u64>>>("committed")?.flatten())
+        self.with(|conn| Ok(get::<Option<LogId<u64>>>(conn, "committed")?.flatten())).await
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<RegistryRaft>) -> Result<(), StorageError>
@@ -141,19 +168,29 @@ impl RaftLogStorage<RegistryRaft> for LogStore {
         I: IntoIterator<Item = Entry<RegistryRaft>> + Send,
         I::IntoIter: Send,
     {
-        let result = (|| -> Result<(), StorageError> {
-            let mut conn = self.conn();
-            let tx = conn.transaction().map_err(write_err)?;
-            {
-                let mut stmt =
-                    tx.prepare_cached("INSERT OR REPLACE INTO log (idx, entry) VALUES (?1, ?2)").map_err(write_err)?;
-                for entry in entries {
-                    let idx = i64::try_from(entry.get_log_id().index).map_err(write_err)?;
-                    stmt.execute(params![idx, serde_json::to_string(&entry).map_err(write_err)?]).map_err(write_err)?;
+        let rows = entries
+            .into_iter()
+            .map(|e| {
+                Ok((
+                    i64::try_from(e.get_log_id().index).map_err(write_err)?,
+                    serde_json::to_string(&e).map_err(write_err)?,
+                ))
+            })
+            .collect::<Result<Vec<(i64, String)>, StorageError>>()?;
+        let result = self
+            .with(move |conn| {
+                let tx = conn.transaction().map_err(write_err)?;
+                {
+                    let mut stmt = tx
+                        .prepare_cached("INSERT OR REPLACE INTO log (idx, entry) VALUES (?1, ?2)")
+                        .map_err(write_err)?;
+                    for (idx, text) in &rows {
+                        stmt.execute(params![idx, text]).map_err(write_err)?;
+                    }
                 }
-            }
-            tx.commit().map_err(write_err)
-        })();
+                tx.commit().map_err(write_err)
+            })
+            .await;
         match &result {
             Ok(()) => callback.log_io_completed(Ok(())),
             Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
@@ -163,19 +200,24 @@ impl RaftLogStorage<RegistryRaft> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError> {
         let idx = i64::try_from(log_id.index).map_err(write_err)?;
-        self.conn().execute("DELETE FROM log WHERE idx >= ?1", params![idx]).map_err(write_err)?;
-        Ok(())
+        self.with(move |conn| {
+            conn.execute("DELETE FROM log WHERE idx >= ?1", params![idx]).map_err(write_err)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError> {
         let idx = i64::try_from(log_id.index).map_err(write_err)?;
         let text = serde_json::to_string(&log_id).map_err(write_err)?;
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(write_err)?;
-        tx.execute("INSERT OR REPLACE INTO state (k, v) VALUES ('last_purged', ?1)", params![text])
-            .map_err(write_err)?;
-        tx.execute("DELETE FROM log WHERE idx <= ?1", params![idx]).map_err(write_err)?;
-        tx.commit().map_err(write_err)
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(write_err)?;
+            tx.execute("INSERT OR REPLACE INTO state (k, v) VALUES ('last_purged', ?1)", params![text])
+                .map_err(write_err)?;
+            tx.execute("DELETE FROM log WHERE idx <= ?1", params![idx]).map_err(write_err)?;
+            tx.commit().map_err(write_err)
+        })
+        .await
     }
 }
 

@@ -11,6 +11,11 @@ use openraft::error::{ClientWriteError, RaftError};
 use wazuh_cluster_protocol::agent::enrollment::EnrollError;
 use wazuh_cluster_protocol::message::{AdminError, AdminRequest, AgentEntry};
 
+/// How long a change may wait for a majority before it is answered as not done (it may still
+/// commit later if the majority comes back; an enrollment's key is then never handed out, and the
+/// agent expires as undelivered).
+pub const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The registry's writer (cheap to clone).
 #[derive(Clone)]
 pub struct Writes {
@@ -46,8 +51,16 @@ impl Writes {
         self.raft.as_ref()
     }
 
+    /// Proposes `command` and waits for it to be committed and applied here, for at most
+    /// [`COMMIT_TIMEOUT`]: a leader cut off from its majority answers no change as done.
     async fn propose(&self, raft: &Raft, command: Command) -> Result<Outcome, StoreError> {
-        Ok(raft.client_write(command).await.map_err(not_committed)?.data)
+        match tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(command)).await {
+            Ok(result) => Ok(result.map_err(not_committed)?.data),
+            Err(_) => Err(StoreError::NotCommitted(format!(
+                "no majority of the masters committed it within {} s",
+                COMMIT_TIMEOUT.as_secs()
+            ))),
+        }
     }
 
     /// Enrolls `agent` (idempotent per token): its key is returned only once the enrollment is

@@ -1130,6 +1130,15 @@ impl Registry {
         Ok(())
     }
 
+    /// Master-eligible nodes: the Raft log is the durable record of every change (written with
+    /// `synchronous = FULL`), and the registry can be rebuilt from it from its recorded applied
+    /// position, so its own commits need not wait for the disk (`synchronous = NORMAL`: a power
+    /// loss may lose its last commits, never corrupt it; the log re-applies them).
+    pub fn relax_sync_for_log(&self) -> Result<(), StoreError> {
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(())
+    }
+
     /// Master-eligible nodes: takes `generation` (the same on every member) if this registry has
     /// never held a change, so that a worker's replica follows every member alike. A registry with
     /// history keeps its own (and says so: it cannot join a replicated group as it is).
