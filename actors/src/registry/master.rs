@@ -397,13 +397,16 @@ impl Registry {
             AgentChange::Removed { id } => ("removed", *id, None, None, None, None),
             AgentChange::GroupsChanged { id, groups } => ("groups", *id, None, None, None, Some(groups_text(groups))),
         };
-        self.conn.execute(
-            "INSERT INTO changes (seq, op, id, name, ip, key, groups) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![self.seq as i64, op, id, name, ip, key, groups],
-        )?;
-        self.conn.execute("UPDATE meta SET v = ?1 WHERE k = 'seq'", params![self.seq as i64])?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO changes (seq, op, id, name, ip, key, groups) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![self.seq as i64, op, id, name, ip, key, groups])?;
+        self.conn.prepare_cached("UPDATE meta SET v = ?1 WHERE k = 'seq'")?.execute(params![self.seq as i64])?;
         if self.seq > CHANGELOG_KEEP && self.seq % 1000 == 0 {
-            self.conn.execute("DELETE FROM changes WHERE seq <= ?1", params![(self.seq - CHANGELOG_KEEP) as i64])?;
+            self.conn
+                .prepare_cached("DELETE FROM changes WHERE seq <= ?1")?
+                .execute(params![(self.seq - CHANGELOG_KEEP) as i64])?;
         }
         self.derived.record(change.clone());
         Ok(())
@@ -421,7 +424,7 @@ impl Registry {
 
     fn remove_row(&mut self, id: u32) -> Result<bool, StoreError> {
         let Some(e) = self.entry(id)? else { return Ok(false) };
-        self.conn.execute("DELETE FROM agents WHERE id = ?1", params![id])?;
+        self.conn.prepare_cached("DELETE FROM agents WHERE id = ?1")?.execute(params![id])?;
         self.hash.toggle(&e);
         self.counts.remove(id);
         self.log_change(&AgentChange::Removed { id })?;
@@ -437,11 +440,12 @@ impl Registry {
             String,
             Option<i64>,
             Option<i64>,
-        ) = self.conn.query_row(
-            "SELECT name, key, registered_at, status, disconnected_at, last_keepalive FROM agents WHERE id = ?1",
-            params![id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
-        )?;
+        ) = self
+            .conn
+            .prepare_cached(
+                "SELECT name, key, registered_at, status, disconnected_at, last_keepalive FROM agents WHERE id = ?1",
+            )?
+            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?;
         let ms = |v: i64| u64::try_from(v).unwrap_or(0);
         let incumbent = Incumbent {
             id,
@@ -501,11 +505,18 @@ impl Registry {
             Err(e) => return Ok(Err(e)),
         };
         let mut replace = Vec::new();
-        let by_name: Option<u32> =
-            self.conn.query_row("SELECT id FROM agents WHERE name = ?1", params![a.name], |r| r.get(0)).optional()?;
+        let by_name: Option<u32> = self
+            .conn
+            .prepare_cached("SELECT id FROM agents WHERE name = ?1")?
+            .query_row(params![a.name], |r| r.get(0))
+            .optional()?;
         let by_ip: Option<u32> = match a.ip.as_str() {
             "any" => None,
-            ip => self.conn.query_row("SELECT id FROM agents WHERE ip = ?1", params![ip], |r| r.get(0)).optional()?,
+            ip => self
+                .conn
+                .prepare_cached("SELECT id FROM agents WHERE ip = ?1")?
+                .query_row(params![ip], |r| r.get(0))
+                .optional()?,
         };
         for old in by_name.into_iter().chain(by_ip) {
             if !replace.contains(&old) && self.replaceable(old, a.key_hash.as_deref())? {
@@ -530,10 +541,9 @@ impl Registry {
                 Ok(e) => (Some(e.id), None),
                 Err(e) => (None, Some(serde_json::to_string(e).unwrap_or_else(|_| e.to_string()))),
             };
-            self.conn.execute(
-                "INSERT OR REPLACE INTO tokens (token, id, error, at) VALUES (?1, ?2, ?3, ?4)",
-                params![token, id, err, p.at_ms as i64],
-            )?;
+            self.conn
+                .prepare_cached("INSERT OR REPLACE INTO tokens (token, id, error, at) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![token, id, err, p.at_ms as i64])?;
         }
         Ok(outcome)
     }
@@ -542,8 +552,10 @@ impl Registry {
         let a = &p.agent;
         let groups = if a.groups.is_empty() { vec![DEFAULT_GROUP.to_string()] } else { a.groups.clone() };
         for g in &groups {
-            let exists: bool =
-                self.conn.query_row("SELECT EXISTS(SELECT 1 FROM groups WHERE name = ?1)", params![g], |r| r.get(0))?;
+            let exists: bool = self
+                .conn
+                .prepare_cached("SELECT EXISTS(SELECT 1 FROM groups WHERE name = ?1)")?
+                .query_row(params![g], |r| r.get(0))?;
             if !exists {
                 return Ok(Err(EnrollError::NoSuchGroup(g.clone())));
             }
@@ -551,8 +563,11 @@ impl Registry {
         if groups.len() > MAX_GROUPS {
             return Ok(Err(EnrollError::TooManyGroups));
         }
-        let by_name: Option<u32> =
-            self.conn.query_row("SELECT id FROM agents WHERE name = ?1", params![a.name], |r| r.get(0)).optional()?;
+        let by_name: Option<u32> = self
+            .conn
+            .prepare_cached("SELECT id FROM agents WHERE name = ?1")?
+            .query_row(params![a.name], |r| r.get(0))
+            .optional()?;
         if let Some(old) = by_name {
             if !p.replace.contains(&old) {
                 return Ok(Err(EnrollError::DuplicateName(a.name.clone())));
@@ -560,8 +575,11 @@ impl Registry {
             self.remove_row(old)?;
         }
         if a.ip != "any" {
-            let by_ip: Option<u32> =
-                self.conn.query_row("SELECT id FROM agents WHERE ip = ?1", params![a.ip], |r| r.get(0)).optional()?;
+            let by_ip: Option<u32> = self
+                .conn
+                .prepare_cached("SELECT id FROM agents WHERE ip = ?1")?
+                .query_row(params![a.ip], |r| r.get(0))
+                .optional()?;
             if let Some(old) = by_ip {
                 if !p.replace.contains(&old) {
                     return Ok(Err(EnrollError::DuplicateIp(a.ip.clone())));
@@ -569,13 +587,16 @@ impl Registry {
                 self.remove_row(old)?;
             }
         }
-        let last: i64 = self.conn.query_row("SELECT v FROM meta WHERE k = 'last_id'", [], |r| r.get(0))?;
+        let last: i64 =
+            self.conn.prepare_cached("SELECT v FROM meta WHERE k = 'last_id'")?.query_row([], |r| r.get(0))?;
         let id = u32::try_from(last + 1).map_err(|_| StoreError::Invalid("agent ids exhausted".into()))?;
         let entry = AgentEntry { id, name: a.name.clone(), ip: a.ip.clone(), key: p.key.clone(), groups };
-        self.conn.execute(
-            "INSERT INTO agents (id, name, ip, key, groups, registered_at, node_name, version, token, pending)
+        self.conn
+            .prepare_cached(
+                "INSERT INTO agents (id, name, ip, key, groups, registered_at, node_name, version, token, pending)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
+            )?
+            .execute(params![
                 id,
                 entry.name,
                 entry.ip,
@@ -586,9 +607,8 @@ impl Registry {
                 a.version,
                 a.token,
                 a.token.is_some() as i64
-            ],
-        )?;
-        self.conn.execute("UPDATE meta SET v = ?1 WHERE k = 'last_id'", params![id as i64])?;
+            ])?;
+        self.conn.prepare_cached("UPDATE meta SET v = ?1 WHERE k = 'last_id'")?.execute(params![id as i64])?;
         self.hash.toggle(&entry);
         self.counts.set(id, "never_connected", &a.node_name, None);
         self.log_change(&AgentChange::Added(entry.clone()))?;
@@ -597,11 +617,14 @@ impl Registry {
 
     /// The worker delivered the key (keep the agent) or could not (remove it). Idempotent.
     pub fn resolve(&mut self, token: &str, delivered: bool) -> Result<(), StoreError> {
-        let id: Option<u32> =
-            self.conn.query_row("SELECT id FROM agents WHERE token = ?1", params![token], |r| r.get(0)).optional()?;
+        let id: Option<u32> = self
+            .conn
+            .prepare_cached("SELECT id FROM agents WHERE token = ?1")?
+            .query_row(params![token], |r| r.get(0))
+            .optional()?;
         let Some(id) = id else { return Ok(()) };
         if delivered {
-            self.conn.execute("UPDATE agents SET pending = 0 WHERE id = ?1", params![id])?;
+            self.conn.prepare_cached("UPDATE agents SET pending = 0 WHERE id = ?1")?.execute(params![id])?;
         } else {
             self.remove_row(id)?;
         }
@@ -656,7 +679,8 @@ impl Registry {
     /// Like [`Registry::changes_since`], at most `limit` changes of a delta (a snapshot is always
     /// whole): (snapshot?, changes, the position they lead to).
     pub fn changes_since_limited(&self, after: u64, limit: usize) -> Result<(bool, Vec<AgentChange>, u64), StoreError> {
-        let oldest: Option<i64> = self.conn.query_row("SELECT MIN(seq) FROM changes", [], |r| r.get(0))?;
+        let oldest: Option<i64> =
+            self.conn.prepare_cached("SELECT MIN(seq) FROM changes")?.query_row([], |r| r.get(0))?;
         let delta_ok = after <= self.seq && (after == self.seq || oldest.is_some_and(|o| o as u64 <= after + 1));
         if !delta_ok {
             return Ok((true, self.entries()?.into_iter().map(AgentChange::Added).collect(), self.seq));
@@ -905,7 +929,9 @@ impl Registry {
         if old.groups == groups {
             return Ok(());
         }
-        self.conn.execute("UPDATE agents SET groups = ?1 WHERE id = ?2", params![groups_text(&groups), id])?;
+        self.conn
+            .prepare_cached("UPDATE agents SET groups = ?1 WHERE id = ?2")?
+            .execute(params![groups_text(&groups), id])?;
         self.hash.toggle(&old);
         let new = AgentEntry { groups: groups.clone(), ..old };
         self.hash.toggle(&new);
@@ -917,7 +943,7 @@ impl Registry {
         if name == DEFAULT_GROUP {
             return Err(StoreError::Invalid("the default group cannot be deleted".into()));
         }
-        if self.conn.execute("DELETE FROM groups WHERE name = ?1", params![name])? == 0 {
+        if self.conn.prepare_cached("DELETE FROM groups WHERE name = ?1")?.execute(params![name])? == 0 {
             return Err(StoreError::NoSuchGroup(name.into()));
         }
         for e in self.entries()? {
@@ -933,8 +959,10 @@ impl Registry {
     }
 
     pub fn assign(&mut self, id: u32, group: &str) -> Result<(), StoreError> {
-        let exists: bool =
-            self.conn.query_row("SELECT EXISTS(SELECT 1 FROM groups WHERE name = ?1)", params![group], |r| r.get(0))?;
+        let exists: bool = self
+            .conn
+            .prepare_cached("SELECT EXISTS(SELECT 1 FROM groups WHERE name = ?1)")?
+            .query_row(params![group], |r| r.get(0))?;
         if !exists {
             return Err(StoreError::NoSuchGroup(group.into()));
         }
@@ -1157,11 +1185,15 @@ impl Registry {
     /// A value of the replicated log's state kept with the registry (applied position, membership),
     /// so that it commits with the changes it describes.
     pub fn raft_value(&self, k: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.conn.query_row("SELECT v FROM raft WHERE k = ?1", params![k], |r| r.get(0)).optional()?)
+        Ok(self
+            .conn
+            .prepare_cached("SELECT v FROM raft WHERE k = ?1")?
+            .query_row(params![k], |r| r.get(0))
+            .optional()?)
     }
 
     pub fn set_raft_value(&mut self, k: &str, v: &str) -> Result<(), StoreError> {
-        self.conn.execute("INSERT OR REPLACE INTO raft (k, v) VALUES (?1, ?2)", params![k, v])?;
+        self.conn.prepare_cached("INSERT OR REPLACE INTO raft (k, v) VALUES (?1, ?2)")?.execute(params![k, v])?;
         Ok(())
     }
 }
