@@ -272,8 +272,14 @@ fn node_type(node: &NodeHandle) -> &'static str {
 }
 
 /// `GET /cluster/status`: clustering is on and this node runs it.
-async fn cluster_status() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "data": { "enabled": "yes", "running": "yes" }, "error": 0 }))
+/// `GET /cluster/status`: clustering is on; with high availability, this node's view of the Raft
+/// group (state, term, leader, members).
+async fn cluster_status(node: web::Data<NodeHandle>) -> HttpResponse {
+    let mut data = serde_json::json!({ "enabled": "yes", "running": "yes" });
+    if let Some(raft) = node.raft_status() {
+        data["raft"] = raft;
+    }
+    HttpResponse::Ok().json(serde_json::json!({ "data": data, "error": 0 }))
 }
 
 /// `GET /cluster/local/info`: this node's name, cluster and type.

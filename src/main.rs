@@ -351,7 +351,16 @@ fn execute(command: Command) -> anyhow::Result<()> {
             logging::init(LogFormat::Text, "info", "demo");
             demo::run(workers as usize, api_port)
         }
-        Command::Nodes { api } => show(&api, "/cluster/nodes", report::nodes_table),
+        Command::Nodes { api } => {
+            show(&api, "/cluster/nodes", report::nodes_table)?;
+            if !api.json {
+                // High availability: which master-eligible node leads, the term, each member.
+                let (status, body) = client::request(&api.api, "GET", "/cluster/status", cred(&api)?.as_deref(), None)?;
+                let value = answer(&api, status, "/cluster/status", &body)?;
+                print!("{}", report::raft_table(&value));
+            }
+            Ok(())
+        }
         Command::Health { api } => show(&api, "/cluster/healthcheck", report::health_table),
         Command::Agents { action: None, api, keys } => show_all_agents(&api, keys),
         Command::Agents { action: Some(AgentsAction::Summary), api, .. } => {

@@ -46,6 +46,32 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// `GET /cluster/nodes` as a table.
+/// The Raft group as `/cluster/status` reports it (nothing without high availability).
+pub fn raft_table(body: &Value) -> String {
+    let raft = &body["data"]["raft"];
+    if raft.is_null() {
+        return String::new();
+    }
+    let leader = match &raft["leader"] {
+        Value::Null => "none yet".to_string(),
+        l => format!("{} ({})", s(&l["id"]), s(&l["address"])),
+    };
+    let mut out = format!(
+        "\nmasters: term {}, leader {leader}, this node {} is {}\n",
+        s(&raft["term"]),
+        s(&raft["id"]),
+        s(&raft["state"])
+    );
+    for m in raft["members"].as_array().into_iter().flatten() {
+        let matched = match &m["matched_index"] {
+            Value::Null => String::new(),
+            v => format!(", replicated up to {}", s(v)),
+        };
+        out.push_str(&format!("  {} {} {}{matched}\n", s(&m["id"]), s(&m["address"]), s(&m["state"])));
+    }
+    out
+}
+
 pub fn nodes_table(body: &Value) -> String {
     let rows: Vec<Vec<String>> = items(body)
         .iter()

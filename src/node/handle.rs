@@ -67,6 +67,40 @@ pub enum ChangeError {
 }
 
 impl NodeHandle {
+    /// High availability: this master-eligible node's view of the Raft group (its state, the term,
+    /// the leader, each member and, on the leader, how far each has replicated). `None` on a
+    /// worker or a single master.
+    pub fn raft_status(&self) -> Option<serde_json::Value> {
+        let NodeHandle::Master { writes, .. } = self else { return None };
+        let m = writes.raft()?.metrics().borrow().clone();
+        let matched = |id: &u64| m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index);
+        let members: Vec<serde_json::Value> = m
+            .membership_config
+            .nodes()
+            .map(|(id, n)| {
+                let state = if Some(*id) == m.current_leader {
+                    "leader"
+                } else if *id == m.id {
+                    "follower (this node)"
+                } else {
+                    "follower"
+                };
+                serde_json::json!({ "id": id, "address": n.addr, "state": state, "matched_index": matched(id) })
+            })
+            .collect();
+        let leader = m
+            .current_leader
+            .and_then(|l| m.membership_config.nodes().find(|(id, _)| **id == l).map(|(id, n)| (*id, n.addr.clone())));
+        Some(serde_json::json!({
+            "id": m.id,
+            "state": format!("{:?}", m.state),
+            "term": m.current_term,
+            "leader": leader.map(|(id, addr)| serde_json::json!({ "id": id, "address": addr })),
+            "last_applied": m.last_applied.map(|l| l.index),
+            "members": members,
+        }))
+    }
+
     /// The node's data directory (its sync roots are under it).
     pub fn data_dir(&self) -> std::path::PathBuf {
         match self {

@@ -91,6 +91,26 @@ fn three_master_processes_elect_a_leader_replicate_enrollments_and_survive_kill_
     let data = |i: usize| dir.path().join(format!("m{i}"));
 
     let first = leader(&sets, &[0, 1, 2], dir.path(), Duration::from_secs(15));
+    // `wazuh-cluster nodes` on every member names the same leader (the one taking enrollments),
+    // with one term, and exactly one member says it leads.
+    let views: Vec<String> = (0..3)
+        .map(|i| {
+            let out = Command::new(BIN)
+                .args(["nodes", "--api", &format!("http://127.0.0.1:{}", api_port(&sets[i]))])
+                .env("WMN_API_TOKEN", API_TOKEN)
+                .output()
+                .expect("nodes");
+            String::from_utf8_lossy(&out.stdout).to_string()
+        })
+        .collect();
+    let leader_line =
+        |v: &str| v.lines().find(|l| l.starts_with("masters: term")).map(String::from).unwrap_or_default();
+    let heads: Vec<String> =
+        views.iter().map(|v| leader_line(v).split(", this node").next().unwrap_or("").to_string()).collect();
+    assert!(heads.iter().all(|h| *h == heads[0] && h.contains("leader")), "{views:?}");
+    assert!(heads[0].contains(&format!("({})", setting(&sets[first], "cluster.bind"))), "{heads:?} vs m{first}");
+    assert_eq!(views.iter().filter(|v| leader_line(v).ends_with("is Leader")).count(), 1, "{views:?}");
+    eprintln!("`wazuh-cluster nodes` on the leader:\n{}", views[first]);
     let got = dir.path().join("first.keys");
     assert_eq!(enroll(&setting(&sets[first], "enrollment.bind"), 40, "web", &got), 40);
     let table = wait_same_keys(&[&data(0), &data(1), &data(2)], 41);
