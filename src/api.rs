@@ -382,10 +382,7 @@ async fn change(node: &NodeHandle, req: &actix_web::HttpRequest, request: AdminR
     // A worker hands the caller's credential to the master, which checks it again itself.
     match node.admin(request, bearer(req).to_string()).await {
         Ok(()) => HttpResponse::Ok().json(envelope::<String>(&[], done)),
-        Err(e) => {
-            let status = change_status(&e);
-            HttpResponse::build(status).json(error_body(status.as_u16(), &e.to_string()))
-        }
+        Err(e) => change_failed(&e),
     }
 }
 
@@ -839,10 +836,7 @@ async fn join_token(node: web::Data<NodeHandle>, query: web::Query<JoinTokenQuer
             "message": "Join token issued: set it as cluster.join_token on the new worker(s)",
             "error": 0,
         })),
-        Err(e) => {
-            let status = change_status(&e);
-            HttpResponse::build(status).json(error_body(status.as_u16(), &e.to_string()))
-        }
+        Err(e) => change_failed(&e),
     }
 }
 
@@ -856,10 +850,7 @@ async fn revoke(node: web::Data<NodeHandle>, name: web::Path<String>) -> HttpRes
             "error": 0,
         })),
         Ok(None) => HttpResponse::NotFound().json(error_body(404, "no admitted worker by that name")),
-        Err(e) => {
-            let status = change_status(&e);
-            HttpResponse::build(status).json(error_body(status.as_u16(), &e.to_string()))
-        }
+        Err(e) => change_failed(&e),
     }
 }
 
@@ -893,10 +884,7 @@ async fn reload_analysisd(node: web::Data<NodeHandle>) -> HttpResponse {
                 "error": if failed.is_empty() { 0 } else if affected.is_empty() { 1 } else { 2 },
             }))
         }
-        Err(e) => {
-            let status = change_status(&e);
-            HttpResponse::build(status).json(error_body(status.as_u16(), &e.to_string()))
-        }
+        Err(e) => change_failed(&e),
     }
 }
 
@@ -984,6 +972,12 @@ async fn not_found() -> HttpResponse {
 }
 
 /// The HTTP status for a change that was not made: the only place cluster outcomes become HTTP.
+/// The answer to a change that failed: its status and Wazuh's error body.
+fn change_failed(e: &ChangeError) -> HttpResponse {
+    let status = change_status(e);
+    HttpResponse::build(status).json(error_body(status.as_u16(), &e.to_string()))
+}
+
 fn change_status(e: &ChangeError) -> StatusCode {
     match e {
         ChangeError::Refused(AdminError::NoSuchAgent(_) | AdminError::NoSuchGroup(_) | AdminError::NoSuchFile(_)) => {

@@ -250,3 +250,8 @@ pub fn started_master(dir: &Path) -> (PathBuf, u16, Vec<String>, Node) {
     master.wait_for(&["master listening"]);
     (key, port, master_sets, master)
 }
+
+/// The value of `key` in `--set` style settings (`key=value`).
+pub fn setting(sets: &[String], key: &str) -> String {
+    sets.iter().find_map(|s| s.strip_prefix(&format!("{key}="))).expect("setting").to_string()
+}

@@ -11,10 +11,6 @@ use std::time::{Duration, Instant};
 
 const SIM: &str = env!("CARGO_BIN_EXE_agent-sim");
 
-fn setting(sets: &[String], key: &str) -> String {
-    sets.iter().find_map(|s| s.strip_prefix(&format!("{key}="))).expect("setting").to_string()
-}
-
 /// Enrolls `n` agents named `prefix-<i>` through `enroll` with agent-sim: how many got a key, and
 /// the keys they got written to `keys`.
 fn enroll(enroll: &str, n: usize, prefix: &str, keys: &Path) -> u64 {

@@ -180,10 +180,6 @@ fn nodes_run_from_environment_variables_alone_and_workers_join_with_the_masters_
     }
 }
 
-fn setting(sets: &[String], key: &str) -> String {
-    sets.iter().find_map(|s| s.strip_prefix(&format!("{key}="))).expect("setting").to_string()
-}
-
 /// A master and two workers as processes from `deploy/`, in `dir`: (master's settings, worker-1's
 /// settings, the three nodes), once every worker is listed.
 fn master_and_two_workers(dir: &Path) -> (Vec<String>, Vec<String>, Node, Node, Node) {

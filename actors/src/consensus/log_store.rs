@@ -24,8 +24,12 @@ CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 /// the thread.
 #[derive(Clone)]
 pub struct LogStore {
-    jobs: std::sync::mpsc::Sender<Job>,
+    jobs: tokio::sync::mpsc::Sender<Job>,
 }
+
+/// Requests waiting for the log's thread, at most; when full, a caller waits for room (openraft
+/// then waits too, which slows proposals instead of growing memory).
+const QUEUE: usize = 1024;
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
@@ -75,11 +79,11 @@ impl LogStore {
         let mut conn = crate::registry::schema::open_db(&data_dir.join(RAFT_DB))?;
         conn.execute_batch("PRAGMA synchronous = FULL;")?;
         conn.execute_batch(TABLES)?;
-        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let (jobs, mut rx) = tokio::sync::mpsc::channel::<Job>(QUEUE);
         std::thread::Builder::new()
             .name("raft-log".into())
             .spawn(move || {
-                while let Ok(job) = rx.recv() {
+                while let Some(job) = rx.blocking_recv() {
                     job(&mut conn);
                 }
             })
@@ -97,6 +101,7 @@ impl LogStore {
             .send(Box::new(move |conn| {
                 let _ = tx.send(f(conn));
             }))
+            .await
             .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }

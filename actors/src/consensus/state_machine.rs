@@ -52,22 +52,15 @@ const MEMBERSHIP: &str = "membership";
 
 /// The applied position and membership the registry records.
 fn recorded(r: &Registry) -> Result<(Option<LogId<u64>>, Membership), crate::registry::StoreError> {
-    let parse = |k: &str| -> Result<Option<serde_json::Value>, crate::registry::StoreError> {
+    fn read<T: serde::de::DeserializeOwned>(r: &Registry, k: &str) -> Result<Option<T>, crate::registry::StoreError> {
         r.raft_value(k)?
             .map(|t| {
                 serde_json::from_str(&t).map_err(|e| crate::registry::StoreError::Invalid(format!("raft {k}: {e}")))
             })
             .transpose()
-    };
-    let applied = match parse(APPLIED)? {
-        Some(v) => serde_json::from_value(v).map_err(|e| crate::registry::StoreError::Invalid(e.to_string()))?,
-        None => None,
-    };
-    let membership = match parse(MEMBERSHIP)? {
-        Some(v) => serde_json::from_value(v).map_err(|e| crate::registry::StoreError::Invalid(e.to_string()))?,
-        None => Membership::default(),
-    };
-    Ok((applied, membership))
+    }
+    let applied = read::<Option<LogId<u64>>>(r, APPLIED)?.flatten();
+    Ok((applied, read(r, MEMBERSHIP)?.unwrap_or_default()))
 }
 
 fn record(

@@ -88,7 +88,7 @@ impl Writes {
     /// Replicated, only the leader proposes it (others answer with nothing to do).
     pub async fn expire_pending(&self, older_than_ms: u64) -> Result<Vec<u32>, StoreError> {
         let Some(raft) = &self.raft else { return self.registry.run(move |r| r.expire_pending(older_than_ms)).await };
-        if raft.current_leader().await != Some(raft_id(raft)) {
+        if leadership(raft).is_err() {
             return Ok(Vec::new());
         }
         let cutoff = crate::clock::now_ms().saturating_sub(older_than_ms);
@@ -107,17 +107,7 @@ impl Writes {
     pub async fn admin(&self, request: AdminRequest) -> Result<Result<(), AdminError>, StoreError> {
         let Some(raft) = &self.raft else { return self.registry.run(move |r| r.admin(&request)).await };
         if !is_registry_change(&request) {
-            let leader = raft.current_leader().await;
-            if leader != Some(raft_id(raft)) {
-                let addr = raft
-                    .metrics()
-                    .borrow()
-                    .membership_config
-                    .nodes()
-                    .find(|(id, _)| Some(**id) == leader)
-                    .map(|(_, n)| n.addr.clone());
-                return Err(StoreError::NotLeader(addr));
-            }
+            leadership(raft).map_err(StoreError::NotLeader)?;
             return self.registry.run(move |r| r.admin(&request)).await;
         }
         let command = Command::Admin { request, at_ms: crate::clock::now_ms() };
@@ -126,10 +116,6 @@ impl Writes {
             other => Err(StoreError::Invalid(format!("a change was applied as {other:?}"))),
         }
     }
-}
-
-fn raft_id(raft: &Raft) -> u64 {
-    raft.metrics().borrow().id
 }
 
 /// Whether `raft`'s node leads, and the leader's address when it does not (and one is known).
