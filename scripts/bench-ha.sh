@@ -80,5 +80,11 @@ echo "node CPU over all runs (s):"
 for pid in "${pids[@]}"; do
   name=$(tr '\0' ' ' <"/proc/$pid/cmdline" | grep -o 'node.name=[^ ]*' | cut -d= -f2)
   shape=$(tr '\0' ' ' <"/proc/$pid/cmdline" | grep -o 'node.data_dir=[^ ]*' | awk -F/ '{print $(NF-1)}')
-  awk -v n="$shape/$name" -v hz="$(getconf CLK_TCK)" '{ printf "  %s %.2f\n", n, ($14 + $15) / hz }' "/proc/$pid/stat"
+  awk -v n="$shape/$name" -v hz="$(getconf CLK_TCK)" '{ printf "  %s %.2f", n, ($14 + $15) / hz }' "/proc/$pid/stat"
+  # ... and by thread (the name in parentheses may hold spaces: fields counted from its end).
+  for t in /proc/"$pid"/task/*; do
+    sed 's/^.*) //' "$t/stat" | awk -v c="$(cat "$t/comm")" -v hz="$(getconf CLK_TCK)" \
+      '{ s = ($12 + $13) / hz; if (s >= 0.05) printf " [%s %.2f]", c, s }'
+  done
+  echo
 done

@@ -8,6 +8,8 @@ use crate::registry::command::{is_registry_change, Command, Outcome};
 use crate::registry::master::{NewAgent, Registry};
 use crate::registry::store::{StoreError, StoreHandle};
 use openraft::error::{ClientWriteError, RaftError};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use wazuh_cluster_protocol::agent::enrollment::EnrollError;
 use wazuh_cluster_protocol::message::{AdminError, AdminRequest, AgentEntry};
 
@@ -16,29 +18,118 @@ use wazuh_cluster_protocol::message::{AdminError, AdminRequest, AgentEntry};
 /// agent expires as undelivered).
 pub const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A leader that no majority of the masters acknowledged for this long accepts no change (its
+/// lease is over): the others may be electing a new leader, which takes at least the shortest
+/// election timeout ([`super::Timing`]) of silence, so it stays the only one taking changes.
+pub const LEASE_MS: u64 = super::Timing::DEFAULT.election_min;
+
+/// Most changes in one log entry, changes waiting for one, and entries being committed at once.
+const MOST_PER_ENTRY: usize = 256;
+const QUEUED: usize = 4_096;
+const ENTRIES_IN_FLIGHT: usize = 2;
+
 /// The registry's writer (cheap to clone).
 #[derive(Clone)]
 pub struct Writes {
     registry: StoreHandle<Registry>,
     raft: Option<Raft>,
+    /// Changes for the batching proposer (replicated only).
+    proposals: Option<mpsc::Sender<Proposal>>,
 }
 
-fn not_committed(e: RaftError<u64, ClientWriteError<u64, openraft::BasicNode>>) -> StoreError {
+/// A change waiting for its log entry, and who waits for its outcome.
+struct Proposal {
+    command: Command,
+    reply: oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+fn not_committed(e: &RaftError<u64, ClientWriteError<u64, openraft::BasicNode>>) -> StoreError {
     match e.forward_to_leader() {
         Some(f) => StoreError::NotLeader(f.leader_node.as_ref().map(|n| n.addr.clone())),
         None => StoreError::NotCommitted(e.to_string()),
     }
 }
 
+fn timed_out() -> StoreError {
+    StoreError::NotCommitted(format!("no majority of the masters committed it within {} s", COMMIT_TIMEOUT.as_secs()))
+}
+
+/// Gathers the changes that arrive while earlier entries are being committed into one entry
+/// each round, so that a storm of enrollments costs one log write, one message per follower and
+/// one transaction per member for many of them. The queue holds [`QUEUED`] changes; callers
+/// wait for room when it is full.
+async fn propose_in_batches(raft: Raft, mut queue: mpsc::Receiver<Proposal>) {
+    let slots = Arc::new(Semaphore::new(ENTRIES_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < MOST_PER_ENTRY {
+            match queue.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        actix_rt::spawn(async move {
+            commit_batch(&raft, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn commit_batch(raft: &Raft, mut batch: Vec<Proposal>) {
+    if let Err(leader) = leadership(raft) {
+        for p in batch {
+            let _ = p.reply.send(Err(StoreError::NotLeader(leader.clone())));
+        }
+        return;
+    }
+    let command = match batch.len() {
+        1 => batch[0].command.clone(),
+        _ => Command::Batch(
+            batch.iter_mut().map(|p| std::mem::replace(&mut p.command, Command::Batch(Vec::new()))).collect(),
+        ),
+    };
+    let answer = match tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(command)).await {
+        Err(_) => Err(None),
+        Ok(Err(e)) => Err(Some(e)),
+        Ok(Ok(response)) => Ok(response.data),
+    };
+    let fail = |e: &Option<_>| e.as_ref().map(not_committed).unwrap_or_else(timed_out);
+    match answer {
+        Ok(Outcome::Batch(outcomes)) if batch.len() > 1 && outcomes.len() == batch.len() => {
+            for (p, outcome) in batch.into_iter().zip(outcomes) {
+                let _ = p.reply.send(Ok(outcome));
+            }
+        }
+        Ok(outcome) if batch.len() == 1 => {
+            let _ = batch.remove(0).reply.send(Ok(outcome));
+        }
+        Ok(other) => {
+            for p in batch {
+                let _ = p.reply.send(Err(StoreError::Invalid(format!("a batch was applied as {other:?}"))));
+            }
+        }
+        Err(e) => {
+            for p in batch {
+                let _ = p.reply.send(Err(fail(&e)));
+            }
+        }
+    }
+}
+
 impl Writes {
     /// Changes applied to `registry` directly (a single master).
     pub fn local(registry: StoreHandle<Registry>) -> Self {
-        Self { registry, raft: None }
+        Self { registry, raft: None, proposals: None }
     }
 
-    /// Changes proposed through `raft`, whose state machine is `registry`.
+    /// Changes proposed through `raft`, whose state machine is `registry` (in batches: call it
+    /// on the node's runtime, where the proposer runs).
     pub fn replicated(registry: StoreHandle<Registry>, raft: Raft) -> Self {
-        Self { registry, raft: Some(raft) }
+        let (tx, rx) = mpsc::channel(QUEUED);
+        actix_rt::spawn(propose_in_batches(raft.clone(), rx));
+        Self { registry, raft: Some(raft), proposals: Some(tx) }
     }
 
     /// The registry, for reads.
@@ -52,15 +143,15 @@ impl Writes {
     }
 
     /// Proposes `command` and waits for it to be committed and applied here, for at most
-    /// [`COMMIT_TIMEOUT`]: a leader cut off from its majority answers no change as done.
+    /// [`COMMIT_TIMEOUT`] once its entry is proposed: a leader cut off from its majority answers
+    /// no change as done, and refuses changes at once when its lease is over.
     async fn propose(&self, raft: &Raft, command: Command) -> Result<Outcome, StoreError> {
-        match tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(command)).await {
-            Ok(result) => Ok(result.map_err(not_committed)?.data),
-            Err(_) => Err(StoreError::NotCommitted(format!(
-                "no majority of the masters committed it within {} s",
-                COMMIT_TIMEOUT.as_secs()
-            ))),
-        }
+        leadership(raft).map_err(StoreError::NotLeader)?;
+        let stopping = || StoreError::NotCommitted("the node is stopping".into());
+        let queue = self.proposals.as_ref().ok_or_else(stopping)?;
+        let (reply, answer) = oneshot::channel();
+        queue.send(Proposal { command, reply }).await.map_err(|_| stopping())?;
+        answer.await.map_err(|_| stopping())?
     }
 
     /// Enrolls `agent` (idempotent per token): its key is returned only once the enrollment is
@@ -118,11 +209,15 @@ impl Writes {
     }
 }
 
-/// Whether `raft`'s node leads, and the leader's address when it does not (and one is known).
+/// Whether `raft`'s node leads (and a majority acknowledged it within [`LEASE_MS`]), and the
+/// leader's address when it does not (and one is known).
 pub fn leadership(raft: &Raft) -> Result<(), Option<String>> {
     let m = raft.metrics().borrow().clone();
     match m.current_leader {
-        Some(l) if l == m.id && m.state.is_leader() => Ok(()),
+        Some(l) if l == m.id && m.state.is_leader() => match m.millis_since_quorum_ack {
+            Some(ms) if ms <= LEASE_MS => Ok(()),
+            _ => Err(None),
+        },
         Some(l) => Err(m.membership_config.nodes().find(|(id, _)| **id == l).map(|(_, n)| n.addr.clone())),
         None => Err(None),
     }

@@ -33,6 +33,10 @@ pub enum Command {
         request: AdminRequest,
         at_ms: u64,
     },
+    /// Several changes in one log entry, applied in order (the leader gathers the changes that
+    /// arrive while earlier ones are being committed: one entry, one disk write and one message
+    /// per follower for all of them). A batch holds no batch.
+    Batch(Vec<Command>),
 }
 
 /// What applying a [`Command`] came to: the same on every registry that applies it.
@@ -44,6 +48,8 @@ pub enum Outcome {
     Resolved,
     Expired(Vec<u32>),
     Admin(Result<(), AdminError>),
+    /// The outcomes of a [`Command::Batch`], in its order.
+    Batch(Vec<Outcome>),
 }
 
 /// Whether `request` changes the registry (the others write files, which file sync spreads).
@@ -74,6 +80,20 @@ impl Registry {
             Command::Admin { .. } => {
                 Outcome::Admin(Err(AdminError::Invalid("a file change is not a registry command".into())))
             }
+            Command::Batch(commands) => Outcome::Batch(
+                commands
+                    .iter()
+                    .map(|c| match c {
+                        // No leader makes one: applied as nothing (the same on every member)
+                        // rather than failing the log.
+                        Command::Batch(_) => {
+                            log::warn!("a registry log entry holds a batch inside a batch: applied as nothing");
+                            Ok(Outcome::Nothing)
+                        }
+                        c => self.apply(c),
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
         })
     }
 }
@@ -194,5 +214,31 @@ mod tests {
         let out = apply(&mut reg, &Command::Admin { request, at_ms: 1 });
         assert!(matches!(out, Outcome::Admin(Err(AdminError::Invalid(_)))));
         assert_eq!(reg.seq(), 0);
+    }
+
+    #[test]
+    fn a_batch_applies_its_commands_in_order_with_the_outcome_of_each_the_same_everywhere() {
+        let (mut leader, mut follower) = (registry(), registry());
+        // Both enrollments were prepared before either was applied (as the leader does while an
+        // earlier entry is being committed): the second web-1 is refused when it is applied.
+        let one = prepare(&leader, &agent("web-1", Some("t1")), 1_000);
+        let two = prepare(&leader, &agent("web-1", Some("t2")), 1_001);
+        let three = prepare(&leader, &agent("db-1", Some("t3")), 1_002);
+        let batch = Command::Batch(vec![one, two, three, Command::Resolve { token: "t3".into(), delivered: true }]);
+        let out = apply(&mut leader, &batch);
+        let Outcome::Batch(outs) = &out else { panic!("{out:?}") };
+        assert_eq!(outs.len(), 4);
+        assert!(matches!(&outs[0], Outcome::Enrolled(Ok(a)) if a.name == "web-1" && a.id == 1));
+        assert_eq!(outs[1], Outcome::Enrolled(Err(EnrollError::DuplicateName("web-1".into()))));
+        assert!(matches!(&outs[2], Outcome::Enrolled(Ok(a)) if a.name == "db-1" && a.id == 2));
+        assert_eq!(outs[3], Outcome::Resolved);
+        assert_eq!(apply(&mut follower, &batch), out);
+        assert_eq!(follower.hash(), leader.hash());
+        assert_eq!(follower.seq(), leader.seq());
+        // A batch inside a batch is no command: it applies as nothing (the log goes on).
+        let seq = leader.seq();
+        let nested = Command::Batch(vec![Command::Batch(Vec::new())]);
+        assert_eq!(apply(&mut leader, &nested), Outcome::Batch(vec![Outcome::Nothing]));
+        assert_eq!(leader.seq(), seq);
     }
 }
