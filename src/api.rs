@@ -271,12 +271,14 @@ fn node_type(node: &NodeHandle) -> &'static str {
     }
 }
 
-/// `GET /cluster/status`: clustering is on and this node runs it.
 /// `GET /cluster/status`: clustering is on; with high availability, this node's view of the Raft
-/// group (state, term, leader, members).
+/// group (state, term, leader, members) and where its registry stands (last change, digest).
 async fn cluster_status(node: web::Data<NodeHandle>) -> HttpResponse {
     let mut data = serde_json::json!({ "enabled": "yes", "running": "yes" });
-    if let Some(raft) = node.raft_status() {
+    if let Some(mut raft) = node.raft_status() {
+        if let Some((change, hash)) = node.registry_position().await {
+            raft["registry"] = serde_json::json!({ "change": change, "hash": hash });
+        }
         data["raft"] = raft;
     }
     HttpResponse::Ok().json(serde_json::json!({ "data": data, "error": 0 }))

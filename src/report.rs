@@ -45,7 +45,6 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// `GET /cluster/nodes` as a table.
 /// The Raft group as `/cluster/status` reports it (nothing without high availability).
 pub fn raft_table(body: &Value) -> String {
     let raft = &body["data"]["raft"];
@@ -62,6 +61,20 @@ pub fn raft_table(body: &Value) -> String {
         s(&raft["id"]),
         s(&raft["state"])
     );
+    if raft["state"] == "Leader" && raft["accepts_changes"] == false {
+        let since = match &raft["millis_since_majority"] {
+            Value::Null => "yet".to_string(),
+            ms => format!("for {} ms", s(ms)),
+        };
+        out.push_str(&format!("  no majority acknowledged this leader {since}: it accepts no change\n"));
+    }
+    if !raft["registry"].is_null() {
+        out.push_str(&format!(
+            "  registry: change {}, hash {}\n",
+            s(&raft["registry"]["change"]),
+            s(&raft["registry"]["hash"])
+        ));
+    }
     for m in raft["members"].as_array().into_iter().flatten() {
         let matched = match &m["matched_index"] {
             Value::Null => String::new(),
@@ -72,6 +85,7 @@ pub fn raft_table(body: &Value) -> String {
     out
 }
 
+/// `GET /cluster/nodes` as a table.
 pub fn nodes_table(body: &Value) -> String {
     let rows: Vec<Vec<String>> = items(body)
         .iter()

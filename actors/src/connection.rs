@@ -58,6 +58,8 @@ pub trait Side: Sized + Unpin + 'static {
     type In: DeserializeOwned + MessageName + Send + 'static;
     type Out: Serialize + MessageName + Send + 'static;
     const LOCAL: Role;
+    /// What the other end is, in logs.
+    const PEER: &'static str;
 
     fn goodbye(reason: String) -> Self::Out;
     /// The goodbye reason, if `body` is a goodbye.
@@ -77,6 +79,7 @@ impl Side for MasterSide {
     type In = WorkerToMaster;
     type Out = MasterToWorker;
     const LOCAL: Role = Role::Master;
+    const PEER: &'static str = "worker";
 
     fn goodbye(reason: String) -> MasterToWorker {
         MasterToWorker::Goodbye(Goodbye { reason })
@@ -102,6 +105,7 @@ impl Side for WorkerSide {
     type In = MasterToWorker;
     type Out = WorkerToMaster;
     const LOCAL: Role = Role::Worker;
+    const PEER: &'static str = "master";
 
     fn goodbye(reason: String) -> WorkerToMaster {
         WorkerToMaster::Goodbye(Goodbye { reason })
@@ -133,6 +137,7 @@ impl Side for PeerDialSide {
     type In = PeerReply;
     type Out = PeerRequest;
     const LOCAL: Role = Role::Worker;
+    const PEER: &'static str = "master-eligible peer";
 
     fn goodbye(reason: String) -> PeerRequest {
         PeerRequest::Goodbye(Goodbye { reason })
@@ -158,6 +163,7 @@ impl Side for PeerAcceptSide {
     type In = PeerRequest;
     type Out = PeerReply;
     const LOCAL: Role = Role::Master;
+    const PEER: &'static str = "master-eligible peer";
 
     fn goodbye(reason: String) -> PeerReply {
         PeerReply::Goodbye(Goodbye { reason })
@@ -682,7 +688,7 @@ impl<S: Side> ConnectionActor<S> {
     fn end(&mut self, ctx: &mut Context<Self>, level: log::Level, reason: String) {
         if self.close_reason.is_none() {
             log::log!(level, node = self.settings.node_name.as_str();
-                "closing connection with {} {} ({}): {reason}", peer_role(S::LOCAL), self.peer.node_name, self.peer_addr);
+                "closing connection with {} {} ({}): {reason}", S::PEER, self.peer.node_name, self.peer_addr);
             self.close_reason = Some(reason);
         }
         ctx.stop();
@@ -695,7 +701,7 @@ impl<S: Side> Actor for ConnectionActor<S> {
     fn started(&mut self, ctx: &mut Context<Self>) {
         info!(node = self.node();
             "handshake complete with {} {} ({}), protocol {}, cipher {}",
-            peer_role(S::LOCAL), self.peer.node_name, self.peer_addr, self.version, self.settings.suite);
+            S::PEER, self.peer.node_name, self.peer_addr, self.version, self.settings.suite);
         let Some(Socket { read, opener, sealer, write, out_rx }) = self.socket.take() else { return };
         let me = ctx.address();
         let read: Box<dyn AsyncRead + Unpin> = Box::new(Heard { inner: read, activity: self.activity.clone() });
@@ -754,7 +760,7 @@ impl<S: Side> Actor for ConnectionActor<S> {
         }
         let reason = self.close_reason.clone().unwrap_or_else(|| "closed".into());
         info!(node = self.node();
-            "connection with {} {} ({}) closed: {reason}", peer_role(S::LOCAL), self.peer.node_name, self.peer_addr);
+            "connection with {} {} ({}) closed: {reason}", S::PEER, self.peer.node_name, self.peer_addr);
         if let Some(owner) = self.owner.take() {
             owner.do_send(ConnectionClosed { peer: self.peer.node_name.clone(), peer_addr: self.peer_addr, reason });
         }

@@ -97,8 +97,19 @@ impl NodeHandle {
             "term": m.current_term,
             "leader": leader.map(|(id, addr)| serde_json::json!({ "id": id, "address": addr })),
             "last_applied": m.last_applied.map(|l| l.index),
+            // A leader takes changes only while a majority acknowledged it within its lease.
+            "accepts_changes": wazuh_cluster_actors::consensus::writes::leadership(writes.raft()?).is_ok(),
+            "millis_since_majority": m.millis_since_quorum_ack,
             "members": members,
         }))
+    }
+
+    /// Where this master's registry stands: the last change applied and the digest of its table
+    /// (equal on every member of a replicated group that applied the same changes). `None` on a
+    /// worker, or if the registry cannot be read.
+    pub async fn registry_position(&self) -> Option<(u64, String)> {
+        let NodeHandle::Master { registry, .. } = self else { return None };
+        registry.run(|r| Ok((r.seq(), r.hash()))).await.ok()
     }
 
     /// The node's data directory (its sync roots are under it).
