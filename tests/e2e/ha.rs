@@ -1,50 +1,29 @@
 //! Master high availability, as processes: three master-eligible nodes on loopback (a Raft group
 //! over the cluster channel) take enrollments through whichever leads, and survive `kill -9` of it.
 
+use crate::checker::{keys_of, Agents, History};
 use crate::common;
 
 use common::process::*;
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const SIM: &str = env!("CARGO_BIN_EXE_agent-sim");
 
-/// Enrolls `n` agents named `prefix-<i>` through `enroll` with agent-sim: how many got a key, and
-/// the keys they got written to `keys`.
-fn enroll(enroll: &str, n: usize, prefix: &str, keys: &Path) -> u64 {
-    let out = Command::new(SIM)
-        .args(["--enroll", enroll, "--agents", &n.to_string(), "--prefix", prefix, "--timeout", "5", "--json"])
-        .arg("--keys-out")
-        .arg(keys)
-        .output()
-        .expect("agent-sim");
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    summary["enrolled"].as_u64().unwrap_or(0)
-}
-
-/// `id -> (name, key)` from a client.keys-shaped file (`id name ip key`; lines of removed agents,
-/// marked with `#` in place as Wazuh does, are skipped).
-fn keys_of(path: &Path) -> BTreeMap<String, (String, String)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() == 4).then(|| (f[0].to_string(), (f[1].to_string(), f[3].to_string())))
-        })
-        .collect()
+fn sim() -> Command {
+    Command::new(SIM)
 }
 
 /// The index of the node that takes an enrollment (the leader), trying each in turn.
-fn leader(sets: &[Vec<String>], alive: &[usize], dir: &Path, within: Duration) -> usize {
+fn leader(sets: &[Vec<String>], alive: &[usize], history: &History, dir: &Path, within: Duration) -> usize {
     let start = Instant::now();
     for round in 0.. {
         for &i in alive {
-            let probe = dir.join(format!("probe-{round}-{i}.keys"));
-            if enroll(&setting(&sets[i], "enrollment.bind"), 1, &format!("probe-{round}-{i}"), &probe) == 1 {
+            if history.enroll(sim(), &setting(&sets[i], "enrollment.bind"), 1, 1, &format!("probe-{round}-{i}"), dir)
+                == 1
+            {
                 return i;
             }
         }
@@ -54,15 +33,25 @@ fn leader(sets: &[Vec<String>], alive: &[usize], dir: &Path, within: Duration) -
     unreachable!()
 }
 
-fn wait_same_keys(dirs: &[&Path], at_least: usize) -> BTreeMap<String, (String, String)> {
+/// Waits until every node in `dirs` holds the same agents and the checker finds nothing wrong
+/// with them; panics with what it found otherwise.
+fn wait_checked(dirs: &[PathBuf], history: &History, logs: &[&Node]) -> Agents {
     let start = Instant::now();
     loop {
-        let tables: Vec<_> = dirs.iter().map(|d| keys_of(&d.join("etc/client.keys"))).collect();
-        if tables[0].len() >= at_least && tables.windows(2).all(|w| w[0] == w[1]) {
+        let tables: Vec<Agents> = dirs.iter().map(|d| keys_of(&d.join("etc/client.keys"))).collect();
+        let bad: Vec<Vec<String>> = tables.iter().map(|t| history.violations(t)).collect();
+        if tables.windows(2).all(|w| w[0] == w[1]) && bad.iter().all(|b| b.is_empty()) {
             return tables[0].clone();
         }
-        assert!(start.elapsed() < WAIT, "client.keys differ: {:?}", tables.iter().map(|t| t.len()).collect::<Vec<_>>());
-        std::thread::sleep(Duration::from_millis(50));
+        if start.elapsed() > Duration::from_secs(30) {
+            let log: Vec<String> = logs
+                .iter()
+                .flat_map(|n| n.lines())
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("handshake complete"))
+                .collect();
+            panic!("the registries differ from what clients saw acknowledged: {bad:#?}\n{}", log.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -86,7 +75,8 @@ fn three_master_processes_elect_a_leader_replicate_enrollments_and_survive_kill_
     }
     let data = |i: usize| dir.path().join(format!("m{i}"));
 
-    let first = leader(&sets, &[0, 1, 2], dir.path(), Duration::from_secs(15));
+    let history = History::default();
+    let first = leader(&sets, &[0, 1, 2], &history, dir.path(), Duration::from_secs(15));
     // `wazuh-cluster nodes` on every member names the same leader (the one taking enrollments),
     // with one term, and exactly one member says it leads.
     let views: Vec<String> = (0..3)
@@ -107,28 +97,37 @@ fn three_master_processes_elect_a_leader_replicate_enrollments_and_survive_kill_
     assert!(heads[0].contains(&format!("({})", setting(&sets[first], "cluster.bind"))), "{heads:?} vs m{first}");
     assert_eq!(views.iter().filter(|v| leader_line(v).ends_with("is Leader")).count(), 1, "{views:?}");
     eprintln!("`wazuh-cluster nodes` on the leader:\n{}", views[first]);
-    let got = dir.path().join("first.keys");
-    assert_eq!(enroll(&setting(&sets[first], "enrollment.bind"), 40, "web", &got), 40);
-    let table = wait_same_keys(&[&data(0), &data(1), &data(2)], 41);
-    for (id, (name, key)) in keys_of(&got) {
-        assert_eq!(table.get(&id), Some(&(name, key)), "agent {id} holds its key on every member");
+    let enroll_on = |i: usize, n: usize, prefix: &str| {
+        history.enroll(sim(), &setting(&sets[i], "enrollment.bind"), n, 8, prefix, dir.path())
+    };
+    assert_eq!(enroll_on(first, 40, "web"), 40);
+    let api_of = |i: usize| format!("http://127.0.0.1:{}", api_port(&sets[i]));
+    for id in ["002", "003"] {
+        assert!(history.delete(Command::new(BIN), &api_of(first), id), "deleting {id}");
     }
+    let all: Vec<PathBuf> = (0..3).map(data).collect();
+    let logs: Vec<&Node> = nodes.iter().flatten().collect();
+    assert_eq!(wait_checked(&all, &history, &logs).len(), 41 - 2);
+    drop(logs);
 
     // kill -9 of the leader: another member takes enrollments within seconds.
     nodes[first].take().expect("leader").kill_9();
     let lost = Instant::now();
     let rest: Vec<usize> = (0..3).filter(|&i| i != first).collect();
-    let second = leader(&sets, &rest, dir.path(), Duration::from_secs(15));
+    let second = leader(&sets, &rest, &history, dir.path(), Duration::from_secs(15));
     eprintln!("m{second} took enrollments {} ms after kill -9 of leader m{first}", lost.elapsed().as_millis());
-    let more = dir.path().join("second.keys");
-    assert_eq!(enroll(&setting(&sets[second], "enrollment.bind"), 20, "db", &more), 20);
-    let table = wait_same_keys(&[&data(rest[0]), &data(rest[1])], 62);
-    let received: Vec<_> = keys_of(&got).into_iter().chain(keys_of(&more)).collect();
-    for (id, (name, key)) in &received {
-        assert_eq!(table.get(id), Some(&(name.clone(), key.clone())), "agent {id} kept its key across the failover");
-    }
+    assert_eq!(enroll_on(second, 20, "db"), 20);
+    let web = keys_of(&dir.path().join("web.keys"));
+    let last_web = web.keys().last().expect("web agents").clone();
+    assert!(history.delete(Command::new(BIN), &api_of(second), &last_web), "deleting {last_web} after the failover");
+    let survivors: Vec<PathBuf> = rest.iter().map(|&i| data(i)).collect();
+    let logs: Vec<&Node> = nodes.iter().flatten().collect();
+    let table = wait_checked(&survivors, &history, &logs);
+    let (enrolled, deleted) = history.counts();
+    assert_eq!(table.len(), enrolled - deleted);
     let names: BTreeSet<&String> = table.values().map(|(n, _)| n).collect();
     assert_eq!(names.len(), table.len(), "no name twice");
+    drop(logs);
     for n in nodes.into_iter().flatten() {
         assert!(n.terminate().success());
     }
@@ -168,21 +167,16 @@ fn workers_follow_the_leader_through_kill_9_during_an_enrollment_storm_and_no_ac
     assert_eq!(leader_of(&workers[1]), first, "both workers connect to the leader");
 
     // An enrollment storm through worker 0; the leader is killed in the middle of it.
-    let got = dir.path().join("storm.keys");
-    let storm = Command::new(SIM)
-        .args(["--enroll", &setting(&worker_sets[0], "enrollment.bind"), "--agents", "400", "--concurrency", "8"])
-        .args(["--prefix", "storm", "--timeout", "10", "--json", "--keys-out"])
-        .arg(&got)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("agent-sim");
-    std::thread::sleep(Duration::from_millis(700));
-    nodes[first].take().expect("leader").kill_9();
-    let killed = Instant::now();
-    let out = storm.wait_with_output().expect("agent-sim ends");
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("agent-sim --json");
-    let enrolled = summary["enrolled"].as_u64().expect("enrolled");
-    eprintln!("storm: {enrolled} of 400 acknowledged, {} errors", summary["errors"]);
+    let history = History::default();
+    let through_worker = setting(&worker_sets[0], "enrollment.bind");
+    let (enrolled, killed) = std::thread::scope(|scope| {
+        let storm = scope.spawn(|| history.enroll(sim(), &through_worker, 400, 8, "storm", dir.path()));
+        std::thread::sleep(Duration::from_millis(700));
+        nodes[first].take().expect("leader").kill_9();
+        let killed = Instant::now();
+        (storm.join().expect("the storm"), killed)
+    });
+    eprintln!("storm: {enrolled} of 400 acknowledged");
     // Both workers are with the new leader.
     let rest: Vec<usize> = (0..3).filter(|&i| i != first).collect();
     for w in &workers {
@@ -197,49 +191,28 @@ fn workers_follow_the_leader_through_kill_9_during_an_enrollment_storm_and_no_ac
         }
     }
     eprintln!("workers followed the new leader within {} ms of kill -9", killed.elapsed().as_millis());
-    // Enrollment resumes through the worker.
-    let after = dir.path().join("after.keys");
-    assert_eq!(enroll(&setting(&worker_sets[0], "enrollment.bind"), 20, "after", &after), 20);
+    // Enrollment resumes through the worker; deletions through the other worker's API (it
+    // forwards them to the leader).
+    assert_eq!(history.enroll(sim(), &through_worker, 20, 8, "after", dir.path()), 20);
+    let storm = keys_of(&dir.path().join("storm.keys"));
+    let worker_api = format!("http://127.0.0.1:{}", api_port(&worker_sets[1]));
+    for id in storm.keys().take(3) {
+        assert!(history.delete(Command::new(BIN), &worker_api, id), "deleting {id} through a worker");
+    }
 
     // Every acknowledged key, and nothing else, on every surviving node.
-    let received: BTreeMap<String, (String, String)> = keys_of(&got).into_iter().chain(keys_of(&after)).collect();
-    assert_eq!(received.len() as u64, enrolled + 20, "agent-sim wrote what it acknowledged");
-    let dirs: Vec<std::path::PathBuf> = rest
+    let dirs: Vec<PathBuf> = rest
         .iter()
         .map(|i| dir.path().join(format!("m{i}")))
         .chain((0..2).map(|i| dir.path().join(format!("w{i}"))))
         .collect();
-    let start = Instant::now();
-    loop {
-        let tables: Vec<_> = dirs.iter().map(|d| keys_of(&d.join("etc/client.keys"))).collect();
-        if tables.iter().all(|t| *t == received) {
-            break;
-        }
-        let extra: Vec<_> = tables.iter().map(|t| t.keys().filter(|k| !received.contains_key(*k)).count()).collect();
-        let missing: Vec<_> = tables.iter().map(|t| received.keys().filter(|k| !t.contains_key(*k)).count()).collect();
-        if start.elapsed() > Duration::from_secs(30) {
-            let names: Vec<String> =
-                tables[0].iter().filter(|(k, _)| !received.contains_key(*k)).map(|(_, (n, _))| n.clone()).collect();
-            let log: Vec<String> = workers
-                .iter()
-                .chain(nodes.iter().flatten())
-                .flat_map(|n| n.lines())
-                .filter(|l| {
-                    names.iter().any(|n| l.contains(n.as_str()))
-                        || l.contains("WARN")
-                        || l.contains("ERROR")
-                        || l.contains("handshake complete")
-                })
-                .collect();
-            panic!(
-                "tables differ from what agents received: extra {extra:?} {names:?}, missing {missing:?}\n{}",
-                log.join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let names: BTreeSet<&String> = received.values().map(|(n, _)| n).collect();
-    assert_eq!(names.len(), received.len(), "no id or name twice");
+    let logs: Vec<&Node> = workers.iter().chain(nodes.iter().flatten()).collect();
+    let table = wait_checked(&dirs, &history, &logs);
+    drop(logs);
+    let (acknowledged, deleted) = history.counts();
+    assert_eq!((table.len(), deleted), (acknowledged - 3, 3));
+    let names: BTreeSet<&String> = table.values().map(|(n, _)| n).collect();
+    assert_eq!(names.len(), table.len(), "no id or name twice");
     for n in workers.into_iter().chain(nodes.into_iter().flatten()) {
         assert!(n.terminate().success());
     }
