@@ -67,7 +67,21 @@ impl DemoUser {
     }
 }
 
-pub fn run(workers: usize, api_port: u16) -> anyhow::Result<()> {
+/// `n` ports free on loopback now (for master-eligible nodes, which must know each other's
+/// addresses before they start).
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()
+        .context("cannot find free ports on loopback")?;
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
+/// Runs the demo: `masters` master-eligible nodes (1: a single master, as in most clusters; 3 or
+/// 5: a Raft group whose leader acts as the master) and `workers` workers.
+pub fn run(workers: usize, masters: usize, api_port: u16) -> anyhow::Result<()> {
+    anyhow::ensure!(matches!(masters, 1 | 3 | 5), "--masters is 1, 3 or 5 (a majority must survive a loss)");
+    let ha = masters > 1;
     let dir = tempfile::Builder::new()
         .prefix("wazuh-cluster-demo-")
         .tempdir()
@@ -77,53 +91,87 @@ pub fn run(workers: usize, api_port: u16) -> anyhow::Result<()> {
     let token = key::generate()?;
     let data_dir = dir.path().to_path_buf();
     let demo_user = DemoUser::new()?;
-    let mut master_cfg =
-        node_config(&data_dir, "master", "master", &key, &token, &[("api.bind", format!("127.0.0.1:{api_port}"))])?;
-    demo_user.apply(&mut master_cfg);
-    let psk = node::derive_psk(&master_cfg)?;
+    // With several masters, workers join with a standing token every master knows (a token one
+    // master issues is known to it alone).
+    let standing = wazuh_cluster_protocol::identity::JoinToken::generate()?.reveal();
+    let peers: Vec<String> =
+        if ha { free_ports(masters)?.into_iter().map(|p| format!("127.0.0.1:{p}")).collect() } else { Vec::new() };
+    let mut master_cfgs = Vec::new();
+    for i in 0..masters {
+        let name = if ha { format!("master-{}", i + 1) } else { "master".to_string() };
+        let api = if i == 0 { format!("127.0.0.1:{api_port}") } else { "127.0.0.1:0".to_string() };
+        let mut extra = vec![("api.bind", api)];
+        if ha {
+            extra.extend([
+                ("cluster.bind", peers[i].clone()),
+                ("cluster.masters", peers.join(",")),
+                ("cluster.join_token", standing.clone()),
+            ]);
+        }
+        let mut cfg = node_config(&data_dir, &name, "master", &key, &token, &extra)?;
+        demo_user.apply(&mut cfg);
+        master_cfgs.push(cfg);
+    }
+    let psk = node::derive_psk(&master_cfgs[0])?;
     let started = Instant::now();
     actix_rt::System::new().block_on(async move {
         let mut signals = node::Signals::install()?;
-        let master = match node::start(&master_cfg, psk.clone()).await {
-            Ok(m) => m,
-            Err(e) if api_port != 0 => {
-                warn!(node = "demo"; "{e:#}; using a free port for the master's API instead");
-                master_cfg.api.bind = "127.0.0.1:0".parse()?;
-                node::start(&master_cfg, psk.clone()).await?
-            }
-            Err(e) => return Err(e),
-        };
-        let node::NodeHandle::Master { cluster_addr, listener, .. } = &master.handle else {
+        let mut started_masters: Vec<RunningNode> = Vec::new();
+        for (i, cfg) in master_cfgs.iter_mut().enumerate() {
+            let node = match node::start(cfg, psk.clone()).await {
+                Ok(m) => m,
+                Err(e) if i == 0 && api_port != 0 => {
+                    warn!(node = "demo"; "{e:#}; using a free port for the master's API instead");
+                    cfg.api.bind = "127.0.0.1:0".parse()?;
+                    node::start(cfg, psk.clone()).await?
+                }
+                Err(e) => return Err(e),
+            };
+            started_masters.push(node);
+        }
+        let node::NodeHandle::Master { cluster_addr, listener, .. } = &started_masters[0].handle else {
             anyhow::bail!("the demo master did not start as a master");
         };
-        // Workers join as in production: with a join token the master issues (one for all).
-        let join = listener
-            .send(wazuh_cluster_actors::master::IssueJoinToken { ttl: Duration::from_secs(600), uses: workers as u32 })
-            .await
-            .context("the master stopped")?
-            .map_err(anyhow::Error::msg)?
-            .token
-            .reveal();
+        let join = if ha {
+            standing.clone()
+        } else {
+            // Workers join as in production: with a join token the master issues (one for all).
+            listener
+                .send(wazuh_cluster_actors::master::IssueJoinToken {
+                    ttl: Duration::from_secs(600),
+                    uses: workers as u32,
+                })
+                .await
+                .context("the master stopped")?
+                .map_err(anyhow::Error::msg)?
+                .token
+                .reveal()
+        };
+        let to_master: Vec<(&str, String)> = if ha {
+            vec![("cluster.masters", peers.join(",")), ("cluster.master", String::new())]
+        } else {
+            vec![("cluster.master", cluster_addr.to_string())]
+        };
         let mut nodes: Vec<RunningNode> = Vec::new();
         for i in 1..=workers {
-            let mut cfg = node_config(
-                &data_dir,
-                &format!("worker-{i}"),
-                "worker",
-                &key,
-                &token,
-                &[("cluster.master", cluster_addr.to_string()), ("cluster.join_token", join.clone())],
-            )?;
+            let mut extra = to_master.clone();
+            extra.push(("cluster.join_token", join.clone()));
+            let mut cfg = node_config(&data_dir, &format!("worker-{i}"), "worker", &key, &token, &extra)?;
             demo_user.apply(&mut cfg);
             nodes.push(node::start(&cfg, psk.clone()).await?);
         }
-        // Wait (up to 10 s) until every worker is listed, then show the table as the API serves it.
-        // The master's API speaks HTTPS with the certificate it made: trust that one.
-        let ca_file = master_cfg.api.cert_file.clone();
+        // Wait (up to 15 s) until a master leads (the only one, or the one the Raft group elected)
+        // and lists every worker, then show the table as its API serves it. The APIs speak HTTPS
+        // with the certificate each made: trust that of the master shown.
+        while started.elapsed() < Duration::from_secs(10) && !started_masters.iter().any(leads) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let shown = started_masters.iter().position(leads).unwrap_or(0);
+        let ca_file = master_cfgs[shown].api.cert_file.clone();
         crate::client::set_trust(crate::client::Trust { ca_file: Some(ca_file.clone()), insecure: false });
-        let api = format!("https://{}", master.api_addr);
+        let api = format!("https://{}", started_masters[shown].api_addr);
         let mut body = serde_json::Value::Null;
-        while started.elapsed() < Duration::from_secs(10) {
+        while started.elapsed() < Duration::from_secs(15) {
             let fetch = {
                 let (api, token) = (api.clone(), token.clone());
                 actix_rt::task::spawn_blocking(move || crate::client::get(&api, "/cluster/nodes", Some(&token)))
@@ -136,8 +184,17 @@ pub fn run(workers: usize, api_port: u16) -> anyhow::Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let master = &started_masters[shown];
         println!("\ndemo cluster up in {} ms (data dir {})", started.elapsed().as_millis(), data_dir.display());
         print!("{}", crate::report::nodes_table(&body));
+        if let Some(raft) = master.handle.raft_status() {
+            let status = serde_json::json!({ "data": { "raft": raft } });
+            print!("{}", crate::report::raft_table(&status));
+            println!(
+                "  master APIs: {}",
+                started_masters.iter().map(|m| format!("https://{}", m.api_addr)).collect::<Vec<_>>().join(", ")
+            );
+        }
         println!(
             "\nAPI user: wazuh / {}   (curl -k -u wazuh:{} -X POST {api}/security/user/authenticate)",
             demo_user.password, demo_user.password
@@ -145,26 +202,32 @@ pub fn run(workers: usize, api_port: u16) -> anyhow::Result<()> {
         println!("API token (every call but /health needs one): export WMN_API_TOKEN={token}");
         println!("the API's certificate (self-signed):   export WMN_API_CA={}", ca_file.display());
         println!("master API: {api}   try: wazuh-cluster nodes --api {api}   |   wazuh-cluster health --api {api}");
-        println!(
-            "enrollment: master {}{}",
-            master.enrollment_addr,
-            nodes
+        let name_of = |i: usize| if ha { format!("master-{}", i + 1) } else { "master".to_string() };
+        let list = |addr: fn(&RunningNode) -> std::net::SocketAddr| {
+            started_masters
                 .iter()
                 .enumerate()
-                .map(|(i, n)| format!(", worker-{} {}", i + 1, n.enrollment_addr))
-                .collect::<String>()
-        );
-        println!(
-            "agent connections: master {}{}",
-            master.agents_addr,
-            nodes.iter().enumerate().map(|(i, n)| format!(", worker-{} {}", i + 1, n.agents_addr)).collect::<String>()
-        );
+                .map(|(i, m)| format!("{} {}", name_of(i), addr(m)))
+                .chain(nodes.iter().enumerate().map(|(i, n)| format!("worker-{} {}", i + 1, addr(n))))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!("enrollment: {}", list(|n| n.enrollment_addr));
+        println!("agent connections: {}", list(|n| n.agents_addr));
         println!("press Ctrl-C to stop\n");
         let signal = signals.recv().await;
         info!(node = "demo"; "{signal} received, stopping the demo cluster");
         // Workers first (their goodbyes reach a master still listening), all at once.
         futures_util::future::join_all(nodes.iter().map(|n| n.shutdown("demo stopping"))).await;
-        master.shutdown("demo stopping").await;
+        futures_util::future::join_all(started_masters.iter().map(|m| m.shutdown("demo stopping"))).await;
         Ok(())
     })
+}
+
+/// Whether `node` is the master: the only one, or the Raft leader.
+fn leads(node: &RunningNode) -> bool {
+    match node.handle.raft_status() {
+        None => true,
+        Some(raft) => raft["state"] == "Leader" && raft["accepts_changes"] == true,
+    }
 }

@@ -77,6 +77,10 @@ enum Command {
         /// How many workers.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
         workers: u16,
+        /// Master-eligible nodes: 1 (a single master), or 3 or 5 (high availability: a Raft group
+        /// whose leader acts as the master; stop the leader's process to see another take over).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=5))]
+        masters: u16,
         /// The master's API port on 127.0.0.1 (0: any free port; if taken, a free one is used).
         #[arg(long, default_value_t = 55000)]
         api_port: u16,
@@ -347,9 +351,9 @@ fn execute(command: Command) -> anyhow::Result<()> {
             }
             node::run(cfg)
         }
-        Command::Demo { workers, api_port } => {
+        Command::Demo { workers, masters, api_port } => {
             logging::init(LogFormat::Text, "info", "demo");
-            demo::run(workers as usize, api_port)
+            demo::run(workers as usize, masters as usize, api_port)
         }
         Command::Nodes { api } => {
             show(&api, "/cluster/nodes", report::nodes_table)?;
