@@ -178,7 +178,14 @@ pub fn run(workers: usize, masters: usize, api_port: u16) -> anyhow::Result<()> 
             };
             if let Ok(Ok((200, text))) = fetch.await {
                 body = serde_json::from_str(&text).unwrap_or_default();
-                if body["data"]["total_affected_items"].as_u64() == Some(workers as u64 + 1) {
+                let listed: Vec<&str> = body["data"]["affected_items"]
+                    .as_array()
+                    .map(|items| items.iter().filter_map(|i| i["name"].as_str()).collect())
+                    .unwrap_or_default();
+                // Every worker (and with several masters, the others follow the leader's files).
+                if (1..=workers).all(|i| listed.contains(&format!("worker-{i}").as_str()))
+                    && listed.len() == workers + masters
+                {
                     break;
                 }
             }

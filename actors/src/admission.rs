@@ -121,6 +121,13 @@ pub fn peer_pin_file(data_dir: &Path, name: &str) -> PathBuf {
     data_dir.join("var/peers").join(format!("{name}.pub"))
 }
 
+/// Whether `name` is a master-eligible peer whose identity is pinned here (it proved it on a Raft
+/// connection): such a node following the leader's files connects as a worker, and is admitted by
+/// that identity ([`check_peer_identity`]) instead of a join token.
+pub fn is_pinned_peer(data_dir: &Path, name: &str) -> bool {
+    wazuh_cluster_protocol::handshake::check_node_name(name).is_ok() && peer_pin_file(data_dir, name).is_file()
+}
+
 /// Master-eligible nodes: checks a peer's identity as [`check_master_identity`] does, pinned per
 /// peer name in [`peer_pin_file`]. `name` comes from an authenticated hello (checked by
 /// `check_node_name`: no path separator can reach the file name).

@@ -26,6 +26,25 @@ use wazuh_cluster_protocol::message::{AdminRequest, AgentEntry, EnrollForward};
 pub enum Enroller {
     Master(crate::consensus::writes::Writes),
     Worker(Addr<WorkerLink>),
+    /// A master-eligible node: into the registry while it leads, else forwarded to the leader over
+    /// its link to the leader's files (as a worker forwards them), when it has one.
+    MasterEligible(crate::consensus::writes::Writes, tokio::sync::watch::Receiver<Option<Addr<WorkerLink>>>),
+}
+
+impl Enroller {
+    /// Where this enrollment goes (a master-eligible node decides per enrollment).
+    fn route(&self) -> Enroller {
+        match self {
+            Enroller::MasterEligible(writes, link) => {
+                let follows = writes.raft().is_some_and(|r| crate::consensus::writes::leadership(r).is_err());
+                match link.borrow().clone() {
+                    Some(link) if follows => Enroller::Worker(link),
+                    _ => Enroller::Master(writes.clone()),
+                }
+            }
+            other => other.clone(),
+        }
+    }
 }
 
 pub struct EnrollmentSettings {
@@ -265,6 +284,7 @@ async fn handle(
         key_hash: valid.key_hash.clone(),
         version: valid.version.clone(),
     };
+    let enroller = enroller.route();
     let outcome = enroll(&enroller, node, forward.clone()).await;
     let entry = match outcome {
         Ok(entry) => entry,
@@ -299,7 +319,7 @@ async fn handle(
 /// master might have created the agent anyway (the answer was lost), so it must be told to drop it.
 async fn enroll(enroller: &Enroller, node: &str, f: EnrollForward) -> Result<AgentEntry, (EnrollError, bool)> {
     match enroller {
-        Enroller::Master(writes) => {
+        Enroller::Master(writes) | Enroller::MasterEligible(writes, _) => {
             let name = f.name.clone();
             let agent = NewAgent::from_forward(f, node.to_string(), false);
             match writes.enroll(agent).await {
@@ -336,7 +356,7 @@ async fn enroll(enroller: &Enroller, node: &str, f: EnrollForward) -> Result<Age
 /// After the reply: keep or remove the agent.
 async fn settle(enroller: &Enroller, node: &str, token: &str, id: u32, delivered: bool) {
     match enroller {
-        Enroller::Master(writes) => {
+        Enroller::Master(writes) | Enroller::MasterEligible(writes, _) => {
             if !delivered {
                 if let Err(e) = writes.admin(AdminRequest::DeleteAgent { id }).await {
                     warn!(node = node; "could not remove undelivered agent {}: {e}", fmt_id(id));

@@ -337,7 +337,15 @@ impl Handler<Accepted> for MasterListener {
                 Ok(link) => {
                     let name = link.peer.node_name.clone();
                     let Some(confirmed) = link.confirmed.as_ref() else { return };
-                    match act.admission.finish(&link.peer, confirmed, crate::clock::now_ms()) {
+                    let admitted = if act.follower_files(&name) {
+                        follower_identity(&act.settings, &link.peer, confirmed).map(|_| {
+                            info!(node = node.as_str(); "master-eligible node {name} from {peer} follows this leader's files");
+                            Admitted::Known
+                        })
+                    } else {
+                        act.admission.finish(&link.peer, confirmed, crate::clock::now_ms())
+                    };
+                    match admitted {
                         Ok(Admitted::Known) => {}
                         Ok(Admitted::Joined(token)) => {
                             info!(node = node.as_str(); "admitted new worker {name} from {peer} with join token {token} (identity {})", identity_of(&link.peer));
@@ -401,8 +409,11 @@ impl Handler<Admit> for MasterListener {
                 return Box::pin(async move { Err(refusal) });
             }
         }
+        let follower = self.follower_files(&hello.node_name);
         let verdict = admit(&self.settings, &hello).and_then(|version| {
-            self.admission.check_hello(&hello, crate::clock::now_ms())?;
+            if !follower {
+                self.admission.check_hello(&hello, crate::clock::now_ms())?;
+            }
             Ok(version)
         });
         let existing = self.workers.get(&hello.node_name).filter(|w| !w.handle.is_closed()).map(|w| w.addr.clone());
@@ -428,6 +439,24 @@ impl Handler<Admit> for MasterListener {
 }
 
 use crate::admission::fingerprint_of as identity_of;
+
+impl MasterListener {
+    /// High availability: whether a worker hello named `name` comes from another master-eligible
+    /// node (its identity pinned on a Raft connection) that follows this leader's files.
+    fn follower_files(&self, name: &str) -> bool {
+        self.services.writes.raft().is_some() && crate::admission::is_pinned_peer(&self.settings.data_dir, name)
+    }
+}
+
+/// The identity a master-eligible node proves on its file link: the one pinned for its name.
+fn follower_identity(
+    settings: &ChannelSettings,
+    hello: &wazuh_cluster_protocol::handshake::Hello,
+    confirmed: &wazuh_cluster_protocol::handshake::Confirmed,
+) -> Result<bool, String> {
+    let proof = wazuh_cluster_protocol::identity::Proof::parse(&confirmed.proof).map_err(|e| e.to_string())?;
+    crate::admission::check_peer_identity(&settings.data_dir, hello, &confirmed.hash, Some(&proof.signature[..]))
+}
 
 /// Issues a join token (see [`Admission::issue`]).
 #[derive(Message)]

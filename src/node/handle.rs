@@ -145,7 +145,14 @@ impl NodeHandle {
 
     pub async fn nodes(&self) -> Vec<NodeView> {
         match self {
-            NodeHandle::Master { name, listener, cluster_addr, started_ms, .. } => {
+            NodeHandle::Master { name, listener, cluster_addr, started_ms, writes, data_dir, .. } => {
+                // High availability: the other master-eligible nodes follow the leader's files
+                // over a worker connection; they are listed as the masters they are.
+                let replicated = writes.raft().is_some();
+                let kind = |peer: &str| {
+                    let master = replicated && wazuh_cluster_actors::admission::is_pinned_peer(data_dir, peer);
+                    if master { "master" } else { "worker" }.to_string()
+                };
                 let mut out = vec![NodeView {
                     name: name.clone(),
                     kind: "master".into(),
@@ -156,8 +163,8 @@ impl NodeHandle {
                 }];
                 for w in listener.send(ListWorkers).await.unwrap_or_default() {
                     out.push(NodeView {
+                        kind: kind(&w.peer.node_name),
                         name: w.peer.node_name,
-                        kind: "worker".into(),
                         version: w.peer.software,
                         address: w.peer_addr.to_string(),
                         connected_since: Some(iso(w.connected_since_ms)),

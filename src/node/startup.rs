@@ -279,6 +279,20 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
                     Writes::replicated(registry.clone(), raft)
                 }
             };
+            let (file_link, leader_link) = tokio::sync::watch::channel(None);
+            if let Some(raft) = writes.raft().cloned() {
+                let follow = LeaderFiles {
+                    link: file_link,
+                    settings: Arc::new(ChannelSettings { role: Role::Worker, ..(*settings).clone() }),
+                    // The others (dialling itself would only be refused).
+                    masters: (config.cluster.masters.iter().enumerate())
+                        .filter(|(i, _)| Some(*i as u64 + 1) != config.cluster.raft_id)
+                        .map(|(_, m)| m.clone())
+                        .collect(),
+                    ruleset: ruleset.clone(),
+                };
+                tasks.push(actix_rt::spawn(follow.run(raft)));
+            }
             let listener = MasterListener::start(listener, settings, writes.clone(), admission)
                 .context("cannot start the master")?;
             let _ = shared.source.set(KeySource::Master(registry.clone()));
@@ -299,7 +313,10 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
                     ruleset,
                     data_dir: data_dir.clone(),
                 },
-                Enroller::Master(writes),
+                match writes.raft() {
+                    Some(_) => Enroller::MasterEligible(writes, leader_link),
+                    None => Enroller::Master(writes),
+                },
             )
         }
         (Store::Worker(replica), None, Some(master), None) => {
@@ -313,6 +330,7 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
                 agents: Some(agents.clone()),
                 ruleset: ruleset.clone(),
                 tree: Arc::new(tokio::sync::watch::Sender::new(String::new())),
+                files_only: false,
             };
             let link =
                 WorkerLink::new(settings, master.clone(), services).following(config.cluster.masters.clone()).start();
@@ -515,4 +533,78 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             None => Ok(()),
         }
     })
+}
+
+/// High availability: a master-eligible node that does not lead syncs the leader's files as a
+/// worker does (a [`WorkerLink`] following the leader, files only: its registry comes through the
+/// Raft log), so that whichever node leads next serves the same rules, decoders, lists and group
+/// files; while it leads, it has no such link. Enrollments on its own 1515 go over the same link.
+struct LeaderFiles {
+    /// The node's channel settings with the worker role (the leader admits it by the identity
+    /// it pinned for the node's name on their Raft connections).
+    settings: Arc<ChannelSettings>,
+    masters: Vec<String>,
+    ruleset: Option<super::handle::Ruleset>,
+    /// The link while there is one (enrollments on this node's 1515 are forwarded over it).
+    link: tokio::sync::watch::Sender<Option<Addr<WorkerLink>>>,
+}
+
+impl LeaderFiles {
+    async fn run(self, raft: wazuh_cluster_actors::consensus::network::Raft) {
+        let node = self.settings.node_name.clone();
+        let mut metrics = raft.metrics();
+        let mut link: Option<Addr<WorkerLink>> = None;
+        loop {
+            let (leads, leader) = {
+                let m = metrics.borrow();
+                let leader = m
+                    .current_leader
+                    .filter(|l| *l != m.id)
+                    .and_then(|l| m.membership_config.nodes().find(|(id, _)| **id == l).map(|(_, n)| n.addr.clone()));
+                (m.state.is_leader(), leader)
+            };
+            match (&link, leads, leader) {
+                (None, false, Some(leader)) => match self.services() {
+                    Ok(services) => {
+                        info!(node = node.as_str(); "following the files of the leader at {leader}");
+                        let follow = WorkerLink::new(self.settings.clone(), leader, services);
+                        link = Some(follow.following(self.masters.clone()).start());
+                    }
+                    Err(e) => {
+                        error!(node = node.as_str(); "cannot follow the leader's files: {e:#}");
+                        return;
+                    }
+                },
+                (Some(l), true, _) => {
+                    info!(node = node.as_str(); "this node leads: its files are the ones the others follow");
+                    let _ = l.send(worker::Shutdown { reason: "this node leads the masters now".into() }).await;
+                    link = None;
+                }
+                _ => {}
+            }
+            self.link.send_if_modified(|now| {
+                let changed = *now != link;
+                now.clone_from(&link);
+                changed
+            });
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// What the file link needs of a worker: an agent replica it never fills (kept apart, under
+    /// var/leader-files) and the node's ruleset reloader.
+    fn services(&self) -> anyhow::Result<WorkerServices> {
+        let dir = self.settings.data_dir.join("var/leader-files");
+        let replica = Replica::open(&dir).with_context(|| format!("cannot open {}", dir.display()))?;
+        let name = format!("{}-files-replica", self.settings.node_name);
+        Ok(WorkerServices {
+            replica: StoreHandle::spawn(&name, replica, Replica::seq).context("cannot start a thread")?,
+            agents: None,
+            ruleset: self.ruleset.clone(),
+            tree: Arc::new(tokio::sync::watch::Sender::new(String::new())),
+            files_only: true,
+        })
+    }
 }

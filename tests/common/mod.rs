@@ -169,5 +169,6 @@ pub fn worker_services() -> WorkerServices {
         agents: None,
         ruleset: None,
         tree: Arc::new(tokio::sync::watch::Sender::new(String::new())),
+        files_only: false,
     }
 }

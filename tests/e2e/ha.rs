@@ -16,21 +16,53 @@ fn sim() -> Command {
     Command::new(SIM)
 }
 
-/// The index of the node that takes an enrollment (the leader), trying each in turn.
+/// `wazuh-cluster nodes` against node `i`'s API: its view of the masters.
+fn view(sets: &[Vec<String>], i: usize) -> String {
+    let out = Command::new(BIN)
+        .args(["nodes", "--api", &format!("http://127.0.0.1:{}", api_port(&sets[i]))])
+        .env("WMN_API_TOKEN", API_TOKEN)
+        .output()
+        .expect("nodes");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Whether a `wazuh-cluster nodes` view is that of a leader taking changes.
+pub fn leads(view: &str) -> bool {
+    view.lines().any(|l| l.starts_with("masters:") && l.ends_with("is Leader")) && !view.contains("accepts no change")
+}
+
+/// The index of the leader among `alive` (the one that says it leads and takes an enrollment).
 fn leader(sets: &[Vec<String>], alive: &[usize], history: &History, dir: &Path, within: Duration) -> usize {
     let start = Instant::now();
     for round in 0.. {
         for &i in alive {
-            if history.enroll(sim(), &setting(&sets[i], "enrollment.bind"), 1, 1, &format!("probe-{round}-{i}"), dir)
-                == 1
+            if leads(&view(sets, i))
+                && history.enroll(
+                    sim(),
+                    &setting(&sets[i], "enrollment.bind"),
+                    1,
+                    1,
+                    &format!("probe-{round}-{i}"),
+                    dir,
+                ) == 1
             {
                 return i;
             }
         }
-        assert!(start.elapsed() < within, "no node took an enrollment within {within:?}");
+        assert!(start.elapsed() < within, "no node led and took an enrollment within {within:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
     unreachable!()
+}
+
+/// Waits until every data dir in `dirs` holds `content` at `path`: how long it took.
+fn wait_files(dirs: &[PathBuf], path: &str, content: &[u8]) -> Duration {
+    let start = Instant::now();
+    while !dirs.iter().all(|d| std::fs::read(d.join(path)).is_ok_and(|c| c == content)) {
+        assert!(start.elapsed() < WAIT, "{path} did not reach {dirs:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
 }
 
 /// Waits until every node in `dirs` holds the same agents and the checker finds nothing wrong
@@ -79,16 +111,7 @@ fn three_master_processes_elect_a_leader_replicate_enrollments_and_survive_kill_
     let first = leader(&sets, &[0, 1, 2], &history, dir.path(), Duration::from_secs(15));
     // `wazuh-cluster nodes` on every member names the same leader (the one taking enrollments),
     // with one term, and exactly one member says it leads.
-    let views: Vec<String> = (0..3)
-        .map(|i| {
-            let out = Command::new(BIN)
-                .args(["nodes", "--api", &format!("http://127.0.0.1:{}", api_port(&sets[i]))])
-                .env("WMN_API_TOKEN", API_TOKEN)
-                .output()
-                .expect("nodes");
-            String::from_utf8_lossy(&out.stdout).to_string()
-        })
-        .collect();
+    let views: Vec<String> = (0..3).map(|i| view(&sets, i)).collect();
     let leader_line =
         |v: &str| v.lines().find(|l| l.starts_with("masters: term")).map(String::from).unwrap_or_default();
     let heads: Vec<String> =
@@ -105,9 +128,18 @@ fn three_master_processes_elect_a_leader_replicate_enrollments_and_survive_kill_
     for id in ["002", "003"] {
         assert!(history.delete(Command::new(BIN), &api_of(first), id), "deleting {id}");
     }
+    // The leader's files are the truth: a rule file written on it reaches both followers.
+    let rule = "etc/rules/ha_rules.xml";
+    std::fs::create_dir_all(data(first).join("etc/rules")).expect("etc/rules");
+    std::fs::write(data(first).join(rule), b"<group name=\"ha\"/>\n").expect("write a rule file");
+    let others: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    let took = wait_files(&others.iter().map(|&i| data(i)).collect::<Vec<_>>(), rule, b"<group name=\"ha\"/>\n");
+    eprintln!("a rule file written on leader m{first} was on both followers {} ms later", took.as_millis());
+    // A follower's own 1515 takes enrollments too: it forwards them to the leader, as a worker.
+    assert_eq!(enroll_on(others[0], 10, "via-follower"), 10);
     let all: Vec<PathBuf> = (0..3).map(data).collect();
     let logs: Vec<&Node> = nodes.iter().flatten().collect();
-    assert_eq!(wait_checked(&all, &history, &logs).len(), 41 - 2);
+    assert_eq!(wait_checked(&all, &history, &logs).len(), 41 + 10 - 2);
     drop(logs);
 
     // kill -9 of the leader: another member takes enrollments within seconds.
@@ -125,6 +157,14 @@ fn three_master_processes_elect_a_leader_replicate_enrollments_and_survive_kill_
     let table = wait_checked(&survivors, &history, &logs);
     let (enrolled, deleted) = history.counts();
     assert_eq!(table.len(), enrolled - deleted);
+    // The new leader kept the files; the remaining follower now follows its files.
+    let after = b"<group name=\"after-failover\"/>\n";
+    std::fs::write(data(second).join(rule), after).expect("edit the rule file on the new leader");
+    let other = rest.iter().copied().find(|&i| i != second).expect("a follower");
+    wait_files(&[data(other)], rule, after);
+    // ... and forwards enrollments to the new leader.
+    assert_eq!(enroll_on(other, 5, "via-new-follower"), 5);
+    wait_checked(&survivors, &history, &nodes.iter().flatten().collect::<Vec<_>>());
     let names: BTreeSet<&String> = table.values().map(|(n, _)| n).collect();
     assert_eq!(names.len(), table.len(), "no name twice");
     drop(logs);

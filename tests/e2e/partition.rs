@@ -91,12 +91,14 @@ fn registry_line(view: &str) -> Option<String> {
     view.lines().find(|l| l.trim_start().starts_with("registry: change")).map(|l| l.trim().to_string())
 }
 
-/// The first of `among` that takes an enrollment (so: leads, with a majority), trying each in turn.
+/// The one of `among` that leads (says so, with a majority) and takes an enrollment.
 fn leader(net: &Net, among: &[usize], history: &History, dir: &std::path::Path, within: Duration) -> usize {
     let start = Instant::now();
     for round in 0.. {
         for &i in among {
-            if history.enroll(net.exec(i, SIM), ENROLL, 1, 1, &format!("probe-{round}-{i}"), dir) == 1 {
+            if crate::ha::leads(&view(net, i))
+                && history.enroll(net.exec(i, SIM), ENROLL, 1, 1, &format!("probe-{round}-{i}"), dir) == 1
+            {
                 return i;
             }
         }
@@ -181,7 +183,7 @@ fn a_leader_cut_off_by_a_partition_refuses_changes_the_majority_goes_on_and_all_
     };
     eprintln!("all three at \"{converged}\" {} ms after healing", healed.elapsed().as_millis());
     let views: Vec<String> = (0..3).map(|i| view(&net, i)).collect();
-    let leads = |v: &String| v.lines().any(|l| l.starts_with("masters:") && l.ends_with("is Leader"));
+    let leads = |v: &String| crate::ha::leads(v);
     assert_eq!(views.iter().filter(|v| leads(v)).count(), 1, "one leader after healing: {views:?}");
     assert!(!leads(&views[first]), "the old leader follows after healing: {}", views[first]);
 

@@ -40,6 +40,9 @@ pub struct WorkerServices {
     /// The digest of the worker's files the last time a sync round ended with them as the
     /// master's (kept across connections).
     pub tree: Arc<tokio::sync::watch::Sender<String>>,
+    /// A master-eligible node following the leader's files: it syncs files only, and never asks
+    /// for the agent table (its registry comes through the Raft log).
+    pub files_only: bool,
 }
 
 /// The job actors of the worker's connection.
@@ -119,7 +122,12 @@ impl WorkerJobs {
         controls.add("AgentGroupsSend", &agent_groups, groups_health);
         controls.add("Integrity", &integrity, ih);
         let backoff = settings.jobs.restart_backoff();
-        let tasks = vec![actix_rt::spawn(tell_position(services.replica.clone(), conn.clone(), backoff))];
+        // The master pushes the agent table once it knows the replica's position.
+        let tasks = if services.files_only {
+            Vec::new()
+        } else {
+            vec![actix_rt::spawn(tell_position(services.replica.clone(), conn.clone(), backoff))]
+        };
         Rc::new(WorkerJobs {
             agent_groups,
             integrity,
