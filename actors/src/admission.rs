@@ -142,6 +142,23 @@ pub fn check_peer_identity(
     check_pinned_identity(&pin, "master-eligible peer", "node", hello, hello_hash, signature)
 }
 
+/// A master-eligible peer on a connection it opened: its identity must be the one pinned for its
+/// name, which only this node's own dials to the members' configured addresses pin.
+pub fn check_known_peer_identity(
+    data_dir: &Path,
+    hello: &Hello,
+    hello_hash: &[u8],
+    signature: &[u8],
+) -> Result<(), String> {
+    if !is_pinned_peer(data_dir, &hello.node_name) {
+        return Err(format!(
+            "no master-eligible node at a configured address answers as {:?}: not a member",
+            hello.node_name
+        ));
+    }
+    check_peer_identity(data_dir, hello, hello_hash, Some(signature)).map(|_| ())
+}
+
 /// The identity in `hello` must sign `hello_hash` and be the key pinned in `path` (pinned now
 /// when there is none: `Ok(true)`).
 fn check_pinned_identity(

@@ -325,14 +325,16 @@ impl Handler<Accepted> for MasterListener {
                 Ok(link) if link.peer.role == Role::Master => {
                     let name = link.peer.node_name.clone();
                     let Some(raft) = act.services.writes.raft().cloned() else { return };
-                    match crate::consensus::network::serve_peer(link, &act.settings, raft) {
+                    let settings = act.settings.clone();
+                    let served = async move { crate::consensus::network::serve_peer(link, &settings, raft).await };
+                    ctx.spawn(served.into_actor(act).map(move |result, act, _| match result {
                         Ok(()) => debug!(node = node.as_str(); "serving raft to master-eligible peer {name} from {peer}"),
                         Err(e) => {
                             if let Some(n) = act.refusals.allow(&format!("peer {name}: {e}")) {
                                 warn!(node = node.as_str(); "closing connection of master-eligible peer {name} from {peer}: {e}{}", suppressed(n));
                             }
                         }
-                    }
+                    }));
                 }
                 Ok(link) => {
                     let name = link.peer.node_name.clone();

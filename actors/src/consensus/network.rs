@@ -48,29 +48,45 @@ pub async fn accept_peer(stream: TcpStream, settings: Arc<ChannelSettings>, raft
         async move { decided }
     })
     .await?;
-    serve_peer(link, &settings, raft)
+    serve_peer(link, &settings, raft).await
 }
 
-/// Checks the identity of a peer whose handshake completed (pinned for its name at its first
-/// connection) and serves its Raft RPCs with `raft` until it closes.
-pub fn serve_peer(link: link::Link, settings: &Arc<ChannelSettings>, raft: Raft) -> Result<(), LinkError> {
+/// Checks the identity of a peer whose handshake completed and serves its Raft RPCs with `raft`
+/// until it closes. A peer's identity is learnt only by dialling the members' configured
+/// addresses (this node's own Raft connections, or here: when a name is not known yet, every
+/// member not known yet is dialled first), never from a connection it opened: a holder of the
+/// cluster key who says it is a master under a new name, or under a member's name with another
+/// key, is refused.
+pub async fn serve_peer(link: link::Link, settings: &Arc<ChannelSettings>, raft: Raft) -> Result<(), LinkError> {
     let confirmed = link.confirmed.clone().ok_or(LinkError::Closed)?;
     let proof = wazuh_cluster_protocol::identity::Proof::parse(&confirmed.proof)
         .map_err(|e| LinkError::MasterIdentity(e.to_string()))?;
-    let pinned = crate::admission::check_peer_identity(
-        &settings.data_dir,
-        &link.peer,
-        &confirmed.hash,
-        Some(&proof.signature[..]),
-    )
-    .map_err(LinkError::MasterIdentity)?;
-    if pinned {
-        log::info!(node = settings.node_name.as_str(); "pinned the identity of master-eligible peer {} ({})", link.peer.node_name, crate::admission::fingerprint_of(&link.peer));
+    let name = link.peer.node_name.clone();
+    if !crate::admission::is_pinned_peer(&settings.data_dir, &name) {
+        learn_members(settings, &raft).await;
     }
+    crate::admission::check_known_peer_identity(&settings.data_dir, &link.peer, &confirmed.hash, &proof.signature[..])
+        .map_err(LinkError::MasterIdentity)?;
     let (handle, transport) = connection::open::<PeerAcceptSide>(link, settings);
     let serve = Rc::new(ServeRaft { raft, handle: handle.clone() });
     ConnectionActor::start(transport, handle, serve, None);
     Ok(())
+}
+
+/// Dials every other member's configured address, in parallel, each within the handshake
+/// timeout: each that answers has its identity pinned under the name it gives (see
+/// [`link::dial_checking`]). Connections are closed at once.
+async fn learn_members(settings: &Arc<ChannelSettings>, raft: &Raft) {
+    let m = raft.metrics().borrow().clone();
+    let others: Vec<String> =
+        m.membership_config.nodes().filter(|(id, _)| **id != m.id).map(|(_, n)| n.addr.clone()).collect();
+    let dials = others.iter().map(|addr| async move {
+        match link::dial_checking(addr, settings, Pin::Peer).await {
+            Ok(_) => {}
+            Err(e) => log::debug!(node = settings.node_name.as_str(); "checking master-eligible peer at {addr}: {e}"),
+        }
+    });
+    futures_util::future::join_all(dials).await;
 }
 
 /// Answers a peer's Raft RPCs with the local Raft node.
@@ -391,6 +407,51 @@ mod tests {
         converged(&rest, Duration::from_secs(5)).await;
         assert_eq!(table(rest[0]).await.0.len(), 3);
         for m in &rest {
+            m.raft.shutdown().await.unwrap();
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_holder_of_the_cluster_key_is_no_member_under_a_new_name_nor_under_a_members_name() {
+        let mut listeners = Vec::new();
+        let mut masters = Vec::new();
+        for _ in 1..=3u64 {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            masters.push(l.local_addr().unwrap().to_string());
+            listeners.push(l);
+        }
+        let mut members = Vec::new();
+        for (id, l) in (1..=3u64).zip(listeners) {
+            members.push(member(id, l, &masters).await);
+        }
+        let all: Vec<&Member> = members.iter().collect();
+        let leader_id = agreed_leader(&all, Duration::from_secs(10)).await;
+        let term = members[0].raft.metrics().borrow().current_term;
+        // Same cluster key, the master role, its own identity: under a new name, and under the name
+        // of a member (m2) with another key. A vote request of a far later term, if it were
+        // served, would depose the leader.
+        for name in ["intruder", "m2"] {
+            let mut s = crate::settings::test_settings(name);
+            s.data_dir = tempfile::tempdir().unwrap().keep();
+            let mut client = PeerClient {
+                target: 1,
+                addr: masters[0].clone(),
+                settings: Arc::new(s),
+                arbiter: actix_rt::Arbiter::current(),
+                conn: None,
+            };
+            let vote = VoteRequest::new(openraft::Vote::new(term + 100, 99), None);
+            let answer = client.vote(vote, RPCOption::new(Duration::from_secs(2))).await;
+            assert!(answer.is_err(), "{name}: {answer:?}");
+            let pin = crate::admission::peer_pin_file(members[0]._dir.path(), name);
+            if name == "intruder" {
+                assert!(!pin.exists(), "an intruder's identity is never pinned");
+            }
+        }
+        let m = members[0].raft.metrics().borrow().clone();
+        assert!(m.current_term < term + 100, "the intruder's term reached a member: {}", m.current_term);
+        assert_eq!(agreed_leader(&all, Duration::from_secs(5)).await, leader_id, "the leader stays");
+        for m in &members {
             m.raft.shutdown().await.unwrap();
         }
     }
