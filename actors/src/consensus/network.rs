@@ -320,6 +320,22 @@ mod tests {
         Member { id, raft, registry, accept, _dir: dir }
     }
 
+    /// Three members on loopback, and their addresses.
+    async fn three_members() -> (Vec<Member>, Vec<String>) {
+        let mut listeners = Vec::new();
+        let mut masters = Vec::new();
+        for _ in 1..=3u64 {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            masters.push(l.local_addr().unwrap().to_string());
+            listeners.push(l);
+        }
+        let mut members = Vec::new();
+        for (id, l) in (1..=3u64).zip(listeners) {
+            members.push(member(id, l, &masters).await);
+        }
+        (members, masters)
+    }
+
     /// The leader all of `members` agree on, once they do.
     async fn agreed_leader(members: &[&Member], within: Duration) -> u64 {
         let start = Instant::now();
@@ -366,18 +382,8 @@ mod tests {
 
     #[actix_rt::test]
     async fn three_masters_elect_a_leader_over_the_cluster_channel_replicate_enrollments_and_survive_its_loss() {
-        let mut listeners = Vec::new();
-        let mut masters = Vec::new();
-        for _ in 1..=3u64 {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            masters.push(l.local_addr().unwrap().to_string());
-            listeners.push(l);
-        }
         // Every member proposes the same membership; one proposal wins.
-        let mut members = Vec::new();
-        for (id, l) in (1..=3u64).zip(listeners) {
-            members.push(member(id, l, &masters).await);
-        }
+        let (members, _) = three_members().await;
         let all: Vec<&Member> = members.iter().collect();
         let leader_id = agreed_leader(&all, Duration::from_secs(10)).await;
         let leader = members.iter().find(|m| m.id == leader_id).unwrap();
@@ -413,17 +419,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_holder_of_the_cluster_key_is_no_member_under_a_new_name_nor_under_a_members_name() {
-        let mut listeners = Vec::new();
-        let mut masters = Vec::new();
-        for _ in 1..=3u64 {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            masters.push(l.local_addr().unwrap().to_string());
-            listeners.push(l);
-        }
-        let mut members = Vec::new();
-        for (id, l) in (1..=3u64).zip(listeners) {
-            members.push(member(id, l, &masters).await);
-        }
+        let (members, masters) = three_members().await;
         let all: Vec<&Member> = members.iter().collect();
         let leader_id = agreed_leader(&all, Duration::from_secs(10)).await;
         let term = members[0].raft.metrics().borrow().current_term;
