@@ -321,12 +321,16 @@ async fn enroll(enroller: &Enroller, node: &str, f: EnrollForward) -> Result<Age
     match enroller {
         Enroller::Master(writes) | Enroller::MasterEligible(writes, _) => {
             let name = f.name.clone();
-            let agent = NewAgent::from_forward(f, node.to_string(), false);
+            // Replicated, the agent stays pending until its reply is delivered, as one a worker
+            // forwards: an entry that commits after its answer timed out is then removed.
+            let replicated = writes.raft().is_some();
+            let agent = NewAgent::from_forward(f, node.to_string(), replicated);
             match writes.enroll(agent).await {
                 Ok(outcome) => outcome.map_err(|e| (e, false)),
                 Err(e) => {
                     warn!(node = node; "enrollment of {name} failed in the registry: {e}");
-                    Err((EnrollError::Internal(name), false))
+                    let uncertain = replicated && matches!(e, crate::registry::StoreError::NotCommitted(_));
+                    Err((EnrollError::Internal(name), uncertain))
                 }
             }
         }
@@ -356,6 +360,12 @@ async fn enroll(enroller: &Enroller, node: &str, f: EnrollForward) -> Result<Age
 /// After the reply: keep or remove the agent.
 async fn settle(enroller: &Enroller, node: &str, token: &str, id: u32, delivered: bool) {
     match enroller {
+        Enroller::Master(writes) | Enroller::MasterEligible(writes, _) if writes.raft().is_some() => {
+            // Kept (delivered) or removed; if this fails, an undelivered agent expires as pending.
+            if let Err(e) = writes.resolve(token.to_string(), delivered).await {
+                warn!(node = node; "enrollment {token} not settled (delivered: {delivered}): {e}");
+            }
+        }
         Enroller::Master(writes) | Enroller::MasterEligible(writes, _) => {
             if !delivered {
                 if let Err(e) = writes.admin(AdminRequest::DeleteAgent { id }).await {
