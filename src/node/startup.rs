@@ -459,8 +459,26 @@ impl RunningNode {
     /// Resolves if the node's store thread dies, with why (the node cannot go on without it).
     pub async fn store_died(&self) -> String {
         match &self.handle {
-            NodeHandle::Master { registry, .. } => {
-                format!("the agent registry thread stopped: {}", registry.stopped().await)
+            NodeHandle::Master { registry, writes, .. } => {
+                let registry = async { format!("the agent registry thread stopped: {}", registry.stopped().await) };
+                let Some(raft) = writes.raft().cloned() else { return registry.await };
+                // A member whose Raft stopped (a storage failure) can take no part in the group:
+                // the node exits, for its supervisor to start it again from its log.
+                let raft_stopped = async move {
+                    let mut metrics = raft.metrics();
+                    loop {
+                        if let Err(e) = &metrics.borrow().running_state {
+                            return format!("the Raft member stopped: {e}");
+                        }
+                        if metrics.changed().await.is_err() {
+                            return "the Raft member stopped".to_string();
+                        }
+                    }
+                };
+                tokio::select! {
+                    why = registry => why,
+                    why = raft_stopped => why,
+                }
             }
             NodeHandle::Worker { replica, .. } => {
                 format!("the agent replica thread stopped: {}", replica.stopped().await)

@@ -37,24 +37,25 @@ openraft::declare_raft_types!(
 /// openraft's storage error for this type config.
 pub type StorageError = openraft::StorageError<u64>;
 
-/// Raft's timers, in milliseconds.
+/// Raft's timers, in milliseconds, and how much log it keeps.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
     pub heartbeat: u64,
     pub election_min: u64,
     pub election_max: u64,
+    /// How many entries make a new snapshot.
+    pub snapshot_every: u64,
+    /// Entries kept after a snapshot (a follower behind by fewer gets entries, not a snapshot).
+    pub logs_kept: u64,
 }
 
 impl Timing {
     /// A leader heard from every 250 ms; a follower that hears nothing for 1 to 2 s (random, so
-    /// that one candidate usually wins) starts an election: a new leader within about 2.5 s.
-    pub const DEFAULT: Timing = Timing { heartbeat: 250, election_min: 1_000, election_max: 2_000 };
+    /// that one candidate usually wins) starts an election: a new leader within about 2.5 s. A
+    /// snapshot every 10,000 entries, 1,000 kept after it.
+    pub const DEFAULT: Timing =
+        Timing { heartbeat: 250, election_min: 1_000, election_max: 2_000, snapshot_every: 10_000, logs_kept: 1_000 };
 }
-
-/// Entries kept after a snapshot (a follower that is behind by fewer gets entries, not a snapshot),
-/// and how many entries make a new snapshot.
-const LOGS_KEPT: u64 = 1_000;
-const SNAPSHOT_EVERY: u64 = 10_000;
 
 /// The registry generation every member of a replicated group uses: a digest of the cluster's
 /// name and its master-eligible nodes (the same on every member, never 0).
@@ -82,8 +83,8 @@ pub async fn start_member(
         heartbeat_interval: timing.heartbeat,
         election_timeout_min: timing.election_min,
         election_timeout_max: timing.election_max,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
-        max_in_snapshot_log_to_keep: LOGS_KEPT,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(timing.snapshot_every),
+        max_in_snapshot_log_to_keep: timing.logs_kept,
         ..Default::default()
     }
     .validate()

@@ -287,29 +287,66 @@ mod tests {
     use std::collections::BTreeSet;
     use std::time::{Duration, Instant};
 
+    /// A member running on an arbiter (a thread and runtime) of its own: stopping the arbiter
+    /// closes every socket it holds, as the end of a process does.
     struct Member {
         id: u64,
         raft: Raft,
         registry: StoreHandle<Registry>,
-        accept: actix_rt::task::JoinHandle<()>,
+        arbiter: actix_rt::Arbiter,
         _dir: tempfile::TempDir,
     }
 
+    impl Member {
+        /// Stops the member as a crash would, keeping its data dir.
+        async fn stop(self) -> tempfile::TempDir {
+            let _ = self.raft.shutdown().await;
+            self.arbiter.stop();
+            let _ = self.arbiter.join();
+            self._dir
+        }
+    }
+
+    const FAST: crate::consensus::Timing = crate::consensus::Timing {
+        heartbeat: 100,
+        election_min: 400,
+        election_max: 800,
+        snapshot_every: 10_000,
+        logs_kept: 1_000,
+    };
+
     async fn member(id: u64, listener: tokio::net::TcpListener, masters: &[String]) -> Member {
-        let dir = tempfile::tempdir().unwrap();
+        member_in(id, listener, masters, tempfile::tempdir().unwrap(), FAST).await
+    }
+
+    /// Member `id` with its data in `dir` (a new one, or one a stopped member left).
+    async fn member_in(
+        id: u64,
+        listener: tokio::net::TcpListener,
+        masters: &[String],
+        dir: tempfile::TempDir,
+        timing: crate::consensus::Timing,
+    ) -> Member {
+        // The same identity across a restart (the others pinned it).
         let mut s = crate::settings::test_settings(&format!("m{id}"));
+        if let Ok((kept, _)) = crate::admission::load_or_create_identity(dir.path()) {
+            s.identity = Arc::new(kept);
+        }
         s.data_dir = dir.path().to_path_buf();
         let settings = Arc::new(s);
         let registry =
             StoreHandle::spawn("raft-test-registry", Registry::open(dir.path()).unwrap(), Registry::seq).unwrap();
-        let timing = crate::consensus::Timing { heartbeat: 100, election_min: 400, election_max: 800 };
-        let raft = crate::consensus::start_member(id, masters, settings.clone(), registry.clone(), dir.path(), timing)
-            .await
-            .unwrap();
-        let (r, s) = (raft.clone(), settings.clone());
-        let accept = actix_rt::spawn(async move {
+        let listener = listener.into_std().unwrap();
+        let (masters, path, reg) = (masters.to_vec(), dir.path().to_path_buf(), registry.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let arbiter = actix_rt::Arbiter::new();
+        arbiter.spawn(async move {
+            let raft =
+                crate::consensus::start_member(id, &masters, settings.clone(), reg, &path, timing).await.unwrap();
+            let _ = tx.send(raft.clone());
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             while let Ok((stream, _)) = listener.accept().await {
-                let (r, s) = (r.clone(), s.clone());
+                let (r, s) = (raft.clone(), settings.clone());
                 actix_rt::spawn(async move {
                     if let Err(e) = accept_peer(stream, s, r).await {
                         log::warn!("peer refused: {e}");
@@ -317,7 +354,8 @@ mod tests {
                 });
             }
         });
-        Member { id, raft, registry, accept, _dir: dir }
+        let raft = rx.await.unwrap();
+        Member { id, raft, registry, arbiter, _dir: dir }
     }
 
     /// Three members on loopback, and their addresses.
@@ -400,8 +438,8 @@ mod tests {
 
         // The leader is lost: the two others elect one of them and go on from the same table.
         let lost = Instant::now();
-        leader.accept.abort();
-        leader.raft.shutdown().await.unwrap();
+        let _ = leader.raft.shutdown().await;
+        leader.arbiter.stop();
         let rest: Vec<&Member> = members.iter().filter(|m| m.id != leader_id).collect();
         let new_leader_id = agreed_leader(&rest, Duration::from_secs(10)).await;
         eprintln!("new leader {new_leader_id} {} ms after the loss of {leader_id}", lost.elapsed().as_millis());
@@ -412,8 +450,9 @@ mod tests {
         assert_eq!(enroll(new_leader, "web-1").await, first);
         converged(&rest, Duration::from_secs(5)).await;
         assert_eq!(table(rest[0]).await.0.len(), 3);
-        for m in &rest {
-            m.raft.shutdown().await.unwrap();
+        drop(rest);
+        for m in members {
+            m.stop().await;
         }
     }
 
@@ -447,8 +486,70 @@ mod tests {
         let m = members[0].raft.metrics().borrow().clone();
         assert!(m.current_term < term + 100, "the intruder's term reached a member: {}", m.current_term);
         assert_eq!(agreed_leader(&all, Duration::from_secs(5)).await, leader_id, "the leader stays");
-        for m in &members {
-            m.raft.shutdown().await.unwrap();
+        for m in members {
+            m.stop().await;
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_member_away_past_the_kept_log_catches_up_from_a_snapshot_over_the_network() {
+        let timing = crate::consensus::Timing { snapshot_every: 20, logs_kept: 5, ..FAST };
+        let mut listeners = Vec::new();
+        let mut masters = Vec::new();
+        for _ in 1..=3u64 {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            masters.push(l.local_addr().unwrap().to_string());
+            listeners.push(l);
+        }
+        let mut members = Vec::new();
+        for (id, l) in (1..=3u64).zip(listeners) {
+            members.push(member_in(id, l, &masters, tempfile::tempdir().unwrap(), timing).await);
+        }
+        let leader_id = agreed_leader(&members.iter().collect::<Vec<_>>(), Duration::from_secs(10)).await;
+        // A follower goes away (its data dir and address kept).
+        let at = members.iter().position(|m| m.id != leader_id).unwrap();
+        let away = members.remove(at);
+        let (away_id, away_index) = (away.id, away.raft.metrics().borrow().last_log_index);
+        let away_dir = away.stop().await;
+        // The two others go on well past what the log keeps: snapshots, and the log purged.
+        let leader = members.iter().find(|m| m.id == leader_id).unwrap();
+        for i in 0..60 {
+            enroll(leader, &format!("db-{i}")).await;
+        }
+        // (Snapshots are built, and the log purged, in the background.)
+        let start = Instant::now();
+        let purged = loop {
+            let m = leader.raft.metrics().borrow().clone();
+            let purged = m.purged.map(|l| l.index);
+            if purged > away_index {
+                break purged;
+            }
+            assert!(start.elapsed() < Duration::from_secs(5), "the leader kept its log: {m:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        // It comes back at the same address: only a snapshot can bring it up to date.
+        let l = tokio::net::TcpListener::bind(&masters[away_id as usize - 1]).await.unwrap();
+        let back = member_in(away_id, l, &masters, away_dir, timing).await;
+        members.push(back);
+        let back = members.iter().find(|m| m.id == away_id).unwrap();
+        let leader = members.iter().find(|m| m.id == leader_id).unwrap();
+        let start = Instant::now();
+        while table(back).await.0.len() < 60 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "not caught up: {:?}\nleader: {:?}",
+                back.raft.metrics().borrow(),
+                leader.raft.metrics().borrow()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let all: Vec<&Member> = members.iter().collect();
+        converged(&all, Duration::from_secs(10)).await;
+        assert_eq!(table(back).await.0.len(), 60);
+        let installed = back.raft.metrics().borrow().snapshot.map(|l| l.index);
+        assert!(installed >= purged, "it holds a snapshot from the leader: {installed:?}");
+        for m in members {
+            m.stop().await;
         }
     }
 }
