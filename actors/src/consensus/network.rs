@@ -315,10 +315,6 @@ mod tests {
         logs_kept: 1_000,
     };
 
-    async fn member(id: u64, listener: tokio::net::TcpListener, masters: &[String]) -> Member {
-        member_in(id, listener, masters, tempfile::tempdir().unwrap(), FAST).await
-    }
-
     /// Member `id` with its data in `dir` (a new one, or one a stopped member left).
     async fn member_in(
         id: u64,
@@ -359,7 +355,7 @@ mod tests {
     }
 
     /// Three members on loopback, and their addresses.
-    async fn three_members() -> (Vec<Member>, Vec<String>) {
+    async fn three_members(timing: crate::consensus::Timing) -> (Vec<Member>, Vec<String>) {
         let mut listeners = Vec::new();
         let mut masters = Vec::new();
         for _ in 1..=3u64 {
@@ -369,7 +365,7 @@ mod tests {
         }
         let mut members = Vec::new();
         for (id, l) in (1..=3u64).zip(listeners) {
-            members.push(member(id, l, &masters).await);
+            members.push(member_in(id, l, &masters, tempfile::tempdir().unwrap(), timing).await);
         }
         (members, masters)
     }
@@ -421,7 +417,7 @@ mod tests {
     #[actix_rt::test]
     async fn three_masters_elect_a_leader_over_the_cluster_channel_replicate_enrollments_and_survive_its_loss() {
         // Every member proposes the same membership; one proposal wins.
-        let (members, _) = three_members().await;
+        let (members, _) = three_members(FAST).await;
         let all: Vec<&Member> = members.iter().collect();
         let leader_id = agreed_leader(&all, Duration::from_secs(10)).await;
         let leader = members.iter().find(|m| m.id == leader_id).unwrap();
@@ -458,7 +454,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_holder_of_the_cluster_key_is_no_member_under_a_new_name_nor_under_a_members_name() {
-        let (members, masters) = three_members().await;
+        let (members, masters) = three_members(FAST).await;
         let all: Vec<&Member> = members.iter().collect();
         let leader_id = agreed_leader(&all, Duration::from_secs(10)).await;
         let term = members[0].raft.metrics().borrow().current_term;
@@ -494,17 +490,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_member_away_past_the_kept_log_catches_up_from_a_snapshot_over_the_network() {
         let timing = crate::consensus::Timing { snapshot_every: 20, logs_kept: 5, ..FAST };
-        let mut listeners = Vec::new();
-        let mut masters = Vec::new();
-        for _ in 1..=3u64 {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            masters.push(l.local_addr().unwrap().to_string());
-            listeners.push(l);
-        }
-        let mut members = Vec::new();
-        for (id, l) in (1..=3u64).zip(listeners) {
-            members.push(member_in(id, l, &masters, tempfile::tempdir().unwrap(), timing).await);
-        }
+        let (mut members, masters) = three_members(timing).await;
         let leader_id = agreed_leader(&members.iter().collect::<Vec<_>>(), Duration::from_secs(10)).await;
         // A follower goes away (its data dir and address kept).
         let at = members.iter().position(|m| m.id != leader_id).unwrap();
