@@ -87,20 +87,26 @@ fn wait_checked(dirs: &[PathBuf], history: &History, logs: &[&Node]) -> Agents {
     }
 }
 
+/// The settings of three master-eligible nodes m0..m2 on loopback, sharing `key`: each one's, and
+/// the `cluster.masters` list.
+fn three_masters(dir: &Path, key: &Path) -> (Vec<Vec<String>>, String) {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let masters = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+    let sets = (0..3)
+        .map(|i| {
+            let mut s = local(dir, &format!("m{i}"), key, ports[i]);
+            s.extend([format!("node.name=m{i}"), format!("cluster.masters={masters}")]);
+            s
+        })
+        .collect();
+    (sets, masters)
+}
+
 #[test]
 fn three_master_processes_elect_a_leader_replicate_enrollments_and_survive_kill_9_of_the_leader() {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = write_key(dir.path(), "cluster.key");
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let masters = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
-    let sets: Vec<Vec<String>> = (0..3)
-        .map(|i| {
-            let mut s = local(dir.path(), &format!("m{i}"), &key, ports[i]);
-            s.push(format!("node.name=m{i}"));
-            s.push(format!("cluster.masters={masters}"));
-            s
-        })
-        .collect();
+    let (sets, _) = three_masters(dir.path(), &key);
     let mut nodes: Vec<Option<Node>> = sets.iter().map(|s| Some(Node::start("master.toml", s))).collect();
     for n in nodes.iter().flatten() {
         n.wait_for(&["master-eligible node", "acts as the master"]);
@@ -177,21 +183,12 @@ fn three_master_processes_elect_a_leader_replicate_enrollments_and_survive_kill_
 fn workers_follow_the_leader_through_kill_9_during_an_enrollment_storm_and_no_acknowledged_key_is_lost() {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = write_key(dir.path(), "cluster.key");
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let list: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let masters = list.join(",");
-    let master_sets: Vec<Vec<String>> = (0..3)
-        .map(|i| {
-            let mut s = local(dir.path(), &format!("m{i}"), &key, ports[i]);
-            s.extend([format!("node.name=m{i}"), format!("cluster.masters={masters}")]);
-            s
-        })
-        .collect();
+    let (master_sets, masters) = three_masters(dir.path(), &key);
     let mut nodes: Vec<Option<Node>> = master_sets.iter().map(|s| Some(Node::start("master.toml", s))).collect();
     let worker_sets: Vec<Vec<String>> = (0..2)
         .map(|i| {
             // The worker's cluster.master is dropped in favour of the list.
-            let mut s = local(dir.path(), &format!("w{i}"), &key, ports[0]);
+            let mut s = local(dir.path(), &format!("w{i}"), &key, free_port());
             s.retain(|x| !x.starts_with("cluster.master="));
             s.extend([format!("node.name=w{i}"), format!("cluster.masters={masters}"), "cluster.master=".into()]);
             s
@@ -254,6 +251,58 @@ fn workers_follow_the_leader_through_kill_9_during_an_enrollment_storm_and_no_ac
     let names: BTreeSet<&String> = table.values().map(|(n, _)| n).collect();
     assert_eq!(names.len(), table.len(), "no id or name twice");
     for n in workers.into_iter().chain(nodes.into_iter().flatten()) {
+        assert!(n.terminate().success());
+    }
+}
+
+#[test]
+fn a_member_whose_disk_fills_stops_with_the_reason_and_the_other_two_go_on() {
+    let unshare = crate::runtime::private_mounts();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = write_key(dir.path(), "cluster.key");
+    let (sets, _) = three_masters(dir.path(), &key);
+    // m2's data dir is a 16 MiB tmpfs in a mount namespace of its own.
+    let full = dir.path().join("m2");
+    std::fs::create_dir_all(&full).expect("mkdir");
+    let mut cmd = Command::new("unshare");
+    cmd.args(&unshare)
+        .arg("sh")
+        .arg("-c")
+        .arg(format!("mount -t tmpfs -o size=16m tmpfs '{}' && exec \"$0\" \"$@\"", full.display()));
+    cmd.arg(BIN);
+    let mut nodes: Vec<Node> = (0..2).map(|i| Node::start("master.toml", &sets[i])).collect();
+    nodes.push(Node::spawn("m2", run_command(cmd, "master.toml", &sets[2])));
+    let history = History::default();
+    leader(&sets, &[0, 1, 2], &history, dir.path(), Duration::from_secs(20));
+    let inside = PathBuf::from(format!("/proc/{}/root{}", nodes[2].child.id(), full.display()));
+    assert!(crate::runtime::fill(&inside.join("filler")) > 8 << 20, "is the tmpfs there?");
+
+    // Changes go on through the two others (m2, leader or not, cannot write its log or registry).
+    let start = Instant::now();
+    let mut enrolled = 0;
+    let mut round = 0;
+    while enrolled < 40 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the two others stopped taking enrollments");
+        for (i, set) in sets.iter().take(2).enumerate() {
+            let at = setting(set, "enrollment.bind");
+            enrolled += history.enroll(sim(), &at, 10, 4, &format!("full-{round}-{i}"), dir.path());
+        }
+        round += 1;
+    }
+    // m2 stops with the reason, and nothing else does.
+    let status = nodes[2].wait_exit(Duration::from_secs(30));
+    let log = nodes[2].log();
+    assert!(status.is_some_and(|s| !s.success()), "m2 went on with a full disk:\n{log}");
+    let reason = log.lines().find(|l| l.contains("shutting down") && l.contains("stopped")).unwrap_or_default();
+    assert!(!reason.is_empty(), "m2 did not say why it stopped:\n{log}");
+    eprintln!("m2: {reason}");
+    for n in &mut nodes[..2] {
+        n.assert_running();
+    }
+    let survivors: Vec<PathBuf> = (0..2).map(|i| dir.path().join(format!("m{i}"))).collect();
+    let logs: Vec<&Node> = nodes[..2].iter().collect();
+    wait_checked(&survivors, &history, &logs);
+    for n in nodes.into_iter().take(2) {
         assert!(n.terminate().success());
     }
 }

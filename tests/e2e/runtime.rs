@@ -172,7 +172,7 @@ fn a_worker_flooding_the_master_with_large_frames_leaves_its_memory_bounded() {
 /// How to give a child process a mount namespace of its own (to mount a small tmpfs there): as
 /// root, `unshare --mount`; otherwise in a user namespace, `unshare --user --map-root-user
 /// --mount`. Checked by running `true` that way.
-fn private_mounts() -> Vec<&'static str> {
+pub fn private_mounts() -> Vec<&'static str> {
     let ways: [&[&str]; 2] = [
         &["--mount", "--propagation", "private"],
         &["--user", "--map-root-user", "--mount", "--propagation", "private"],
@@ -193,7 +193,7 @@ fn private_mounts() -> Vec<&'static str> {
 }
 
 /// Writes `path` until the filesystem holding it is full.
-fn fill(path: &std::path::Path) -> u64 {
+pub fn fill(path: &std::path::Path) -> u64 {
     use std::io::Write;
     let mut f = std::fs::File::create(path).expect("create the filler");
     let chunk = vec![0u8; 256 * 1024];
