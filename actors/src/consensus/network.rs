@@ -73,10 +73,39 @@ pub async fn serve_peer(link: link::Link, settings: &Arc<ChannelSettings>, raft:
     Ok(())
 }
 
+/// When each node last dialled the members to learn who they are (by node name: tests run
+/// several members in one process).
+static LEARNT: std::sync::Mutex<Vec<(String, std::time::Instant)>> = std::sync::Mutex::new(Vec::new());
+
+/// A node dials the members at most this often: connections under unknown names (a holder of the
+/// cluster key can open any number) cost one round of dials per interval, not one each.
+const LEARN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether `node` may start a round of dials now (and if so, that it did).
+fn may_learn(node: &str) -> bool {
+    let mut learnt = LEARNT.lock().unwrap_or_else(|p| p.into_inner());
+    let now = std::time::Instant::now();
+    match learnt.iter_mut().find(|(n, _)| n == node) {
+        Some((_, at)) if now.duration_since(*at) < LEARN_EVERY => false,
+        Some((_, at)) => {
+            *at = now;
+            true
+        }
+        None => {
+            learnt.push((node.to_string(), now));
+            true
+        }
+    }
+}
+
 /// Dials every other member's configured address, in parallel, each within the handshake
 /// timeout: each that answers has its identity pinned under the name it gives (see
-/// [`link::dial_checking`]). Connections are closed at once.
+/// [`link::dial_checking`]). Connections are closed at once. At most one round per
+/// [`LEARN_EVERY`].
 async fn learn_members(settings: &Arc<ChannelSettings>, raft: &Raft) {
+    if !may_learn(&settings.node_name) {
+        return;
+    }
     let m = raft.metrics().borrow().clone();
     let others: Vec<String> =
         m.membership_config.nodes().filter(|(id, _)| **id != m.id).map(|(_, n)| n.addr.clone()).collect();
@@ -537,5 +566,15 @@ mod tests {
         for m in members {
             m.stop().await;
         }
+    }
+
+    #[test]
+    fn a_node_dials_the_members_at_most_once_a_second_whatever_connects_to_it() {
+        let node = format!("learn-{}", crate::backoff::random_u64());
+        assert!(may_learn(&node));
+        assert!(!may_learn(&node), "a second round at once");
+        assert!(may_learn(&format!("{node}-other")), "each node its own");
+        std::thread::sleep(LEARN_EVERY);
+        assert!(may_learn(&node));
     }
 }
