@@ -31,6 +31,10 @@ pub fn init(format: LogFormat, level: &str, default_node: &str) {
     builder.parse_filters(level);
     // actix-server announces its worker threads and accept loop at info; that is noise here.
     builder.parse_filters("actix_server=warn");
+    // openraft logs every failed RPC to a member that is down (several lines a second, some at
+    // error): the node says what matters itself (who leads, a member it cannot reach, once in a
+    // while; a stopped member). RUST_LOG=openraft=debug brings them back.
+    builder.parse_filters("openraft=off");
     if let Ok(spec) = std::env::var("RUST_LOG") {
         builder.parse_filters(&spec);
     }

@@ -25,7 +25,7 @@ use actix::clock::Instant;
 use actix::prelude::*;
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use log::{debug, info, warn};
+use log::{debug, warn};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::cell::Cell;
@@ -60,6 +60,13 @@ pub trait Side: Sized + Unpin + 'static {
     const LOCAL: Role;
     /// What the other end is, in logs.
     const PEER: &'static str;
+    /// How a close for silence is logged: a warning where keep-alives are due (a worker and its
+    /// master); between master-eligible nodes a connection in one direction carries nothing
+    /// while its dialler follows, so silence there is normal (it is dialled again when needed).
+    const SILENCE: log::Level = log::Level::Warn;
+    /// How a connection's start and end are logged (between master-eligible nodes they come and
+    /// go with elections and silence; who leads is logged instead).
+    const LIFECYCLE: log::Level = log::Level::Info;
 
     fn goodbye(reason: String) -> Self::Out;
     /// The goodbye reason, if `body` is a goodbye.
@@ -138,6 +145,8 @@ impl Side for PeerDialSide {
     type Out = PeerRequest;
     const LOCAL: Role = Role::Worker;
     const PEER: &'static str = "master-eligible peer";
+    const SILENCE: log::Level = log::Level::Debug;
+    const LIFECYCLE: log::Level = log::Level::Debug;
 
     fn goodbye(reason: String) -> PeerRequest {
         PeerRequest::Goodbye(Goodbye { reason })
@@ -164,6 +173,8 @@ impl Side for PeerAcceptSide {
     type Out = PeerReply;
     const LOCAL: Role = Role::Master;
     const PEER: &'static str = "master-eligible peer";
+    const SILENCE: log::Level = log::Level::Debug;
+    const LIFECYCLE: log::Level = log::Level::Debug;
 
     fn goodbye(reason: String) -> PeerReply {
         PeerReply::Goodbye(Goodbye { reason })
@@ -699,7 +710,7 @@ impl<S: Side> Actor for ConnectionActor<S> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        info!(node = self.node();
+        log::log!(S::LIFECYCLE, node = self.node();
             "handshake complete with {} {} ({}), protocol {}, cipher {}",
             S::PEER, self.peer.node_name, self.peer_addr, self.version, self.settings.suite);
         let Some(Socket { read, opener, sealer, write, out_rx }) = self.socket.take() else { return };
@@ -743,7 +754,7 @@ impl<S: Side> Actor for ConnectionActor<S> {
                     silent.as_secs_f64(),
                     act.settings.peer_timeout().as_secs_f64()
                 );
-                act.end(ctx, log::Level::Warn, reason);
+                act.end(ctx, S::SILENCE, reason);
             }
         });
     }
@@ -759,7 +770,7 @@ impl<S: Side> Actor for ConnectionActor<S> {
             drop(self.dispatch.stop());
         }
         let reason = self.close_reason.clone().unwrap_or_else(|| "closed".into());
-        info!(node = self.node();
+        log::log!(S::LIFECYCLE, node = self.node();
             "connection with {} {} ({}) closed: {reason}", S::PEER, self.peer.node_name, self.peer_addr);
         if let Some(owner) = self.owner.take() {
             owner.do_send(ConnectionClosed { peer: self.peer.node_name.clone(), peer_addr: self.peer_addr, reason });
@@ -866,7 +877,7 @@ impl<S: Side> Reader<S> {
             let (envelope, size) = match frames.next().await {
                 Some(Ok(item)) => item,
                 Some(Err(err)) => return (err.to_string(), log::Level::Warn),
-                None => return ("the peer closed the connection".into(), log::Level::Info),
+                None => return ("the peer closed the connection".into(), S::LIFECYCLE),
             };
             self.activity.frames.set(self.activity.frames.get() + 1);
             if let Err(err) = envelope.kind.check_from(peer_role(S::LOCAL)) {

@@ -11,7 +11,7 @@ use crate::config::Config;
 use actix::prelude::*;
 use actix_web::dev::ServerHandle;
 use anyhow::Context as _;
-use log::{error, info};
+use log::{error, info, warn};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -572,15 +572,37 @@ impl LeaderFiles {
         let node = self.settings.node_name.clone();
         let mut metrics = raft.metrics();
         let mut link: Option<Addr<WorkerLink>> = None;
+        let mut said: Option<(u64, Option<u64>, bool)> = None;
         loop {
-            let (leads, leader) = {
+            let (leads, leader, term, leader_id) = {
                 let m = metrics.borrow();
                 let leader = m
                     .current_leader
                     .filter(|l| *l != m.id)
                     .and_then(|l| m.membership_config.nodes().find(|(id, _)| **id == l).map(|(_, n)| n.addr.clone()));
-                (m.state.is_leader(), leader)
+                (m.state.is_leader(), leader, m.current_term, m.current_leader)
             };
+            // Who leads, said once per change (openraft's own logs are off: see logging.rs).
+            let accepts = leads && wazuh_cluster_actors::consensus::writes::leadership(&raft).is_ok();
+            // Terms that pass without a leader (a node cut off from the others keeps starting
+            // elections) are one change, not one each.
+            let now = (if leader_id.is_some() { term } else { 0 }, leader_id, accepts);
+            if said != Some(now) {
+                match (leads, &leader) {
+                    (true, _) if accepts => info!(node = node.as_str(); "this node leads the masters (term {term})"),
+                    (true, _) if said.is_some_and(|(t, l, a)| t == term && l == leader_id && a) => {
+                        warn!(node = node.as_str(); "no majority of the masters acknowledged this leader for {} ms: it accepts no change until one does", wazuh_cluster_actors::consensus::writes::LEASE_MS)
+                    }
+                    (true, _) => {}
+                    (false, Some(addr)) => {
+                        info!(node = node.as_str(); "the masters' leader is at {addr} (term {term})")
+                    }
+                    (false, None) => {
+                        info!(node = node.as_str(); "no leader among the masters (term {term}): an election is under way")
+                    }
+                }
+                said = Some(now);
+            }
             match (&link, leads, leader) {
                 (None, false, Some(leader)) => match self.services() {
                     Ok(services) => {

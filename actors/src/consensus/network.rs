@@ -13,6 +13,7 @@ use crate::connection::{
 };
 use crate::link::{self, LinkError, Pin};
 use crate::settings::ChannelSettings;
+use crate::throttle::Throttle;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -192,11 +193,16 @@ impl Dispatch<PeerDialSide> for NoRequests {
 pub struct PeerNetwork {
     settings: Arc<ChannelSettings>,
     arbiter: actix_rt::ArbiterHandle,
+    /// One warning per peer per [`UNREACHABLE_EVERY`] when it cannot be reached.
+    unreachable: Arc<std::sync::Mutex<std::collections::HashMap<String, Throttle>>>,
 }
+
+/// How often a member that stays unreachable is said to be.
+const UNREACHABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl PeerNetwork {
     pub fn new(settings: Arc<ChannelSettings>, arbiter: actix_rt::ArbiterHandle) -> Self {
-        Self { settings, arbiter }
+        Self { settings, arbiter, unreachable: Default::default() }
     }
 }
 
@@ -207,6 +213,7 @@ pub struct PeerClient {
     settings: Arc<ChannelSettings>,
     arbiter: actix_rt::ArbiterHandle,
     conn: Option<ConnHandle<PeerDialSide>>,
+    unreachable: Arc<std::sync::Mutex<std::collections::HashMap<String, Throttle>>>,
 }
 
 impl RaftNetworkFactory<RegistryRaft> for PeerNetwork {
@@ -219,6 +226,7 @@ impl RaftNetworkFactory<RegistryRaft> for PeerNetwork {
             settings: self.settings.clone(),
             arbiter: self.arbiter.clone(),
             conn: None,
+            unreachable: self.unreachable.clone(),
         }
     }
 }
@@ -253,7 +261,15 @@ impl PeerClient {
         if !spawned {
             return Err(unreachable("the node is stopping".into()));
         }
-        let handle = rx.await.map_err(|_| unreachable("the node is stopping".into()))?.map_err(unreachable)?;
+        let handle = rx.await.map_err(|_| unreachable("the node is stopping".into()))?.map_err(|why| {
+            let mut throttles = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+            let throttle = throttles.entry(self.addr.clone()).or_insert_with(|| Throttle::new(UNREACHABLE_EVERY));
+            if let Some(n) = throttle.allow() {
+                let more = if n > 0 { format!(" ({n} more attempts since the last warning)") } else { String::new() };
+                log::warn!(node = self.settings.node_name.as_str(); "master-eligible peer {}: {why}{more}", self.target);
+            }
+            unreachable(why)
+        })?;
         self.conn = Some(handle.clone());
         Ok(handle)
     }
@@ -499,6 +515,7 @@ mod tests {
                 settings: Arc::new(s),
                 arbiter: actix_rt::Arbiter::current(),
                 conn: None,
+                unreachable: Default::default(),
             };
             let vote = VoteRequest::new(openraft::Vote::new(term + 100, 99), None);
             let answer = client.vote(vote, RPCOption::new(Duration::from_secs(2))).await;
