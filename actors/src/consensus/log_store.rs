@@ -9,6 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 /// Where a master-eligible node keeps its Raft log, under its data dir.
 pub const RAFT_DB: &str = "var/db/raft.db";
@@ -22,9 +23,22 @@ CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 /// order: a write waits for the disk there, never on the runtime that runs Raft and the node's
 /// sockets (a node is single-threaded; an fsync on it would stall every connection). Clones share
 /// the thread.
+///
+/// The committed position is kept in memory and written with the next batch of entries (in
+/// their transaction, so with their fsync), not synced on its own at every commit: openraft
+/// waits for `save_committed`, and a stored position that trails is safe (it only says how far
+/// to re-apply at start, and the registry records what it applied).
 #[derive(Clone)]
 pub struct LogStore {
     jobs: tokio::sync::mpsc::Sender<Job>,
+    committed: Arc<Mutex<Committed>>,
+}
+
+/// The committed position: the latest saved, and whether it is written yet.
+#[derive(Default)]
+struct Committed {
+    latest: Option<LogId<u64>>,
+    unwritten: bool,
 }
 
 /// Requests waiting for the log's thread, at most; when full, a caller waits for room (openraft
@@ -88,7 +102,7 @@ impl LogStore {
                 }
             })
             .map_err(crate::registry::StoreError::io(&data_dir.join(RAFT_DB)))?;
-        Ok(Self { jobs })
+        Ok(Self { jobs, committed: Default::default() })
     }
 
     /// Runs `f` on the log's thread, after every request sent before it.
@@ -161,10 +175,18 @@ impl RaftLogStorage<RegistryRaft> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), StorageError> {
-        self.with(move |conn| put(conn, "committed", &committed)).await
+        let mut c = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        *c = Committed { latest: committed, unwritten: true };
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError> {
+        {
+            let c = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+            if c.unwritten {
+                return Ok(c.latest);
+            }
+        }
         self.with(|conn| Ok(get::<Option<LogId<u64>>>(conn, "committed")?.flatten())).await
     }
 
@@ -182,6 +204,10 @@ impl RaftLogStorage<RegistryRaft> for LogStore {
                 ))
             })
             .collect::<Result<Vec<(i64, String)>, StorageError>>()?;
+        let committed = {
+            let mut c = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut c.unwritten).then_some(c.latest)
+        };
         let result = self
             .with(move |conn| {
                 let tx = conn.transaction().map_err(write_err)?;
@@ -192,6 +218,9 @@ impl RaftLogStorage<RegistryRaft> for LogStore {
                     for (idx, text) in &rows {
                         stmt.execute(params![idx, text]).map_err(write_err)?;
                     }
+                }
+                if let Some(committed) = committed {
+                    put(&tx, "committed", &committed)?;
                 }
                 tx.commit().map_err(write_err)
             })
@@ -237,7 +266,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_vote_the_entries_and_the_purged_position_survive_a_reopen() {
+    async fn the_vote_the_entries_the_purged_and_a_trailing_committed_position_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut log = LogStore::open(dir.path()).unwrap();
@@ -246,15 +275,20 @@ mod tests {
             log.blocking_append((1..=5).map(|i| blank(3, i))).await.unwrap();
             assert_eq!(reader.try_get_log_entries(2..4).await.unwrap().len(), 2);
             log.purge(LogId::new(CommittedLeaderId::new(3, 1), 2)).await.unwrap();
+            // The committed position is written with the next entries...
             log.save_committed(Some(LogId::new(CommittedLeaderId::new(3, 1), 4))).await.unwrap();
+            assert_eq!(log.read_committed().await.unwrap().map(|l| l.index), Some(4));
+            log.blocking_append([blank(3, 6)]).await.unwrap();
+            // ... so one saved after the last entries may be lost: it trails, never leads.
+            log.save_committed(Some(LogId::new(CommittedLeaderId::new(3, 1), 6))).await.unwrap();
         }
         let mut log = LogStore::open(dir.path()).unwrap();
         assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 2)));
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(2));
-        assert_eq!(state.last_log_id.map(|l| l.index), Some(5));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(6));
         assert_eq!(log.read_committed().await.unwrap().map(|l| l.index), Some(4));
         let left: Vec<u64> = log.try_get_log_entries(..).await.unwrap().iter().map(|e| e.log_id.index).collect();
-        assert_eq!(left, vec![3, 4, 5]);
+        assert_eq!(left, vec![3, 4, 5, 6]);
     }
 }
