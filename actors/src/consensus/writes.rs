@@ -212,7 +212,8 @@ impl Writes {
 /// Whether `raft`'s node leads (and a majority acknowledged it within [`LEASE_MS`]), and the
 /// leader's address when it does not (and one is known).
 pub fn leadership(raft: &Raft) -> Result<(), Option<String>> {
-    let m = raft.metrics().borrow().clone();
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
     match m.current_leader {
         Some(l) if l == m.id && m.state.is_leader() => match m.millis_since_quorum_ack {
             Some(ms) if ms <= LEASE_MS => Ok(()),
