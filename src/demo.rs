@@ -233,8 +233,5 @@ pub fn run(workers: usize, masters: usize, api_port: u16) -> anyhow::Result<()> 
 
 /// Whether `node` is the master: the only one, or the Raft leader.
 fn leads(node: &RunningNode) -> bool {
-    match node.handle.raft_status() {
-        None => true,
-        Some(raft) => raft["state"] == "Leader" && raft["accepts_changes"] == true,
-    }
+    node.handle.leads()
 }

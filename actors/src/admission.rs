@@ -121,9 +121,10 @@ pub fn peer_pin_file(data_dir: &Path, name: &str) -> PathBuf {
     data_dir.join("var/peers").join(format!("{name}.pub"))
 }
 
-/// Whether `name` is a master-eligible peer whose identity is pinned here (it proved it on a Raft
-/// connection): such a node following the leader's files connects as a worker, and is admitted by
-/// that identity ([`check_peer_identity`]) instead of a join token.
+/// Whether `name` is a master-eligible peer whose identity is pinned here (learnt by this node's
+/// own dial to a configured member address): such a node following the leader's files connects as
+/// a worker, and is admitted by that identity ([`check_known_peer_identity`]) instead of a join
+/// token.
 pub fn is_pinned_peer(data_dir: &Path, name: &str) -> bool {
     wazuh_cluster_protocol::handshake::check_node_name(name).is_ok() && peer_pin_file(data_dir, name).is_file()
 }
@@ -144,19 +145,15 @@ pub fn check_peer_identity(
 
 /// A master-eligible peer on a connection it opened: its identity must be the one pinned for its
 /// name, which only this node's own dials to the members' configured addresses pin.
-pub fn check_known_peer_identity(
-    data_dir: &Path,
-    hello: &Hello,
-    hello_hash: &[u8],
-    signature: &[u8],
-) -> Result<(), String> {
+pub fn check_known_peer_identity(data_dir: &Path, hello: &Hello, confirmed: &Confirmed) -> Result<(), String> {
     if !is_pinned_peer(data_dir, &hello.node_name) {
         return Err(format!(
             "no master-eligible node at a configured address answers as {:?}: not a member",
             hello.node_name
         ));
     }
-    check_peer_identity(data_dir, hello, hello_hash, Some(signature)).map(|_| ())
+    let proof = Proof::parse(&confirmed.proof).map_err(|e| e.to_string())?;
+    check_peer_identity(data_dir, hello, &confirmed.hash, Some(&proof.signature[..])).map(|_| ())
 }
 
 /// The identity in `hello` must sign `hello_hash` and be the key pinned in `path` (pinned now

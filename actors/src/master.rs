@@ -340,7 +340,7 @@ impl Handler<Accepted> for MasterListener {
                     let name = link.peer.node_name.clone();
                     let Some(confirmed) = link.confirmed.as_ref() else { return };
                     let admitted = if act.follower_files(&name) {
-                        follower_identity(&act.settings, &link.peer, confirmed).map(|_| {
+                        crate::admission::check_known_peer_identity(&act.settings.data_dir, &link.peer, confirmed).map(|()| {
                             info!(node = node.as_str(); "master-eligible node {name} from {peer} follows this leader's files");
                             Admitted::Known
                         })
@@ -448,16 +448,6 @@ impl MasterListener {
     fn follower_files(&self, name: &str) -> bool {
         self.services.writes.raft().is_some() && crate::admission::is_pinned_peer(&self.settings.data_dir, name)
     }
-}
-
-/// The identity a master-eligible node proves on its file link: the one pinned for its name.
-fn follower_identity(
-    settings: &ChannelSettings,
-    hello: &wazuh_cluster_protocol::handshake::Hello,
-    confirmed: &wazuh_cluster_protocol::handshake::Confirmed,
-) -> Result<bool, String> {
-    let proof = wazuh_cluster_protocol::identity::Proof::parse(&confirmed.proof).map_err(|e| e.to_string())?;
-    crate::admission::check_peer_identity(&settings.data_dir, hello, &confirmed.hash, Some(&proof.signature[..]))
 }
 
 /// Issues a join token (see [`Admission::issue`]).

@@ -88,9 +88,7 @@ impl NodeHandle {
                 serde_json::json!({ "id": id, "address": n.addr, "state": state, "matched_index": matched(id) })
             })
             .collect();
-        let leader = m
-            .current_leader
-            .and_then(|l| m.membership_config.nodes().find(|(id, _)| **id == l).map(|(id, n)| (*id, n.addr.clone())));
+        let leader = m.current_leader.and_then(|l| Some((l, wazuh_cluster_actors::consensus::member_addr(&m, l)?)));
         Some(serde_json::json!({
             "id": m.id,
             "state": format!("{:?}", m.state),
@@ -98,10 +96,21 @@ impl NodeHandle {
             "leader": leader.map(|(id, addr)| serde_json::json!({ "id": id, "address": addr })),
             "last_applied": m.last_applied.map(|l| l.index),
             // A leader takes changes only while a majority acknowledged it within its lease.
-            "accepts_changes": wazuh_cluster_actors::consensus::writes::leadership(writes.raft()?).is_ok(),
+            "accepts_changes": self.leads(),
             "millis_since_majority": m.millis_since_quorum_ack,
             "members": members,
         }))
+    }
+
+    /// Whether this node takes changes as the master: a single master always; a master-eligible
+    /// node while it leads with a majority behind it (its lease).
+    pub fn leads(&self) -> bool {
+        match self {
+            NodeHandle::Master { writes, .. } => {
+                writes.raft().is_none_or(|r| wazuh_cluster_actors::consensus::writes::leadership(r).is_ok())
+            }
+            NodeHandle::Worker { .. } => false,
+        }
     }
 
     /// Where this master's registry stands: the last change applied and the digest of its table

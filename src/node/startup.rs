@@ -579,7 +579,7 @@ impl LeaderFiles {
                 let leader = m
                     .current_leader
                     .filter(|l| *l != m.id)
-                    .and_then(|l| m.membership_config.nodes().find(|(id, _)| **id == l).map(|(_, n)| n.addr.clone()));
+                    .and_then(|l| wazuh_cluster_actors::consensus::member_addr(&m, l));
                 (m.state.is_leader(), leader, m.current_term, m.current_leader)
             };
             // Who leads, said once per change (openraft's own logs are off: see logging.rs).

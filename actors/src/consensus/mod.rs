@@ -57,6 +57,11 @@ impl Timing {
         Timing { heartbeat: 250, election_min: 1_000, election_max: 2_000, snapshot_every: 10_000, logs_kept: 1_000 };
 }
 
+/// The address of member `id` in the membership `metrics` report.
+pub fn member_addr(metrics: &openraft::RaftMetrics<u64, openraft::BasicNode>, id: u64) -> Option<String> {
+    metrics.membership_config.nodes().find(|(m, _)| **m == id).map(|(_, n)| n.addr.clone())
+}
+
 /// The registry generation every member of a replicated group uses: a digest of the cluster's
 /// name and its master-eligible nodes (the same on every member, never 0).
 pub fn group_generation(cluster_name: &str, masters: &[String]) -> u64 {

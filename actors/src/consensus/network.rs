@@ -60,13 +60,10 @@ pub async fn accept_peer(stream: TcpStream, settings: Arc<ChannelSettings>, raft
 /// key, is refused.
 pub async fn serve_peer(link: link::Link, settings: &Arc<ChannelSettings>, raft: Raft) -> Result<(), LinkError> {
     let confirmed = link.confirmed.clone().ok_or(LinkError::Closed)?;
-    let proof = wazuh_cluster_protocol::identity::Proof::parse(&confirmed.proof)
-        .map_err(|e| LinkError::MasterIdentity(e.to_string()))?;
-    let name = link.peer.node_name.clone();
-    if !crate::admission::is_pinned_peer(&settings.data_dir, &name) {
+    if !crate::admission::is_pinned_peer(&settings.data_dir, &link.peer.node_name) {
         learn_members(settings, &raft).await;
     }
-    crate::admission::check_known_peer_identity(&settings.data_dir, &link.peer, &confirmed.hash, &proof.signature[..])
+    crate::admission::check_known_peer_identity(&settings.data_dir, &link.peer, &confirmed)
         .map_err(LinkError::MasterIdentity)?;
     let (handle, transport) = connection::open::<PeerAcceptSide>(link, settings);
     let serve = Rc::new(ServeRaft { raft, handle: handle.clone() });

@@ -77,44 +77,41 @@ async fn propose_in_batches(raft: Raft, mut queue: mpsc::Receiver<Proposal>) {
     }
 }
 
-async fn commit_batch(raft: &Raft, mut batch: Vec<Proposal>) {
-    if let Err(leader) = leadership(raft) {
-        for p in batch {
-            let _ = p.reply.send(Err(StoreError::NotLeader(leader.clone())));
-        }
-        return;
-    }
-    let command = match batch.len() {
-        1 => batch[0].command.clone(),
-        _ => Command::Batch(
-            batch.iter_mut().map(|p| std::mem::replace(&mut p.command, Command::Batch(Vec::new()))).collect(),
-        ),
-    };
-    let answer = match tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(command)).await {
-        Err(_) => Err(None),
-        Ok(Err(e)) => Err(Some(e)),
-        Ok(Ok(response)) => Ok(response.data),
-    };
-    let fail = |e: &Option<_>| e.as_ref().map(not_committed).unwrap_or_else(timed_out);
-    match answer {
-        Ok(Outcome::Batch(outcomes)) if batch.len() > 1 && outcomes.len() == batch.len() => {
-            for (p, outcome) in batch.into_iter().zip(outcomes) {
-                let _ = p.reply.send(Ok(outcome));
-            }
-        }
-        Ok(outcome) if batch.len() == 1 => {
-            let _ = batch.remove(0).reply.send(Ok(outcome));
-        }
-        Ok(other) => {
-            for p in batch {
-                let _ = p.reply.send(Err(StoreError::Invalid(format!("a batch was applied as {other:?}"))));
+async fn commit_batch(raft: &Raft, batch: Vec<Proposal>) {
+    let (commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    match commit(raft, commands).await {
+        Ok(outcomes) => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
             }
         }
         Err(e) => {
-            for p in batch {
-                let _ = p.reply.send(Err(fail(&e)));
+            for reply in replies {
+                let again = match &e {
+                    StoreError::NotLeader(leader) => StoreError::NotLeader(leader.clone()),
+                    StoreError::NotCommitted(why) => StoreError::NotCommitted(why.clone()),
+                    other => StoreError::Invalid(other.to_string()),
+                };
+                let _ = reply.send(Err(again));
             }
         }
+    }
+}
+
+/// Proposes `commands` as one entry (a batch when there are several) and waits for it to be
+/// committed and applied here: their outcomes, in order.
+async fn commit(raft: &Raft, mut commands: Vec<Command>) -> Result<Vec<Outcome>, StoreError> {
+    leadership(raft).map_err(StoreError::NotLeader)?;
+    let n = commands.len();
+    let command = match commands.pop() {
+        Some(only) if commands.is_empty() => only,
+        last => Command::Batch(commands.into_iter().chain(last).collect()),
+    };
+    let written = tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(command)).await.map_err(|_| timed_out())?;
+    match written.map_err(|e| not_committed(&e))?.data {
+        Outcome::Batch(outcomes) if n > 1 && outcomes.len() == n => Ok(outcomes),
+        outcome if n == 1 => Ok(vec![outcome]),
+        other => Err(StoreError::Invalid(format!("a batch of {n} was applied as {other:?}"))),
     }
 }
 
@@ -219,7 +216,7 @@ pub fn leadership(raft: &Raft) -> Result<(), Option<String>> {
             Some(ms) if ms <= LEASE_MS => Ok(()),
             _ => Err(None),
         },
-        Some(l) => Err(m.membership_config.nodes().find(|(id, _)| **id == l).map(|(_, n)| n.addr.clone())),
+        Some(l) => Err(super::member_addr(&m, l)),
         None => Err(None),
     }
 }
