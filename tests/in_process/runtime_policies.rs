@@ -55,7 +55,9 @@ fn check(seq: u64) -> Envelope<WorkerToMaster> {
 
 #[actix_rt::test]
 async fn a_failed_request_gets_an_error_reply_while_the_others_in_flight_complete() {
-    let cluster = TestCluster::start("inflight", 0).await;
+    // The hand-made worker below sends no keep-alives: the master's silence limit (three
+    // intervals) must outlast the pauses of a loaded machine between its requests.
+    let cluster = TestCluster::start_with("inflight", 0, &[("cluster.intervals.keepalive", "2s".into())]).await;
     let listener = listener_of(&cluster);
     wait_until("the master computed its manifest", WAIT, || {
         let listener = listener.clone();
