@@ -478,7 +478,8 @@ impl Registry {
         let Some(token) = &a.token else { return Ok(None) };
         let prior: Option<(Option<u32>, Option<String>)> = self
             .conn
-            .query_row("SELECT id, error FROM tokens WHERE token = ?1", params![token], |r| Ok((r.get(0)?, r.get(1)?)))
+            .prepare_cached("SELECT id, error FROM tokens WHERE token = ?1")?
+            .query_row(params![token], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         Ok(match prior {
             Some((Some(id), _)) => self.entry(id)?.map(Ok),
@@ -651,7 +652,8 @@ impl Registry {
         for &id in ids {
             let pending: Option<bool> = self
                 .conn
-                .query_row("SELECT pending FROM agents WHERE id = ?1", params![id], |r| r.get(0))
+                .prepare_cached("SELECT pending FROM agents WHERE id = ?1")?
+                .query_row(params![id], |r| r.get(0))
                 .optional()?;
             if pending == Some(true) && self.remove_row(id)? {
                 removed.push(id);
