@@ -582,6 +582,45 @@ mod tests {
         }
     }
 
+    #[actix_rt::test]
+    async fn a_storm_of_changes_goes_in_few_entries_and_each_caller_hears_its_own_outcome() {
+        let (members, _) = three_members(FAST).await;
+        let all: Vec<&Member> = members.iter().collect();
+        let leader_id = agreed_leader(&all, Duration::from_secs(10)).await;
+        let leader = members.iter().find(|m| m.id == leader_id).unwrap();
+        let writes = crate::consensus::writes::Writes::replicated(leader.registry.clone(), leader.raft.clone());
+        // A lone change first (the group idle): it is answered like any other.
+        let lone = writes.enroll(agent("lone", Some("token-lone"))).await.unwrap().unwrap();
+        let before = leader.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        const STORM: usize = 400;
+        let storm = (0..STORM).map(|i| {
+            let w = writes.clone();
+            async move {
+                let name = format!("storm-{i}");
+                (name.clone(), w.enroll(agent(&name, Some(&format!("token-{name}")))).await)
+            }
+        });
+        let answers = futures_util::future::join_all(storm).await;
+        let entries = leader.raft.metrics().borrow().last_log_index.unwrap_or(0) - before;
+        // Each caller gets the agent it asked for, with the key the table holds.
+        let (rows, _, _) = table(leader).await;
+        let mut ids = BTreeSet::new();
+        for (name, answer) in answers {
+            let e = answer.unwrap().unwrap();
+            assert_eq!(e.name, name);
+            assert!(rows.contains(&e), "{e:?} is in the table as answered");
+            assert!(ids.insert(e.id), "id {} handed out twice", e.id);
+        }
+        assert_eq!(ids.len(), STORM);
+        assert!(!ids.contains(&lone.id));
+        // Changes that arrive while an entry is being committed share the next one.
+        assert!(entries <= (STORM / 8) as u64, "{STORM} changes took {entries} log entries");
+        converged(&all, Duration::from_secs(10)).await;
+        for m in members {
+            m.stop().await;
+        }
+    }
+
     #[test]
     fn a_node_dials_the_members_at_most_once_a_second_whatever_connects_to_it() {
         let node = format!("learn-{}", crate::backoff::random_u64());
