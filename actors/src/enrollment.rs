@@ -381,15 +381,19 @@ async fn settle(enroller: &Enroller, node: &str, token: &str, id: u32, delivered
     }
 }
 
-/// An idempotency token: 128 bits from the OS generator. Tokens only need to be unique, so if the
-/// generator fails the clock and a counter stand in.
+/// An idempotency token, 128 bits: the time in milliseconds (48 bits, first, so that tokens sort
+/// in the order they are made) then 80 bits from the OS generator. Tokens only need to be unique;
+/// in time order, each new one lands at the end of the indexes that hold them (the registry's on
+/// every master, the worker's outbox) instead of on a random page, so a transaction of many
+/// enrollments writes a few pages rather than two per enrollment. If the generator fails, a
+/// counter stands in for the random part.
 fn random_token() -> String {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut raw = [0u8; 16];
-    if getrandom::fill(&mut raw).is_err() {
+    raw[..6].copy_from_slice(&crate::clock::now_ms().to_be_bytes()[2..]);
+    if getrandom::fill(&mut raw[6..]).is_err() {
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        raw[..8].copy_from_slice(&n.to_le_bytes());
-        raw[8..].copy_from_slice(&crate::clock::now_ms().to_le_bytes());
+        raw[8..].copy_from_slice(&n.to_be_bytes());
     }
     raw.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -397,6 +401,16 @@ fn random_token() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idempotency_tokens_are_unique_and_sort_in_the_order_they_are_made() {
+        let burst: Vec<String> = (0..2_000).map(|_| random_token()).collect();
+        assert!(burst.iter().all(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit())), "{burst:?}");
+        assert_eq!(burst.iter().collect::<std::collections::BTreeSet<_>>().len(), burst.len());
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let later = random_token();
+        assert!(burst.iter().all(|t| *t < later), "{later} sorts after every earlier token");
+    }
 
     #[tokio::test]
     async fn a_request_line_over_the_limit_is_refused_even_when_its_newline_came_in_the_same_read() {
