@@ -100,6 +100,19 @@ impl StateMachine {
         Ok(kept)
     }
 
+    /// Replaces the registry with snapshot `data` taken at `meta`, in one transaction.
+    async fn restore(&self, meta: &Meta, data: &[u8]) -> Result<(), StorageError> {
+        let dump: Vec<TableDump> = serde_json::from_slice(data).map_err(snapshot_err)?;
+        let (applied, membership) = (meta.last_log_id, meta.last_membership.clone());
+        self.registry
+            .run(move |r| {
+                r.restore(&dump)?;
+                record(r, &applied, Some(&membership))
+            })
+            .await
+            .map_err(sm_write)
+    }
+
     fn as_snapshot(s: &StoredSnapshot) -> Snapshot<RegistryRaft> {
         Snapshot { meta: s.meta.clone(), snapshot: Box::new(Cursor::new(s.data.clone())) }
     }
@@ -129,8 +142,24 @@ impl RaftSnapshotBuilder<RegistryRaft> for StateMachine {
 impl RaftStateMachine<RegistryRaft> for StateMachine {
     type SnapshotBuilder = Self;
 
+    /// Where the registry stands. It commits without waiting for the disk (the log is the durable
+    /// record, see [`Registry::relax_sync_for_log`]), so after a power loss it may stand before the
+    /// kept snapshot, and the log may no longer hold the entries in between (it is purged up to
+    /// snapshots): the registry then starts again from the snapshot.
     async fn applied_state(&mut self) -> Result<(Option<LogId<u64>>, Membership), StorageError> {
-        self.registry.run(|r| recorded(r)).await.map_err(sm_read)
+        let (applied, membership) = self.registry.run(|r| recorded(r)).await.map_err(sm_read)?;
+        let kept = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match kept {
+            Some(s) if s.meta.last_log_id > applied => {
+                log::warn!(
+                    "the registry stands at {applied:?}, before the kept snapshot at {:?} (its last commits were lost): restored from the snapshot",
+                    s.meta.last_log_id
+                );
+                self.restore(&s.meta, &s.data).await?;
+                Ok((s.meta.last_log_id, s.meta.last_membership.clone()))
+            }
+            _ => Ok((applied, membership)),
+        }
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
@@ -175,15 +204,7 @@ impl RaftStateMachine<RegistryRaft> for StateMachine {
 
     async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let dump: Vec<TableDump> = serde_json::from_slice(&data).map_err(snapshot_err)?;
-        let (applied, membership) = (meta.last_log_id, meta.last_membership.clone());
-        self.registry
-            .run(move |r| {
-                r.restore(&dump)?;
-                record(r, &applied, Some(&membership))
-            })
-            .await
-            .map_err(sm_write)?;
+        self.restore(meta, &data).await?;
         self.keep(StoredSnapshot { meta: meta.clone(), data })?;
         Ok(())
     }
@@ -272,6 +293,34 @@ mod tests {
             .unwrap();
         assert!(b.install_snapshot(&kept.meta, Box::new(Cursor::new(bad))).await.is_err());
         assert_eq!(view(&b).await, b_view);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_registry_that_lost_its_last_commits_starts_again_from_the_kept_snapshot() {
+        use crate::registry::command::Command;
+        use crate::registry::testing::agent;
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut a = node(a_dir.path());
+        let mut entries = Vec::new();
+        for (i, name) in ["web-1", "web-2"].iter().enumerate() {
+            let n = agent(name, None);
+            let p = a.registry.run(move |r| Ok(r.prepare_enrollment(&n, 1_000)?.map_err(|e| e.to_string())));
+            entries.push(normal(i as u64 + 1, Command::Enroll(p.await.unwrap().unwrap())));
+        }
+        a.apply(entries).await.unwrap();
+        let snapshot = a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        // The same node after a power loss took the registry's commits but not the snapshot
+        // file (written with fsync): an empty registry beside it.
+        std::fs::create_dir_all(b_dir.path().join("var/db")).unwrap();
+        std::fs::copy(a_dir.path().join(SNAPSHOT_FILE), b_dir.path().join(SNAPSHOT_FILE)).unwrap();
+        let mut b = node(b_dir.path());
+        let (applied, membership) = b.applied_state().await.unwrap();
+        assert_eq!(applied, snapshot.meta.last_log_id);
+        assert_eq!(membership, snapshot.meta.last_membership);
+        let names = b.registry.run(|r| r.entries()).await.unwrap().into_iter().map(|e| e.name).collect::<Vec<_>>();
+        assert_eq!(names, ["web-1", "web-2"]);
+        // A registry at or past its snapshot is left as it is.
+        assert_eq!(a.applied_state().await.unwrap().0, snapshot.meta.last_log_id);
     }
 
     #[test]
