@@ -64,7 +64,7 @@ fn timed_out() -> StoreError {
 /// Under load (the previous entry carried more than one change), a round waits up to [`LINGER`]
 /// for more changes before it proposes: fewer, fuller entries cost every member less for the
 /// same changes (the log's fsync, the messages, a transaction each), which is what bounds the
-/// group's throughput. A change that finds the group idle is proposed at once.
+/// group's throughput. Otherwise (changes coming one at a time) an entry is proposed at once.
 async fn propose_in_batches(raft: Raft, mut queue: mpsc::Receiver<Proposal>) {
     let slots = Arc::new(Semaphore::new(ENTRIES_IN_FLIGHT));
     let mut busy = false;
