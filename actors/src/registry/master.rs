@@ -12,6 +12,7 @@ use super::policy::{Incumbent, ReplacePolicy, Verdict};
 use super::query::{AgentQuery, SortField};
 use super::schema::{
     self, all_entries, fmt_id, groups_text, groups_vec, one_entry, open_db, TableHash, CHANGELOG_KEEP, DEFAULT_GROUP,
+    TOKENS_KEPT_MS,
 };
 use super::store::{Store, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -473,9 +474,19 @@ impl Registry {
         }
     }
 
-    /// What an earlier enrollment with `a`'s idempotency token came to, if there was one.
+    /// What an earlier enrollment with `a`'s idempotency token came to, if there was one: the agent
+    /// it made (it keeps its token), or the refusal recorded for the token within
+    /// [`TOKENS_KEPT_MS`].
     fn prior_outcome(&self, a: &NewAgent) -> Result<Option<Result<AgentEntry, EnrollError>>, StoreError> {
         let Some(token) = &a.token else { return Ok(None) };
+        let made: Option<u32> = self
+            .conn
+            .prepare_cached("SELECT id FROM agents WHERE token = ?1")?
+            .query_row(params![token], |r| r.get(0))
+            .optional()?;
+        if let Some(id) = made {
+            return Ok(self.entry(id)?.map(Ok));
+        }
         let prior: Option<(Option<u32>, Option<String>)> = self
             .conn
             .prepare_cached("SELECT id, error FROM tokens WHERE token = ?1")?
@@ -545,6 +556,11 @@ impl Registry {
             self.conn
                 .prepare_cached("INSERT OR REPLACE INTO tokens (token, id, error, at) VALUES (?1, ?2, ?3, ?4)")?
                 .execute(params![token, id, err, p.at_ms as i64])?;
+            // Outcomes past their time go, by the enrollment's own time (carried in it: the same
+            // rows on every member), so refusals cannot pile up without end.
+            self.conn
+                .prepare_cached("DELETE FROM tokens WHERE at < ?1")?
+                .execute(params![p.at_ms.saturating_sub(TOKENS_KEPT_MS) as i64])?;
         }
         Ok(outcome)
     }
@@ -1451,6 +1467,40 @@ mod tests {
         reg.resolve("t-1", false).unwrap();
         reg.commit().unwrap();
         assert_eq!(reg.entries().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn token_outcomes_are_kept_a_day_and_an_agent_answers_for_its_token_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reg = Registry::open(dir.path()).unwrap();
+        let at = 1_000_000_000_000u64;
+        let apply = |reg: &mut Registry, a: &NewAgent, now: u64| {
+            reg.begin().unwrap();
+            let out = match reg.prepare_enrollment(a, now).unwrap() {
+                Ok(p) => reg.apply_enrollment(&p).unwrap(),
+                Err(e) => Err(e),
+            };
+            reg.commit().unwrap();
+            out
+        };
+        let made = apply(&mut reg, &agent("web", Some("t-made")), at).unwrap();
+        let mut lost = agent("lost", Some("t-refused"));
+        lost.groups = vec!["nosuchgroup".into()];
+        assert!(apply(&mut reg, &lost, at).is_err());
+        let rows =
+            |reg: &Registry| -> i64 { reg.conn.query_row("SELECT COUNT(*) FROM tokens", [], |r| r.get(0)).unwrap() };
+        assert_eq!(rows(&reg), 2);
+        // Within the day, a retried refusal is answered as before, even once the group exists.
+        reg.begin().unwrap();
+        reg.create_group("nosuchgroup").unwrap();
+        reg.commit().unwrap();
+        assert!(apply(&mut reg, &lost, at + 1_000).is_err());
+        // A day later another enrollment clears both outcomes; the refused token is tried afresh,
+        // and the agent still answers for its own.
+        apply(&mut reg, &agent("db", Some("t-later")), at + TOKENS_KEPT_MS + 1).unwrap();
+        assert_eq!(rows(&reg), 1, "only the new outcome is left");
+        assert_eq!(apply(&mut reg, &agent("web", Some("t-made")), at + TOKENS_KEPT_MS + 2), Ok(made));
+        assert!(apply(&mut reg, &lost, at + TOKENS_KEPT_MS + 3).is_ok(), "tried afresh: the group exists now");
     }
 
     #[test]

@@ -10,6 +10,10 @@ use wazuh_cluster_protocol::message::AgentEntry;
 pub const DEFAULT_GROUP: &str = "default";
 /// Changes kept for delta replication; a worker further behind gets a snapshot.
 pub const CHANGELOG_KEEP: u64 = 100_000;
+/// How long the outcome of a forwarded enrollment is kept under its idempotency token: far longer
+/// than a worker retries one (an agent waits seconds for its key). An agent keeps its token with
+/// it for good; this bounds the rows of refusals and of agents since removed.
+pub const TOKENS_KEPT_MS: u64 = 24 * 3_600 * 1_000;
 
 /// The master's tables.
 pub const MASTER_TABLES: &str = "CREATE TABLE IF NOT EXISTS agents (
@@ -52,7 +56,8 @@ pub const MASTER_ADDED_COLUMNS: [(&str, &str); 3] =
 /// Indexes for the lookups that run per enrollment or per pass (a duplicate address; agents whose
 /// key delivery is unconfirmed), so that their cost does not grow with the registry.
 pub const MASTER_INDEXES: &str = "CREATE INDEX IF NOT EXISTS agents_ip ON agents (ip);
-    CREATE INDEX IF NOT EXISTS agents_pending ON agents (registered_at) WHERE pending = 1;";
+    CREATE INDEX IF NOT EXISTS agents_pending ON agents (registered_at) WHERE pending = 1;
+    CREATE INDEX IF NOT EXISTS tokens_at ON tokens (at);";
 
 /// A worker's tables.
 pub const REPLICA_TABLES: &str = "CREATE TABLE IF NOT EXISTS agents (id INTEGER PRIMARY KEY, name TEXT NOT NULL, ip TEXT NOT NULL, key TEXT NOT NULL, groups TEXT NOT NULL);
