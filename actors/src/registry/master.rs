@@ -11,8 +11,8 @@ use super::derived::{Derived, KeySink};
 use super::policy::{Incumbent, ReplacePolicy, Verdict};
 use super::query::{AgentQuery, SortField};
 use super::schema::{
-    self, all_entries, fmt_id, groups_text, groups_vec, one_entry, open_db, TableHash, CHANGELOG_KEEP, DEFAULT_GROUP,
-    TOKENS_KEPT_MS,
+    self, all_entries, fmt_id, groups_text, groups_vec, one_entry, open_db, row_entry, TableHash, CHANGELOG_KEEP,
+    DEFAULT_GROUP, TOKENS_KEPT_MS,
 };
 use super::store::{Store, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -465,9 +465,6 @@ impl Registry {
     /// is not trusted): nothing that could break a `client.keys` line is ever stored. The same as
     /// [`Registry::prepare_enrollment`] then [`Registry::apply_enrollment`].
     pub fn enroll(&mut self, a: &NewAgent) -> Result<Result<AgentEntry, EnrollError>, StoreError> {
-        if let Some(prior) = self.prior_outcome(a)? {
-            return Ok(prior);
-        }
         match self.prepare_enrollment(a, now_ms())? {
             Ok(prepared) => self.apply_enrollment(&prepared),
             Err(e) => Ok(Err(e)),
@@ -479,24 +476,21 @@ impl Registry {
     /// [`TOKENS_KEPT_MS`].
     fn prior_outcome(&self, a: &NewAgent) -> Result<Option<Result<AgentEntry, EnrollError>>, StoreError> {
         let Some(token) = &a.token else { return Ok(None) };
-        let made: Option<u32> = self
+        let made = self
             .conn
-            .prepare_cached("SELECT id FROM agents WHERE token = ?1")?
+            .prepare_cached("SELECT id, name, ip, key, groups FROM agents WHERE token = ?1")?
+            .query_row(params![token], row_entry)
+            .optional()?;
+        if let Some(e) = made {
+            return Ok(Some(Ok(e)));
+        }
+        // (An agent keeps its token, so a recorded success whose agent is gone is nothing now.)
+        let refused: Option<String> = self
+            .conn
+            .prepare_cached("SELECT error FROM tokens WHERE token = ?1 AND error IS NOT NULL")?
             .query_row(params![token], |r| r.get(0))
             .optional()?;
-        if let Some(id) = made {
-            return Ok(self.entry(id)?.map(Ok));
-        }
-        let prior: Option<(Option<u32>, Option<String>)> = self
-            .conn
-            .prepare_cached("SELECT id, error FROM tokens WHERE token = ?1")?
-            .query_row(params![token], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        Ok(match prior {
-            Some((Some(id), _)) => self.entry(id)?.map(Ok),
-            Some((None, Some(err))) => Some(Err(recorded_refusal(&err))),
-            _ => None,
-        })
+        Ok(refused.map(|err| Err(recorded_refusal(&err))))
     }
 
     /// Everything about enrolling `a` that is not a function of the table alone, decided now by
