@@ -339,6 +339,34 @@ fn host_allowed(value: &str, allowed: &[String]) -> bool {
     host.parse::<std::net::IpAddr>().is_ok() || host == "localhost" || allowed.contains(&host)
 }
 
+/// The names a request is addressed to must all be this API's: exactly one `Host` header (also in
+/// HTTP/1.0, where it is optional: a client without one is refused rather than let past the check),
+/// and the authority of an absolute-form target (`GET http://name/...`), which HTTP says wins over
+/// `Host`. A refusal says which rule failed.
+fn check_host(req: &actix_web::dev::ServiceRequest, allowed: &[String]) -> Result<(), Box<HttpResponse>> {
+    let mut hosts = req.headers().get_all(actix_web::http::header::HOST);
+    let (first, second) = (hosts.next(), hosts.next());
+    if second.is_some() {
+        return Err(Box::new(
+            HttpResponse::BadRequest().json(error_body(400, "a request must carry one Host header, not several")),
+        ));
+    }
+    let Some(host) = first else {
+        return Err(Box::new(HttpResponse::BadRequest().json(error_body(400, "a request must carry a Host header"))));
+    };
+    let authority = req.uri().authority().map(|a| a.as_str().rsplit('@').next().unwrap_or("").to_string());
+    let named = [Some(String::from_utf8_lossy(host.as_bytes()).into_owned()), authority];
+    for name in named.into_iter().flatten() {
+        let ok = !name.chars().any(char::is_control) && host_allowed(&name, allowed);
+        if !ok {
+            let shown = wazuh_cluster_protocol::agent::enrollment::printable(&name);
+            let body = error_body(421, &format!("this API does not serve the host {shown:?} (see api.allowed_hosts)"));
+            return Err(Box::new(HttpResponse::MisdirectedRequest().json(body)));
+        }
+    }
+    Ok(())
+}
+
 /// The guard in front of every endpoint: the `Host` check, then the credential.
 async fn guard(
     req: actix_web::dev::ServiceRequest,
@@ -347,14 +375,8 @@ async fn guard(
     let Some(access) = req.app_data::<web::Data<Access>>().cloned() else {
         return Err(actix_web::error::ErrorInternalServerError("the API guard has no settings"));
     };
-    if let Some(host) = req.headers().get(actix_web::http::header::HOST) {
-        let ok = host.to_str().is_ok_and(|h| host_allowed(h, &access.allowed_hosts));
-        if !ok {
-            let raw = String::from_utf8_lossy(host.as_bytes()).into_owned();
-            let shown = wazuh_cluster_protocol::agent::enrollment::printable(&raw);
-            let body = error_body(421, &format!("this API does not serve the host {shown:?} (see api.allowed_hosts)"));
-            return Ok(req.into_response(HttpResponse::MisdirectedRequest().json(body)));
-        }
+    if let Err(refusal) = check_host(&req, &access.allowed_hosts) {
+        return Ok(req.into_response(*refusal));
     }
     let path = req.path();
     let open = path == "/health"
@@ -826,8 +848,18 @@ struct JoinTokenQuery {
 
 /// `POST /cluster/join-tokens[?ttl=&uses=]` (master): a join token, shown this once.
 async fn join_token(node: web::Data<NodeHandle>, query: web::Query<JoinTokenQuery>) -> HttpResponse {
+    let (min, max) = wazuh_cluster_actors::admission::TOKEN_TTL;
     let ttl = std::time::Duration::from_secs(query.ttl.unwrap_or(3600));
-    match node.issue_join_token(ttl, query.uses.unwrap_or(1)).await {
+    if ttl < min || ttl > max {
+        let why = format!("ttl: {} s is out of range: {}..={} seconds", ttl.as_secs(), min.as_secs(), max.as_secs());
+        return HttpResponse::BadRequest().json(error_body(400, &why));
+    }
+    let uses = query.uses.unwrap_or(1);
+    if !(1..=wazuh_cluster_actors::admission::MAX_TOKEN_USES).contains(&uses) {
+        let why = format!("uses: {uses} is out of range: 1..={}", wazuh_cluster_actors::admission::MAX_TOKEN_USES);
+        return HttpResponse::BadRequest().json(error_body(400, &why));
+    }
+    match node.issue_join_token(ttl, uses).await {
         Ok(issued) => HttpResponse::Ok().json(serde_json::json!({
             "data": {
                 "token": issued.token.reveal(),

@@ -65,5 +65,70 @@ pub fn init(format: LogFormat, level: &str, default_node: &str) {
             }
         }
     });
-    let _ = builder.try_init();
+    let logger = builder.build();
+    let max = logger.filter();
+    let throttled = Throttled { inner: logger, said: std::sync::Mutex::new(std::collections::HashMap::new()) };
+    if log::set_boxed_logger(Box::new(throttled)).is_ok() {
+        log::set_max_level(max);
+    }
+}
+
+/// How often the HTTP stack may say the same kind of thing (see [`Throttled`]).
+const HTTP_STACK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The logger, with what the HTTP stack says about its clients held to one line per 10 s per
+/// source: actix-http writes an ERROR line for every malformed request ("stream error: ..."), and
+/// actix-server one for every failed accept, so without this a stranger decides how much the node
+/// logs. Such a line is a client's doing, so it is said as a warning, with how many like it went
+/// unsaid since the last one.
+struct Throttled {
+    inner: env_logger::Logger,
+    said: std::sync::Mutex<std::collections::HashMap<String, wazuh_cluster_actors::throttle::Throttle>>,
+}
+
+impl Throttled {
+    /// Whether `record` comes from the HTTP stack's handling of clients.
+    fn from_http_stack(record: &log::Record) -> bool {
+        let t = record.target();
+        record.level() <= log::Level::Warn && (t.starts_with("actix_http") || t.starts_with("actix_server"))
+    }
+}
+
+impl log::Log for Throttled {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        self.inner.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.inner.matches(record) {
+            return;
+        }
+        if !Self::from_http_stack(record) {
+            return self.inner.log(record);
+        }
+        let unsaid = {
+            let mut said = self.said.lock().unwrap_or_else(|p| p.into_inner());
+            // A handful of sources (actix's modules): the map stays that small.
+            let throttle = said
+                .entry(record.target().to_string())
+                .or_insert_with(|| wazuh_cluster_actors::throttle::Throttle::new(HTTP_STACK_EVERY));
+            throttle.allow()
+        };
+        let Some(unsaid) = unsaid else { return };
+        let suffix = if unsaid > 0 { format!(" ({unsaid} similar suppressed)") } else { String::new() };
+        self.inner.log(
+            &log::Record::builder()
+                .level(log::Level::Warn)
+                .target(record.target())
+                .module_path(record.module_path())
+                .file(record.file())
+                .line(record.line())
+                .args(format_args!("API: {}{suffix}", record.args()))
+                .build(),
+        );
+    }
+
+    fn flush(&self) {
+        self.inner.flush()
+    }
 }

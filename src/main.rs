@@ -109,10 +109,11 @@ enum Command {
     /// cluster.join_token for its first connection.
     JoinToken {
         /// How long the token is valid, in seconds (60 .. 2592000).
-        #[arg(long, default_value_t = 3600)]
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(
+            wazuh_cluster_actors::admission::TOKEN_TTL.0.as_secs()..=wazuh_cluster_actors::admission::TOKEN_TTL.1.as_secs()))]
         ttl: u64,
-        /// How many workers may join with it.
-        #[arg(long, default_value_t = 1)]
+        /// How many workers may join with it (1 .. 1000).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=wazuh_cluster_actors::admission::MAX_TOKEN_USES as i64))]
         uses: u32,
         #[command(flatten)]
         api: ApiArgs,

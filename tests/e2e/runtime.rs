@@ -317,3 +317,40 @@ fn a_full_disk_makes_no_job_fail_faster_than_its_back_off_allows_and_nothing_is_
     let (status, body) = wazuh_multi_node::client::get(&health, "/health", None).expect("/health");
     assert_eq!(status, 200, "serving again once the replica could write: {body}");
 }
+
+/// Malformed HTTP requests from a stranger make a bounded number of log lines: the HTTP stack's
+/// own line for each (actix-http says "stream error" at ERROR for every one) is held to one per
+/// 10 s, as a warning, with how many went unsaid.
+#[test]
+fn malformed_http_requests_make_a_bounded_number_of_log_lines() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_key, _port, sets, master) = started_master(dir.path());
+    let api = api_port(&sets);
+    const REQUESTS: usize = 300;
+    for i in 0..REQUESTS {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", api)).expect("connect");
+        // A header line without a colon, a bad method, garbage bytes: each fails to parse.
+        let junk: &[u8] = match i % 3 {
+            0 => b"GET / HTTP/1.1\r\nno colon here\r\n\r\n",
+            1 => b"G\x01T / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            _ => b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+        };
+        let _ = s.write_all(junk);
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+    }
+    // The node still answers a real request.
+    let listed = listed_nodes(api);
+    assert_eq!(listed, ["master-1"], "{}", master.log());
+    let log = master.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("API:") || l.contains("stream error")).collect();
+    eprintln!("{REQUESTS} malformed requests: {} log lines about them: {lines:#?}", lines.len());
+    assert!(!lines.is_empty(), "the malformed requests were not mentioned at all\n{log}");
+    assert!(lines.len() <= 5, "{} lines for {REQUESTS} malformed requests\n{log}", lines.len());
+    assert!(
+        lines.iter().all(|l| !l.contains("ERROR")),
+        "a client's malformed request is no error of the node: {lines:?}"
+    );
+}

@@ -422,6 +422,21 @@ async fn every_endpoint_but_health_needs_the_token_and_lists_never_carry_keys() 
             assert!(status == 421 || (status == 400 && host.contains('\u{1b}')), "{host}: {text}");
             assert!(!text.contains('\u{1b}'), "the refused host is escaped: {text}");
         }
+        // No Host (HTTP/1.0 allows it), two Host headers, or an absolute-form target naming another
+        // host: refused, whatever the credential.
+        let auth = format!("Authorization: Bearer {API_TOKEN}\r\nConnection: close\r\n\r\n");
+        for (head, want) in [
+            (format!("GET /cluster/nodes HTTP/1.0\r\n{auth}"), 400),
+            (format!("GET /cluster/nodes HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: attacker.example\r\n{auth}"), 400),
+            (format!("GET /cluster/nodes HTTP/1.1\r\nHost: attacker.example\r\nHost: 127.0.0.1\r\n{auth}"), 400),
+            (format!("GET http://attacker.example/cluster/nodes HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}"), 421),
+            (format!("GET http://127.0.0.1:{port}/cluster/nodes HTTP/1.1\r\nHost: attacker.example\r\n{auth}"), 421),
+            (format!("GET http://127.0.0.1:{port}/cluster/nodes HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}"), 200),
+            (format!("GET /cluster/nodes HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}"), 200),
+        ] {
+            let (status, text) = raw(api, head.clone()).await;
+            assert_eq!(status, want, "{head:?}: {text}");
+        }
         // No CORS: a preflight and a cross-origin read get no Access-Control-* header.
         for head in [
             "OPTIONS /agents HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://attacker.example\r\nAccess-Control-Request-Method: GET\r\nConnection: close\r\n\r\n".to_string(),

@@ -102,6 +102,12 @@ fn field<'a>(rest: &'a str, tag: &str, unterminated: EnrollError) -> Result<(Opt
     }
 }
 
+/// Whether `given` is `expected`, comparing every byte whatever the first difference (the time
+/// does not tell how much of the password was right; only its length may show).
+pub fn same_password(given: &str, expected: &str) -> bool {
+    given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
 /// Splits a request line into its fields. `configured_password` is checked first, as authd does.
 pub fn parse(line: &str, configured_password: Option<&str>) -> Result<EnrollRequest, EnrollError> {
     let line = line.trim_end_matches(['\n', '\r']);
@@ -113,7 +119,7 @@ pub fn parse(line: &str, configured_password: Option<&str>) -> Result<EnrollRequ
         None => (None, line),
     };
     if let Some(expected) = configured_password {
-        if password.as_deref() != Some(expected) {
+        if !password.as_deref().is_some_and(|given| same_password(given, expected)) {
             return Err(EnrollError::InvalidPassword);
         }
     }
