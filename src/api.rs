@@ -316,6 +316,8 @@ pub struct Access {
     /// Names accepted in `Host` besides IP literals and `localhost` (lowercase).
     pub allowed_hosts: Vec<String>,
     pub metrics_public: bool,
+    /// What sign-ins may cost (password checks at once, blocked addresses).
+    pub signin: std::sync::Arc<crate::auth::SignInGate>,
 }
 
 /// The host part of a `Host` header value (`name`, `name:port`, `[v6]:port`), lowercase.
@@ -805,6 +807,10 @@ async fn authenticate(
     req: actix_web::HttpRequest,
     query: web::Query<AuthenticateQuery>,
 ) -> HttpResponse {
+    let peer = req.peer_addr().map(|a| a.ip());
+    if let Some(Err(blocked)) = peer.map(|ip| access.signin.check_blocked(ip)) {
+        return HttpResponse::Forbidden().json(error_body(403, &blocked.to_string()));
+    }
     let basic = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -813,22 +819,47 @@ async fn authenticate(
         .and_then(|b| base64ct::Base64::decode_vec(b.trim()).ok())
         .and_then(|raw| String::from_utf8(raw).ok());
     let Some((user, password)) = basic.as_deref().and_then(|b| b.split_once(':')) else {
+        if let Some(ip) = peer {
+            access.signin.failed(ip);
+        }
         return HttpResponse::Unauthorized()
             .insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Basic realm=\"wazuh\""))
             .json(error_body(401, "Invalid credentials: HTTP Basic authentication is required"));
     };
+    // At most a few checks at once (each takes Argon2's memory): the rest are answered now.
+    let permit = match access.signin.permit() {
+        Ok(permit) => permit,
+        Err(refused) => {
+            return HttpResponse::TooManyRequests()
+                .insert_header((actix_web::http::header::RETRY_AFTER, "1"))
+                .json(error_body(429, &refused.to_string()))
+        }
+    };
     let (users, user_name, password) = (access.users.clone(), user.to_string(), password.to_string());
-    // Argon2 takes tens of milliseconds: off the API's thread.
-    let role = actix_web::rt::task::spawn_blocking(move || crate::auth::check_password(&users, &user_name, &password))
-        .await
-        .ok()
-        .flatten();
+    // Argon2 takes tens of milliseconds: off the API's thread, on one of the permits' threads.
+    let role = actix_web::rt::task::spawn_blocking(move || {
+        let role = crate::auth::check_password(&users, &user_name, &password);
+        drop(permit);
+        role
+    })
+    .await
+    .ok()
+    .flatten();
     let Some(role) = role else {
         let shown = wazuh_cluster_protocol::agent::enrollment::printable(user).into_owned();
-        log::warn!(
-            "API: failed authentication for user {shown:?} from {}",
-            req.peer_addr().map(|a| a.to_string()).unwrap_or_default()
-        );
+        let blocks = peer.is_some_and(|ip| access.signin.failed(ip));
+        let from = peer.map(|ip| ip.to_string()).unwrap_or_default();
+        // One line per failure until the address is blocked (at most max_login_attempts per
+        // block_time from one address), then one saying so.
+        if blocks {
+            log::warn!(
+                "API: address {from} blocked for sign-ins: {} failed within {} s (last for user {shown:?})",
+                access.signin.max_attempts,
+                access.signin.block_time.as_secs()
+            );
+        } else {
+            log::warn!("API: failed authentication for user {shown:?} from {from}");
+        }
         return HttpResponse::Unauthorized().json(error_body(401, "Invalid credentials"));
     };
     let token = access.tokens.issue(user, role, crate::auth::now_s());

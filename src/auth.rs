@@ -67,16 +67,150 @@ pub fn valid_hash(hash: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|h| h.algorithm.as_str().starts_with("argon2"))
 }
 
-/// The user's role when `password` is theirs.
+/// The most memory one password check may take: Argon2's `m` parameter, in KiB. Hashes that ask
+/// for more are refused where they are configured, so that sign-in's memory has a stated bound.
+pub const MAX_HASH_MEMORY_KIB: u32 = 64 * 1024;
+/// The most passes (`t`) and lanes (`p`) a configured hash may ask for.
+pub const MAX_HASH_PASSES: u32 = 10;
+pub const MAX_HASH_LANES: u32 = 4;
+
+/// Why a configured password hash is refused.
+pub fn check_hash_cost(hash: &str) -> Result<(), String> {
+    let parsed = PasswordHash::new(hash).map_err(|e| format!("not a PHC string: {e}"))?;
+    let params = argon2::Params::try_from(&parsed).map_err(|e| format!("not Argon2 parameters: {e}"))?;
+    if params.m_cost() > MAX_HASH_MEMORY_KIB || params.t_cost() > MAX_HASH_PASSES || params.p_cost() > MAX_HASH_LANES {
+        return Err(format!(
+            "its cost (m={} KiB, t={}, p={}) is above what a sign-in may take (m <= {MAX_HASH_MEMORY_KIB}, t <= \
+             {MAX_HASH_PASSES}, p <= {MAX_HASH_LANES}); make it with `wazuh-cluster hash-password`",
+            params.m_cost(),
+            params.t_cost(),
+            params.p_cost()
+        ));
+    }
+    Ok(())
+}
+
+/// A hash of nothing anyone knows, with the parameters `wazuh-cluster hash-password` uses: an
+/// unknown user's password is checked against it, so that the time (and memory) of a sign-in does
+/// not say whether the user exists.
+fn decoy_hash() -> &'static str {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| {
+        let mut raw = [0u8; 24];
+        let _ = getrandom::fill(&mut raw);
+        let text: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        hash_password(&text).unwrap_or_default()
+    })
+}
+
+/// The user's role when `password` is theirs. An unknown user costs the same work as a known one.
 pub fn check_password(users: &[ApiUser], name: &str, password: &str) -> Option<ApiRole> {
     let user = users.iter().find(|u| u.name == name);
-    let Some(user) = user else {
-        // The same work for an unknown name as for a wrong password: timing does not say which.
-        let _ = hash_password(password);
-        return None;
+    let hash: &str = match user {
+        Some(u) => &u.password_hash,
+        None => decoy_hash(),
     };
-    let parsed = PasswordHash::new(&user.password_hash).ok()?;
-    Argon2::default().verify_password(password.as_bytes(), &parsed).ok().map(|_| user.role)
+    let parsed = PasswordHash::new(hash).ok()?;
+    let verified = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
+    user.filter(|_| verified).map(|u| u.role)
+}
+
+/// What a sign-in attempt may cost the node: at most `permits` password checks at once (each takes
+/// Argon2's memory, 19 MiB with the default parameters, for tens of milliseconds), the rest
+/// answered at once; and, as Wazuh's API does, an address that failed `max_attempts` times within
+/// `block_time` of its first failure is refused until that time has passed.
+pub struct SignInGate {
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    /// How many checks may run at once.
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub block_time: Duration,
+    failures: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Failures>>,
+}
+
+/// One address's failed sign-ins since its first one.
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    first: std::time::Instant,
+    count: u32,
+}
+
+/// Addresses whose failures are remembered at most (about 40 bytes each): beyond it, windows that
+/// ended are forgotten first, then the oldest.
+pub const MAX_REMEMBERED_ADDRESSES: usize = 65_536;
+
+/// Why a sign-in is not checked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignInRefused {
+    #[error("Limit of login attempts reached. The current IP has been blocked due to a high number of login attempts")]
+    Blocked,
+    #[error("too many sign-ins are being checked at once; retry in a moment")]
+    Busy,
+}
+
+impl SignInGate {
+    /// `concurrency` 0: from the cores (at most 4).
+    pub fn new(concurrency: usize, max_attempts: u32, block_time: Duration) -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let concurrency = if concurrency == 0 { cores.clamp(1, 4) } else { concurrency };
+        Self {
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency)),
+            concurrency,
+            max_attempts: max_attempts.max(1),
+            block_time,
+            failures: Default::default(),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, Failures>> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Refused when `ip` is blocked (a window that ended is forgotten here).
+    pub fn check_blocked(&self, ip: std::net::IpAddr) -> Result<(), SignInRefused> {
+        let ip = ip.to_canonical();
+        let mut failures = self.failures();
+        match failures.get(&ip) {
+            Some(f) if f.first.elapsed() >= self.block_time => {
+                failures.remove(&ip);
+                Ok(())
+            }
+            Some(f) if f.count >= self.max_attempts => Err(SignInRefused::Blocked),
+            _ => Ok(()),
+        }
+    }
+
+    /// A place among the checks running now, or `Busy` at once.
+    pub fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, SignInRefused> {
+        self.permits.clone().try_acquire_owned().map_err(|_| SignInRefused::Busy)
+    }
+
+    /// Counts a failed sign-in from `ip`; true when it blocks the address from now on.
+    pub fn failed(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        let now = std::time::Instant::now();
+        let mut failures = self.failures();
+        if failures.len() >= MAX_REMEMBERED_ADDRESSES && !failures.contains_key(&ip) {
+            let block_time = self.block_time;
+            failures.retain(|_, f| now.duration_since(f.first) < block_time);
+            if failures.len() >= MAX_REMEMBERED_ADDRESSES {
+                if let Some(oldest) = failures.iter().min_by_key(|(_, f)| f.first).map(|(ip, _)| *ip) {
+                    failures.remove(&oldest);
+                }
+            }
+        }
+        let f = failures.entry(ip).or_insert(Failures { first: now, count: 0 });
+        if now.duration_since(f.first) >= self.block_time {
+            *f = Failures { first: now, count: 0 };
+        }
+        f.count += 1;
+        f.count == self.max_attempts
+    }
+
+    /// Addresses remembered now (tests, health).
+    pub fn remembered(&self) -> usize {
+        self.failures().len()
+    }
 }
 
 /// Wazuh's token claims, and ours (`role`).
@@ -177,6 +311,50 @@ mod tests {
         assert_eq!(check_password(&users, "admin", "wrong"), None);
         assert_eq!(check_password(&users, "nobody", "s3cret pass"), None);
         assert_ne!(hash_password("s3cret pass").unwrap(), hash, "a fresh salt each time");
+    }
+
+    #[test]
+    fn an_address_is_blocked_after_max_attempts_until_block_time_after_its_first_failure() {
+        let gate = SignInGate::new(2, 3, Duration::from_millis(300));
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        assert!(!gate.failed(a) && !gate.failed(a));
+        assert_eq!(gate.check_blocked(a), Ok(()));
+        assert!(gate.failed(a), "the third failure blocks");
+        assert_eq!(gate.check_blocked(a), Err(SignInRefused::Blocked));
+        // The same address as an IPv4-mapped IPv6 address is the same address.
+        let mapped: std::net::IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(gate.check_blocked(mapped), Err(SignInRefused::Blocked));
+        assert_eq!(gate.check_blocked(b), Ok(()), "another address is not");
+        std::thread::sleep(Duration::from_millis(320));
+        assert_eq!(gate.check_blocked(a), Ok(()), "block_time after the first failure, the address is free");
+        assert!(!gate.failed(a), "and its count starts again");
+    }
+
+    #[test]
+    fn at_most_n_checks_at_once_and_the_rest_refused_at_once() {
+        let gate = SignInGate::new(2, 50, Duration::from_secs(300));
+        let one = gate.permit().unwrap();
+        let _two = gate.permit().unwrap();
+        assert_eq!(gate.permit().err(), Some(SignInRefused::Busy));
+        drop(one);
+        assert!(gate.permit().is_ok());
+        assert!(SignInGate::new(0, 50, Duration::from_secs(1)).concurrency >= 1);
+    }
+
+    #[test]
+    fn remembered_addresses_are_bounded() {
+        let gate = SignInGate::new(1, 50, Duration::from_secs(300));
+        for i in 0..(MAX_REMEMBERED_ADDRESSES as u32 + 100) {
+            gate.failed(std::net::IpAddr::V4(std::net::Ipv4Addr::from(i)));
+        }
+        assert!(gate.remembered() <= MAX_REMEMBERED_ADDRESSES);
+    }
+
+    #[test]
+    fn configured_hashes_above_the_sign_in_cost_bound_are_refused() {
+        assert!(check_hash_cost(&hash_password("x").unwrap()).is_ok());
+        let costly = "$argon2id$v=19$m=262144,t=2,p=1$c2FsdHNhbHRzYWx0$3kFqOZXJ6hb3ZsmBdEi7Tq6z2eEHD2Xu3v1nD3Glmjo";
+        assert!(check_hash_cost(costly).unwrap_err().contains("m=262144"));
     }
 
     #[test]

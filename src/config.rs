@@ -79,6 +79,8 @@
 //! allowed_hosts = ""         # host names accepted in `Host:` besides IP literals and localhost
 //! metrics_public = false     # true: /metrics without credentials
 //! max_connections = 256      # connections served at once
+//! max_login_attempts = 50    # failed sign-ins from one address that block it (Wazuh's access settings)...
+//! block_time = "300s"        # ...within this time of its first failure, until that time has passed
 //!
 //! [log]
 //! format = "text"            # text | json
@@ -143,6 +145,8 @@ struct RawApi {
     cert_file: Option<String>,
     key_file: Option<String>,
     max_connections: Option<usize>,
+    max_login_attempts: Option<u32>,
+    block_time: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -307,6 +311,11 @@ pub struct ApiConfig {
     pub users: Vec<crate::auth::ApiUser>,
     /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Failed sign-ins from one address within `block_time` of its first failure that block it
+    /// (Wazuh's `access.max_login_attempts` and `access.block_time`).
+    pub max_login_attempts: u32,
+    #[serde(serialize_with = "ser_duration")]
+    pub block_time: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -804,6 +813,7 @@ fn validate(raw: RawConfig, file: Option<&Path>, host_name: Option<&str>) -> Res
                 "password_hash must be an Argon2 PHC string (make one with `wazuh-cluster hash-password`)",
             ));
         }
+        crate::auth::check_hash_cost(&password_hash).map_err(|why| invalid(&field, format!("password_hash: {why}")))?;
         let role_text = non_empty(u.role).unwrap_or_else(|| "readonly".into());
         let role = crate::auth::ApiRole::parse(&role_text)
             .ok_or_else(|| invalid(&field, format!("role {role_text:?}: administrator or readonly")))?;
@@ -827,6 +837,18 @@ fn validate(raw: RawConfig, file: Option<&Path>, host_name: Option<&str>) -> Res
             Duration::from_secs(86_400),
         )?,
         users,
+        max_login_attempts: match api.max_login_attempts {
+            Some(0) => return Err(invalid("api.max_login_attempts", "must be at least 1")),
+            Some(n) => n,
+            None => 50,
+        },
+        block_time: duration_field(
+            "api.block_time",
+            api.block_time,
+            "300s",
+            Duration::ZERO,
+            Duration::from_secs(86_400),
+        )?,
     };
     let format = match non_empty(log.format).as_deref() {
         None | Some("text") => LogFormat::Text,

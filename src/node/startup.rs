@@ -103,6 +103,7 @@ fn api_access(config: &Config) -> anyhow::Result<crate::api::Access> {
         users: Arc::new(config.api.users.clone()),
         allowed_hosts: config.api.allowed_hosts.clone(),
         metrics_public: config.api.metrics_public,
+        signin: Arc::new(crate::auth::SignInGate::new(0, config.api.max_login_attempts, config.api.block_time)),
     })
 }
 
