@@ -41,7 +41,7 @@ use crate::auth::ApiRole;
 use crate::node::handle::{ChangeError, NodeHandle};
 use actix_web::dev::ServerHandle;
 use actix_web::http::StatusCode;
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpResponse};
 use base64ct::Encoding;
 use serde::Serialize;
 use wazuh_cluster_actors::registry::fmt_id;
@@ -1080,20 +1080,25 @@ fn bad_input(why: String) -> actix_web::Error {
 #[path = "api_spec.rs"]
 pub mod spec;
 
-/// Starts serving the API on `listener` (bound by the caller) in the background. Returns a handle
-/// to stop it.
+#[path = "api_listener.rs"]
+mod listener;
+pub use listener::ApiLimits;
+
+/// Starts serving the API on `listener` (bound by the caller) in the background, within `limits`.
+/// Returns a handle to stop it.
 pub fn start(
     listener: std::net::TcpListener,
     node: NodeHandle,
     access: Access,
-    max_connections: usize,
+    limits: ApiLimits,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     info: NodeInfo,
 ) -> std::io::Result<ServerHandle> {
+    let name = node.name().to_string();
     let data = web::Data::new(node);
     let info = web::Data::new(info);
     let access = web::Data::new(access);
-    let server = HttpServer::new(move || {
+    let app = move || {
         let mut app = App::new()
             .app_data(data.clone())
             .app_data(access.clone())
@@ -1113,27 +1118,11 @@ pub fn start(
             app = app.route(ep.path, (ep.route)());
         }
         app.default_service(web::to(not_found))
-    })
-    .workers(1)
-    // Each answer goes out at once: without it, a TLS response's records wait for the client's
-    // delayed ACK (about 40 ms per request).
-    .tcp_nodelay(true)
-    // Bounds what clients can hold: connections at once (more wait in the backlog), and the time
-    // to send a request's head.
-    .max_connections(max_connections)
-    .client_request_timeout(std::time::Duration::from_secs(5))
-    .disable_signals()
-    .shutdown_timeout(1);
-    let server = match tls {
-        Some(config) => {
-            let mut config = (*config).clone();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            server.listen_rustls_0_23(listener, config)?
-        }
-        None => server.listen(listener)?,
     };
-    let server = server.run();
-    let handle = server.handle();
-    actix_rt::spawn(server);
-    Ok(handle)
+    let tls = tls.map(|config| {
+        let mut config = (*config).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config
+    });
+    listener::serve(listener, app, tls, limits, &name)
 }

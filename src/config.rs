@@ -79,6 +79,9 @@
 //! allowed_hosts = ""         # host names accepted in `Host:` besides IP literals and localhost
 //! metrics_public = false     # true: /metrics without credentials
 //! max_connections = 256      # connections served at once
+//! max_connections_per_address = 32  # connections of one address at once; more are closed at once
+//! handshake_timeout = "3s"   # a client must finish TLS within this...
+//! header_timeout = "5s"      # ...and send its first request head within this
 //! max_login_attempts = 50    # failed sign-ins from one address that block it (Wazuh's access settings)...
 //! block_time = "300s"        # ...within this time of its first failure, until that time has passed
 //!
@@ -147,6 +150,9 @@ struct RawApi {
     max_connections: Option<usize>,
     max_login_attempts: Option<u32>,
     block_time: Option<String>,
+    max_connections_per_address: Option<u32>,
+    handshake_timeout: Option<String>,
+    header_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -316,6 +322,14 @@ pub struct ApiConfig {
     pub max_login_attempts: u32,
     #[serde(serialize_with = "ser_duration")]
     pub block_time: Duration,
+    /// Connections of one address at once; more are closed at once.
+    pub max_connections_per_address: u32,
+    /// Time a client has to finish TLS...
+    #[serde(serialize_with = "ser_duration")]
+    pub handshake_timeout: Duration,
+    /// ...and to send its first request head.
+    #[serde(serialize_with = "ser_duration")]
+    pub header_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -848,6 +862,25 @@ fn validate(raw: RawConfig, file: Option<&Path>, host_name: Option<&str>) -> Res
             "300s",
             Duration::ZERO,
             Duration::from_secs(86_400),
+        )?,
+        max_connections_per_address: match api.max_connections_per_address {
+            Some(0) => return Err(invalid("api.max_connections_per_address", "must be at least 1")),
+            Some(n) => n,
+            None => 32,
+        },
+        handshake_timeout: duration_field(
+            "api.handshake_timeout",
+            api.handshake_timeout,
+            "3s",
+            ms(100),
+            Duration::from_secs(60),
+        )?,
+        header_timeout: duration_field(
+            "api.header_timeout",
+            api.header_timeout,
+            "5s",
+            ms(100),
+            Duration::from_secs(60),
         )?,
     };
     let format = match non_empty(log.format).as_deref() {

@@ -366,7 +366,13 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
         cluster: config.cluster.name.clone(),
         data_dir: config.node.data_dir.display().to_string(),
     };
-    let api = match crate::api::start(api_listener, handle.clone(), access, config.api.max_connections, api_tls, info) {
+    let limits = crate::api::ApiLimits {
+        max_connections: config.api.max_connections,
+        per_address: config.api.max_connections_per_address,
+        handshake_timeout: config.api.handshake_timeout,
+        header_timeout: config.api.header_timeout,
+    };
+    let api = match crate::api::start(api_listener, handle.clone(), access, limits, api_tls, info) {
         Ok(api) => api,
         Err(e) => {
             // The actors exist now: stop them and let them run their stop before returning.

@@ -9,10 +9,10 @@
 
 use crate::common;
 
-use common::cluster::TestCluster;
+use common::cluster::{TestCluster, API_TOKEN};
 use common::*;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use wazuh_multi_node::sim::{connector, enroll_one, parse_key, read_payload, SimAgent};
 
@@ -228,5 +228,114 @@ async fn a_handshake_flood_on_the_cluster_port_cannot_keep_a_worker_out() {
     let lines = find_logs(&master, &["127.0.0.2"]).len();
     assert!(lines <= 10, "{lines} log lines about the flood");
     assert!(!find_logs(&master, &["handshakes from 127.0.0.2 already in progress"]).is_empty(), "never capped");
+    assert!(rss_flood.saturating_sub(rss_before) < RSS_BOUND_KIB, "RSS grew {} KiB", rss_flood - rss_before);
+}
+
+/// Opens `n` connections to `addr` from `source`, each given to `then` once connected.
+async fn open_from<T, F, Fut>(source: &str, addr: std::net::SocketAddr, n: usize, then: F) -> Vec<T>
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.bind(format!("{source}:0").parse().expect("addr")).expect("bind");
+        if let Ok(s) = socket.connect(addr).await {
+            if let Some(t) = then(s).await {
+                held.push(t);
+            }
+        }
+    }
+    held
+}
+
+/// Whether a connection is still open (the server neither closed it nor sent anything).
+fn still_open(s: &TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(s.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// The API under floods from three addresses at once, over HTTPS: connections that never start
+/// TLS, connections that stop in the middle of a ClientHello, and connections that finish TLS and
+/// never finish their headers. Each address keeps at most `api.max_connections_per_address` (the
+/// rest are closed at once), each kept one is closed at its deadline (handshake, header), and a
+/// real call from a fourth address is answered meanwhile.
+#[actix_rt::test]
+async fn api_floods_of_idle_half_tls_and_slow_header_connections_leave_real_calls_served() {
+    use wazuh_multi_node::client::{request_trusting, Trust};
+    allow_files(4_000);
+    const PER_ADDRESS: usize = 8;
+    const EACH: usize = 300;
+    let cluster = TestCluster::start_with(
+        "apiflood",
+        0,
+        &[
+            ("api.tls", "true".into()),
+            ("api.max_connections_per_address", PER_ADDRESS.to_string()),
+            ("api.handshake_timeout", "1s".into()),
+            ("api.header_timeout", "1s".into()),
+        ],
+    )
+    .await;
+    let api = cluster.master().api_addr;
+    let node = cluster.master_name();
+    let ask = || async move {
+        let t0 = Instant::now();
+        let base = format!("https://{api}");
+        let answer = actix_rt::task::spawn_blocking(move || {
+            request_trusting(&Trust { ca_file: None, insecure: true }, &base, "GET", "/agents", Some(API_TOKEN), None)
+        })
+        .await
+        .expect("join");
+        (answer.map(|(status, _)| status).ok(), t0.elapsed())
+    };
+    let (status, quiet) = ask().await;
+    assert_eq!(status, Some(200));
+    let rss_before = rss_kib();
+
+    let started = Instant::now();
+    // Never a byte.
+    let idle = open_from("127.0.0.2", api, EACH, |s| async move { Some(s) }).await;
+    // Half a ClientHello (a TLS record header that promises 512 bytes, then 5 of them).
+    let half = open_from("127.0.0.3", api, EACH, |mut s| async move {
+        s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03]).await.ok()?;
+        Some(s)
+    })
+    .await;
+    // TLS finished, then a request head that never ends.
+    let slow = open_from("127.0.0.4", api, EACH, |s| async move {
+        let name = rustls::pki_types::ServerName::try_from("localhost").ok()?.to_owned();
+        let mut tls = wazuh_multi_node::sim::connector().ok()?.connect(name, s).await.ok()?;
+        tls.write_all(b"GET /agents HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ").await.ok()?;
+        tls.flush().await.ok()?;
+        Some(tls)
+    })
+    .await;
+    let flooded_in = started.elapsed();
+    let (status, during) = ask().await;
+    let rss_flood = rss_kib();
+    let open_now = [idle.iter().filter(|s| still_open(s)).count(), half.iter().filter(|s| still_open(s)).count()];
+    eprintln!(
+        "API floods ({EACH} idle, {EACH} half-TLS, {} slow-header connections from three addresses, made in \
+         {flooded_in:?}): a real call took {during:?} (quiet: {quiet:?}); open per address right after: {open_now:?}; \
+         test process RSS {rss_before} -> {rss_flood} KiB",
+        slow.len()
+    );
+    assert_eq!(status, Some(200), "the real call was not answered during the floods");
+    assert!(during < LOOSE, "the real call took {during:?}");
+    assert!(open_now.iter().all(|n| *n <= PER_ADDRESS), "more than {PER_ADDRESS} held by one address: {open_now:?}");
+    assert!(slow.len() <= PER_ADDRESS, "{} slow-header connections finished TLS", slow.len());
+    // Past the deadlines, none is left.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let open_later = [idle.iter().filter(|s| still_open(s)).count(), half.iter().filter(|s| still_open(s)).count()];
+    assert_eq!(open_later, [0, 0], "connections outlived the handshake deadline");
+    let mut buf = [0u8; 256];
+    for mut tls in slow {
+        let n = tokio::time::timeout(Duration::from_secs(1), tls.read(&mut buf)).await;
+        assert!(matches!(n, Ok(Ok(_)) | Ok(Err(_))), "a slow-header connection outlived the header deadline");
+    }
+    let lines = find_logs(&node, &["API:", "closed at once"]).len();
+    assert!((1..=5).contains(&lines), "{lines} log lines about the refused connections");
     assert!(rss_flood.saturating_sub(rss_before) < RSS_BOUND_KIB, "RSS grew {} KiB", rss_flood - rss_before);
 }
