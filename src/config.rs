@@ -7,6 +7,9 @@
 //! name = "master-1"          # [A-Za-z0-9_-]+; default: the host name (dots become dashes)
 //! role = "master"            # master | worker
 //! data_dir = "/var/lib/wazuh-multi-node"
+//! max_open_files = 0         # the open-file limit the node sets itself (0: the hard limit); it is
+//!                            # split between files, the cluster, the API, enrollment and agents
+//!                            # (check-config shows how)
 //!
 //! [cluster]
 //! name = "wazuh"
@@ -54,6 +57,8 @@
 //! auth_timeout = "30s"       # a connection that speaks for no agent within this is closed
 //! max_pending_per_address = 4096  # connections of one address not yet speaking for an agent, at most
 //!                                 # (many agents behind one NAT address reconnect at once)
+//! max_connections = 0        # agent connections at once (0: the open-file limit's share); when
+//!                            # full, the oldest one that speaks for no agent yet is closed first
 //! archive_max_size = "100MiB"  # events archive (var/archives/events.jsonl) rotates above this...
 //! archive_keep = 5           # ...keeping this many old files
 //! archive = true             # false: no events archive (with [analysis], analysisd has them)
@@ -161,6 +166,7 @@ struct RawNode {
     name: Option<String>,
     role: Option<String>,
     data_dir: Option<String>,
+    max_open_files: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -232,6 +238,7 @@ struct RawAgents {
     stall_timeout: Option<String>,
     auth_timeout: Option<String>,
     max_pending_per_address: Option<u32>,
+    max_connections: Option<u64>,
     archive_max_size: Option<String>,
     archive_keep: Option<usize>,
     archive: Option<bool>,
@@ -337,6 +344,9 @@ pub struct NodeConfig {
     pub name: String,
     pub role: Role,
     pub data_dir: PathBuf,
+    /// The open-file limit the node sets itself (at most the hard limit); `None`: the hard limit.
+    /// The node splits it between files, the cluster, the API, enrollment and agents.
+    pub max_open_files: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -421,6 +431,9 @@ pub struct AgentsConfig {
     #[serde(serialize_with = "ser_duration")]
     pub auth_timeout: Duration,
     pub max_pending_per_address: u32,
+    /// Agent connections at once, at most (below the share the open-file limit gives them, to
+    /// bound memory); `None`: that share.
+    pub max_connections: Option<u64>,
     pub archive_max_size: usize,
     pub archive_keep: usize,
     /// Write events to `var/archives/events.jsonl`.
@@ -572,6 +585,11 @@ fn validate(raw: RawConfig, file: Option<&Path>, host_name: Option<&str>) -> Res
         None => return Err(invalid("node.role", "is required: \"master\" or \"worker\"")),
     };
     let data_dir = PathBuf::from(non_empty(node.data_dir).unwrap_or_else(|| "/var/lib/wazuh-multi-node".into()));
+    let max_open_files = match node.max_open_files {
+        Some(0) | None => None,
+        Some(n) if n < 512 => return Err(invalid("node.max_open_files", format!("{n} is below 512"))),
+        Some(n) => Some(n),
+    };
 
     let cluster_name = non_empty(cluster.name).unwrap_or_else(|| "wazuh".into());
     if cluster_name.len() > MAX_NAME_LEN || cluster_name.chars().any(|c| c.is_control()) {
@@ -759,6 +777,10 @@ fn validate(raw: RawConfig, file: Option<&Path>, host_name: Option<&str>) -> Res
             Some(n) => n,
             None => 4096,
         },
+        max_connections: match agents.max_connections {
+            Some(0) | None => None,
+            Some(n) => Some(n),
+        },
         archive_max_size,
         archive_keep: agents.archive_keep.unwrap_or(5).min(100),
         archive: agents.archive.unwrap_or(true),
@@ -897,7 +919,7 @@ fn validate(raw: RawConfig, file: Option<&Path>, host_name: Option<&str>) -> Res
 
     Ok(Config {
         warnings,
-        node: NodeConfig { name, role, data_dir },
+        node: NodeConfig { name, role, data_dir, max_open_files },
         cluster: ClusterConfig {
             name: cluster_name,
             key: Some(key),

@@ -338,6 +338,19 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 eprintln!("warning: {w}");
             }
             println!("# configuration is valid");
+            // What the open-file limit gives, as the node would split it (the limit of this
+            // process: a service manager's LimitNOFILE or a container's ulimits may differ).
+            let (soft, hard) = wazuh_cluster_actors::budget::open_files_limit()?;
+            let limit = cfg.node.max_open_files.unwrap_or(hard).min(hard);
+            match wazuh_cluster_actors::budget::Budget::plan(limit, cfg.node.role, cfg.api.max_connections as u64) {
+                Ok(budget) => {
+                    println!("# {} (soft {soft}, hard {hard} here)", budget.describe());
+                    if let Some(n) = cfg.agents.max_connections.filter(|n| *n < budget.agents) {
+                        println!("# agents.max_connections holds agent connections at {n}");
+                    }
+                }
+                Err(e) => anyhow::bail!("node.max_open_files / nofile: {e}"),
+            }
             print!("{}", cfg.to_masked_toml());
             Ok(())
         }

@@ -55,6 +55,8 @@ pub struct EnrollmentSettings {
     /// Enrollments in progress from one address, at most; more connections are closed at once.
     pub max_per_address: u32,
     pub tls: Arc<rustls::ServerConfig>,
+    /// Lines about clients that failed before their request line: one per kind per 10 s at most.
+    pub unsaid: std::sync::Mutex<std::collections::HashMap<&'static str, crate::throttle::Throttle>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,37 +162,65 @@ fn rustls_pemfile_key(pem: &[u8]) -> Result<rustls::pki_types::PrivateKeyDer<'st
     rustls::pki_types::PrivateKeyDer::from_pem_slice(pem).map_err(|e| e.to_string())
 }
 
-/// Accepts enrollments on `listener` until the returned task is aborted.
+/// Accepts enrollments on `listener` until the returned task is aborted. Every connection takes a
+/// place in `pool` (the node's share of enrollments) until it ends: when the pool is full, the
+/// oldest connection that has not sent its request line yet is closed to make room; an address
+/// with `max_per_address` of those gets no more (closed at once). Each kind of refusal is logged
+/// once per 10 s at most, with how many there were.
 pub fn serve(
     listener: TcpListener,
     settings: Arc<EnrollmentSettings>,
     enroller: Enroller,
+    pool: crate::budget::Pool,
 ) -> actix_rt::task::JoinHandle<()> {
     actix_rt::spawn(async move {
+        use crate::budget::NoPlace;
+        use crate::throttle::Throttle;
         let acceptor = TlsAcceptor::from(settings.tls.clone());
-        let in_progress: crate::agents::session::Pending = Default::default();
-        let mut said = crate::throttle::Throttle::new(Duration::from_secs(10));
+        let node = settings.node_name.as_str();
+        let every = Duration::from_secs(10);
+        let (mut said_address, mut said_full, mut said_shed, mut said_accept) =
+            (Throttle::new(every), Throttle::new(every), Throttle::new(every), Throttle::new(every));
+        let mut shed_unsaid = 0usize;
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
-                    let Some(slot) =
-                        crate::agents::session::PendingSlot::take(&in_progress, peer.ip(), settings.max_per_address)
-                    else {
-                        drop(stream);
-                        if let Some(unsaid) = said.allow() {
-                            warn!(node = settings.node_name.as_str(); "enrollment: {} connections from {} closed at once: that address already has {} enrollments in progress (enrollment.max_per_address)", unsaid + 1, peer.ip(), settings.max_per_address);
+                    let (ticket, shed) = match pool.admit(peer.ip()) {
+                        Ok(admitted) => admitted,
+                        Err(NoPlace::Address(max)) => {
+                            drop(stream);
+                            if let Some(unsaid) = said_address.allow() {
+                                warn!(node = node; "enrollment: {} connections from {} closed at once: that address already has {max} enrollments in progress (enrollment.max_per_address)", unsaid + 1, peer.ip());
+                            }
+                            continue;
                         }
-                        continue;
+                        Err(NoPlace::Full(cap)) => {
+                            drop(stream);
+                            if let Some(unsaid) = said_full.allow() {
+                                warn!(node = node; "enrollment: {} connections closed at once: all {cap} places of this node's share of enrollments are being answered", unsaid + 1);
+                            }
+                            continue;
+                        }
                     };
                     let (acceptor, settings, enroller) = (acceptor.clone(), settings.clone(), enroller.clone());
-                    actix_rt::spawn(async move {
-                        handle(stream, peer, acceptor, settings, enroller).await;
-                        drop(slot);
-                    });
+                    actix_rt::spawn(handle(stream, peer, acceptor, settings, enroller, ticket));
+                    if shed > 0 {
+                        shed_unsaid += shed;
+                        if said_shed.allow().is_some() {
+                            warn!(node = node; "enrollment: {shed_unsaid} connections that sent no request closed to make room, the oldest first: this node's share of {} enrollments at once is full", pool.capacity());
+                            shed_unsaid = 0;
+                        }
+                        tokio::task::yield_now().await;
+                    }
                 }
                 Err(e) => {
-                    warn!(node = settings.node_name.as_str(); "accepting an enrollment connection failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let shed = pool.shed_oldest();
+                    if let Some(unsaid) = said_accept.allow() {
+                        let what = if shed { "; closed the oldest connection that sent no request" } else { "" };
+                        let more = if unsaid > 0 { format!(" ({unsaid} similar suppressed)") } else { String::new() };
+                        warn!(node = node; "enrollment: accepting a connection failed: {e}{what}{more}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(if shed { 1 } else { 100 })).await;
                 }
             }
         }
@@ -234,36 +264,80 @@ async fn read_line<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<String, LineErr
     }
 }
 
+/// One enrollment connection, holding its place in the pool until it ends; closed without a word
+/// if the pool needs its place before the request line arrived.
 async fn handle(
     stream: TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     settings: Arc<EnrollmentSettings>,
     enroller: Enroller,
+    mut ticket: crate::budget::Ticket,
 ) {
     let node = settings.node_name.as_str();
-    let _ = stream.set_nodelay(true);
-    let mut tls = match tokio::time::timeout(settings.timeout, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return warn!(node = node; "enrollment from {peer}: TLS handshake failed: {e}"),
-        Err(_) => {
-            return warn!(node = node; "enrollment from {peer}: no TLS handshake within {:?}; closed", settings.timeout)
+    // Before its request line a client is a stranger: each kind of failure is said once per 10 s
+    // at most for all of them (with how many were not said), not once per connection.
+    let say = |kind: &'static str, what: String| {
+        let allowed = {
+            let mut unsaid = settings.unsaid.lock().unwrap_or_else(|p| p.into_inner());
+            unsaid.entry(kind).or_insert_with(|| crate::throttle::Throttle::new(Duration::from_secs(10))).allow()
+        };
+        if let Some(unsaid) = allowed {
+            let more = if unsaid > 0 { format!(" ({unsaid} similar suppressed)") } else { String::new() };
+            warn!(node = node; "enrollment from {peer}: {what}{more}");
         }
     };
-    let line = match tokio::time::timeout(settings.timeout, read_line(&mut tls)).await {
-        Ok(Ok(line)) => line,
-        Ok(Err(reason)) => {
-            warn!(node = node; "enrollment from {peer}: {reason}; closed");
-            if matches!(reason, LineError::TooLong) {
-                let _ = tls.write_all(EnrollError::InvalidRequest.reply().as_bytes()).await;
-                let _ = tls.shutdown().await;
+    let read = async {
+        let _ = stream.set_nodelay(true);
+        let mut tls = match tokio::time::timeout(settings.timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                say("tls", format!("TLS handshake failed: {e}"));
+                return Err(());
             }
-            return;
-        }
-        Err(_) => {
-            return warn!(node = node; "enrollment from {peer}: no request line within {:?}; closed", settings.timeout)
+            Err(_) => {
+                say("no tls", format!("no TLS handshake within {:?}; closed", settings.timeout));
+                return Err(());
+            }
+        };
+        match tokio::time::timeout(settings.timeout, read_line(&mut tls)).await {
+            Ok(Ok(line)) => Ok((tls, line)),
+            Ok(Err(reason)) => {
+                say("line", format!("{reason}; closed"));
+                if matches!(reason, LineError::TooLong) {
+                    let _ = tls.write_all(EnrollError::InvalidRequest.reply().as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                }
+                Err(())
+            }
+            Err(_) => {
+                say("no line", format!("no request line within {:?}; closed", settings.timeout));
+                Err(())
+            }
         }
     };
+    let (tls, line) = tokio::select! {
+        read = read => match read {
+            Ok(read) => read,
+            Err(()) => return,
+        },
+        // Not logged one by one: the accept loop says how many (a flood would flood the log).
+        _ = ticket.evicted() => return debug!(node = node; "enrollment from {peer}: closed to make room for newer connections"),
+    };
+    // The request is in: it is answered whatever comes next.
+    ticket.authenticated();
+    answer(tls, line, peer, &settings, enroller).await;
+}
+
+/// Checks, commits or forwards, replies and settles one request line.
+async fn answer(
+    mut tls: tokio_rustls::server::TlsStream<TcpStream>,
+    line: String,
+    peer: SocketAddr,
+    settings: &EnrollmentSettings,
+    enroller: Enroller,
+) {
+    let node = settings.node_name.as_str();
     let request = enrollment::parse(&line, settings.password.as_deref())
         .and_then(|req| enrollment::validate(&req, peer.ip()).map(|v| (req, v)));
     let (req, valid) = match request {

@@ -1,7 +1,9 @@
 //! The actors of a wazuh-multi-node node, in layers (each depends only on those below it):
 //!
 //! - Foundations: [`clock`] (the one wall clock), [`backoff`] (delays and OS randomness),
-//!   [`secret`] (constant-time comparison, private files),
+//!   [`secret`] (constant-time comparison, private files), [`budget`] (the open-file limit split
+//!   between files, the cluster, the API, enrollment and agents; pools that shed the oldest
+//!   unauthenticated connection first),
 //!   [`settings`], [`supervise`] (job health, restarts, panics caught at a job's boundary).
 //! - Storage and files: [`registry`] (the master's registry, the workers' replicas, their store
 //!   threads, `client.keys`), [`manifest`] (scans and digests of the sync roots), [`files`]
@@ -22,6 +24,7 @@
 pub mod admission;
 pub mod agents;
 pub mod backoff;
+pub mod budget;
 pub mod clock;
 pub mod connection;
 pub mod consensus;

@@ -24,10 +24,6 @@ use wazuh_cluster_protocol::message::{ForceReconnect, JobReport};
 use wazuh_cluster_protocol::MasterToWorker;
 use wazuh_cluster_protocol::{ProtocolVersion, Role};
 
-/// Handshakes allowed in flight at once; further connections are closed at once. Bounds what
-/// unauthenticated peers can make the master hold.
-pub const MAX_PENDING_HANDSHAKES: usize = 256;
-
 /// The rules that need no knowledge of other connections: cluster, role (a worker), name, version.
 pub fn admit(settings: &ChannelSettings, hello: &Hello) -> Result<ProtocolVersion, Refusal> {
     crate::link::admit_hello(settings, hello, Role::Worker)
@@ -289,9 +285,11 @@ impl Handler<Accepted> for MasterListener {
 
     fn handle(&mut self, Accepted(stream, peer): Accepted, ctx: &mut Context<Self>) {
         let node = self.settings.node_name.clone();
-        if self.pending >= MAX_PENDING_HANDSHAKES {
+        // Bounds what unauthenticated peers can make the master hold (the descriptor budget).
+        let max = self.settings.max_handshakes;
+        if self.pending >= max {
             if let Some(n) = self.refusals.allow("handshakes full") {
-                warn!(node = node.as_str(); "dropping connection from {peer}: {MAX_PENDING_HANDSHAKES} handshakes already in progress{}", suppressed(n));
+                warn!(node = node.as_str(); "dropping connection from {peer}: {max} handshakes already in progress{}", suppressed(n));
             }
             return;
         }

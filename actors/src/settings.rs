@@ -44,6 +44,9 @@ pub struct ChannelSettings {
     pub join_token: Option<JoinToken>,
     /// Master: how workers it does not know yet are admitted.
     pub admission: AdmissionMode,
+    /// Master: cluster handshakes in flight at once (the node's descriptor budget gives it); more
+    /// connections are closed at once.
+    pub max_handshakes: usize,
 }
 
 /// Decides whether a credential (a bearer token of the API) is an administrator's.
@@ -175,6 +178,7 @@ pub(crate) fn test_settings(name: &str) -> ChannelSettings {
         identity: Arc::new(test_identity()),
         join_token: None,
         admission: AdmissionMode::Open,
+        max_handshakes: 256,
     }
 }
 

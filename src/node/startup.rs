@@ -21,6 +21,7 @@ use wazuh_cluster_actors::agents::archive::Archive;
 use wazuh_cluster_actors::agents::hub::{AgentHub, KeySource};
 use wazuh_cluster_actors::agents::messages::{CloseAll, SharedChanged};
 use wazuh_cluster_actors::agents::{session, AgentSettings, KeyIndex, ManagerCounters, Shared};
+use wazuh_cluster_actors::budget::{Budget, Pool};
 use wazuh_cluster_actors::consensus::writes::Writes;
 use wazuh_cluster_actors::enrollment::{self, Enroller, EnrollmentSettings};
 use wazuh_cluster_actors::jobs::worker::WorkerServices;
@@ -72,6 +73,7 @@ pub fn channel_settings(
         identity,
         join_token,
         admission,
+        max_handshakes: 256,
     })
 }
 
@@ -147,10 +149,17 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
     if made {
         info!(node = name.as_str(); "made this node's identity key {} (identity {})", data_dir.join(IDENTITY_FILE).display(), identity.public_key().fingerprint());
     }
+    // The open-file limit, split between what must keep working and what strangers can reach.
+    let limit = wazuh_cluster_actors::budget::set_open_files(config.node.max_open_files)
+        .context("cannot read or set the open-file limit (RLIMIT_NOFILE)")?;
+    let budget = Budget::plan(limit, config.node.role, config.api.max_connections as u64)?;
+    info!(node = name.as_str(); "{}", budget.describe());
     let access = api_access(config)?;
     // Changes a worker forwards are checked with the same rules as this node's own API.
     let admin = (config.api.token.is_some() || !config.api.users.is_empty()).then(|| access.admin_check());
-    let settings = Arc::new(channel_settings(config, psk, Arc::new(identity), admin)?);
+    let mut settings = channel_settings(config, psk, Arc::new(identity), admin)?;
+    settings.max_handshakes = budget.handshakes.max(1) as usize;
+    let settings = Arc::new(settings);
     let started_ms = wazuh_cluster_actors::clock::now_ms();
     let tls =
         enrollment::tls_config(data_dir, &name, config.enrollment.ca_file.as_deref()).context("enrollment TLS")?;
@@ -357,17 +366,21 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
         timeout: config.enrollment.timeout,
         max_per_address: config.enrollment.max_per_address,
         tls,
+        unsaid: Default::default(),
     });
-    tasks.push(enrollment::serve(enroll_listener, enroll_settings, enroller));
+    let enrollments = Pool::new(budget.enrollment as usize, config.enrollment.max_per_address);
+    tasks.push(enrollment::serve(enroll_listener, enroll_settings, enroller, enrollments));
     info!(node = handle.name(); "enrollment listening on {enrollment_addr} (TLS)");
-    tasks.push(actix_rt::spawn(session::serve(agent_tcp, AgentHub::link(handle.hub()), shared)));
+    let places = config.agents.max_connections.map_or(budget.agents, |n| n.min(budget.agents));
+    let agent_pool = Pool::new(places as usize, config.agents.max_pending_per_address);
+    tasks.push(actix_rt::spawn(session::serve(agent_tcp, AgentHub::link(handle.hub()), shared, agent_pool)));
     info!(node = handle.name(); "agent connections listening on {agents_addr}");
     let info = crate::api::NodeInfo {
         cluster: config.cluster.name.clone(),
         data_dir: config.node.data_dir.display().to_string(),
     };
     let limits = crate::api::ApiLimits {
-        max_connections: config.api.max_connections,
+        max_connections: budget.api as usize,
         per_address: config.api.max_connections_per_address,
         handshake_timeout: config.api.handshake_timeout,
         header_timeout: config.api.header_timeout,

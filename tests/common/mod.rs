@@ -139,6 +139,7 @@ pub fn settings(name: &str, role: Role, psk_byte: u8) -> ChannelSettings {
         identity: std::sync::Arc::new(wazuh_cluster_protocol::identity::NodeIdentity::generate().expect("identity").0),
         join_token: None,
         admission: wazuh_cluster_actors::admission::AdmissionMode::Open,
+        max_handshakes: 256,
     }
 }
 

@@ -339,3 +339,57 @@ async fn api_floods_of_idle_half_tls_and_slow_header_connections_leave_real_call
     assert!((1..=5).contains(&lines), "{lines} log lines about the refused connections");
     assert!(rss_flood.saturating_sub(rss_before) < RSS_BOUND_KIB, "RSS grew {} KiB", rss_flood - rss_before);
 }
+
+/// With the node's agent connections full (`agents.max_connections` below the flood), each new
+/// connection closes the oldest one that speaks for no agent: a real agent connecting during the
+/// flood gets in, and once it spoke it is never the one closed, however long the flood goes on.
+#[actix_rt::test]
+async fn a_full_agent_port_sheds_the_oldest_unauthenticated_connection_and_keeps_real_agents() {
+    allow_files(6_000);
+    const PLACES: usize = 200;
+    let cluster = TestCluster::start_with(
+        "shed",
+        1,
+        &[("agents.max_connections", PLACES.to_string()), ("agents.auth_timeout", "60s".into())],
+    )
+    .await;
+    let node = cluster.worker_name(0);
+    let addr = cluster.worker(0).agents_addr;
+    let reply = enroll_one(
+        connector().expect("tls"),
+        cluster.master().enrollment_addr.to_string(),
+        "OSSEC A:'shed-agent'\n".into(),
+    )
+    .await
+    .expect("enroll");
+    let mut agent = SimAgent::from_key_line(&parse_key(&reply).expect("key")).expect("agent");
+    // The flood fills the pool first.
+    let first = open_from("127.0.0.2", addr, 1_000, |s| async move { Some(s) }).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let open_first = first.iter().filter(|s| still_open(s)).count();
+    // A real agent connects from another address and speaks.
+    let t0 = Instant::now();
+    let mut real = open_from("127.0.0.3", addr, 1, |s| async move { Some(s) }).await.pop().expect("connect");
+    real.write_all(&agent.frame(b"#!-agent startup {\"version\":\"v4.14.7\"}")).await.expect("startup");
+    let ack = tokio::time::timeout(LOOSE, read_payload(&mut real)).await.expect("an answer").expect("frame");
+    assert_eq!(agent.open(&ack).expect("decrypt"), b"#!-agent ack ");
+    let took = t0.elapsed();
+    // More flood: the real agent is authenticated, so it is never the one closed.
+    let second = open_from("127.0.0.4", addr, 1_000, |s| async move { Some(s) }).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (open_first_after, open_second) =
+        (first.iter().filter(|s| still_open(s)).count(), second.iter().filter(|s| still_open(s)).count());
+    real.write_all(&agent.frame(agent.keepalive_text().as_bytes())).await.expect("keep-alive");
+    let ack = tokio::time::timeout(LOOSE, read_payload(&mut real)).await.expect("an answer").expect("frame");
+    assert_eq!(agent.open(&ack).expect("decrypt"), b"#!-agent ack ");
+    eprintln!(
+        "{PLACES} places: 1,000 idle connections left {open_first} open; a real agent acknowledged after {took:?}; \
+         1,000 more left {open_first_after} of the first and {open_second} of the second open; the agent still served"
+    );
+    assert!(open_first <= PLACES, "{open_first} held with {PLACES} places");
+    assert_eq!(open_first_after, 0, "the newer flood closed every older unauthenticated connection");
+    assert!(open_second < PLACES, "{open_second}: the real agent keeps its place");
+    let lines = find_logs(&node, &["agent connections:"]).len();
+    assert!((1..=6).contains(&lines), "{lines} log lines about the shedding");
+    assert!(!find_logs(&node, &["closed to make room"]).is_empty(), "the shedding was never said");
+}

@@ -347,6 +347,8 @@ pub struct Stats {
     pub frames: std::sync::atomic::AtomicU64,
     pub events: std::sync::atomic::AtomicU64,
     pub refused: std::sync::atomic::AtomicU64,
+    /// Connections that spoke for no agent, closed to make room for new ones (the budget was full).
+    pub shed: std::sync::atomic::AtomicU64,
     pub pushes: std::sync::atomic::AtomicU64,
     /// Pushes not queued because the session had not taken its earlier orders.
     pub pushes_dropped: std::sync::atomic::AtomicU64,

@@ -4,6 +4,7 @@
 use super::archive::ArchivedEvent;
 use super::messages::{session_inbox, Bind, BindRefused, Closed, HubLink, Seen, SeenKind, SessionTx, ToSession};
 use super::{AgentKey, Shared};
+use crate::budget::{NoPlace, Pool, Ticket};
 use log::{debug, info, warn};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -14,72 +15,77 @@ use wazuh_cluster_protocol::agent::analysis::event_datagram;
 use wazuh_cluster_protocol::agent::keepalive::{classify, AgentMessage};
 use wazuh_cluster_protocol::agent::secure::{self, decrypt, encrypt, frame, parse_header, FrameBuffer, SecureError};
 
-/// Connections per address that have not authenticated yet (the tasks that hold them run on the
-/// accepting thread).
-pub(crate) type Pending = std::rc::Rc<std::cell::RefCell<std::collections::HashMap<IpAddr, u32>>>;
-
-/// A connection's place among its address's connections that have not authenticated yet; given
-/// back when it authenticates or ends.
-pub(crate) struct PendingSlot {
-    pending: Pending,
-    ip: IpAddr,
-}
-
-impl PendingSlot {
-    /// A place for a connection from `ip`, if it holds fewer than `max`.
-    pub(crate) fn take(pending: &Pending, ip: IpAddr, max: u32) -> Option<PendingSlot> {
-        let ip = ip.to_canonical();
-        let mut map = pending.borrow_mut();
-        let held = map.entry(ip).or_default();
-        if *held >= max.max(1) {
-            return None;
-        }
-        *held += 1;
-        Some(PendingSlot { pending: pending.clone(), ip })
-    }
-}
-
-impl Drop for PendingSlot {
-    fn drop(&mut self) {
-        let mut map = self.pending.borrow_mut();
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
-}
-
-/// Accepts agent connections until the listener's task is aborted. An address with
-/// `max_pending_per_address` connections that speak for no agent yet gets no more: further ones
-/// are closed at once (counted; one log line per 10 s at most says how many).
-pub async fn serve(listener: TcpListener, hub: HubLink, shared: Arc<Shared>) {
+/// Accepts agent connections until the listener's task is aborted. Every connection takes a place
+/// in `pool` (the node's budget of agent connections) for as long as it lives: when the pool is
+/// full, the oldest connection that speaks for no agent yet is closed to make room; an address
+/// with `max_pending_per_address` such connections gets no more (closed at once). Each kind of
+/// refusal is counted and logged once per 10 s at most, with how many there were.
+pub async fn serve(listener: TcpListener, hub: HubLink, shared: Arc<Shared>, pool: Pool) {
+    use crate::throttle::Throttle;
     let node = shared.settings.node_name.clone();
-    let pending: Pending = Default::default();
-    let max_pending = shared.settings.max_pending_per_address.max(1);
-    let mut said = crate::throttle::Throttle::new(std::time::Duration::from_secs(10));
+    let every = std::time::Duration::from_secs(10);
+    let (mut said_address, mut said_full, mut said_shed, mut said_accept) =
+        (Throttle::new(every), Throttle::new(every), Throttle::new(every), Throttle::new(every));
+    let mut shed_unsaid = 0u64;
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let ip = peer.ip().to_canonical();
-                let Some(slot) = PendingSlot::take(&pending, ip, max_pending) else {
-                    drop(stream);
-                    shared.stats.refused.fetch_add(1, Ordering::Relaxed);
-                    if let Some(unsaid) = said.allow() {
-                        warn!(node = node.as_str(); "agent connections: {} from {ip} closed at once: that address already has {max_pending} connections that speak for no agent (agents.max_pending_per_address)", unsaid + 1);
+                let (ticket, shed) = match pool.admit(ip) {
+                    Ok(admitted) => admitted,
+                    Err(no_place) => {
+                        drop(stream);
+                        shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        match no_place {
+                            NoPlace::Address(max) => {
+                                if let Some(unsaid) = said_address.allow() {
+                                    warn!(node = node.as_str(); "agent connections: {} from {ip} closed at once: that address already has {max} connections that speak for no agent (agents.max_pending_per_address)", unsaid + 1);
+                                }
+                            }
+                            NoPlace::Full(cap) => {
+                                if let Some(unsaid) = said_full.allow() {
+                                    warn!(node = node.as_str(); "agent connections: {} closed at once: all {cap} places of this node's budget of agent connections are held by agents (see the open-file limit in check-config)", unsaid + 1);
+                                }
+                            }
+                        }
+                        continue;
                     }
-                    continue;
                 };
                 let _ = stream.set_nodelay(true);
                 let conn = shared.stats.connections.fetch_add(1, Ordering::Relaxed) + 1;
-                actix_rt::spawn(session(stream, peer, conn, hub.clone(), shared.clone(), slot));
+                actix_rt::spawn(session(stream, peer, conn, hub.clone(), shared.clone(), ticket));
+                if shed > 0 {
+                    shared.stats.shed.fetch_add(shed as u64, Ordering::Relaxed);
+                    shed_unsaid += shed as u64;
+                    if said_shed.allow().is_some() {
+                        warn!(node = node.as_str(); "agent connections: {shed_unsaid} that spoke for no agent closed to make room, the oldest first: this node's budget of {} agent connections is full", pool.capacity());
+                        shed_unsaid = 0;
+                    }
+                    // Let the connections told to close do it now, before the next accept.
+                    tokio::task::yield_now().await;
+                }
             }
             Err(e) => {
-                warn!(node = node.as_str(); "agent connections: accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                // Out of descriptors (the budget should prevent it; something else may hold more
+                // than its share): free one by closing the oldest connection that speaks for no
+                // agent, rather than leaving the backlog to real agents' retries.
+                let shed = pool.shed_oldest();
+                if let Some(unsaid) = said_accept.allow() {
+                    let what = if shed { "; closed the oldest connection that spoke for no agent" } else { "" };
+                    warn!(node = node.as_str(); "agent connections: accept failed: {e}{what}{}", suppressed(unsaid));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(if shed { 1 } else { 50 })).await;
             }
         }
+    }
+}
+
+/// " (N similar suppressed)" when N > 0.
+fn suppressed(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" ({n} similar suppressed)")
     }
 }
 
@@ -109,8 +115,8 @@ struct Session {
     agent: Option<Arc<AgentKey>>,
     /// Last counters received, as (global, local).
     last: Option<(u32, u32)>,
-    /// Held until the connection speaks for an agent.
-    slot: Option<PendingSlot>,
+    /// The connection's place in the node's budget; evictable until it speaks for an agent.
+    ticket: Ticket,
 }
 
 /// Why a session ends.
@@ -152,6 +158,8 @@ pub enum Refusal {
     Silent(u64),
     #[error("spoke for no agent within {0:?}")]
     NotAuthenticated(std::time::Duration),
+    #[error("spoke for no agent yet and the node's budget of agent connections is full (the oldest such connection closes first)")]
+    Shed,
     /// The hub closed it (deleted agent, replaced connection, node stopping...).
     #[error("{0}")]
     Ordered(String),
@@ -163,10 +171,10 @@ async fn session(
     conn: u64,
     hub: HubLink,
     shared: Arc<Shared>,
-    slot: PendingSlot,
+    ticket: Ticket,
 ) {
     let (tx, mut rx) = session_inbox();
-    let mut s = Session { peer, conn, hub, shared, tx, agent: None, last: None, slot: Some(slot) };
+    let mut s = Session { peer, conn, hub, shared, tx, agent: None, last: None, ticket };
     let auth = s.shared.settings.auth_timeout;
     let node = s.shared.settings.node_name.clone();
     let mut fb = FrameBuffer::default();
@@ -217,6 +225,7 @@ async fn session(
                     }
                 };
             }
+            _ = s.ticket.evicted(), if s.agent.is_none() => break End::Refused(Refusal::Shed),
             order = rx.recv() => match order {
                 ToSession::Send(messages) => {
                     if let Err(e) = s.send(&mut stream, &messages).await {
@@ -249,7 +258,7 @@ async fn session(
     let who = s.who();
     match end {
         End::Closed => debug!(node = node.as_str(); "agent connection {who} closed by the peer"),
-        End::Refused(why @ Refusal::NotAuthenticated(_)) => {
+        End::Refused(why @ (Refusal::NotAuthenticated(_) | Refusal::Shed)) => {
             // Before any agent spoke: not logged one by one (a flood would flood the log too).
             s.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
             debug!(node = node.as_str(); "closing agent connection {who}: {why}");
@@ -456,7 +465,7 @@ impl Session {
         match bound {
             Ok(()) => {
                 self.agent = Some(key.clone());
-                self.slot = None;
+                self.ticket.authenticated();
                 Ok(())
             }
             Err(refused) => {
