@@ -115,7 +115,7 @@ impl log::Log for Throttled {
             throttle.allow()
         };
         let Some(unsaid) = unsaid else { return };
-        let suffix = if unsaid > 0 { format!(" ({unsaid} similar suppressed)") } else { String::new() };
+        let suffix = wazuh_cluster_actors::throttle::suppressed(unsaid);
         self.inner.log(
             &log::Record::builder()
                 .level(log::Level::Warn)

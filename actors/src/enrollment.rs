@@ -217,7 +217,7 @@ pub fn serve(
                     let shed = pool.shed_oldest();
                     if let Some(unsaid) = said_accept.allow() {
                         let what = if shed { "; closed the oldest connection that sent no request" } else { "" };
-                        let more = if unsaid > 0 { format!(" ({unsaid} similar suppressed)") } else { String::new() };
+                        let more = crate::throttle::suppressed(unsaid);
                         warn!(node = node; "enrollment: accepting a connection failed: {e}{what}{more}");
                     }
                     tokio::time::sleep(Duration::from_millis(if shed { 1 } else { 100 })).await;
@@ -283,7 +283,7 @@ async fn handle(
             unsaid.entry(kind).or_insert_with(|| crate::throttle::Throttle::new(Duration::from_secs(10))).allow()
         };
         if let Some(unsaid) = allowed {
-            let more = if unsaid > 0 { format!(" ({unsaid} similar suppressed)") } else { String::new() };
+            let more = crate::throttle::suppressed(unsaid);
             warn!(node = node; "enrollment from {peer}: {what}{more}");
         }
     };

@@ -216,6 +216,7 @@ impl MasterListener {
 }
 
 async fn accept_loop(listener: TcpListener, addr: Addr<MasterListener>, node: String) {
+    let mut said = crate::throttle::Throttle::new(REFUSAL_LOG_EVERY);
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -229,8 +230,11 @@ async fn accept_loop(listener: TcpListener, addr: Addr<MasterListener>, node: St
                 }
             }
             Err(err) => {
-                // Usually descriptor exhaustion: back off instead of spinning.
-                warn!(node = node.as_str(); "accepting a cluster connection failed: {err}");
+                // Usually descriptor exhaustion: back off instead of spinning, and say so once
+                // in a while rather than at every attempt.
+                if let Some(n) = said.allow() {
+                    warn!(node = node.as_str(); "accepting a cluster connection failed: {err}{}", suppressed(n));
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }

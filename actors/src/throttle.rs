@@ -40,6 +40,15 @@ impl Throttle {
     }
 }
 
+/// " (N similar suppressed)" for a line said after `n` were not; "" when none were.
+pub fn suppressed(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" ({n} similar suppressed)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,20 +72,11 @@ pub async fn serve(listener: TcpListener, hub: HubLink, shared: Arc<Shared>, poo
                 let shed = pool.shed_oldest();
                 if let Some(unsaid) = said_accept.allow() {
                     let what = if shed { "; closed the oldest connection that spoke for no agent" } else { "" };
-                    warn!(node = node.as_str(); "agent connections: accept failed: {e}{what}{}", suppressed(unsaid));
+                    warn!(node = node.as_str(); "agent connections: accept failed: {e}{what}{}", crate::throttle::suppressed(unsaid));
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(if shed { 1 } else { 50 })).await;
             }
         }
-    }
-}
-
-/// " (N similar suppressed)" when N > 0.
-fn suppressed(n: u64) -> String {
-    if n == 0 {
-        String::new()
-    } else {
-        format!(" ({n} similar suppressed)")
     }
 }
 
