@@ -156,6 +156,11 @@ impl SimAgent {
         ))
     }
 
+    /// The counters of the last frame made, as (global, local).
+    pub fn last_counters(&self) -> (u32, u32) {
+        (self.counters.global, self.counters.local)
+    }
+
     pub fn keepalive_text(&self) -> String {
         let mut text = format!(
             "#!-Linux |{} |6.1.0-18-amd64 |#1 SMP PREEMPT_DYNAMIC Debian 6.1.76-1 |x86_64 [Debian GNU/Linux|debian: 12 (bookworm)] - Wazuh v4.14.7 / ab73af41699f13fdd81903b5f23d8d00\n\"env\":sim\n",

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use wazuh_cluster_actors::admission::{load_or_create_identity, Admission, AdmissionMode, IDENTITY_FILE};
 use wazuh_cluster_actors::agents::analysis::AnalysisQueue;
 use wazuh_cluster_actors::agents::archive::Archive;
+use wazuh_cluster_actors::agents::counters::AgentCounters;
 use wazuh_cluster_actors::agents::hub::{AgentHub, KeySource};
 use wazuh_cluster_actors::agents::messages::{CloseAll, SharedChanged};
 use wazuh_cluster_actors::agents::{session, AgentSettings, KeyIndex, ManagerCounters, Shared};
@@ -124,6 +125,7 @@ pub struct RunningNode {
     api: ServerHandle,
     tasks: Vec<actix_rt::task::JoinHandle<()>>,
     analysis: Option<Arc<AnalysisQueue>>,
+    agent_counters: Option<Arc<AgentCounters>>,
 }
 
 /// Binds `addr` for `what`, naming the setting in the error.
@@ -225,6 +227,11 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
         .with_context(|| format!("cannot open the event archive in {}", data_dir.display()))?;
     // The agent connections' keys follow the store from its first commit on.
     let keys = Arc::new(KeyIndex::default());
+    // With enforced counters, each agent's last pair is the node's (across connections, restarts).
+    let agent_counters = config.agents.enforce_counters.then(|| Arc::new(AgentCounters::new(data_dir)));
+    if let Some(counters) = &agent_counters {
+        keys.follow_counters(counters.clone());
+    }
     let store = match store {
         Store::Master(mut registry) => {
             registry.set_key_sink(keys.clone()).context("cannot read the agent registry")?;
@@ -251,6 +258,7 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
         archive,
         archive_events: config.agents.archive,
         analysis: analysis.clone(),
+        agent_counters: agent_counters.clone(),
         stats: Default::default(),
     });
 
@@ -371,6 +379,9 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
     let enrollments = Pool::new(budget.enrollment as usize, config.enrollment.max_per_address);
     tasks.push(enrollment::serve(enroll_listener, enroll_settings, enroller, enrollments));
     info!(node = handle.name(); "enrollment listening on {enrollment_addr} (TLS)");
+    if let Some(counters) = &agent_counters {
+        tasks.push(actix_rt::spawn(keep_counters(counters.clone(), handle.name().to_string())));
+    }
     let places = config.agents.max_connections.map_or(budget.agents, |n| n.min(budget.agents));
     let agent_pool = Pool::new(places as usize, config.agents.max_pending_per_address);
     tasks.push(actix_rt::spawn(session::serve(agent_tcp, AgentHub::link(handle.hub()), shared, agent_pool)));
@@ -398,7 +409,21 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
         }
     };
     info!(node = handle.name(); "API listening on {}://{api_addr}", if config.api.tls { "https" } else { "http" });
-    Ok(RunningNode { handle, api_addr, enrollment_addr, agents_addr, api, tasks, analysis })
+    Ok(RunningNode { handle, api_addr, enrollment_addr, agents_addr, api, tasks, analysis, agent_counters })
+}
+
+/// Writes the agents' changed message counters every few seconds (off the actors' thread).
+async fn keep_counters(counters: Arc<AgentCounters>, node: String) {
+    let mut said = wazuh_cluster_actors::throttle::Throttle::new(std::time::Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(wazuh_cluster_actors::agents::counters::FLUSH_EVERY).await;
+        let c = counters.clone();
+        if let Ok(Err(e)) = actix_rt::task::spawn_blocking(move || c.flush()).await {
+            if let Some(n) = said.allow() {
+                warn!(node = node.as_str(); "cannot write the agents' message counters under {}: {e}{}", wazuh_cluster_actors::agents::counters::RIDS_DIR, wazuh_cluster_actors::throttle::suppressed(n));
+            }
+        }
+    }
 }
 
 /// Carries the master's file changes to its agent hub (merged.mg pushes) and, when they touch the
@@ -454,6 +479,12 @@ impl RunningNode {
             }
             NodeHandle::Worker { link, .. } => {
                 let _ = link.send(worker::Shutdown { reason: reason.into() }).await;
+            }
+        }
+        if let Some(counters) = self.agent_counters.clone() {
+            let name = self.handle.name().to_string();
+            if let Ok(Err(e)) = actix_rt::task::spawn_blocking(move || counters.flush()).await {
+                warn!(node = name.as_str(); "cannot write the agents' message counters: {e}");
             }
         }
         if let Some(analysis) = self.analysis.clone() {

@@ -261,3 +261,55 @@ async fn a_silent_connection_is_closed_and_a_talking_one_is_not() {
     wait_for_log(&node, &["quiet-b", "silent for"], WAIT).await;
     assert!(find_logs(&node, &["quiet-a", "closing"]).is_empty(), "the talking agent was closed");
 }
+
+/// With `agents.enforce_counters`, a frame captured on the wire and sent again on a new connection
+/// is refused (the node keeps each agent's last counters, not each connection), also after the
+/// node restarts (they are written to `queue/rids/<id>` as Wazuh writes them); the agent's next
+/// real frame is still accepted.
+#[actix_rt::test]
+async fn a_frame_replayed_on_a_new_connection_is_refused_with_counters_enforced_also_after_a_restart() {
+    init_logs();
+    let mut cluster = TestCluster::start_with("replay", 1, &[("agents.enforce_counters", "true".into())]).await;
+    let worker = cluster.worker_name(0);
+    let line = enroll(cluster.worker(0).enrollment_addr, "OSSEC A:'replay-agent'").await;
+    let mut agent = SimAgent::from_key_line(&line).expect("key line");
+    let addr = cluster.worker(0).agents_addr;
+    let mut s = start_agent(&mut agent, addr).await;
+    // Captured: a keep-alive and an event, as they went over the wire.
+    let keepalive = agent.frame(agent.keepalive_text().as_bytes());
+    let event = agent.frame(b"1:/var/log/auth.log:sshd[1]: Accepted password for root");
+    s.write_all(&keepalive).await.expect("keep-alive");
+    read_until(&agent, &mut s, |m| m == b"#!-agent ack ").await.expect("ack");
+    s.write_all(&event).await.expect("event");
+    let (global, local) = agent.last_counters();
+    drop(s);
+    // Replayed on new connections: each closed, nothing acknowledged.
+    for (what, frame) in [("keep-alive", &keepalive), ("event", &event)] {
+        let mut replay = TcpStream::connect(addr).await.expect("connect");
+        replay.write_all(frame).await.expect("replay");
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, replay.read(&mut buf)).await.expect("closed in time").unwrap_or(0);
+        assert_eq!(n, 0, "the replayed {what} was answered");
+    }
+    wait_for_log(&worker, &["replayed?"], WAIT).await;
+    // Written as Wazuh's remoted writes them; then a restart keeps them.
+    let id = line.split(' ').next().expect("id").to_string();
+    let rids = cluster.dir.path().join(&worker).join("queue/rids").join(&id);
+    wait_until("the counters reached queue/rids", Duration::from_secs(15), || {
+        let rids = rids.clone();
+        async move { std::fs::read_to_string(&rids).ok().as_deref() == Some(&format!("{global}:{local}:")) }
+    })
+    .await;
+    cluster.kill_worker(0).await;
+    cluster.restart_worker(0).await;
+    let addr = cluster.worker(0).agents_addr;
+    let mut replay = TcpStream::connect(addr).await.expect("connect");
+    replay.write_all(&keepalive).await.expect("replay after restart");
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(WAIT, replay.read(&mut buf)).await.expect("closed in time").unwrap_or(0);
+    assert_eq!(n, 0, "the replayed keep-alive was answered after a restart");
+    // The agent's own next frames go on.
+    let mut s = start_agent(&mut agent, addr).await;
+    s.write_all(&agent.frame(agent.keepalive_text().as_bytes())).await.expect("keep-alive");
+    read_until(&agent, &mut s, |m| m == b"#!-agent ack ").await.expect("the real agent is still served");
+}

@@ -10,6 +10,7 @@
 
 pub mod analysis;
 pub mod archive;
+pub mod counters;
 pub mod hub;
 pub mod merged;
 pub mod messages;
@@ -232,16 +233,26 @@ impl KeySource {
 /// [`KeySink`], right after each commit; read by agent sessions and the hub. It caches the keys
 /// of agents that connect here ([`KeyIndex::lookup`] reads a missing one from the store); a
 /// cached key leaves only when its agent is deleted, so an agent the hub knows is one it finds.
-#[derive(Debug, Default)]
-pub struct KeyIndex(RwLock<KeyMap>);
+#[derive(Default)]
+pub struct KeyIndex {
+    map: RwLock<KeyMap>,
+    /// The agents' message counters, when the node keeps them: a deleted or re-keyed agent's go.
+    counters: std::sync::OnceLock<Arc<counters::AgentCounters>>,
+}
+
+impl std::fmt::Debug for KeyIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyIndex").field("cached", &self.cached()).finish_non_exhaustive()
+    }
+}
 
 impl KeyIndex {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, KeyMap> {
-        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.map.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, KeyMap> {
-        self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.map.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The cached key of agent `id`.
@@ -290,12 +301,38 @@ impl KeyIndex {
     }
 }
 
+impl KeyIndex {
+    /// From now on, a deleted or re-keyed agent's counters are forgotten with it.
+    pub fn follow_counters(&self, counters: Arc<counters::AgentCounters>) {
+        let _ = self.counters.set(counters);
+    }
+}
+
 impl KeySink for KeyIndex {
     fn reset(&self, entries: &[AgentEntry]) {
-        self.write().reset(entries);
+        let mut map = self.write();
+        if let Some(counters) = self.counters.get() {
+            // Agents gone from the table, or now with another key (the cache knows theirs).
+            let now: HashMap<u32, [u8; 32]> = entries.iter().map(|e| (e.id, aes_key(&e.key))).collect();
+            for (id, key) in &map.by_id {
+                if now.get(id) != Some(&key.aes) {
+                    counters.forget(*id);
+                }
+            }
+        }
+        map.reset(entries);
     }
 
     fn apply(&self, changes: &[AgentChange]) {
+        if let Some(counters) = self.counters.get() {
+            for c in changes {
+                match c {
+                    AgentChange::Added(e) => counters.forget(e.id),
+                    AgentChange::Removed { id } => counters.forget(*id),
+                    AgentChange::GroupsChanged { .. } => {}
+                }
+            }
+        }
         self.write().apply(changes);
     }
 }
@@ -337,6 +374,8 @@ pub struct Shared {
     pub archive_events: bool,
     /// analysisd's queue, when events are handed to it (`[analysis]`).
     pub analysis: Option<Arc<analysis::AnalysisQueue>>,
+    /// The agents' last message counters, when they are enforced (`agents.enforce_counters`).
+    pub agent_counters: Option<Arc<counters::AgentCounters>>,
     pub stats: Stats,
 }
 

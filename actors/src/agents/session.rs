@@ -104,8 +104,6 @@ struct Session {
     tx: SessionTx,
     /// The agent this connection speaks for, once it said who it is.
     agent: Option<Arc<AgentKey>>,
-    /// Last counters received, as (global, local).
-    last: Option<(u32, u32)>,
     /// The connection's place in the node's budget; evictable until it speaks for an agent.
     ticket: Ticket,
 }
@@ -165,7 +163,7 @@ async fn session(
     ticket: Ticket,
 ) {
     let (tx, mut rx) = session_inbox();
-    let mut s = Session { peer, conn, hub, shared, tx, agent: None, last: None, ticket };
+    let mut s = Session { peer, conn, hub, shared, tx, agent: None, ticket };
     let auth = s.shared.settings.auth_timeout;
     let node = s.shared.settings.node_name.clone();
     let mut fb = FrameBuffer::default();
@@ -423,22 +421,17 @@ impl Session {
         Ok(key)
     }
 
+    /// With `agents.enforce_counters`, a message whose counters are not after the agent's last
+    /// ones (kept by the node across connections and restarts) is refused: a replay.
     fn check_counters(&mut self, key: &AgentKey, global: u32, local: u32) -> Result<(), Refusal> {
-        if self.shared.settings.enforce_counters {
-            if let Some((g, l)) = self.last {
-                if global < g || (global == g && local <= l) {
-                    return Err(Refusal::Replayed {
-                        name: key.name.to_string(),
-                        global,
-                        local,
-                        last_global: g,
-                        last_local: l,
-                    });
-                }
-            }
-        }
-        self.last = Some((global, local));
-        Ok(())
+        let Some(counters) = &self.shared.agent_counters else { return Ok(()) };
+        counters.advance(key.id, global, local).map_err(|stale| Refusal::Replayed {
+            name: key.name.to_string(),
+            global,
+            local,
+            last_global: stale.last_global,
+            last_local: stale.last_local,
+        })
     }
 
     /// Binds this connection to `key`'s agent; when the hub refuses (another live connection holds
