@@ -202,35 +202,56 @@ fn bearer(req: &actix_web::HttpRequest) -> &str {
 /// it) is not one.
 fn refuse_unauthorized(req: &actix_web::HttpRequest) -> Option<HttpResponse> {
     use actix_web::HttpMessage;
-    match req.extensions().get::<ApiRole>() {
+    match req.extensions().get::<Caller>().map(|c| c.role) {
         Some(ApiRole::Administrator) => None,
         Some(ApiRole::Readonly) => Some(forbidden()),
         None => Some(unauthorized("missing or invalid credentials")),
     }
 }
 
+/// The caller the guard found for this request.
+fn caller(req: &actix_web::HttpRequest) -> Option<Caller> {
+    use actix_web::HttpMessage;
+    req.extensions().get::<Caller>().cloned()
+}
+
 fn forbidden() -> HttpResponse {
     HttpResponse::Forbidden().json(error_body(403, "Permission denied: this user's role may only read"))
 }
 
+/// Who is calling, as the guard found it (kept in the request's extensions).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub role: ApiRole,
+    /// The API user (`None`: the static `api.token`).
+    pub user: Option<String>,
+}
+
 impl Access {
-    /// The role of the request's bearer credential: the static `api.token` (an administrator's) or
-    /// a token this cluster signed.
-    fn role_of(&self, given: &str) -> Option<ApiRole> {
+    /// Who holds the request's bearer credential: the static `api.token` (an administrator's), or
+    /// a token this cluster signed for a user who still exists, under the user's current token
+    /// generation, with the role the user has now (not the one the token was issued with).
+    fn caller_of(&self, given: &str) -> Option<Caller> {
         if given.is_empty() {
             return None;
         }
         if self.token.as_deref().is_some_and(|t| wazuh_cluster_actors::secret::same_secret(given, t)) {
-            return Some(ApiRole::Administrator);
+            return Some(Caller { role: ApiRole::Administrator, user: None });
         }
-        self.tokens.check(given, crate::auth::now_s()).map(|c| c.role)
+        let claims = self.tokens.check(given, crate::auth::now_s())?;
+        let user = self.users.get(&claims.sub)?;
+        (user.generation == claims.gen).then_some(Caller { role: user.role, user: Some(user.name) })
     }
 
     /// Whether a credential a worker forwarded with a change is an administrator's.
     pub fn admin_check(&self) -> wazuh_cluster_actors::settings::AdminCheck {
         let me = self.clone();
-        wazuh_cluster_actors::settings::AdminCheck(std::sync::Arc::new(move |c: &str| {
-            me.role_of(c) == Some(ApiRole::Administrator)
+        wazuh_cluster_actors::settings::AdminCheck(std::sync::Arc::new(move |c: &str, request: &AdminRequest| {
+            me.caller_of(c).is_some_and(|c| match request {
+                // Signing out: a user revokes its own tokens, whatever its role.
+                AdminRequest::RevokeUserTokens { name } if c.user.as_deref() == Some(name.as_str()) => true,
+                _ => c.role == ApiRole::Administrator,
+            })
         }))
     }
 }
@@ -312,7 +333,8 @@ pub struct Access {
     pub token: Option<String>,
     /// Signs and checks the users' tokens.
     pub tokens: crate::auth::Tokens,
-    pub users: std::sync::Arc<Vec<crate::auth::ApiUser>>,
+    /// The cluster's users as this node has them now.
+    pub users: std::sync::Arc<crate::auth::UserDirectory>,
     /// Names accepted in `Host` besides IP literals and `localhost` (lowercase).
     pub allowed_hosts: Vec<String>,
     pub metrics_public: bool,
@@ -387,16 +409,18 @@ async fn guard(
         || (path == "/metrics" && access.metrics_public)
         || (path == AUTHENTICATE && req.method() == actix_web::http::Method::POST);
     if !open {
-        let Some(role) = access.role_of(bearer(req.request())) else {
+        let Some(caller) = access.caller_of(bearer(req.request())) else {
             return Ok(
                 req.into_response(unauthorized("missing or invalid credentials (Authorization: Bearer <token>)"))
             );
         };
-        if role == ApiRole::Readonly && req.method() != actix_web::http::Method::GET {
+        // Reading, and signing oneself out, are for every role.
+        let own = path == AUTHENTICATE && req.method() == actix_web::http::Method::DELETE;
+        if caller.role == ApiRole::Readonly && req.method() != actix_web::http::Method::GET && !own {
             return Ok(req.into_response(forbidden()));
         }
         use actix_web::HttpMessage;
-        req.extensions_mut().insert(role);
+        req.extensions_mut().insert(caller);
     }
     Ok(next.call(req).await?.map_into_boxed_body())
 }
@@ -837,15 +861,15 @@ async fn authenticate(
     };
     let (users, user_name, password) = (access.users.clone(), user.to_string(), password.to_string());
     // Argon2 takes tens of milliseconds: off the API's thread, on one of the permits' threads.
-    let role = actix_web::rt::task::spawn_blocking(move || {
-        let role = crate::auth::check_password(&users, &user_name, &password);
+    let found = actix_web::rt::task::spawn_blocking(move || {
+        let found = crate::auth::check_password(&users, &user_name, &password);
         drop(permit);
-        role
+        found
     })
     .await
     .ok()
     .flatten();
-    let Some(role) = role else {
+    let Some(found) = found else {
         let shown = wazuh_cluster_protocol::agent::enrollment::printable(user).into_owned();
         let blocks = peer.is_some_and(|ip| access.signin.failed(ip));
         let from = peer.map(|ip| ip.to_string()).unwrap_or_default();
@@ -862,7 +886,7 @@ async fn authenticate(
         }
         return HttpResponse::Unauthorized().json(error_body(401, "Invalid credentials"));
     };
-    let token = access.tokens.issue(user, role, crate::auth::now_s());
+    let token = access.tokens.issue(&found.name, found.role, found.generation, crate::auth::now_s());
     if query.raw.unwrap_or(false) {
         return HttpResponse::Ok().content_type("text/plain").body(token);
     }
@@ -1045,9 +1069,12 @@ fn change_failed(e: &ChangeError) -> HttpResponse {
 
 fn change_status(e: &ChangeError) -> StatusCode {
     match e {
-        ChangeError::Refused(AdminError::NoSuchAgent(_) | AdminError::NoSuchGroup(_) | AdminError::NoSuchFile(_)) => {
-            StatusCode::NOT_FOUND
-        }
+        ChangeError::Refused(
+            AdminError::NoSuchAgent(_)
+            | AdminError::NoSuchGroup(_)
+            | AdminError::NoSuchFile(_)
+            | AdminError::NoSuchUser(_),
+        ) => StatusCode::NOT_FOUND,
         ChangeError::Refused(AdminError::Invalid(_)) => StatusCode::BAD_REQUEST,
         ChangeError::Refused(AdminError::Unauthorized) => StatusCode::FORBIDDEN,
         ChangeError::Refused(AdminError::Unavailable(_))
@@ -1079,6 +1106,9 @@ fn bad_input(why: String) -> actix_web::Error {
 
 #[path = "api_spec.rs"]
 pub mod spec;
+
+#[path = "api_security.rs"]
+mod security;
 
 #[path = "api_listener.rs"]
 mod listener;

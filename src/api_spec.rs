@@ -41,8 +41,8 @@ macro_rules! params {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Body {
     None,
-    /// A JSON object.
-    Json,
+    /// A JSON object with these string properties, all required.
+    Json(&'static [&'static str]),
     /// A file's text.
     Text,
 }
@@ -274,13 +274,92 @@ pub fn endpoints() -> Vec<Endpoint> {
             || web::delete().to(unassign),
         ),
         e("get", "/groups", "Groups with their agent counts", params![], Body::None, || web::get().to(list_groups)),
-        e("post", "/groups", "Create a group ({\"group_id\": ...})", params![], Body::Json, || {
+        e("post", "/groups", "Create a group ({\"group_id\": ...})", params![], Body::Json(&["group_id"]), || {
             web::post().to(create_group)
         }),
         e("delete", "/groups/{group}", "Delete a group", params![path("group", "the group")], Body::None, || {
             web::delete().to(delete_group)
         }),
         e("get", "/api/openapi.json", "This document", params![], Body::None, || web::get().to(openapi)),
+        e(
+            "delete",
+            AUTHENTICATE,
+            "Sign out: the caller's tokens are refused from now on, on every node",
+            params![],
+            Body::None,
+            || web::delete().to(security::sign_out),
+        ),
+        e(
+            "put",
+            "/security/user/revoke",
+            "Every user's tokens so far are refused from now on",
+            params![],
+            Body::None,
+            || web::put().to(security::revoke_all),
+        ),
+        e("get", "/security/users/me", "The calling user", params![], Body::None, || web::get().to(security::me)),
+        e(
+            "get",
+            "/security/users",
+            "The API's users",
+            params![query("user_ids", "string", "comma-separated user ids, or all")],
+            Body::None,
+            || web::get().to(security::list_users),
+        ),
+        e(
+            "post",
+            "/security/users",
+            "Create a user (readonly until given a role)",
+            params![],
+            Body::Json(&["username", "password"]),
+            || web::post().to(security::create_user),
+        ),
+        e(
+            "delete",
+            "/security/users",
+            "Delete users (their tokens are refused at once)",
+            params![query("user_ids", "string", "comma-separated user ids, or all")],
+            Body::None,
+            || web::delete().to(security::delete_users),
+        ),
+        e(
+            "put",
+            "/security/users/{user_id}",
+            "A user's new password (its tokens so far are revoked)",
+            params![Param { name: "user_id", at: In::Path, kind: "integer", doc: "the user's id" }],
+            Body::Json(&["password"]),
+            || web::put().to(security::update_user),
+        ),
+        e(
+            "put",
+            "/security/users/{user_id}/revoke",
+            "Revoke a user's tokens so far",
+            params![Param { name: "user_id", at: In::Path, kind: "integer", doc: "the user's id" }],
+            Body::None,
+            || web::put().to(security::revoke_user),
+        ),
+        e(
+            "post",
+            "/security/users/{user_id}/roles",
+            "Give a user a role (1 administrator, 2 readonly)",
+            params![
+                Param { name: "user_id", at: In::Path, kind: "integer", doc: "the user's id" },
+                query("role_ids", "string", "1 (administrator) or 2 (readonly)")
+            ],
+            Body::None,
+            || web::post().to(security::add_roles),
+        ),
+        e(
+            "delete",
+            "/security/users/{user_id}/roles",
+            "Take a role from a user (without administrator it is readonly)",
+            params![
+                Param { name: "user_id", at: In::Path, kind: "integer", doc: "the user's id" },
+                query("role_ids", "string", "1 (administrator) or 2 (readonly)")
+            ],
+            Body::None,
+            || web::delete().to(security::remove_roles),
+        ),
     ];
     for p in ["/rules/files/{name}", "/decoders/files/{name}", "/lists/files/{name}"] {
         v.push(Endpoint {
@@ -311,7 +390,15 @@ fn statuses(ep: &Endpoint) -> Vec<u16> {
         s.extend([401, 403]);
     }
     if ep.path == AUTHENTICATE {
-        s.push(401);
+        // Sign-in: a blocked address (403), too many checks at once (429).
+        s.extend([401, 403, 429]);
+    }
+    if ep.path.starts_with("/security/users") && ep.method != "get" {
+        // Hashing a new password takes a sign-in's place.
+        s.push(429);
+    }
+    if ep.method == "post" && ep.path == "/security/users" {
+        s.push(500);
     }
     // A node whose registry or master is unavailable says so.
     s.push(503);
@@ -365,13 +452,15 @@ pub fn document() -> serde_json::Value {
         }
         match ep.body {
             Body::None => {}
-            Body::Json => {
+            Body::Json(fields) => {
+                let properties: serde_json::Map<String, serde_json::Value> =
+                    fields.iter().map(|f| (f.to_string(), json!({ "type": "string" }))).collect();
                 op["requestBody"] = json!({
                     "required": true,
                     "content": { "application/json": { "schema": {
                         "type": "object",
-                        "properties": { "group_id": { "type": "string" } },
-                        "required": ["group_id"],
+                        "properties": properties,
+                        "required": fields,
                     } } },
                 });
             }
@@ -412,6 +501,8 @@ fn reason(code: u16) -> &'static str {
         405 => "Method not allowed",
         413 => "Too large",
         421 => "This API does not serve that host",
+        429 => "Too many at once, or too many failures from this address",
+        500 => "This node failed",
         503 => "Unavailable now",
         _ => "Error",
     }

@@ -13,30 +13,26 @@ use base64ct::{Base64UrlUnpadded, Encoding};
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
+pub use wazuh_cluster_actors::registry::users::UserDirectory;
+/// A user as the cluster holds it (name, hash, role, token generation, id).
+pub use wazuh_cluster_protocol::message::ApiUser as StoredUser;
 
-/// What a user may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ApiRole {
-    Administrator,
-    Readonly,
+pub use wazuh_cluster_protocol::message::ApiRole;
+
+/// Wazuh's ids of its default roles of the same names (`rbac_roles` in a token, `roles` of a user).
+pub fn wazuh_role_id(role: ApiRole) -> u32 {
+    match role {
+        ApiRole::Administrator => 1,
+        ApiRole::Readonly => 2,
+    }
 }
 
-impl ApiRole {
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "administrator" => Some(ApiRole::Administrator),
-            "readonly" => Some(ApiRole::Readonly),
-            _ => None,
-        }
-    }
-
-    /// Wazuh's ids of its default roles of the same names.
-    fn wazuh_id(self) -> u32 {
-        match self {
-            ApiRole::Administrator => 1,
-            ApiRole::Readonly => 2,
-        }
+/// The role of Wazuh's role id.
+pub fn role_of_wazuh_id(id: u32) -> Option<ApiRole> {
+    match id {
+        1 => Some(ApiRole::Administrator),
+        2 => Some(ApiRole::Readonly),
+        _ => None,
     }
 }
 
@@ -67,27 +63,10 @@ pub fn valid_hash(hash: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|h| h.algorithm.as_str().starts_with("argon2"))
 }
 
-/// The most memory one password check may take: Argon2's `m` parameter, in KiB. Hashes that ask
-/// for more are refused where they are configured, so that sign-in's memory has a stated bound.
-pub const MAX_HASH_MEMORY_KIB: u32 = 64 * 1024;
-/// The most passes (`t`) and lanes (`p`) a configured hash may ask for.
-pub const MAX_HASH_PASSES: u32 = 10;
-pub const MAX_HASH_LANES: u32 = 4;
-
-/// Why a configured password hash is refused.
+/// Why a configured password hash is refused (not Argon2, or dearer to check than a sign-in may
+/// be: see [`wazuh_cluster_actors::registry::users::check_hash`]).
 pub fn check_hash_cost(hash: &str) -> Result<(), String> {
-    let parsed = PasswordHash::new(hash).map_err(|e| format!("not a PHC string: {e}"))?;
-    let params = argon2::Params::try_from(&parsed).map_err(|e| format!("not Argon2 parameters: {e}"))?;
-    if params.m_cost() > MAX_HASH_MEMORY_KIB || params.t_cost() > MAX_HASH_PASSES || params.p_cost() > MAX_HASH_LANES {
-        return Err(format!(
-            "its cost (m={} KiB, t={}, p={}) is above what a sign-in may take (m <= {MAX_HASH_MEMORY_KIB}, t <= \
-             {MAX_HASH_PASSES}, p <= {MAX_HASH_LANES}); make it with `wazuh-cluster hash-password`",
-            params.m_cost(),
-            params.t_cost(),
-            params.p_cost()
-        ));
-    }
-    Ok(())
+    wazuh_cluster_actors::registry::users::check_hash(hash)
 }
 
 /// A hash of nothing anyone knows, with the parameters `wazuh-cluster hash-password` uses: an
@@ -103,16 +82,17 @@ fn decoy_hash() -> &'static str {
     })
 }
 
-/// The user's role when `password` is theirs. An unknown user costs the same work as a known one.
-pub fn check_password(users: &[ApiUser], name: &str, password: &str) -> Option<ApiRole> {
-    let user = users.iter().find(|u| u.name == name);
-    let hash: &str = match user {
+/// The user `name` when `password` is theirs (from the cluster's users). An unknown user costs the
+/// same work as a known one.
+pub fn check_password(users: &UserDirectory, name: &str, password: &str) -> Option<StoredUser> {
+    let user = users.get(name);
+    let hash: &str = match &user {
         Some(u) => &u.password_hash,
         None => decoy_hash(),
     };
     let parsed = PasswordHash::new(hash).ok()?;
     let verified = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
-    user.filter(|_| verified).map(|u| u.role)
+    user.filter(|_| verified)
 }
 
 /// What a sign-in attempt may cost the node: at most `permits` password checks at once (each takes
@@ -225,6 +205,10 @@ pub struct Claims {
     pub rbac_roles: Vec<u32>,
     pub rbac_mode: String,
     pub role: ApiRole,
+    /// The user's token generation when it was issued: revoking the user's tokens raises it, and
+    /// a token of an older one is refused (absent in tokens of earlier builds: 0).
+    #[serde(default)]
+    pub gen: u64,
 }
 
 const ISSUER: &str = "wazuh";
@@ -252,8 +236,9 @@ impl Tokens {
         Self { key: hmac::Key::new(hmac::HMAC_SHA256, secret), lifetime }
     }
 
-    /// A token for `user` with `role`, valid from `now` (seconds since the epoch) for the lifetime.
-    pub fn issue(&self, user: &str, role: ApiRole, now: u64) -> String {
+    /// A token for `user` with `role` under token generation `gen`, valid from `now` (seconds
+    /// since the epoch) for the lifetime.
+    pub fn issue(&self, user: &str, role: ApiRole, gen: u64, now: u64) -> String {
         let claims = Claims {
             iss: ISSUER.into(),
             aud: AUDIENCE.into(),
@@ -261,9 +246,10 @@ impl Tokens {
             exp: now + self.lifetime.as_secs(),
             sub: user.into(),
             run_as: false,
-            rbac_roles: vec![role.wazuh_id()],
+            rbac_roles: vec![wazuh_role_id(role)],
             rbac_mode: "white".into(),
             role,
+            gen,
         };
         let payload = Base64UrlUnpadded::encode_string(serde_json::to_string(&claims).unwrap_or_default().as_bytes());
         let signing_input = format!("{}.{payload}", header());
@@ -302,14 +288,23 @@ mod tests {
         assert!(hash.starts_with("$argon2id$"), "{hash}");
         assert!(valid_hash(&hash));
         assert!(!valid_hash("plain") && !valid_hash("$2b$10$abcdefghijklmnopqrstuv"));
-        let users = vec![
-            ApiUser { name: "admin".into(), password_hash: hash.clone(), role: ApiRole::Administrator },
-            ApiUser { name: "ro".into(), password_hash: hash_password("ro-pass").unwrap(), role: ApiRole::Readonly },
-        ];
-        assert_eq!(check_password(&users, "admin", "s3cret pass"), Some(ApiRole::Administrator));
-        assert_eq!(check_password(&users, "ro", "ro-pass"), Some(ApiRole::Readonly));
-        assert_eq!(check_password(&users, "admin", "wrong"), None);
-        assert_eq!(check_password(&users, "nobody", "s3cret pass"), None);
+        let users = UserDirectory::default();
+        let user = |id, name: &str, password_hash: String, role| StoredUser {
+            id,
+            name: name.into(),
+            password_hash,
+            role,
+            generation: 0,
+        };
+        users.replace(vec![
+            user(1, "admin", hash.clone(), ApiRole::Administrator),
+            user(2, "ro", hash_password("ro-pass").unwrap(), ApiRole::Readonly),
+        ]);
+        let role = |name, password| check_password(&users, name, password).map(|u| u.role);
+        assert_eq!(role("admin", "s3cret pass"), Some(ApiRole::Administrator));
+        assert_eq!(role("ro", "ro-pass"), Some(ApiRole::Readonly));
+        assert_eq!(role("admin", "wrong"), None);
+        assert_eq!(role("nobody", "s3cret pass"), None);
         assert_ne!(hash_password("s3cret pass").unwrap(), hash, "a fresh salt each time");
     }
 
@@ -360,7 +355,7 @@ mod tests {
     #[test]
     fn tokens_are_valid_only_unaltered_in_their_lifetime_and_with_this_secret() {
         let t = Tokens::new(b"cluster-api-secret-0123456789abcdef", Duration::from_secs(900));
-        let token = t.issue("admin", ApiRole::Administrator, 1_000);
+        let token = t.issue("admin", ApiRole::Administrator, 0, 1_000);
         let claims = t.check(&token, 1_000).unwrap();
         assert_eq!((claims.sub.as_str(), claims.role, claims.exp), ("admin", ApiRole::Administrator, 1_900));
         assert_eq!(claims.rbac_roles, [1]);
@@ -370,7 +365,7 @@ mod tests {
         let other = Tokens::new(b"another-secret-0123456789abcdefgh", Duration::from_secs(900));
         assert!(other.check(&token, 1_000).is_none(), "another cluster's secret");
         // A readonly user cannot make itself an administrator: the payload is signed.
-        let ro = t.issue("ro", ApiRole::Readonly, 1_000);
+        let ro = t.issue("ro", ApiRole::Readonly, 0, 1_000);
         let parts: Vec<&str> = ro.split('.').collect();
         let forged_payload = Base64UrlUnpadded::encode_string(
             String::from_utf8(Base64UrlUnpadded::decode_vec(parts[1]).unwrap())

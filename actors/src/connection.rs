@@ -282,6 +282,8 @@ type Pending<I> = Mutex<HashMap<u64, oneshot::Sender<Result<I, CallError>>>>;
 struct HandleInner<S: Side> {
     node: String,
     peer: String,
+    /// The protocol version the two ends settled on.
+    version: ProtocolVersion,
     request_timeout: Duration,
     /// Largest plaintext that fits in one frame.
     max_plain: usize,
@@ -328,6 +330,11 @@ impl<S: Side> ConnHandle<S> {
     /// The peer's node name.
     pub fn peer(&self) -> &str {
         &self.inner.peer
+    }
+
+    /// The protocol version the two ends settled on.
+    pub fn version(&self) -> ProtocolVersion {
+        self.inner.version
     }
 
     pub fn is_closed(&self) -> bool {
@@ -465,6 +472,7 @@ pub fn open<S: Side>(link: Link, settings: &Arc<ChannelSettings>) -> (ConnHandle
         inner: Arc::new(HandleInner {
             node: settings.node_name.clone(),
             peer: peer.node_name.clone(),
+            version,
             request_timeout: settings.request_timeout,
             max_plain: settings.max_frame.saturating_sub(TAG_LEN),
             out: out_tx,

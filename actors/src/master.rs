@@ -102,6 +102,19 @@ struct Admit(Hello);
 #[rtype(result = "Vec<ConnectionInfo>")]
 pub struct ListWorkers;
 
+/// Where the connected workers' replicas stand (see [`WorkerPositions`]).
+#[derive(Message)]
+#[rtype(result = "Arc<crate::jobs::master::positions::WorkerPositions>")]
+pub struct GetPositions;
+
+impl Handler<GetPositions> for MasterListener {
+    type Result = Arc<crate::jobs::master::positions::WorkerPositions>;
+
+    fn handle(&mut self, _: GetPositions, _: &mut Context<Self>) -> Self::Result {
+        self.services.positions()
+    }
+}
+
 /// The master's own shared jobs.
 #[derive(Message)]
 #[rtype(result = "Vec<JobReport>")]
@@ -765,7 +778,11 @@ mod tests {
         future.versions = VersionRange { min: ProtocolVersion::new(3, 0), max: ProtocolVersion::new(3, 1) };
         assert!(matches!(admit(&s, &future), Err(Refusal::IncompatibleVersion { .. })));
         let mut next_minor = worker("w");
-        next_minor.versions.max = ProtocolVersion::new(2, 1);
+        next_minor.versions.max = ProtocolVersion::new(2, 3);
         assert_eq!(admit(&s, &next_minor), Ok(wazuh_cluster_protocol::version::CURRENT));
+        // A worker one minor version behind joins at its version (2.1: no users, no policy).
+        let mut previous = worker("w");
+        previous.versions = VersionRange { min: ProtocolVersion::new(2, 0), max: ProtocolVersion::new(2, 1) };
+        assert_eq!(admit(&s, &previous), Ok(ProtocolVersion::new(2, 1)));
     }
 }

@@ -49,9 +49,13 @@ pub struct ChannelSettings {
     pub max_handshakes: usize,
 }
 
-/// Decides whether a credential (a bearer token of the API) is an administrator's.
+/// Decides whether a credential (a bearer token of the API) may make a change: an
+/// administrator's may make any; a user's may revoke that user's own tokens (signing out).
 #[derive(Clone)]
-pub struct AdminCheck(pub Arc<dyn Fn(&str) -> bool + Send + Sync>);
+pub struct AdminCheck(pub Arc<AllowsChange>);
+
+/// `(credential, request) -> allowed`.
+pub type AllowsChange = dyn Fn(&str, &wazuh_cluster_protocol::message::AdminRequest) -> bool + Send + Sync;
 
 impl std::fmt::Debug for AdminCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,11 +66,11 @@ impl std::fmt::Debug for AdminCheck {
 impl AdminCheck {
     /// Only this one token (compared in constant time).
     pub fn token(expected: String) -> Self {
-        AdminCheck(Arc::new(move |given: &str| crate::secret::same_secret(given, &expected)))
+        AdminCheck(Arc::new(move |given: &str, _: &_| crate::secret::same_secret(given, &expected)))
     }
 
-    pub fn allows(&self, credential: &str) -> bool {
-        (self.0)(credential)
+    pub fn allows(&self, credential: &str, request: &wazuh_cluster_protocol::message::AdminRequest) -> bool {
+        (self.0)(credential, request)
     }
 }
 

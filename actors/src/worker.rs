@@ -294,6 +294,11 @@ impl Handler<ForwardAdmin> for WorkerLink {
         let conn = self.conn_handle();
         Box::pin(async move {
             let conn = conn.ok_or(ForwardError::NotConnected)?;
+            if request.is_user() && conn.version() < wazuh_cluster_protocol::version::USERS {
+                // A 2.1 master could not even read it (the connection would close).
+                let why = format!("the master speaks protocol {}: upgrade it to change API users", conn.version());
+                return Ok(AdminResult { outcome: Err(wazuh_cluster_protocol::message::AdminError::Unavailable(why)) });
+            }
             match conn.call(WorkerToMaster::Admin(AdminForward { request, credential })).await? {
                 MasterToWorker::AdminResult(result) => Ok(result),
                 other => Err(CallError::unexpected("admin_result", &other).into()),

@@ -306,13 +306,85 @@ pub struct AgentEntry {
     pub groups: Vec<String>,
 }
 
-/// One change of the agent table, in sequence order.
+/// One change of the agent table, in sequence order. The API's users travel the same way (the
+/// same log, positions and acknowledgements), so that every node knows the current users and
+/// their roles as soon as the master changed them; they are sent to workers of protocol 2.2 and
+/// later only, and are no part of the agent table's hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentChange {
     Added(AgentEntry),
-    Removed { id: u32 },
-    GroupsChanged { id: u32, groups: Vec<String> },
+    Removed {
+        id: u32,
+    },
+    GroupsChanged {
+        id: u32,
+        groups: Vec<String>,
+    },
+    /// An API user was created or changed (protocol 2.2).
+    UserSet(ApiUser),
+    /// An API user was deleted (protocol 2.2).
+    UserRemoved {
+        name: String,
+    },
+}
+
+impl AgentChange {
+    /// Whether this change is about the API's users (not the agent table).
+    pub fn is_user(&self) -> bool {
+        matches!(self, AgentChange::UserSet(_) | AgentChange::UserRemoved { .. })
+    }
+}
+
+/// What an API user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiRole {
+    Administrator,
+    Readonly,
+}
+
+impl ApiRole {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "administrator" => Some(ApiRole::Administrator),
+            "readonly" => Some(ApiRole::Readonly),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiRole::Administrator => "administrator",
+            ApiRole::Readonly => "readonly",
+        }
+    }
+}
+
+/// An API user as the cluster holds it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiUser {
+    /// Numeric, as Wazuh's API numbers users; never reused.
+    pub id: u32,
+    pub name: String,
+    /// An Argon2 PHC string.
+    pub password_hash: String,
+    pub role: ApiRole,
+    /// Raised to revoke every token issued to the user before (a token carries the generation it
+    /// was issued under).
+    pub generation: u64,
+}
+
+impl std::fmt::Debug for ApiUser {
+    /// The hash is not shown: users are logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiUser")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An enrollment a worker forwards to the master.
@@ -376,6 +448,39 @@ pub enum AdminRequest {
         #[serde(with = "serde_bytes")]
         content: Vec<u8>,
     },
+    /// Creates an API user (protocol 2.2); the password arrives hashed.
+    CreateUser {
+        name: String,
+        password_hash: String,
+        role: ApiRole,
+    },
+    /// Changes an API user's password (its tokens are revoked) and/or role (protocol 2.2).
+    UpdateUser {
+        name: String,
+        password_hash: Option<String>,
+        role: Option<ApiRole>,
+    },
+    /// Deletes an API user (protocol 2.2): its tokens are refused at once.
+    DeleteUser {
+        name: String,
+    },
+    /// Revokes every token issued to an API user so far (protocol 2.2).
+    RevokeUserTokens {
+        name: String,
+    },
+}
+
+impl AdminRequest {
+    /// Whether this request is about the API's users (protocol 2.2 and later only).
+    pub fn is_user(&self) -> bool {
+        matches!(
+            self,
+            AdminRequest::CreateUser { .. }
+                | AdminRequest::UpdateUser { .. }
+                | AdminRequest::DeleteUser { .. }
+                | AdminRequest::RevokeUserTokens { .. }
+        )
+    }
 }
 
 impl std::fmt::Debug for AdminRequest {
@@ -404,6 +509,17 @@ impl std::fmt::Debug for AdminRequest {
             AdminRequest::PutGroupConfiguration { group, content } => {
                 f.debug_struct("PutGroupConfiguration").field("group", group).field("bytes", &content.len()).finish()
             }
+            AdminRequest::CreateUser { name, role, .. } => {
+                f.debug_struct("CreateUser").field("name", name).field("role", role).finish_non_exhaustive()
+            }
+            AdminRequest::UpdateUser { name, password_hash, role } => f
+                .debug_struct("UpdateUser")
+                .field("name", name)
+                .field("password", &password_hash.as_ref().map(|_| "(new)"))
+                .field("role", role)
+                .finish(),
+            AdminRequest::DeleteUser { name } => f.debug_struct("DeleteUser").field("name", name).finish(),
+            AdminRequest::RevokeUserTokens { name } => f.debug_struct("RevokeUserTokens").field("name", name).finish(),
         }
     }
 }
@@ -478,6 +594,9 @@ pub enum AdminError {
     /// No such file (protocol 2.1).
     #[error("no file {0}")]
     NoSuchFile(String),
+    /// No API user of this name (protocol 2.2).
+    #[error("no user named {0:?}")]
+    NoSuchUser(String),
     /// The request cannot be applied as it is (an invalid name, a limit reached, a group that
     /// exists already): change it before retrying.
     #[error("{0}")]

@@ -29,12 +29,18 @@ impl fmt::Display for ProtocolVersion {
 ///
 /// 2.0: workers answer failed requests with an error reply, agent and group changes fail with a
 /// typed [`crate::message::AdminError`], and job reports carry a typed state and numeric figures.
-/// 2.1 (this build): the master may ask a worker to reload analysisd's ruleset
-/// ([`crate::message::MasterToWorker::ReloadRuleset`]); it never asks a 2.0 worker. 1.x nodes
+/// 2.1: the master may ask a worker to reload analysisd's ruleset
+/// ([`crate::message::MasterToWorker::ReloadRuleset`]); it never asks a 2.0 worker.
+/// 2.2 (this build): the API's users travel with the agent table
+/// ([`crate::message::AgentChange::UserSet`]) and workers forward user changes
+/// ([`crate::message::AdminRequest::CreateUser`] and the like) and the enrollment password and
+/// client certificate (the master checks them); none of it goes to or from a 2.1 peer. 1.x nodes
 /// (unreleased development builds) are refused with a version message.
-pub const CURRENT: ProtocolVersion = ProtocolVersion::new(2, 1);
+pub const CURRENT: ProtocolVersion = ProtocolVersion::new(2, 2);
 /// The oldest version this build still speaks.
-pub const MIN_SUPPORTED: ProtocolVersion = ProtocolVersion::new(2, 0);
+pub const MIN_SUPPORTED: ProtocolVersion = ProtocolVersion::new(2, 1);
+/// The first version whose peers exchange the API's users and enrollment policy.
+pub const USERS: ProtocolVersion = ProtocolVersion::new(2, 2);
 
 /// An inclusive range of versions a node speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -34,6 +34,11 @@ pub enum NodeHandle {
         agents: Addr<AgentHub>,
         ruleset: Option<Ruleset>,
         data_dir: std::path::PathBuf,
+        /// Where the workers' replicas stand (a user change is answered once every worker has it).
+        positions: std::sync::Arc<wazuh_cluster_actors::jobs::master::positions::WorkerPositions>,
+        /// How long a user change waits for the workers at most.
+        settle: std::time::Duration,
+        users: std::sync::Arc<wazuh_cluster_actors::registry::users::UserDirectory>,
     },
     Worker {
         name: String,
@@ -44,6 +49,7 @@ pub enum NodeHandle {
         agents: Addr<AgentHub>,
         ruleset: Option<Ruleset>,
         data_dir: std::path::PathBuf,
+        users: std::sync::Arc<wazuh_cluster_actors::registry::users::UserDirectory>,
     },
 }
 
@@ -67,6 +73,13 @@ pub enum ChangeError {
 }
 
 impl NodeHandle {
+    /// The API's users as this node honours them now.
+    pub fn users(&self) -> &std::sync::Arc<wazuh_cluster_actors::registry::users::UserDirectory> {
+        match self {
+            NodeHandle::Master { users, .. } | NodeHandle::Worker { users, .. } => users,
+        }
+    }
+
     /// High availability: this master-eligible node's view of the Raft group (its state, the term,
     /// the leader, each member and, on the leader, how far each has replicated). `None` on a
     /// worker or a single master.
@@ -390,8 +403,17 @@ impl NodeHandle {
     /// with `credential` (the caller's API token), which the master checks itself.
     pub async fn admin(&self, request: AdminRequest, credential: String) -> Result<(), ChangeError> {
         match self {
-            NodeHandle::Master { writes, .. } => {
+            NodeHandle::Master { writes, positions, settle, name, .. } => {
+                let user = request.is_user();
+                let what = format!("{request:?}");
                 writes.admin(request).await.map_err(ChangeError::Registry)??;
+                // A user change is answered once every worker honours it (see WorkerPositions).
+                if user {
+                    let late = positions.wait_for_registry(writes.registry(), *settle).await;
+                    if !late.is_empty() {
+                        log::warn!(node = name.as_str(); "{what}: workers {} have not confirmed it yet", late.join(", "));
+                    }
+                }
             }
             NodeHandle::Worker { link, .. } => {
                 let result =

@@ -27,6 +27,7 @@ use wazuh_cluster_actors::consensus::writes::Writes;
 use wazuh_cluster_actors::enrollment::{self, Enroller, EnrollmentSettings};
 use wazuh_cluster_actors::jobs::worker::WorkerServices;
 use wazuh_cluster_actors::master::{self, MasterListener};
+use wazuh_cluster_actors::registry::users::{SeedUser, UserDirectory};
 use wazuh_cluster_actors::registry::{Registry, ReplacePolicy, Replica, StoreHandle};
 use wazuh_cluster_actors::ruleset::{in_ruleset, RulesetChanged, RulesetReloader};
 use wazuh_cluster_actors::settings::{Budgets, JobIntervals};
@@ -103,7 +104,7 @@ fn api_access(config: &Config) -> anyhow::Result<crate::api::Access> {
     Ok(crate::api::Access {
         token: config.api.token.clone(),
         tokens: crate::auth::Tokens::new(&secret, config.api.token_lifetime),
-        users: Arc::new(config.api.users.clone()),
+        users: UserDirectory::new(),
         allowed_hosts: config.api.allowed_hosts.clone(),
         metrics_public: config.api.metrics_public,
         signin: Arc::new(crate::auth::SignInGate::new(0, config.api.max_login_attempts, config.api.block_time)),
@@ -232,13 +233,26 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
     if let Some(counters) = &agent_counters {
         keys.follow_counters(counters.clone());
     }
+    // The API's users: the cluster's, from the registry or the replica the master fills.
+    let users = access.users.clone();
+    let seeds: Vec<SeedUser> = config
+        .api
+        .users
+        .iter()
+        .map(|u| SeedUser { name: u.name.clone(), password_hash: u.password_hash.clone(), role: u.role })
+        .collect();
     let store = match store {
         Store::Master(mut registry) => {
             registry.set_key_sink(keys.clone()).context("cannot read the agent registry")?;
+            registry.set_user_directory(users.clone()).context("cannot read the API users")?;
             Store::Master(registry)
         }
         Store::Worker(mut replica) => {
             replica.set_key_sink(keys.clone()).context("cannot read the agent replica")?;
+            replica.set_user_directory(users.clone()).context("cannot read the API users")?;
+            if !seeds.is_empty() {
+                warn!(node = name.as_str(); "api.users is ignored on a worker: the API's users are the master's (set them in its configuration or through the API)");
+            }
             Store::Worker(replica)
         }
     };
@@ -308,11 +322,23 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
                         .map(|(_, m)| m.clone())
                         .collect(),
                     ruleset: ruleset.clone(),
+                    seeds: seeds.clone(),
+                    writes: writes.clone(),
                 };
                 tasks.push(actix_rt::spawn(follow.run(raft)));
             }
+            let settings_for_settle = settings.clone();
             let listener = MasterListener::start(listener, settings, writes.clone(), admission)
                 .context("cannot start the master")?;
+            let positions = listener.send(master::GetPositions).await.context("the master stopped at once")?;
+            // The configured users: applied now by a lone master; by whichever master-eligible
+            // node leads (see LeaderFiles).
+            if writes.raft().is_none() && !seeds.is_empty() {
+                let applied = writes.seed_users(seeds.clone()).await.context("cannot apply api.users")?;
+                if !applied.is_empty() {
+                    info!(node = name.as_str(); "API users from the configuration applied: {}", applied.join(", "));
+                }
+            }
             let _ = shared.source.set(KeySource::Master(registry.clone()));
             let agents = AgentHub::new(shared.clone(), KeySource::Master(registry.clone())).launch();
             // File changes on the master make the hub push new merged.mg files to its agents.
@@ -330,6 +356,9 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
                     agents,
                     ruleset,
                     data_dir: data_dir.clone(),
+                    positions,
+                    settle: wazuh_cluster_actors::jobs::master::set::settle_timeout(&settings_for_settle),
+                    users: users.clone(),
                 },
                 match writes.raft() {
                     Some(_) => Enroller::MasterEligible(writes, leader_link),
@@ -362,6 +391,7 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
                     agents,
                     ruleset,
                     data_dir: data_dir.clone(),
+                    users: users.clone(),
                 },
                 Enroller::Worker(link),
             )
@@ -616,6 +646,9 @@ struct LeaderFiles {
     ruleset: Option<super::handle::Ruleset>,
     /// The link while there is one (enrollments on this node's 1515 are forwarded over it).
     link: tokio::sync::watch::Sender<Option<Addr<WorkerLink>>>,
+    /// This node's configured API users, applied whenever it starts leading.
+    seeds: Vec<SeedUser>,
+    writes: Writes,
 }
 
 impl LeaderFiles {
@@ -640,7 +673,21 @@ impl LeaderFiles {
             let now = (if leader_id.is_some() { term } else { 0 }, leader_id, accepts);
             if said != Some(now) {
                 match (leads, &leader) {
-                    (true, _) if accepts => info!(node = node.as_str(); "this node leads the masters (term {term})"),
+                    (true, _) if accepts => {
+                        info!(node = node.as_str(); "this node leads the masters (term {term})");
+                        if !self.seeds.is_empty() {
+                            let (writes, seeds, node) = (self.writes.clone(), self.seeds.clone(), node.clone());
+                            actix_rt::spawn(async move {
+                                match writes.seed_users(seeds).await {
+                                    Ok(applied) if !applied.is_empty() => {
+                                        info!(node = node.as_str(); "API users from the configuration applied: {}", applied.join(", "))
+                                    }
+                                    Ok(_) => {}
+                                    Err(e) => warn!(node = node.as_str(); "cannot apply api.users: {e}"),
+                                }
+                            });
+                        }
+                    }
                     (true, _) if said.is_some_and(|(t, l, a)| t == term && l == leader_id && a) => {
                         warn!(node = node.as_str(); "no majority of the masters acknowledged this leader for {} ms: it accepts no change until one does", wazuh_cluster_actors::consensus::writes::LEASE_MS)
                     }

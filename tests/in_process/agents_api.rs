@@ -568,11 +568,14 @@ async fn the_cli_signs_in_as_a_user_and_keeps_its_token_private() {
     .expect("join");
     let hash = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(hash.starts_with("$argon2id$"), "{hash}");
-    let users = [wazuh_multi_node::auth::ApiUser {
+    let users = wazuh_multi_node::auth::UserDirectory::default();
+    users.replace(vec![wazuh_multi_node::auth::StoredUser {
+        id: 1,
         name: "u".into(),
         password_hash: hash,
         role: wazuh_multi_node::auth::ApiRole::Readonly,
-    }];
+        generation: 0,
+    }]);
     assert!(wazuh_multi_node::auth::check_password(&users, "u", "a good password").is_some());
 }
 

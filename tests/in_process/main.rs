@@ -17,3 +17,4 @@ mod hostile_worker;
 mod layers;
 mod replica_burst;
 mod runtime_policies;
+mod users;

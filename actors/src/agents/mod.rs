@@ -183,6 +183,7 @@ impl KeyMap {
                         self.cache(Arc::new(key));
                     }
                 }
+                AgentChange::UserSet(_) | AgentChange::UserRemoved { .. } => {}
             }
         }
     }
@@ -329,7 +330,7 @@ impl KeySink for KeyIndex {
                 match c {
                     AgentChange::Added(e) => counters.forget(e.id),
                     AgentChange::Removed { id } => counters.forget(*id),
-                    AgentChange::GroupsChanged { .. } => {}
+                    AgentChange::GroupsChanged { .. } | AgentChange::UserSet(_) | AgentChange::UserRemoved { .. } => {}
                 }
             }
         }

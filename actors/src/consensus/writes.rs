@@ -206,6 +206,17 @@ impl Writes {
 
     /// A change to agents or groups (through the log when replicated), or to files (on this node,
     /// which must lead when replicated: its sync roots are the ones the others follow).
+    /// Applies the configured API users whose entry changed (see [`Registry::seed_users`]): the
+    /// names applied. Replicated, only the leader may (the node that leads next seeds its own).
+    pub async fn seed_users(&self, seeds: Vec<crate::registry::users::SeedUser>) -> Result<Vec<String>, StoreError> {
+        let Some(raft) = &self.raft else { return self.registry.run(move |r| r.seed_users(&seeds)).await };
+        match self.propose(raft, Command::SeedUsers(seeds)).await? {
+            Outcome::Seeded(applied) => Ok(applied),
+            Outcome::Admin(Err(e)) => Err(StoreError::Invalid(e.to_string())),
+            other => Err(StoreError::Invalid(format!("the users were applied as {other:?}"))),
+        }
+    }
+
     pub async fn admin(&self, request: AdminRequest) -> Result<Result<(), AdminError>, StoreError> {
         let Some(raft) = &self.raft else { return self.registry.run(move |r| r.admin(&request)).await };
         if !is_registry_change(&request) {

@@ -48,6 +48,7 @@ pub struct MasterServices {
     groups: Arc<watch::Sender<Option<GroupsState>>>,
     healths: Vec<JobHealth>,
     controls: Arc<Controls>,
+    positions: Arc<crate::jobs::master::positions::WorkerPositions>,
 }
 
 /// Agents enrolled through a worker whose delivery was never confirmed are removed after this.
@@ -96,6 +97,7 @@ impl MasterServices {
             groups,
             healths,
             controls: Arc::new(controls),
+            positions: Default::default(),
         };
         (services, all_stopped)
     }
@@ -117,6 +119,11 @@ impl MasterServices {
     /// A new receiver of the agent-groups table's state (take one per consumer, once).
     pub fn groups(&self) -> watch::Receiver<Option<GroupsState>> {
         self.groups.subscribe()
+    }
+
+    /// Where each connected worker's replica stands.
+    pub fn positions(&self) -> Arc<crate::jobs::master::positions::WorkerPositions> {
+        self.positions.clone()
     }
 
     /// Stops both shared jobs for good.

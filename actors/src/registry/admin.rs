@@ -33,6 +33,10 @@ impl Registry {
             AdminRequest::PutGroupConfiguration { group, content } => {
                 return Ok(self.put_group_configuration(group, content));
             }
+            AdminRequest::CreateUser { .. }
+            | AdminRequest::UpdateUser { .. }
+            | AdminRequest::DeleteUser { .. }
+            | AdminRequest::RevokeUserTokens { .. } => return self.user_request(req),
         };
         match result {
             Ok(()) => Ok(Ok(())),

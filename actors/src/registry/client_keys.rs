@@ -142,7 +142,7 @@ impl ClientKeys {
                     }
                     self.kill(*id)?;
                 }
-                AgentChange::GroupsChanged { .. } => {}
+                AgentChange::GroupsChanged { .. } | AgentChange::UserSet(_) | AgentChange::UserRemoved { .. } => {}
             }
         }
         if !appended.is_empty() {

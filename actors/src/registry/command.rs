@@ -33,6 +33,8 @@ pub enum Command {
         request: AdminRequest,
         at_ms: u64,
     },
+    /// The configured API users of the node that leads (see [`Registry::seed_users`]).
+    SeedUsers(Vec<super::user_store::SeedUser>),
     /// Several changes in one log entry, applied in order (the leader gathers the changes that
     /// arrive while earlier ones are being committed: one entry, one disk write and one message
     /// per follower for all of them). A batch holds no batch.
@@ -48,6 +50,8 @@ pub enum Outcome {
     Resolved,
     Expired(Vec<u32>),
     Admin(Result<(), AdminError>),
+    /// The configured users applied (by name).
+    Seeded(Vec<String>),
     /// The outcomes of a [`Command::Batch`], in its order.
     Batch(Vec<Outcome>),
 }
@@ -61,6 +65,10 @@ pub fn is_registry_change(request: &AdminRequest) -> bool {
             | AdminRequest::DeleteGroup { .. }
             | AdminRequest::AssignGroup { .. }
             | AdminRequest::UnassignGroup { .. }
+            | AdminRequest::CreateUser { .. }
+            | AdminRequest::UpdateUser { .. }
+            | AdminRequest::DeleteUser { .. }
+            | AdminRequest::RevokeUserTokens { .. }
     )
 }
 
@@ -74,6 +82,12 @@ impl Registry {
                 Outcome::Resolved
             }
             Command::Expire { ids } => Outcome::Expired(self.apply_expiry(ids)?),
+            Command::SeedUsers(seeds) => match self.seed_users(seeds) {
+                Ok(applied) => Outcome::Seeded(applied),
+                // A configured user this build cannot take is refused alone, the same on every member.
+                Err(StoreError::Invalid(why)) => Outcome::Admin(Err(AdminError::Invalid(why))),
+                Err(e) => return Err(e),
+            },
             Command::Admin { request, at_ms } if is_registry_change(request) => {
                 Outcome::Admin(self.admin_at(request, *at_ms)?)
             }

@@ -31,6 +31,8 @@ pub struct Derived {
     keys_stale: bool,
     /// A reset could not be carried out (the table could not be read): the next commit does it.
     resync: bool,
+    /// The open transaction touched the API's users (or replaced everything).
+    users_changed: bool,
 }
 
 impl Derived {
@@ -44,6 +46,7 @@ impl Derived {
             mark: (0, false),
             keys_stale: false,
             resync: false,
+            users_changed: false,
         })
     }
 
@@ -54,6 +57,7 @@ impl Derived {
     }
 
     pub fn record(&mut self, change: AgentChange) {
+        self.users_changed |= change.is_user();
         if !self.reset {
             self.pending.push(change);
         }
@@ -62,7 +66,14 @@ impl Derived {
     /// The whole table is replaced in this transaction.
     pub fn record_reset(&mut self) {
         self.reset = true;
+        self.users_changed = true;
         self.pending.clear();
+    }
+
+    /// Whether the transaction touched the API's users (a commit or rollback ends the question; a
+    /// change undone under a savepoint may still count: the users are read again for nothing).
+    pub fn take_users_changed(&mut self) -> bool {
+        std::mem::take(&mut self.users_changed)
     }
 
     pub fn savepoint(&mut self) {
@@ -80,6 +91,7 @@ impl Derived {
     pub fn rollback(&mut self) {
         self.pending.clear();
         self.reset = false;
+        self.users_changed = false;
     }
 
     /// Whether the open transaction changed the table.

@@ -114,6 +114,9 @@ pub struct Registry {
     /// [`Registry::contest_line`]): the last one seen, and the throttle.
     last_contest: Option<(u32, String, String)>,
     contests: crate::throttle::Throttle,
+    /// The API's users as every part of the node reads them, refreshed after each commit that
+    /// changed them.
+    users: Option<std::sync::Arc<super::user_store::UserDirectory>>,
 }
 
 /// An agent active on a live node stays that node's, against other nodes' reports, until that
@@ -188,6 +191,8 @@ impl Registry {
         let now = now_ms() as i64;
         conn.execute("INSERT OR IGNORE INTO groups (name, created_at) VALUES (?1, ?2)", params![DEFAULT_GROUP, now])?;
         conn.execute_batch(schema::MASTER_INDEXES)?;
+        conn.execute_batch(super::user_store::USER_TABLES)?;
+        conn.execute_batch(super::user_store::SEEDED_TABLE)?;
         let seq: i64 = conn.query_row("SELECT v FROM meta WHERE k = 'seq'", [], |r| r.get(0))?;
         // A registry's identity, made with it (or at the first start of a release that has it):
         // a worker following another registry is never rewritten to this one's content.
@@ -213,6 +218,7 @@ impl Registry {
             live: Default::default(),
             last_contest: None,
             contests: crate::throttle::Throttle::new(std::time::Duration::from_secs(10)),
+            users: None,
         };
         reg.load_counts()?;
         reg.ensure_group_dir(DEFAULT_GROUP)?;
@@ -229,6 +235,25 @@ impl Registry {
     /// client.keys as it is kept (for figures and tests).
     pub fn client_keys(&self) -> &super::client_keys::ClientKeys {
         self.derived.client_keys()
+    }
+
+    /// Keeps `directory` equal to the users table from now on (filled now).
+    pub fn set_user_directory(
+        &mut self,
+        directory: std::sync::Arc<super::user_store::UserDirectory>,
+    ) -> Result<(), StoreError> {
+        directory.replace(self.users()?);
+        self.users = Some(directory);
+        Ok(())
+    }
+
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Every API user.
+    pub fn users(&self) -> Result<Vec<wazuh_cluster_protocol::message::ApiUser>, StoreError> {
+        super::user_store::read_users(&self.conn)
     }
 
     fn load_counts(&mut self) -> Result<(), StoreError> {
@@ -384,9 +409,19 @@ impl Registry {
         all_entries(&self.conn)
     }
 
-    fn log_change(&mut self, change: &AgentChange) -> Result<(), StoreError> {
+    pub(crate) fn log_change(&mut self, change: &AgentChange) -> Result<(), StoreError> {
         self.seq += 1;
         let (op, id, name, ip, key, groups) = match change {
+            // A user: its role in `ip`, its hash in `key`, its generation in `groups`.
+            AgentChange::UserSet(u) => (
+                "user",
+                u.id,
+                Some(u.name.clone()),
+                Some(u.role.as_str().to_string()),
+                Some(u.password_hash.clone()),
+                Some(u.generation.to_string()),
+            ),
+            AgentChange::UserRemoved { name } => ("user_removed", 0, Some(name.clone()), None, None, None),
             AgentChange::Added(e) => (
                 "added",
                 e.id,
@@ -695,7 +730,9 @@ impl Registry {
             self.conn.prepare_cached("SELECT MIN(seq) FROM changes")?.query_row([], |r| r.get(0))?;
         let delta_ok = after <= self.seq && (after == self.seq || oldest.is_some_and(|o| o as u64 <= after + 1));
         if !delta_ok {
-            return Ok((true, self.entries()?.into_iter().map(AgentChange::Added).collect(), self.seq));
+            let mut all: Vec<AgentChange> = self.entries()?.into_iter().map(AgentChange::Added).collect();
+            all.extend(self.users()?.into_iter().map(AgentChange::UserSet));
+            return Ok((true, all, self.seq));
         }
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, op, id, name, ip, key, groups FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
@@ -715,6 +752,17 @@ impl Registry {
                     groups,
                 }),
                 "removed" => AgentChange::Removed { id },
+                "user" => AgentChange::UserSet(wazuh_cluster_protocol::message::ApiUser {
+                    id,
+                    name: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                    password_hash: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                    role: r
+                        .get::<_, Option<String>>(4)?
+                        .and_then(|role| wazuh_cluster_protocol::message::ApiRole::parse(&role))
+                        .unwrap_or(wazuh_cluster_protocol::message::ApiRole::Readonly),
+                    generation: r.get::<_, Option<String>>(6)?.and_then(|g| g.parse().ok()).unwrap_or(0),
+                }),
+                "user_removed" => AgentChange::UserRemoved { name: r.get::<_, Option<String>>(3)?.unwrap_or_default() },
                 _ => AgentChange::GroupsChanged { id, groups },
             };
             Ok((seq as u64, change))
@@ -1009,9 +1057,16 @@ impl Registry {
     /// change, and at every start); it is logged.
     pub fn commit(&mut self) -> Result<(), StoreError> {
         self.conn.execute_batch("COMMIT")?;
+        let users_changed = self.derived.take_users_changed();
         let conn = &self.conn;
         if let Err(e) = self.derived.committed(&self.data_dir, || all_entries(conn)) {
             log::warn!("agent registry in {}: cannot update client.keys: {e}", self.data_dir.display());
+        }
+        if let (true, Some(directory)) = (users_changed, &self.users) {
+            match super::user_store::read_users(&self.conn) {
+                Ok(users) => directory.replace(users),
+                Err(e) => log::warn!("agent registry in {}: cannot read the API users: {e}", self.data_dir.display()),
+            }
         }
         Ok(())
     }
@@ -1072,7 +1127,7 @@ fn recorded_refusal(text: &str) -> EnrollError {
 }
 
 /// The tables a registry snapshot carries: everything but the replicated log's own state.
-const SNAPSHOT_TABLES: [&str; 5] = ["agents", "groups", "meta", "changes", "tokens"];
+const SNAPSHOT_TABLES: [&str; 7] = ["agents", "groups", "meta", "changes", "tokens", "api_users", "api_users_seeded"];
 
 /// A whole registry as rows, for a replicated log's snapshot: per table, its columns and rows.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

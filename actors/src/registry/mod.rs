@@ -12,6 +12,8 @@
 //! - [`query`]: pages of agents (filters, sort, offset, limit) for the API.
 //! - [`counts`]: agent counts by status and node, kept in memory for summaries and metrics.
 //! - [`store`]: the thread that owns one store and runs commands in group commits.
+//! - [`user_store`]: the API's users in SQLite and in memory (tables, checks, the directory).
+//! - [`users`]: changes of the API's users on the master (sent to replicas with the agent changes).
 //!
 //! A global hash (XOR of the MD5 of every agent's `id name ip key groups` line) is kept
 //! incrementally on both sides; equal hashes mean equal tables.
@@ -29,6 +31,8 @@ pub mod schema;
 pub mod store;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod user_store;
+pub mod users;
 
 pub use derived::KeySink;
 pub use master::{AgentRow, NewAgent, Registry};

@@ -21,6 +21,8 @@ pub struct Replica {
     hash: TableHash,
     seq: u64,
     derived: Derived,
+    /// The API's users as the node reads them, refreshed after each commit that changed them.
+    users: Option<std::sync::Arc<super::user_store::UserDirectory>>,
 }
 
 impl Replica {
@@ -28,6 +30,7 @@ impl Replica {
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let conn = open_db(&data_dir.join("var/db/replica.db"))?;
         conn.execute_batch(schema::REPLICA_TABLES)?;
+        conn.execute_batch(super::user_store::USER_TABLES)?;
         let seq: i64 = conn.query_row("SELECT v FROM meta WHERE k = 'seq'", [], |r| r.get(0))?;
         let entries = all_entries(&conn)?;
         let mut hash = TableHash::default();
@@ -36,7 +39,7 @@ impl Replica {
         }
         let derived = Derived::open(data_dir, &entries)?;
         let generation = schema::stored_generation(&conn)?;
-        Ok(Replica { conn, data_dir: data_dir.to_path_buf(), hash, seq: seq as u64, derived, generation })
+        Ok(Replica { conn, data_dir: data_dir.to_path_buf(), hash, seq: seq as u64, derived, generation, users: None })
     }
 
     /// [`Replica::open`], setting a database SQLite finds corrupt (or not a database at all) aside
@@ -62,6 +65,21 @@ impl Replica {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Keeps `directory` equal to the users table from now on (filled now).
+    pub fn set_user_directory(
+        &mut self,
+        directory: std::sync::Arc<super::user_store::UserDirectory>,
+    ) -> Result<(), StoreError> {
+        directory.replace(super::user_store::read_users(&self.conn)?);
+        self.users = Some(directory);
+        Ok(())
+    }
+
+    /// The API's users as the master last sent them.
+    pub fn users(&self) -> Result<Vec<wazuh_cluster_protocol::message::ApiUser>, StoreError> {
+        super::user_store::read_users(&self.conn)
     }
 
     /// Sends every committed change of the replica to `sink` (after the whole table now).
@@ -177,6 +195,7 @@ impl Replica {
     fn apply_inner(&mut self, to: u64, snapshot: bool, changes: &[AgentChange]) -> Result<bool, StoreError> {
         if snapshot {
             self.conn.execute("DELETE FROM agents", [])?;
+            self.conn.execute("DELETE FROM api_users", [])?;
             self.hash = TableHash::default();
             self.derived.record_reset();
         }
@@ -210,6 +229,11 @@ impl Replica {
                         self.hash.toggle(&AgentEntry { groups: groups.clone(), ..old });
                         self.derived.record(c.clone());
                     }
+                }
+                // The API's users: no part of the agent table's hash.
+                AgentChange::UserSet(_) | AgentChange::UserRemoved { .. } => {
+                    super::user_store::apply_user_change(&self.conn, c)?;
+                    self.derived.record(c.clone());
                 }
             }
         }
@@ -247,9 +271,16 @@ impl Store for Replica {
     /// Commits, then brings client.keys and the key index up to date (see `Registry::commit`).
     fn commit(&mut self) -> Result<(), StoreError> {
         self.conn.execute_batch("COMMIT")?;
+        let users_changed = self.derived.take_users_changed();
         let conn = &self.conn;
         if let Err(e) = self.derived.committed(&self.data_dir, || all_entries(conn)) {
             log::warn!("agent replica in {}: cannot update client.keys: {e}", self.data_dir.display());
+        }
+        if let (true, Some(directory)) = (users_changed, &self.users) {
+            match super::user_store::read_users(&self.conn) {
+                Ok(users) => directory.replace(users),
+                Err(e) => log::warn!("agent replica in {}: cannot read the API users: {e}", self.data_dir.display()),
+            }
         }
         Ok(())
     }

@@ -52,6 +52,7 @@ pub struct AgentGroupsSend {
     worker_generation: u64,
     /// Pushes refused for good on this connection (see [`PushError::Refused`]).
     refused: bool,
+    positions: std::sync::Arc<super::positions::WorkerPositions>,
 }
 
 /// Changes in one push at most: a longer delta goes in several, each acknowledged before the next,
@@ -60,7 +61,12 @@ pub struct AgentGroupsSend {
 pub const MAX_CHANGES_PER_PUSH: usize = 2_000;
 
 impl AgentGroupsSend {
-    pub fn new(health: JobHealth, conn: ConnHandle<MasterSide>, registry: StoreHandle<Registry>) -> Self {
+    pub fn new(
+        health: JobHealth,
+        conn: ConnHandle<MasterSide>,
+        registry: StoreHandle<Registry>,
+        positions: std::sync::Arc<super::positions::WorkerPositions>,
+    ) -> Self {
         Self {
             health,
             conn,
@@ -73,6 +79,7 @@ impl AgentGroupsSend {
             snapshots: 0,
             worker_generation: 0,
             refused: false,
+            positions,
         }
     }
 
@@ -134,7 +141,11 @@ impl AgentGroupsSend {
                     Ok(Ok((snapshot, changes, to, hash, generation)))
                 })
                 .await?;
-            let (snapshot, changes, seq, hash, generation) = read.map_err(PushError::Refused)?;
+            let (snapshot, mut changes, seq, hash, generation) = read.map_err(PushError::Refused)?;
+            // A worker of protocol 2.1 knows nothing of the API's users (it keeps its own).
+            if conn.version() < wazuh_cluster_protocol::version::USERS {
+                changes.retain(|c| !c.is_user());
+            }
             let update = AgentGroupsUpdate {
                 from_seq: from,
                 to_seq: seq,
@@ -179,6 +190,9 @@ impl AgentGroupsSend {
                 self.conn.peer(), ack.seq, ack.global_hash, hash.as_deref().unwrap_or("(not compared)"), if snapshot { " even after a snapshot" } else { "" });
         }
         self.snapshots += u64::from(snapshot);
+        if agrees {
+            self.positions.set(self.conn.peer(), seq);
+        }
         self.health.succeeded(Some(started.elapsed()));
         self.health.set_figures(vec![("acked_seq".into(), ack.seq), ("snapshots".into(), self.snapshots)]);
         debug!(node = self.conn.node(); "worker {} at agent table position {}", self.conn.peer(), ack.seq);
@@ -188,6 +202,11 @@ impl AgentGroupsSend {
 
 impl Actor for AgentGroupsSend {
     type Context = Context<Self>;
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        // Gone (or restarting): no change waits on it; it counts again at its next acknowledgement.
+        self.positions.forget(self.conn.peer());
+    }
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if self.stopped {

@@ -171,6 +171,10 @@ pub struct RegistrationServe {
     pub peer: String,
     /// Whether a forwarded change's credential is an administrator's (`None`: none is taken).
     pub admin: Option<crate::settings::AdminCheck>,
+    /// Where the workers' replicas stand: a user change is answered once every worker has it.
+    pub positions: Arc<super::positions::WorkerPositions>,
+    /// How long a user change waits for the workers at most.
+    pub settle_timeout: std::time::Duration,
 }
 
 impl Serve for RegistrationServe {
@@ -180,6 +184,7 @@ impl Serve for RegistrationServe {
     fn serve(&mut self, request: RegistrationRequest) -> LocalFuture<Result<Served<MasterToWorker>, ServeError>> {
         let (writes, node, peer) = (self.writes.clone(), self.node.clone(), self.peer.clone());
         let admin = self.admin.clone();
+        let (positions, settle_timeout) = (self.positions.clone(), self.settle_timeout);
         Box::pin(async move {
             match request {
                 RegistrationRequest::Enroll(f) => {
@@ -200,16 +205,23 @@ impl Serve for RegistrationServe {
                 }
                 RegistrationRequest::Admin(AdminForward { request, credential }) => {
                     let what = format!("{request:?}");
-                    if !admin.as_ref().is_some_and(|a| a.allows(&credential)) {
+                    if !admin.as_ref().is_some_and(|a| a.allows(&credential, &request)) {
                         warn!(node = node.as_str(); "worker {peer} forwarded {what} without a valid API credential; refused");
                         return Ok(Served {
                             reply: MasterToWorker::AdminResult(AdminResult { outcome: Err(AdminError::Unauthorized) }),
                             counts: vec![("unauthorized", 1)],
                         });
                     }
+                    let user = request.is_user();
                     let outcome = writes.admin(request).await?;
                     if outcome.is_ok() {
                         info!(node = node.as_str(); "worker {peer} applied {what} through the master");
+                        if user {
+                            let late = positions.wait_for_registry(writes.registry(), settle_timeout).await;
+                            if !late.is_empty() {
+                                warn!(node = node.as_str(); "{what}: workers {} have not confirmed it yet", late.join(", "));
+                            }
+                        }
                     }
                     Ok(Served {
                         reply: MasterToWorker::AdminResult(AdminResult { outcome }),

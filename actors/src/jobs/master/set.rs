@@ -34,6 +34,12 @@ use tokio::sync::broadcast;
 use wazuh_cluster_protocol::message::{IntegrityChanged, JobKind, MessageName};
 use wazuh_cluster_protocol::{Kind, MasterToWorker, WorkerToMaster};
 
+/// How long a change of the API's users waits for every worker to hold it before it is answered:
+/// half the request timeout (the forwarding worker's call must not time out meanwhile), at most 5 s.
+pub fn settle_timeout(settings: &ChannelSettings) -> std::time::Duration {
+    (settings.request_timeout / 2).min(std::time::Duration::from_secs(5))
+}
+
 /// The job actors of one worker connection, master end.
 pub struct MasterJobs {
     keepalive: Addr<Server<KeepAliveServe>>,
@@ -68,9 +74,10 @@ impl MasterJobs {
         controls.add("AgentInfo", &agent_info, h);
 
         let health = JobHealth::new("AgentGroupsSend", JobKind::Pusher, settings.jobs.restart_backoff());
-        let (c, r, h) = (conn.clone(), services.registry.clone(), health.clone());
-        let agent_groups =
-            crate::supervise::start(MAILBOX, Some(alive.clone()), move |_| AgentGroupsSend::new(h, c, r));
+        let (c, r, h, p) = (conn.clone(), services.registry.clone(), health.clone(), services.positions());
+        let agent_groups = crate::supervise::start(MAILBOX, Some(alive.clone()), move |_| {
+            AgentGroupsSend::new(h.clone(), c.clone(), r.clone(), p.clone())
+        });
         controls.add("AgentGroupsSend", &agent_groups, health);
 
         let announcements = Arc::new(AtomicU64::new(0));
@@ -90,6 +97,8 @@ impl MasterJobs {
             node: node.clone(),
             peer: peer.clone(),
             admin: settings.admin.clone(),
+            positions: services.positions(),
+            settle_timeout: settle_timeout(settings),
         };
         let (registration, h) = Server::start("Registration", job, conn.clone(), settings, alive);
         controls.add("Registration", &registration, h);
