@@ -495,6 +495,11 @@ async fn bulk(
             }
         }
     }
+    bulk_answer(affected, failed, done)
+}
+
+/// Wazuh's bulk envelope: what was done, what was not and why; `error` 0 (all), 2 (some), 1 (none).
+fn bulk_answer<T: Serialize>(affected: Vec<T>, failed: Vec<serde_json::Value>, done: &str) -> HttpResponse {
     let message = if failed.is_empty() { done.to_string() } else { format!("{done} (some were not)") };
     HttpResponse::Ok().json(serde_json::json!({
         "data": {

@@ -38,9 +38,10 @@ fn check_password_policy(password: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Hashes `password` off the API's thread, within the sign-in gate's places (it costs what a
-/// sign-in costs); `Err` is the answer to give.
+/// Checks `password` against the policy and hashes it off the API's thread, within the sign-in
+/// gate's places (it costs what a sign-in costs); `Err` is the answer to give.
 async fn hash_new_password(access: &Access, password: String) -> Result<String, Box<HttpResponse>> {
+    check_password_policy(&password).map_err(|why| Box::new(bad_request(why)))?;
     let permit = access.signin.permit().map_err(|refused| {
         Box::new(
             HttpResponse::TooManyRequests()
@@ -153,19 +154,12 @@ pub(super) async fn create_user(
     if let Err(why) = wazuh_cluster_actors::registry::users::check_name(&username) {
         return bad_request(&why);
     }
-    if let Err(why) = check_password_policy(&password) {
-        return bad_request(why);
-    }
     let password_hash = match hash_new_password(&access, password).await {
         Ok(hash) => hash,
         Err(r) => return *r,
     };
     let request = AdminRequest::CreateUser { name: username.clone(), password_hash, role: ApiRole::Readonly };
-    if let Err(e) = node.admin(request, bearer(&req).to_string()).await {
-        return change_failed(&e);
-    }
-    let items: Vec<_> = node.users().get(&username).iter().map(user_view).collect();
-    HttpResponse::Ok().json(envelope(&items, "User was successfully created"))
+    one_user_change(&node, &req, request, &username, "User was successfully created").await
 }
 
 #[derive(serde::Deserialize)]
@@ -188,9 +182,6 @@ pub(super) async fn update_user(
     }
     let id = id.into_inner();
     let Some(user) = by_id(&node, id) else { return no_user(id) };
-    if let Err(why) = check_password_policy(&body.password) {
-        return bad_request(why);
-    }
     let password_hash = match hash_new_password(&access, body.into_inner().password).await {
         Ok(hash) => hash,
         Err(r) => return *r,
@@ -255,21 +246,6 @@ pub(super) async fn delete_users(
     bulk_answer(affected, failed, "Users were successfully deleted")
 }
 
-/// Wazuh's bulk envelope.
-fn bulk_answer(affected: Vec<serde_json::Value>, failed: Vec<serde_json::Value>, done: &str) -> HttpResponse {
-    let message = if failed.is_empty() { done.to_string() } else { format!("{done} (some were not)") };
-    HttpResponse::Ok().json(serde_json::json!({
-        "data": {
-            "affected_items": affected,
-            "total_affected_items": affected.len(),
-            "total_failed_items": failed.len(),
-            "failed_items": failed,
-        },
-        "message": message,
-        "error": if failed.is_empty() { 0 } else if affected.is_empty() { 1 } else { 2 },
-    }))
-}
-
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RoleIds {
@@ -295,6 +271,21 @@ fn parse_roles(text: &str) -> Result<Vec<ApiRole>, Box<HttpResponse>> {
     Ok(roles)
 }
 
+/// What a roles call names: the user (by id) and the roles, checked; or the answer to give.
+fn role_call(
+    node: &NodeHandle,
+    req: &actix_web::HttpRequest,
+    id: u32,
+    role_ids: &str,
+) -> Result<(StoredUser, Vec<ApiRole>), Box<HttpResponse>> {
+    if let Some(refusal) = refuse_unauthorized(req) {
+        return Err(Box::new(refusal));
+    }
+    let roles = parse_roles(role_ids)?;
+    let user = by_id(node, id).ok_or_else(|| Box::new(no_user(id)))?;
+    Ok((user, roles))
+}
+
 /// `POST /security/users/{user_id}/roles?role_ids=1|2`: the user's role (administrator when 1 is
 /// named). Takes effect at once for the user's tokens.
 pub(super) async fn add_roles(
@@ -303,15 +294,10 @@ pub(super) async fn add_roles(
     id: web::Path<u32>,
     query: web::Query<RoleIds>,
 ) -> HttpResponse {
-    if let Some(refusal) = refuse_unauthorized(&req) {
-        return refusal;
-    }
-    let id = id.into_inner();
-    let roles = match parse_roles(&query.role_ids) {
-        Ok(roles) => roles,
+    let (user, roles) = match role_call(&node, &req, id.into_inner(), &query.role_ids) {
+        Ok(call) => call,
         Err(r) => return *r,
     };
-    let Some(user) = by_id(&node, id) else { return no_user(id) };
     let role = if roles.contains(&ApiRole::Administrator) { ApiRole::Administrator } else { ApiRole::Readonly };
     let request = AdminRequest::UpdateUser { name: user.name.clone(), password_hash: None, role: Some(role) };
     one_user_change(&node, &req, request, &user.name, "All roles were linked to user").await
@@ -325,15 +311,10 @@ pub(super) async fn remove_roles(
     id: web::Path<u32>,
     query: web::Query<RoleIds>,
 ) -> HttpResponse {
-    if let Some(refusal) = refuse_unauthorized(&req) {
-        return refusal;
-    }
-    let id = id.into_inner();
-    let roles = match parse_roles(&query.role_ids) {
-        Ok(roles) => roles,
+    let (user, roles) = match role_call(&node, &req, id.into_inner(), &query.role_ids) {
+        Ok(call) => call,
         Err(r) => return *r,
     };
-    let Some(user) = by_id(&node, id) else { return no_user(id) };
     if user.role == ApiRole::Administrator && roles.contains(&ApiRole::Administrator) {
         if caller(&req).and_then(|c| c.user).as_deref() == Some(user.name.as_str()) {
             return HttpResponse::Forbidden().json(error_body(403, "The current user cannot remove its own role"));
