@@ -48,6 +48,9 @@
 //! force = true               # a new enrollment may replace an agent of the same name or IP...
 //! force_after = "1h"         # ...disconnected (or never connected) and registered this long
 //! ca_file = ""               # set: agents need a client certificate signed by this CA
+//!                            # (the master's password and CA apply through every node: a worker
+//!                            # passes the agent's on to the master, which checks them)
+//! max_per_second = 0         # master: enrollments per second for the whole cluster (0: no limit)
 //!
 //! [agents]
 //! bind = "0.0.0.0:1514"
@@ -227,6 +230,7 @@ struct RawEnrollment {
     force_after: Option<String>,
     ca_file: Option<String>,
     max_per_address: Option<u32>,
+    max_per_second: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -413,6 +417,8 @@ pub struct EnrollmentConfig {
     pub ca_file: Option<PathBuf>,
     /// Enrollments in progress from one address, at most; more connections are closed at once.
     pub max_per_address: u32,
+    /// Master: enrollments per second for the whole cluster, at most (0: no limit).
+    pub max_per_second: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -740,6 +746,7 @@ fn validate(raw: RawConfig, file: Option<&Path>, host_name: Option<&str>) -> Res
             Some(n) => n,
             None => 1024,
         },
+        max_per_second: enrollment.max_per_second.unwrap_or(0),
     };
     let archive_max_size = match non_empty(agents.archive_max_size) {
         Some(text) => parse_size(&text).map_err(|e| invalid("agents.archive_max_size", e))?,

@@ -41,17 +41,35 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
     }
 }
 
+/// Presents one certificate chain whatever the server asks. (rustls' own way of setting a client
+/// certificate parses it with webpki, which refuses version 1 certificates; real agents present
+/// what OpenSSL takes, version 1 included, and so does the simulator.)
+#[derive(Debug)]
+struct OneCertificate(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for OneCertificate {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 /// A connector presenting a client certificate (for managers that require one).
 pub fn connector_with_client_cert(
     chain: Vec<rustls::pki_types::CertificateDer<'static>>,
     key: rustls::pki_types::PrivateKeyDer<'static>,
 ) -> anyhow::Result<TlsConnector> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let signing_key = provider.key_provider.load_private_key(key)?;
+    let certified = Arc::new(rustls::sign::CertifiedKey::new(chain, signing_key));
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
-        .with_client_auth_cert(chain, key)?;
+        .with_client_cert_resolver(Arc::new(OneCertificate(certified)));
     Ok(TlsConnector::from(Arc::new(config)))
 }
 

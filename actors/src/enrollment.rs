@@ -47,6 +47,8 @@ impl Enroller {
     }
 }
 
+pub use crate::enrollment_policy::{EnrollmentPolicy, PolicyRefusal};
+
 pub struct EnrollmentSettings {
     pub node_name: String,
     pub password: Option<String>,
@@ -55,6 +57,8 @@ pub struct EnrollmentSettings {
     /// Enrollments in progress from one address, at most; more connections are closed at once.
     pub max_per_address: u32,
     pub tls: Arc<rustls::ServerConfig>,
+    /// The cluster's policy (on the master: its rate applies to the enrollments it takes itself).
+    pub policy: Arc<EnrollmentPolicy>,
     /// Lines about clients that failed before their request line: one per kind per 10 s at most.
     pub unsaid: std::sync::Mutex<std::collections::HashMap<&'static str, crate::throttle::Throttle>>,
 }
@@ -71,15 +75,26 @@ pub enum TlsSetupError {
     Rustls(#[from] rustls::Error),
 }
 
-/// Loads `<data_dir>/etc/sslmanager.cert` and `.key`, creating a self-signed pair on first start.
-/// With `client_ca`, only clients presenting a certificate signed by that CA get through.
+/// What the enrollment port asks of clients' certificates.
+#[derive(Clone, Debug)]
+pub enum ClientAuth {
+    /// Nothing.
+    None,
+    /// A certificate from this CA, checked here.
+    Require(Arc<crate::client_cert::ClientCa>),
+    /// Any certificate or none, for the master to check (a node that forwards enrollments).
+    Collect,
+}
+
+/// Loads `<data_dir>/etc/sslmanager.cert` and `.key`, creating a self-signed pair on first start,
+/// asking clients for certificates as `client` says.
 pub fn tls_config(
     data_dir: &Path,
     node_name: &str,
-    client_ca: Option<&Path>,
+    client: ClientAuth,
 ) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
     let etc = data_dir.join("etc");
-    server_tls(&etc.join("sslmanager.cert"), &etc.join("sslmanager.key"), node_name, "enrollment", client_ca)
+    server_tls(&etc.join("sslmanager.cert"), &etc.join("sslmanager.key"), node_name, "enrollment", client)
 }
 
 /// A TLS server configuration from a PEM certificate and key, made self-signed (for the node's
@@ -89,7 +104,7 @@ pub fn server_tls(
     key_path: &Path,
     node_name: &str,
     what: &str,
-    client_ca: Option<&Path>,
+    client: ClientAuth,
 ) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
     let (cert_path, key_path) = (cert_path.to_path_buf(), key_path.to_path_buf());
     let io = |p: &Path| {
@@ -128,21 +143,14 @@ pub fn server_tls(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
-    let config = match client_ca {
-        None => builder.with_no_client_auth().with_single_cert(certs, key)?,
-        Some(ca_path) => {
-            let ca_pem = std::fs::read(ca_path).map_err(io(ca_path))?;
-            let mut roots = rustls::RootCertStore::empty();
-            for ca in rustls_pemfile_certs(&ca_pem).map_err(pem_err(ca_path))? {
-                roots
-                    .add(ca)
-                    .map_err(|e| TlsSetupError::Pem { path: ca_path.display().to_string(), reason: e.to_string() })?;
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| TlsSetupError::Pem { path: ca_path.display().to_string(), reason: e.to_string() })?;
-            builder.with_client_cert_verifier(verifier).with_single_cert(certs, key)?
-        }
+    let config = match client {
+        ClientAuth::None => builder.with_no_client_auth().with_single_cert(certs, key)?,
+        ClientAuth::Require(ca) => builder
+            .with_client_cert_verifier(crate::client_cert::ClientVerifier::requiring(ca))
+            .with_single_cert(certs, key)?,
+        ClientAuth::Collect => builder
+            .with_client_cert_verifier(crate::client_cert::ClientVerifier::collecting())
+            .with_single_cert(certs, key)?,
     };
     Ok(Arc::new(config))
 }
@@ -338,8 +346,13 @@ async fn answer(
     enroller: Enroller,
 ) {
     let node = settings.node_name.as_str();
-    let request = enrollment::parse(&line, settings.password.as_deref())
-        .and_then(|req| enrollment::validate(&req, peer.ip()).map(|v| (req, v)));
+    let enroller = enroller.route();
+    // A node that forwards passes the agent's password and certificate on for the master to check
+    // with its own policy; the master checks its own here (the certificate in the TLS handshake).
+    let forwards = matches!(enroller, Enroller::Worker(_));
+    let password = if forwards { None } else { settings.password.as_deref() };
+    let request =
+        enrollment::parse(&line, password).and_then(|req| enrollment::validate(&req, peer.ip()).map(|v| (req, v)));
     let (req, valid) = match request {
         Ok(ok) => ok,
         Err(e) => {
@@ -349,7 +362,10 @@ async fn answer(
             return;
         }
     };
-    let _ = req;
+    let client_chain = match (forwards, tls.get_ref().1.peer_certificates()) {
+        (true, Some(chain)) => chain.iter().map(|c| serde_bytes::ByteBuf::from(c.to_vec())).collect(),
+        _ => Vec::new(),
+    };
     let forward = EnrollForward {
         token: random_token(),
         name: valid.name.clone(),
@@ -357,11 +373,22 @@ async fn answer(
         ip: valid.ip.to_string(),
         key_hash: valid.key_hash.clone(),
         version: valid.version.clone(),
+        password: if forwards { req.password } else { None },
+        client_chain,
     };
-    let enroller = enroller.route();
-    let outcome = enroll(&enroller, node, forward.clone()).await;
+    let outcome = match (&enroller, settings.policy.take()) {
+        // The cluster's rate, on the master (a worker's forwards are counted there).
+        (Enroller::Master(_) | Enroller::MasterEligible(..), Err(refused)) => {
+            Err((refused.reply(&valid.name, wazuh_cluster_protocol::version::CURRENT), false))
+        }
+        _ => enroll(&enroller, node, forward.clone(), settings.password.clone()).await,
+    };
     let entry = match outcome {
         Ok(entry) => entry,
+        // Refused for its certificate: authd ends the handshake without a reply line; so do we.
+        Err((e @ EnrollError::ClientCertificate(_), _)) => {
+            return info!(node = node; "enrollment of {} from {peer} refused: {e}", valid.name);
+        }
         Err((e, uncertain)) => {
             info!(node = node; "enrollment of {} from {peer} refused: {e}", valid.name);
             let _ = tls.write_all(e.reply().as_bytes()).await;
@@ -391,7 +418,14 @@ async fn answer(
 
 /// Commits (master) or forwards (worker) one enrollment. The flag of an error says whether the
 /// master might have created the agent anyway (the answer was lost), so it must be told to drop it.
-async fn enroll(enroller: &Enroller, node: &str, f: EnrollForward) -> Result<AgentEntry, (EnrollError, bool)> {
+/// `local_password` is this node's own, checked on a worker whose master is too old to check the
+/// cluster's.
+async fn enroll(
+    enroller: &Enroller,
+    node: &str,
+    f: EnrollForward,
+    local_password: Option<String>,
+) -> Result<AgentEntry, (EnrollError, bool)> {
     match enroller {
         Enroller::Master(writes) | Enroller::MasterEligible(writes, _) => {
             let name = f.name.clone();
@@ -410,7 +444,7 @@ async fn enroll(enroller: &Enroller, node: &str, f: EnrollForward) -> Result<Age
         }
         Enroller::Worker(link) => {
             let name = f.name.clone();
-            match link.send(Forward(f)).await {
+            match link.send(Forward { request: f, local_password }).await {
                 Ok(Ok(result)) => result.outcome.map_err(|e| (e, false)),
                 Ok(Err(e)) => {
                     // Not sent at all: nothing to undo. Sent and not (or badly) answered: the

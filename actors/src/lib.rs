@@ -14,7 +14,7 @@
 //! - The jobs: [`jobs`] (the runtime every job shares, each side's job set, the master's shared
 //!   jobs).
 //! - Agents: [`agents`] (sessions on 1514, the hub, the event archive) and [`enrollment`] (TLS on
-//!   1515).
+//!   1515, with [`client_cert`] for agents' client certificates).
 //! - The owners: [`master::MasterListener`] (accepts workers and admits them by identity, see
 //!   [`admission`]) and
 //!   [`worker::WorkerLink`] (dials the master, redials with back-off).
@@ -25,10 +25,12 @@ pub mod admission;
 pub mod agents;
 pub mod backoff;
 pub mod budget;
+pub mod client_cert;
 pub mod clock;
 pub mod connection;
 pub mod consensus;
 pub mod enrollment;
+pub mod enrollment_policy;
 pub mod files;
 pub mod jobs;
 pub mod link;

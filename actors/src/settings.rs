@@ -47,6 +47,8 @@ pub struct ChannelSettings {
     /// Master: cluster handshakes in flight at once (the node's descriptor budget gives it); more
     /// connections are closed at once.
     pub max_handshakes: usize,
+    /// Master: the cluster's enrollment policy, applied to what workers forward too.
+    pub enrollment: Arc<crate::enrollment_policy::EnrollmentPolicy>,
 }
 
 /// Decides whether a credential (a bearer token of the API) may make a change: an
@@ -183,6 +185,7 @@ pub(crate) fn test_settings(name: &str) -> ChannelSettings {
         join_token: None,
         admission: AdmissionMode::Open,
         max_handshakes: 256,
+        enrollment: Default::default(),
     }
 }
 

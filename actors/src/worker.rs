@@ -268,7 +268,12 @@ impl Handler<Shutdown> for WorkerLink {
 /// Forwards an enrollment to the master; fails at once when there is no connection.
 #[derive(Message)]
 #[rtype(result = "Result<EnrollResult, ForwardError>")]
-pub struct Forward(pub EnrollForward);
+pub struct Forward {
+    pub request: EnrollForward,
+    /// This worker's own `enrollment.password`, checked here only when the master speaks a
+    /// protocol too old to check the cluster's (2.1): it does not get the agent's password.
+    pub local_password: Option<String>,
+}
 
 /// Tells the master whether an agent got its key; kept in the outbox until acknowledged.
 #[derive(Message)]
@@ -310,10 +315,21 @@ impl Handler<ForwardAdmin> for WorkerLink {
 impl Handler<Forward> for WorkerLink {
     type Result = ResponseFuture<Result<EnrollResult, ForwardError>>;
 
-    fn handle(&mut self, Forward(request): Forward, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Forward { mut request, local_password }: Forward, _: &mut Context<Self>) -> Self::Result {
         let conn = self.conn_handle();
         Box::pin(async move {
             let conn = conn.ok_or(ForwardError::NotConnected)?;
+            if conn.version() < wazuh_cluster_protocol::version::USERS {
+                // The master cannot check the cluster's policy: this worker's own password holds.
+                let given = request.password.take();
+                request.client_chain.clear();
+                if let Some(expected) = local_password {
+                    if !given.is_some_and(|g| wazuh_cluster_protocol::agent::enrollment::same_password(&g, &expected)) {
+                        let outcome = Err(wazuh_cluster_protocol::agent::enrollment::EnrollError::InvalidPassword);
+                        return Ok(EnrollResult { token: request.token, outcome });
+                    }
+                }
+            }
             match conn.call(WorkerToMaster::Enroll(request)).await? {
                 MasterToWorker::EnrollResult(result) => Ok(result),
                 other => Err(CallError::unexpected("enroll_result", &other).into()),

@@ -388,7 +388,7 @@ impl std::fmt::Debug for ApiUser {
 }
 
 /// An enrollment a worker forwards to the master.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct EnrollForward {
     /// Chosen by the worker; the master answers a repeated token with the first answer, so a
     /// retried request never creates two agents.
@@ -399,6 +399,30 @@ pub struct EnrollForward {
     pub ip: String,
     pub key_hash: Option<String>,
     pub version: Option<String>,
+    /// The password the agent sent, if any (protocol 2.2): the master checks it against its own
+    /// `enrollment.password`, so the policy is the cluster's whichever node the agent reaches.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The client certificate chain the agent presented, DER, leaf first (protocol 2.2): the
+    /// master checks it against its own `enrollment.ca_file`.
+    #[serde(default)]
+    pub client_chain: Vec<serde_bytes::ByteBuf>,
+}
+
+impl std::fmt::Debug for EnrollForward {
+    /// The password is not shown: requests are logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollForward")
+            .field("token", &self.token)
+            .field("name", &self.name)
+            .field("groups", &self.groups)
+            .field("ip", &self.ip)
+            .field("key_hash", &self.key_hash)
+            .field("version", &self.version)
+            .field("password", &self.password.as_ref().map(|_| "********"))
+            .field("client_chain", &self.client_chain.len())
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,8 +23,9 @@ use wazuh_cluster_actors::agents::hub::{AgentHub, KeySource};
 use wazuh_cluster_actors::agents::messages::{CloseAll, SharedChanged};
 use wazuh_cluster_actors::agents::{session, AgentSettings, KeyIndex, ManagerCounters, Shared};
 use wazuh_cluster_actors::budget::{Budget, Pool};
+use wazuh_cluster_actors::client_cert::ClientCa;
 use wazuh_cluster_actors::consensus::writes::Writes;
-use wazuh_cluster_actors::enrollment::{self, Enroller, EnrollmentSettings};
+use wazuh_cluster_actors::enrollment::{self, ClientAuth, Enroller, EnrollmentPolicy, EnrollmentSettings};
 use wazuh_cluster_actors::jobs::worker::WorkerServices;
 use wazuh_cluster_actors::master::{self, MasterListener};
 use wazuh_cluster_actors::registry::users::{SeedUser, UserDirectory};
@@ -76,6 +77,7 @@ pub fn channel_settings(
         join_token,
         admission,
         max_handshakes: 256,
+        enrollment: Default::default(),
     })
 }
 
@@ -160,15 +162,33 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
     let access = api_access(config)?;
     // Changes a worker forwards are checked with the same rules as this node's own API.
     let admin = (config.api.token.is_some() || !config.api.users.is_empty()).then(|| access.admin_check());
+    let started_ms = wazuh_cluster_actors::clock::now_ms();
+    // The cluster's enrollment policy (the master's: a worker passes the agent's password and
+    // certificate on for the master to check; its own ca_file, if any, holds too).
+    let ca = match &config.enrollment.ca_file {
+        Some(path) => Some(Arc::new(ClientCa::load(path).context("enrollment.ca_file")?)),
+        None => None,
+    };
+    let forwards = config.node.role == Role::Worker || config.cluster.raft_id.is_some();
+    let client_auth = match (&ca, forwards) {
+        (Some(ca), _) => ClientAuth::Require(ca.clone()),
+        (None, true) => ClientAuth::Collect,
+        (None, false) => ClientAuth::None,
+    };
+    let policy = Arc::new(match config.node.role {
+        Role::Master => {
+            EnrollmentPolicy::new(config.enrollment.password.clone(), ca.clone(), config.enrollment.max_per_second)
+        }
+        Role::Worker => EnrollmentPolicy::default(),
+    });
+    let tls = enrollment::tls_config(data_dir, &name, client_auth).context("enrollment TLS")?;
     let mut settings = channel_settings(config, psk, Arc::new(identity), admin)?;
     settings.max_handshakes = budget.handshakes.max(1) as usize;
+    settings.enrollment = policy.clone();
     let settings = Arc::new(settings);
-    let started_ms = wazuh_cluster_actors::clock::now_ms();
-    let tls =
-        enrollment::tls_config(data_dir, &name, config.enrollment.ca_file.as_deref()).context("enrollment TLS")?;
     let api_tls = match config.api.tls {
         true => Some(
-            enrollment::server_tls(&config.api.cert_file, &config.api.key_file, &name, "API", None)
+            enrollment::server_tls(&config.api.cert_file, &config.api.key_file, &name, "API", ClientAuth::None)
                 .context("API TLS (api.cert_file, api.key_file)")?,
         ),
         false => None,
@@ -404,6 +424,7 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
         timeout: config.enrollment.timeout,
         max_per_address: config.enrollment.max_per_address,
         tls,
+        policy,
         unsaid: Default::default(),
     });
     let enrollments = Pool::new(budget.enrollment as usize, config.enrollment.max_per_address);

@@ -94,9 +94,19 @@ impl TestCluster {
 
     /// As [`TestCluster::start`], with extra settings for every node.
     pub async fn start_with(prefix: &str, n: usize, extra: &[(&str, String)]) -> TestCluster {
+        Self::start_with_roles(prefix, n, extra, extra).await
+    }
+
+    /// As [`TestCluster::start`], with extra settings for the master and for the workers.
+    pub async fn start_with_roles(
+        prefix: &str,
+        n: usize,
+        master_extra: &[(&str, String)],
+        extra: &[(&str, String)],
+    ) -> TestCluster {
         init_logs();
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut master_cfg = config(dir.path(), &format!("{prefix}-master"), "master", extra);
+        let mut master_cfg = config(dir.path(), &format!("{prefix}-master"), "master", master_extra);
         let psk = node::derive_psk(&master_cfg).expect("psk");
         let master = node::start(&master_cfg, psk.clone()).await.expect("start master");
         let NodeHandle::Master { cluster_addr, listener, .. } = &master.handle else { panic!("not a master") };

@@ -140,6 +140,7 @@ pub fn settings(name: &str, role: Role, psk_byte: u8) -> ChannelSettings {
         join_token: None,
         admission: wazuh_cluster_actors::admission::AdmissionMode::Open,
         max_handshakes: 256,
+        enrollment: Default::default(),
     }
 }
 

@@ -190,3 +190,158 @@ async fn with_a_client_ca_only_agents_holding_a_signed_certificate_enroll() {
     let reply = enroll_one(connector, addr.to_string(), "OSSEC A:'with-cert'\n".into()).await.expect("enroll");
     assert!(parse_key(&reply).is_some(), "{reply}");
 }
+
+/// The password set on the master is the cluster's: required through a worker that has none of its
+/// own (the worker passes the agent's password on, the master checks it). The refusals, however
+/// many, leave nothing in the master's registry.
+#[actix_rt::test]
+async fn a_password_set_on_the_master_is_required_through_every_worker_and_refusals_leave_no_rows() {
+    let master_only = [("enrollment.password", "MasterSecret".to_string())];
+    let cluster = TestCluster::start_with_roles("enrpolicy", 2, &master_only, &[]).await;
+    let registry = cluster.dir.path().join(cluster.master_name()).join("var/db/registry.db");
+    let rows = || -> (i64, i64) {
+        let db = rusqlite::Connection::open(&registry).expect("registry");
+        let count = |t: &str| db.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0)).expect("count");
+        (count("agents"), count("tokens"))
+    };
+    let before = rows();
+    for i in 0..2 {
+        let worker = cluster.worker(i).enrollment_addr;
+        for _ in 0..20 {
+            assert_eq!(enroll(worker, "OSSEC A:'no-pass'\n").await, "ERROR: Invalid password. Unable to add agent");
+            assert_eq!(
+                enroll(worker, "OSSEC PASS: WorkerGuess OSSEC A:'bad-pass'\n").await,
+                "ERROR: Invalid password. Unable to add agent"
+            );
+        }
+    }
+    assert_eq!(rows(), before, "refused requests left rows in the registry");
+    for i in 0..2 {
+        let reply =
+            enroll(cluster.worker(i).enrollment_addr, &format!("OSSEC PASS: MasterSecret OSSEC A:'good-{i}'\n")).await;
+        assert!(parse_key(&reply).is_some(), "the master's password through worker {i}: {reply}");
+    }
+    assert_eq!(
+        enroll(cluster.master().enrollment_addr, "OSSEC A:'direct'\n").await,
+        "ERROR: Invalid password. Unable to add agent"
+    );
+}
+
+/// Client certificates made as Wazuh's instructions make them (`openssl x509 -req`: version 1)
+/// from the master's CA are taken, on the master and through a worker that has no CA of its own;
+/// one from another CA, and none at all, are refused (the connection closed without a key).
+#[actix_rt::test]
+async fn version_1_client_certificates_from_the_masters_ca_enroll_through_every_node_and_others_do_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(d).output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    for ca in ["rootCA", "otherCA"] {
+        openssl(
+            &["req", "-x509", "-new", "-nodes", "-newkey", "rsa:2048", "-keyout", &format!("{ca}.key")]
+                .into_iter()
+                .chain(["-sha256", "-days", "30", "-subj", &format!("/C=US/CN={ca}"), "-out", &format!("{ca}.pem")])
+                .collect::<Vec<_>>(),
+        );
+    }
+    for (agent, ca) in [("agent", "rootCA"), ("stranger", "otherCA")] {
+        openssl(&[
+            "req",
+            "-new",
+            "-nodes",
+            "-newkey",
+            "rsa:2048",
+            "-keyout",
+            &format!("{agent}.key"),
+            "-out",
+            &format!("{agent}.csr"),
+            "-batch",
+            "-subj",
+            &format!("/CN={agent}"),
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "30",
+            "-in",
+            &format!("{agent}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{agent}.cert"),
+            "-CAcreateserial",
+        ]);
+    }
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_file(d.join("agent.cert")).expect("pem");
+    assert_eq!(x509_version(&der), 0, "the agent's certificate is version 1, as Wazuh's instructions make it");
+    let ca = d.join("rootCA.pem").display().to_string();
+    let cluster = TestCluster::start_with_roles("enrv1", 1, &[("enrollment.ca_file", ca)], &[]).await;
+    let with = |who: &str| {
+        let chain =
+            vec![rustls::pki_types::CertificateDer::from_pem_file(d.join(format!("{who}.cert"))).expect("cert")];
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(d.join(format!("{who}.key"))).expect("key");
+        wazuh_multi_node::sim::connector_with_client_cert(chain, key).expect("client tls")
+    };
+    for (node, addr) in [("master", cluster.master().enrollment_addr), ("worker", cluster.worker(0).enrollment_addr)] {
+        let reply =
+            enroll_one(with("agent"), addr.to_string(), format!("OSSEC A:'v1-{node}'\n")).await.expect("enroll");
+        assert!(parse_key(&reply).is_some(), "a v1 certificate from the CA through the {node}: {reply}");
+        for (what, connector) in [("another CA's", with("stranger")), ("no", connector().expect("tls"))] {
+            let refused = enroll_one(connector, addr.to_string(), format!("OSSEC A:'refused-{node}'\n")).await;
+            assert!(
+                refused.as_deref().map(|r| !r.starts_with("OSSEC K:")).unwrap_or(true),
+                "{what} certificate through the {node}: {refused:?}"
+            );
+        }
+    }
+    wait_for_log(&cluster.master_name(), &["through worker", "not issued by the CA"], WAIT).await;
+}
+
+/// The X.509 version field of a DER certificate (0: version 1, 2: version 3).
+fn x509_version(der: &[u8]) -> u8 {
+    // SEQUENCE { SEQUENCE (tbsCertificate) { [0] EXPLICIT INTEGER version ... } }: absent means v1.
+    let skip_header = |b: &[u8]| -> usize {
+        if b[1] & 0x80 == 0 {
+            2
+        } else {
+            2 + (b[1] & 0x7f) as usize
+        }
+    };
+    let tbs = &der[skip_header(der)..];
+    let inner = &tbs[skip_header(tbs)..];
+    if inner[0] == 0xa0 {
+        inner[4]
+    } else {
+        0
+    }
+}
+
+/// `enrollment.max_per_second` on the master holds the whole cluster's enrollments (its own and
+/// every worker's) to that rate: a burst beyond it is refused at once.
+#[actix_rt::test]
+async fn the_masters_enrollment_rate_holds_for_the_whole_cluster() {
+    let cluster = TestCluster::start_with_roles("enrrate", 1, &[("enrollment.max_per_second", "5".into())], &[]).await;
+    let (master, worker) = (cluster.master().enrollment_addr, cluster.worker(0).enrollment_addr);
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let addr = if i % 2 == 0 { master } else { worker };
+        tasks.push(actix_rt::spawn(async move { enroll(addr, &format!("OSSEC A:'burst-{i}'\n")).await }));
+    }
+    let mut enrolled = 0;
+    for t in tasks {
+        let reply = t.await.expect("task");
+        if parse_key(&reply).is_some() {
+            enrolled += 1;
+        } else {
+            assert!(reply.starts_with("ERROR: Internal manager error adding agent"), "{reply}");
+        }
+    }
+    eprintln!("40 enrollments at once with max_per_second 5: {enrolled} enrolled");
+    assert!((5..=12).contains(&enrolled), "{enrolled} of 40 enrolled at 5 per second");
+}

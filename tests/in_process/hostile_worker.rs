@@ -25,6 +25,7 @@ fn forward(name: &str, ip: &str, groups: &[&str]) -> EnrollForward {
         ip: ip.into(),
         key_hash: None,
         version: None,
+        ..EnrollForward::default()
     }
 }
 
@@ -46,7 +47,11 @@ async fn a_forged_enrollment_cannot_write_to_client_keys() {
         (forward("web-03", "any", &["default\n777"]), "newline in a group"),
     ];
     for (f, what) in cases {
-        let result = link.send(Forward(f)).await.expect("the link").expect("an answer from the master");
+        let result = link
+            .send(Forward { request: f, local_password: None })
+            .await
+            .expect("the link")
+            .expect("an answer from the master");
         let refused = result.outcome.err().unwrap_or_else(|| panic!("{what}: enrolled"));
         assert!(
             matches!(
@@ -57,7 +62,11 @@ async fn a_forged_enrollment_cannot_write_to_client_keys() {
         );
     }
     // A well-formed forward still works, so the link was usable all along.
-    let ok = link.send(Forward(forward("fine-agent", "any", &[]))).await.expect("link").expect("answer");
+    let ok = link
+        .send(Forward { request: forward("fine-agent", "any", &[]), local_password: None })
+        .await
+        .expect("link")
+        .expect("answer");
     let entry = ok.outcome.expect("a good forward is enrolled");
     let start = std::time::Instant::now();
     loop {
@@ -80,7 +89,11 @@ async fn a_worker_cannot_change_the_registry_without_the_callers_credential() {
     use wazuh_cluster_protocol::message::{AdminError, AdminRequest};
     let cluster = TestCluster::start("hostile-admin", 1).await;
     let NodeHandle::Worker { link, .. } = &cluster.worker(0).handle else { panic!("not a worker") };
-    let ok = link.send(Forward(forward("kept-agent", "any", &[]))).await.expect("link").expect("answer");
+    let ok = link
+        .send(Forward { request: forward("kept-agent", "any", &[]), local_password: None })
+        .await
+        .expect("link")
+        .expect("answer");
     let id = ok.outcome.expect("enrolled").id;
     for credential in ["", "guessed-token-0123456789", &common::cluster::API_TOKEN[1..]] {
         let request = AdminRequest::DeleteAgent { id };

@@ -506,9 +506,10 @@ impl Registry {
         }
     }
 
-    /// What an earlier enrollment with `a`'s idempotency token came to, if there was one: the agent
-    /// it made (it keeps its token), or the refusal recorded for the token within
-    /// [`TOKENS_KEPT_MS`].
+    /// The agent an earlier enrollment with `a`'s idempotency token made, if one did (an agent keeps
+    /// its token for good). A refusal leaves nothing: a retry of a refused request is tried afresh,
+    /// which is harmless (the worker acts on the one answer it gets), and refused requests, which a
+    /// stranger can repeat without end, cost the registry no row.
     fn prior_outcome(&self, a: &NewAgent) -> Result<Option<Result<AgentEntry, EnrollError>>, StoreError> {
         let Some(token) = &a.token else { return Ok(None) };
         let made = self
@@ -516,16 +517,7 @@ impl Registry {
             .prepare_cached("SELECT id, name, ip, key, groups FROM agents WHERE token = ?1")?
             .query_row(params![token], row_entry)
             .optional()?;
-        if let Some(e) = made {
-            return Ok(Some(Ok(e)));
-        }
-        // (An agent keeps its token, so a recorded success whose agent is gone is nothing now.)
-        let refused: Option<String> = self
-            .conn
-            .prepare_cached("SELECT error FROM tokens WHERE token = ?1 AND error IS NOT NULL")?
-            .query_row(params![token], |r| r.get(0))
-            .optional()?;
-        Ok(refused.map(|err| Err(recorded_refusal(&err))))
+        Ok(made.map(Ok))
     }
 
     /// Everything about enrolling `a` that is not a function of the table alone, decided now by
@@ -577,20 +569,11 @@ impl Registry {
             return Ok(prior);
         }
         let outcome = self.enroll_new(p)?;
-        if let Some(token) = &p.agent.token {
-            let (id, err) = match &outcome {
-                Ok(e) => (Some(e.id), None),
-                Err(e) => (None, Some(serde_json::to_string(e).unwrap_or_else(|_| e.to_string()))),
-            };
-            self.conn
-                .prepare_cached("INSERT OR REPLACE INTO tokens (token, id, error, at) VALUES (?1, ?2, ?3, ?4)")?
-                .execute(params![token, id, err, p.at_ms as i64])?;
-            // Outcomes past their time go, by the enrollment's own time (carried in it: the same
-            // rows on every member), so refusals cannot pile up without end.
-            self.conn
-                .prepare_cached("DELETE FROM tokens WHERE at < ?1")?
-                .execute(params![p.at_ms.saturating_sub(TOKENS_KEPT_MS) as i64])?;
-        }
+        // Outcomes recorded by earlier builds (refusals included) go after their day, by the
+        // enrollment's own time (carried in it: the same rows on every member).
+        self.conn
+            .prepare_cached("DELETE FROM tokens WHERE at < ?1")?
+            .execute(params![p.at_ms.saturating_sub(TOKENS_KEPT_MS) as i64])?;
         Ok(outcome)
     }
 
@@ -1106,26 +1089,6 @@ fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
     })
 }
 
-/// A refusal recorded for a token: JSON of the [`EnrollError`] (rows written by builds before 0.2
-/// hold its `Debug` text, read too). Anything unreadable is an internal error.
-fn recorded_refusal(text: &str) -> EnrollError {
-    if let Ok(e) = serde_json::from_str::<EnrollError>(text) {
-        return e;
-    }
-    let inner = |prefix: &str| text.strip_prefix(prefix).and_then(|r| r.strip_suffix("\")")).map(String::from);
-    if let Some(g) = inner("NoSuchGroup(\"") {
-        EnrollError::NoSuchGroup(g)
-    } else if let Some(n) = inner("DuplicateName(\"") {
-        EnrollError::DuplicateName(n)
-    } else if let Some(ip) = inner("DuplicateIp(\"") {
-        EnrollError::DuplicateIp(ip)
-    } else if text == "TooManyGroups" {
-        EnrollError::TooManyGroups
-    } else {
-        EnrollError::Internal(text.into())
-    }
-}
-
 /// The tables a registry snapshot carries: everything but the replicated log's own state.
 const SNAPSHOT_TABLES: [&str; 7] = ["agents", "groups", "meta", "changes", "tokens", "api_users", "api_users_seeded"];
 
@@ -1519,7 +1482,7 @@ mod tests {
     }
 
     #[test]
-    fn token_outcomes_are_kept_a_day_and_an_agent_answers_for_its_token_for_good() {
+    fn refusals_leave_no_row_and_an_agent_answers_for_its_token_for_good() {
         let dir = tempfile::tempdir().unwrap();
         let mut reg = Registry::open(dir.path()).unwrap();
         let at = 1_000_000_000_000u64;
@@ -1532,24 +1495,31 @@ mod tests {
             reg.commit().unwrap();
             out
         };
+        // A row an earlier build recorded for a refusal.
+        reg.conn
+            .execute("INSERT INTO tokens (token, id, error, at) VALUES ('old', NULL, 'x', ?1)", [at as i64])
+            .unwrap();
         let made = apply(&mut reg, &agent("web", Some("t-made")), at).unwrap();
-        let mut lost = agent("lost", Some("t-refused"));
-        lost.groups = vec!["nosuchgroup".into()];
-        assert!(apply(&mut reg, &lost, at).is_err());
         let rows =
             |reg: &Registry| -> i64 { reg.conn.query_row("SELECT COUNT(*) FROM tokens", [], |r| r.get(0)).unwrap() };
-        assert_eq!(rows(&reg), 2);
-        // Within the day, a retried refusal is answered as before, even once the group exists.
+        // Refused requests, however many: no row.
+        for i in 0..50 {
+            let mut lost = agent(&format!("lost-{i}"), Some(&format!("t-refused-{i}")));
+            lost.groups = vec!["nosuchgroup".into()];
+            assert!(apply(&mut reg, &lost, at).is_err());
+        }
+        assert_eq!(rows(&reg), 1, "only the earlier build's row");
+        // A retried refusal is tried afresh (the group exists now).
         reg.begin().unwrap();
         reg.create_group("nosuchgroup").unwrap();
         reg.commit().unwrap();
-        assert!(apply(&mut reg, &lost, at + 1_000).is_err());
-        // A day later another enrollment clears both outcomes; the refused token is tried afresh,
-        // and the agent still answers for its own.
+        let mut lost = agent("lost-0", Some("t-refused-0"));
+        lost.groups = vec!["nosuchgroup".into()];
+        assert!(apply(&mut reg, &lost, at + 1_000).is_ok());
+        // A day later the earlier build's row goes; the agent still answers for its own token.
         apply(&mut reg, &agent("db", Some("t-later")), at + TOKENS_KEPT_MS + 1).unwrap();
-        assert_eq!(rows(&reg), 1, "only the new outcome is left");
+        assert_eq!(rows(&reg), 0);
         assert_eq!(apply(&mut reg, &agent("web", Some("t-made")), at + TOKENS_KEPT_MS + 2), Ok(made));
-        assert!(apply(&mut reg, &lost, at + TOKENS_KEPT_MS + 3).is_ok(), "tried afresh: the group exists now");
     }
 
     #[test]

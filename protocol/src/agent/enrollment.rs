@@ -49,6 +49,9 @@ pub enum EnrollError {
     DuplicateIp(String),
     DuplicateName(String),
     Internal(String),
+    /// The client certificate is missing or not from the master's CA (protocol 2.2; authd ends
+    /// the TLS handshake then, so no reply line is written for it).
+    ClientCertificate(String),
 }
 
 impl fmt::Display for EnrollError {
@@ -69,6 +72,7 @@ impl fmt::Display for EnrollError {
             EnrollError::DuplicateIp(ip) => write!(f, "Duplicate IP: {}", printable(ip)),
             EnrollError::DuplicateName(n) => write!(f, "Duplicate agent name: {}", printable(n)),
             EnrollError::Internal(n) => write!(f, "Internal manager error adding agent: {}", printable(n)),
+            EnrollError::ClientCertificate(why) => write!(f, "Unable to verify client certificate: {}", printable(why)),
         }
     }
 }

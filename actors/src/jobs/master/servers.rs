@@ -155,6 +155,10 @@ impl Serve for IntegrityServe {
     }
 }
 
+fn printable(text: &str) -> String {
+    wazuh_cluster_protocol::agent::enrollment::printable(text).into_owned()
+}
+
 /// What a worker forwards to the master: enrollments, their outcomes, agent and group changes.
 pub enum RegistrationRequest {
     Enroll(EnrollForward),
@@ -175,6 +179,10 @@ pub struct RegistrationServe {
     pub positions: Arc<super::positions::WorkerPositions>,
     /// How long a user change waits for the workers at most.
     pub settle_timeout: std::time::Duration,
+    /// The cluster's enrollment policy (password, CA, rate), checked on every forwarded enrollment.
+    pub policy: Arc<crate::enrollment_policy::EnrollmentPolicy>,
+    /// The protocol version of this worker's connection.
+    pub version: wazuh_cluster_protocol::ProtocolVersion,
 }
 
 impl Serve for RegistrationServe {
@@ -185,10 +193,20 @@ impl Serve for RegistrationServe {
         let (writes, node, peer) = (self.writes.clone(), self.node.clone(), self.peer.clone());
         let admin = self.admin.clone();
         let (positions, settle_timeout) = (self.positions.clone(), self.settle_timeout);
+        let (policy, version) = (self.policy.clone(), self.version);
         Box::pin(async move {
             match request {
                 RegistrationRequest::Enroll(f) => {
                     let token = f.token.clone();
+                    // The cluster's policy first: a refusal leaves nothing in the registry.
+                    if let Err(refused) = policy.check_forwarded(&f, version) {
+                        policy.said(|| warn!(node = node.as_str(); "enrollment of {} through worker {peer} refused: {refused}", printable(&f.name)));
+                        let outcome = Err(refused.reply(&f.name, version));
+                        return Ok(Served {
+                            reply: MasterToWorker::EnrollResult(EnrollResult { token, outcome }),
+                            counts: vec![("refused", 1)],
+                        });
+                    }
                     let agent = NewAgent::from_forward(f, peer, true);
                     // A store failure is an error answer: the worker then tells the agent and
                     // settles the token, so no half-made agent stays.

@@ -99,6 +99,8 @@ impl MasterJobs {
             admin: settings.admin.clone(),
             positions: services.positions(),
             settle_timeout: settle_timeout(settings),
+            policy: settings.enrollment.clone(),
+            version: conn.version(),
         };
         let (registration, h) = Server::start("Registration", job, conn.clone(), settings, alive);
         controls.add("Registration", &registration, h);
