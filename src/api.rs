@@ -855,25 +855,17 @@ async fn authenticate(
             .insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Basic realm=\"wazuh\""))
             .json(error_body(401, "Invalid credentials: HTTP Basic authentication is required"));
     };
-    // At most a few checks at once (each takes Argon2's memory): the rest are answered now.
-    let permit = match access.signin.permit() {
-        Ok(permit) => permit,
+    // At most a few checks at once (each takes Argon2's memory, tens of milliseconds, off the
+    // API's thread): the rest are answered now.
+    let (users, user_name, password) = (access.users.clone(), user.to_string(), password.to_string());
+    let found = match access.signin.run(move || crate::auth::check_password(&users, &user_name, &password)).await {
+        Ok(found) => found,
         Err(refused) => {
             return HttpResponse::TooManyRequests()
                 .insert_header((actix_web::http::header::RETRY_AFTER, "1"))
                 .json(error_body(429, &refused.to_string()))
         }
     };
-    let (users, user_name, password) = (access.users.clone(), user.to_string(), password.to_string());
-    // Argon2 takes tens of milliseconds: off the API's thread, on one of the permits' threads.
-    let found = actix_web::rt::task::spawn_blocking(move || {
-        let found = crate::auth::check_password(&users, &user_name, &password);
-        drop(permit);
-        found
-    })
-    .await
-    .ok()
-    .flatten();
     let Some(found) = found else {
         let shown = wazuh_cluster_protocol::agent::enrollment::printable(user).into_owned();
         let blocks = peer.is_some_and(|ip| access.signin.failed(ip));

@@ -42,25 +42,16 @@ fn check_password_policy(password: &str) -> Result<(), &'static str> {
 /// gate's places (it costs what a sign-in costs); `Err` is the answer to give.
 async fn hash_new_password(access: &Access, password: String) -> Result<String, Box<HttpResponse>> {
     check_password_policy(&password).map_err(|why| Box::new(bad_request(why)))?;
-    let permit = access.signin.permit().map_err(|refused| {
+    let hashed = access.signin.run(move || crate::auth::hash_password(&password)).await.map_err(|refused| {
         Box::new(
             HttpResponse::TooManyRequests()
                 .insert_header((actix_web::http::header::RETRY_AFTER, "1"))
                 .json(error_body(429, &refused.to_string())),
         )
     })?;
-    let hashed = actix_web::rt::task::spawn_blocking(move || {
-        let hashed = crate::auth::hash_password(&password);
-        drop(permit);
-        hashed
+    hashed.map_err(|_| {
+        Box::new(HttpResponse::InternalServerError().json(error_body(500, "the password could not be hashed")))
     })
-    .await;
-    match hashed {
-        Ok(Ok(hash)) => Ok(hash),
-        _ => {
-            Err(Box::new(HttpResponse::InternalServerError().json(error_body(500, "the password could not be hashed"))))
-        }
-    }
 }
 
 fn bad_request(why: &str) -> HttpResponse {

@@ -7,7 +7,7 @@
 //! the role by name, and is checked in constant time. The static `api.token` stays a credential of
 //! its own (an administrator's, for automation).
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, SaltString};
 use argon2::Argon2;
 use base64ct::{Base64UrlUnpadded, Encoding};
 use ring::hmac;
@@ -49,13 +49,65 @@ fn masked<S: serde::Serializer>(_: &String, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str("********")
 }
 
-/// An Argon2id PHC string for `password` (a fresh random salt).
+thread_local! {
+    /// Argon2's working memory, kept by each thread that hashes (the sign-in threads): allocated
+    /// once at the largest size asked for (64 MiB at most, see the cost bound), reused by every
+    /// hash after. Allocated and freed per hash instead, glibc keeps the freed 19 MiB buffers in
+    /// its arenas (its mmap threshold rises past them after the first): a sign-in flood grew a node
+    /// by 400-600 MiB that way, measured.
+    static BLOCKS: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Argon2 of `password` and `salt` with `argon2`'s parameters into `out`, in this thread's
+/// working memory.
+fn argon2_into(argon2: &Argon2<'_>, params: &argon2::Params, password: &[u8], salt: &[u8], out: &mut [u8]) -> bool {
+    BLOCKS.with(|blocks| {
+        let mut blocks = blocks.borrow_mut();
+        let need = params.block_count();
+        if blocks.len() < need {
+            blocks.resize(need, argon2::Block::default());
+        }
+        argon2.hash_password_into_with_memory(password, salt, out, &mut blocks[..need]).is_ok()
+    })
+}
+
+/// An Argon2id PHC string for `password` (a fresh random salt, the default parameters).
 pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    use argon2::password_hash::{Output, ParamsString};
     let mut raw = [0u8; 16];
     getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("random source failed: {e}"))?;
     let salt = SaltString::encode_b64(&raw).map_err(|e| anyhow::anyhow!("salt: {e}"))?;
-    let hash = Argon2::default().hash_password(password.as_bytes(), &salt).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(hash.to_string())
+    let params = argon2::Params::default();
+    let argon2 = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params.clone());
+    let mut out = [0u8; argon2::Params::DEFAULT_OUTPUT_LEN];
+    anyhow::ensure!(argon2_into(&argon2, &params, password.as_bytes(), &raw, &mut out), "Argon2 failed");
+    let phc = PasswordHash {
+        algorithm: argon2::Algorithm::Argon2id.ident(),
+        version: Some(argon2::Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(|e| anyhow::anyhow!("{e}"))?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&out).map_err(|e| anyhow::anyhow!("{e}"))?),
+    };
+    Ok(phc.to_string())
+}
+
+/// Whether `password` is the one `phc` (an Argon2 PHC string) was made from, compared in constant
+/// time.
+fn verify(phc: &str, password: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(phc) else { return false };
+    let (Ok(algorithm), Ok(params)) =
+        (argon2::Algorithm::try_from(parsed.algorithm), argon2::Params::try_from(&parsed))
+    else {
+        return false;
+    };
+    let version = parsed.version.and_then(|v| argon2::Version::try_from(v).ok()).unwrap_or_default();
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else { return false };
+    let mut salt_bytes = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_bytes) else { return false };
+    let mut out = vec![0u8; expected.len()];
+    let argon2 = Argon2::new(algorithm, version, params.clone());
+    argon2_into(&argon2, &params, password.as_bytes(), salt, &mut out)
+        && wazuh_cluster_actors::secret::same_bytes(&out, expected.as_bytes())
 }
 
 /// Whether `hash` is a PHC string this build can check.
@@ -90,8 +142,7 @@ pub fn check_password(users: &UserDirectory, name: &str, password: &str) -> Opti
         Some(u) => &u.password_hash,
         None => decoy_hash(),
     };
-    let parsed = PasswordHash::new(hash).ok()?;
-    let verified = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
+    let verified = verify(hash, password);
     user.filter(|_| verified)
 }
 
@@ -101,12 +152,20 @@ pub fn check_password(users: &UserDirectory, name: &str, password: &str) -> Opti
 /// `block_time` of its first failure is refused until that time has passed.
 pub struct SignInGate {
     permits: std::sync::Arc<tokio::sync::Semaphore>,
+    /// The checks go to `concurrency` threads of their own: the same few threads (and so the same
+    /// few allocator arenas) take every Argon2 buffer, so what they keep between checks is bounded
+    /// by their number. (On tokio's blocking pool, threads come and go, each arena keeping the
+    /// last 19 MiB buffer it served: 600 MiB after a few seconds of flood, measured.)
+    jobs: std::sync::mpsc::SyncSender<Job>,
     /// How many checks may run at once.
     pub concurrency: usize,
     pub max_attempts: u32,
     pub block_time: Duration,
     failures: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Failures>>,
 }
+
+/// Work for a sign-in thread.
+type Job = Box<dyn FnOnce() + Send>;
 
 /// One address's failed sign-ins since its first one.
 #[derive(Debug, Clone, Copy)]
@@ -129,12 +188,31 @@ pub enum SignInRefused {
 }
 
 impl SignInGate {
-    /// `concurrency` 0: from the cores (at most 4).
+    /// `concurrency` 0: from the cores (at most 4). Starts that many threads, which end with the gate.
     pub fn new(concurrency: usize, max_attempts: u32, block_time: Duration) -> Self {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let concurrency = if concurrency == 0 { cores.clamp(1, 4) } else { concurrency };
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(concurrency);
+        let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
+        for i in 0..concurrency {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new().name(format!("sign-in-{i}")).spawn(move || loop {
+                let job = match queue.lock() {
+                    Ok(q) => q.recv(),
+                    Err(_) => return,
+                };
+                match job {
+                    Ok(job) => job(),
+                    Err(_) => return,
+                }
+            });
+            if let Err(e) = spawned {
+                log::error!("cannot start a sign-in thread: {e}");
+            }
+        }
         Self {
             permits: std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency)),
+            jobs,
             concurrency,
             max_attempts: max_attempts.max(1),
             block_time,
@@ -163,6 +241,20 @@ impl SignInGate {
     /// A place among the checks running now, or `Busy` at once.
     pub fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, SignInRefused> {
         self.permits.clone().try_acquire_owned().map_err(|_| SignInRefused::Busy)
+    }
+
+    /// Runs `work` (a password check or hash) on one of the gate's threads if a place is free now;
+    /// `Busy` at once otherwise.
+    pub async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, SignInRefused> {
+        let permit = self.permit()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(work());
+            drop(permit);
+        });
+        // Never full: a job is sent only with a permit, and there are as many places as permits.
+        self.jobs.try_send(job).map_err(|_| SignInRefused::Busy)?;
+        rx.await.map_err(|_| SignInRefused::Busy)
     }
 
     /// Counts a failed sign-in from `ip`; true when it blocks the address from now on.

@@ -19,5 +19,10 @@ pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()
 /// Whether `given` is `expected`: the length first, then every byte, with no early exit on the
 /// first difference (the time does not tell how much of a secret was right).
 pub fn same_secret(given: &str, expected: &str) -> bool {
-    given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    same_bytes(given.as_bytes(), expected.as_bytes())
+}
+
+/// [`same_secret`] for bytes.
+pub fn same_bytes(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
