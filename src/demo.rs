@@ -157,7 +157,8 @@ pub fn run(workers: usize, masters: usize, api_port: u16) -> anyhow::Result<()> 
             let mut extra = to_master.clone();
             extra.push(("cluster.join_token", join.clone()));
             let mut cfg = node_config(&data_dir, &format!("worker-{i}"), "worker", &key, &token, &extra)?;
-            demo_user.apply(&mut cfg);
+            // The users are the master's: a worker gets them from it (only the secret is shared).
+            cfg.api.secret = Some(demo_user.secret.clone());
             nodes.push(node::start(&cfg, psk.clone()).await?);
         }
         // Wait (up to 15 s) until a master leads (the only one, or the one the Raft group elected)

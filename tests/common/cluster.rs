@@ -57,7 +57,10 @@ fn config(dir: &std::path::Path, name: &str, role: &str, extra: &[(&str, String)
     overrides.push(("api.secret".to_string(), "test-cluster-api-secret-0123456789abcdef".to_string()));
     let mut cfg =
         Config::load(&Sources { file: None, env: Vec::new(), overrides, host_name: None }).expect("test config");
-    cfg.api.users = test_users().to_vec();
+    // The users are the master's (a worker gets them from it).
+    if role == "master" {
+        cfg.api.users = test_users().to_vec();
+    }
     cfg
 }
 
