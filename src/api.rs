@@ -1133,6 +1133,7 @@ pub fn start(
             .wrap(actix_web::middleware::from_fn(guard))
             // Malformed parameters and bodies answer in the API's JSON error format.
             .app_data(web::QueryConfig::default().error_handler(|e, _| bad_input(e.to_string())))
+            .app_data(web::PathConfig::default().error_handler(|e, _| bad_input(e.to_string())))
             .app_data(web::JsonConfig::default().error_handler(|e, _| bad_input(e.to_string())))
             .app_data(web::PayloadConfig::new(wazuh_cluster_actors::registry::admin::MAX_RULESET_FILE));
         // The web console: static files, open (it signs in through the API).

@@ -323,9 +323,10 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 &from_replica,
             )?;
             println!(
-                "recovered {} agents and {} groups into {} (position {}, generation {}); start the master",
+                "recovered {} agents, {} groups and {} API users into {} (position {}, generation {}); start the master",
                 done.agents,
                 done.groups,
+                done.users,
                 cfg.node.data_dir.display(),
                 done.seq,
                 done.generation

@@ -201,6 +201,7 @@ async fn a_master_that_lost_its_registry_wipes_no_worker() {
     let done =
         wazuh_cluster_actors::registry::master::Registry::recover_from_replica(&master_dir, &replica).expect("recover");
     assert_eq!(done.agents, 5);
+    assert_eq!(done.users, 2, "the API's users come back too (admin and auditor)");
     // Refused over a registry that holds agents.
     assert!(wazuh_cluster_actors::registry::master::Registry::recover_from_replica(&master_dir, &replica).is_err());
     cluster.restart_master().await;

@@ -75,6 +75,8 @@ impl NewAgent {
 pub struct Recovered {
     pub agents: usize,
     pub groups: usize,
+    /// The API's users taken over.
+    pub users: usize,
     /// The position and generation taken over from the replica: workers at this position need
     /// nothing, workers behind it get the table again, none is wiped.
     pub seq: u64,
@@ -90,6 +92,8 @@ pub enum RecoverError {
     Replica(String, rusqlite::Error),
     #[error("the replica holds agent {id:03} with a field the registry refuses: {why}")]
     BadAgent { id: u32, why: EnrollError },
+    #[error("the replica holds API user {name:?}, which the registry refuses: {why}")]
+    BadUser { name: String, why: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot remove the empty registry {0}: {1}")]
@@ -319,6 +323,14 @@ impl Registry {
             Ok((entries, seq, generation))
         };
         let (entries, seq, generation) = read().map_err(|e| RecoverError::Replica(name, e))?;
+        // The API's users, as the master last sent them (a replica of an earlier build has none:
+        // the master's api.users seed it again at its start).
+        let users = super::user_store::read_users(&replica).unwrap_or_default();
+        for u in &users {
+            super::user_store::check_name(&u.name)
+                .and_then(|_| super::user_store::check_hash(&u.password_hash))
+                .map_err(|why| RecoverError::BadUser { name: u.name.clone(), why })?;
+        }
         for e in &entries {
             wazuh_cluster_protocol::agent::enrollment::validate_fields(&e.name, &e.groups, &e.ip, None, None)
                 .map_err(|why| RecoverError::BadAgent { id: e.id, why })?;
@@ -356,6 +368,12 @@ impl Registry {
                         params![e.id, e.name, e.ip, e.key, groups_text(&e.groups), now],
                     )?;
                 }
+                for u in &users {
+                    super::user_store::apply_user_change(&reg.conn, &AgentChange::UserSet(u.clone()))?;
+                }
+                let last_user = users.iter().map(|u| u.id).max().unwrap_or(0);
+                reg.conn.execute("INSERT OR IGNORE INTO meta (k, v) VALUES ('last_user_id', 0)", [])?;
+                reg.conn.execute("UPDATE meta SET v = MAX(v, ?1) WHERE k = 'last_user_id'", params![last_user])?;
                 let last_id = entries.iter().map(|e| e.id).max().unwrap_or(0);
                 reg.conn.execute("UPDATE meta SET v = MAX(v, ?1) WHERE k = 'last_id'", params![last_id as i64])?;
                 reg.conn.execute("UPDATE meta SET v = ?1 WHERE k = 'seq'", params![seq])?;
@@ -372,7 +390,13 @@ impl Registry {
         }
         // Opened again: client.keys, the hash and the counts are made from what was written.
         let reg = Registry::open(data_dir)?;
-        Ok(Recovered { agents: entries.len(), groups: groups.len(), seq: reg.seq(), generation: reg.generation() })
+        Ok(Recovered {
+            agents: entries.len(),
+            groups: groups.len(),
+            users: users.len(),
+            seq: reg.seq(),
+            generation: reg.generation(),
+        })
     }
 
     /// This registry's identity: workers' replicas carry it.
