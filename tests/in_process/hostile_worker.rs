@@ -272,3 +272,48 @@ async fn a_worker_refuses_a_master_with_another_identity() {
     cluster.restart_master().await;
     cluster.wait_for_workers(1, WAIT).await;
 }
+
+/// The API's users travel with the agent table to workers of protocol 2.2 only: a worker one minor
+/// version behind (2.1) gets the agents and none of the users (it could not read them), and a 2.2
+/// worker gets both.
+#[actix_rt::test]
+async fn the_users_go_to_workers_of_protocol_2_2_and_not_to_2_1() {
+    use futures_util::{SinkExt, StreamExt};
+    use wazuh_cluster_protocol::message::{AgentChange, AgentGroupsAck, Envelope, Kind, MasterToWorker};
+    use wazuh_cluster_protocol::version::VersionRange;
+    use wazuh_cluster_protocol::{MessageDecoder, MessageEncoder, ProtocolVersion, WorkerToMaster};
+
+    let cluster = TestCluster::start("userver", 0).await;
+    let _agent = wazuh_multi_node::sim::enroll_one(
+        wazuh_multi_node::sim::connector().expect("tls"),
+        cluster.master().enrollment_addr.to_string(),
+        "OSSEC A:'versioned'\n".into(),
+    )
+    .await
+    .expect("enroll");
+    let NodeHandle::Master { cluster_addr, .. } = &cluster.master().handle else { panic!("master") };
+    for (name, max, users_expected) in [("old-minor", 1u16, 0usize), ("this-minor", 2, 2)] {
+        let mut settings = cluster.hand_worker(name);
+        settings.versions = VersionRange { min: ProtocolVersion::new(2, 1), max: ProtocolVersion::new(2, max) };
+        let l = wazuh_cluster_actors::link::dial(&cluster_addr.to_string(), &settings).await.expect("dial");
+        assert_eq!(l.version, ProtocolVersion::new(2, max));
+        let source = tokio::io::AsyncReadExt::chain(std::io::Cursor::new(l.read_buf), l.read);
+        let mut reader =
+            tokio_util::codec::FramedRead::new(source, MessageDecoder::<MasterToWorker>::new(l.channel.opener));
+        let mut writer =
+            tokio_util::codec::FramedWrite::new(l.write, MessageEncoder::<WorkerToMaster>::new(l.channel.sealer));
+        // "I hold nothing": the master pushes the whole table.
+        let empty = AgentGroupsAck { seq: 0, global_hash: String::new(), generation: 0 };
+        writer.send(Envelope::notify(WorkerToMaster::AgentGroupsAck(empty))).await.expect("send");
+        let update = loop {
+            let envelope =
+                tokio::time::timeout(WAIT, reader.next()).await.expect("a push").expect("open").expect("decode");
+            if let (Kind::Request(_), MasterToWorker::AgentGroups(update)) = (envelope.kind, envelope.body) {
+                break update;
+            }
+        };
+        let users = update.changes.iter().filter(|c| c.is_user()).count();
+        let agents = update.changes.iter().filter(|c| matches!(c, AgentChange::Added(_))).count();
+        assert_eq!((agents, users), (1, users_expected), "{name} (protocol 2.{max}): {:?}", update.changes);
+    }
+}
