@@ -74,3 +74,42 @@ fn help_is_everywhere() {
         assert!(text(&out.stdout).contains("Usage"), "{args:?}");
     }
 }
+
+#[test]
+fn a_join_token_lifetime_or_use_count_out_of_range_is_refused_not_stretched() {
+    for args in [["join-token", "--ttl", "2"], ["join-token", "--ttl", "99999999"], ["join-token", "--uses", "0"]] {
+        let out = run(&args);
+        assert!(!out.status.success(), "{args:?} was taken");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("not in") && (err.contains("60..=2592000") || err.contains("1..=1000")),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+/// `check-config` says how the open-file limit is split, and refuses a limit that leaves agent
+/// connections too few, naming the limit it needs.
+#[test]
+fn check_config_prints_the_descriptor_budget_and_refuses_a_limit_too_low() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let check = |file: &str, sets: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["check-config", "--config"]).arg(deploy.join(file)).args(["--set", "cluster.key_file="]);
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        cmd.env("WMN_CLUSTER__KEY", "wazuh-style-32-character-key-abc").output().expect("run")
+    };
+    let out = check("worker-1.toml", &["node.max_open_files=1024"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains("open-file limit 1024: 546 agent connections, 78 enrollments at once, 128 API connections"),
+        "{stdout}"
+    );
+    // A master keeps more for the cluster: 512 leaves it too few agent connections.
+    let out = check("master.toml", &["node.max_open_files=512"]);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("to at least"), "{}", text(&out.stderr));
+}
