@@ -36,6 +36,18 @@ fn allow_files(want: u64) {
     }
 }
 
+/// An agent enrolled through the master.
+async fn enrolled(cluster: &TestCluster, name: &str) -> SimAgent {
+    let reply = enroll_one(
+        connector().expect("tls"),
+        cluster.master().enrollment_addr.to_string(),
+        format!("OSSEC A:'{name}'\n"),
+    )
+    .await
+    .expect("enroll");
+    SimAgent::from_key_line(&parse_key(&reply).expect("key")).expect("agent")
+}
+
 fn rss_kib() -> u64 {
     wazuh_multi_node::procstat::rss_kib(std::process::id()).unwrap_or(0)
 }
@@ -51,15 +63,8 @@ async fn idle_connections_on_the_agent_port_are_capped_and_closed_and_a_real_age
     .await;
     let node = cluster.worker_name(0);
     let addr = cluster.worker(0).agents_addr;
-    let reply = enroll_one(
-        connector().expect("tls"),
-        cluster.master().enrollment_addr.to_string(),
-        "OSSEC A:'flood-agent'\n".into(),
-    )
-    .await
-    .expect("enroll");
+    let mut agent = enrolled(&cluster, "flood-agent").await;
     let mut cluster = cluster;
-    let mut agent = SimAgent::from_key_line(&parse_key(&reply).expect("key")).expect("agent");
     let rss_before = rss_kib();
 
     // The flood: connections that never say anything, all from 127.0.0.1.
@@ -355,14 +360,7 @@ async fn a_full_agent_port_sheds_the_oldest_unauthenticated_connection_and_keeps
     .await;
     let node = cluster.worker_name(0);
     let addr = cluster.worker(0).agents_addr;
-    let reply = enroll_one(
-        connector().expect("tls"),
-        cluster.master().enrollment_addr.to_string(),
-        "OSSEC A:'shed-agent'\n".into(),
-    )
-    .await
-    .expect("enroll");
-    let mut agent = SimAgent::from_key_line(&parse_key(&reply).expect("key")).expect("agent");
+    let mut agent = enrolled(&cluster, "shed-agent").await;
     // The flood fills the pool first.
     let first = open_from("127.0.0.2", addr, 1_000, |s| async move { Some(s) }).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
