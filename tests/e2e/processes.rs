@@ -610,7 +610,7 @@ fn a_master_that_lost_its_registry_is_recovered_from_a_worker_and_no_worker_lose
     let out = recover.arg("--from-replica").arg(dir.path().join("w1/var/db/replica.db")).output().expect("recover");
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(said.contains("recovered 200 agents and 2 groups"), "{said}");
+    assert!(said.contains("recovered 200 agents, 2 groups and 0 API users"), "{said}");
     let master = Node::start("master.toml", &master_sets);
     master.wait_for(&["master listening"]);
     wait_listed(api, &["master-1", "worker-1", "worker-2"], &[&master, &w1, &w2]);
