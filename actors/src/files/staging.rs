@@ -176,6 +176,30 @@ impl Staging {
 }
 
 impl Staging {
+    /// Gives every staged file a staged copy of its own. Files are staged by content, so files
+    /// with identical contents (every new group's default `agent.conf`, a rule file written under
+    /// several names) share one staged copy, which the first rename into place would use up: each
+    /// of the others gets a copy here, before the batch is made durable, so all of them land in
+    /// this round. A copy that cannot be made leaves its file to fail alone (and come next round).
+    pub fn separate(&self, staged: &mut [Staged]) {
+        let mut seen: std::collections::HashMap<PathBuf, u64> = std::collections::HashMap::new();
+        for st in staged.iter_mut() {
+            if self.fresh_root(&st.meta.path).is_some() {
+                // Staged in a tree, at its own path.
+                continue;
+            }
+            let n = seen.entry(st.path.clone()).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                continue;
+            }
+            let copy = self.dir.join(format!("{}-{}.{n}.part", st.meta.md5, st.meta.size));
+            if std::fs::copy(&st.path, &copy).is_ok() {
+                st.path = copy;
+            }
+        }
+    }
+
     /// Makes every staged file durable before any of them is applied: a few files are fsynced one by
     /// one (a filesystem sync would also wait for everything else dirty on the disk), a batch of
     /// more with one filesystem sync instead of one `fsync` per file.

@@ -219,8 +219,11 @@ async fn fetch_and_apply(
     report.phases.push(("waiting for the master", waited_ms));
     let dir = data_dir.to_path_buf();
     let (applied, sync_ms, apply_ms) = actix_rt::task::spawn_blocking(move || {
-        // Staged files become durable before any of them replaces a live one.
+        // Files of identical contents each get a staged copy of their own; then staged files
+        // become durable before any of them replaces a live one.
         let t = std::time::Instant::now();
+        let mut staged = staged;
+        staging.separate(&mut staged);
         staging.sync(&staged)?;
         let sync_ms = t.elapsed().as_millis() as u64;
         let t = std::time::Instant::now();
