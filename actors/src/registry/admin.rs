@@ -142,5 +142,50 @@ mod tests {
         );
         assert!(matches!(apply(AdminRequest::DeleteGroup { name: "default".into() }), Err(AdminError::Invalid(_))));
         assert_eq!(apply(AdminRequest::DeleteGroup { name: "linux".into() }), Ok(()));
+        for hidden in [".hid", "..hidden", ".", "..", "all"] {
+            assert!(
+                matches!(apply(AdminRequest::CreateGroup { name: hidden.into() }), Err(AdminError::Invalid(_))),
+                "{hidden}"
+            );
+        }
+    }
+
+    /// A deleted group's directory goes with it, once the deletion commits; created again, the
+    /// group starts from the default files; a directory a crash left behind goes at the next start.
+    #[test]
+    fn a_deleted_groups_files_go_with_it_and_never_come_back() {
+        use crate::registry::store::Store;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("etc/shared/tmpc");
+        let mut reg = Registry::open(dir.path()).unwrap();
+        let mut apply = |reg: &mut Registry, req: AdminRequest| {
+            reg.begin().unwrap();
+            let out = reg.admin(&req).unwrap();
+            reg.commit().unwrap();
+            out
+        };
+        assert_eq!(apply(&mut reg, AdminRequest::CreateGroup { name: "tmpc".into() }), Ok(()));
+        let default_conf = std::fs::read(shared.join("agent.conf")).unwrap();
+        std::fs::write(shared.join("agent.conf"), "<agent_config>secret</agent_config>").unwrap();
+        std::fs::write(shared.join("extra.txt"), "x").unwrap();
+        assert_eq!(apply(&mut reg, AdminRequest::DeleteGroup { name: "tmpc".into() }), Ok(()));
+        assert!(!shared.exists(), "the directory went with the group");
+        assert_eq!(apply(&mut reg, AdminRequest::CreateGroup { name: "tmpc".into() }), Ok(()));
+        assert_eq!(std::fs::read(shared.join("agent.conf")).unwrap(), default_conf, "created again: the default");
+        assert!(!shared.join("extra.txt").exists());
+        // A deletion undone with its command (savepoint) leaves the directory.
+        reg.begin().unwrap();
+        reg.savepoint().unwrap();
+        reg.delete_group("tmpc").unwrap();
+        reg.release(false);
+        reg.commit().unwrap();
+        assert!(shared.join("agent.conf").exists(), "a deletion rolled back removes nothing");
+        // A crash after the deletion committed and before the directory went: gone at the next start.
+        assert_eq!(apply(&mut reg, AdminRequest::DeleteGroup { name: "tmpc".into() }), Ok(()));
+        std::fs::create_dir_all(&shared).unwrap();
+        std::fs::write(shared.join("agent.conf"), "left by a crash").unwrap();
+        drop(reg);
+        let _reg = Registry::open(dir.path()).unwrap();
+        assert!(!shared.exists(), "a deleted group's directory left by a crash goes at the next start");
     }
 }

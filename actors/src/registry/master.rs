@@ -121,6 +121,10 @@ pub struct Registry {
     /// The API's users as every part of the node reads them, refreshed after each commit that
     /// changed them.
     users: Option<std::sync::Arc<super::user_store::UserDirectory>>,
+    /// Groups deleted by the open transaction: their directories go once it commits (and where
+    /// the current command's savepoint began in this list).
+    removals: Vec<String>,
+    removals_mark: usize,
 }
 
 /// An agent active on a live node stays that node's, against other nodes' reports, until that
@@ -197,6 +201,7 @@ impl Registry {
         conn.execute_batch(schema::MASTER_INDEXES)?;
         conn.execute_batch(super::user_store::USER_TABLES)?;
         conn.execute_batch(super::user_store::SEEDED_TABLE)?;
+        conn.execute_batch(schema::DELETED_GROUPS_TABLE)?;
         let seq: i64 = conn.query_row("SELECT v FROM meta WHERE k = 'seq'", [], |r| r.get(0))?;
         // A registry's identity, made with it (or at the first start of a release that has it):
         // a worker following another registry is never rewritten to this one's content.
@@ -223,9 +228,12 @@ impl Registry {
             last_contest: None,
             contests: crate::throttle::Throttle::new(std::time::Duration::from_secs(10)),
             users: None,
+            removals: Vec::new(),
+            removals_mark: 0,
         };
         reg.load_counts()?;
         reg.ensure_group_dir(DEFAULT_GROUP)?;
+        reg.remove_deleted_group_dirs()?;
         Ok(reg)
     }
 
@@ -413,6 +421,43 @@ impl Registry {
     }
 
     /// Makes the group's directory, with an empty `agent.conf` as Wazuh does, if it has none.
+    /// Removes `etc/shared/<group>` whole (a symlink there is removed, never followed): first
+    /// renamed aside, so that file sync never sees half of it.
+    fn remove_group_dir(&self, group: &str) -> Result<(), StoreError> {
+        let dir = self.data_dir.join("etc/shared").join(group);
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |error| StoreError::Io { path, error }
+        };
+        match std::fs::symlink_metadata(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(&dir)(e)),
+            Ok(m) if !m.is_dir() => return std::fs::remove_file(&dir).map_err(io(&dir)),
+            Ok(_) => {}
+        }
+        let trash = self.data_dir.join("var/sync/trash");
+        std::fs::create_dir_all(&trash).map_err(io(&trash))?;
+        let aside = trash.join(format!("{group}.{}", crate::backoff::random_u64()));
+        std::fs::rename(&dir, &aside).map_err(io(&dir))?;
+        std::fs::remove_dir_all(&aside).map_err(io(&aside))
+    }
+
+    /// Directories of deleted groups that a crash left behind (the deletion committed, the
+    /// directory not removed yet) go: a group's files never outlive it.
+    fn remove_deleted_group_dirs(&mut self) -> Result<(), StoreError> {
+        let names: Vec<String> = self
+            .conn
+            .prepare("SELECT name FROM deleted_groups WHERE name NOT IN (SELECT name FROM groups)")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for name in names {
+            if wazuh_cluster_protocol::agent::enrollment::valid_group_name(&name) {
+                self.remove_group_dir(&name)?;
+            }
+        }
+        Ok(())
+    }
+
     fn ensure_group_dir(&self, group: &str) -> Result<(), StoreError> {
         let dir = self.data_dir.join("etc/shared").join(group);
         let io = |path: &Path| {
@@ -982,11 +1027,22 @@ impl Registry {
     /// [`Registry::create_group`] with the time it was created.
     pub fn create_group_at(&mut self, name: &str, at_ms: u64) -> Result<bool, StoreError> {
         if !wazuh_cluster_protocol::agent::enrollment::valid_group_name(name) {
-            return Err(StoreError::Invalid(format!("invalid group name {name:?}: use [A-Za-z0-9_.-], not . or ..")));
+            return Err(StoreError::Invalid(format!(
+                "invalid group name {name:?}: use [A-Za-z0-9_.-], not starting with a dot, not \"all\""
+            )));
         }
         let n = self
             .conn
             .execute("INSERT OR IGNORE INTO groups (name, created_at) VALUES (?1, ?2)", params![name, at_ms as i64])?;
+        if n > 0 {
+            // A group deleted before starts afresh: whatever its old directory held is gone.
+            let was_deleted = self.conn.execute("DELETE FROM deleted_groups WHERE name = ?1", params![name])? > 0;
+            if was_deleted || self.removals.iter().any(|r| r == name) {
+                self.removals.retain(|r| r != name);
+                self.removals_mark = self.removals_mark.min(self.removals.len());
+                self.remove_group_dir(name)?;
+            }
+        }
         self.ensure_group_dir(name)?;
         Ok(n > 0)
     }
@@ -1013,6 +1069,11 @@ impl Registry {
         if self.conn.prepare_cached("DELETE FROM groups WHERE name = ?1")?.execute(params![name])? == 0 {
             return Err(StoreError::NoSuchGroup(name.into()));
         }
+        // Its directory goes once this commits (a crash before that: at the next start).
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO deleted_groups (name, at) VALUES (?1, ?2)")?
+            .execute(params![name, now_ms() as i64])?;
+        self.removals.push(name.to_string());
         for e in self.entries()? {
             if e.groups.iter().any(|g| g == name) {
                 let mut groups: Vec<String> = e.groups.into_iter().filter(|g| g != name).collect();
@@ -1064,6 +1125,12 @@ impl Registry {
     /// change, and at every start); it is logged.
     pub fn commit(&mut self) -> Result<(), StoreError> {
         self.conn.execute_batch("COMMIT")?;
+        for group in std::mem::take(&mut self.removals) {
+            if let Err(e) = self.remove_group_dir(&group) {
+                log::warn!("agent registry in {}: group {group} deleted, its directory not yet: {e} (removed at the next start)", self.data_dir.display());
+            }
+        }
+        self.removals_mark = 0;
         let users_changed = self.derived.take_users_changed();
         let conn = &self.conn;
         if let Err(e) = self.derived.committed(&self.data_dir, || all_entries(conn)) {
@@ -1081,6 +1148,8 @@ impl Registry {
     pub fn rollback(&mut self) {
         let _ = self.conn.execute_batch("ROLLBACK");
         self.derived.rollback();
+        self.removals.clear();
+        self.removals_mark = 0;
     }
 }
 
@@ -1114,7 +1183,8 @@ fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
 }
 
 /// The tables a registry snapshot carries: everything but the replicated log's own state.
-const SNAPSHOT_TABLES: [&str; 7] = ["agents", "groups", "meta", "changes", "tokens", "api_users", "api_users_seeded"];
+const SNAPSHOT_TABLES: [&str; 8] =
+    ["agents", "groups", "meta", "changes", "tokens", "api_users", "api_users_seeded", "deleted_groups"];
 
 /// A whole registry as rows, for a replicated log's snapshot: per table, its columns and rows.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -1269,11 +1339,15 @@ impl Store for Registry {
     fn savepoint(&mut self) -> Result<(), StoreError> {
         schema::savepoint(&self.conn)?;
         self.derived.savepoint();
+        self.removals_mark = self.removals.len();
         Ok(())
     }
     fn release(&mut self, keep: bool) {
         schema::release(&self.conn, keep);
         self.derived.release(keep);
+        if !keep {
+            self.removals.truncate(self.removals_mark);
+        }
     }
 }
 

@@ -49,6 +49,10 @@ pub const MASTER_TABLES: &str = "CREATE TABLE IF NOT EXISTS agents (
     CREATE TABLE IF NOT EXISTS raft (k TEXT PRIMARY KEY, v TEXT NOT NULL);
     INSERT OR IGNORE INTO meta (k, v) VALUES ('last_id', 0), ('seq', 0);";
 
+/// Groups deleted (their directories go after the commit, or at the next start after a crash).
+pub const DELETED_GROUPS_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS deleted_groups (name TEXT PRIMARY KEY, at INTEGER NOT NULL);";
+
 /// Columns added to the master's `agents` table after its first release.
 pub const MASTER_ADDED_COLUMNS: [(&str, &str); 3] =
     [("info", "TEXT"), ("group_config_status", "TEXT"), ("peer_ip", "TEXT")];

@@ -210,12 +210,14 @@ fn valid_agent_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
 }
 
-/// Group names: `[A-Za-z0-9_.-]+`, not `.` or `..`, at most 255 characters.
+/// Wazuh's rule for group names (`[A-Za-z0-9._-]`, at most 255, not `all`), and no leading dot:
+/// a group is a directory under `etc/shared`, and a hidden one is no group (it also rules out `.`
+/// and `..`).
 pub fn valid_group_name(group: &str) -> bool {
     !group.is_empty()
         && group.len() <= 255
-        && group != "."
-        && group != ".."
+        && !group.starts_with('.')
+        && group != "all"
         && group.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
 }
 
