@@ -27,6 +27,10 @@ pub struct Manifest {
     pub files: BTreeMap<String, FileEntry>,
     /// Roots that exist and were read without error. Deletions are only ever decided inside these.
     pub complete_roots: BTreeSet<String>,
+    /// Paths the master holds back (their contents failed [`wazuh_cluster_protocol::ruleset`]'s
+    /// check): not in `files`, so never served, and never deleted on a worker either, which keeps
+    /// the last good copy it has. Empty on workers.
+    pub held: BTreeSet<String>,
 }
 
 /// What a scan did.
@@ -50,6 +54,20 @@ impl Manifest {
             h.update([b'\n']);
         }
         hex(&h.finalize())
+    }
+
+    /// The digest a worker holding `theirs` reaches once in sync: this manifest's files plus the
+    /// worker's own copies of the paths held back (which it keeps).
+    pub fn digest_for(&self, theirs: &[FileMeta]) -> String {
+        let kept: Vec<&FileMeta> = theirs.iter().filter(|m| self.held.contains(&m.path)).collect();
+        if kept.is_empty() {
+            return self.digest();
+        }
+        let mut view = Manifest { files: self.files.clone(), ..Manifest::default() };
+        for m in kept {
+            view.files.insert(m.path.clone(), FileEntry { size: m.size, mtime_ns: 0, md5: m.md5.clone() });
+        }
+        view.digest()
     }
 
     pub fn metas(&self) -> Vec<FileMeta> {
@@ -253,7 +271,7 @@ pub fn scan(data_dir: &Path, previous: Option<&Manifest>) -> (Manifest, ScanStat
         }
     }
     stats.files = files.len();
-    (Manifest { files, complete_roots }, stats)
+    (Manifest { files, complete_roots, held: BTreeSet::new() }, stats)
 }
 
 /// What changed between two manifests: files added or modified (with their new metadata) and files
@@ -282,7 +300,7 @@ impl Delta {
         d.removed = old
             .files
             .keys()
-            .filter(|p| !new.files.contains_key(*p))
+            .filter(|p| !new.files.contains_key(*p) && !new.held.contains(*p))
             .filter(|p| sync::root_of(p).is_some_and(|r| new.complete_roots.contains(r)))
             .cloned()
             .collect();
@@ -296,6 +314,64 @@ impl Delta {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A file of the master's disk refused by the ruleset check, with the contents it was refused for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub size: u64,
+    pub md5: String,
+    pub why: String,
+}
+
+/// What the master serves from what its disk holds: `disk` without the ruleset files whose
+/// contents fail the check. A file is read again only when its contents changed since the last
+/// pass: `served` (what was served then) and `held` (what was held back then) say which were
+/// already judged. Returns the manifest to serve and the files held back now.
+pub fn hold_back(
+    data_dir: &Path,
+    disk: &Manifest,
+    served: Option<&Manifest>,
+    held: &BTreeMap<String, Held>,
+) -> (Manifest, BTreeMap<String, Held>) {
+    let mut out = disk.clone();
+    let mut now = BTreeMap::new();
+    for (path, e) in &disk.files {
+        let Some(kind) = wazuh_cluster_protocol::ruleset::kind_of(path) else { continue };
+        let same = |size: u64, md5: &str| size == e.size && md5 == e.md5;
+        if served.and_then(|m| m.files.get(path)).is_some_and(|o| same(o.size, &o.md5)) {
+            continue;
+        }
+        let why = match held.get(path) {
+            Some(h) if same(h.size, &h.md5) => Some(h.why.clone()),
+            _ => judge(&data_dir.join(path), kind, e),
+        };
+        if let Some(why) = why {
+            out.files.remove(path);
+            out.held.insert(path.clone());
+            now.insert(path.clone(), Held { size: e.size, md5: e.md5.clone(), why });
+        }
+    }
+    (out, now)
+}
+
+/// Why the file at `abs` (of entry `e`) is refused, if it is.
+fn judge(abs: &Path, kind: wazuh_cluster_protocol::ruleset::Kind, e: &FileEntry) -> Option<String> {
+    use wazuh_cluster_protocol::ruleset::{self, Refused, Source};
+    let max = ruleset::max_size(kind);
+    if e.size > max as u64 {
+        // Not even read.
+        return Some(Refused::TooLarge { size: e.size as usize, max }.to_string());
+    }
+    let data = match std::fs::read(abs) {
+        Ok(data) => data,
+        Err(error) => return Some(format!("cannot be read: {error}")),
+    };
+    if data.len() as u64 != e.size || hex(&Md5::digest(&data)) != e.md5 {
+        // What was hashed is not what was checked: held until the next pass hashes it again.
+        return Some("changed while it was being checked; checked again at the next scan".into());
+    }
+    ruleset::check(kind, &data, Source::Disk).err().map(|why| why.to_string())
 }
 
 fn stat_entry(abs: &Path) -> Option<(u64, u128)> {
@@ -490,5 +566,67 @@ mod tests {
             assert!(!m.complete_roots.contains("etc/rules"));
             assert!(stats.errors.iter().any(|e| e.contains("locked.xml")));
         }
+    }
+
+    #[test]
+    fn refused_ruleset_files_are_held_back_judged_once_and_never_deleted_on_a_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for (rel, body) in [
+            ("etc/rules/good.xml", &b"<group name=\"g\"><rule id=\"1\" level=\"1\"/></group>\n"[..]),
+            ("etc/rules/broken.xml", b"<group name=\"g\">\n<rule id=\"2\">\n"),
+            (
+                "etc/decoders/xxe.xml",
+                b"<!DOCTYPE d [<!ENTITY x SYSTEM \"file:///etc/shadow\">]>\n<decoder name=\"&x;\"/>",
+            ),
+            ("etc/lists/ok", b"a:b\n"),
+            ("etc/lists/bad", b"no colon\n"),
+            ("etc/shared/default/agent.conf", b"not checked here"),
+        ] {
+            std::fs::create_dir_all(d.join(rel).parent().unwrap()).unwrap();
+            std::fs::write(d.join(rel), body).unwrap();
+        }
+        let (disk, _) = scan(d, None);
+        let (served, held) = hold_back(d, &disk, None, &BTreeMap::new());
+        assert_eq!(held.keys().collect::<Vec<_>>(), ["etc/decoders/xxe.xml", "etc/lists/bad", "etc/rules/broken.xml"]);
+        assert!(held["etc/rules/broken.xml"].why.contains("line 2"), "{:?}", held["etc/rules/broken.xml"]);
+        assert!(held["etc/decoders/xxe.xml"].why.contains("declarations"));
+        assert_eq!(served.files.len(), 3);
+        assert!(served.held.contains("etc/rules/broken.xml") && !served.files.contains_key("etc/rules/broken.xml"));
+        // A worker holding an older, good copy of a held file keeps it: not deleted, not fetched,
+        // and its digest (with that copy) is what the master expects of it.
+        let mut worker = served.metas();
+        worker.push(FileMeta { path: "etc/rules/broken.xml".into(), size: 5, md5: "00".into() });
+        let (fetch, delete, _, _) = crate::files::plan(&served, &worker);
+        assert!(fetch.is_empty() && delete.is_empty(), "{fetch:?} {delete:?}");
+        let theirs = Manifest {
+            files: worker
+                .iter()
+                .map(|m| (m.path.clone(), FileEntry { size: m.size, mtime_ns: 0, md5: m.md5.clone() }))
+                .collect(),
+            ..Manifest::default()
+        };
+        assert_eq!(served.digest_for(&worker), theirs.digest());
+        assert_eq!(served.digest_for(&served.metas()), served.digest());
+        // Unchanged files are not judged again; the held ones keep their reason without a read.
+        std::fs::remove_file(d.join("etc/lists/bad")).unwrap();
+        std::fs::create_dir(d.join("etc/lists/bad")).unwrap();
+        let (again, held_again) = hold_back(d, &disk, Some(&served), &held);
+        assert_eq!((again, &held_again), (served.clone(), &held));
+        std::fs::remove_dir(d.join("etc/lists/bad")).unwrap();
+        // Fixed: served again, and announced as a change; held files are never announced removed.
+        std::fs::write(d.join("etc/rules/broken.xml"), b"<group name=\"g\"/>\n").unwrap();
+        let (disk2, _) = scan(d, Some(&disk));
+        let (served2, held2) = hold_back(d, &disk2, Some(&served), &held);
+        assert_eq!(held2.keys().collect::<Vec<_>>(), ["etc/decoders/xxe.xml"]);
+        let delta = Delta::between(&served, &served2);
+        assert_eq!(delta.changed.iter().map(|m| m.path.as_str()).collect::<Vec<_>>(), ["etc/rules/broken.xml"]);
+        assert!(delta.removed.is_empty(), "{delta:?}");
+        // Breaking a good file: held, and not announced as removed either.
+        std::fs::write(d.join("etc/rules/good.xml"), b"<group>").unwrap();
+        let (disk3, _) = scan(d, Some(&disk2));
+        let (served3, held3) = hold_back(d, &disk3, Some(&served2), &held2);
+        assert!(held3.contains_key("etc/rules/good.xml"));
+        assert!(Delta::between(&served2, &served3).is_empty());
     }
 }

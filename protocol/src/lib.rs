@@ -21,6 +21,7 @@ pub mod handshake;
 pub mod identity;
 pub mod key;
 pub mod message;
+pub mod ruleset;
 pub mod suite;
 pub mod sync;
 pub mod transport;

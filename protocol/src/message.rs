@@ -583,8 +583,10 @@ impl RulesetRoot {
         if matches!(self, RulesetRoot::Rules | RulesetRoot::Decoders) && !name.ends_with(".xml") {
             return Err(format!("{name:?}: rule and decoder files end in .xml"));
         }
-        if [".tmp", ".lock", ".swp", "~"].iter().any(|s| name.ends_with(s)) {
-            return Err(format!("{name:?}: a temporary file's name, which file sync skips"));
+        if crate::sync::excluded(name) {
+            return Err(format!(
+                "{name:?}: a name each node keeps as its own (temporary, lock, compiled list or daemon file), which file sync never sends"
+            ));
         }
         Ok(())
     }

@@ -10,8 +10,13 @@ use serde::{Deserialize, Serialize};
 
 /// The directories (under a node's data dir) that the master distributes, recursively.
 pub const SYNC_ROOTS: [&str; 4] = ["etc/rules", "etc/decoders", "etc/lists", "etc/shared"];
-/// Name endings never synchronized (editor, temp and lock files).
-pub const EXCLUDED_SUFFIXES: [&str; 4] = ["~", ".tmp", ".lock", ".swp"];
+/// Files each node owns, wherever they are under the roots: never sent, never deleted, never a
+/// difference. Wazuh's own cluster excludes `ar.conf` and `ossec.conf` (written by each node's
+/// daemons from its own configuration); `merged.mg` is built by each node for its own agents.
+pub const EXCLUDED_NAMES: [&str; 3] = ["ar.conf", "ossec.conf", "merged.mg"];
+/// Name endings each node owns: editor, temporary and lock files (as in Wazuh's cluster), and CDB
+/// lists compiled by the node's own analysisd (`.cdb`) from the synchronized text lists.
+pub const EXCLUDED_SUFFIXES: [&str; 5] = ["~", ".tmp", ".lock", ".swp", ".cdb"];
 /// Longest accepted path and path component.
 pub const MAX_PATH: usize = 4096;
 pub const MAX_COMPONENT: usize = 255;
@@ -43,9 +48,9 @@ pub fn root_of(path: &str) -> Option<&'static str> {
         .find(|root| path.strip_prefix(root).is_some_and(|rest| rest.starts_with('/') && rest.len() > 1))
 }
 
-/// Whether a file name is excluded from synchronization.
+/// Whether a file name is excluded from synchronization (the node's own file).
 pub fn excluded(name: &str) -> bool {
-    EXCLUDED_SUFFIXES.iter().any(|s| name.ends_with(s))
+    EXCLUDED_NAMES.contains(&name) || EXCLUDED_SUFFIXES.iter().any(|s| name.ends_with(s))
 }
 
 /// Checks a relative file path as it travels between nodes.
@@ -98,6 +103,10 @@ mod tests {
         {
             assert_eq!(check_path(p), Ok(()), "{p}");
         }
+        // Only the exact names and endings are the node's own.
+        for p in ["etc/lists/cdb", "etc/lists/x.cdb.txt", "etc/shared/g/my-ar.conf", "etc/shared/g/merged.mgx"] {
+            assert_eq!(check_path(p), Ok(()), "{p}");
+        }
         assert_eq!(root_of("etc/shared/default/agent.conf"), Some("etc/shared"));
     }
 
@@ -124,6 +133,12 @@ mod tests {
             ("var/db/registry.db".into(), PathError::OutsideRoots),
             ("etc/rules/x.xml~".into(), PathError::Excluded),
             ("etc/rules/.x.swp".into(), PathError::Excluded),
+            ("etc/lists/audit-keys.cdb".into(), PathError::Excluded),
+            ("etc/lists/deep/x.cdb".into(), PathError::Excluded),
+            ("etc/shared/ar.conf".into(), PathError::Excluded),
+            ("etc/shared/g/ossec.conf".into(), PathError::Excluded),
+            ("etc/shared/g/merged.mg".into(), PathError::Excluded),
+            ("etc/shared/g/merged.mg.tmp".into(), PathError::Excluded),
         ];
         for (p, err) in cases {
             assert_eq!(check_path(&p), Err(err), "{p:?}");

@@ -83,8 +83,30 @@ fn content(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// A rule or decoder file of about `len` bytes that passes the master's check (the text in a comment).
+fn xml_file(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = format!("<group name=\"bench{seed}\">\n<!--\n").into_bytes();
+    out.extend(content(seed, len.saturating_sub(out.len() + 14)));
+    out.extend_from_slice(b"\n-->\n</group>\n");
+    out
+}
+
+/// A CDB list of about `len` bytes (`key:value` lines).
+fn list_file(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut out = Vec::with_capacity(len + 32);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(format!("10.{}.{}.{}:{}\n", x % 256, (x >> 8) % 256, (x >> 16) % 256, x % 7).as_bytes());
+    }
+    out
+}
+
 /// Wazuh's shape at 50,037 files: 3,000 rule files, 2,000 decoders, 37 CDB lists, and 1,000 groups
-/// of 45 files each (agent.conf, merged.mg and rootcheck/SCA files). Returns (files, bytes).
+/// of 45 files each (agent.conf and rootcheck/SCA files; not merged.mg, which each node builds for
+/// its own agents). Returns (files, bytes).
 fn generate(root: &Path, total: usize) -> std::io::Result<(usize, u64)> {
     let scale = total as f64 / 50_037.0;
     let rules = (3_000.0 * scale) as usize;
@@ -107,7 +129,7 @@ fn generate(root: &Path, total: usize) -> std::io::Result<(usize, u64)> {
             root,
             &mut count,
             format!("etc/rules/{:04}-rules_{i}.xml", i),
-            content(i as u64, 2_000 + (i * 37) % 9_000),
+            xml_file(i as u64, 2_000 + (i * 37) % 9_000),
         )?;
     }
     for i in 0..decoders {
@@ -115,7 +137,7 @@ fn generate(root: &Path, total: usize) -> std::io::Result<(usize, u64)> {
             root,
             &mut count,
             format!("etc/decoders/{:04}-decoders_{i}.xml", i),
-            content(10_000 + i as u64, 1_500 + (i * 53) % 6_000),
+            xml_file(10_000 + i as u64, 1_500 + (i * 53) % 6_000),
         )?;
     }
     for i in 0..lists {
@@ -123,7 +145,7 @@ fn generate(root: &Path, total: usize) -> std::io::Result<(usize, u64)> {
             root,
             &mut count,
             format!("etc/lists/list_{i}"),
-            content(20_000 + i as u64, 40_000 + (i * 1_000) % 40_000),
+            list_file(20_000 + i as u64, 40_000 + (i * 1_000) % 40_000),
         )?;
     }
     let mut g = 0;
@@ -135,7 +157,7 @@ fn generate(root: &Path, total: usize) -> std::io::Result<(usize, u64)> {
             }
             let (name, len) = match j {
                 0 => ("agent.conf".to_string(), 600),
-                1 => ("merged.mg".to_string(), 4_000),
+                1 => ("cis_debian_linux_rcl.txt".to_string(), 4_000),
                 _ => (format!("rootcheck_{j}.txt"), 300 + (j * 61) % 1_500),
             };
             put(root, &mut count, format!("{group}/{name}"), content(30_000 + (g * 100 + j) as u64, len))?;
@@ -335,7 +357,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     let mut propagate = Vec::new();
     for r in 0..args.rounds {
         let rel = format!("etc/rules/{:04}-rules_{}.xml", r % 100, r % 100);
-        let data = content(900_000 + r as u64, 3_000);
+        let data = xml_file(900_000 + r as u64, 3_000);
         let before = master_digest(&master.handle).await.map(|d| d.0);
         let t = Instant::now();
         std::fs::write(master_dir.join(&rel), &data)?;

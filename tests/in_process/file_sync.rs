@@ -43,6 +43,17 @@ async fn until_synced(cluster: &TestCluster, workers: usize) -> Duration {
     }
 }
 
+/// A CDB list of about `size` bytes.
+fn big_list(size: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size + 64);
+    let mut i = 0u64;
+    while out.len() < size {
+        out.extend_from_slice(format!("10.{}.{}.{}:blocked\n", i >> 16 & 255, i >> 8 & 255, i & 255).as_bytes());
+        i += 1;
+    }
+    out
+}
+
 fn write(dir: &Path, rel: &str, content: &[u8]) {
     let p = dir.join(rel);
     std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
@@ -57,12 +68,13 @@ async fn files_written_edited_and_deleted_on_the_master_reach_every_worker() {
         let content = format!("<group name=\"g{i}\">{}</group>\n", "x".repeat(i * 7));
         write(&master, &format!("etc/rules/set{}/rule_{i}.xml", i % 10), content.as_bytes());
     }
-    write(&master, "etc/lists/big.cdb", &vec![7u8; 3 * 1024 * 1024]);
+    let big_list = big_list(3 << 20);
+    write(&master, "etc/lists/big-list", &big_list);
     write(&master, "etc/shared/default/agent.conf", b"<agent_config/>\n");
     let took = until_synced(&cluster, 2).await;
-    eprintln!("302 files (3 MiB + 300 small) on both workers in {} ms", took.as_millis());
+    eprintln!("302 files (a 3 MiB list + 300 small) on both workers in {} ms", took.as_millis());
     let w1 = node_dir(&cluster, &cluster.worker_name(0));
-    assert_eq!(std::fs::read(w1.join("etc/lists/big.cdb")).expect("big"), vec![7u8; 3 * 1024 * 1024]);
+    assert_eq!(std::fs::read(w1.join("etc/lists/big-list")).expect("big"), big_list);
 
     // One edit reaches both.
     write(&master, "etc/rules/set3/rule_3.xml", b"<group name=\"edited\"/>\n");

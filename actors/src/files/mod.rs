@@ -75,7 +75,7 @@ pub(crate) mod tests {
         let worker = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(master.path().join("etc/lists/deep")).unwrap();
         let content: Vec<u8> = (0..10_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
-        std::fs::write(master.path().join("etc/lists/deep/big.cdb"), &content).unwrap();
+        std::fs::write(master.path().join("etc/lists/deep/big-list"), &content).unwrap();
         let (m, _) = scan(master.path(), None);
         let meta = m.metas().remove(0);
         let staging = Staging::open(worker.path()).unwrap();
@@ -87,7 +87,7 @@ pub(crate) mod tests {
         let staged = staging.write(&meta, &p2).unwrap().unwrap();
         let out = apply(worker.path(), vec![staged], &[]);
         assert_eq!(out.written.len(), 1);
-        assert_eq!(std::fs::read(worker.path().join("etc/lists/deep/big.cdb")).unwrap(), content);
+        assert_eq!(std::fs::read(worker.path().join("etc/lists/deep/big-list")).unwrap(), content);
         // A chunk whose content does not match the announced MD5 is refused, nothing is applied.
         let mut bad = read_part(master.path(), &m, &meta.path, 0, 1 << 20).unwrap();
         bad.data = lz4_flex::block::compress(&vec![0u8; content.len()]);
@@ -181,7 +181,7 @@ pub(crate) mod tests {
             ("etc/rules/a.xml", &b"<rule/>"[..]),
             ("etc/rules/sub/b.xml", b"<rule id=2/>"),
             ("etc/shared/default/agent.conf", b"<agent_config/>"),
-            ("etc/shared/g1/merged.mg", b"#default\n"),
+            ("etc/shared/g1/extra.conf", b"#default\n"),
         ] {
             std::fs::create_dir_all(master.path().join(rel).parent().unwrap()).unwrap();
             std::fs::write(master.path().join(rel), body).unwrap();
@@ -227,7 +227,7 @@ pub(crate) mod tests {
         assert!(out.notes.iter().any(|n| n.contains("appeared during the transfer")), "{:?}", out.notes);
         assert_eq!(std::fs::read(worker.path().join("etc/rules/local.xml")).unwrap(), b"local");
         assert_eq!(std::fs::read(worker.path().join("etc/rules/sub/b.xml")).unwrap(), b"<rule id=2/>");
-        assert_eq!(std::fs::read(worker.path().join("etc/shared/g1/merged.mg")).unwrap(), b"#default\n");
+        assert_eq!(std::fs::read(worker.path().join("etc/shared/g1/extra.conf")).unwrap(), b"#default\n");
     }
 
     #[cfg(unix)]

@@ -240,7 +240,8 @@ pub fn read_batch(
 }
 
 /// The plan that makes a worker's manifest equal to the master's: files to fetch (missing or
-/// different) and files to delete (only under roots the master read completely).
+/// different) and files to delete (only under roots the master read completely, never a path the
+/// master holds back: the worker keeps its last good copy).
 pub fn plan(master: &Manifest, worker: &[FileMeta]) -> (Vec<FileMeta>, Vec<String>, usize, usize) {
     let theirs: std::collections::HashMap<&str, &FileMeta> = worker.iter().map(|m| (m.path.as_str(), m)).collect();
     let mut fetch = Vec::new();
@@ -260,7 +261,7 @@ pub fn plan(master: &Manifest, worker: &[FileMeta]) -> (Vec<FileMeta>, Vec<Strin
     }
     let delete = worker
         .iter()
-        .filter(|m| !master.files.contains_key(&m.path))
+        .filter(|m| !master.files.contains_key(&m.path) && !master.held.contains(&m.path))
         .filter(|m| sync::check_path(&m.path).is_ok())
         .filter(|m| sync::root_of(&m.path).is_some_and(|r| master.complete_roots.contains(r)))
         .map(|m| m.path.clone())

@@ -75,6 +75,8 @@ impl MasterServices {
             rescan_queued: false,
             rescan_again: false,
             pending: Some(Default::default()),
+            disk: None,
+            held: Default::default(),
         });
         let (reg, sender, w) = (registry.clone(), groups.clone(), writes.clone());
         let local_agent_groups = crate::supervise::start(MAILBOX, Some(alive), move |_| LocalAgentGroups {
@@ -180,6 +182,11 @@ pub struct LocalIntegrity {
     rescan_again: bool,
     /// Paths named by file events since the last update (`None`: too many, rescan everything).
     pending: Option<std::collections::BTreeSet<std::path::PathBuf>>,
+    /// Every file of the roots as the disk holds it (what the next incremental scan starts from);
+    /// `current` serves it without the files held back.
+    disk: Option<Arc<Manifest>>,
+    /// Ruleset files whose contents were refused, kept out of sync until they are fixed.
+    held: std::collections::BTreeMap<String, manifest::Held>,
 }
 
 job_plumbing!(LocalIntegrity);
@@ -206,23 +213,29 @@ impl LocalIntegrity {
             return self.core.failed(ctx, e);
         }
         let dir = self.core.settings.data_dir.clone();
-        let previous = self.current.as_ref().map(|c| c.manifest.clone());
+        let previous = self.disk.clone();
+        let served = self.current.as_ref().map(|c| c.manifest.clone());
+        let held = self.held.clone();
         let scan = actix_rt::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
-            let (m, stats) = match (&previous, paths) {
+            let (disk, stats) = match (&previous, paths) {
                 (Some(prev), Some(paths)) => manifest::update(&dir, prev, &paths),
                 _ => manifest::scan(&dir, previous.as_deref()),
             };
-            let delta = previous.as_ref().map(|p| manifest::Delta::between(p, &m)).filter(|d| d.len() <= MAX_DELTA);
+            // Ruleset files are checked (only those whose contents changed) before they are served.
+            let (m, held) = manifest::hold_back(&dir, &disk, served.as_deref(), &held);
+            let delta = served.as_ref().map(|p| manifest::Delta::between(p, &m)).filter(|d| d.len() <= MAX_DELTA);
             // Here too, not on the event loop: a digest reads every entry.
             let digest = m.digest();
-            (m, digest, stats, started.elapsed(), delta)
+            ((Arc::new(disk), m, held), digest, stats, started.elapsed(), delta)
         });
         ctx.spawn(scan.into_actor(self).map(|result, act, ctx| match result {
-            Ok((manifest, digest, stats, took, delta)) => {
+            Ok(((disk, manifest, held), digest, stats, took, delta)) => {
                 for e in stats.errors.iter().take(20) {
                     warn!(node = act.core.node(); "local integrity: {e}");
                 }
+                act.disk = Some(disk);
+                act.judged(held);
                 let changed = act.current.as_ref().map(|c| &c.digest) != Some(&digest);
                 if changed {
                     info!(node = act.core.node(); "local integrity: {} files ({} hashed, {} unchanged) in {} ms, digest {digest}",
@@ -237,9 +250,10 @@ impl LocalIntegrity {
                     }
                     _ => Arc::new(crate::files::PartCache::default()),
                 };
+                let manifest_files = manifest.files.len() as u64;
                 act.current = Some(IntegritySummary {
                     digest: digest.clone(),
-                    files: manifest.files.len() as u64,
+                    files: manifest_files,
                     computed_at_ms: crate::clock::now_ms(),
                     manifest: Arc::new(manifest),
                     parts,
@@ -250,7 +264,8 @@ impl LocalIntegrity {
                     let _ = act.publisher.send(FilesChanged { digest, delta: delta.map(Arc::new) });
                 }
                 act.core.health().set_figures(vec![
-                    ("files".into(), stats.files as u64),
+                    ("files".into(), manifest_files),
+                    ("held_back".into(), act.held.len() as u64),
                     ("hashed".into(), stats.hashed as u64),
                     ("scan_ms".into(), took.as_millis() as u64),
                     ("errors".into(), stats.errors.len() as u64),
@@ -264,6 +279,22 @@ impl LocalIntegrity {
             }
             Err(e) => act.core.failed(ctx, format!("the scan thread failed: {e}")),
         }));
+    }
+
+    /// Takes in the files held back by the last pass: each newly refused one (or refused for a new
+    /// reason) is logged once and shown in the job's health, each released one logged once.
+    fn judged(&mut self, held: std::collections::BTreeMap<String, manifest::Held>) {
+        for (path, h) in &held {
+            if self.held.get(path).map(|old| &old.why) != Some(&h.why) {
+                let line = format!("{path} is kept out of file sync (workers keep the copy they have): {}", h.why);
+                warn!(node = self.core.node(); "local integrity: {line}");
+                self.core.health().failed_once(&line, false);
+            }
+        }
+        for path in self.held.keys().filter(|p| !held.contains_key(*p)) {
+            info!(node = self.core.node(); "local integrity: {path} is no longer held back (fixed or removed)");
+        }
+        self.held = held;
     }
 
     /// Watches `<data_dir>/etc` for changes; events trigger a (debounced) update. Without a

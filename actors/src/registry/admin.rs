@@ -4,6 +4,7 @@
 use super::master::Registry;
 use super::store::StoreError;
 use wazuh_cluster_protocol::message::{AdminError, AdminRequest, RulesetRoot};
+use wazuh_cluster_protocol::ruleset;
 
 impl Registry {
     /// Applies `req` inside the caller's transaction. `Ok(Err(_))` is a refusal to report to the
@@ -65,9 +66,9 @@ impl Registry {
         if content.len() > MAX_RULESET_FILE {
             return Err(AdminError::Invalid(format!("{name}: larger than {MAX_RULESET_FILE} bytes")));
         }
-        if std::str::from_utf8(content).is_err() {
-            return Err(AdminError::Invalid(format!("{name}: not UTF-8 text")));
-        }
+        let kind = ruleset::kind_of(&format!("{}/{name}", root.dir())).unwrap_or(ruleset::Kind::Other);
+        ruleset::check(kind, content, ruleset::Source::Api)
+            .map_err(|why| AdminError::Invalid(format!("{}/{name}: {why}", root.dir())))?;
         let dir = self.data_dir().join(root.dir());
         let path = dir.join(name);
         if !overwrite && path.exists() {
@@ -93,9 +94,8 @@ impl Registry {
         if !dir.is_dir() {
             return Err(AdminError::NoSuchGroup(group.to_string()));
         }
-        if content.len() > MAX_RULESET_FILE || std::str::from_utf8(content).is_err() {
-            return Err(AdminError::Invalid(format!("agent.conf: at most {MAX_RULESET_FILE} bytes of UTF-8")));
-        }
+        ruleset::check(ruleset::Kind::Xml, content, ruleset::Source::Api)
+            .map_err(|why| AdminError::Invalid(format!("etc/shared/{group}/agent.conf: {why}")))?;
         let unavailable = |e: std::io::Error| AdminError::Unavailable(format!("etc/shared/{group}/agent.conf: {e}"));
         let tmp = dir.join("agent.conf.tmp");
         std::fs::write(&tmp, content).map_err(unavailable)?;

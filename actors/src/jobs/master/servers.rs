@@ -101,6 +101,10 @@ pub struct IntegrityServe {
     pub peer: String,
     /// Changes announced to the worker (by the connection's announcer task).
     pub announcements: Arc<AtomicU64>,
+    /// With files held back: the master's digest at this worker's last plan and the digest the
+    /// worker reaches by following it (its own copies of the held paths included), so that its
+    /// next checks count as in sync while neither changes.
+    pub kept: Arc<std::sync::Mutex<Option<(String, String)>>>,
 }
 
 impl Serve for IntegrityServe {
@@ -109,7 +113,7 @@ impl Serve for IntegrityServe {
 
     fn serve(&mut self, request: IntegrityRequest) -> LocalFuture<Result<Served<MasterToWorker>, ServeError>> {
         let (local, data_dir, max_frame) = (self.local.clone(), self.data_dir.clone(), self.max_frame);
-        let (node, peer) = (self.node.clone(), self.peer.clone());
+        let (node, peer, kept) = (self.node.clone(), self.peer.clone(), self.kept.clone());
         Box::pin(async move {
             let summary = local
                 .send(GetIntegrity)
@@ -118,13 +122,28 @@ impl Serve for IntegrityServe {
                 .ok_or_else(|| ServeError::Unavailable("the master's manifest is not computed yet".into()))?;
             match request {
                 IntegrityRequest::Check(check) => {
-                    let in_sync = summary.digest == check.manifest_digest;
+                    let tolerated = kept
+                        .lock()
+                        .map(|k| k.as_ref() == Some(&(summary.digest.clone(), check.manifest_digest.clone())))
+                        .unwrap_or(false);
+                    let in_sync = summary.digest == check.manifest_digest || tolerated;
                     let status = IntegrityStatus { master_digest: summary.digest, files: summary.files, in_sync };
                     Ok(Served { reply: MasterToWorker::IntegrityStatus(status), counts: vec![("checks", 1)] })
                 }
                 IntegrityRequest::Manifest(theirs) => {
                     let (fetch, delete, _, _) = crate::files::plan(&summary.manifest, &theirs.files);
-                    let plan = SyncPlan { master_digest: summary.digest, fetch, delete };
+                    let mut master_digest = summary.digest.clone();
+                    if !summary.manifest.held.is_empty() {
+                        let manifest = summary.manifest.clone();
+                        let goal = actix_rt::task::spawn_blocking(move || manifest.digest_for(&theirs.files))
+                            .await
+                            .map_err(|e| ServeError::Internal(format!("the digest thread failed: {e}")))?;
+                        if let Ok(mut k) = kept.lock() {
+                            *k = Some((summary.digest.clone(), goal.clone()));
+                        }
+                        master_digest = goal;
+                    }
+                    let plan = SyncPlan { master_digest, fetch, delete };
                     Ok(Served { reply: MasterToWorker::SyncPlan(plan), counts: vec![("plans", 1)] })
                 }
                 IntegrityRequest::Fetch(req) => {

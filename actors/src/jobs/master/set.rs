@@ -88,6 +88,7 @@ impl MasterJobs {
             node: node.clone(),
             peer: peer.clone(),
             announcements: announcements.clone(),
+            kept: Default::default(),
         };
         let (integrity, h) = Server::start("Integrity", job, conn.clone(), settings, alive.clone());
         controls.add("Integrity", &integrity, h);
