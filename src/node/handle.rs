@@ -390,7 +390,16 @@ impl NodeHandle {
             let n = self.hub().send(ForceReconnect(ids.clone())).await.unwrap_or(0);
             asked.push(format!("{me}: {n} agents"));
         }
-        if let NodeHandle::Master { listener, .. } = self {
+        if let NodeHandle::Master { listener, registry, .. } = self {
+            // The moves this causes are taken as such, not as contested claims.
+            let (holder, released) = (node.clone(), ids.clone());
+            let now = wazuh_cluster_actors::clock::now_ms();
+            let _ = registry
+                .run(move |r| {
+                    r.release_claims(holder.as_deref(), &released, now);
+                    Ok(())
+                })
+                .await;
             if node.as_ref() != Some(&me) {
                 let workers = listener.send(master::ForceReconnectWorkers { node, ids }).await.unwrap_or_default();
                 asked.extend(workers);

@@ -437,7 +437,13 @@ impl LocalAgentGroups {
         let (registry, writes) = (self.registry.clone(), self.writes.clone());
         let fut = async move {
             let expired = writes.expire_pending(PENDING_EXPIRY_MS).await?;
-            let (seq, hash) = registry.run(|r| Ok((r.seq(), r.hash()))).await?;
+            // client.keys edited by someone else while nothing was written: put right now.
+            let (seq, hash) = registry
+                .run(|r| {
+                    r.repair_client_keys()?;
+                    Ok((r.seq(), r.hash()))
+                })
+                .await?;
             Ok::<_, crate::registry::StoreError>((seq, hash, expired))
         };
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| match result {

@@ -45,11 +45,18 @@ pub struct ClientKeys {
     dead: u64,
     /// Compactions so far (for tests and figures).
     pub compactions: u64,
+    /// The file's identity (device, inode) when this node wrote it.
+    identity: (u64, u64),
+    /// The last bytes written (at most [`TAIL`]), to tell whether someone else wrote since.
+    tail: Vec<u8>,
 }
+
+/// How much of the file's end is compared before each write.
+const TAIL: usize = 256;
 
 fn open_options() -> std::fs::OpenOptions {
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.read(true).write(true).create(true).truncate(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -73,6 +80,19 @@ fn write_at(file: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<(
     std::os::unix::fs::FileExt::write_all_at(file, data, offset)
 }
 
+fn tail_of(text: &[u8]) -> &[u8] {
+    &text[text.len().saturating_sub(TAIL)..]
+}
+
+fn meta_identity(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+fn identity(file: &std::fs::File) -> std::io::Result<(u64, u64)> {
+    file.metadata().map(|m| meta_identity(&m))
+}
+
 impl ClientKeys {
     /// Writes `<data_dir>/etc/client.keys` for `entries` and keeps it open for changes.
     pub fn create(data_dir: &Path, entries: &[AgentEntry]) -> Result<Self, StoreError> {
@@ -81,7 +101,36 @@ impl ClientKeys {
         let path = etc.join("client.keys");
         let (text, lines) = Self::layout(entries.iter().map(|e| (e.id, line(e))));
         let file = replace(&path, text.as_bytes())?;
-        Ok(Self { path, file, len: text.len() as u64, lines, dead: 0, compactions: 0 })
+        let identity = identity(&file).map_err(StoreError::io(&path))?;
+        let tail = tail_of(text.as_bytes()).to_vec();
+        Ok(Self { path, file, len: text.len() as u64, lines, dead: 0, compactions: 0, identity, tail })
+    }
+
+    /// Whether the file on disk is still the one this node wrote, as it wrote it: the same file
+    /// (not replaced), of the length written, ending with the bytes written last. A file someone
+    /// else truncated, appended to, edited at its end or replaced fails, with what differs.
+    pub fn check(&self) -> Result<(), String> {
+        let meta = match std::fs::symlink_metadata(&self.path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("was removed".into()),
+            Err(e) => return Err(format!("cannot be examined: {e}")),
+        };
+        if !meta.file_type().is_file() {
+            return Err("is no longer a regular file".into());
+        }
+        if meta_identity(&meta) != self.identity {
+            return Err("was replaced by another file".into());
+        }
+        if meta.len() != self.len {
+            return Err(format!("holds {} bytes where this node wrote {}", meta.len(), self.len));
+        }
+        let mut end = vec![0u8; self.tail.len()];
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, &mut end, self.len - self.tail.len() as u64)
+            .map_err(|e| format!("cannot be read back: {e}"))?;
+        if end != self.tail {
+            return Err("ends with other bytes than this node wrote".into());
+        }
+        Ok(())
     }
 
     fn layout(lines: impl Iterator<Item = (u32, String)>) -> (String, HashMap<u32, u64>) {
@@ -112,6 +161,10 @@ impl ClientKeys {
         if let Some(offset) = self.lines.remove(&id) {
             write_at(&self.file, b"#", offset).map_err(StoreError::io(&self.path))?;
             self.dead += 1;
+            let tail_start = self.len - self.tail.len() as u64;
+            if let Some(byte) = offset.checked_sub(tail_start).and_then(|i| self.tail.get_mut(i as usize)) {
+                *byte = b'#';
+            }
         }
         Ok(())
     }
@@ -151,6 +204,9 @@ impl ClientKeys {
                 self.lines.insert(id, self.len + at);
             }
             self.len += appended.len() as u64;
+            let mut tail = std::mem::take(&mut self.tail);
+            tail.extend_from_slice(appended.as_bytes());
+            self.tail = tail_of(&tail).to_vec();
         }
         if self.dead >= COMPACT_AFTER && self.dead > self.live() {
             self.compact()?;
@@ -167,6 +223,8 @@ impl ClientKeys {
         });
         let (text, lines) = Self::layout(live);
         self.file = replace(&self.path, text.as_bytes())?;
+        self.identity = identity(&self.file).map_err(StoreError::io(&self.path))?;
+        self.tail = tail_of(text.as_bytes()).to_vec();
         self.len = text.len() as u64;
         self.lines = lines;
         self.dead = 0;
@@ -335,5 +393,66 @@ mod tests {
         let parsed = parse(&read(dir.path())).unwrap();
         assert_eq!(parsed.len(), 1000);
         assert!(parsed.iter().all(|p| p.id != 2500));
+    }
+
+    #[test]
+    fn a_file_someone_else_changed_is_found_at_the_next_write_and_written_whole_again() {
+        use super::super::derived::Derived;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut all = vec![e(1, "web", 'a'), e(2, "db", 'b')];
+        let mut derived = Derived::open(d, &all).unwrap();
+        // Its own writes (an append, a removal inside the compared tail) keep it intact.
+        derived.record(AgentChange::Added(e(3, "mail", 'c')));
+        derived.record(AgentChange::Removed { id: 3 });
+        derived.record(AgentChange::Added(e(4, "dns", 'd')));
+        all.push(e(4, "dns", 'd'));
+        assert_eq!(derived.committed(d, || Ok(all.clone())).unwrap(), None);
+        derived.record(AgentChange::Removed { id: 4 });
+        all.pop();
+        assert_eq!(derived.committed(d, || Ok(all.clone())).unwrap(), None);
+        assert_eq!(derived.client_keys().check(), Ok(()));
+        let path = d.join("etc/client.keys");
+        let live = |text: &str| parse(text).unwrap().into_iter().map(|a| a.id).collect::<Vec<_>>();
+
+        // Truncated by hand: the next enrollment does not write at its old offset (a hole of NUL
+        // bytes before it) but the whole file again.
+        std::fs::OpenOptions::new().write(true).truncate(true).open(&path).unwrap();
+        assert!(derived.client_keys().check().unwrap_err().contains("0 bytes where this node wrote"));
+        derived.record(AgentChange::Added(e(5, "ntp", 'e')));
+        all.push(e(5, "ntp", 'e'));
+        let why = derived.committed(d, || Ok(all.clone())).unwrap().expect("repaired");
+        assert!(why.contains("written again whole"), "{why}");
+        let text = read(d);
+        assert!(!text.contains('\0'));
+        assert_eq!((text.clone(), live(&text)), (render(&all), vec![1, 2, 5]));
+
+        // Appended to, edited at its end, replaced by another file, removed: each found.
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut f, b"099 intruder any k\n").unwrap();
+        assert!(derived.client_keys().check().unwrap_err().contains("bytes where"));
+        assert_eq!(derived.repair(d, || Ok(all.clone())).unwrap().is_some(), true);
+        assert_eq!(read(d), render(&all));
+        let mut edited = read(d).into_bytes();
+        let n = edited.len();
+        edited[n - 2] = b'X';
+        std::os::unix::fs::FileExt::write_all_at(
+            &std::fs::OpenOptions::new().write(true).open(&path).unwrap(),
+            &edited[n - 2..n - 1],
+            n as u64 - 2,
+        )
+        .unwrap();
+        assert!(derived.client_keys().check().unwrap_err().contains("other bytes"));
+        derived.repair(d, || Ok(all.clone())).unwrap();
+        std::fs::write(d.join("etc/other"), render(&all)).unwrap();
+        std::fs::rename(d.join("etc/other"), &path).unwrap();
+        assert!(derived.client_keys().check().unwrap_err().contains("replaced"));
+        derived.repair(d, || Ok(all.clone())).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(derived.client_keys().check().unwrap_err().contains("removed"));
+        derived.repair(d, || Ok(all.clone())).unwrap();
+        assert_eq!((derived.client_keys().check(), read(d)), (Ok(()), render(&all)));
+        // Intact: nothing to do.
+        assert_eq!(derived.repair(d, || Ok(all.clone())).unwrap(), None);
     }
 }

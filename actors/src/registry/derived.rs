@@ -101,27 +101,39 @@ impl Derived {
 
     /// The transaction committed: brings the sink and client.keys up to date. `entries` reads the
     /// whole table, needed only after a reset (or to write client.keys whole again after a failed
-    /// write). An error is about client.keys only: the commit stands, the sink has the changes, and
-    /// the next commit writes the file whole.
+    /// write, or when someone else changed the file). An error is about client.keys only: the
+    /// commit stands, the sink has the changes, and the next commit writes the file whole. `Ok`
+    /// carries why the file was written whole again when someone else had changed it.
     pub fn committed(
         &mut self,
         data_dir: &Path,
         entries: impl FnOnce() -> Result<Vec<AgentEntry>, StoreError>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         let changes = std::mem::take(&mut self.pending);
         let reset = std::mem::replace(&mut self.reset, false) || self.resync;
         if !reset && changes.is_empty() && !self.keys_stale {
-            return Ok(());
+            return Ok(None);
         }
         if !reset {
             if let Some(s) = &self.sink {
                 s.apply(&changes);
             }
         }
+        // Each write first checks that the file is still what this node wrote: lines written at
+        // offsets of a file someone truncated or replaced would be lost or land in a hole.
+        let mut repaired = None;
         if !reset && !self.keys_stale {
-            let written = self.keys.apply(&changes);
-            self.keys_stale = written.is_err();
-            return written;
+            match self.keys.check() {
+                Ok(()) => {
+                    let written = self.keys.apply(&changes);
+                    self.keys_stale = written.is_err();
+                    return written.map(|()| None);
+                }
+                Err(why) => {
+                    repaired =
+                        Some(format!("{} {why}: written again whole from the registry", self.keys.path().display()))
+                }
+            }
         }
         let all = match entries() {
             Ok(all) => all,
@@ -139,7 +151,25 @@ impl Derived {
         }
         let written = ClientKeys::create(data_dir, &all).map(|k| self.keys = k);
         self.keys_stale = written.is_err();
-        written
+        written.map(|()| repaired)
+    }
+
+    /// Between transactions: writes client.keys whole again if someone else changed it, and says
+    /// why it did.
+    pub fn repair(
+        &mut self,
+        data_dir: &Path,
+        entries: impl FnOnce() -> Result<Vec<AgentEntry>, StoreError>,
+    ) -> Result<Option<String>, StoreError> {
+        match self.keys.check() {
+            Ok(()) if !self.keys_stale => Ok(None),
+            Ok(()) => self.committed(data_dir, entries),
+            Err(why) => {
+                self.keys_stale = true;
+                self.committed(data_dir, entries)?;
+                Ok(Some(format!("{} {why}: written again whole from the registry", self.keys.path().display())))
+            }
+        }
     }
 
     pub fn client_keys(&self) -> &ClientKeys {

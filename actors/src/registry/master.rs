@@ -118,6 +118,13 @@ pub struct Registry {
     /// [`Registry::contest_line`]): the last one seen, and the throttle.
     last_contest: Option<(u32, String, String)>,
     contests: crate::throttle::Throttle,
+    /// Reconnect orders (see [`Registry::release_claims`]) still in force.
+    releases: Vec<Release>,
+    /// Moves those orders caused, logged once per interval: the last one (agent, from, to), how
+    /// many since the last line, and the throttle.
+    last_move: Option<(u32, String, String)>,
+    moves: u64,
+    move_lines: crate::throttle::Throttle,
     /// The API's users as every part of the node reads them, refreshed after each commit that
     /// changed them.
     users: Option<std::sync::Arc<super::user_store::UserDirectory>>,
@@ -126,6 +133,18 @@ pub struct Registry {
     removals: Vec<String>,
     removals_mark: usize,
 }
+
+/// A reconnect order: the agents it names (all when `None`) that `holder` has (any node when
+/// `None`) may be claimed by another node until `until_ms`.
+#[derive(Debug, Clone)]
+struct Release {
+    ids: Option<std::collections::HashSet<u32>>,
+    holder: Option<String>,
+    until_ms: u64,
+}
+
+/// How long after a reconnect order the agents it names may move without contest.
+pub const RELEASE_MS: u64 = 2 * CLAIM_LAPSE_MS;
 
 /// An agent active on a live node stays that node's, against other nodes' reports, until that
 /// node reports it gone, leaves the cluster, or has not reported a keep-alive of it for this long
@@ -227,6 +246,10 @@ impl Registry {
             live: Default::default(),
             last_contest: None,
             contests: crate::throttle::Throttle::new(std::time::Duration::from_secs(10)),
+            releases: Vec::new(),
+            last_move: None,
+            moves: 0,
+            move_lines: crate::throttle::Throttle::new(std::time::Duration::from_secs(10)),
             users: None,
             removals: Vec::new(),
             removals_mark: 0,
@@ -247,6 +270,18 @@ impl Registry {
     /// client.keys as it is kept (for figures and tests).
     pub fn client_keys(&self) -> &super::client_keys::ClientKeys {
         self.derived.client_keys()
+    }
+
+    /// Writes client.keys whole again if someone else changed it since this node wrote it (every
+    /// write checks too; this catches a change while nothing is enrolled or removed). Between
+    /// transactions only. Returns what was found and done, if anything.
+    pub fn repair_client_keys(&mut self) -> Result<Option<String>, StoreError> {
+        let conn = &self.conn;
+        let repaired = self.derived.repair(&self.data_dir, || all_entries(conn))?;
+        if let Some(why) = &repaired {
+            log::warn!("agent registry in {}: {why}", self.data_dir.display());
+        }
+        Ok(repaired)
     }
 
     /// Keeps `directory` equal to the users table from now on (filled now).
@@ -861,10 +896,38 @@ impl Registry {
         ))
     }
 
+    /// An operator asked the agents `ids` (all when empty) connected to `holder` (any node when
+    /// `None`) to reconnect: for [`RELEASE_MS`] from `now`, another node's claim of one of them is
+    /// the move this causes, taken (and logged as such), not a contest.
+    pub fn release_claims(&mut self, holder: Option<&str>, ids: &[u32], now: u64) {
+        self.releases.retain(|r| r.until_ms > now);
+        let ids = (!ids.is_empty()).then(|| ids.iter().copied().collect());
+        self.releases.push(Release { ids, holder: holder.map(str::to_string), until_ms: now + RELEASE_MS });
+    }
+
+    fn released(&self, id: u32, holder: &str, now: u64) -> bool {
+        self.releases.iter().any(|r| {
+            r.until_ms > now
+                && r.ids.as_ref().is_none_or(|ids| ids.contains(&id))
+                && r.holder.as_deref().is_none_or(|h| h == holder)
+        })
+    }
+
+    /// A log line about the moves reconnect orders caused since the last line, at most once per
+    /// 10 s (the caller logs it, naming its node).
+    pub fn move_line(&mut self) -> Option<String> {
+        self.last_move.as_ref()?;
+        self.move_lines.allow()?;
+        let (id, from, to) = self.last_move.take()?;
+        let n = std::mem::take(&mut self.moves);
+        let others = if n > 1 { format!(" ({} more agents moved since the last line)", n - 1) } else { String::new() };
+        Some(format!("agent {} moved from {from} to {to} after a reconnect order{others}", fmt_id(id)))
+    }
+
     /// Whether `node`'s report on agent `id` contests the claim of another live node that has it
     /// active and reported it within [`CLAIM_LAPSE_MS`]: the master's order is that the first
-    /// claim holds.
-    fn contested(&mut self, node: &str, id: u32, now: u64) -> Result<Option<String>, StoreError> {
+    /// claim holds, unless a reconnect order released the agent (then the claim is its move).
+    fn contested(&mut self, node: &str, id: u32, now: u64, claim: bool) -> Result<Option<String>, StoreError> {
         let Some(holder) = self.counts.active_on(id) else { return Ok(None) };
         if holder == node || !self.live.contains(holder) {
             return Ok(None);
@@ -877,6 +940,11 @@ impl Registry {
             .optional()?
             .flatten();
         let fresh = last.is_some_and(|t| now.saturating_sub(t.max(0) as u64) < CLAIM_LAPSE_MS);
+        if fresh && claim && self.released(id, &holder, now) {
+            self.last_move = Some((id, holder, node.to_string()));
+            self.moves += 1;
+            return Ok(None);
+        }
         Ok(fresh.then_some(holder))
     }
 
@@ -896,9 +964,14 @@ impl Registry {
                 unknown += 1;
                 continue;
             }
-            if let Some(holder) = self.contested(node, u.id, now)? {
+            let claim = u.status == "active";
+            if let Some(holder) = self.contested(node, u.id, now, claim)? {
                 stale += 1;
-                self.last_contest = Some((u.id, node.to_string(), holder));
+                // Only a claim is a contest: another node's word that the agent left it (its old
+                // session ending after a move) is merely stale.
+                if claim {
+                    self.last_contest = Some((u.id, node.to_string(), holder));
+                }
                 continue;
             }
             let changed = if u.version.is_none()
@@ -1133,8 +1206,10 @@ impl Registry {
         self.removals_mark = 0;
         let users_changed = self.derived.take_users_changed();
         let conn = &self.conn;
-        if let Err(e) = self.derived.committed(&self.data_dir, || all_entries(conn)) {
-            log::warn!("agent registry in {}: cannot update client.keys: {e}", self.data_dir.display());
+        match self.derived.committed(&self.data_dir, || all_entries(conn)) {
+            Ok(None) => {}
+            Ok(Some(repaired)) => log::warn!("agent registry in {}: {repaired}", self.data_dir.display()),
+            Err(e) => log::warn!("agent registry in {}: cannot update client.keys: {e}", self.data_dir.display()),
         }
         if let (true, Some(directory)) = (users_changed, &self.users) {
             match super::user_store::read_users(&self.conn) {
@@ -1447,6 +1522,50 @@ mod tests {
         assert_eq!(reg.store_statuses("worker-1", &[status(a.id, "active", Some(old))]).unwrap(), (1, 0, 0));
         assert_eq!(reg.store_statuses("worker-2", &[status(a.id, "active", Some(now_ms()))]).unwrap(), (1, 0, 0));
         assert_eq!(node_of(&reg), ("active".to_string(), "worker-2".to_string()));
+    }
+
+    #[test]
+    fn a_reconnect_order_makes_the_moves_it_causes_moves_not_contests() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reg = Registry::open(dir.path()).unwrap();
+        let a = enroll(&mut reg, &agent("moving", None)).unwrap();
+        let b = enroll(&mut reg, &agent("staying", None)).unwrap();
+        for n in ["worker-1", "worker-2"] {
+            reg.set_live(n, true);
+        }
+        for id in [a.id, b.id] {
+            assert_eq!(reg.store_statuses("worker-1", &[status(id, "active", Some(now_ms()))]).unwrap(), (1, 0, 0));
+        }
+        // Without an order, worker-2's claim is a contest, logged as one.
+        assert_eq!(reg.store_statuses("worker-2", &[status(a.id, "active", Some(now_ms()))]).unwrap(), (0, 0, 1));
+        assert!(reg.contest_line().is_some_and(|l| l.contains("not telling the truth")));
+        assert_eq!(reg.move_line(), None);
+        // The operator reconnects agent `a` (only): its move to worker-2 is taken and logged as a move.
+        reg.release_claims(None, &[a.id], now_ms());
+        assert_eq!(reg.store_statuses("worker-2", &[status(a.id, "active", Some(now_ms()))]).unwrap(), (1, 0, 0));
+        assert_eq!(reg.contest_line(), None);
+        let line = reg.move_line().expect("a move line");
+        assert!(
+            line.contains(&format!("agent {} moved from worker-1 to worker-2 after a reconnect order", fmt_id(a.id))),
+            "{line}"
+        );
+        // The old session's word that it left is merely stale: neither stored nor a contest.
+        assert_eq!(
+            reg.store_statuses("worker-1", &[status(a.id, "disconnected", Some(now_ms() - 5))]).unwrap(),
+            (0, 0, 1)
+        );
+        assert_eq!(reg.contest_line(), None);
+        let row = reg.rows(Some(a.id)).unwrap().remove(0);
+        assert_eq!((row.status.as_str(), row.node_name.as_str()), ("active", "worker-2"));
+        // The order named `a` only; and an order for worker-1's agents does not release worker-2's.
+        assert_eq!(reg.store_statuses("worker-2", &[status(b.id, "active", Some(now_ms()))]).unwrap(), (0, 0, 1));
+        reg.release_claims(Some("worker-2"), &[], now_ms());
+        assert_eq!(reg.store_statuses("worker-2", &[status(b.id, "active", Some(now_ms()))]).unwrap(), (0, 0, 1));
+        // An order lapses.
+        reg.release_claims(None, &[], now_ms() - RELEASE_MS - 1);
+        assert_eq!(reg.store_statuses("worker-2", &[status(b.id, "active", Some(now_ms()))]).unwrap(), (0, 0, 1));
+        reg.release_claims(Some("worker-1"), &[], now_ms());
+        assert_eq!(reg.store_statuses("worker-2", &[status(b.id, "active", Some(now_ms()))]).unwrap(), (1, 0, 0));
     }
 
     #[test]

@@ -273,8 +273,10 @@ impl Store for Replica {
         self.conn.execute_batch("COMMIT")?;
         let users_changed = self.derived.take_users_changed();
         let conn = &self.conn;
-        if let Err(e) = self.derived.committed(&self.data_dir, || all_entries(conn)) {
-            log::warn!("agent replica in {}: cannot update client.keys: {e}", self.data_dir.display());
+        match self.derived.committed(&self.data_dir, || all_entries(conn)) {
+            Ok(None) => {}
+            Ok(Some(repaired)) => log::warn!("agent replica in {}: {repaired}", self.data_dir.display()),
+            Err(e) => log::warn!("agent replica in {}: cannot update client.keys: {e}", self.data_dir.display()),
         }
         if let (true, Some(directory)) = (users_changed, &self.users) {
             match super::user_store::read_users(&self.conn) {

@@ -64,14 +64,19 @@ impl Serve for AgentInfoServe {
     fn serve(&mut self, batch: AgentInfoBatch) -> LocalFuture<Result<Served<MasterToWorker>, ServeError>> {
         let (registry, node, peer) = (self.registry.clone(), self.node.clone(), self.peer.clone());
         Box::pin(async move {
-            let ((stored, unknown, stale), contest) = if batch.updates.is_empty() {
-                ((0, 0, 0), None)
+            let ((stored, unknown, stale), contest, moved) = if batch.updates.is_empty() {
+                ((0, 0, 0), None, None)
             } else {
                 let p = peer.clone();
-                registry.run(move |r| Ok((r.store_statuses(&p, &batch.updates)?, r.contest_line()))).await?
+                registry
+                    .run(move |r| Ok((r.store_statuses(&p, &batch.updates)?, r.contest_line(), r.move_line())))
+                    .await?
             };
             if let Some(line) = contest {
                 warn!(node = node.as_str(); "{line}");
+            }
+            if let Some(line) = moved {
+                info!(node = node.as_str(); "{line}");
             }
             if unknown > 0 {
                 warn!(node = node.as_str(); "worker {peer}: {unknown} status updates for agents that do not exist (deleted?) were not stored");
