@@ -737,8 +737,13 @@ pub struct FilePart {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct FileBatch {
     pub parts: Vec<FilePart>,
-    /// Asked for but not served (gone, changed or refused), with the reason.
+    /// Asked for but not served (refused), with the reason.
     pub refused: Vec<(String, String)>,
+    /// Asked for but changed or removed on the master since: not an error, the change that
+    /// superseded them is announced (or found by the next round). Older masters report these as
+    /// refused.
+    #[serde(default)]
+    pub superseded: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

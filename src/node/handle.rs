@@ -425,6 +425,8 @@ impl NodeHandle {
                 }
             }
             NodeHandle::Worker { link, .. } => {
+                // A file the master would refuse is refused here, without crossing the cluster.
+                wazuh_cluster_actors::registry::admin::check_contents(&request)?;
                 let result =
                     link.send(worker::ForwardAdmin { request, credential }).await.map_err(|_| ChangeError::Stopping)?;
                 result.map_err(ChangeError::Master)?.outcome?;

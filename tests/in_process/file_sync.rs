@@ -165,14 +165,16 @@ async fn a_hostile_worker_cannot_read_outside_the_masters_roots() {
             }
         };
         // Until the master's manifest holds ok.xml (a scan or the file watcher has seen it).
+        // (Until then, ok.xml is answered as superseded: not in the manifest yet.)
         if let Some(b) = answer.filter(|b| !b.parts.is_empty() || b.refused.len() < hostile.len()) {
             break b;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(batch.parts.len(), 1, "only the manifest's own file is served");
+    assert_eq!(batch.parts.len(), 1, "only the manifest's own file is served: {batch:?}");
     assert_eq!(batch.parts[0].path, "etc/rules/ok.xml");
     assert_eq!(batch.refused.len(), hostile.len());
+    assert!(batch.superseded.is_empty(), "a hostile path is refused, never 'superseded': {:?}", batch.superseded);
     // A hostile manifest cannot make the master plan anything outside the roots either.
     let manifest = SyncManifest {
         files: vec![

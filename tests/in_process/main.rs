@@ -17,4 +17,5 @@ mod hostile_worker;
 mod layers;
 mod replica_burst;
 mod runtime_policies;
+mod sync_rules;
 mod users;

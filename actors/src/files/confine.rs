@@ -46,6 +46,18 @@ pub enum FileError {
 }
 
 impl FileError {
+    /// Whether a file a worker asked for is no longer the one announced (changed or removed since
+    /// the master's last scan): the change is announced next, nobody did anything wrong.
+    pub fn superseded(&self) -> bool {
+        match self {
+            FileError::Changed | FileError::NotInManifest => true,
+            FileError::Io { error, .. } => error.kind() == std::io::ErrorKind::NotFound,
+            _ => false,
+        }
+    }
+}
+
+impl FileError {
     /// I/O on `path` failed.
     pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FileError {
         let path = path.to_path_buf();

@@ -131,8 +131,9 @@ fn read_part_checked(
     dirs: &mut Dirs,
     cache: Option<&PartCache>,
 ) -> Result<FilePart, FileError> {
-    let entry = manifest.files.get(rel).ok_or(FileError::NotInManifest)?;
+    // A path that could never be served is refused as such, before it is looked up.
     sync::check_path(rel)?;
+    let entry = manifest.files.get(rel).ok_or(FileError::NotInManifest)?;
     if let Some(part) = cache.and_then(|c| c.get(rel, offset, entry, max)) {
         return Ok(part);
     }
@@ -222,6 +223,7 @@ pub fn read_batch(
                                 used += part.data.len() + part.path.len() + 64;
                                 batch.parts.push(part);
                             }
+                            Err(e) if e.superseded() => batch.superseded.push(item.path.clone()),
                             Err(e) => batch.refused.push((item.path.clone(), e.to_string())),
                         }
                     }
@@ -235,6 +237,7 @@ pub fn read_batch(
     for b in parts {
         out.parts.extend(b.parts);
         out.refused.extend(b.refused);
+        out.superseded.extend(b.superseded);
     }
     out
 }

@@ -28,11 +28,11 @@ impl Registry {
             AdminRequest::AssignGroup { id, group } => self.assign(*id, group),
             AdminRequest::UnassignGroup { id, group } => self.unassign(*id, group),
             AdminRequest::PutRulesetFile { root, name, content, overwrite } => {
-                return Ok(self.put_ruleset_file(*root, name, content, *overwrite));
+                return Ok(check_contents(req).and_then(|()| self.put_ruleset_file(*root, name, content, *overwrite)));
             }
             AdminRequest::DeleteRulesetFile { root, name } => return Ok(self.delete_ruleset_file(*root, name)),
             AdminRequest::PutGroupConfiguration { group, content } => {
-                return Ok(self.put_group_configuration(group, content));
+                return Ok(check_contents(req).and_then(|()| self.put_group_configuration(group, content)));
             }
             AdminRequest::CreateUser { .. }
             | AdminRequest::UpdateUser { .. }
@@ -52,8 +52,36 @@ impl Registry {
 /// Largest ruleset file taken through the API.
 pub const MAX_RULESET_FILE: usize = 10 << 20;
 
+/// Checks the contents a request carries (a ruleset file's name and text, an agent.conf), as the
+/// master does before applying it: a worker checks the same before it forwards the request, so
+/// that a refused file is answered at once and never crosses the cluster.
+pub fn check_contents(req: &AdminRequest) -> Result<(), AdminError> {
+    match req {
+        AdminRequest::PutRulesetFile { root, name, content, .. } => {
+            root.check_name(name).map_err(AdminError::Invalid)?;
+            if content.len() > MAX_RULESET_FILE {
+                return Err(AdminError::Invalid(format!("{name}: larger than {MAX_RULESET_FILE} bytes")));
+            }
+            let kind = ruleset::kind_of(&format!("{}/{name}", root.dir())).unwrap_or(ruleset::Kind::Other);
+            ruleset::check(kind, content, ruleset::Source::Api)
+                .map_err(|why| AdminError::Invalid(format!("{}/{name}: {why}", root.dir())))
+        }
+        AdminRequest::PutGroupConfiguration { group, content } => {
+            if !wazuh_cluster_protocol::agent::enrollment::valid_group_name(group) {
+                return Err(AdminError::Invalid(format!(
+                    "{:?} is not a group name",
+                    wazuh_cluster_protocol::agent::enrollment::printable(group)
+                )));
+            }
+            ruleset::check(ruleset::Kind::Xml, content, ruleset::Source::Api)
+                .map_err(|why| AdminError::Invalid(format!("etc/shared/{group}/agent.conf: {why}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 impl Registry {
-    /// Writes `etc/<root>/<name>` in the master's sync roots, atomically (a temporary name file sync
+    /// Writes `etc/<root>/<name>` (checked by [`check_contents`]) in the master's sync roots, atomically (a temporary name file sync
     /// skips, then a rename), so that file sync never sees half a file.
     fn put_ruleset_file(
         &self,
@@ -62,13 +90,6 @@ impl Registry {
         content: &[u8],
         overwrite: bool,
     ) -> Result<(), AdminError> {
-        root.check_name(name).map_err(AdminError::Invalid)?;
-        if content.len() > MAX_RULESET_FILE {
-            return Err(AdminError::Invalid(format!("{name}: larger than {MAX_RULESET_FILE} bytes")));
-        }
-        let kind = ruleset::kind_of(&format!("{}/{name}", root.dir())).unwrap_or(ruleset::Kind::Other);
-        ruleset::check(kind, content, ruleset::Source::Api)
-            .map_err(|why| AdminError::Invalid(format!("{}/{name}: {why}", root.dir())))?;
         let dir = self.data_dir().join(root.dir());
         let path = dir.join(name);
         if !overwrite && path.exists() {
@@ -84,18 +105,10 @@ impl Registry {
 
     /// Writes `etc/shared/<group>/agent.conf` of an existing group, atomically.
     fn put_group_configuration(&self, group: &str, content: &[u8]) -> Result<(), AdminError> {
-        if !wazuh_cluster_protocol::agent::enrollment::valid_group_name(group) {
-            return Err(AdminError::Invalid(format!(
-                "{:?} is not a group name",
-                wazuh_cluster_protocol::agent::enrollment::printable(group)
-            )));
-        }
         let dir = self.data_dir().join("etc/shared").join(group);
         if !dir.is_dir() {
             return Err(AdminError::NoSuchGroup(group.to_string()));
         }
-        ruleset::check(ruleset::Kind::Xml, content, ruleset::Source::Api)
-            .map_err(|why| AdminError::Invalid(format!("etc/shared/{group}/agent.conf: {why}")))?;
         let unavailable = |e: std::io::Error| AdminError::Unavailable(format!("etc/shared/{group}/agent.conf: {e}"));
         let tmp = dir.join("agent.conf.tmp");
         std::fs::write(&tmp, content).map_err(unavailable)?;

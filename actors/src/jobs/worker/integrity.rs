@@ -66,6 +66,7 @@ pub(super) struct SyncTotals {
     diff: Differences,
     bytes: u64,
     errors: u64,
+    superseded: u64,
     rounds: u64,
     announcements: u64,
 }
@@ -92,6 +93,8 @@ struct RoundReport {
     deleted: usize,
     bytes: u64,
     errors: Vec<String>,
+    /// Files changed again on the master since they were announced (fetched with that change).
+    superseded: usize,
     notes: Vec<String>,
     /// Paths written or deleted.
     touched: Vec<String>,
@@ -208,6 +211,11 @@ async fn fetch_and_apply(
         for (path, why) in batch.refused {
             asked.remove(&path);
             report.errors.push(format!("{path}: not served by the master: {why}"));
+        }
+        // Changed again on the master since it was announced: the newer change comes next.
+        for path in batch.superseded {
+            asked.remove(&path);
+            report.superseded += 1;
         }
         if let Some(job) = writing.take() {
             absorb(job, report, &mut staged, &mut queue).await?;
@@ -377,6 +385,7 @@ impl Integrity {
             t.diff = r.diff;
             t.bytes += r.bytes;
             t.errors += r.errors.len() as u64;
+            t.superseded += r.superseded as u64;
             for e in r.errors.iter().take(20) {
                 warn!(node = node.as_str(); "file sync with {}: {e}", self.core.peer);
             }
@@ -394,7 +403,12 @@ impl Integrity {
             for note in &r.notes {
                 info!(node = node.as_str(); "file sync with {}: {note}", self.core.peer);
             }
-            info!(node = node.as_str(); "file sync with master {}: {} missing, {} changed, {} extra; {} written, {} deleted, {} bytes in {} ms",
+            let superseded = if r.superseded > 0 {
+                format!("; {} changed again on the master meanwhile (fetched with that change)", r.superseded)
+            } else {
+                String::new()
+            };
+            info!(node = node.as_str(); "file sync with master {}: {} missing, {} changed, {} extra; {} written, {} deleted, {} bytes in {} ms{superseded}",
                 self.core.peer, r.diff.missing, r.diff.changed, r.diff.extra, r.written, r.deleted, r.bytes, r.took_ms);
             log::debug!(node = node.as_str(); "file sync phases (ms): {:?}", r.phases);
         }
@@ -422,6 +436,7 @@ impl Integrity {
             ("extra".into(), t.diff.extra as u64),
             ("bytes_received".into(), t.bytes),
             ("errors".into(), t.errors),
+            ("superseded".into(), t.superseded),
             ("rounds".into(), t.rounds),
             ("announcements".into(), t.announcements),
             ("in_sync".into(), u64::from(r.in_sync)),
