@@ -4,6 +4,7 @@
 //! and 1,000 group directories under etc/shared), then measures, on this machine:
 //! - cold local integrity (full scan and MD5 of every file, no previous manifest),
 //! - warm scan (nothing changed),
+//! - the ruleset check a master makes at its start (every rule, decoder and list file read and checked),
 //! - single-change detection latency (a file written on the master -> a new manifest digest),
 //! - one file propagated to every worker (p50, p99 over `--rounds` edits),
 //! - a fresh worker's full sync (time and throughput), for `--workers` workers at once, repeated
@@ -70,17 +71,27 @@ fn content(seed: u64, len: usize) -> Vec<u8> {
         "</regex>",
         "^(\\S+) ",
     ];
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let mut out = Vec::with_capacity(len + 32);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+    for x in numbers(seed) {
+        if out.len() >= len {
+            break;
+        }
         out.extend_from_slice(words[(x % words.len() as u64) as usize].as_bytes());
         out.extend_from_slice((x % 100_000).to_string().as_bytes());
     }
     out.truncate(len);
     out
+}
+
+/// Deterministic pseudo-random numbers (xorshift) from `seed`.
+fn numbers(seed: u64) -> impl Iterator<Item = u64> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    std::iter::repeat_with(move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    })
 }
 
 /// A rule or decoder file of about `len` bytes that passes the master's check (the text in a comment).
@@ -93,12 +104,11 @@ fn xml_file(seed: u64, len: usize) -> Vec<u8> {
 
 /// A CDB list of about `len` bytes (`key:value` lines).
 fn list_file(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let mut out = Vec::with_capacity(len + 32);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+    for x in numbers(seed) {
+        if out.len() >= len {
+            break;
+        }
         out.extend_from_slice(format!("10.{}.{}.{}:{}\n", x % 256, (x >> 8) % 256, (x >> 16) % 256, x % 7).as_bytes());
     }
     out
@@ -258,7 +268,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
 
     // Local integrity, cold and warm.
     let dir = master_dir.clone();
-    let (cold, warm) = actix_rt::task::spawn_blocking(move || {
+    let (cold, warm, checked, held) = actix_rt::task::spawn_blocking(move || {
         let t = Instant::now();
         let (m, _) = scan(&dir, None);
         let cold = t.elapsed();
@@ -269,10 +279,19 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
             warm.push(t.elapsed().as_secs_f64() * 1000.0);
         }
         warm.sort_by(|a, b| a.total_cmp(b));
-        (cold, warm)
+        // What a master adds at its start: every rule, decoder and list file read and checked.
+        let t = Instant::now();
+        let (_, held) = wazuh_cluster_actors::manifest::hold_back(&dir, &m, None, &Default::default());
+        (cold, warm, t.elapsed(), held.len())
     })
     .await?;
-    eprintln!("cold scan {:.0} ms, warm scan median {:.0} ms", ms(cold), percentile(&warm, 0.5));
+    eprintln!(
+        "cold scan {:.0} ms, warm scan median {:.0} ms, ruleset check of every rule, decoder and list {:.0} ms ({held} held back)",
+        ms(cold),
+        percentile(&warm, 0.5),
+        ms(checked)
+    );
+    anyhow::ensure!(held == 0, "{held} generated files failed the ruleset check");
 
     // A cluster: the master on the generated tree; fresh workers join it below.
     let master_cfg = node_config(&master_dir, "bench-master", "master", &[])?;
@@ -385,6 +404,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         "bytes": bytes,
         "cold_scan_ms": ms(cold),
         "warm_scan_ms_p50": percentile(&warm, 0.5),
+        "cold_ruleset_check_ms": ms(checked),
         "change_detection_ms_p50": percentile(&detect, 0.5),
         "change_detection_ms_p99": percentile(&detect, 0.99),
         "one_file_to_every_worker_ms_p50": percentile(&propagate, 0.5),

@@ -174,3 +174,29 @@ pub fn worker_services() -> WorkerServices {
         files_only: false,
     }
 }
+
+/// A stand-in for analysisd's control socket (`queue/sockets/analysis`: a 4-byte little-endian
+/// length, then JSON, each way) at `path`: each request goes to `on_request`, whose bytes are the
+/// answer. Runs until the test's runtime ends.
+pub async fn control_stand_in(
+    path: std::path::PathBuf,
+    mut on_request: impl FnMut(serde_json::Value) -> Vec<u8> + 'static,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    std::fs::create_dir_all(path.parent().expect("dir")).expect("dir");
+    let listener = tokio::net::UnixListener::bind(&path).expect("bind control");
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else { return };
+        let mut len = [0u8; 4];
+        if s.read_exact(&mut len).await.is_err() {
+            continue;
+        }
+        let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+        if s.read_exact(&mut body).await.is_err() {
+            continue;
+        }
+        let answer = on_request(serde_json::from_slice(&body).unwrap_or_default());
+        let _ = s.write_all(&(answer.len() as u32).to_le_bytes()).await;
+        let _ = s.write_all(&answer).await;
+    }
+}

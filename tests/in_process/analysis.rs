@@ -10,7 +10,7 @@ use common::cluster::TestCluster;
 use common::*;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use wazuh_cluster_actors::agents::messages::GetHubView;
 use wazuh_multi_node::sim::{connector, enroll_one, parse_key, read_payload, SimAgent};
@@ -158,32 +158,21 @@ async fn without_analysisd_agents_are_served_drops_are_counted_and_delivery_resu
 }
 
 /// A stand-in for analysisd's control socket: answers every request with `answer`, and records
-/// when each came and what the watched file held then.
+/// what each asked and what the watched file held then.
 async fn control_stand_in(
     path: std::path::PathBuf,
     watched: std::path::PathBuf,
     answer: &'static [u8],
     seen: std::sync::Arc<std::sync::Mutex<Vec<(serde_json::Value, String)>>>,
 ) {
-    std::fs::create_dir_all(path.parent().expect("dir")).expect("dir");
-    let listener = tokio::net::UnixListener::bind(&path).expect("bind control");
-    loop {
-        let Ok((mut s, _)) = listener.accept().await else { return };
-        let mut len = [0u8; 4];
-        if s.read_exact(&mut len).await.is_err() {
-            continue;
-        }
-        let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
-        if s.read_exact(&mut body).await.is_err() {
-            continue;
-        }
+    common::control_stand_in(path, move |request| {
         let content = std::fs::read_to_string(&watched).unwrap_or_default();
         if let Ok(mut v) = seen.lock() {
-            v.push((serde_json::from_slice(&body).unwrap_or_default(), content));
+            v.push((request, content));
         }
-        let _ = s.write_all(&(answer.len() as u32).to_le_bytes()).await;
-        let _ = s.write_all(answer).await;
-    }
+        answer.to_vec()
+    })
+    .await
 }
 
 #[actix_rt::test]

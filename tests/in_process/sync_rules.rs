@@ -11,7 +11,6 @@ use crate::common;
 use common::cluster::{TestCluster, API_TOKEN};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -86,7 +85,8 @@ async fn create_groups(api: std::net::SocketAddr, names: Vec<String>, parallel: 
 
 #[actix_rt::test]
 async fn five_thousand_new_groups_reach_two_workers_in_a_burst_without_a_warning() {
-    let cluster = TestCluster::start("burst", 2).await;
+    // Slower keep-alives than the test clusters' default, as in the test below.
+    let cluster = TestCluster::start_with("burst", 2, &[("cluster.intervals.keepalive", "2s".into())]).await;
     let master_api = cluster.master().api_addr;
     let names: Vec<String> = (0..5000).map(|i| format!("burst-{i:05}")).collect();
     let t = Instant::now();
@@ -142,8 +142,16 @@ async fn five_thousand_new_groups_reach_two_workers_in_a_burst_without_a_warning
 
 #[actix_rt::test]
 async fn a_thousand_identical_rule_files_land_on_every_worker_in_one_round() {
-    let cluster = TestCluster::start("same", 2).await;
+    // Keep-alives slower than the test clusters' default: a debug build on two busy cores may go
+    // quiet for longer than 0.6 s during the round, and a reconnect would split it in two.
+    let cluster = TestCluster::start_with("same", 2, &[("cluster.intervals.keepalive", "2s".into())]).await;
     let master = dir_of(&cluster, &cluster.master_name());
+    // Both workers first hold what the master has now (the default group).
+    for i in 0..2 {
+        while figure(&cluster.worker(i).handle, "Integrity", "in_sync").await != 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let rule = b"<group name=\"same\">\n  <rule id=\"100500\" level=\"3\"><match>same</match></rule>\n</group>\n";
     // Made aside and moved into the master's root at once: one change, one announcement.
     let aside = master.join("aside/identical");
@@ -151,6 +159,7 @@ async fn a_thousand_identical_rule_files_land_on_every_worker_in_one_round() {
         write(&aside.join(format!("same_{i:04}.xml")), rule);
     }
     std::fs::create_dir_all(master.join("etc/rules")).expect("rules");
+    let moved_at = wazuh_cluster_actors::clock::now_ms();
     std::fs::rename(&aside, master.join("etc/rules/identical")).expect("move in");
     let workers: Vec<PathBuf> = (0..2).map(|i| dir_of(&cluster, &cluster.worker_name(i))).collect();
     let took = until("1,000 identical rule files on both workers", WAIT, || {
@@ -159,12 +168,23 @@ async fn a_thousand_identical_rule_files_land_on_every_worker_in_one_round() {
     .await;
     println!("1,000 identical rule files on both workers {} ms after they appeared on the master", took.as_millis());
     for (i, w) in workers.iter().enumerate() {
+        // The round that renamed them into place has ended (and been counted).
+        let handle = &cluster.worker(i).handle;
+        while figure(handle, "Integrity", "in_sync").await != 1
+            || figure(handle, "Integrity", "last_sync_end_at_ms").await < moved_at
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         for n in 0..1000 {
             assert_eq!(std::fs::read(w.join(format!("etc/rules/identical/same_{n:04}.xml"))).expect("read"), rule);
         }
         // The round that brought them found all 1,000 missing and refused none.
-        let handle = &cluster.worker(i).handle;
-        assert_eq!(figure(handle, "Integrity", "missing").await, 1000, "worker {i} needed more than one round");
+        let rounds = common::find_logs(&cluster.worker_name(i), &["file sync with master"]);
+        assert_eq!(
+            figure(handle, "Integrity", "missing").await,
+            1000,
+            "worker {i} needed more than one round: {rounds:#?}"
+        );
         assert_eq!(figure(handle, "Integrity", "errors").await, 0, "worker {i}");
     }
 }
@@ -221,18 +241,7 @@ async fn a_deleted_group_leaves_every_node_and_comes_back_with_the_default_files
 /// A stand-in for analysisd's control socket that, like analysisd, compiles every CDB list under
 /// `lists` into a `.cdb` file beside it at each reload; counts the reloads.
 async fn compiling_stand_in(socket: PathBuf, lists: PathBuf, reloads: std::sync::Arc<std::sync::atomic::AtomicU64>) {
-    std::fs::create_dir_all(socket.parent().expect("dir")).expect("dir");
-    let listener = tokio::net::UnixListener::bind(&socket).expect("bind control");
-    loop {
-        let Ok((mut s, _)) = listener.accept().await else { return };
-        let mut len = [0u8; 4];
-        if s.read_exact(&mut len).await.is_err() {
-            continue;
-        }
-        let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
-        if s.read_exact(&mut body).await.is_err() {
-            continue;
-        }
+    common::control_stand_in(socket, move |_| {
         for entry in walkdir::WalkDir::new(&lists).into_iter().flatten() {
             let p = entry.path();
             if entry.file_type().is_file() && p.extension().is_none() {
@@ -241,10 +250,9 @@ async fn compiling_stand_in(socket: PathBuf, lists: PathBuf, reloads: std::sync:
             }
         }
         reloads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let answer = br#"{"error":0,"message":"ok","data":[]}"#;
-        let _ = s.write_all(&(answer.len() as u32).to_le_bytes()).await;
-        let _ = s.write_all(answer).await;
-    }
+        br#"{"error":0,"message":"ok","data":[]}"#.to_vec()
+    })
+    .await
 }
 
 #[actix_rt::test]

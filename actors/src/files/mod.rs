@@ -98,34 +98,47 @@ pub(crate) mod tests {
         assert!(read_part(master.path(), &m, "../../etc/passwd", 0, 10).is_err());
     }
 
-    /// Identical contents are staged once (the second and third cost no transfer), and every file
-    /// still lands in the same apply: each gets a staged copy of its own first.
+    /// Identical contents are staged apart, each for its destination (also when written on several
+    /// threads at once), and every file lands in the same apply.
     #[test]
-    fn identical_files_are_staged_once_and_all_land_in_one_round() {
+    fn identical_files_are_staged_apart_and_all_land_in_one_round() {
         let master = tempfile::tempdir().unwrap();
         let worker = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(master.path().join("etc/rules")).unwrap();
         std::fs::create_dir_all(worker.path().join("etc/rules")).unwrap();
         std::fs::write(worker.path().join("etc/rules/kept.xml"), "<group/>").unwrap();
-        for name in ["a.xml", "b.xml", "c.xml"] {
+        let names: Vec<String> = (0..64).map(|i| format!("same_{i}.xml")).collect();
+        for name in &names {
             std::fs::write(master.path().join("etc/rules").join(name), "<group name=\"same\"/>\n").unwrap();
         }
         let (m, _) = scan(master.path(), None);
         let staging = Staging::open(worker.path()).unwrap();
-        let mut staged = Vec::new();
-        let mut transferred = 0;
-        for meta in m.metas() {
-            let part = read_part(master.path(), &m, &meta.path, staging.have(&meta), 1 << 20).unwrap();
-            transferred += part.raw_len;
-            staged.push(staging.write(&meta, &part).unwrap().unwrap());
-        }
-        assert_eq!(transferred, 21, "the same content (21 bytes) is transferred once");
-        assert!(staged.iter().all(|s| s.path == staged[0].path), "one staged copy for the three");
-        staging.separate(&mut staged);
+        let metas = m.metas();
+        let staged: Vec<Staged> = std::thread::scope(|s| {
+            let handles: Vec<_> = metas
+                .chunks(8)
+                .map(|chunk| {
+                    let (staging, master, m) = (&staging, master.path(), &m);
+                    s.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|meta| {
+                                assert_eq!(staging.have(meta), 0, "nothing staged for {} yet", meta.path);
+                                let part = read_part(master, m, &meta.path, 0, 1 << 20).unwrap();
+                                staging.write(meta, &part).unwrap().unwrap()
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        let paths: std::collections::HashSet<&std::path::PathBuf> = staged.iter().map(|s| &s.path).collect();
+        assert_eq!(paths.len(), 64, "one staged file per destination");
         staging.sync(&staged).unwrap();
         let out = staging.apply(worker.path(), staged, &[]);
-        assert_eq!((out.written.len(), out.refused.len()), (3, 0), "{:?}", out.refused);
-        for name in ["a.xml", "b.xml", "c.xml"] {
+        assert_eq!((out.written.len(), out.refused.len()), (64, 0), "{:?}", out.refused);
+        for name in &names {
             assert_eq!(std::fs::read(worker.path().join("etc/rules").join(name)).unwrap(), b"<group name=\"same\"/>\n");
         }
     }

@@ -1,4 +1,5 @@
-//! The worker's side of file sync: received parts are staged (content-keyed partial files, so a
+//! The worker's side of file sync: received parts are staged (partial files keyed by destination
+//! and content, so a
 //! cut transfer resumes), checked (size, MD5), made durable, and only then renamed into place, so a
 //! crash leaves the old or the new version of each file, never a torn one. A root the worker holds
 //! nothing under is staged as a tree and moved in with one atomic directory exchange.
@@ -22,7 +23,7 @@ fn walk_error(root: &Path) -> impl Fn(walkdir::Error) -> FileError + '_ {
 ///
 /// Files of a root the worker holds nothing under ("fresh" roots, e.g. on a new worker) are staged
 /// as a tree shaped like the root, and the whole root is moved into place with one rename instead
-/// of one rename per file. Every other file is staged flat, keyed by content.
+/// of one rename per file. Every other file is staged flat, keyed by destination and content.
 pub struct Staging {
     dir: PathBuf,
     /// Fresh roots, each with whether its staged tree already existed (a resumed transfer).
@@ -68,8 +69,15 @@ impl Staging {
     fn part_path(&self, meta: &FileMeta) -> PathBuf {
         match self.fresh_root(&meta.path) {
             Some(_) => self.tree().join(&meta.path),
-            // Keyed by content: a transfer cut midway resumes where it stopped.
-            None => self.dir.join(format!("{}-{}.part", meta.md5, meta.size)),
+            // Keyed by destination and content: a transfer cut midway resumes where it stopped,
+            // and files of identical contents (every new group's default agent.conf) never share
+            // one staged copy, which the first rename into place would use up (or two threads
+            // staging them at once would interleave).
+            None => {
+                use md5::{Digest, Md5};
+                let to = crate::manifest::hex(&Md5::digest(meta.path.as_bytes()));
+                self.dir.join(format!("{}-{}-{}.part", meta.md5, meta.size, &to[..16]))
+            }
         }
     }
 
@@ -176,30 +184,6 @@ impl Staging {
 }
 
 impl Staging {
-    /// Gives every staged file a staged copy of its own. Files are staged by content, so files
-    /// with identical contents (every new group's default `agent.conf`, a rule file written under
-    /// several names) share one staged copy, which the first rename into place would use up: each
-    /// of the others gets a copy here, before the batch is made durable, so all of them land in
-    /// this round. A copy that cannot be made leaves its file to fail alone (and come next round).
-    pub fn separate(&self, staged: &mut [Staged]) {
-        let mut seen: std::collections::HashMap<PathBuf, u64> = std::collections::HashMap::new();
-        for st in staged.iter_mut() {
-            if self.fresh_root(&st.meta.path).is_some() {
-                // Staged in a tree, at its own path.
-                continue;
-            }
-            let n = seen.entry(st.path.clone()).or_insert(0);
-            *n += 1;
-            if *n == 1 {
-                continue;
-            }
-            let copy = self.dir.join(format!("{}-{}.{n}.part", st.meta.md5, st.meta.size));
-            if std::fs::copy(&st.path, &copy).is_ok() {
-                st.path = copy;
-            }
-        }
-    }
-
     /// Makes every staged file durable before any of them is applied: a few files are fsynced one by
     /// one (a filesystem sync would also wait for everything else dirty on the disk), a batch of
     /// more with one filesystem sync instead of one `fsync` per file.

@@ -502,8 +502,11 @@ impl Registry {
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let conf = dir.join("agent.conf");
         if std::fs::symlink_metadata(&conf).is_err() {
-            std::fs::write(&conf, "<agent_config>\n\n  <!-- Shared agent configuration here -->\n\n</agent_config>\n")
-                .map_err(io(&conf))?;
+            // Whole or not at all: file sync (which skips `.tmp` names) never sees half of it.
+            let tmp = dir.join("agent.conf.tmp");
+            std::fs::write(&tmp, "<agent_config>\n\n  <!-- Shared agent configuration here -->\n\n</agent_config>\n")
+                .map_err(io(&tmp))?;
+            std::fs::rename(&tmp, &conf).map_err(io(&conf))?;
         }
         Ok(())
     }

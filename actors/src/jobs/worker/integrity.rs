@@ -104,8 +104,9 @@ struct RoundReport {
     phases: Vec<(&'static str, u64)>,
 }
 
-/// What a staging job did: files staged whole, files with parts still to fetch, errors, bytes.
-type Written = (Vec<files::Staged>, Vec<FileMeta>, Vec<String>, u64);
+/// What a staging job did: files staged whole, files with parts still to fetch, errors, bytes,
+/// and how many files the master served in a newer version than the one asked for.
+type Written = (Vec<files::Staged>, Vec<FileMeta>, Vec<String>, u64, usize);
 
 /// Writes the parts of one answer into the staging area, on every core (the disk's latency, not
 /// the CPU, is what a batch of small files waits on).
@@ -115,9 +116,12 @@ fn stage_answer(
     parts: Vec<wazuh_cluster_protocol::message::FilePart>,
 ) -> Written {
     let (mut done, mut pending, mut errors, mut bytes) = (Vec::new(), Vec::new(), Vec::new(), 0u64);
+    let mut superseded = 0;
     let mut work = Vec::with_capacity(parts.len());
     for part in parts {
         match asked.remove(&part.path) {
+            // The master changed the file since it announced it: the newer change comes next.
+            Some(meta) if meta.md5 != part.md5 || meta.size != part.size => superseded += 1,
             Some(meta) => work.push((meta, part)),
             None => errors.push(format!("{}: a part nobody asked for", part.path)),
         }
@@ -148,7 +152,7 @@ fn stage_answer(
     }
     // Asked for but not in this answer (the budget ran out): ask again.
     pending.extend(asked.into_values());
-    (done, pending, errors, bytes)
+    (done, pending, errors, bytes, superseded)
 }
 
 /// Waits for a staging job and takes in its outcome: staged files to apply, files to ask for again.
@@ -158,8 +162,9 @@ async fn absorb(
     staged: &mut Vec<files::Staged>,
     queue: &mut FetchQueue,
 ) -> Result<(), SyncError> {
-    let (done, pending, errors, bytes) = job.await.map_err(joined)?;
+    let (done, pending, errors, bytes, superseded) = job.await.map_err(joined)?;
     report.bytes += bytes;
+    report.superseded += superseded;
     report.errors.extend(errors);
     staged.extend(done);
     queue.requeue(pending);
@@ -227,11 +232,8 @@ async fn fetch_and_apply(
     report.phases.push(("waiting for the master", waited_ms));
     let dir = data_dir.to_path_buf();
     let (applied, sync_ms, apply_ms) = actix_rt::task::spawn_blocking(move || {
-        // Files of identical contents each get a staged copy of their own; then staged files
-        // become durable before any of them replaces a live one.
+        // Staged files become durable before any of them replaces a live one.
         let t = std::time::Instant::now();
-        let mut staged = staged;
-        staging.separate(&mut staged);
         staging.sync(&staged)?;
         let sync_ms = t.elapsed().as_millis() as u64;
         let t = std::time::Instant::now();
