@@ -445,7 +445,7 @@ mod tests {
         assert_eq!(check(Kind::Xml, b"<a>\n\xff</a>"), Err(Refused::NotText { line: 2 }));
         assert_eq!(check(Kind::List, b"a:b\n\nc:d"), Err(Refused::List { line: 2 }));
         assert_eq!(check(Kind::List, b"a:b\nc\0:d"), Err(Refused::Nul { line: 2 }));
-        assert_eq!(check(Kind::Other, &vec![0u8; 100]), Ok(()));
+        assert_eq!(check(Kind::Other, &[0u8; 100]), Ok(()));
         assert!(check(Kind::Other, &vec![0u8; MAX_OTHER_FILE + 1]).is_err());
     }
 

@@ -171,7 +171,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let shared = dir.path().join("etc/shared/tmpc");
         let mut reg = Registry::open(dir.path()).unwrap();
-        let mut apply = |reg: &mut Registry, req: AdminRequest| {
+        let apply = |reg: &mut Registry, req: AdminRequest| {
             reg.begin().unwrap();
             let out = reg.admin(&req).unwrap();
             reg.commit().unwrap();
