@@ -57,9 +57,13 @@ impl Manifest {
     }
 
     /// The digest a worker holding `theirs` reaches once in sync: this manifest's files plus the
-    /// worker's own copies of the paths held back (which it keeps).
+    /// worker's own copies of the paths held back (which it keeps) and of names each node owns
+    /// (which a worker of an earlier version still lists, and which are never deleted either).
     pub fn digest_for(&self, theirs: &[FileMeta]) -> String {
-        let kept: Vec<&FileMeta> = theirs.iter().filter(|m| self.held.contains(&m.path)).collect();
+        let kept: Vec<&FileMeta> = theirs
+            .iter()
+            .filter(|m| self.held.contains(&m.path) || sync::check_path(&m.path) == Err(sync::PathError::Excluded))
+            .collect();
         if kept.is_empty() {
             return self.digest();
         }
@@ -608,6 +612,19 @@ mod tests {
         };
         assert_eq!(served.digest_for(&worker), theirs.digest());
         assert_eq!(served.digest_for(&served.metas()), served.digest());
+        // A worker of an earlier version lists the files it owns: kept, and in sync with them.
+        let mut older = served.metas();
+        older.push(FileMeta { path: "etc/lists/ok.cdb".into(), size: 3, md5: "11".into() });
+        let (fetch, delete, _, _) = crate::files::plan(&served, &older);
+        assert!(fetch.is_empty() && delete.is_empty());
+        let older_view = Manifest {
+            files: older
+                .iter()
+                .map(|m| (m.path.clone(), FileEntry { size: m.size, mtime_ns: 0, md5: m.md5.clone() }))
+                .collect(),
+            ..Manifest::default()
+        };
+        assert_eq!(served.digest_for(&older), older_view.digest());
         // Unchanged files are not judged again; the held ones keep their reason without a read.
         std::fs::remove_file(d.join("etc/lists/bad")).unwrap();
         std::fs::create_dir(d.join("etc/lists/bad")).unwrap();

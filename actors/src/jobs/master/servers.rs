@@ -106,9 +106,9 @@ pub struct IntegrityServe {
     pub peer: String,
     /// Changes announced to the worker (by the connection's announcer task).
     pub announcements: Arc<AtomicU64>,
-    /// With files held back: the master's digest at this worker's last plan and the digest the
-    /// worker reaches by following it (its own copies of the held paths included), so that its
-    /// next checks count as in sync while neither changes.
+    /// When the worker keeps files the master does not serve (held back, or node-owned names an
+    /// older worker lists): the master's digest at this worker's last plan and the digest the worker
+    /// reaches by following it, so that its next checks count as in sync while neither changes.
     pub kept: Arc<std::sync::Mutex<Option<(String, String)>>>,
 }
 
@@ -137,16 +137,14 @@ impl Serve for IntegrityServe {
                 }
                 IntegrityRequest::Manifest(theirs) => {
                     let (fetch, delete, _, _) = crate::files::plan(&summary.manifest, &theirs.files);
-                    let mut master_digest = summary.digest.clone();
-                    if !summary.manifest.held.is_empty() {
-                        let manifest = summary.manifest.clone();
-                        let goal = actix_rt::task::spawn_blocking(move || manifest.digest_for(&theirs.files))
-                            .await
-                            .map_err(|e| ServeError::Internal(format!("the digest thread failed: {e}")))?;
-                        if let Ok(mut k) = kept.lock() {
-                            *k = Some((summary.digest.clone(), goal.clone()));
-                        }
-                        master_digest = goal;
+                    // What the worker holds once it follows the plan: the master's files, plus
+                    // its own copies of the paths held back and of the names each node owns.
+                    let manifest = summary.manifest.clone();
+                    let master_digest = actix_rt::task::spawn_blocking(move || manifest.digest_for(&theirs.files))
+                        .await
+                        .map_err(|e| ServeError::Internal(format!("the digest thread failed: {e}")))?;
+                    if let Ok(mut k) = kept.lock() {
+                        *k = (master_digest != summary.digest).then(|| (summary.digest.clone(), master_digest.clone()));
                     }
                     let plan = SyncPlan { master_digest, fetch, delete };
                     Ok(Served { reply: MasterToWorker::SyncPlan(plan), counts: vec![("plans", 1)] })
