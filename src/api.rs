@@ -145,7 +145,7 @@ async fn agents(node: web::Data<NodeHandle>, query: web::Query<AgentsParams>) ->
     };
     let q = match q.with_q(p.q.as_deref().unwrap_or("")) {
         Ok(q) => q,
-        Err(e) => return HttpResponse::BadRequest().json(error_body(400, &e)),
+        Err(e) => return HttpResponse::BadRequest().json(error_body(400, &e.to_string())),
     };
     let q = match q.with_limit(p.limit) {
         Ok(q) => q,

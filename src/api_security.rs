@@ -143,7 +143,7 @@ pub(super) async fn create_user(
         return bad_request("username: at least 4 characters");
     }
     if let Err(why) = wazuh_cluster_actors::registry::users::check_name(&username) {
-        return bad_request(&why);
+        return bad_request(&why.to_string());
     }
     let password_hash = match hash_new_password(&access, password).await {
         Ok(hash) => hash,

@@ -117,7 +117,7 @@ pub fn valid_hash(hash: &str) -> bool {
 
 /// Why a configured password hash is refused (not Argon2, or dearer to check than a sign-in may
 /// be: see [`wazuh_cluster_actors::registry::users::check_hash`]).
-pub fn check_hash_cost(hash: &str) -> Result<(), String> {
+pub fn check_hash_cost(hash: &str) -> Result<(), wazuh_cluster_actors::registry::users::UserFieldError> {
     wazuh_cluster_actors::registry::users::check_hash(hash)
 }
 
@@ -441,7 +441,7 @@ mod tests {
     fn configured_hashes_above_the_sign_in_cost_bound_are_refused() {
         assert!(check_hash_cost(&hash_password("x").unwrap()).is_ok());
         let costly = "$argon2id$v=19$m=262144,t=2,p=1$c2FsdHNhbHRzYWx0$3kFqOZXJ6hb3ZsmBdEi7Tq6z2eEHD2Xu3v1nD3Glmjo";
-        assert!(check_hash_cost(costly).unwrap_err().contains("m=262144"));
+        assert!(check_hash_cost(costly).unwrap_err().to_string().contains("m=262144"));
     }
 
     #[test]

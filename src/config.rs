@@ -719,7 +719,7 @@ fn validate(raw: RawConfig, file: Option<&Path>, host_name: Option<&str>) -> Res
     }
     let admission = non_empty(cluster.admission).unwrap_or_else(|| "token".into());
     if let Err(e) = admission.parse::<wazuh_cluster_actors::admission::AdmissionMode>() {
-        return Err(invalid("cluster.admission", e));
+        return Err(invalid("cluster.admission", e.to_string()));
     }
     let join_token = non_empty(cluster.join_token);
     if let Some(t) = &join_token {

@@ -53,14 +53,80 @@ pub enum AdmissionMode {
     Open,
 }
 
+/// A `cluster.admission` value that is neither mode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown admission mode {0:?} (expected \"token\" or \"open\")")]
+pub struct UnknownMode(pub String);
+
 impl std::str::FromStr for AdmissionMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownMode;
+    fn from_str(s: &str) -> Result<Self, UnknownMode> {
         match s {
             "token" => Ok(AdmissionMode::Token),
             "open" => Ok(AdmissionMode::Open),
-            other => Err(format!("unknown admission mode {other:?} (expected \"token\" or \"open\")")),
+            other => Err(UnknownMode(other.to_string())),
         }
+    }
+}
+
+/// Why a node's identity does not check out against the key pinned for it.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("invalid node name: {0}")]
+    Name(String),
+    #[error("no master-eligible node at a configured address answers as {0:?}: not a member")]
+    NotAMember(String),
+    #[error("the {0} sent no identity key")]
+    NoKey(&'static str),
+    #[error("the {0} did not sign the handshake with its identity")]
+    Unsigned(&'static str),
+    #[error("the {0}'s signature of the handshake does not verify with its identity key")]
+    BadSignature(&'static str),
+    #[error(transparent)]
+    Proof(#[from] wazuh_cluster_protocol::identity::IdentityError),
+    #[error(transparent)]
+    Changed(Box<IdentityChanged>),
+    #[error("cannot pin the {what}'s identity in {}: {error}", path.display())]
+    Pin { what: &'static str, path: PathBuf, error: std::io::Error },
+    #[error("cannot read {}: {error}", path.display())]
+    Read { path: PathBuf, error: std::io::Error },
+}
+
+/// A node offers another identity than the one pinned for it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the {what}'s identity changed: this {us} knows {known}, {name:?} offers {offered}; if it was re-installed on purpose, remove {} on this {us}",
+    pin.display()
+)]
+pub struct IdentityChanged {
+    what: &'static str,
+    us: &'static str,
+    known: String,
+    name: String,
+    offered: String,
+    pin: PathBuf,
+}
+
+/// Why a worker is not admitted on its message 3.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmissionError {
+    #[error("{0}")]
+    Refused(Refusal),
+    #[error(transparent)]
+    Identity(#[from] wazuh_cluster_protocol::identity::IdentityError),
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error("the hello names a join token but message 3 has no proof of it")]
+    NoTokenProof,
+    #[error("the join token was used up meanwhile")]
+    TokenUsedUp,
+    #[error("cannot record the worker: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for AdmissionError {
+    fn from(e: rusqlite::Error) -> Self {
+        AdmissionError::Store(e.into())
     }
 }
 
@@ -112,7 +178,7 @@ pub fn check_master_identity(
     hello: &Hello,
     hello_hash: &[u8],
     signature: Option<&[u8]>,
-) -> Result<bool, String> {
+) -> Result<bool, PinError> {
     check_pinned_identity(&data_dir.join(MASTER_PIN_FILE), "master", "worker", hello, hello_hash, signature)
 }
 
@@ -137,22 +203,19 @@ pub fn check_peer_identity(
     hello: &Hello,
     hello_hash: &[u8],
     signature: Option<&[u8]>,
-) -> Result<bool, String> {
-    wazuh_cluster_protocol::handshake::check_node_name(&hello.node_name)?;
+) -> Result<bool, PinError> {
+    wazuh_cluster_protocol::handshake::check_node_name(&hello.node_name).map_err(PinError::Name)?;
     let pin = peer_pin_file(data_dir, &hello.node_name);
     check_pinned_identity(&pin, "master-eligible peer", "node", hello, hello_hash, signature)
 }
 
 /// A master-eligible peer on a connection it opened: its identity must be the one pinned for its
 /// name, which only this node's own dials to the members' configured addresses pin.
-pub fn check_known_peer_identity(data_dir: &Path, hello: &Hello, confirmed: &Confirmed) -> Result<(), String> {
+pub fn check_known_peer_identity(data_dir: &Path, hello: &Hello, confirmed: &Confirmed) -> Result<(), PinError> {
     if !is_pinned_peer(data_dir, &hello.node_name) {
-        return Err(format!(
-            "no master-eligible node at a configured address answers as {:?}: not a member",
-            hello.node_name
-        ));
+        return Err(PinError::NotAMember(hello.node_name.clone()));
     }
-    let proof = Proof::parse(&confirmed.proof).map_err(|e| e.to_string())?;
+    let proof = Proof::parse(&confirmed.proof)?;
     check_peer_identity(data_dir, hello, &confirmed.hash, Some(&proof.signature[..])).map(|_| ())
 }
 
@@ -160,32 +223,28 @@ pub fn check_known_peer_identity(data_dir: &Path, hello: &Hello, confirmed: &Con
 /// when there is none: `Ok(true)`).
 fn check_pinned_identity(
     path: &Path,
-    what: &str,
-    us: &str,
+    what: &'static str,
+    us: &'static str,
     hello: &Hello,
     hello_hash: &[u8],
     signature: Option<&[u8]>,
-) -> Result<bool, String> {
-    let key = hello
-        .public_key
-        .as_deref()
-        .and_then(PublicKey::from_slice)
-        .ok_or(format!("the {what} sent no identity key"))?;
-    let signature = signature.ok_or(format!("the {what} did not sign the handshake with its identity"))?;
-    key.verify_handshake(hello_hash, signature)
-        .map_err(|_| format!("the {what}'s signature of the handshake does not verify with its identity key"))?;
+) -> Result<bool, PinError> {
+    let key = hello.public_key.as_deref().and_then(PublicKey::from_slice).ok_or(PinError::NoKey(what))?;
+    let signature = signature.ok_or(PinError::Unsigned(what))?;
+    key.verify_handshake(hello_hash, signature).map_err(|_| PinError::BadSignature(what))?;
     match std::fs::read_to_string(path) {
         Ok(text) => {
             if text.trim() == key.to_string() {
                 Ok(false)
             } else {
-                Err(format!(
-                    "the {what}'s identity changed: this {us} knows {}, {:?} offers {}; if it was re-installed on purpose, remove {} on this {us}",
-                    text.trim().get(..16).unwrap_or("?"),
-                    hello.node_name,
-                    key.fingerprint(),
-                    path.display()
-                ))
+                Err(PinError::Changed(Box::new(IdentityChanged {
+                    what,
+                    us,
+                    known: text.trim().get(..16).unwrap_or("?").to_string(),
+                    name: hello.node_name.clone(),
+                    offered: key.fingerprint(),
+                    pin: path.to_path_buf(),
+                })))
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -198,10 +257,10 @@ fn check_pinned_identity(
                 std::fs::File::open(&tmp)?.sync_all()?;
                 std::fs::rename(&tmp, path)
             };
-            write().map_err(|e| format!("cannot pin the {what}'s identity in {}: {e}", path.display()))?;
+            write().map_err(|error| PinError::Pin { what, path: path.to_path_buf(), error })?;
             Ok(true)
         }
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        Err(error) => Err(PinError::Read { path: path.to_path_buf(), error }),
     }
 }
 
@@ -352,56 +411,48 @@ impl Admission {
 
     /// The decision on message 3: the signature must be the hello's key's over this connection's
     /// hash, and a join must prove its token, whose use is recorded with the worker's key.
-    pub fn finish(&mut self, hello: &Hello, confirmed: &Confirmed, now_ms: u64) -> Result<Admitted, String> {
-        let key = key_of(hello).map_err(|r| r.to_string())?;
-        let proof = Proof::parse(&confirmed.proof).map_err(|e| e.to_string())?;
-        proof.verify(&key, &confirmed.hash).map_err(|e| e.to_string())?;
-        self.check_hello(hello, now_ms).map_err(|r| r.to_string())?;
-        if self.recorded_key(&hello.node_name).map_err(|e| e.to_string())? == Some(key) {
+    pub fn finish(&mut self, hello: &Hello, confirmed: &Confirmed, now_ms: u64) -> Result<Admitted, AdmissionError> {
+        let key = key_of(hello).map_err(AdmissionError::Refused)?;
+        let proof = Proof::parse(&confirmed.proof)?;
+        proof.verify(&key, &confirmed.hash)?;
+        self.check_hello(hello, now_ms).map_err(AdmissionError::Refused)?;
+        if self.recorded_key(&hello.node_name)? == Some(key) {
             return Ok(Admitted::Known);
         }
-        let db = |e: rusqlite::Error| format!("cannot record the worker: {e}");
         if let Some(token) = hello.join_token.as_deref().and_then(|id| self.standing(id)) {
-            let mac = proof.token_mac.ok_or("the hello names a join token but message 3 has no proof of it")?;
-            token.verify_mac(&confirmed.hash, &key, &mac).map_err(|e| e.to_string())?;
-            self.conn
-                .execute(
-                    "INSERT OR REPLACE INTO nodes (name, public_key, admitted_ms, how) VALUES (?1, ?2, ?3, ?4)",
-                    params![hello.node_name, &key.0[..], now_ms as i64, format!("standing token {}", token.id)],
-                )
-                .map_err(db)?;
+            let mac = proof.token_mac.ok_or(AdmissionError::NoTokenProof)?;
+            token.verify_mac(&confirmed.hash, &key, &mac)?;
+            self.conn.execute(
+                "INSERT OR REPLACE INTO nodes (name, public_key, admitted_ms, how) VALUES (?1, ?2, ?3, ?4)",
+                params![hello.node_name, &key.0[..], now_ms as i64, format!("standing token {}", token.id)],
+            )?;
             return Ok(Admitted::Joined(token.id.clone()));
         }
         if let Some(id) = &hello.join_token {
-            if let Some(token) = self.usable_token(id, now_ms).map_err(|e| e.to_string())? {
-                let mac = proof.token_mac.ok_or("the hello names a join token but message 3 has no proof of it")?;
-                token.verify_mac(&confirmed.hash, &key, &mac).map_err(|e| e.to_string())?;
-                let tx = self.conn.transaction().map_err(db)?;
-                let used = tx
-                    .execute(
-                        "UPDATE join_tokens SET uses_left = uses_left - 1 WHERE id = ?1 AND uses_left > 0 AND expires_ms > ?2",
-                        params![id, now_ms as i64],
-                    )
-                    .map_err(db)?;
+            if let Some(token) = self.usable_token(id, now_ms)? {
+                let mac = proof.token_mac.ok_or(AdmissionError::NoTokenProof)?;
+                token.verify_mac(&confirmed.hash, &key, &mac)?;
+                let tx = self.conn.transaction()?;
+                let used = tx.execute(
+                    "UPDATE join_tokens SET uses_left = uses_left - 1 WHERE id = ?1 AND uses_left > 0 AND expires_ms > ?2",
+                    params![id, now_ms as i64],
+                )?;
                 if used != 1 {
-                    return Err("the join token was used up meanwhile".into());
+                    return Err(AdmissionError::TokenUsedUp);
                 }
                 tx.execute(
                     "INSERT OR REPLACE INTO nodes (name, public_key, admitted_ms, how) VALUES (?1, ?2, ?3, ?4)",
                     params![hello.node_name, &key.0[..], now_ms as i64, format!("token {id}")],
-                )
-                .map_err(db)?;
-                tx.commit().map_err(db)?;
+                )?;
+                tx.commit()?;
                 return Ok(Admitted::Joined(id.clone()));
             }
         }
         // check_hello passed without a recorded key or a usable token: open mode, new name.
-        self.conn
-            .execute(
-                "INSERT INTO nodes (name, public_key, admitted_ms, how) VALUES (?1, ?2, ?3, 'open')",
-                params![hello.node_name, &key.0[..], now_ms as i64],
-            )
-            .map_err(db)?;
+        self.conn.execute(
+            "INSERT INTO nodes (name, public_key, admitted_ms, how) VALUES (?1, ?2, ?3, 'open')",
+            params![hello.node_name, &key.0[..], now_ms as i64],
+        )?;
         Ok(Admitted::Pinned)
     }
 
@@ -489,11 +540,11 @@ mod tests {
         let (thief, _) = NodeIdentity::generate().unwrap();
         assert!(a.finish(&h, &confirm(&thief, b"hash", Some(&issued.token)), now).is_err());
         assert_eq!(
-            a.finish(&h, &confirm(&w1, b"hash", Some(&issued.token)), now),
-            Ok(Admitted::Joined(issued.token.id.clone()))
+            a.finish(&h, &confirm(&w1, b"hash", Some(&issued.token)), now).ok(),
+            Some(Admitted::Joined(issued.token.id.clone()))
         );
         // Known from now on, token or not; the token is used up for anyone else.
-        assert_eq!(a.finish(&hello("w1", &w1, None), &confirm(&w1, b"h2", None), now), Ok(Admitted::Known));
+        assert_eq!(a.finish(&hello("w1", &w1, None), &confirm(&w1, b"h2", None), now).ok(), Some(Admitted::Known));
         let (w2, _) = NodeIdentity::generate().unwrap();
         assert!(a.check_hello(&hello("w2", &w2, Some(&issued.token)), now).is_err());
         // Another key under a known name is refused, even with a usable token.
@@ -519,8 +570,8 @@ mod tests {
             // Years later too: it does not expire.
             let later = now + 10 * 365 * 86_400_000;
             assert_eq!(
-                a.finish(&h, &confirm(&w, b"h", Some(&standing)), later),
-                Ok(Admitted::Joined(standing.id.clone()))
+                a.finish(&h, &confirm(&w, b"h", Some(&standing)), later).ok(),
+                Some(Admitted::Joined(standing.id.clone()))
             );
         }
         assert_eq!(a.known().unwrap().len(), 5);
@@ -549,14 +600,14 @@ mod tests {
     fn a_revoked_identity_is_refused_under_any_name_and_the_name_can_join_again_with_a_new_key() {
         let mut a = store(AdmissionMode::Open);
         let (w1, _) = NodeIdentity::generate().unwrap();
-        assert_eq!(a.finish(&hello("w1", &w1, None), &confirm(&w1, b"h", None), 1), Ok(Admitted::Pinned));
+        assert_eq!(a.finish(&hello("w1", &w1, None), &confirm(&w1, b"h", None), 1).ok(), Some(Admitted::Pinned));
         assert!(a.revoke("w1", 2).unwrap().is_some());
         assert!(a.revoke("nobody", 2).unwrap().is_none());
         for name in ["w1", "w9"] {
             assert_eq!(a.check_hello(&hello(name, &w1, None), 3), Err(Refusal::Revoked { name: name.into() }));
         }
         let (fresh, _) = NodeIdentity::generate().unwrap();
-        assert_eq!(a.finish(&hello("w1", &fresh, None), &confirm(&fresh, b"h", None), 4), Ok(Admitted::Pinned));
+        assert_eq!(a.finish(&hello("w1", &fresh, None), &confirm(&fresh, b"h", None), 4).ok(), Some(Admitted::Pinned));
     }
 
     #[test]
@@ -577,14 +628,15 @@ mod tests {
         let mut h = test_settings("m").hello();
         h.public_key = Some(master.public_key().0.to_vec());
         let sig = master.sign_handshake(b"h1");
-        assert_eq!(check_master_identity(dir.path(), &h, b"h1", Some(&sig)), Ok(true));
-        assert_eq!(check_master_identity(dir.path(), &h, b"h1", Some(&sig)), Ok(false));
+        assert_eq!(check_master_identity(dir.path(), &h, b"h1", Some(&sig)).ok(), Some(true));
+        assert_eq!(check_master_identity(dir.path(), &h, b"h1", Some(&sig)).ok(), Some(false));
         assert!(check_master_identity(dir.path(), &h, b"h2", Some(&sig)).is_err(), "a signature of another hash");
         assert!(check_master_identity(dir.path(), &h, b"h1", None).is_err());
         let (impostor, _) = NodeIdentity::generate().unwrap();
         h.public_key = Some(impostor.public_key().0.to_vec());
         let err = check_master_identity(dir.path(), &h, b"h1", Some(&impostor.sign_handshake(b"h1"))).unwrap_err();
-        assert!(err.contains("identity changed"), "{err}");
+        assert!(matches!(err, PinError::Changed(_)), "{err}");
+        assert!(err.to_string().contains("identity changed"), "{err}");
     }
 
     #[test]

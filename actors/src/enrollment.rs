@@ -136,7 +136,7 @@ pub fn server_tls(
     let key_pem = std::fs::read(&key_path).map_err(io(&key_path))?;
     let pem_err = |p: &Path| {
         let path = p.display().to_string();
-        move |reason: String| TlsSetupError::Pem { path, reason }
+        move |reason: PemError| TlsSetupError::Pem { path, reason: reason.to_string() }
     };
     let certs: Vec<_> = rustls_pemfile_certs(&cert_pem).map_err(pem_err(&cert_path))?;
     let key = rustls_pemfile_key(&key_pem).map_err(pem_err(&key_path))?;
@@ -155,19 +155,27 @@ pub fn server_tls(
     Ok(Arc::new(config))
 }
 
-fn rustls_pemfile_certs(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+/// Why a PEM file gave no certificate or key.
+#[derive(Debug, thiserror::Error)]
+enum PemError {
+    #[error(transparent)]
+    Pem(#[from] rustls::pki_types::pem::Error),
+    #[error("no certificate found")]
+    NoCertificate,
+}
+
+fn rustls_pemfile_certs(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, PemError> {
     use rustls::pki_types::pem::PemObject;
-    let certs: Result<Vec<_>, _> = rustls::pki_types::CertificateDer::pem_slice_iter(pem).collect();
-    let certs = certs.map_err(|e| e.to_string())?;
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(pem).collect::<Result<_, _>>()?;
     if certs.is_empty() {
-        return Err("no certificate found".into());
+        return Err(PemError::NoCertificate);
     }
     Ok(certs)
 }
 
-fn rustls_pemfile_key(pem: &[u8]) -> Result<rustls::pki_types::PrivateKeyDer<'static>, String> {
+fn rustls_pemfile_key(pem: &[u8]) -> Result<rustls::pki_types::PrivateKeyDer<'static>, PemError> {
     use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::PrivateKeyDer::from_pem_slice(pem).map_err(|e| e.to_string())
+    Ok(rustls::pki_types::PrivateKeyDer::from_pem_slice(pem)?)
 }
 
 /// Accepts enrollments on `listener` until the returned task is aborted. Every connection takes a

@@ -32,8 +32,8 @@ pub enum LinkError {
     Refused { peer: String, refusal: Refusal },
     #[error("refused {peer}: {refusal}")]
     RefusedPeer { peer: String, refusal: Refusal },
-    #[error("{0}")]
-    MasterIdentity(String),
+    #[error(transparent)]
+    MasterIdentity(#[from] crate::admission::PinError),
 }
 
 impl LinkError {

@@ -9,6 +9,7 @@ use crate::jobs::local::{FilesChanged, MasterServices};
 use crate::jobs::master::MasterJobs;
 use crate::jobs::runtime::{FaultKind, InjectFault as JobFault};
 use crate::link::{self, LinkError};
+use crate::registry::StoreError;
 use crate::settings::ChannelSettings;
 use crate::supervise::{AllStopped, JobHealth};
 use actix::prelude::*;
@@ -355,10 +356,12 @@ impl Handler<Accepted> for MasterListener {
                     let name = link.peer.node_name.clone();
                     let Some(confirmed) = link.confirmed.as_ref() else { return };
                     let admitted = if act.follower_files(&name) {
-                        crate::admission::check_known_peer_identity(&act.settings.data_dir, &link.peer, confirmed).map(|()| {
-                            info!(node = node.as_str(); "master-eligible node {name} from {peer} follows this leader's files");
-                            Admitted::Known
-                        })
+                        crate::admission::check_known_peer_identity(&act.settings.data_dir, &link.peer, confirmed)
+                            .map(|()| {
+                                info!(node = node.as_str(); "master-eligible node {name} from {peer} follows this leader's files");
+                                Admitted::Known
+                            })
+                            .map_err(crate::admission::AdmissionError::from)
                     } else {
                         act.admission.finish(&link.peer, confirmed, crate::clock::now_ms())
                     };
@@ -467,20 +470,17 @@ impl MasterListener {
 
 /// Issues a join token (see [`Admission::issue`]).
 #[derive(Message)]
-#[rtype(result = "Result<Issued, String>")]
+#[rtype(result = "Result<Issued, StoreError>")]
 pub struct IssueJoinToken {
     pub ttl: Duration,
     pub uses: u32,
 }
 
 impl Handler<IssueJoinToken> for MasterListener {
-    type Result = Result<Issued, String>;
+    type Result = Result<Issued, StoreError>;
 
     fn handle(&mut self, msg: IssueJoinToken, _: &mut Context<Self>) -> Self::Result {
-        let issued = self
-            .admission
-            .issue(msg.ttl, msg.uses, crate::clock::now_ms())
-            .map_err(|e| format!("cannot issue: {e}"))?;
+        let issued = self.admission.issue(msg.ttl, msg.uses, crate::clock::now_ms())?;
         info!(node = self.settings.node_name.as_str(); "issued join token {} for {} join(s), valid until {} ms", issued.token.id, issued.uses, issued.expires_ms);
         Ok(issued)
     }
@@ -488,18 +488,17 @@ impl Handler<IssueJoinToken> for MasterListener {
 
 /// Revokes a worker's identity and closes its connection. `Ok(None)`: no such admitted worker.
 #[derive(Message)]
-#[rtype(result = "Result<Option<String>, String>")]
+#[rtype(result = "Result<Option<String>, StoreError>")]
 pub struct RevokeWorker {
     pub name: String,
 }
 
 impl Handler<RevokeWorker> for MasterListener {
-    type Result = Result<Option<String>, String>;
+    type Result = Result<Option<String>, StoreError>;
 
     fn handle(&mut self, msg: RevokeWorker, _: &mut Context<Self>) -> Self::Result {
         let node = self.settings.node_name.as_str();
-        let revoked =
-            self.admission.revoke(&msg.name, crate::clock::now_ms()).map_err(|e| format!("cannot revoke: {e}"))?;
+        let revoked = self.admission.revoke(&msg.name, crate::clock::now_ms())?;
         let Some(key) = revoked else { return Ok(None) };
         warn!(node = node; "revoked the identity {} of worker {}; it can no longer join", key.fingerprint(), msg.name);
         if let Some(live) = self.workers.remove(&msg.name) {
@@ -512,14 +511,14 @@ impl Handler<RevokeWorker> for MasterListener {
 
 /// The admitted workers (connected or not).
 #[derive(Message)]
-#[rtype(result = "Result<Vec<KnownNode>, String>")]
+#[rtype(result = "Result<Vec<KnownNode>, StoreError>")]
 pub struct ListAdmitted;
 
 impl Handler<ListAdmitted> for MasterListener {
-    type Result = Result<Vec<KnownNode>, String>;
+    type Result = Result<Vec<KnownNode>, StoreError>;
 
     fn handle(&mut self, _: ListAdmitted, _: &mut Context<Self>) -> Self::Result {
-        self.admission.known().map_err(|e| e.to_string())
+        self.admission.known()
     }
 }
 

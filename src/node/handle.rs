@@ -335,7 +335,7 @@ impl NodeHandle {
             .send(wazuh_cluster_actors::master::IssueJoinToken { ttl, uses })
             .await
             .map_err(|_| ChangeError::Stopping)?
-            .map_err(|e| ChangeError::Refused(AdminError::Unavailable(e)))
+            .map_err(|e| ChangeError::Refused(AdminError::Unavailable(format!("cannot issue: {e}"))))
     }
 
     /// Master: revokes worker `name`'s identity (its connection closes; it cannot join again).
@@ -350,7 +350,7 @@ impl NodeHandle {
             .send(wazuh_cluster_actors::master::RevokeWorker { name })
             .await
             .map_err(|_| ChangeError::Stopping)?
-            .map_err(|e| ChangeError::Refused(AdminError::Unavailable(e)))
+            .map_err(|e| ChangeError::Refused(AdminError::Unavailable(format!("cannot revoke: {e}"))))
     }
 
     /// Agents by connection status, configuration status and node. The master counts its whole

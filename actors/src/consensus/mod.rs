@@ -72,6 +72,24 @@ pub fn group_generation(cluster_name: &str, masters: &[String]) -> u64 {
     (u64::from_le_bytes(first) & (i64::MAX as u64)).max(1)
 }
 
+/// Why a Raft member could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("raft settings: {0}")]
+    Settings(String),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::StoreError),
+    #[error(
+        "the registry in {} already holds agents of a single master; a replicated group starts from empty registries",
+        .0.display()
+    )]
+    NotEmpty(std::path::PathBuf),
+    #[error("cannot open the raft log: {0}")]
+    Log(crate::registry::StoreError),
+    #[error("cannot start raft: {0}")]
+    Raft(String),
+}
+
 /// Starts this master-eligible node's Raft member `id` (1-based place in `masters`, the addresses
 /// of all of them, the same list on every node), over `registry` and the log in `data_dir`, and
 /// proposes the membership if no member has yet (every member may: the same proposal wins once).
@@ -82,7 +100,7 @@ pub async fn start_member(
     registry: crate::registry::StoreHandle<crate::registry::Registry>,
     data_dir: &std::path::Path,
     timing: Timing,
-) -> Result<network::Raft, String> {
+) -> Result<network::Raft, StartError> {
     let config = openraft::Config {
         cluster_name: settings.cluster_name.clone(),
         heartbeat_interval: timing.heartbeat,
@@ -93,22 +111,19 @@ pub async fn start_member(
         ..Default::default()
     }
     .validate()
-    .map_err(|e| format!("raft settings: {e}"))?;
+    .map_err(|e| StartError::Settings(e.to_string()))?;
     let generation = group_generation(&settings.cluster_name, masters);
-    let adopted = registry.run(move |r| r.adopt_generation(generation)).await.map_err(|e| e.to_string())?;
+    let adopted = registry.run(move |r| r.adopt_generation(generation)).await?;
     if !adopted {
-        return Err(format!(
-            "the registry in {} already holds agents of a single master; a replicated group starts from empty registries",
-            data_dir.display()
-        ));
+        return Err(StartError::NotEmpty(data_dir.to_path_buf()));
     }
-    let log = log_store::LogStore::open(data_dir).map_err(|e| format!("cannot open the raft log: {e}"))?;
+    let log = log_store::LogStore::open(data_dir).map_err(StartError::Log)?;
     let sm = state_machine::StateMachine::new(registry, data_dir);
     let net = network::PeerNetwork::new(settings, actix_rt::Arbiter::current());
     let raft = network::Raft::new(id, std::sync::Arc::new(config), net, log, sm)
         .await
-        .map_err(|e| format!("cannot start raft: {e}"))?;
-    if !raft.is_initialized().await.map_err(|e| e.to_string())? {
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    if !raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))? {
         let members: std::collections::BTreeMap<u64, openraft::BasicNode> = masters
             .iter()
             .enumerate()

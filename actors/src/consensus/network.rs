@@ -122,13 +122,23 @@ struct ServeRaft {
     handle: ConnHandle<PeerAcceptSide>,
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
-    serde_json::to_vec(value).map_err(|e| format!("cannot encode a raft answer: {e}"))
+/// Why a peer's Raft request got no answer.
+#[derive(Debug, thiserror::Error)]
+enum AnswerError {
+    #[error("malformed {rpc:?} request: {error}")]
+    Malformed { rpc: RaftRpc, error: serde_json::Error },
+    #[error("cannot encode a raft answer: {0}")]
+    Encode(serde_json::Error),
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, AnswerError> {
+    serde_json::to_vec(value).map_err(AnswerError::Encode)
 }
 
 impl ServeRaft {
-    async fn answer(raft: Raft, message: RaftMessage) -> Result<RaftMessage, String> {
-        let bad = |e: serde_json::Error| format!("malformed {:?} request: {e}", message.rpc);
+    async fn answer(raft: Raft, message: RaftMessage) -> Result<RaftMessage, AnswerError> {
+        let rpc = message.rpc;
+        let bad = |error| AnswerError::Malformed { rpc, error };
         let body = match message.rpc {
             RaftRpc::AppendEntries => {
                 let req: AppendEntriesRequest<RegistryRaft> = serde_json::from_slice(&message.body).map_err(bad)?;
@@ -158,7 +168,7 @@ impl Dispatch<PeerAcceptSide> for ServeRaft {
             let _permit = permit;
             let sent = match ServeRaft::answer(raft, rpc).await {
                 Ok(answer) => handle.respond(id, PeerReply::Raft(answer)).await,
-                Err(why) => handle.respond_error(id, ErrorCode::Invalid, why).await,
+                Err(why) => handle.respond_error(id, ErrorCode::Invalid, why.to_string()).await,
             };
             if let Err(e) = sent {
                 log::debug!(node = handle.node(); "raft answer to {} not sent: {e}", handle.peer());

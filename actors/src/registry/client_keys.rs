@@ -109,26 +109,26 @@ impl ClientKeys {
     /// Whether the file on disk is still the one this node wrote, as it wrote it: the same file
     /// (not replaced), of the length written, ending with the bytes written last. A file someone
     /// else truncated, appended to, edited at its end or replaced fails, with what differs.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), Changed> {
         let meta = match std::fs::symlink_metadata(&self.path) {
             Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("was removed".into()),
-            Err(e) => return Err(format!("cannot be examined: {e}")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Changed::Removed),
+            Err(e) => return Err(Changed::Unexaminable(e)),
         };
         if !meta.file_type().is_file() {
-            return Err("is no longer a regular file".into());
+            return Err(Changed::NotAFile);
         }
         if meta_identity(&meta) != self.identity {
-            return Err("was replaced by another file".into());
+            return Err(Changed::Replaced);
         }
         if meta.len() != self.len {
-            return Err(format!("holds {} bytes where this node wrote {}", meta.len(), self.len));
+            return Err(Changed::Length { on_disk: meta.len(), written: self.len });
         }
         let mut end = vec![0u8; self.tail.len()];
         std::os::unix::fs::FileExt::read_exact_at(&self.file, &mut end, self.len - self.tail.len() as u64)
-            .map_err(|e| format!("cannot be read back: {e}"))?;
+            .map_err(Changed::Unreadable)?;
         if end != self.tail {
-            return Err("ends with other bytes than this node wrote".into());
+            return Err(Changed::Tail);
         }
         Ok(())
     }
@@ -233,22 +233,53 @@ impl ClientKeys {
     }
 }
 
+/// Why a client.keys text cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("line {line}: {text:?} is not ID NAME IP KEY")]
+    Fields { line: usize, text: String },
+    #[error("line {line}: bad id {id:?}")]
+    Id { line: usize, id: String },
+    #[error("line {line}: id {id} or name {name} twice")]
+    Twice { line: usize, id: u32, name: String },
+}
+
+/// How the file on disk differs from what this node wrote ([`ClientKeys::check`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Changed {
+    #[error("was removed")]
+    Removed,
+    #[error("cannot be examined: {0}")]
+    Unexaminable(std::io::Error),
+    #[error("is no longer a regular file")]
+    NotAFile,
+    #[error("was replaced by another file")]
+    Replaced,
+    #[error("holds {on_disk} bytes where this node wrote {written}")]
+    Length { on_disk: u64, written: u64 },
+    #[error("cannot be read back: {0}")]
+    Unreadable(std::io::Error),
+    #[error("ends with other bytes than this node wrote")]
+    Tail,
+}
+
 /// Reads a client.keys text as Wazuh does: `ID NAME IP KEY` lines, lines starting with `#` or a
 /// space skipped. Errors name the line; an id or name twice is an error.
-pub fn parse(text: &str) -> Result<Vec<AgentEntry>, String> {
+pub fn parse(text: &str) -> Result<Vec<AgentEntry>, ParseError> {
     let mut out = Vec::new();
     let (mut ids, mut names) = (std::collections::HashSet::new(), std::collections::HashSet::new());
     for (n, l) in text.lines().enumerate() {
         if l.is_empty() || l.starts_with('#') || l.starts_with(' ') {
             continue;
         }
+        let line = n + 1;
         let fields: Vec<&str> = l.split(' ').collect();
         let [id, name, ip, key] = fields[..] else {
-            return Err(format!("line {}: {l:?} is not ID NAME IP KEY", n + 1));
+            return Err(ParseError::Fields { line, text: l.to_string() });
         };
-        let id = super::schema::parse_id(id).ok_or_else(|| format!("line {}: bad id {id:?}", n + 1))?;
+        let id = super::schema::parse_id(id).ok_or_else(|| ParseError::Id { line, id: id.to_string() })?;
         if !ids.insert(id) || !names.insert(name.to_string()) {
-            return Err(format!("line {}: id {id} or name {name} twice", n + 1));
+            return Err(ParseError::Twice { line, id, name: name.to_string() });
         }
         out.push(AgentEntry { id, name: name.into(), ip: ip.into(), key: key.into(), groups: Vec::new() });
     }
@@ -411,14 +442,14 @@ mod tests {
         derived.record(AgentChange::Removed { id: 4 });
         all.pop();
         assert_eq!(derived.committed(d, || Ok(all.clone())).unwrap(), None);
-        assert_eq!(derived.client_keys().check(), Ok(()));
+        assert!(derived.client_keys().check().is_ok());
         let path = d.join("etc/client.keys");
         let live = |text: &str| parse(text).unwrap().into_iter().map(|a| a.id).collect::<Vec<_>>();
 
         // Truncated by hand: the next enrollment does not write at its old offset (a hole of NUL
         // bytes before it) but the whole file again.
         std::fs::OpenOptions::new().write(true).truncate(true).open(&path).unwrap();
-        assert!(derived.client_keys().check().unwrap_err().contains("0 bytes where this node wrote"));
+        assert!(derived.client_keys().check().unwrap_err().to_string().contains("0 bytes where this node wrote"));
         derived.record(AgentChange::Added(e(5, "ntp", 'e')));
         all.push(e(5, "ntp", 'e'));
         let why = derived.committed(d, || Ok(all.clone())).unwrap().expect("repaired");
@@ -430,7 +461,7 @@ mod tests {
         // Appended to, edited at its end, replaced by another file, removed: each found.
         let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
         std::io::Write::write_all(&mut f, b"099 intruder any k\n").unwrap();
-        assert!(derived.client_keys().check().unwrap_err().contains("bytes where"));
+        assert!(derived.client_keys().check().unwrap_err().to_string().contains("bytes where"));
         assert!(derived.repair(d, || Ok(all.clone())).unwrap().is_some());
         assert_eq!(read(d), render(&all));
         let mut edited = read(d).into_bytes();
@@ -442,16 +473,17 @@ mod tests {
             n as u64 - 2,
         )
         .unwrap();
-        assert!(derived.client_keys().check().unwrap_err().contains("other bytes"));
+        assert!(derived.client_keys().check().unwrap_err().to_string().contains("other bytes"));
         derived.repair(d, || Ok(all.clone())).unwrap();
         std::fs::write(d.join("etc/other"), render(&all)).unwrap();
         std::fs::rename(d.join("etc/other"), &path).unwrap();
-        assert!(derived.client_keys().check().unwrap_err().contains("replaced"));
+        assert!(derived.client_keys().check().unwrap_err().to_string().contains("replaced"));
         derived.repair(d, || Ok(all.clone())).unwrap();
         std::fs::remove_file(&path).unwrap();
-        assert!(derived.client_keys().check().unwrap_err().contains("removed"));
+        assert!(derived.client_keys().check().unwrap_err().to_string().contains("removed"));
         derived.repair(d, || Ok(all.clone())).unwrap();
-        assert_eq!((derived.client_keys().check(), read(d)), (Ok(()), render(&all)));
+        assert!(derived.client_keys().check().is_ok());
+        assert_eq!(read(d), render(&all));
         // Intact: nothing to do.
         assert_eq!(derived.repair(d, || Ok(all.clone())).unwrap(), None);
     }

@@ -93,7 +93,7 @@ pub enum RecoverError {
     #[error("the replica holds agent {id:03} with a field the registry refuses: {why}")]
     BadAgent { id: u32, why: EnrollError },
     #[error("the replica holds API user {name:?}, which the registry refuses: {why}")]
-    BadUser { name: String, why: String },
+    BadUser { name: String, why: super::user_store::UserFieldError },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot remove the empty registry {0}: {1}")]

@@ -68,6 +68,14 @@ pub enum QueryError {
     Limit(u64),
     #[error("agents_list may name at most {MAX_IDS} agents")]
     TooManyIds,
+    #[error("q term {0:?}: only field=value terms joined by ';' are supported")]
+    NotATerm(String),
+    #[error("q term {0:?}: only = is supported")]
+    Operator(String),
+    #[error("q term {0:?}: not an agent id")]
+    NotAnId(String),
+    #[error("q field {0:?}: use status, node_name, group, name or id")]
+    Field(String),
 }
 
 /// Most agents one `agents_list` may name.
@@ -132,13 +140,13 @@ impl AgentQuery {
 
     /// Applies Wazuh's `q` for the fields this API filters on: `field=value` terms joined by `;`
     /// (and), over `status`, `node_name`, `group`, `name` and `id`.
-    pub fn with_q(mut self, q: &str) -> Result<Self, String> {
+    pub fn with_q(mut self, q: &str) -> Result<Self, QueryError> {
         for term in q.split(';').map(str::trim).filter(|t| !t.is_empty()) {
             let Some((field, value)) = term.split_once('=') else {
-                return Err(format!("q term {term:?}: only field=value terms joined by ';' are supported"));
+                return Err(QueryError::NotATerm(term.to_string()));
             };
             if value.contains(['<', '>', '~', '!', ',', '(', ')']) || field.contains(['<', '>', '~', '!']) {
-                return Err(format!("q term {term:?}: only = is supported"));
+                return Err(QueryError::Operator(term.to_string()));
             }
             let value = value.to_string();
             match field.trim() {
@@ -148,11 +156,9 @@ impl AgentQuery {
                 "name" => self.name = Some(value),
                 "id" => match crate::registry::parse_id(&value) {
                     Some(id) => self.ids.push(id),
-                    None => return Err(format!("q term {term:?}: not an agent id")),
+                    None => return Err(QueryError::NotAnId(term.to_string())),
                 },
-                other => {
-                    return Err(format!("q field {other:?}: use status, node_name, group, name or id"));
-                }
+                other => return Err(QueryError::Field(other.to_string())),
             }
         }
         Ok(self)

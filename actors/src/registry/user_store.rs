@@ -32,33 +32,42 @@ pub const MAX_HASH_LANES: u32 = 4;
 /// Users the cluster holds at most.
 pub const MAX_USERS: usize = 1_000;
 
-/// Why a user name is refused (`None`: it is fine).
-pub fn check_name(name: &str) -> Result<(), String> {
+/// Why a user's name or password hash is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserFieldError {
+    #[error("user name {0:?}: 1 to 64 of A-Z a-z 0-9 . _ -")]
+    Name(String),
+    #[error("not a PHC string: {0}")]
+    NotPhc(String),
+    #[error("not an Argon2 hash (make one with `wazuh-cluster hash-password`)")]
+    NotArgon2,
+    #[error("not Argon2 parameters: {0}")]
+    Params(String),
+    #[error(
+        "its cost (m={m} KiB, t={t}, p={p}) is above what a sign-in may take (m <= {MAX_HASH_MEMORY_KIB}, t <= \
+         {MAX_HASH_PASSES}, p <= {MAX_HASH_LANES}); make it with `wazuh-cluster hash-password`"
+    )]
+    TooDear { m: u32, t: u32, p: u32 },
+}
+
+/// Why a user name is refused.
+pub fn check_name(name: &str) -> Result<(), UserFieldError> {
     if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
-        return Err(format!(
-            "user name {:?}: 1 to 64 of A-Z a-z 0-9 . _ -",
-            wazuh_cluster_protocol::agent::enrollment::printable(name)
-        ));
+        return Err(UserFieldError::Name(wazuh_cluster_protocol::agent::enrollment::printable(name).into_owned()));
     }
     Ok(())
 }
 
 /// Why a password hash is refused: not an Argon2 PHC string, or dearer to check than a sign-in may
 /// be.
-pub fn check_hash(hash: &str) -> Result<(), String> {
-    let parsed = PasswordHash::new(hash).map_err(|e| format!("not a PHC string: {e}"))?;
+pub fn check_hash(hash: &str) -> Result<(), UserFieldError> {
+    let parsed = PasswordHash::new(hash).map_err(|e| UserFieldError::NotPhc(e.to_string()))?;
     if !parsed.algorithm.as_str().starts_with("argon2") {
-        return Err("not an Argon2 hash (make one with `wazuh-cluster hash-password`)".into());
+        return Err(UserFieldError::NotArgon2);
     }
-    let params = argon2::Params::try_from(&parsed).map_err(|e| format!("not Argon2 parameters: {e}"))?;
+    let params = argon2::Params::try_from(&parsed).map_err(|e| UserFieldError::Params(e.to_string()))?;
     if params.m_cost() > MAX_HASH_MEMORY_KIB || params.t_cost() > MAX_HASH_PASSES || params.p_cost() > MAX_HASH_LANES {
-        return Err(format!(
-            "its cost (m={} KiB, t={}, p={}) is above what a sign-in may take (m <= {MAX_HASH_MEMORY_KIB}, t <= \
-             {MAX_HASH_PASSES}, p <= {MAX_HASH_LANES}); make it with `wazuh-cluster hash-password`",
-            params.m_cost(),
-            params.t_cost(),
-            params.p_cost()
-        ));
+        return Err(UserFieldError::TooDear { m: params.m_cost(), t: params.t_cost(), p: params.p_cost() });
     }
     Ok(())
 }

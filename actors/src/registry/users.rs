@@ -10,7 +10,7 @@ use super::master::Registry;
 use super::store::StoreError;
 use super::user_store::read_user;
 pub use super::user_store::{
-    apply_user_change, check_hash, check_name, read_users, SeedUser, UserDirectory, MAX_HASH_LANES,
+    apply_user_change, check_hash, check_name, read_users, SeedUser, UserDirectory, UserFieldError, MAX_HASH_LANES,
     MAX_HASH_MEMORY_KIB, MAX_HASH_PASSES, MAX_USERS,
 };
 use rusqlite::{params, OptionalExtension};
@@ -47,7 +47,7 @@ impl Registry {
             _ => return Ok(Err(AdminError::Invalid("not a user change".into()))),
         };
         if let Err(why) = check_name(name) {
-            return Ok(Err(AdminError::Invalid(why)));
+            return Ok(Err(AdminError::Invalid(why.to_string())));
         }
         let existing = read_user(self.conn(), name)?;
         match (request, existing) {
@@ -104,8 +104,8 @@ impl Registry {
     pub fn seed_users(&mut self, seeds: &[SeedUser]) -> Result<Vec<String>, StoreError> {
         let mut applied = Vec::new();
         for seed in seeds {
-            check_name(&seed.name).map_err(StoreError::Invalid)?;
-            check_hash(&seed.password_hash).map_err(StoreError::Invalid)?;
+            check_name(&seed.name).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            check_hash(&seed.password_hash).map_err(|e| StoreError::Invalid(e.to_string()))?;
             let fingerprint = seed.fingerprint();
             let recorded: Option<String> = self
                 .conn()
