@@ -653,6 +653,8 @@ pub struct ConnectionActor<S: Side> {
     /// The socket's halves and codecs until `started` hands them to the reader and writer tasks.
     socket: Option<Socket<S>>,
     closing: bool,
+    /// `wind_up` ran (from `stopped`, or from `Drop` after a panic).
+    wound_up: bool,
 }
 
 struct Socket<S: Side> {
@@ -674,7 +676,9 @@ impl<S: Side> ConnectionActor<S> {
     ) -> Addr<Self> {
         let Transport { peer, peer_addr, version, read, opener, sealer, write, out_rx, settings } = transport;
         let budget = Rc::new(InboundBudget::new(&settings.budgets));
-        ConnectionActor {
+        let what = format!("the connection with {} {} ({peer_addr})", S::PEER, peer.node_name);
+        let node = settings.node_name.clone();
+        let act = ConnectionActor {
             settings,
             peer,
             peer_addr,
@@ -695,8 +699,10 @@ impl<S: Side> ConnectionActor<S> {
             writer_done: None,
             socket: Some(Socket { read, opener, sealer, write, out_rx }),
             closing: false,
-        }
-        .start()
+            wound_up: false,
+        };
+        // A panic closes this connection alone (its Drop tells the owner); the worker dials again.
+        crate::supervise::start_watched(Context::new(), act, what, node, crate::supervise::OnPanic::End)
     }
 
     fn node(&self) -> &str {
@@ -768,6 +774,16 @@ impl<S: Side> Actor for ConnectionActor<S> {
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.wind_up();
+    }
+}
+
+impl<S: Side> ConnectionActor<S> {
+    /// Closes the socket, stops the jobs and tells the owner; once.
+    fn wind_up(&mut self) {
+        if std::mem::replace(&mut self.wound_up, true) {
+            return;
+        }
         self.handle.close();
         for task in [self.reader.take(), self.writer.take()].into_iter().flatten() {
             task.abort();
@@ -783,6 +799,27 @@ impl<S: Side> Actor for ConnectionActor<S> {
         if let Some(owner) = self.owner.take() {
             owner.do_send(ConnectionClosed { peer: self.peer.node_name.clone(), peer_addr: self.peer_addr, reason });
         }
+    }
+}
+
+impl<S: Side> Drop for ConnectionActor<S> {
+    /// After a panic (or with the runtime going away) the actor is dropped without `stopped`:
+    /// wind up here instead.
+    fn drop(&mut self) {
+        if !self.wound_up {
+            self.close_reason
+                .get_or_insert_with(|| "its actor ended abruptly (a panic, or the runtime stopping)".into());
+            self.wind_up();
+        }
+    }
+}
+
+#[cfg(feature = "testing")]
+impl<S: Side> Handler<crate::supervise::testing::Panic> for ConnectionActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, msg: crate::supervise::testing::Panic, _: &mut Context<Self>) {
+        panic!("{}", msg.0);
     }
 }
 

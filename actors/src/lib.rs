@@ -41,6 +41,7 @@ pub mod ruleset;
 pub mod secret;
 pub mod settings;
 pub mod supervise;
+pub mod testing;
 pub mod throttle;
 pub mod worker;
 

@@ -177,15 +177,19 @@ pub struct SubscribeFiles;
 impl MasterListener {
     /// Starts serving workers on `listener` (bound by the caller, so tests can use port 0), with the
     /// master's shared jobs.
+    /// The node cannot serve without it: a panic cuts `lifeline` (see `supervise::start_watched`).
     pub fn start(
         listener: TcpListener,
         settings: Arc<ChannelSettings>,
         writes: crate::consensus::writes::Writes,
         admission: Admission,
+        lifeline: crate::supervise::Lifeline,
     ) -> std::io::Result<Addr<Self>> {
         let local_addr = listener.local_addr()?;
         let (services, services_stopped) = MasterServices::start(settings.clone(), writes);
-        Ok(MasterListener::create(move |ctx| {
+        let node = settings.node_name.clone();
+        let ctx = Context::new();
+        let me = {
             let addr = ctx.address();
             let accept_task = actix_rt::spawn(accept_loop(listener, addr, settings.node_name.clone()));
             info!(node = settings.node_name.as_str(); "master listening for workers on {local_addr}");
@@ -206,7 +210,9 @@ impl MasterListener {
                 actix_rt::spawn(follow_leadership(raft, ctx.address()));
             }
             me
-        }))
+        };
+        let what = "the master's listener (MasterListener)".to_string();
+        Ok(crate::supervise::start_watched(ctx, me, what, node, crate::supervise::OnPanic::Fatal(lifeline)))
     }
 
     /// Tells the registry whether `node` holds agent sessions now (see `Registry::set_live`).
@@ -519,6 +525,15 @@ impl Handler<ListAdmitted> for MasterListener {
 
     fn handle(&mut self, _: ListAdmitted, _: &mut Context<Self>) -> Self::Result {
         self.admission.known()
+    }
+}
+
+#[cfg(feature = "testing")]
+impl Handler<crate::supervise::testing::Panic> for MasterListener {
+    type Result = ();
+
+    fn handle(&mut self, msg: crate::supervise::testing::Panic, _: &mut Context<Self>) {
+        panic!("{}", msg.0);
     }
 }
 

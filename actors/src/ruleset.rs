@@ -199,6 +199,46 @@ impl Actor for RulesetReloader {
     type Context = Context<Self>;
 }
 
+impl RulesetReloader {
+    /// Starts it under the job supervisor: a panic is caught, counted in its health and the
+    /// reloader restarted in place (a reload that was due is asked for again).
+    pub fn launch(self) -> Addr<Self> {
+        crate::supervise::start(16, None, |_| self)
+    }
+}
+
+impl actix::Supervised for RulesetReloader {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        self.health.restarted();
+        self.health.set_state(JobState::Running);
+        self.busy = false;
+        self.scheduled = None;
+        // Whatever was due (or in flight) when it stopped is asked for again.
+        if std::mem::take(&mut self.again) {
+            self.schedule(ctx);
+        }
+    }
+}
+
+impl crate::supervise::Guarded for RulesetReloader {
+    fn health(&self) -> &JobHealth {
+        &self.health
+    }
+
+    fn names(&self) -> (&str, &str) {
+        (&self.node, "analysisd")
+    }
+}
+
+#[cfg(feature = "testing")]
+impl Handler<crate::supervise::testing::Panic> for RulesetReloader {
+    type Result = ();
+
+    fn handle(&mut self, msg: crate::supervise::testing::Panic, _: &mut Context<Self>) {
+        panic!("{}", msg.0);
+    }
+}
+
 impl Handler<RulesetChanged> for RulesetReloader {
     type Result = ();
 

@@ -9,9 +9,15 @@
 //! if it had failed a run. Futures that must fail alone instead of taking their job down (one
 //! request of a server) go through [`CatchUnwind`].
 //!
-//! This is the chosen policy: panics are caught and counted, the process goes on. (The other
-//! choice, aborting the process so that systemd restarts it, would drop every agent connection and
-//! every in-flight enrollment of the node for a bug in one job.)
+//! This is the chosen policy for jobs: panics are caught and counted, the process goes on. (The
+//! other choice, aborting the process so that systemd restarts it, would drop every agent
+//! connection and every in-flight enrollment of the node for a bug in one job.)
+//!
+//! The node's long-lived actors that cannot be rebuilt in place (the master's listener, a worker's
+//! link, the agent hub) run under [`start_watched`] with [`OnPanic::Fatal`]: their panic is logged
+//! once and cuts the node's [`Lifeline`], and the node stops and exits non-zero for its service
+//! manager to start it again. A connection runs under it with [`OnPanic::End`]: it closes, and its
+//! worker dials again. ARCHITECTURE.md has the table.
 
 use crate::backoff::Backoff;
 use actix::dev::ContextFut;
@@ -266,6 +272,123 @@ impl<A: Guarded> Future for Guard<A> {
             }
         }
     }
+}
+
+/// The node's lifeline: cut (once, with the reason) when an actor it cannot run without dies.
+/// `wazuh-cluster run` waits on it beside the signals and stops the node, exiting non-zero, so
+/// that its service manager (systemd, Kubernetes, compose) starts it again.
+#[derive(Clone)]
+pub struct Lifeline(Arc<tokio::sync::watch::Sender<Option<String>>>);
+
+impl Default for Lifeline {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::channel(None).0))
+    }
+}
+
+impl std::fmt::Debug for Lifeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Lifeline").field(&*self.0.borrow()).finish()
+    }
+}
+
+impl Lifeline {
+    /// Cuts it with `why` (the first reason stays).
+    pub fn cut(&self, why: String) {
+        self.0.send_if_modified(|current| {
+            let first = current.is_none();
+            if first {
+                *current = Some(why);
+            }
+            first
+        });
+    }
+
+    /// Why it was cut, if it was.
+    pub fn why(&self) -> Option<String> {
+        self.0.borrow().clone()
+    }
+
+    /// Resolves once it is cut, with why.
+    pub async fn cut_off(&self) -> String {
+        let mut rx = self.0.subscribe();
+        loop {
+            if let Some(why) = rx.borrow_and_update().clone() {
+                return why;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// What a panic of an actor started by [`start_watched`] means.
+#[derive(Clone, Debug)]
+pub enum OnPanic {
+    /// The node cannot go on without it: the lifeline is cut.
+    Fatal(Lifeline),
+    /// Only the actor ends (a connection: its peer dials again); its `Drop` cleans up.
+    End,
+}
+
+/// Starts an actor that is not restarted in place (its state cannot be rebuilt where it stands):
+/// it runs as `start` would run it, but a panic is caught at its boundary, logged once as an
+/// ERROR naming the node and `what`, and then either ends the actor alone or cuts the node's
+/// lifeline (see [`OnPanic`]). Without this, a panic would close the actor's mailbox silently and
+/// leave the node reporting itself up.
+pub fn start_watched<A>(ctx: Context<A>, act: A, what: String, node: String, on_panic: OnPanic) -> Addr<A>
+where
+    A: Actor<Context = Context<A>>,
+{
+    let addr = ctx.address();
+    let fut = ctx.into_future(act);
+    actix_rt::spawn(Watch { fut: Some(fut), what, node, on_panic });
+    addr
+}
+
+struct Watch<A: Actor<Context = Context<A>>> {
+    fut: Option<ContextFut<A, Context<A>>>,
+    what: String,
+    node: String,
+    on_panic: OnPanic,
+}
+
+impl<A: Actor<Context = Context<A>>> Future for Watch<A> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let Some(fut) = this.fut.as_mut() else { return Poll::Ready(()) };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(fut).poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(())) => Poll::Ready(()),
+            Err(payload) => {
+                let message = panic_message(&*payload);
+                // The actor goes (its Drop runs) before anyone hears of it.
+                this.fut = None;
+                match &this.on_panic {
+                    OnPanic::Fatal(lifeline) => {
+                        error!(node = this.node.as_str(); "{} panicked: {message}; the node cannot go on without it and stops", this.what);
+                        lifeline.cut(format!("{} panicked: {message}", this.what));
+                    }
+                    OnPanic::End => {
+                        error!(node = this.node.as_str(); "{} panicked: {message}; it is closed", this.what);
+                    }
+                }
+                Poll::Ready(())
+            }
+        }
+    }
+}
+
+/// Test hooks, compiled only with the `testing` feature (never in a production build).
+#[cfg(feature = "testing")]
+pub mod testing {
+    /// Makes the actor that receives it panic with this message (tests of what a panic does).
+    #[derive(actix::Message, Debug, Clone)]
+    #[rtype(result = "()")]
+    pub struct Panic(pub String);
 }
 
 /// A future that panicked; holds the panic's message.

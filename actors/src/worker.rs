@@ -91,6 +91,14 @@ impl WorkerLink {
     /// Follows the leader among `masters` (the master-eligible nodes): a node that does not lead
     /// names the leader, which is dialled next; one that cannot be reached makes way for the next
     /// in the list. Each one's identity is pinned under its name.
+    /// Starts the link. The node cannot serve without it: a panic cuts `lifeline` (see
+    /// `supervise::start_watched`).
+    pub fn launch(self, lifeline: crate::supervise::Lifeline) -> Addr<Self> {
+        let node = self.settings.node_name.clone();
+        let what = "the worker's link to its master (WorkerLink)".to_string();
+        crate::supervise::start_watched(Context::new(), self, what, node, crate::supervise::OnPanic::Fatal(lifeline))
+    }
+
     pub fn following(mut self, masters: Vec<String>) -> Self {
         if masters.len() > 1 {
             self.masters = masters;
@@ -222,6 +230,36 @@ impl Handler<ConnectionClosed> for WorkerLink {
         self.conn = None;
         if !self.stopping {
             self.retry_later(ctx);
+        }
+    }
+}
+
+#[cfg(feature = "testing")]
+impl Handler<crate::supervise::testing::Panic> for WorkerLink {
+    type Result = ();
+
+    fn handle(&mut self, msg: crate::supervise::testing::Panic, _: &mut Context<Self>) {
+        panic!("{}", msg.0);
+    }
+}
+
+/// Makes the link's current connection actor panic (tests of what that does); `false` without one.
+#[cfg(feature = "testing")]
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct PanicConnection(pub String);
+
+#[cfg(feature = "testing")]
+impl Handler<PanicConnection> for WorkerLink {
+    type Result = bool;
+
+    fn handle(&mut self, msg: PanicConnection, _: &mut Context<Self>) -> bool {
+        match &self.conn {
+            Some(live) => {
+                live.addr.do_send(crate::supervise::testing::Panic(msg.0));
+                true
+            }
+            None => false,
         }
     }
 }

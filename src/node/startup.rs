@@ -32,6 +32,7 @@ use wazuh_cluster_actors::registry::users::{SeedUser, UserDirectory};
 use wazuh_cluster_actors::registry::{Registry, ReplacePolicy, Replica, StoreHandle};
 use wazuh_cluster_actors::ruleset::{in_ruleset, RulesetChanged, RulesetReloader};
 use wazuh_cluster_actors::settings::{Budgets, JobIntervals};
+use wazuh_cluster_actors::supervise::Lifeline;
 use wazuh_cluster_actors::worker::{self, WorkerLink};
 use wazuh_cluster_actors::ChannelSettings;
 use wazuh_cluster_protocol::identity::{JoinToken, NodeIdentity};
@@ -129,6 +130,8 @@ pub struct RunningNode {
     tasks: Vec<actix_rt::task::JoinHandle<()>>,
     analysis: Option<Arc<AnalysisQueue>>,
     agent_counters: Option<Arc<AgentCounters>>,
+    /// Cut when an actor the node cannot run without dies (see `supervise::Lifeline`).
+    pub lifeline: Lifeline,
 }
 
 /// Binds `addr` for `what`, naming the setting in the error.
@@ -312,10 +315,11 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
 
     // Then the actors.
     let mut tasks = Vec::new();
+    let lifeline = Lifeline::default();
     let ruleset = config.analysis.control.as_ref().map(|control| {
         let health = RulesetReloader::job_health();
         let reloader =
-            RulesetReloader::new(&name, control.clone(), config.analysis.reload_debounce, health.clone()).start();
+            RulesetReloader::new(&name, control.clone(), config.analysis.reload_debounce, health.clone()).launch();
         info!(node = name.as_str(); "ruleset changes make analysisd at {} reload them", control.display());
         (reloader, health)
     });
@@ -358,11 +362,12 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
                     ruleset: ruleset.clone(),
                     seeds: seeds.clone(),
                     writes: writes.clone(),
+                    lifeline: lifeline.clone(),
                 };
                 tasks.push(actix_rt::spawn(follow.run(raft)));
             }
             let settings_for_settle = settings.clone();
-            let listener = MasterListener::start(listener, settings, writes.clone(), admission)
+            let listener = MasterListener::start(listener, settings, writes.clone(), admission, lifeline.clone())
                 .context("cannot start the master")?;
             let positions = listener.send(master::GetPositions).await.context("the master stopped at once")?;
             // The configured users: applied now by a lone master; by whichever master-eligible
@@ -374,7 +379,7 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
                 }
             }
             let _ = shared.source.set(KeySource::Master(registry.clone()));
-            let agents = AgentHub::new(shared.clone(), KeySource::Master(registry.clone())).launch();
+            let agents = AgentHub::new(shared.clone(), KeySource::Master(registry.clone())).launch(lifeline.clone());
             // File changes on the master make the hub push new merged.mg files to its agents.
             let changes = listener.send(master::SubscribeFiles).await.context("the master stopped at once")?;
             let reloader = ruleset.as_ref().map(|(addr, _)| addr.clone());
@@ -405,7 +410,7 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
                 .context("cannot start the replica thread")?;
             info!(node = name.as_str(); "starting worker of cluster {:?} (cipher {})", config.cluster.name, config.cluster.cipher);
             let _ = shared.source.set(KeySource::Worker(replica.clone()));
-            let agents = AgentHub::new(shared.clone(), KeySource::Worker(replica.clone())).launch();
+            let agents = AgentHub::new(shared.clone(), KeySource::Worker(replica.clone())).launch(lifeline.clone());
             let services = WorkerServices {
                 replica: replica.clone(),
                 agents: Some(agents.clone()),
@@ -413,8 +418,9 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
                 tree: Arc::new(tokio::sync::watch::Sender::new(String::new())),
                 files_only: false,
             };
-            let link =
-                WorkerLink::new(settings, master.clone(), services).following(config.cluster.masters.clone()).start();
+            let link = WorkerLink::new(settings, master.clone(), services)
+                .following(config.cluster.masters.clone())
+                .launch(lifeline.clone());
             (
                 NodeHandle::Worker {
                     name,
@@ -474,7 +480,21 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
         }
     };
     info!(node = handle.name(); "API listening on {}://{api_addr}", if config.api.tls { "https" } else { "http" });
-    Ok(RunningNode { handle, api_addr, enrollment_addr, agents_addr, api, tasks, analysis, agent_counters })
+    // A test build may be told to make one of its actors panic (see `actors::testing`).
+    wazuh_cluster_actors::testing::panic_on_cue(wazuh_cluster_actors::testing::Vitals {
+        node: handle.name().to_string(),
+        listener: match &handle {
+            NodeHandle::Master { listener, .. } => Some(listener.clone()),
+            NodeHandle::Worker { .. } => None,
+        },
+        link: match &handle {
+            NodeHandle::Worker { link, .. } => Some(link.clone()),
+            NodeHandle::Master { .. } => None,
+        },
+        hub: handle.hub().clone(),
+        ruleset: handle.ruleset().map(|(reloader, _)| reloader.clone()),
+    });
+    Ok(RunningNode { handle, api_addr, enrollment_addr, agents_addr, api, tasks, analysis, agent_counters, lifeline })
 }
 
 /// Writes the agents' changed message counters every few seconds (off the actors' thread).
@@ -659,6 +679,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 error!(node = name.as_str(); "{died}; shutting down");
                 Some(died)
             }
+            why = node.lifeline.cut_off() => {
+                // The actor's own ERROR line said why; the process exits non-zero with it.
+                info!(node = name.as_str(); "shutting down after that failure");
+                Some(why)
+            }
         };
         node.shutdown(&format!("node {name} is shutting down")).await;
         info!(node = name.as_str(); "stopped");
@@ -684,6 +709,8 @@ struct LeaderFiles {
     /// This node's configured API users, applied whenever it starts leading.
     seeds: Vec<SeedUser>,
     writes: Writes,
+    /// The node's lifeline, for the links it starts.
+    lifeline: Lifeline,
 }
 
 impl LeaderFiles {
@@ -741,7 +768,7 @@ impl LeaderFiles {
                     Ok(services) => {
                         info!(node = node.as_str(); "following the files of the leader at {leader}");
                         let follow = WorkerLink::new(self.settings.clone(), leader, services);
-                        link = Some(follow.following(self.masters.clone()).start());
+                        link = Some(follow.following(self.masters.clone()).launch(self.lifeline.clone()));
                     }
                     Err(e) => {
                         error!(node = node.as_str(); "cannot follow the leader's files: {e:#}");

@@ -159,7 +159,8 @@ pub async fn start_master(settings: ChannelSettings) -> (Addr<MasterListener>, S
     let admission =
         wazuh_cluster_actors::admission::Admission::open(&scratch_dir(), settings.admission).expect("node records");
     let writes = wazuh_cluster_actors::consensus::writes::Writes::local(registry);
-    let master = MasterListener::start(listener, Arc::new(settings), writes, admission).expect("start master");
+    let master = MasterListener::start(listener, Arc::new(settings), writes, admission, Default::default())
+        .expect("start master");
     (master, addr)
 }
 

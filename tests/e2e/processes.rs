@@ -58,6 +58,48 @@ fn a_worker_with_another_key_is_refused_and_neither_process_crashes() {
     assert!(master.terminate().success());
 }
 
+/// A panic in an actor the node cannot run without (the test build's hook makes one) ends the
+/// process with a non-zero status and one ERROR line that says which actor and why; an actor that
+/// can go on (a worker's connection) does not stop it.
+#[test]
+fn a_vital_actor_panic_exits_non_zero_with_one_clear_line() {
+    for (config, actor, what) in [
+        ("master.toml", "MasterListener", "the master's listener (MasterListener) panicked"),
+        ("master.toml", "AgentHub", "the agent hub (AgentHub) panicked"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = write_key(dir.path(), "cluster.key");
+        let mut cmd = run_command(Command::new(BIN), config, &local(dir.path(), "master", &key, free_port()));
+        cmd.env("WAZUH_CLUSTER_TEST_PANIC", actor).env("WAZUH_CLUSTER_TEST_PANIC_AFTER_MS", "300");
+        let mut node = Node::spawn(config, cmd);
+        let status = node.wait_exit(Duration::from_secs(30)).expect("the node exits");
+        assert_eq!(status.code(), Some(1), "{actor}: {}", node.log());
+        let errors: Vec<String> = node.lines().into_iter().filter(|l| l.contains("ERROR")).collect();
+        assert_eq!(errors.len(), 1, "{actor}: {errors:#?}");
+        assert!(errors[0].contains(what) && errors[0].contains("the node cannot go on without it"), "{}", errors[0]);
+    }
+    // A worker whose link panics exits the same way; one whose connection panics dials again.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = write_key(dir.path(), "cluster.key");
+    let port = free_port();
+    let master = Node::start("master.toml", &local(dir.path(), "master", &key, port));
+    master.wait_for(&["master listening"]);
+    let mut cmd = run_command(Command::new(BIN), "worker-1.toml", &local(dir.path(), "w1", &key, port));
+    cmd.env("WAZUH_CLUSTER_TEST_PANIC", "Connection").env("WAZUH_CLUSTER_TEST_PANIC_AFTER_MS", "1500");
+    let mut w1 = Node::spawn("worker-1", cmd);
+    w1.wait_for(&["ERROR", "connection with master master-1", "panicked"]);
+    w1.wait_for_count(&["handshake complete with master master-1"], 2);
+    w1.assert_running();
+    let mut cmd = run_command(Command::new(BIN), "worker-2.toml", &local(dir.path(), "w2", &key, port));
+    cmd.env("WAZUH_CLUSTER_TEST_PANIC", "WorkerLink").env("WAZUH_CLUSTER_TEST_PANIC_AFTER_MS", "1500");
+    let mut w2 = Node::spawn("worker-2", cmd);
+    let status = w2.wait_exit(Duration::from_secs(30)).expect("worker-2 exits");
+    assert_eq!(status.code(), Some(1), "{}", w2.log());
+    assert!(w2.log().contains("the worker's link to its master (WorkerLink) panicked"), "{}", w2.log());
+    assert!(w1.terminate().success());
+    assert!(master.terminate().success());
+}
+
 #[test]
 fn json_logs_name_the_node_on_every_line() {
     let dir = tempfile::tempdir().expect("tempdir");

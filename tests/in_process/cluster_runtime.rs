@@ -4,7 +4,6 @@
 
 use crate::common;
 
-use actix::Actor;
 use common::cluster::TestCluster;
 use common::*;
 use std::sync::Arc;
@@ -206,7 +205,7 @@ async fn refused(
     reason: &str,
 ) {
     let name = settings.node_name.clone();
-    let link = WorkerLink::new(Arc::new(settings), addr.to_string(), worker_services()).start();
+    let link = WorkerLink::new(Arc::new(settings), addr.to_string(), worker_services()).launch(Default::default());
     let m = wait_for_log(master_name, &["refused worker", &name, reason], WAIT).await;
     assert!(m.starts_with("WARN"), "{m}");
     let w = wait_for_log(&name, &["refused this worker", reason], WAIT).await;

@@ -19,3 +19,4 @@ mod replica_burst;
 mod runtime_policies;
 mod sync_rules;
 mod users;
+mod vital_actors;

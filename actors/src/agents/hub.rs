@@ -100,11 +100,14 @@ impl AgentHub {
     }
 
     /// Starts the hub with a mailbox of [`HUB_MAILBOX`] messages.
-    pub fn launch(self) -> Addr<Self> {
-        AgentHub::create(|ctx| {
-            ctx.set_mailbox_capacity(HUB_MAILBOX);
-            self
-        })
+    /// Starts the hub. It holds every agent session of the node, which cannot be rebuilt in place:
+    /// a panic cuts `lifeline` (see `supervise::start_watched`).
+    pub fn launch(self, lifeline: crate::supervise::Lifeline) -> Addr<Self> {
+        let mut ctx = Context::new();
+        ctx.set_mailbox_capacity(HUB_MAILBOX);
+        let node = self.node().to_string();
+        let what = "the agent hub (AgentHub)".to_string();
+        crate::supervise::start_watched(ctx, self, what, node, crate::supervise::OnPanic::Fatal(lifeline))
     }
 
     /// What agent sessions hold to reach `hub`.
@@ -516,5 +519,14 @@ impl Handler<CloseAll> for AgentHub {
             live.tx.close(&why);
         }
         n
+    }
+}
+
+#[cfg(feature = "testing")]
+impl Handler<crate::supervise::testing::Panic> for AgentHub {
+    type Result = ();
+
+    fn handle(&mut self, msg: crate::supervise::testing::Panic, _: &mut Context<Self>) {
+        panic!("{}", msg.0);
     }
 }
