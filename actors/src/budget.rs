@@ -111,34 +111,21 @@ impl Budget {
 /// The process's open-file limit, raised to `want` (default: the hard limit) when it is lower,
 /// and lowered to `want` when it is higher. Returns the limit in effect.
 pub fn set_open_files(want: Option<u64>) -> std::io::Result<u64> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit read and write only the struct passed. (std has no rlimit
-    // call, and one pair of libc calls does not justify another crate.)
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let target = want.unwrap_or(lim.rlim_max).min(lim.rlim_max);
-        if target != lim.rlim_cur {
-            lim.rlim_cur = target;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        Ok(lim.rlim_cur)
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    // `None` is "unlimited".
+    let max = lim.maximum.unwrap_or(u64::MAX);
+    let target = want.unwrap_or(max).min(max);
+    if Some(target) != lim.current {
+        setrlimit(Resource::Nofile, Rlimit { current: Some(target), maximum: lim.maximum })?;
     }
+    Ok(target)
 }
 
 /// The open-file limit now, without changing it.
 pub fn open_files_limit() -> std::io::Result<(u64, u64)> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: as in `set_open_files`.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok((lim.rlim_cur, lim.rlim_max))
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    Ok((lim.current.unwrap_or(u64::MAX), lim.maximum.unwrap_or(u64::MAX)))
 }
 
 /// The places of one listener's connections. Lives on the thread that runs the listener's accept

@@ -426,31 +426,6 @@ impl<T> Future for CatchUnwind<T> {
     }
 }
 
-/// Lets through one log line per `every`, and counts what it held back.
-#[derive(Debug)]
-pub struct LogLimiter {
-    every: Duration,
-    last: Option<actix::clock::Instant>,
-    held: u64,
-}
-
-impl LogLimiter {
-    pub fn new(every: Duration) -> Self {
-        Self { every, last: None, held: 0 }
-    }
-
-    /// `Some(n)` when a line may be logged now (`n` lines were held back since the last one).
-    pub fn allow(&mut self) -> Option<u64> {
-        let now = actix::clock::Instant::now();
-        if self.last.is_some_and(|t| now.duration_since(t) < self.every) {
-            self.held += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.held))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -592,17 +567,5 @@ mod tests {
         assert_eq!((h.consecutive_failures(), h.start_delay(), h.state()), (0, Duration::ZERO, JobState::Running));
         let r = h.snapshot();
         assert_eq!((r.runs, r.failures, r.last_duration_ms), (1, 2, Some(3)));
-    }
-
-    #[actix_rt::test]
-    async fn the_log_limiter_holds_back_a_burst_and_reports_it() {
-        tokio::time::pause();
-        let mut l = LogLimiter::new(Duration::from_secs(1));
-        assert_eq!(l.allow(), Some(0));
-        for _ in 0..5 {
-            assert_eq!(l.allow(), None);
-        }
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(l.allow(), Some(5));
     }
 }

@@ -1,8 +1,11 @@
 //! One log line per interval for something that can happen thousands of times a second (a flood
 //! of refused connections, a queue that stays full): the first occurrence is said at once, the
-//! next one an interval later with how many were not said in between.
+//! next one an interval later with how many were not said in between. The node's one rate limiter
+//! for log lines (jobs' failures, refusals, floods).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// tokio's clock (the system clock, unless a test paused it), usable from any thread.
+use tokio::time::Instant;
 
 #[derive(Debug, Clone)]
 pub struct Throttle {
@@ -64,5 +67,17 @@ mod tests {
         assert!(t.idle());
         assert_eq!(t.allow(), Some(2));
         assert_eq!(t.allow(), None);
+    }
+
+    #[actix_rt::test]
+    async fn a_burst_is_held_back_and_reported_on_the_clock_tests_can_pause() {
+        tokio::time::pause();
+        let mut l = Throttle::new(Duration::from_secs(1));
+        assert_eq!(l.allow(), Some(0));
+        for _ in 0..5 {
+            assert_eq!(l.allow(), None);
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(l.allow(), Some(5));
     }
 }

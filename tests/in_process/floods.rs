@@ -26,12 +26,9 @@ const RSS_BOUND_KIB: u64 = 128 * 1024;
 
 /// Raises this process's open-file limit to what `want` sockets need (up to the hard limit).
 fn allow_files(want: u64) {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < want {
-            lim.rlim_cur = want.min(lim.rlim_max);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    if let Ok((now, max)) = wazuh_cluster_actors::budget::open_files_limit() {
+        if now < want {
+            let _ = wazuh_cluster_actors::budget::set_open_files(Some(want.min(max)));
         }
     }
 }

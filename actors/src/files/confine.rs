@@ -111,23 +111,15 @@ impl Dir {
     }
 
     pub(crate) fn open_file(&self, name: &std::ffi::OsStr, access: Access) -> std::io::Result<std::fs::File> {
-        use std::os::fd::{AsRawFd, FromRawFd};
-        use std::os::unix::ffi::OsStrExt;
-        let name = std::ffi::CString::new(name.as_bytes())
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in a file name"))?;
-        let flags = libc::O_CLOEXEC
-            | libc::O_NOFOLLOW
+        use rustix::fs::{openat, Mode, OFlags};
+        let flags = OFlags::CLOEXEC
+            | OFlags::NOFOLLOW
             | match access {
-                Access::Read => libc::O_RDONLY,
-                Access::Append => libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND,
+                Access::Read => OFlags::RDONLY,
+                Access::Append => OFlags::WRONLY | OFlags::CREATE | OFlags::APPEND,
             };
-        // SAFETY: `self.0` is an open descriptor for the whole call and `name` is NUL-terminated.
-        let fd = unsafe { libc::openat(self.0.as_raw_fd(), name.as_ptr(), flags, 0o660 as libc::c_uint) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by `openat` and nothing else owns it.
-        Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+        let fd = openat(&self.0, name, flags, Mode::from_raw_mode(0o660))?;
+        Ok(std::fs::File::from(fd))
     }
 }
 

@@ -206,13 +206,8 @@ impl Staging {
 pub fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
-        use std::os::unix::io::AsRawFd;
         let dir = std::fs::File::open(dir)?;
-        // SAFETY: `syncfs` only reads the descriptor, which `dir` keeps open for the call.
-        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
+        Ok(rustix::fs::syncfs(&dir)?)
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -402,23 +397,15 @@ fn move_root(data_dir: &Path, root: &str, staged_root: &Path, files: &[Staged]) 
 }
 
 /// Swaps two directories atomically: at every instant `b` is either the old or the new tree.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[cfg(target_os = "linux")]
 fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let a = CString::new(a.as_os_str().as_bytes())?;
-    let b = CString::new(b.as_os_str().as_bytes())?;
-    // SAFETY: both are valid NUL-terminated paths that outlive the call.
-    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    Ok(renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE)?)
 }
 
 /// Without an atomic exchange: the (empty) old root is removed, then the new one renamed in; a
 /// crash in between leaves no root, which the next round fills again.
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+#[cfg(not(target_os = "linux"))]
 fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     std::fs::remove_dir_all(b)?;
     std::fs::rename(a, b)

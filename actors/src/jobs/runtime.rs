@@ -15,7 +15,8 @@
 use crate::connection::{CallError, ConnHandle, InboundPermit, LocalFuture, Side, Undeliverable};
 use crate::registry::StoreError;
 use crate::settings::ChannelSettings;
-use crate::supervise::{panic_message, Alive, CatchUnwind, Guarded, JobHealth, LogLimiter};
+use crate::supervise::{panic_message, Alive, CatchUnwind, Guarded, JobHealth};
+use crate::throttle::Throttle;
 use actix::clock::Instant;
 use actix::dev::ToEnvelope;
 use actix::prelude::*;
@@ -401,7 +402,7 @@ pub struct Server<J: Serve> {
     health: JobHealth,
     faults: Faults,
     totals: BTreeMap<&'static str, u64>,
-    failures_logged: LogLimiter,
+    failures_logged: Throttle,
     stopped: bool,
 }
 
@@ -423,7 +424,7 @@ impl<J: Serve> Server<J> {
             health: h,
             faults: Faults::default(),
             totals: BTreeMap::new(),
-            failures_logged: LogLimiter::new(Duration::from_secs(1)),
+            failures_logged: Throttle::new(Duration::from_secs(1)),
             stopped: false,
         });
         (addr, health)
