@@ -9,8 +9,6 @@
 
 use argon2::password_hash::{PasswordHash, SaltString};
 use argon2::Argon2;
-use base64ct::{Base64UrlUnpadded, Encoding};
-use ring::hmac;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 pub use wazuh_cluster_actors::registry::users::UserDirectory;
@@ -306,10 +304,11 @@ pub struct Claims {
 const ISSUER: &str = "wazuh";
 const AUDIENCE: &str = "Wazuh API REST";
 
-/// Signs and checks tokens with the cluster's API secret.
+/// Signs and checks tokens with the cluster's API secret (HS256, through `jsonwebtoken`).
 #[derive(Clone)]
 pub struct Tokens {
-    key: hmac::Key,
+    encoding: jsonwebtoken::EncodingKey,
+    decoding: jsonwebtoken::DecodingKey,
     pub lifetime: Duration,
 }
 
@@ -319,13 +318,16 @@ impl std::fmt::Debug for Tokens {
     }
 }
 
-fn header() -> String {
-    Base64UrlUnpadded::encode_string(br#"{"alg":"HS256","typ":"JWT"}"#)
-}
+/// Tolerance for a token's `nbf` against this node's clock (nodes' clocks differ a little).
+const NBF_LEEWAY_S: u64 = 5;
 
 impl Tokens {
     pub fn new(secret: &[u8], lifetime: Duration) -> Self {
-        Self { key: hmac::Key::new(hmac::HMAC_SHA256, secret), lifetime }
+        Self {
+            encoding: jsonwebtoken::EncodingKey::from_secret(secret),
+            decoding: jsonwebtoken::DecodingKey::from_secret(secret),
+            lifetime,
+        }
     }
 
     /// A token for `user` with `role` under token generation `gen`, valid from `now` (seconds
@@ -343,24 +345,23 @@ impl Tokens {
             role,
             gen,
         };
-        let payload = Base64UrlUnpadded::encode_string(serde_json::to_string(&claims).unwrap_or_default().as_bytes());
-        let signing_input = format!("{}.{payload}", header());
-        let signature = hmac::sign(&self.key, signing_input.as_bytes());
-        format!("{signing_input}.{}", Base64UrlUnpadded::encode_string(signature.as_ref()))
+        let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        // Serializing these claims cannot fail; an empty token would only be refused.
+        jsonwebtoken::encode(&header, &claims, &self.encoding).unwrap_or_default()
     }
 
-    /// The claims of a token this cluster signed and that is valid at `now`.
+    /// The claims of a token this cluster signed and that is valid at `now`: HS256 only (no
+    /// `alg: none`, no other algorithm), signed with this secret, Wazuh's issuer and audience.
+    /// Times are checked here against `now`, not by the library against its own clock.
     pub fn check(&self, token: &str, now: u64) -> Option<Claims> {
-        let mut parts = token.split('.');
-        let (h, p, s) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() || h != header() {
-            // Only the header this node writes: no `alg: none`, no other algorithm.
-            return None;
-        }
-        let signature = Base64UrlUnpadded::decode_vec(s).ok()?;
-        hmac::verify(&self.key, format!("{h}.{p}").as_bytes(), &signature).ok()?;
-        let claims: Claims = serde_json::from_slice(&Base64UrlUnpadded::decode_vec(p).ok()?).ok()?;
-        let valid = claims.iss == ISSUER && claims.aud == AUDIENCE && claims.nbf <= now + 5 && now < claims.exp;
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.required_spec_claims.clear();
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).ok()?.claims;
+        let valid = claims.nbf <= now + NBF_LEEWAY_S && now < claims.exp;
         valid.then_some(claims)
     }
 }
@@ -445,7 +446,25 @@ mod tests {
     }
 
     #[test]
+    fn a_token_issued_by_an_earlier_build_stays_valid() {
+        // Earlier builds wrote the header and signature by hand: `{"alg":"HS256","typ":"JWT"}`,
+        // the claims as JSON, HMAC-SHA256 over both, all base64url without padding.
+        use base64ct::{Base64UrlUnpadded, Encoding};
+        let secret = b"cluster-api-secret-0123456789abcdef";
+        let header = Base64UrlUnpadded::encode_string(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let claims = r#"{"iss":"wazuh","aud":"Wazuh API REST","nbf":1000,"exp":1900,"sub":"admin","run_as":false,"rbac_roles":[1],"rbac_mode":"white","role":"administrator"}"#;
+        let input = format!("{header}.{}", Base64UrlUnpadded::encode_string(claims.as_bytes()));
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+        let token =
+            format!("{input}.{}", Base64UrlUnpadded::encode_string(ring::hmac::sign(&key, input.as_bytes()).as_ref()));
+        let t = Tokens::new(secret, Duration::from_secs(900));
+        let claims = t.check(&token, 1_000).expect("an earlier build's token");
+        assert_eq!((claims.sub.as_str(), claims.role, claims.gen), ("admin", ApiRole::Administrator, 0));
+    }
+
+    #[test]
     fn tokens_are_valid_only_unaltered_in_their_lifetime_and_with_this_secret() {
+        use base64ct::{Base64UrlUnpadded, Encoding};
         let t = Tokens::new(b"cluster-api-secret-0123456789abcdef", Duration::from_secs(900));
         let token = t.issue("admin", ApiRole::Administrator, 0, 1_000);
         let claims = t.check(&token, 1_000).unwrap();
