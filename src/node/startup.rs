@@ -328,7 +328,7 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
             if config.cluster.raft_id.is_some() {
                 registry.relax_sync_for_log().context("cannot set up the registry for a replicated log")?;
             }
-            let registry = StoreHandle::spawn(&format!("{name}-registry"), *registry, Registry::seq)
+            let registry = StoreHandle::spawn(&format!("{name}-registry"), *registry, |s| s.seq())
                 .context("cannot start the registry thread")?;
             info!(node = name.as_str(); "starting master of cluster {:?} (cipher {}, admission {})", config.cluster.name, config.cluster.cipher, admission.mode);
             let writes = match config.cluster.raft_id {
@@ -406,7 +406,7 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
             )
         }
         (Store::Worker(replica), None, Some(master), None) => {
-            let replica = StoreHandle::spawn(&format!("{name}-replica"), *replica, Replica::seq)
+            let replica = StoreHandle::spawn(&format!("{name}-replica"), *replica, |s| s.seq())
                 .context("cannot start the replica thread")?;
             info!(node = name.as_str(); "starting worker of cluster {:?} (cipher {})", config.cluster.name, config.cluster.cipher);
             let _ = shared.source.set(KeySource::Worker(replica.clone()));
@@ -800,7 +800,7 @@ impl LeaderFiles {
         let replica = Replica::open(&dir).with_context(|| format!("cannot open {}", dir.display()))?;
         let name = format!("{}-files-replica", self.settings.node_name);
         Ok(WorkerServices {
-            replica: StoreHandle::spawn(&name, replica, Replica::seq).context("cannot start a thread")?,
+            replica: StoreHandle::spawn(&name, replica, |s| s.seq()).context("cannot start a thread")?,
             agents: None,
             ruleset: self.ruleset.clone(),
             tree: Arc::new(tokio::sync::watch::Sender::new(String::new())),

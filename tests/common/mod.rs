@@ -153,7 +153,7 @@ pub fn scratch_dir() -> std::path::PathBuf {
 pub async fn start_master(settings: ChannelSettings) -> (Addr<MasterListener>, SocketAddr) {
     init_logs();
     let registry = Registry::open(&scratch_dir()).expect("registry");
-    let registry = StoreHandle::spawn("test-registry", registry, Registry::seq).expect("registry thread");
+    let registry = StoreHandle::spawn("test-registry", registry, |s| s.seq()).expect("registry thread");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let admission =
@@ -168,7 +168,7 @@ pub async fn start_master(settings: ChannelSettings) -> (Addr<MasterListener>, S
 pub fn worker_services() -> WorkerServices {
     let replica = Replica::open(&scratch_dir()).expect("replica");
     WorkerServices {
-        replica: StoreHandle::spawn("test-replica", replica, Replica::seq).expect("replica thread"),
+        replica: StoreHandle::spawn("test-replica", replica, |s| s.seq()).expect("replica thread"),
         agents: None,
         ruleset: None,
         tree: Arc::new(tokio::sync::watch::Sender::new(String::new())),

@@ -497,8 +497,7 @@ mod tests {
         replica.commit().unwrap();
         let index = Arc::new(KeyIndex::default());
         replica.set_key_sink(index.clone()).unwrap();
-        let store =
-            crate::registry::StoreHandle::spawn("test-replica", replica, crate::registry::Replica::seq).unwrap();
+        let store = crate::registry::StoreHandle::spawn("test-replica", replica, |s| s.seq()).unwrap();
         let source = KeySource::Worker(store.clone());
         assert_eq!(index.cached(), 0);
         let two = index.by_ip("10.0.0.2".parse().unwrap(), Some(&source)).await.expect("agent 2 by address");

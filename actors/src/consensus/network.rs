@@ -383,7 +383,7 @@ mod tests {
         s.data_dir = dir.path().to_path_buf();
         let settings = Arc::new(s);
         let registry =
-            StoreHandle::spawn("raft-test-registry", Registry::open(dir.path()).unwrap(), Registry::seq).unwrap();
+            StoreHandle::spawn("raft-test-registry", Registry::open(dir.path()).unwrap(), |s| s.seq()).unwrap();
         let listener = listener.into_std().unwrap();
         let (masters, path, reg) = (masters.to_vec(), dir.path().to_path_buf(), registry.clone());
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -227,7 +227,7 @@ mod tests {
         async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
             let dir = tempfile::tempdir().map_err(sm_write)?;
             let registry = Registry::open(dir.path()).map_err(sm_write)?;
-            let handle = StoreHandle::spawn("test-raft-registry", registry, Registry::seq).map_err(sm_write)?;
+            let handle = StoreHandle::spawn("test-raft-registry", registry, |s| s.seq()).map_err(sm_write)?;
             let log = LogStore::open(dir.path()).map_err(sm_write)?;
             let sm = StateMachine::new(handle, dir.path());
             Ok((dir, log, sm))
@@ -236,7 +236,7 @@ mod tests {
 
     fn node(dir: &Path) -> StateMachine {
         let registry = Registry::open(dir).unwrap();
-        StateMachine::new(StoreHandle::spawn("test-raft-registry", registry, Registry::seq).unwrap(), dir)
+        StateMachine::new(StoreHandle::spawn("test-raft-registry", registry, |s| s.seq()).unwrap(), dir)
     }
 
     fn normal(index: u64, command: crate::registry::command::Command) -> Entry<RegistryRaft> {

@@ -7,15 +7,14 @@
 //! kept in memory ([`super::counts`]).
 
 use super::counts::{StatusCounts, StatusSummary};
-use super::derived::{Derived, KeySink};
 use super::policy::{Incumbent, ReplacePolicy, Verdict};
 use super::query::{AgentQuery, SortField};
 use super::schema::{
-    self, all_entries, fmt_id, groups_text, groups_vec, one_entry, open_db, row_entry, TableHash, CHANGELOG_KEEP,
-    DEFAULT_GROUP, TOKENS_KEPT_MS,
+    self, fmt_id, groups_text, groups_vec, one_entry, open_db, row_entry, CHANGELOG_KEEP, DEFAULT_GROUP, TOKENS_KEPT_MS,
 };
 use super::store::{Store, StoreError};
-use rusqlite::{params, Connection, OptionalExtension};
+use super::table::AgentTable;
+use rusqlite::{params, OptionalExtension};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use wazuh_cluster_protocol::agent::enrollment::{EnrollError, MAX_GROUPS};
@@ -102,13 +101,9 @@ pub enum RecoverError {
 
 /// The master's registry.
 pub struct Registry {
-    /// This registry's identity (random, made with it).
-    generation: u64,
-    conn: Connection,
-    data_dir: PathBuf,
-    hash: TableHash,
-    seq: u64,
-    derived: Derived,
+    /// The connection, position, hash, generation (random, made with the registry) and what
+    /// follows each commit; shared with the replica's code.
+    table: AgentTable,
     counts: StatusCounts,
     pub replace: ReplacePolicy,
     /// The nodes that hold agents' sessions now: the master and its connected workers (see
@@ -125,9 +120,6 @@ pub struct Registry {
     last_move: Option<(u32, String, String)>,
     moves: u64,
     move_lines: crate::throttle::Throttle,
-    /// The API's users as every part of the node reads them, refreshed after each commit that
-    /// changed them.
-    users: Option<std::sync::Arc<super::user_store::UserDirectory>>,
     /// Groups deleted by the open transaction: their directories go once it commits (and where
     /// the current command's savepoint began in this list).
     removals: Vec<String>,
@@ -221,26 +213,14 @@ impl Registry {
         conn.execute_batch(super::user_store::USER_TABLES)?;
         conn.execute_batch(super::user_store::SEEDED_TABLE)?;
         conn.execute_batch(schema::DELETED_GROUPS_TABLE)?;
-        let seq: i64 = conn.query_row("SELECT v FROM meta WHERE k = 'seq'", [], |r| r.get(0))?;
         // A registry's identity, made with it (or at the first start of a release that has it):
         // a worker following another registry is never rewritten to this one's content.
-        let mut generation = schema::stored_generation(&conn)?;
-        if generation == 0 {
-            generation = (crate::backoff::random_u64() & (i64::MAX as u64)).max(1);
+        if schema::stored_generation(&conn)? == 0 {
+            let generation = (crate::backoff::random_u64() & (i64::MAX as u64)).max(1);
             schema::store_generation(&conn, generation)?;
         }
-        let entries = all_entries(&conn)?;
-        let mut hash = TableHash::default();
-        for e in &entries {
-            hash.toggle(e);
-        }
         let mut reg = Registry {
-            generation,
-            conn,
-            data_dir: data_dir.to_path_buf(),
-            hash,
-            seq: seq as u64,
-            derived: Derived::open(data_dir, &entries)?,
+            table: AgentTable::open(conn, data_dir, "agent registry")?,
             counts: StatusCounts::default(),
             replace: ReplacePolicy::default(),
             live: Default::default(),
@@ -250,7 +230,6 @@ impl Registry {
             last_move: None,
             moves: 0,
             move_lines: crate::throttle::Throttle::new(std::time::Duration::from_secs(10)),
-            users: None,
             removals: Vec::new(),
             removals_mark: 0,
         };
@@ -260,52 +239,10 @@ impl Registry {
         Ok(reg)
     }
 
-    /// Sends every committed change of the agent table to `sink` (after the whole table now).
-    pub fn set_key_sink(&mut self, sink: std::sync::Arc<dyn KeySink>) -> Result<(), StoreError> {
-        let entries = self.entries()?;
-        self.derived.set_sink(sink, &entries);
-        Ok(())
-    }
-
-    /// client.keys as it is kept (for figures and tests).
-    pub fn client_keys(&self) -> &super::client_keys::ClientKeys {
-        self.derived.client_keys()
-    }
-
-    /// Writes client.keys whole again if someone else changed it since this node wrote it (every
-    /// write checks too; this catches a change while nothing is enrolled or removed). Between
-    /// transactions only. Returns what was found and done, if anything.
-    pub fn repair_client_keys(&mut self) -> Result<Option<String>, StoreError> {
-        let conn = &self.conn;
-        let repaired = self.derived.repair(&self.data_dir, || all_entries(conn))?;
-        if let Some(why) = &repaired {
-            log::warn!("agent registry in {}: {why}", self.data_dir.display());
-        }
-        Ok(repaired)
-    }
-
-    /// Keeps `directory` equal to the users table from now on (filled now).
-    pub fn set_user_directory(
-        &mut self,
-        directory: std::sync::Arc<super::user_store::UserDirectory>,
-    ) -> Result<(), StoreError> {
-        directory.replace(self.users()?);
-        self.users = Some(directory);
-        Ok(())
-    }
-
-    pub(crate) fn conn(&self) -> &Connection {
-        &self.conn
-    }
-
-    /// Every API user.
-    pub fn users(&self) -> Result<Vec<wazuh_cluster_protocol::message::ApiUser>, StoreError> {
-        super::user_store::read_users(&self.conn)
-    }
-
     fn load_counts(&mut self) -> Result<(), StoreError> {
         self.counts.clear();
-        let mut stmt = self.conn.prepare_cached("SELECT id, status, node_name, group_config_status FROM agents")?;
+        let mut stmt =
+            self.table.conn.prepare_cached("SELECT id, status, node_name, group_config_status FROM agents")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let id: u32 = r.get(0)?;
@@ -396,38 +333,43 @@ impl Registry {
         groups.dedup();
         {
             let reg = Registry::open(data_dir)?;
-            reg.begin()?;
+            reg.table.begin()?;
             let write = || -> Result<(), StoreError> {
                 let now = now_ms() as i64;
                 for g in &groups {
-                    reg.conn
+                    reg.table
+                        .conn
                         .execute("INSERT OR IGNORE INTO groups (name, created_at) VALUES (?1, ?2)", params![g, now])?;
                     reg.ensure_group_dir(g)?;
                 }
                 for e in &entries {
-                    reg.conn.execute(
+                    reg.table.conn.execute(
                         "INSERT INTO agents (id, name, ip, key, groups, registered_at, node_name)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, '')",
                         params![e.id, e.name, e.ip, e.key, groups_text(&e.groups), now],
                     )?;
                 }
                 for u in &users {
-                    super::user_store::apply_user_change(&reg.conn, &AgentChange::UserSet(u.clone()))?;
+                    super::user_store::apply_user_change(&reg.table.conn, &AgentChange::UserSet(u.clone()))?;
                 }
                 let last_user = users.iter().map(|u| u.id).max().unwrap_or(0);
-                reg.conn.execute("INSERT OR IGNORE INTO meta (k, v) VALUES ('last_user_id', 0)", [])?;
-                reg.conn.execute("UPDATE meta SET v = MAX(v, ?1) WHERE k = 'last_user_id'", params![last_user])?;
+                reg.table.conn.execute("INSERT OR IGNORE INTO meta (k, v) VALUES ('last_user_id', 0)", [])?;
+                reg.table
+                    .conn
+                    .execute("UPDATE meta SET v = MAX(v, ?1) WHERE k = 'last_user_id'", params![last_user])?;
                 let last_id = entries.iter().map(|e| e.id).max().unwrap_or(0);
-                reg.conn.execute("UPDATE meta SET v = MAX(v, ?1) WHERE k = 'last_id'", params![last_id as i64])?;
-                reg.conn.execute("UPDATE meta SET v = ?1 WHERE k = 'seq'", params![seq])?;
+                reg.table
+                    .conn
+                    .execute("UPDATE meta SET v = MAX(v, ?1) WHERE k = 'last_id'", params![last_id as i64])?;
+                reg.table.conn.execute("UPDATE meta SET v = ?1 WHERE k = 'seq'", params![seq])?;
                 if let Some(g) = generation.filter(|g| *g != 0) {
-                    schema::store_generation(&reg.conn, g as u64)?;
+                    schema::store_generation(&reg.table.conn, g as u64)?;
                 }
-                reg.conn.execute_batch("COMMIT")?;
+                reg.table.conn.execute_batch("COMMIT")?;
                 Ok(())
             };
             if let Err(e) = write() {
-                let _ = reg.conn.execute_batch("ROLLBACK");
+                let _ = reg.table.conn.execute_batch("ROLLBACK");
                 return Err(e.into());
             }
         }
@@ -442,24 +384,11 @@ impl Registry {
         })
     }
 
-    /// This registry's identity: workers' replicas carry it.
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-
-    pub fn hash(&self) -> String {
-        self.hash.hex()
-    }
-
     /// Makes the group's directory, with an empty `agent.conf` as Wazuh does, if it has none.
     /// Removes `etc/shared/<group>` whole (a symlink there is removed, never followed): first
     /// renamed aside, so that file sync never sees half of it.
     fn remove_group_dir(&self, group: &str) -> Result<(), StoreError> {
-        let dir = self.data_dir.join("etc/shared").join(group);
+        let dir = self.table.data_dir.join("etc/shared").join(group);
         let io = |path: &Path| {
             let path = path.display().to_string();
             move |error| StoreError::Io { path, error }
@@ -470,7 +399,7 @@ impl Registry {
             Ok(m) if !m.is_dir() => return std::fs::remove_file(&dir).map_err(io(&dir)),
             Ok(_) => {}
         }
-        let trash = self.data_dir.join("var/sync/trash");
+        let trash = self.table.data_dir.join("var/sync/trash");
         std::fs::create_dir_all(&trash).map_err(io(&trash))?;
         let aside = trash.join(format!("{group}.{}", crate::backoff::random_u64()));
         std::fs::rename(&dir, &aside).map_err(io(&dir))?;
@@ -494,7 +423,7 @@ impl Registry {
     }
 
     fn ensure_group_dir(&self, group: &str) -> Result<(), StoreError> {
-        let dir = self.data_dir.join("etc/shared").join(group);
+        let dir = self.table.data_dir.join("etc/shared").join(group);
         let io = |path: &Path| {
             let path = path.display().to_string();
             move |error| StoreError::Io { path, error }
@@ -511,13 +440,8 @@ impl Registry {
         Ok(())
     }
 
-    /// Every agent's identity, in id order.
-    pub fn entries(&self) -> Result<Vec<AgentEntry>, StoreError> {
-        all_entries(&self.conn)
-    }
-
     pub(crate) fn log_change(&mut self, change: &AgentChange) -> Result<(), StoreError> {
-        self.seq += 1;
+        self.table.seq += 1;
         let (op, id, name, ip, key, groups) = match change {
             // A user: its role in `ip`, its hash in `key`, its generation in `groups`.
             AgentChange::UserSet(u) => (
@@ -540,35 +464,34 @@ impl Registry {
             AgentChange::Removed { id } => ("removed", *id, None, None, None, None),
             AgentChange::GroupsChanged { id, groups } => ("groups", *id, None, None, None, Some(groups_text(groups))),
         };
-        self.conn
+        self.table
+            .conn
             .prepare_cached(
                 "INSERT INTO changes (seq, op, id, name, ip, key, groups) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![self.seq as i64, op, id, name, ip, key, groups])?;
-        self.conn.prepare_cached("UPDATE meta SET v = ?1 WHERE k = 'seq'")?.execute(params![self.seq as i64])?;
-        if self.seq > CHANGELOG_KEEP && self.seq % 1000 == 0 {
-            self.conn
+            .execute(params![self.table.seq as i64, op, id, name, ip, key, groups])?;
+        self.table
+            .conn
+            .prepare_cached("UPDATE meta SET v = ?1 WHERE k = 'seq'")?
+            .execute(params![self.table.seq as i64])?;
+        if self.table.seq > CHANGELOG_KEEP && self.table.seq % 1000 == 0 {
+            self.table
+                .conn
                 .prepare_cached("DELETE FROM changes WHERE seq <= ?1")?
-                .execute(params![(self.seq - CHANGELOG_KEEP) as i64])?;
+                .execute(params![(self.table.seq - CHANGELOG_KEEP) as i64])?;
         }
-        self.derived.record(change.clone());
+        self.table.derived.record(change.clone());
         Ok(())
     }
 
-    /// Agent `id` for the key index, and whether the open transaction has left the table as it
-    /// was committed (a key read amid uncommitted changes is not cached).
-    pub fn key_entry(&self, id: u32) -> Result<(Option<AgentEntry>, bool), StoreError> {
-        Ok((one_entry(&self.conn, id)?, !self.derived.dirty()))
-    }
-
     fn entry(&self, id: u32) -> Result<Option<AgentEntry>, StoreError> {
-        one_entry(&self.conn, id)
+        one_entry(&self.table.conn, id)
     }
 
     fn remove_row(&mut self, id: u32) -> Result<bool, StoreError> {
         let Some(e) = self.entry(id)? else { return Ok(false) };
-        self.conn.prepare_cached("DELETE FROM agents WHERE id = ?1")?.execute(params![id])?;
-        self.hash.toggle(&e);
+        self.table.conn.prepare_cached("DELETE FROM agents WHERE id = ?1")?.execute(params![id])?;
+        self.table.hash.toggle(&e);
         self.counts.remove(id);
         self.log_change(&AgentChange::Removed { id })?;
         Ok(true)
@@ -678,7 +601,8 @@ impl Registry {
         let outcome = self.enroll_new(p)?;
         // Outcomes recorded by earlier builds (refusals included) go after their day, by the
         // enrollment's own time (carried in it: the same rows on every member).
-        self.conn
+        self.table
+            .conn
             .prepare_cached("DELETE FROM tokens WHERE at < ?1")?
             .execute(params![p.at_ms.saturating_sub(TOKENS_KEPT_MS) as i64])?;
         Ok(outcome)
@@ -724,10 +648,11 @@ impl Registry {
             }
         }
         let last: i64 =
-            self.conn.prepare_cached("SELECT v FROM meta WHERE k = 'last_id'")?.query_row([], |r| r.get(0))?;
+            self.table.conn.prepare_cached("SELECT v FROM meta WHERE k = 'last_id'")?.query_row([], |r| r.get(0))?;
         let id = u32::try_from(last + 1).map_err(|_| StoreError::Invalid("agent ids exhausted".into()))?;
         let entry = AgentEntry { id, name: a.name.clone(), ip: a.ip.clone(), key: p.key.clone(), groups };
-        self.conn
+        self.table
+            .conn
             .prepare_cached(
                 "INSERT INTO agents (id, name, ip, key, groups, registered_at, node_name, version, token, pending)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -744,8 +669,8 @@ impl Registry {
                 a.token,
                 a.token.is_some() as i64
             ])?;
-        self.conn.prepare_cached("UPDATE meta SET v = ?1 WHERE k = 'last_id'")?.execute(params![id as i64])?;
-        self.hash.toggle(&entry);
+        self.table.conn.prepare_cached("UPDATE meta SET v = ?1 WHERE k = 'last_id'")?.execute(params![id as i64])?;
+        self.table.hash.toggle(&entry);
         self.counts.set(id, "never_connected", &a.node_name, None);
         self.log_change(&AgentChange::Added(entry.clone()))?;
         Ok(Ok(entry))
@@ -760,7 +685,7 @@ impl Registry {
             .optional()?;
         let Some(id) = id else { return Ok(()) };
         if delivered {
-            self.conn.prepare_cached("UPDATE agents SET pending = 0 WHERE id = ?1")?.execute(params![id])?;
+            self.table.conn.prepare_cached("UPDATE agents SET pending = 0 WHERE id = ?1")?.execute(params![id])?;
         } else {
             self.remove_row(id)?;
         }
@@ -775,7 +700,7 @@ impl Registry {
 
     /// Agents enrolled through a worker before `cutoff_ms` whose delivery is still unconfirmed.
     pub fn pending_older_than(&self, cutoff_ms: u64) -> Result<Vec<u32>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT id FROM agents WHERE pending = 1 AND registered_at < ?1")?;
+        let mut stmt = self.table.conn.prepare("SELECT id FROM agents WHERE pending = 1 AND registered_at < ?1")?;
         let rows = stmt.query_map(params![cutoff_ms as i64], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -817,14 +742,15 @@ impl Registry {
     /// whole): (snapshot?, changes, the position they lead to).
     pub fn changes_since_limited(&self, after: u64, limit: usize) -> Result<(bool, Vec<AgentChange>, u64), StoreError> {
         let oldest: Option<i64> =
-            self.conn.prepare_cached("SELECT MIN(seq) FROM changes")?.query_row([], |r| r.get(0))?;
-        let delta_ok = after <= self.seq && (after == self.seq || oldest.is_some_and(|o| o as u64 <= after + 1));
+            self.table.conn.prepare_cached("SELECT MIN(seq) FROM changes")?.query_row([], |r| r.get(0))?;
+        let delta_ok =
+            after <= self.table.seq && (after == self.table.seq || oldest.is_some_and(|o| o as u64 <= after + 1));
         if !delta_ok {
             let mut all: Vec<AgentChange> = self.entries()?.into_iter().map(AgentChange::Added).collect();
             all.extend(self.users()?.into_iter().map(AgentChange::UserSet));
-            return Ok((true, all, self.seq));
+            return Ok((true, all, self.table.seq));
         }
-        let mut stmt = self.conn.prepare_cached(
+        let mut stmt = self.table.conn.prepare_cached(
             "SELECT seq, op, id, name, ip, key, groups FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -866,14 +792,9 @@ impl Registry {
         }
         // Fewer than asked: the delta reaches the current position.
         if (changes.len() as i64) < limit {
-            to = self.seq;
+            to = self.table.seq;
         }
         Ok((false, changes, to))
-    }
-
-    /// The master's data directory (its sync roots are under it).
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
     }
 
     /// Marks `node` as holding agent sessions now (the master itself, a connected worker) or not
@@ -983,7 +904,7 @@ impl Registry {
                 && u.peer_ip.is_none()
             {
                 // A keep-alive that changed nothing but the time: the light statement.
-                self.conn
+                self.table.conn
                     .prepare_cached(
                         "UPDATE agents SET status = ?2, last_keepalive = COALESCE(?3, last_keepalive), node_name = ?4,
                             disconnected_at = CASE WHEN ?2 = 'disconnected' THEN ?5 ELSE NULL END
@@ -997,7 +918,7 @@ impl Registry {
             if changed > 0 {
                 stored += 1;
                 self.counts.update(u.id, &u.status, node, u.group_config_status.as_deref());
-            } else if one_entry(&self.conn, u.id)?.is_some() {
+            } else if one_entry(&self.table.conn, u.id)?.is_some() {
                 stale += 1;
             } else {
                 unknown += 1;
@@ -1059,7 +980,10 @@ impl Registry {
             self.counts.count(q.status.as_deref(), q.node.as_deref())
         } else {
             let sql = format!("SELECT COUNT(*) FROM agents {filter}");
-            self.conn.prepare_cached(&sql)?.query_row(rusqlite::params_from_iter(&args), |r| r.get::<_, i64>(0))? as u64
+            self.table
+                .conn
+                .prepare_cached(&sql)?
+                .query_row(rusqlite::params_from_iter(&args), |r| r.get::<_, i64>(0))? as u64
         };
         let all = [
             SortField::Name,
@@ -1072,7 +996,7 @@ impl Registry {
         ];
         let sql =
             format!("SELECT {ROW_COLUMNS} FROM agents {filter} {} {}", q.order_clause(&all), q.page_clause(&mut args));
-        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut stmt = self.table.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(&args), agent_row)?;
         Ok((total, rows.collect::<Result<_, _>>()?))
     }
@@ -1085,7 +1009,7 @@ impl Registry {
                 *counts.entry(g).or_default() += 1;
             }
         }
-        let mut stmt = self.conn.prepare_cached("SELECT name FROM groups ORDER BY name")?;
+        let mut stmt = self.table.conn.prepare_cached("SELECT name FROM groups ORDER BY name")?;
         let names = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
         Ok(names
             .into_iter()
@@ -1112,7 +1036,7 @@ impl Registry {
             .execute("INSERT OR IGNORE INTO groups (name, created_at) VALUES (?1, ?2)", params![name, at_ms as i64])?;
         if n > 0 {
             // A group deleted before starts afresh: whatever its old directory held is gone.
-            let was_deleted = self.conn.execute("DELETE FROM deleted_groups WHERE name = ?1", params![name])? > 0;
+            let was_deleted = self.table.conn.execute("DELETE FROM deleted_groups WHERE name = ?1", params![name])? > 0;
             if was_deleted || self.removals.iter().any(|r| r == name) {
                 self.removals.retain(|r| r != name);
                 self.removals_mark = self.removals_mark.min(self.removals.len());
@@ -1128,12 +1052,13 @@ impl Registry {
         if old.groups == groups {
             return Ok(());
         }
-        self.conn
+        self.table
+            .conn
             .prepare_cached("UPDATE agents SET groups = ?1 WHERE id = ?2")?
             .execute(params![groups_text(&groups), id])?;
-        self.hash.toggle(&old);
+        self.table.hash.toggle(&old);
         let new = AgentEntry { groups: groups.clone(), ..old };
-        self.hash.toggle(&new);
+        self.table.hash.toggle(&new);
         self.log_change(&AgentChange::GroupsChanged { id, groups })
     }
 
@@ -1142,11 +1067,12 @@ impl Registry {
         if name == DEFAULT_GROUP {
             return Err(StoreError::Invalid("the default group cannot be deleted".into()));
         }
-        if self.conn.prepare_cached("DELETE FROM groups WHERE name = ?1")?.execute(params![name])? == 0 {
+        if self.table.conn.prepare_cached("DELETE FROM groups WHERE name = ?1")?.execute(params![name])? == 0 {
             return Err(StoreError::NoSuchGroup(name.into()));
         }
         // Its directory goes once this commits (a crash before that: at the next start).
-        self.conn
+        self.table
+            .conn
             .prepare_cached("INSERT OR REPLACE INTO deleted_groups (name, at) VALUES (?1, ?2)")?
             .execute(params![name, now_ms() as i64])?;
         self.removals.push(name.to_string());
@@ -1191,41 +1117,22 @@ impl Registry {
         self.set_groups(id, groups)
     }
 
-    pub fn begin(&self) -> Result<(), StoreError> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        Ok(())
-    }
-
     /// Commits, then brings client.keys and the key index up to date with what changed. A failed
     /// write of client.keys does not undo the commit (the file is written whole after the next
     /// change, and at every start); it is logged.
     pub fn commit(&mut self) -> Result<(), StoreError> {
-        self.conn.execute_batch("COMMIT")?;
+        self.table.commit()?;
         for group in std::mem::take(&mut self.removals) {
             if let Err(e) = self.remove_group_dir(&group) {
-                log::warn!("agent registry in {}: group {group} deleted, its directory not yet: {e} (removed at the next start)", self.data_dir.display());
+                log::warn!("agent registry in {}: group {group} deleted, its directory not yet: {e} (removed at the next start)", self.table.data_dir.display());
             }
         }
         self.removals_mark = 0;
-        let users_changed = self.derived.take_users_changed();
-        let conn = &self.conn;
-        match self.derived.committed(&self.data_dir, || all_entries(conn)) {
-            Ok(None) => {}
-            Ok(Some(repaired)) => log::warn!("agent registry in {}: {repaired}", self.data_dir.display()),
-            Err(e) => log::warn!("agent registry in {}: cannot update client.keys: {e}", self.data_dir.display()),
-        }
-        if let (true, Some(directory)) = (users_changed, &self.users) {
-            match super::user_store::read_users(&self.conn) {
-                Ok(users) => directory.replace(users),
-                Err(e) => log::warn!("agent registry in {}: cannot read the API users: {e}", self.data_dir.display()),
-            }
-        }
         Ok(())
     }
 
     pub fn rollback(&mut self) {
-        let _ = self.conn.execute_batch("ROLLBACK");
-        self.derived.rollback();
+        self.table.rollback();
         self.removals.clear();
         self.removals_mark = 0;
     }
@@ -1306,7 +1213,7 @@ impl Registry {
     pub fn dump(&self) -> Result<Vec<TableDump>, StoreError> {
         let mut out = Vec::new();
         for table in SNAPSHOT_TABLES {
-            let mut stmt = self.conn.prepare(&format!("SELECT * FROM {table}"))?;
+            let mut stmt = self.table.conn.prepare(&format!("SELECT * FROM {table}"))?;
             let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
             let n = columns.len();
             let mut rows = Vec::new();
@@ -1339,12 +1246,12 @@ impl Registry {
             }
         }
         for table in SNAPSHOT_TABLES {
-            self.conn.execute(&format!("DELETE FROM {table}"), [])?;
+            self.table.conn.execute(&format!("DELETE FROM {table}"), [])?;
         }
         for d in dump {
             let marks = vec!["?"; d.columns.len()].join(", ");
             let sql = format!("INSERT INTO {} ({}) VALUES ({marks})", d.table, d.columns.join(", "));
-            let mut stmt = self.conn.prepare(&sql)?;
+            let mut stmt = self.table.conn.prepare(&sql)?;
             for row in &d.rows {
                 if row.len() != d.columns.len() {
                     return Err(StoreError::Invalid(format!("a snapshot row of {} has the wrong width", d.table)));
@@ -1353,10 +1260,10 @@ impl Registry {
                 stmt.execute(rusqlite::params_from_iter(values))?;
             }
         }
-        (self.seq, self.hash) = schema::position(&self.conn)?;
-        self.generation = schema::stored_generation(&self.conn)?;
+        (self.table.seq, self.table.hash) = schema::position(&self.table.conn)?;
+        self.table.generation = schema::stored_generation(&self.table.conn)?;
         self.load_counts()?;
-        self.derived.record_reset();
+        self.table.derived.record_reset();
         Ok(())
     }
 
@@ -1365,7 +1272,7 @@ impl Registry {
     /// position, so its own commits need not wait for the disk (`synchronous = NORMAL`: a power
     /// loss may lose its last commits, never corrupt it; the log re-applies them).
     pub fn relax_sync_for_log(&self) -> Result<(), StoreError> {
-        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        self.table.conn.pragma_update(None, "synchronous", "NORMAL")?;
         Ok(())
     }
 
@@ -1373,14 +1280,14 @@ impl Registry {
     /// never held a change, so that a worker's replica follows every member alike. A registry with
     /// history keeps its own (and says so: it cannot join a replicated group as it is).
     pub fn adopt_generation(&mut self, generation: u64) -> Result<bool, StoreError> {
-        if self.generation == generation {
+        if self.table.generation == generation {
             return Ok(true);
         }
-        if self.seq != 0 {
+        if self.table.seq != 0 {
             return Ok(false);
         }
-        schema::store_generation(&self.conn, generation)?;
-        self.generation = generation;
+        schema::store_generation(&self.table.conn, generation)?;
+        self.table.generation = generation;
         Ok(true)
     }
 
@@ -1395,14 +1302,14 @@ impl Registry {
     }
 
     pub fn set_raft_value(&mut self, k: &str, v: &str) -> Result<(), StoreError> {
-        self.conn.prepare_cached("INSERT OR REPLACE INTO raft (k, v) VALUES (?1, ?2)")?.execute(params![k, v])?;
+        self.table.conn.prepare_cached("INSERT OR REPLACE INTO raft (k, v) VALUES (?1, ?2)")?.execute(params![k, v])?;
         Ok(())
     }
 }
 
 impl Store for Registry {
     fn begin(&mut self) -> Result<(), StoreError> {
-        Registry::begin(self)
+        self.table.begin()
     }
     fn commit(&mut self) -> Result<(), StoreError> {
         Registry::commit(self)
@@ -1411,21 +1318,32 @@ impl Store for Registry {
         Registry::rollback(self)
     }
     fn reload(&mut self) -> Result<(), StoreError> {
-        (self.seq, self.hash) = schema::position(&self.conn)?;
+        self.table.reload_position()?;
         self.load_counts()
     }
     fn savepoint(&mut self) -> Result<(), StoreError> {
-        schema::savepoint(&self.conn)?;
-        self.derived.savepoint();
+        self.table.savepoint()?;
         self.removals_mark = self.removals.len();
         Ok(())
     }
     fn release(&mut self, keep: bool) {
-        schema::release(&self.conn, keep);
-        self.derived.release(keep);
+        self.table.release(keep);
         if !keep {
             self.removals.truncate(self.removals_mark);
         }
+    }
+}
+
+impl std::ops::Deref for Registry {
+    type Target = AgentTable;
+    fn deref(&self) -> &AgentTable {
+        &self.table
+    }
+}
+
+impl std::ops::DerefMut for Registry {
+    fn deref_mut(&mut self) -> &mut AgentTable {
+        &mut self.table
     }
 }
 
@@ -1716,12 +1634,14 @@ mod tests {
             out
         };
         // A row an earlier build recorded for a refusal.
-        reg.conn
+        reg.table
+            .conn
             .execute("INSERT INTO tokens (token, id, error, at) VALUES ('old', NULL, 'x', ?1)", [at as i64])
             .unwrap();
         let made = apply(&mut reg, &agent("web", Some("t-made")), at).unwrap();
-        let rows =
-            |reg: &Registry| -> i64 { reg.conn.query_row("SELECT COUNT(*) FROM tokens", [], |r| r.get(0)).unwrap() };
+        let rows = |reg: &Registry| -> i64 {
+            reg.table.conn.query_row("SELECT COUNT(*) FROM tokens", [], |r| r.get(0)).unwrap()
+        };
         // Refused requests, however many: no row.
         for i in 0..50 {
             let mut lost = agent(&format!("lost-{i}"), Some(&format!("t-refused-{i}")));

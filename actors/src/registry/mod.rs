@@ -12,6 +12,8 @@
 //! - [`query`]: pages of agents (filters, sort, offset, limit) for the API.
 //! - [`counts`]: agent counts by status and node, kept in memory for summaries and metrics.
 //! - [`store`]: the thread that owns one store and runs commands in group commits.
+//! - [`table`]: the agent table both stores keep (connection, position, hash, transactions, what
+//!   follows each commit), which [`Registry`] and [`Replica`] each extend.
 //! - [`user_store`]: the API's users in SQLite and in memory (tables, checks, the directory).
 //! - [`users`]: changes of the API's users on the master (sent to replicas with the agent changes).
 //!
@@ -29,6 +31,7 @@ pub mod query;
 pub mod replica;
 pub mod schema;
 pub mod store;
+pub mod table;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod user_store;

@@ -4,25 +4,19 @@
 //! the outbox of enrollment outcomes the
 //! master has not acknowledged yet.
 
-use super::derived::{Derived, KeySink};
 use super::query::{AgentQuery, SortField};
-use super::schema::{self, all_entries, groups_text, one_entry, open_db, TableHash};
+use super::schema::{self, groups_text, one_entry, open_db, TableHash};
 use super::store::{Store, StoreError};
-use rusqlite::{params, Connection};
+use super::table::AgentTable;
+use rusqlite::params;
 use std::path::{Path, PathBuf};
 use wazuh_cluster_protocol::message::{AgentChange, AgentEntry};
 
 /// A worker's replica of the agent table.
 pub struct Replica {
-    /// The generation of the registry it follows (0: none yet).
-    generation: u64,
-    conn: Connection,
-    data_dir: PathBuf,
-    hash: TableHash,
-    seq: u64,
-    derived: Derived,
-    /// The API's users as the node reads them, refreshed after each commit that changed them.
-    users: Option<std::sync::Arc<super::user_store::UserDirectory>>,
+    /// The connection, position, hash, the generation of the registry it follows (0: none yet),
+    /// and what follows each commit; shared with the registry's code.
+    table: AgentTable,
 }
 
 impl Replica {
@@ -31,15 +25,7 @@ impl Replica {
         let conn = open_db(&data_dir.join("var/db/replica.db"))?;
         conn.execute_batch(schema::REPLICA_TABLES)?;
         conn.execute_batch(super::user_store::USER_TABLES)?;
-        let seq: i64 = conn.query_row("SELECT v FROM meta WHERE k = 'seq'", [], |r| r.get(0))?;
-        let entries = all_entries(&conn)?;
-        let mut hash = TableHash::default();
-        for e in &entries {
-            hash.toggle(e);
-        }
-        let derived = Derived::open(data_dir, &entries)?;
-        let generation = schema::stored_generation(&conn)?;
-        Ok(Replica { conn, data_dir: data_dir.to_path_buf(), hash, seq: seq as u64, derived, generation, users: None })
+        Ok(Replica { table: AgentTable::open(conn, data_dir, "agent replica")? })
     }
 
     /// [`Replica::open`], setting a database SQLite finds corrupt (or not a database at all) aside
@@ -67,50 +53,6 @@ impl Replica {
         }
     }
 
-    /// Keeps `directory` equal to the users table from now on (filled now).
-    pub fn set_user_directory(
-        &mut self,
-        directory: std::sync::Arc<super::user_store::UserDirectory>,
-    ) -> Result<(), StoreError> {
-        directory.replace(super::user_store::read_users(&self.conn)?);
-        self.users = Some(directory);
-        Ok(())
-    }
-
-    /// The API's users as the master last sent them.
-    pub fn users(&self) -> Result<Vec<wazuh_cluster_protocol::message::ApiUser>, StoreError> {
-        super::user_store::read_users(&self.conn)
-    }
-
-    /// Sends every committed change of the replica to `sink` (after the whole table now).
-    pub fn set_key_sink(&mut self, sink: std::sync::Arc<dyn KeySink>) -> Result<(), StoreError> {
-        let entries = self.entries()?;
-        self.derived.set_sink(sink, &entries);
-        Ok(())
-    }
-
-    /// client.keys as it is kept (for figures and tests).
-    pub fn client_keys(&self) -> &super::client_keys::ClientKeys {
-        self.derived.client_keys()
-    }
-
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-
-    /// The generation of the registry this replica follows (0: none yet).
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
-    pub fn hash(&self) -> String {
-        self.hash.hex()
-    }
-
-    pub fn entries(&self) -> Result<Vec<AgentEntry>, StoreError> {
-        all_entries(&self.conn)
-    }
-
     /// One page of the replica's agents and how many match in all. The replica knows agents'
     /// identities and groups, not their statuses: a status or node filter matches nothing.
     pub fn page(&self, q: &AgentQuery) -> Result<(u64, Vec<AgentEntry>), StoreError> {
@@ -127,15 +69,9 @@ impl Replica {
             q.order_clause(&[SortField::Name, SortField::Ip]),
             q.page_clause(&mut args)
         );
-        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut stmt = self.table.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(&args), schema::row_entry)?;
         Ok((total, rows.collect::<Result<_, _>>()?))
-    }
-
-    /// Agent `id` for the key index, and whether the open transaction has left the table as it
-    /// was committed (a key read amid uncommitted changes is not cached).
-    pub fn key_entry(&self, id: u32) -> Result<(Option<AgentEntry>, bool), StoreError> {
-        Ok((one_entry(&self.conn, id)?, !self.derived.dirty()))
     }
 
     /// Agent `id`, if the replica has it.
@@ -145,18 +81,18 @@ impl Replica {
 
     /// Agents in the replica.
     pub fn count(&self) -> Result<u64, StoreError> {
-        Ok(self.conn.prepare_cached("SELECT COUNT(*) FROM agents")?.query_row([], |r| r.get::<_, i64>(0))? as u64)
+        Ok(self.table.conn.prepare_cached("SELECT COUNT(*) FROM agents")?.query_row([], |r| r.get::<_, i64>(0))? as u64)
     }
 
     fn get(&self, id: u32) -> Result<Option<AgentEntry>, StoreError> {
-        one_entry(&self.conn, id)
+        one_entry(&self.table.conn, id)
     }
 
     /// Applies an update (inside the caller's transaction) and returns whether it applied. A delta
     /// that does not start at our position is refused: the caller acknowledges its old position and
     /// the master sends a snapshot.
     pub fn apply(&mut self, from: u64, to: u64, snapshot: bool, changes: &[AgentChange]) -> Result<bool, StoreError> {
-        if !snapshot && from != self.seq {
+        if !snapshot && from != self.table.seq {
             return Ok(false);
         }
         self.apply_inner(to, snapshot, changes)
@@ -176,12 +112,12 @@ impl Replica {
         if self.foreign(generation) {
             return Ok(false);
         }
-        if !snapshot && from != self.seq {
+        if !snapshot && from != self.table.seq {
             return Ok(false);
         }
-        if generation != 0 && generation != self.generation {
-            schema::store_generation(&self.conn, generation)?;
-            self.generation = generation;
+        if generation != 0 && generation != self.table.generation {
+            schema::store_generation(&self.table.conn, generation)?;
+            self.table.generation = generation;
         }
         self.apply_inner(to, snapshot, changes)
     }
@@ -189,62 +125,64 @@ impl Replica {
     /// Whether an update of registry `generation` comes from another registry than the one this
     /// replica follows, while the replica holds agents of its own (never overwritten then).
     pub fn foreign(&self, generation: u64) -> bool {
-        generation != 0 && self.generation != 0 && generation != self.generation && self.seq > 0
+        generation != 0 && self.table.generation != 0 && generation != self.table.generation && self.table.seq > 0
     }
 
     fn apply_inner(&mut self, to: u64, snapshot: bool, changes: &[AgentChange]) -> Result<bool, StoreError> {
         if snapshot {
-            self.conn.execute("DELETE FROM agents", [])?;
-            self.conn.execute("DELETE FROM api_users", [])?;
-            self.hash = TableHash::default();
-            self.derived.record_reset();
+            self.table.conn.execute("DELETE FROM agents", [])?;
+            self.table.conn.execute("DELETE FROM api_users", [])?;
+            self.table.hash = TableHash::default();
+            self.table.derived.record_reset();
         }
         for c in changes {
             match c {
                 AgentChange::Added(e) => {
                     if let Some(old) = self.get(e.id)? {
-                        self.hash.toggle(&old);
+                        self.table.hash.toggle(&old);
                     }
-                    self.conn
+                    self.table
+                        .conn
                         .prepare_cached(
                             "INSERT OR REPLACE INTO agents (id, name, ip, key, groups) VALUES (?1, ?2, ?3, ?4, ?5)",
                         )?
                         .execute(params![e.id, e.name, e.ip, e.key, groups_text(&e.groups)])?;
-                    self.hash.toggle(e);
-                    self.derived.record(c.clone());
+                    self.table.hash.toggle(e);
+                    self.table.derived.record(c.clone());
                 }
                 AgentChange::Removed { id } => {
                     if let Some(old) = self.get(*id)? {
-                        self.conn.prepare_cached("DELETE FROM agents WHERE id = ?1")?.execute(params![id])?;
-                        self.hash.toggle(&old);
-                        self.derived.record(c.clone());
+                        self.table.conn.prepare_cached("DELETE FROM agents WHERE id = ?1")?.execute(params![id])?;
+                        self.table.hash.toggle(&old);
+                        self.table.derived.record(c.clone());
                     }
                 }
                 AgentChange::GroupsChanged { id, groups } => {
                     if let Some(old) = self.get(*id)? {
-                        self.conn
+                        self.table
+                            .conn
                             .prepare_cached("UPDATE agents SET groups = ?1 WHERE id = ?2")?
                             .execute(params![groups_text(groups), id])?;
-                        self.hash.toggle(&old);
-                        self.hash.toggle(&AgentEntry { groups: groups.clone(), ..old });
-                        self.derived.record(c.clone());
+                        self.table.hash.toggle(&old);
+                        self.table.hash.toggle(&AgentEntry { groups: groups.clone(), ..old });
+                        self.table.derived.record(c.clone());
                     }
                 }
                 // The API's users: no part of the agent table's hash.
                 AgentChange::UserSet(_) | AgentChange::UserRemoved { .. } => {
-                    super::user_store::apply_user_change(&self.conn, c)?;
-                    self.derived.record(c.clone());
+                    super::user_store::apply_user_change(&self.table.conn, c)?;
+                    self.table.derived.record(c.clone());
                 }
             }
         }
-        self.conn.execute("UPDATE meta SET v = ?1 WHERE k = 'seq'", params![to as i64])?;
-        self.seq = to;
+        self.table.conn.execute("UPDATE meta SET v = ?1 WHERE k = 'seq'", params![to as i64])?;
+        self.table.seq = to;
         Ok(true)
     }
 
     /// Records that the master must hear the fate of `token`.
     pub fn outbox_put(&self, token: &str, delivered: bool) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.table.conn.execute(
             "INSERT OR REPLACE INTO outbox (token, delivered, at) VALUES (?1, ?2, ?3)",
             params![token, delivered as i64, crate::clock::now_ms() as i64],
         )?;
@@ -252,57 +190,50 @@ impl Replica {
     }
 
     pub fn outbox(&self) -> Result<Vec<(String, bool)>, StoreError> {
-        let mut stmt = self.conn.prepare_cached("SELECT token, delivered FROM outbox ORDER BY at")?;
+        let mut stmt = self.table.conn.prepare_cached("SELECT token, delivered FROM outbox ORDER BY at")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn outbox_done(&self, token: &str) -> Result<(), StoreError> {
-        self.conn.execute("DELETE FROM outbox WHERE token = ?1", params![token])?;
+        self.table.conn.execute("DELETE FROM outbox WHERE token = ?1", params![token])?;
         Ok(())
     }
 }
 
 impl Store for Replica {
     fn begin(&mut self) -> Result<(), StoreError> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        Ok(())
+        self.table.begin()
     }
-    /// Commits, then brings client.keys and the key index up to date (see `Registry::commit`).
     fn commit(&mut self) -> Result<(), StoreError> {
-        self.conn.execute_batch("COMMIT")?;
-        let users_changed = self.derived.take_users_changed();
-        let conn = &self.conn;
-        match self.derived.committed(&self.data_dir, || all_entries(conn)) {
-            Ok(None) => {}
-            Ok(Some(repaired)) => log::warn!("agent replica in {}: {repaired}", self.data_dir.display()),
-            Err(e) => log::warn!("agent replica in {}: cannot update client.keys: {e}", self.data_dir.display()),
-        }
-        if let (true, Some(directory)) = (users_changed, &self.users) {
-            match super::user_store::read_users(&self.conn) {
-                Ok(users) => directory.replace(users),
-                Err(e) => log::warn!("agent replica in {}: cannot read the API users: {e}", self.data_dir.display()),
-            }
-        }
-        Ok(())
+        self.table.commit()
     }
     fn rollback(&mut self) {
-        let _ = self.conn.execute_batch("ROLLBACK");
-        self.derived.rollback();
+        self.table.rollback();
     }
     fn reload(&mut self) -> Result<(), StoreError> {
-        (self.seq, self.hash) = schema::position(&self.conn)?;
-        self.generation = schema::stored_generation(&self.conn)?;
+        self.table.reload_position()?;
+        self.table.generation = schema::stored_generation(&self.table.conn)?;
         Ok(())
     }
     fn savepoint(&mut self) -> Result<(), StoreError> {
-        schema::savepoint(&self.conn)?;
-        self.derived.savepoint();
-        Ok(())
+        self.table.savepoint()
     }
     fn release(&mut self, keep: bool) {
-        schema::release(&self.conn, keep);
-        self.derived.release(keep);
+        self.table.release(keep);
+    }
+}
+
+impl std::ops::Deref for Replica {
+    type Target = AgentTable;
+    fn deref(&self) -> &AgentTable {
+        &self.table
+    }
+}
+
+impl std::ops::DerefMut for Replica {
+    fn deref_mut(&mut self) -> &mut AgentTable {
+        &mut self.table
     }
 }
 

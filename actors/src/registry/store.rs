@@ -278,7 +278,7 @@ mod tests {
     async fn only_commits_that_move_the_sequence_wake_the_watchers() {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::open(dir.path()).unwrap();
-        let handle = StoreHandle::spawn("test-registry", registry, Registry::seq).unwrap();
+        let handle = StoreHandle::spawn("test-registry", registry, |s| s.seq()).unwrap();
         let mut watch = handle.watch();
         watch.borrow_and_update();
 
@@ -301,7 +301,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_panicking_command_fails_alone_and_the_store_goes_on() {
         let dir = tempfile::tempdir().unwrap();
-        let handle = StoreHandle::spawn("test-registry", Registry::open(dir.path()).unwrap(), Registry::seq).unwrap();
+        let handle = StoreHandle::spawn("test-registry", Registry::open(dir.path()).unwrap(), |s| s.seq()).unwrap();
         let a = agent("kept", None);
         let (first, panicked) = tokio::join!(
             handle.run(move |r| r.enroll(&a)),
