@@ -218,7 +218,7 @@ async fn a_master_that_lost_its_registry_wipes_no_worker() {
 /// them all without reading them.
 #[actix_rt::test]
 async fn agents_come_in_pages_each_agent_exactly_once() {
-    use wazuh_cluster_actors::registry::master::NewAgent;
+    use wazuh_cluster_actors::registry::NewAgent;
     use wazuh_multi_node::node::NodeHandle;
     const N: usize = 1237;
     let cluster = TestCluster::start("page", 1).await;

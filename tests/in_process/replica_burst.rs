@@ -6,7 +6,7 @@ use crate::common;
 use common::cluster::TestCluster;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-use wazuh_cluster_actors::registry::master::NewAgent;
+use wazuh_cluster_actors::registry::NewAgent;
 use wazuh_multi_node::node::NodeHandle;
 
 const BURST: usize = 10_000;

@@ -5,7 +5,8 @@
 
 use super::{RegistryRaft, StorageError};
 use crate::registry::command::Outcome;
-use crate::registry::master::{Registry, TableDump};
+use crate::registry::master::Registry;
+use crate::registry::snapshot::TableDump;
 use crate::registry::store::StoreHandle;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{

@@ -5,7 +5,8 @@
 
 use super::network::Raft;
 use crate::registry::command::{is_registry_change, Command, Outcome};
-use crate::registry::master::{NewAgent, Registry};
+use crate::registry::enroll::NewAgent;
+use crate::registry::master::Registry;
 use crate::registry::store::{StoreError, StoreHandle};
 use openraft::error::{ClientWriteError, RaftError};
 use std::sync::Arc;

@@ -9,7 +9,8 @@
 //! depends on the proposer's clock); a group's creation time. Applying a command never reads the
 //! clock, a random source or a status.
 
-use super::master::{PreparedEnrollment, Registry};
+use super::enroll::PreparedEnrollment;
+use super::master::Registry;
 use super::store::StoreError;
 use serde::{Deserialize, Serialize};
 use wazuh_cluster_protocol::agent::enrollment::EnrollError;
@@ -115,7 +116,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::master::NewAgent;
+    use crate::registry::enroll::NewAgent;
     use crate::registry::testing::agent;
     use wazuh_cluster_protocol::message::AgentInfoUpdate;
 

@@ -21,15 +21,21 @@
 //! incrementally on both sides; equal hashes mean equal tables.
 
 pub mod admin;
+pub mod changes;
+pub mod claims;
 pub mod client_keys;
 pub mod command;
 pub mod counts;
 pub mod derived;
+pub mod enroll;
+pub mod groups;
 pub mod master;
 pub mod policy;
 pub mod query;
 pub mod replica;
+pub mod rows;
 pub mod schema;
+pub mod snapshot;
 pub mod store;
 pub mod table;
 #[cfg(test)]
@@ -38,8 +44,10 @@ pub mod user_store;
 pub mod users;
 
 pub use derived::KeySink;
-pub use master::{AgentRow, NewAgent, Registry};
+pub use enroll::NewAgent;
+pub use master::Registry;
 pub use policy::ReplacePolicy;
 pub use replica::Replica;
+pub use rows::AgentRow;
 pub use schema::{fmt_id, parse_id, DEFAULT_GROUP};
 pub use store::{Store, StoreError, StoreHandle};
