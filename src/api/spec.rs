@@ -68,7 +68,7 @@ const AGENT_FILTERS: &[Param] = &[
     query("status", "string", "active, pending, disconnected, never_connected"),
     query("node_name", "string", "the node the agents report to"),
     query("group", "string", "a group the agents belong to"),
-    query("agents_list", "string", "comma-separated agent ids"),
+    query("agents_list", "string", "comma-separated agent ids (absent: every agent)"),
     query("search", "string", "text in the id, name or address"),
     query("select", "string", "comma-separated fields to return (id always)"),
     query("q", "string", "field=value terms joined by ';' (status, node_name, group, name, id)"),
@@ -87,7 +87,7 @@ const GROUP_AGENTS: &[Param] = &[
     query("sort", "string", "+field or -field, comma-separated"),
     query("status", "string", "active, pending, disconnected, never_connected"),
     query("node_name", "string", "the node the agents report to"),
-    query("agents_list", "string", "comma-separated agent ids"),
+    query("agents_list", "string", "comma-separated agent ids (absent: every agent)"),
     query("search", "string", "text in the id, name or address"),
     query("select", "string", "comma-separated fields to return (id always)"),
     query("q", "string", "field=value terms joined by ';' (status, node_name, group, name, id)"),
@@ -132,7 +132,10 @@ pub fn endpoints() -> Vec<Endpoint> {
             "delete",
             "/agents/group",
             "Remove agents from a group",
-            params![query("agents_list", "string", "comma-separated ids"), query("group_id", "string", "the group")],
+            params![
+                query("agents_list", "string", "comma-separated ids, or all"),
+                query("group_id", "string", "the group")
+            ],
             Body::None,
             || web::delete().to(unassign_many),
         ),
@@ -140,7 +143,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             "put",
             "/agents/group/{group_id}",
             "Assign agents to a group",
-            params![path("group_id", "the group"), query("agents_list", "string", "comma-separated ids")],
+            params![path("group_id", "the group"), query("agents_list", "string", "comma-separated ids, or all")],
             Body::None,
             || web::put().to(assign_many),
         ),
@@ -234,7 +237,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             "/agents/reconnect",
             "Agents reconnect (#!-force_reconnect)",
             params![
-                query("agents_list", "string", "comma-separated ids"),
+                query("agents_list", "string", "comma-separated agent ids (absent: every agent)"),
                 query("node", "string", "only agents on this node")
             ],
             Body::None,

@@ -1,0 +1,74 @@
+//! Ruleset files: `GET|PUT|DELETE /{rules,decoders,lists}/files/{name}`.
+
+use super::*;
+
+/// Which ruleset directory a route serves.
+pub(super) fn ruleset_root(req: &actix_web::HttpRequest) -> Option<RulesetRoot> {
+    let first = req.path().trim_start_matches('/').split('/').next()?;
+    match first {
+        "rules" => Some(RulesetRoot::Rules),
+        "decoders" => Some(RulesetRoot::Decoders),
+        "lists" => Some(RulesetRoot::Lists),
+        _ => None,
+    }
+}
+
+/// `GET /{rules,decoders,lists}/files/{name}[?raw=true]`: the file as this node has it (file sync
+/// keeps it the master's).
+pub(super) async fn get_ruleset_file(
+    node: web::Data<NodeHandle>,
+    req: actix_web::HttpRequest,
+    name: web::Path<String>,
+    query: web::Query<FileQuery>,
+) -> HttpResponse {
+    let Some(root) = ruleset_root(&req) else { return not_found().await };
+    if let Err(e) = root.check_name(&name) {
+        return HttpResponse::BadRequest().json(error_body(400, &e));
+    }
+    let path = node.data_dir().join(root.dir()).join(name.as_str());
+    match std::fs::read(&path) {
+        Ok(bytes) if query.raw.unwrap_or(false) => HttpResponse::Ok().content_type("text/plain").body(bytes),
+        Ok(bytes) => HttpResponse::Ok().json(envelope(
+            &[serde_json::json!({
+                "filename": name.as_str(),
+                "relative_dirname": root.dir(),
+                "content": String::from_utf8_lossy(&bytes),
+            })],
+            "File read",
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            HttpResponse::NotFound().json(error_body(404, &format!("no file {}/{}", root.dir(), name.as_str())))
+        }
+        Err(e) => HttpResponse::InternalServerError().json(error_body(500, &format!("cannot read the file: {e}"))),
+    }
+}
+
+/// `PUT /{rules,decoders,lists}/files/{name}[?overwrite=true]` with the file as the body: written
+/// into the master's sync roots (a worker forwards it), from where file sync takes it everywhere.
+pub(super) async fn put_ruleset_file(
+    node: web::Data<NodeHandle>,
+    req: actix_web::HttpRequest,
+    name: web::Path<String>,
+    query: web::Query<FileQuery>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let Some(root) = ruleset_root(&req) else { return not_found().await };
+    let request = AdminRequest::PutRulesetFile {
+        root,
+        name: name.into_inner(),
+        content: body.to_vec(),
+        overwrite: query.overwrite.unwrap_or(false),
+    };
+    change(&node, &req, request, "File was successfully uploaded").await
+}
+
+/// `DELETE /{rules,decoders,lists}/files/{name}`.
+pub(super) async fn delete_ruleset_file(
+    node: web::Data<NodeHandle>,
+    req: actix_web::HttpRequest,
+    name: web::Path<String>,
+) -> HttpResponse {
+    let Some(root) = ruleset_root(&req) else { return not_found().await };
+    let request = AdminRequest::DeleteRulesetFile { root, name: name.into_inner() };
+    change(&node, &req, request, "File was successfully deleted").await
+}
