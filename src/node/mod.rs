@@ -1,9 +1,12 @@
-//! One node: [`startup`] (start, run, stop) and [`handle`] (what the API and the CLI use to observe
+//! One node: [`startup`] (start), [`running`] (run, stop) and [`handle`] (what the API and the CLI use to observe
 //! and change it). Modules of this crate import from the submodules directly; these re-exports
 //! are for the binaries and the tests.
 
 pub mod handle;
+mod leader_files;
+pub mod running;
 pub mod startup;
 
 pub use handle::{ChangeError, NodeHandle, VERSION};
-pub use startup::{channel_settings, derive_psk, run, start, RunningNode, Signals};
+pub use running::{run, Signals};
+pub use startup::{channel_settings, derive_psk, start, RunningNode};

@@ -7,11 +7,12 @@
 //! exits non-zero with a clear line, so that its service manager restarts it.
 
 use super::handle::NodeHandle;
+use super::leader_files::LeaderFiles;
 use crate::config::Config;
 use actix::prelude::*;
 use actix_web::dev::ServerHandle;
 use anyhow::Context as _;
-use log::{error, info, warn};
+use log::{info, warn};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -20,7 +21,7 @@ use wazuh_cluster_actors::agents::analysis::AnalysisQueue;
 use wazuh_cluster_actors::agents::archive::Archive;
 use wazuh_cluster_actors::agents::counters::AgentCounters;
 use wazuh_cluster_actors::agents::hub::{AgentHub, KeySource};
-use wazuh_cluster_actors::agents::messages::{CloseAll, SharedChanged};
+use wazuh_cluster_actors::agents::messages::SharedChanged;
 use wazuh_cluster_actors::agents::{session, AgentSettings, KeyIndex, ManagerCounters, Shared};
 use wazuh_cluster_actors::budget::{Budget, Pool};
 use wazuh_cluster_actors::client_cert::ClientCa;
@@ -120,20 +121,6 @@ pub fn derive_psk(config: &Config) -> anyhow::Result<Psk> {
     key.derive_psk().context("cannot derive the cluster key")
 }
 
-/// A started node: its actors, its enrollment listener and its API server.
-pub struct RunningNode {
-    pub handle: NodeHandle,
-    pub api_addr: SocketAddr,
-    pub enrollment_addr: SocketAddr,
-    pub agents_addr: SocketAddr,
-    api: ServerHandle,
-    tasks: Vec<actix_rt::task::JoinHandle<()>>,
-    analysis: Option<Arc<AnalysisQueue>>,
-    agent_counters: Option<Arc<AgentCounters>>,
-    /// Cut when an actor the node cannot run without dies (see `supervise::Lifeline`).
-    pub lifeline: Lifeline,
-}
-
 /// Binds `addr` for `what`, naming the setting in the error.
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
     let socket = match addr {
@@ -155,295 +142,87 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<(TcpListener, Sock
 /// The accept queue asked for on 1514, 1515 and 1516.
 const LISTEN_BACKLOG: u32 = 4096;
 
-/// The store a node opens: the registry on a master, the replica on a worker.
+/// A started node: its actors, its enrollment listener and its API server.
+pub struct RunningNode {
+    pub handle: NodeHandle,
+    pub api_addr: SocketAddr,
+    pub enrollment_addr: SocketAddr,
+    pub agents_addr: SocketAddr,
+    pub(super) api: ServerHandle,
+    pub(super) tasks: Vec<actix_rt::task::JoinHandle<()>>,
+    pub(super) analysis: Option<Arc<AnalysisQueue>>,
+    pub(super) agent_counters: Option<Arc<AgentCounters>>,
+    /// Cut when an actor the node cannot run without dies (see `supervise::Lifeline`).
+    pub lifeline: Lifeline,
+}
+
+/// What start-up makes before anything listens: the node's identity, its open-file budget, the
+/// API's guard, the TLS configurations and the channel settings.
+struct Prepared {
+    name: String,
+    budget: Budget,
+    access: crate::api::Access,
+    settings: Arc<ChannelSettings>,
+    policy: Arc<EnrollmentPolicy>,
+    enrollment_tls: Arc<rustls::ServerConfig>,
+    api_tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Every socket the node listens on, bound.
+struct Sockets {
+    enrollment: (TcpListener, SocketAddr),
+    agents: (TcpListener, SocketAddr),
+    api: (std::net::TcpListener, SocketAddr),
+    /// The master's 1516.
+    cluster: Option<(TcpListener, SocketAddr)>,
+}
+
+/// The store, opened and wired to the agents' keys and the API's users: the registry (with the
+/// node records) on a master, the replica on a worker.
 enum Store {
-    Master(Box<Registry>),
+    Master(Box<Registry>, Box<Admission>),
     Worker(Box<Replica>),
 }
 
-/// Starts the node's actors, enrollment listener and API. Must run inside an actix system.
-pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
-    // Everything that can fail comes first, before any actor exists.
-    let data_dir = &config.node.data_dir;
-    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create node.data_dir {}", data_dir.display()))?;
-    let name = config.node.name.clone();
-    let (identity, made) = load_or_create_identity(data_dir)?;
-    if made {
-        info!(node = name.as_str(); "made this node's identity key {} (identity {})", data_dir.join(IDENTITY_FILE).display(), identity.public_key().fingerprint());
-    }
-    // The open-file limit, split between what must keep working and what strangers can reach.
-    let limit = wazuh_cluster_actors::budget::set_open_files(config.node.max_open_files)
-        .context("cannot read or set the open-file limit (RLIMIT_NOFILE)")?;
-    let budget = Budget::plan(limit, config.node.role, config.api.max_connections as u64)?;
-    info!(node = name.as_str(); "{}", budget.describe());
-    let access = api_access(config)?;
-    // Changes a worker forwards are checked with the same rules as this node's own API.
-    let admin = (config.api.token.is_some() || !config.api.users.is_empty()).then(|| access.admin_check());
-    let started_ms = wazuh_cluster_actors::clock::now_ms();
-    // The cluster's enrollment policy (the master's: a worker passes the agent's password and
-    // certificate on for the master to check; its own ca_file, if any, holds too).
-    let ca = match &config.enrollment.ca_file {
-        Some(path) => Some(Arc::new(ClientCa::load(path).context("enrollment.ca_file")?)),
-        None => None,
-    };
-    let forwards = config.node.role == Role::Worker || config.cluster.raft_id.is_some();
-    let client_auth = match (&ca, forwards) {
-        (Some(ca), _) => ClientAuth::Require(ca.clone()),
-        (None, true) => ClientAuth::Collect,
-        (None, false) => ClientAuth::None,
-    };
-    let policy = Arc::new(match config.node.role {
-        Role::Master => {
-            EnrollmentPolicy::new(config.enrollment.password.clone(), ca.clone(), config.enrollment.max_per_second)
-        }
-        Role::Worker => EnrollmentPolicy::default(),
-    });
-    let tls = enrollment::tls_config(data_dir, &name, client_auth).context("enrollment TLS")?;
-    let mut settings = channel_settings(config, psk, Arc::new(identity), admin)?;
-    settings.max_handshakes = budget.handshakes.max(1) as usize;
-    settings.enrollment = policy.clone();
-    let settings = Arc::new(settings);
-    let api_tls = match config.api.tls {
-        true => Some(
-            enrollment::server_tls(&config.api.cert_file, &config.api.key_file, &name, "API", ClientAuth::None)
-                .context("API TLS (api.cert_file, api.key_file)")?,
-        ),
-        false => None,
-    };
-    let (enroll_listener, enrollment_addr) = bind(config.enrollment.bind, "enrollment.bind").await?;
-    let (agent_tcp, agents_addr) = bind(config.agents.bind, "agents.bind").await?;
-    let api_listener = std::net::TcpListener::bind(config.api.bind)
-        .with_context(|| format!("cannot listen on api.bind {}", config.api.bind))?;
-    let api_addr = api_listener.local_addr().context("cannot read the bound address")?;
-    let cluster = match config.node.role {
-        Role::Master => Some(bind(config.cluster.bind, "cluster.bind").await?),
-        Role::Worker => None,
-    };
-    let mut admission = None;
-    let store = match config.node.role {
-        Role::Master => {
-            let mut registry = Registry::open(data_dir)
-                .with_context(|| format!("cannot open the agent registry in {}", data_dir.display()))?;
-            admission = Some(
-                Admission::open(data_dir, settings.admission)
-                    .with_context(|| format!("cannot open the node records in {}", data_dir.display()))?
-                    .with_standing_token(settings.join_token.clone()),
-            );
-            let after = config.enrollment.force_after.as_millis() as u64;
-            registry.replace = ReplacePolicy {
-                enabled: config.enrollment.force,
-                disconnected_for_ms: after,
-                registered_for_ms: after,
-            };
-            Store::Master(Box::new(registry))
-        }
-        Role::Worker => {
-            let (replica, aside) = Replica::open_or_set_aside(data_dir)
-                .with_context(|| format!("cannot open the agent replica in {}", data_dir.display()))?;
-            if let Some(aside) = aside {
-                log::error!(node = name.as_str(); "the agent replica was corrupt: set aside as {} (kept for inspection); starting an empty one, which the master fills again", aside.display());
-            }
-            Store::Worker(Box::new(replica))
-        }
-    };
-    let master_addr = match config.node.role {
-        Role::Worker => Some(config.cluster.master.clone().context("cluster.master is required for a worker")?),
-        Role::Master => None,
-    };
-    let agent_settings = AgentSettings {
-        disconnection_time: config.agents.disconnection_time,
-        enforce_counters: config.agents.enforce_counters,
-        stall_timeout: config.agents.stall_timeout,
-        auth_timeout: config.agents.auth_timeout,
-        max_pending_per_address: config.agents.max_pending_per_address,
-        archive_max_bytes: config.agents.archive_max_size as u64,
-        archive_keep: config.agents.archive_keep,
-        status_flush: JobIntervals::status_tick(config.cluster.intervals.agent_info),
-        ..AgentSettings::new(&name, data_dir.clone())
-    };
-    let archive = Archive::start(&name, data_dir, agent_settings.archive_max_bytes, agent_settings.archive_keep)
-        .with_context(|| format!("cannot open the event archive in {}", data_dir.display()))?;
-    // The agent connections' keys follow the store from its first commit on.
-    let keys = Arc::new(KeyIndex::default());
-    // With enforced counters, each agent's last pair is the node's (across connections, restarts).
-    let agent_counters = config.agents.enforce_counters.then(|| Arc::new(AgentCounters::new(data_dir)));
-    if let Some(counters) = &agent_counters {
-        keys.follow_counters(counters.clone());
-    }
-    // The API's users: the cluster's, from the registry or the replica the master fills.
-    let users = access.users.clone();
-    let seeds: Vec<SeedUser> = config
-        .api
-        .users
-        .iter()
-        .map(|u| SeedUser { name: u.name.clone(), password_hash: u.password_hash.clone(), role: u.role })
-        .collect();
-    let store = match store {
-        Store::Master(mut registry) => {
-            registry.set_key_sink(keys.clone()).context("cannot read the agent registry")?;
-            registry.set_user_directory(users.clone()).context("cannot read the API users")?;
-            Store::Master(registry)
-        }
-        Store::Worker(mut replica) => {
-            replica.set_key_sink(keys.clone()).context("cannot read the agent replica")?;
-            replica.set_user_directory(users.clone()).context("cannot read the API users")?;
-            if !seeds.is_empty() {
-                warn!(node = name.as_str(); "api.users is ignored on a worker: the API's users are the master's (set them in its configuration or through the API)");
-            }
-            Store::Worker(replica)
-        }
-    };
-    // The hand-off to analysisd, when configured.
-    let analysis = match &config.analysis.queue {
-        Some(queue) => Some(
-            AnalysisQueue::start(&name, queue, config.analysis.buffer)
-                .context("cannot start the analysisd hand-off thread")?,
-        ),
-        None => None,
-    };
-    let shared = Arc::new(Shared {
-        settings: agent_settings,
-        keys,
-        source: Default::default(),
-        counters: ManagerCounters::new(),
-        archive,
-        archive_events: config.agents.archive,
-        analysis: analysis.clone(),
-        agent_counters: agent_counters.clone(),
-        stats: Default::default(),
-    });
+/// What the node's actors have been started as.
+struct Started {
+    handle: NodeHandle,
+    enroller: Enroller,
+    tasks: Vec<actix_rt::task::JoinHandle<()>>,
+}
 
-    // Then the actors.
-    let mut tasks = Vec::new();
+/// Starts the node's actors, enrollment listener and API. Must run inside an actix system.
+///
+/// In phases: everything that can fail comes first, before any actor exists (prepare, bind, open
+/// the store, the agents' shared state); then the actors (a master's or a worker's); then the
+/// listeners are served.
+pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
+    let prepared = prepare(config, psk)?;
+    let sockets = bind_all(config).await?;
+    let keys = Arc::new(KeyIndex::default());
+    let store = open_store(config, &prepared, &keys)?;
+    let (shared, analysis, agent_counters) = agents_shared(config, &prepared.name, keys)?;
     let lifeline = Lifeline::default();
-    let ruleset = config.analysis.control.as_ref().map(|control| {
-        let health = RulesetReloader::job_health();
-        let reloader =
-            RulesetReloader::new(&name, control.clone(), config.analysis.reload_debounce, health.clone()).launch();
-        info!(node = name.as_str(); "ruleset changes make analysisd at {} reload them", control.display());
-        (reloader, health)
-    });
-    let (handle, enroller) = match (store, cluster, master_addr, admission) {
-        (Store::Master(registry), Some((listener, cluster_addr)), _, Some(admission)) => {
-            if config.cluster.raft_id.is_some() {
-                registry.relax_sync_for_log().context("cannot set up the registry for a replicated log")?;
-            }
-            let registry = StoreHandle::spawn(&format!("{name}-registry"), *registry, |s| s.seq())
-                .context("cannot start the registry thread")?;
-            info!(node = name.as_str(); "starting master of cluster {:?} (cipher {}, admission {})", config.cluster.name, config.cluster.cipher, admission.mode);
-            let writes = match config.cluster.raft_id {
-                None => Writes::local(registry.clone()),
-                Some(id) => {
-                    let masters = &config.cluster.masters;
-                    info!(node = name.as_str(); "master-eligible node {id} of {}: the Raft leader among {} acts as the master", masters.len(), masters.join(", "));
-                    let raft = wazuh_cluster_actors::consensus::start_member(
-                        id,
-                        masters,
-                        settings.clone(),
-                        registry.clone(),
-                        data_dir,
-                        wazuh_cluster_actors::consensus::Timing::DEFAULT,
-                    )
-                    .await
-                    .map_err(anyhow::Error::msg)?;
-                    Writes::replicated(registry.clone(), raft)
-                }
-            };
-            let (file_link, leader_link) = tokio::sync::watch::channel(None);
-            if let Some(raft) = writes.raft().cloned() {
-                let follow = LeaderFiles {
-                    link: file_link,
-                    settings: Arc::new(ChannelSettings { role: Role::Worker, ..(*settings).clone() }),
-                    // The others (dialling itself would only be refused).
-                    masters: (config.cluster.masters.iter().enumerate())
-                        .filter(|(i, _)| Some(*i as u64 + 1) != config.cluster.raft_id)
-                        .map(|(_, m)| m.clone())
-                        .collect(),
-                    ruleset: ruleset.clone(),
-                    seeds: seeds.clone(),
-                    writes: writes.clone(),
-                    lifeline: lifeline.clone(),
-                };
-                tasks.push(actix_rt::spawn(follow.run(raft)));
-            }
-            let settings_for_settle = settings.clone();
-            let listener = MasterListener::start(listener, settings, writes.clone(), admission, lifeline.clone())
-                .context("cannot start the master")?;
-            let positions = listener.send(master::GetPositions).await.context("the master stopped at once")?;
-            // The configured users: applied now by a lone master; by whichever master-eligible
-            // node leads (see LeaderFiles).
-            if writes.raft().is_none() && !seeds.is_empty() {
-                let applied = writes.seed_users(seeds.clone()).await.context("cannot apply api.users")?;
-                if !applied.is_empty() {
-                    info!(node = name.as_str(); "API users from the configuration applied: {}", applied.join(", "));
-                }
-            }
-            let _ = shared.source.set(KeySource::Master(registry.clone()));
-            let agents = AgentHub::new(shared.clone(), KeySource::Master(registry.clone())).launch(lifeline.clone());
-            // File changes on the master make the hub push new merged.mg files to its agents.
-            let changes = listener.send(master::SubscribeFiles).await.context("the master stopped at once")?;
-            let reloader = ruleset.as_ref().map(|(addr, _)| addr.clone());
-            tasks.push(actix_rt::spawn(forward_file_changes(changes, agents.clone(), reloader)));
-            (
-                NodeHandle::Master {
-                    name,
-                    listener,
-                    cluster_addr,
-                    started_ms,
-                    registry: registry.clone(),
-                    writes: writes.clone(),
-                    agents,
-                    ruleset,
-                    data_dir: data_dir.clone(),
-                    positions,
-                    settle: wazuh_cluster_actors::jobs::master::set::settle_timeout(&settings_for_settle),
-                    users: users.clone(),
-                },
-                match writes.raft() {
-                    Some(_) => Enroller::MasterEligible(writes, leader_link),
-                    None => Enroller::Master(writes),
-                },
-            )
+    let seeds = seed_users(config);
+    let Sockets { enrollment, agents, api, cluster } = sockets;
+    let started = match (store, cluster) {
+        (Store::Master(registry, admission), Some(cluster)) => {
+            start_master(config, &prepared, *registry, *admission, cluster, &shared, seeds, &lifeline).await?
         }
-        (Store::Worker(replica), None, Some(master), None) => {
-            let replica = StoreHandle::spawn(&format!("{name}-replica"), *replica, |s| s.seq())
-                .context("cannot start the replica thread")?;
-            info!(node = name.as_str(); "starting worker of cluster {:?} (cipher {})", config.cluster.name, config.cluster.cipher);
-            let _ = shared.source.set(KeySource::Worker(replica.clone()));
-            let agents = AgentHub::new(shared.clone(), KeySource::Worker(replica.clone())).launch(lifeline.clone());
-            let services = WorkerServices {
-                replica: replica.clone(),
-                agents: Some(agents.clone()),
-                ruleset: ruleset.clone(),
-                tree: Arc::new(tokio::sync::watch::Sender::new(String::new())),
-                files_only: false,
-            };
-            let link = WorkerLink::new(settings, master.clone(), services)
-                .following(config.cluster.masters.clone())
-                .launch(lifeline.clone());
-            (
-                NodeHandle::Worker {
-                    name,
-                    link: link.clone(),
-                    master,
-                    started_ms,
-                    replica,
-                    agents,
-                    ruleset,
-                    data_dir: data_dir.clone(),
-                    users: users.clone(),
-                },
-                Enroller::Worker(link),
-            )
-        }
+        (Store::Worker(replica), None) => start_worker(config, &prepared, *replica, &shared, &lifeline)?,
         _ => anyhow::bail!("node.role and the cluster settings disagree"),
     };
+    let Started { handle, enroller, mut tasks } = started;
+    let Prepared { budget, access, policy, enrollment_tls, api_tls, .. } = prepared;
+
+    // Then the listeners are served.
+    let (enroll_listener, enrollment_addr) = enrollment;
     let enroll_settings = Arc::new(EnrollmentSettings {
         node_name: handle.name().to_string(),
         password: config.enrollment.password.clone(),
         timeout: config.enrollment.timeout,
         max_per_address: config.enrollment.max_per_address,
-        tls,
+        tls: enrollment_tls,
         policy,
         unsaid: Default::default(),
     });
@@ -453,10 +232,12 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
     if let Some(counters) = &agent_counters {
         tasks.push(actix_rt::spawn(keep_counters(counters.clone(), handle.name().to_string())));
     }
+    let (agent_tcp, agents_addr) = agents;
     let places = config.agents.max_connections.map_or(budget.agents, |n| n.min(budget.agents));
     let agent_pool = Pool::new(places as usize, config.agents.max_pending_per_address);
     tasks.push(actix_rt::spawn(session::serve(agent_tcp, AgentHub::link(handle.hub()), shared, agent_pool)));
     info!(node = handle.name(); "agent connections listening on {agents_addr}");
+    let (api_listener, api_addr) = api;
     let info = crate::api::NodeInfo {
         cluster: config.cluster.name.clone(),
         data_dir: config.node.data_dir.display().to_string(),
@@ -497,18 +278,310 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
     Ok(RunningNode { handle, api_addr, enrollment_addr, agents_addr, api, tasks, analysis, agent_counters, lifeline })
 }
 
-/// Writes the agents' changed message counters every few seconds (off the actors' thread).
-async fn keep_counters(counters: Arc<AgentCounters>, node: String) {
-    let mut said = wazuh_cluster_actors::throttle::Throttle::new(std::time::Duration::from_secs(60));
-    loop {
-        tokio::time::sleep(wazuh_cluster_actors::agents::counters::FLUSH_EVERY).await;
-        let c = counters.clone();
-        if let Ok(Err(e)) = actix_rt::task::spawn_blocking(move || c.flush()).await {
-            if let Some(n) = said.allow() {
-                warn!(node = node.as_str(); "cannot write the agents' message counters under {}: {e}{}", wazuh_cluster_actors::agents::counters::RIDS_DIR, wazuh_cluster_actors::throttle::suppressed(n));
+/// The data dir, the node's identity, the open-file budget, the API's guard, TLS and the channel
+/// settings.
+fn prepare(config: &Config, psk: Psk) -> anyhow::Result<Prepared> {
+    let data_dir = &config.node.data_dir;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create node.data_dir {}", data_dir.display()))?;
+    let name = config.node.name.clone();
+    let (identity, made) = load_or_create_identity(data_dir)?;
+    if made {
+        info!(node = name.as_str(); "made this node's identity key {} (identity {})", data_dir.join(IDENTITY_FILE).display(), identity.public_key().fingerprint());
+    }
+    // The open-file limit, split between what must keep working and what strangers can reach.
+    let limit = wazuh_cluster_actors::budget::set_open_files(config.node.max_open_files)
+        .context("cannot read or set the open-file limit (RLIMIT_NOFILE)")?;
+    let budget = Budget::plan(limit, config.node.role, config.api.max_connections as u64)?;
+    info!(node = name.as_str(); "{}", budget.describe());
+    let access = api_access(config)?;
+    // Changes a worker forwards are checked with the same rules as this node's own API.
+    let admin = (config.api.token.is_some() || !config.api.users.is_empty()).then(|| access.admin_check());
+    // The cluster's enrollment policy (the master's: a worker passes the agent's password and
+    // certificate on for the master to check; its own ca_file, if any, holds too).
+    let ca = match &config.enrollment.ca_file {
+        Some(path) => Some(Arc::new(ClientCa::load(path).context("enrollment.ca_file")?)),
+        None => None,
+    };
+    let forwards = config.node.role == Role::Worker || config.cluster.raft_id.is_some();
+    let client_auth = match (&ca, forwards) {
+        (Some(ca), _) => ClientAuth::Require(ca.clone()),
+        (None, true) => ClientAuth::Collect,
+        (None, false) => ClientAuth::None,
+    };
+    let policy = Arc::new(match config.node.role {
+        Role::Master => {
+            EnrollmentPolicy::new(config.enrollment.password.clone(), ca.clone(), config.enrollment.max_per_second)
+        }
+        Role::Worker => EnrollmentPolicy::default(),
+    });
+    let enrollment_tls = enrollment::tls_config(data_dir, &name, client_auth).context("enrollment TLS")?;
+    let mut settings = channel_settings(config, psk, Arc::new(identity), admin)?;
+    settings.max_handshakes = budget.handshakes.max(1) as usize;
+    settings.enrollment = policy.clone();
+    let api_tls = match config.api.tls {
+        true => Some(
+            enrollment::server_tls(&config.api.cert_file, &config.api.key_file, &name, "API", ClientAuth::None)
+                .context("API TLS (api.cert_file, api.key_file)")?,
+        ),
+        false => None,
+    };
+    Ok(Prepared { name, budget, access, settings: Arc::new(settings), policy, enrollment_tls, api_tls })
+}
+
+/// Binds every socket the node listens on: a port taken is an error before any actor exists.
+async fn bind_all(config: &Config) -> anyhow::Result<Sockets> {
+    let enrollment = bind(config.enrollment.bind, "enrollment.bind").await?;
+    let agents = bind(config.agents.bind, "agents.bind").await?;
+    let api = std::net::TcpListener::bind(config.api.bind)
+        .with_context(|| format!("cannot listen on api.bind {}", config.api.bind))?;
+    let api_addr = api.local_addr().context("cannot read the bound address")?;
+    let cluster = match config.node.role {
+        Role::Master => Some(bind(config.cluster.bind, "cluster.bind").await?),
+        Role::Worker => None,
+    };
+    Ok(Sockets { enrollment, agents, api: (api, api_addr), cluster })
+}
+
+/// Opens the registry (and the node records) or the replica, and ties it to the agents' keys and
+/// the API's users from its first commit on.
+fn open_store(config: &Config, prepared: &Prepared, keys: &Arc<KeyIndex>) -> anyhow::Result<Store> {
+    let (data_dir, name) = (&config.node.data_dir, prepared.name.as_str());
+    let users = prepared.access.users.clone();
+    match config.node.role {
+        Role::Master => {
+            let mut registry = Registry::open(data_dir)
+                .with_context(|| format!("cannot open the agent registry in {}", data_dir.display()))?;
+            let admission = Admission::open(data_dir, prepared.settings.admission)
+                .with_context(|| format!("cannot open the node records in {}", data_dir.display()))?
+                .with_standing_token(prepared.settings.join_token.clone());
+            let after = config.enrollment.force_after.as_millis() as u64;
+            registry.replace = ReplacePolicy {
+                enabled: config.enrollment.force,
+                disconnected_for_ms: after,
+                registered_for_ms: after,
+            };
+            registry.set_key_sink(keys.clone()).context("cannot read the agent registry")?;
+            registry.set_user_directory(users).context("cannot read the API users")?;
+            Ok(Store::Master(Box::new(registry), Box::new(admission)))
+        }
+        Role::Worker => {
+            let (mut replica, aside) = Replica::open_or_set_aside(data_dir)
+                .with_context(|| format!("cannot open the agent replica in {}", data_dir.display()))?;
+            if let Some(aside) = aside {
+                log::error!(node = name; "the agent replica was corrupt: set aside as {} (kept for inspection); starting an empty one, which the master fills again", aside.display());
             }
+            replica.set_key_sink(keys.clone()).context("cannot read the agent replica")?;
+            replica.set_user_directory(users).context("cannot read the API users")?;
+            if !config.api.users.is_empty() {
+                warn!(node = name; "api.users is ignored on a worker: the API's users are the master's (set them in its configuration or through the API)");
+            }
+            Ok(Store::Worker(Box::new(replica)))
         }
     }
+}
+
+/// The agent connections' shared state: settings, keys, the event archive, the per-agent
+/// counters (with `agents.enforce_counters`) and the hand-off to analysisd (when configured).
+#[allow(clippy::type_complexity)]
+fn agents_shared(
+    config: &Config,
+    name: &str,
+    keys: Arc<KeyIndex>,
+) -> anyhow::Result<(Arc<Shared>, Option<Arc<AnalysisQueue>>, Option<Arc<AgentCounters>>)> {
+    let data_dir = &config.node.data_dir;
+    let agent_settings = AgentSettings {
+        disconnection_time: config.agents.disconnection_time,
+        enforce_counters: config.agents.enforce_counters,
+        stall_timeout: config.agents.stall_timeout,
+        auth_timeout: config.agents.auth_timeout,
+        max_pending_per_address: config.agents.max_pending_per_address,
+        archive_max_bytes: config.agents.archive_max_size as u64,
+        archive_keep: config.agents.archive_keep,
+        status_flush: JobIntervals::status_tick(config.cluster.intervals.agent_info),
+        ..AgentSettings::new(name, data_dir.clone())
+    };
+    let archive = Archive::start(name, data_dir, agent_settings.archive_max_bytes, agent_settings.archive_keep)
+        .with_context(|| format!("cannot open the event archive in {}", data_dir.display()))?;
+    // With enforced counters, each agent's last pair is the node's (across connections, restarts).
+    let agent_counters = config.agents.enforce_counters.then(|| Arc::new(AgentCounters::new(data_dir)));
+    if let Some(counters) = &agent_counters {
+        keys.follow_counters(counters.clone());
+    }
+    let analysis = match &config.analysis.queue {
+        Some(queue) => Some(
+            AnalysisQueue::start(name, queue, config.analysis.buffer)
+                .context("cannot start the analysisd hand-off thread")?,
+        ),
+        None => None,
+    };
+    let shared = Arc::new(Shared {
+        settings: agent_settings,
+        keys,
+        source: Default::default(),
+        counters: ManagerCounters::new(),
+        archive,
+        archive_events: config.agents.archive,
+        analysis: analysis.clone(),
+        agent_counters: agent_counters.clone(),
+        stats: Default::default(),
+    });
+    Ok((shared, analysis, agent_counters))
+}
+
+/// The API users of the configuration (a master applies them; a worker ignores them).
+fn seed_users(config: &Config) -> Vec<SeedUser> {
+    (config.api.users.iter())
+        .map(|u| SeedUser { name: u.name.clone(), password_hash: u.password_hash.clone(), role: u.role })
+        .collect()
+}
+
+/// The ruleset reloader, when `analysis.control` names analysisd's control socket.
+fn start_reloader(config: &Config, name: &str) -> Option<super::handle::Ruleset> {
+    config.analysis.control.as_ref().map(|control| {
+        let health = RulesetReloader::job_health();
+        let reloader =
+            RulesetReloader::new(name, control.clone(), config.analysis.reload_debounce, health.clone()).launch();
+        info!(node = name; "ruleset changes make analysisd at {} reload them", control.display());
+        (reloader, health)
+    })
+}
+
+/// A master's actors: the registry thread, Raft (with `cluster.masters`) and the leader's file
+/// link, the listener on 1516, the agent hub, the configured users.
+#[allow(clippy::too_many_arguments)]
+async fn start_master(
+    config: &Config,
+    prepared: &Prepared,
+    registry: Registry,
+    admission: Admission,
+    (listener, cluster_addr): (TcpListener, SocketAddr),
+    shared: &Arc<Shared>,
+    seeds: Vec<SeedUser>,
+    lifeline: &Lifeline,
+) -> anyhow::Result<Started> {
+    let (name, settings, data_dir) = (prepared.name.clone(), prepared.settings.clone(), &config.node.data_dir);
+    let started_ms = wazuh_cluster_actors::clock::now_ms();
+    let mut tasks = Vec::new();
+    let ruleset = start_reloader(config, &name);
+    if config.cluster.raft_id.is_some() {
+        registry.relax_sync_for_log().context("cannot set up the registry for a replicated log")?;
+    }
+    let registry = StoreHandle::spawn(&format!("{name}-registry"), registry, |s| s.seq())
+        .context("cannot start the registry thread")?;
+    info!(node = name.as_str(); "starting master of cluster {:?} (cipher {}, admission {})", config.cluster.name, config.cluster.cipher, admission.mode);
+    let writes = match config.cluster.raft_id {
+        None => Writes::local(registry.clone()),
+        Some(id) => {
+            let masters = &config.cluster.masters;
+            info!(node = name.as_str(); "master-eligible node {id} of {}: the Raft leader among {} acts as the master", masters.len(), masters.join(", "));
+            let raft = wazuh_cluster_actors::consensus::start_member(
+                id,
+                masters,
+                settings.clone(),
+                registry.clone(),
+                data_dir,
+                wazuh_cluster_actors::consensus::Timing::DEFAULT,
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
+            Writes::replicated(registry.clone(), raft)
+        }
+    };
+    let (file_link, leader_link) = tokio::sync::watch::channel(None);
+    if let Some(raft) = writes.raft().cloned() {
+        let follow = LeaderFiles {
+            link: file_link,
+            settings: Arc::new(ChannelSettings { role: Role::Worker, ..(*settings).clone() }),
+            // The others (dialling itself would only be refused).
+            masters: (config.cluster.masters.iter().enumerate())
+                .filter(|(i, _)| Some(*i as u64 + 1) != config.cluster.raft_id)
+                .map(|(_, m)| m.clone())
+                .collect(),
+            ruleset: ruleset.clone(),
+            seeds: seeds.clone(),
+            writes: writes.clone(),
+            lifeline: lifeline.clone(),
+        };
+        tasks.push(actix_rt::spawn(follow.run(raft)));
+    }
+    let settle = wazuh_cluster_actors::jobs::master::set::settle_timeout(&settings);
+    let listener = MasterListener::start(listener, settings, writes.clone(), admission, lifeline.clone())
+        .context("cannot start the master")?;
+    let positions = listener.send(master::GetPositions).await.context("the master stopped at once")?;
+    // The configured users: applied now by a lone master; by whichever master-eligible node leads
+    // (see LeaderFiles).
+    if writes.raft().is_none() && !seeds.is_empty() {
+        let applied = writes.seed_users(seeds).await.context("cannot apply api.users")?;
+        if !applied.is_empty() {
+            info!(node = name.as_str(); "API users from the configuration applied: {}", applied.join(", "));
+        }
+    }
+    let _ = shared.source.set(KeySource::Master(registry.clone()));
+    let agents = AgentHub::new(shared.clone(), KeySource::Master(registry.clone())).launch(lifeline.clone());
+    // File changes on the master make the hub push new merged.mg files to its agents.
+    let changes = listener.send(master::SubscribeFiles).await.context("the master stopped at once")?;
+    let reloader = ruleset.as_ref().map(|(addr, _)| addr.clone());
+    tasks.push(actix_rt::spawn(forward_file_changes(changes, agents.clone(), reloader)));
+    let enroller = match writes.raft() {
+        Some(_) => Enroller::MasterEligible(writes.clone(), leader_link),
+        None => Enroller::Master(writes.clone()),
+    };
+    let handle = NodeHandle::Master {
+        name,
+        listener,
+        cluster_addr,
+        started_ms,
+        registry,
+        writes,
+        agents,
+        ruleset,
+        data_dir: data_dir.clone(),
+        positions,
+        settle,
+        users: prepared.access.users.clone(),
+    };
+    Ok(Started { handle, enroller, tasks })
+}
+
+/// A worker's actors: the replica thread, the agent hub and the link to the master.
+fn start_worker(
+    config: &Config,
+    prepared: &Prepared,
+    replica: Replica,
+    shared: &Arc<Shared>,
+    lifeline: &Lifeline,
+) -> anyhow::Result<Started> {
+    let name = prepared.name.clone();
+    let master = config.cluster.master.clone().context("cluster.master is required for a worker")?;
+    let started_ms = wazuh_cluster_actors::clock::now_ms();
+    let ruleset = start_reloader(config, &name);
+    let replica = StoreHandle::spawn(&format!("{name}-replica"), replica, |s| s.seq())
+        .context("cannot start the replica thread")?;
+    info!(node = name.as_str(); "starting worker of cluster {:?} (cipher {})", config.cluster.name, config.cluster.cipher);
+    let _ = shared.source.set(KeySource::Worker(replica.clone()));
+    let agents = AgentHub::new(shared.clone(), KeySource::Worker(replica.clone())).launch(lifeline.clone());
+    let services = WorkerServices {
+        replica: replica.clone(),
+        agents: Some(agents.clone()),
+        ruleset: ruleset.clone(),
+        tree: Arc::new(tokio::sync::watch::Sender::new(String::new())),
+        files_only: false,
+    };
+    let link = WorkerLink::new(prepared.settings.clone(), master.clone(), services)
+        .following(config.cluster.masters.clone())
+        .launch(lifeline.clone());
+    let handle = NodeHandle::Worker {
+        name,
+        link: link.clone(),
+        master,
+        started_ms,
+        replica,
+        agents,
+        ruleset,
+        data_dir: config.node.data_dir.clone(),
+        users: prepared.access.users.clone(),
+    };
+    Ok(Started { handle, enroller: Enroller::Worker(link), tasks: Vec::new() })
 }
 
 /// Carries the master's file changes to its agent hub (merged.mg pushes) and, when they touch the
@@ -536,275 +609,23 @@ async fn forward_file_changes(
     }
 }
 
-fn kill_actors(handle: &NodeHandle) {
+/// Writes the agents' changed message counters every few seconds (off the actors' thread).
+pub(super) async fn keep_counters(counters: Arc<AgentCounters>, node: String) {
+    let mut said = wazuh_cluster_actors::throttle::Throttle::new(std::time::Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(wazuh_cluster_actors::agents::counters::FLUSH_EVERY).await;
+        let c = counters.clone();
+        if let Ok(Err(e)) = actix_rt::task::spawn_blocking(move || c.flush()).await {
+            if let Some(n) = said.allow() {
+                warn!(node = node.as_str(); "cannot write the agents' message counters under {}: {e}{}", wazuh_cluster_actors::agents::counters::RIDS_DIR, wazuh_cluster_actors::throttle::suppressed(n));
+            }
+        }
+    }
+}
+
+pub(super) fn kill_actors(handle: &NodeHandle) {
     match handle {
         NodeHandle::Master { listener, .. } => listener.do_send(master::Kill),
         NodeHandle::Worker { link, .. } => link.do_send(worker::Kill),
-    }
-}
-
-impl RunningNode {
-    /// Graceful stop, joined: stop accepting (cluster, enrollment, agents, API), close the agent
-    /// connections, say goodbye to peers and wait (bounded) for each connection and its jobs to
-    /// stop, then let the API finish its requests.
-    pub async fn shutdown(&self, reason: &str) {
-        for t in &self.tasks {
-            t.abort();
-        }
-        let api = self.api.stop(true);
-        let _ = self.handle.hub().send(CloseAll(reason.to_string())).await;
-        match &self.handle {
-            NodeHandle::Master { listener, writes, .. } => {
-                let _ = listener.send(master::Shutdown { reason: reason.into() }).await;
-                if let Some(raft) = writes.raft() {
-                    if let Err(e) = raft.shutdown().await {
-                        log::warn!("raft did not stop cleanly: {e}");
-                    }
-                }
-            }
-            NodeHandle::Worker { link, .. } => {
-                let _ = link.send(worker::Shutdown { reason: reason.into() }).await;
-            }
-        }
-        if let Some(counters) = self.agent_counters.clone() {
-            let name = self.handle.name().to_string();
-            if let Ok(Err(e)) = actix_rt::task::spawn_blocking(move || counters.flush()).await {
-                warn!(node = name.as_str(); "cannot write the agents' message counters: {e}");
-            }
-        }
-        if let Some(analysis) = self.analysis.clone() {
-            // What is held goes to analysisd if it takes it within a second.
-            let _ = actix_rt::task::spawn_blocking(move || analysis.stop(std::time::Duration::from_secs(1))).await;
-        }
-        api.await;
-    }
-
-    /// Abrupt stop, as a crash: sockets dropped without goodbyes (tests).
-    pub async fn kill(&self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-        kill_actors(&self.handle);
-        let _ = self.handle.hub().send(CloseAll("the node was killed".into())).await;
-        self.api.stop(false).await;
-        if let Some(analysis) = &self.analysis {
-            analysis.stop(std::time::Duration::ZERO);
-        }
-    }
-
-    /// Resolves if the node's store thread dies, with why (the node cannot go on without it).
-    pub async fn store_died(&self) -> String {
-        match &self.handle {
-            NodeHandle::Master { registry, writes, .. } => {
-                let registry = async { format!("the agent registry thread stopped: {}", registry.stopped().await) };
-                let Some(raft) = writes.raft().cloned() else { return registry.await };
-                // A member whose Raft stopped (a storage failure) can take no part in the group:
-                // the node exits, for its supervisor to start it again from its log.
-                let raft_stopped = async move {
-                    let mut metrics = raft.metrics();
-                    loop {
-                        if let Err(e) = &metrics.borrow().running_state {
-                            return format!("the Raft member stopped: {e}");
-                        }
-                        if metrics.changed().await.is_err() {
-                            return "the Raft member stopped".to_string();
-                        }
-                    }
-                };
-                tokio::select! {
-                    why = registry => why,
-                    why = raft_stopped => why,
-                }
-            }
-            NodeHandle::Worker { replica, .. } => {
-                format!("the agent replica thread stopped: {}", replica.stopped().await)
-            }
-        }
-    }
-}
-
-/// SIGINT and SIGTERM, caught from the moment this is made (before the node starts, so that a
-/// signal sent as soon as the node logs anything stops it gracefully rather than killing it).
-pub struct Signals {
-    #[cfg(unix)]
-    term: actix_rt::signal::unix::Signal,
-    #[cfg(unix)]
-    int: actix_rt::signal::unix::Signal,
-}
-
-impl Signals {
-    /// Starts catching the signals. Must run inside the actix system.
-    pub fn install() -> anyhow::Result<Self> {
-        #[cfg(unix)]
-        {
-            use actix_rt::signal::unix::{signal, SignalKind};
-            let term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
-            let int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
-            Ok(Self { term, int })
-        }
-        #[cfg(not(unix))]
-        Ok(Self {})
-    }
-
-    /// Resolves with the name of the next signal.
-    pub async fn recv(&mut self) -> &'static str {
-        #[cfg(unix)]
-        {
-            tokio::select! {
-                _ = self.int.recv() => "SIGINT",
-                _ = self.term.recv() => "SIGTERM",
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = actix_rt::signal::ctrl_c().await;
-            "interrupt"
-        }
-    }
-}
-
-/// `wazuh-cluster run`: one node until SIGINT/SIGTERM (exit 0), or until its store dies (error).
-pub fn run(config: Config) -> anyhow::Result<()> {
-    let psk = derive_psk(&config)?;
-    let name = config.node.name.clone();
-    actix_rt::System::new().block_on(async move {
-        let mut signals = Signals::install()?;
-        let node = start(&config, psk).await?;
-        let fatal = tokio::select! {
-            signal = signals.recv() => {
-                info!(node = name.as_str(); "{signal} received, shutting down");
-                None
-            }
-            died = node.store_died() => {
-                error!(node = name.as_str(); "{died}; shutting down");
-                Some(died)
-            }
-            why = node.lifeline.cut_off() => {
-                // The actor's own ERROR line said why; the process exits non-zero with it.
-                info!(node = name.as_str(); "shutting down after that failure");
-                Some(why)
-            }
-        };
-        node.shutdown(&format!("node {name} is shutting down")).await;
-        info!(node = name.as_str(); "stopped");
-        match fatal {
-            Some(why) => Err(anyhow::anyhow!(why)),
-            None => Ok(()),
-        }
-    })
-}
-
-/// High availability: a master-eligible node that does not lead syncs the leader's files as a
-/// worker does (a [`WorkerLink`] following the leader, files only: its registry comes through the
-/// Raft log), so that whichever node leads next serves the same rules, decoders, lists and group
-/// files; while it leads, it has no such link. Enrollments on its own 1515 go over the same link.
-struct LeaderFiles {
-    /// The node's channel settings with the worker role (the leader admits it by the identity
-    /// it pinned for the node's name on their Raft connections).
-    settings: Arc<ChannelSettings>,
-    masters: Vec<String>,
-    ruleset: Option<super::handle::Ruleset>,
-    /// The link while there is one (enrollments on this node's 1515 are forwarded over it).
-    link: tokio::sync::watch::Sender<Option<Addr<WorkerLink>>>,
-    /// This node's configured API users, applied whenever it starts leading.
-    seeds: Vec<SeedUser>,
-    writes: Writes,
-    /// The node's lifeline, for the links it starts.
-    lifeline: Lifeline,
-}
-
-impl LeaderFiles {
-    async fn run(self, raft: wazuh_cluster_actors::consensus::network::Raft) {
-        let node = self.settings.node_name.clone();
-        let mut metrics = raft.metrics();
-        let mut link: Option<Addr<WorkerLink>> = None;
-        let mut said: Option<(u64, Option<u64>, bool)> = None;
-        loop {
-            let (leads, leader, term, leader_id) = {
-                let m = metrics.borrow();
-                let leader = m
-                    .current_leader
-                    .filter(|l| *l != m.id)
-                    .and_then(|l| wazuh_cluster_actors::consensus::member_addr(&m, l));
-                (m.state.is_leader(), leader, m.current_term, m.current_leader)
-            };
-            // Who leads, said once per change (openraft's own logs are off: see logging.rs).
-            let accepts = leads && wazuh_cluster_actors::consensus::writes::leadership(&raft).is_ok();
-            // Terms that pass without a leader (a node cut off from the others keeps starting
-            // elections) are one change, not one each.
-            let now = (if leader_id.is_some() { term } else { 0 }, leader_id, accepts);
-            if said != Some(now) {
-                match (leads, &leader) {
-                    (true, _) if accepts => {
-                        info!(node = node.as_str(); "this node leads the masters (term {term})");
-                        if !self.seeds.is_empty() {
-                            let (writes, seeds, node) = (self.writes.clone(), self.seeds.clone(), node.clone());
-                            actix_rt::spawn(async move {
-                                match writes.seed_users(seeds).await {
-                                    Ok(applied) if !applied.is_empty() => {
-                                        info!(node = node.as_str(); "API users from the configuration applied: {}", applied.join(", "))
-                                    }
-                                    Ok(_) => {}
-                                    Err(e) => warn!(node = node.as_str(); "cannot apply api.users: {e}"),
-                                }
-                            });
-                        }
-                    }
-                    (true, _) if said.is_some_and(|(t, l, a)| t == term && l == leader_id && a) => {
-                        warn!(node = node.as_str(); "no majority of the masters acknowledged this leader for {} ms: it accepts no change until one does", wazuh_cluster_actors::consensus::writes::LEASE_MS)
-                    }
-                    (true, _) => {}
-                    (false, Some(addr)) => {
-                        info!(node = node.as_str(); "the masters' leader is at {addr} (term {term})")
-                    }
-                    (false, None) => {
-                        info!(node = node.as_str(); "no leader among the masters (term {term}): an election is under way")
-                    }
-                }
-                said = Some(now);
-            }
-            match (&link, leads, leader) {
-                (None, false, Some(leader)) => match self.services() {
-                    Ok(services) => {
-                        info!(node = node.as_str(); "following the files of the leader at {leader}");
-                        let follow = WorkerLink::new(self.settings.clone(), leader, services);
-                        link = Some(follow.following(self.masters.clone()).launch(self.lifeline.clone()));
-                    }
-                    Err(e) => {
-                        error!(node = node.as_str(); "cannot follow the leader's files: {e:#}");
-                        return;
-                    }
-                },
-                (Some(l), true, _) => {
-                    info!(node = node.as_str(); "this node leads: its files are the ones the others follow");
-                    let _ = l.send(worker::Shutdown { reason: "this node leads the masters now".into() }).await;
-                    link = None;
-                }
-                _ => {}
-            }
-            self.link.send_if_modified(|now| {
-                let changed = *now != link;
-                now.clone_from(&link);
-                changed
-            });
-            if metrics.changed().await.is_err() {
-                return;
-            }
-        }
-    }
-
-    /// What the file link needs of a worker: an agent replica it never fills (kept apart, under
-    /// var/leader-files) and the node's ruleset reloader.
-    fn services(&self) -> anyhow::Result<WorkerServices> {
-        let dir = self.settings.data_dir.join("var/leader-files");
-        let replica = Replica::open(&dir).with_context(|| format!("cannot open {}", dir.display()))?;
-        let name = format!("{}-files-replica", self.settings.node_name);
-        Ok(WorkerServices {
-            replica: StoreHandle::spawn(&name, replica, |s| s.seq()).context("cannot start a thread")?,
-            agents: None,
-            ruleset: self.ruleset.clone(),
-            tree: Arc::new(tokio::sync::watch::Sender::new(String::new())),
-            files_only: true,
-        })
     }
 }
