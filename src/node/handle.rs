@@ -165,6 +165,14 @@ impl NodeHandle {
         }
     }
 
+    /// The agent hub's figures as they change (published every `FIGURES_EVERY` while watched);
+    /// `None` once the hub stopped.
+    pub async fn hub_figures(
+        &self,
+    ) -> Option<tokio::sync::watch::Receiver<wazuh_cluster_actors::agents::messages::HubView>> {
+        self.hub().send(wazuh_cluster_actors::agents::messages::WatchFigures).await.ok()
+    }
+
     pub async fn nodes(&self) -> Vec<NodeView> {
         match self {
             NodeHandle::Master { name, listener, cluster_addr, started_ms, writes, data_dir, .. } => {

@@ -79,7 +79,9 @@ pub fn find_logs(node: &str, needles: &[&str]) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Waits until `node` logged a line containing all `needles`; returns it.
+/// Waits until `node` logged a line containing all `needles`; returns it. For asserting what the
+/// log says where a clear line is the behaviour under test (a refusal, an error named for the
+/// operator); to wait for a state, use [`wait_for`] or [`wait_until`].
 pub async fn wait_for_log(node: &str, needles: &[&str], timeout: Duration) -> String {
     let start = Instant::now();
     loop {
@@ -92,6 +94,25 @@ pub async fn wait_for_log(node: &str, needles: &[&str], timeout: Duration) -> St
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Waits until the state published on `rx` satisfies `predicate`; returns that state. On timeout
+/// the panic shows the last state seen. The one helper for waiting on published state (a node's
+/// hub figures, a Raft member's metrics, a store's position).
+pub async fn wait_for<T: Clone + std::fmt::Debug>(
+    what: &str,
+    timeout: Duration,
+    rx: &mut tokio::sync::watch::Receiver<T>,
+    mut predicate: impl FnMut(&T) -> bool,
+) -> T {
+    let outcome = match tokio::time::timeout(timeout, rx.wait_for(|v| predicate(v))).await {
+        Ok(Ok(state)) => Ok(state.clone()),
+        Ok(Err(_)) => Err("the publisher stopped"),
+        Err(_) => Err("timed out"),
+    };
+    outcome.unwrap_or_else(|why| {
+        panic!("{why} after up to {timeout:?} waiting until {what}; last state {:?}", *rx.borrow())
+    })
 }
 
 /// Polls `predicate` until it holds.

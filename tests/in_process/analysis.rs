@@ -12,7 +12,7 @@ use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use wazuh_cluster_actors::agents::messages::GetHubView;
+use wazuh_cluster_actors::agents::messages::HubView;
 use wazuh_multi_node::sim::{connector, enroll_one, parse_key, read_payload, SimAgent};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -50,7 +50,7 @@ async fn events_reach_analysisd_as_remoted_writes_them() {
     let cluster = TestCluster::start_with("ana", 1, &[("analysis.queue", "queue/sockets/queue".into())]).await;
     let worker_dir = cluster.dir.path().join(cluster.worker_name(0));
     std::fs::create_dir_all(worker_dir.join("queue/sockets")).expect("dir");
-    let queue = UnixDatagram::bind(worker_dir.join("queue/sockets/queue")).expect("bind");
+    let queue = std::sync::Arc::new(UnixDatagram::bind(worker_dir.join("queue/sockets/queue")).expect("bind"));
     let mut agent = enrolled(cluster.worker(0).enrollment_addr, "web-01").await;
     let mut s = connected(&mut agent, cluster.worker(0).agents_addr).await;
     let id = agent.id.clone();
@@ -69,12 +69,13 @@ async fn events_reach_analysisd_as_remoted_writes_them() {
     let mut long = enrolled(cluster.worker(0).enrollment_addr, &long_name).await;
     let long_id = long.id.clone();
     let mut s2 = connected(&mut long, cluster.worker(0).agents_addr).await;
-    // In order: the three events above are in the queue before the big one.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // In order: the three events above are in the queue before the big one is sent.
+    let q = queue.clone();
+    let mut got = tokio::task::spawn_blocking(move || receive(&q, 3)).await.expect("join");
     s2.write_all(&long.frame(big.as_bytes())).await.expect("big event");
     // Control messages never go to analysisd.
     s.write_all(&agent.frame(agent.keepalive_text().as_bytes())).await.expect("keep-alive");
-    let got = tokio::task::spawn_blocking(move || receive(&queue, 4)).await.expect("join");
+    got.extend(tokio::task::spawn_blocking(move || receive(&queue, 1)).await.expect("join"));
     let src = format!("[{id}] (web-01) any");
     assert_eq!(
         got[0],
@@ -88,16 +89,9 @@ async fn events_reach_analysisd_as_remoted_writes_them() {
     assert_eq!(got[3].len(), 65_535);
     assert_eq!(got[3][..], full.as_bytes()[..65_535]);
     // The writer thread counts a datagram once the socket took it: the count may trail the receipt.
-    let start = std::time::Instant::now();
-    loop {
-        let view = cluster.worker(0).handle.hub().send(GetHubView).await.expect("hub");
-        let counts = (view.events_analysis, view.events_analysis_dropped, view.analysis_connected);
-        if counts == (4, 0, 1) || start.elapsed() > Duration::from_secs(5) {
-            assert_eq!(counts, (4, 0, 1));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut figures = cluster.worker(0).handle.hub_figures().await.expect("hub");
+    let counted = |v: &HubView| (v.events_analysis, v.events_analysis_dropped, v.analysis_connected) == (4, 0, 1);
+    wait_for("4 events delivered, none dropped, analysisd connected", WAIT, &mut figures, counted).await;
 }
 
 #[actix_rt::test]
@@ -128,16 +122,8 @@ async fn without_analysisd_agents_are_served_drops_are_counted_and_delivery_resu
             assert_eq!(ack, b"#!-agent ack ");
         }
     }
-    let hub = cluster.worker(0).handle.hub().clone();
-    let start = Instant::now();
-    let view = loop {
-        let v = hub.send(GetHubView).await.expect("hub");
-        if v.events == 2_000 {
-            break v;
-        }
-        assert!(start.elapsed() < WAIT, "events not all received: {v:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let mut figures = cluster.worker(0).handle.hub_figures().await.expect("hub");
+    let view = wait_for("every event received", WAIT, &mut figures, |v| v.events == 2_000).await;
     assert!(view.events_analysis_dropped > 1_000, "{view:?}");
     assert!(view.analysis_held_bytes <= 64 * 1024, "{view:?}");
     assert_eq!((view.events_analysis, view.analysis_connected), (0, 0));
@@ -154,6 +140,7 @@ async fn without_analysisd_agents_are_served_drops_are_counted_and_delivery_resu
         "the oldest held comes first"
     );
     assert!(got[held].ends_with(b"after the restart"));
+    wait_for("analysisd connected again", WAIT, &mut figures, |v| v.analysis_connected == 1).await;
     wait_for_log(&worker, &["takes events again"], WAIT).await;
 }
 

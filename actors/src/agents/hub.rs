@@ -3,7 +3,7 @@
 use super::merged::{groups_key, MergedCache};
 use super::messages::{
     Bind, BindRefused, CloseAll, Closed, Delivered, ForceReconnect, GetHubView, HubLink, HubView, RefreshKeys,
-    ResendAll, Seen, SeenKind, SessionTx, SharedChanged, TakeUpdates,
+    ResendAll, Seen, SeenKind, SessionTx, SharedChanged, TakeUpdates, WatchFigures, FIGURES_EVERY,
 };
 use super::{AgentKey, Shared};
 use crate::registry::fmt_id;
@@ -82,6 +82,8 @@ pub struct AgentHub {
     merged: MergedCache,
     /// Master: a write of statuses is in flight.
     flushing: bool,
+    /// The figures, published while someone watches them.
+    figures: tokio::sync::watch::Sender<HubView>,
 }
 
 impl AgentHub {
@@ -96,12 +98,13 @@ impl AgentHub {
             next_seq: 0,
             merged: MergedCache::default(),
             flushing: false,
+            figures: tokio::sync::watch::Sender::new(HubView::default()),
         }
     }
 
-    /// Starts the hub with a mailbox of [`HUB_MAILBOX`] messages.
-    /// Starts the hub. It holds every agent session of the node, which cannot be rebuilt in place:
-    /// a panic cuts `lifeline` (see `supervise::start_watched`).
+    /// Starts the hub with a mailbox of [`HUB_MAILBOX`] messages. It holds every agent session of
+    /// the node, which cannot be rebuilt in place: a panic cuts `lifeline` (see
+    /// `supervise::start_watched`).
     pub fn launch(self, lifeline: crate::supervise::Lifeline) -> Addr<Self> {
         let mut ctx = Context::new();
         ctx.set_mailbox_capacity(HUB_MAILBOX);
@@ -269,6 +272,17 @@ impl Actor for AgentHub {
             .into_actor(self),
         );
         ctx.run_interval(std::time::Duration::from_secs(1), |act, _| act.sweep());
+        // The figures, for whoever watches them (see `WatchFigures`).
+        ctx.run_interval(FIGURES_EVERY, |act, _| {
+            if act.figures.receiver_count() > 0 {
+                let view = act.view();
+                act.figures.send_if_modified(|now| {
+                    let changed = *now != view;
+                    *now = view;
+                    changed
+                });
+            }
+        });
         if let KeySource::Master(registry) = &self.source {
             // The master stores its own agents' statuses directly.
             let registry = registry.clone();
@@ -484,10 +498,27 @@ impl Handler<GetHubView> for AgentHub {
     type Result = MessageResult<GetHubView>;
 
     fn handle(&mut self, _: GetHubView, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.view())
+    }
+}
+
+impl Handler<WatchFigures> for AgentHub {
+    type Result = MessageResult<WatchFigures>;
+
+    fn handle(&mut self, _: WatchFigures, _: &mut Context<Self>) -> Self::Result {
+        let view = self.view();
+        self.figures.send_replace(view);
+        MessageResult(self.figures.subscribe())
+    }
+}
+
+impl AgentHub {
+    /// The hub's figures now.
+    fn view(&self) -> HubView {
         let count = |st: Status| self.states.values().filter(|s| s.status == st).count();
         let s = &self.shared.stats;
         let a = self.shared.analysis.as_ref().map(|a| &*a.stats);
-        MessageResult(HubView {
+        HubView {
             connected: self.live.len(),
             active: count(Status::Active),
             pending: count(Status::Pending),
@@ -506,7 +537,7 @@ impl Handler<GetHubView> for AgentHub {
             events_analysis_dropped: a.map_or(0, |a| a.dropped.load(Ordering::Relaxed)),
             analysis_held_bytes: a.map_or(0, |a| a.held.load(Ordering::Relaxed) as u64),
             analysis_connected: a.map_or(0, |a| a.connected.load(Ordering::Relaxed) as u64),
-        })
+        }
     }
 }
 

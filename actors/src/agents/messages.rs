@@ -211,8 +211,8 @@ pub struct ForceReconnect(pub Vec<u32>);
 #[rtype(result = "usize")]
 pub struct CloseAll(pub String);
 
-/// Figures for health.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+/// Figures for health, also published on a watch channel (see [`WatchFigures`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct HubView {
     pub connected: usize,
     pub active: usize,
@@ -241,6 +241,15 @@ pub struct HubView {
 #[derive(Message)]
 #[rtype(result = "HubView")]
 pub struct GetHubView;
+
+/// A receiver of the hub's figures: while one exists, the hub publishes them every
+/// [`FIGURES_EVERY`] when they changed (nothing is computed while nobody watches).
+#[derive(Message)]
+#[rtype(result = "tokio::sync::watch::Receiver<HubView>")]
+pub struct WatchFigures;
+
+/// How often the hub publishes its figures while someone watches them.
+pub const FIGURES_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 #[cfg(test)]
 mod tests {

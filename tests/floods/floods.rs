@@ -24,6 +24,13 @@ const LOOSE: Duration = Duration::from_secs(5);
 /// flood's own client sockets).
 const RSS_BOUND_KIB: u64 = 128 * 1024;
 
+/// Held for the length of a test: the RSS bounds hold only while no other test runs nodes in this
+/// process.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Raises this process's open-file limit to what `want` sockets need (up to the hard limit).
 fn allow_files(want: u64) {
     if let Ok((now, max)) = wazuh_cluster_actors::budget::open_files_limit() {
@@ -51,6 +58,7 @@ fn rss_kib() -> u64 {
 
 #[actix_rt::test]
 async fn idle_connections_on_the_agent_port_are_capped_and_closed_and_a_real_agent_still_connects() {
+    let _one = one_at_a_time();
     allow_files(FLOOD as u64 + 2_000);
     let cluster = TestCluster::start_with(
         "flood",
@@ -122,6 +130,7 @@ async fn idle_connections_on_the_agent_port_are_capped_and_closed_and_a_real_age
 /// address and closed after `enrollment.timeout`; a real agent enrolls meanwhile.
 #[actix_rt::test]
 async fn idle_connections_on_the_enrollment_port_are_capped_and_closed_and_a_real_agent_still_enrolls() {
+    let _one = one_at_a_time();
     allow_files(FLOOD as u64 + 2_000);
     let mut cluster = TestCluster::start_with(
         "eflood",
@@ -173,6 +182,7 @@ async fn idle_connections_on_the_enrollment_port_are_capped_and_closed_and_a_rea
 /// make a few log lines, not one per connection.
 #[actix_rt::test]
 async fn a_handshake_flood_on_the_cluster_port_cannot_keep_a_worker_out() {
+    let _one = one_at_a_time();
     allow_files(4_000);
     const SOCKETS: usize = 300;
     let mut cluster = TestCluster::start_with("cflood", 0, &[("cluster.handshake_timeout", "30s".into())]).await;
@@ -265,6 +275,7 @@ fn still_open(s: &TcpStream) -> bool {
 /// real call from a fourth address is answered meanwhile.
 #[actix_rt::test]
 async fn api_floods_of_idle_half_tls_and_slow_header_connections_leave_real_calls_served() {
+    let _one = one_at_a_time();
     use wazuh_multi_node::client::{request_trusting, Trust};
     allow_files(4_000);
     const PER_ADDRESS: usize = 8;
@@ -347,6 +358,7 @@ async fn api_floods_of_idle_half_tls_and_slow_header_connections_leave_real_call
 /// flood gets in, and once it spoke it is never the one closed, however long the flood goes on.
 #[actix_rt::test]
 async fn a_full_agent_port_sheds_the_oldest_unauthenticated_connection_and_keeps_real_agents() {
+    let _one = one_at_a_time();
     allow_files(6_000);
     const PLACES: usize = 200;
     let cluster = TestCluster::start_with(
