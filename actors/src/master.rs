@@ -7,10 +7,12 @@ use crate::connection::{
 };
 use crate::jobs::local::{FilesChanged, MasterServices};
 use crate::jobs::master::MasterJobs;
-use crate::jobs::runtime::{FaultKind, InjectFault as JobFault};
+#[cfg(feature = "testing")]
+use crate::jobs::runtime::InjectFault as JobFault;
 use crate::link::{self, LinkError};
 use crate::registry::StoreError;
 use crate::settings::ChannelSettings;
+use crate::supervise::Kill;
 use crate::supervise::{AllStopped, JobHealth};
 use actix::prelude::*;
 use log::{debug, info, warn};
@@ -143,30 +145,6 @@ impl Handler<GetManifestDigest> for MasterListener {
 #[rtype(result = "()")]
 pub struct Shutdown {
     pub reason: String,
-}
-
-/// Drops every socket at once, without goodbyes, as a crash would (tests).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Kill;
-
-/// Makes a job of one worker connection fail or panic `count` times (chaos and test hook).
-#[derive(Message)]
-#[rtype(result = "bool")]
-pub struct InjectFault {
-    pub worker: String,
-    pub job: String,
-    pub kind: FaultKind,
-    pub count: u32,
-}
-
-/// Makes one of the master's shared jobs fail or panic `count` times (chaos and test hook).
-#[derive(Message)]
-#[rtype(result = "bool")]
-pub struct InjectLocalFault {
-    pub job: String,
-    pub kind: FaultKind,
-    pub count: u32,
 }
 
 /// A receiver of the master's file changes (the agent hub's, for merged.mg pushes).
@@ -682,20 +660,16 @@ impl Handler<LocalJobs> for MasterListener {
     }
 }
 
-impl Handler<InjectFault> for MasterListener {
+#[cfg(feature = "testing")]
+impl Handler<crate::supervise::testing::InjectFault> for MasterListener {
     type Result = bool;
 
-    fn handle(&mut self, msg: InjectFault, _: &mut Context<Self>) -> bool {
+    fn handle(&mut self, msg: crate::supervise::testing::InjectFault, _: &mut Context<Self>) -> bool {
         let fault = JobFault { kind: msg.kind, count: msg.count };
-        self.workers.get(&msg.worker).is_some_and(|w| w.jobs.inject(&msg.job, fault))
-    }
-}
-
-impl Handler<InjectLocalFault> for MasterListener {
-    type Result = bool;
-
-    fn handle(&mut self, msg: InjectLocalFault, _: &mut Context<Self>) -> bool {
-        self.services.controls().inject(&msg.job, JobFault { kind: msg.kind, count: msg.count })
+        match &msg.worker {
+            Some(worker) => self.workers.get(worker).is_some_and(|w| w.jobs.inject(&msg.job, fault)),
+            None => self.services.controls().inject(&msg.job, fault),
+        }
     }
 }
 

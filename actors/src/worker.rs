@@ -10,10 +10,12 @@ use crate::connection::{
     self, Abort, CallError, Close, ConnHandle, ConnectionActor, ConnectionClosed, ConnectionInfo, Dispatch, GetInfo,
     WorkerSide,
 };
-use crate::jobs::runtime::{FaultKind, InjectFault as JobFault};
+#[cfg(feature = "testing")]
+use crate::jobs::runtime::InjectFault as JobFault;
 use crate::jobs::worker::{WorkerJobs, WorkerServices};
 use crate::link::{self, LinkError};
 use crate::settings::ChannelSettings;
+use crate::supervise::Kill;
 use actix::prelude::*;
 use log::{error, info, warn};
 use std::rc::Rc;
@@ -48,20 +50,6 @@ pub struct WorkerLink {
 #[derive(Message)]
 #[rtype(result = "Option<ConnectionInfo>")]
 pub struct GetLink;
-
-/// Drops the connection at once, without a goodbye, and stops (tests: a crashed worker).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Kill;
-
-/// Makes a job of the connection fail or panic `count` times (chaos and test hook).
-#[derive(Message)]
-#[rtype(result = "bool")]
-pub struct InjectFault {
-    pub job: String,
-    pub kind: FaultKind,
-    pub count: u32,
-}
 
 /// Says goodbye to the master, waits (bounded) for the connection and its jobs to stop, and stops.
 #[derive(Message)]
@@ -414,10 +402,11 @@ impl Handler<Kill> for WorkerLink {
     }
 }
 
-impl Handler<InjectFault> for WorkerLink {
+#[cfg(feature = "testing")]
+impl Handler<crate::supervise::testing::InjectFault> for WorkerLink {
     type Result = bool;
 
-    fn handle(&mut self, msg: InjectFault, _: &mut Context<Self>) -> bool {
+    fn handle(&mut self, msg: crate::supervise::testing::InjectFault, _: &mut Context<Self>) -> bool {
         let fault = JobFault { kind: msg.kind, count: msg.count };
         self.conn.as_ref().is_some_and(|l| l.jobs.inject(&msg.job, fault))
     }

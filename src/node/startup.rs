@@ -33,8 +33,8 @@ use wazuh_cluster_actors::registry::users::{SeedUser, UserDirectory};
 use wazuh_cluster_actors::registry::{Registry, ReplacePolicy, Replica, StoreHandle};
 use wazuh_cluster_actors::ruleset::{in_ruleset, RulesetChanged, RulesetReloader};
 use wazuh_cluster_actors::settings::{Budgets, JobIntervals};
-use wazuh_cluster_actors::supervise::Lifeline;
-use wazuh_cluster_actors::worker::{self, WorkerLink};
+use wazuh_cluster_actors::supervise::{Kill, Lifeline};
+use wazuh_cluster_actors::worker::WorkerLink;
 use wazuh_cluster_actors::ChannelSettings;
 use wazuh_cluster_protocol::identity::{JoinToken, NodeIdentity};
 use wazuh_cluster_protocol::version::VersionRange;
@@ -625,7 +625,7 @@ pub(super) async fn keep_counters(counters: Arc<AgentCounters>, node: String) {
 
 pub(super) fn kill_actors(handle: &NodeHandle) {
     match handle {
-        NodeHandle::Master { listener, .. } => listener.do_send(master::Kill),
-        NodeHandle::Worker { link, .. } => link.do_send(worker::Kill),
+        NodeHandle::Master { listener, .. } => listener.do_send(Kill),
+        NodeHandle::Worker { link, .. } => link.do_send(Kill),
     }
 }

@@ -3,6 +3,7 @@
 //! every wait is on a condition, none is a fixed sleep.
 
 use crate::common;
+use wazuh_cluster_actors::supervise::testing::InjectFault;
 
 use common::cluster::TestCluster;
 use common::*;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use wazuh_cluster_actors::jobs::runtime::FaultKind;
 use wazuh_cluster_actors::link;
 use wazuh_cluster_actors::master::{self, LocalJobs};
-use wazuh_cluster_actors::worker::{self, GetLink, WorkerLink};
+use wazuh_cluster_actors::worker::{GetLink, WorkerLink};
 use wazuh_cluster_protocol::message::{JobReport, JobState};
 use wazuh_cluster_protocol::version::VersionRange;
 use wazuh_cluster_protocol::ProtocolVersion;
@@ -58,7 +59,10 @@ async fn a_failing_periodic_job_restarts_in_place_and_a_failing_server_answers_e
 
     // The worker's AgentInfo (periodic) fails its next 3 runs; each failure stops it and its
     // supervisor restarts it after a back-off.
-    assert!(link.send(worker::InjectFault { job: "AgentInfo".into(), kind: FaultKind::Fail, count: 3 }).await.unwrap());
+    assert!(link
+        .send(InjectFault { worker: None, job: "AgentInfo".into(), kind: FaultKind::Fail, count: 3 })
+        .await
+        .unwrap());
     wait_until("the worker's AgentInfo restarted 3 times and ran again", WAIT, || {
         let link = link.clone();
         async move {
@@ -82,8 +86,7 @@ async fn a_failing_periodic_job_restarts_in_place_and_a_failing_server_answers_e
     // an error (the worker's periodic AgentInfo then fails and backs off), and it never restarts.
     let listener = listener_of(&cluster);
     let worker = cluster.worker_name(0);
-    let fault =
-        master::InjectFault { worker: worker.clone(), job: "AgentInfo".into(), kind: FaultKind::Fail, count: 2 };
+    let fault = InjectFault { worker: Some(worker.clone()), job: "AgentInfo".into(), kind: FaultKind::Fail, count: 2 };
     assert!(listener.send(fault).await.unwrap());
     wait_until("the master's AgentInfo answered 2 requests with errors and serves again", WAIT, || {
         let listener = listener.clone();
@@ -210,7 +213,7 @@ async fn refused(
     assert!(m.starts_with("WARN"), "{m}");
     let w = wait_for_log(&name, &["refused this worker", reason], WAIT).await;
     assert!(w.starts_with("ERROR"), "{w}");
-    link.do_send(worker::Kill);
+    link.do_send(wazuh_cluster_actors::supervise::Kill);
 }
 
 fn cluster_addr(cluster: &TestCluster) -> std::net::SocketAddr {

@@ -4,6 +4,7 @@
 //! again.
 
 use crate::common;
+use wazuh_cluster_actors::supervise::testing::InjectFault;
 
 use common::cluster::TestCluster;
 use common::*;
@@ -12,8 +13,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use wazuh_cluster_actors::jobs::runtime::FaultKind;
-use wazuh_cluster_actors::master::{self, GetManifestDigest, ListWorkers, LocalJobs, MasterListener};
-use wazuh_cluster_actors::worker::{self, GetLink, WorkerLink};
+use wazuh_cluster_actors::master::{GetManifestDigest, ListWorkers, LocalJobs, MasterListener};
+use wazuh_cluster_actors::worker::{GetLink, WorkerLink};
 use wazuh_cluster_protocol::message::{ErrorCode, IntegrityCheck, JobReport, JobState};
 use wazuh_cluster_protocol::{
     Envelope, Kind, MasterToWorker, MessageDecoder, MessageEncoder, RequestId, Role, WorkerToMaster,
@@ -108,7 +109,7 @@ async fn a_failed_request_gets_an_error_reply_while_the_others_in_flight_complet
 
     // One injected failure: the first request is answered with an error, the other three with
     // their status, all of them while they were in flight together.
-    let fault = |kind| master::InjectFault { worker: "inflight-w".into(), job: "Integrity".into(), kind, count: 1 };
+    let fault = |kind| InjectFault { worker: Some("inflight-w".into()), job: "Integrity".into(), kind, count: 1 };
     assert!(listener.send(fault(FaultKind::Fail)).await.unwrap());
     let ids = round(4);
     let answers = exchange(&mut reader, &mut writer, &ids).await;
@@ -169,13 +170,13 @@ async fn restarted_jobs_never_receive_a_change_twice() {
     // Three restarts of every job that keeps a receiver or publishes: the master's shared jobs
     // (failed runs), the pusher of the agent table and the worker's Integrity (panics).
     for job in ["LocalIntegrity", "LocalAgentGroups"] {
-        let fault = master::InjectLocalFault { job: job.into(), kind: FaultKind::Fail, count: 3 };
+        let fault = InjectFault { worker: None, job: job.into(), kind: FaultKind::Fail, count: 3 };
         assert!(listener.send(fault).await.unwrap());
     }
     let fault =
-        master::InjectFault { worker: worker.clone(), job: "AgentGroupsSend".into(), kind: FaultKind::Panic, count: 3 };
+        InjectFault { worker: Some(worker.clone()), job: "AgentGroupsSend".into(), kind: FaultKind::Panic, count: 3 };
     assert!(listener.send(fault).await.unwrap());
-    let fault = worker::InjectFault { job: "Integrity".into(), kind: FaultKind::Panic, count: 3 };
+    let fault = InjectFault { worker: None, job: "Integrity".into(), kind: FaultKind::Panic, count: 3 };
     assert!(link.send(fault).await.unwrap());
     // Agent-table changes make the pusher push (and panic, three times).
     for i in 0..3 {
