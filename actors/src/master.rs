@@ -8,7 +8,7 @@ use crate::connection::{
 use crate::jobs::local::{FilesChanged, MasterServices};
 use crate::jobs::master::MasterJobs;
 #[cfg(feature = "testing")]
-use crate::jobs::runtime::InjectFault as JobFault;
+use crate::jobs::runtime::JobFault;
 use crate::link::{self, LinkError};
 use crate::registry::StoreError;
 use crate::settings::ChannelSettings;
@@ -661,10 +661,10 @@ impl Handler<LocalJobs> for MasterListener {
 }
 
 #[cfg(feature = "testing")]
-impl Handler<crate::supervise::testing::InjectFault> for MasterListener {
+impl Handler<crate::jobs::runtime::InjectFault> for MasterListener {
     type Result = bool;
 
-    fn handle(&mut self, msg: crate::supervise::testing::InjectFault, _: &mut Context<Self>) -> bool {
+    fn handle(&mut self, msg: crate::jobs::runtime::InjectFault, _: &mut Context<Self>) -> bool {
         let fault = JobFault { kind: msg.kind, count: msg.count };
         match &msg.worker {
             Some(worker) => self.workers.get(worker).is_some_and(|w| w.jobs.inject(&msg.job, fault)),

@@ -389,18 +389,6 @@ pub mod testing {
     #[derive(actix::Message, Debug, Clone)]
     #[rtype(result = "()")]
     pub struct Panic(pub String);
-
-    /// Makes a job fail or panic its next `count` runs (or requests): on a master, a job of the
-    /// connection with `worker`, or with `worker: None` one of its shared jobs; on a worker, a job
-    /// of its connection (`worker` is not read). Answers whether there was such a job.
-    #[derive(actix::Message, Debug, Clone)]
-    #[rtype(result = "bool")]
-    pub struct InjectFault {
-        pub worker: Option<String>,
-        pub job: String,
-        pub kind: crate::jobs::runtime::FaultKind,
-        pub count: u32,
-    }
 }
 
 /// Stops an owner (the master's listener, a worker's link) at once: its sockets are dropped without

@@ -11,7 +11,7 @@ use crate::connection::{
     WorkerSide,
 };
 #[cfg(feature = "testing")]
-use crate::jobs::runtime::InjectFault as JobFault;
+use crate::jobs::runtime::JobFault;
 use crate::jobs::worker::{WorkerJobs, WorkerServices};
 use crate::link::{self, LinkError};
 use crate::settings::ChannelSettings;
@@ -403,10 +403,10 @@ impl Handler<Kill> for WorkerLink {
 }
 
 #[cfg(feature = "testing")]
-impl Handler<crate::supervise::testing::InjectFault> for WorkerLink {
+impl Handler<crate::jobs::runtime::InjectFault> for WorkerLink {
     type Result = bool;
 
-    fn handle(&mut self, msg: crate::supervise::testing::InjectFault, _: &mut Context<Self>) -> bool {
+    fn handle(&mut self, msg: crate::jobs::runtime::InjectFault, _: &mut Context<Self>) -> bool {
         let fault = JobFault { kind: msg.kind, count: msg.count };
         self.conn.as_ref().is_some_and(|l| l.jobs.inject(&msg.job, fault))
     }

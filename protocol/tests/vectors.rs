@@ -1,5 +1,5 @@
-//! The enrollment vectors of `shared/reference/wazuh-agent-vectors.json` (a copy lives in
-//! `tests/data/`), produced by an independent agent implementation.
+//! The enrollment vectors in `tests/data/` (the project's reference set of agent test vectors),
+//! produced by an independent agent implementation.
 
 use serde_json::Value;
 use wazuh_cluster_protocol::agent::enrollment::{parse, success_reply, validate, EnrollError};

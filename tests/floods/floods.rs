@@ -3,7 +3,7 @@
 //! real agent still enrolls and connects and a new worker still joins during each flood; the node
 //! logs a bounded number of lines about it, and its memory stays within a stated bound.
 //!
-//! Times are printed, not asserted against the 1 s (a timed assertion would fail on a busy
+//! Times are printed, not asserted against the 1 s goal (a timed assertion would fail on a busy
 //! machine for the wrong reason): the assertions are that each legitimate peer gets in while the
 //! flood is on, within a loose 5 s.
 

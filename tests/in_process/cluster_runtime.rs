@@ -3,7 +3,7 @@
 //! every wait is on a condition, none is a fixed sleep.
 
 use crate::common;
-use wazuh_cluster_actors::supervise::testing::InjectFault;
+use wazuh_cluster_actors::jobs::runtime::InjectFault;
 
 use common::cluster::TestCluster;
 use common::*;

@@ -3,7 +3,7 @@
 //! non-test code is an edge from the module it is written in to the module it names (the longest
 //! module prefix of the path); the graph must have no cycle (Tarjan's strongly connected
 //! components). A module's `mod child;` declaration is not an edge; its `pub use child::Item` is.
-//! Also: the transport (`connection.rs`) names no job.
+//! Also: the transport (`connection/`) names no job.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -247,11 +247,21 @@ fn check_crate(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
 #[test]
 fn the_actors_crate_has_no_import_cycle_and_its_transport_names_no_job() {
     let graph = check_crate(&root().join("actors/src"));
-    let transport = &graph["connection"];
-    assert!(transport.iter().all(|m| !m.starts_with("jobs") && !m.starts_with("agents")), "{transport:?}");
-    let code = code_only(&std::fs::read_to_string(root().join("actors/src/connection.rs")).expect("read"));
-    for job in ["KeepAlive", "AgentInfo", "AgentGroupsSend", "Integrity", "Registration", "MasterJobs", "WorkerJobs"] {
-        assert!(!code.contains(job), "connection.rs names {job}");
+    // The transport is `connection` and its submodules (`connection/*.rs`).
+    let parts: Vec<&String> = graph.keys().filter(|m| *m == "connection" || m.starts_with("connection::")).collect();
+    assert!(parts.len() > 1, "connection's submodules: {parts:?}");
+    for part in parts {
+        let uses = &graph[part];
+        assert!(uses.iter().all(|m| !m.starts_with("jobs") && !m.starts_with("agents")), "{part}: {uses:?}");
+    }
+    for entry in std::fs::read_dir(root().join("actors/src/connection")).expect("connection/") {
+        let path = entry.expect("entry").path();
+        let code = code_only(&std::fs::read_to_string(&path).expect("read"));
+        for job in
+            ["KeepAlive", "AgentInfo", "AgentGroupsSend", "Integrity", "Registration", "MasterJobs", "WorkerJobs"]
+        {
+            assert!(!code.contains(job), "{} names {job}", path.display());
+        }
     }
     // The layers the crate's documentation gives, bottom up: nothing below depends on above.
     for (low, high) in [

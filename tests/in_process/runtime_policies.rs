@@ -4,7 +4,7 @@
 //! again.
 
 use crate::common;
-use wazuh_cluster_actors::supervise::testing::InjectFault;
+use wazuh_cluster_actors::jobs::runtime::InjectFault;
 
 use common::cluster::TestCluster;
 use common::*;

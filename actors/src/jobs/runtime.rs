@@ -43,7 +43,21 @@ pub enum FaultKind {
 /// Chaos and test hook: the job's next `count` runs (or requests) fail or panic.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
+pub struct JobFault {
+    pub kind: FaultKind,
+    pub count: u32,
+}
+
+/// Test hook, with the `testing` feature only: makes a job fail or panic its next `count` runs (or
+/// requests). On a master, a job of the connection with `worker`, or with `worker: None` one of
+/// its shared jobs; on a worker, a job of its connection (`worker` is not read). Answers whether
+/// there was such a job.
+#[cfg(feature = "testing")]
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "bool")]
 pub struct InjectFault {
+    pub worker: Option<String>,
+    pub job: String,
     pub kind: FaultKind,
     pub count: u32,
 }
@@ -56,7 +70,7 @@ pub struct Faults {
 }
 
 impl Faults {
-    pub fn add(&mut self, f: InjectFault) {
+    pub fn add(&mut self, f: JobFault) {
         match f.kind {
             FaultKind::Fail => self.fail = self.fail.saturating_add(f.count),
             FaultKind::Panic => self.panic = self.panic.saturating_add(f.count),
@@ -214,7 +228,7 @@ impl JobCore {
         debug!(node = self.settings.node_name.as_str(); "job {} for {} restarting", self.name, self.peer);
     }
 
-    pub fn inject(&mut self, fault: InjectFault) {
+    pub fn inject(&mut self, fault: JobFault) {
         self.faults.add(fault);
     }
 
@@ -246,7 +260,7 @@ impl JobCore {
     }
 }
 
-/// Implements the `Supervised`, `Guarded`, `InjectFault` and `StopJob` plumbing of a periodic job
+/// Implements the `Supervised`, `Guarded`, `JobFault` and `StopJob` plumbing of a periodic job
 /// whose [`JobCore`] is its `core` field.
 macro_rules! job_plumbing {
     ($job:ty) => {
@@ -269,9 +283,9 @@ macro_rules! job_plumbing {
             }
         }
 
-        impl actix::Handler<$crate::jobs::runtime::InjectFault> for $job {
+        impl actix::Handler<$crate::jobs::runtime::JobFault> for $job {
             type Result = ();
-            fn handle(&mut self, msg: $crate::jobs::runtime::InjectFault, _ctx: &mut actix::Context<Self>) {
+            fn handle(&mut self, msg: $crate::jobs::runtime::JobFault, _ctx: &mut actix::Context<Self>) {
                 self.core.inject(msg);
             }
         }
@@ -526,9 +540,9 @@ impl<J: Serve> Handler<Request<J::Request>> for Server<J> {
     }
 }
 
-impl<J: Serve> Handler<InjectFault> for Server<J> {
+impl<J: Serve> Handler<JobFault> for Server<J> {
     type Result = ();
-    fn handle(&mut self, msg: InjectFault, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: JobFault, _: &mut Context<Self>) {
         self.faults.add(msg);
     }
 }
@@ -556,13 +570,13 @@ pub struct JobSetView {
 /// The jobs of one set by name: fault injection, stopping, health.
 #[derive(Default)]
 pub struct Controls {
-    entries: Vec<(&'static str, Recipient<InjectFault>, Recipient<StopJob>, JobHealth)>,
+    entries: Vec<(&'static str, Recipient<JobFault>, Recipient<StopJob>, JobHealth)>,
 }
 
 impl Controls {
     pub fn add<A>(&mut self, name: &'static str, addr: &Addr<A>, health: JobHealth)
     where
-        A: Actor<Context = Context<A>> + Handler<InjectFault> + Handler<StopJob>,
+        A: Actor<Context = Context<A>> + Handler<JobFault> + Handler<StopJob>,
     {
         self.entries.push((name, addr.clone().recipient(), addr.clone().recipient(), health));
     }
@@ -572,7 +586,7 @@ impl Controls {
     }
 
     /// Sends `fault` to the job named `job`; false if there is none.
-    pub fn inject(&self, job: &str, fault: InjectFault) -> bool {
+    pub fn inject(&self, job: &str, fault: JobFault) -> bool {
         match self.entries.iter().find(|(name, ..)| *name == job) {
             Some((_, inject, ..)) => {
                 inject.do_send(fault);
@@ -621,7 +635,7 @@ impl SetControl {
     }
 
     /// Sends `fault` to the job named `job`; false if there is none.
-    pub fn inject(&self, job: &str, fault: InjectFault) -> bool {
+    pub fn inject(&self, job: &str, fault: JobFault) -> bool {
         self.controls.inject(job, fault)
     }
 
@@ -713,7 +727,7 @@ mod tests {
 
         // Four failures in a row from the run at 30 s: after each, the restarted job waits out
         // a longer delay (steps of 1, 2, 4, 8 s, each delay in the upper half of its step).
-        addr.send(InjectFault { kind: FaultKind::Fail, count: 4 }).await.unwrap();
+        addr.send(JobFault { kind: FaultKind::Fail, count: 4 }).await.unwrap();
         runs.lock().unwrap().clear();
         advance(Duration::from_secs(30)).await;
         let runs = runs.lock().unwrap().clone();

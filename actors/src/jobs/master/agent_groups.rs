@@ -9,7 +9,7 @@
 use super::delivery::{Command, Delivery, Event};
 use crate::connection::{CallError, ConnHandle, MasterSide};
 use crate::jobs::local::GroupsState;
-use crate::jobs::runtime::{FaultKind, Faults, InjectFault, Notice, StopJob};
+use crate::jobs::runtime::{FaultKind, Faults, JobFault, Notice, StopJob};
 use crate::registry::{Registry, StoreError, StoreHandle};
 use crate::supervise::{Guarded, JobHealth};
 use actix::clock::Instant;
@@ -257,9 +257,9 @@ impl Handler<Notice<AgentGroupsAck>> for AgentGroupsSend {
     }
 }
 
-impl Handler<InjectFault> for AgentGroupsSend {
+impl Handler<JobFault> for AgentGroupsSend {
     type Result = ();
-    fn handle(&mut self, msg: InjectFault, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: JobFault, _: &mut Context<Self>) {
         self.faults.add(msg);
     }
 }

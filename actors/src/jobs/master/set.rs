@@ -21,7 +21,7 @@ use super::servers::{
 use crate::connection::{ConnHandle, Dispatch, Inbound, LocalFuture, MasterSide, Undeliverable};
 use crate::jobs::local::{GetIntegrity, MasterServices};
 use crate::jobs::runtime::{
-    deliver as send, Controls, InjectFault, JobSetView, Notice, Request, Server, SetControl, MAILBOX,
+    deliver as send, Controls, JobFault, JobSetView, Notice, Request, Server, SetControl, MAILBOX,
 };
 use crate::settings::ChannelSettings;
 use crate::supervise::{liveness, JobHealth};
@@ -131,7 +131,7 @@ impl MasterJobs {
     }
 
     /// Sends `fault` to the job named `job`; false if there is none.
-    pub fn inject(&self, job: &str, fault: InjectFault) -> bool {
+    pub fn inject(&self, job: &str, fault: JobFault) -> bool {
         self.control.inject(job, fault)
     }
 }

@@ -17,7 +17,7 @@ use crate::agents::hub::AgentHub;
 use crate::agents::messages::ForceReconnect;
 use crate::connection::{ConnHandle, Dispatch, Inbound, LocalFuture, Undeliverable, WorkerSide};
 use crate::jobs::runtime::{
-    deliver as send, Controls, InjectFault, JobCore, JobSetView, Notice, Request, Server, SetControl, MAILBOX,
+    deliver as send, Controls, JobCore, JobFault, JobSetView, Notice, Request, Server, SetControl, MAILBOX,
 };
 use crate::registry::{Replica, StoreHandle};
 use crate::settings::ChannelSettings;
@@ -150,7 +150,7 @@ impl WorkerJobs {
     }
 
     /// Sends `fault` to the job named `job`; false if there is none.
-    pub fn inject(&self, job: &str, fault: InjectFault) -> bool {
+    pub fn inject(&self, job: &str, fault: JobFault) -> bool {
         self.control.inject(job, fault)
     }
 }
