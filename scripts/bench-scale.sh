@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Scale benchmark: a master and WORKERS workers as separate release processes on loopback, and
 # agent-sim with AGENTS agents enrolling through and reporting to the workers (keep-alive every
-# KEEPALIVE s), all on this machine. Prints one JSON object (see src/bin/bench-scale.rs for every
+# KEEPALIVE s), all on this machine. Prints one JSON object (see tools/src/bin/bench-scale.rs for every
 # figure); progress goes to stderr. Extra arguments go to bench-scale (e.g. --window 30, --keep).
 # Usage: scripts/bench-scale.sh [AGENTS=50000] [WORKERS=25] [KEEPALIVE=10] [bench-scale options...]
 set -euo pipefail

@@ -2,10 +2,10 @@
 //! CLI's client and tables, and the demo. Modules, each depending only on those listed before it:
 //! [`config`], [`logging`], [`views`] (what operators see, as plain values), [`metrics`] (views as
 //! Prometheus text), [`node::handle`] (observing and changing a running node), [`api`] (HTTP),
-//! [`node::startup`] (start, run, stop), [`client`] and [`report`] (the CLI), [`demo`], [`sim`]
-//! (the agent side, for the load generator and tests), [`procstat`] (a process's CPU and memory,
-//! for the load generator and benchmarks). The wire lives in `wazuh-cluster-protocol`, the actors in
-//! `wazuh-cluster-actors`.
+//! [`node::startup`] (start) and [`node::running`] (run, stop), [`client`] and [`report`] (the
+//! CLI), [`demo`]. The wire lives in `wazuh-cluster-protocol`, the actors in `wazuh-cluster-actors`;
+//! the load generator and the benchmarks in `wazuh-cluster-tools` (`tools/`), which this crate
+//! does not depend on.
 
 pub mod api;
 pub mod auth;
@@ -15,7 +15,5 @@ pub mod demo;
 pub mod logging;
 pub mod metrics;
 pub mod node;
-pub mod procstat;
 pub mod report;
-pub mod sim;
 pub mod views;

@@ -7,6 +7,28 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_wazuh-cluster");
+/// The load generator's binary (`agent-sim`, in the `wazuh-cluster-tools` package beside this
+/// one), built on first use with the profile these tests were built with (a no-op when it is up to
+/// date; `cargo test --workspace` has built it already).
+pub fn agent_sim() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        // This test binary is target/<profile>/deps/<name>: the tools land in target/<profile>.
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.current_dir(env!("CARGO_MANIFEST_DIR")).args(["build", "--quiet", "-p", "wazuh-cluster-tools"]);
+        build.args(["--bin", "agent-sim"]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
+        assert!(status.success(), "cannot build agent-sim: {status}");
+        dir.join("agent-sim").to_string_lossy().into_owned()
+    })
+}
+
 pub const API_TOKEN: &str = "e2e-api-token-0123456789";
 pub const WAIT: Duration = Duration::from_secs(20);
 

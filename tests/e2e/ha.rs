@@ -10,10 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const SIM: &str = env!("CARGO_BIN_EXE_agent-sim");
-
 fn sim() -> Command {
-    Command::new(SIM)
+    Command::new(agent_sim())
 }
 
 /// `wazuh-cluster nodes` against node `i`'s API: its view of the masters.

@@ -9,8 +9,6 @@ use crate::common::process::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const SIM: &str = env!("CARGO_BIN_EXE_agent-sim");
-
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip (iproute2)");
     assert!(
@@ -97,7 +95,7 @@ fn leader(net: &Net, among: &[usize], history: &History, dir: &std::path::Path, 
     for round in 0.. {
         for &i in among {
             if crate::ha::leads(&view(net, i))
-                && history.enroll(net.exec(i, SIM), ENROLL, 1, 1, &format!("probe-{round}-{i}"), dir) == 1
+                && history.enroll(net.exec(i, agent_sim()), ENROLL, 1, 1, &format!("probe-{round}-{i}"), dir) == 1
             {
                 return i;
             }
@@ -140,7 +138,7 @@ fn a_leader_cut_off_by_a_partition_refuses_changes_the_majority_goes_on_and_all_
     }
     let history = History::default();
     let first = leader(&net, &[0, 1, 2], &history, dir.path(), Duration::from_secs(20));
-    assert_eq!(history.enroll(net.exec(first, SIM), ENROLL, 30, 8, "before", dir.path()), 30);
+    assert_eq!(history.enroll(net.exec(first, agent_sim()), ENROLL, 30, 8, "before", dir.path()), 30);
     let rest: Vec<usize> = (0..3).filter(|&i| i != first).collect();
 
     // The partition: the leader hears nobody, nobody hears it.
@@ -149,7 +147,7 @@ fn a_leader_cut_off_by_a_partition_refuses_changes_the_majority_goes_on_and_all_
     // Past its lease, the old leader refuses at once (it does not wait out a commit timeout).
     std::thread::sleep(Duration::from_millis(1_500));
     let asked = Instant::now();
-    assert_eq!(history.enroll(net.exec(first, SIM), ENROLL, 3, 3, "isolated", dir.path()), 0);
+    assert_eq!(history.enroll(net.exec(first, agent_sim()), ENROLL, 3, 3, "isolated", dir.path()), 0);
     let refused_in = asked.elapsed();
     assert!(!history.delete(net.exec(first, BIN), API, "001"), "the isolated leader deleted an agent");
     let isolated_view = view(&net, first);
@@ -162,13 +160,13 @@ fn a_leader_cut_off_by_a_partition_refuses_changes_the_majority_goes_on_and_all_
     // The majority elects a leader and goes on: enrollments and deletions.
     let second = leader(&net, &rest, &history, dir.path(), Duration::from_secs(20));
     eprintln!("m{second} took enrollments {} ms after the cut", cut.elapsed().as_millis());
-    assert_eq!(history.enroll(net.exec(second, SIM), ENROLL, 30, 8, "majority", dir.path()), 30);
+    assert_eq!(history.enroll(net.exec(second, agent_sim()), ENROLL, 30, 8, "majority", dir.path()), 30);
     let before = keys_of(&dir.path().join("before.keys"));
     for id in before.keys().take(5) {
         assert!(history.delete(net.exec(second, BIN), API, id), "deleting {id} on the new leader");
     }
     // The isolated node still takes nothing.
-    assert_eq!(history.enroll(net.exec(first, SIM), ENROLL, 2, 2, "still-isolated", dir.path()), 0);
+    assert_eq!(history.enroll(net.exec(first, agent_sim()), ENROLL, 2, 2, "still-isolated", dir.path()), 0);
 
     // Healing: the old leader learns the new term, drops what it never committed, catches up.
     net.heal(first);

@@ -152,8 +152,6 @@ fn three_processes_survive_kill_9_of_the_master_and_of_a_worker() {
     assert!(master.terminate().success());
 }
 
-const SIM: &str = env!("CARGO_BIN_EXE_agent-sim");
-
 /// A node configured as in a container: no config file, only `WMN_*` variables (from
 /// `wazuh-cluster secrets` and per node), in `dir/<name>`; (node, API port).
 fn env_node(dir: &Path, secrets: &[(String, String)], name: &str, vars: &[(&str, String)]) -> (Node, u16) {
@@ -250,7 +248,7 @@ fn agent_sim_enrolls_through_a_worker_and_every_node_holds_every_key() {
     let (master_sets, w1_sets, master, w1, w2) = master_and_two_workers(dir.path());
 
     let received = dir.path().join("received.keys");
-    let out = Command::new(SIM)
+    let out = Command::new(agent_sim())
         .args(["--enroll", &setting(&w1_sets, "enrollment.bind"), "--agents", "1000", "--concurrency", "32", "--json"])
         .arg("--keys-out")
         .arg(&received)
@@ -353,7 +351,7 @@ fn killing_the_master_during_an_enrollment_storm_leaves_no_agent_without_its_key
     wait_listed(api_port(&master_sets), &["master-1", "worker-1"], &[&master, &w1]);
 
     let received = dir.path().join("received.keys");
-    let sim = Command::new(SIM)
+    let sim = Command::new(agent_sim())
         .args(["--enroll", &setting(&w1_sets, "enrollment.bind"), "--agents", "1500", "--concurrency", "32", "--json"])
         .arg("--keys-out")
         .arg(&received)
@@ -514,7 +512,7 @@ fn three_processes_keep_1000_agents_active_across_the_loss_of_a_worker() {
     // 1,000 agents enroll through worker-1 and then report to both workers.
     let connect = format!("{},{}", setting(&w1_sets, "agents.bind"), setting(&w2_sets, "agents.bind"));
     let started = Instant::now();
-    let mut sim = Command::new(SIM)
+    let mut sim = Command::new(agent_sim())
         .args(["--enroll", &setting(&w1_sets, "enrollment.bind"), "--agents", "1000", "--json"])
         .args(["--connect", &connect, "--keepalive", "2", "--duration", "60"])
         .stdout(Stdio::piped())
@@ -612,7 +610,7 @@ fn a_master_that_lost_its_registry_is_recovered_from_a_worker_and_no_worker_lose
     )
     .expect("create a group");
     assert_eq!(status, 200, "{body}");
-    let out = Command::new(SIM)
+    let out = Command::new(agent_sim())
         .args(["--enroll", &setting(&w1_sets, "enrollment.bind"), "--agents", "200", "--concurrency", "16"])
         .args(["--groups", "linux", "--json"])
         .output()
@@ -703,7 +701,7 @@ fn agent_sim_events_reach_analysisd_byte_for_byte_through_a_worker_process() {
         got
     });
     let keys = dir.path().join("sim.keys");
-    let out = Command::new(SIM)
+    let out = Command::new(agent_sim())
         .args(["--enroll", &setting(&w_sets, "enrollment.bind"), "--connect", &setting(&w_sets, "agents.bind")])
         .args([
             "--agents",

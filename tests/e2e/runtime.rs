@@ -249,12 +249,15 @@ fn a_full_disk_makes_no_job_fail_faster_than_its_back_off_allows_and_nothing_is_
     let enroll = master_sets.iter().find_map(|s| s.strip_prefix("enrollment.bind=")).expect("enrollment.bind");
     let names: Vec<String> = (0..20).map(|i| format!("full-{i}")).collect();
     actix_rt::System::new().block_on(async {
-        let connector = wazuh_multi_node::sim::connector().expect("tls");
+        let connector = wazuh_cluster_tools::sim::connector().expect("tls");
         for name in &names {
-            let reply =
-                wazuh_multi_node::sim::enroll_one(connector.clone(), enroll.to_string(), format!("OSSEC A:'{name}'\n"))
-                    .await
-                    .expect("enroll");
+            let reply = wazuh_cluster_tools::sim::enroll_one(
+                connector.clone(),
+                enroll.to_string(),
+                format!("OSSEC A:'{name}'\n"),
+            )
+            .await
+            .expect("enroll");
             assert!(reply.starts_with("OSSEC K:"), "{reply}");
         }
     });

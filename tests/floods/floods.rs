@@ -14,7 +14,7 @@ use common::*;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use wazuh_multi_node::sim::{connector, enroll_one, parse_key, read_payload, SimAgent};
+use wazuh_cluster_tools::sim::{connector, enroll_one, parse_key, read_payload, SimAgent};
 
 const FLOOD: usize = 5_000;
 const CAP: u32 = 256;
@@ -26,9 +26,9 @@ const RSS_BOUND_KIB: u64 = 128 * 1024;
 
 /// Held for the length of a test: the RSS bounds hold only while no other test runs nodes in this
 /// process.
-pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    ONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static ONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    ONE.lock().await
 }
 
 /// Raises this process's open-file limit to what `want` sockets need (up to the hard limit).
@@ -53,12 +53,12 @@ async fn enrolled(cluster: &TestCluster, name: &str) -> SimAgent {
 }
 
 fn rss_kib() -> u64 {
-    wazuh_multi_node::procstat::rss_kib(std::process::id()).unwrap_or(0)
+    wazuh_cluster_tools::procstat::rss_kib(std::process::id()).unwrap_or(0)
 }
 
 #[actix_rt::test]
 async fn idle_connections_on_the_agent_port_are_capped_and_closed_and_a_real_agent_still_connects() {
-    let _one = one_at_a_time();
+    let _one = one_at_a_time().await;
     allow_files(FLOOD as u64 + 2_000);
     let cluster = TestCluster::start_with(
         "flood",
@@ -130,7 +130,7 @@ async fn idle_connections_on_the_agent_port_are_capped_and_closed_and_a_real_age
 /// address and closed after `enrollment.timeout`; a real agent enrolls meanwhile.
 #[actix_rt::test]
 async fn idle_connections_on_the_enrollment_port_are_capped_and_closed_and_a_real_agent_still_enrolls() {
-    let _one = one_at_a_time();
+    let _one = one_at_a_time().await;
     allow_files(FLOOD as u64 + 2_000);
     let mut cluster = TestCluster::start_with(
         "eflood",
@@ -149,9 +149,10 @@ async fn idle_connections_on_the_enrollment_port_are_capped_and_closed_and_a_rea
     let socket = TcpSocket::new_v4().expect("socket");
     socket.bind("127.0.0.2:0".parse().expect("addr")).expect("bind 127.0.0.2");
     let tcp = socket.connect(addr).await.expect("connect");
-    let reply = wazuh_multi_node::sim::enroll_over(connector().expect("tls"), tcp, "OSSEC A:'eflood-agent'\n".into())
-        .await
-        .expect("enroll");
+    let reply =
+        wazuh_cluster_tools::sim::enroll_over(connector().expect("tls"), tcp, "OSSEC A:'eflood-agent'\n".into())
+            .await
+            .expect("enroll");
     let took = t0.elapsed();
     assert!(parse_key(&reply).is_some(), "{reply}");
     assert!(took < LOOSE, "enrollment took {took:?} during the flood");
@@ -182,7 +183,7 @@ async fn idle_connections_on_the_enrollment_port_are_capped_and_closed_and_a_rea
 /// make a few log lines, not one per connection.
 #[actix_rt::test]
 async fn a_handshake_flood_on_the_cluster_port_cannot_keep_a_worker_out() {
-    let _one = one_at_a_time();
+    let _one = one_at_a_time().await;
     allow_files(4_000);
     const SOCKETS: usize = 300;
     let mut cluster = TestCluster::start_with("cflood", 0, &[("cluster.handshake_timeout", "30s".into())]).await;
@@ -275,7 +276,7 @@ fn still_open(s: &TcpStream) -> bool {
 /// real call from a fourth address is answered meanwhile.
 #[actix_rt::test]
 async fn api_floods_of_idle_half_tls_and_slow_header_connections_leave_real_calls_served() {
-    let _one = one_at_a_time();
+    let _one = one_at_a_time().await;
     use wazuh_multi_node::client::{request_trusting, Trust};
     allow_files(4_000);
     const PER_ADDRESS: usize = 8;
@@ -319,7 +320,7 @@ async fn api_floods_of_idle_half_tls_and_slow_header_connections_leave_real_call
     // TLS finished, then a request head that never ends.
     let slow = open_from("127.0.0.4", api, EACH, |s| async move {
         let name = rustls::pki_types::ServerName::try_from("localhost").ok()?.to_owned();
-        let mut tls = wazuh_multi_node::sim::connector().ok()?.connect(name, s).await.ok()?;
+        let mut tls = wazuh_cluster_tools::sim::connector().ok()?.connect(name, s).await.ok()?;
         tls.write_all(b"GET /agents HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ").await.ok()?;
         tls.flush().await.ok()?;
         Some(tls)
@@ -358,7 +359,7 @@ async fn api_floods_of_idle_half_tls_and_slow_header_connections_leave_real_call
 /// flood gets in, and once it spoke it is never the one closed, however long the flood goes on.
 #[actix_rt::test]
 async fn a_full_agent_port_sheds_the_oldest_unauthenticated_connection_and_keeps_real_agents() {
-    let _one = one_at_a_time();
+    let _one = one_at_a_time().await;
     allow_files(6_000);
     const PLACES: usize = 200;
     let cluster = TestCluster::start_with(

@@ -8,7 +8,7 @@ use common::*;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wazuh_multi_node::sim::{connector, enroll_one, parse_key, read_payload, SimAgent};
+use wazuh_cluster_tools::sim::{connector, enroll_one, parse_key, read_payload, SimAgent};
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -7,7 +7,7 @@ use common::cluster::{TestCluster, API_TOKEN};
 use common::*;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-use wazuh_multi_node::sim::{connector, enroll_one, parse_key};
+use wazuh_cluster_tools::sim::{connector, enroll_one, parse_key};
 
 const WAIT: Duration = Duration::from_secs(10);
 

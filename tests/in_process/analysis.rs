@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use wazuh_cluster_actors::agents::messages::HubView;
-use wazuh_multi_node::sim::{connector, enroll_one, parse_key, read_payload, SimAgent};
+use wazuh_cluster_tools::sim::{connector, enroll_one, parse_key, read_payload, SimAgent};
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wazuh_multi_node::sim::{connector, enroll_one, parse_key};
+use wazuh_cluster_tools::sim::{connector, enroll_one, parse_key};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -175,7 +175,7 @@ async fn with_a_client_ca_only_agents_holding_a_signed_certificate_enroll() {
     // A certificate from the CA: enrolled.
     let chain = vec![client_cert.der().clone()];
     let key = rustls::pki_types::PrivateKeyDer::try_from(client_key.serialize_der()).expect("key der");
-    let connector = wazuh_multi_node::sim::connector_with_client_cert(chain, key).expect("client tls");
+    let connector = wazuh_cluster_tools::sim::connector_with_client_cert(chain, key).expect("client tls");
     let reply = enroll_one(connector, addr.to_string(), "OSSEC A:'with-cert'\n".into()).await.expect("enroll");
     assert!(parse_key(&reply).is_some(), "{reply}");
 }
@@ -275,7 +275,7 @@ async fn version_1_client_certificates_from_the_masters_ca_enroll_through_every_
         let chain =
             vec![rustls::pki_types::CertificateDer::from_pem_file(d.join(format!("{who}.cert"))).expect("cert")];
         let key = rustls::pki_types::PrivateKeyDer::from_pem_file(d.join(format!("{who}.key"))).expect("key");
-        wazuh_multi_node::sim::connector_with_client_cert(chain, key).expect("client tls")
+        wazuh_cluster_tools::sim::connector_with_client_cert(chain, key).expect("client tls")
     };
     for (node, addr) in [("master", cluster.master().enrollment_addr), ("worker", cluster.worker(0).enrollment_addr)] {
         let reply =

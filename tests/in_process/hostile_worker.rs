@@ -187,7 +187,7 @@ async fn a_worker_cannot_report_an_agent_another_worker_holds() {
     use tokio::io::AsyncWriteExt;
     use wazuh_cluster_protocol::message::{AgentInfoBatch, AgentInfoUpdate, Envelope, Kind, MasterToWorker};
     use wazuh_cluster_protocol::{MessageDecoder, MessageEncoder, RequestId, Role, WorkerToMaster};
-    use wazuh_multi_node::sim::{connector, enroll_one, parse_key, read_payload, SimAgent};
+    use wazuh_cluster_tools::sim::{connector, enroll_one, parse_key, read_payload, SimAgent};
 
     let cluster = TestCluster::start("hijack", 1).await;
     let holder = cluster.worker_name(0);
@@ -284,8 +284,8 @@ async fn the_users_go_to_workers_of_protocol_2_2_and_not_to_2_1() {
     use wazuh_cluster_protocol::{MessageDecoder, MessageEncoder, ProtocolVersion, WorkerToMaster};
 
     let cluster = TestCluster::start("userver", 0).await;
-    let _agent = wazuh_multi_node::sim::enroll_one(
-        wazuh_multi_node::sim::connector().expect("tls"),
+    let _agent = wazuh_cluster_tools::sim::enroll_one(
+        wazuh_cluster_tools::sim::connector().expect("tls"),
         cluster.master().enrollment_addr.to_string(),
         "OSSEC A:'versioned'\n".into(),
     )

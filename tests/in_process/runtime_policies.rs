@@ -243,8 +243,8 @@ async fn restarted_jobs_never_receive_a_change_twice() {
 
 /// Sends one enrollment line over TLS and returns the reply.
 async fn enroll_line(addr: std::net::SocketAddr, line: &str) -> String {
-    let connector = wazuh_multi_node::sim::connector().expect("tls");
-    wazuh_multi_node::sim::enroll_one(connector, addr.to_string(), line.to_string()).await.expect("enroll")
+    let connector = wazuh_cluster_tools::sim::connector().expect("tls");
+    wazuh_cluster_tools::sim::enroll_one(connector, addr.to_string(), line.to_string()).await.expect("enroll")
 }
 
 #[actix_rt::test]

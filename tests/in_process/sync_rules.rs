@@ -407,8 +407,8 @@ async fn a_client_keys_truncated_by_hand_is_written_whole_again() {
     let cluster = TestCluster::start("keys", 1).await;
     let addr = cluster.master().enrollment_addr;
     for i in 0..20 {
-        let reply = wazuh_multi_node::sim::enroll_one(
-            wazuh_multi_node::sim::connector().expect("tls"),
+        let reply = wazuh_cluster_tools::sim::enroll_one(
+            wazuh_cluster_tools::sim::connector().expect("tls"),
             addr.to_string(),
             format!("OSSEC A:'keys-{i}'\n"),
         )
@@ -424,8 +424,8 @@ async fn a_client_keys_truncated_by_hand_is_written_whole_again() {
     until("client.keys written whole again", WAIT, || std::fs::read_to_string(&path).is_ok_and(|t| t == whole)).await;
     // Truncated again, then an enrollment: no hole of NUL bytes, every agent's line.
     std::fs::OpenOptions::new().write(true).truncate(true).open(&path).expect("truncate");
-    let reply = wazuh_multi_node::sim::enroll_one(
-        wazuh_multi_node::sim::connector().expect("tls"),
+    let reply = wazuh_cluster_tools::sim::enroll_one(
+        wazuh_cluster_tools::sim::connector().expect("tls"),
         addr.to_string(),
         "OSSEC A:'keys-after'\n".into(),
     )

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use wazuh_multi_node::procstat;
+use wazuh_cluster_tools::procstat;
 
 #[derive(Parser, Debug)]
 #[command(name = "bench-scale", about = "A master, N workers and many agents as processes on this machine")]

@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
-use wazuh_multi_node::sim::{connector, enroll_one, parse_key, run_agent, AgentCmd, AgentOpts, ConnStats, SimAgent};
+use wazuh_cluster_tools::sim::{connector, enroll_one, parse_key, run_agent, AgentCmd, AgentOpts, ConnStats, SimAgent};
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "agent-sim", version, about = "Simulated Wazuh agents for load tests")]
@@ -295,16 +295,16 @@ async fn connect_part(args: &Args, part: &Part, keys: &[String]) -> anyhow::Resu
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-            _ = wazuh_multi_node::sim::stopped(&mut waiting) => break,
+            _ = wazuh_cluster_tools::sim::stopped(&mut waiting) => break,
         }
     }
     // Status measurements when asked, until the end of the run.
     loop {
         tokio::select! {
-            _ = wazuh_multi_node::sim::stopped(&mut waiting) => break,
+            _ = wazuh_cluster_tools::sim::stopped(&mut waiting) => break,
             n = status_rx.recv() => {
                 let Some(n) = n else {
-                    wazuh_multi_node::sim::stopped(&mut waiting).await;
+                    wazuh_cluster_tools::sim::stopped(&mut waiting).await;
                     break;
                 };
                 if let (true, Some(api)) = (!controls.is_empty() && n > 0, &args.api) {
@@ -373,7 +373,7 @@ async fn run_part(args: Args, part: Part) -> anyhow::Result<()> {
     if !args.connect.is_empty() {
         connect_part(&args, &part, &keys).await?;
     }
-    report(serde_json::json!({ "phase": "cpu", "cpu_ms": wazuh_multi_node::procstat::cpu_ms(None) }));
+    report(serde_json::json!({ "phase": "cpu", "cpu_ms": wazuh_cluster_tools::procstat::cpu_ms(None) }));
     Ok(())
 }
 
@@ -671,7 +671,7 @@ fn run_parent(args: &Args) -> anyhow::Result<serde_json::Value> {
             summary["status_samples"] = s.len().into();
         }
     }
-    let own = wazuh_multi_node::procstat::cpu_ms(None).unwrap_or(0);
+    let own = wazuh_cluster_tools::procstat::cpu_ms(None).unwrap_or(0);
     summary["sim_cpu_s"] = ((tally.cpu_ms + own) as f64 / 1000.0).into();
     Ok(summary)
 }

@@ -30,9 +30,9 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
+use wazuh_cluster_tools::procstat;
+use wazuh_cluster_tools::sim::{connector, enroll_over, parse_key, read_payload, SimAgent};
 use wazuh_multi_node::client::{request_trusting, Trust};
-use wazuh_multi_node::procstat;
-use wazuh_multi_node::sim::{connector, enroll_over, parse_key, read_payload, SimAgent};
 
 /// What the sign-in floods may add to the master's resident memory.
 const SIGNIN_RSS_BOUND_MIB: u64 = 100;
