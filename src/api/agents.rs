@@ -259,6 +259,11 @@ pub(super) async fn delete_agents(
     bulk(&node, &req, requests, "All selected agents were deleted").await
 }
 
+/// The agents a required `agents_list` (ids, or `all`) names.
+async fn required_ids(node: &NodeHandle, list: Option<&str>) -> Result<Vec<u32>, Box<HttpResponse>> {
+    agent_ids(node, agents_list(list, ListRule::RequiredOrAll)?, None, None).await
+}
+
 /// `PUT /agents/group/{group_id}?agents_list=...`: each agent assigned to the group.
 pub(super) async fn assign_many(
     node: web::Data<NodeHandle>,
@@ -267,11 +272,7 @@ pub(super) async fn assign_many(
     query: web::Query<BulkAgents>,
 ) -> HttpResponse {
     let group = group.into_inner();
-    let ids = match agents_list(query.agents_list.as_deref(), ListRule::RequiredOrAll) {
-        Ok(list) => agent_ids(&node, list, None, None).await,
-        Err(r) => Err(r),
-    };
-    let ids = match ids {
+    let ids = match required_ids(&node, query.agents_list.as_deref()).await {
         Ok(ids) => ids,
         Err(r) => return *r,
     };
@@ -290,11 +291,7 @@ pub(super) async fn unassign_many(
     let Some(group) = q.group_id else {
         return HttpResponse::BadRequest().json(error_body(400, "group_id is required"));
     };
-    let ids = match agents_list(q.agents_list.as_deref(), ListRule::RequiredOrAll) {
-        Ok(list) => agent_ids(&node, list, None, None).await,
-        Err(r) => Err(r),
-    };
-    let ids = match ids {
+    let ids = match required_ids(&node, q.agents_list.as_deref()).await {
         Ok(ids) => ids,
         Err(r) => return *r,
     };

@@ -168,16 +168,7 @@ pub(super) async fn reload_analysisd(node: web::Data<NodeHandle>) -> HttpRespons
             } else {
                 "Could not send reload request to some nodes"
             };
-            HttpResponse::Ok().json(serde_json::json!({
-                "data": {
-                    "affected_items": affected,
-                    "total_affected_items": affected.len(),
-                    "total_failed_items": failed.len(),
-                    "failed_items": failed,
-                },
-                "message": message,
-                "error": if failed.is_empty() { 0 } else if affected.is_empty() { 1 } else { 2 },
-            }))
+            HttpResponse::Ok().json(bulk_envelope(affected, failed, message))
         }
         Err(e) => change_failed(&e),
     }

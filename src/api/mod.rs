@@ -104,7 +104,12 @@ async fn bulk(
 /// Wazuh's bulk envelope: what was done, what was not and why; `error` 0 (all), 2 (some), 1 (none).
 fn bulk_answer<T: Serialize>(affected: Vec<T>, failed: Vec<serde_json::Value>, done: &str) -> HttpResponse {
     let message = if failed.is_empty() { done.to_string() } else { format!("{done} (some were not)") };
-    HttpResponse::Ok().json(serde_json::json!({
+    HttpResponse::Ok().json(bulk_envelope(affected, failed, &message))
+}
+
+/// The body of Wazuh's bulk envelope with `message`.
+fn bulk_envelope<T: Serialize>(affected: Vec<T>, failed: Vec<serde_json::Value>, message: &str) -> serde_json::Value {
+    serde_json::json!({
         "data": {
             "affected_items": affected,
             "total_affected_items": affected.len(),
@@ -113,7 +118,7 @@ fn bulk_answer<T: Serialize>(affected: Vec<T>, failed: Vec<serde_json::Value>, d
         },
         "message": message,
         "error": if failed.is_empty() { 0 } else if affected.is_empty() { 1 } else { 2 },
-    }))
+    })
 }
 
 #[derive(serde::Deserialize)]
