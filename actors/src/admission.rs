@@ -28,7 +28,7 @@ use wazuh_cluster_protocol::identity::{JoinToken, NodeIdentity, Proof, PublicKey
 /// Where a node keeps its identity key (PKCS#8, mode 0600), under its data dir.
 pub const IDENTITY_FILE: &str = "var/identity.key";
 /// Where a master keeps the admitted workers, revoked keys and join tokens.
-pub const NODES_DB: &str = "var/db/nodes.db";
+pub(crate) const NODES_DB: &str = "var/db/nodes.db";
 /// Bounds of a join token's lifetime and uses.
 pub const TOKEN_TTL: (Duration, Duration) = (Duration::from_secs(60), Duration::from_secs(30 * 86_400));
 pub const MAX_TOKEN_USES: u32 = 1000;
@@ -168,12 +168,12 @@ pub fn load_or_create_identity(data_dir: &Path) -> Result<(NodeIdentity, bool), 
 }
 
 /// Where a worker keeps the master's identity, pinned at its first connection.
-pub const MASTER_PIN_FILE: &str = "var/master.pub";
+pub(crate) const MASTER_PIN_FILE: &str = "var/master.pub";
 
 /// Worker: checks the master's identity: its signature of this connection's `hello_hash` must
 /// verify with the key in its hello, and that key must be the one pinned at the first connection
 /// (`data_dir/var/master.pub`; pinned now if there is none). `Ok(true)` when pinned now.
-pub fn check_master_identity(
+pub(crate) fn check_master_identity(
     data_dir: &Path,
     hello: &Hello,
     hello_hash: &[u8],
@@ -183,7 +183,7 @@ pub fn check_master_identity(
 }
 
 /// Where a master-eligible node pins the identity of another one (by its name), under its data dir.
-pub fn peer_pin_file(data_dir: &Path, name: &str) -> PathBuf {
+pub(crate) fn peer_pin_file(data_dir: &Path, name: &str) -> PathBuf {
     data_dir.join("var/peers").join(format!("{name}.pub"))
 }
 
@@ -198,7 +198,7 @@ pub fn is_pinned_peer(data_dir: &Path, name: &str) -> bool {
 /// Master-eligible nodes: checks a peer's identity as [`check_master_identity`] does, pinned per
 /// peer name in [`peer_pin_file`]. `name` comes from an authenticated hello (checked by
 /// `check_node_name`: no path separator can reach the file name).
-pub fn check_peer_identity(
+pub(crate) fn check_peer_identity(
     data_dir: &Path,
     hello: &Hello,
     hello_hash: &[u8],
@@ -211,7 +211,7 @@ pub fn check_peer_identity(
 
 /// A master-eligible peer on a connection it opened: its identity must be the one pinned for its
 /// name, which only this node's own dials to the members' configured addresses pin.
-pub fn check_known_peer_identity(data_dir: &Path, hello: &Hello, confirmed: &Confirmed) -> Result<(), PinError> {
+pub(crate) fn check_known_peer_identity(data_dir: &Path, hello: &Hello, confirmed: &Confirmed) -> Result<(), PinError> {
     if !is_pinned_peer(data_dir, &hello.node_name) {
         return Err(PinError::NotAMember(hello.node_name.clone()));
     }
@@ -303,7 +303,7 @@ pub struct Admission {
 }
 
 /// The first 16 hex characters of a hello's identity key ("none" without one).
-pub fn fingerprint_of(hello: &Hello) -> String {
+pub(crate) fn fingerprint_of(hello: &Hello) -> String {
     key_of(hello).map(|k| k.fingerprint()).unwrap_or_else(|_| "none".into())
 }
 
@@ -371,7 +371,7 @@ impl Admission {
     }
 
     /// The decision on a hello (message 1): `Ok` when the worker may go on and prove its claims.
-    pub fn check_hello(&self, hello: &Hello, now_ms: u64) -> Result<(), Refusal> {
+    pub(crate) fn check_hello(&self, hello: &Hello, now_ms: u64) -> Result<(), Refusal> {
         let db = |e: StoreError| not_admitted(hello, format!("the master cannot read its node records: {e}"));
         let key = key_of(hello)?;
         if self.revoked(&key).map_err(db)?.is_some() {

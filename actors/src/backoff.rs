@@ -25,12 +25,12 @@ impl Backoff {
     }
 
     /// The delay before retry number `failures` (0-based), jittered from the OS generator.
-    pub fn delay(&self, failures: u32) -> Duration {
+    pub(crate) fn delay(&self, failures: u32) -> Duration {
         self.delay_with(failures, random_u64())
     }
 
     /// [`Backoff::delay`] with the random draw given (deterministic, for tests).
-    pub fn delay_with(&self, failures: u32, random: u64) -> Duration {
+    pub(crate) fn delay_with(&self, failures: u32, random: u64) -> Duration {
         let base = self.base(failures);
         let half = base / 2;
         let spread = (base - half).as_micros() as u64;

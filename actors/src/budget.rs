@@ -23,14 +23,14 @@ use wazuh_cluster_protocol::Role;
 
 /// Descriptors kept for files, databases, the runtime and sync (measured: an idle master holds
 /// about 40, a worker about 30; sync and parallel hashing open a few more at a time).
-pub const RESERVED_FOR_FILES: u64 = 128;
+pub(crate) const RESERVED_FOR_FILES: u64 = 128;
 /// A worker's cluster connections: its link to the master and a dial in progress.
 const WORKER_CLUSTER: u64 = 16;
 /// Places a pool may be over its capacity while the connections it closed to make room are
 /// still closing (they close as soon as the accept loop yields to them).
-pub const SLACK: usize = 64;
+pub(crate) const SLACK: usize = 64;
 /// The smallest share of agent connections a node may run with.
-pub const MIN_AGENTS: u64 = 64;
+pub(crate) const MIN_AGENTS: u64 = 64;
 
 /// How a node's open-file limit is split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,7 +214,7 @@ impl Pool {
 
     /// Tells the oldest connection that has not authenticated to close (a descriptor is needed
     /// now: accept failed for want of one). Whether there was one.
-    pub fn shed_oldest(&self) -> bool {
+    pub(crate) fn shed_oldest(&self) -> bool {
         let mut p = self.0.borrow_mut();
         let Some((_, oldest)) = p.pending.pop_first() else { return false };
         oldest.evicted.set(true);
@@ -230,7 +230,7 @@ impl Pool {
         (p.held, p.pending.len(), p.shed)
     }
 
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.0.borrow().capacity
     }
 }
@@ -257,13 +257,14 @@ impl Ticket {
     }
 
     /// Resolves when the pool tells this connection to close to make room.
-    pub async fn evicted(&self) {
+    pub(crate) async fn evicted(&self) {
         if !self.eviction.evicted.get() {
             self.eviction.notify.notified().await;
         }
     }
 
-    pub fn is_evicted(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_evicted(&self) -> bool {
         self.eviction.evicted.get()
     }
 }

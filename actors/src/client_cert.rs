@@ -160,7 +160,7 @@ const SCHEMES: &[(SignatureScheme, &dyn ring::signature::VerificationAlgorithm)]
 
 /// The TLS side of client certificates on the enrollment port.
 #[derive(Debug)]
-pub struct ClientVerifier {
+pub(crate) struct ClientVerifier {
     /// Checked here (required); `None`: asked for, not required, not checked here (a node that
     /// forwards enrollments: the master checks the chain).
     ca: Option<Arc<ClientCa>>,
@@ -168,7 +168,7 @@ pub struct ClientVerifier {
 
 impl ClientVerifier {
     /// Requires a certificate from `ca`.
-    pub fn requiring(ca: Arc<ClientCa>) -> Arc<Self> {
+    pub(crate) fn requiring(ca: Arc<ClientCa>) -> Arc<Self> {
         Arc::new(Self { ca: Some(ca) })
     }
 

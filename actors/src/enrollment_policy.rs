@@ -97,7 +97,7 @@ impl EnrollmentPolicy {
 
     /// Checks what a worker passed on of the agent's request (its password and certificate chain,
     /// from a worker of protocol 2.2 or later), then the rate.
-    pub fn check_forwarded(
+    pub(crate) fn check_forwarded(
         &self,
         f: &EnrollForward,
         worker_version: wazuh_cluster_protocol::ProtocolVersion,

@@ -112,7 +112,7 @@ pub enum Pin {
 }
 
 /// [`dial`] with the identity check `pin`.
-pub async fn dial_checking(addr: &str, settings: &ChannelSettings, pin: Pin) -> Result<Link, LinkError> {
+pub(crate) async fn dial_checking(addr: &str, settings: &ChannelSettings, pin: Pin) -> Result<Link, LinkError> {
     let deadline = settings.handshake_timeout;
     match tokio::time::timeout(deadline, dial_inner(addr, settings, pin)).await {
         Ok(result) => result,
@@ -179,7 +179,7 @@ async fn dial_inner(addr: &str, settings: &ChannelSettings, pin: Pin) -> Result<
 
 /// The rules for an authenticated hello that need no knowledge of other connections: this
 /// cluster, the `expected` role, a valid name that is not ours, a common protocol version.
-pub fn admit_hello(
+pub(crate) fn admit_hello(
     settings: &ChannelSettings,
     hello: &Hello,
     expected: wazuh_cluster_protocol::Role,

@@ -59,7 +59,7 @@ impl Manifest {
     /// The digest a worker holding `theirs` reaches once in sync: this manifest's files plus the
     /// worker's own copies of the paths held back (which it keeps) and of names each node owns
     /// (which a worker of an earlier version still lists, and which are never deleted either).
-    pub fn digest_for(&self, theirs: &[FileMeta]) -> String {
+    pub(crate) fn digest_for(&self, theirs: &[FileMeta]) -> String {
         let kept: Vec<&FileMeta> = theirs
             .iter()
             .filter(|m| self.held.contains(&m.path) || sync::check_path(&m.path) == Err(sync::PathError::Excluded))
@@ -74,17 +74,17 @@ impl Manifest {
         view.digest()
     }
 
-    pub fn metas(&self) -> Vec<FileMeta> {
+    pub(crate) fn metas(&self) -> Vec<FileMeta> {
         self.files.iter().map(|(path, e)| FileMeta { path: path.clone(), size: e.size, md5: e.md5.clone() }).collect()
     }
 }
 
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The MD5 of a file's contents (see [`hex`] for its text form).
-pub fn md5_file(path: &Path) -> std::io::Result<[u8; 16]> {
+pub(crate) fn md5_file(path: &Path) -> std::io::Result<[u8; 16]> {
     let mut file = std::fs::File::open(path)?;
     let mut h = Md5::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -480,7 +480,7 @@ fn refresh(m: &mut Manifest, previous: &Manifest, rel: &str, abs: &Path, stats: 
 }
 
 /// Records files just written (their size and MD5 are known; only the mtime is read) and removed.
-pub fn record_applied(data_dir: &Path, m: &mut Manifest, written: &[FileMeta], deleted: &[String]) {
+pub(crate) fn record_applied(data_dir: &Path, m: &mut Manifest, written: &[FileMeta], deleted: &[String]) {
     for f in written {
         match stat_entry(&data_dir.join(&f.path)) {
             Some((size, mtime_ns)) => {

@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wazuh_cluster_protocol::message::{JobKind, JobState};
 
 /// The directories whose files make analysisd's ruleset.
-pub const RULESET_DIRS: [&str; 3] = ["etc/rules/", "etc/decoders/", "etc/lists/"];
+pub(crate) const RULESET_DIRS: [&str; 3] = ["etc/rules/", "etc/decoders/", "etc/lists/"];
 /// A request and its answer must be done within this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer read.
@@ -39,7 +39,7 @@ pub enum ReloadOutcome {
 }
 
 /// Sends one `reload-ruleset` request to the control socket at `path` and reads the answer.
-pub async fn request_reload(path: &Path, node: &str) -> ReloadOutcome {
+pub(crate) async fn request_reload(path: &Path, node: &str) -> ReloadOutcome {
     match tokio::time::timeout(REQUEST_TIMEOUT, exchange(path, node)).await {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(e)) => ReloadOutcome::Failed(format!("cannot ask analysisd at {}: {e}", path.display())),
@@ -72,7 +72,7 @@ async fn exchange(path: &Path, node: &str) -> std::io::Result<ReloadOutcome> {
 }
 
 /// Reads analysisd's answer.
-pub fn outcome_of(body: &[u8]) -> ReloadOutcome {
+pub(crate) fn outcome_of(body: &[u8]) -> ReloadOutcome {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
         return ReloadOutcome::Failed(format!(
             "analysisd answered something that is not JSON: {}",

@@ -57,7 +57,7 @@ pub struct ChannelSettings {
 pub struct AdminCheck(pub Arc<AllowsChange>);
 
 /// `(credential, request) -> allowed`.
-pub type AllowsChange = dyn Fn(&str, &wazuh_cluster_protocol::message::AdminRequest) -> bool + Send + Sync;
+pub(crate) type AllowsChange = dyn Fn(&str, &wazuh_cluster_protocol::message::AdminRequest) -> bool + Send + Sync;
 
 impl std::fmt::Debug for AdminCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -129,7 +129,7 @@ impl Default for JobIntervals {
 
 impl JobIntervals {
     /// The delays a failed job waits out before it works again.
-    pub fn restart_backoff(&self) -> crate::backoff::Backoff {
+    pub(crate) fn restart_backoff(&self) -> crate::backoff::Backoff {
         crate::backoff::Backoff::new(self.restart_min, self.restart_max)
     }
 
@@ -155,7 +155,7 @@ impl ChannelSettings {
     }
 
     /// Silence after which a peer is considered dead.
-    pub fn peer_timeout(&self) -> Duration {
+    pub(crate) fn peer_timeout(&self) -> Duration {
         self.keepalive_interval * 3
     }
 }

@@ -31,7 +31,7 @@ use std::time::Duration;
 use wazuh_cluster_protocol::message::{JobKind, JobReport, JobState};
 
 /// The text of a panic's payload.
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {
@@ -89,12 +89,12 @@ impl JobHealth {
         self.with(|h| h.report.state)
     }
 
-    pub fn set_state(&self, state: JobState) {
+    pub(crate) fn set_state(&self, state: JobState) {
         self.with(|h| h.report.state = state);
     }
 
     /// A run (or request, or push) succeeded; `took` is how long it took.
-    pub fn succeeded(&self, took: Option<Duration>) {
+    pub(crate) fn succeeded(&self, took: Option<Duration>) {
         self.with(|h| {
             h.consecutive_failures = 0;
             h.next_delay = Duration::ZERO;
@@ -111,7 +111,7 @@ impl JobHealth {
     }
 
     /// A failure that does not stop the job (a server's request): counted, nothing more.
-    pub fn failed_once(&self, error: &str, panicked: bool) {
+    pub(crate) fn failed_once(&self, error: &str, panicked: bool) {
         self.with(|h| {
             h.report.failures += 1;
             h.report.panics += u64::from(panicked);
@@ -145,21 +145,22 @@ impl JobHealth {
     }
 
     /// How long the job waits before its next start: zero unless it failed last time.
-    pub fn start_delay(&self) -> Duration {
+    pub(crate) fn start_delay(&self) -> Duration {
         self.with(|h| h.next_delay)
     }
 
-    pub fn consecutive_failures(&self) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn consecutive_failures(&self) -> u32 {
         self.with(|h| h.consecutive_failures)
     }
 
     /// Replaces the job's own figures.
-    pub fn set_figures(&self, figures: Vec<(String, u64)>) {
+    pub(crate) fn set_figures(&self, figures: Vec<(String, u64)>) {
         self.with(|h| h.report.figures = figures);
     }
 
     /// Sets one figure, keeping the others.
-    pub fn set_figure(&self, name: &str, value: u64) {
+    pub(crate) fn set_figure(&self, name: &str, value: u64) {
         self.with(|h| match h.report.figures.iter_mut().find(|(n, _)| n == name) {
             Some((_, v)) => *v = value,
             None => h.report.figures.push((name.to_string(), value)),
@@ -182,7 +183,7 @@ pub struct Alive(#[allow(dead_code)] tokio::sync::mpsc::Sender<()>);
 pub struct AllStopped(tokio::sync::mpsc::Receiver<()>);
 
 /// A token for the actors of one set, and the way to wait for all of them to end.
-pub fn liveness() -> (Alive, AllStopped) {
+pub(crate) fn liveness() -> (Alive, AllStopped) {
     // Nothing is ever sent: the channel only tells when the last token is dropped.
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     (Alive(tx), AllStopped(rx))
@@ -325,7 +326,7 @@ impl Lifeline {
 
 /// What a panic of an actor started by [`start_watched`] means.
 #[derive(Clone, Debug)]
-pub enum OnPanic {
+pub(crate) enum OnPanic {
     /// The node cannot go on without it: the lifeline is cut.
     Fatal(Lifeline),
     /// Only the actor ends (a connection: its peer dials again); its `Drop` cleans up.
@@ -337,7 +338,7 @@ pub enum OnPanic {
 /// ERROR naming the node and `what`, and then either ends the actor alone or cuts the node's
 /// lifeline (see [`OnPanic`]). Without this, a panic would close the actor's mailbox silently and
 /// leave the node reporting itself up.
-pub fn start_watched<A>(ctx: Context<A>, act: A, what: String, node: String, on_panic: OnPanic) -> Addr<A>
+pub(crate) fn start_watched<A>(ctx: Context<A>, act: A, what: String, node: String, on_panic: OnPanic) -> Addr<A>
 where
     A: Actor<Context = Context<A>>,
 {
@@ -400,11 +401,11 @@ pub struct Kill;
 /// A future that panicked; holds the panic's message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("panicked: {0}")]
-pub struct Panicked(pub String);
+pub(crate) struct Panicked(pub String);
 
 /// A future whose panic becomes an `Err` with the panic's message, instead of unwinding into the
 /// actor (or task) that polls it.
-pub struct CatchUnwind<T> {
+pub(crate) struct CatchUnwind<T> {
     inner: Option<Pin<Box<dyn Future<Output = T>>>>,
 }
 

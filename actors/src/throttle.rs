@@ -38,7 +38,7 @@ impl Throttle {
 
     /// Moves the last line `by` into the past (tests).
     #[cfg(test)]
-    pub fn age(&mut self, by: Duration) {
+    pub(crate) fn age(&mut self, by: Duration) {
         self.last = self.last.and_then(|t| t.checked_sub(by));
     }
 }

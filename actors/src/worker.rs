@@ -304,7 +304,7 @@ pub struct Forward {
 /// Tells the master whether an agent got its key; kept in the outbox until acknowledged.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Resolve {
+pub(crate) struct Resolve {
     pub token: String,
     pub delivered: bool,
 }

@@ -33,10 +33,10 @@ impl ArchivedEvent {
 }
 
 /// Bytes of events waiting for the writer thread, at most.
-pub const QUEUE_BYTES: usize = 16 << 20;
+pub(crate) const QUEUE_BYTES: usize = 16 << 20;
 
 /// What an event costs beyond its text: the struct, two string headers, the channel's slot.
-pub const EVENT_OVERHEAD: usize = 128;
+pub(crate) const EVENT_OVERHEAD: usize = 128;
 
 /// Where events go; cheap to clone.
 #[derive(Clone)]
@@ -147,8 +147,9 @@ impl Archive {
         }
     }
 
+    #[cfg(test)]
     /// Bytes of events queued for the writer.
-    pub fn queued_bytes(&self, queue_bytes: usize) -> usize {
+    pub(crate) fn queued_bytes(&self, queue_bytes: usize) -> usize {
         queue_bytes.saturating_sub(self.room.available_permits())
     }
 }

@@ -93,7 +93,7 @@ impl AgentCounters {
     }
 
     /// Agent `id` was deleted or given another key: its pair goes (and its file at the next flush).
-    pub fn forget(&self, id: u32) {
+    pub(crate) fn forget(&self, id: u32) {
         let mut state = self.state();
         state.pairs.remove(&id);
         state.dirty.remove(&id);

@@ -23,7 +23,7 @@ use wazuh_cluster_protocol::message::AgentInfoUpdate;
 
 /// Messages the hub's mailbox holds; sessions wait for room beyond this (their agents' frames
 /// then wait in the kernel's socket buffers).
-pub const HUB_MAILBOX: usize = 4096;
+pub(crate) const HUB_MAILBOX: usize = 4096;
 
 pub use super::KeySource;
 

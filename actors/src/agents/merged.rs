@@ -16,7 +16,7 @@ pub struct Merged {
 }
 
 /// The name a set of groups is cached and announced under (`g1,g2`).
-pub fn groups_key(groups: &[String]) -> String {
+pub(crate) fn groups_key(groups: &[String]) -> String {
     if groups.is_empty() {
         crate::registry::DEFAULT_GROUP.to_string()
     } else {
@@ -101,7 +101,7 @@ pub fn build(data_dir: &Path, groups: &[String]) -> std::io::Result<Merged> {
 
 /// Built files by groups key, rebuilt after the files they come from change.
 #[derive(Default)]
-pub struct MergedCache {
+pub(crate) struct MergedCache {
     entries: HashMap<String, Arc<Merged>>,
 }
 
@@ -118,7 +118,7 @@ impl MergedCache {
 
     /// Forgets what `paths` (relative to the data dir; `None`: anything) may have changed. Returns
     /// whether anything cached was affected.
-    pub fn invalidate(&mut self, paths: Option<&[String]>) -> bool {
+    pub(crate) fn invalidate(&mut self, paths: Option<&[String]>) -> bool {
         let Some(paths) = paths else {
             let any = !self.entries.is_empty();
             self.entries.clear();

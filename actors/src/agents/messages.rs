@@ -11,7 +11,7 @@ use wazuh_cluster_protocol::message::AgentInfoUpdate;
 
 /// What the hub asks a session to do.
 #[derive(Debug)]
-pub enum ToSession {
+pub(crate) enum ToSession {
     /// Encrypt and write these messages, in order.
     Send(Vec<Vec<u8>>),
     /// Close the connection, logging why.
@@ -21,7 +21,7 @@ pub enum ToSession {
 /// Orders for one session that it has not taken yet; the hub never waits on a full queue (a push
 /// that does not fit is dropped and made again at the agent's next keep-alive; a close has a place
 /// of its own and always fits).
-pub const SESSION_QUEUE: usize = 16;
+pub(crate) const SESSION_QUEUE: usize = 16;
 
 /// One session's orders: a few hundred bytes per connection, nothing allocated while empty (a
 /// tokio channel costs ~1.5 KB per connection before its first message, and a worker holds
@@ -52,10 +52,10 @@ pub struct SessionTx(Arc<Inbox>);
 
 /// The session's end of its inbox.
 #[derive(Debug)]
-pub struct SessionRx(Arc<Inbox>);
+pub(crate) struct SessionRx(Arc<Inbox>);
 
 /// A new inbox for one session.
-pub fn session_inbox() -> (SessionTx, SessionRx) {
+pub(crate) fn session_inbox() -> (SessionTx, SessionRx) {
     let inbox = Arc::new(Inbox::default());
     (SessionTx(inbox.clone()), SessionRx(inbox))
 }
@@ -87,7 +87,7 @@ impl SessionTx {
     }
 
     /// The session has ended.
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.0.state().gone
     }
 }
@@ -169,7 +169,7 @@ pub struct Closed {
 /// (the hub sends it to itself after each commit).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct RefreshKeys;
+pub(crate) struct RefreshKeys;
 
 /// What a session holds to reach the hub.
 #[derive(Clone)]
@@ -182,19 +182,19 @@ pub struct HubLink {
 /// The changes the master has not acknowledged, with their versions.
 #[derive(Message)]
 #[rtype(result = "Vec<(AgentInfoUpdate, u64)>")]
-pub struct TakeUpdates {
+pub(crate) struct TakeUpdates {
     pub max: usize,
 }
 
 /// The master stored these updates: forget them unless they changed again since.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Delivered(pub Vec<(u32, u64)>);
+pub(crate) struct Delivered(pub Vec<(u32, u64)>);
 
 /// A new connection to the master: everything known is sent again.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ResendAll;
+pub(crate) struct ResendAll;
 
 /// Files under `etc/shared` changed (`None`: maybe any): push new merged.mg files where needed.
 #[derive(Message, Debug, Clone)]

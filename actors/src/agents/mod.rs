@@ -85,7 +85,7 @@ pub struct AgentKey {
 /// keys stay in the store until one connects: a worker of a 50,000-agent cluster holds the keys
 /// of its 2,000 agents, not of all 50,000.
 #[derive(Debug, Default)]
-pub struct KeyMap {
+pub(crate) struct KeyMap {
     pub by_id: HashMap<u32, Arc<AgentKey>>,
     pub by_ip: HashMap<IpAddr, u32>,
     /// The address of each agent in `by_ip`.
@@ -267,7 +267,7 @@ impl KeyIndex {
 
     /// The key of agent `id`: cached, or read from `source` and cached. `None` when the agent is
     /// not registered (or the store cannot be read).
-    pub async fn lookup(self: &Arc<Self>, id: u32, source: Option<&KeySource>) -> Option<Arc<AgentKey>> {
+    pub(crate) async fn lookup(self: &Arc<Self>, id: u32, source: Option<&KeySource>) -> Option<Arc<AgentKey>> {
         if let Some(k) = self.get(id) {
             return Some(k);
         }
@@ -291,7 +291,7 @@ impl KeyIndex {
     }
 
     /// The agent registered with address `ip`, if one is.
-    pub async fn by_ip(self: &Arc<Self>, ip: IpAddr, source: Option<&KeySource>) -> Option<Arc<AgentKey>> {
+    pub(crate) async fn by_ip(self: &Arc<Self>, ip: IpAddr, source: Option<&KeySource>) -> Option<Arc<AgentKey>> {
         let id = *self.read().by_ip.get(&ip)?;
         self.lookup(id, source).await
     }

@@ -24,7 +24,7 @@ pub enum CallError {
 }
 
 impl CallError {
-    pub fn unexpected(expected: &'static str, got: &impl MessageName) -> Self {
+    pub(crate) fn unexpected(expected: &'static str, got: &impl MessageName) -> Self {
         CallError::Unexpected { expected, got: got.name() }
     }
 }
@@ -32,7 +32,7 @@ impl CallError {
 /// A request or notification from the peer, on its way to the job that serves its type. It holds
 /// its share of the connection's inbound budget until it is dropped: a job drops it once the
 /// answer is queued (or the notification handled).
-pub struct Inbound<T> {
+pub(crate) struct Inbound<T> {
     pub kind: Kind,
     pub body: T,
     pub permit: InboundPermit,
@@ -53,7 +53,7 @@ impl InboundPermit {
 
 /// Why a message could not be handed to a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Undeliverable {
+pub(crate) enum Undeliverable {
     /// No job takes this message in this form (a notification of a request type...): the reader
     /// answers a request with an `invalid` error and logs the rest.
     Invalid(String),
@@ -62,7 +62,7 @@ pub enum Undeliverable {
 }
 
 /// The owner's job set, as the connection sees it: where inbound messages go, and how to stop.
-pub trait Dispatch<S: Side> {
+pub(crate) trait Dispatch<S: Side> {
     /// Hands `message` to the job that serves its type; resolves once that job's mailbox took it.
     fn deliver(&self, message: Inbound<S::In>) -> LocalFuture<Result<(), Undeliverable>>;
     /// Stops every job for good; resolves once all have stopped.
@@ -137,7 +137,7 @@ impl<S: Side> ConnHandle<S> {
         self.inner.version
     }
 
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Relaxed)
     }
 
@@ -169,18 +169,18 @@ impl<S: Side> ConnHandle<S> {
     }
 
     /// Answers the peer's request `id`.
-    pub async fn respond(&self, id: RequestId, body: S::Out) -> Result<(), CallError> {
+    pub(crate) async fn respond(&self, id: RequestId, body: S::Out) -> Result<(), CallError> {
         self.send(Envelope::response(id, body), false).await
     }
 
     /// Answers the peer's request `id` with an error.
-    pub async fn respond_error(&self, id: RequestId, code: ErrorCode, message: String) -> Result<(), CallError> {
+    pub(crate) async fn respond_error(&self, id: RequestId, code: ErrorCode, message: String) -> Result<(), CallError> {
         self.respond(id, S::error(ErrorReply { code, message })).await
     }
 
     /// Queues an error answer to `id` without waiting (from a `Drop`): skipped when the queue is
     /// full or the connection is gone, in which case the peer's request times out on its side.
-    pub fn try_respond_error(&self, id: RequestId, code: ErrorCode, message: String) -> bool {
+    pub(crate) fn try_respond_error(&self, id: RequestId, code: ErrorCode, message: String) -> bool {
         let inner = &self.inner;
         if self.is_closed() {
             return false;

@@ -58,7 +58,7 @@ use io::*;
 pub use side::*;
 
 /// A boxed future that stays on the actor's thread.
-pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+pub(crate) type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
 /// The socket halves and codec state of a connection, consumed by its [`ConnectionActor`].
 pub struct Transport<S: Side> {
@@ -74,10 +74,6 @@ pub struct Transport<S: Side> {
 }
 
 impl<S: Side> Transport<S> {
-    pub fn peer(&self) -> &Hello {
-        &self.peer
-    }
-
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer_addr
     }
@@ -134,28 +130,27 @@ struct Ended {
 /// Sent to the owner when a connection actor stops.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
-pub struct ConnectionClosed {
+pub(crate) struct ConnectionClosed {
     pub peer: String,
     pub peer_addr: SocketAddr,
-    pub reason: String,
 }
 
 /// Stops the jobs, says goodbye to the peer, flushes, closes; resolves once closed.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
-pub struct Close {
+pub(crate) struct Close {
     pub reason: String,
 }
 
 /// Closes the socket at once, without a goodbye (tests: a crashed node).
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
-pub struct Abort;
+pub(crate) struct Abort;
 
 /// A snapshot for health reports, the nodes list and tests.
 #[derive(Message)]
 #[rtype(result = "ConnectionInfo")]
-pub struct GetInfo;
+pub(crate) struct GetInfo;
 
 /// One connection as health reports show it. The transport fills the first part; the owner adds
 /// what its job set knows (`jobs`, `peer_jobs`, `last_keepalive_ms`).
@@ -182,7 +177,7 @@ pub struct ConnectionInfo {
 
 /// One per established connection, on each side. Owns the reader and writer tasks; stops with
 /// them; tells its owner when it stopped.
-pub struct ConnectionActor<S: Side> {
+pub(crate) struct ConnectionActor<S: Side> {
     settings: Arc<ChannelSettings>,
     peer: Hello,
     peer_addr: SocketAddr,
@@ -345,7 +340,7 @@ impl<S: Side> ConnectionActor<S> {
         log::log!(S::LIFECYCLE, node = self.node();
             "connection with {} {} ({}) closed: {reason}", S::PEER, self.peer.node_name, self.peer_addr);
         if let Some(owner) = self.owner.take() {
-            owner.do_send(ConnectionClosed { peer: self.peer.node_name.clone(), peer_addr: self.peer_addr, reason });
+            owner.do_send(ConnectionClosed { peer: self.peer.node_name.clone(), peer_addr: self.peer_addr });
         }
     }
 }

@@ -87,9 +87,9 @@ impl Side for WorkerSide {
 
 /// Between two master-eligible nodes (a Raft group), the dialing end. On the wire it takes the
 /// worker's place (its request ids carry that role), so that the two ends' ids never mix.
-pub struct PeerDialSide;
+pub(crate) struct PeerDialSide;
 /// Between two master-eligible nodes, the accepting end (the master's place on the wire).
-pub struct PeerAcceptSide;
+pub(crate) struct PeerAcceptSide;
 
 impl Side for PeerDialSide {
     type In = PeerReply;

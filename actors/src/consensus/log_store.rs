@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 /// Where a master-eligible node keeps its Raft log, under its data dir.
-pub const RAFT_DB: &str = "var/db/raft.db";
+pub(crate) const RAFT_DB: &str = "var/db/raft.db";
 
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS log (idx INTEGER PRIMARY KEY, entry TEXT NOT NULL);
@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 /// waits for `save_committed`, and a stored position that trails is safe (it only says how far
 /// to re-apply at start, and the registry records what it applied).
 #[derive(Clone)]
-pub struct LogStore {
+pub(crate) struct LogStore {
     jobs: tokio::sync::mpsc::Sender<Job>,
     committed: Arc<Mutex<Committed>>,
 }

@@ -15,9 +15,9 @@
 // cannot box it.
 #![allow(clippy::result_large_err)]
 
-pub mod log_store;
+pub(crate) mod log_store;
 pub mod network;
-pub mod state_machine;
+pub(crate) mod state_machine;
 pub mod writes;
 
 use crate::registry::command::{Command, Outcome};
@@ -35,7 +35,7 @@ openraft::declare_raft_types!(
 );
 
 /// openraft's storage error for this type config.
-pub type StorageError = openraft::StorageError<u64>;
+pub(crate) type StorageError = openraft::StorageError<u64>;
 
 /// Raft's timers, in milliseconds, and how much log it keeps.
 #[derive(Debug, Clone, Copy)]
@@ -64,7 +64,7 @@ pub fn member_addr(metrics: &openraft::RaftMetrics<u64, openraft::BasicNode>, id
 
 /// The registry generation every member of a replicated group uses: a digest of the cluster's
 /// name and its master-eligible nodes (the same on every member, never 0).
-pub fn group_generation(cluster_name: &str, masters: &[String]) -> u64 {
+pub(crate) fn group_generation(cluster_name: &str, masters: &[String]) -> u64 {
     use md5::Digest;
     let digest = md5::Md5::digest(format!("wazuh-multi-node raft group {cluster_name} {}", masters.join(",")));
     let mut first = [0u8; 8];

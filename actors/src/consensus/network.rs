@@ -25,7 +25,6 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::rc::Rc;
 use std::sync::Arc;
-use tokio::net::TcpStream;
 use wazuh_cluster_protocol::message::{ErrorCode, PeerReply, PeerRequest, RaftMessage, RaftRpc};
 use wazuh_cluster_protocol::{Hello, Kind, ProtocolVersion, Refusal, Role};
 
@@ -36,13 +35,18 @@ type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<u64, Bas
 
 /// The rules for a peer's hello: this cluster, a master, a valid name that is not ours, a common
 /// protocol version.
-pub fn admit_peer(settings: &ChannelSettings, hello: &Hello) -> Result<ProtocolVersion, Refusal> {
+pub(crate) fn admit_peer(settings: &ChannelSettings, hello: &Hello) -> Result<ProtocolVersion, Refusal> {
     link::admit_hello(settings, hello, Role::Master)
 }
 
+#[cfg(test)]
 /// Runs the handshake on a connection a peer dialed, then [`serve_peer`]. Must run on an actix
 /// arbiter (the connection is an actor).
-pub async fn accept_peer(stream: TcpStream, settings: Arc<ChannelSettings>, raft: Raft) -> Result<(), LinkError> {
+pub(crate) async fn accept_peer(
+    stream: tokio::net::TcpStream,
+    settings: Arc<ChannelSettings>,
+    raft: Raft,
+) -> Result<(), LinkError> {
     let s = settings.clone();
     let link = link::accept(stream, &settings, move |hello| {
         let decided = admit_peer(&s, &hello);
@@ -58,7 +62,7 @@ pub async fn accept_peer(stream: TcpStream, settings: Arc<ChannelSettings>, raft
 /// member not known yet is dialled first), never from a connection it opened: a holder of the
 /// cluster key who says it is a master under a new name, or under a member's name with another
 /// key, is refused.
-pub async fn serve_peer(link: link::Link, settings: &Arc<ChannelSettings>, raft: Raft) -> Result<(), LinkError> {
+pub(crate) async fn serve_peer(link: link::Link, settings: &Arc<ChannelSettings>, raft: Raft) -> Result<(), LinkError> {
     let confirmed = link.confirmed.clone().ok_or(LinkError::Closed)?;
     if !crate::admission::is_pinned_peer(&settings.data_dir, &link.peer.node_name) {
         learn_members(settings, &raft).await;
@@ -197,7 +201,7 @@ impl Dispatch<PeerDialSide> for NoRequests {
 /// openraft's network: one client per peer, each dialing it when it has no live connection.
 /// Connections are actors, so they are made on `arbiter` (openraft's tasks run outside it).
 #[derive(Clone)]
-pub struct PeerNetwork {
+pub(crate) struct PeerNetwork {
     settings: Arc<ChannelSettings>,
     arbiter: actix_rt::ArbiterHandle,
     /// One warning per peer per [`UNREACHABLE_EVERY`] when it cannot be reached.
@@ -214,7 +218,7 @@ impl PeerNetwork {
 }
 
 /// The connection to one peer, for openraft.
-pub struct PeerClient {
+pub(crate) struct PeerClient {
     target: u64,
     addr: String,
     settings: Arc<ChannelSettings>,

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// Where the last snapshot is kept, under the data dir.
-pub const SNAPSHOT_FILE: &str = "var/db/raft-snapshot.json";
+pub(crate) const SNAPSHOT_FILE: &str = "var/db/raft-snapshot.json";
 
 type Meta = SnapshotMeta<u64, BasicNode>;
 type Membership = StoredMembership<u64, BasicNode>;
@@ -30,7 +30,7 @@ struct StoredSnapshot {
 
 /// The state machine; clones share the registry and the current snapshot.
 #[derive(Clone)]
-pub struct StateMachine {
+pub(crate) struct StateMachine {
     registry: StoreHandle<Registry>,
     snapshot_file: PathBuf,
     current: Arc<Mutex<Option<Arc<StoredSnapshot>>>>,

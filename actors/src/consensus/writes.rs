@@ -17,7 +17,7 @@ use wazuh_cluster_protocol::message::{AdminError, AdminRequest, AgentEntry};
 /// How long a change may wait for a majority before it is answered as not done (it may still
 /// commit later if the majority comes back; an enrollment's key is then never handed out, and the
 /// agent expires as undelivered).
-pub const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A leader that no majority of the masters acknowledged for this long accepts no change (its
 /// lease is over): the others may be electing a new leader, which takes at least the shortest
@@ -189,7 +189,7 @@ impl Writes {
 
     /// Removes agents whose delivery was never confirmed within `older_than_ms`: the ids removed.
     /// Replicated, only the leader proposes it (others answer with nothing to do).
-    pub async fn expire_pending(&self, older_than_ms: u64) -> Result<Vec<u32>, StoreError> {
+    pub(crate) async fn expire_pending(&self, older_than_ms: u64) -> Result<Vec<u32>, StoreError> {
         let Some(raft) = &self.raft else { return self.registry.run(move |r| r.expire_pending(older_than_ms)).await };
         if leadership(raft).is_err() {
             return Ok(Vec::new());

@@ -4,9 +4,9 @@
 //! - [`serve`]: the master's side: plans and file contents for workers, with a part cache.
 //! - [`staging`]: the worker's side: staged, checked, durable, then renamed into place.
 
-pub mod confine;
+pub(crate) mod confine;
 pub mod serve;
-pub mod staging;
+pub(crate) mod staging;
 
 pub use confine::{safe_target, FileError};
 pub use serve::{plan, read_batch, read_part, PartCache};

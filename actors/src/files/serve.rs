@@ -46,10 +46,10 @@ impl CacheInner {
 
 impl PartCache {
     /// How long a part stays cached (see [`PartCache::expire`]).
-    pub const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(10);
+    pub(crate) const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(10);
 
     /// Room for the parts of a few answers: workers that sync together stay that close.
-    pub const DEFAULT_CAPACITY: usize = 32 << 20;
+    pub(crate) const DEFAULT_CAPACITY: usize = 32 << 20;
 
     pub fn new(capacity: usize) -> Self {
         Self { capacity, inner: Default::default() }
@@ -84,7 +84,7 @@ impl PartCache {
 
     /// Drops parts cached longer than `max_age` ago: workers that sync together ask for a part
     /// within moments of each other, and an idle master should not hold on to the memory.
-    pub fn expire(&self, max_age: std::time::Duration) {
+    pub(crate) fn expire(&self, max_age: std::time::Duration) {
         let Ok(mut inner) = self.inner.lock() else { return };
         while inner.order.front().is_some_and(|(_, at)| at.elapsed() > max_age) && inner.pop_oldest() {}
     }

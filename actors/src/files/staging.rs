@@ -49,7 +49,7 @@ impl Staging {
 
     /// [`Staging::open`] where the files of `fresh` roots (roots this worker has no file under) are
     /// staged as trees, to be moved into place one root at a time by [`Staging::apply`].
-    pub fn open_with_fresh(data_dir: &Path, fresh: &[&'static str]) -> std::io::Result<Self> {
+    pub(crate) fn open_with_fresh(data_dir: &Path, fresh: &[&'static str]) -> std::io::Result<Self> {
         let dir = data_dir.join("var/sync/staging");
         std::fs::create_dir_all(&dir)?;
         let fresh = fresh.iter().map(|root| (*root, dir.join("tree").join(root).exists())).collect();

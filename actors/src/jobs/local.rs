@@ -27,7 +27,7 @@ use tokio::sync::{broadcast, watch};
 use wazuh_cluster_protocol::message::JobKind;
 
 /// Changes of the master's files a slow receiver may fall behind by before it is told it lagged.
-pub const FILES_BACKLOG: usize = 64;
+pub(crate) const FILES_BACKLOG: usize = 64;
 
 /// The state of the agent-groups table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub struct MasterServices {
 }
 
 /// Agents enrolled through a worker whose delivery was never confirmed are removed after this.
-pub const PENDING_EXPIRY_MS: u64 = 10 * 60 * 1000;
+pub(crate) const PENDING_EXPIRY_MS: u64 = 10 * 60 * 1000;
 
 impl MasterServices {
     /// Starts both shared jobs, supervised. The second value resolves once both have stopped.
@@ -104,7 +104,7 @@ impl MasterServices {
         (services, all_stopped)
     }
 
-    pub fn healths(&self) -> &[JobHealth] {
+    pub(crate) fn healths(&self) -> &[JobHealth] {
         &self.healths
     }
 
@@ -136,10 +136,9 @@ impl MasterServices {
 
 /// The manifest workers compare against, shared without copying.
 #[derive(Debug, Clone)]
-pub struct IntegritySummary {
+pub(crate) struct IntegritySummary {
     pub digest: String,
     pub files: u64,
-    pub computed_at_ms: u64,
     pub manifest: Arc<Manifest>,
     /// File parts already read for a worker, served again to the others.
     pub parts: Arc<crate::files::PartCache>,
@@ -147,7 +146,7 @@ pub struct IntegritySummary {
 
 #[derive(Message)]
 #[rtype(result = "Option<IntegritySummary>")]
-pub struct GetIntegrity;
+pub(crate) struct GetIntegrity;
 
 /// Published when the master's files change, with the change itself when it is small.
 #[derive(Debug, Clone)]
@@ -254,7 +253,6 @@ impl LocalIntegrity {
                 act.current = Some(IntegritySummary {
                     digest: digest.clone(),
                     files: manifest_files,
-                    computed_at_ms: crate::clock::now_ms(),
                     manifest: Arc::new(manifest),
                     parts,
                 });

@@ -65,7 +65,7 @@ pub struct MasterListener {
 pub const MAX_PENDING_PER_ADDRESS: usize = 8;
 
 /// How often one kind of refused cluster connection is logged at most.
-pub const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Counts refusals of one kind (the same message, whoever the peer) and says when one may be
 /// logged: the first, then one per [`REFUSAL_LOG_EVERY`] with how many were not. A peer that

@@ -91,7 +91,7 @@ impl Handler<RevokeWorker> for MasterListener {
 /// The admitted workers (connected or not).
 #[derive(Message)]
 #[rtype(result = "Result<Vec<KnownNode>, StoreError>")]
-pub struct ListAdmitted;
+pub(crate) struct ListAdmitted;
 
 impl Handler<ListAdmitted> for MasterListener {
     type Result = Result<Vec<KnownNode>, StoreError>;

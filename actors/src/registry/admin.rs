@@ -14,7 +14,7 @@ impl Registry {
     }
 
     /// [`Registry::admin`] at the time `at_ms` (what a replicated change carries).
-    pub fn admin_at(&mut self, req: &AdminRequest, at_ms: u64) -> Result<Result<(), AdminError>, StoreError> {
+    pub(crate) fn admin_at(&mut self, req: &AdminRequest, at_ms: u64) -> Result<Result<(), AdminError>, StoreError> {
         let result = match req {
             AdminRequest::DeleteAgent { id } => self.delete(*id),
             AdminRequest::CreateGroup { name } => self.create_group_at(name, at_ms).and_then(|created| {

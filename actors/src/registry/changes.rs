@@ -52,17 +52,22 @@ impl Registry {
         Ok(())
     }
 
+    #[cfg(test)]
     /// The changes after position `after` (all of them), or the whole table as `Added` entries when
     /// the changelog no longer reaches back that far (or `after` is beyond the table): (snapshot?,
     /// changes).
-    pub fn changes_since(&self, after: u64) -> Result<(bool, Vec<AgentChange>), StoreError> {
+    pub(crate) fn changes_since(&self, after: u64) -> Result<(bool, Vec<AgentChange>), StoreError> {
         let (snapshot, changes, _) = self.changes_since_limited(after, usize::MAX)?;
         Ok((snapshot, changes))
     }
 
     /// Like [`Registry::changes_since`], at most `limit` changes of a delta (a snapshot is always
     /// whole): (snapshot?, changes, the position they lead to).
-    pub fn changes_since_limited(&self, after: u64, limit: usize) -> Result<(bool, Vec<AgentChange>, u64), StoreError> {
+    pub(crate) fn changes_since_limited(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<(bool, Vec<AgentChange>, u64), StoreError> {
         let oldest: Option<i64> =
             self.table.conn.prepare_cached("SELECT MIN(seq) FROM changes")?.query_row([], |r| r.get(0))?;
         let delta_ok =

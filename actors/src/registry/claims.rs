@@ -36,7 +36,7 @@ fn checked_update(u: &AgentInfoUpdate, now: u64) -> std::borrow::Cow<'_, AgentIn
 impl Registry {
     /// Marks `node` as holding agent sessions now (the master itself, a connected worker) or not
     /// (a worker that left): what decides competing claims in [`Registry::store_statuses`].
-    pub fn set_live(&mut self, node: &str, live: bool) {
+    pub(crate) fn set_live(&mut self, node: &str, live: bool) {
         if live {
             self.claims.live.insert(node.to_string());
         } else {
@@ -46,7 +46,7 @@ impl Registry {
 
     /// A log line about the reports refused as contested since the last line, at most once per
     /// 10 s (the caller logs it, naming its node).
-    pub fn contest_line(&mut self) -> Option<String> {
+    pub(crate) fn contest_line(&mut self) -> Option<String> {
         self.claims.last_contest.as_ref()?;
         let n = self.claims.contests.allow()?;
         let (id, claimant, holder) = self.claims.last_contest.take()?;
@@ -76,7 +76,7 @@ impl Registry {
 
     /// A log line about the moves reconnect orders caused since the last line, at most once per
     /// 10 s (the caller logs it, naming its node).
-    pub fn move_line(&mut self) -> Option<String> {
+    pub(crate) fn move_line(&mut self) -> Option<String> {
         self.claims.last_move.as_ref()?;
         self.claims.move_lines.allow()?;
         let (id, from, to) = self.claims.last_move.take()?;
@@ -121,7 +121,11 @@ impl Registry {
     /// logged, naming both nodes).
     /// A status Wazuh does not have (or `never_connected`, which only the registry sets) is refused
     /// and counted as unknown. Returns (stored, unknown, stale).
-    pub fn store_statuses(&mut self, node: &str, updates: &[AgentInfoUpdate]) -> Result<(u32, u32, u32), StoreError> {
+    pub(crate) fn store_statuses(
+        &mut self,
+        node: &str,
+        updates: &[AgentInfoUpdate],
+    ) -> Result<(u32, u32, u32), StoreError> {
         let (mut stored, mut unknown, mut stale) = (0, 0, 0);
         let now = now_ms();
         for u in updates {

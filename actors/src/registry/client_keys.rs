@@ -18,13 +18,14 @@ use std::path::{Path, PathBuf};
 use wazuh_cluster_protocol::message::{AgentChange, AgentEntry};
 
 /// Dead lines below this are never worth a compaction.
-pub const COMPACT_AFTER: u64 = 1024;
+pub(crate) const COMPACT_AFTER: u64 = 1024;
 
 /// One agent's line.
 pub fn line(e: &AgentEntry) -> String {
     format!("{} {} {} {}\n", fmt_id(e.id), e.name, e.ip, e.key)
 }
 
+#[cfg(test)]
 /// The whole file's text for `entries`.
 pub fn render(entries: &[AgentEntry]) -> String {
     let mut text = String::with_capacity(entries.len() * 96);
@@ -36,7 +37,7 @@ pub fn render(entries: &[AgentEntry]) -> String {
 
 /// The live file: where each agent's line starts, how many lines are dead.
 #[derive(Debug)]
-pub struct ClientKeys {
+pub(crate) struct ClientKeys {
     path: PathBuf,
     file: std::fs::File,
     len: u64,
@@ -152,8 +153,9 @@ impl ClientKeys {
         self.lines.len() as u64
     }
 
+    #[cfg(test)]
     /// Lines marked removed and not compacted away yet.
-    pub fn dead(&self) -> u64 {
+    pub(crate) fn dead(&self) -> u64 {
         self.dead
     }
 
@@ -215,7 +217,7 @@ impl ClientKeys {
     }
 
     /// Writes the file again without its dead lines (atomically, see the module documentation).
-    pub fn compact(&mut self) -> Result<(), StoreError> {
+    pub(crate) fn compact(&mut self) -> Result<(), StoreError> {
         let text = std::fs::read_to_string(&self.path).map_err(StoreError::io(&self.path))?;
         let live = text.split_inclusive('\n').filter(|l| !l.starts_with('#') && !l.trim().is_empty()).filter_map(|l| {
             let id = l.split(' ').next().and_then(super::schema::parse_id)?;
@@ -233,9 +235,10 @@ impl ClientKeys {
     }
 }
 
+#[cfg(test)]
 /// Why a client.keys text cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ParseError {
+pub(crate) enum ParseError {
     #[error("line {line}: {text:?} is not ID NAME IP KEY")]
     Fields { line: usize, text: String },
     #[error("line {line}: bad id {id:?}")]
@@ -246,7 +249,7 @@ pub enum ParseError {
 
 /// How the file on disk differs from what this node wrote ([`ClientKeys::check`]).
 #[derive(Debug, thiserror::Error)]
-pub enum Changed {
+pub(crate) enum Changed {
     #[error("was removed")]
     Removed,
     #[error("cannot be examined: {0}")]
@@ -263,6 +266,7 @@ pub enum Changed {
     Tail,
 }
 
+#[cfg(test)]
 /// Reads a client.keys text as Wazuh does: `ID NAME IP KEY` lines, lines starting with `#` or a
 /// space skipped. Errors name the line; an id or name twice is an error.
 pub fn parse(text: &str) -> Result<Vec<AgentEntry>, ParseError> {

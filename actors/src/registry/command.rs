@@ -58,7 +58,7 @@ pub enum Outcome {
 }
 
 /// Whether `request` changes the registry (the others write files, which file sync spreads).
-pub fn is_registry_change(request: &AdminRequest) -> bool {
+pub(crate) fn is_registry_change(request: &AdminRequest) -> bool {
     matches!(
         request,
         AdminRequest::DeleteAgent { .. }

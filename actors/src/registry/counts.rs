@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 /// The connection statuses an agent can have (Wazuh's).
-pub const STATUSES: [&str; 4] = ["never_connected", "pending", "active", "disconnected"];
+pub(crate) const STATUSES: [&str; 4] = ["never_connected", "pending", "active", "disconnected"];
 
 /// Index of `status` in [`STATUSES`].
-pub fn status_code(status: &str) -> Option<u8> {
+pub(crate) fn status_code(status: &str) -> Option<u8> {
     STATUSES.iter().position(|s| *s == status).map(|i| i as u8)
 }
 
@@ -71,7 +71,7 @@ impl StatusCounts {
     }
 
     /// The node agent `id` is active on, if it is active.
-    pub fn active_on(&self, id: u32) -> Option<&str> {
+    pub(crate) fn active_on(&self, id: u32) -> Option<&str> {
         let cell = self.agents.get(&id)?;
         if cell.status != 2 {
             return None;

@@ -19,7 +19,7 @@ pub trait KeySink: Send + Sync {
 }
 
 /// The changes of the open transaction and where they go once it commits.
-pub struct Derived {
+pub(crate) struct Derived {
     keys: ClientKeys,
     sink: Option<Arc<dyn KeySink>>,
     pending: Vec<AgentChange>,
@@ -51,7 +51,7 @@ impl Derived {
     }
 
     /// Sends every committed change to `sink` from now on, starting with the whole table.
-    pub fn set_sink(&mut self, sink: Arc<dyn KeySink>, entries: &[AgentEntry]) {
+    pub(crate) fn set_sink(&mut self, sink: Arc<dyn KeySink>, entries: &[AgentEntry]) {
         sink.reset(entries);
         self.sink = Some(sink);
     }
@@ -64,7 +64,7 @@ impl Derived {
     }
 
     /// The whole table is replaced in this transaction.
-    pub fn record_reset(&mut self) {
+    pub(crate) fn record_reset(&mut self) {
         self.reset = true;
         self.users_changed = true;
         self.pending.clear();
@@ -72,11 +72,11 @@ impl Derived {
 
     /// Whether the transaction touched the API's users (a commit or rollback ends the question; a
     /// change undone under a savepoint may still count: the users are read again for nothing).
-    pub fn take_users_changed(&mut self) -> bool {
+    pub(crate) fn take_users_changed(&mut self) -> bool {
         std::mem::take(&mut self.users_changed)
     }
 
-    pub fn savepoint(&mut self) {
+    pub(crate) fn savepoint(&mut self) {
         self.mark = (self.pending.len(), self.reset);
     }
 
@@ -88,14 +88,14 @@ impl Derived {
         }
     }
 
-    pub fn rollback(&mut self) {
+    pub(crate) fn rollback(&mut self) {
         self.pending.clear();
         self.reset = false;
         self.users_changed = false;
     }
 
     /// Whether the open transaction changed the table.
-    pub fn dirty(&self) -> bool {
+    pub(crate) fn dirty(&self) -> bool {
         self.reset || !self.pending.is_empty()
     }
 
@@ -156,7 +156,7 @@ impl Derived {
 
     /// Between transactions: writes client.keys whole again if someone else changed it, and says
     /// why it did.
-    pub fn repair(
+    pub(crate) fn repair(
         &mut self,
         data_dir: &Path,
         entries: impl FnOnce() -> Result<Vec<AgentEntry>, StoreError>,
@@ -172,7 +172,8 @@ impl Derived {
         }
     }
 
-    pub fn client_keys(&self) -> &ClientKeys {
+    #[cfg(test)]
+    pub(crate) fn client_keys(&self) -> &ClientKeys {
         &self.keys
     }
 }

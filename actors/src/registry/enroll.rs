@@ -25,7 +25,11 @@ pub struct NewAgent {
 
 impl NewAgent {
     /// The enrollment `f`, received by `node_name`; `forwarded` keeps its token for idempotency.
-    pub fn from_forward(f: wazuh_cluster_protocol::message::EnrollForward, node_name: String, forwarded: bool) -> Self {
+    pub(crate) fn from_forward(
+        f: wazuh_cluster_protocol::message::EnrollForward,
+        node_name: String,
+        forwarded: bool,
+    ) -> Self {
         NewAgent {
             name: f.name,
             groups: f.groups,
@@ -139,7 +143,7 @@ impl Registry {
     /// replaced (that depends on their statuses, which only this node's view has). Applying the
     /// result ([`Registry::apply_enrollment`]) is then the same on every registry with the same
     /// table: what a replicated log needs.
-    pub fn prepare_enrollment(
+    pub(crate) fn prepare_enrollment(
         &self,
         a: &NewAgent,
         now_ms: u64,
@@ -175,7 +179,10 @@ impl Registry {
 
     /// Applies an enrollment prepared by [`Registry::prepare_enrollment`] (here or on another
     /// node), inside the caller's transaction: a function of the table and `p` alone.
-    pub fn apply_enrollment(&mut self, p: &PreparedEnrollment) -> Result<Result<AgentEntry, EnrollError>, StoreError> {
+    pub(crate) fn apply_enrollment(
+        &mut self,
+        p: &PreparedEnrollment,
+    ) -> Result<Result<AgentEntry, EnrollError>, StoreError> {
         if let Err(e) = validate_new(&p.agent) {
             return Ok(Err(e));
         }
@@ -277,13 +284,13 @@ impl Registry {
     }
 
     /// Removes agents whose delivery was never confirmed within `older_than_ms`.
-    pub fn expire_pending(&mut self, older_than_ms: u64) -> Result<Vec<u32>, StoreError> {
+    pub(crate) fn expire_pending(&mut self, older_than_ms: u64) -> Result<Vec<u32>, StoreError> {
         let ids = self.pending_older_than(now_ms().saturating_sub(older_than_ms))?;
         self.apply_expiry(&ids)
     }
 
     /// Agents enrolled through a worker before `cutoff_ms` whose delivery is still unconfirmed.
-    pub fn pending_older_than(&self, cutoff_ms: u64) -> Result<Vec<u32>, StoreError> {
+    pub(crate) fn pending_older_than(&self, cutoff_ms: u64) -> Result<Vec<u32>, StoreError> {
         let mut stmt = self.table.conn.prepare("SELECT id FROM agents WHERE pending = 1 AND registered_at < ?1")?;
         let rows = stmt.query_map(params![cutoff_ms as i64], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -291,7 +298,7 @@ impl Registry {
 
     /// Removes those of `ids` that are still pending (one node chose them with its clock; a
     /// delivery confirmed since keeps the agent): the ones removed.
-    pub fn apply_expiry(&mut self, ids: &[u32]) -> Result<Vec<u32>, StoreError> {
+    pub(crate) fn apply_expiry(&mut self, ids: &[u32]) -> Result<Vec<u32>, StoreError> {
         let mut removed = Vec::new();
         for &id in ids {
             let pending: Option<bool> = self

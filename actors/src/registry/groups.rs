@@ -92,7 +92,7 @@ impl Registry {
     }
 
     /// [`Registry::create_group`] with the time it was created.
-    pub fn create_group_at(&mut self, name: &str, at_ms: u64) -> Result<bool, StoreError> {
+    pub(crate) fn create_group_at(&mut self, name: &str, at_ms: u64) -> Result<bool, StoreError> {
         if !wazuh_cluster_protocol::agent::enrollment::valid_group_name(name) {
             return Err(StoreError::Invalid(format!(
                 "invalid group name {name:?}: use [A-Za-z0-9_.-], not starting with a dot, not \"all\""

@@ -65,12 +65,12 @@ pub(super) struct Release {
 }
 
 /// How long after a reconnect order the agents it names may move without contest.
-pub const RELEASE_MS: u64 = 2 * CLAIM_LAPSE_MS;
+pub(crate) const RELEASE_MS: u64 = 2 * CLAIM_LAPSE_MS;
 
 /// An agent active on a live node stays that node's, against other nodes' reports, until that
 /// node reports it gone, leaves the cluster, or has not reported a keep-alive of it for this long
 /// (the agent moved without its old session noticing).
-pub const CLAIM_LAPSE_MS: u64 = 30_000;
+pub(crate) const CLAIM_LAPSE_MS: u64 = 30_000;
 
 /// The master's registry.
 pub struct Registry {
@@ -162,7 +162,7 @@ impl Registry {
         Ok(())
     }
 
-    pub fn rollback(&mut self) {
+    pub(crate) fn rollback(&mut self) {
         self.table.rollback();
         self.removals.clear();
         self.removals_mark = 0;

@@ -23,7 +23,7 @@
 pub mod admin;
 pub mod changes;
 pub mod claims;
-pub mod client_keys;
+pub(crate) mod client_keys;
 pub mod command;
 pub mod counts;
 pub mod derived;
@@ -40,7 +40,7 @@ pub mod store;
 pub mod table;
 #[cfg(test)]
 pub(crate) mod testing;
-pub mod user_store;
+pub(crate) mod user_store;
 pub mod users;
 
 pub use derived::KeySink;

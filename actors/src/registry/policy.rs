@@ -23,7 +23,7 @@ impl Default for ReplacePolicy {
 
 /// The agent that holds the name or address today, as the registry stores it.
 #[derive(Debug, Clone, Copy)]
-pub struct Incumbent<'a> {
+pub(crate) struct Incumbent<'a> {
     pub id: u32,
     pub name: &'a str,
     pub key: &'a str,
@@ -36,7 +36,7 @@ pub struct Incumbent<'a> {
 
 /// What to do with the incumbent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Remove it; the new enrollment takes its place.
     Replace,
     /// Keep it; the new enrollment is refused as a duplicate.
@@ -44,7 +44,7 @@ pub enum Verdict {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeepReason {
+pub(crate) enum KeepReason {
     /// Replacement is switched off.
     Disabled,
     /// Registered too recently.
@@ -64,7 +64,7 @@ pub fn key_hash(id: u32, name: &str, key: &str) -> String {
 
 impl ReplacePolicy {
     /// Decides on `old` for an enrollment carrying `key_hash`, at `now_ms` (wall clock).
-    pub fn decide(&self, old: &Incumbent<'_>, key_hash: Option<&str>, now_ms: u64) -> Verdict {
+    pub(crate) fn decide(&self, old: &Incumbent<'_>, key_hash: Option<&str>, now_ms: u64) -> Verdict {
         if !self.enabled {
             return Verdict::Keep(KeepReason::Disabled);
         }

@@ -5,7 +5,7 @@
 use rusqlite::types::Value;
 
 /// Agents per page when the caller does not say (Wazuh's default).
-pub const DEFAULT_LIMIT: u64 = 500;
+pub(crate) const DEFAULT_LIMIT: u64 = 500;
 /// Most agents per page (Wazuh's maximum).
 pub const MAX_LIMIT: u64 = 100_000;
 
@@ -38,7 +38,7 @@ impl SortField {
     }
 
     /// The column: a fixed name, never text from the request.
-    pub fn column(self) -> &'static str {
+    pub(crate) fn column(self) -> &'static str {
         match self {
             SortField::Id => "id",
             SortField::Name => "name",
@@ -134,7 +134,7 @@ impl Default for AgentQuery {
 
 impl AgentQuery {
     /// Whether the in-memory counts can say how many match (no filter they do not keep).
-    pub fn counted_in_memory(&self) -> bool {
+    pub(crate) fn counted_in_memory(&self) -> bool {
         self.group.is_none() && self.ids.is_empty() && self.name.is_none() && self.search.is_none()
     }
 
@@ -176,7 +176,7 @@ impl AgentQuery {
 
     /// `WHERE ...` (or nothing) with its parameters (status and node are columns of the master's
     /// table only).
-    pub fn where_clause(&self) -> (String, Vec<Value>) {
+    pub(crate) fn where_clause(&self) -> (String, Vec<Value>) {
         let mut terms = Vec::new();
         let mut params = Vec::new();
         if let Some(s) = &self.status {
@@ -218,7 +218,7 @@ impl AgentQuery {
     }
 
     /// `LIMIT ?n OFFSET ?m`, its two parameters appended to `params`.
-    pub fn page_clause(&self, params: &mut Vec<Value>) -> String {
+    pub(crate) fn page_clause(&self, params: &mut Vec<Value>) -> String {
         params.push(Value::Integer(self.limit.min(i64::MAX as u64) as i64));
         params.push(Value::Integer(self.offset.min(i64::MAX as u64) as i64));
         format!("LIMIT ?{} OFFSET ?{}", params.len() - 1, params.len())
@@ -226,7 +226,7 @@ impl AgentQuery {
 
     /// `ORDER BY ...` over `allowed` fields (others are ignored), always ending with the id so that
     /// pages never overlap or miss an agent.
-    pub fn order_clause(&self, allowed: &[SortField]) -> String {
+    pub(crate) fn order_clause(&self, allowed: &[SortField]) -> String {
         let mut keys: Vec<String> = self
             .sort
             .iter()

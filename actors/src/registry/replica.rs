@@ -101,7 +101,7 @@ impl Replica {
     /// [`Replica::apply`] for an update of registry `generation` (0: unknown): refused without a
     /// change when this replica follows another registry and holds agents. Adopts `generation`
     /// otherwise.
-    pub fn apply_from(
+    pub(crate) fn apply_from(
         &mut self,
         generation: u64,
         from: u64,
@@ -124,7 +124,7 @@ impl Replica {
 
     /// Whether an update of registry `generation` comes from another registry than the one this
     /// replica follows, while the replica holds agents of its own (never overwritten then).
-    pub fn foreign(&self, generation: u64) -> bool {
+    pub(crate) fn foreign(&self, generation: u64) -> bool {
         generation != 0 && self.table.generation != 0 && generation != self.table.generation && self.table.seq > 0
     }
 
@@ -181,7 +181,7 @@ impl Replica {
     }
 
     /// Records that the master must hear the fate of `token`.
-    pub fn outbox_put(&self, token: &str, delivered: bool) -> Result<(), StoreError> {
+    pub(crate) fn outbox_put(&self, token: &str, delivered: bool) -> Result<(), StoreError> {
         self.table.conn.execute(
             "INSERT OR REPLACE INTO outbox (token, delivered, at) VALUES (?1, ?2, ?3)",
             params![token, delivered as i64, crate::clock::now_ms() as i64],
@@ -189,13 +189,13 @@ impl Replica {
         Ok(())
     }
 
-    pub fn outbox(&self) -> Result<Vec<(String, bool)>, StoreError> {
+    pub(crate) fn outbox(&self) -> Result<Vec<(String, bool)>, StoreError> {
         let mut stmt = self.table.conn.prepare_cached("SELECT token, delivered FROM outbox ORDER BY at")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn outbox_done(&self, token: &str) -> Result<(), StoreError> {
+    pub(crate) fn outbox_done(&self, token: &str) -> Result<(), StoreError> {
         self.table.conn.execute("DELETE FROM outbox WHERE token = ?1", params![token])?;
         Ok(())
     }

@@ -9,14 +9,14 @@ use wazuh_cluster_protocol::message::AgentEntry;
 
 pub const DEFAULT_GROUP: &str = "default";
 /// Changes kept for delta replication; a worker further behind gets a snapshot.
-pub const CHANGELOG_KEEP: u64 = 100_000;
+pub(crate) const CHANGELOG_KEEP: u64 = 100_000;
 /// How long the outcome of a forwarded enrollment is kept under its idempotency token: far longer
 /// than a worker retries one (an agent waits seconds for its key). An agent keeps its token with
 /// it for good; this bounds the rows of refusals and of agents since removed.
-pub const TOKENS_KEPT_MS: u64 = 24 * 3_600 * 1_000;
+pub(crate) const TOKENS_KEPT_MS: u64 = 24 * 3_600 * 1_000;
 
 /// The master's tables.
-pub const MASTER_TABLES: &str = "CREATE TABLE IF NOT EXISTS agents (
+pub(crate) const MASTER_TABLES: &str = "CREATE TABLE IF NOT EXISTS agents (
         id INTEGER PRIMARY KEY,
         name TEXT NOT NULL UNIQUE,
         ip TEXT NOT NULL,
@@ -50,21 +50,21 @@ pub const MASTER_TABLES: &str = "CREATE TABLE IF NOT EXISTS agents (
     INSERT OR IGNORE INTO meta (k, v) VALUES ('last_id', 0), ('seq', 0);";
 
 /// Groups deleted (their directories go after the commit, or at the next start after a crash).
-pub const DELETED_GROUPS_TABLE: &str =
+pub(crate) const DELETED_GROUPS_TABLE: &str =
     "CREATE TABLE IF NOT EXISTS deleted_groups (name TEXT PRIMARY KEY, at INTEGER NOT NULL);";
 
 /// Columns added to the master's `agents` table after its first release.
-pub const MASTER_ADDED_COLUMNS: [(&str, &str); 3] =
+pub(crate) const MASTER_ADDED_COLUMNS: [(&str, &str); 3] =
     [("info", "TEXT"), ("group_config_status", "TEXT"), ("peer_ip", "TEXT")];
 
 /// Indexes for the lookups that run per enrollment or per pass (a duplicate address; agents whose
 /// key delivery is unconfirmed), so that their cost does not grow with the registry.
-pub const MASTER_INDEXES: &str = "CREATE INDEX IF NOT EXISTS agents_ip ON agents (ip);
+pub(crate) const MASTER_INDEXES: &str = "CREATE INDEX IF NOT EXISTS agents_ip ON agents (ip);
     CREATE INDEX IF NOT EXISTS agents_pending ON agents (registered_at) WHERE pending = 1;
     CREATE INDEX IF NOT EXISTS tokens_at ON tokens (at);";
 
 /// A worker's tables.
-pub const REPLICA_TABLES: &str = "CREATE TABLE IF NOT EXISTS agents (id INTEGER PRIMARY KEY, name TEXT NOT NULL, ip TEXT NOT NULL, key TEXT NOT NULL, groups TEXT NOT NULL);
+pub(crate) const REPLICA_TABLES: &str = "CREATE TABLE IF NOT EXISTS agents (id INTEGER PRIMARY KEY, name TEXT NOT NULL, ip TEXT NOT NULL, key TEXT NOT NULL, groups TEXT NOT NULL);
      CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
      CREATE TABLE IF NOT EXISTS outbox (token TEXT PRIMARY KEY, delivered INTEGER NOT NULL, at INTEGER NOT NULL);
      INSERT OR IGNORE INTO meta (k, v) VALUES ('seq', 0);";
@@ -94,12 +94,12 @@ fn entry_digest(e: &AgentEntry) -> [u8; 16] {
 pub struct TableHash([u8; 16]);
 
 impl TableHash {
-    pub fn toggle(&mut self, e: &AgentEntry) {
+    pub(crate) fn toggle(&mut self, e: &AgentEntry) {
         for (a, b) in self.0.iter_mut().zip(entry_digest(e)) {
             *a ^= b;
         }
     }
-    pub fn hex(&self) -> String {
+    pub(crate) fn hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
 }
@@ -109,7 +109,7 @@ const STATEMENTS_CACHED: usize = 64;
 
 /// Opens (or creates) a database: WAL (readers never block the writer), FULL sync (a commit is on
 /// disk before anyone hears of it), foreign keys on.
-pub fn open_db(path: &Path) -> Result<Connection, StoreError> {
+pub(crate) fn open_db(path: &Path) -> Result<Connection, StoreError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
     }
@@ -126,7 +126,7 @@ pub fn open_db(path: &Path) -> Result<Connection, StoreError> {
 }
 
 /// Adds `columns` to `table` where they are missing.
-pub fn add_missing_columns(conn: &Connection, table: &str, columns: &[(&str, &str)]) -> Result<(), StoreError> {
+pub(crate) fn add_missing_columns(conn: &Connection, table: &str, columns: &[(&str, &str)]) -> Result<(), StoreError> {
     for (col, ty) in columns {
         let has: bool = conn
             .prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?
@@ -138,15 +138,15 @@ pub fn add_missing_columns(conn: &Connection, table: &str, columns: &[(&str, &st
     Ok(())
 }
 
-pub fn groups_text(groups: &[String]) -> String {
+pub(crate) fn groups_text(groups: &[String]) -> String {
     groups.join(",")
 }
 
-pub fn groups_vec(text: &str) -> Vec<String> {
+pub(crate) fn groups_vec(text: &str) -> Vec<String> {
     text.split(',').filter(|g| !g.is_empty()).map(String::from).collect()
 }
 
-pub fn row_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentEntry> {
+pub(crate) fn row_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentEntry> {
     Ok(AgentEntry {
         id: r.get(0)?,
         name: r.get(1)?,
@@ -157,13 +157,13 @@ pub fn row_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentEntry> {
 }
 
 /// Every agent's identity (`agents` table of either store), in id order.
-pub fn all_entries(conn: &Connection) -> Result<Vec<AgentEntry>, StoreError> {
+pub(crate) fn all_entries(conn: &Connection) -> Result<Vec<AgentEntry>, StoreError> {
     let mut stmt = conn.prepare_cached("SELECT id, name, ip, key, groups FROM agents ORDER BY id")?;
     let rows = stmt.query_map([], row_entry)?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-pub fn one_entry(conn: &Connection, id: u32) -> Result<Option<AgentEntry>, StoreError> {
+pub(crate) fn one_entry(conn: &Connection, id: u32) -> Result<Option<AgentEntry>, StoreError> {
     Ok(conn
         .prepare_cached("SELECT id, name, ip, key, groups FROM agents WHERE id = ?1")?
         .query_row(params![id], row_entry)
@@ -171,7 +171,7 @@ pub fn one_entry(conn: &Connection, id: u32) -> Result<Option<AgentEntry>, Store
 }
 
 /// The registry generation stored in `meta` (0: none yet).
-pub fn stored_generation(conn: &Connection) -> Result<u64, StoreError> {
+pub(crate) fn stored_generation(conn: &Connection) -> Result<u64, StoreError> {
     Ok(conn
         .query_row("SELECT v FROM meta WHERE k = 'generation'", [], |r| r.get::<_, i64>(0))
         .optional()?
@@ -179,7 +179,7 @@ pub fn stored_generation(conn: &Connection) -> Result<u64, StoreError> {
 }
 
 /// Stores `generation` in `meta`.
-pub fn store_generation(conn: &Connection, generation: u64) -> Result<(), StoreError> {
+pub(crate) fn store_generation(conn: &Connection, generation: u64) -> Result<(), StoreError> {
     conn.execute(
         "INSERT OR REPLACE INTO meta (k, v) VALUES ('generation', ?1)",
         params![(generation & (i64::MAX as u64)) as i64],
@@ -188,7 +188,7 @@ pub fn store_generation(conn: &Connection, generation: u64) -> Result<(), StoreE
 }
 
 /// The stored sequence number.
-pub fn stored_seq(conn: &Connection) -> Result<u64, StoreError> {
+pub(crate) fn stored_seq(conn: &Connection) -> Result<u64, StoreError> {
     Ok(conn.query_row("SELECT v FROM meta WHERE k = 'seq'", [], |r| r.get::<_, i64>(0))? as u64)
 }
 
@@ -202,7 +202,7 @@ pub fn position(conn: &Connection) -> Result<(u64, TableHash), StoreError> {
     Ok((seq, hash))
 }
 
-pub fn savepoint(conn: &Connection) -> Result<(), StoreError> {
+pub(crate) fn savepoint(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch("SAVEPOINT cmd")?;
     Ok(())
 }

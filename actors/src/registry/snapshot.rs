@@ -45,7 +45,7 @@ const SNAPSHOT_TABLES: [&str; 8] =
 
 /// A whole registry as rows, for a replicated log's snapshot: per table, its columns and rows.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct TableDump {
+pub(crate) struct TableDump {
     pub table: String,
     pub columns: Vec<String>,
     pub rows: Vec<Vec<serde_json::Value>>,
@@ -202,7 +202,7 @@ impl Registry {
     }
 
     /// Every row of the registry's tables (inside the caller's transaction: one consistent view).
-    pub fn dump(&self) -> Result<Vec<TableDump>, StoreError> {
+    pub(crate) fn dump(&self) -> Result<Vec<TableDump>, StoreError> {
         let mut out = Vec::new();
         for table in SNAPSHOT_TABLES {
             let mut stmt = self.table.conn.prepare(&format!("SELECT * FROM {table}"))?;
@@ -221,7 +221,7 @@ impl Registry {
     /// Replaces the registry's tables with `dump` (inside the caller's transaction), then its
     /// position, hash, counts and client.keys follow. Only the known tables and their own columns
     /// are written: a dump naming anything else is refused whole.
-    pub fn restore(&mut self, dump: &[TableDump]) -> Result<(), StoreError> {
+    pub(crate) fn restore(&mut self, dump: &[TableDump]) -> Result<(), StoreError> {
         for d in dump {
             if !SNAPSHOT_TABLES.contains(&d.table.as_str()) {
                 return Err(StoreError::Invalid(format!("a snapshot names an unknown table {:?}", d.table)));
@@ -271,7 +271,7 @@ impl Registry {
     /// Master-eligible nodes: takes `generation` (the same on every member) if this registry has
     /// never held a change, so that a worker's replica follows every member alike. A registry with
     /// history keeps its own (and says so: it cannot join a replicated group as it is).
-    pub fn adopt_generation(&mut self, generation: u64) -> Result<bool, StoreError> {
+    pub(crate) fn adopt_generation(&mut self, generation: u64) -> Result<bool, StoreError> {
         if self.table.generation == generation {
             return Ok(true);
         }
@@ -285,7 +285,7 @@ impl Registry {
 
     /// A value of the replicated log's state kept with the registry (applied position, membership),
     /// so that it commits with the changes it describes.
-    pub fn raft_value(&self, k: &str) -> Result<Option<String>, StoreError> {
+    pub(crate) fn raft_value(&self, k: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn
             .prepare_cached("SELECT v FROM raft WHERE k = ?1")?
@@ -293,7 +293,7 @@ impl Registry {
             .optional()?)
     }
 
-    pub fn set_raft_value(&mut self, k: &str, v: &str) -> Result<(), StoreError> {
+    pub(crate) fn set_raft_value(&mut self, k: &str, v: &str) -> Result<(), StoreError> {
         self.table.conn.prepare_cached("INSERT OR REPLACE INTO raft (k, v) VALUES (?1, ?2)")?.execute(params![k, v])?;
         Ok(())
     }

@@ -78,9 +78,9 @@ type Finish = Box<dyn FnOnce(Result<(), TxFailure>) + Send>;
 type Job<S> = Box<dyn FnOnce(Result<&mut S, TxFailure>) -> Finish + Send>;
 
 /// Most commands waiting for the thread; callers wait for room beyond this.
-pub const QUEUE: usize = 4096;
+pub(crate) const QUEUE: usize = 4096;
 /// Most commands in one transaction.
-pub const MAX_BATCH: usize = 1024;
+pub(crate) const MAX_BATCH: usize = 1024;
 
 /// A cheap, clonable handle to the store thread.
 pub struct StoreHandle<S> {

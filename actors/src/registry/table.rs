@@ -81,7 +81,7 @@ impl AgentTable {
 
     /// Agent `id` for the key index, and whether the open transaction has left the table as it
     /// was committed (a key read amid uncommitted changes is not cached).
-    pub fn key_entry(&self, id: u32) -> Result<(Option<AgentEntry>, bool), StoreError> {
+    pub(crate) fn key_entry(&self, id: u32) -> Result<(Option<AgentEntry>, bool), StoreError> {
         Ok((one_entry(&self.conn, id)?, !self.derived.dirty()))
     }
 
@@ -92,15 +92,10 @@ impl AgentTable {
         Ok(())
     }
 
-    /// client.keys as it is kept (for figures and tests).
-    pub fn client_keys(&self) -> &super::client_keys::ClientKeys {
-        self.derived.client_keys()
-    }
-
     /// Writes client.keys whole again if someone else changed it since this node wrote it (every
     /// write checks too; this catches a change while nothing is written). Between transactions
     /// only. Returns what was found and done, if anything.
-    pub fn repair_client_keys(&mut self) -> Result<Option<String>, StoreError> {
+    pub(crate) fn repair_client_keys(&mut self) -> Result<Option<String>, StoreError> {
         let conn = &self.conn;
         let repaired = self.derived.repair(&self.data_dir, || all_entries(conn))?;
         if let Some(why) = &repaired {

@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use wazuh_cluster_protocol::message::{AgentChange, ApiRole, ApiUser};
 
 /// The users table, on the master and in every replica.
-pub const USER_TABLES: &str = "CREATE TABLE IF NOT EXISTS api_users (
+pub(crate) const USER_TABLES: &str = "CREATE TABLE IF NOT EXISTS api_users (
         name TEXT PRIMARY KEY,
         id INTEGER NOT NULL,
         password_hash TEXT NOT NULL,
@@ -20,7 +20,7 @@ pub const USER_TABLES: &str = "CREATE TABLE IF NOT EXISTS api_users (
 
 /// The master's record of which `[[api.users]]` entries it applied, so that a user deleted through
 /// the API is not made again at the next start unless its entry changed.
-pub const SEEDED_TABLE: &str =
+pub(crate) const SEEDED_TABLE: &str =
     "CREATE TABLE IF NOT EXISTS api_users_seeded (name TEXT PRIMARY KEY, fingerprint TEXT NOT NULL);";
 
 /// The most memory one password check may take: Argon2's `m` parameter, in KiB. Hashes that ask

@@ -36,7 +36,7 @@ enum PushError {
 /// The agent-groups table moved (from the connection's watcher task).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct GroupsMoved(pub Option<GroupsState>);
+pub(crate) struct GroupsMoved(pub Option<GroupsState>);
 
 pub struct AgentGroupsSend {
     health: JobHealth,
@@ -58,7 +58,7 @@ pub struct AgentGroupsSend {
 /// Changes in one push at most: a longer delta goes in several, each acknowledged before the next,
 /// so that neither end holds or applies more than this at once (a burst of enrollments, a worker
 /// back after a long absence) and no push outlasts the request timeout.
-pub const MAX_CHANGES_PER_PUSH: usize = 2_000;
+pub(crate) const MAX_CHANGES_PER_PUSH: usize = 2_000;
 
 impl AgentGroupsSend {
     pub fn new(

@@ -10,7 +10,7 @@
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     /// The worker says it holds everything up to `seq` (sent when it connects).
     Position(u64),
     /// The master's table moved (its position is passed to [`Delivery::on`] as `latest`).
@@ -41,7 +41,7 @@ pub enum Command {
 
 /// The delivery state of one worker connection.
 #[derive(Debug, Default, Clone)]
-pub struct Delivery {
+pub(crate) struct Delivery {
     /// The worker's confirmed position; `None` until it tells.
     acked: Option<u64>,
     in_flight: bool,
@@ -51,11 +51,13 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    #[cfg(test)]
     /// The worker's confirmed position, if known.
     pub fn acked(&self) -> Option<u64> {
         self.acked
     }
 
+    #[cfg(test)]
     /// Failed pushes in a row.
     pub fn failures(&self) -> u32 {
         self.failures

@@ -2,10 +2,10 @@
 //! servers ([`servers`]), AgentGroupsSend ([`agent_groups`]), its pure delivery state
 //! ([`delivery`]) and the workers' acknowledged positions ([`positions`]).
 
-pub mod agent_groups;
-pub mod delivery;
+pub(crate) mod agent_groups;
+pub(crate) mod delivery;
 pub mod positions;
-pub mod servers;
+pub(crate) mod servers;
 pub mod set;
 
 pub use set::MasterJobs;

@@ -24,13 +24,13 @@ use wazuh_cluster_protocol::MasterToWorker;
 
 /// What the worker last reported about itself (in its keep-alives).
 #[derive(Debug, Default, Clone)]
-pub struct PeerReport {
+pub(crate) struct PeerReport {
     pub jobs: Vec<JobReport>,
     pub last_keepalive_ms: Option<u64>,
 }
 
 /// Answers keep-alives, keeping the worker's own job reports for the health check.
-pub struct KeepAliveServe {
+pub(crate) struct KeepAliveServe {
     pub report: Arc<Mutex<PeerReport>>,
 }
 
@@ -51,7 +51,7 @@ impl Serve for KeepAliveServe {
 
 /// Stores the statuses of the worker's agents: only for agents that exist, never over a newer
 /// report of another node (an agent that moved).
-pub struct AgentInfoServe {
+pub(crate) struct AgentInfoServe {
     pub registry: StoreHandle<Registry>,
     pub node: String,
     pub peer: String,
@@ -90,7 +90,7 @@ impl Serve for AgentInfoServe {
 }
 
 /// The requests of a worker's file sync.
-pub enum IntegrityRequest {
+pub(crate) enum IntegrityRequest {
     Check(IntegrityCheck),
     Manifest(SyncManifest),
     Fetch(FetchFiles),
@@ -98,7 +98,7 @@ pub enum IntegrityRequest {
 
 /// Serves file sync from `LocalIntegrity`'s manifest: digest checks, plans, and file contents
 /// (only files of the manifest, only through confined paths).
-pub struct IntegrityServe {
+pub(crate) struct IntegrityServe {
     pub local: Addr<LocalIntegrity>,
     pub data_dir: PathBuf,
     pub max_frame: usize,
@@ -182,7 +182,7 @@ fn printable(text: &str) -> String {
 }
 
 /// What a worker forwards to the master: enrollments, their outcomes, agent and group changes.
-pub enum RegistrationRequest {
+pub(crate) enum RegistrationRequest {
     Enroll(EnrollForward),
     Resolve(EnrollResolve),
     Admin(AdminForward),
@@ -191,7 +191,7 @@ pub enum RegistrationRequest {
 /// Serves what a worker forwards, through the registry (which validates it like the master's own
 /// requests). Enrollments from one worker are served concurrently; the registry commits them in
 /// groups.
-pub struct RegistrationServe {
+pub(crate) struct RegistrationServe {
     pub writes: crate::consensus::writes::Writes,
     pub node: String,
     pub peer: String,

@@ -20,9 +20,7 @@ use super::servers::{
 };
 use crate::connection::{ConnHandle, Dispatch, Inbound, LocalFuture, MasterSide, Undeliverable};
 use crate::jobs::local::{GetIntegrity, MasterServices};
-use crate::jobs::runtime::{
-    deliver as send, Controls, JobFault, JobSetView, Notice, Request, Server, SetControl, MAILBOX,
-};
+use crate::jobs::runtime::{deliver as send, Controls, JobSetView, Notice, Request, Server, SetControl, MAILBOX};
 use crate::settings::ChannelSettings;
 use crate::supervise::{liveness, JobHealth};
 use actix::prelude::*;
@@ -130,8 +128,9 @@ impl MasterJobs {
         JobSetView { jobs: self.control.reports(), peer_jobs: report.jobs, last_keepalive_ms: report.last_keepalive_ms }
     }
 
+    #[cfg(feature = "testing")]
     /// Sends `fault` to the job named `job`; false if there is none.
-    pub fn inject(&self, job: &str, fault: JobFault) -> bool {
+    pub(crate) fn inject(&self, job: &str, fault: crate::jobs::runtime::JobFault) -> bool {
         self.control.inject(job, fault)
     }
 }
@@ -151,7 +150,7 @@ impl Dispatch<MasterSide> for MasterJobs {
         match (kind, body) {
             (Kind::Request(id), W::KeepAlive(body)) => send(&self.keepalive, Request { id, body, permit }),
             (Kind::Request(id), W::AgentInfo(body)) => send(&self.agent_info, Request { id, body, permit }),
-            (Kind::Notify, W::AgentGroupsAck(body)) => send(&self.agent_groups, Notice { body, permit }),
+            (Kind::Notify, W::AgentGroupsAck(body)) => send(&self.agent_groups, Notice { body, _permit: permit }),
             (Kind::Request(id), W::IntegrityCheck(c)) => {
                 send(&self.integrity, Request { id, body: IntegrityRequest::Check(c), permit })
             }

@@ -32,7 +32,7 @@ pub use server::*;
 
 /// Messages a job's mailbox holds at most; senders that find it full wait (the connection's
 /// reader stops reading meanwhile).
-pub const MAILBOX: usize = 64;
+pub(crate) const MAILBOX: usize = 64;
 
 /// What an injected fault does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +67,7 @@ pub struct InjectFault {
 
 /// Faults injected and not yet used.
 #[derive(Debug, Default)]
-pub struct Faults {
+pub(crate) struct Faults {
     fail: u32,
     panic: u32,
 }
@@ -97,7 +97,7 @@ impl Faults {
 /// A run failed because a fault was injected.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("injected fault")]
-pub struct Injected;
+pub(crate) struct Injected;
 
 /// Ends a job for good (its connection is closing).
 #[derive(Message)]
@@ -116,9 +116,10 @@ impl<R: 'static> Message for Request<R> {
 }
 
 /// A notification of the peer's, for the job that handles its type.
-pub struct Notice<R> {
+pub(crate) struct Notice<R> {
     pub body: R,
-    pub permit: InboundPermit,
+    /// Held, never read: the notice's share of the inbound budget goes back when it is dropped.
+    pub _permit: InboundPermit,
 }
 
 impl<R: 'static> Message for Notice<R> {
@@ -127,7 +128,7 @@ impl<R: 'static> Message for Notice<R> {
 
 /// Hands `msg` to `addr`: queued at once while its mailbox has room (the reader goes on reading),
 /// else the reader waits for room (and reads nothing meanwhile).
-pub fn deliver<A, M>(addr: &Addr<A>, msg: M) -> LocalFuture<Result<(), Undeliverable>>
+pub(crate) fn deliver<A, M>(addr: &Addr<A>, msg: M) -> LocalFuture<Result<(), Undeliverable>>
 where
     A: Actor + Handler<M>,
     A::Context: ToEnvelope<A, M>,
@@ -144,7 +145,7 @@ where
 }
 
 /// Bookkeeping of a periodic job: health, back-off, injected faults, whether a run is going on.
-pub struct JobCore {
+pub(crate) struct JobCore {
     pub name: &'static str,
     pub settings: Arc<ChannelSettings>,
     pub peer: String,
@@ -172,7 +173,7 @@ impl JobCore {
     }
 
     /// Waiting out a back-off after a failure: nothing may start before it ends.
-    pub fn backing_off(&self) -> bool {
+    pub(crate) fn backing_off(&self) -> bool {
         self.resume_at.is_some_and(|t| Instant::now() < t)
     }
 
@@ -184,17 +185,17 @@ impl JobCore {
         &self.settings.node_name
     }
 
-    pub fn is_busy(&self) -> bool {
+    pub(crate) fn is_busy(&self) -> bool {
         self.run_started.is_some()
     }
 
-    pub fn is_stopped(&self) -> bool {
+    pub(crate) fn is_stopped(&self) -> bool {
         self.stopped
     }
 
     /// Marks the start of a run. An injected failure makes it fail at once; an injected panic
     /// panics here, in the actor, where its supervisor catches it.
-    pub fn begin(&mut self) -> Result<(), Injected> {
+    pub(crate) fn begin(&mut self) -> Result<(), Injected> {
         match self.faults.take() {
             Some(FaultKind::Panic) => panic!("injected panic"),
             Some(FaultKind::Fail) => Err(Injected),
@@ -206,7 +207,7 @@ impl JobCore {
     }
 
     /// Records a successful run.
-    pub fn succeeded(&mut self) {
+    pub(crate) fn succeeded(&mut self) {
         let took = self.run_started.take().map(|s| s.elapsed());
         self.health.succeeded(took);
     }
@@ -231,12 +232,12 @@ impl JobCore {
         debug!(node = self.settings.node_name.as_str(); "job {} for {} restarting", self.name, self.peer);
     }
 
-    pub fn inject(&mut self, fault: JobFault) {
+    pub(crate) fn inject(&mut self, fault: JobFault) {
         self.faults.add(fault);
     }
 
     /// Call from `StopJob`: stop and never restart.
-    pub fn stop_for_good<A>(&mut self, ctx: &mut Context<A>)
+    pub(crate) fn stop_for_good<A>(&mut self, ctx: &mut Context<A>)
     where
         A: Actor<Context = Context<A>>,
     {
@@ -258,7 +259,7 @@ impl JobCore {
     }
 
     /// The delay to wait out before working (zero unless the last run failed).
-    pub fn start_delay(&self) -> Duration {
+    pub(crate) fn start_delay(&self) -> Duration {
         self.health.start_delay()
     }
 }
@@ -304,7 +305,7 @@ macro_rules! job_plumbing {
 pub(crate) use job_plumbing;
 
 /// Runs `f` every `every`, after the core's back-off delay (zero on a first start).
-pub fn schedule<A>(core: &mut JobCore, ctx: &mut Context<A>, every: Duration, f: fn(&mut A, &mut Context<A>))
+pub(crate) fn schedule<A>(core: &mut JobCore, ctx: &mut Context<A>, every: Duration, f: fn(&mut A, &mut Context<A>))
 where
     A: Actor<Context = Context<A>>,
 {
@@ -344,12 +345,13 @@ impl Controls {
         self.entries.push((name, addr.clone().recipient(), addr.clone().recipient(), health));
     }
 
-    pub fn healths(&self) -> Vec<JobHealth> {
+    pub(crate) fn healths(&self) -> Vec<JobHealth> {
         self.entries.iter().map(|(_, _, _, h)| h.clone()).collect()
     }
 
+    #[cfg(feature = "testing")]
     /// Sends `fault` to the job named `job`; false if there is none.
-    pub fn inject(&self, job: &str, fault: JobFault) -> bool {
+    pub(crate) fn inject(&self, job: &str, fault: JobFault) -> bool {
         match self.entries.iter().find(|(name, ..)| *name == job) {
             Some((_, inject, ..)) => {
                 inject.do_send(fault);
@@ -368,7 +370,7 @@ impl Controls {
 
 /// What both sides' job sets share: their jobs by name, the helper tasks they run beside them,
 /// and the way to stop them all and wait for it.
-pub struct SetControl {
+pub(crate) struct SetControl {
     controls: Controls,
     tasks: std::cell::RefCell<Vec<actix_rt::task::JoinHandle<()>>>,
     all_stopped: std::cell::RefCell<Option<crate::supervise::AllStopped>>,
@@ -392,13 +394,9 @@ impl SetControl {
         self.controls.healths().iter().map(JobHealth::snapshot).collect()
     }
 
-    /// Every job's health.
-    pub fn healths(&self) -> Vec<JobHealth> {
-        self.controls.healths()
-    }
-
+    #[cfg(feature = "testing")]
     /// Sends `fault` to the job named `job`; false if there is none.
-    pub fn inject(&self, job: &str, fault: JobFault) -> bool {
+    pub(crate) fn inject(&self, job: &str, fault: JobFault) -> bool {
         self.controls.inject(job, fault)
     }
 

@@ -12,7 +12,7 @@ use log::{debug, error, warn};
 use wazuh_cluster_protocol::message::{AgentGroupsAck, AgentGroupsUpdate};
 use wazuh_cluster_protocol::WorkerToMaster;
 
-pub struct AgentGroupsApply {
+pub(crate) struct AgentGroupsApply {
     pub replica: StoreHandle<Replica>,
     pub node: String,
     pub peer: String,
@@ -58,7 +58,7 @@ impl Serve for AgentGroupsApply {
 /// Tells the master this worker's position in the agent table ("everything after N"), once per
 /// connection; if the replica cannot be read, retries after a back-off until it can or the
 /// connection is gone.
-pub async fn tell_position(
+pub(crate) async fn tell_position(
     replica: StoreHandle<Replica>,
     conn: ConnHandle<WorkerSide>,
     backoff: crate::backoff::Backoff,

@@ -26,7 +26,7 @@ use wazuh_cluster_protocol::{MasterToWorker, WorkerToMaster};
 
 /// Why a round failed (the job then restarts after its back-off).
 #[derive(Debug, thiserror::Error)]
-pub enum SyncError {
+pub(crate) enum SyncError {
     #[error(transparent)]
     Call(#[from] CallError),
     #[error("cannot open the staging area: {0}")]

@@ -2,10 +2,10 @@
 //! ([`status`]), AgentGroupsSend ([`agent_groups`]), file sync ([`integrity`]) and the pure
 //! decisions of a sync round ([`sync_round`]).
 
-pub mod agent_groups;
+pub(crate) mod agent_groups;
 pub mod integrity;
 pub mod set;
 pub mod status;
-pub mod sync_round;
+pub(crate) mod sync_round;
 
 pub use set::{WorkerJobs, WorkerServices};

@@ -17,7 +17,7 @@ use crate::agents::hub::AgentHub;
 use crate::agents::messages::ForceReconnect;
 use crate::connection::{ConnHandle, Dispatch, Inbound, LocalFuture, Undeliverable, WorkerSide};
 use crate::jobs::runtime::{
-    deliver as send, Controls, JobCore, JobFault, JobSetView, Notice, Request, Server, SetControl, MAILBOX,
+    deliver as send, Controls, JobCore, JobSetView, Notice, Request, Server, SetControl, MAILBOX,
 };
 use crate::registry::{Replica, StoreHandle};
 use crate::settings::ChannelSettings;
@@ -149,8 +149,9 @@ impl WorkerJobs {
         JobSetView { jobs: self.control.reports(), peer_jobs: Vec::new(), last_keepalive_ms: (ack > 0).then_some(ack) }
     }
 
+    #[cfg(feature = "testing")]
     /// Sends `fault` to the job named `job`; false if there is none.
-    pub fn inject(&self, job: &str, fault: JobFault) -> bool {
+    pub(crate) fn inject(&self, job: &str, fault: crate::jobs::runtime::JobFault) -> bool {
         self.control.inject(job, fault)
     }
 }
@@ -187,7 +188,7 @@ impl Dispatch<WorkerSide> for WorkerJobs {
         use MasterToWorker as M;
         match (kind, body) {
             (Kind::Request(id), M::AgentGroups(body)) => send(&self.agent_groups, Request { id, body, permit }),
-            (Kind::Notify, M::IntegrityChanged(body)) => send(&self.integrity, Notice { body, permit }),
+            (Kind::Notify, M::IntegrityChanged(body)) => send(&self.integrity, Notice { body, _permit: permit }),
             (Kind::Notify, M::ForceReconnect(f)) => {
                 let hub = self.hub.clone();
                 Box::pin(async move {

@@ -10,7 +10,7 @@ use wazuh_cluster_protocol::sync::{self, FileMeta};
 
 /// Which kind of round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RoundKind {
+pub(crate) enum RoundKind {
     /// Compare digests, then (when they differ) whole manifests.
     Full,
     /// Fetch and delete exactly what the master announced.
@@ -31,7 +31,7 @@ pub enum Start {
 /// after it: announced changes, merged, as one delta round (when the round ended in sync), anything
 /// else as a full round.
 #[derive(Debug, Default)]
-pub struct Schedule {
+pub(crate) struct Schedule {
     running: Option<RoundKind>,
     next: Option<Queued>,
     in_sync: Option<bool>,
@@ -46,7 +46,7 @@ enum Queued {
 }
 
 /// `later` applied after `earlier`: one change that leads from before `earlier` to after `later`.
-pub fn merge_deltas(earlier: IntegrityChanged, later: IntegrityChanged) -> IntegrityChanged {
+pub(crate) fn merge_deltas(earlier: IntegrityChanged, later: IntegrityChanged) -> IntegrityChanged {
     let mut changed: std::collections::BTreeMap<String, FileMeta> =
         earlier.changed.into_iter().map(|m| (m.path.clone(), m)).collect();
     let mut removed: std::collections::BTreeSet<String> = earlier.removed.into_iter().collect();
@@ -71,7 +71,8 @@ impl Schedule {
         self.in_sync
     }
 
-    pub fn is_running(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_running(&self) -> bool {
         self.running.is_some()
     }
 
@@ -123,7 +124,7 @@ impl Schedule {
     }
 
     /// The running round failed: the job restarts (after its back-off) and starts over.
-    pub fn aborted(&mut self) {
+    pub(crate) fn aborted(&mut self) {
         self.running = None;
         self.next = None;
     }
@@ -131,7 +132,7 @@ impl Schedule {
 
 /// The roots this worker holds no file under but must fetch files for (a fresh worker): staged as
 /// trees and moved in whole.
-pub fn fresh_roots(fetch: &[FileMeta], local: &Manifest) -> Vec<&'static str> {
+pub(crate) fn fresh_roots(fetch: &[FileMeta], local: &Manifest) -> Vec<&'static str> {
     sync::SYNC_ROOTS
         .into_iter()
         .filter(|root| {
@@ -143,7 +144,7 @@ pub fn fresh_roots(fetch: &[FileMeta], local: &Manifest) -> Vec<&'static str> {
 
 /// What an announced change means for this worker: the files it must fetch (not already held
 /// with that content) and those it must delete (held).
-pub fn delta_plan(change: &IntegrityChanged, local: &Manifest) -> (Vec<FileMeta>, Vec<String>) {
+pub(crate) fn delta_plan(change: &IntegrityChanged, local: &Manifest) -> (Vec<FileMeta>, Vec<String>) {
     let fetch = change
         .changed
         .iter()
@@ -156,34 +157,34 @@ pub fn delta_plan(change: &IntegrityChanged, local: &Manifest) -> (Vec<FileMeta>
 
 /// How a plan differs from what this worker holds.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Differences {
+pub(crate) struct Differences {
     pub missing: usize,
     pub changed: usize,
     pub extra: usize,
 }
 
-pub fn differences(fetch: &[FileMeta], delete: &[String], local: &Manifest) -> Differences {
+pub(crate) fn differences(fetch: &[FileMeta], delete: &[String], local: &Manifest) -> Differences {
     let changed = fetch.iter().filter(|m| local.files.contains_key(&m.path)).count();
     Differences { missing: fetch.len() - changed, changed, extra: delete.len() }
 }
 
 /// Fetch requests in flight at once: the master reads the next batches while this worker writes
 /// the previous one.
-pub const DEPTH: usize = 4;
+pub(crate) const DEPTH: usize = 4;
 
 /// Bytes asked for in one request: an eighth of a frame, so the answers in flight stay within half
 /// a frame (measured: 2 x a quarter left this worker waiting ~1 s of a 3 s sync; small answers keep
 /// both sides busy).
-pub fn answer_budget(max_frame: usize) -> u64 {
+pub(crate) fn answer_budget(max_frame: usize) -> u64 {
     (max_frame / 8).max(1) as u64
 }
 
 /// The files a request asked for, by path.
-pub type Asked = HashMap<String, FileMeta>;
+pub(crate) type Asked = HashMap<String, FileMeta>;
 
 /// The files still to fetch, in order, batched into requests that fit an answer.
 #[derive(Debug, Default)]
-pub struct FetchQueue {
+pub(crate) struct FetchQueue {
     queue: VecDeque<FileMeta>,
 }
 
@@ -192,17 +193,18 @@ impl FetchQueue {
         Self { queue: files.into() }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.queue.len()
     }
 
     /// The next request: as many files as fit `budget` bytes (at least one), each resumed from
     /// what `staged` says is already there. `None` when nothing is left.
-    pub fn next_request(&mut self, budget: u64, staged: impl Fn(&FileMeta) -> u64) -> Option<(Vec<FetchItem>, Asked)> {
+    pub(crate) fn next_request(
+        &mut self,
+        budget: u64,
+        staged: impl Fn(&FileMeta) -> u64,
+    ) -> Option<(Vec<FetchItem>, Asked)> {
         let mut items = Vec::new();
         let mut asked = Asked::new();
         let mut bytes = 0u64;
@@ -220,13 +222,13 @@ impl FetchQueue {
     }
 
     /// Files to ask for again (parts still missing, or left out of an answer).
-    pub fn requeue(&mut self, files: impl IntoIterator<Item = FileMeta>) {
+    pub(crate) fn requeue(&mut self, files: impl IntoIterator<Item = FileMeta>) {
         self.queue.extend(files);
     }
 }
 
 /// A round ended in sync when nothing failed and the manifest now matches the master's digest.
-pub fn ended_in_sync(errors: usize, digest: &str, master_digest: &str) -> bool {
+pub(crate) fn ended_in_sync(errors: usize, digest: &str, master_digest: &str) -> bool {
     errors == 0 && digest == master_digest
 }
 
