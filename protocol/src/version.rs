@@ -1,7 +1,7 @@
 //! Protocol versions and their negotiation.
 //!
 //! Each node announces the range of protocol versions it speaks; the pair settles on the highest
-//! version both speak. A node supports its own minor version and the previous one, so a cluster can
+//! version both speak. A node supports its own minor version and at least the previous one, so a cluster can
 //! be upgraded one node at a time (Wazuh demands an exact match and so forbids rolling upgrades).
 
 use serde::{Deserialize, Serialize};
@@ -31,16 +31,20 @@ impl fmt::Display for ProtocolVersion {
 /// typed [`crate::message::AdminError`], and job reports carry a typed state and numeric figures.
 /// 2.1: the master may ask a worker to reload analysisd's ruleset
 /// ([`crate::message::MasterToWorker::ReloadRuleset`]); it never asks a 2.0 worker.
-/// 2.2 (this build): the API's users travel with the agent table
+/// 2.2: the API's users travel with the agent table
 /// ([`crate::message::AgentChange::UserSet`]) and workers forward user changes
 /// ([`crate::message::AdminRequest::CreateUser`] and the like) and the enrollment password and
-/// client certificate (the master checks them); none of it goes to or from a 2.1 peer. 1.x nodes
-/// (unreleased development builds) are refused with a version message.
-pub const CURRENT: ProtocolVersion = ProtocolVersion::new(2, 2);
+/// client certificate (the master checks them); none of it goes to or from a 2.1 peer.
+/// 2.3 (this build): Raft RPC bodies between master-eligible nodes are MessagePack (JSON to and
+/// from a 2.2 or 2.1 peer). 1.x nodes (unreleased development builds) are refused with a version
+/// message.
+pub const CURRENT: ProtocolVersion = ProtocolVersion::new(2, 3);
 /// The oldest version this build still speaks.
 pub const MIN_SUPPORTED: ProtocolVersion = ProtocolVersion::new(2, 1);
 /// The first version whose peers exchange the API's users and enrollment policy.
 pub const USERS: ProtocolVersion = ProtocolVersion::new(2, 2);
+/// The first version whose master-eligible peers encode Raft RPC bodies in MessagePack.
+pub const RAFT_MESSAGEPACK: ProtocolVersion = ProtocolVersion::new(2, 3);
 
 /// An inclusive range of versions a node speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

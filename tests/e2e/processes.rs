@@ -20,7 +20,7 @@ fn master_and_worker_processes_complete_the_handshake_and_name_each_other() {
     let w = worker.wait_for(&["[worker-1]", "handshake complete with master master-1"]);
     let m = master.wait_for(&["[master-1]", "handshake complete with worker worker-1"]);
     assert!(w.contains(&format!("127.0.0.1:{port}")), "{w}");
-    assert!(m.contains("protocol 2.2") && m.contains("chacha20-poly1305"), "{m}");
+    assert!(m.contains("protocol 2.3") && m.contains("chacha20-poly1305"), "{m}");
     assert!(
         !master.log().contains(&std::fs::read_to_string(&key).expect("key").trim().to_string()),
         "key leaked into the log"

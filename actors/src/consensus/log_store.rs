@@ -1,7 +1,10 @@
-//! The Raft log in SQLite: `var/db/raft.db`, one row per entry (JSON), and the vote, the committed
-//! position and the last purged position beside it. Every write is synchronous (`synchronous =
+//! The Raft log in SQLite: `var/db/raft.db`, one row per entry (MessagePack, see [`super::codec`]),
+//! and the vote, the committed position and the last purged position beside it. A log written in
+//! JSON by a build before protocol 2.3 is rewritten in MessagePack when the store opens, in one
+//! transaction (a crash midway leaves it as it was; the next start does it again). Every write is synchronous (`synchronous =
 //! FULL`): Raft counts a vote or an appended entry only once it would survive a crash.
 
+use super::codec::{self, Encoding};
 use super::{RegistryRaft, StorageError};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{Entry, LogId, LogState, RaftLogId, RaftLogReader, StorageIOError, Vote};
@@ -15,8 +18,8 @@ use std::sync::{Arc, Mutex};
 pub(crate) const RAFT_DB: &str = "var/db/raft.db";
 
 const TABLES: &str = "
-CREATE TABLE IF NOT EXISTS log (idx INTEGER PRIMARY KEY, entry TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS log (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v BLOB NOT NULL);
 ";
 
 /// The log store. Its SQLite connection lives on a thread of its own and serves requests in
@@ -75,16 +78,72 @@ fn bounds(range: &impl RangeBounds<u64>) -> (i64, i64) {
     (start, end)
 }
 
+/// A stored value's bytes: a BLOB (MessagePack), or TEXT (JSON, written by an earlier build).
+fn stored_bytes(r: &rusqlite::Row<'_>) -> rusqlite::Result<Vec<u8>> {
+    match r.get_ref(0)? {
+        rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => Ok(t.to_vec()),
+        other => Err(rusqlite::Error::InvalidColumnType(0, "a raft value".into(), other.data_type())),
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
+    codec::decode(bytes).map(|(v, _)| v).map_err(read_err)
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StorageError> {
+    codec::encode(v, Encoding::MessagePack).map_err(write_err)
+}
+
 fn get<T: serde::de::DeserializeOwned>(conn: &Connection, k: &str) -> Result<Option<T>, StorageError> {
-    let text: Option<String> =
-        conn.query_row("SELECT v FROM state WHERE k = ?1", params![k], |r| r.get(0)).optional().map_err(read_err)?;
-    text.map(|t| serde_json::from_str(&t).map_err(read_err)).transpose()
+    let bytes: Option<Vec<u8>> =
+        conn.query_row("SELECT v FROM state WHERE k = ?1", params![k], stored_bytes).optional().map_err(read_err)?;
+    bytes.map(|b| decode(&b)).transpose()
 }
 
 fn put<T: serde::Serialize>(conn: &Connection, k: &str, v: &T) -> Result<(), StorageError> {
-    let text = serde_json::to_string(v).map_err(write_err)?;
-    conn.execute("INSERT OR REPLACE INTO state (k, v) VALUES (?1, ?2)", params![k, text]).map_err(write_err)?;
+    let bytes = encode(v)?;
+    conn.execute("INSERT OR REPLACE INTO state (k, v) VALUES (?1, ?2)", params![k, bytes]).map_err(write_err)?;
     Ok(())
+}
+
+/// Rewrites in MessagePack what an earlier build wrote in JSON (TEXT values), in one transaction;
+/// returns how many log entries it rewrote.
+fn migrate_json(conn: &mut Connection) -> Result<usize, crate::registry::StoreError> {
+    let invalid = |what: &str, e: codec::CodecError| crate::registry::StoreError::Invalid(format!("{what}: {e}"));
+    let tx = conn.transaction()?;
+    let old: Vec<(i64, String)> = tx
+        .prepare("SELECT idx, entry FROM log WHERE typeof(entry) = 'text' ORDER BY idx")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (idx, text) in &old {
+        let (entry, _): (Entry<RegistryRaft>, _) =
+            codec::decode(text.as_bytes()).map_err(|e| invalid(&format!("raft log entry {idx}"), e))?;
+        let bytes = codec::encode(&entry, Encoding::MessagePack).map_err(|e| invalid("raft log entry", e))?;
+        tx.execute("UPDATE log SET entry = ?1 WHERE idx = ?2", params![bytes, idx])?;
+    }
+    let state: Vec<(String, String)> = tx
+        .prepare("SELECT k, v FROM state WHERE typeof(v) = 'text'")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (k, text) in &state {
+        let (value, _): (serde_json::Value, _) =
+            codec::decode(text.as_bytes()).map_err(|e| invalid(&format!("raft state {k}"), e))?;
+        let bytes = rewrite_state(k, &value).map_err(|e| invalid(&format!("raft state {k}"), e))?;
+        tx.execute("UPDATE state SET v = ?1 WHERE k = ?2", params![bytes, k])?;
+    }
+    tx.commit()?;
+    Ok(old.len())
+}
+
+/// A state value read as JSON, written again as the type it holds (MessagePack of a JSON value
+/// would differ from MessagePack of the type: integer map keys, for one).
+fn rewrite_state(k: &str, value: &serde_json::Value) -> Result<Vec<u8>, codec::CodecError> {
+    let v = value.clone();
+    match k {
+        "vote" => codec::encode(&serde_json::from_value::<Vote<u64>>(v)?, Encoding::MessagePack),
+        "committed" => codec::encode(&serde_json::from_value::<Option<LogId<u64>>>(v)?, Encoding::MessagePack),
+        _ => codec::encode(&serde_json::from_value::<LogId<u64>>(v)?, Encoding::MessagePack),
+    }
 }
 
 impl LogStore {
@@ -93,6 +152,10 @@ impl LogStore {
         let mut conn = crate::registry::schema::open_db(&data_dir.join(RAFT_DB))?;
         conn.execute_batch("PRAGMA synchronous = FULL;")?;
         conn.execute_batch(TABLES)?;
+        let rewritten = migrate_json(&mut conn)?;
+        if rewritten > 0 {
+            log::info!("raft log: {rewritten} entries written by an earlier build in JSON rewritten in MessagePack");
+        }
         let (jobs, mut rx) = tokio::sync::mpsc::channel::<Job>(QUEUE);
         std::thread::Builder::new()
             .name("raft-log".into())
@@ -131,10 +194,10 @@ impl RaftLogReader<RegistryRaft> for LogStore {
             let mut stmt = conn
                 .prepare_cached("SELECT entry FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")
                 .map_err(read_err)?;
-            let rows = stmt.query_map(params![start, end], |r| r.get::<_, String>(0)).map_err(read_err)?;
+            let rows = stmt.query_map(params![start, end], stored_bytes).map_err(read_err)?;
             let mut out = Vec::new();
-            for text in rows {
-                out.push(serde_json::from_str(&text.map_err(read_err)?).map_err(read_err)?);
+            for bytes in rows {
+                out.push(decode(&bytes.map_err(read_err)?)?);
             }
             Ok(out)
         })
@@ -148,12 +211,12 @@ impl RaftLogStorage<RegistryRaft> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<RegistryRaft>, StorageError> {
         self.with(|conn| {
             let last_purged_log_id: Option<LogId<u64>> = get(conn, "last_purged")?;
-            let last: Option<String> = conn
-                .query_row("SELECT entry FROM log ORDER BY idx DESC LIMIT 1", [], |r| r.get(0))
+            let last: Option<Vec<u8>> = conn
+                .query_row("SELECT entry FROM log ORDER BY idx DESC LIMIT 1", [], stored_bytes)
                 .optional()
                 .map_err(read_err)?;
             let last_log_id = match last {
-                Some(text) => Some(*serde_json::from_str::<Entry<RegistryRaft>>(&text).map_err(read_err)?.get_log_id()),
+                Some(bytes) => Some(*decode::<Entry<RegistryRaft>>(&bytes)?.get_log_id()),
                 None => last_purged_log_id,
             };
             Ok(LogState { last_purged_log_id, last_log_id })
@@ -197,13 +260,8 @@ impl RaftLogStorage<RegistryRaft> for LogStore {
     {
         let rows = entries
             .into_iter()
-            .map(|e| {
-                Ok((
-                    i64::try_from(e.get_log_id().index).map_err(write_err)?,
-                    serde_json::to_string(&e).map_err(write_err)?,
-                ))
-            })
-            .collect::<Result<Vec<(i64, String)>, StorageError>>()?;
+            .map(|e| Ok((i64::try_from(e.get_log_id().index).map_err(write_err)?, encode(&e)?)))
+            .collect::<Result<Vec<(i64, Vec<u8>)>, StorageError>>()?;
         let committed = {
             let mut c = self.committed.lock().unwrap_or_else(|p| p.into_inner());
             std::mem::take(&mut c.unwritten).then_some(c.latest)
@@ -215,8 +273,8 @@ impl RaftLogStorage<RegistryRaft> for LogStore {
                     let mut stmt = tx
                         .prepare_cached("INSERT OR REPLACE INTO log (idx, entry) VALUES (?1, ?2)")
                         .map_err(write_err)?;
-                    for (idx, text) in &rows {
-                        stmt.execute(params![idx, text]).map_err(write_err)?;
+                    for (idx, bytes) in &rows {
+                        stmt.execute(params![idx, bytes]).map_err(write_err)?;
                     }
                 }
                 if let Some(committed) = committed {
@@ -243,11 +301,9 @@ impl RaftLogStorage<RegistryRaft> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError> {
         let idx = i64::try_from(log_id.index).map_err(write_err)?;
-        let text = serde_json::to_string(&log_id).map_err(write_err)?;
         self.with(move |conn| {
             let tx = conn.transaction().map_err(write_err)?;
-            tx.execute("INSERT OR REPLACE INTO state (k, v) VALUES ('last_purged', ?1)", params![text])
-                .map_err(write_err)?;
+            put(&tx, "last_purged", &log_id)?;
             tx.execute("DELETE FROM log WHERE idx <= ?1", params![idx]).map_err(write_err)?;
             tx.commit().map_err(write_err)
         })
@@ -290,5 +346,73 @@ mod tests {
         assert_eq!(log.read_committed().await.unwrap().map(|l| l.index), Some(4));
         let left: Vec<u64> = log.try_get_log_entries(..).await.unwrap().iter().map(|e| e.log_id.index).collect();
         assert_eq!(left, vec![3, 4, 5, 6]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_an_earlier_build_wrote_in_json_is_read_and_rewritten_in_messagepack() {
+        use crate::registry::command::Command;
+        let dir = tempfile::tempdir().unwrap();
+        let leader = CommittedLeaderId::new(4, 1);
+        let members = openraft::Membership::new(vec![[1u64, 2, 3].into()], None);
+        let entries = [
+            blank(4, 1),
+            Entry { log_id: LogId::new(leader, 2), payload: EntryPayload::Membership(members.clone()) },
+            Entry { log_id: LogId::new(leader, 3), payload: EntryPayload::Normal(Command::Expire { ids: vec![7, 9] }) },
+        ];
+        {
+            // As the previous build wrote them: JSON text in both tables.
+            let conn = crate::registry::schema::open_db(&dir.path().join(RAFT_DB)).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE log (idx INTEGER PRIMARY KEY, entry TEXT NOT NULL);
+                 CREATE TABLE state (k TEXT PRIMARY KEY, v TEXT NOT NULL);",
+            )
+            .unwrap();
+            for e in &entries {
+                let text = serde_json::to_string(e).unwrap();
+                conn.execute("INSERT INTO log (idx, entry) VALUES (?1, ?2)", params![e.log_id.index as i64, text])
+                    .unwrap();
+            }
+            let state = [
+                ("vote", serde_json::to_string(&Vote::new(4, 1)).unwrap()),
+                ("committed", serde_json::to_string(&Some(LogId::new(leader, 3))).unwrap()),
+            ];
+            for (k, v) in state {
+                conn.execute("INSERT INTO state (k, v) VALUES (?1, ?2)", params![k, v]).unwrap();
+            }
+        }
+        let mut log = LogStore::open(dir.path()).unwrap();
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(4, 1)));
+        assert_eq!(log.read_committed().await.unwrap().map(|l| l.index), Some(3));
+        let read = log.try_get_log_entries(..).await.unwrap();
+        assert_eq!(read.len(), 3);
+        assert!(matches!(&read[1].payload, EntryPayload::Membership(m) if *m == members));
+        assert!(matches!(&read[2].payload, EntryPayload::Normal(Command::Expire { ids }) if *ids == [7, 9]));
+        log.blocking_append([blank(4, 4)]).await.unwrap();
+        drop(log);
+        // Every value is MessagePack now.
+        let conn = crate::registry::schema::open_db(&dir.path().join(RAFT_DB)).unwrap();
+        let text: i64 = conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM log WHERE typeof(entry) != 'blob') +
+                        (SELECT count(*) FROM state WHERE typeof(v) != 'blob')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(text, 0);
+        let mut log = LogStore::open(dir.path()).unwrap();
+        assert_eq!(log.get_log_state().await.unwrap().last_log_id.map(|l| l.index), Some(4));
+    }
+
+    #[test]
+    fn a_log_entry_that_is_neither_json_nor_messagepack_is_a_clear_error_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = crate::registry::schema::open_db(&dir.path().join(RAFT_DB)).unwrap();
+            conn.execute_batch(TABLES).unwrap();
+            conn.execute("INSERT INTO log (idx, entry) VALUES (1, '{not json')", []).unwrap();
+        }
+        let err = LogStore::open(dir.path()).err().expect("refused").to_string();
+        assert!(err.contains("raft log entry 1"), "{err}");
     }
 }

@@ -15,6 +15,7 @@
 // cannot box it.
 #![allow(clippy::result_large_err)]
 
+pub(crate) mod codec;
 pub(crate) mod log_store;
 pub mod network;
 pub(crate) mod state_machine;

@@ -7,6 +7,7 @@
 //! A peer is admitted when it holds the cluster key, says it is a master, and proves the identity
 //! pinned for its name at its first connection (`var/peers/<name>.pub`), both ways.
 
+use super::codec::{self, CodecError, Encoding};
 use super::RegistryRaft;
 use crate::connection::{
     self, ConnHandle, ConnectionActor, Dispatch, Inbound, LocalFuture, PeerAcceptSide, PeerDialSide, Undeliverable,
@@ -130,13 +131,14 @@ struct ServeRaft {
 #[derive(Debug, thiserror::Error)]
 enum AnswerError {
     #[error("malformed {rpc:?} request: {error}")]
-    Malformed { rpc: RaftRpc, error: serde_json::Error },
+    Malformed { rpc: RaftRpc, error: CodecError },
     #[error("cannot encode a raft answer: {0}")]
-    Encode(serde_json::Error),
+    Encode(CodecError),
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, AnswerError> {
-    serde_json::to_vec(value).map_err(AnswerError::Encode)
+/// An answer, in the encoding its request came in (a peer of an earlier build sends and reads JSON).
+fn encode<T: Serialize>(value: &T, encoding: Encoding) -> Result<Vec<u8>, AnswerError> {
+    codec::encode(value, encoding).map_err(AnswerError::Encode)
 }
 
 impl ServeRaft {
@@ -145,16 +147,17 @@ impl ServeRaft {
         let bad = |error| AnswerError::Malformed { rpc, error };
         let body = match message.rpc {
             RaftRpc::AppendEntries => {
-                let req: AppendEntriesRequest<RegistryRaft> = serde_json::from_slice(&message.body).map_err(bad)?;
-                encode(&raft.append_entries(req).await)?
+                let (req, how): (AppendEntriesRequest<RegistryRaft>, _) = codec::decode(&message.body).map_err(bad)?;
+                encode(&raft.append_entries(req).await, how)?
             }
             RaftRpc::Vote => {
-                let req: VoteRequest<u64> = serde_json::from_slice(&message.body).map_err(bad)?;
-                encode(&raft.vote(req).await)?
+                let (req, how): (VoteRequest<u64>, _) = codec::decode(&message.body).map_err(bad)?;
+                encode(&raft.vote(req).await, how)?
             }
             RaftRpc::InstallSnapshot => {
-                let req: InstallSnapshotRequest<RegistryRaft> = serde_json::from_slice(&message.body).map_err(bad)?;
-                encode(&raft.install_snapshot(req).await)?
+                let (req, how): (InstallSnapshotRequest<RegistryRaft>, _) =
+                    codec::decode(&message.body).map_err(bad)?;
+                encode(&raft.install_snapshot(req).await, how)?
             }
         };
         Ok(RaftMessage { rpc: message.rpc, body })
@@ -292,7 +295,8 @@ impl PeerClient {
         E: std::error::Error + DeserializeOwned,
     {
         let conn = self.connection().await?;
-        let body = serde_json::to_vec(req).map_err(|e| network(format!("cannot encode {rpc:?}: {e}")))?;
+        let encoding = Encoding::for_peer(conn.version());
+        let body = codec::encode(req, encoding).map_err(|e| network(format!("cannot encode {rpc:?}: {e}")))?;
         let call = conn.call(PeerRequest::Raft(RaftMessage { rpc, body }));
         let answer = match tokio::time::timeout(option.hard_ttl(), call).await {
             Err(_) => return Err(network(format!("no {rpc:?} answer within {:?}", option.hard_ttl()))),
@@ -305,8 +309,8 @@ impl PeerClient {
             Ok(Ok(PeerReply::Raft(m))) if m.rpc == rpc => m,
             Ok(Ok(other)) => return Err(network(format!("{rpc:?} answered with {other:?}"))),
         };
-        let result: Result<Resp, RaftError<u64, E>> =
-            serde_json::from_slice(&answer.body).map_err(|e| network(format!("malformed {rpc:?} answer: {e}")))?;
+        let (result, _): (Result<Resp, RaftError<u64, E>>, _) =
+            codec::decode(&answer.body).map_err(|e| network(format!("malformed {rpc:?} answer: {e}")))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
