@@ -185,6 +185,24 @@ impl TestCluster {
         }
     }
 
+    /// How many times node `node`'s periodic job `job` has run, as node `on` reports it.
+    pub async fn job_runs(&self, on: &RunningNode, node: &str, job: &str) -> u64 {
+        let health = on.handle.healthcheck().await;
+        let found = health.iter().find(|n| n.name == node).and_then(|n| n.actors.iter().find(|a| a.name == job));
+        found.map_or(0, |a| a.runs)
+    }
+
+    /// Waits until worker `i` has run its `Integrity` check (every 300 ms here) `rounds` more times:
+    /// how a test shows that something did not happen over a number of sync rounds, without a
+    /// fixed sleep.
+    pub async fn sync_rounds_pass(&self, i: usize, rounds: u64) {
+        let (worker, name) = (self.worker(i), self.worker_name(i));
+        let then = self.job_runs(worker, &name, "Integrity").await;
+        let passed = || async { self.job_runs(worker, &name, "Integrity").await >= then + rounds };
+        crate::common::wait_until(&format!("{rounds} more sync rounds on {name}"), Duration::from_secs(20), passed)
+            .await;
+    }
+
     /// Waits until the master lists exactly `n` workers; returns how long it took.
     pub async fn wait_for_workers(&self, n: usize, timeout: Duration) -> Duration {
         let start = Instant::now();

@@ -115,6 +115,25 @@ pub async fn wait_for<T: Clone + std::fmt::Debug>(
     })
 }
 
+/// Polls `probe` until it gives a value; returns it. On timeout the panic shows `what` and the
+/// last thing the probe said (its `Err`).
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(last) if start.elapsed() > timeout => {
+                panic!("timed out after {timeout:?} waiting until {what}; last seen: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
 /// Polls `predicate` until it holds.
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut predicate: F)
 where

@@ -43,10 +43,10 @@ async fn enroll(addr: std::net::SocketAddr, name: &str) -> String {
 async fn until_every_node(cluster: &TestCluster, what: &str, pred: impl Fn(&BTreeSet<String>) -> bool) -> Duration {
     let nodes = [cluster.master_name(), cluster.worker_name(0), cluster.worker_name(1)];
     let start = Instant::now();
-    while !nodes.iter().all(|n| pred(&keys_file(cluster, n))) {
-        assert!(start.elapsed() < WAIT, "not on every node: {what}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    wait_until(&format!("on every node: {what}"), WAIT, || async {
+        nodes.iter().all(|n| pred(&keys_file(cluster, n)))
+    })
+    .await;
     start.elapsed()
 }
 
@@ -101,16 +101,17 @@ async fn groups_created_and_assigned_through_a_worker_show_everywhere() {
 
     // The master's registry and the other worker's replica both know.
     let other = cluster.worker(1).api_addr;
-    let start = Instant::now();
-    loop {
+    let spread = || async {
         let (_, m) = call(master_api, "GET", "/agents?group=linux".into(), Some(API_TOKEN), None).await;
         let (_, w) = call(other, "GET", "/agents?group=linux".into(), Some(API_TOKEN), None).await;
-        if m["data"]["total_affected_items"] == 1 && w["data"]["total_affected_items"] == 1 {
-            break;
+        let both = m["data"]["total_affected_items"] == 1 && w["data"]["total_affected_items"] == 1;
+        if both {
+            Ok(())
+        } else {
+            Err(format!("{m} / {w}"))
         }
-        assert!(start.elapsed() < WAIT, "group assignment did not spread: {m} / {w}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    };
+    eventually("the group assignment reached the master and the other worker", WAIT, spread).await;
     let (_, groups) = call(master_api, "GET", "/groups".into(), Some(API_TOKEN), None).await;
     let names: Vec<(String, u64)> = groups["data"]["affected_items"]
         .as_array()
@@ -154,8 +155,8 @@ async fn a_worker_position_beyond_the_master_is_left_alone_and_said_so() {
     )
     .await;
     assert!(line.starts_with("ERROR"), "{line}");
-    // Nothing is rewritten: the worker keeps what it has, however it differs.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Nothing is rewritten over the next sync rounds: the worker keeps what it has, however it differs.
+    cluster.sync_rounds_pass(0, 3).await;
     let after = keys_file(&cluster, &worker);
     assert!(after.iter().any(|l| l.contains("ghost")) && after.contains(&key), "{after:?}");
     let conn = rusqlite::Connection::open(&db).expect("open replica");
@@ -189,7 +190,9 @@ async fn a_master_that_lost_its_registry_wipes_no_worker() {
         )
         .await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..replicas.len() {
+        cluster.sync_rounds_pass(i, 3).await;
+    }
     for (i, before) in replicas.iter().enumerate() {
         assert_eq!(&keys_file(&cluster, &cluster.worker_name(i)), before, "worker {i} lost agents");
     }
@@ -245,15 +248,15 @@ async fn agents_come_in_pages_each_agent_exactly_once() {
         .await
         .expect("enroll");
     let worker_api = cluster.worker(0).api_addr;
-    let start = Instant::now();
-    loop {
+    let reached = || async {
         let (_, w) = call(worker_api, "GET", "/agents?limit=1".into(), Some(API_TOKEN), None).await;
         if w["data"]["total_affected_items"] == N as u64 {
-            break;
+            Ok(())
+        } else {
+            Err(w.to_string())
         }
-        assert!(start.elapsed() < WAIT * 3, "the worker's replica did not reach {N} agents: {w}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
+    eventually(&format!("the worker's replica has {N} agents"), WAIT * 3, reached).await;
     for api in [cluster.master().api_addr, worker_api] {
         for sort in ["", "&sort=name", "&sort=-id", "&sort=-name,id"] {
             let mut seen = BTreeSet::new();
@@ -451,11 +454,10 @@ async fn every_endpoint_but_health_needs_the_token_and_lists_never_carry_keys() 
 
 async fn until_every_node_of(cluster: &TestCluster, key: &str) {
     let nodes = [cluster.master_name(), cluster.worker_name(0)];
-    let start = Instant::now();
-    while !nodes.iter().all(|n| keys_file(cluster, n).contains(key)) {
-        assert!(start.elapsed() < WAIT, "the agent did not reach every node");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until("the agent reached every node", WAIT, || async {
+        nodes.iter().all(|n| keys_file(cluster, n).contains(key))
+    })
+    .await;
 }
 
 /// Users trade a password for a token (Wazuh's `POST /security/user/authenticate`, HTTP Basic);
@@ -627,10 +629,8 @@ async fn a_rule_file_written_through_a_workers_api_reaches_every_node_and_traver
     let (status, body) =
         call(worker_api, "PUT", "/rules/files/api_rules.xml".into(), Some(API_TOKEN), Some(content.into())).await;
     assert_eq!(status, 200, "{body}");
-    while !nodes.iter().all(|n| std::fs::read_to_string(on(n)).ok().as_deref() == Some(content)) {
-        assert!(t.elapsed() < WAIT, "the rule file did not reach every node");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let everywhere = || async { nodes.iter().all(|n| std::fs::read_to_string(on(n)).ok().as_deref() == Some(content)) };
+    wait_until("the rule file reached every node", WAIT, everywhere).await;
     println!("a rule file PUT on a worker's API was on all 3 nodes after {} ms", t.elapsed().as_millis());
     // Not replaced unless asked; replaced when asked.
     let (status, _) =
@@ -647,8 +647,7 @@ async fn a_rule_file_written_through_a_workers_api_reaches_every_node_and_traver
     .await;
     assert_eq!(status, 200);
     let base = format!("http://{}", cluster.worker(1).api_addr);
-    let t = Instant::now();
-    loop {
+    let served = || async {
         let b = base.clone();
         let (status, text) = actix_rt::task::spawn_blocking(move || {
             wazuh_multi_node::client::request(&b, "GET", "/rules/files/api_rules.xml?raw=true", Some(API_TOKEN), None)
@@ -657,11 +656,12 @@ async fn a_rule_file_written_through_a_workers_api_reaches_every_node_and_traver
         .expect("join")
         .expect("http");
         if status == 200 && text == newer {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{status} {text}"))
         }
-        assert!(t.elapsed() < WAIT, "the new content never reached worker 2's API: {status} {text}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    };
+    eventually("worker 2's API serves the new content", WAIT, served).await;
     // Names that could leave the directory, hide, or be something else: refused, nothing written.
     for name in
         ["..%2F..%2Fetc%2Fpasswd", "..%2Fdecoders%2Fx.xml", "..", ".hidden.xml", "notes.txt", "a%20b.xml", "x.xml.tmp"]
@@ -684,11 +684,7 @@ async fn a_rule_file_written_through_a_workers_api_reaches_every_node_and_traver
     let master_api = cluster.master().api_addr;
     let (status, _) = call(master_api, "DELETE", "/rules/files/api_rules.xml".into(), Some(API_TOKEN), None).await;
     assert_eq!(status, 200);
-    let t = Instant::now();
-    while nodes.iter().any(|n| on(n).exists()) {
-        assert!(t.elapsed() < WAIT, "the deletion did not reach every node");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until("the deletion reached every node", WAIT, || async { !nodes.iter().any(|n| on(n).exists()) }).await;
     let (status, _) = call(master_api, "DELETE", "/rules/files/api_rules.xml".into(), Some(API_TOKEN), None).await;
     assert_eq!(status, 404);
     let (status, _) = call(master_api, "GET", "/lists/files/nope".into(), Some(API_TOKEN), None).await;
@@ -797,13 +793,10 @@ async fn bulk_agent_changes_and_group_files_in_wazuhs_shapes() {
     let conf = "<agent_config>\n  <labels><label key=\"env\">prod</label></labels>\n</agent_config>\n";
     let (status, b) = admin(worker_api, "PUT", "/groups/linux/configuration".into(), Some(conf.into())).await;
     assert_eq!(status, 200, "{b}");
-    let start = Instant::now();
     for node in [cluster.master_name(), cluster.worker_name(0)] {
         let path = cluster.dir.path().join(&node).join("etc/shared/linux/agent.conf");
-        while std::fs::read_to_string(&path).ok().as_deref() != Some(conf) {
-            assert!(start.elapsed() < WAIT, "agent.conf did not reach {node}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let there = || async { std::fs::read_to_string(&path).ok().as_deref() == Some(conf) };
+        wait_until(&format!("agent.conf reached {node}"), WAIT, there).await;
     }
     let (_, b) = admin(worker_api, "GET", "/groups/linux/files".into(), None).await;
     let files = b["data"]["affected_items"].as_array().expect("files").clone();

@@ -9,7 +9,7 @@ use crate::common;
 use common::cluster::TestCluster;
 use common::*;
 use std::os::unix::net::UnixDatagram;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use wazuh_cluster_actors::agents::messages::HubView;
@@ -196,13 +196,21 @@ async fn a_rule_change_makes_each_worker_reload_once_after_its_sync_round_and_fa
     let content = "<group name=\"local\">\n  <rule id=\"100200\" level=\"5\"><match>test</match></rule>\n</group>\n";
     std::fs::write(&master_rule, "<group name=\"local\"></group>\n").expect("write");
     std::fs::write(&master_rule, content).expect("write");
-    let start = Instant::now();
-    while seen.iter().any(|s| s.lock().map(|v| v.is_empty()).unwrap_or(true)) {
-        assert!(start.elapsed() < WAIT * 2, "not every worker asked for a reload");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Well past the debounce and the next sync checks: still exactly one request each.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let asked = || async { seen.iter().all(|s| s.lock().map(|v| !v.is_empty()).unwrap_or(false)) };
+    wait_until("every worker asked for a reload", WAIT * 2, asked).await;
+    // Four more sync checks on every worker (each 300 ms, so well past the 500 ms debounce after
+    // the check that followed its request): still exactly one request each.
+    let checks = || async {
+        let mut runs = Vec::new();
+        for i in 0..2 {
+            let view = cluster.worker(i).handle.healthcheck().await;
+            runs.push(view[0].actors.iter().find(|a| a.name == "Integrity").map_or(0, |a| a.runs));
+        }
+        runs
+    };
+    let then = checks().await;
+    let later = || async { checks().await.iter().zip(&then).all(|(now, then)| *now >= then + 4) };
+    wait_until("four more sync checks on every worker", WAIT, later).await;
     for (i, log) in seen.iter().enumerate() {
         let v = log.lock().expect("log").clone();
         assert_eq!(v.len(), 1, "worker {i} sent {} requests", v.len());
@@ -222,19 +230,18 @@ async fn a_rule_change_makes_each_worker_reload_once_after_its_sync_round_and_fa
     let job = health[0].actors.iter().find(|a| a.name == "RulesetReload").expect("RulesetReload in health");
     assert_eq!(job.failures, 1);
     assert!(job.last_error.as_deref().unwrap_or("").contains("duplicated"), "{:?}", job.last_error);
-    let start = Instant::now();
-    loop {
+    let failed_on_master = || async {
         let master_view = cluster.master().handle.healthcheck().await;
         let on_master = master_view
             .iter()
             .find(|n| n.name == failing)
             .and_then(|n| n.actors.iter().find(|a| a.name == "RulesetReload").cloned());
-        if on_master.as_ref().is_some_and(|a| a.failures == 1) {
-            break;
+        match on_master {
+            Some(a) if a.failures == 1 => Ok(()),
+            other => Err(format!("{other:?}")),
         }
-        assert!(start.elapsed() < WAIT, "the master never saw the failed reload: {on_master:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    eventually("the master sees the failed reload in the worker's health", WAIT, failed_on_master).await;
     let ok = cluster.worker(0).handle.healthcheck().await;
     let job = ok[0].actors.iter().find(|a| a.name == "RulesetReload").expect("RulesetReload");
     assert_eq!((job.runs, job.failures), (1, 0));

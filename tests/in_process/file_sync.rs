@@ -33,14 +33,12 @@ fn digest(dir: &Path) -> (String, usize) {
 async fn until_synced(cluster: &TestCluster, workers: usize) -> Duration {
     let start = Instant::now();
     let master = node_dir(cluster, &cluster.master_name());
-    loop {
+    let synced = || async {
         let want = digest(&master);
-        if (0..workers).all(|i| digest(&node_dir(cluster, &cluster.worker_name(i))) == want) {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < WAIT, "workers did not converge to the master's files");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        (0..workers).all(|i| digest(&node_dir(cluster, &cluster.worker_name(i))) == want)
+    };
+    wait_until("every worker's files are the master's", WAIT, synced).await;
+    start.elapsed()
 }
 
 /// A CDB list of about `size` bytes.
@@ -111,11 +109,7 @@ async fn a_master_whose_root_is_missing_does_not_make_workers_delete_their_copie
     std::fs::remove_dir_all(master.join("etc/decoders")).expect("rm root");
     std::fs::write(master.join("etc/rules/r2.xml"), b"<rule/>").expect("write");
     // The next sync brings r2.xml but keeps the decoders the master no longer has a root for.
-    let start = Instant::now();
-    while !w.join("etc/rules/r2.xml").exists() {
-        assert!(start.elapsed() < WAIT, "sync stopped");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("r2.xml reached the worker", WAIT, || async { w.join("etc/rules/r2.xml").exists() }).await;
     assert!(w.join("etc/decoders/local_decoder.xml").exists(), "a missing root on the master deletes nothing");
 }
 

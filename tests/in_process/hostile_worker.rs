@@ -4,6 +4,7 @@
 use crate::common;
 
 use common::cluster::TestCluster;
+use common::{eventually, wait_until};
 use std::collections::BTreeSet;
 use wazuh_cluster_actors::worker::Forward;
 use wazuh_cluster_protocol::agent::enrollment::EnrollError;
@@ -68,17 +69,17 @@ async fn a_forged_enrollment_cannot_write_to_client_keys() {
         .expect("link")
         .expect("answer");
     let entry = ok.outcome.expect("a good forward is enrolled");
-    let start = std::time::Instant::now();
-    loop {
+    let both = || async {
         let (m, w) = (keys_file(&cluster, &master), keys_file(&cluster, &worker));
         if m.len() == before.0.len() + 1 && w == m {
-            assert!(m.iter().all(|l| !l.contains("injected") && l.split(' ').count() == 4), "{m:?}");
-            assert!(m.iter().any(|l| l.starts_with(&format!("{:03} fine-agent ", entry.id))));
-            break;
+            Ok(m)
+        } else {
+            Err(format!("client.keys: {m:?} / {w:?}"))
         }
-        assert!(start.elapsed() < std::time::Duration::from_secs(10), "client.keys: {m:?} / {w:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    };
+    let m = eventually("the new key on the master and the worker", WAIT, both).await;
+    assert!(m.iter().all(|l| !l.contains("injected") && l.split(' ').count() == 4), "{m:?}");
+    assert!(m.iter().any(|l| l.starts_with(&format!("{:03} fine-agent ", entry.id))));
 }
 
 /// The cluster key alone is no administrator: a change a worker forwards without the master's API
@@ -173,7 +174,8 @@ async fn a_worker_without_a_join_token_is_refused_and_a_revoked_worker_cannot_re
     }
     // The other worker was never disturbed and still serves.
     assert!(cluster.worker_connected(1).await);
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Over the next sync rounds of the one left (the revoked ones keep dialling meanwhile).
+    cluster.sync_rounds_pass(1, 5).await;
     assert_eq!(cluster.connected_workers().await, vec![cluster.worker_name(1)]);
 }
 
@@ -206,11 +208,8 @@ async fn a_worker_cannot_report_an_agent_another_worker_holds() {
         let rows = registry.run(move |r| r.rows(Some(id))).await.expect("rows");
         rows.into_iter().next().map(|r| (r.status, r.node_name, r.version, r.peer_ip))
     };
-    let start = std::time::Instant::now();
-    while row().await.map(|r| (r.0, r.1)) != Some(("active".into(), holder.clone())) {
-        assert!(start.elapsed() < WAIT, "the agent never showed active on {holder}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let active = || async { row().await.map(|r| (r.0, r.1)) == Some(("active".into(), holder.clone())) };
+    wait_until(&format!("the agent shows active on {holder}"), WAIT, active).await;
     let before = row().await;
 
     // The hostile worker: admitted (it has a join token), speaking the protocol by hand.
@@ -253,8 +252,8 @@ async fn a_worker_cannot_report_an_agent_another_worker_holds() {
     assert_eq!(row().await, before, "the agent's row changed");
     // The real worker's next reports are still stored.
     s.write_all(&agent.frame(agent.keepalive_text().as_bytes())).await.expect("keep-alive");
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert_eq!(row().await.map(|r| (r.0, r.1)), Some(("active".into(), holder)));
+    let stored = || async { row().await.map(|r| (r.0, r.1)) == Some(("active".into(), holder.clone())) };
+    wait_until("the real worker's report is stored", WAIT, stored).await;
 }
 
 /// A holder of the cluster key posing as the master (another identity on the master's address) gets

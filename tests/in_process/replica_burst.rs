@@ -4,6 +4,7 @@
 use crate::common;
 
 use common::cluster::TestCluster;
+use common::{eventually, wait_until};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use wazuh_cluster_actors::registry::NewAgent;
@@ -47,14 +48,12 @@ async fn burst(cluster: &TestCluster, round: usize) {
 async fn converged(cluster: &TestCluster, want: usize) -> Duration {
     let (master, worker) = (cluster.master_name(), cluster.worker_name(0));
     let start = Instant::now();
-    loop {
+    let same = || async {
         let m = keys_file(cluster, &master);
-        if m.len() == want && keys_file(cluster, &worker) == m {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < WAIT, "the worker's client.keys did not reach the master's {want} agents");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        m.len() == want && keys_file(cluster, &worker) == m
+    };
+    wait_until(&format!("the worker's client.keys holds the master's {want} agents"), WAIT, same).await;
+    start.elapsed()
 }
 
 /// The master's AgentGroupsSend figures for the worker, while it is connected: (acknowledged
@@ -72,19 +71,13 @@ async fn sender_figures(cluster: &TestCluster) -> Option<(u64, u64)> {
 async fn acknowledged(cluster: &TestCluster) -> u64 {
     let NodeHandle::Master { registry, .. } = &cluster.master().handle else { panic!("not a master") };
     let seq = registry.run(|r| Ok(r.seq())).await.expect("seq");
-    let start = Instant::now();
-    loop {
+    let acked = || async {
         match sender_figures(cluster).await {
-            Some((acked, snapshots)) if acked >= seq => return snapshots,
-            _ => {}
+            Some((acked, snapshots)) if acked >= seq => Ok(snapshots),
+            other => Err(format!("{other:?}")),
         }
-        assert!(
-            start.elapsed() < WAIT,
-            "the worker never acknowledged position {seq}: {:?}",
-            sender_figures(cluster).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    eventually(&format!("the worker acknowledged position {seq}"), WAIT, acked).await
 }
 
 #[actix_rt::test]

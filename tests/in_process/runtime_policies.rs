@@ -222,7 +222,7 @@ async fn restarted_jobs_never_receive_a_change_twice() {
     })
     .await;
     // Time for any duplicate to arrive (there would be one per extra receiver, at once).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.sync_rounds_pass(0, 2).await;
     let published = local_figure(&listener, "LocalIntegrity", "publications").await - published;
     let announced = worker_figure(&link, "Integrity", "announcements").await - announced;
     assert!(published >= 1);
@@ -237,7 +237,7 @@ async fn restarted_jobs_never_receive_a_change_twice() {
         async move { std::fs::read_to_string(dir.join("etc/client.keys")).is_ok_and(|k| k.contains("dedup-last")) }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.sync_rounds_pass(0, 2).await;
     assert_eq!(worker_figure(&link, "AgentGroupsSend", "updates").await - updates, 1);
 }
 

@@ -9,6 +9,7 @@
 use crate::common;
 
 use common::cluster::{TestCluster, API_TOKEN};
+use common::wait_until;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -53,10 +54,7 @@ async fn figure(handle: &wazuh_multi_node::node::NodeHandle, job: &str, name: &s
 /// Waits until `done` holds, polling; fails after `limit` naming `what`.
 async fn until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(what, limit, || std::future::ready(done())).await;
     start.elapsed()
 }
 
