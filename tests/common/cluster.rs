@@ -135,7 +135,24 @@ impl TestCluster {
         }
         let cluster = TestCluster { dir, master: Some(master), workers, master_cfg, worker_cfgs, psk, join };
         cluster.wait_for_workers(n, Duration::from_secs(10)).await;
+        cluster.wait_for_users().await;
         cluster
+    }
+
+    /// Waits until every worker holds the master's API users (they travel with the agent table,
+    /// after the connection): a sign-in on a worker right after the start would be refused before.
+    pub async fn wait_for_users(&self) {
+        let want: std::collections::BTreeSet<String> = self.master().handle.users().all().keys().cloned().collect();
+        for i in 0..self.workers.len() {
+            let Some(worker) = self.workers[i].as_ref() else { continue };
+            let mut version = worker.handle.users().watch();
+            let holds = |_: &u64| {
+                let have: std::collections::BTreeSet<String> = worker.handle.users().all().keys().cloned().collect();
+                want.is_subset(&have)
+            };
+            let what = format!("{} holds the master's API users {want:?}", self.worker_name(i));
+            crate::common::wait_for(&what, Duration::from_secs(10), &mut version, holds).await;
+        }
     }
 
     /// Settings for a worker speaking the protocol by hand (a hostile one, or a raw test client):

@@ -280,7 +280,10 @@ async fn a_frame_replayed_on_a_new_connection_is_refused_with_counters_enforced_
     let event = agent.frame(b"1:/var/log/auth.log:sshd[1]: Accepted password for root");
     s.write_all(&keepalive).await.expect("keep-alive");
     read_until(&agent, &mut s, |m| m == b"#!-agent ack ").await.expect("ack");
+    let mut figures = cluster.worker(0).handle.hub_figures().await.expect("hub");
     s.write_all(&event).await.expect("event");
+    // The event is taken before the connection goes (a replay that overtook it would be new).
+    wait_for("the event was taken", WAIT, &mut figures, |v| v.events >= 1).await;
     let (global, local) = agent.last_counters();
     drop(s);
     // Replayed on new connections: each closed, nothing acknowledged.
