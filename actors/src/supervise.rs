@@ -48,6 +48,27 @@ struct Health {
     next_delay: Duration,
 }
 
+/// Every change of a job's health in this process (every node of it) bumps this counter; nothing is
+/// computed or sent while nobody watches it.
+fn change_counter() -> &'static tokio::sync::watch::Sender<u64> {
+    static CHANGES: std::sync::OnceLock<tokio::sync::watch::Sender<u64>> = std::sync::OnceLock::new();
+    CHANGES.get_or_init(|| tokio::sync::watch::Sender::new(0))
+}
+
+fn announce_change() {
+    let changes = change_counter();
+    if changes.receiver_count() > 0 {
+        changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// A receiver that sees each change of any job's health in this process (a state, a run, a
+/// failure, a restart, a figure): whoever waits for a health report to say something waits on
+/// this, then reads the report again.
+pub fn health_changes() -> tokio::sync::watch::Receiver<u64> {
+    change_counter().subscribe()
+}
+
 /// The observable state of one job, shared by the actor, its supervisor and whoever reports on it.
 #[derive(Clone)]
 pub struct JobHealth {
@@ -70,6 +91,13 @@ impl JobHealth {
         }
     }
 
+    /// Changes the health, and says so on [`health_changes`].
+    fn mutate<T>(&self, f: impl FnOnce(&mut Health) -> T) -> T {
+        let out = self.with(f);
+        announce_change();
+        out
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut Health) -> T) -> T {
         match self.inner.lock() {
             Ok(mut h) => f(&mut h),
@@ -90,12 +118,12 @@ impl JobHealth {
     }
 
     pub(crate) fn set_state(&self, state: JobState) {
-        self.with(|h| h.report.state = state);
+        self.mutate(|h| h.report.state = state);
     }
 
     /// A run (or request, or push) succeeded; `took` is how long it took.
     pub(crate) fn succeeded(&self, took: Option<Duration>) {
-        self.with(|h| {
+        self.mutate(|h| {
             h.consecutive_failures = 0;
             h.next_delay = Duration::ZERO;
             let r = &mut h.report;
@@ -112,7 +140,7 @@ impl JobHealth {
 
     /// A failure that does not stop the job (a server's request): counted, nothing more.
     pub(crate) fn failed_once(&self, error: &str, panicked: bool) {
-        self.with(|h| {
+        self.mutate(|h| {
             h.report.failures += 1;
             h.report.panics += u64::from(panicked);
             h.report.last_error = Some(error.to_string());
@@ -124,7 +152,7 @@ impl JobHealth {
     /// Returns the delay to wait out.
     pub fn failed(&self, error: &str, panicked: bool) -> Duration {
         let backoff = self.backoff;
-        self.with(|h| {
+        self.mutate(|h| {
             let delay = backoff.delay(h.consecutive_failures);
             h.consecutive_failures = h.consecutive_failures.saturating_add(1);
             h.next_delay = delay;
@@ -141,7 +169,7 @@ impl JobHealth {
 
     /// The job restarted in place (after a failure).
     pub fn restarted(&self) {
-        self.with(|h| h.report.restarts += 1);
+        self.mutate(|h| h.report.restarts += 1);
     }
 
     /// How long the job waits before its next start: zero unless it failed last time.
@@ -156,12 +184,12 @@ impl JobHealth {
 
     /// Replaces the job's own figures.
     pub(crate) fn set_figures(&self, figures: Vec<(String, u64)>) {
-        self.with(|h| h.report.figures = figures);
+        self.mutate(|h| h.report.figures = figures);
     }
 
     /// Sets one figure, keeping the others.
     pub(crate) fn set_figure(&self, name: &str, value: u64) {
-        self.with(|h| match h.report.figures.iter_mut().find(|(n, _)| n == name) {
+        self.mutate(|h| match h.report.figures.iter_mut().find(|(n, _)| n == name) {
             Some((_, v)) => *v = value,
             None => h.report.figures.push((name.to_string(), value)),
         });
@@ -574,5 +602,20 @@ mod tests {
         assert_eq!((h.consecutive_failures(), h.start_delay(), h.state()), (0, Duration::ZERO, JobState::Running));
         let r = h.snapshot();
         assert_eq!((r.runs, r.failures, r.last_duration_ms), (1, 2, Some(3)));
+    }
+
+    #[test]
+    fn every_change_of_health_is_announced_and_a_read_is_not() {
+        let h =
+            JobHealth::new("Seen", JobKind::Periodic, Backoff::new(Duration::from_millis(100), Duration::from_secs(1)));
+        let mut changes = health_changes();
+        changes.borrow_and_update();
+        let _ = (h.snapshot(), h.state(), h.name());
+        // Other tests of this process may change their jobs meanwhile: only a change is asserted.
+        h.succeeded(Some(Duration::from_millis(3)));
+        assert!(changes.has_changed().unwrap());
+        changes.borrow_and_update();
+        h.set_figure("files", 7);
+        assert!(changes.has_changed().unwrap());
     }
 }

@@ -173,6 +173,13 @@ impl NodeHandle {
         self.hub().send(wazuh_cluster_actors::agents::messages::WatchFigures).await.ok()
     }
 
+    /// Wakes at each change of a job's health in this process (then read [`NodeHandle::healthcheck`]
+    /// again). A master's view of its workers' jobs changes when their keep-alives bring them, which
+    /// this does not see by itself.
+    pub fn health_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        wazuh_cluster_actors::supervise::health_changes()
+    }
+
     pub async fn nodes(&self) -> Vec<NodeView> {
         match self {
             NodeHandle::Master { name, listener, cluster_addr, started_ms, writes, data_dir, .. } => {

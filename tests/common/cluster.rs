@@ -216,7 +216,7 @@ impl TestCluster {
         let (worker, name) = (self.worker(i), self.worker_name(i));
         let then = self.job_runs(worker, &name, "Integrity").await;
         let passed = || async { self.job_runs(worker, &name, "Integrity").await >= then + rounds };
-        crate::common::wait_until(&format!("{rounds} more sync rounds on {name}"), Duration::from_secs(20), passed)
+        crate::common::wait_health(&format!("{rounds} more sync rounds on {name}"), Duration::from_secs(20), passed)
             .await;
     }
 

@@ -115,6 +115,26 @@ pub async fn wait_for<T: Clone + std::fmt::Debug>(
     })
 }
 
+/// Waits until `holds` (which reads health reports) is true, evaluating it again at each change of
+/// a job's health in this process (`supervise::health_changes`), not on a timer.
+pub async fn wait_health<F, Fut>(what: &str, timeout: Duration, mut holds: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut changes = wazuh_cluster_actors::supervise::health_changes();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        changes.borrow_and_update();
+        if holds().await {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+            panic!("timed out after {timeout:?} waiting until {what}");
+        }
+    }
+}
+
 /// Polls `probe` until it gives a value; returns it. On timeout the panic shows `what` and the
 /// last thing the probe said (its `Err`).
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T

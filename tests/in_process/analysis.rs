@@ -210,7 +210,7 @@ async fn a_rule_change_makes_each_worker_reload_once_after_its_sync_round_and_fa
     };
     let then = checks().await;
     let later = || async { checks().await.iter().zip(&then).all(|(now, then)| *now >= then + 4) };
-    wait_until("four more sync checks on every worker", WAIT, later).await;
+    wait_health("four more sync checks on every worker", WAIT, later).await;
     for (i, log) in seen.iter().enumerate() {
         let v = log.lock().expect("log").clone();
         assert_eq!(v.len(), 1, "worker {i} sent {} requests", v.len());
