@@ -126,23 +126,21 @@ fn migrate_json(conn: &mut Connection) -> Result<usize, crate::registry::StoreEr
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     for (k, text) in &state {
-        let (value, _): (serde_json::Value, _) =
-            codec::decode(text.as_bytes()).map_err(|e| invalid(&format!("raft state {k}"), e))?;
-        let bytes = rewrite_state(k, &value).map_err(|e| invalid(&format!("raft state {k}"), e))?;
+        let bytes = rewrite_state(k, text.as_bytes()).map_err(|e| invalid(&format!("raft state {k}"), e))?;
         tx.execute("UPDATE state SET v = ?1 WHERE k = ?2", params![bytes, k])?;
     }
     tx.commit()?;
     Ok(old.len())
 }
 
-/// A state value read as JSON, written again as the type it holds (MessagePack of a JSON value
-/// would differ from MessagePack of the type: integer map keys, for one).
-fn rewrite_state(k: &str, value: &serde_json::Value) -> Result<Vec<u8>, codec::CodecError> {
-    let v = value.clone();
+/// A state value written in JSON by an earlier build, read as the type its key holds and written
+/// again in MessagePack.
+fn rewrite_state(k: &str, json: &[u8]) -> Result<Vec<u8>, codec::CodecError> {
+    let mp = Encoding::MessagePack;
     match k {
-        "vote" => codec::encode(&serde_json::from_value::<Vote<u64>>(v)?, Encoding::MessagePack),
-        "committed" => codec::encode(&serde_json::from_value::<Option<LogId<u64>>>(v)?, Encoding::MessagePack),
-        _ => codec::encode(&serde_json::from_value::<LogId<u64>>(v)?, Encoding::MessagePack),
+        "vote" => codec::encode(&serde_json::from_slice::<Vote<u64>>(json)?, mp),
+        "committed" => codec::encode(&serde_json::from_slice::<Option<LogId<u64>>>(json)?, mp),
+        _ => codec::encode(&serde_json::from_slice::<LogId<u64>>(json)?, mp),
     }
 }
 
