@@ -55,35 +55,89 @@ pub struct NodeHealthView {
     pub agent_connections: Option<wazuh_cluster_actors::agents::messages::HubView>,
 }
 
-/// One row of `GET /agents`.
+/// One agent as Wazuh's API shows it: its field names and types (`labels` and, only from
+/// `GET /agents/{id}/key`, `key` are ours). What a node does not know is left out, never null.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AgentView {
     pub id: String,
     pub name: String,
+    /// The address the agent reports from (its own `_agent_ip`, else its connection's), before it
+    /// ever connected the address it registered with.
     pub ip: String,
+    /// The address in its key (`any` when none was given).
+    #[serde(rename = "registerIP")]
+    pub register_ip: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// Why the status last changed (Wazuh's code; 0: no error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
-    pub os: Option<serde_json::Value>,
+    /// The manager (cluster node) the agent reports to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manager: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub os: Option<AgentOs>,
     /// Labels from the last keep-alive (`#` system, `!` hidden).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub labels: Option<std::collections::BTreeMap<String, String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "mergedSum", skip_serializing_if = "Option::is_none")]
     pub merged_sum: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "configSum", skip_serializing_if = "Option::is_none")]
     pub config_sum: Option<String>,
     /// `synced` or `not synced`: whether the agent has its groups' current merged.mg.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group_config_status: Option<String>,
-    /// The address the agent connects from.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub peer_ip: Option<String>,
     pub group: Vec<String>,
-    pub registered_at: Option<String>,
-    pub last_keepalive: Option<String>,
-    /// Only with `?keys=true` on the master.
+    #[serde(rename = "dateAdd", skip_serializing_if = "Option::is_none")]
+    pub date_add: Option<String>,
+    #[serde(rename = "lastKeepAlive", skip_serializing_if = "Option::is_none")]
+    pub last_keep_alive: Option<String>,
+    /// Only from `GET /agents/{id}/key`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+}
+
+/// An agent's operating system, as its keep-alive said (Wazuh's `os` object).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AgentOs {
+    pub arch: String,
+    pub codename: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub major: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub minor: Option<String>,
+    pub name: String,
+    pub platform: String,
+    pub uname: String,
+    pub version: String,
+}
+
+impl AgentOs {
+    /// `major` and `minor` from the version's leading numbers (`20.04.2 LTS`: 20 and 04).
+    pub fn new(name: &str, platform: &str, version: &str, codename: &str, arch: &str, uname: &str) -> Self {
+        let mut numbers = version.split(|c: char| !c.is_ascii_digit());
+        let lead = version.starts_with(|c: char| c.is_ascii_digit());
+        let major = lead.then(|| numbers.next().map(str::to_string)).flatten().filter(|m| !m.is_empty());
+        let minor = version
+            .split_once('.')
+            .filter(|_| major.is_some())
+            .map(|(_, rest)| rest.chars().take_while(char::is_ascii_digit).collect::<String>())
+            .filter(|m| !m.is_empty());
+        AgentOs {
+            arch: arch.into(),
+            codename: codename.into(),
+            major,
+            minor,
+            name: name.into(),
+            platform: platform.into(),
+            uname: uname.into(),
+            version: version.into(),
+        }
+    }
 }
 
 /// Epoch milliseconds as RFC 3339 UTC.

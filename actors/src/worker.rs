@@ -22,7 +22,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 use wazuh_cluster_protocol::message::{
-    AdminForward, AdminRequest, AdminResult, EnrollForward, EnrollResolve, EnrollResult,
+    AdminForward, AdminRequest, AdminResult, ApiRead, ApiReadResult, EnrollForward, EnrollResolve, EnrollResult,
 };
 use wazuh_cluster_protocol::{MasterToWorker, Refusal, WorkerToMaster};
 
@@ -333,6 +333,31 @@ impl Handler<ForwardAdmin> for WorkerLink {
             match conn.call(WorkerToMaster::Admin(AdminForward { request, credential })).await? {
                 MasterToWorker::AdminResult(result) => Ok(result),
                 other => Err(CallError::unexpected("admin_result", &other).into()),
+            }
+        })
+    }
+}
+
+/// Forwards a read of the worker's API to the master, whose API answers it. `None`: the master
+/// speaks a protocol older than [`wazuh_cluster_protocol::version::API_READS`] (the worker answers
+/// from its own view).
+#[derive(Message)]
+#[rtype(result = "Result<Option<ApiReadResult>, ForwardError>")]
+pub struct ForwardRead(pub ApiRead);
+
+impl Handler<ForwardRead> for WorkerLink {
+    type Result = ResponseFuture<Result<Option<ApiReadResult>, ForwardError>>;
+
+    fn handle(&mut self, ForwardRead(read): ForwardRead, _: &mut Context<Self>) -> Self::Result {
+        let conn = self.conn_handle();
+        Box::pin(async move {
+            let conn = conn.ok_or(ForwardError::NotConnected)?;
+            if conn.version() < wazuh_cluster_protocol::version::API_READS {
+                return Ok(None);
+            }
+            match conn.call(WorkerToMaster::ApiRead(read)).await? {
+                MasterToWorker::ApiReadResult(result) => Ok(Some(result)),
+                other => Err(CallError::unexpected("api_read_result", &other).into()),
             }
         })
     }

@@ -116,6 +116,9 @@ pub enum WorkerToMaster {
     Admin(AdminForward),
     /// The outcome of a [`MasterToWorker::ReloadRuleset`] (protocol 2.1).
     RulesetReloaded(RulesetReloaded),
+    /// A read received by the worker's API, with its caller's credential (protocol 2.4); answered
+    /// with [`MasterToWorker::ApiReadResult`].
+    ApiRead(ApiRead),
     /// The worker is closing the connection on purpose.
     Goodbye(Goodbye),
     /// A request of the master's could not be served (the answer to it).
@@ -138,6 +141,8 @@ pub enum MasterToWorker {
     EnrollResult(EnrollResult),
     EnrollResolved(EnrollResolve),
     AdminResult(AdminResult),
+    /// The master API's answer to a [`WorkerToMaster::ApiRead`].
+    ApiReadResult(ApiReadResult),
     /// Asks the worker to send `#!-force_reconnect` to these agents (all when empty).
     ForceReconnect(ForceReconnect),
     /// Asks the worker to have its analysisd reload the ruleset once its files reached
@@ -606,6 +611,36 @@ impl std::fmt::Debug for AdminForward {
     }
 }
 
+/// A read (`GET`) received by a worker's API, forwarded so that the master's API answers it: the
+/// request target (path and query) and the caller's credential, which the master's API checks as
+/// its own callers'.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiRead {
+    pub target: String,
+    pub credential: String,
+}
+
+impl ApiRead {
+    /// Longest request target forwarded (the API's own request line limit is larger than any
+    /// target it serves).
+    pub const MAX_TARGET: usize = 8192;
+}
+
+impl std::fmt::Debug for ApiRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiRead").field("target", &self.target).field("credential", &"<hidden>").finish()
+    }
+}
+
+/// The master API's answer to an [`ApiRead`]: its HTTP status, content type and body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiReadResult {
+    pub status: u16,
+    pub content_type: String,
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+}
+
 /// Why the master refused or failed an [`AdminRequest`]. Each variant says what the caller can do;
 /// the API maps them to HTTP statuses, nothing on the wire does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -871,6 +906,7 @@ impl MessageName for WorkerToMaster {
             WorkerToMaster::Enroll(_) => "enroll",
             WorkerToMaster::EnrollResolve(_) => "enroll_resolve",
             WorkerToMaster::Admin(_) => "admin",
+            WorkerToMaster::ApiRead(_) => "api_read",
             WorkerToMaster::RulesetReloaded(_) => "ruleset_reloaded",
             WorkerToMaster::Goodbye(_) => "goodbye",
             WorkerToMaster::Error(_) => "error",
@@ -891,6 +927,7 @@ impl MessageName for MasterToWorker {
             MasterToWorker::EnrollResult(_) => "enroll_result",
             MasterToWorker::EnrollResolved(_) => "enroll_resolved",
             MasterToWorker::AdminResult(_) => "admin_result",
+            MasterToWorker::ApiReadResult(_) => "api_read_result",
             MasterToWorker::ForceReconnect(_) => "force_reconnect",
             MasterToWorker::ReloadRuleset(_) => "reload_ruleset",
             MasterToWorker::Goodbye(_) => "goodbye",

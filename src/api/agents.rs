@@ -2,90 +2,39 @@
 //! `PUT /agents/reconnect`, deletion and group assignment one by one or in bulk. Every endpoint reads
 //! `agents_list` through [`AgentsList`].
 
+use super::agent_list::{select_agents, AgentsParams, Selection};
 use super::*;
 
-#[derive(serde::Deserialize)]
-#[allow(dead_code)] // `keys` is read only to refuse it with a clear message.
-pub(super) struct AgentsParams {
-    status: Option<String>,
-    /// Wazuh's name for it; `node` is accepted too.
-    node_name: Option<String>,
-    node: Option<String>,
-    group: Option<String>,
-    offset: Option<u64>,
-    limit: Option<u64>,
-    /// `+name,-id`: see [`parse_sort`].
-    sort: Option<String>,
-    /// No longer served in lists: refused with a pointer to `GET /agents/{id}/key`.
-    keys: Option<String>,
-    /// Comma-separated agent ids.
-    agents_list: Option<String>,
-    /// Agents whose id, name or address contains this.
-    search: Option<String>,
-    /// Comma-separated fields to return (`id` always comes).
-    select: Option<String>,
-    /// Wazuh's query: `field=value` terms joined by `;` (status, node_name, group, name, id).
-    q: Option<String>,
-}
-
-/// `GET /agents`: one page (`offset`, `limit` default 500 and at most 100,000, `sort`), filtered
-/// by `status`, `node_name`, `group`; `total_affected_items` counts every match.
+/// `GET /agents`: one page of the agents the parameters select (see [`Selection`]);
+/// `total_affected_items` counts every match.
 pub(super) async fn agents(node: web::Data<NodeHandle>, query: web::Query<AgentsParams>) -> HttpResponse {
-    let p = query.into_inner();
-    if p.keys.is_some() {
-        return HttpResponse::BadRequest()
-            .json(error_body(400, "lists never carry agent keys: ask for one with GET /agents/{id}/key"));
-    }
-    let sort = match p.sort.as_deref().map(parse_sort).transpose() {
-        Ok(s) => s.unwrap_or_default(),
-        Err(e) => return HttpResponse::BadRequest().json(error_body(400, &e.to_string())),
+    let params = query.into_inner();
+    let pretty = params.pretty.unwrap_or(false);
+    let selection = match Selection::of_list(params) {
+        Ok(s) => s,
+        Err(why) => return bad_request(&why),
     };
-    let ids = match agents_list(p.agents_list.as_deref(), ListRule::Optional) {
-        Ok(AgentsList::Every) => Vec::new(),
-        Ok(AgentsList::Ids(ids)) => ids,
-        Err(r) => return *r,
-    };
-    let q = AgentQuery {
-        status: p.status,
-        node: p.node_name.or(p.node),
-        group: p.group,
-        ids,
-        search: p.search.filter(|s| !s.is_empty()),
-        sort,
-        offset: p.offset.unwrap_or(0),
-        ..AgentQuery::default()
-    };
-    let q = match q.with_q(p.q.as_deref().unwrap_or("")) {
-        Ok(q) => q,
-        Err(e) => return HttpResponse::BadRequest().json(error_body(400, &e.to_string())),
-    };
-    let q = match q.with_limit(p.limit) {
-        Ok(q) => q,
-        Err(e) => return HttpResponse::BadRequest().json(error_body(400, &e.to_string())),
-    };
-    let select: Option<Vec<String>> = p.select.as_deref().map(|s| {
-        s.split(',').map(|f| f.trim().to_string()).filter(|f| !f.is_empty()).chain(["id".to_string()]).collect()
-    });
-    match node.agents_page(q).await {
+    match select_agents(&node, &selection).await {
         Ok((total, items)) => {
-            let items: Vec<serde_json::Value> = items
-                .into_iter()
-                .map(|a| {
-                    let mut v = serde_json::to_value(a).unwrap_or_default();
-                    if let (Some(keep), serde_json::Value::Object(map)) = (&select, &mut v) {
-                        map.retain(|k, _| keep.contains(k));
-                    }
-                    v
-                })
-                .collect();
             let mut body = envelope(&items, "All selected agents information was returned");
             body["data"]["total_affected_items"] = total.into();
-            HttpResponse::Ok().json(body)
+            json_answer(&body, pretty)
         }
         Err(e) => {
             HttpResponse::ServiceUnavailable().json(error_body(503, &format!("the agent registry is unavailable: {e}")))
         }
     }
+}
+
+/// A 200 with `body`, indented when the caller asked for `pretty`.
+pub(super) fn json_answer(body: &serde_json::Value, pretty: bool) -> HttpResponse {
+    let text = if pretty { serde_json::to_string_pretty(body) } else { serde_json::to_string(body) };
+    HttpResponse::Ok().content_type("application/json").body(text.unwrap_or_default())
+}
+
+/// A 400 in the API's error format.
+pub(super) fn bad_request(why: &str) -> HttpResponse {
+    HttpResponse::BadRequest().json(error_body(400, why))
 }
 
 /// `GET /agents/summary/status`: agents by connection status and configuration status (Wazuh's
@@ -122,14 +71,14 @@ pub(super) async fn reconnect(
     let ids = match agents_list(query.agents_list.as_deref(), ListRule::Optional) {
         Ok(AgentsList::Every) => Vec::new(),
         Ok(AgentsList::Ids(ids)) => ids,
-        Err(r) => return *r,
+        Err(why) => return bad_request(&why),
     };
     let nodes = node.force_reconnect(query.node.clone(), ids).await;
     HttpResponse::Ok().json(envelope(&nodes, "Force reconnect command was sent to the agents"))
 }
 
 pub(super) fn bad_id(text: &str) -> HttpResponse {
-    HttpResponse::BadRequest().json(error_body(400, &format!("invalid agent id {text:?}")))
+    bad_request(&format!("invalid agent id {text:?}"))
 }
 
 pub(super) async fn delete_agent(
@@ -161,97 +110,66 @@ pub(super) enum AgentsList {
 /// `agents_list` read the same way by every endpoint: ids separated by commas, each trimmed, at
 /// most `MAX_IDS` of them; a bad id, a list that names none, too many, a missing required list or
 /// an `all` where it is not taken is a 400 that says which.
-pub(super) fn agents_list(text: Option<&str>, rule: ListRule) -> Result<AgentsList, Box<HttpResponse>> {
-    let refuse = |why: &str| Box::new(HttpResponse::BadRequest().json(error_body(400, why)));
+pub(super) fn agents_list(text: Option<&str>, rule: ListRule) -> Result<AgentsList, String> {
     let Some(text) = text else {
         return match rule {
             ListRule::Optional => Ok(AgentsList::Every),
-            ListRule::RequiredOrAll => Err(refuse("agents_list is required (agent ids, or all)")),
+            ListRule::RequiredOrAll => Err("agents_list is required (agent ids, or all)".into()),
         };
     };
     if text.trim() == "all" {
         return match rule {
             ListRule::RequiredOrAll => Ok(AgentsList::Every),
             ListRule::Optional => {
-                Err(refuse("agents_list: `all` is not taken here; leave agents_list out for every agent"))
+                Err("agents_list: `all` is not taken here; leave agents_list out for every agent".into())
             }
         };
     }
     let mut ids = Vec::new();
     for piece in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-        let Some(id) = wazuh_cluster_actors::registry::parse_id(piece) else { return Err(Box::new(bad_id(piece))) };
+        let Some(id) = wazuh_cluster_actors::registry::parse_id(piece) else {
+            return Err(format!("agents_list: invalid agent id {piece:?}"));
+        };
         if !ids.contains(&id) {
             ids.push(id);
         }
         if ids.len() > wazuh_cluster_actors::registry::query::MAX_IDS {
-            return Err(refuse(&wazuh_cluster_actors::registry::query::QueryError::TooManyIds.to_string()));
+            return Err(wazuh_cluster_actors::registry::query::QueryError::TooManyIds.to_string());
         }
     }
     if ids.is_empty() {
-        return Err(refuse("agents_list names no agent"));
+        return Err("agents_list names no agent".into());
     }
     Ok(AgentsList::Ids(ids))
 }
 
-/// The agents `list` names, kept when they have `status` and, with `older_than`, when their last
-/// keep-alive (or, never connected, their registration) is older than that.
-pub(super) async fn agent_ids(
-    node: &NodeHandle,
-    list: AgentsList,
-    status: Option<String>,
-    older_than: Option<std::time::Duration>,
-) -> Result<Vec<u32>, Box<HttpResponse>> {
-    if let (AgentsList::Ids(ids), None, None) = (&list, &status, older_than) {
-        return Ok(ids.clone());
-    }
-    let q = AgentQuery { status, ..AgentQuery::default() }
-        .with_limit(Some(wazuh_cluster_actors::registry::query::MAX_LIMIT))
-        .map_err(|e| Box::new(HttpResponse::BadRequest().json(error_body(400, &e.to_string()))))?;
-    let (_, items) = node
-        .agents_page(q)
-        .await
-        .map_err(|e| Box::new(HttpResponse::ServiceUnavailable().json(error_body(503, &e.to_string()))))?;
-    let cutoff = older_than.map(|d| wazuh_cluster_actors::clock::now_ms().saturating_sub(d.as_millis() as u64));
-    let ms = |t: &Option<String>| {
-        t.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok()).map(|t| t.as_millisecond().max(0) as u64)
-    };
-    let found: Vec<u32> = items
-        .iter()
-        .filter(|a| cutoff.is_none_or(|c| ms(&a.last_keepalive).or(ms(&a.registered_at)).is_some_and(|t| t < c)))
-        .filter_map(|a| wazuh_cluster_actors::registry::parse_id(&a.id))
-        .collect();
-    Ok(match list {
-        AgentsList::Every => found,
-        AgentsList::Ids(named) => named.into_iter().filter(|id| found.contains(id)).collect(),
-    })
-}
-
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // `wait_for_complete` and `force_single_group` are read only to be accepted.
 pub(super) struct BulkAgents {
+    /// Indented JSON.
+    pretty: Option<bool>,
+    /// Accepted for Wazuh's clients: every answer is complete.
+    wait_for_complete: Option<bool>,
     agents_list: Option<String>,
-    status: Option<String>,
     group_id: Option<String>,
-    /// `7d`, `12h`, `30m`, `90s`: only agents not heard from for this long.
-    older_than: Option<String>,
+    /// Accepted for Wazuh's clients: an agent has as many groups as it is given.
+    force_single_group: Option<bool>,
 }
 
-/// `DELETE /agents?agents_list=001,002|all[&status=disconnected][&older_than=7d]`: each agent deleted, in Wazuh's
-/// bulk envelope.
+/// `DELETE /agents?agents_list=001,002|all&status=active,disconnected|all[&older_than=7d][&q=...]`:
+/// each agent selected deleted, in Wazuh's bulk envelope (`older_than` is 7 days unless given,
+/// as in Wazuh: `0s` for any age).
 pub(super) async fn delete_agents(
     node: web::Data<NodeHandle>,
     req: actix_web::HttpRequest,
-    query: web::Query<BulkAgents>,
+    query: web::Query<AgentsParams>,
 ) -> HttpResponse {
-    let q = query.into_inner();
-    let list = match agents_list(q.agents_list.as_deref(), ListRule::RequiredOrAll) {
-        Ok(list) => list,
-        Err(r) => return *r,
+    let selection = match Selection::of_deletion(query.into_inner()) {
+        Ok(s) => s,
+        Err(why) => return bad_request(&why),
     };
-    let older_than = match q.older_than.as_deref().map(crate::config::parse_duration).transpose() {
-        Ok(d) => d,
-        Err(e) => return HttpResponse::BadRequest().json(error_body(400, &format!("older_than: {e}"))),
-    };
-    let ids = match agent_ids(&node, list, q.status, older_than).await {
+    let ids = match selected_ids(&node, &selection).await {
         Ok(ids) => ids,
         Err(r) => return *r,
     };
@@ -259,9 +177,43 @@ pub(super) async fn delete_agents(
     bulk(&node, &req, requests, "All selected agents were deleted").await
 }
 
+/// The ids of the agents `selection` selects.
+async fn selected_ids(node: &NodeHandle, selection: &Selection) -> Result<Vec<u32>, Box<HttpResponse>> {
+    let (_, items) = select_agents(node, selection)
+        .await
+        .map_err(|e| Box::new(HttpResponse::ServiceUnavailable().json(error_body(503, &e))))?;
+    Ok(items
+        .iter()
+        .filter_map(|a| a.get("id").and_then(serde_json::Value::as_str))
+        .filter_map(wazuh_cluster_actors::registry::parse_id)
+        .collect())
+}
+
 /// The agents a required `agents_list` (ids, or `all`) names.
 async fn required_ids(node: &NodeHandle, list: Option<&str>) -> Result<Vec<u32>, Box<HttpResponse>> {
-    agent_ids(node, agents_list(list, ListRule::RequiredOrAll)?, None, None).await
+    match agents_list(list, ListRule::RequiredOrAll) {
+        Ok(AgentsList::Ids(ids)) => Ok(ids),
+        Ok(AgentsList::Every) => selected_ids(node, &Selection::every()).await,
+        Err(why) => Err(Box::new(bad_request(&why))),
+    }
+}
+
+/// `PUT /agents/group?group_id=...&agents_list=...` (Wazuh's form): each agent assigned to the
+/// group.
+pub(super) async fn assign_many_wazuh(
+    node: web::Data<NodeHandle>,
+    req: actix_web::HttpRequest,
+    query: web::Query<BulkAgents>,
+) -> HttpResponse {
+    let q = query.into_inner();
+    let Some(group) = q.group_id else { return bad_request("group_id is required") };
+    let ids = match required_ids(&node, q.agents_list.as_deref().or(Some("all"))).await {
+        Ok(ids) => ids,
+        Err(r) => return *r,
+    };
+    let requests =
+        ids.into_iter().map(|id| (fmt_id(id), AdminRequest::AssignGroup { id, group: group.clone() })).collect();
+    bulk(&node, &req, requests, "All selected agents were assigned to the group").await
 }
 
 /// `PUT /agents/group/{group_id}?agents_list=...`: each agent assigned to the group.
@@ -354,8 +306,8 @@ pub(super) async fn group_agents(
 mod tests {
     use super::*;
 
-    fn status(r: Result<AgentsList, Box<HttpResponse>>) -> u16 {
-        r.map(|_| 200).unwrap_or_else(|e| e.status().as_u16())
+    fn status(r: Result<AgentsList, String>) -> u16 {
+        r.map(|_| 200).unwrap_or(400)
     }
 
     #[test]

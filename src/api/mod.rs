@@ -9,11 +9,11 @@
 //! - `GET /cluster/healthcheck`: per node, the status of every actor (state, runs, failures,
 //!   restarts, last run, last error); for each worker, both ends of its connection.
 //! - `GET /health`: 200 while the node serves (master listening, worker connected), 503 otherwise.
-//! - `GET /agents[?offset=&limit=&sort=&status=&node_name=&group=&agents_list=&search=&select=&q=]`,
-//!   `GET /agents/{id}`:
-//!   the master answers from its registry, a worker from its replica; one page at a time (default
-//!   500, at most 100,000, as Wazuh's API). No list carries a key: `GET /agents/{id}/key` is the
-//!   one explicit call that returns one.
+//! - `GET /agents` with every parameter of Wazuh's specification (see [`agent_list`] and Wazuh's
+//!   query language in [`wql`]), `GET /agents/{id}`: the master answers from its registry; a
+//!   worker forwards reads of agents and groups to the master ([`forward`]), so every node answers
+//!   alike. One page at a time (default 500, at most 100,000, as Wazuh's API). No list carries a
+//!   key: `GET /agents/{id}/key` is the one explicit call that returns one.
 //! - `GET /agents/summary/status`: counts by status, configuration status and node (no agent read).
 //! - `PUT /agents/reconnect[?agents_list=001,002][&node=NAME]`: `#!-force_reconnect` to agents.
 //! - `DELETE /agents/{id}`, `GET /groups`, `POST /groups` (`{"group_id": "linux"}`),
@@ -45,7 +45,7 @@ use actix_web::{web, App, HttpResponse};
 use base64ct::Encoding;
 use serde::Serialize;
 use wazuh_cluster_actors::registry::fmt_id;
-use wazuh_cluster_actors::registry::query::{parse_sort, AgentQuery};
+use wazuh_cluster_actors::registry::query::AgentQuery;
 use wazuh_cluster_protocol::message::{AdminError, AdminRequest, RulesetRoot};
 
 /// Wazuh's envelope around a list of items.
@@ -98,7 +98,9 @@ async fn bulk(
             }
         }
     }
-    bulk_answer(affected, failed, done)
+    let pretty = req.query_string().split('&').any(|pair| pair == "pretty=true");
+    let message = if failed.is_empty() { done.to_string() } else { format!("{done} (some were not)") };
+    agents::json_answer(&bulk_envelope(affected, failed, &message), pretty)
 }
 
 /// Wazuh's bulk envelope: what was done, what was not and why; `error` 0 (all), 2 (some), 1 (none).
@@ -178,13 +180,16 @@ fn bad_input(why: String) -> actix_web::Error {
 }
 
 mod access;
+mod agent_list;
 mod agents;
 mod cluster;
+mod forward;
 mod groups;
 mod listener;
 mod ruleset;
 mod security;
 pub mod spec;
+mod wql;
 
 use access::*;
 pub use access::{Access, Caller};
@@ -204,6 +209,7 @@ pub fn start(
     limits: ApiLimits,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     info: NodeInfo,
+    reads: &wazuh_cluster_actors::settings::ApiReads,
 ) -> std::io::Result<ServerHandle> {
     let name = node.name().to_string();
     let data = web::Data::new(node);
@@ -214,6 +220,8 @@ pub fn start(
             .app_data(data.clone())
             .app_data(access.clone())
             .app_data(info.clone())
+            // The guard (outermost) lets the caller in; then a worker forwards cluster reads.
+            .wrap(actix_web::middleware::from_fn(forward::forward_reads))
             .wrap(actix_web::middleware::from_fn(guard))
             // Malformed parameters and bodies answer in the API's JSON error format.
             .app_data(web::QueryConfig::default().error_handler(|e, _| bad_input(e.to_string())))
@@ -231,6 +239,8 @@ pub fn start(
         }
         app.default_service(web::to(not_found))
     };
+    // The master answers the reads its workers forward with this same application.
+    reads.set(forward::in_process_reads(app.clone()));
     let tls = tls.map(|config| {
         let mut config = (*config).clone();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];

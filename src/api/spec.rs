@@ -61,17 +61,71 @@ pub struct Endpoint {
     pub route: fn() -> Route,
 }
 
-const AGENT_FILTERS: &[Param] = &[
-    query("offset", "integer", "first item (0)"),
-    query("limit", "integer", "items per page (500, at most 100000)"),
-    query("sort", "string", "+field or -field, comma-separated"),
-    query("status", "string", "active, pending, disconnected, never_connected"),
-    query("node_name", "string", "the node the agents report to"),
-    query("group", "string", "a group the agents belong to"),
+/// A `&'static [Param]` of `head`, the equalities `GET /agents` and `DELETE /agents` share
+/// (Wazuh's), then `tail`.
+macro_rules! with_agent_equalities {
+    ([$($head:expr),* $(,)?], [$($tail:expr),* $(,)?]) => {{
+        const P: &[Param] = &[
+            $($head,)*
+            query("os.platform", "string", "the agents' OS platform (ubuntu, windows...)"),
+            query("os.version", "string", "the agents' OS version"),
+            query("os.name", "string", "the agents' OS name"),
+            query("manager", "string", "the manager (node) the agents report to"),
+            query("version", "string", "the agents' version (Wazuh v4.14.7 or 4.14.7)"),
+            query("group", "string", "a group the agents belong to"),
+            query("node_name", "string", "the node the agents report to"),
+            query("name", "string", "the agents' name"),
+            query("ip", "string", "the address the agents report from"),
+            query("registerIP", "string", "the address the agents registered with"),
+            $($tail,)*
+        ];
+        P
+    }};
+}
+
+const AGENT_FILTERS: &[Param] = with_agent_equalities!(
+    [
+        query("pretty", "boolean", "indented JSON"),
+        query("wait_for_complete", "boolean", "accepted (answers are always complete)"),
+        query("agents_list", "string", "comma-separated agent ids (absent: every agent)"),
+        query("offset", "integer", "first item (0)"),
+        query("limit", "integer", "items per page (500, at most 100000)"),
+        query("select", "string", "comma-separated fields to return, dotted for nested ones (id always)"),
+        query("sort", "string", "+field or -field, comma-separated, dotted for nested ones"),
+        query("search", "string", "text in any field (-text: not in any)"),
+        query("status", "string", "comma-separated: active, pending, never_connected, disconnected"),
+        query("q", "string", "Wazuh's query: field=value, !=, <, >, ~ joined by ; (and) and , (or), in parentheses"),
+        query(
+            "older_than",
+            "string",
+            "last keep-alive (never connected: registration) older than: 7d, 12h, 30m, 10s, 10"
+        ),
+    ],
+    [
+        query("group_config_status", "string", "synced or not synced"),
+        query("distinct", "boolean", "distinct items only"),
+    ]
+);
+
+const DELETE_AGENTS: &[Param] = with_agent_equalities!(
+    [
+        query("pretty", "boolean", "indented JSON"),
+        query("wait_for_complete", "boolean", "accepted (answers are always complete)"),
+        query("agents_list", "string", "comma-separated ids, or all (required)"),
+        query("purge", "boolean", "accepted (a deleted agent's key is always removed)"),
+        query("status", "string", "comma-separated statuses, or all (required)"),
+        query("older_than", "string", "only agents not heard from for this long (default 7d; 0s: any)"),
+        query("q", "string", "Wazuh's query (as GET /agents)"),
+    ],
+    []
+);
+
+const BULK_GROUP: &[Param] = &[
+    query("pretty", "boolean", "indented JSON"),
+    query("wait_for_complete", "boolean", "accepted (answers are always complete)"),
     query("agents_list", "string", "comma-separated agent ids (absent: every agent)"),
-    query("search", "string", "text in the id, name or address"),
-    query("select", "string", "comma-separated fields to return (id always)"),
-    query("q", "string", "field=value terms joined by ';' (status, node_name, group, name, id)"),
+    query("group_id", "string", "the group (required)"),
+    query("force_single_group", "boolean", "accepted (agents keep their other groups)"),
 ];
 
 const FILE_PARAMS: &[Param] = &[
@@ -82,15 +136,17 @@ const FILE_PARAMS: &[Param] = &[
 const FILE_NAME: &[Param] = &[path("name", "the file's name")];
 const GROUP_AGENTS: &[Param] = &[
     path("group_id", "the group"),
+    query("pretty", "boolean", "indented JSON"),
     query("offset", "integer", "first item (0)"),
     query("limit", "integer", "items per page (500, at most 100000)"),
-    query("sort", "string", "+field or -field, comma-separated"),
-    query("status", "string", "active, pending, disconnected, never_connected"),
+    query("sort", "string", "+field or -field, comma-separated, dotted for nested ones"),
+    query("status", "string", "comma-separated: active, pending, never_connected, disconnected"),
     query("node_name", "string", "the node the agents report to"),
     query("agents_list", "string", "comma-separated agent ids (absent: every agent)"),
-    query("search", "string", "text in the id, name or address"),
-    query("select", "string", "comma-separated fields to return (id always)"),
-    query("q", "string", "field=value terms joined by ';' (status, node_name, group, name, id)"),
+    query("search", "string", "text in any field (-text: not in any)"),
+    query("select", "string", "comma-separated fields to return, dotted for nested ones (id always)"),
+    query("q", "string", "Wazuh's query (as GET /agents)"),
+    query("distinct", "boolean", "distinct items only"),
 ];
 
 /// Every endpoint, in the order the server matches them (fixed paths before `{id}`).
@@ -117,17 +173,7 @@ pub fn endpoints() -> Vec<Endpoint> {
                 || web::post().to(authenticate),
             )
         },
-        e(
-            "delete",
-            "/agents",
-            "Delete agents",
-            params![
-                query("agents_list", "string", "comma-separated ids, or all"),
-                query("status", "string", "only agents with this status")
-            ],
-            Body::None,
-            || web::delete().to(delete_agents),
-        ),
+        e("delete", "/agents", "Delete agents", DELETE_AGENTS, Body::None, || web::delete().to(delete_agents)),
         e(
             "delete",
             "/agents/group",
@@ -139,6 +185,9 @@ pub fn endpoints() -> Vec<Endpoint> {
             Body::None,
             || web::delete().to(unassign_many),
         ),
+        e("put", "/agents/group", "Assign agents to a group (Wazuh's form)", BULK_GROUP, Body::None, || {
+            web::put().to(assign_many_wazuh)
+        }),
         e(
             "put",
             "/agents/group/{group_id}",

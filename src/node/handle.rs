@@ -299,6 +299,16 @@ impl NodeHandle {
         }
     }
 
+    /// Worker: has the master's API answer a read (`None`: the master is too old to, or this is
+    /// the master).
+    pub async fn forward_read(
+        &self,
+        read: wazuh_cluster_protocol::message::ApiRead,
+    ) -> Result<Option<wazuh_cluster_protocol::message::ApiReadResult>, ChangeError> {
+        let NodeHandle::Worker { link, .. } = self else { return Ok(None) };
+        link.send(worker::ForwardRead(read)).await.map_err(|_| ChangeError::Stopping)?.map_err(ChangeError::Master)
+    }
+
     /// Agent `id` as this node knows it; with its key only when `with_key` (an explicit call).
     pub async fn agent(&self, id: u32, with_key: bool) -> Result<Option<AgentView>, StoreError> {
         match self {
@@ -499,28 +509,36 @@ impl NodeHandle {
 
 /// A registry row as the API shows it.
 fn row_view(r: AgentRow, with_keys: bool) -> AgentView {
+    let info = r.info.as_ref();
+    // Where it reports from: its own word, else its connection's, else where it registered.
+    let ip = info.and_then(|i| i.agent_ip.clone()).or(r.peer_ip.clone()).unwrap_or_else(|| r.entry.ip.clone());
     AgentView {
         id: fmt_id(r.entry.id),
         name: r.entry.name,
-        ip: r.entry.ip,
+        ip,
+        register_ip: r.entry.ip,
         status: Some(r.status),
+        status_code: Some(0),
         version: r.version,
+        manager: Some(r.node_name.clone()),
         node_name: Some(r.node_name),
-        os: r.info.as_ref().map(|i| {
-            serde_json::json!({
-                "name": i.os_name, "platform": i.os_platform, "version": i.os_version,
-                "codename": i.os_codename, "arch": i.os_arch, "uname": i.os_uname,
-                "hostname": i.hostname,
-            })
+        os: info.map(|i| {
+            crate::views::AgentOs::new(
+                &i.os_name,
+                &i.os_platform,
+                &i.os_version,
+                &i.os_codename,
+                &i.os_arch,
+                &i.os_uname,
+            )
         }),
-        labels: r.info.as_ref().map(|i| i.labels.iter().cloned().collect()),
-        merged_sum: r.info.as_ref().and_then(|i| i.merged_sum.clone()),
-        config_sum: r.info.as_ref().and_then(|i| i.config_sum.clone()),
+        labels: info.map(|i| i.labels.iter().cloned().collect()),
+        merged_sum: info.and_then(|i| i.merged_sum.clone()),
+        config_sum: info.and_then(|i| i.config_sum.clone()),
         group_config_status: r.group_config_status,
-        peer_ip: r.peer_ip,
         group: r.entry.groups,
-        registered_at: Some(iso(r.registered_at_ms)),
-        last_keepalive: r.last_keepalive_ms.map(iso),
+        date_add: Some(iso(r.registered_at_ms)),
+        last_keep_alive: r.last_keepalive_ms.map(iso),
         key: with_keys.then_some(r.entry.key),
     }
 }
@@ -530,7 +548,8 @@ fn entry_view(e: AgentEntry, with_keys: bool) -> AgentView {
     AgentView {
         id: fmt_id(e.id),
         name: e.name,
-        ip: e.ip,
+        ip: e.ip.clone(),
+        register_ip: e.ip,
         group: e.groups,
         key: with_keys.then_some(e.key),
         ..AgentView::default()

@@ -80,6 +80,7 @@ pub fn channel_settings(
         admission,
         max_handshakes: 256,
         enrollment: Default::default(),
+        api_reads: Default::default(),
     })
 }
 
@@ -213,7 +214,8 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
         _ => anyhow::bail!("node.role and the cluster settings disagree"),
     };
     let Started { handle, enroller, mut tasks } = started;
-    let Prepared { budget, access, policy, enrollment_tls, api_tls, .. } = prepared;
+    let Prepared { budget, access, policy, enrollment_tls, api_tls, settings, .. } = prepared;
+    let reads = settings.api_reads.clone();
 
     // Then the listeners are served.
     let (enroll_listener, enrollment_addr) = enrollment;
@@ -248,7 +250,7 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
         handshake_timeout: config.api.handshake_timeout,
         header_timeout: config.api.header_timeout,
     };
-    let api = match crate::api::start(api_listener, handle.clone(), access, limits, api_tls, info) {
+    let api = match crate::api::start(api_listener, handle.clone(), access, limits, api_tls, info, &reads) {
         Ok(api) => api,
         Err(e) => {
             // The actors exist now: stop them and let them run their stop before returning.

@@ -99,7 +99,7 @@ async function loadAgents() {
   body.replaceChildren();
   for (const a of page.affected_items) {
     const tr = row([cell(a.id), cell(a.name), cell(a.ip), badge(a.status), cell(a.node_name), cell(a.version),
-      cell((a.group || []).join(", ")), cell(a.last_keepalive)]);
+      cell((a.group || []).join(", ")), cell(a.lastKeepAlive)]);
     tr.dataset.agent = a.id;
     body.appendChild(tr);
   }

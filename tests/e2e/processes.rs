@@ -20,7 +20,11 @@ fn master_and_worker_processes_complete_the_handshake_and_name_each_other() {
     let w = worker.wait_for(&["[worker-1]", "handshake complete with master master-1"]);
     let m = master.wait_for(&["[master-1]", "handshake complete with worker worker-1"]);
     assert!(w.contains(&format!("127.0.0.1:{port}")), "{w}");
-    assert!(m.contains("protocol 2.3") && m.contains("chacha20-poly1305"), "{m}");
+    assert!(
+        m.contains(&format!("protocol {}", wazuh_cluster_protocol::version::CURRENT))
+            && m.contains("chacha20-poly1305"),
+        "{m}"
+    );
     assert!(
         !master.log().contains(&std::fs::read_to_string(&key).expect("key").trim().to_string()),
         "key leaked into the log"
@@ -278,7 +282,7 @@ fn agent_sim_enrolls_through_a_worker_and_every_node_holds_every_key() {
                 "{} {} {} {}",
                 a["id"].as_str().unwrap_or(""),
                 a["name"].as_str().unwrap_or(""),
-                a["ip"].as_str().unwrap_or(""),
+                a["registerIP"].as_str().unwrap_or(""),
                 a["key"].as_str().unwrap_or("")
             )
         })
@@ -488,7 +492,7 @@ fn master_agent_states(api: &str) -> Vec<MasterAgent> {
                     node: s(a, "node_name"),
                     os: a["os"]["name"].as_str().unwrap_or("").to_string(),
                     config_status: s(a, "group_config_status"),
-                    merged_sum: s(a, "merged_sum"),
+                    merged_sum: s(a, "mergedSum"),
                 })
                 .collect()
         })

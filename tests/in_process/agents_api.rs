@@ -757,7 +757,7 @@ async fn agents_filter_by_list_search_select_and_q() {
         let mut fields: Vec<&String> = item.keys().collect();
         fields.sort();
         assert_eq!(fields, ["id", "name"]);
-        let (status, b) = get("/agents?q=os.name~linux".into()).await;
+        let (status, b) = get("/agents?q=os.colour~linux".into()).await;
         assert_eq!(status, 400, "{b}");
         let (status, _) = get("/agents?agents_list=1,abc".into()).await;
         assert_eq!(status, 400);
@@ -826,10 +826,15 @@ async fn bulk_agent_changes_and_group_files_in_wazuhs_shapes() {
     assert_eq!(b["data"]["total_affected_items"], 1, "{b}");
     assert_eq!(admin(master_api, "DELETE", "/agents".into(), None).await.0, 400, "agents_list is required");
     // older_than: nobody here is a week old; a bad duration is a 400.
-    let (_, b) = admin(master_api, "DELETE", "/agents?agents_list=all&older_than=7d".into(), None).await;
+    assert_eq!(admin(master_api, "DELETE", "/agents?agents_list=all".into(), None).await.0, 400, "status too");
+    let (_, b) = admin(master_api, "DELETE", "/agents?agents_list=all&status=all&older_than=7d".into(), None).await;
     assert_eq!(b["data"]["total_affected_items"], 0, "{b}");
-    assert_eq!(admin(master_api, "DELETE", "/agents?agents_list=all&older_than=soon".into(), None).await.0, 400);
-    let (_, b) = admin(master_api, "DELETE", format!("/agents?agents_list={}", ids[2]), None).await;
+    let (_, b) = admin(master_api, "DELETE", "/agents?agents_list=all&status=all".into(), None).await;
+    assert_eq!(b["data"]["total_affected_items"], 0, "7 days unless told: {b}");
+    let soon = "/agents?agents_list=all&status=all&older_than=soon";
+    assert_eq!(admin(master_api, "DELETE", soon.into(), None).await.0, 400);
+    let one = format!("/agents?agents_list={}&status=all&older_than=0s", ids[2]);
+    let (_, b) = admin(master_api, "DELETE", one, None).await;
     assert_eq!(b["data"]["affected_items"], serde_json::json!([ids[2]]));
     let (_, b) = admin(master_api, "GET", "/agents".into(), None).await;
     assert_eq!(b["data"]["total_affected_items"], 2);

@@ -7,6 +7,7 @@ mod common;
 mod agent_connections;
 mod agents_api;
 mod analysis;
+mod api_fidelity;
 mod channel_bad_input;
 mod cli;
 mod cluster_runtime;

@@ -525,7 +525,8 @@ mod tests {
         future.versions = VersionRange { min: ProtocolVersion::new(3, 0), max: ProtocolVersion::new(3, 1) };
         assert!(matches!(admit(&s, &future), Err(Refusal::IncompatibleVersion { .. })));
         let mut next_minor = worker("w");
-        next_minor.versions.max = ProtocolVersion::new(2, 3);
+        let current = wazuh_cluster_protocol::version::CURRENT;
+        next_minor.versions.max = ProtocolVersion::new(current.major, current.minor + 1);
         assert_eq!(admit(&s, &next_minor), Ok(wazuh_cluster_protocol::version::CURRENT));
         // A worker one minor version behind joins at its version (2.1: no users, no policy).
         let mut previous = worker("w");

@@ -17,8 +17,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use wazuh_cluster_protocol::message::{
-    AdminError, AdminForward, AdminResult, AgentInfoAck, AgentInfoBatch, EnrollForward, EnrollResolve, EnrollResult,
-    FetchFiles, IntegrityCheck, IntegrityStatus, JobReport, KeepAlive, KeepAliveAck, SyncManifest, SyncPlan,
+    AdminError, AdminForward, AdminResult, AgentInfoAck, AgentInfoBatch, ApiRead, ApiReadResult, EnrollForward,
+    EnrollResolve, EnrollResult, FetchFiles, IntegrityCheck, IntegrityStatus, JobReport, KeepAlive, KeepAliveAck,
+    SyncManifest, SyncPlan,
 };
 use wazuh_cluster_protocol::MasterToWorker;
 
@@ -270,5 +271,80 @@ impl Serve for RegistrationServe {
                 }
             }
         })
+    }
+}
+
+/// Answers the API reads the worker forwards through the master's own API (which checks the
+/// caller's credential as it checks its own callers'): every node's API answers a read alike.
+pub(crate) struct ApiReadServe {
+    pub reads: crate::settings::ApiReads,
+    /// Made at the first read (the API may start after the connection).
+    pub reader: Option<std::rc::Rc<dyn crate::settings::ReadApi>>,
+    /// Largest answer sent back (half a frame: the envelope and the sealing stay inside one).
+    pub max_body: usize,
+    pub node: String,
+    pub peer: String,
+}
+
+/// An answer of the master's own making, in the API's error format.
+fn read_refusal(status: u16, why: &str) -> ApiReadResult {
+    let body = serde_json::json!({ "title": why, "detail": why, "error": status });
+    ApiReadResult { status, content_type: "application/json".into(), body: body.to_string().into_bytes() }
+}
+
+/// Whether `target` is a request target the API could be asked: an origin-form path (and query)
+/// of printable ASCII, no longer than [`ApiRead::MAX_TARGET`].
+fn valid_target(target: &str) -> bool {
+    target.len() <= ApiRead::MAX_TARGET && target.starts_with('/') && target.bytes().all(|b| b.is_ascii_graphic())
+}
+
+impl Serve for ApiReadServe {
+    type Side = MasterSide;
+    type Request = ApiRead;
+
+    fn serve(&mut self, request: ApiRead) -> LocalFuture<Result<Served<MasterToWorker>, ServeError>> {
+        let answer = |result: ApiReadResult, count: &'static str| Served {
+            reply: MasterToWorker::ApiReadResult(result),
+            counts: vec![(count, 1)],
+        };
+        if !valid_target(&request.target) {
+            warn!(node = self.node.as_str(); "worker {} forwarded an API read with an invalid target ({} bytes); refused", self.peer, request.target.len());
+            let refused = read_refusal(400, "invalid request target");
+            return Box::pin(async move { Ok(answer(refused, "refused")) });
+        }
+        if self.reader.is_none() {
+            self.reader = self.reads.reader().map(std::rc::Rc::from);
+        }
+        let Some(reader) = self.reader.clone() else {
+            let refused = read_refusal(503, "the master serves no API: reads through a worker need the master's");
+            return Box::pin(async move { Ok(answer(refused, "refused")) });
+        };
+        let (max_body, node, peer) = (self.max_body, self.node.clone(), self.peer.clone());
+        Box::pin(async move {
+            let result = reader.read(request.target, request.credential).await;
+            if result.body.len() > max_body {
+                warn!(node = node.as_str(); "an API read worker {peer} forwarded answers {} bytes, more than one frame carries; refused", result.body.len());
+                let why = format!(
+                    "the answer ({} bytes) is larger than a cluster frame carries ({max_body}): ask for fewer items (limit)",
+                    result.body.len()
+                );
+                return Ok(answer(read_refusal(413, &why), "too_large"));
+            }
+            Ok(answer(result, "reads"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod read_tests {
+    use super::valid_target;
+
+    #[test]
+    fn only_origin_form_printable_targets_are_forwarded() {
+        assert!(valid_target("/agents?status=active&q=os.platform~ubuntu"));
+        for bad in ["agents", "http://evil/agents", "/agents\r\nX: y", "/a b", "", "/\u{e9}"] {
+            assert!(!valid_target(bad), "{bad:?}");
+        }
+        assert!(!valid_target(&format!("/{}", "a".repeat(super::ApiRead::MAX_TARGET))));
     }
 }

@@ -1,4 +1,4 @@
-//! The job set of the master's end of one worker connection: four request servers, one pusher,
+//! The job set of the master's end of one worker connection: five request servers, one pusher,
 //! and two small tasks that carry the shared jobs' publications to this worker.
 //!
 //! | job | kind | serves / does |
@@ -8,6 +8,7 @@
 //! | `AgentGroupsSend` | pusher | the worker's position in, `agent_groups` out after every change |
 //! | `Integrity` | server | `integrity_check`, `sync_manifest`, `fetch_files`; announces file changes |
 //! | `Registration` | server | `enroll`, `enroll_resolve`, `admin` |
+//! | `ApiReads` | server | `api_read` -> `api_read_result`: the master's API answers a worker's read |
 //!
 //! [`MasterJobs::deliver`](crate::connection::Dispatch::deliver) unpacks each message into the
 //! typed request of the one job that serves it; a message no job takes in that form (a request
@@ -15,7 +16,7 @@
 
 use super::agent_groups::{AgentGroupsSend, GroupsMoved};
 use super::servers::{
-    AgentInfoServe, IntegrityRequest, IntegrityServe, KeepAliveServe, PeerReport, RegistrationRequest,
+    AgentInfoServe, ApiReadServe, IntegrityRequest, IntegrityServe, KeepAliveServe, PeerReport, RegistrationRequest,
     RegistrationServe,
 };
 use crate::connection::{ConnHandle, Dispatch, Inbound, LocalFuture, MasterSide, Undeliverable};
@@ -45,6 +46,7 @@ pub struct MasterJobs {
     agent_groups: Addr<AgentGroupsSend>,
     integrity: Addr<Server<IntegrityServe>>,
     registration: Addr<Server<RegistrationServe>>,
+    api_reads: Addr<Server<ApiReadServe>>,
     control: SetControl,
     report: Arc<Mutex<PeerReport>>,
     node: String,
@@ -101,8 +103,18 @@ impl MasterJobs {
             policy: settings.enrollment.clone(),
             version: conn.version(),
         };
-        let (registration, h) = Server::start("Registration", job, conn.clone(), settings, alive);
+        let (registration, h) = Server::start("Registration", job, conn.clone(), settings, alive.clone());
         controls.add("Registration", &registration, h);
+
+        let job = ApiReadServe {
+            reads: settings.api_reads.clone(),
+            reader: None,
+            max_body: settings.max_frame / 2,
+            node: node.clone(),
+            peer: peer.clone(),
+        };
+        let (api_reads, h) = Server::start("ApiReads", job, conn.clone(), settings, alive);
+        controls.add("ApiReads", &api_reads, h);
 
         // The shared jobs' publications: one receiver each, taken here, once per connection.
         let tasks = vec![
@@ -115,6 +127,7 @@ impl MasterJobs {
             agent_groups,
             integrity,
             registration,
+            api_reads,
             control: SetControl::new(controls, tasks, all_stopped),
             report,
             node,
@@ -169,6 +182,7 @@ impl Dispatch<MasterSide> for MasterJobs {
             (Kind::Request(id), W::Admin(a)) => {
                 send(&self.registration, Request { id, body: RegistrationRequest::Admin(a), permit })
             }
+            (Kind::Request(id), W::ApiRead(body)) => send(&self.api_reads, Request { id, body, permit }),
             (Kind::Notify, W::Error(e)) => {
                 warn!(node = self.node.as_str(); "worker {} sent an error that answers nothing: {e}", self.peer);
                 Box::pin(async { Ok(()) })

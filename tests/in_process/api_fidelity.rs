@@ -1,0 +1,354 @@
+//! Wazuh's API on every node, on a master and two workers with agents connected to each: a worker
+//! answers reads as the master does (it forwards them), and `GET /agents` honours each of Wazuh's
+//! parameters and `q` operators, checked against the full list filtered here.
+
+use crate::common;
+
+use common::cluster::{TestCluster, API_TOKEN};
+use common::*;
+use serde_json::Value;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use wazuh_cluster_tools::sim::{connector, enroll_one, parse_key, read_payload, SimAgent};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// `path` with every byte a URI may not carry as it is percent-encoded (`q`'s `<`, `>`, `~`, `!`,
+/// parentheses...).
+fn encoded(path: &str) -> String {
+    path.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z'
+            | b'a'..=b'z'
+            | b'0'..=b'9'
+            | b'-'
+            | b'.'
+            | b'_'
+            | b'='
+            | b'&'
+            | b','
+            | b';'
+            | b'%'
+            | b'/'
+            | b'?' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str, token: &'static str) -> (u16, Value) {
+    let (base, path) = (format!("http://{addr}"), encoded(path));
+    let (status, text) = actix_rt::task::spawn_blocking(move || {
+        wazuh_multi_node::client::request(&base, "GET", &path, Some(token), None)
+    })
+    .await
+    .expect("join")
+    .expect("http");
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// One agent of the fleet: where it enrolls and reports, and what its keep-alive says.
+struct Spec {
+    name: &'static str,
+    /// 0: the master, 1 and 2: the workers; `None`: never connects.
+    node: Option<usize>,
+    /// `Name|platform: version (codename)` and the agent's version.
+    os: &'static str,
+    version: &'static str,
+}
+
+const FLEET: &[Spec] = &[
+    Spec { name: "web-1", node: Some(1), os: "Ubuntu|ubuntu: 22.04.3 LTS (Jammy Jellyfish)", version: "v4.14.7" },
+    Spec { name: "web-2", node: Some(1), os: "Ubuntu|ubuntu: 20.04.6 LTS (Focal Fossa)", version: "v4.9.0" },
+    Spec { name: "db-1", node: Some(2), os: "CentOS Linux|centos: 7.9 (Core)", version: "v4.14.7" },
+    Spec { name: "mail-1", node: Some(0), os: "Debian GNU/Linux|debian: 12 (bookworm)", version: "v4.8.2" },
+    Spec { name: "idle-1", node: None, os: "", version: "" },
+    Spec { name: "idle-2", node: None, os: "", version: "" },
+];
+
+struct Fleet {
+    cluster: TestCluster,
+    /// The agents' connections, kept open for the test.
+    _streams: Vec<TcpStream>,
+}
+
+impl Fleet {
+    fn api(&self, node: usize) -> std::net::SocketAddr {
+        if node == 0 {
+            self.cluster.master().api_addr
+        } else {
+            self.cluster.worker(node - 1).api_addr
+        }
+    }
+}
+
+fn keepalive(agent: &SimAgent, spec: &Spec, n: usize) -> String {
+    format!(
+        "#!-Linux |{} |6.1.0 |#1 SMP |x86_64 [{}] - Wazuh {} / ab73af41699f13fdd81903b5f23d8d00\nx merged.mg\n#\"_agent_ip\":10.0.0.{n}\n",
+        agent.name, spec.os, spec.version
+    )
+}
+
+/// A master and two workers; the fleet enrolled and connected, every connected agent active on
+/// the master.
+async fn fleet(prefix: &str) -> Fleet {
+    let cluster = TestCluster::start(prefix, 2).await;
+    cluster.wait_for_workers(2, WAIT).await;
+    let mut streams = Vec::new();
+    for (n, spec) in FLEET.iter().enumerate() {
+        let node = spec.node.unwrap_or(0);
+        let (enroll_at, report_at) = if node == 0 {
+            (cluster.master().enrollment_addr, cluster.master().agents_addr)
+        } else {
+            (cluster.worker(node - 1).enrollment_addr, cluster.worker(node - 1).agents_addr)
+        };
+        let line = format!("OSSEC A:'{}'\n", spec.name);
+        let reply = enroll_one(connector().expect("tls"), enroll_at.to_string(), line).await.expect("enroll");
+        let key = parse_key(&reply).unwrap_or_else(|| panic!("{reply}"));
+        if spec.node.is_none() {
+            continue;
+        }
+        let mut agent = SimAgent::from_key_line(&key).expect("key line");
+        let mut s = TcpStream::connect(report_at).await.expect("connect");
+        s.write_all(&agent.frame(b"#!-agent startup {\"version\":\"v4.14.7\"}")).await.expect("startup");
+        read_payload(&mut s).await.expect("the startup is acknowledged");
+        s.write_all(&agent.frame(keepalive(&agent, spec, n + 1).as_bytes())).await.expect("keep-alive");
+        streams.push(s);
+    }
+    let master = cluster.master().api_addr;
+    wait_until("every connected agent is active on the master", WAIT, || async {
+        let (_, body) = get(master, "/agents?status=active", API_TOKEN).await;
+        body["data"]["total_affected_items"] == 4
+    })
+    .await;
+    Fleet { cluster, _streams: streams }
+}
+
+#[actix_rt::test]
+async fn a_worker_answers_every_read_as_the_master_does() {
+    let fleet = fleet("fid").await;
+    let paths = [
+        "/agents",
+        "/agents?status=active",
+        "/agents?q=os.platform=ubuntu&select=os.platform,version",
+        "/agents/summary/status",
+        "/agents/001",
+        "/groups",
+        "/groups/default/agents",
+    ];
+    for path in paths {
+        let (status, on_master) = get(fleet.api(0), path, API_TOKEN).await;
+        assert_eq!(status, 200, "{path}: {on_master}");
+        for worker in [1, 2] {
+            eventually(&format!("worker {worker} answers {path} as the master"), WAIT, || async {
+                let (_, here) = get(fleet.api(worker), path, API_TOKEN).await;
+                let (_, master) = get(fleet.api(0), path, API_TOKEN).await;
+                if here == master {
+                    Ok(())
+                } else {
+                    Err(format!("worker: {here}\nmaster: {master}"))
+                }
+            })
+            .await;
+        }
+    }
+    // What only the master knows, seen from a worker: statuses, nodes, systems.
+    let (_, body) = get(fleet.api(2), "/agents?status=active&select=node_name,os.platform", API_TOKEN).await;
+    assert_eq!(body["data"]["total_affected_items"], 4, "{body}");
+    for item in body["data"]["affected_items"].as_array().expect("items") {
+        assert!(item["node_name"].is_string() && item["os"]["platform"].is_string(), "{item}");
+    }
+    // The worker checks the credential itself before anything reaches the master.
+    let (status, _) = get(fleet.api(1), "/agents", "not-a-valid-token-0123456789").await;
+    assert_eq!(status, 401);
+    // A parameter the API does not know is refused by name, on every node.
+    for node in [0, 1] {
+        let (status, body) = get(fleet.api(node), "/agents?colour=blue", API_TOKEN).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body["detail"].as_str().unwrap_or("").contains("colour"), "{body}");
+    }
+}
+
+/// The ids of `items`, as the API lists them.
+fn ids(items: &Value) -> Vec<String> {
+    items.as_array().into_iter().flatten().filter_map(|a| a["id"].as_str().map(String::from)).collect()
+}
+
+fn text(a: &Value, path: &str) -> String {
+    let mut at = a;
+    for part in path.split('.') {
+        at = &at[part];
+    }
+    at.as_str().map(str::to_ascii_lowercase).unwrap_or_default()
+}
+
+fn version(a: &Value) -> Vec<u64> {
+    text(a, "version").trim_start_matches("wazuh v").split('.').filter_map(|p| p.parse().ok()).collect()
+}
+
+#[actix_rt::test]
+async fn every_agent_parameter_and_q_operator_filters_as_the_list_filtered_here() {
+    let fleet = fleet("flt").await;
+    let (_, all) = get(fleet.api(0), "/agents?limit=100000", API_TOKEN).await;
+    let all: Vec<Value> = all["data"]["affected_items"].as_array().cloned().expect("items");
+    assert_eq!(all.len(), FLEET.len());
+    let worker_1 = fleet.cluster.worker_name(0);
+    let id_of = |name: &str| all.iter().find(|a| a["name"] == name).map(|a| a["id"].clone()).expect("agent");
+    let web_1 = id_of("web-1");
+    let num = |a: &Value| a["id"].as_str().and_then(|i| i.parse::<u32>().ok()).unwrap_or(0);
+    type Pred<'a> = Box<dyn Fn(&Value) -> bool + 'a>;
+    let cases: Vec<(String, Pred)> = vec![
+        ("status=active".into(), Box::new(|a| a["status"] == "active")),
+        (
+            "status=active,never_connected".into(),
+            Box::new(|a| a["status"] == "active" || a["status"] == "never_connected"),
+        ),
+        ("older_than=0s".into(), Box::new(|_| true)),
+        ("older_than=1h".into(), Box::new(|_| false)),
+        ("name=web-2".into(), Box::new(|a| a["name"] == "web-2")),
+        ("ip=10.0.0.3".into(), Box::new(|a| a["ip"] == "10.0.0.3")),
+        ("registerIP=any".into(), Box::new(|a| a["registerIP"] == "any")),
+        ("os.platform=ubuntu".into(), Box::new(|a| text(a, "os.platform") == "ubuntu")),
+        ("os.name=CentOS%20Linux".into(), Box::new(|a| text(a, "os.name") == "centos linux")),
+        ("os.version=12".into(), Box::new(|a| text(a, "os.version") == "12")),
+        ("version=Wazuh%20v4.9.0".into(), Box::new(|a| version(a) == [4, 9, 0])),
+        ("version=4.14.7".into(), Box::new(|a| version(a) == [4, 14, 7])),
+        (format!("manager={worker_1}"), Box::new(|a| a["manager"] == worker_1.as_str())),
+        (format!("node_name={worker_1}"), Box::new(|a| a["node_name"] == worker_1.as_str())),
+        ("group=default".into(), Box::new(|a| a["group"].as_array().is_some_and(|g| g.contains(&"default".into())))),
+        (format!("agents_list={},002", web_1.as_str().unwrap_or("")), Box::new(|a| a["id"] == web_1 || num(a) == 2)),
+        ("q=os.platform=ubuntu".into(), Box::new(|a| text(a, "os.platform") == "ubuntu")),
+        ("q=os.platform!=ubuntu".into(), Box::new(|a| text(a, "os.platform") != "ubuntu")),
+        ("q=version<4.14.7".into(), Box::new(|a| !version(a).is_empty() && version(a) < vec![4, 14, 7])),
+        ("q=id>3".into(), Box::new(|a| num(a) > 3)),
+        ("q=name~WEB".into(), Box::new(|a| text(a, "name").contains("web"))),
+        ("q=os.major=22".into(), Box::new(|a| text(a, "os.major") == "22")),
+        (
+            "q=(status=active,status=disconnected);os.platform~u".into(),
+            Box::new(|a| a["status"] == "active" && text(a, "os.platform").contains('u')),
+        ),
+        (
+            "q=status=never_connected,os.platform=centos".into(),
+            Box::new(|a| a["status"] == "never_connected" || text(a, "os.platform") == "centos"),
+        ),
+        ("search=ubuntu".into(), Box::new(|a| a.to_string().to_ascii_lowercase().contains("ubuntu"))),
+        ("search=-ubuntu".into(), Box::new(|a| !a.to_string().to_ascii_lowercase().contains("ubuntu"))),
+    ];
+    for (query, keep) in &cases {
+        let mut expected: Vec<String> =
+            all.iter().filter(|a| keep(a)).filter_map(|a| a["id"].as_str().map(String::from)).collect();
+        expected.sort();
+        for node in [0, 1, 2] {
+            let (status, body) = get(fleet.api(node), &format!("/agents?limit=100000&{query}"), API_TOKEN).await;
+            assert_eq!(status, 200, "{query} on node {node}: {body}");
+            let mut got = ids(&body["data"]["affected_items"]);
+            got.sort();
+            assert_eq!(got, expected, "{query} on node {node}");
+            assert_eq!(body["data"]["total_affected_items"], expected.len(), "{query} on node {node}");
+        }
+    }
+
+    // sort (dotted), then offset and limit over the sorted list.
+    let mut by_name: Vec<String> = all.iter().map(|a| text(a, "name")).collect();
+    by_name.sort();
+    by_name.reverse();
+    let (_, body) = get(fleet.api(1), "/agents?sort=-name&offset=1&limit=2", API_TOKEN).await;
+    let names: Vec<String> =
+        body["data"]["affected_items"].as_array().expect("items").iter().map(|a| text(a, "name")).collect();
+    assert_eq!(names, by_name[1..3], "{body}");
+    assert_eq!(body["data"]["total_affected_items"], all.len());
+    let (_, body) = get(fleet.api(2), "/agents?sort=-os.version,name&q=os.platform~u", API_TOKEN).await;
+    let names: Vec<String> =
+        body["data"]["affected_items"].as_array().expect("items").iter().map(|a| text(a, "name")).collect();
+    assert_eq!(names, ["web-1", "web-2"], "22.04 before 20.04: {body}");
+
+    // select (dotted) and distinct.
+    let (_, body) = get(fleet.api(1), "/agents?select=os.platform&q=status=active", API_TOKEN).await;
+    for item in body["data"]["affected_items"].as_array().expect("items") {
+        let keys: Vec<&String> = item.as_object().expect("object").keys().collect();
+        assert_eq!(keys, ["id", "os"], "{item}");
+        assert_eq!(item["os"].as_object().map(|o| o.len()), Some(1), "{item}");
+    }
+    let mut platforms: Vec<String> = all.iter().map(|a| text(a, "os.platform")).filter(|p| !p.is_empty()).collect();
+    platforms.sort();
+    platforms.dedup();
+    let (_, body) = get(fleet.api(2), "/agents?select=os.platform&distinct=true&status=active", API_TOKEN).await;
+    let mut got: Vec<String> =
+        body["data"]["affected_items"].as_array().expect("items").iter().map(|a| text(a, "os.platform")).collect();
+    got.sort();
+    assert_eq!(got, platforms, "{body}");
+
+    // Refusals name what is wrong, on master and worker alike.
+    for (query, names) in [
+        ("status=bogus", "bogus"),
+        ("q=os.colour=red", "os.colour"),
+        ("q=name=web;(status=active", "parenthesis"),
+        ("select=nope", "nope"),
+        ("sort=-nope", "nope"),
+        ("older_than=soon", "older_than"),
+        ("group_config_status=maybe", "group_config_status"),
+        ("registerip=any", "registerip"),
+    ] {
+        for node in [0, 2] {
+            let (status, body) = get(fleet.api(node), &format!("/agents?{query}"), API_TOKEN).await;
+            assert_eq!(status, 400, "{query} on node {node}: {body}");
+            assert!(body["detail"].as_str().unwrap_or("").contains(names), "{query}: {body}");
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn a_wazuh_style_bulk_delete_and_group_assignment_do_what_they_say() {
+    let fleet = fleet("bulk").await;
+    let master = fleet.api(0);
+    let all_ids = |body: &Value| ids(&body["data"]["affected_items"]);
+    // A bulk answer lists the ids themselves.
+    let done = |body: &Value| -> Vec<String> {
+        body["data"]["affected_items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect()
+    };
+    let (_, body) = get(master, "/agents?limit=100000", API_TOKEN).await;
+    let everyone = all_ids(&body);
+
+    // Wazuh's bulk assignment: PUT /agents/group?group_id=...&agents_list=...
+    let request = |method: &'static str, path: String, body: Option<String>| async move {
+        let base = format!("http://{master}");
+        let (status, text) = actix_rt::task::spawn_blocking(move || {
+            wazuh_multi_node::client::request(&base, method, &encoded(&path), Some(API_TOKEN), body.as_deref())
+        })
+        .await
+        .expect("join")
+        .expect("http");
+        (status, serde_json::from_str::<Value>(&text).unwrap_or(Value::Null))
+    };
+    let group = serde_json::json!({ "group_id": "linux2" }).to_string();
+    let (status, body) = request("POST", "/groups".into(), Some(group)).await;
+    assert_eq!(status, 200, "{body}");
+    let two = format!("{},{}", everyone[0], everyone[1]);
+    let (status, body) = request("PUT", format!("/agents/group?group_id=linux2&agents_list={two}"), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(done(&body), everyone[..2], "{body}");
+    let (_, body) = get(fleet.api(2), "/agents?group=linux2", API_TOKEN).await;
+    assert_eq!(all_ids(&body), everyone[..2], "seen from a worker: {body}");
+
+    // Wazuh's bulk delete: status is required, older_than is 7 days unless given.
+    let (status, body) = request("DELETE", "/agents?agents_list=all".into(), None).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = request("DELETE", "/agents?agents_list=all&status=never_connected".into(), None).await;
+    assert_eq!((status, body["data"]["total_affected_items"].clone()), (200, 0.into()), "none is 7 days old: {body}");
+    let (status, body) =
+        request("DELETE", "/agents?agents_list=all&status=never_connected&older_than=0s".into(), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["total_affected_items"], 2, "{body}");
+    let (status, body) =
+        request("DELETE", format!("/agents?agents_list={}&status=all&older_than=0s", everyone[0]), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(done(&body), [everyone[0].clone()], "{body}");
+    let (_, body) = get(fleet.api(1), "/agents", API_TOKEN).await;
+    assert_eq!(body["data"]["total_affected_items"], FLEET.len() - 3, "{body}");
+}
