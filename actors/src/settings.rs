@@ -50,42 +50,41 @@ pub struct ChannelSettings {
     /// Master: the cluster's enrollment policy, applied to what workers forward too.
     pub enrollment: Arc<crate::enrollment_policy::EnrollmentPolicy>,
     /// Master: how the API reads workers forward are answered (by this node's API, once it runs).
-    pub api_reads: ApiReads,
+    pub api_calls: ApiCalls,
 }
 
 /// Master: answers the API reads its workers forward, as the master's own API answers its callers.
 /// The node sets it once its API runs; until then, and on a node without an API, a forwarded read
 /// is answered 503.
 #[derive(Clone, Default)]
-pub struct ApiReads(Arc<std::sync::OnceLock<Arc<ReadsFactory>>>);
+pub struct ApiCalls(Arc<std::sync::OnceLock<Arc<CallsFactory>>>);
 
 /// Makes the reader of one worker connection (it lives on that connection's thread).
-pub type ReadsFactory = dyn Fn() -> Box<dyn ReadApi> + Send + Sync;
+pub type CallsFactory = dyn Fn() -> Box<dyn CallApi> + Send + Sync;
 
-/// Answers one read a worker forwarded: its request target and the caller's credential.
-pub trait ReadApi {
-    fn read(
+/// Answers one call a worker forwarded, as the master's API answers its own callers.
+pub trait CallApi {
+    fn call(
         &self,
-        target: String,
-        credential: String,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = wazuh_cluster_protocol::message::ApiReadResult>>>;
+        call: wazuh_cluster_protocol::message::ApiCall,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = wazuh_cluster_protocol::message::ApiAnswer>>>;
 }
 
-impl ApiReads {
+impl ApiCalls {
     /// Installs the API's reader (the first one set stays).
-    pub fn set(&self, factory: Arc<ReadsFactory>) {
+    pub fn set(&self, factory: Arc<CallsFactory>) {
         let _ = self.0.set(factory);
     }
 
     /// A reader for one connection, once the API runs.
-    pub fn reader(&self) -> Option<Box<dyn ReadApi>> {
+    pub fn reader(&self) -> Option<Box<dyn CallApi>> {
         self.0.get().map(|make| make())
     }
 }
 
-impl std::fmt::Debug for ApiReads {
+impl std::fmt::Debug for ApiCalls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.get().is_some() { "ApiReads(set)" } else { "ApiReads(unset)" })
+        f.write_str(if self.0.get().is_some() { "ApiCalls(set)" } else { "ApiCalls(unset)" })
     }
 }
 
@@ -224,7 +223,7 @@ pub(crate) fn test_settings(name: &str) -> ChannelSettings {
         admission: AdmissionMode::Open,
         max_handshakes: 256,
         enrollment: Default::default(),
-        api_reads: Default::default(),
+        api_calls: Default::default(),
     }
 }
 

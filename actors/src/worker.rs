@@ -22,7 +22,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 use wazuh_cluster_protocol::message::{
-    AdminForward, AdminRequest, AdminResult, ApiRead, ApiReadResult, EnrollForward, EnrollResolve, EnrollResult,
+    AdminForward, AdminRequest, AdminResult, ApiAnswer, ApiCall, EnrollForward, EnrollResolve, EnrollResult,
 };
 use wazuh_cluster_protocol::{MasterToWorker, Refusal, WorkerToMaster};
 
@@ -339,25 +339,25 @@ impl Handler<ForwardAdmin> for WorkerLink {
 }
 
 /// Forwards a read of the worker's API to the master, whose API answers it. `None`: the master
-/// speaks a protocol older than [`wazuh_cluster_protocol::version::API_READS`] (the worker answers
+/// speaks a protocol older than [`wazuh_cluster_protocol::version::API_CALLS`] (the worker answers
 /// from its own view).
 #[derive(Message)]
-#[rtype(result = "Result<Option<ApiReadResult>, ForwardError>")]
-pub struct ForwardRead(pub ApiRead);
+#[rtype(result = "Result<Option<ApiAnswer>, ForwardError>")]
+pub struct ForwardCall(pub ApiCall);
 
-impl Handler<ForwardRead> for WorkerLink {
-    type Result = ResponseFuture<Result<Option<ApiReadResult>, ForwardError>>;
+impl Handler<ForwardCall> for WorkerLink {
+    type Result = ResponseFuture<Result<Option<ApiAnswer>, ForwardError>>;
 
-    fn handle(&mut self, ForwardRead(read): ForwardRead, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, ForwardCall(read): ForwardCall, _: &mut Context<Self>) -> Self::Result {
         let conn = self.conn_handle();
         Box::pin(async move {
             let conn = conn.ok_or(ForwardError::NotConnected)?;
-            if conn.version() < wazuh_cluster_protocol::version::API_READS {
+            if conn.version() < wazuh_cluster_protocol::version::API_CALLS {
                 return Ok(None);
             }
-            match conn.call(WorkerToMaster::ApiRead(read)).await? {
-                MasterToWorker::ApiReadResult(result) => Ok(Some(result)),
-                other => Err(CallError::unexpected("api_read_result", &other).into()),
+            match conn.call(WorkerToMaster::ApiCall(read)).await? {
+                MasterToWorker::ApiAnswer(result) => Ok(Some(result)),
+                other => Err(CallError::unexpected("api_answer", &other).into()),
             }
         })
     }

@@ -117,8 +117,10 @@ pub enum WorkerToMaster {
     /// The outcome of a [`MasterToWorker::ReloadRuleset`] (protocol 2.1).
     RulesetReloaded(RulesetReloaded),
     /// A read received by the worker's API, with its caller's credential (protocol 2.4); answered
-    /// with [`MasterToWorker::ApiReadResult`].
-    ApiRead(ApiRead),
+    /// with [`MasterToWorker::ApiAnswer`].
+    ApiCall(ApiCall),
+    /// Which agents the messages of a [`MasterToWorker::AgentCommand`] went to (protocol 2.4).
+    AgentCommandSent(AgentCommandSent),
     /// The worker is closing the connection on purpose.
     Goodbye(Goodbye),
     /// A request of the master's could not be served (the answer to it).
@@ -141,10 +143,13 @@ pub enum MasterToWorker {
     EnrollResult(EnrollResult),
     EnrollResolved(EnrollResolve),
     AdminResult(AdminResult),
-    /// The master API's answer to a [`WorkerToMaster::ApiRead`].
-    ApiReadResult(ApiReadResult),
+    /// The master API's answer to a [`WorkerToMaster::ApiCall`].
+    ApiAnswer(ApiAnswer),
     /// Asks the worker to send `#!-force_reconnect` to these agents (all when empty).
     ForceReconnect(ForceReconnect),
+    /// Asks the worker to send each agent its message (a restart, an active response) on its
+    /// connection (protocol 2.4); answered with [`WorkerToMaster::AgentCommandSent`].
+    AgentCommand(AgentCommand),
     /// Asks the worker to have its analysisd reload the ruleset once its files reached
     /// `digest` (protocol 2.1); answered with [`WorkerToMaster::RulesetReloaded`].
     ReloadRuleset(ReloadRuleset),
@@ -288,6 +293,18 @@ pub struct RulesetReloaded {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ForceReconnect {
     pub ids: Vec<u32>,
+}
+
+/// Messages for agents, each as the manager sends it on the agent's connection (`#!-execd {...}`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AgentCommand {
+    pub messages: Vec<(u32, String)>,
+}
+
+/// The agents of an [`AgentCommand`] whose connection on this node took their message.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AgentCommandSent {
+    pub sent: Vec<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -611,30 +628,50 @@ impl std::fmt::Debug for AdminForward {
     }
 }
 
-/// A read (`GET`) received by a worker's API, forwarded so that the master's API answers it: the
-/// request target (path and query) and the caller's credential, which the master's API checks as
-/// its own callers'.
+/// A call received by a worker's API, forwarded so that the master's API answers it (a read, or a
+/// command to agents): the method (`GET` or `PUT`), the request target (path and query), the
+/// caller's credential (which the master's API checks as its own callers'), and the body with its
+/// content type (empty for a read).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApiRead {
+pub struct ApiCall {
+    pub method: ApiMethod,
     pub target: String,
     pub credential: String,
+    pub content_type: String,
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
 }
 
-impl ApiRead {
+/// The methods a worker forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ApiMethod {
+    Get,
+    Put,
+}
+
+impl ApiCall {
     /// Longest request target forwarded (the API's own request line limit is larger than any
     /// target it serves).
     pub const MAX_TARGET: usize = 8192;
+    /// Largest body forwarded (an active-response command with its alert).
+    pub const MAX_BODY: usize = 64 * 1024;
 }
 
-impl std::fmt::Debug for ApiRead {
+impl std::fmt::Debug for ApiCall {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiRead").field("target", &self.target).field("credential", &"<hidden>").finish()
+        f.debug_struct("ApiCall")
+            .field("method", &self.method)
+            .field("target", &self.target)
+            .field("credential", &"<hidden>")
+            .field("body_bytes", &self.body.len())
+            .finish()
     }
 }
 
-/// The master API's answer to an [`ApiRead`]: its HTTP status, content type and body.
+/// The master API's answer to an [`ApiCall`]: its HTTP status, content type and body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApiReadResult {
+pub struct ApiAnswer {
     pub status: u16,
     pub content_type: String,
     #[serde(with = "serde_bytes")]
@@ -906,7 +943,8 @@ impl MessageName for WorkerToMaster {
             WorkerToMaster::Enroll(_) => "enroll",
             WorkerToMaster::EnrollResolve(_) => "enroll_resolve",
             WorkerToMaster::Admin(_) => "admin",
-            WorkerToMaster::ApiRead(_) => "api_read",
+            WorkerToMaster::ApiCall(_) => "api_call",
+            WorkerToMaster::AgentCommandSent(_) => "agent_command_sent",
             WorkerToMaster::RulesetReloaded(_) => "ruleset_reloaded",
             WorkerToMaster::Goodbye(_) => "goodbye",
             WorkerToMaster::Error(_) => "error",
@@ -927,7 +965,8 @@ impl MessageName for MasterToWorker {
             MasterToWorker::EnrollResult(_) => "enroll_result",
             MasterToWorker::EnrollResolved(_) => "enroll_resolved",
             MasterToWorker::AdminResult(_) => "admin_result",
-            MasterToWorker::ApiReadResult(_) => "api_read_result",
+            MasterToWorker::ApiAnswer(_) => "api_answer",
+            MasterToWorker::AgentCommand(_) => "agent_command",
             MasterToWorker::ForceReconnect(_) => "force_reconnect",
             MasterToWorker::ReloadRuleset(_) => "reload_ruleset",
             MasterToWorker::Goodbye(_) => "goodbye",

@@ -37,9 +37,11 @@ impl fmt::Display for ProtocolVersion {
 /// client certificate (the master checks them); none of it goes to or from a 2.1 peer.
 /// 2.3: Raft RPC bodies between master-eligible nodes are MessagePack (JSON to and
 /// from a 2.2 or 2.1 peer).
-/// 2.4 (this build): a worker's API forwards reads to the master
-/// ([`crate::message::WorkerToMaster::ApiRead`]), so that every node answers them alike; a worker
-/// of an older master answers them itself. 1.x nodes (unreleased development builds) are refused with a version
+/// 2.4 (this build): a worker's API forwards reads of agents and groups, and commands to agents,
+/// to the master ([`crate::message::WorkerToMaster::ApiCall`]), so that every node answers them
+/// alike; the master has a worker send agents their commands
+/// ([`crate::message::MasterToWorker::AgentCommand`]). A worker of an older master answers reads
+/// itself; an older worker is never asked to send commands. 1.x nodes (unreleased development builds) are refused with a version
 /// message.
 pub const CURRENT: ProtocolVersion = ProtocolVersion::new(2, 4);
 /// The oldest version this build still speaks.
@@ -48,8 +50,9 @@ pub const MIN_SUPPORTED: ProtocolVersion = ProtocolVersion::new(2, 1);
 pub const USERS: ProtocolVersion = ProtocolVersion::new(2, 2);
 /// The first version whose master-eligible peers encode Raft RPC bodies in MessagePack.
 pub const RAFT_MESSAGEPACK: ProtocolVersion = ProtocolVersion::new(2, 3);
-/// The first version whose master serves the API reads its workers forward.
-pub const API_READS: ProtocolVersion = ProtocolVersion::new(2, 4);
+/// The first version whose master serves the API calls its workers forward, and whose workers send
+/// agents the master's commands.
+pub const API_CALLS: ProtocolVersion = ProtocolVersion::new(2, 4);
 
 /// An inclusive range of versions a node speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

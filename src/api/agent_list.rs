@@ -262,6 +262,16 @@ impl Selection {
         Selection { limit: u64::MAX, ..Selection::default() }
     }
 
+    /// These agents (none: every agent).
+    pub(super) fn of_ids(ids: Vec<u32>) -> Self {
+        Selection { ids, ..Selection::every() }
+    }
+
+    /// The agents of `group`.
+    pub(super) fn of_group(group: String) -> Self {
+        Selection { equal: vec![("group", group)], ..Selection::every() }
+    }
+
     /// Whether SQLite can serve the whole request a page at a time.
     fn sql_only(&self) -> bool {
         self.equal.iter().all(|(f, _)| matches!(*f, "group" | "node_name"))

@@ -1,18 +1,19 @@
-//! Every node's API answers reads alike (as Wazuh's distributed API does): a worker forwards the
-//! reads of agents and groups (what only the master knows whole: statuses, nodes, keep-alives,
-//! operating systems) over its cluster connection, and the master's own API answers them, checking
-//! the caller's credential as its own callers'. The worker checks the credential first too, so an
+//! Every node's API answers alike (as Wazuh's distributed API does): a worker forwards the reads
+//! of agents and groups (what only the master knows whole: statuses, nodes, keep-alives, operating
+//! systems) and the commands to agents (restarts, active responses: the master knows which node
+//! holds each agent) over its cluster connection, and the master's own API answers them, checking
+//! the caller's credential and role as its own callers'. The worker checks them first too, so an
 //! unauthenticated request never reaches the master.
 //!
-//! On the master the forwarded read runs through the same routes, guard and handlers as a request
-//! on its socket ([`in_process_reads`]); nothing is rendered twice.
+//! On the master the forwarded call runs through the same routes, guard and handlers as a request
+//! on its socket ([`in_process_calls`]); nothing is rendered twice.
 
 use super::*;
 use actix_web::dev::{Service, ServiceFactory, ServiceRequest, ServiceResponse};
 use std::cell::RefCell;
 use std::rc::Rc;
-use wazuh_cluster_actors::settings::{ReadApi, ReadsFactory};
-use wazuh_cluster_protocol::message::{ApiRead, ApiReadResult};
+use wazuh_cluster_actors::settings::{CallApi, CallsFactory};
+use wazuh_cluster_protocol::message::{ApiAnswer, ApiCall, ApiMethod};
 
 /// Whether a worker forwards this read to the master: agents, groups and the overview (the
 /// cluster's view of this node, the ruleset files and the API's own routes are this node's).
@@ -22,28 +23,57 @@ pub(super) fn is_cluster_read(path: &str) -> bool {
         .any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
 }
 
-/// Worker: forwards reads of agents and groups to the master (after the guard let the caller in),
-/// and answers with the master's answer. A master too old to answer them leaves them to this node.
-pub(super) async fn forward_reads(
-    req: ServiceRequest,
+/// Whether a worker forwards this `PUT` to the master: a command to agents (the master knows which
+/// node holds each agent's connection and routes it there).
+pub(super) fn is_agent_command(path: &str) -> bool {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    matches!(
+        parts.as_slice(),
+        ["active-response"] | ["agents", "restart"] | ["agents", _, "restart"] | ["agents", "group", _, "restart"]
+    )
+}
+
+/// Worker: forwards reads of agents and groups, and commands to agents, to the master (after the
+/// guard let the caller in), and answers with the master's answer. A master too old to answer
+/// them leaves them to this node.
+pub(super) async fn forward_calls(
+    mut req: ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
 ) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
     let Some(node) = req.app_data::<web::Data<NodeHandle>>().cloned() else {
         return Err(actix_web::error::ErrorInternalServerError("the API has no node"));
     };
-    if !matches!(**node, NodeHandle::Worker { .. })
-        || req.method() != actix_web::http::Method::GET
-        || !is_cluster_read(req.path())
-    {
+    let method = match *req.method() {
+        actix_web::http::Method::GET if is_cluster_read(req.path()) => ApiMethod::Get,
+        actix_web::http::Method::PUT if is_agent_command(req.path()) => ApiMethod::Put,
+        _ => return Ok(next.call(req).await?.map_into_boxed_body()),
+    };
+    if !matches!(**node, NodeHandle::Worker { .. }) {
         return Ok(next.call(req).await?.map_into_boxed_body());
     }
     let target = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| req.path().into());
-    if target.len() > ApiRead::MAX_TARGET {
+    if target.len() > ApiCall::MAX_TARGET {
         let body = error_body(414, "the request target is too long");
         return Ok(req.into_response(HttpResponse::build(StatusCode::URI_TOO_LONG).json(body)));
     }
+    let body = match method {
+        ApiMethod::Get => Vec::new(),
+        ApiMethod::Put => match req.extract::<web::Bytes>().await {
+            Ok(bytes) if bytes.len() <= ApiCall::MAX_BODY => bytes.to_vec(),
+            _ => {
+                let why = format!("the body must be at most {} bytes", ApiCall::MAX_BODY);
+                return Ok(req.into_response(HttpResponse::PayloadTooLarge().json(error_body(413, &why))));
+            }
+        },
+    };
+    let content_type = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let credential = bearer(req.request()).to_string();
-    match node.forward_read(ApiRead { target, credential }).await {
+    match node.forward_call(ApiCall { method, target, credential, content_type, body }).await {
         Ok(Some(answer)) => {
             let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
             let response = HttpResponse::build(status).content_type(answer.content_type).body(answer.body);
@@ -51,18 +81,18 @@ pub(super) async fn forward_reads(
         }
         Ok(None) => Ok(next.call(req).await?.map_into_boxed_body()),
         Err(e) => {
-            let why = format!("this worker answers agent and group reads through the master: {e}");
+            let why = format!("this worker answers agents' reads and commands through the master: {e}");
             Ok(req.into_response(HttpResponse::ServiceUnavailable().json(error_body(503, &why))))
         }
     }
 }
 
 /// A forwarded read's answer from the service: status, content type, body.
-type Call = Rc<dyn Fn(actix_http::Request) -> futures_util::future::LocalBoxFuture<'static, ApiReadResult>>;
+type Call = Rc<dyn Fn(actix_http::Request) -> futures_util::future::LocalBoxFuture<'static, ApiAnswer>>;
 
 /// Master: answers forwarded reads with the API's own service, made from `app` (the same factory
 /// the server runs) on the connection's thread at its first read.
-pub(super) fn in_process_reads<F, T, B>(app: F) -> std::sync::Arc<ReadsFactory>
+pub(super) fn in_process_calls<F, T, B>(app: F) -> std::sync::Arc<CallsFactory>
 where
     F: Fn() -> App<T> + Clone + Send + Sync + 'static,
     T: ServiceFactory<
@@ -82,7 +112,7 @@ struct InProcess<F> {
     call: Rc<RefCell<Option<Call>>>,
 }
 
-impl<F, T, B> ReadApi for InProcess<F>
+impl<F, T, B> CallApi for InProcess<F>
 where
     F: Fn() -> App<T> + Clone + 'static,
     T: ServiceFactory<
@@ -94,11 +124,7 @@ where
         > + 'static,
     B: actix_web::body::MessageBody + 'static,
 {
-    fn read(
-        &self,
-        target: String,
-        credential: String,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ApiReadResult>>> {
+    fn call(&self, forwarded: ApiCall) -> std::pin::Pin<Box<dyn std::future::Future<Output = ApiAnswer>>> {
         let (app, cell) = (self.app.clone(), self.call.clone());
         Box::pin(async move {
             let existing = cell.borrow().clone();
@@ -123,13 +149,26 @@ where
                     call
                 }
             };
+            let ApiCall { method, target, credential, content_type, body } = forwarded;
             let Ok(uri) = target.parse::<actix_web::http::Uri>() else {
                 return plain(400, "invalid request target");
             };
-            let mut request = actix_http::Request::new();
+            let length = body.len();
+            let mut request =
+                actix_http::Request::with_payload(actix_http::Payload::from(actix_web::web::Bytes::from(body)));
             let head = request.head_mut();
-            head.method = actix_web::http::Method::GET;
+            head.method = match method {
+                ApiMethod::Get => actix_web::http::Method::GET,
+                ApiMethod::Put => actix_web::http::Method::PUT,
+            };
             head.uri = uri;
+            if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&content_type) {
+                if !content_type.is_empty() {
+                    head.headers.insert(actix_web::http::header::CONTENT_TYPE, value);
+                }
+            }
+            head.headers
+                .insert(actix_web::http::header::CONTENT_LENGTH, actix_web::http::header::HeaderValue::from(length));
             head.headers
                 .insert(actix_web::http::header::HOST, actix_web::http::header::HeaderValue::from_static("localhost"));
             if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&format!("Bearer {credential}")) {
@@ -141,15 +180,15 @@ where
 }
 
 /// An answer of the API's error format with `status`.
-fn plain(status: u16, why: &str) -> ApiReadResult {
-    ApiReadResult {
+fn plain(status: u16, why: &str) -> ApiAnswer {
+    ApiAnswer {
         status,
         content_type: "application/json".into(),
         body: error_body(status, why).to_string().into_bytes(),
     }
 }
 
-async fn result_of(response: HttpResponse) -> ApiReadResult {
+async fn result_of(response: HttpResponse) -> ApiAnswer {
     let status = response.status().as_u16();
     let content_type = response
         .headers()
@@ -158,7 +197,7 @@ async fn result_of(response: HttpResponse) -> ApiReadResult {
         .unwrap_or("application/octet-stream")
         .to_string();
     match actix_web::body::to_bytes(response.into_body()).await {
-        Ok(body) => ApiReadResult { status, content_type, body: body.to_vec() },
+        Ok(body) => ApiAnswer { status, content_type, body: body.to_vec() },
         Err(_) => plain(500, "the master's answer could not be read"),
     }
 }
@@ -168,7 +207,14 @@ mod tests {
     use super::is_cluster_read;
 
     #[test]
-    fn agent_and_group_reads_go_to_the_master_the_rest_stays() {
+    fn agent_and_group_reads_and_agent_commands_go_to_the_master_the_rest_stays() {
+        use super::is_agent_command;
+        for command in ["/active-response", "/agents/restart", "/agents/001/restart", "/agents/group/web/restart"] {
+            assert!(is_agent_command(command), "{command}");
+        }
+        for other in ["/agents", "/agents/001", "/agents/group/web", "/agents/reconnect", "/active-responsex"] {
+            assert!(!is_agent_command(other), "{other}");
+        }
         for forwarded in
             ["/agents", "/agents/001", "/agents/summary/status", "/groups", "/groups/x/agents", "/overview/agents"]
         {

@@ -183,6 +183,7 @@ mod access;
 mod agent_list;
 mod agents;
 mod cluster;
+mod commands;
 mod forward;
 mod groups;
 mod listener;
@@ -209,7 +210,7 @@ pub fn start(
     limits: ApiLimits,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     info: NodeInfo,
-    reads: &wazuh_cluster_actors::settings::ApiReads,
+    reads: &wazuh_cluster_actors::settings::ApiCalls,
 ) -> std::io::Result<ServerHandle> {
     let name = node.name().to_string();
     let data = web::Data::new(node);
@@ -221,7 +222,7 @@ pub fn start(
             .app_data(access.clone())
             .app_data(info.clone())
             // The guard (outermost) lets the caller in; then a worker forwards cluster reads.
-            .wrap(actix_web::middleware::from_fn(forward::forward_reads))
+            .wrap(actix_web::middleware::from_fn(forward::forward_calls))
             .wrap(actix_web::middleware::from_fn(guard))
             // Malformed parameters and bodies answer in the API's JSON error format.
             .app_data(web::QueryConfig::default().error_handler(|e, _| bad_input(e.to_string())))
@@ -240,7 +241,7 @@ pub fn start(
         app.default_service(web::to(not_found))
     };
     // The master answers the reads its workers forward with this same application.
-    reads.set(forward::in_process_reads(app.clone()));
+    reads.set(forward::in_process_calls(app.clone()));
     let tls = tls.map(|config| {
         let mut config = (*config).clone();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];

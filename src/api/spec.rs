@@ -120,6 +120,12 @@ const DELETE_AGENTS: &[Param] = with_agent_equalities!(
     []
 );
 
+const COMMAND: &[Param] = &[
+    query("pretty", "boolean", "indented JSON"),
+    query("wait_for_complete", "boolean", "accepted (answers are always complete)"),
+    query("agents_list", "string", "comma-separated agent ids (absent: every agent)"),
+];
+
 const BULK_GROUP: &[Param] = &[
     query("pretty", "boolean", "indented JSON"),
     query("wait_for_complete", "boolean", "accepted (answers are always complete)"),
@@ -184,6 +190,29 @@ pub fn endpoints() -> Vec<Endpoint> {
             ],
             Body::None,
             || web::delete().to(unassign_many),
+        ),
+        e("put", "/agents/restart", "Restart agents (through the nodes that hold them)", COMMAND, Body::None, || {
+            web::put().to(commands::restart_agents)
+        }),
+        e(
+            "put",
+            "/agents/group/{group_id}/restart",
+            "Restart a group's agents",
+            params![
+                path("group_id", "the group"),
+                query("pretty", "boolean", "indented JSON"),
+                query("wait_for_complete", "boolean", "accepted")
+            ],
+            Body::None,
+            || web::put().to(commands::restart_group),
+        ),
+        e(
+            "put",
+            "/active-response",
+            "Run an active-response command on agents",
+            COMMAND,
+            Body::Json(&["command"]),
+            || web::put().to(commands::active_response),
         ),
         e("put", "/agents/group", "Assign agents to a group (Wazuh's form)", BULK_GROUP, Body::None, || {
             web::put().to(assign_many_wazuh)
@@ -306,6 +335,18 @@ pub fn endpoints() -> Vec<Endpoint> {
         e("get", "/agents/{id}", "One agent", params![path("id", "the agent's id")], Body::None, || {
             web::get().to(get_agent)
         }),
+        e(
+            "put",
+            "/agents/{id}/restart",
+            "Restart an agent",
+            params![
+                path("id", "the agent's id"),
+                query("pretty", "boolean", "indented JSON"),
+                query("wait_for_complete", "boolean", "accepted")
+            ],
+            Body::None,
+            || web::put().to(commands::restart_agent),
+        ),
         e("delete", "/agents/{id}", "Delete an agent", params![path("id", "the agent's id")], Body::None, || {
             web::delete().to(delete_agent)
         }),

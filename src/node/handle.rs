@@ -301,12 +301,55 @@ impl NodeHandle {
 
     /// Worker: has the master's API answer a read (`None`: the master is too old to, or this is
     /// the master).
-    pub async fn forward_read(
+    pub async fn forward_call(
         &self,
-        read: wazuh_cluster_protocol::message::ApiRead,
-    ) -> Result<Option<wazuh_cluster_protocol::message::ApiReadResult>, ChangeError> {
+        read: wazuh_cluster_protocol::message::ApiCall,
+    ) -> Result<Option<wazuh_cluster_protocol::message::ApiAnswer>, ChangeError> {
         let NodeHandle::Worker { link, .. } = self else { return Ok(None) };
-        link.send(worker::ForwardRead(read)).await.map_err(|_| ChangeError::Stopping)?.map_err(ChangeError::Master)
+        link.send(worker::ForwardCall(read)).await.map_err(|_| ChangeError::Stopping)?.map_err(ChangeError::Master)
+    }
+
+    /// Master: sends each agent its message on its connection, through the node that holds it
+    /// (`node_name`): this node's own agents directly, a worker's through the worker. The agents
+    /// whose connection took it; for the others, why not (Wazuh's error code and message).
+    pub async fn command_agents(&self, items: Vec<(u32, String, String)>) -> Vec<(u32, Result<(), (u16, String)>)> {
+        let NodeHandle::Master { name, listener, agents, .. } = self else {
+            return items
+                .into_iter()
+                .map(|(id, _, _)| (id, Err((3023, "commands go through the master".into()))))
+                .collect();
+        };
+        let mut by_node: BTreeMap<String, Vec<(u32, String)>> = BTreeMap::new();
+        for (id, node, message) in items {
+            by_node.entry(node).or_default().push((id, message));
+        }
+        let not_active = || (1707, "Cannot send request, agent is not active".to_string());
+        let mut out = Vec::new();
+        for (node, messages) in by_node {
+            let ids: Vec<u32> = messages.iter().map(|(id, _)| *id).collect();
+            let sent = if node == *name {
+                let bytes = messages.into_iter().map(|(id, m)| (id, m.into_bytes())).collect();
+                agents
+                    .send(wazuh_cluster_actors::agents::messages::SendToAgents(bytes))
+                    .await
+                    .map_err(|_| "the agent hub stopped".to_string())
+            } else {
+                match listener.send(master::CommandAgents { node: node.clone(), messages }).await {
+                    Ok(result) => result,
+                    Err(_) => Err("the master listener stopped".to_string()),
+                }
+            };
+            match sent {
+                Ok(sent) => out.extend(
+                    ids.into_iter().map(|id| (id, if sent.contains(&id) { Ok(()) } else { Err(not_active()) })),
+                ),
+                Err(why) => out.extend(
+                    ids.into_iter()
+                        .map(|id| (id, Err((3023, format!("Worker node is not connected to master: {why}"))))),
+                ),
+            }
+        }
+        out
     }
 
     /// Agent `id` as this node knows it; with its key only when `with_key` (an explicit call).

@@ -80,7 +80,7 @@ pub fn channel_settings(
         admission,
         max_handshakes: 256,
         enrollment: Default::default(),
-        api_reads: Default::default(),
+        api_calls: Default::default(),
     })
 }
 
@@ -215,7 +215,7 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
     };
     let Started { handle, enroller, mut tasks } = started;
     let Prepared { budget, access, policy, enrollment_tls, api_tls, settings, .. } = prepared;
-    let reads = settings.api_reads.clone();
+    let reads = settings.api_calls.clone();
 
     // Then the listeners are served.
     let (enroll_listener, enrollment_addr) = enrollment;

@@ -201,7 +201,7 @@ pub fn settings(name: &str, role: Role, psk_byte: u8) -> ChannelSettings {
         admission: wazuh_cluster_actors::admission::AdmissionMode::Open,
         max_handshakes: 256,
         enrollment: Default::default(),
-        api_reads: Default::default(),
+        api_calls: Default::default(),
     }
 }
 

@@ -69,8 +69,8 @@ const FLEET: &[Spec] = &[
 
 struct Fleet {
     cluster: TestCluster,
-    /// The agents' connections, kept open for the test.
-    _streams: Vec<TcpStream>,
+    /// The connected agents (by name) and their connections, kept open for the test.
+    agents: Vec<(SimAgent, TcpStream)>,
 }
 
 impl Fleet {
@@ -95,7 +95,7 @@ fn keepalive(agent: &SimAgent, spec: &Spec, n: usize) -> String {
 async fn fleet(prefix: &str) -> Fleet {
     let cluster = TestCluster::start(prefix, 2).await;
     cluster.wait_for_workers(2, WAIT).await;
-    let mut streams = Vec::new();
+    let mut agents = Vec::new();
     for (n, spec) in FLEET.iter().enumerate() {
         let node = spec.node.unwrap_or(0);
         let (enroll_at, report_at) = if node == 0 {
@@ -114,7 +114,7 @@ async fn fleet(prefix: &str) -> Fleet {
         s.write_all(&agent.frame(b"#!-agent startup {\"version\":\"v4.14.7\"}")).await.expect("startup");
         read_payload(&mut s).await.expect("the startup is acknowledged");
         s.write_all(&agent.frame(keepalive(&agent, spec, n + 1).as_bytes())).await.expect("keep-alive");
-        streams.push(s);
+        agents.push((agent, s));
     }
     let master = cluster.master().api_addr;
     wait_until("every connected agent is active on the master", WAIT, || async {
@@ -122,7 +122,7 @@ async fn fleet(prefix: &str) -> Fleet {
         body["data"]["total_affected_items"] == 4
     })
     .await;
-    Fleet { cluster, _streams: streams }
+    Fleet { cluster, agents }
 }
 
 #[actix_rt::test]
@@ -351,4 +351,101 @@ async fn a_wazuh_style_bulk_delete_and_group_assignment_do_what_they_say() {
     assert_eq!(done(&body), [everyone[0].clone()], "{body}");
     let (_, body) = get(fleet.api(1), "/agents", API_TOKEN).await;
     assert_eq!(body["data"]["total_affected_items"], FLEET.len() - 3, "{body}");
+}
+
+/// The next `#!-execd` message the manager sends `name` (other messages are passed over).
+async fn next_execd(fleet: &mut Fleet, name: &str) -> String {
+    let (agent, s) = fleet.agents.iter_mut().find(|(a, _)| a.name == name).expect("a connected agent");
+    loop {
+        let payload = tokio::time::timeout(WAIT, read_payload(s)).await.expect("a message in time").expect("a frame");
+        let text = String::from_utf8(agent.open(&payload).expect("decrypt")).expect("text");
+        if text.starts_with("#!-execd") {
+            return text;
+        }
+    }
+}
+
+async fn put(addr: std::net::SocketAddr, path: &str, body: Option<Value>) -> (u16, Value) {
+    let (base, path, body) = (format!("http://{addr}"), encoded(path), body.map(|b| b.to_string()));
+    let (status, text) = actix_rt::task::spawn_blocking(move || {
+        wazuh_multi_node::client::request(&base, "PUT", &path, Some(API_TOKEN), body.as_deref())
+    })
+    .await
+    .expect("join")
+    .expect("http");
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[actix_rt::test]
+async fn restarts_and_active_responses_reach_the_agent_through_the_node_that_holds_it() {
+    let mut fleet = fleet("cmd").await;
+    let ar_conf = fleet.cluster.dir.path().join(fleet.cluster.master_name()).join("etc/shared/ar.conf");
+    std::fs::write(&ar_conf, "firewall-drop0 - firewall-drop - 0\nrestart-wazuh0 - restart-wazuh - 0\n")
+        .expect("ar.conf");
+    let (_, all) = get(fleet.api(0), "/agents?limit=100000", API_TOKEN).await;
+    let id = |name: &str| -> String {
+        all["data"]["affected_items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["name"] == name)
+            .map(|a| a["id"].as_str().unwrap_or("").to_string())
+            .expect("agent")
+    };
+    let (db, idle, web) = (id("db-1"), id("idle-1"), id("web-2"));
+    let worker_2 = fleet.cluster.worker_name(1);
+    let done = |body: &Value| -> Vec<String> {
+        body["data"]["affected_items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect()
+    };
+
+    // A restart through the master's API, of an agent on worker 2: delivered by worker 2, as
+    // Wazuh's manager sends it.
+    let (status, body) = put(fleet.api(0), &format!("/agents/{db}/restart"), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(done(&body), std::slice::from_ref(&db), "{body}");
+    let restart = "#!-execd {\"version\": 1, \"origin\": {\"module\": \"framework\"}, \"command\": \"restart-wazuh0\", \"parameters\": {\"extra_args\": [], \"alert\": {}}} - null (from_the_server) (no_rule_id)";
+    assert_eq!(next_execd(&mut fleet, "db-1").await, restart);
+
+    // An active response: the active agent gets it, an agent never connected and one that does
+    // not exist are failed items with Wazuh's codes.
+    let ar = serde_json::json!({ "command": "firewall-drop0", "arguments": ["-"], "alert": { "data": { "srcip": "10.0.0.9" } } });
+    let (status, body) =
+        put(fleet.api(0), &format!("/active-response?agents_list={db},{idle},999"), Some(ar.clone())).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(done(&body), std::slice::from_ref(&db), "{body}");
+    assert_eq!(body["data"]["total_failed_items"], 2, "{body}");
+    let codes: Vec<(u64, Vec<Value>)> = body["data"]["failed_items"]
+        .as_array()
+        .expect("failed")
+        .iter()
+        .map(|f| (f["error"]["code"].as_u64().unwrap_or(0), f["id"].as_array().cloned().unwrap_or_default()))
+        .collect();
+    assert!(
+        codes.contains(&(1701, vec!["999".into()])) && codes.contains(&(1707, vec![idle.clone().into()])),
+        "{body}"
+    );
+    assert_eq!(body["message"], "AR command was not sent to some agents");
+    let expected = format!(
+        "#!-execd {{\"version\": 1, \"origin\": {{\"name\": \"{worker_2}\", \"module\": \"API\"}}, \"command\": \"firewall-drop0\", \"parameters\": {{\"extra_args\": [\"-\"], \"alert\": {{\"data\": {{\"srcip\": \"10.0.0.9\"}}}}}}}}"
+    );
+    assert_eq!(next_execd(&mut fleet, "db-1").await, expected);
+
+    // Through worker 2's API, of an agent on worker 1: forwarded to the master, routed to worker 1.
+    let (status, body) = put(fleet.api(2), &format!("/agents/restart?agents_list={web}"), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(done(&body), std::slice::from_ref(&web), "{body}");
+    assert_eq!(next_execd(&mut fleet, "web-2").await, restart);
+
+    // A command ar.conf does not define is refused, on master and worker alike.
+    let bad = serde_json::json!({ "command": "rm-everything0" });
+    for node in [0, 2] {
+        let (status, body) =
+            put(fleet.api(node), &format!("/active-response?agents_list={db}"), Some(bad.clone())).await;
+        assert_eq!(status, 400, "{body}");
+    }
 }

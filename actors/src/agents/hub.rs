@@ -3,7 +3,7 @@
 use super::merged::{groups_key, MergedCache};
 use super::messages::{
     Bind, BindRefused, CloseAll, Closed, Delivered, ForceReconnect, GetHubView, HubLink, HubView, RefreshKeys,
-    ResendAll, Seen, SeenKind, SessionTx, SharedChanged, TakeUpdates, WatchFigures, FIGURES_EVERY,
+    ResendAll, Seen, SeenKind, SendToAgents, SessionTx, SharedChanged, TakeUpdates, WatchFigures, FIGURES_EVERY,
 };
 use super::{AgentKey, Shared};
 use crate::registry::fmt_id;
@@ -491,6 +491,23 @@ impl Handler<ForceReconnect> for AgentHub {
             info!(node = self.node(); "asked {n} agents to reconnect");
         }
         n
+    }
+}
+
+impl Handler<SendToAgents> for AgentHub {
+    type Result = Vec<u32>;
+
+    fn handle(&mut self, SendToAgents(messages): SendToAgents, _: &mut Context<Self>) -> Vec<u32> {
+        let mut sent = Vec::new();
+        for (id, message) in messages {
+            if self.live.get(&id).is_some_and(|live| live.tx.push(vec![message])) {
+                sent.push(id);
+            }
+        }
+        if !sent.is_empty() {
+            info!(node = self.node(); "sent a command to {} agents", sent.len());
+        }
+        sent
     }
 }
 

@@ -206,6 +206,11 @@ pub struct SharedChanged(pub Option<Vec<String>>);
 #[rtype(result = "usize")]
 pub struct ForceReconnect(pub Vec<u32>);
 
+/// Sends each agent its message on its connection here; returns the agents whose connection took it.
+#[derive(Message)]
+#[rtype(result = "Vec<u32>")]
+pub struct SendToAgents(pub Vec<(u32, Vec<u8>)>);
+
 /// Closes every agent connection (the node is stopping); returns how many were closed.
 #[derive(Message)]
 #[rtype(result = "usize")]

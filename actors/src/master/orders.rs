@@ -167,6 +167,42 @@ impl Handler<ForceReconnectWorkers> for MasterListener {
     }
 }
 
+/// Has worker `node` send each agent its message on the agent's connection (protocol 2.4). The
+/// agents whose connection took it, or why the worker could not be asked.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<u32>, String>")]
+pub struct CommandAgents {
+    pub node: String,
+    pub messages: Vec<(u32, String)>,
+}
+
+impl Handler<CommandAgents> for MasterListener {
+    type Result = ResponseFuture<Result<Vec<u32>, String>>;
+
+    fn handle(&mut self, msg: CommandAgents, _: &mut Context<Self>) -> Self::Result {
+        let target =
+            self.workers.get(&msg.node).filter(|w| !w.handle.is_closed()).map(|w| (w.handle.clone(), w.version));
+        let node = msg.node;
+        Box::pin(async move {
+            let Some((handle, version)) = target else {
+                return Err(format!("node {node} is not connected to the master"));
+            };
+            if version < wazuh_cluster_protocol::version::API_CALLS {
+                return Err(format!("node {node} speaks protocol {version}: it cannot be asked to send commands"));
+            }
+            let body =
+                MasterToWorker::AgentCommand(wazuh_cluster_protocol::message::AgentCommand { messages: msg.messages });
+            match handle.call(body).await {
+                Ok(wazuh_cluster_protocol::WorkerToMaster::AgentCommandSent(s)) => Ok(s.sent),
+                Ok(other) => {
+                    Err(format!("node {node} answered {}", wazuh_cluster_protocol::message::MessageName::name(&other)))
+                }
+                Err(e) => Err(format!("node {node} did not answer: {e}")),
+            }
+        })
+    }
+}
+
 /// Asks every connected worker to have its analysisd reload the ruleset once its files reached
 /// the master's digest, read afresh from disk now (a file written just before the request counts);
 /// the outcome per worker, by name.

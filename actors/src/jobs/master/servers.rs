@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use wazuh_cluster_protocol::message::{
-    AdminError, AdminForward, AdminResult, AgentInfoAck, AgentInfoBatch, ApiRead, ApiReadResult, EnrollForward,
+    AdminError, AdminForward, AdminResult, AgentInfoAck, AgentInfoBatch, ApiAnswer, ApiCall, EnrollForward,
     EnrollResolve, EnrollResult, FetchFiles, IntegrityCheck, IntegrityStatus, JobReport, KeepAlive, KeepAliveAck,
     SyncManifest, SyncPlan,
 };
@@ -276,10 +276,10 @@ impl Serve for RegistrationServe {
 
 /// Answers the API reads the worker forwards through the master's own API (which checks the
 /// caller's credential as it checks its own callers'): every node's API answers a read alike.
-pub(crate) struct ApiReadServe {
-    pub reads: crate::settings::ApiReads,
+pub(crate) struct ApiCallServe {
+    pub reads: crate::settings::ApiCalls,
     /// Made at the first read (the API may start after the connection).
-    pub reader: Option<std::rc::Rc<dyn crate::settings::ReadApi>>,
+    pub reader: Option<std::rc::Rc<dyn crate::settings::CallApi>>,
     /// Largest answer sent back (half a frame: the envelope and the sealing stay inside one).
     pub max_body: usize,
     pub node: String,
@@ -287,29 +287,29 @@ pub(crate) struct ApiReadServe {
 }
 
 /// An answer of the master's own making, in the API's error format.
-fn read_refusal(status: u16, why: &str) -> ApiReadResult {
+fn read_refusal(status: u16, why: &str) -> ApiAnswer {
     let body = serde_json::json!({ "title": why, "detail": why, "error": status });
-    ApiReadResult { status, content_type: "application/json".into(), body: body.to_string().into_bytes() }
+    ApiAnswer { status, content_type: "application/json".into(), body: body.to_string().into_bytes() }
 }
 
 /// Whether `target` is a request target the API could be asked: an origin-form path (and query)
-/// of printable ASCII, no longer than [`ApiRead::MAX_TARGET`].
+/// of printable ASCII, no longer than [`ApiCall::MAX_TARGET`].
 fn valid_target(target: &str) -> bool {
-    target.len() <= ApiRead::MAX_TARGET && target.starts_with('/') && target.bytes().all(|b| b.is_ascii_graphic())
+    target.len() <= ApiCall::MAX_TARGET && target.starts_with('/') && target.bytes().all(|b| b.is_ascii_graphic())
 }
 
-impl Serve for ApiReadServe {
+impl Serve for ApiCallServe {
     type Side = MasterSide;
-    type Request = ApiRead;
+    type Request = ApiCall;
 
-    fn serve(&mut self, request: ApiRead) -> LocalFuture<Result<Served<MasterToWorker>, ServeError>> {
-        let answer = |result: ApiReadResult, count: &'static str| Served {
-            reply: MasterToWorker::ApiReadResult(result),
+    fn serve(&mut self, request: ApiCall) -> LocalFuture<Result<Served<MasterToWorker>, ServeError>> {
+        let answer = |result: ApiAnswer, count: &'static str| Served {
+            reply: MasterToWorker::ApiAnswer(result),
             counts: vec![(count, 1)],
         };
-        if !valid_target(&request.target) {
-            warn!(node = self.node.as_str(); "worker {} forwarded an API read with an invalid target ({} bytes); refused", self.peer, request.target.len());
-            let refused = read_refusal(400, "invalid request target");
+        if !valid_target(&request.target) || request.body.len() > ApiCall::MAX_BODY {
+            warn!(node = self.node.as_str(); "worker {} forwarded an API call with an invalid target ({} bytes) or body ({} bytes); refused", self.peer, request.target.len(), request.body.len());
+            let refused = read_refusal(400, "invalid request target or body");
             return Box::pin(async move { Ok(answer(refused, "refused")) });
         }
         if self.reader.is_none() {
@@ -321,7 +321,7 @@ impl Serve for ApiReadServe {
         };
         let (max_body, node, peer) = (self.max_body, self.node.clone(), self.peer.clone());
         Box::pin(async move {
-            let result = reader.read(request.target, request.credential).await;
+            let result = reader.call(request).await;
             if result.body.len() > max_body {
                 warn!(node = node.as_str(); "an API read worker {peer} forwarded answers {} bytes, more than one frame carries; refused", result.body.len());
                 let why = format!(
@@ -345,6 +345,6 @@ mod read_tests {
         for bad in ["agents", "http://evil/agents", "/agents\r\nX: y", "/a b", "", "/\u{e9}"] {
             assert!(!valid_target(bad), "{bad:?}");
         }
-        assert!(!valid_target(&format!("/{}", "a".repeat(super::ApiRead::MAX_TARGET))));
+        assert!(!valid_target(&format!("/{}", "a".repeat(super::ApiCall::MAX_TARGET))));
     }
 }

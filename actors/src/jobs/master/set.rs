@@ -8,7 +8,7 @@
 //! | `AgentGroupsSend` | pusher | the worker's position in, `agent_groups` out after every change |
 //! | `Integrity` | server | `integrity_check`, `sync_manifest`, `fetch_files`; announces file changes |
 //! | `Registration` | server | `enroll`, `enroll_resolve`, `admin` |
-//! | `ApiReads` | server | `api_read` -> `api_read_result`: the master's API answers a worker's read |
+//! | `ApiCalls` | server | `api_call` -> `api_answer`: the master's API answers a worker's read |
 //!
 //! [`MasterJobs::deliver`](crate::connection::Dispatch::deliver) unpacks each message into the
 //! typed request of the one job that serves it; a message no job takes in that form (a request
@@ -16,7 +16,7 @@
 
 use super::agent_groups::{AgentGroupsSend, GroupsMoved};
 use super::servers::{
-    AgentInfoServe, ApiReadServe, IntegrityRequest, IntegrityServe, KeepAliveServe, PeerReport, RegistrationRequest,
+    AgentInfoServe, ApiCallServe, IntegrityRequest, IntegrityServe, KeepAliveServe, PeerReport, RegistrationRequest,
     RegistrationServe,
 };
 use crate::connection::{ConnHandle, Dispatch, Inbound, LocalFuture, MasterSide, Undeliverable};
@@ -46,7 +46,7 @@ pub struct MasterJobs {
     agent_groups: Addr<AgentGroupsSend>,
     integrity: Addr<Server<IntegrityServe>>,
     registration: Addr<Server<RegistrationServe>>,
-    api_reads: Addr<Server<ApiReadServe>>,
+    api_calls: Addr<Server<ApiCallServe>>,
     control: SetControl,
     report: Arc<Mutex<PeerReport>>,
     node: String,
@@ -106,15 +106,15 @@ impl MasterJobs {
         let (registration, h) = Server::start("Registration", job, conn.clone(), settings, alive.clone());
         controls.add("Registration", &registration, h);
 
-        let job = ApiReadServe {
-            reads: settings.api_reads.clone(),
+        let job = ApiCallServe {
+            reads: settings.api_calls.clone(),
             reader: None,
             max_body: settings.max_frame / 2,
             node: node.clone(),
             peer: peer.clone(),
         };
-        let (api_reads, h) = Server::start("ApiReads", job, conn.clone(), settings, alive);
-        controls.add("ApiReads", &api_reads, h);
+        let (api_calls, h) = Server::start("ApiCalls", job, conn.clone(), settings, alive);
+        controls.add("ApiCalls", &api_calls, h);
 
         // The shared jobs' publications: one receiver each, taken here, once per connection.
         let tasks = vec![
@@ -127,7 +127,7 @@ impl MasterJobs {
             agent_groups,
             integrity,
             registration,
-            api_reads,
+            api_calls,
             control: SetControl::new(controls, tasks, all_stopped),
             report,
             node,
@@ -182,7 +182,7 @@ impl Dispatch<MasterSide> for MasterJobs {
             (Kind::Request(id), W::Admin(a)) => {
                 send(&self.registration, Request { id, body: RegistrationRequest::Admin(a), permit })
             }
-            (Kind::Request(id), W::ApiRead(body)) => send(&self.api_reads, Request { id, body, permit }),
+            (Kind::Request(id), W::ApiCall(body)) => send(&self.api_calls, Request { id, body, permit }),
             (Kind::Notify, W::Error(e)) => {
                 warn!(node = self.node.as_str(); "worker {} sent an error that answers nothing: {e}", self.peer);
                 Box::pin(async { Ok(()) })

@@ -14,7 +14,7 @@ use super::integrity::Integrity;
 use super::status::{AgentInfo, KeepAlive};
 use super::sync_round::Schedule;
 use crate::agents::hub::AgentHub;
-use crate::agents::messages::ForceReconnect;
+use crate::agents::messages::{ForceReconnect, SendToAgents};
 use crate::connection::{ConnHandle, Dispatch, Inbound, LocalFuture, Undeliverable, WorkerSide};
 use crate::jobs::runtime::{
     deliver as send, Controls, JobCore, JobSetView, Notice, Request, Server, SetControl, MAILBOX,
@@ -27,7 +27,7 @@ use log::{info, warn};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use wazuh_cluster_protocol::message::{JobKind, MessageName, RulesetReloaded};
+use wazuh_cluster_protocol::message::{AgentCommandSent, JobKind, MessageName, RulesetReloaded};
 use wazuh_cluster_protocol::{Kind, MasterToWorker, WorkerToMaster};
 
 /// What a worker lends its connection: the agent replica and (when it serves agents) its agent hub.
@@ -195,6 +195,21 @@ impl Dispatch<WorkerSide> for WorkerJobs {
                     if let Some(hub) = hub {
                         hub.send(ForceReconnect(f.ids)).await.map_err(|_| Undeliverable::Stopped)?;
                     }
+                    drop(permit);
+                    Ok(())
+                })
+            }
+            (Kind::Request(id), M::AgentCommand(c)) => {
+                let (hub, conn) = (self.hub.clone(), self.conn.clone());
+                let (node, peer) = (self.node.clone(), self.peer.clone());
+                Box::pin(async move {
+                    let messages = c.messages.into_iter().map(|(id, m)| (id, m.into_bytes())).collect();
+                    let sent = match hub {
+                        Some(hub) => hub.send(SendToAgents(messages)).await.map_err(|_| Undeliverable::Stopped)?,
+                        None => Vec::new(),
+                    };
+                    info!(node = node.as_str(); "master {peer} had {} agents sent a command", sent.len());
+                    let _ = conn.respond(id, WorkerToMaster::AgentCommandSent(AgentCommandSent { sent })).await;
                     drop(permit);
                     Ok(())
                 })
