@@ -37,15 +37,26 @@ fn encoded(path: &str) -> String {
         .collect()
 }
 
-async fn get(addr: std::net::SocketAddr, path: &str, token: &'static str) -> (u16, Value) {
-    let (base, path) = (format!("http://{addr}"), encoded(path));
+/// One call of the API with `token`, the path percent-encoded, and a JSON body if any.
+async fn call(
+    addr: std::net::SocketAddr,
+    method: &'static str,
+    path: &str,
+    token: &'static str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let (base, path, body) = (format!("http://{addr}"), encoded(path), body.map(|b| b.to_string()));
     let (status, text) = actix_rt::task::spawn_blocking(move || {
-        wazuh_multi_node::client::request(&base, "GET", &path, Some(token), None)
+        wazuh_multi_node::client::request(&base, method, &path, Some(token), body.as_deref())
     })
     .await
     .expect("join")
     .expect("http");
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str, token: &'static str) -> (u16, Value) {
+    call(addr, "GET", path, token, None).await
 }
 
 /// One agent of the fleet: where it enrolls and reports, and what its keep-alive says.
@@ -316,17 +327,10 @@ async fn a_wazuh_style_bulk_delete_and_group_assignment_do_what_they_say() {
     let everyone = all_ids(&body);
 
     // Wazuh's bulk assignment: PUT /agents/group?group_id=...&agents_list=...
-    let request = |method: &'static str, path: String, body: Option<String>| async move {
-        let base = format!("http://{master}");
-        let (status, text) = actix_rt::task::spawn_blocking(move || {
-            wazuh_multi_node::client::request(&base, method, &encoded(&path), Some(API_TOKEN), body.as_deref())
-        })
-        .await
-        .expect("join")
-        .expect("http");
-        (status, serde_json::from_str::<Value>(&text).unwrap_or(Value::Null))
+    let request = |method: &'static str, path: String, body: Option<Value>| async move {
+        call(master, method, &path, API_TOKEN, body).await
     };
-    let group = serde_json::json!({ "group_id": "linux2" }).to_string();
+    let group = serde_json::json!({ "group_id": "linux2" });
     let (status, body) = request("POST", "/groups".into(), Some(group)).await;
     assert_eq!(status, 200, "{body}");
     let two = format!("{},{}", everyone[0], everyone[1]);
@@ -366,14 +370,7 @@ async fn next_execd(fleet: &mut Fleet, name: &str) -> String {
 }
 
 async fn put(addr: std::net::SocketAddr, path: &str, body: Option<Value>) -> (u16, Value) {
-    let (base, path, body) = (format!("http://{addr}"), encoded(path), body.map(|b| b.to_string()));
-    let (status, text) = actix_rt::task::spawn_blocking(move || {
-        wazuh_multi_node::client::request(&base, "PUT", &path, Some(API_TOKEN), body.as_deref())
-    })
-    .await
-    .expect("join")
-    .expect("http");
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    call(addr, "PUT", path, API_TOKEN, body).await
 }
 
 #[actix_rt::test]
