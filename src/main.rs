@@ -90,7 +90,7 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Show every node's actors: state, runs, failures, restarts, last error (GET /cluster/healthcheck).
+    /// Show every node's actors: state, runs, failures, restarts, last error (GET /cluster/actors).
     Health {
         #[command(flatten)]
         api: ApiArgs,
@@ -380,7 +380,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Health { api } => show(&api, "/cluster/healthcheck", report::health_table),
+        Command::Health { api } => show(&api, "/cluster/actors", report::health_table),
         Command::Agents { action: None, api, keys } => show_all_agents(&api, keys),
         Command::Agents { action: Some(AgentsAction::Summary), api, .. } => {
             show(&api, "/agents/summary/status", report::summary_table)

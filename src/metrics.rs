@@ -1,6 +1,6 @@
 //! `GET /metrics`: the node's view of the cluster in Prometheus' text exposition format (0.0.4).
 //!
-//! Built from the same views as `GET /cluster/healthcheck` and `GET /agents/summary/status`, so the figures always
+//! Built from the same views as `GET /cluster/actors` and `GET /agents/summary/status`, so the figures always
 //! agree with the CLI. Rendering is a pure function, tested on plain values.
 
 use crate::views::NodeHealthView;
@@ -30,7 +30,7 @@ impl<'a> Family<'a> {
     }
 }
 
-/// The exposition text for `nodes` (as `/cluster/healthcheck` shows them) and `agents` (as
+/// The exposition text for `nodes` (as `/cluster/actors` shows them) and `agents` (as
 /// `/agents/summary/status` shows them; `None` when the registry could not be read).
 pub fn render(this_node: &str, nodes: &[NodeHealthView], agents: Option<&StatusSummary>) -> String {
     let mut out = String::new();

@@ -158,7 +158,7 @@ pub fn groups_table(body: &Value) -> String {
     table(&["GROUP", "AGENTS"], &rows)
 }
 
-/// `GET /cluster/healthcheck` as a table: one row per actor, its figures and last error on indented
+/// `GET /cluster/actors` as a table: one row per actor, its figures and last error on indented
 /// lines below it (they do not widen the columns).
 pub fn health_table(body: &Value) -> String {
     let header = ["NODE", "TYPE", "ACTOR", "STATE", "RUNS/FAIL/RESTARTS", "LAST RUN"];

@@ -1,5 +1,5 @@
 //! What operators see of a node, as plain values: the rows of `/cluster/nodes`,
-//! `/cluster/healthcheck` and `/agents`. The node handle builds them; the API serializes them; the
+//! `/cluster/actors` and `/agents`. The node handle builds them; the API serializes them; the
 //! metrics render them. Nothing here talks to an actor.
 
 use serde::Serialize;
@@ -18,7 +18,7 @@ pub struct NodeView {
     pub last_keepalive: Option<String>,
 }
 
-/// One actor in `GET /cluster/healthcheck`.
+/// One actor in `GET /cluster/actors`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ActorView {
     pub name: String,
@@ -41,7 +41,7 @@ pub struct ActorView {
     pub figures: Vec<(String, u64)>,
 }
 
-/// One node in `GET /cluster/healthcheck`.
+/// One node in `GET /cluster/actors`.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeHealthView {
     pub name: String,

@@ -286,6 +286,8 @@ pub(super) async fn one_agent(node: &NodeHandle, id: &str, with_key: bool) -> Ht
     let id = wazuh_cluster_actors::registry::fmt_id(num);
     match node.agent(num, with_key).await {
         Ok(Some(a)) => HttpResponse::Ok().json(envelope(&[a], "Agent information was returned")),
+        // Wazuh's GET /agents/{agent_id}/key: a failed item, not a 404.
+        Ok(None) if with_key => failed_item(&id, 1701, "Agent does not exist", "No agent keys were obtained"),
         Ok(None) => HttpResponse::NotFound().json(error_body(404, &format!("no agent with id {id}"))),
         Err(e) => HttpResponse::ServiceUnavailable().json(error_body(503, &e.to_string())),
     }

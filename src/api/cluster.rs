@@ -1,16 +1,113 @@
-//! The node and the cluster: `GET /`, `/manager/info`, `/cluster/{status,local/info,nodes,healthcheck}`,
+//! The node and the cluster: `GET /`, `/manager/info`, `/cluster/{status,local/info,nodes,healthcheck,actors}`,
 //! `/health`, `/metrics`, join tokens, revocation and the cluster-wide analysisd reload.
 
 use super::*;
 
 pub(super) async fn nodes(node: web::Data<NodeHandle>) -> HttpResponse {
-    let items = node.nodes().await;
+    let items: Vec<serde_json::Value> = node
+        .nodes()
+        .await
+        .into_iter()
+        .map(|n| {
+            let ip = host_of(&n.address);
+            let mut v = serde_json::to_value(n).unwrap_or_default();
+            // Wazuh's name for the node's address.
+            v["ip"] = ip.into();
+            v
+        })
+        .collect();
     HttpResponse::Ok().json(envelope(&items, "All selected nodes information was returned"))
 }
 
-pub(super) async fn healthcheck(node: web::Data<NodeHandle>) -> HttpResponse {
+/// The host part of `host:port` (`[v6]:port` too).
+fn host_of(address: &str) -> String {
+    match address.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => {
+            host.trim_start_matches('[').trim_end_matches(']').to_string()
+        }
+        _ => address.to_string(),
+    }
+}
+
+/// `GET /cluster/actors` (this project's): per node, the status of every actor (state, runs,
+/// failures, restarts, last run, last error); for each worker, both ends of its connection.
+pub(super) async fn actors(node: web::Data<NodeHandle>) -> HttpResponse {
     let items = node.healthcheck().await;
     HttpResponse::Ok().json(envelope(&items, "All selected nodes healthcheck information was returned"))
+}
+
+/// A date as Wazuh's cluster writes it (Python's `str(datetime)` in UTC).
+fn wazuh_date(iso: &str) -> Option<String> {
+    let t: jiff::Timestamp = iso.parse().ok()?;
+    Some(t.strftime("%Y-%m-%d %H:%M:%S%.6f+00:00").to_string())
+}
+
+/// `GET /cluster/healthcheck` in Wazuh's shape: per node its `info` (name, type, version, ip,
+/// active agents) and, for a worker, the `status` of its synchronizations (when each last started
+/// and ended, whether one runs now, the last keep-alive), from the master's end of its connection.
+pub(super) async fn healthcheck(node: web::Data<NodeHandle>) -> HttpResponse {
+    let health = node.healthcheck().await;
+    let nodes = node.nodes().await;
+    let summary = node.agent_summary().await.ok();
+    let items: Vec<serde_json::Value> = health
+        .iter()
+        .map(|h| {
+            let view = nodes.iter().find(|n| n.name == h.name);
+            let active = summary.as_ref().and_then(|s| s.nodes.get(&h.name)).and_then(|c| c.get("active")).copied();
+            let mut item = serde_json::json!({ "info": {
+                "name": h.name,
+                "type": h.kind,
+                "version": view.map(|v| v.version.clone()).unwrap_or_else(|| crate::node::handle::VERSION.to_string()),
+                "ip": view.map(|v| host_of(&v.address)).unwrap_or_default(),
+                "n_active_agents": active.unwrap_or(0),
+            }});
+            if h.kind == "worker" {
+                item["status"] = worker_status(h);
+            }
+            item
+        })
+        .collect();
+    HttpResponse::Ok().json(envelope(&items, "All selected nodes healthcheck information was returned"))
+}
+
+/// A worker's synchronizations, as Wazuh's healthcheck shows them, from the master's jobs of its
+/// connection: `Integrity` (files), `AgentInfo` (statuses), `AgentGroupsSend` (groups).
+fn worker_status(h: &crate::views::NodeHealthView) -> serde_json::Value {
+    let job = |name: &str| h.actors.iter().find(|a| a.name == name && a.end == "master");
+    // When the job's last run started and ended, under Wazuh's names for them.
+    let span = |name: &str, start: &str, end: &str| {
+        let mut out = serde_json::Map::new();
+        if let Some(a) = job(name) {
+            let started = a.last_run.as_deref().and_then(wazuh_date);
+            let ended = a.last_run.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok()).and_then(|t| {
+                let end =
+                    t.checked_add(jiff::SignedDuration::from_millis(a.last_duration_ms.unwrap_or(0) as i64)).ok()?;
+                wazuh_date(&end.to_string())
+            });
+            if let (Some(s), Some(e)) = (started, ended) {
+                out.insert(start.into(), s.into());
+                out.insert(end.into(), e.into());
+            }
+            out.insert("n_synced_chunks".into(), a.runs.into());
+        }
+        serde_json::Value::Object(out)
+    };
+    let free = |name: &str| job(name).is_none_or(|a| a.state != "running");
+    let mut integrity = span("Integrity", "date_start_master", "date_end_master");
+    if let Some(map) = integrity.as_object_mut() {
+        map.remove("n_synced_chunks");
+    }
+    let mut status = serde_json::json!({
+        "sync_integrity_free": free("Integrity"),
+        "last_sync_integrity": integrity,
+        "sync_agent_info_free": free("AgentInfo"),
+        "last_sync_agentinfo": span("AgentInfo", "date_start_master", "date_end_master"),
+        "last_sync_agentgroup": span("AgentGroupsSend", "date_start", "date_end"),
+    });
+    if let Some(at) = h.last_keepalive.as_deref().and_then(wazuh_date) {
+        status["last_keep_alive"] = at.into();
+    }
+    status
 }
 
 pub(super) async fn health(node: web::Data<NodeHandle>) -> HttpResponse {
@@ -36,7 +133,8 @@ pub(super) async fn api_info(node: web::Data<NodeHandle>) -> HttpResponse {
         "data": {
             "title": "Wazuh API REST",
             "api_version": crate::node::handle::VERSION,
-            "revision": 1,
+            // A string, as Wazuh's API gives it (its document's `x-revision`).
+            "revision": "1",
             "license_name": "Apache 2.0",
             "license_url": "https://www.apache.org/licenses/LICENSE-2.0",
             "hostname": node.name(),
@@ -171,5 +269,20 @@ pub(super) async fn reload_analysisd(node: web::Data<NodeHandle>) -> HttpRespons
             HttpResponse::Ok().json(bulk_envelope(affected, failed, message))
         }
         Err(e) => change_failed(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates_and_addresses_as_wazuh_writes_them() {
+        assert_eq!(
+            super::wazuh_date("2021-05-27T10:50:51.325656Z").as_deref(),
+            Some("2021-05-27 10:50:51.325656+00:00")
+        );
+        assert_eq!(super::wazuh_date("2021-05-27T10:50:51Z").as_deref(), Some("2021-05-27 10:50:51.000000+00:00"));
+        assert_eq!(super::host_of("10.0.0.5:1516"), "10.0.0.5");
+        assert_eq!(super::host_of("[::1]:1516"), "::1");
+        assert_eq!(super::host_of("master"), "master");
     }
 }

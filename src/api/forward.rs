@@ -15,12 +15,14 @@ use std::rc::Rc;
 use wazuh_cluster_actors::settings::{CallApi, CallsFactory};
 use wazuh_cluster_protocol::message::{ApiAnswer, ApiCall, ApiMethod};
 
-/// Whether a worker forwards this read to the master: agents, groups and the overview (the
-/// cluster's view of this node, the ruleset files and the API's own routes are this node's).
+/// Whether a worker forwards this read to the master: agents, groups, the overview and Wazuh's
+/// healthcheck (this node's own view, its actors, the ruleset files and the API's own routes are
+/// this node's).
 pub(super) fn is_cluster_read(path: &str) -> bool {
-    ["/agents", "/groups", "/overview"]
-        .iter()
-        .any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
+    path == "/cluster/healthcheck"
+        || ["/agents", "/groups", "/overview"]
+            .iter()
+            .any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
 }
 
 /// Whether a worker forwards this `PUT` to the master: a command to agents (the master knows which
@@ -215,12 +217,20 @@ mod tests {
         for other in ["/agents", "/agents/001", "/agents/group/web", "/agents/reconnect", "/active-responsex"] {
             assert!(!is_agent_command(other), "{other}");
         }
-        for forwarded in
-            ["/agents", "/agents/001", "/agents/summary/status", "/groups", "/groups/x/agents", "/overview/agents"]
-        {
+        for forwarded in [
+            "/agents",
+            "/agents/001",
+            "/agents/summary/status",
+            "/groups",
+            "/groups/x/agents",
+            "/overview/agents",
+            "/cluster/healthcheck",
+        ] {
             assert!(is_cluster_read(forwarded), "{forwarded}");
         }
-        for local in ["/", "/agentsx", "/cluster/healthcheck", "/rules/files/a.xml", "/health", "/groupsx/a"] {
+        for local in
+            ["/", "/agentsx", "/cluster/actors", "/cluster/nodes", "/rules/files/a.xml", "/health", "/groupsx/a"]
+        {
             assert!(!is_cluster_read(local), "{local}");
         }
     }

@@ -123,6 +123,13 @@ fn bulk_envelope<T: Serialize>(affected: Vec<T>, failed: Vec<serde_json::Value>,
     })
 }
 
+/// Wazuh's answer when the one item asked for could not be handled (no such agent, file, user):
+/// 200 with `error` 1 and the item in `failed_items`, with Wazuh's code and message.
+fn failed_item(id: &str, code: u16, message: &str, none_msg: &str) -> HttpResponse {
+    let failed = vec![serde_json::json!({ "error": { "code": code, "message": message }, "id": [id] })];
+    HttpResponse::Ok().json(bulk_envelope::<String>(Vec::new(), failed, none_msg))
+}
+
 #[derive(serde::Deserialize)]
 struct FileQuery {
     /// GET: the file's content as text (`true`) or in Wazuh's envelope. PUT: replace an existing

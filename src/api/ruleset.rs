@@ -36,9 +36,14 @@ pub(super) async fn get_ruleset_file(
             })],
             "File read",
         )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            HttpResponse::NotFound().json(error_body(404, &format!("no file {}/{}", root.dir(), name.as_str())))
-        }
+        // As Wazuh's API: a failed item with its code for the kind of file, not a 404.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match root {
+            RulesetRoot::Rules => failed_item(&name, 1415, "Rules file not found", "No rule file was returned"),
+            RulesetRoot::Decoders => {
+                failed_item(&name, 1503, "Decoders file not found", "No decoder file was returned")
+            }
+            RulesetRoot::Lists => failed_item(&name, 1802, "Lists file not found", "No list was returned"),
+        },
         Err(e) => HttpResponse::InternalServerError().json(error_body(500, &format!("cannot read the file: {e}"))),
     }
 }
@@ -69,6 +74,19 @@ pub(super) async fn delete_ruleset_file(
     name: web::Path<String>,
 ) -> HttpResponse {
     let Some(root) = ruleset_root(&req) else { return not_found().await };
-    let request = AdminRequest::DeleteRulesetFile { root, name: name.into_inner() };
-    change(&node, &req, request, "File was successfully deleted").await
+    if let Some(refusal) = refuse_unauthorized(&req) {
+        return refusal;
+    }
+    let name = name.into_inner();
+    let request = AdminRequest::DeleteRulesetFile { root, name: name.clone() };
+    match node.admin(request, bearer(&req).to_string()).await {
+        Ok(()) => {
+            HttpResponse::Ok().json(envelope(&[format!("{}/{name}", root.dir())], "File was successfully deleted"))
+        }
+        // As Wazuh's API: a file that is not there is a failed item, not a 404.
+        Err(ChangeError::Refused(AdminError::NoSuchFile(_))) => {
+            failed_item(&name, 1906, "File does not exist", "Could not delete the file")
+        }
+        Err(e) => change_failed(&e),
+    }
 }

@@ -172,7 +172,10 @@ pub(super) async fn update_user(
         return refusal;
     }
     let id = id.into_inner();
-    let Some(user) = by_id(&node, id) else { return no_user(id) };
+    // As Wazuh's API: an unknown user is a failed item, not a 404.
+    let Some(user) = by_id(&node, id) else {
+        return failed_item(&id.to_string(), 5001, "The user does not exist", "User could not be updated");
+    };
     let password_hash = match hash_new_password(&access, body.into_inner().password).await {
         Ok(hash) => hash,
         Err(r) => return *r,

@@ -300,7 +300,15 @@ pub fn endpoints() -> Vec<Endpoint> {
             || web::post().to(revoke),
         ),
         e("get", "/cluster/nodes", "The cluster's nodes", params![], Body::None, || web::get().to(nodes)),
-        e("get", "/cluster/healthcheck", "Every node's actors", params![], Body::None, || web::get().to(healthcheck)),
+        e(
+            "get",
+            "/cluster/healthcheck",
+            "Every node's synchronizations (Wazuh's shape)",
+            params![],
+            Body::None,
+            || web::get().to(healthcheck),
+        ),
+        e("get", "/cluster/actors", "Every node's actors", params![], Body::None, || web::get().to(actors)),
         Endpoint {
             auth: false,
             ..e("get", "/health", "Whether this node serves", params![], Body::None, || web::get().to(health))

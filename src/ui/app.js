@@ -55,7 +55,7 @@ function bars(el, pairs) {
 }
 
 async function loadNodes() {
-  const [nodes, health] = await Promise.all([api("/cluster/nodes"), api("/cluster/healthcheck")]);
+  const [nodes, health] = await Promise.all([api("/cluster/nodes"), api("/cluster/actors")]);
   const byName = {};
   for (const h of health.data.affected_items) byName[h.name] = h;
   const body = $("nodes").querySelector("tbody");

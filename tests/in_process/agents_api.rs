@@ -680,15 +680,17 @@ async fn a_rule_file_written_through_a_workers_api_reaches_every_node_and_traver
             .collect();
         assert_eq!(names, ["api_rules.xml"], "{node}");
     }
-    // Deleted through the master: gone everywhere; a second delete is a 404.
+    // Deleted through the master: gone everywhere; a second delete, and reading a file that is not
+    // there, are failed items with Wazuh's codes (as its API answers), not 404s.
     let master_api = cluster.master().api_addr;
     let (status, _) = call(master_api, "DELETE", "/rules/files/api_rules.xml".into(), Some(API_TOKEN), None).await;
     assert_eq!(status, 200);
     wait_until("the deletion reached every node", WAIT, || async { !nodes.iter().any(|n| on(n).exists()) }).await;
-    let (status, _) = call(master_api, "DELETE", "/rules/files/api_rules.xml".into(), Some(API_TOKEN), None).await;
-    assert_eq!(status, 404);
-    let (status, _) = call(master_api, "GET", "/lists/files/nope".into(), Some(API_TOKEN), None).await;
-    assert_eq!(status, 404);
+    let (status, body) = call(master_api, "DELETE", "/rules/files/api_rules.xml".into(), Some(API_TOKEN), None).await;
+    assert_eq!((status, body["error"].as_u64()), (200, Some(1)), "{body}");
+    assert_eq!(body["data"]["failed_items"][0]["error"]["code"], 1906, "{body}");
+    let (status, body) = call(master_api, "GET", "/lists/files/nope".into(), Some(API_TOKEN), None).await;
+    assert_eq!((status, body["data"]["failed_items"][0]["error"]["code"].as_u64()), (200, Some(1802)), "{body}");
 }
 
 /// The informational endpoints answer in Wazuh's shapes, each node for itself.

@@ -107,7 +107,7 @@ async fn a_failing_periodic_job_restarts_in_place_and_a_failing_server_answers_e
     // The healthcheck API shows both ends (the worker's through its keep-alives).
     let master_api = cluster.master().api_addr;
     wait_until("the healthcheck shows the failures", WAIT, || async move {
-        let (status, body) = api_get(master_api, "/cluster/healthcheck").await;
+        let (status, body) = api_get(master_api, "/cluster/actors").await;
         let items = body["data"]["affected_items"].as_array().cloned().unwrap_or_default();
         let worker_node = items.iter().find(|n| n["type"] == "worker");
         let actor = |end: &str, field: &str| {

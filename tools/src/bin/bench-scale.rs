@@ -249,7 +249,7 @@ fn api_timings(base: &str, calls: usize, total: usize) -> serde_json::Value {
         ("agents_active_on_a_node", "/agents?status=active&node_name=worker-01".to_string()),
         ("summary_status", "/agents/summary/status".to_string()),
         ("metrics", "/metrics".to_string()),
-        ("healthcheck", "/cluster/healthcheck".to_string()),
+        ("healthcheck", "/cluster/actors".to_string()),
     ];
     let mut out = serde_json::Map::new();
     for (name, path) in requests {
@@ -277,7 +277,7 @@ fn api_timings(base: &str, calls: usize, total: usize) -> serde_json::Value {
 /// Status updates the master stored so far: the `stored` figures of its AgentInfo jobs (one per
 /// worker), from its healthcheck.
 fn statuses_stored(master: &str) -> u64 {
-    let Some(h) = get_json(master, "/cluster/healthcheck") else { return 0 };
+    let Some(h) = get_json(master, "/cluster/actors") else { return 0 };
     let nodes = h["data"]["affected_items"].as_array().cloned().unwrap_or_default();
     let mut total = 0;
     for n in nodes {
@@ -292,8 +292,7 @@ fn statuses_stored(master: &str) -> u64 {
 
 /// A figure of a node's agent connections, from its own healthcheck.
 fn hub_figure(node: &Node, figure: &str) -> Option<u64> {
-    get_json(&node.api_url(), "/cluster/healthcheck")?["data"]["affected_items"][0]["agent_connections"][figure]
-        .as_u64()
+    get_json(&node.api_url(), "/cluster/actors")?["data"]["affected_items"][0]["agent_connections"][figure].as_u64()
 }
 
 /// Events archived so far by each of `nodes` (or, with `--analysis`, delivered to analysisd).
