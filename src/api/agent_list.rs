@@ -103,25 +103,50 @@ impl AgentsParams {
         .collect()
     }
 
-    /// The first parameter given that `operation` does not take, if any.
-    fn foreign(&self, operation: &str) -> Option<&'static str> {
-        let given: &[(&'static str, bool)] = if operation == "GET /agents" {
-            &[("purge", self.purge.is_some())]
-        } else {
-            &[
-                ("offset", self.offset.is_some()),
-                ("limit", self.limit.is_some()),
-                ("select", self.select.is_some()),
-                ("sort", self.sort.is_some()),
-                ("search", self.search.is_some()),
-                ("group_config_status", self.group_config_status.is_some()),
-                ("distinct", self.distinct.is_some()),
-                ("keys", self.keys.is_some()),
-            ]
-        };
-        given.iter().find(|(_, set)| *set).map(|(name, _)| *name)
+    /// The names of the parameters given.
+    fn given(&self) -> Vec<&'static str> {
+        let set = [
+            ("pretty", self.pretty.is_some()),
+            ("wait_for_complete", self.wait_for_complete.is_some()),
+            ("agents_list", self.agents_list.is_some()),
+            ("offset", self.offset.is_some()),
+            ("limit", self.limit.is_some()),
+            ("select", self.select.is_some()),
+            ("sort", self.sort.is_some()),
+            ("search", self.search.is_some()),
+            ("status", self.status.is_some()),
+            ("q", self.q.is_some()),
+            ("older_than", self.older_than.is_some()),
+            ("os.platform", self.os_platform.is_some()),
+            ("os.version", self.os_version.is_some()),
+            ("os.name", self.os_name.is_some()),
+            ("manager", self.manager.is_some()),
+            ("version", self.version.is_some()),
+            ("group", self.group.is_some()),
+            ("node_name", self.node_name.is_some()),
+            ("name", self.name.is_some()),
+            ("ip", self.ip.is_some()),
+            ("registerIP", self.register_ip.is_some()),
+            ("group_config_status", self.group_config_status.is_some()),
+            ("distinct", self.distinct.is_some()),
+            ("keys", self.keys.is_some()),
+            ("purge", self.purge.is_some()),
+        ];
+        set.into_iter().filter(|(_, given)| *given).map(|(name, _)| name).collect()
+    }
+
+    /// The first parameter given that `operation` (which takes only `allowed`) does not take.
+    fn refuse_beyond(&self, allowed: &[&str], operation: &str) -> Result<(), String> {
+        match self.given().into_iter().find(|name| !allowed.contains(name)) {
+            Some(name) => Err(format!("{name} is not a parameter of {operation}")),
+            None => Ok(()),
+        }
     }
 }
+
+/// What `GET /agents/outdated` and `GET /agents/no_group` take (Wazuh's).
+pub(super) const PAGE_PARAMS: &[&str] =
+    &["pretty", "wait_for_complete", "offset", "limit", "sort", "search", "select", "q"];
 
 /// The filters of a request, checked.
 #[derive(Default)]
@@ -136,6 +161,8 @@ pub(super) struct Selection {
     sort: Vec<wql::SortKey>,
     select: Option<Vec<String>>,
     distinct: bool,
+    /// A condition of the endpoint's own (outdated agents, agents without a group).
+    only: Option<fn(&Value) -> bool>,
     offset: u64,
     limit: u64,
 }
@@ -180,8 +207,8 @@ fn parse_statuses(text: &str, with_all: bool) -> Result<Vec<String>, String> {
 impl Selection {
     /// The selection of `GET /agents`.
     pub(super) fn of_list(mut p: AgentsParams) -> Result<Self, String> {
-        if let Some(name) = p.foreign("GET /agents") {
-            return Err(format!("{name} is not a parameter of GET /agents"));
+        if p.purge.is_some() {
+            return Err("purge is not a parameter of GET /agents".into());
         }
         if p.keys.is_some() {
             return Err("lists never carry agent keys: ask for one with GET /agents/{id}/key".into());
@@ -236,9 +263,20 @@ impl Selection {
     /// The selection of the bulk `DELETE /agents`: `agents_list` and `status` required (each may
     /// be `all`), `older_than` 7 days unless given, and the list's equalities and `q`.
     pub(super) fn of_deletion(mut p: AgentsParams) -> Result<Self, String> {
-        if let Some(name) = p.foreign("DELETE /agents") {
-            return Err(format!("{name} is not a parameter of DELETE /agents"));
-        }
+        let allowed = ["pretty", "wait_for_complete", "agents_list", "purge", "status", "older_than", "q"];
+        let equalities = [
+            "os.platform",
+            "os.version",
+            "os.name",
+            "manager",
+            "version",
+            "group",
+            "node_name",
+            "name",
+            "ip",
+            "registerIP",
+        ];
+        p.refuse_beyond(&[&allowed[..], &equalities[..]].concat(), "DELETE /agents")?;
         let Some(status) = p.status.as_deref() else {
             return Err("status is required (statuses separated by commas, or all)".into());
         };
@@ -262,6 +300,12 @@ impl Selection {
         Selection { limit: u64::MAX, ..Selection::default() }
     }
 
+    /// A page of the agents for which `only` holds, with the parameters of `PAGE_PARAMS`.
+    pub(super) fn of_page(p: AgentsParams, only: fn(&Value) -> bool, operation: &str) -> Result<Self, String> {
+        p.refuse_beyond(PAGE_PARAMS, operation)?;
+        Ok(Selection { only: Some(only), ..Selection::of_list(p)? })
+    }
+
     /// These agents (none: every agent).
     pub(super) fn of_ids(ids: Vec<u32>) -> Self {
         Selection { ids, ..Selection::every() }
@@ -281,6 +325,7 @@ impl Selection {
             && self.search.is_none()
             && self.select.is_none()
             && !self.distinct
+            && self.only.is_none()
             && self
                 .sort
                 .iter()
@@ -336,6 +381,9 @@ impl Selection {
             }
         }
         if self.q.as_ref().is_some_and(|q| !wql::matches(q, item)) {
+            return false;
+        }
+        if self.only.is_some_and(|only| !only(item)) {
             return false;
         }
         self.search.as_deref().is_none_or(|s| wql::search_matches(item, s))

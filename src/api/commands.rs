@@ -27,15 +27,7 @@ const JSON_SINCE: [u64; 3] = [4, 2, 0];
 /// Whether an agent of `version` (`Wazuh v4.14.7`) takes JSON messages; an unknown version is
 /// taken for a current one.
 fn takes_json(version: Option<&str>) -> bool {
-    let numbers: Vec<u64> = version
-        .unwrap_or("")
-        .trim()
-        .trim_start_matches("Wazuh ")
-        .trim_start_matches(['v', 'V'])
-        .split('.')
-        .filter_map(|p| p.trim().parse().ok())
-        .collect();
-    numbers.is_empty() || numbers.as_slice() >= JSON_SINCE.as_slice()
+    version.and_then(super::wql::version_numbers).is_none_or(|v| v.as_slice() >= JSON_SINCE.as_slice())
 }
 
 /// Text as Python's `json.dumps` writes it (what Wazuh's framework sends): `", "` and `": "` between

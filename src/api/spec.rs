@@ -120,6 +120,47 @@ const DELETE_AGENTS: &[Param] = with_agent_equalities!(
     []
 );
 
+const PLAIN: &[Param] = &[
+    query("pretty", "boolean", "indented JSON"),
+    query("wait_for_complete", "boolean", "accepted (answers are always complete)"),
+];
+
+const PAGE: &[Param] = &[
+    query("pretty", "boolean", "indented JSON"),
+    query("wait_for_complete", "boolean", "accepted (answers are always complete)"),
+    query("offset", "integer", "first item (0)"),
+    query("limit", "integer", "items per page (500, at most 100000)"),
+    query("sort", "string", "+field or -field, comma-separated, dotted for nested ones"),
+    query("search", "string", "text in any field (-text: not in any)"),
+    query("select", "string", "comma-separated fields to return, dotted for nested ones (id always)"),
+    query("q", "string", "Wazuh's query (as GET /agents)"),
+];
+
+const DISTINCT: &[Param] = &[
+    query("pretty", "boolean", "indented JSON"),
+    query("wait_for_complete", "boolean", "accepted (answers are always complete)"),
+    query("fields", "string", "comma-separated fields, dotted for nested ones (required)"),
+    query("offset", "integer", "first item (0)"),
+    query("limit", "integer", "items per page (500, at most 100000)"),
+    query("sort", "string", "+field or -field (the fields, or count)"),
+    query("search", "string", "text in any field of the agents (-text: not in any)"),
+    query("q", "string", "Wazuh's query over the agents (as GET /agents)"),
+];
+
+const GROUPS: &[Param] = &[
+    query("pretty", "boolean", "indented JSON"),
+    query("wait_for_complete", "boolean", "accepted (answers are always complete)"),
+    query("groups_list", "string", "comma-separated group names"),
+    query("offset", "integer", "first item (0)"),
+    query("limit", "integer", "items per page (500, at most 100000)"),
+    query("sort", "string", "+field or -field: name, count, mergedSum, configSum"),
+    query("search", "string", "text in any field (-text: not in any)"),
+    query("hash", "string", "md5 (the only one served)"),
+    query("q", "string", "Wazuh's query over name, count, mergedSum, configSum"),
+    query("select", "string", "comma-separated fields (name always)"),
+    query("distinct", "boolean", "distinct items only"),
+];
+
 const COMMAND: &[Param] = &[
     query("pretty", "boolean", "indented JSON"),
     query("wait_for_complete", "boolean", "accepted (answers are always complete)"),
@@ -329,6 +370,33 @@ pub fn endpoints() -> Vec<Endpoint> {
             Body::None,
             || web::put().to(reconnect),
         ),
+        e("get", "/agents/outdated", "Agents older than this manager's Wazuh version", PAGE, Body::None, || {
+            web::get().to(overview::agents_outdated)
+        }),
+        e("get", "/agents/no_group", "Agents in no group", PAGE, Body::None, || {
+            web::get().to(overview::agents_no_group)
+        }),
+        e("get", "/agents/summary/os", "The agents' platforms", PLAIN, Body::None, || {
+            web::get().to(overview::summary_os)
+        }),
+        e("get", "/agents/stats/distinct", "Agents per combination of fields", DISTINCT, Body::None, || {
+            web::get().to(overview::stats_distinct)
+        }),
+        e("get", "/overview/agents", "Agents per node, group, system and version", PLAIN, Body::None, || {
+            web::get().to(overview::overview_agents)
+        }),
+        e(
+            "get",
+            "/agents/{id}/group/is_sync",
+            "Whether the agent has its groups' configuration",
+            params![
+                path("id", "the agent's id"),
+                query("pretty", "boolean", "indented JSON"),
+                query("wait_for_complete", "boolean", "accepted")
+            ],
+            Body::None,
+            || web::get().to(overview::is_sync),
+        ),
         e("get", "/agents/summary/status", "Agents by status and node", params![], Body::None, || {
             web::get().to(agents_summary)
         }),
@@ -374,7 +442,9 @@ pub fn endpoints() -> Vec<Endpoint> {
             Body::None,
             || web::delete().to(unassign),
         ),
-        e("get", "/groups", "Groups with their agent counts", params![], Body::None, || web::get().to(list_groups)),
+        e("get", "/groups", "Groups with their agent counts and sums", GROUPS, Body::None, || {
+            web::get().to(list_groups)
+        }),
         e("post", "/groups", "Create a group ({\"group_id\": ...})", params![], Body::Json(&["group_id"]), || {
             web::post().to(create_group)
         }),

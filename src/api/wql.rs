@@ -139,7 +139,7 @@ pub fn lookup<'a>(item: &'a Value, path: &str) -> Option<&'a Value> {
 }
 
 /// A version's numbers: `Wazuh v4.14.7` and `4.14.7` both give `[4, 14, 7]`.
-fn version_numbers(text: &str) -> Option<Vec<u64>> {
+pub(super) fn version_numbers(text: &str) -> Option<Vec<u64>> {
     let t = text.trim();
     let t = t.strip_prefix("Wazuh ").unwrap_or(t).trim_start_matches(['v', 'V']);
     let numbers: Option<Vec<u64>> = t.split('.').map(|p| p.trim().parse::<u64>().ok()).collect();

@@ -446,3 +446,65 @@ async fn restarts_and_active_responses_reach_the_agent_through_the_node_that_hol
         assert_eq!(status, 400, "{body}");
     }
 }
+
+#[actix_rt::test]
+async fn wazuhs_agent_views_answer_alike_on_every_node_from_the_same_agents() {
+    let fleet = fleet("views").await;
+    let (_, all) = get(fleet.api(0), "/agents?limit=100000", API_TOKEN).await;
+    let all: Vec<Value> = all["data"]["affected_items"].as_array().cloned().expect("items");
+    let ids_where = |keep: &dyn Fn(&Value) -> bool| -> Vec<String> {
+        let mut v: Vec<String> =
+            all.iter().filter(|a| keep(a)).filter_map(|a| a["id"].as_str().map(String::from)).collect();
+        v.sort();
+        v
+    };
+    let outdated = ids_where(&|a| !version(a).is_empty() && version(a) < vec![4, 14, 7]);
+    let ungrouped = ids_where(&|a| a["group"].as_array().is_none_or(|g| g.is_empty()));
+    let mut platforms: Vec<String> = all.iter().map(|a| text(a, "os.platform")).filter(|p| !p.is_empty()).collect();
+    platforms.sort();
+    platforms.dedup();
+    for node in [0, 1, 2] {
+        let (status, body) = get(fleet.api(node), "/agents/outdated", API_TOKEN).await;
+        assert_eq!(status, 200, "{body}");
+        let mut got = ids(&body["data"]["affected_items"]);
+        got.sort();
+        assert_eq!(got, outdated, "outdated on node {node}");
+        let (_, body) = get(fleet.api(node), "/agents/no_group", API_TOKEN).await;
+        let mut got = ids(&body["data"]["affected_items"]);
+        got.sort();
+        assert_eq!(got, ungrouped, "no_group on node {node}");
+        let (_, body) = get(fleet.api(node), "/agents/summary/os", API_TOKEN).await;
+        assert_eq!(body["data"]["affected_items"], serde_json::json!(platforms), "summary/os on node {node}");
+        let (_, body) = get(fleet.api(node), "/agents/stats/distinct?fields=os.platform&sort=-count", API_TOKEN).await;
+        let rows = body["data"]["affected_items"].as_array().cloned().expect("rows");
+        let counted: u64 = rows.iter().map(|r| r["count"].as_u64().unwrap_or(0)).sum();
+        assert_eq!(counted, all.len() as u64, "every agent counted once: {body}");
+        let ubuntu = rows.iter().find(|r| r["os"]["platform"] == "ubuntu").map(|r| r["count"].clone());
+        assert_eq!(ubuntu, Some(2.into()), "{body}");
+        assert!(rows.iter().any(|r| r["os"]["platform"] == "N/A"), "never connected: N/A: {body}");
+        let (_, body) = get(fleet.api(node), "/overview/agents", API_TOKEN).await;
+        let nodes: u64 =
+            body["data"]["nodes"].as_array().expect("nodes").iter().map(|n| n["count"].as_u64().unwrap_or(0)).sum();
+        assert_eq!(nodes, all.len() as u64, "{body}");
+        assert_eq!(body["data"]["agent_status"]["connection"]["active"], 4, "{body}");
+        // The one registered last (the highest id among those of the latest registration time).
+        let latest = all.iter().filter_map(|a| a["dateAdd"].as_str()).max().unwrap_or_default();
+        let last = all.iter().filter(|a| a["dateAdd"] == latest).filter_map(|a| a["id"].as_str()).max();
+        assert_eq!(body["data"]["last_registered_agent"][0]["id"].as_str(), last, "{body}");
+        let (_, body) = get(fleet.api(node), "/agents/001/group/is_sync", API_TOKEN).await;
+        assert_eq!(body["data"]["affected_items"][0]["id"], "001", "{body}");
+        assert!(body["data"]["affected_items"][0]["synced"].is_boolean(), "{body}");
+        let (_, body) = get(fleet.api(node), "/groups?select=name,count&limit=1&sort=-count", API_TOKEN).await;
+        assert_eq!(body["data"]["affected_items"][0]["name"], "default", "{body}");
+    }
+    // What an endpoint does not take is refused by name.
+    for (path, name) in [
+        ("/agents/outdated?status=active", "status"),
+        ("/agents/stats/distinct", "fields"),
+        ("/groups?colour=x", "colour"),
+    ] {
+        let (status, body) = get(fleet.api(1), path, API_TOKEN).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body["detail"].as_str().unwrap_or("").contains(name), "{path}: {body}");
+    }
+}
