@@ -628,8 +628,8 @@ impl std::fmt::Debug for AdminForward {
     }
 }
 
-/// A call received by a worker's API, forwarded so that the master's API answers it (a read, or a
-/// command to agents): the method (`GET` or `PUT`), the request target (path and query), the
+/// A call received by a worker's API, forwarded so that the master's API answers it (a read, a
+/// command to agents, a registration): the method, the request target (path and query), the
 /// caller's credential (which the master's API checks as its own callers'), and the body with its
 /// content type (empty for a read).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -648,6 +648,7 @@ pub struct ApiCall {
 pub enum ApiMethod {
     Get,
     Put,
+    Post,
 }
 
 impl ApiCall {

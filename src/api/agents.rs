@@ -332,3 +332,38 @@ mod tests {
         assert_eq!(agents_list(Some(" all "), RequiredOrAll).ok(), Some(Every));
     }
 }
+
+/// `POST /agents`'s body (Wazuh's `AgentAddBody`).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewAgentBody {
+    name: String,
+    /// `any` (the default), an address or a network.
+    ip: Option<String>,
+}
+
+/// `POST /agents` with `{"name": ..., "ip": ...}`: registers an agent as Wazuh's API does (the
+/// registry's enrollment, so its rules on names and addresses hold) and answers its id and its key
+/// as `manage_agents` imports it (base64 of `id name ip key`). A worker forwards it to the master.
+pub(super) async fn add_agent(
+    node: web::Data<NodeHandle>,
+    req: actix_web::HttpRequest,
+    body: web::Json<NewAgentBody>,
+) -> HttpResponse {
+    if let Some(refusal) = refuse_unauthorized(&req) {
+        return refusal;
+    }
+    let NewAgentBody { name, ip } = body.into_inner();
+    let ip = ip.unwrap_or_else(|| "any".into()).to_ascii_lowercase();
+    match node.register_agent(name, ip).await {
+        Ok(Ok(agent)) => {
+            let line = format!("{} {} {} {}", fmt_id(agent.id), agent.name, agent.ip, agent.key);
+            let key = base64ct::Base64::encode_string(line.as_bytes());
+            let body = serde_json::json!({ "data": { "id": fmt_id(agent.id), "key": key }, "error": 0 });
+            let pretty = req.query_string().split('&').any(|pair| pair == "pretty=true");
+            json_answer(&body, pretty)
+        }
+        Ok(Err(refused)) => bad_request(&refused.to_string()),
+        Err(e) => change_failed(&e),
+    }
+}

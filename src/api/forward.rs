@@ -48,6 +48,8 @@ pub(super) async fn forward_calls(
     let method = match *req.method() {
         actix_web::http::Method::GET if is_cluster_read(req.path()) => ApiMethod::Get,
         actix_web::http::Method::PUT if is_agent_command(req.path()) => ApiMethod::Put,
+        // Registration through the API: only the master's registry can number the agent.
+        actix_web::http::Method::POST if req.path() == "/agents" => ApiMethod::Post,
         _ => return Ok(next.call(req).await?.map_into_boxed_body()),
     };
     if !matches!(**node, NodeHandle::Worker { .. }) {
@@ -60,7 +62,7 @@ pub(super) async fn forward_calls(
     }
     let body = match method {
         ApiMethod::Get => Vec::new(),
-        ApiMethod::Put => match req.extract::<web::Bytes>().await {
+        ApiMethod::Put | ApiMethod::Post => match req.extract::<web::Bytes>().await {
             Ok(bytes) if bytes.len() <= ApiCall::MAX_BODY => bytes.to_vec(),
             _ => {
                 let why = format!("the body must be at most {} bytes", ApiCall::MAX_BODY);
@@ -162,6 +164,7 @@ where
             head.method = match method {
                 ApiMethod::Get => actix_web::http::Method::GET,
                 ApiMethod::Put => actix_web::http::Method::PUT,
+                ApiMethod::Post => actix_web::http::Method::POST,
             };
             head.uri = uri;
             if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&content_type) {

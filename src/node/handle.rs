@@ -309,6 +309,30 @@ impl NodeHandle {
         link.send(worker::ForwardCall(read)).await.map_err(|_| ChangeError::Stopping)?.map_err(ChangeError::Master)
     }
 
+    /// Master: registers an agent through the API (as `POST /agents` does in Wazuh): the registry's
+    /// own enrollment, with the name and address given. The new agent, or why not.
+    pub async fn register_agent(
+        &self,
+        name: String,
+        ip: String,
+    ) -> Result<Result<AgentEntry, wazuh_cluster_protocol::agent::enrollment::EnrollError>, ChangeError> {
+        let NodeHandle::Master { name: node, writes, .. } = self else {
+            return Err(ChangeError::Refused(AdminError::Invalid(
+                "agents are registered through the master's API".into(),
+            )));
+        };
+        let agent = wazuh_cluster_actors::registry::NewAgent {
+            name,
+            groups: Vec::new(),
+            ip,
+            key_hash: None,
+            version: None,
+            node_name: node.clone(),
+            token: None,
+        };
+        writes.enroll(agent).await.map_err(ChangeError::Registry)
+    }
+
     /// Master: sends each agent its message on its connection, through the node that holds it
     /// (`node_name`): this node's own agents directly, a worker's through the worker. The agents
     /// whose connection took it; for the others, why not (Wazuh's error code and message).

@@ -355,6 +355,26 @@ async fn a_wazuh_style_bulk_delete_and_group_assignment_do_what_they_say() {
     assert_eq!(done(&body), [everyone[0].clone()], "{body}");
     let (_, body) = get(fleet.api(1), "/agents", API_TOKEN).await;
     assert_eq!(body["data"]["total_affected_items"], FLEET.len() - 3, "{body}");
+
+    // Registration through a worker's API (Wazuh's POST /agents): numbered by the master's
+    // registry, the key as manage_agents imports it (base64 of `id name ip key`).
+    let new = serde_json::json!({ "name": "api-made", "ip": "10.9.8.7" });
+    let (status, body) = call(fleet.api(2), "POST", "/agents", API_TOKEN, Some(new.clone())).await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["data"]["id"].as_str().expect("id").to_string();
+    use base64ct::Encoding;
+    let decoded = base64ct::Base64::decode_vec(body["data"]["key"].as_str().expect("key")).expect("base64");
+    let decoded = String::from_utf8(decoded).expect("text");
+    let parts: Vec<&str> = decoded.split(' ').collect();
+    assert_eq!(parts[..3], [id.as_str(), "api-made", "10.9.8.7"], "{decoded}");
+    assert_eq!(parts.get(3).map(|k| k.len()), Some(64), "{decoded}");
+    let (_, listed) = get(fleet.api(0), &format!("/agents?agents_list={id}"), API_TOKEN).await;
+    assert_eq!(listed["data"]["affected_items"][0]["name"], "api-made", "{listed}");
+    for refused in [new, serde_json::json!({ "name": "bad-ip", "ip": "300.1.2.3" }), serde_json::json!({ "ip": "any" })]
+    {
+        let (status, body) = call(fleet.api(2), "POST", "/agents", API_TOKEN, Some(refused.clone())).await;
+        assert_eq!(status, 400, "{refused}: {body}");
+    }
 }
 
 /// The next `#!-execd` message the manager sends `name` (other messages are passed over).
