@@ -170,6 +170,98 @@ pub(super) async fn cluster_local_info(node: web::Data<NodeHandle>, info: web::D
     HttpResponse::Ok().json(envelope(&[item], "Read node information"))
 }
 
+/// This installation's UUID (Wazuh's `uuid`): random, made at the first ask and kept in
+/// `var/uuid` under the data directory; empty if it can be neither read nor written.
+fn installation_uuid(data_dir: &std::path::Path) -> String {
+    let path = data_dir.join("var/uuid");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let text = text.trim();
+        if text.len() == 36 {
+            return text.to_string();
+        }
+    }
+    let (a, b) = (wazuh_cluster_actors::backoff::random_u64(), wazuh_cluster_actors::backoff::random_u64());
+    // Version 4 (random) and the RFC 4122 variant.
+    let hi = (a & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
+    let lo = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
+    let uuid = format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xffff,
+        hi & 0xffff,
+        lo >> 48,
+        lo & 0xffff_ffff_ffff
+    );
+    let written = std::fs::create_dir_all(data_dir.join("var")).and_then(|_| std::fs::write(&path, &uuid));
+    if written.is_ok() {
+        uuid
+    } else {
+        String::new()
+    }
+}
+
+/// `GET /cluster/local/config`: this node's cluster settings as Wazuh's shows them (never the key).
+pub(super) async fn cluster_local_config(
+    node: web::Data<NodeHandle>,
+    info: web::Data<NodeInfo>,
+    query: web::Query<overview::PlainParams>,
+) -> HttpResponse {
+    let mut item = serde_json::json!({
+        "name": info.cluster,
+        "node_name": node.name(),
+        "node_type": node_type(&node),
+        "hidden": "no",
+        "disabled": false,
+    });
+    match &**node {
+        NodeHandle::Master { cluster_addr, .. } => {
+            item["bind_addr"] = cluster_addr.ip().to_string().into();
+            item["port"] = cluster_addr.port().into();
+            item["nodes"] = serde_json::json!([cluster_addr.to_string()]);
+        }
+        NodeHandle::Worker { master, .. } => item["nodes"] = serde_json::json!([master]),
+    }
+    agents::json_answer(&envelope(&[item], "All selected information was returned"), query.pretty.unwrap_or(false))
+}
+
+/// `GET /cluster/ruleset/synchronization[?nodes_list=...]`: whether each node's files are the
+/// master's (a worker's last file sync round ended in sync; the master is the source).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NodesQuery {
+    pretty: Option<bool>,
+    #[allow(dead_code)] // Read only to be accepted: every answer is complete.
+    wait_for_complete: Option<bool>,
+    nodes_list: Option<String>,
+}
+
+pub(super) async fn ruleset_synchronization(
+    node: web::Data<NodeHandle>,
+    query: web::Query<NodesQuery>,
+) -> HttpResponse {
+    let only: Option<Vec<&str>> =
+        query.nodes_list.as_deref().map(|l| l.split(',').map(str::trim).filter(|n| !n.is_empty()).collect());
+    let items: Vec<serde_json::Value> = node
+        .healthcheck()
+        .await
+        .iter()
+        .filter(|h| only.as_ref().is_none_or(|o| o.contains(&h.name.as_str())))
+        .map(|h| {
+            let synced = h.kind == "master"
+                || h.actors.iter().any(|a| {
+                    a.name == "Integrity"
+                        && a.end == "worker"
+                        && a.details.get("in_sync").and_then(|v| v.as_u64()) == Some(1)
+                });
+            serde_json::json!({ "name": h.name, "synced": synced })
+        })
+        .collect();
+    agents::json_answer(
+        &envelope(&items, "Nodes ruleset synchronization status was successfully read"),
+        query.pretty.unwrap_or(false),
+    )
+}
+
 /// `GET /manager/info`: what this node is, in the fields Wazuh's manager reports.
 pub(super) async fn manager_info(node: web::Data<NodeHandle>, info: web::Data<NodeInfo>) -> HttpResponse {
     let item = serde_json::json!({
@@ -182,6 +274,7 @@ pub(super) async fn manager_info(node: web::Data<NodeHandle>, info: web::Data<No
         "tz_name": "UTC",
         "node_name": node.name(),
         "node_type": node_type(&node),
+        "uuid": installation_uuid(&node.data_dir()),
     });
     HttpResponse::Ok().json(envelope(&[item], "Basic information was successfully read"))
 }

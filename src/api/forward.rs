@@ -20,6 +20,7 @@ use wazuh_cluster_protocol::message::{ApiAnswer, ApiCall, ApiMethod};
 /// this node's).
 pub(super) fn is_cluster_read(path: &str) -> bool {
     path == "/cluster/healthcheck"
+        || path == "/cluster/ruleset/synchronization"
         || ["/agents", "/groups", "/overview"]
             .iter()
             .any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))

@@ -60,7 +60,7 @@ pub(super) async fn agents_no_group(node: web::Data<NodeHandle>, query: web::Que
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PlainParams {
-    pretty: Option<bool>,
+    pub(super) pretty: Option<bool>,
     /// Accepted for Wazuh's clients: every answer is complete.
     #[allow(dead_code)] // Read only to be accepted.
     wait_for_complete: Option<bool>,

@@ -147,6 +147,8 @@ async fn a_worker_answers_every_read_as_the_master_does() {
         "/agents/001",
         "/groups",
         "/groups/default/agents",
+        "/cluster/healthcheck",
+        "/cluster/ruleset/synchronization",
     ];
     for path in paths {
         let (status, on_master) = get(fleet.api(0), path, API_TOKEN).await;
@@ -170,6 +172,26 @@ async fn a_worker_answers_every_read_as_the_master_does() {
     for item in body["data"]["affected_items"].as_array().expect("items") {
         assert!(item["node_name"].is_string() && item["os"]["platform"].is_string(), "{item}");
     }
+    // Every node's files reach the master's; the master is the source.
+    eventually("every node's ruleset is in sync", WAIT, || async {
+        let (_, body) = get(fleet.api(1), "/cluster/ruleset/synchronization", API_TOKEN).await;
+        let items = body["data"]["affected_items"].as_array().cloned().unwrap_or_default();
+        if items.len() == 3 && items.iter().all(|n| n["synced"] == true) {
+            Ok(())
+        } else {
+            Err(body.to_string())
+        }
+    })
+    .await;
+    // This node's own: its cluster settings (never the key) and its installation's stable UUID.
+    let (_, body) = get(fleet.api(2), "/cluster/local/config", API_TOKEN).await;
+    let config = &body["data"]["affected_items"][0];
+    assert_eq!((config["node_type"].as_str(), config.get("key")), (Some("worker"), None), "{body}");
+    let uuid = |body: Value| body["data"]["affected_items"][0]["uuid"].as_str().unwrap_or("").to_string();
+    let first = uuid(get(fleet.api(2), "/manager/info", API_TOKEN).await.1);
+    assert_eq!(first.len(), 36, "{first}");
+    assert_eq!(uuid(get(fleet.api(2), "/manager/info", API_TOKEN).await.1), first);
+    assert_ne!(uuid(get(fleet.api(0), "/manager/info", API_TOKEN).await.1), first, "each node its own");
     // The worker checks the credential itself before anything reaches the master.
     let (status, _) = get(fleet.api(1), "/agents", "not-a-valid-token-0123456789").await;
     assert_eq!(status, 401);

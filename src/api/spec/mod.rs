@@ -184,6 +184,21 @@ pub fn endpoints() -> Vec<Endpoint> {
         e("get", "/cluster/status", "Whether clustering is on", params![], Body::None, || {
             web::get().to(cluster_status)
         }),
+        e("get", "/cluster/local/config", "This node's cluster settings (never the key)", PLAIN, Body::None, || {
+            web::get().to(cluster_local_config)
+        }),
+        e(
+            "get",
+            "/cluster/ruleset/synchronization",
+            "Whether each node's files are the master's",
+            params![
+                query("pretty", "boolean", "indented JSON"),
+                query("wait_for_complete", "boolean", "accepted"),
+                query("nodes_list", "string", "comma-separated node names")
+            ],
+            Body::None,
+            || web::get().to(ruleset_synchronization),
+        ),
         e("get", "/cluster/local/info", "This node's name, cluster and type", params![], Body::None, || {
             web::get().to(cluster_local_info)
         }),
