@@ -2,7 +2,7 @@
 # The API against Wazuh's own OpenAPI document (v4.14.7, docs/wazuh-api-spec-v4.14.7.yaml),
 # restricted to the operations this API serves (the same method and path in both documents): a
 # master and a worker (debug build, HTTPS), agents enrolled and connected through both with
-# agent-sim, a group with an agent.conf; then schemathesis on the master and on the worker with
+# agent-sim, a group with an agent.conf, a rule file and a CDB list; then schemathesis on the master and on the worker with
 # response-schema conformance on. Where Wazuh's document contradicts what Wazuh's own API answers,
 # the check is excluded below with the reason (and listed in the README).
 # Usage: scripts/wazuh-api-check.sh [MAX_EXAMPLES=10]. Run by .ci/run.
@@ -55,10 +55,15 @@ for _ in $(seq 300); do
   sleep 0.2
 done
 [ "$active" -ge 12 ] || { echo "only $active of 12 agents are active" >&2; exit 1; }
-call -X POST "$master/groups" -d '{"group_id":"web"}' >/dev/null
-call -X PUT "$master/agents/group?group_id=web&agents_list=001,002,003" >/dev/null
-call -X PUT "$master/groups/web/configuration" -H "Content-Type: application/xml" \
+call -f -X POST "$master/groups" -d '{"group_id":"web"}' >/dev/null
+call -f -X PUT "$master/agents/group?group_id=web&agents_list=001,002,003" >/dev/null
+call -f -X PUT "$master/groups/web/configuration" -H "Content-Type: application/xml" \
   --data-binary '<agent_config><localfile><location>/var/log/web.log</location><log_format>syslog</log_format></localfile></agent_config>' >/dev/null
+# A rule file and a CDB list, so the ruleset listings have something to list.
+call -f -X PUT "$master/rules/files/check_rules.xml" -H "Content-Type: application/octet-stream" \
+  --data-binary $'<group name="check,">\n  <rule id="100300" level="3">\n    <match>check</match>\n    <description>check</description>\n  </rule>\n</group>\n' >/dev/null
+call -f -X PUT "$master/lists/files/check-keys" -H "Content-Type: application/octet-stream" \
+  --data-binary $'check-w:write\ncheck-r:read\n' >/dev/null
 
 # Wazuh's document, only the operations ours serves too.
 call "$master/api/openapi.json" >"$dir/ours.json"

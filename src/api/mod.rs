@@ -194,6 +194,7 @@ mod commands;
 mod forward;
 mod groups;
 mod listener;
+mod listing;
 mod overview;
 mod ruleset;
 mod security;

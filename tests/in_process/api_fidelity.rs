@@ -550,3 +550,49 @@ async fn wazuhs_agent_views_answer_alike_on_every_node_from_the_same_agents() {
         assert!(body["detail"].as_str().unwrap_or("").contains(name), "{path}: {body}");
     }
 }
+
+#[actix_rt::test]
+async fn ruleset_files_and_cdb_lists_are_listed_as_wazuh_lists_them_on_every_node() {
+    let fleet = fleet("lists").await;
+    let list = "audit-wazuh-w:write\naudit-wazuh-r:read\n";
+    let rules = "<group name=\"local,\">\n  <rule id=\"100200\" level=\"3\">\n    <match>fidelity</match>\n    <description>fidelity</description>\n  </rule>\n</group>\n";
+    for (path, content) in [("/lists/files/audit-keys", list), ("/rules/files/fidelity_rules.xml", rules)] {
+        let (base, path, body) = (format!("http://{}", fleet.api(0)), path.to_string(), content.to_string());
+        let (status, text) = actix_rt::task::spawn_blocking(move || {
+            wazuh_multi_node::client::request(&base, "PUT", &path, Some(API_TOKEN), Some(&body))
+        })
+        .await
+        .expect("join")
+        .expect("http");
+        assert_eq!(status, 200, "{text}");
+    }
+    for node in [0, 1, 2] {
+        eventually(&format!("node {node} lists the new files"), WAIT, || async {
+            let (_, lists) = get(fleet.api(node), "/lists?filename=audit-keys", API_TOKEN).await;
+            let (_, rules) = get(fleet.api(node), "/rules/files?search=fidelity", API_TOKEN).await;
+            let items = &lists["data"]["affected_items"][0]["items"];
+            let want = serde_json::json!([{ "key": "audit-wazuh-w", "value": "write" }, { "key": "audit-wazuh-r", "value": "read" }]);
+            let rule_file = &rules["data"]["affected_items"][0];
+            if *items == want && rule_file["filename"] == "fidelity_rules.xml" && rule_file["status"] == "enabled" {
+                Ok(())
+            } else {
+                Err(format!("{lists}\n{rules}"))
+            }
+        })
+        .await;
+        let (_, files) = get(fleet.api(node), "/lists/files", API_TOKEN).await;
+        assert!(ids_of(&files, "filename").contains(&"audit-keys".to_string()), "{files}");
+        let (status, body) = get(fleet.api(node), "/lists/files?status=enabled", API_TOKEN).await;
+        assert_eq!(status, 400, "GET /lists/files takes no status: {body}");
+    }
+}
+
+/// The values of `field` in a listing.
+fn ids_of(body: &Value, field: &str) -> Vec<String> {
+    body["data"]["affected_items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a[field].as_str().map(String::from))
+        .collect()
+}

@@ -421,6 +421,18 @@ pub fn endpoints() -> Vec<Endpoint> {
             || web::delete().to(security::remove_roles),
         ),
     ];
+    v.extend([
+        e("get", "/rules/files", "The rule files analysisd loads", LISTING, Body::None, || {
+            web::get().to(listing::rule_files)
+        }),
+        e("get", "/decoders/files", "The decoder files analysisd loads", LISTING, Body::None, || {
+            web::get().to(listing::decoder_files)
+        }),
+        e("get", "/lists/files", "The CDB list files", LISTING_PATHS, Body::None, || {
+            web::get().to(listing::list_files)
+        }),
+        e("get", "/lists", "The CDB lists with their items", LISTS, Body::None, || web::get().to(listing::lists)),
+    ]);
     for p in ["/rules/files/{name}", "/decoders/files/{name}", "/lists/files/{name}"] {
         v.push(Endpoint {
             text: true,

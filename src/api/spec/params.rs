@@ -136,3 +136,43 @@ pub(super) const GROUP_AGENTS: &[Param] = &[
     query("q", "string", "Wazuh's query (as GET /agents)"),
     query("distinct", "boolean", "distinct items only"),
 ];
+
+pub(super) const LISTING: &[Param] = &[
+    query("pretty", "boolean", "indented JSON"),
+    query("wait_for_complete", "boolean", "accepted (answers are always complete)"),
+    query("offset", "integer", "first item (0)"),
+    query("limit", "integer", "items per page (500, at most 100000)"),
+    query("sort", "string", "+field or -field: filename, relative_dirname, status"),
+    query("search", "string", "text in any field (-text: not in any)"),
+    query("relative_dirname", "string", "only files in this directory"),
+    query("filename", "string", "only this file"),
+    query("status", "string", "enabled, disabled or all (rule and decoder files)"),
+    query("q", "string", "Wazuh's query over the fields"),
+    query("select", "string", "comma-separated fields (filename always)"),
+    query("distinct", "boolean", "distinct items only"),
+];
+
+pub(super) const LISTING_PATHS: &[Param] = &[
+    query("pretty", "boolean", "indented JSON"),
+    query("wait_for_complete", "boolean", "accepted (answers are always complete)"),
+    query("offset", "integer", "first item (0)"),
+    query("limit", "integer", "items per page (500, at most 100000)"),
+    query("sort", "string", "+field or -field: filename, relative_dirname"),
+    query("search", "string", "text in any field (-text: not in any)"),
+    query("relative_dirname", "string", "only files in this directory"),
+    query("filename", "string", "only this file"),
+];
+
+pub(super) const LISTS: &[Param] = &[
+    query("pretty", "boolean", "indented JSON"),
+    query("wait_for_complete", "boolean", "accepted (answers are always complete)"),
+    query("offset", "integer", "first item (0)"),
+    query("limit", "integer", "items per page (500, at most 100000)"),
+    query("select", "string", "comma-separated fields (filename always)"),
+    query("sort", "string", "+field or -field: filename, relative_dirname"),
+    query("search", "string", "text in any field, the items too (-text: not in any)"),
+    query("relative_dirname", "string", "only lists in this directory"),
+    query("filename", "string", "only this list"),
+    query("q", "string", "Wazuh's query over filename and relative_dirname"),
+    query("distinct", "boolean", "distinct items only"),
+];
