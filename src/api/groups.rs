@@ -110,59 +110,26 @@ pub(super) fn group_sums(node: &NodeHandle, group: &str) -> (Option<String>, Opt
     (sum("merged.mg"), sum("agent.conf"))
 }
 
-/// `GET /groups`: Wazuh's parameters; any other is a 400 naming it.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct GroupsQuery {
-    pretty: Option<bool>,
-    #[allow(dead_code)] // Read only to be accepted: every answer is complete.
-    wait_for_complete: Option<bool>,
-    groups_list: Option<String>,
-    offset: Option<u64>,
-    limit: Option<u64>,
-    sort: Option<String>,
-    search: Option<String>,
-    hash: Option<String>,
-    q: Option<String>,
-    select: Option<String>,
-    distinct: Option<bool>,
-}
-
 /// The fields of a group that `q`, `sort` and `select` take.
 const GROUP_FIELDS: &[&str] = &["name", "count", "mergedSum", "configSum"];
 
-/// `GET /groups`: the groups with their agent counts and sums, filtered (`groups_list`, `search`,
-/// `q`), sorted, projected (`select`, `distinct`) and paged (`offset`, `limit`) as `GET /agents`.
-pub(super) async fn list_groups(node: web::Data<NodeHandle>, query: web::Query<GroupsQuery>) -> HttpResponse {
-    use super::wql;
+/// `GET /groups`: the groups with their agent counts and sums, with Wazuh's parameters (see
+/// [`listing::page`](super::listing::page)); `groups_list` names the groups, `hash` is md5.
+pub(super) async fn list_groups(
+    node: web::Data<NodeHandle>,
+    query: web::Query<super::listing::ListParams>,
+) -> HttpResponse {
     let p = query.into_inner();
     if p.hash.as_deref().is_some_and(|h| h != "md5") {
         return agents::bad_request("hash: only md5 is served");
     }
-    let limit = p.limit.unwrap_or(500);
-    if !(1..=wazuh_cluster_actors::registry::query::MAX_LIMIT).contains(&limit) {
-        return agents::bad_request(&format!(
-            "limit must be between 1 and {}",
-            wazuh_cluster_actors::registry::query::MAX_LIMIT
-        ));
-    }
-    let parsed = (|| -> Result<_, String> {
-        let q = p.q.as_deref().filter(|q| !q.trim().is_empty()).map(|q| wql::parse(q, GROUP_FIELDS)).transpose()?;
-        let sort = p.sort.as_deref().map(|s| wql::parse_sort(s, GROUP_FIELDS)).transpose()?.unwrap_or_default();
-        let select = p.select.as_deref().map(|s| wql::parse_select(s, GROUP_FIELDS)).transpose()?;
-        Ok((q, sort, select))
-    })();
-    let (q, sort, select) = match parsed {
-        Ok(parsed) => parsed,
-        Err(why) => return agents::bad_request(&why),
-    };
     let only: Option<Vec<&str>> =
         p.groups_list.as_deref().map(|l| l.split(',').map(str::trim).filter(|g| !g.is_empty()).collect());
     let groups = match node.groups().await {
         Ok(groups) => groups,
         Err(e) => return HttpResponse::ServiceUnavailable().json(error_body(503, &e.to_string())),
     };
-    let mut items: Vec<serde_json::Value> = groups
+    let items: Vec<serde_json::Value> = groups
         .into_iter()
         .filter(|(name, _)| only.as_ref().is_none_or(|o| o.contains(&name.as_str())))
         .map(|(name, count)| {
@@ -176,25 +143,28 @@ pub(super) async fn list_groups(node: web::Data<NodeHandle>, query: web::Query<G
             }
             g
         })
-        .filter(|g| q.as_ref().is_none_or(|q| wql::matches(q, g)))
-        .filter(|g| p.search.as_deref().is_none_or(|s| wql::search_matches(g, s)))
         .collect();
-    items.sort_by(|a, b| wql::order(a, b, &sort, "name"));
-    if let Some(mut chosen) = select {
-        if !p.distinct.unwrap_or(false) && !chosen.iter().any(|f| f == "name") {
-            chosen.push("name".into());
-        }
-        items = items.iter().map(|g| wql::project(g, &chosen)).collect();
-    }
-    if p.distinct.unwrap_or(false) {
-        let mut seen = std::collections::HashSet::new();
-        items.retain(|g| seen.insert(g.to_string()));
-    }
-    let total = items.len();
-    let page: Vec<_> = items.into_iter().skip(p.offset.unwrap_or(0) as usize).take(limit as usize).collect();
-    let mut body = envelope(&page, "All selected groups information was returned");
-    body["data"]["total_affected_items"] = total.into();
-    agents::json_answer(&body, p.pretty.unwrap_or(false))
+    let allowed = [
+        "pretty",
+        "wait_for_complete",
+        "groups_list",
+        "offset",
+        "limit",
+        "sort",
+        "search",
+        "hash",
+        "q",
+        "select",
+        "distinct",
+    ];
+    super::listing::page(
+        items,
+        &p,
+        &allowed,
+        "GET /groups",
+        (GROUP_FIELDS, "name"),
+        "All selected groups information was returned",
+    )
 }
 
 #[derive(serde::Deserialize)]

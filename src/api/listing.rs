@@ -1,4 +1,4 @@
-//! Wazuh's listings of ruleset files: `GET /rules/files`, `/decoders/files`, `/lists/files` and
+//! Wazuh's listings (and the paging, filters and projections they share, `GET /groups` too) of ruleset files: `GET /rules/files`, `/decoders/files`, `/lists/files` and
 //! `GET /lists` (each CDB list with its `key:value` items), from this node's files (file sync keeps
 //! them the master's), filtered, sorted, projected and paged with Wazuh's parameters.
 
@@ -23,6 +23,10 @@ pub(super) struct ListParams {
     relative_dirname: Option<String>,
     filename: Option<String>,
     status: Option<String>,
+    /// `GET /groups` only.
+    pub(super) groups_list: Option<String>,
+    /// `GET /groups` only: md5, the one served.
+    pub(super) hash: Option<String>,
 }
 
 impl ListParams {
@@ -40,6 +44,8 @@ impl ListParams {
             ("relative_dirname", self.relative_dirname.is_some()),
             ("filename", self.filename.is_some()),
             ("status", self.status.is_some()),
+            ("groups_list", self.groups_list.is_some()),
+            ("hash", self.hash.is_some()),
         ]
         .into_iter()
         .filter(|(_, set)| *set)
@@ -50,7 +56,7 @@ impl ListParams {
 
 /// One page of `items` after the parameters, in Wazuh's envelope; `fields` are what `q`, `sort`
 /// and `select` take, `key` the field that orders ties and is always selected.
-fn page(
+pub(super) fn page(
     items: Vec<Value>,
     p: &ListParams,
     allowed: &[&str],
