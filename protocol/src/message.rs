@@ -121,6 +121,8 @@ pub enum WorkerToMaster {
     ApiCall(ApiCall),
     /// Which agents the messages of a [`MasterToWorker::AgentCommand`] went to (protocol 2.4).
     AgentCommandSent(AgentCommandSent),
+    /// The agent's answer to a [`MasterToWorker::AgentRequest`] (protocol 2.4).
+    AgentAnswer(AgentAnswer),
     /// The worker is closing the connection on purpose.
     Goodbye(Goodbye),
     /// A request of the master's could not be served (the answer to it).
@@ -150,6 +152,9 @@ pub enum MasterToWorker {
     /// Asks the worker to send each agent its message (a restart, an active response) on its
     /// connection (protocol 2.4); answered with [`WorkerToMaster::AgentCommandSent`].
     AgentCommand(AgentCommand),
+    /// Asks the worker to ask one of its agents a request (`logcollector getconfig localfile`) and
+    /// answer with the agent's answer (protocol 2.4); answered with [`WorkerToMaster::AgentAnswer`].
+    AgentRequest(AgentRequest),
     /// Asks the worker to have its analysisd reload the ruleset once its files reached
     /// `digest` (protocol 2.1); answered with [`WorkerToMaster::RulesetReloaded`].
     ReloadRuleset(ReloadRuleset),
@@ -299,6 +304,20 @@ pub struct ForceReconnect {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct AgentCommand {
     pub messages: Vec<(u32, String)>,
+}
+
+/// A request for one agent, and how long the worker waits for the agent's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AgentRequest {
+    pub id: u32,
+    pub payload: String,
+    pub timeout_ms: u64,
+}
+
+/// The agent's answer (`ok ...`, `err ...`), or why there is none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentAnswer {
+    pub outcome: Result<String, String>,
 }
 
 /// The agents of an [`AgentCommand`] whose connection on this node took their message.
@@ -946,6 +965,7 @@ impl MessageName for WorkerToMaster {
             WorkerToMaster::Admin(_) => "admin",
             WorkerToMaster::ApiCall(_) => "api_call",
             WorkerToMaster::AgentCommandSent(_) => "agent_command_sent",
+            WorkerToMaster::AgentAnswer(_) => "agent_answer",
             WorkerToMaster::RulesetReloaded(_) => "ruleset_reloaded",
             WorkerToMaster::Goodbye(_) => "goodbye",
             WorkerToMaster::Error(_) => "error",
@@ -968,6 +988,7 @@ impl MessageName for MasterToWorker {
             MasterToWorker::AdminResult(_) => "admin_result",
             MasterToWorker::ApiAnswer(_) => "api_answer",
             MasterToWorker::AgentCommand(_) => "agent_command",
+            MasterToWorker::AgentRequest(_) => "agent_request",
             MasterToWorker::ForceReconnect(_) => "force_reconnect",
             MasterToWorker::ReloadRuleset(_) => "reload_ruleset",
             MasterToWorker::Goodbye(_) => "goodbye",

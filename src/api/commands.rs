@@ -258,7 +258,7 @@ pub(super) async fn restart_agents(
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)] // `pretty` is read from the query string; `wait_for_complete` only accepted.
+#[allow(dead_code)] // `wait_for_complete` is only accepted.
 pub(super) struct PlainQuery {
     pretty: Option<bool>,
     wait_for_complete: Option<bool>,
@@ -349,6 +349,79 @@ pub(super) async fn active_response(
         "AR command was not sent to any agent",
     ];
     send(&node, &req, items, missing, message, messages).await
+}
+
+/// The components Wazuh's API asks an agent about (its `component` parameter).
+const COMPONENTS: &[&str] = &[
+    "agent",
+    "agentless",
+    "analysis",
+    "auth",
+    "com",
+    "csyslog",
+    "integrator",
+    "logcollector",
+    "mail",
+    "monitor",
+    "request",
+    "syscheck",
+    "wazuh-db",
+    "wmodules",
+];
+
+/// `GET /agents/{id}/config/{component}/{configuration}`: the agent's active configuration, asked
+/// of the agent through the node that holds its connection as remoted's request socket asks it
+/// (`#!-req <counter> <component> getconfig <configuration>`), answered in Wazuh's shape
+/// (`{"data": {...}}`). Errors as Wazuh's: 404 (1701) no such agent, 400 otherwise (1101 no such
+/// component, 1740 not active, 1116 or 1117 the agent's own refusal).
+pub(super) async fn agent_config(
+    node: web::Data<NodeHandle>,
+    path: web::Path<(String, String, String)>,
+    query: web::Query<PlainQuery>,
+) -> HttpResponse {
+    let (id, component, configuration) = path.into_inner();
+    let Some(num) = wazuh_cluster_actors::registry::parse_id(&id) else { return bad_id(&id) };
+    if !COMPONENTS.contains(&component.as_str()) {
+        return bad_request(&format!(
+            "Requested component does not exist. Valid components: {}",
+            COMPONENTS.join(", ")
+        ));
+    }
+    let printable = |t: &str| t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if configuration.is_empty() || !printable(&configuration) {
+        return bad_request("Requested component configuration does not exist");
+    }
+    let (items, _) = match targets(&node, &Selection::of_ids(vec![num]), &[num]).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Some(agent) = items.first() else {
+        return HttpResponse::NotFound().json(error_body(404, "Agent does not exist"));
+    };
+    let (status, holder) =
+        (agent.get("status").and_then(Value::as_str), agent.get("node_name").and_then(Value::as_str));
+    let (Some("active"), Some(holder)) = (status, holder) else {
+        return bad_request("Action only available for active agents");
+    };
+    let answer = node.ask_agent(num, holder, format!("{component} getconfig {configuration}")).await;
+    match answer.as_deref().map(|a| a.split_once(' ').unwrap_or((a, ""))).map_err(String::as_str) {
+        Ok(("ok", json)) => match serde_json::from_str::<Value>(json) {
+            Ok(data) => {
+                agents::json_answer(&serde_json::json!({ "data": data, "error": 0 }), query.pretty.unwrap_or(false))
+            }
+            Err(e) => bad_request(&format!("the agent's answer is not JSON: {e}")),
+        },
+        Ok((_, why)) | Err(why) => {
+            let unreachable = why.contains("No such file or directory") || why.contains("Cannot send request");
+            let what = if unreachable {
+                "Unable to connect with component. The component might be disabled."
+            } else {
+                "Requested component configuration does not exist"
+            };
+            let why = wazuh_cluster_protocol::agent::enrollment::printable(why);
+            bad_request(&format!("{what} ({component}:{configuration}: {why})"))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -333,6 +333,25 @@ impl NodeHandle {
         writes.enroll(agent).await.map_err(ChangeError::Registry)
     }
 
+    /// Master: asks agent `id`, connected to `node`, a request (as remoted's request socket does)
+    /// through the node that holds it; the agent's answer (`ok ...`, `err ...`), or why there is none.
+    pub async fn ask_agent(&self, id: u32, node: &str, payload: String) -> Result<String, String> {
+        let NodeHandle::Master { name, listener, agents, settle, .. } = self else {
+            return Err("requests to agents go through the master".into());
+        };
+        // Within the cluster channel's own timeout for the worker's answer.
+        let timeout = *settle;
+        if node == name {
+            let ask = wazuh_cluster_actors::agents::messages::AskAgent { id, payload, timeout };
+            return agents.send(ask).await.unwrap_or_else(|_| Err("the agent hub stopped".into()));
+        }
+        let request = wazuh_protocol_request(id, payload, timeout);
+        listener
+            .send(master::AskWorkerAgent { node: node.to_string(), request })
+            .await
+            .unwrap_or_else(|_| Err("the master listener stopped".into()))
+    }
+
     /// Master: sends each agent its message on its connection, through the node that holds it
     /// (`node_name`): this node's own agents directly, a worker's through the worker. The agents
     /// whose connection took it; for the others, why not (Wazuh's error code and message).
@@ -575,6 +594,14 @@ impl NodeHandle {
 }
 
 /// A registry row as the API shows it.
+fn wazuh_protocol_request(
+    id: u32,
+    payload: String,
+    timeout: std::time::Duration,
+) -> wazuh_cluster_protocol::message::AgentRequest {
+    wazuh_cluster_protocol::message::AgentRequest { id, payload, timeout_ms: timeout.as_millis() as u64 }
+}
+
 fn row_view(r: AgentRow, with_keys: bool) -> AgentView {
     let info = r.info.as_ref();
     // Where it reports from: its own word, else its connection's, else where it registered.

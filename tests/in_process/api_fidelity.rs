@@ -104,7 +104,12 @@ fn keepalive(agent: &SimAgent, spec: &Spec, n: usize) -> String {
 /// A master and two workers; the fleet enrolled and connected, every connected agent active on
 /// the master.
 async fn fleet(prefix: &str) -> Fleet {
-    let cluster = TestCluster::start(prefix, 2).await;
+    fleet_with(prefix, &[]).await
+}
+
+/// [`fleet`] with extra settings for every node.
+async fn fleet_with(prefix: &str, extra: &[(&str, String)]) -> Fleet {
+    let cluster = TestCluster::start_with(prefix, 2, extra).await;
     cluster.wait_for_workers(2, WAIT).await;
     let mut agents = Vec::new();
     for (n, spec) in FLEET.iter().enumerate() {
@@ -595,4 +600,63 @@ fn ids_of(body: &Value, field: &str) -> Vec<String> {
         .flatten()
         .filter_map(|a| a[field].as_str().map(String::from))
         .collect()
+}
+
+/// Reads `name`'s connection until the manager sends it a request (`#!-req <counter> <payload>`).
+async fn next_request(fleet: &mut Fleet, name: &str) -> (String, String) {
+    let (agent, s) = fleet.agents.iter_mut().find(|(a, _)| a.name == name).expect("a connected agent");
+    loop {
+        let payload = tokio::time::timeout(WAIT, read_payload(s)).await.expect("a message in time").expect("a frame");
+        let text = String::from_utf8(agent.open(&payload).expect("decrypt")).expect("text");
+        if let Some(rest) = text.strip_prefix("#!-req ") {
+            let (counter, payload) = rest.split_once(' ').unwrap_or((rest, ""));
+            return (counter.to_string(), payload.to_string());
+        }
+    }
+}
+
+/// `name` sends the manager `text`.
+async fn agent_says(fleet: &mut Fleet, name: &str, text: &str) {
+    let (agent, s) = fleet.agents.iter_mut().find(|(a, _)| a.name == name).expect("a connected agent");
+    s.write_all(&agent.frame(text.as_bytes())).await.expect("write");
+}
+
+#[actix_rt::test]
+async fn an_agents_active_configuration_is_asked_of_the_agent_through_its_node() {
+    // The cluster channel's timeout bounds the wait for the agent: give it room on a busy machine.
+    let mut fleet = fleet_with("cfg", &[("cluster.request_timeout", "10s".to_string())]).await;
+    let (_, all) = get(fleet.api(0), "/agents?limit=100000", API_TOKEN).await;
+    let id = |name: &str| -> String {
+        let items = all["data"]["affected_items"].as_array().cloned().unwrap_or_default();
+        items.iter().find(|a| a["name"] == name).and_then(|a| a["id"].as_str().map(String::from)).expect("agent")
+    };
+    let (db, idle) = (id("db-1"), id("idle-1"));
+    let config = serde_json::json!({ "localfile": [{ "logformat": "syslog", "file": "/var/log/auth.log" }] });
+    // Through the master's API and through worker 1's, of the agent on worker 2.
+    for node in [0, 1] {
+        let addr = fleet.api(node);
+        let path = format!("/agents/{db}/config/logcollector/localfile");
+        let call = actix_rt::spawn(async move { get(addr, &path, API_TOKEN).await });
+        let (counter, payload) = next_request(&mut fleet, "db-1").await;
+        assert_eq!(payload, "logcollector getconfig localfile");
+        agent_says(&mut fleet, "db-1", &format!("#!-req {counter} ack")).await;
+        agent_says(&mut fleet, "db-1", &format!("#!-req {counter} ok {config}")).await;
+        let (status, body) = call.await.expect("join");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"], config, "{body}");
+        // The manager acknowledges the answer, as remoted does.
+        assert_eq!(next_request(&mut fleet, "db-1").await, (counter, "ack".to_string()));
+    }
+    // The agent's own refusal, an agent not connected, one that does not exist, a component Wazuh
+    // does not have.
+    let addr = fleet.api(0);
+    let path = format!("/agents/{db}/config/syscheck/nope");
+    let call = actix_rt::spawn(async move { get(addr, &path, API_TOKEN).await });
+    let (counter, _) = next_request(&mut fleet, "db-1").await;
+    agent_says(&mut fleet, "db-1", &format!("#!-req {counter} err Could not get requested section")).await;
+    let (status, body) = call.await.expect("join");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(get(addr, &format!("/agents/{idle}/config/logcollector/localfile"), API_TOKEN).await.0, 400);
+    assert_eq!(get(addr, "/agents/999/config/logcollector/localfile", API_TOKEN).await.0, 404);
+    assert_eq!(get(addr, &format!("/agents/{db}/config/nothing/localfile"), API_TOKEN).await.0, 400);
 }

@@ -2,8 +2,9 @@
 
 use super::merged::{groups_key, MergedCache};
 use super::messages::{
-    Bind, BindRefused, CloseAll, Closed, Delivered, ForceReconnect, GetHubView, HubLink, HubView, RefreshKeys,
-    ResendAll, Seen, SeenKind, SendToAgents, SessionTx, SharedChanged, TakeUpdates, WatchFigures, FIGURES_EVERY,
+    AskAgent, Bind, BindRefused, CloseAll, Closed, Delivered, ForceReconnect, GetHubView, HubLink, HubView,
+    RefreshKeys, ResendAll, Seen, SeenKind, SendToAgents, SessionTx, SharedChanged, TakeUpdates, WatchFigures,
+    FIGURES_EVERY,
 };
 use super::{AgentKey, Shared};
 use crate::registry::fmt_id;
@@ -84,7 +85,13 @@ pub struct AgentHub {
     flushing: bool,
     /// The figures, published while someone watches them.
     figures: tokio::sync::watch::Sender<HubView>,
+    /// Requests asked of agents and not answered yet, by counter: the agent, and where the answer goes.
+    asks: HashMap<String, (u32, tokio::sync::oneshot::Sender<String>)>,
+    next_ask: u32,
 }
+
+/// Most requests to agents in flight at once (remoted's request pool is of the same order).
+const MAX_ASKS: usize = 64;
 
 impl AgentHub {
     pub fn new(shared: Arc<Shared>, source: KeySource) -> Self {
@@ -99,6 +106,8 @@ impl AgentHub {
             merged: MergedCache::default(),
             flushing: false,
             figures: tokio::sync::watch::Sender::new(HubView::default()),
+            asks: HashMap::new(),
+            next_ask: (crate::backoff::random_u64() & 0xffff_ffff) as u32,
         }
     }
 
@@ -402,6 +411,19 @@ impl Handler<Seen> for AgentHub {
                 }
                 self.push_if_stale(seen.id);
             }
+            SeenKind::Reply { counter, text } => {
+                // An acknowledgement says the request arrived; the answer ends it, and is
+                // acknowledged in turn (as remoted does). Only the agent asked may answer.
+                if text == "ack" || self.asks.get(&counter).is_none_or(|(id, _)| *id != seen.id) {
+                    return;
+                }
+                if let Some((id, tx)) = self.asks.remove(&counter) {
+                    let _ = tx.send(text);
+                    if let Some(live) = self.live.get(&id) {
+                        live.tx.push(vec![format!("#!-req {counter} ack").into_bytes()]);
+                    }
+                }
+            }
             SeenKind::Shutdown => {
                 state.status = Status::Disconnected;
                 debug!(node = self.node(); "agent {} shut down", fmt_id(seen.id));
@@ -491,6 +513,36 @@ impl Handler<ForceReconnect> for AgentHub {
             info!(node = self.node(); "asked {n} agents to reconnect");
         }
         n
+    }
+}
+
+impl Handler<AskAgent> for AgentHub {
+    type Result = ResponseActFuture<Self, Result<String, String>>;
+
+    fn handle(&mut self, AskAgent { id, payload, timeout }: AskAgent, _: &mut Context<Self>) -> Self::Result {
+        let refuse = |why: &str| -> Self::Result { Box::pin(actix::fut::ready(Err(why.to_string()))) };
+        if self.asks.len() >= MAX_ASKS {
+            return refuse("too many requests to agents in flight on this node");
+        }
+        let Some(live) = self.live.get(&id) else { return refuse("Cannot send request, agent is not active") };
+        self.next_ask = self.next_ask.wrapping_add(1);
+        let counter = format!("{:x}", self.next_ask);
+        if !live.tx.push(vec![format!("#!-req {counter} {payload}").into_bytes()]) {
+            return refuse("Cannot send request, the agent's connection is full");
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.asks.insert(counter.clone(), (id, tx));
+        let wait = async move {
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(_)) => Err("the agent's connection closed".to_string()),
+                Err(_) => Err("err Response timeout".to_string()),
+            }
+        };
+        Box::pin(wait.into_actor(self).map(move |answer, hub, _| {
+            hub.asks.remove(&counter);
+            answer
+        }))
     }
 }
 

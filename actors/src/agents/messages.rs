@@ -146,6 +146,11 @@ pub enum SeenKind {
     Startup(Option<String>),
     KeepAlive(Box<KeepAlive>),
     Shutdown,
+    /// `#!-req <counter> <text>`: an acknowledgement of, or the answer to, an [`AskAgent`].
+    Reply {
+        counter: String,
+        text: String,
+    },
 }
 
 /// Something an agent said on its (bound) connection.
@@ -205,6 +210,17 @@ pub struct SharedChanged(pub Option<Vec<String>>);
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct ForceReconnect(pub Vec<u32>);
+
+/// Asks a connected agent a request (`#!-req <counter> <payload>`, as remoted's request socket
+/// does: `logcollector getconfig localfile`) and waits at most `timeout` for its answer (`ok ...`
+/// or `err ...`). `Err`: why there is none.
+#[derive(Message)]
+#[rtype(result = "Result<String, String>")]
+pub struct AskAgent {
+    pub id: u32,
+    pub payload: String,
+    pub timeout: std::time::Duration,
+}
 
 /// Sends each agent its message on its connection here; returns the agents whose connection took it.
 #[derive(Message)]

@@ -334,6 +334,13 @@ impl Session {
             Ok(AgentMessage::Shutdown) => {
                 self.seen(key.id, SeenKind::Shutdown).await?;
             }
+            // Only an agent bound to this connection has requests to answer.
+            Ok(AgentMessage::Reply { counter, text }) if self.agent.is_some() => {
+                self.seen(key.id, SeenKind::Reply { counter, text }).await?;
+            }
+            Ok(AgentMessage::Reply { counter, .. }) => {
+                debug!(node = node; "agent {} answered request {counter:?} before it started up; ignored", key.name);
+            }
             Ok(AgentMessage::Event(e)) => {
                 if self.agent.is_none() {
                     self.bind(stream, &key).await?;

@@ -203,6 +203,39 @@ impl Handler<CommandAgents> for MasterListener {
     }
 }
 
+/// Has worker `node` ask one of its agents a request and answer with the agent's answer.
+#[derive(Message)]
+#[rtype(result = "Result<String, String>")]
+pub struct AskWorkerAgent {
+    pub node: String,
+    pub request: wazuh_cluster_protocol::message::AgentRequest,
+}
+
+impl Handler<AskWorkerAgent> for MasterListener {
+    type Result = ResponseFuture<Result<String, String>>;
+
+    fn handle(&mut self, msg: AskWorkerAgent, _: &mut Context<Self>) -> Self::Result {
+        let target =
+            self.workers.get(&msg.node).filter(|w| !w.handle.is_closed()).map(|w| (w.handle.clone(), w.version));
+        let node = msg.node;
+        Box::pin(async move {
+            let Some((handle, version)) = target else {
+                return Err(format!("node {node} is not connected to the master"));
+            };
+            if version < wazuh_cluster_protocol::version::API_CALLS {
+                return Err(format!("node {node} speaks protocol {version}: it cannot ask its agents"));
+            }
+            match handle.call(MasterToWorker::AgentRequest(msg.request)).await {
+                Ok(wazuh_cluster_protocol::WorkerToMaster::AgentAnswer(a)) => a.outcome,
+                Ok(other) => {
+                    Err(format!("node {node} answered {}", wazuh_cluster_protocol::message::MessageName::name(&other)))
+                }
+                Err(e) => Err(format!("node {node} did not answer: {e}")),
+            }
+        })
+    }
+}
+
 /// Asks every connected worker to have its analysisd reload the ruleset once its files reached
 /// the master's digest, read afresh from disk now (a file written just before the request counts);
 /// the outcome per worker, by name.

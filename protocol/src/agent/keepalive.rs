@@ -9,6 +9,9 @@ pub enum AgentMessage {
     Startup { version: Option<String> },
     /// `#!-agent shutdown `.
     Shutdown,
+    /// `#!-req <counter> <text>`: the agent's acknowledgement (`ack`) of, or answer to, a request
+    /// the manager sent it with that counter.
+    Reply { counter: String, text: String },
     /// Any other control message: a keep-alive.
     KeepAlive(Box<KeepAlive>),
     /// Anything else: an event `<queue>:<location>:<message>`.
@@ -66,6 +69,10 @@ pub fn classify(text: &[u8]) -> Result<AgentMessage, MessageError> {
     }
     if text.starts_with("#!-agent shutdown") {
         return Ok(AgentMessage::Shutdown);
+    }
+    if let Some(rest) = text.strip_prefix("#!-req ") {
+        let (counter, reply) = rest.split_once(' ').unwrap_or((rest, ""));
+        return Ok(AgentMessage::Reply { counter: counter.to_string(), text: reply.to_string() });
     }
     if let Some(body) = text.strip_prefix("#!-") {
         return parse_keepalive(body).map(|ka| AgentMessage::KeepAlive(Box::new(ka)));
@@ -205,6 +212,11 @@ mod tests {
             AgentMessage::Startup { version: Some("v4.14.7".into()) }
         );
         assert_eq!(classify(b"#!-agent shutdown ").unwrap(), AgentMessage::Shutdown);
+        assert_eq!(
+            classify(b"#!-req 1f3a ok {\"localfile\":[]}").unwrap(),
+            AgentMessage::Reply { counter: "1f3a".into(), text: "ok {\"localfile\":[]}".into() }
+        );
+        assert_eq!(classify(b"#!-req 7 ack").unwrap(), AgentMessage::Reply { counter: "7".into(), text: "ack".into() });
         assert_eq!(classify(b"#!-Linux |h |r |v |m - Wazuh v4.9.0").unwrap_err(), MessageError::NoNewline);
         match classify(b"1:/var/log/syslog:Jan 29 10:03:41 host sshd[1]: test").unwrap() {
             AgentMessage::Event(e) => {

@@ -312,6 +312,20 @@ pub fn endpoints() -> Vec<Endpoint> {
             Body::None,
             || web::put().to(commands::restart_agent),
         ),
+        e(
+            "get",
+            "/agents/{id}/config/{component}/{configuration}",
+            "An agent's active configuration, asked of the agent",
+            params![
+                path("id", "the agent's id"),
+                path("component", "agent, agentless, analysis, auth, com, csyslog, integrator, logcollector, mail, monitor, request, syscheck, wazuh-db, wmodules"),
+                path("configuration", "the configuration section (client, localfile, syscheck...)"),
+                query("pretty", "boolean", "indented JSON"),
+                query("wait_for_complete", "boolean", "accepted")
+            ],
+            Body::None,
+            || web::get().to(commands::agent_config),
+        ),
         e("delete", "/agents/{id}", "Delete an agent", params![path("id", "the agent's id")], Body::None, || {
             web::delete().to(delete_agent)
         }),

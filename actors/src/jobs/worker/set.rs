@@ -14,7 +14,7 @@ use super::integrity::Integrity;
 use super::status::{AgentInfo, KeepAlive};
 use super::sync_round::Schedule;
 use crate::agents::hub::AgentHub;
-use crate::agents::messages::{ForceReconnect, SendToAgents};
+use crate::agents::messages::{AskAgent, ForceReconnect, SendToAgents};
 use crate::connection::{ConnHandle, Dispatch, Inbound, LocalFuture, Undeliverable, WorkerSide};
 use crate::jobs::runtime::{
     deliver as send, Controls, JobCore, JobSetView, Notice, Request, Server, SetControl, MAILBOX,
@@ -27,7 +27,7 @@ use log::{info, warn};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use wazuh_cluster_protocol::message::{AgentCommandSent, JobKind, MessageName, RulesetReloaded};
+use wazuh_cluster_protocol::message::{AgentAnswer, AgentCommandSent, JobKind, MessageName, RulesetReloaded};
 use wazuh_cluster_protocol::{Kind, MasterToWorker, WorkerToMaster};
 
 /// What a worker lends its connection: the agent replica and (when it serves agents) its agent hub.
@@ -213,6 +213,23 @@ impl Dispatch<WorkerSide> for WorkerJobs {
                     drop(permit);
                     Ok(())
                 })
+            }
+            (Kind::Request(id), M::AgentRequest(r)) => {
+                let (hub, conn) = (self.hub.clone(), self.conn.clone());
+                actix_rt::spawn(async move {
+                    let ask = AskAgent {
+                        id: r.id,
+                        payload: r.payload,
+                        timeout: std::time::Duration::from_millis(r.timeout_ms.min(60_000)),
+                    };
+                    let outcome = match hub {
+                        Some(hub) => hub.send(ask).await.unwrap_or_else(|_| Err("the agent hub stopped".into())),
+                        None => Err("this node serves no agents".into()),
+                    };
+                    let _ = conn.respond(id, WorkerToMaster::AgentAnswer(AgentAnswer { outcome })).await;
+                    drop(permit);
+                });
+                Box::pin(async { Ok(()) })
             }
             (Kind::Request(id), M::ReloadRuleset(r)) => {
                 let (conn, ruleset, mut tree, wait) =
