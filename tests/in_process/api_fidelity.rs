@@ -639,6 +639,8 @@ async fn an_agents_active_configuration_is_asked_of_the_agent_through_its_node()
         let call = actix_rt::spawn(async move { get(addr, &path, API_TOKEN).await });
         let (counter, payload) = next_request(&mut fleet, "db-1").await;
         assert_eq!(payload, "logcollector getconfig localfile");
+        // An answer to no request of the manager's is passed over.
+        agent_says(&mut fleet, "db-1", "#!-req zz9 ok {\"forged\":true}").await;
         agent_says(&mut fleet, "db-1", &format!("#!-req {counter} ack")).await;
         agent_says(&mut fleet, "db-1", &format!("#!-req {counter} ok {config}")).await;
         let (status, body) = call.await.expect("join");
