@@ -200,6 +200,7 @@ mod ruleset;
 mod security;
 pub mod spec;
 mod wql;
+mod xml;
 
 use access::*;
 pub use access::{Access, Caller};

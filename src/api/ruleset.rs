@@ -28,14 +28,29 @@ pub(super) async fn get_ruleset_file(
     let path = node.data_dir().join(root.dir()).join(name.as_str());
     match std::fs::read(&path) {
         Ok(bytes) if query.raw.unwrap_or(false) => HttpResponse::Ok().content_type("text/plain").body(bytes),
-        Ok(bytes) => HttpResponse::Ok().json(envelope(
-            &[serde_json::json!({
-                "filename": name.as_str(),
-                "relative_dirname": root.dir(),
-                "content": String::from_utf8_lossy(&bytes),
-            })],
-            "File read",
-        )),
+        // As Wazuh's API: a rule or decoder file as JSON (see [`super::xml`]), a CDB list as one
+        // object of its keys and values.
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let parsed = match root {
+                RulesetRoot::Lists => Ok(super::listing::list_items(&text)
+                    .into_iter()
+                    .filter_map(|i| Some((i.get("key")?.as_str()?.to_string(), i.get("value")?.clone())))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into()),
+                RulesetRoot::Rules | RulesetRoot::Decoders => super::xml::to_json(&text),
+            };
+            match parsed {
+                Ok(value) => HttpResponse::Ok().json(envelope(&[value], "File read")),
+                Err(why) => {
+                    let (code, what) = match root {
+                        RulesetRoot::Rules => (1413, "Error reading rules file"),
+                        _ => (1501, "Error reading decoders file"),
+                    };
+                    failed_item(&name, code, &format!("{what}: {why}"), "No file was returned")
+                }
+            }
+        }
         // As Wazuh's API: a failed item with its code for the kind of file, not a 404.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => match root {
             RulesetRoot::Rules => failed_item(&name, 1415, "Rules file not found", "No rule file was returned"),

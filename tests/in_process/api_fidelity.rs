@@ -585,6 +585,20 @@ async fn ruleset_files_and_cdb_lists_are_listed_as_wazuh_lists_them_on_every_nod
             }
         })
         .await;
+        // One file: a rule file as JSON the way Wazuh's API reads it, a CDB list as its keys.
+        let (_, body) = get(fleet.api(node), "/rules/files/fidelity_rules.xml", API_TOKEN).await;
+        let group = &body["data"]["affected_items"][0]["group"];
+        assert_eq!(
+            (&group["@name"], &group["rule"]["@id"], &group["rule"]["match"]),
+            (&"local,".into(), &"100200".into(), &"fidelity".into()),
+            "{body}"
+        );
+        let (_, body) = get(fleet.api(node), "/lists/files/audit-keys", API_TOKEN).await;
+        assert_eq!(
+            body["data"]["affected_items"][0],
+            serde_json::json!({ "audit-wazuh-w": "write", "audit-wazuh-r": "read" }),
+            "{body}"
+        );
         let (_, files) = get(fleet.api(node), "/lists/files", API_TOKEN).await;
         assert!(ids_of(&files, "filename").contains(&"audit-keys".to_string()), "{files}");
         let (status, body) = get(fleet.api(node), "/lists/files?status=enabled", API_TOKEN).await;
