@@ -11,18 +11,18 @@ use serde_json::Value;
 #[derive(serde::Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListParams {
-    pretty: Option<bool>,
-    wait_for_complete: Option<bool>,
-    offset: Option<u64>,
-    limit: Option<u64>,
-    sort: Option<String>,
-    search: Option<String>,
-    q: Option<String>,
-    select: Option<String>,
-    distinct: Option<bool>,
-    relative_dirname: Option<String>,
-    filename: Option<String>,
-    status: Option<String>,
+    pub(super) pretty: Option<bool>,
+    pub(super) wait_for_complete: Option<bool>,
+    pub(super) offset: Option<u64>,
+    pub(super) limit: Option<u64>,
+    pub(super) sort: Option<String>,
+    pub(super) search: Option<String>,
+    pub(super) q: Option<String>,
+    pub(super) select: Option<String>,
+    pub(super) distinct: Option<bool>,
+    pub(super) relative_dirname: Option<String>,
+    pub(super) filename: Option<String>,
+    pub(super) status: Option<String>,
     /// `GET /groups` only.
     pub(super) groups_list: Option<String>,
     /// `GET /groups` only: md5, the one served.
@@ -119,7 +119,7 @@ pub(super) fn page(
 
 /// The files under `root` (recursively when `deep`) that `keep` takes, as `(relative_dirname,
 /// filename)`, in path order.
-fn files_under(node: &NodeHandle, root: &str, deep: bool, keep: fn(&str) -> bool) -> Vec<(String, String)> {
+pub(super) fn files_under(node: &NodeHandle, root: &str, deep: bool, keep: fn(&str) -> bool) -> Vec<(String, String)> {
     let base = node.data_dir();
     let mut out = Vec::new();
     let walker =

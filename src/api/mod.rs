@@ -196,6 +196,7 @@ mod groups;
 mod listener;
 mod listing;
 mod overview;
+mod rules;
 mod ruleset;
 mod security;
 pub mod spec;

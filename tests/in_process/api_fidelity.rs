@@ -599,6 +599,17 @@ async fn ruleset_files_and_cdb_lists_are_listed_as_wazuh_lists_them_on_every_nod
             serde_json::json!({ "audit-wazuh-w": "write", "audit-wazuh-r": "read" }),
             "{body}"
         );
+        // The rule itself, listed as Wazuh's GET /rules lists it.
+        let (_, body) = get(fleet.api(node), "/rules?rule_ids=100200&level=1-5", API_TOKEN).await;
+        let rule = &body["data"]["affected_items"][0];
+        assert_eq!(
+            (&rule["id"], &rule["level"], &rule["groups"], &rule["description"]),
+            (&100200.into(), &3.into(), &serde_json::json!(["local"]), &"fidelity".into()),
+            "{body}"
+        );
+        assert_eq!(rule["details"]["match"], "fidelity", "{body}");
+        let (_, body) = get(fleet.api(node), "/rules?rule_ids=100200&level=4-9", API_TOKEN).await;
+        assert_eq!(body["data"]["total_affected_items"], 0, "{body}");
         let (_, files) = get(fleet.api(node), "/lists/files", API_TOKEN).await;
         assert!(ids_of(&files, "filename").contains(&"audit-keys".to_string()), "{files}");
         let (status, body) = get(fleet.api(node), "/lists/files?status=enabled", API_TOKEN).await;

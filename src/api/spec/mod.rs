@@ -446,6 +446,12 @@ pub fn endpoints() -> Vec<Endpoint> {
             web::get().to(listing::list_files)
         }),
         e("get", "/lists", "The CDB lists with their items", LISTS, Body::None, || web::get().to(listing::lists)),
+        e("get", "/rules", "The rules analysisd loads, one item each", RULES, Body::None, || {
+            web::get().to(rules::rules)
+        }),
+        e("get", "/decoders", "The decoders analysisd loads, one item each", DECODERS, Body::None, || {
+            web::get().to(rules::decoders)
+        }),
     ]);
     for p in ["/rules/files/{name}", "/decoders/files/{name}", "/lists/files/{name}"] {
         v.push(Endpoint {
