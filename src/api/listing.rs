@@ -157,23 +157,26 @@ const XML_FILE_PARAMS: &[&str] = &[
 ];
 const FILE_FIELDS: &[&str] = &["filename", "relative_dirname", "status"];
 
-/// The `*.xml` files analysisd loads from `root` (its directory, not below), all enabled.
-fn xml_files(node: &NodeHandle, root: &str) -> Vec<Value> {
-    files_under(node, root, false, |n| n.ends_with(".xml"))
-        .into_iter()
+/// The `*.xml` files analysisd loads for `kind` (`rules`, `decoders`): Wazuh's own under
+/// `ruleset/` (when the data directory is a Wazuh installation), then the user's under `etc/`,
+/// each directory itself, not below; all enabled.
+pub(super) fn xml_files(node: &NodeHandle, kind: &str) -> Vec<Value> {
+    [format!("ruleset/{kind}"), format!("etc/{kind}")]
+        .iter()
+        .flat_map(|root| files_under(node, root, false, |n| n.ends_with(".xml")))
         .map(|(dir, name)| serde_json::json!({ "filename": name, "relative_dirname": dir, "status": "enabled" }))
         .collect()
 }
 
 /// `GET /rules/files`.
 pub(super) async fn rule_files(node: web::Data<NodeHandle>, query: web::Query<ListParams>) -> HttpResponse {
-    let items = xml_files(&node, RulesetRoot::Rules.dir());
+    let items = xml_files(&node, "rules");
     page(items, &query, XML_FILE_PARAMS, "GET /rules/files", (FILE_FIELDS, "filename"), "All rules files were returned")
 }
 
 /// `GET /decoders/files`.
 pub(super) async fn decoder_files(node: web::Data<NodeHandle>, query: web::Query<ListParams>) -> HttpResponse {
-    let items = xml_files(&node, RulesetRoot::Decoders.dir());
+    let items = xml_files(&node, "decoders");
     page(
         items,
         &query,

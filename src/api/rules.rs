@@ -4,14 +4,9 @@
 //! groups, the compliance mappings its groups carry, the rest of its options under `details`) or
 //! per decoder (name, position in its file, options under `details`), with Wazuh's filters.
 
-use super::listing::{files_under, page, ListParams};
+use super::listing::{page, ListParams};
 use super::*;
 use serde_json::{json, Map, Value};
-
-/// Where analysisd reads rules or decoders from: Wazuh's own, then the user's.
-fn roots(kind: &str) -> [String; 2] {
-    [format!("ruleset/{kind}"), format!("etc/{kind}")]
-}
 
 /// An option element as Wazuh lists it under `details`: its text, or `{"pattern": text, attrs...}`
 /// when it has attributes.
@@ -161,11 +156,10 @@ fn decoders_of(dir: &str, file: &str, text: &str) -> Vec<Value> {
 fn items(node: &NodeHandle, kind: &str, parse: fn(&str, &str, &str) -> Vec<Value>) -> Vec<Value> {
     let base = node.data_dir();
     let mut out = Vec::new();
-    for root in roots(kind) {
-        for (dir, file) in files_under(node, &root, false, |n| n.ends_with(".xml")) {
-            let text = std::fs::read_to_string(base.join(&dir).join(&file)).unwrap_or_default();
-            out.extend(parse(&dir, &file, &text));
-        }
+    for file in super::listing::xml_files(node, kind) {
+        let (Some(dir), Some(name)) = (file["relative_dirname"].as_str(), file["filename"].as_str()) else { continue };
+        let text = std::fs::read_to_string(base.join(dir).join(name)).unwrap_or_default();
+        out.extend(parse(dir, name, &text));
     }
     out
 }
