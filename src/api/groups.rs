@@ -86,6 +86,45 @@ pub(super) async fn group_file(
     }
 }
 
+/// `GET /groups/{group_id}/configuration`: the group's `agent.conf` as Wazuh's API gives it (see
+/// [`super::xml::agent_conf`]), paged with `offset` and `limit`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ConfigurationQuery {
+    pretty: Option<bool>,
+    #[allow(dead_code)] // Read only to be accepted: every answer is complete.
+    wait_for_complete: Option<bool>,
+    offset: Option<u64>,
+    limit: Option<u64>,
+}
+
+pub(super) async fn get_group_configuration(
+    node: web::Data<NodeHandle>,
+    group: web::Path<String>,
+    query: web::Query<ConfigurationQuery>,
+) -> HttpResponse {
+    let dir = match group_dir(&node, &group) {
+        Ok(d) => d,
+        Err(r) => return *r,
+    };
+    let text = std::fs::read_to_string(dir.join("agent.conf")).unwrap_or_default();
+    let items = match super::xml::agent_conf(&text) {
+        Ok(items) => items,
+        Err(why) => return agents::bad_request(&format!("the group's agent.conf does not parse: {why}")),
+    };
+    let limit = query.limit.unwrap_or(500);
+    if !(1..=wazuh_cluster_actors::registry::query::MAX_LIMIT).contains(&limit) {
+        return agents::bad_request(&format!(
+            "limit must be between 1 and {}",
+            wazuh_cluster_actors::registry::query::MAX_LIMIT
+        ));
+    }
+    let total = items.len();
+    let page: Vec<_> = items.into_iter().skip(query.offset.unwrap_or(0) as usize).take(limit as usize).collect();
+    let body = serde_json::json!({ "data": { "total_affected_items": total, "affected_items": page }, "error": 0 });
+    agents::json_answer(&body, query.pretty.unwrap_or(false))
+}
+
 /// `PUT /groups/{group_id}/configuration` with an `agent.conf` as the body: written into the
 /// master's group directory (a worker forwards it), pushed to the group's agents by every node.
 pub(super) async fn put_group_configuration(

@@ -561,7 +561,12 @@ async fn ruleset_files_and_cdb_lists_are_listed_as_wazuh_lists_them_on_every_nod
     let fleet = fleet("lists").await;
     let list = "audit-wazuh-w:write\naudit-wazuh-r:read\n";
     let rules = "<group name=\"local,\">\n  <rule id=\"100200\" level=\"3\">\n    <match>fidelity</match>\n    <description>fidelity</description>\n  </rule>\n</group>\n";
-    for (path, content) in [("/lists/files/audit-keys", list), ("/rules/files/fidelity_rules.xml", rules)] {
+    let conf = "<agent_config os=\"Linux\">\n  <localfile><location>/var/log/fid.log</location><log_format>syslog</log_format></localfile>\n</agent_config>\n";
+    for (path, content) in [
+        ("/lists/files/audit-keys", list),
+        ("/rules/files/fidelity_rules.xml", rules),
+        ("/groups/default/configuration", conf),
+    ] {
         let (base, path, body) = (format!("http://{}", fleet.api(0)), path.to_string(), content.to_string());
         let (status, text) = actix_rt::task::spawn_blocking(move || {
             wazuh_multi_node::client::request(&base, "PUT", &path, Some(API_TOKEN), Some(&body))
@@ -599,6 +604,18 @@ async fn ruleset_files_and_cdb_lists_are_listed_as_wazuh_lists_them_on_every_nod
             serde_json::json!({ "audit-wazuh-w": "write", "audit-wazuh-r": "read" }),
             "{body}"
         );
+        // The group's agent.conf as Wazuh's API shows it, once file sync brought it here.
+        eventually(&format!("node {node} shows the group's configuration"), WAIT, || async {
+            let (_, body) = get(fleet.api(node), "/groups/default/configuration", API_TOKEN).await;
+            let item = &body["data"]["affected_items"][0];
+            let want = serde_json::json!({ "filters": { "os": "Linux" }, "config": { "localfile": [{ "location": "/var/log/fid.log", "log_format": "syslog" }] } });
+            if *item == want {
+                Ok(())
+            } else {
+                Err(body.to_string())
+            }
+        })
+        .await;
         // The rule itself, listed as Wazuh's GET /rules lists it.
         let (_, body) = get(fleet.api(node), "/rules?rule_ids=100200&level=1-5", API_TOKEN).await;
         let rule = &body["data"]["affected_items"][0];

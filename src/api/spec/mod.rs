@@ -172,6 +172,20 @@ pub fn endpoints() -> Vec<Endpoint> {
             )
         },
         e(
+            "get",
+            "/groups/{group_id}/configuration",
+            "A group's agent.conf as JSON (its filters and sections)",
+            params![
+                path("group_id", "the group"),
+                query("pretty", "boolean", "indented JSON"),
+                query("wait_for_complete", "boolean", "accepted"),
+                query("offset", "integer", "first item (0)"),
+                query("limit", "integer", "items per page (500, at most 100000)")
+            ],
+            Body::None,
+            || web::get().to(get_group_configuration),
+        ),
+        e(
             "put",
             "/groups/{group_id}/configuration",
             "A group's agent.conf",
