@@ -24,9 +24,73 @@ impl<'kvs> VisitSource<'kvs> for Fields {
     }
 }
 
+/// One line the node logged, kept for the API's `/manager/logs`.
+#[derive(Debug, Clone)]
+pub struct LogLine {
+    pub at_ms: u64,
+    /// `error`, `warning`, `info`, `debug` or `debug2` (Wazuh's names).
+    pub level: &'static str,
+    /// Where it comes from (the module).
+    pub tag: String,
+    pub node: String,
+    pub description: String,
+}
+
+/// Lines kept, for all the nodes of the process together; older ones go first.
+const KEPT_LINES: usize = 5_000;
+/// Longest description kept (a longer one is cut there).
+const KEPT_LINE_BYTES: usize = 2_048;
+
+fn recent_lines() -> &'static std::sync::Mutex<std::collections::VecDeque<LogLine>> {
+    static RECENT: std::sync::OnceLock<std::sync::Mutex<std::collections::VecDeque<LogLine>>> =
+        std::sync::OnceLock::new();
+    RECENT.get_or_init(Default::default)
+}
+
+/// Keeps `record` among the recent lines (as node `default_node` when it names none). The logger
+/// calls it for every line it writes; a test's own logger may too.
+pub fn remember(record: &log::Record, default_node: &str) {
+    let mut fields = Fields { node: None, extra: Vec::new() };
+    let _ = record.key_values().visit(&mut fields);
+    let mut description = record.args().to_string();
+    if description.len() > KEPT_LINE_BYTES {
+        let mut cut = KEPT_LINE_BYTES;
+        while !description.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        description.truncate(cut);
+    }
+    let level = match record.level() {
+        log::Level::Error => "error",
+        log::Level::Warn => "warning",
+        log::Level::Info => "info",
+        log::Level::Debug => "debug",
+        log::Level::Trace => "debug2",
+    };
+    let line = LogLine {
+        at_ms: wazuh_cluster_actors::clock::now_ms(),
+        level,
+        tag: record.target().to_string(),
+        node: fields.node.unwrap_or_else(|| default_node.to_string()),
+        description,
+    };
+    let mut lines = recent_lines().lock().unwrap_or_else(|p| p.into_inner());
+    if lines.len() >= KEPT_LINES {
+        lines.pop_front();
+    }
+    lines.push_back(line);
+}
+
+/// The recent lines of `node`, oldest first.
+pub fn recent(node: &str) -> Vec<LogLine> {
+    let lines = recent_lines().lock().unwrap_or_else(|p| p.into_inner());
+    lines.iter().filter(|l| l.node == node).cloned().collect()
+}
+
 /// Installs the global logger. Call once; later calls are ignored.
 pub fn init(format: LogFormat, level: &str, default_node: &str) {
     let default_node = default_node.to_string();
+    let default_node_for_ring = default_node.clone();
     let mut builder = env_logger::Builder::new();
     builder.parse_filters(level);
     // actix-server announces its worker threads and accept loop at info; that is noise here.
@@ -67,7 +131,11 @@ pub fn init(format: LogFormat, level: &str, default_node: &str) {
     });
     let logger = builder.build();
     let max = logger.filter();
-    let throttled = Throttled { inner: logger, said: std::sync::Mutex::new(std::collections::HashMap::new()) };
+    let throttled = Throttled {
+        inner: logger,
+        said: std::sync::Mutex::new(std::collections::HashMap::new()),
+        default_node: default_node_for_ring,
+    };
     if log::set_boxed_logger(Box::new(throttled)).is_ok() {
         log::set_max_level(max);
     }
@@ -84,9 +152,16 @@ const HTTP_STACK_EVERY: std::time::Duration = std::time::Duration::from_secs(10)
 struct Throttled {
     inner: env_logger::Logger,
     said: std::sync::Mutex<std::collections::HashMap<String, wazuh_cluster_actors::throttle::Throttle>>,
+    default_node: String,
 }
 
 impl Throttled {
+    /// Writes `record` and keeps it among the recent lines.
+    fn write(&self, record: &log::Record) {
+        remember(record, &self.default_node);
+        log::Log::log(&self.inner, record);
+    }
+
     /// Whether `record` comes from the HTTP stack's handling of clients.
     fn from_http_stack(record: &log::Record) -> bool {
         let t = record.target();
@@ -104,7 +179,7 @@ impl log::Log for Throttled {
             return;
         }
         if !Self::from_http_stack(record) {
-            return self.inner.log(record);
+            return self.write(record);
         }
         let unsaid = {
             let mut said = self.said.lock().unwrap_or_else(|p| p.into_inner());
@@ -116,7 +191,7 @@ impl log::Log for Throttled {
         };
         let Some(unsaid) = unsaid else { return };
         let suffix = wazuh_cluster_actors::throttle::suppressed(unsaid);
-        self.inner.log(
+        self.write(
             &log::Record::builder()
                 .level(log::Level::Warn)
                 .target(record.target())

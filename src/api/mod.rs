@@ -195,6 +195,7 @@ mod forward;
 mod groups;
 mod listener;
 mod listing;
+mod manager;
 mod overview;
 mod rules;
 mod ruleset;

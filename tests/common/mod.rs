@@ -46,6 +46,8 @@ impl log::Log for Capture {
         if !self.enabled(record.metadata()) {
             return;
         }
+        // As the node's own logger does: its lines are what `/manager/logs` shows.
+        wazuh_multi_node::logging::remember(record, "");
         let mut node = NodeOf(None);
         let _ = record.key_values().visit(&mut node);
         let line = format!("{} [{}] {}", record.level(), node.0.unwrap_or_default(), record.args());

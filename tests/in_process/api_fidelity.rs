@@ -704,3 +704,33 @@ async fn an_agents_active_configuration_is_asked_of_the_agent_through_its_node()
     assert_eq!(get(addr, "/agents/999/config/logcollector/localfile", API_TOKEN).await.0, 404);
     assert_eq!(get(addr, &format!("/agents/{db}/config/nothing/localfile"), API_TOKEN).await.0, 400);
 }
+
+#[actix_rt::test]
+async fn a_nodes_status_and_recent_log_lines_as_wazuh_shows_them() {
+    let fleet = fleet("logs").await;
+    for node in [0, 1] {
+        let (_, body) = get(fleet.api(node), "/manager/status", API_TOKEN).await;
+        let status = &body["data"]["affected_items"][0];
+        assert_eq!(
+            (&status["wazuh-clusterd"], &status["wazuh-remoted"]),
+            (&"running".into(), &"running".into()),
+            "{body}"
+        );
+        // Every node logged its start; the newest line comes first.
+        let (status, body) = get(fleet.api(node), "/manager/logs?limit=100000", API_TOKEN).await;
+        assert_eq!(status, 200, "{body}");
+        let items = body["data"]["affected_items"].as_array().cloned().unwrap_or_default();
+        assert!(!items.is_empty(), "{body}");
+        let times: Vec<&str> = items.iter().filter_map(|l| l["timestamp"].as_str()).collect();
+        assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first: {times:?}");
+        assert!(
+            items.iter().all(|l| ["info", "warning", "error"].contains(&l["level"].as_str().unwrap_or(""))),
+            "{body}"
+        );
+        let (_, body) = get(fleet.api(node), "/manager/logs?level=info&search=listening&limit=5", API_TOKEN).await;
+        let items = body["data"]["affected_items"].as_array().cloned().unwrap_or_default();
+        assert!(!items.is_empty() && items.iter().all(|l| l["level"] == "info"), "{body}");
+        let (status, _) = get(fleet.api(node), "/manager/logs?level=loud", API_TOKEN).await;
+        assert_eq!(status, 400);
+    }
+}

@@ -606,6 +606,7 @@ impl AgentHub {
             events_analysis_dropped: a.map_or(0, |a| a.dropped.load(Ordering::Relaxed)),
             analysis_held_bytes: a.map_or(0, |a| a.held.load(Ordering::Relaxed) as u64),
             analysis_connected: a.map_or(0, |a| a.connected.load(Ordering::Relaxed) as u64),
+            analysis_configured: u64::from(a.is_some()),
         }
     }
 }

@@ -257,6 +257,8 @@ pub struct HubView {
     pub events_analysis_dropped: u64,
     pub analysis_held_bytes: u64,
     pub analysis_connected: u64,
+    /// Whether the node forwards events to analysisd at all (`[analysis]` is set): 1 or 0.
+    pub analysis_configured: u64,
 }
 
 #[derive(Message)]

@@ -195,6 +195,10 @@ pub fn endpoints() -> Vec<Endpoint> {
         ),
         e("get", "/", "The API's information", params![], Body::None, || web::get().to(api_info)),
         e("get", "/manager/info", "This node's information", params![], Body::None, || web::get().to(manager_info)),
+        e("get", "/manager/status", "The state of the Wazuh daemons whose work this node does", PLAIN, Body::None, || {
+            web::get().to(manager::status)
+        }),
+        e("get", "/manager/logs", "This node's recent log lines", LOGS, Body::None, || web::get().to(manager::logs)),
         e("get", "/cluster/status", "Whether clustering is on", params![], Body::None, || {
             web::get().to(cluster_status)
         }),

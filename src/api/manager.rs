@@ -1,0 +1,76 @@
+//! `GET /manager/status` and `GET /manager/logs` for this node, in Wazuh's shapes.
+
+use super::listing::{page, ListParams};
+use super::*;
+use serde_json::{json, Value};
+
+/// `GET /manager/status`: the Wazuh daemons whose work this node does, and their state: remoted
+/// (agent connections), authd (enrollment), clusterd and apid are this process, running while it
+/// answers; analysisd is the one beside it, running while its socket is connected (absent when the
+/// node forwards no events). Wazuh's other daemons are not this node's to report.
+pub(super) async fn status(node: web::Data<NodeHandle>, query: web::Query<overview::PlainParams>) -> HttpResponse {
+    let mut item = json!({
+        "wazuh-remoted": "running",
+        "wazuh-authd": "running",
+        "wazuh-clusterd": "running",
+        "wazuh-apid": "running",
+    });
+    let figures = node.hub().send(wazuh_cluster_actors::agents::messages::GetHubView).await.unwrap_or_default();
+    if figures.analysis_configured > 0 {
+        item["wazuh-analysisd"] = if figures.analysis_connected > 0 { "running" } else { "stopped" }.into();
+    }
+    agents::json_answer(&envelope(&[item], "Processes status was successfully read"), query.pretty.unwrap_or(false))
+}
+
+/// `GET /manager/logs` (Wazuh's parameters; any other is a 400 naming it).
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LogsQuery {
+    pretty: Option<bool>,
+    wait_for_complete: Option<bool>,
+    offset: Option<u64>,
+    limit: Option<u64>,
+    sort: Option<String>,
+    search: Option<String>,
+    tag: Option<String>,
+    level: Option<String>,
+    q: Option<String>,
+    select: Option<String>,
+    distinct: Option<bool>,
+}
+
+const LEVELS: &[&str] = &["critical", "debug", "debug2", "error", "info", "warning"];
+const LOG_FIELDS: &[&str] = &["timestamp", "tag", "level", "description"];
+
+/// `GET /manager/logs`: this node's recent log lines (the last few thousand the process kept),
+/// newest first unless sorted otherwise, filtered by `tag`, `level`, `q`, `search`, paged.
+pub(super) async fn logs(node: web::Data<NodeHandle>, query: web::Query<LogsQuery>) -> HttpResponse {
+    let q = query.into_inner();
+    if let Some(level) = q.level.as_deref().filter(|l| !LEVELS.contains(l)) {
+        return agents::bad_request(&format!("level: {level:?} is not one of {}", LEVELS.join(", ")));
+    }
+    let items: Vec<Value> = crate::logging::recent(node.name())
+        .into_iter()
+        .filter(|l| q.tag.as_deref().is_none_or(|t| l.tag == t))
+        .filter(|l| q.level.as_deref().is_none_or(|level| l.level == level))
+        .map(|l| {
+            let at = crate::views::iso(l.at_ms);
+            json!({ "timestamp": at, "tag": l.tag, "level": l.level, "description": l.description })
+        })
+        .collect();
+    let list = ListParams {
+        pretty: q.pretty,
+        wait_for_complete: q.wait_for_complete,
+        offset: q.offset,
+        limit: q.limit,
+        // Newest first, as Wazuh lists its log.
+        sort: q.sort.or_else(|| Some("-timestamp".into())),
+        search: q.search,
+        q: q.q,
+        select: q.select,
+        distinct: q.distinct,
+        ..ListParams::default()
+    };
+    let allowed = ["pretty", "wait_for_complete", "offset", "limit", "sort", "search", "q", "select", "distinct"];
+    page(items, &list, &allowed, "GET /manager/logs", (LOG_FIELDS, "timestamp"), "Logs were successfully read")
+}
