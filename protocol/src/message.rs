@@ -123,6 +123,8 @@ pub enum WorkerToMaster {
     AgentCommandSent(AgentCommandSent),
     /// The agent's answer to a [`MasterToWorker::AgentRequest`] (protocol 2.4).
     AgentAnswer(AgentAnswer),
+    /// The worker API's answer to a [`MasterToWorker::NodeApiCall`] (protocol 2.4).
+    NodeApiAnswer(ApiAnswer),
     /// The worker is closing the connection on purpose.
     Goodbye(Goodbye),
     /// A request of the master's could not be served (the answer to it).
@@ -155,6 +157,9 @@ pub enum MasterToWorker {
     /// Asks the worker to ask one of its agents a request (`logcollector getconfig localfile`) and
     /// answer with the agent's answer (protocol 2.4); answered with [`WorkerToMaster::AgentAnswer`].
     AgentRequest(AgentRequest),
+    /// A read of the worker's own (`GET /manager/...`) that the master's API was asked as
+    /// `/cluster/{node_id}/...` (protocol 2.4); answered with [`WorkerToMaster::NodeApiAnswer`].
+    NodeApiCall(ApiCall),
     /// Asks the worker to have its analysisd reload the ruleset once its files reached
     /// `digest` (protocol 2.1); answered with [`WorkerToMaster::RulesetReloaded`].
     ReloadRuleset(ReloadRuleset),
@@ -966,6 +971,7 @@ impl MessageName for WorkerToMaster {
             WorkerToMaster::ApiCall(_) => "api_call",
             WorkerToMaster::AgentCommandSent(_) => "agent_command_sent",
             WorkerToMaster::AgentAnswer(_) => "agent_answer",
+            WorkerToMaster::NodeApiAnswer(_) => "node_api_answer",
             WorkerToMaster::RulesetReloaded(_) => "ruleset_reloaded",
             WorkerToMaster::Goodbye(_) => "goodbye",
             WorkerToMaster::Error(_) => "error",
@@ -989,6 +995,7 @@ impl MessageName for MasterToWorker {
             MasterToWorker::ApiAnswer(_) => "api_answer",
             MasterToWorker::AgentCommand(_) => "agent_command",
             MasterToWorker::AgentRequest(_) => "agent_request",
+            MasterToWorker::NodeApiCall(_) => "node_api_call",
             MasterToWorker::ForceReconnect(_) => "force_reconnect",
             MasterToWorker::ReloadRuleset(_) => "reload_ruleset",
             MasterToWorker::Goodbye(_) => "goodbye",

@@ -262,6 +262,58 @@ pub(super) async fn ruleset_synchronization(
     )
 }
 
+/// `GET /cluster/{node_id}/{status,info,logs}`: a node's own `GET /manager/...`, from any node
+/// (a worker asks the master, which asks the node, whose API answers with the caller's credential).
+pub(super) async fn node_read(
+    node: web::Data<NodeHandle>,
+    info: web::Data<NodeInfo>,
+    req: actix_web::HttpRequest,
+    node_id: web::Path<String>,
+) -> HttpResponse {
+    let node_id = node_id.into_inner();
+    let what = req.path().rsplit('/').next().unwrap_or("info").to_string();
+    if node_id == node.name() {
+        let query = req.query_string();
+        return match what.as_str() {
+            "status" => match web::Query::<overview::PlainParams>::from_query(query) {
+                Ok(q) => manager::status(node, q).await,
+                Err(e) => agents::bad_request(&format!("invalid request: {e}")),
+            },
+            "logs" => match web::Query::<manager::LogsQuery>::from_query(query) {
+                Ok(q) => manager::logs(node, q).await,
+                Err(e) => agents::bad_request(&format!("invalid request: {e}")),
+            },
+            _ => match web::Query::<overview::PlainParams>::from_query(query) {
+                Ok(_) => manager_info(node, info).await,
+                Err(e) => agents::bad_request(&format!("invalid request: {e}")),
+            },
+        };
+    }
+    let known = node.nodes().await.iter().any(|n| n.name == node_id);
+    if !known {
+        return agents::bad_request(&format!(
+            "Node does not exist: {:?}",
+            wazuh_cluster_protocol::agent::enrollment::printable(&node_id)
+        ));
+    }
+    let query = req.query_string();
+    let target = if query.is_empty() { format!("/manager/{what}") } else { format!("/manager/{what}?{query}") };
+    let call = wazuh_cluster_protocol::message::ApiCall {
+        method: wazuh_cluster_protocol::message::ApiMethod::Get,
+        target,
+        credential: bearer(&req).to_string(),
+        content_type: String::new(),
+        body: Vec::new(),
+    };
+    match node.call_worker_api(&node_id, call).await {
+        Ok(answer) => {
+            let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            HttpResponse::build(status).content_type(answer.content_type).body(answer.body)
+        }
+        Err(why) => HttpResponse::ServiceUnavailable().json(error_body(503, &why)),
+    }
+}
+
 /// `GET /manager/info`: what this node is, in the fields Wazuh's manager reports.
 pub(super) async fn manager_info(node: web::Data<NodeHandle>, info: web::Data<NodeInfo>) -> HttpResponse {
     let item = serde_json::json!({

@@ -21,9 +21,16 @@ use wazuh_cluster_protocol::message::{ApiAnswer, ApiCall, ApiMethod};
 pub(super) fn is_cluster_read(path: &str) -> bool {
     path == "/cluster/healthcheck"
         || path == "/cluster/ruleset/synchronization"
+        || is_node_read(path)
         || ["/agents", "/groups", "/overview"]
             .iter()
             .any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
+}
+
+/// `/cluster/{node_id}/{status,info,logs}`: another node's own reads, which the master routes.
+fn is_node_read(path: &str) -> bool {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    matches!(parts.as_slice(), ["cluster", node, "status" | "info" | "logs"] if !matches!(*node, "local" | "api"))
 }
 
 /// Whether a worker forwards this `PUT` to the master: a command to agents (the master knows which

@@ -352,6 +352,20 @@ impl NodeHandle {
             .unwrap_or_else(|_| Err("the master listener stopped".into()))
     }
 
+    /// Master: has worker `node`'s API answer `call` (a read of its own); `Err`: the node is not
+    /// connected, or did not answer.
+    pub async fn call_worker_api(
+        &self,
+        node: &str,
+        call: wazuh_cluster_protocol::message::ApiCall,
+    ) -> Result<wazuh_cluster_protocol::message::ApiAnswer, String> {
+        let NodeHandle::Master { listener, .. } = self else { return Err("only the master asks other nodes".into()) };
+        listener
+            .send(master::CallWorkerApi { node: node.to_string(), call })
+            .await
+            .unwrap_or_else(|_| Err("the master listener stopped".into()))
+    }
+
     /// Master: sends each agent its message on its connection, through the node that holds it
     /// (`node_name`): this node's own agents directly, a worker's through the worker. The agents
     /// whose connection took it; for the others, why not (Wazuh's error code and message).

@@ -733,4 +733,19 @@ async fn a_nodes_status_and_recent_log_lines_as_wazuh_shows_them() {
         let (status, _) = get(fleet.api(node), "/manager/logs?level=loud", API_TOKEN).await;
         assert_eq!(status, 400);
     }
+    // Another node's own reads, from any node: the master asks that node's API.
+    let (worker_1, master) = (fleet.cluster.worker_name(0), fleet.cluster.master_name());
+    for (from, about) in [(0, worker_1.clone()), (2, worker_1.clone()), (2, master.clone())] {
+        let (status, body) = get(fleet.api(from), &format!("/cluster/{about}/status"), API_TOKEN).await;
+        assert_eq!((status, &body["data"]["affected_items"][0]["wazuh-clusterd"]), (200, &"running".into()), "{body}");
+        let (_, body) = get(fleet.api(from), &format!("/cluster/{about}/info"), API_TOKEN).await;
+        assert_eq!(body["data"]["affected_items"][0]["node_name"], about.as_str(), "{body}");
+        let (_, body) = get(fleet.api(from), &format!("/cluster/{about}/logs?level=info&limit=3"), API_TOKEN).await;
+        let lines = body["data"]["affected_items"].as_array().cloned().unwrap_or_default();
+        assert!(!lines.is_empty() && lines.len() <= 3, "{body}");
+    }
+    let (status, body) = get(fleet.api(0), "/cluster/nobody/status", API_TOKEN).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = get(fleet.api(0), &format!("/cluster/{worker_1}/logs?colour=red"), API_TOKEN).await;
+    assert_eq!(status, 400, "the node itself refuses what it does not take");
 }

@@ -236,6 +236,39 @@ impl Handler<AskWorkerAgent> for MasterListener {
     }
 }
 
+/// Has worker `node`'s API answer a read of its own (`GET /manager/...`).
+#[derive(Message)]
+#[rtype(result = "Result<wazuh_cluster_protocol::message::ApiAnswer, String>")]
+pub struct CallWorkerApi {
+    pub node: String,
+    pub call: wazuh_cluster_protocol::message::ApiCall,
+}
+
+impl Handler<CallWorkerApi> for MasterListener {
+    type Result = ResponseFuture<Result<wazuh_cluster_protocol::message::ApiAnswer, String>>;
+
+    fn handle(&mut self, msg: CallWorkerApi, _: &mut Context<Self>) -> Self::Result {
+        let target =
+            self.workers.get(&msg.node).filter(|w| !w.handle.is_closed()).map(|w| (w.handle.clone(), w.version));
+        let node = msg.node;
+        Box::pin(async move {
+            let Some((handle, version)) = target else { return Err(format!("node {node} is not connected")) };
+            if version < wazuh_cluster_protocol::version::API_CALLS {
+                return Err(format!(
+                    "node {node} speaks protocol {version}: its API cannot be asked through the master"
+                ));
+            }
+            match handle.call(MasterToWorker::NodeApiCall(msg.call)).await {
+                Ok(wazuh_cluster_protocol::WorkerToMaster::NodeApiAnswer(a)) => Ok(a),
+                Ok(other) => {
+                    Err(format!("node {node} answered {}", wazuh_cluster_protocol::message::MessageName::name(&other)))
+                }
+                Err(e) => Err(format!("node {node} did not answer: {e}")),
+            }
+        })
+    }
+}
+
 /// Asks every connected worker to have its analysisd reload the ruleset once its files reached
 /// the master's digest, read afresh from disk now (a file written just before the request counts);
 /// the outcome per worker, by name.

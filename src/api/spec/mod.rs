@@ -221,6 +221,25 @@ pub fn endpoints() -> Vec<Endpoint> {
             web::get().to(cluster_local_info)
         }),
         e(
+            "get",
+            "/cluster/{node_id}/status",
+            "A node's daemons (its GET /manager/status)",
+            params![path("node_id", "the node's name"), query("pretty", "boolean", "indented JSON"), query("wait_for_complete", "boolean", "accepted")],
+            Body::None,
+            || web::get().to(node_read),
+        ),
+        e(
+            "get",
+            "/cluster/{node_id}/info",
+            "A node's information (its GET /manager/info)",
+            params![path("node_id", "the node's name"), query("pretty", "boolean", "indented JSON"), query("wait_for_complete", "boolean", "accepted")],
+            Body::None,
+            || web::get().to(node_read),
+        ),
+        e("get", "/cluster/{node_id}/logs", "A node's recent log lines (its GET /manager/logs)", NODE_LOGS, Body::None, || {
+            web::get().to(node_read)
+        }),
+        e(
             "post",
             "/cluster/join-tokens",
             "A join token for new workers (master)",

@@ -231,3 +231,18 @@ pub(super) const LOGS: &[Param] = &[
     query("select", "string", "comma-separated fields (timestamp always)"),
     query("distinct", "boolean", "distinct items only"),
 ];
+
+pub(super) const NODE_LOGS: &[Param] = &[
+    path("node_id", "the node's name"),
+    query("pretty", "boolean", "indented JSON"),
+    query("wait_for_complete", "boolean", "accepted (answers are always complete)"),
+    query("offset", "integer", "first item (0)"),
+    query("limit", "integer", "items per page (500, at most 100000)"),
+    query("sort", "string", "+field or -field: timestamp (newest first unless told), tag, level, description"),
+    query("search", "string", "text in any field (-text: not in any)"),
+    query("tag", "string", "lines of this tag (the module that wrote them)"),
+    query("level", "string", "critical, debug, debug2, error, info or warning"),
+    query("q", "string", "Wazuh's query over timestamp, tag, level, description"),
+    query("select", "string", "comma-separated fields (timestamp always)"),
+    query("distinct", "boolean", "distinct items only"),
+];

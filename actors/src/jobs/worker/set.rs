@@ -59,6 +59,8 @@ pub struct WorkerJobs {
     tree: tokio::sync::watch::Receiver<String>,
     /// How long a reload request may wait for the files to reach the master's digest.
     reload_wait: std::time::Duration,
+    /// This node's API, for the reads of its own the master forwards.
+    api_calls: crate::settings::ApiCalls,
 }
 
 impl WorkerJobs {
@@ -140,6 +142,7 @@ impl WorkerJobs {
             ruleset: services.ruleset.as_ref().map(|(addr, _)| addr.clone()),
             tree: services.tree.subscribe(),
             reload_wait: settings.request_timeout * 3 / 4,
+            api_calls: settings.api_calls.clone(),
         })
     }
 
@@ -210,6 +213,32 @@ impl Dispatch<WorkerSide> for WorkerJobs {
                     };
                     info!(node = node.as_str(); "master {peer} had {} agents sent a command", sent.len());
                     let _ = conn.respond(id, WorkerToMaster::AgentCommandSent(AgentCommandSent { sent })).await;
+                    drop(permit);
+                    Ok(())
+                })
+            }
+            (Kind::Request(id), M::NodeApiCall(call)) => {
+                let (conn, reader) = (self.conn.clone(), self.api_calls.reader());
+                let (node, peer) = (self.node.clone(), self.peer.clone());
+                Box::pin(async move {
+                    // Only reads of this node's own: the master asks nothing else this way.
+                    let own = call.method == wazuh_cluster_protocol::message::ApiMethod::Get
+                        && call.target.starts_with("/manager/")
+                        && call.target.bytes().all(|b| b.is_ascii_graphic())
+                        && call.target.len() <= wazuh_cluster_protocol::message::ApiCall::MAX_TARGET;
+                    let answer = match reader {
+                        Some(reader) if own => reader.call(call).await,
+                        _ => {
+                            warn!(node = node.as_str(); "master {peer} asked this node's API for something it may not; refused");
+                            let why = serde_json::json!({ "title": "refused", "detail": "not a read of this node's own", "error": 400 });
+                            wazuh_cluster_protocol::message::ApiAnswer {
+                                status: 400,
+                                content_type: "application/json".into(),
+                                body: why.to_string().into_bytes(),
+                            }
+                        }
+                    };
+                    let _ = conn.respond(id, WorkerToMaster::NodeApiAnswer(answer)).await;
                     drop(permit);
                     Ok(())
                 })
