@@ -65,6 +65,14 @@ call -f -X PUT "$master/rules/files/check_rules.xml" -H "Content-Type: applicati
 call -f -X PUT "$master/lists/files/check-keys" -H "Content-Type: application/octet-stream" \
   --data-binary $'check-w:write\ncheck-r:read\n' >/dev/null
 
+# The ossec.conf of the installation each node works in (GET /manager/configuration reads it).
+for n in master worker-1; do
+  mkdir -p "$dir/$n/etc"
+  printf '%s\n' '<ossec_config>' '  <global><logall>no</logall><email_notification>no</email_notification></global>' \
+    '  <remote><connection>secure</connection><port>1514</port><protocol>tcp</protocol></remote>' \
+    '  <auth><port>1515</port><use_source_ip>no</use_source_ip></auth>' '</ossec_config>' >"$dir/$n/etc/ossec.conf"
+done
+
 # Wazuh's document, only the operations ours serves too.
 call "$master/api/openapi.json" >"$dir/ours.json"
 "$venv/bin/python" - docs/wazuh-api-spec-v4.14.7.yaml "$dir/ours.json" "$dir/wazuh.json" "$dir/coverage.md" <<'PY'

@@ -262,7 +262,7 @@ pub(super) async fn ruleset_synchronization(
     )
 }
 
-/// `GET /cluster/{node_id}/{status,info,logs}`: a node's own `GET /manager/...`, from any node
+/// `GET /cluster/{node_id}/{status,info,logs,configuration}`: a node's own `GET /manager/...`, from any node
 /// (a worker asks the master, which asks the node, whose API answers with the caller's credential).
 pub(super) async fn node_read(
     node: web::Data<NodeHandle>,
@@ -281,6 +281,10 @@ pub(super) async fn node_read(
             },
             "logs" => match web::Query::<manager::LogsQuery>::from_query(query) {
                 Ok(q) => manager::logs(node, q).await,
+                Err(e) => agents::bad_request(&format!("invalid request: {e}")),
+            },
+            "configuration" => match web::Query::<manager::ConfigurationQuery>::from_query(query) {
+                Ok(q) => manager::configuration(node, q).await,
                 Err(e) => agents::bad_request(&format!("invalid request: {e}")),
             },
             _ => match web::Query::<overview::PlainParams>::from_query(query) {

@@ -74,3 +74,57 @@ pub(super) async fn logs(node: web::Data<NodeHandle>, query: web::Query<LogsQuer
     let allowed = ["pretty", "wait_for_complete", "offset", "limit", "sort", "search", "q", "select", "distinct"];
     page(items, &list, &allowed, "GET /manager/logs", (LOG_FIELDS, "timestamp"), "Logs were successfully read")
 }
+
+/// `GET /manager/configuration` (Wazuh's parameters; any other is a 400 naming it).
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ConfigurationQuery {
+    pretty: Option<bool>,
+    #[allow(dead_code)] // Read only to be accepted: every answer is complete.
+    wait_for_complete: Option<bool>,
+    raw: Option<bool>,
+    section: Option<String>,
+    field: Option<String>,
+    #[allow(dead_code)] // One item: distinct changes nothing.
+    distinct: Option<bool>,
+}
+
+/// `GET /manager/configuration`: the `etc/ossec.conf` of the Wazuh installation this node works
+/// in (its data directory), as Wazuh's API shows it: the bare file with `raw`, otherwise its
+/// sections as JSON, one `section` (and one `field` of it) when asked. A node without an
+/// `ossec.conf` answers a 400 that says so.
+pub(super) async fn configuration(node: web::Data<NodeHandle>, query: web::Query<ConfigurationQuery>) -> HttpResponse {
+    let q = query.into_inner();
+    if q.field.is_some() && q.section.is_none() {
+        return agents::bad_request("field needs a section");
+    }
+    let path = node.data_dir().join("etc/ossec.conf");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) => return agents::bad_request(&format!("this node has no readable etc/ossec.conf: {e}")),
+    };
+    if q.raw.unwrap_or(false) {
+        return HttpResponse::Ok().content_type("application/xml").body(text);
+    }
+    let mut config = match super::xml::ossec_conf(&text) {
+        Ok(config) => config,
+        Err(why) => return agents::bad_request(&format!("etc/ossec.conf does not parse: {why}")),
+    };
+    if let Some(section) = &q.section {
+        let Some(mut value) = config.remove(section) else {
+            return agents::bad_request(&format!("Requested component configuration does not exist: {section:?}"));
+        };
+        if let Some(field) = &q.field {
+            let picked = match &value {
+                Value::Array(list) => Value::Array(list.iter().filter_map(|v| v.get(field).cloned()).collect()),
+                other => other.get(field).cloned().unwrap_or(Value::Null),
+            };
+            value = json!({ field: picked });
+        }
+        config = [(section.clone(), value)].into_iter().collect();
+    }
+    agents::json_answer(
+        &envelope(&[Value::Object(config)], "Configuration was successfully read"),
+        q.pretty.unwrap_or(false),
+    )
+}

@@ -97,6 +97,58 @@ fn option(section: &str, node: roxmltree::Node<'_, '_>) -> Vec<Value> {
     vec![Value::Object(map)]
 }
 
+/// The sections of a configuration block (`<agent_config>`, `<ossec_config>`) into `config`:
+/// repeatable sections as lists, any other merged into one object.
+fn sections_into(block: roxmltree::Node<'_, '_>, config: &mut Map<String, Value>) {
+    for section in block.children().filter(|n| n.is_element()) {
+        let name = match section.tag_name().name() {
+            "wodle" => section.attribute("name").unwrap_or("wodle").to_string(),
+            other => other.to_string(),
+        };
+        let mut body = Map::new();
+        for opt in section.children().filter(|n| n.is_element()) {
+            let opt_name = opt.tag_name().name().to_string();
+            for value in option(&name, opt) {
+                match body.get_mut(&opt_name) {
+                    Some(Value::Array(list)) => list.push(value),
+                    Some(existing) => {
+                        let first = existing.take();
+                        *existing = Value::Array(vec![first, value]);
+                    }
+                    None => {
+                        body.insert(opt_name.clone(), value);
+                    }
+                }
+            }
+        }
+        if LIST_SECTIONS.contains(&section.tag_name().name()) {
+            let entry = config.entry(name).or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(list) = entry {
+                list.push(Value::Object(body));
+            }
+        } else {
+            match config.get_mut(&name) {
+                Some(Value::Object(existing)) => existing.extend(body),
+                _ => {
+                    config.insert(name, Value::Object(body));
+                }
+            }
+        }
+    }
+}
+
+/// Wazuh's `ossec.conf` as its API shows it: the sections of every `<ossec_config>` block.
+pub(super) fn ossec_conf(content: &str) -> Result<Map<String, Value>, String> {
+    let wrapped = format!("<root>{content}</root>");
+    let options = roxmltree::ParsingOptions { allow_dtd: false, ..Default::default() };
+    let doc = roxmltree::Document::parse_with_options(&wrapped, options).map_err(|e| e.to_string())?;
+    let mut config = Map::new();
+    for block in doc.root_element().children().filter(|n| n.has_tag_name("ossec_config")) {
+        sections_into(block, &mut config);
+    }
+    Ok(config)
+}
+
 /// An `agent.conf` as Wazuh's API gives it: one item per distinct set of filters (the attributes
 /// of `<agent_config>`: `os`, `name`, `profile`), with the sections of every block that has them
 /// under `config`.
@@ -115,42 +167,7 @@ pub(super) fn agent_conf(content: &str) -> Result<Vec<Value>, String> {
                 items.len() - 1
             }
         };
-        let config = &mut items[at].1;
-        for section in block.children().filter(|n| n.is_element()) {
-            let name = match section.tag_name().name() {
-                "wodle" => section.attribute("name").unwrap_or("wodle").to_string(),
-                other => other.to_string(),
-            };
-            let mut body = Map::new();
-            for opt in section.children().filter(|n| n.is_element()) {
-                let opt_name = opt.tag_name().name().to_string();
-                for value in option(&name, opt) {
-                    match body.get_mut(&opt_name) {
-                        Some(Value::Array(list)) => list.push(value),
-                        Some(existing) => {
-                            let first = existing.take();
-                            *existing = Value::Array(vec![first, value]);
-                        }
-                        None => {
-                            body.insert(opt_name.clone(), value);
-                        }
-                    }
-                }
-            }
-            if LIST_SECTIONS.contains(&section.tag_name().name()) {
-                let entry = config.entry(name).or_insert_with(|| Value::Array(Vec::new()));
-                if let Value::Array(list) = entry {
-                    list.push(Value::Object(body));
-                }
-            } else {
-                match config.get_mut(&name) {
-                    Some(Value::Object(existing)) => existing.extend(body),
-                    _ => {
-                        config.insert(name, Value::Object(body));
-                    }
-                }
-            }
-        }
+        sections_into(block, &mut items[at].1);
     }
     Ok(items.into_iter().map(|(filters, config)| serde_json::json!({ "filters": filters, "config": config })).collect())
 }

@@ -744,6 +744,22 @@ async fn a_nodes_status_and_recent_log_lines_as_wazuh_shows_them() {
         let lines = body["data"]["affected_items"].as_array().cloned().unwrap_or_default();
         assert!(!lines.is_empty() && lines.len() <= 3, "{body}");
     }
+    // The ossec.conf of the installation each node works in, as Wazuh's API shows it.
+    let ossec = "<ossec_config>\n  <global><logall>no</logall></global>\n  <remote><connection>secure</connection><port>1514</port></remote>\n</ossec_config>\n<ossec_config>\n  <remote><connection>syslog</connection><port>514</port></remote>\n</ossec_config>\n";
+    for name in [&master, &worker_1] {
+        std::fs::write(fleet.cluster.dir.path().join(name).join("etc/ossec.conf"), ossec).expect("ossec.conf");
+    }
+    let (_, body) = get(fleet.api(0), "/manager/configuration?section=global", API_TOKEN).await;
+    assert_eq!(body["data"]["affected_items"][0], serde_json::json!({ "global": { "logall": "no" } }), "{body}");
+    let (_, body) =
+        get(fleet.api(2), &format!("/cluster/{worker_1}/configuration?section=remote&field=port"), API_TOKEN).await;
+    assert_eq!(
+        body["data"]["affected_items"][0],
+        serde_json::json!({ "remote": { "port": ["1514", "514"] } }),
+        "{body}"
+    );
+    let (status, _) = get(fleet.api(0), "/manager/configuration?section=nothing", API_TOKEN).await;
+    assert_eq!(status, 400);
     let (status, body) = get(fleet.api(0), "/cluster/nobody/status", API_TOKEN).await;
     assert_eq!(status, 400, "{body}");
     let (status, _) = get(fleet.api(0), &format!("/cluster/{worker_1}/logs?colour=red"), API_TOKEN).await;

@@ -50,6 +50,8 @@ pub fn document() -> serde_json::Value {
             content.insert("application/json".into(), json!({ "schema": { "type": "object" } }));
             if code == 200 && ep.text {
                 content.insert("text/plain".into(), json!({ "schema": { "type": "string" } }));
+                // A raw XML file (ossec.conf), with the type Wazuh's API gives it.
+                content.insert("application/xml".into(), json!({ "schema": { "type": "string" } }));
             }
             if code == 200 && ep.path == AUTHENTICATE {
                 content.insert("text/plain".into(), json!({ "schema": { "type": "string" } }));

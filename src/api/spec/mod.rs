@@ -199,6 +199,21 @@ pub fn endpoints() -> Vec<Endpoint> {
             web::get().to(manager::status)
         }),
         e("get", "/manager/logs", "This node's recent log lines", LOGS, Body::None, || web::get().to(manager::logs)),
+        Endpoint { text: true, ..e(
+            "get",
+            "/manager/configuration",
+            "The ossec.conf of the Wazuh installation this node works in",
+            params![
+                query("pretty", "boolean", "indented JSON"),
+                query("wait_for_complete", "boolean", "accepted"),
+                query("raw", "boolean", "the bare file"),
+                query("section", "string", "one section (global, remote, auth...)"),
+                query("field", "string", "one field of the section"),
+                query("distinct", "boolean", "accepted (one item)")
+            ],
+            Body::None,
+            || web::get().to(manager::configuration),
+        ) },
         e("get", "/cluster/status", "Whether clustering is on", params![], Body::None, || {
             web::get().to(cluster_status)
         }),
@@ -236,6 +251,25 @@ pub fn endpoints() -> Vec<Endpoint> {
             Body::None,
             || web::get().to(node_read),
         ),
+        Endpoint {
+            text: true,
+            ..e(
+                "get",
+                "/cluster/{node_id}/configuration",
+                "A node's ossec.conf (its GET /manager/configuration)",
+                params![
+                    path("node_id", "the node's name"),
+                    query("pretty", "boolean", "indented JSON"),
+                    query("wait_for_complete", "boolean", "accepted"),
+                    query("raw", "boolean", "the bare file"),
+                    query("section", "string", "one section"),
+                    query("field", "string", "one field of the section"),
+                    query("distinct", "boolean", "accepted (one item)")
+                ],
+                Body::None,
+                || web::get().to(node_read),
+            )
+        },
         e("get", "/cluster/{node_id}/logs", "A node's recent log lines (its GET /manager/logs)", NODE_LOGS, Body::None, || {
             web::get().to(node_read)
         }),
