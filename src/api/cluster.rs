@@ -235,6 +235,19 @@ pub(super) struct NodesQuery {
     nodes_list: Option<String>,
 }
 
+impl NodesQuery {
+    /// The nodes named, if any were.
+    pub(super) fn nodes_list(&self) -> Option<Vec<String>> {
+        self.nodes_list
+            .as_deref()
+            .map(|l| l.split(',').map(str::trim).filter(|n| !n.is_empty()).map(String::from).collect())
+    }
+
+    pub(super) fn pretty(&self) -> bool {
+        self.pretty.unwrap_or(false)
+    }
+}
+
 pub(super) async fn ruleset_synchronization(
     node: web::Data<NodeHandle>,
     query: web::Query<NodesQuery>,

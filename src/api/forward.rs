@@ -21,6 +21,7 @@ use wazuh_cluster_protocol::message::{ApiAnswer, ApiCall, ApiMethod};
 pub(super) fn is_cluster_read(path: &str) -> bool {
     path == "/cluster/healthcheck"
         || path == "/cluster/ruleset/synchronization"
+        || path == "/cluster/configuration/validation"
         || is_node_read(path)
         || ["/agents", "/groups", "/overview"]
             .iter()

@@ -128,3 +128,56 @@ pub(super) async fn configuration(node: web::Data<NodeHandle>, query: web::Query
         q.pretty.unwrap_or(false),
     )
 }
+
+/// This node's `etc/ossec.conf` checked: `{"name", "status": "OK"}`, or `"KO"` with why.
+pub(super) fn validation_item(node: &NodeHandle) -> Value {
+    let checked = std::fs::read_to_string(node.data_dir().join("etc/ossec.conf"))
+        .map_err(|e| format!("etc/ossec.conf cannot be read: {e}"))
+        .and_then(|text| super::xml::ossec_conf(&text).map_err(|why| format!("etc/ossec.conf does not parse: {why}")));
+    match checked {
+        Ok(_) => json!({ "name": node.name(), "status": "OK" }),
+        Err(why) => json!({ "name": node.name(), "status": "KO", "details": [why] }),
+    }
+}
+
+/// `GET /manager/configuration/validation`: whether this node's `ossec.conf` reads.
+pub(super) async fn validation(node: web::Data<NodeHandle>, query: web::Query<overview::PlainParams>) -> HttpResponse {
+    agents::json_answer(
+        &envelope(&[validation_item(&node)], "Validation was successfully checked"),
+        query.pretty.unwrap_or(false),
+    )
+}
+
+/// `GET /cluster/configuration/validation[?nodes_list=]`: each node's answer to
+/// `GET /manager/configuration/validation` (the master asks each worker's API); a node that cannot
+/// be asked is `KO` with why.
+pub(super) async fn cluster_validation(
+    node: web::Data<NodeHandle>,
+    req: actix_web::HttpRequest,
+    query: web::Query<super::cluster::NodesQuery>,
+) -> HttpResponse {
+    let only = query.nodes_list();
+    let mut items = Vec::new();
+    for n in node.nodes().await {
+        if only.as_ref().is_some_and(|o| !o.contains(&n.name)) {
+            continue;
+        }
+        if n.name == node.name() {
+            items.push(validation_item(&node));
+            continue;
+        }
+        let call = wazuh_cluster_protocol::message::ApiCall {
+            method: wazuh_cluster_protocol::message::ApiMethod::Get,
+            target: "/manager/configuration/validation".into(),
+            credential: bearer(&req).to_string(),
+            content_type: String::new(),
+            body: Vec::new(),
+        };
+        let asked = node.call_worker_api(&n.name, call).await.and_then(|answer| {
+            let body: Value = serde_json::from_slice(&answer.body).map_err(|e| e.to_string())?;
+            body["data"]["affected_items"].get(0).cloned().ok_or_else(|| format!("the node answered {}", answer.status))
+        });
+        items.push(asked.unwrap_or_else(|why| json!({ "name": n.name, "status": "KO", "details": [why] })));
+    }
+    agents::json_answer(&envelope(&items, "Validation was successfully checked"), query.pretty())
+}

@@ -760,6 +760,18 @@ async fn a_nodes_status_and_recent_log_lines_as_wazuh_shows_them() {
     );
     let (status, _) = get(fleet.api(0), "/manager/configuration?section=nothing", API_TOKEN).await;
     assert_eq!(status, 400);
+    // Each node checks its own ossec.conf; worker 2 has none.
+    let (_, body) = get(fleet.api(2), "/cluster/configuration/validation", API_TOKEN).await;
+    let status_of = |name: &str| {
+        let items = body["data"]["affected_items"].as_array().cloned().unwrap_or_default();
+        items.iter().find(|i| i["name"] == name).map(|i| i["status"].clone())
+    };
+    let worker_2 = fleet.cluster.worker_name(1);
+    assert_eq!(
+        (status_of(&master), status_of(&worker_1), status_of(&worker_2)),
+        (Some("OK".into()), Some("OK".into()), Some("KO".into())),
+        "{body}"
+    );
     let (status, body) = get(fleet.api(0), "/cluster/nobody/status", API_TOKEN).await;
     assert_eq!(status, 400, "{body}");
     let (status, _) = get(fleet.api(0), &format!("/cluster/{worker_1}/logs?colour=red"), API_TOKEN).await;

@@ -199,6 +199,21 @@ pub fn endpoints() -> Vec<Endpoint> {
             web::get().to(manager::status)
         }),
         e("get", "/manager/logs", "This node's recent log lines", LOGS, Body::None, || web::get().to(manager::logs)),
+        e("get", "/manager/configuration/validation", "Whether this node's ossec.conf reads", PLAIN, Body::None, || {
+            web::get().to(manager::validation)
+        }),
+        e(
+            "get",
+            "/cluster/configuration/validation",
+            "Whether each node's ossec.conf reads",
+            params![
+                query("pretty", "boolean", "indented JSON"),
+                query("wait_for_complete", "boolean", "accepted"),
+                query("nodes_list", "string", "comma-separated node names")
+            ],
+            Body::None,
+            || web::get().to(manager::cluster_validation),
+        ),
         Endpoint { text: true, ..e(
             "get",
             "/manager/configuration",
