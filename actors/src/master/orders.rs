@@ -167,6 +167,29 @@ impl Handler<ForceReconnectWorkers> for MasterListener {
     }
 }
 
+impl MasterListener {
+    /// Sends worker `node` a request of protocol 2.4 (commands, requests to agents, API calls) and
+    /// gives its answer; `Err`: the worker is not connected, speaks an older protocol, or did not
+    /// answer.
+    fn ask_worker(
+        &self,
+        node: &str,
+        body: MasterToWorker,
+    ) -> impl std::future::Future<Output = Result<wazuh_cluster_protocol::WorkerToMaster, String>> + 'static {
+        let target = self.workers.get(node).filter(|w| !w.handle.is_closed()).map(|w| (w.handle.clone(), w.version));
+        let node = node.to_string();
+        async move {
+            let Some((handle, version)) = target else {
+                return Err(format!("node {node} is not connected to the master"));
+            };
+            if version < wazuh_cluster_protocol::version::API_CALLS {
+                return Err(format!("node {node} speaks protocol {version}: it cannot be asked this"));
+            }
+            handle.call(body).await.map_err(|e| format!("node {node} did not answer: {e}"))
+        }
+    }
+}
+
 /// Has worker `node` send each agent its message on the agent's connection (protocol 2.4). The
 /// agents whose connection took it, or why the worker could not be asked.
 #[derive(Message)]
@@ -180,24 +203,20 @@ impl Handler<CommandAgents> for MasterListener {
     type Result = ResponseFuture<Result<Vec<u32>, String>>;
 
     fn handle(&mut self, msg: CommandAgents, _: &mut Context<Self>) -> Self::Result {
-        let target =
-            self.workers.get(&msg.node).filter(|w| !w.handle.is_closed()).map(|w| (w.handle.clone(), w.version));
-        let node = msg.node;
+        let asked = self.ask_worker(
+            &msg.node,
+            MasterToWorker::AgentCommand(wazuh_cluster_protocol::message::AgentCommand {
+                messages: msg.messages.clone(),
+            }),
+        );
         Box::pin(async move {
-            let Some((handle, version)) = target else {
-                return Err(format!("node {node} is not connected to the master"));
-            };
-            if version < wazuh_cluster_protocol::version::API_CALLS {
-                return Err(format!("node {node} speaks protocol {version}: it cannot be asked to send commands"));
-            }
-            let body =
-                MasterToWorker::AgentCommand(wazuh_cluster_protocol::message::AgentCommand { messages: msg.messages });
-            match handle.call(body).await {
-                Ok(wazuh_cluster_protocol::WorkerToMaster::AgentCommandSent(s)) => Ok(s.sent),
-                Ok(other) => {
-                    Err(format!("node {node} answered {}", wazuh_cluster_protocol::message::MessageName::name(&other)))
-                }
-                Err(e) => Err(format!("node {node} did not answer: {e}")),
+            match asked.await? {
+                wazuh_cluster_protocol::WorkerToMaster::AgentCommandSent(s) => Ok(s.sent),
+                other => Err(format!(
+                    "node {} answered {}",
+                    msg.node,
+                    wazuh_cluster_protocol::message::MessageName::name(&other)
+                )),
             }
         })
     }
@@ -215,22 +234,15 @@ impl Handler<AskWorkerAgent> for MasterListener {
     type Result = ResponseFuture<Result<String, String>>;
 
     fn handle(&mut self, msg: AskWorkerAgent, _: &mut Context<Self>) -> Self::Result {
-        let target =
-            self.workers.get(&msg.node).filter(|w| !w.handle.is_closed()).map(|w| (w.handle.clone(), w.version));
-        let node = msg.node;
+        let asked = self.ask_worker(&msg.node, MasterToWorker::AgentRequest(msg.request.clone()));
         Box::pin(async move {
-            let Some((handle, version)) = target else {
-                return Err(format!("node {node} is not connected to the master"));
-            };
-            if version < wazuh_cluster_protocol::version::API_CALLS {
-                return Err(format!("node {node} speaks protocol {version}: it cannot ask its agents"));
-            }
-            match handle.call(MasterToWorker::AgentRequest(msg.request)).await {
-                Ok(wazuh_cluster_protocol::WorkerToMaster::AgentAnswer(a)) => a.outcome,
-                Ok(other) => {
-                    Err(format!("node {node} answered {}", wazuh_cluster_protocol::message::MessageName::name(&other)))
-                }
-                Err(e) => Err(format!("node {node} did not answer: {e}")),
+            match asked.await? {
+                wazuh_cluster_protocol::WorkerToMaster::AgentAnswer(a) => Ok(a.outcome?),
+                other => Err(format!(
+                    "node {} answered {}",
+                    msg.node,
+                    wazuh_cluster_protocol::message::MessageName::name(&other)
+                )),
             }
         })
     }
@@ -248,22 +260,15 @@ impl Handler<CallWorkerApi> for MasterListener {
     type Result = ResponseFuture<Result<wazuh_cluster_protocol::message::ApiAnswer, String>>;
 
     fn handle(&mut self, msg: CallWorkerApi, _: &mut Context<Self>) -> Self::Result {
-        let target =
-            self.workers.get(&msg.node).filter(|w| !w.handle.is_closed()).map(|w| (w.handle.clone(), w.version));
-        let node = msg.node;
+        let asked = self.ask_worker(&msg.node, MasterToWorker::NodeApiCall(msg.call.clone()));
         Box::pin(async move {
-            let Some((handle, version)) = target else { return Err(format!("node {node} is not connected")) };
-            if version < wazuh_cluster_protocol::version::API_CALLS {
-                return Err(format!(
-                    "node {node} speaks protocol {version}: its API cannot be asked through the master"
-                ));
-            }
-            match handle.call(MasterToWorker::NodeApiCall(msg.call)).await {
-                Ok(wazuh_cluster_protocol::WorkerToMaster::NodeApiAnswer(a)) => Ok(a),
-                Ok(other) => {
-                    Err(format!("node {node} answered {}", wazuh_cluster_protocol::message::MessageName::name(&other)))
-                }
-                Err(e) => Err(format!("node {node} did not answer: {e}")),
+            match asked.await? {
+                wazuh_cluster_protocol::WorkerToMaster::NodeApiAnswer(a) => Ok(a),
+                other => Err(format!(
+                    "node {} answered {}",
+                    msg.node,
+                    wazuh_cluster_protocol::message::MessageName::name(&other)
+                )),
             }
         })
     }

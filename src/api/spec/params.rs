@@ -218,7 +218,11 @@ pub(super) const DECODERS: &[Param] = &[
     query("distinct", "boolean", "distinct items only"),
 ];
 
-pub(super) const LOGS: &[Param] = &[
+/// The parameters of a node's log lines, after `head`.
+macro_rules! logs_params {
+    ($($head:expr),* $(,)?) => {{
+        const P: &[Param] = &[
+            $($head,)*
     query("pretty", "boolean", "indented JSON"),
     query("wait_for_complete", "boolean", "accepted (answers are always complete)"),
     query("offset", "integer", "first item (0)"),
@@ -230,19 +234,11 @@ pub(super) const LOGS: &[Param] = &[
     query("q", "string", "Wazuh's query over timestamp, tag, level, description"),
     query("select", "string", "comma-separated fields (timestamp always)"),
     query("distinct", "boolean", "distinct items only"),
-];
+        ];
+        P
+    }};
+}
 
-pub(super) const NODE_LOGS: &[Param] = &[
-    path("node_id", "the node's name"),
-    query("pretty", "boolean", "indented JSON"),
-    query("wait_for_complete", "boolean", "accepted (answers are always complete)"),
-    query("offset", "integer", "first item (0)"),
-    query("limit", "integer", "items per page (500, at most 100000)"),
-    query("sort", "string", "+field or -field: timestamp (newest first unless told), tag, level, description"),
-    query("search", "string", "text in any field (-text: not in any)"),
-    query("tag", "string", "lines of this tag (the module that wrote them)"),
-    query("level", "string", "critical, debug, debug2, error, info or warning"),
-    query("q", "string", "Wazuh's query over timestamp, tag, level, description"),
-    query("select", "string", "comma-separated fields (timestamp always)"),
-    query("distinct", "boolean", "distinct items only"),
-];
+pub(super) const LOGS: &[Param] = logs_params!();
+
+pub(super) const NODE_LOGS: &[Param] = logs_params!(path("node_id", "the node's name"));
