@@ -50,33 +50,6 @@ pub(super) async fn agents_summary(node: web::Data<NodeHandle>) -> HttpResponse 
     }
 }
 
-#[derive(serde::Deserialize)]
-pub(super) struct ReconnectQuery {
-    /// Comma-separated agent ids; absent: every agent.
-    agents_list: Option<String>,
-    /// Only agents connected to this node.
-    node: Option<String>,
-}
-
-/// `PUT /agents/reconnect[?agents_list=001,002][&node=worker-1]`: sends `#!-force_reconnect` to
-/// the agents (the master forwards the request to its workers).
-pub(super) async fn reconnect(
-    node: web::Data<NodeHandle>,
-    req: actix_web::HttpRequest,
-    query: web::Query<ReconnectQuery>,
-) -> HttpResponse {
-    if let Some(refusal) = refuse_unauthorized(&req) {
-        return refusal;
-    }
-    let ids = match agents_list(query.agents_list.as_deref(), ListRule::Optional) {
-        Ok(AgentsList::Every) => Vec::new(),
-        Ok(AgentsList::Ids(ids)) => ids,
-        Err(why) => return bad_request(&why),
-    };
-    let nodes = node.force_reconnect(query.node.clone(), ids).await;
-    HttpResponse::Ok().json(envelope(&nodes, "Force reconnect command was sent to the agents"))
-}
-
 pub(super) fn bad_id(text: &str) -> HttpResponse {
     bad_request(&format!("invalid agent id {text:?}"))
 }

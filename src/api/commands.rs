@@ -283,6 +283,51 @@ pub(super) async fn restart_group(
     restart_selected(&node, &req, Selection::of_group(group.into_inner()), Vec::new()).await
 }
 
+/// `PUT /agents/reconnect`'s parameters: Wazuh's, and `node` (this project's: only the agents
+/// connected to that node).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // `pretty` is read from the query string; `wait_for_complete` only accepted.
+pub(super) struct ReconnectQuery {
+    pretty: Option<bool>,
+    wait_for_complete: Option<bool>,
+    agents_list: Option<String>,
+    node: Option<String>,
+}
+
+/// `PUT /agents/reconnect[?agents_list=001,002][&node=worker-1]`: `#!-force_reconnect` to each
+/// active agent through the node that holds it; the agents in `affected_items` (Wazuh's shape),
+/// the others failed with Wazuh's codes (1701, 1707).
+pub(super) async fn reconnect(
+    node: web::Data<NodeHandle>,
+    req: actix_web::HttpRequest,
+    query: web::Query<ReconnectQuery>,
+) -> HttpResponse {
+    if let Some(refusal) = refuse_unauthorized(&req) {
+        return refusal;
+    }
+    let ids = match agents_list(query.agents_list.as_deref(), ListRule::Optional) {
+        Ok(AgentsList::Every) => Vec::new(),
+        Ok(AgentsList::Ids(ids)) => ids,
+        Err(why) => return bad_request(&why),
+    };
+    let (mut items, missing) = match targets(&node, &Selection::of_ids(ids.clone()), &ids).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    if let Some(only) = &query.node {
+        items.retain(|a| a.get("node_name").and_then(Value::as_str) == Some(only.as_str()));
+    }
+    // The moves this causes are taken as such, not as contested claims.
+    node.release_claims(query.node.clone(), ids).await;
+    let messages = [
+        "Force reconnect command was sent to all agents",
+        "Force reconnect command was not sent to some agents",
+        "Force reconnect command was not sent to any agent",
+    ];
+    send(&node, &req, items, missing, |_, _| "#!-force_reconnect".to_string(), messages).await
+}
+
 /// `PUT /active-response`'s body (Wazuh's `ActiveResponseBody`).
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]

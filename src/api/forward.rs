@@ -40,7 +40,11 @@ pub(super) fn is_agent_command(path: &str) -> bool {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     matches!(
         parts.as_slice(),
-        ["active-response"] | ["agents", "restart"] | ["agents", _, "restart"] | ["agents", "group", _, "restart"]
+        ["active-response"]
+            | ["agents", "restart"]
+            | ["agents", "reconnect"]
+            | ["agents", _, "restart"]
+            | ["agents", "group", _, "restart"]
     )
 }
 
@@ -226,7 +230,7 @@ mod tests {
         for command in ["/active-response", "/agents/restart", "/agents/001/restart", "/agents/group/web/restart"] {
             assert!(is_agent_command(command), "{command}");
         }
-        for other in ["/agents", "/agents/001", "/agents/group/web", "/agents/reconnect", "/active-responsex"] {
+        for other in ["/agents", "/agents/001", "/agents/group/web", "/agents/reconnectx", "/active-responsex"] {
             assert!(!is_agent_command(other), "{other}");
         }
         for forwarded in [

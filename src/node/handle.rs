@@ -6,7 +6,6 @@ use actix::prelude::*;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use wazuh_cluster_actors::agents::hub::AgentHub;
-use wazuh_cluster_actors::agents::messages::ForceReconnect;
 use wazuh_cluster_actors::agents::messages::GetHubView;
 use wazuh_cluster_actors::master::{self, ListWorkers, LocalJobs, MasterListener};
 use wazuh_cluster_actors::registry::counts::StatusSummary;
@@ -366,6 +365,19 @@ impl NodeHandle {
             .unwrap_or_else(|_| Err("the master listener stopped".into()))
     }
 
+    /// Master: a reconnect order for the agents `ids` (all when empty) held by `node` (any when
+    /// `None`): the moves it causes are taken as such, not as contested claims.
+    pub async fn release_claims(&self, node: Option<String>, ids: Vec<u32>) {
+        let NodeHandle::Master { registry, .. } = self else { return };
+        let now = wazuh_cluster_actors::clock::now_ms();
+        let _ = registry
+            .run(move |r| {
+                r.release_claims(node.as_deref(), &ids, now);
+                Ok(())
+            })
+            .await;
+    }
+
     /// Master: sends each agent its message on its connection, through the node that holds it
     /// (`node_name`): this node's own agents directly, a worker's through the worker. The agents
     /// whose connection took it; for the others, why not (Wazuh's error code and message).
@@ -504,33 +516,6 @@ impl NodeHandle {
                 })
             }
         }
-    }
-
-    /// Asks agents (all when `ids` is empty) connected to `node` (any when `None`) to reconnect.
-    /// Returns the nodes asked (with how many agents, for this node).
-    pub async fn force_reconnect(&self, node: Option<String>, ids: Vec<u32>) -> Vec<String> {
-        let mut asked = Vec::new();
-        let me = self.name().to_string();
-        if node.as_ref().is_none_or(|n| *n == me) {
-            let n = self.hub().send(ForceReconnect(ids.clone())).await.unwrap_or(0);
-            asked.push(format!("{me}: {n} agents"));
-        }
-        if let NodeHandle::Master { listener, registry, .. } = self {
-            // The moves this causes are taken as such, not as contested claims.
-            let (holder, released) = (node.clone(), ids.clone());
-            let now = wazuh_cluster_actors::clock::now_ms();
-            let _ = registry
-                .run(move |r| {
-                    r.release_claims(holder.as_deref(), &released, now);
-                    Ok(())
-                })
-                .await;
-            if node.as_ref() != Some(&me) {
-                let workers = listener.send(master::ForceReconnectWorkers { node, ids }).await.unwrap_or_default();
-                asked.extend(workers);
-            }
-        }
-        asked
     }
 
     /// Applies a change to agents or groups: on the master directly, on a worker through the master,

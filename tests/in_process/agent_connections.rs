@@ -227,9 +227,19 @@ async fn the_master_can_ask_agents_on_a_worker_to_reconnect() {
     let line = enroll(cluster.worker(0).enrollment_addr, "OSSEC A:'rc-a'").await;
     let mut agent = SimAgent::from_key_line(&line).expect("key line");
     let mut s = start_agent(&mut agent, cluster.worker(0).agents_addr).await;
+    // As Wazuh's API: only an active agent is asked (one that sent a keep-alive).
     let path = format!("/agents/reconnect?agents_list={}&node={}", agent.id, cluster.worker_name(0));
+    let (_, body) = api(cluster.master().api_addr, "PUT", path.clone()).await;
+    assert_eq!(body["data"]["failed_items"][0]["error"]["code"], 1707, "{body}");
+    s.write_all(&agent.frame(agent.keepalive_text().as_bytes())).await.expect("keep-alive");
+    let id = agent.id.clone();
+    wait_until("the master shows the agent active", WAIT, || async {
+        master_agent(&cluster, &id).await["status"] == "active"
+    })
+    .await;
     let (status, body) = api(cluster.master().api_addr, "PUT", path).await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["affected_items"], serde_json::json!([agent.id]), "{body}");
     read_until(&agent, &mut s, |t| t == b"#!-force_reconnect").await.expect("asked to reconnect");
 }
 

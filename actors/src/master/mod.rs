@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use wazuh_cluster_protocol::handshake::{Hello, Refusal};
-use wazuh_cluster_protocol::message::{ForceReconnect, JobReport};
+use wazuh_cluster_protocol::message::JobReport;
 use wazuh_cluster_protocol::MasterToWorker;
 use wazuh_cluster_protocol::{ProtocolVersion, Role};
 

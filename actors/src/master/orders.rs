@@ -135,38 +135,6 @@ impl Handler<SubscribeFiles> for MasterListener {
     }
 }
 
-/// Asks connected workers (all, or the one named) to send `#!-force_reconnect` to agents (all of
-/// theirs when `ids` is empty). Returns the workers asked.
-#[derive(Message)]
-#[rtype(result = "Vec<String>")]
-pub struct ForceReconnectWorkers {
-    pub node: Option<String>,
-    pub ids: Vec<u32>,
-}
-
-impl Handler<ForceReconnectWorkers> for MasterListener {
-    type Result = ResponseFuture<Vec<String>>;
-
-    fn handle(&mut self, msg: ForceReconnectWorkers, _: &mut Context<Self>) -> Self::Result {
-        let targets: Vec<(String, ConnHandle<MasterSide>)> = self
-            .workers
-            .iter()
-            .filter(|(name, w)| !w.handle.is_closed() && msg.node.as_ref().is_none_or(|n| n == *name))
-            .map(|(name, w)| (name.clone(), w.handle.clone()))
-            .collect();
-        Box::pin(async move {
-            let mut asked = Vec::new();
-            for (name, handle) in targets {
-                let body = MasterToWorker::ForceReconnect(ForceReconnect { ids: msg.ids.clone() });
-                if handle.notify(body).await.is_ok() {
-                    asked.push(name);
-                }
-            }
-            asked
-        })
-    }
-}
-
 impl MasterListener {
     /// Sends worker `node` a request of protocol 2.4 (commands, requests to agents, API calls) and
     /// gives its answer; `Err`: the worker is not connected, speaks an older protocol, or did not

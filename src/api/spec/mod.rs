@@ -339,11 +339,13 @@ pub fn endpoints() -> Vec<Endpoint> {
             "/agents/reconnect",
             "Agents reconnect (#!-force_reconnect)",
             params![
+                query("pretty", "boolean", "indented JSON"),
+                query("wait_for_complete", "boolean", "accepted"),
                 query("agents_list", "string", "comma-separated agent ids (absent: every agent)"),
-                query("node", "string", "only agents on this node")
+                query("node", "string", "only agents on this node (this API's)")
             ],
             Body::None,
-            || web::put().to(reconnect),
+            || web::put().to(commands::reconnect),
         ),
         e("get", "/agents/outdated", "Agents older than this manager's Wazuh version", PAGE, Body::None, || {
             web::get().to(overview::agents_outdated)
