@@ -149,6 +149,20 @@ pub(super) fn group_sums(node: &NodeHandle, group: &str) -> (Option<String>, Opt
     (sum("merged.mg"), sum("agent.conf"))
 }
 
+/// A group as Wazuh's API shows it: its name, its agents and, where it has them, the sums of its
+/// `merged.mg` and `agent.conf`.
+pub(super) fn group_item(node: &NodeHandle, name: String, count: u64) -> serde_json::Value {
+    let (merged, config) = group_sums(node, &name);
+    let mut g = serde_json::json!({ "name": name, "count": count });
+    if let Some(m) = merged {
+        g["mergedSum"] = m.into();
+    }
+    if let Some(c) = config {
+        g["configSum"] = c.into();
+    }
+    g
+}
+
 /// The fields of a group that `q`, `sort` and `select` take.
 const GROUP_FIELDS: &[&str] = &["name", "count", "mergedSum", "configSum"];
 
@@ -171,17 +185,7 @@ pub(super) async fn list_groups(
     let items: Vec<serde_json::Value> = groups
         .into_iter()
         .filter(|(name, _)| only.as_ref().is_none_or(|o| o.contains(&name.as_str())))
-        .map(|(name, count)| {
-            let (merged, config) = group_sums(&node, &name);
-            let mut g = serde_json::json!({ "name": name, "count": count });
-            if let Some(m) = merged {
-                g["mergedSum"] = m.into();
-            }
-            if let Some(c) = config {
-                g["configSum"] = c.into();
-            }
-            g
-        })
+        .map(|(name, count)| group_item(&node, name, count))
         .collect();
     let allowed = [
         "pretty",

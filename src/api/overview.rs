@@ -207,20 +207,8 @@ pub(super) async fn overview_agents(node: web::Data<NodeHandle>, query: web::Que
         Ok(g) => g,
         Err(e) => return unavailable(&e.to_string()),
     };
-    let groups: Vec<Value> = groups
-        .into_iter()
-        .map(|(name, count)| {
-            let (merged, config) = super::groups::group_sums(&node, &name);
-            let mut g = serde_json::json!({ "name": name, "count": count });
-            if let Some(m) = merged {
-                g["mergedSum"] = m.into();
-            }
-            if let Some(c) = config {
-                g["configSum"] = c.into();
-            }
-            g
-        })
-        .collect();
+    let groups: Vec<Value> =
+        groups.into_iter().map(|(name, count)| super::groups::group_item(&node, name, count)).collect();
     let os = |a: &Value| {
         let os = a.get("os")?;
         Some(wql::project(os, &["name".into(), "platform".into(), "version".into()]))

@@ -164,7 +164,9 @@ fn items(node: &NodeHandle, kind: &str, parse: fn(&str, &str, &str) -> Vec<Value
     out
 }
 
-/// `GET /rules` (Wazuh's parameters; any other is a 400 naming it).
+/// `GET /rules` (Wazuh's parameters; any other is a 400 naming it). The listing's parameters are
+/// spelled out here rather than flattened from [`ListParams`]: serde's `flatten` cannot refuse
+/// unknown fields, and reads every value of a query string as text (numbers would not parse).
 #[derive(serde::Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RulesQuery {

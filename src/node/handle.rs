@@ -342,13 +342,17 @@ impl NodeHandle {
         let timeout = *settle;
         if node == name {
             let ask = wazuh_cluster_actors::agents::messages::AskAgent { id, payload, timeout };
-            return agents.send(ask).await.unwrap_or_else(|_| Err("the agent hub stopped".into()));
+            return match agents.send(ask).await {
+                Ok(answer) => answer.map_err(|e| e.to_string()),
+                Err(_) => Err("the agent hub stopped".into()),
+            };
         }
         let request = wazuh_protocol_request(id, payload, timeout);
         listener
             .send(master::AskWorkerAgent { node: node.to_string(), request })
             .await
-            .unwrap_or_else(|_| Err("the master listener stopped".into()))
+            .map_err(|_| "the master listener stopped".to_string())?
+            .map_err(|e| e.to_string())
     }
 
     /// Master: has worker `node`'s API answer `call` (a read of its own); `Err`: the node is not
@@ -362,7 +366,8 @@ impl NodeHandle {
         listener
             .send(master::CallWorkerApi { node: node.to_string(), call })
             .await
-            .unwrap_or_else(|_| Err("the master listener stopped".into()))
+            .map_err(|_| "the master listener stopped".to_string())?
+            .map_err(|e| e.to_string())
     }
 
     /// Master: a reconnect order for the agents `ids` (all when empty) held by `node` (any when
@@ -404,7 +409,7 @@ impl NodeHandle {
                     .map_err(|_| "the agent hub stopped".to_string())
             } else {
                 match listener.send(master::CommandAgents { node: node.clone(), messages }).await {
-                    Ok(result) => result,
+                    Ok(result) => result.map_err(|e| e.to_string()),
                     Err(_) => Err("the master listener stopped".to_string()),
                 }
             };

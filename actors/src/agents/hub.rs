@@ -2,7 +2,7 @@
 
 use super::merged::{groups_key, MergedCache};
 use super::messages::{
-    AskAgent, Bind, BindRefused, CloseAll, Closed, Delivered, ForceReconnect, GetHubView, HubLink, HubView,
+    AskAgent, AskError, Bind, BindRefused, CloseAll, Closed, Delivered, ForceReconnect, GetHubView, HubLink, HubView,
     RefreshKeys, ResendAll, Seen, SeenKind, SendToAgents, SessionTx, SharedChanged, TakeUpdates, WatchFigures,
     FIGURES_EVERY,
 };
@@ -517,26 +517,26 @@ impl Handler<ForceReconnect> for AgentHub {
 }
 
 impl Handler<AskAgent> for AgentHub {
-    type Result = ResponseActFuture<Self, Result<String, String>>;
+    type Result = ResponseActFuture<Self, Result<String, AskError>>;
 
     fn handle(&mut self, AskAgent { id, payload, timeout }: AskAgent, _: &mut Context<Self>) -> Self::Result {
-        let refuse = |why: &str| -> Self::Result { Box::pin(actix::fut::ready(Err(why.to_string()))) };
+        let refuse = |why: AskError| -> Self::Result { Box::pin(actix::fut::ready(Err(why))) };
         if self.asks.len() >= MAX_ASKS {
-            return refuse("too many requests to agents in flight on this node");
+            return refuse(AskError::Busy);
         }
-        let Some(live) = self.live.get(&id) else { return refuse("Cannot send request, agent is not active") };
+        let Some(live) = self.live.get(&id) else { return refuse(AskError::NotActive) };
         self.next_ask = self.next_ask.wrapping_add(1);
         let counter = format!("{:x}", self.next_ask);
         if !live.tx.push(vec![format!("#!-req {counter} {payload}").into_bytes()]) {
-            return refuse("Cannot send request, the agent's connection is full");
+            return refuse(AskError::ConnectionFull);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.asks.insert(counter.clone(), (id, tx));
         let wait = async move {
             match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(answer)) => Ok(answer),
-                Ok(Err(_)) => Err("the agent's connection closed".to_string()),
-                Err(_) => Err("err Response timeout".to_string()),
+                Ok(Err(_)) => Err(AskError::Closed),
+                Err(_) => Err(AskError::Timeout),
             }
         };
         Box::pin(wait.into_actor(self).map(move |answer, hub, _| {

@@ -215,11 +215,27 @@ pub struct ForceReconnect(pub Vec<u32>);
 /// does: `logcollector getconfig localfile`) and waits at most `timeout` for its answer (`ok ...`
 /// or `err ...`). `Err`: why there is none.
 #[derive(Message)]
-#[rtype(result = "Result<String, String>")]
+#[rtype(result = "Result<String, AskError>")]
 pub struct AskAgent {
     pub id: u32,
     pub payload: String,
     pub timeout: std::time::Duration,
+}
+
+/// Why an agent gave no answer to an [`AskAgent`] (the words are Wazuh's where it has them).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AskError {
+    /// [`MAX_ASKS`](crate::agents::hub) requests are in flight on this node already.
+    #[error("too many requests to agents in flight on this node")]
+    Busy,
+    #[error("Cannot send request, agent is not active")]
+    NotActive,
+    #[error("Cannot send request, the agent's connection is full")]
+    ConnectionFull,
+    #[error("the agent's connection closed")]
+    Closed,
+    #[error("err Response timeout")]
+    Timeout,
 }
 
 /// Sends each agent its message on its connection here; returns the agents whose connection took it.

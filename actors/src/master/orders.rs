@@ -135,6 +135,22 @@ impl Handler<SubscribeFiles> for MasterListener {
     }
 }
 
+/// Why a worker gave no answer to a request of protocol 2.4.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkerAskError {
+    #[error("node {0} is not connected to the master")]
+    NotConnected(String),
+    #[error("node {node} speaks protocol {version}: it cannot be asked this")]
+    TooOld { node: String, version: ProtocolVersion },
+    #[error("node {node} did not answer: {error}")]
+    NoAnswer { node: String, error: String },
+    #[error("node {node} answered {name}")]
+    Unexpected { node: String, name: &'static str },
+    /// The worker answered, with why it could not do it (an agent that did not answer).
+    #[error("{0}")]
+    Refused(String),
+}
+
 impl MasterListener {
     /// Sends worker `node` a request of protocol 2.4 (commands, requests to agents, API calls) and
     /// gives its answer; `Err`: the worker is not connected, speaks an older protocol, or did not
@@ -143,17 +159,16 @@ impl MasterListener {
         &self,
         node: &str,
         body: MasterToWorker,
-    ) -> impl std::future::Future<Output = Result<wazuh_cluster_protocol::WorkerToMaster, String>> + 'static {
+    ) -> impl std::future::Future<Output = Result<wazuh_cluster_protocol::WorkerToMaster, WorkerAskError>> + 'static
+    {
         let target = self.workers.get(node).filter(|w| !w.handle.is_closed()).map(|w| (w.handle.clone(), w.version));
         let node = node.to_string();
         async move {
-            let Some((handle, version)) = target else {
-                return Err(format!("node {node} is not connected to the master"));
-            };
+            let Some((handle, version)) = target else { return Err(WorkerAskError::NotConnected(node)) };
             if version < wazuh_cluster_protocol::version::API_CALLS {
-                return Err(format!("node {node} speaks protocol {version}: it cannot be asked this"));
+                return Err(WorkerAskError::TooOld { node, version });
             }
-            handle.call(body).await.map_err(|e| format!("node {node} did not answer: {e}"))
+            handle.call(body).await.map_err(|e| WorkerAskError::NoAnswer { node, error: e.to_string() })
         }
     }
 }
@@ -161,14 +176,14 @@ impl MasterListener {
 /// Has worker `node` send each agent its message on the agent's connection (protocol 2.4). The
 /// agents whose connection took it, or why the worker could not be asked.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<u32>, String>")]
+#[rtype(result = "Result<Vec<u32>, WorkerAskError>")]
 pub struct CommandAgents {
     pub node: String,
     pub messages: Vec<(u32, String)>,
 }
 
 impl Handler<CommandAgents> for MasterListener {
-    type Result = ResponseFuture<Result<Vec<u32>, String>>;
+    type Result = ResponseFuture<Result<Vec<u32>, WorkerAskError>>;
 
     fn handle(&mut self, msg: CommandAgents, _: &mut Context<Self>) -> Self::Result {
         let asked = self.ask_worker(
@@ -180,11 +195,10 @@ impl Handler<CommandAgents> for MasterListener {
         Box::pin(async move {
             match asked.await? {
                 wazuh_cluster_protocol::WorkerToMaster::AgentCommandSent(s) => Ok(s.sent),
-                other => Err(format!(
-                    "node {} answered {}",
-                    msg.node,
-                    wazuh_cluster_protocol::message::MessageName::name(&other)
-                )),
+                other => Err(WorkerAskError::Unexpected {
+                    node: msg.node,
+                    name: wazuh_cluster_protocol::message::MessageName::name(&other),
+                }),
             }
         })
     }
@@ -192,25 +206,24 @@ impl Handler<CommandAgents> for MasterListener {
 
 /// Has worker `node` ask one of its agents a request and answer with the agent's answer.
 #[derive(Message)]
-#[rtype(result = "Result<String, String>")]
+#[rtype(result = "Result<String, WorkerAskError>")]
 pub struct AskWorkerAgent {
     pub node: String,
     pub request: wazuh_cluster_protocol::message::AgentRequest,
 }
 
 impl Handler<AskWorkerAgent> for MasterListener {
-    type Result = ResponseFuture<Result<String, String>>;
+    type Result = ResponseFuture<Result<String, WorkerAskError>>;
 
     fn handle(&mut self, msg: AskWorkerAgent, _: &mut Context<Self>) -> Self::Result {
         let asked = self.ask_worker(&msg.node, MasterToWorker::AgentRequest(msg.request.clone()));
         Box::pin(async move {
             match asked.await? {
-                wazuh_cluster_protocol::WorkerToMaster::AgentAnswer(a) => Ok(a.outcome?),
-                other => Err(format!(
-                    "node {} answered {}",
-                    msg.node,
-                    wazuh_cluster_protocol::message::MessageName::name(&other)
-                )),
+                wazuh_cluster_protocol::WorkerToMaster::AgentAnswer(a) => a.outcome.map_err(WorkerAskError::Refused),
+                other => Err(WorkerAskError::Unexpected {
+                    node: msg.node,
+                    name: wazuh_cluster_protocol::message::MessageName::name(&other),
+                }),
             }
         })
     }
@@ -218,25 +231,24 @@ impl Handler<AskWorkerAgent> for MasterListener {
 
 /// Has worker `node`'s API answer a read of its own (`GET /manager/...`).
 #[derive(Message)]
-#[rtype(result = "Result<wazuh_cluster_protocol::message::ApiAnswer, String>")]
+#[rtype(result = "Result<wazuh_cluster_protocol::message::ApiAnswer, WorkerAskError>")]
 pub struct CallWorkerApi {
     pub node: String,
     pub call: wazuh_cluster_protocol::message::ApiCall,
 }
 
 impl Handler<CallWorkerApi> for MasterListener {
-    type Result = ResponseFuture<Result<wazuh_cluster_protocol::message::ApiAnswer, String>>;
+    type Result = ResponseFuture<Result<wazuh_cluster_protocol::message::ApiAnswer, WorkerAskError>>;
 
     fn handle(&mut self, msg: CallWorkerApi, _: &mut Context<Self>) -> Self::Result {
         let asked = self.ask_worker(&msg.node, MasterToWorker::NodeApiCall(msg.call.clone()));
         Box::pin(async move {
             match asked.await? {
                 wazuh_cluster_protocol::WorkerToMaster::NodeApiAnswer(a) => Ok(a),
-                other => Err(format!(
-                    "node {} answered {}",
-                    msg.node,
-                    wazuh_cluster_protocol::message::MessageName::name(&other)
-                )),
+                other => Err(WorkerAskError::Unexpected {
+                    node: msg.node,
+                    name: wazuh_cluster_protocol::message::MessageName::name(&other),
+                }),
             }
         })
     }

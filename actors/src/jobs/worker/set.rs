@@ -252,7 +252,10 @@ impl Dispatch<WorkerSide> for WorkerJobs {
                         timeout: std::time::Duration::from_millis(r.timeout_ms.min(60_000)),
                     };
                     let outcome = match hub {
-                        Some(hub) => hub.send(ask).await.unwrap_or_else(|_| Err("the agent hub stopped".into())),
+                        Some(hub) => match hub.send(ask).await {
+                            Ok(answer) => answer.map_err(|e| e.to_string()),
+                            Err(_) => Err("the agent hub stopped".into()),
+                        },
                         None => Err("this node serves no agents".into()),
                     };
                     let _ = conn.respond(id, WorkerToMaster::AgentAnswer(AgentAnswer { outcome })).await;
