@@ -4,6 +4,8 @@
 
 use super::agent_list::{select_agents, AgentsParams, Selection};
 use super::*;
+use wazuh_cluster_actors::registry::enroll::MAX_AGENT_ID;
+use wazuh_cluster_actors::registry::Fixed;
 
 /// `GET /agents`: one page of the agents the parameters select (see [`Selection`]);
 /// `total_affected_items` counts every match.
@@ -306,13 +308,26 @@ mod tests {
     }
 }
 
-/// `POST /agents`'s body (Wazuh's `AgentAddBody`).
+/// `POST /agents`'s body (Wazuh's `AgentAddBody`). Wazuh's `force` is refused by name: the node's
+/// `[enrollment]` replace policy decides when an agent holding the name or address is replaced.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewAgentBody {
     name: String,
     /// `any` (the default), an address or a network.
     ip: Option<String>,
+}
+
+/// `POST /agents/insert`'s body (Wazuh's `AgentInsertBody`, without `force` as above).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct InsertAgentBody {
+    name: String,
+    ip: Option<String>,
+    /// Three digits or more (`"123"`), not `000` (the manager's).
+    id: Option<String>,
+    /// 64 letters and digits.
+    key: Option<String>,
 }
 
 /// `POST /agents` with `{"name": ..., "ip": ...}`: registers an agent as Wazuh's API does (the
@@ -323,12 +338,50 @@ pub(super) async fn add_agent(
     req: actix_web::HttpRequest,
     body: web::Json<NewAgentBody>,
 ) -> HttpResponse {
+    let NewAgentBody { name, ip } = body.into_inner();
+    register(node, req, name, ip, Fixed::default()).await
+}
+
+/// `POST /agents/insert`: [`add_agent`] with the agent's id and key given (both optional, as in
+/// Wazuh): an agent moved from another manager keeps its `client.keys` line.
+pub(super) async fn insert_agent(
+    node: web::Data<NodeHandle>,
+    req: actix_web::HttpRequest,
+    body: web::Json<InsertAgentBody>,
+) -> HttpResponse {
+    let InsertAgentBody { name, ip, id, key } = body.into_inner();
+    let id = match id.as_deref().map(str::trim) {
+        None => None,
+        Some(text) => match (text.len() >= 3 && text.bytes().all(|b| b.is_ascii_digit()), text.parse::<u32>()) {
+            (true, Ok(n)) if (1..=MAX_AGENT_ID).contains(&n) => Some(n),
+            _ => {
+                return bad_request(&format!(
+                    "id: {:?} is not an agent id (three digits or more, from 001 to {MAX_AGENT_ID})",
+                    wazuh_cluster_protocol::agent::enrollment::printable(text)
+                ))
+            }
+        },
+    };
+    if let Some(k) = &key {
+        if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return bad_request("key: an agent key is 64 letters and digits");
+        }
+    }
+    register(node, req, name, ip, Fixed { id, key }).await
+}
+
+async fn register(
+    node: web::Data<NodeHandle>,
+    req: actix_web::HttpRequest,
+    name: String,
+    ip: Option<String>,
+    fixed: Fixed,
+) -> HttpResponse {
     if let Some(refusal) = refuse_unauthorized(&req) {
         return refusal;
     }
-    let NewAgentBody { name, ip } = body.into_inner();
     let ip = ip.unwrap_or_else(|| "any".into()).to_ascii_lowercase();
-    match node.register_agent(name, ip).await {
+    match node.register_agent(name, ip, fixed).await {
         Ok(Ok(agent)) => {
             let line = format!("{} {} {} {}", fmt_id(agent.id), agent.name, agent.ip, agent.key);
             let key = base64ct::Base64::encode_string(line.as_bytes());

@@ -62,7 +62,7 @@ pub(super) async fn forward_calls(
         actix_web::http::Method::GET if is_cluster_read(req.path()) => ApiMethod::Get,
         actix_web::http::Method::PUT if is_agent_command(req.path()) => ApiMethod::Put,
         // Registration through the API: only the master's registry can number the agent.
-        actix_web::http::Method::POST if req.path() == "/agents" => ApiMethod::Post,
+        actix_web::http::Method::POST if matches!(req.path(), "/agents" | "/agents/insert") => ApiMethod::Post,
         _ => return Ok(next.call(req).await?.map_into_boxed_body()),
     };
     if !matches!(**node, NodeHandle::Worker { .. }) {

@@ -310,10 +310,12 @@ impl NodeHandle {
 
     /// Master: registers an agent through the API (as `POST /agents` does in Wazuh): the registry's
     /// own enrollment, with the name and address given. The new agent, or why not.
+    /// `fixed`: the id or key an insertion (`POST /agents/insert`) gives.
     pub async fn register_agent(
         &self,
         name: String,
         ip: String,
+        fixed: wazuh_cluster_actors::registry::Fixed,
     ) -> Result<Result<AgentEntry, wazuh_cluster_protocol::agent::enrollment::EnrollError>, ChangeError> {
         let NodeHandle::Master { name: node, writes, .. } = self else {
             return Err(ChangeError::Refused(AdminError::Invalid(
@@ -329,7 +331,7 @@ impl NodeHandle {
             node_name: node.clone(),
             token: None,
         };
-        writes.enroll(agent).await.map_err(ChangeError::Registry)
+        writes.insert(agent, fixed).await.map_err(ChangeError::Registry)
     }
 
     /// Master: asks agent `id`, connected to `node`, a request (as remoted's request socket does)

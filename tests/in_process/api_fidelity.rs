@@ -402,6 +402,31 @@ async fn a_wazuh_style_bulk_delete_and_group_assignment_do_what_they_say() {
         let (status, body) = call(fleet.api(2), "POST", "/agents", API_TOKEN, Some(refused.clone())).await;
         assert_eq!(status, 400, "{refused}: {body}");
     }
+
+    // Wazuh's POST /agents/insert through a worker: the id and key given are kept (an agent moved
+    // from another manager keeps its client.keys line); the next registration is numbered after it.
+    let key = "Ab3".repeat(21) + "z";
+    let moved = serde_json::json!({ "name": "moved-in", "ip": "any", "id": "4321", "key": key });
+    let (status, body) = call(fleet.api(1), "POST", "/agents/insert", API_TOKEN, Some(moved.clone())).await;
+    assert_eq!((status, body["data"]["id"].clone()), (200, "4321".into()), "{body}");
+    let decoded = base64ct::Base64::decode_vec(body["data"]["key"].as_str().expect("key")).expect("base64");
+    assert_eq!(String::from_utf8(decoded).expect("text"), format!("4321 moved-in any {key}"));
+    let (_, listed) = get(fleet.api(2), "/agents?agents_list=4321", API_TOKEN).await;
+    assert_eq!(listed["data"]["affected_items"][0]["name"], "moved-in", "{listed}");
+    let (status, body) =
+        call(fleet.api(0), "POST", "/agents/insert", API_TOKEN, Some(serde_json::json!({ "name": "after" }))).await;
+    assert_eq!((status, body["data"]["id"].clone()), (200, "4322".into()), "{body}");
+    for (refused, names) in [
+        (serde_json::json!({ "name": "same-id", "id": "4321" }), "Duplicate agent ID: 4321"),
+        (serde_json::json!({ "name": "short-id", "id": "7" }), "id"),
+        (serde_json::json!({ "name": "manager-id", "id": "000" }), "id"),
+        (serde_json::json!({ "name": "bad-key", "key": "short" }), "key"),
+        (serde_json::json!({ "name": "forced", "force": { "enabled": true } }), "force"),
+    ] {
+        let (status, body) = call(fleet.api(2), "POST", "/agents/insert", API_TOKEN, Some(refused.clone())).await;
+        assert_eq!(status, 400, "{refused}: {body}");
+        assert!(body.to_string().contains(names), "{refused}: {body}");
+    }
 }
 
 /// The next `#!-execd` message the manager sends `name` (other messages are passed over).

@@ -5,7 +5,7 @@
 
 use super::network::Raft;
 use crate::registry::command::{is_registry_change, Command, Outcome};
-use crate::registry::enroll::NewAgent;
+use crate::registry::enroll::{Fixed, NewAgent};
 use crate::registry::master::Registry;
 use crate::registry::store::{StoreError, StoreHandle};
 use openraft::error::{ClientWriteError, RaftError};
@@ -169,9 +169,22 @@ impl Writes {
     /// Enrolls `agent` (idempotent per token): its key is returned only once the enrollment is
     /// committed (by a majority, when replicated).
     pub async fn enroll(&self, agent: NewAgent) -> Result<Result<AgentEntry, EnrollError>, StoreError> {
-        let Some(raft) = &self.raft else { return self.registry.run(move |r| r.enroll(&agent)).await };
+        self.insert(agent, Fixed::default()).await
+    }
+
+    /// [`Writes::enroll`] with the id or key an insertion fixes (`POST /agents/insert`).
+    pub async fn insert(&self, agent: NewAgent, fixed: Fixed) -> Result<Result<AgentEntry, EnrollError>, StoreError> {
         let now = crate::clock::now_ms();
-        let prepared = match self.registry.run(move |r| r.prepare_enrollment(&agent, now)).await? {
+        let Some(raft) = &self.raft else {
+            return self
+                .registry
+                .run(move |r| match r.prepare_insert(&agent, &fixed, now)? {
+                    Ok(p) => r.apply_enrollment(&p),
+                    Err(e) => Ok(Err(e)),
+                })
+                .await;
+        };
+        let prepared = match self.registry.run(move |r| r.prepare_insert(&agent, &fixed, now)).await? {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
         };

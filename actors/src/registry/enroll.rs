@@ -3,7 +3,7 @@
 
 use super::master::{now_ms, Registry};
 use super::policy::{Incumbent, Verdict};
-use super::schema::{groups_text, one_entry, row_entry, DEFAULT_GROUP, TOKENS_KEPT_MS};
+use super::schema::{fmt_id, groups_text, one_entry, row_entry, DEFAULT_GROUP, TOKENS_KEPT_MS};
 use super::store::StoreError;
 use rusqlite::{params, OptionalExtension};
 use wazuh_cluster_protocol::agent::enrollment::{EnrollError, MAX_GROUPS};
@@ -61,8 +61,40 @@ pub struct PreparedEnrollment {
     pub key: String,
     /// When it was registered.
     pub at_ms: u64,
-    /// Agents holding its name or IP that it may replace.
+    /// Agents holding its name, IP or id that it may replace.
     pub replace: Vec<u32>,
+    /// The id an insertion asked for (`POST /agents/insert`); `None`: the next free one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u32>,
+}
+
+/// What an insertion (`POST /agents/insert`) fixes that an enrollment leaves to the registry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fixed {
+    /// The agent's id (1 or more).
+    pub id: Option<u32>,
+    /// The agent's key: 64 letters and digits, as in `client.keys`.
+    pub key: Option<String>,
+}
+
+/// Highest id an insertion may ask for.
+pub const MAX_AGENT_ID: u32 = i32::MAX as u32;
+
+impl Fixed {
+    /// The checks Wazuh's API makes on an insertion's id and key.
+    fn validate(&self) -> Result<(), EnrollError> {
+        if let Some(id) = self.id {
+            if id == 0 || id > MAX_AGENT_ID {
+                return Err(EnrollError::InvalidRequest);
+            }
+        }
+        match &self.key {
+            Some(k) if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+                Err(EnrollError::InvalidRequest)
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 fn random_key() -> Result<String, EnrollError> {
@@ -148,12 +180,26 @@ impl Registry {
         a: &NewAgent,
         now_ms: u64,
     ) -> Result<Result<PreparedEnrollment, EnrollError>, StoreError> {
-        if let Err(e) = validate_new(a) {
+        self.prepare_insert(a, &Fixed::default(), now_ms)
+    }
+
+    /// [`Registry::prepare_enrollment`] with the id or key an insertion fixes; an agent already
+    /// holding that id is replaced under the same policy as one holding the name or address.
+    pub(crate) fn prepare_insert(
+        &self,
+        a: &NewAgent,
+        fixed: &Fixed,
+        now_ms: u64,
+    ) -> Result<Result<PreparedEnrollment, EnrollError>, StoreError> {
+        if let Err(e) = validate_new(a).and_then(|()| fixed.validate()) {
             return Ok(Err(e));
         }
-        let key = match random_key() {
-            Ok(k) => k,
-            Err(e) => return Ok(Err(e)),
+        let key = match &fixed.key {
+            Some(k) => k.clone(),
+            None => match random_key() {
+                Ok(k) => k,
+                Err(e) => return Ok(Err(e)),
+            },
         };
         let mut replace = Vec::new();
         let by_name: Option<u32> = self
@@ -169,12 +215,16 @@ impl Registry {
                 .query_row(params![ip], |r| r.get(0))
                 .optional()?,
         };
-        for old in by_name.into_iter().chain(by_ip) {
+        let by_id = match fixed.id {
+            Some(id) => self.entry(id)?.map(|e| e.id),
+            None => None,
+        };
+        for old in by_name.into_iter().chain(by_ip).chain(by_id) {
             if !replace.contains(&old) && self.replaceable(old, a.key_hash.as_deref())? {
                 replace.push(old);
             }
         }
-        Ok(Ok(PreparedEnrollment { agent: a.clone(), key, at_ms: now_ms, replace }))
+        Ok(Ok(PreparedEnrollment { agent: a.clone(), key, at_ms: now_ms, replace, id: fixed.id }))
     }
 
     /// Applies an enrollment prepared by [`Registry::prepare_enrollment`] (here or on another
@@ -240,7 +290,24 @@ impl Registry {
         }
         let last: i64 =
             self.table.conn.prepare_cached("SELECT v FROM meta WHERE k = 'last_id'")?.query_row([], |r| r.get(0))?;
-        let id = u32::try_from(last + 1).map_err(|_| StoreError::Invalid("agent ids exhausted".into()))?;
+        let id = match p.id {
+            Some(id) => {
+                if id == 0 || id > MAX_AGENT_ID {
+                    return Ok(Err(EnrollError::InvalidRequest));
+                }
+                if self.entry(id)?.is_some() {
+                    if !p.replace.contains(&id) {
+                        return Ok(Err(EnrollError::DuplicateId(fmt_id(id))));
+                    }
+                    self.remove_row(id)?;
+                }
+                id
+            }
+            None => u32::try_from(last + 1).map_err(|_| StoreError::Invalid("agent ids exhausted".into()))?,
+        };
+        if p.key.len() != 64 || !p.key.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Ok(Err(EnrollError::InvalidRequest));
+        }
         let entry = AgentEntry { id, name: a.name.clone(), ip: a.ip.clone(), key: p.key.clone(), groups };
         self.table
             .conn
@@ -260,7 +327,11 @@ impl Registry {
                 a.token,
                 a.token.is_some() as i64
             ])?;
-        self.table.conn.prepare_cached("UPDATE meta SET v = ?1 WHERE k = 'last_id'")?.execute(params![id as i64])?;
+        // Ids are never handed out twice: an inserted id above the last one moves it.
+        self.table
+            .conn
+            .prepare_cached("UPDATE meta SET v = ?1 WHERE k = 'last_id'")?
+            .execute(params![last.max(i64::from(id))])?;
         self.table.hash.toggle(&entry);
         self.counts.set(id, "never_connected", &a.node_name, None);
         self.log_change(&AgentChange::Added(entry.clone()))?;
@@ -351,6 +422,46 @@ mod tests {
         assert_eq!(keys.lines().count(), 3);
         assert!(keys.starts_with(&format!("001 a1 any {}\n", a.key)));
         assert_eq!(fmt_id(1000), "1000");
+    }
+
+    fn insert(reg: &mut Registry, a: &NewAgent, id: Option<u32>, key: Option<&str>) -> Result<AgentEntry, EnrollError> {
+        let fixed = Fixed { id, key: key.map(String::from) };
+        reg.begin().unwrap();
+        let out = match reg.prepare_insert(a, &fixed, now_ms()).unwrap() {
+            Ok(p) => reg.apply_enrollment(&p).unwrap(),
+            Err(e) => Err(e),
+        };
+        reg.commit().unwrap();
+        out
+    }
+
+    #[test]
+    fn an_insertion_keeps_its_id_and_key_and_moves_the_next_id_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reg = Registry::open(dir.path()).unwrap();
+        enroll(&mut reg, &agent("a1", None)).unwrap();
+        let key = "K".repeat(32) + &"7".repeat(32);
+        let e = insert(&mut reg, &agent("fixed", None), Some(123), Some(&key)).unwrap();
+        assert_eq!((e.id, e.key.as_str()), (123, key.as_str()));
+        // Below the last id, where no agent is, is fine too; the next free id stays after 123.
+        assert_eq!(insert(&mut reg, &agent("low", None), Some(50), None).unwrap().id, 50);
+        assert_eq!(enroll(&mut reg, &agent("next", None)).unwrap().id, 124);
+        assert_eq!(
+            insert(&mut reg, &agent("other", None), Some(123), None),
+            Err(EnrollError::DuplicateId("123".into())),
+            "an id held by an agent that may not be replaced"
+        );
+        for bad in ["short", &"x".repeat(65), &("-".to_string() + &"a".repeat(63))] {
+            assert_eq!(
+                insert(&mut reg, &agent("bad", None), None, Some(bad)),
+                Err(EnrollError::InvalidRequest),
+                "{bad}"
+            );
+        }
+        assert_eq!(insert(&mut reg, &agent("zero", None), Some(0), None), Err(EnrollError::InvalidRequest));
+        let keys = std::fs::read_to_string(dir.path().join("etc/client.keys")).unwrap();
+        assert!(keys.contains(&format!("123 fixed any {key}\n")), "{keys}");
+        assert_eq!(keys.lines().count(), 4);
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub(crate) mod user_store;
 pub mod users;
 
 pub use derived::KeySink;
-pub use enroll::NewAgent;
+pub use enroll::{Fixed, NewAgent};
 pub use master::Registry;
 pub use policy::ReplacePolicy;
 pub use replica::Replica;

@@ -48,6 +48,8 @@ pub enum EnrollError {
     UnterminatedKey,
     DuplicateIp(String),
     DuplicateName(String),
+    /// An agent already holds the id an insertion asked for (`POST /agents/insert`).
+    DuplicateId(String),
     Internal(String),
     /// The client certificate is missing or not from the master's CA (protocol 2.2; authd ends
     /// the TLS handshake then, so no reply line is written for it).
@@ -71,6 +73,7 @@ impl fmt::Display for EnrollError {
             EnrollError::UnterminatedKey => f.write_str("Unterminated key field"),
             EnrollError::DuplicateIp(ip) => write!(f, "Duplicate IP: {}", printable(ip)),
             EnrollError::DuplicateName(n) => write!(f, "Duplicate agent name: {}", printable(n)),
+            EnrollError::DuplicateId(id) => write!(f, "Duplicate agent ID: {}", printable(id)),
             EnrollError::Internal(n) => write!(f, "Internal manager error adding agent: {}", printable(n)),
             EnrollError::ClientCertificate(why) => write!(f, "Unable to verify client certificate: {}", printable(why)),
         }

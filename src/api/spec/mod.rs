@@ -335,6 +335,14 @@ pub fn endpoints() -> Vec<Endpoint> {
             web::post().to(add_agent)
         }),
         e(
+            "post",
+            "/agents/insert",
+            "Register an agent with its id and key ({\"name\": ..., \"ip\", \"id\", \"key\"})",
+            PLAIN,
+            Body::Json(&["name"]),
+            || web::post().to(insert_agent),
+        ),
+        e(
             "put",
             "/agents/reconnect",
             "Agents reconnect (#!-force_reconnect)",
