@@ -65,9 +65,14 @@ call -f -X PUT "$master/rules/files/check_rules.xml" -H "Content-Type: applicati
 call -f -X PUT "$master/lists/files/check-keys" -H "Content-Type: application/octet-stream" \
   --data-binary $'check-w:write\ncheck-r:read\n' >/dev/null
 
-# The ossec.conf of the installation each node works in (GET /manager/configuration reads it).
+# The ossec.conf of the installation each node works in (GET /manager/configuration reads it), and
+# the day's totals analysisd writes beside it (GET /manager/stats reads them).
 for n in master worker-1; do
   mkdir -p "$dir/$n/etc"
+  totals="$dir/$n/stats/totals/$(LC_ALL=C date +%Y/%b)"
+  mkdir -p "$totals" "$dir/$n/stats/hourly-average"
+  printf '%s\n' '0-5501-3-2' '0--2--40--1--0' '1--0--9--0--0' >"$totals/ossec-totals-$(date +%d).log"
+  echo 12 >"$dir/$n/stats/hourly-average/0"
   printf '%s\n' '<ossec_config>' '  <global><logall>no</logall><email_notification>no</email_notification></global>' \
     '  <remote><connection>secure</connection><port>1514</port><protocol>tcp</protocol></remote>' \
     '  <auth><port>1515</port><use_source_ip>no</use_source_ip></auth>' '</ossec_config>' >"$dir/$n/etc/ossec.conf"
@@ -122,6 +127,13 @@ print(f"Wazuh's document: {n} operations this API serves ({dropped} it does not)
 json.dump(wazuh, open(sys.argv[3], "w"), default=str)
 PY
 
+# The responses the API's own document takes from Wazuh's, embedded in the binary.
+"$venv/bin/python" scripts/wazuh-responses.py docs/wazuh-api-spec-v4.14.7.yaml "$dir/wazuh-responses.json"
+if ! cmp -s "$dir/wazuh-responses.json" src/api/spec/wazuh-responses.json; then
+  cp "$dir/wazuh-responses.json" target/wazuh-responses.json
+  echo "src/api/spec/wazuh-responses.json is out of date: the current one is in target/wazuh-responses.json" >&2
+  coverage_stale=1
+fi
 if ! cmp -s "$dir/coverage.md" docs/wazuh-api-coverage.md; then
   cp "$dir/coverage.md" target/wazuh-api-coverage.md
   echo "docs/wazuh-api-coverage.md is out of date: the current list is in target/wazuh-api-coverage.md" >&2

@@ -275,7 +275,7 @@ pub(super) async fn ruleset_synchronization(
     )
 }
 
-/// `GET /cluster/{node_id}/{status,info,logs,configuration}`: a node's own `GET /manager/...`, from any node
+/// `GET /cluster/{node_id}/{status,info,logs,configuration,stats...}`: a node's own `GET /manager/...`, from any node
 /// (a worker asks the master, which asks the node, whose API answers with the caller's credential).
 pub(super) async fn node_read(
     node: web::Data<NodeHandle>,
@@ -284,7 +284,8 @@ pub(super) async fn node_read(
     node_id: web::Path<String>,
 ) -> HttpResponse {
     let node_id = node_id.into_inner();
-    let what = req.path().rsplit('/').next().unwrap_or("info").to_string();
+    // What follows `/cluster/{node_id}/`: `status`, `info`, `logs`, `configuration`, `stats[/hourly|/weekly]`.
+    let what = req.path().trim_start_matches('/').splitn(3, '/').nth(2).unwrap_or("info").to_string();
     if node_id == node.name() {
         let query = req.query_string();
         return match what.as_str() {
@@ -298,6 +299,18 @@ pub(super) async fn node_read(
             },
             "configuration" => match web::Query::<manager::ConfigurationQuery>::from_query(query) {
                 Ok(q) => manager::configuration(node, q).await,
+                Err(e) => agents::bad_request(&format!("invalid request: {e}")),
+            },
+            "stats" => match web::Query::<super::stats::TotalsQuery>::from_query(query) {
+                Ok(q) => super::stats::day(node, q).await,
+                Err(e) => agents::bad_request(&format!("invalid request: {e}")),
+            },
+            "stats/hourly" => match web::Query::<overview::PlainParams>::from_query(query) {
+                Ok(q) => super::stats::hourly(node, q).await,
+                Err(e) => agents::bad_request(&format!("invalid request: {e}")),
+            },
+            "stats/weekly" => match web::Query::<overview::PlainParams>::from_query(query) {
+                Ok(q) => super::stats::weekly(node, q).await,
                 Err(e) => agents::bad_request(&format!("invalid request: {e}")),
             },
             _ => match web::Query::<overview::PlainParams>::from_query(query) {

@@ -28,10 +28,15 @@ pub(super) fn is_cluster_read(path: &str) -> bool {
             .any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
 }
 
-/// `/cluster/{node_id}/{status,info,logs,configuration}`: another node's own reads, which the master routes.
+/// `/cluster/{node_id}/{status,info,logs,configuration,stats...}`: another node's own reads, which the master routes.
 fn is_node_read(path: &str) -> bool {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    matches!(parts.as_slice(), ["cluster", node, "status" | "info" | "logs" | "configuration"] if !matches!(*node, "local" | "api"))
+    matches!(
+        parts.as_slice(),
+        ["cluster", node, "status" | "info" | "logs" | "configuration" | "stats"]
+            | ["cluster", node, "stats", "hourly" | "weekly"]
+            if !matches!(*node, "local" | "api")
+    )
 }
 
 /// Whether a worker forwards this `PUT` to the master: a command to agents (the master knows which
@@ -241,12 +246,22 @@ mod tests {
             "/groups/x/agents",
             "/overview/agents",
             "/cluster/healthcheck",
+            "/cluster/worker-2/stats",
+            "/cluster/worker-2/stats/weekly",
         ] {
             assert!(is_cluster_read(forwarded), "{forwarded}");
         }
-        for local in
-            ["/", "/agentsx", "/cluster/actors", "/cluster/nodes", "/rules/files/a.xml", "/health", "/groupsx/a"]
-        {
+        for local in [
+            "/",
+            "/agentsx",
+            "/cluster/actors",
+            "/cluster/nodes",
+            "/rules/files/a.xml",
+            "/health",
+            "/groupsx/a",
+            "/cluster/local/stats",
+            "/cluster/worker-2/stats/monthly",
+        ] {
             assert!(!is_cluster_read(local), "{local}");
         }
     }

@@ -201,6 +201,7 @@ mod rules;
 mod ruleset;
 mod security;
 pub mod spec;
+mod stats;
 mod wql;
 mod xml;
 

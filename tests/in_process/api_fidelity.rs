@@ -801,4 +801,36 @@ async fn a_nodes_status_and_recent_log_lines_as_wazuh_shows_them() {
     assert_eq!(status, 400, "{body}");
     let (status, _) = get(fleet.api(0), &format!("/cluster/{worker_1}/logs?colour=red"), API_TOKEN).await;
     assert_eq!(status, 400, "the node itself refuses what it does not take");
+
+    // The totals analysisd writes beside worker 1 (stats/ of its installation), from any node.
+    let stats = fleet.cluster.dir.path().join(&worker_1).join("stats");
+    std::fs::create_dir_all(stats.join("totals/2026/Mar")).expect("stats dir");
+    std::fs::write(stats.join("totals/2026/Mar/ossec-totals-07.log"), "3-5501-3-2\n3--2--40--1--0\n4--0--9--0--0\n")
+        .expect("totals");
+    std::fs::create_dir_all(stats.join("hourly-average")).expect("hourly dir");
+    std::fs::write(stats.join("hourly-average/5"), "17").expect("hourly");
+    for from in [0, 2] {
+        let (status, body) =
+            get(fleet.api(from), &format!("/cluster/{worker_1}/stats?date=2026-03-07"), API_TOKEN).await;
+        assert_eq!(status, 200, "{body}");
+        let hours = body["data"]["affected_items"].clone();
+        assert_eq!(hours[0]["alerts"], serde_json::json!([{ "sigid": 5501, "level": 3, "times": 2 }]), "{body}");
+        assert_eq!(
+            (hours[0]["hour"].clone(), hours[0]["events"].clone(), hours[1]["events"].clone()),
+            (3.into(), 40.into(), 9.into())
+        );
+        let (status, body) =
+            get(fleet.api(from), &format!("/cluster/{worker_1}/stats?date=2026-03-08"), API_TOKEN).await;
+        assert_eq!((status, body["error"].clone()), (400, 1308.into()), "no totals that day: {body}");
+        let (_, body) = get(fleet.api(from), &format!("/cluster/{worker_1}/stats/hourly"), API_TOKEN).await;
+        assert_eq!(body["data"]["affected_items"][0]["averages"][5], 17, "{body}");
+        let (_, body) = get(fleet.api(from), &format!("/cluster/{worker_1}/stats/weekly"), API_TOKEN).await;
+        assert_eq!(body["data"]["affected_items"][6]["Sat"]["hours"].as_array().map(Vec::len), Some(24), "{body}");
+    }
+    let (status, _) = get(fleet.api(1), "/manager/stats?date=2026-03-07", API_TOKEN).await;
+    assert_eq!(status, 200, "worker 1's own");
+    let (status, _) = get(fleet.api(0), "/manager/stats?date=2026-03-07", API_TOKEN).await;
+    assert_eq!(status, 400, "the master has no totals of that day");
+    let (status, _) = get(fleet.api(0), "/manager/stats?date=March", API_TOKEN).await;
+    assert_eq!(status, 400);
 }

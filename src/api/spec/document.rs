@@ -1,4 +1,5 @@
-//! The OpenAPI 3 document, made from the endpoint table.
+//! The OpenAPI 3 document, made from the endpoint table, with Wazuh's response schemas for the
+//! operations Wazuh has too.
 
 use super::*;
 
@@ -19,11 +20,84 @@ fn statuses(ep: &Endpoint) -> Vec<u16> {
     if ep.method == "post" && ep.path == "/security/users" {
         s.push(500);
     }
+    if ep.path.ends_with("/stats") {
+        // A totals file analysisd wrote that does not read (Wazuh's 1309).
+        s.push(500);
+    }
     // A node whose registry or master is unavailable says so.
     s.push(503);
     s.sort_unstable();
     s.dedup();
     s
+}
+
+/// Wazuh's responses by operation (`<method> <path>`, each `{param}` written `{}`) and the
+/// components they refer to, made from Wazuh's OpenAPI document by `scripts/wazuh-responses.py`
+/// (`scripts/wazuh-api-check.sh` fails when this copy is stale).
+const WAZUH_RESPONSES: &str = include_str!("wazuh-responses.json");
+
+fn wazuh_responses() -> &'static serde_json::Value {
+    static PARSED: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    PARSED.get_or_init(|| serde_json::from_str(WAZUH_RESPONSES).unwrap_or(serde_json::Value::Null))
+}
+
+/// `method path`, with every `{param}` written `{}`: how an operation is named across documents.
+fn operation_key(method: &str, path: &str) -> String {
+    let mut key = format!("{method} ");
+    let mut in_param = false;
+    for c in path.chars() {
+        match c {
+            '{' => {
+                in_param = true;
+                key.push('{');
+            }
+            '}' => {
+                in_param = false;
+                key.push('}');
+            }
+            _ if in_param => {}
+            c => key.push(c),
+        }
+    }
+    key
+}
+
+/// The content types a 200 of `ep` may have besides JSON, and their schemas.
+fn extra_content(ep: &Endpoint) -> Vec<(&'static str, serde_json::Value)> {
+    let text = || serde_json::json!({ "schema": { "type": "string" } });
+    let mut extra = Vec::new();
+    if ep.text {
+        extra.push(("text/plain", text()));
+        // A raw XML file (ossec.conf), with the type Wazuh's API gives it.
+        extra.push(("application/xml", text()));
+    }
+    if ep.path == AUTHENTICATE {
+        extra.push(("text/plain", text()));
+    }
+    extra
+}
+
+/// The responses of `ep`: Wazuh's own for an operation Wazuh has (so the shared operations are
+/// checked against Wazuh's schemas), with the statuses this API adds; a JSON object otherwise.
+fn responses(ep: &Endpoint) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::json;
+    let mut responses =
+        wazuh_responses()["operations"][operation_key(ep.method, ep.path)].as_object().cloned().unwrap_or_default();
+    for code in statuses(ep) {
+        let entry = responses
+            .entry(code.to_string())
+            .or_insert_with(|| json!({ "description": reason(code), "content": { "application/json": { "schema": { "type": "object" } } } }));
+        if code != 200 {
+            continue;
+        }
+        // Wazuh's 200 of a raw read lists JSON only; a `$ref`'d response is left as it is.
+        if let Some(content) = entry.get_mut("content").and_then(|c| c.as_object_mut()) {
+            for (kind, schema) in extra_content(ep) {
+                content.entry(kind).or_insert(schema);
+            }
+        }
+    }
+    responses
 }
 
 /// The OpenAPI 3 document of [`endpoints`].
@@ -44,20 +118,7 @@ pub fn document() -> serde_json::Value {
                 })
             })
             .collect();
-        let mut responses = serde_json::Map::new();
-        for code in statuses(&ep) {
-            let mut content = serde_json::Map::new();
-            content.insert("application/json".into(), json!({ "schema": { "type": "object" } }));
-            if code == 200 && ep.text {
-                content.insert("text/plain".into(), json!({ "schema": { "type": "string" } }));
-                // A raw XML file (ossec.conf), with the type Wazuh's API gives it.
-                content.insert("application/xml".into(), json!({ "schema": { "type": "string" } }));
-            }
-            if code == 200 && ep.path == AUTHENTICATE {
-                content.insert("text/plain".into(), json!({ "schema": { "type": "string" } }));
-            }
-            responses.insert(code.to_string(), json!({ "description": reason(code), "content": content }));
-        }
+        let responses = responses(&ep);
         let mut op = json!({
             "summary": ep.summary,
             "operationId": format!("{}{}", ep.method, ep.path.replace(['/', '{', '}', '.'], "_")),
@@ -107,6 +168,8 @@ pub fn document() -> serde_json::Value {
                 "bearer": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT" },
                 "basic": { "type": "http", "scheme": "basic" },
             },
+            "schemas": wazuh_responses()["components"]["schemas"],
+            "responses": wazuh_responses()["components"]["responses"],
         },
         "paths": paths,
     })

@@ -199,6 +199,15 @@ pub fn endpoints() -> Vec<Endpoint> {
             web::get().to(manager::status)
         }),
         e("get", "/manager/logs", "This node's recent log lines", LOGS, Body::None, || web::get().to(manager::logs)),
+        e("get", "/manager/stats", "analysisd's totals of one day, by hour", STATS, Body::None, || {
+            web::get().to(stats::day)
+        }),
+        e("get", "/manager/stats/hourly", "analysisd's alerts per hour, averaged", PLAIN, Body::None, || {
+            web::get().to(stats::hourly)
+        }),
+        e("get", "/manager/stats/weekly", "analysisd's alerts per hour, by weekday", PLAIN, Body::None, || {
+            web::get().to(stats::weekly)
+        }),
         e("get", "/manager/configuration/validation", "Whether this node's ossec.conf reads", PLAIN, Body::None, || {
             web::get().to(manager::validation)
         }),
@@ -286,6 +295,15 @@ pub fn endpoints() -> Vec<Endpoint> {
             )
         },
         e("get", "/cluster/{node_id}/logs", "A node's recent log lines (its GET /manager/logs)", NODE_LOGS, Body::None, || {
+            web::get().to(node_read)
+        }),
+        e("get", "/cluster/{node_id}/stats", "A node's totals of one day (its GET /manager/stats)", NODE_STATS, Body::None, || {
+            web::get().to(node_read)
+        }),
+        e("get", "/cluster/{node_id}/stats/hourly", "A node's hourly averages", NODE_PLAIN, Body::None, || {
+            web::get().to(node_read)
+        }),
+        e("get", "/cluster/{node_id}/stats/weekly", "A node's weekday averages", NODE_PLAIN, Body::None, || {
             web::get().to(node_read)
         }),
         e(

@@ -242,3 +242,23 @@ macro_rules! logs_params {
 pub(super) const LOGS: &[Param] = logs_params!();
 
 pub(super) const NODE_LOGS: &[Param] = logs_params!(path("node_id", "the node's name"));
+
+/// `GET /manager/stats`.
+pub(super) const STATS: &[Param] = params![
+    query("pretty", "boolean", "indented JSON"),
+    query("wait_for_complete", "boolean", "accepted"),
+    query("date", "string", "the day (YYYY-MM-DD); today when absent")
+];
+/// `GET /cluster/{node_id}/stats`.
+pub(super) const NODE_STATS: &[Param] = params![
+    path("node_id", "the node's name"),
+    query("pretty", "boolean", "indented JSON"),
+    query("wait_for_complete", "boolean", "accepted"),
+    query("date", "string", "the day (YYYY-MM-DD); today when absent")
+];
+/// A node's read with no parameter of its own.
+pub(super) const NODE_PLAIN: &[Param] = params![
+    path("node_id", "the node's name"),
+    query("pretty", "boolean", "indented JSON"),
+    query("wait_for_complete", "boolean", "accepted")
+];
