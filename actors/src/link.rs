@@ -113,7 +113,17 @@ pub enum Pin {
 
 /// [`dial`] with the identity check `pin`.
 pub(crate) async fn dial_checking(addr: &str, settings: &ChannelSettings, pin: Pin) -> Result<Link, LinkError> {
-    let deadline = settings.handshake_timeout;
+    dial_within(addr, settings, pin, settings.handshake_timeout).await
+}
+
+/// [`dial_checking`] within `deadline` rather than the configured handshake timeout (a worker
+/// following a failover does not wait 10 s on a master that has gone silent).
+pub(crate) async fn dial_within(
+    addr: &str,
+    settings: &ChannelSettings,
+    pin: Pin,
+    deadline: Duration,
+) -> Result<Link, LinkError> {
     match tokio::time::timeout(deadline, dial_inner(addr, settings, pin)).await {
         Ok(result) => result,
         Err(_) => Err(LinkError::Timeout(deadline)),

@@ -4,6 +4,13 @@
 //! dead socket: a dial has the handshake deadline, and a connection silent for three keep-alive
 //! intervals is closed. It also carries what the worker forwards to the master: enrollments, their
 //! outcomes (kept in the replica's outbox until acknowledged), and agent/group changes.
+//!
+//! With several master-eligible nodes it follows the leader ([`WorkerLink::following`]): a node
+//! that does not lead names the leader, which is dialled next. A failover is followed in seconds
+//! whatever the leader's failure: the keep-alive is at most [`HA_KEEPALIVE`], so a leader that is
+//! frozen or cut off is found silent within three of them; the master it left is dialled last for
+//! [`LEFT_FOR`] (the others elect its successor meanwhile, and name it); and dials while following
+//! a failover have [`FAILOVER_HANDSHAKE`] to finish rather than the full handshake timeout.
 
 use crate::backoff::Backoff;
 use crate::connection::{
@@ -20,7 +27,7 @@ use actix::prelude::*;
 use log::{error, info, warn};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wazuh_cluster_protocol::message::{
     AdminForward, AdminRequest, AdminResult, ApiAnswer, ApiCall, EnrollForward, EnrollResolve, EnrollResult,
 };
@@ -40,6 +47,9 @@ pub struct WorkerLink {
     master: String,
     /// High availability: every master-eligible node, tried in turn (empty: one master).
     masters: Vec<String>,
+    /// High availability: the master whose connection ended last, and when (dialled last for
+    /// [`LEFT_FOR`], even when another names it as the leader).
+    left: Option<(String, Instant)>,
     conn: Option<Live>,
     /// Failed attempts since the last established connection.
     failures: u32,
@@ -71,9 +81,17 @@ pub enum ForwardError {
     Stopping,
 }
 
+/// High availability: the longest keep-alive interval of a worker's link (a leader that stopped
+/// answering is found silent within three of them).
+pub const HA_KEEPALIVE: Duration = Duration::from_secs(1);
+/// High availability: how long the master whose connection just ended is dialled last.
+pub const LEFT_FOR: Duration = Duration::from_secs(5);
+/// High availability: the handshake deadline while following a failover.
+pub const FAILOVER_HANDSHAKE: Duration = Duration::from_secs(2);
+
 impl WorkerLink {
     pub fn new(settings: Arc<ChannelSettings>, master: String, services: WorkerServices) -> Self {
-        Self { settings, services, master, masters: Vec::new(), conn: None, failures: 0, stopping: false }
+        Self { settings, services, master, masters: Vec::new(), left: None, conn: None, failures: 0, stopping: false }
     }
 
     /// Follows the leader among `masters` (the master-eligible nodes): a node that does not lead
@@ -90,8 +108,29 @@ impl WorkerLink {
     pub fn following(mut self, masters: Vec<String>) -> Self {
         if masters.len() > 1 {
             self.masters = masters;
+            if self.settings.keepalive_interval > HA_KEEPALIVE {
+                let mut settings = (*self.settings).clone();
+                settings.keepalive_interval = HA_KEEPALIVE;
+                self.settings = Arc::new(settings);
+            }
         }
         self
+    }
+
+    /// Whether `master` is the one whose connection ended less than [`LEFT_FOR`] ago.
+    fn just_left(&self, master: &str) -> bool {
+        self.left.as_ref().is_some_and(|(m, at)| m == master && at.elapsed() < LEFT_FOR)
+    }
+
+    /// How long a dial may take: [`FAILOVER_HANDSHAKE`] while following a failover (a master
+    /// that is cut off is not waited on for the full handshake timeout).
+    fn dial_deadline(&self) -> Duration {
+        let following_failover = !self.masters.is_empty() && (self.failures > 0 || self.left.is_some());
+        if following_failover {
+            self.settings.handshake_timeout.min(FAILOVER_HANDSHAKE)
+        } else {
+            self.settings.handshake_timeout
+        }
     }
 
     fn conn_handle(&self) -> Option<ConnHandle<WorkerSide>> {
@@ -141,7 +180,8 @@ impl WorkerLink {
         let settings = self.settings.clone();
         let master = self.master.clone();
         let pin = if self.masters.is_empty() { link::Pin::Master } else { link::Pin::Peer };
-        let fut = async move { link::dial_checking(&master, &settings, pin).await };
+        let deadline = self.dial_deadline();
+        let fut = async move { link::dial_within(&master, &settings, pin, deadline).await };
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
             if act.stopping {
                 return;
@@ -149,6 +189,7 @@ impl WorkerLink {
             match result {
                 Ok(link) => {
                     act.failures = 0;
+                    act.left = None;
                     let (handle, transport) = connection::open::<WorkerSide>(link, &act.settings);
                     let jobs = WorkerJobs::spawn(handle.clone(), &act.settings, &act.services);
                     let dispatch: Rc<dyn Dispatch<WorkerSide>> = jobs.clone();
@@ -158,8 +199,10 @@ impl WorkerLink {
                     act.flush_outbox(ctx);
                 }
                 Err(LinkError::Refused { refusal: Refusal::NotLeader { leader }, .. }) if !act.masters.is_empty() => {
-                    // Straight to the leader it named (or the next one, if it knows none yet).
-                    let next = leader.filter(|l| *l != act.master).unwrap_or_else(|| act.next_master());
+                    // Straight to the leader it named (or the next one, if it knows none yet, or
+                    // names the leader just left: the others are electing its successor).
+                    let next =
+                        leader.filter(|l| *l != act.master && !act.just_left(l)).unwrap_or_else(|| act.next_master());
                     info!(node = act.node(); "{} does not lead the masters; dialling {next}", act.master);
                     act.master = next;
                     act.failures = act.failures.min(1);
@@ -176,10 +219,20 @@ impl WorkerLink {
         }));
     }
 
-    /// The master-eligible node after the one dialled now, in the configured order.
+    /// The master-eligible node after the one dialled now, in the configured order, passing over
+    /// the one just left while there is another.
     fn next_master(&self) -> String {
         let at = self.masters.iter().position(|m| *m == self.master).map_or(0, |i| i + 1);
-        self.masters[at % self.masters.len()].clone()
+        let n = self.masters.len();
+        let candidates = (0..n).map(|k| &self.masters[(at + k) % n]);
+        let mut fallback = None;
+        for m in candidates {
+            if !self.just_left(m) {
+                return m.clone();
+            }
+            fallback.get_or_insert(m);
+        }
+        fallback.cloned().unwrap_or_else(|| self.master.clone())
     }
 
     fn log_failure(&self, err: &LinkError) {
@@ -216,9 +269,19 @@ impl Handler<ConnectionClosed> for WorkerLink {
 
     fn handle(&mut self, _: ConnectionClosed, ctx: &mut Context<Self>) {
         self.conn = None;
-        if !self.stopping {
-            self.retry_later(ctx);
+        if self.stopping {
+            return;
         }
+        if self.masters.is_empty() {
+            return self.retry_later(ctx);
+        }
+        // The leader went away (closed, silent, or no longer leading): ask the others first; they
+        // name its successor once it is elected, and the one left is dialled last for a while.
+        self.left = Some((self.master.clone(), Instant::now()));
+        self.master = self.next_master();
+        info!(node = self.node(); "the connection to master {} ended; following the leader through {}", self.left.as_ref().map_or("", |(m, _)| m.as_str()), self.master);
+        self.failures = 0;
+        self.retry_later(ctx);
     }
 }
 

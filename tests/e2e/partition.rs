@@ -28,7 +28,10 @@ struct Net {
 
 impl Net {
     fn new(n: usize) -> Net {
-        let tag = format!("wmn{}", std::process::id());
+        // Unique per network: the tests of this file run at once in one process.
+        static NETS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let k = NETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("wmn{}x{k}", std::process::id());
         let net = Net { switch: format!("{tag}-sw"), nodes: (0..n).map(|i| format!("{tag}-n{i}")).collect() };
         let sw = net.switch.as_str();
         ip(&["netns", "add", sw]);
@@ -193,6 +196,83 @@ fn a_leader_cut_off_by_a_partition_refuses_changes_the_majority_goes_on_and_all_
         let bad = history.violations(&table);
         assert!(bad.is_empty(), "m{i}: {bad:#?}");
     }
+    for n in nodes {
+        assert!(n.terminate().success());
+    }
+}
+
+#[test]
+fn workers_follow_a_new_leader_within_seconds_of_a_partition_with_the_shipped_timings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = write_key(dir.path(), "cluster.key");
+    // Masters in namespaces 0..2, workers in 3 and 4.
+    let net = Net::new(5);
+    let masters: Vec<String> = (0..3).map(|i| format!("{}:1516", Net::addr(i))).collect();
+    let node_sets = |name: &str, extra: Vec<String>| {
+        let mut s = local(dir.path(), name, &key, 1516);
+        // The shipped timings: local()'s shorter keep-alive is left out.
+        s.retain(|x| {
+            !x.starts_with("cluster.") || x.starts_with("cluster.key_file") || x.starts_with("cluster.admission")
+        });
+        s.retain(|x| !x.starts_with("api.bind") && !x.starts_with("enrollment.bind") && !x.starts_with("agents.bind"));
+        s.extend([
+            format!("node.name={name}"),
+            format!("cluster.masters={}", masters.join(",")),
+            "api.bind=127.0.0.1:55000".into(),
+            "enrollment.bind=0.0.0.0:1515".into(),
+            "agents.bind=0.0.0.0:1514".into(),
+        ]);
+        s.extend(extra);
+        s
+    };
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let s = node_sets(&format!("m{i}"), vec![format!("cluster.bind={}", masters[i])]);
+            Node::spawn(&format!("m{i}"), run_command(net.exec(i, BIN), "master.toml", &s))
+        })
+        .collect();
+    for w in 0..2 {
+        let s = node_sets(&format!("w{w}"), vec!["cluster.master=".into()]);
+        nodes.push(Node::spawn(&format!("w{w}"), run_command(net.exec(3 + w, BIN), "worker-1.toml", &s)));
+    }
+    for w in &nodes[3..] {
+        w.wait_for(&["handshake complete with master m"]);
+    }
+    let history = History::default();
+    let enroll_through = |w: usize, attempt: usize, tag: &str| {
+        let sim = net.exec(3 + w, agent_sim());
+        history.enroll(sim, ENROLL, 1, 1, &format!("{tag}-w{w}-{attempt}"), dir.path()) == 1
+    };
+    let start = Instant::now();
+    while !(0..2).all(|w| enroll_through(w, 0, "before")) {
+        assert!(start.elapsed() < WAIT, "no enrollment through both workers before the partition");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let first = leader(&net, &[0, 1, 2], &history, dir.path(), Duration::from_secs(20));
+    let rest: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+
+    // The leader is cut off from everyone, workers included.
+    net.cut(first);
+    let at = Instant::now();
+    let leads = || rest.iter().any(|&i| crate::ha::leads(&view(&net, i)));
+    let followed = crate::failover::follow(
+        at,
+        &leads,
+        &|w, attempt| enroll_through(w, attempt, "partition"),
+        2,
+        Duration::from_secs(60),
+    );
+    eprintln!("partition of leader m{first}: {followed}");
+    assert!(
+        followed.worst_after_election() < crate::failover::LOOSE,
+        "the workers took {:?} after the election",
+        followed.worst_after_election()
+    );
+
+    // Healed, every node holds what the clients saw acknowledged, and nothing else.
+    net.heal(first);
+    let dirs: Vec<std::path::PathBuf> = ["m0", "m1", "m2", "w0", "w1"].iter().map(|n| dir.path().join(n)).collect();
+    crate::failover::wait_agreed(&dirs, &history);
     for n in nodes {
         assert!(n.terminate().success());
     }

@@ -203,18 +203,25 @@ async fn accept_loop(listener: TcpListener, addr: Addr<MasterListener>, node: St
 #[rtype(result = "()")]
 struct NotLeading;
 
-/// Watches the Raft node's state and tells the listener when it stops leading.
+/// Watches the Raft node's state and tells the listener when it stops leading, including when its
+/// lease lapses without a new report (checked every heartbeat as well as on each report).
 async fn follow_leadership(raft: crate::consensus::network::Raft, listener: Addr<MasterListener>) {
     let mut metrics = raft.metrics();
     let mut leading = false;
+    let every = std::time::Duration::from_millis(crate::consensus::Timing::DEFAULT.heartbeat);
     loop {
         let now = crate::consensus::writes::leadership(&raft).is_ok();
         if leading && !now {
             listener.do_send(NotLeading);
         }
         leading = now;
-        if metrics.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = tokio::time::sleep(every) => {}
         }
     }
 }
