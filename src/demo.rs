@@ -30,6 +30,8 @@ fn node_config(
         ("enrollment.bind".to_string(), "127.0.0.1:0".to_string()),
         ("agents.bind".to_string(), "127.0.0.1:0".to_string()),
         ("cluster.intervals.keepalive".to_string(), "2s".to_string()),
+        // Ctrl-C ends the demo at once: its workers drain their agents for 2 s at most.
+        ("agents.drain_timeout".to_string(), "2s".to_string()),
     ];
     overrides.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
     Ok(Config::load(&Sources { file: None, env: Vec::new(), overrides, host_name: None })?)

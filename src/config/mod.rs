@@ -65,6 +65,9 @@
 //! archive_max_size = "100MiB"  # events archive (var/archives/events.jsonl) rotates above this...
 //! archive_keep = 5           # ...keeping this many old files
 //! archive = true             # false: no events archive (with [analysis], analysisd has them)
+//! drain_timeout = "30s"      # worker, on SIGTERM: asks its agents to reconnect elsewhere and waits
+//!                            # for them to go, this long at most (0s: no drain), then stops
+//! drain_rate = 200           # ...asking at most this many agents per second
 //!
 //! [analysis]                 # the hand-off to wazuh-analysisd; off unless queue is set
 //! queue = ""                 # its event socket; relative to data_dir ("queue/sockets/queue" in a Wazuh install)
@@ -300,6 +303,11 @@ pub struct AgentsConfig {
     pub archive_keep: usize,
     /// Write events to `var/archives/events.jsonl`.
     pub archive: bool,
+    /// Worker, on a graceful stop: how long its agents get to reconnect elsewhere (zero: no drain).
+    #[serde(serialize_with = "ser_duration")]
+    pub drain_timeout: Duration,
+    /// Agents asked to reconnect per second during a drain.
+    pub drain_rate: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

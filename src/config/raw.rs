@@ -118,6 +118,8 @@ pub(super) struct RawAgents {
     pub(super) archive_max_size: Option<String>,
     pub(super) archive_keep: Option<usize>,
     pub(super) archive: Option<bool>,
+    pub(super) drain_timeout: Option<String>,
+    pub(super) drain_rate: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

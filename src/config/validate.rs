@@ -290,6 +290,18 @@ fn agents_section(agents: RawAgents) -> Result<AgentsConfig, ConfigError> {
         archive_max_size,
         archive_keep: agents.archive_keep.unwrap_or(5).min(100),
         archive: agents.archive.unwrap_or(true),
+        drain_timeout: duration_field(
+            "agents.drain_timeout",
+            agents.drain_timeout,
+            "30s",
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        )?,
+        drain_rate: match agents.drain_rate {
+            Some(0) => return Err(invalid("agents.drain_rate", "must be at least 1 agent per second")),
+            Some(n) => n,
+            None => 200,
+        },
     })
 }
 

@@ -15,10 +15,18 @@ impl RunningNode {
     /// connections, say goodbye to peers and wait (bounded) for each connection and its jobs to
     /// stop, then let the API finish its requests.
     pub async fn shutdown(&self, reason: &str) {
+        self.agents_accept.abort();
         for t in &self.tasks {
             t.abort();
         }
         let api = self.api.stop(true);
+        if let NodeHandle::Worker { link, .. } = &self.handle {
+            // Goodbye first: the master then counts this node's agents disconnected at once, so
+            // the nodes they move to during the drain are believed at once. The drain needs no
+            // master: sessions, events, the archive and analysisd are this node's.
+            let _ = link.send(worker::Shutdown { reason: reason.into() }).await;
+            self.drain().await;
+        }
         let _ = self.handle.hub().send(CloseAll(reason.to_string())).await;
         match &self.handle {
             NodeHandle::Master { listener, writes, .. } => {
@@ -29,9 +37,7 @@ impl RunningNode {
                     }
                 }
             }
-            NodeHandle::Worker { link, .. } => {
-                let _ = link.send(worker::Shutdown { reason: reason.into() }).await;
-            }
+            NodeHandle::Worker { .. } => {}
         }
         if let Some(counters) = self.agent_counters.clone() {
             let name = self.handle.name().to_string();
@@ -46,8 +52,28 @@ impl RunningNode {
         api.await;
     }
 
+    /// Worker, no longer accepting agents and gone from the master: asks the agents connected to
+    /// reconnect elsewhere (through a balancer, or the next server in their list), serving them
+    /// until they are gone or the drain deadline passes. Their events keep being taken meanwhile.
+    async fn drain(&self) {
+        if self.drain.deadline.is_zero() {
+            return;
+        }
+        let node = self.handle.name().to_string();
+        match self.handle.hub().send(self.drain).await {
+            Ok(d) if d.left == 0 => {
+                info!(node = node.as_str(); "drained: {} agents asked to reconnect elsewhere, all gone in {} ms", d.asked, d.took.as_millis())
+            }
+            Ok(d) => {
+                warn!(node = node.as_str(); "drain deadline passed: {} agents asked to reconnect elsewhere, {} still connected after {} ms are closed", d.asked, d.left, d.took.as_millis())
+            }
+            Err(e) => warn!(node = node.as_str(); "cannot drain the agents ({e}); closing their connections"),
+        }
+    }
+
     /// Abrupt stop, as a crash: sockets dropped without goodbyes (tests).
     pub async fn kill(&self) {
+        self.agents_accept.abort();
         for t in &self.tasks {
             t.abort();
         }

@@ -151,6 +151,10 @@ pub struct RunningNode {
     pub agents_addr: SocketAddr,
     pub(super) api: ServerHandle,
     pub(super) tasks: Vec<actix_rt::task::JoinHandle<()>>,
+    /// The acceptor of agent connections (stopped first when the node drains).
+    pub(super) agents_accept: actix_rt::task::JoinHandle<()>,
+    /// Worker: how its agents are drained on a graceful stop (`[agents] drain_timeout`, `drain_rate`).
+    pub(super) drain: wazuh_cluster_actors::agents::messages::Drain,
     pub(super) analysis: Option<Arc<AnalysisQueue>>,
     pub(super) agent_counters: Option<Arc<AgentCounters>>,
     /// Cut when an actor the node cannot run without dies (see `supervise::Lifeline`).
@@ -237,7 +241,7 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
     let (agent_tcp, agents_addr) = agents;
     let places = config.agents.max_connections.map_or(budget.agents, |n| n.min(budget.agents));
     let agent_pool = Pool::new(places as usize, config.agents.max_pending_per_address);
-    tasks.push(actix_rt::spawn(session::serve(agent_tcp, AgentHub::link(handle.hub()), shared, agent_pool)));
+    let agents_accept = actix_rt::spawn(session::serve(agent_tcp, AgentHub::link(handle.hub()), shared, agent_pool));
     info!(node = handle.name(); "agent connections listening on {agents_addr}");
     let (api_listener, api_addr) = api;
     let info = crate::api::NodeInfo {
@@ -277,7 +281,23 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
         hub: handle.hub().clone(),
         ruleset: handle.ruleset().map(|(reloader, _)| reloader.clone()),
     });
-    Ok(RunningNode { handle, api_addr, enrollment_addr, agents_addr, api, tasks, analysis, agent_counters, lifeline })
+    let drain = wazuh_cluster_actors::agents::messages::Drain {
+        rate: config.agents.drain_rate,
+        deadline: config.agents.drain_timeout,
+    };
+    Ok(RunningNode {
+        handle,
+        api_addr,
+        enrollment_addr,
+        agents_addr,
+        api,
+        tasks,
+        agents_accept,
+        drain,
+        analysis,
+        agent_counters,
+        lifeline,
+    })
 }
 
 /// The data dir, the node's identity, the open-file budget, the API's guard, TLS and the channel

@@ -219,6 +219,9 @@ pub fn local(dir: &Path, node: &str, key: &Path, port: u16) -> Vec<String> {
         format!("api.token={API_TOKEN}"),
         "api.tls=false".to_string(),
         "cluster.intervals.keepalive=500ms".to_string(),
+        // A worker stopped with agents still connected drains them for 2 s at most (`terminate`
+        // gives a node 5 s); the drain's own test sets the shipped deadline.
+        "agents.drain_timeout=2s".to_string(),
         // Workers join on the cluster key alone here; the join-token path has its own tests.
         "cluster.admission=open".to_string(),
     ]

@@ -1,7 +1,7 @@
 //! End to end: the real `wazuh-cluster` binary (and `agent-sim`) as separate processes, in one test
 //! binary. [`processes`]: clusters from the `deploy/` configs, crashes, enrollment, sync, 1,000
 //! agents. [`runtime`]: the runtime under abuse (a taken port, a flooding worker, a full disk).
-//! [`ha`]: three master-eligible nodes, a leader lost; [`failover`]: workers following a frozen or
+//! [`drain`]: a worker drained on SIGTERM, its agents moving to the others. [`ha`]: three master-eligible nodes, a leader lost; [`failover`]: workers following a frozen or
 //! killed leader within seconds; [`partition`]: the leader cut off by a
 //! network partition (namespaces); [`checker`]: what clients saw acknowledged against the final
 //! registry.
@@ -10,6 +10,7 @@
 mod common;
 
 mod checker;
+mod drain;
 mod failover;
 mod ha;
 mod partition;

@@ -215,6 +215,8 @@ pub async fn read_payload(stream: &mut TcpStream) -> anyhow::Result<Vec<u8>> {
 enum ConnEnd {
     Stopped,
     Reconnect,
+    /// The connection was up, then failed (the manager closed it, a read or write failed).
+    Lost,
 }
 
 /// How simulated agents behave once connected.
@@ -226,6 +228,10 @@ pub struct AgentOpts {
     pub events_per_s: f64,
     /// Bytes of each event's log line.
     pub event_size: usize,
+    /// Real-agent reconnection: failed attempts on one server before the next (0: move at once).
+    pub max_retries: u32,
+    /// Real-agent reconnection: the pause after each failed attempt.
+    pub retry_interval: std::time::Duration,
 }
 
 /// Resolves once `stop` says so (at once if it already has).
@@ -252,21 +258,43 @@ pub async fn run_agent(
     use std::sync::atomic::Ordering::Relaxed;
     let mut idx = first;
     let mut attempt = 0u32;
+    let real = opts.max_retries > 0;
     while !*stop.borrow() {
         let addr = &addrs[idx % addrs.len()];
-        match agent_conn(&mut agent, addr, &opts, &mut stop, &stats, &mut cmds).await {
+        let pause = match agent_conn(&mut agent, addr, &opts, &mut stop, &stats, &mut cmds).await {
             Ok(ConnEnd::Stopped) => break,
-            Ok(ConnEnd::Reconnect) => attempt = 0,
-            Err(_) => {
+            // As a real agent: the same server again, at once; the attempts start over.
+            Ok(ConnEnd::Reconnect | ConnEnd::Lost) if real => {
+                attempt = 0;
+                std::time::Duration::ZERO
+            }
+            Err(_) if real => {
                 stats.errors.fetch_add(1, Relaxed);
                 attempt += 1;
+                if attempt >= opts.max_retries {
+                    // The last attempt on this server failed: the next one in the list.
+                    attempt = 0;
+                    idx += 1;
+                }
+                opts.retry_interval
             }
-        }
-        idx += 1;
+            ended => {
+                match ended {
+                    Ok(ConnEnd::Reconnect) => attempt = 0,
+                    // Counted as an error where it was lost.
+                    Ok(_) => attempt += 1,
+                    Err(_) => {
+                        stats.errors.fetch_add(1, Relaxed);
+                        attempt += 1;
+                    }
+                }
+                idx += 1;
+                std::time::Duration::from_millis(
+                    (50u64 << attempt.min(4)) + wazuh_cluster_actors::backoff::random_u64() % 100,
+                )
+            }
+        };
         stats.reconnects.fetch_add(1, Relaxed);
-        let pause = std::time::Duration::from_millis(
-            (50u64 << attempt.min(4)) + wazuh_cluster_actors::backoff::random_u64() % 100,
-        );
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = stopped(&mut stop) => break,
@@ -294,9 +322,18 @@ async fn agent_conn(
     stats.active.fetch_add(1, Relaxed);
     let result = conversation(agent, &mut stream, opts, stop, stats, cmds).await;
     stats.active.fetch_sub(1, Relaxed);
-    if matches!(result, Ok(ConnEnd::Stopped)) {
-        let bye = agent.frame(b"#!-agent shutdown ");
-        let _ = stream.write_all(&bye).await;
+    let result = match result {
+        Err(_) => {
+            stats.errors.fetch_add(1, Relaxed);
+            Ok(ConnEnd::Lost)
+        }
+        ended => ended,
+    };
+    if matches!(result, Ok(ConnEnd::Stopped | ConnEnd::Reconnect)) {
+        if matches!(result, Ok(ConnEnd::Stopped)) {
+            let bye = agent.frame(b"#!-agent shutdown ");
+            let _ = stream.write_all(&bye).await;
+        }
         // End the stream and read what the manager still sends until it closes too: a socket
         // closed with unread bytes resets the connection, and a reset makes the manager's kernel
         // drop whatever events it had received and the manager had not read yet.

@@ -2,9 +2,9 @@
 
 use super::merged::{groups_key, MergedCache};
 use super::messages::{
-    AskAgent, AskError, Bind, BindRefused, CloseAll, Closed, Delivered, ForceReconnect, GetHubView, HubLink, HubView,
-    RefreshKeys, ResendAll, Seen, SeenKind, SendToAgents, SessionTx, SharedChanged, TakeUpdates, WatchFigures,
-    FIGURES_EVERY,
+    AskAgent, AskError, Bind, BindRefused, CloseAll, Closed, Delivered, Drain, Drained, ForceReconnect, GetHubView,
+    HubLink, HubView, RefreshKeys, ResendAll, Seen, SeenKind, SendToAgents, SessionTx, SharedChanged, TakeUpdates,
+    WatchFigures, FIGURES_EVERY,
 };
 use super::{AgentKey, Shared};
 use crate::registry::fmt_id;
@@ -88,6 +88,8 @@ pub struct AgentHub {
     /// Requests asked of agents and not answered yet, by counter: the agent, and where the answer goes.
     asks: HashMap<String, (u32, tokio::sync::oneshot::Sender<String>)>,
     next_ask: u32,
+    /// The drain under way (see [`Drain`]).
+    drain: Option<SpawnHandle>,
 }
 
 /// Most requests to agents in flight at once (remoted's request pool is of the same order).
@@ -108,6 +110,7 @@ impl AgentHub {
             figures: tokio::sync::watch::Sender::new(HubView::default()),
             asks: HashMap::new(),
             next_ask: (crate::backoff::random_u64() & 0xffff_ffff) as u32,
+            drain: None,
         }
     }
 
@@ -608,6 +611,50 @@ impl AgentHub {
             analysis_connected: a.map_or(0, |a| a.connected.load(Ordering::Relaxed) as u64),
             analysis_configured: u64::from(a.is_some()),
         }
+    }
+}
+
+/// How often a drain asks the next agents and checks whether they are gone.
+const DRAIN_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl Handler<Drain> for AgentHub {
+    type Result = ResponseFuture<Drained>;
+
+    fn handle(&mut self, Drain { rate, deadline }: Drain, ctx: &mut Context<Self>) -> Self::Result {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let mut reply = Some(reply);
+        let started = std::time::Instant::now();
+        // A tenth of the rate each tick, carrying the remainder over (5 a second is one each 200 ms).
+        let per_tick = f64::from(rate.max(1)) * DRAIN_TICK.as_secs_f64();
+        let mut owed = 0.0f64;
+        let mut asked: std::collections::HashSet<u32> = std::collections::HashSet::new();
+        info!(node = self.node(); "draining: asking {} agents to reconnect elsewhere, {rate} a second, for {} s at most", self.live.len(), deadline.as_secs_f64());
+        let tick = move |hub: &mut AgentHub, ctx: &mut Context<AgentHub>| {
+            let done = hub.live.is_empty() || started.elapsed() >= deadline;
+            if done {
+                if let Some(reply) = reply.take() {
+                    let _ = reply.send(Drained { asked: asked.len(), left: hub.live.len(), took: started.elapsed() });
+                }
+                if let Some(h) = hub.drain.take() {
+                    ctx.cancel_future(h);
+                }
+                return;
+            }
+            owed += per_tick;
+            let mut n = owed as usize;
+            owed -= n as f64;
+            for (id, live) in &hub.live {
+                if n == 0 {
+                    break;
+                }
+                if !asked.contains(id) && live.tx.push(vec![b"#!-force_reconnect".to_vec()]) {
+                    asked.insert(*id);
+                    n -= 1;
+                }
+            }
+        };
+        self.drain = Some(ctx.run_interval(DRAIN_TICK, tick));
+        Box::pin(async move { answer.await.unwrap_or_default() })
     }
 }
 

@@ -243,6 +243,27 @@ pub enum AskError {
 #[rtype(result = "Vec<u32>")]
 pub struct SendToAgents(pub Vec<(u32, Vec<u8>)>);
 
+/// The node is stopping and no longer accepts agents: asks the connected ones to reconnect
+/// (`#!-force_reconnect`, as Wazuh's remoted asks), at most `rate` a second so that the nodes they
+/// go to are not stormed, and answers once none is connected or `deadline` has passed. Meanwhile
+/// their connections are served as before: what they send before they go is taken.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "Drained")]
+pub struct Drain {
+    pub rate: u32,
+    pub deadline: std::time::Duration,
+}
+
+/// How a [`Drain`] ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Agents asked to reconnect.
+    pub asked: usize,
+    /// Agents still connected at the end (the deadline passed).
+    pub left: usize,
+    pub took: std::time::Duration,
+}
+
 /// Closes every agent connection (the node is stopping); returns how many were closed.
 #[derive(Message)]
 #[rtype(result = "usize")]

@@ -165,6 +165,23 @@ impl MasterListener {
         });
     }
 
+    /// Worker `node` is gone: its agents that have not reported elsewhere are disconnected now.
+    fn node_gone(&self, node: &str) {
+        let (registry, node, me) = (self.services.registry.clone(), node.to_string(), self.settings.node_name.clone());
+        actix_rt::spawn(async move {
+            let gone = node.clone();
+            match registry.run(move |r| r.node_gone(&gone, crate::clock::now_ms())).await {
+                Ok(ids) if !ids.is_empty() => {
+                    info!(node = me.as_str(); "worker {node} is gone: its {} agents still active there are disconnected until they report through another node", ids.len())
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(node = me.as_str(); "worker {node} is gone, but its agents' statuses could not be updated: {e}")
+                }
+            }
+        });
+    }
+
     fn stop_accepting(&mut self) {
         if let Some(task) = self.accept_task.take() {
             task.abort();
@@ -435,6 +452,7 @@ impl Handler<ConnectionClosed> for MasterListener {
         if self.workers.get(&msg.peer).is_some_and(|w| w.peer_addr == msg.peer_addr) {
             self.workers.remove(&msg.peer);
             self.set_live(&msg.peer, false);
+            self.node_gone(&msg.peer);
         }
     }
 }

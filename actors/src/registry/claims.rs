@@ -44,6 +44,29 @@ impl Registry {
         }
     }
 
+    /// Worker `node`'s connection to the master ended (a goodbye after its drain, or a death): the
+    /// agents it still had active or pending are disconnected now, rather than counted active on a
+    /// node that is gone until they report elsewhere. An agent that reports through another node
+    /// since is untouched (its node is that one). The ids disconnected.
+    pub(crate) fn node_gone(&mut self, node: &str, now: u64) -> Result<Vec<u32>, StoreError> {
+        let ids: Vec<u32> = self
+            .conn
+            .prepare_cached("SELECT id FROM agents WHERE node_name = ?1 AND status IN ('active', 'pending')")?
+            .query_map(params![node], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for &id in &ids {
+            self.table
+                .conn
+                .prepare_cached(
+                    "UPDATE agents SET status = 'disconnected', disconnected_at = ?2
+                     WHERE id = ?1 AND node_name = ?3 AND status IN ('active', 'pending')",
+                )?
+                .execute(params![id, now as i64, node])?;
+            self.counts.update(id, "disconnected", node, None);
+        }
+        Ok(ids)
+    }
+
     /// A log line about the reports refused as contested since the last line, at most once per
     /// 10 s (the caller logs it, naming its node).
     pub(crate) fn contest_line(&mut self) -> Option<String> {
@@ -260,6 +283,30 @@ mod tests {
         assert_eq!(reg.store_statuses("worker-1", &[status(a.id, "active", Some(now_ms()))]).unwrap(), (1, 0, 0));
         let row = reg.rows(Some(a.id)).unwrap().remove(0);
         assert_eq!((row.status.as_str(), row.node_name.as_str()), ("active", "worker-1"));
+    }
+
+    /// A worker that is gone leaves no agent counted active on it; one that moved is untouched.
+    #[test]
+    fn a_gone_workers_agents_are_disconnected_at_once_but_not_those_that_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reg = Registry::open(dir.path()).unwrap();
+        let stayed = enroll(&mut reg, &agent("stayed", None)).unwrap();
+        let moved = enroll(&mut reg, &agent("moved", None)).unwrap();
+        let never = enroll(&mut reg, &agent("never", None)).unwrap();
+        reg.set_live("worker-1", true);
+        let t = now_ms() - 1_000;
+        reg.store_statuses("worker-1", &[status(stayed.id, "active", Some(t)), status(moved.id, "active", Some(t))])
+            .unwrap();
+        // Worker 1 says goodbye (it is draining): its agents' moves are believed from then on.
+        reg.set_live("worker-1", false);
+        reg.store_statuses("worker-2", &[status(moved.id, "active", Some(now_ms()))]).unwrap();
+        assert_eq!(reg.node_gone("worker-1", now_ms()).unwrap(), [stayed.id]);
+        let row = |id| reg.rows(Some(id)).unwrap().remove(0);
+        assert_eq!((row(stayed.id).status.as_str(), row(stayed.id).node_name.as_str()), ("disconnected", "worker-1"));
+        assert_eq!((row(moved.id).status.as_str(), row(moved.id).node_name.as_str()), ("active", "worker-2"));
+        assert_eq!(row(never.id).status, "never_connected");
+        assert_eq!(reg.counts.active_on(stayed.id), None);
+        assert!(reg.node_gone("worker-1", now_ms()).unwrap().is_empty(), "once");
     }
 
     /// Competing claims of one agent are decided by the master's order: the live node that has

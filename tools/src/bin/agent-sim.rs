@@ -13,7 +13,9 @@
 //! `#!-force_reconnect`), send their startup, a keep-alive every `--keepalive` seconds and
 //! `--events-per-s` events of `--event-size` bytes each for `--duration` seconds (or until standard
 //! input closes, with `--control-stdin`), check that each startup is acknowledged first, follow
-//! merged.mg pushes (verifying the MD5) and shut down. The summary adds `active` (connected at the
+//! merged.mg pushes (verifying the MD5) and shut down. With `--max-retries N` they reconnect as a
+//! real Wazuh agent does (client-agent/start_agent.c): the same server first, the next one only
+//! after N failed attempts `--retry-interval` seconds apart. The summary adds `active` (connected at the
 //! end), `acks`, `pushes`, `events_sent`, `connection_errors`. `--status-samples N --api URL` also
 //! measures, N times one agent after the other, the time from a keep-alive with a changed label to
 //! that label on the master's API; with `--control-stdin`, a line `status N` on standard input
@@ -76,6 +78,16 @@ struct Args {
     /// Bytes of each event's log line.
     #[arg(long, default_value_t = 200)]
     event_size: usize,
+    /// Real-agent reconnection (Wazuh's `<max_retries>`, 5 in an agent's defaults; 0: off): after
+    /// `#!-force_reconnect` or a lost connection an agent dials the same server again first, and
+    /// moves to the next address only after this many failed attempts `--retry-interval` apart.
+    /// Off, an agent moves to the next address at once, and agents start spread over the addresses
+    /// (on, they all start with the first, as real agents with the same list do).
+    #[arg(long, default_value_t = 0)]
+    max_retries: u32,
+    /// Seconds between real-agent attempts (Wazuh's `<retry_interval>`, 10 in an agent's defaults).
+    #[arg(long, default_value_t = 10.0)]
+    retry_interval: f64,
     /// Seconds the agents stay connected.
     #[arg(long, default_value_t = 30)]
     duration: u64,
@@ -234,6 +246,8 @@ async fn connect_part(args: &Args, part: &Part, keys: &[String]) -> anyhow::Resu
         keepalive: Duration::from_secs_f64(args.keepalive.max(0.01)),
         events_per_s: args.events_per_s.max(0.0),
         event_size: args.event_size,
+        max_retries: args.max_retries,
+        retry_interval: Duration::from_secs_f64(args.retry_interval.max(0.01)),
     });
     let started_ms = now_ms();
     // Who is connected when the run ends is read just before the agents are told to stop.
@@ -277,7 +291,8 @@ async fn connect_part(args: &Args, part: &Part, keys: &[String]) -> anyhow::Resu
     let mut controls = Vec::new();
     for line in keys {
         let agent = SimAgent::from_key_line(line).ok_or_else(|| anyhow::anyhow!("bad key line {line:?}"))?;
-        let n: usize = agent.id.parse().unwrap_or(0);
+        // Spread over the addresses; real agents all start with the first server of their list.
+        let n: usize = if opts.max_retries > 0 { 0 } else { agent.id.parse().unwrap_or(0) };
         // One command at a time per agent (the benchmark waits for each to show on the master).
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         if measures {
@@ -413,6 +428,8 @@ fn part_args(args: &Args, index: usize, count: usize) -> Vec<String> {
     push("--keepalive", args.keepalive.to_string());
     push("--events-per-s", args.events_per_s.to_string());
     push("--event-size", args.event_size.to_string());
+    push("--max-retries", args.max_retries.to_string());
+    push("--retry-interval", args.retry_interval.to_string());
     push("--duration", args.duration.to_string());
     if index == 0 {
         push("--status-samples", args.status_samples.to_string());
