@@ -377,6 +377,13 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 let (status, body) = client::request(&api.api, "GET", "/cluster/status", cred(&api)?.as_deref(), None)?;
                 let value = answer(&api, status, "/cluster/status", &body)?;
                 print!("{}", report::raft_table(&value));
+                // Agents per worker and the rebalancer's state (a master too old to say: nothing).
+                let (status, body) =
+                    client::request(&api.api, "GET", "/cluster/balance", cred(&api)?.as_deref(), None)?;
+                if status == 200 {
+                    let value = answer(&api, status, "/cluster/balance", &body)?;
+                    print!("{}", report::balance_table(&value));
+                }
             }
             Ok(())
         }

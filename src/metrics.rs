@@ -32,7 +32,12 @@ impl<'a> Family<'a> {
 
 /// The exposition text for `nodes` (as `/cluster/actors` shows them) and `agents` (as
 /// `/agents/summary/status` shows them; `None` when the registry could not be read).
-pub fn render(this_node: &str, nodes: &[NodeHealthView], agents: Option<&StatusSummary>) -> String {
+pub fn render(
+    this_node: &str,
+    nodes: &[NodeHealthView],
+    agents: Option<&StatusSummary>,
+    balance: Option<&wazuh_cluster_actors::master::BalanceView>,
+) -> String {
     let mut out = String::new();
     let name = "wazuh_cluster_node_connected";
     let mut f = Family::new(&mut out, name, "gauge", "1 if the node is connected (a worker: to the master).");
@@ -116,6 +121,29 @@ pub fn render(this_node: &str, nodes: &[NodeHealthView], agents: Option<&StatusS
             f.sample(name, &[("status", status), ("node", node)], *count as f64);
         }
     }
+    if let Some(b) = balance {
+        let name = "wazuh_cluster_rebalance_moves_total";
+        let mut f = Family::new(
+            &mut out,
+            name,
+            "counter",
+            "Agents the master's rebalancer asked to move to another worker (would have, in dry-run mode).",
+        );
+        f.sample(name, &[("node", this_node)], b.moves as f64);
+        let name = "wazuh_cluster_rebalance_batches_total";
+        let mut f = Family::new(&mut out, name, "counter", "Batches of moves the master's rebalancer sent.");
+        f.sample(name, &[("node", this_node)], b.batches as f64);
+        let name = "wazuh_cluster_worker_active_agents";
+        let mut f = Family::new(
+            &mut out,
+            name,
+            "gauge",
+            "Active agents per connected worker, as the master's rebalancer last saw them.",
+        );
+        for (worker, n) in &b.workers {
+            f.sample(name, &[("node", worker)], *n as f64);
+        }
+    }
     let name = "wazuh_cluster_registry_up";
     let mut f = Family::new(&mut out, name, "gauge", "1 if this node could read its agent registry (or replica).");
     f.sample(name, &[("node", this_node)], if agents.is_some() { 1.0 } else { 0.0 });
@@ -173,7 +201,15 @@ mod tests {
         counts.set(1, "active", "w1", None);
         counts.set(2, "active", "w1", None);
         counts.set(3, "never_connected", "", None);
-        let text = render("master-1", &nodes, Some(&counts.summary()));
+        let balance = wazuh_cluster_actors::master::BalanceView {
+            workers: [("w1".to_string(), 2)].into(),
+            moves: 7,
+            batches: 2,
+            ..Default::default()
+        };
+        let text = render("master-1", &nodes, Some(&counts.summary()), Some(&balance));
+        assert!(text.contains("wazuh_cluster_rebalance_moves_total{node=\"master-1\"} 7"), "{text}");
+        assert!(text.contains("wazuh_cluster_worker_active_agents{node=\"w1\"} 2"), "{text}");
         for line in [
             "wazuh_cluster_node_connected{node=\"master-1\",type=\"master\"} 1",
             "wazuh_cluster_agent_connections{node=\"master-1\",figure=\"connected\"} 3",
@@ -197,6 +233,6 @@ mod tests {
             let value = l.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "{l}");
         }
-        assert!(render("w", &[], None).contains("wazuh_cluster_registry_up{node=\"w\"} 0"));
+        assert!(render("w", &[], None, None).contains("wazuh_cluster_registry_up{node=\"w\"} 0"));
     }
 }

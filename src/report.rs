@@ -103,6 +103,34 @@ pub fn nodes_table(body: &Value) -> String {
     table(&["NAME", "TYPE", "VERSION", "ADDRESS", "CONNECTED SINCE", "LAST KEEP-ALIVE"], &rows)
 }
 
+/// `GET /cluster/balance` as a table: active agents per worker against the mean, then the
+/// rebalancer's mode, state and moves.
+pub fn balance_table(body: &Value) -> String {
+    let data = &body["data"];
+    let mean = data["mean"].as_f64().unwrap_or(0.0);
+    let over: Vec<&str> = data["over"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let rows: Vec<Vec<String>> = data["workers"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(worker, n)| {
+            let n = n.as_u64().unwrap_or(0);
+            let off = if mean > 0.0 { format!("{:+.0} %", (n as f64 / mean - 1.0) * 100.0) } else { "-".into() };
+            let moving = if over.contains(&worker.as_str()) { "moving agents away" } else { "" };
+            vec![worker.clone(), n.to_string(), off, moving.to_string()]
+        })
+        .collect();
+    let mut out = table(&["WORKER", "ACTIVE AGENTS", "FROM THE MEAN", ""], &rows);
+    out.push_str(&format!(
+        "rebalance: {}, {}; mean {mean:.0} active agents per worker; {} agents moved in {} batches\n",
+        s(&data["mode"]),
+        s(&data["state"]),
+        s(&data["moves"]),
+        s(&data["batches"]),
+    ));
+    out
+}
+
 /// `GET /agents` as a table.
 pub fn agents_table(body: &Value) -> String {
     let rows: Vec<Vec<String>> = items(body)

@@ -51,6 +51,8 @@ pub struct ChannelSettings {
     pub enrollment: Arc<crate::enrollment_policy::EnrollmentPolicy>,
     /// Master: how the API reads workers forward are answered (by this node's API, once it runs).
     pub api_calls: ApiCalls,
+    /// Master: rebalancing agents across workers (`[cluster.rebalance]`).
+    pub rebalance: RebalanceSettings,
 }
 
 /// Master: answers the API reads its workers forward, as the master's own API answers its callers.
@@ -224,6 +226,7 @@ pub(crate) fn test_settings(name: &str) -> ChannelSettings {
         max_handshakes: 256,
         enrollment: Default::default(),
         api_calls: Default::default(),
+        rebalance: Default::default(),
     }
 }
 
@@ -233,5 +236,42 @@ pub(crate) fn test_identity() -> NodeIdentity {
     match NodeIdentity::generate() {
         Ok((identity, _)) => identity,
         Err(e) => panic!("cannot make a test identity: {e}"),
+    }
+}
+
+/// `[cluster.rebalance] mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RebalanceMode {
+    #[default]
+    Off,
+    On,
+    /// Decides and logs what it would move, moves nothing.
+    DryRun,
+}
+
+/// How the master rebalances agents across workers (`[cluster.rebalance]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RebalanceSettings {
+    pub mode: RebalanceMode,
+    /// A worker is over when it holds more than the mean by this share (0.2: 20 %).
+    pub share: f64,
+    /// How often the distribution is checked; one batch at most per check.
+    pub every: Duration,
+    /// Moves a second at most, in all (a batch is this many times `every`).
+    pub max_per_second: u32,
+    /// How long a moved agent is refused by the worker it left.
+    pub away: Duration,
+}
+
+impl Default for RebalanceSettings {
+    fn default() -> Self {
+        RebalanceSettings {
+            mode: RebalanceMode::Off,
+            share: 0.2,
+            every: Duration::from_secs(5),
+            max_per_second: 50,
+            away: Duration::from_secs(60),
+        }
     }
 }

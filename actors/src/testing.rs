@@ -45,3 +45,25 @@ pub fn panic_on_cue(vitals: Vitals) {
 /// Without the `testing` feature: nothing.
 #[cfg(not(feature = "testing"))]
 pub fn panic_on_cue(_: Vitals) {}
+
+/// The variable naming a file whose appearance makes the node's event loop stop making progress
+/// (a blocking call on it): how the process tests see what the watchdog does with a node that hangs.
+pub const STALL_VAR: &str = "WAZUH_CLUSTER_TEST_STALL_WHEN";
+
+/// With the `testing` feature, blocks the event loop once the file [`STALL_VAR`] names exists.
+#[cfg(feature = "testing")]
+pub fn stall_on_cue(node: &str) {
+    let Some(cue) = std::env::var_os(STALL_VAR).map(std::path::PathBuf::from) else { return };
+    log::warn!(node = node; "test hook: the event loop will block once {} exists", cue.display());
+    actix_rt::spawn(async move {
+        while !cue.exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // Deliberately blocking the loop's thread: the hang the watchdog is for.
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    });
+}
+
+/// Without the `testing` feature: nothing.
+#[cfg(not(feature = "testing"))]
+pub fn stall_on_cue(_: &str) {}

@@ -309,6 +309,11 @@ pub struct ForceReconnect {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct AgentCommand {
     pub messages: Vec<(u32, String)>,
+    /// A rebalancing move: the worker refuses these agents for this many milliseconds after the
+    /// message, so that one with a server list goes on to its next server. Optional (a worker
+    /// that does not know it just sends the messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub away_ms: Option<u64>,
 }
 
 /// A request for one agent, and how long the worker waits for the agent's answer.

@@ -111,6 +111,13 @@ fn worker_status(h: &crate::views::NodeHealthView) -> serde_json::Value {
 }
 
 pub(super) async fn health(node: web::Data<NodeHandle>) -> HttpResponse {
+    // The event loop first: a stuck one would not answer what follows.
+    if let Some(age) = crate::node::watchdog::heartbeat().map(|h| h.age()).filter(|a| *a > crate::node::watchdog::LATE)
+    {
+        let detail = format!("the node's event loop has made no progress for {} s", age.as_secs());
+        let body = serde_json::json!({ "status": "not serving", "detail": detail, "node": node.name() });
+        return HttpResponse::ServiceUnavailable().json(body);
+    }
     let (serving, detail) = node.serving().await;
     let body = serde_json::json!({ "status": if serving { "serving" } else { "not serving" }, "detail": detail, "node": node.name() });
     if serving {
@@ -365,11 +372,28 @@ pub(super) async fn manager_info(node: web::Data<NodeHandle>, info: web::Data<No
 pub(super) async fn metrics(node: web::Data<NodeHandle>) -> HttpResponse {
     let nodes = node.healthcheck().await;
     let agents = node.agent_summary().await.ok();
+    let balance = node.balance().await;
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(crate::metrics::render(
         node.name(),
         &nodes,
         agents.as_ref(),
+        balance.as_ref(),
     ))
+}
+
+/// `GET /cluster/balance`: the active agents per worker, their mean, and what the rebalancer
+/// does (its mode, state, moves and batches so far). A worker asks the master.
+pub(super) async fn cluster_balance(
+    node: web::Data<NodeHandle>,
+    query: web::Query<overview::PlainParams>,
+) -> HttpResponse {
+    match node.balance().await {
+        Some(view) => {
+            agents::json_answer(&serde_json::json!({ "data": view, "error": 0 }), query.pretty.unwrap_or(false))
+        }
+        None => HttpResponse::ServiceUnavailable()
+            .json(error_body(503, "the distribution of agents is the master's to tell, and it cannot now")),
+    }
 }
 
 #[derive(serde::Deserialize)]

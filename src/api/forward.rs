@@ -20,6 +20,7 @@ use wazuh_cluster_protocol::message::{ApiAnswer, ApiCall, ApiMethod};
 /// this node's).
 pub(super) fn is_cluster_read(path: &str) -> bool {
     path == "/cluster/healthcheck"
+        || path == "/cluster/balance"
         || path == "/cluster/ruleset/synchronization"
         || path == "/cluster/configuration/validation"
         || is_node_read(path)

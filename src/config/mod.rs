@@ -10,6 +10,9 @@
 //! max_open_files = 0         # the open-file limit the node sets itself (0: the hard limit); it is
 //!                            # split between files, the cluster, the API, enrollment and agents
 //!                            # (check-config shows how)
+//! stall_timeout = "15s"      # the node's event loop stuck this long ends the process (exit 1), for
+//!                            # its supervisor to restart it (0s: off); under systemd it also pings
+//!                            # the unit's WatchdogSec
 //!
 //! [cluster]
 //! name = "wazuh"
@@ -39,6 +42,13 @@
 //! integrity = "10s"
 //! local_integrity = "60s"
 //! local_agent_groups = "5s"
+//!
+//! [cluster.rebalance]        # master: agents moved between workers to even them out
+//! mode = "on"                # "on", "off" or "dry-run" (logs what it would move)
+//! share = 0.2                # a worker more than this share above the mean, two checks running...
+//! every = "5s"               # ...checked this often, is brought down to the mean...
+//! max_per_second = 50        # ...this many agents a second at most, in all...
+//! away = "60s"               # ...each refused by the worker it left this long (server lists)
 //!
 //! [enrollment]
 //! bind = "0.0.0.0:1515"
@@ -210,6 +220,10 @@ pub struct NodeConfig {
     /// The open-file limit the node sets itself (at most the hard limit); `None`: the hard limit.
     /// The node splits it between files, the cluster, the API, enrollment and agents.
     pub max_open_files: Option<u64>,
+    /// The event loop making no progress this long ends the process, for its supervisor to
+    /// restart it (zero: off).
+    #[serde(serialize_with = "ser_duration")]
+    pub stall_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -239,6 +253,22 @@ pub struct ClusterConfig {
     #[serde(serialize_with = "ser_secret")]
     pub join_token: Option<String>,
     pub intervals: Intervals,
+    #[serde(serialize_with = "ser_rebalance")]
+    pub rebalance: wazuh_cluster_actors::master::RebalanceSettings,
+}
+
+fn ser_rebalance<S: serde::Serializer>(
+    r: &wazuh_cluster_actors::master::RebalanceSettings,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(5))?;
+    m.serialize_entry("mode", &r.mode)?;
+    m.serialize_entry("share", &r.share)?;
+    m.serialize_entry("every", &format_duration(r.every))?;
+    m.serialize_entry("max_per_second", &r.max_per_second)?;
+    m.serialize_entry("away", &format_duration(r.away))?;
+    m.end()
 }
 
 #[derive(Debug, Clone, Serialize)]

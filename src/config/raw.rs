@@ -42,6 +42,7 @@ pub(super) struct RawNode {
     pub(super) role: Option<String>,
     pub(super) data_dir: Option<String>,
     pub(super) max_open_files: Option<u64>,
+    pub(super) stall_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -60,6 +61,17 @@ pub(super) struct RawCluster {
     pub(super) admission: Option<String>,
     pub(super) join_token: Option<String>,
     pub(super) intervals: RawIntervals,
+    pub(super) rebalance: RawRebalance,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawRebalance {
+    pub(super) mode: Option<String>,
+    pub(super) share: Option<f64>,
+    pub(super) every: Option<String>,
+    pub(super) max_per_second: Option<u32>,
+    pub(super) away: Option<String>,
 }
 
 /// A list given as a TOML array, or as one comma-separated string (environment, `--set`).

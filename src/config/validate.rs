@@ -45,7 +45,12 @@ fn node_section(node: RawNode, host_name: Option<&str>) -> Result<NodeConfig, Co
         Some(n) => Some(n),
     };
 
-    Ok(NodeConfig { name, role, data_dir, max_open_files })
+    let stall_timeout =
+        duration_field("node.stall_timeout", node.stall_timeout, "15s", Duration::ZERO, Duration::from_secs(600))?;
+    if !stall_timeout.is_zero() && stall_timeout < Duration::from_secs(2) {
+        return Err(invalid("node.stall_timeout", "0s (off) or at least 2s"));
+    }
+    Ok(NodeConfig { name, role, data_dir, max_open_files, stall_timeout })
 }
 
 fn cluster_section(
@@ -141,6 +146,7 @@ fn cluster_section(
         Duration::from_secs(300),
     )?;
     let intervals = intervals_section(cluster.intervals)?;
+    let rebalance = rebalance_section(cluster.rebalance)?;
     let request_timeout = duration_field(
         "cluster.request_timeout",
         cluster.request_timeout,
@@ -174,6 +180,41 @@ fn cluster_section(
         admission,
         join_token,
         intervals,
+        rebalance,
+    })
+}
+
+/// `cluster.rebalance`: how the master evens out the agents across workers.
+fn rebalance_section(
+    r: super::raw::RawRebalance,
+) -> Result<wazuh_cluster_actors::master::RebalanceSettings, ConfigError> {
+    use wazuh_cluster_actors::master::{RebalanceMode, RebalanceSettings};
+    let mode = match non_empty(r.mode).as_deref() {
+        None | Some("on") => RebalanceMode::On,
+        Some("off") => RebalanceMode::Off,
+        Some("dry-run") => RebalanceMode::DryRun,
+        Some(other) => return Err(invalid("cluster.rebalance.mode", format!("{other:?}: on, off or dry-run"))),
+    };
+    let share = r.share.unwrap_or(0.2);
+    if !(0.05..=5.0).contains(&share) {
+        return Err(invalid("cluster.rebalance.share", format!("{share} is out of range: 0.05..=5")));
+    }
+    Ok(RebalanceSettings {
+        mode,
+        share,
+        every: duration_field(
+            "cluster.rebalance.every",
+            r.every,
+            "5s",
+            Duration::from_millis(500),
+            Duration::from_secs(3600),
+        )?,
+        max_per_second: match r.max_per_second {
+            Some(0) => return Err(invalid("cluster.rebalance.max_per_second", "must be at least 1")),
+            Some(n) => n.min(10_000),
+            None => 50,
+        },
+        away: duration_field("cluster.rebalance.away", r.away, "60s", Duration::ZERO, Duration::from_secs(600))?,
     })
 }
 

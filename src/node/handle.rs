@@ -410,7 +410,7 @@ impl NodeHandle {
                     .await
                     .map_err(|_| "the agent hub stopped".to_string())
             } else {
-                match listener.send(master::CommandAgents { node: node.clone(), messages }).await {
+                match listener.send(master::CommandAgents { node: node.clone(), messages, away: None }).await {
                     Ok(result) => result.map_err(|e| e.to_string()),
                     Err(_) => Err("the master listener stopped".to_string()),
                 }
@@ -495,6 +495,13 @@ impl NodeHandle {
             .await
             .map_err(|_| ChangeError::Stopping)?
             .map_err(|e| ChangeError::Refused(AdminError::Unavailable(format!("cannot revoke: {e}"))))
+    }
+
+    /// Master: the distribution of agents over the workers as its rebalancer sees it (`None`: a
+    /// worker, or a master that cannot say).
+    pub async fn balance(&self) -> Option<master::BalanceView> {
+        let NodeHandle::Master { listener, .. } = self else { return None };
+        listener.send(master::GetBalance).await.ok()
     }
 
     /// Agents by connection status, configuration status and node. The master counts its whole

@@ -6,6 +6,7 @@ pub mod handle;
 mod leader_files;
 pub mod running;
 pub mod startup;
+pub mod watchdog;
 
 pub use handle::{ChangeError, NodeHandle, VERSION};
 pub use running::{run, Signals};

@@ -163,6 +163,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     actix_rt::System::new().block_on(async move {
         let mut signals = Signals::install()?;
         let node = start(&config, psk).await?;
+        super::watchdog::start(&name, config.node.stall_timeout);
+        super::watchdog::notify("READY=1");
         let fatal = tokio::select! {
             signal = signals.recv() => {
                 info!(node = name.as_str(); "{signal} received, shutting down");

@@ -81,6 +81,7 @@ pub fn channel_settings(
         max_handshakes: 256,
         enrollment: Default::default(),
         api_calls: Default::default(),
+        rebalance: c.rebalance,
     })
 }
 
@@ -267,7 +268,9 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
         }
     };
     info!(node = handle.name(); "API listening on {}://{api_addr}", if config.api.tls { "https" } else { "http" });
-    // A test build may be told to make one of its actors panic (see `actors::testing`).
+    // A test build may be told to block its event loop, or make one of its actors panic (see
+    // `actors::testing`).
+    wazuh_cluster_actors::testing::stall_on_cue(handle.name());
     wazuh_cluster_actors::testing::panic_on_cue(wazuh_cluster_actors::testing::Vitals {
         node: handle.name().to_string(),
         listener: match &handle {

@@ -51,6 +51,8 @@ fn config(dir: &std::path::Path, name: &str, role: &str, extra: &[(&str, String)
         ("agents.bind", "127.0.0.1:0".to_string()),
         // A worker's drain on stop is short here (its own process test has the shipped one).
         ("agents.drain_timeout", "300ms".to_string()),
+        // No agent moves but those a test makes (the rebalancer has its own process test).
+        ("cluster.rebalance.mode", "off".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

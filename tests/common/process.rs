@@ -222,6 +222,8 @@ pub fn local(dir: &Path, node: &str, key: &Path, port: u16) -> Vec<String> {
         // A worker stopped with agents still connected drains them for 2 s at most (`terminate`
         // gives a node 5 s); the drain's own test sets the shipped deadline.
         "agents.drain_timeout=2s".to_string(),
+        // No agent moves but those a test makes (the rebalancer has its own test).
+        "cluster.rebalance.mode=off".to_string(),
         // Workers join on the cluster key alone here; the join-token path has its own tests.
         "cluster.admission=open".to_string(),
     ]

@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 
 /// A round-robin TCP proxy, as nginx's stream module in front of the workers: each connection to
 /// the next backend, and to the one after when that one refuses.
-struct Proxy {
-    addr: SocketAddr,
+pub struct Proxy {
+    pub addr: SocketAddr,
     backends: Arc<Mutex<Vec<SocketAddr>>>,
 }
 
 impl Proxy {
-    fn start(backends: Vec<SocketAddr>) -> Proxy {
+    pub fn start(backends: Vec<SocketAddr>) -> Proxy {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         let addr = listener.local_addr().expect("proxy address");
         listener.set_nonblocking(true).expect("non-blocking");
@@ -54,22 +54,22 @@ impl Proxy {
         Proxy { addr, backends }
     }
 
-    fn set_backends(&self, backends: Vec<SocketAddr>) {
+    pub fn set_backends(&self, backends: Vec<SocketAddr>) {
         *self.backends.lock().expect("backends") = backends;
     }
 }
 
 /// agent-sim running the agents of `keys`, until its standard input closes.
-struct Sim {
+pub struct Sim {
     child: Child,
 }
 
 impl Sim {
-    fn start(keys: &std::path::Path, extra: &[&str]) -> Sim {
+    pub fn start(keys: &std::path::Path, extra: &[&str]) -> Sim {
         let child = Command::new(agent_sim())
             .arg("--keys-in")
             .arg(keys)
-            .args(["--agents", "1000", "--events-per-s", "1", "--event-size", "200", "--keepalive", "2"])
+            .args(["--events-per-s", "1", "--event-size", "200", "--keepalive", "2"])
             .args(["--control-stdin", "--duration", "600", "--json"])
             .args(extra)
             .stdin(Stdio::piped())
@@ -81,7 +81,7 @@ impl Sim {
     }
 
     /// Stops the agents; the events they sent.
-    fn stop(mut self) -> u64 {
+    pub fn stop(mut self) -> u64 {
         drop(self.child.stdin.take());
         let stdout = self.child.stdout.take().expect("stdout");
         let sent = BufReader::new(stdout)
@@ -102,7 +102,7 @@ impl Drop for Sim {
 }
 
 /// The master's count of active agents per node.
-fn active_by_node(api: u16) -> std::collections::BTreeMap<String, u64> {
+pub fn active_by_node(api: u16) -> std::collections::BTreeMap<String, u64> {
     let base = format!("http://127.0.0.1:{api}");
     let Ok((200, body)) = wazuh_multi_node::client::get(&base, "/agents/summary/status", Some(API_TOKEN)) else {
         return Default::default();
@@ -114,7 +114,7 @@ fn active_by_node(api: u16) -> std::collections::BTreeMap<String, u64> {
 
 /// Waits (at most `limit`) until `node` holds `n` active agents, or (with `away`) until nodes
 /// other than it do: how long it took.
-fn wait_active(api: u16, node: &str, away: bool, n: u64, limit: Duration) -> Duration {
+pub fn wait_active(api: u16, node: &str, away: bool, n: u64, limit: Duration) -> Duration {
     let start = Instant::now();
     loop {
         let by_node = active_by_node(api);
@@ -168,8 +168,10 @@ fn sigterm_drains_a_workers_agents_to_the_others_through_a_proxy_and_with_server
 
     // Through the proxy: every agent on worker 1 first; then the proxy balances over both.
     let proxy = Proxy::start(vec![agents_of(&w1_sets)]);
-    let sim =
-        Sim::start(&keys, &["--connect", &proxy.addr.to_string(), "--max-retries", "5", "--retry-interval", "10"]);
+    let sim = Sim::start(
+        &keys,
+        &["--agents", "1000", "--connect", &proxy.addr.to_string(), "--max-retries", "5", "--retry-interval", "10"],
+    );
     wait_active(api, "worker-1", false, 1000, Duration::from_secs(60));
     proxy.set_backends(vec![agents_of(&w1_sets), agents_of(&w2_sets)]);
     std::thread::sleep(Duration::from_secs(2));
@@ -195,7 +197,8 @@ fn sigterm_drains_a_workers_agents_to_the_others_through_a_proxy_and_with_server
     // first, then the next after 3 failed attempts 2 s apart.
     let mut w1 = Node::start("worker-1.toml", &w1_sets);
     let list = format!("{},{}", agents_of(&w1_sets), agents_of(&w2_sets));
-    let sim = Sim::start(&keys, &["--connect", &list, "--max-retries", "3", "--retry-interval", "2"]);
+    let sim =
+        Sim::start(&keys, &["--agents", "1000", "--connect", &list, "--max-retries", "3", "--retry-interval", "2"]);
     wait_active(api, "worker-1", false, 1000, Duration::from_secs(90));
     std::thread::sleep(Duration::from_secs(2));
     let pid = w1.child.id().to_string();

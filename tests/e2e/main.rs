@@ -15,4 +15,6 @@ mod failover;
 mod ha;
 mod partition;
 mod processes;
+mod rebalance;
 mod runtime;
+mod stall;

@@ -2,12 +2,14 @@
 
 use super::merged::{groups_key, MergedCache};
 use super::messages::{
-    AskAgent, AskError, Bind, BindRefused, CloseAll, Closed, Delivered, Drain, Drained, ForceReconnect, GetHubView,
-    HubLink, HubView, RefreshKeys, ResendAll, Seen, SeenKind, SendToAgents, SessionTx, SharedChanged, TakeUpdates,
-    WatchFigures, FIGURES_EVERY,
+    AskAgent, AskError, Bind, BindRefused, CloseAll, Closed, Delivered, ForceReconnect, GetHubView, HubLink, HubView,
+    RefreshKeys, ResendAll, Seen, SeenKind, SendToAgents, SessionTx, SharedChanged, TakeUpdates, WatchFigures,
+    FIGURES_EVERY,
 };
 use super::{AgentKey, Shared};
 use crate::registry::fmt_id;
+
+mod moves;
 use actix::prelude::*;
 use log::{debug, info, warn};
 use std::collections::HashMap;
@@ -90,6 +92,8 @@ pub struct AgentHub {
     next_ask: u32,
     /// The drain under way (see [`Drain`]).
     drain: Option<SpawnHandle>,
+    /// Agents moved away to balance the cluster, refused here until then (see [`SendAway`]).
+    away: HashMap<u32, Instant>,
 }
 
 /// Most requests to agents in flight at once (remoted's request pool is of the same order).
@@ -111,6 +115,7 @@ impl AgentHub {
             asks: HashMap::new(),
             next_ask: (crate::backoff::random_u64() & 0xffff_ffff) as u32,
             drain: None,
+            away: HashMap::new(),
         }
     }
 
@@ -338,13 +343,16 @@ impl Handler<Bind> for AgentHub {
     type Result = Result<(), BindRefused>;
 
     fn handle(&mut self, b: Bind, _: &mut Context<Self>) -> Self::Result {
+        if self.sent_away(b.id) {
+            return Err(BindRefused::SentAway(b.id));
+        }
         let takeover = self.shared.settings.takeover_after;
         if let Some(old) = self.live.get(&b.id) {
             if old.conn != b.conn {
                 let silent = self.states.get(&b.id).map(|s| s.last_seen.elapsed()).unwrap_or(takeover);
                 if silent < takeover && !old.tx.is_closed() {
                     warn!(node = self.node(); "agent {}: refusing a second connection from {} while the one from {} is live", fmt_id(b.id), b.peer, old.peer);
-                    return Err(BindRefused { id: b.id });
+                    return Err(BindRefused::Taken(b.id));
                 }
                 info!(node = self.node(); "agent {}: the connection from {} replaces the silent one from {}", fmt_id(b.id), b.peer, old.peer);
                 old.tx.close("replaced by a newer connection of the same agent");
@@ -611,50 +619,6 @@ impl AgentHub {
             analysis_connected: a.map_or(0, |a| a.connected.load(Ordering::Relaxed) as u64),
             analysis_configured: u64::from(a.is_some()),
         }
-    }
-}
-
-/// How often a drain asks the next agents and checks whether they are gone.
-const DRAIN_TICK: std::time::Duration = std::time::Duration::from_millis(100);
-
-impl Handler<Drain> for AgentHub {
-    type Result = ResponseFuture<Drained>;
-
-    fn handle(&mut self, Drain { rate, deadline }: Drain, ctx: &mut Context<Self>) -> Self::Result {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let mut reply = Some(reply);
-        let started = std::time::Instant::now();
-        // A tenth of the rate each tick, carrying the remainder over (5 a second is one each 200 ms).
-        let per_tick = f64::from(rate.max(1)) * DRAIN_TICK.as_secs_f64();
-        let mut owed = 0.0f64;
-        let mut asked: std::collections::HashSet<u32> = std::collections::HashSet::new();
-        info!(node = self.node(); "draining: asking {} agents to reconnect elsewhere, {rate} a second, for {} s at most", self.live.len(), deadline.as_secs_f64());
-        let tick = move |hub: &mut AgentHub, ctx: &mut Context<AgentHub>| {
-            let done = hub.live.is_empty() || started.elapsed() >= deadline;
-            if done {
-                if let Some(reply) = reply.take() {
-                    let _ = reply.send(Drained { asked: asked.len(), left: hub.live.len(), took: started.elapsed() });
-                }
-                if let Some(h) = hub.drain.take() {
-                    ctx.cancel_future(h);
-                }
-                return;
-            }
-            owed += per_tick;
-            let mut n = owed as usize;
-            owed -= n as f64;
-            for (id, live) in &hub.live {
-                if n == 0 {
-                    break;
-                }
-                if !asked.contains(id) && live.tx.push(vec![b"#!-force_reconnect".to_vec()]) {
-                    asked.insert(*id);
-                    n -= 1;
-                }
-            }
-        };
-        self.drain = Some(ctx.run_interval(DRAIN_TICK, tick));
-        Box::pin(async move { answer.await.unwrap_or_default() })
     }
 }
 

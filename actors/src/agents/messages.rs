@@ -136,9 +136,11 @@ pub struct Bind {
 
 /// Why a connection may not speak for an agent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("agent {id:03} already has a live connection")]
-pub struct BindRefused {
-    pub id: u32,
+pub enum BindRefused {
+    #[error("agent {0:03} already has a live connection")]
+    Taken(u32),
+    #[error("agent {0:03} was moved to another node to balance the cluster, and is refused here for a while")]
+    SentAway(u32),
 }
 
 #[derive(Debug)]
@@ -263,6 +265,19 @@ pub struct Drained {
     pub left: usize,
     pub took: std::time::Duration,
 }
+
+/// A rebalancing move: sends each agent its message (`#!-force_reconnect`) and refuses its next
+/// connections here for `away` (an agent with a server list tries the same server first); returns
+/// the agents whose connection took the message.
+#[derive(Message)]
+#[rtype(result = "Vec<u32>")]
+pub struct SendAway {
+    pub messages: Vec<(u32, Vec<u8>)>,
+    pub away: std::time::Duration,
+}
+
+/// The longest a moved agent is refused (what the master asks is capped at this).
+pub const MAX_AWAY_MS: u64 = 10 * 60 * 1000;
 
 /// Closes every agent connection (the node is stopping); returns how many were closed.
 #[derive(Message)]

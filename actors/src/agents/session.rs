@@ -247,8 +247,11 @@ async fn session(
     let who = s.who();
     match end {
         End::Closed => debug!(node = node.as_str(); "agent connection {who} closed by the peer"),
-        End::Refused(why @ (Refusal::NotAuthenticated(_) | Refusal::Shed)) => {
-            // Before any agent spoke: not logged one by one (a flood would flood the log too).
+        End::Refused(
+            why @ (Refusal::NotAuthenticated(_) | Refusal::Shed | Refusal::Taken(BindRefused::SentAway(_))),
+        ) => {
+            // Before any agent spoke, or an agent moved away coming back: not logged one by one
+            // (a flood would flood the log too; a move is logged once per batch).
             s.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
             debug!(node = node.as_str(); "closing agent connection {who}: {why}");
         }

@@ -27,7 +27,9 @@ use wazuh_cluster_protocol::message::JobReport;
 use wazuh_cluster_protocol::MasterToWorker;
 use wazuh_cluster_protocol::{ProtocolVersion, Role};
 
+mod balance;
 mod orders;
+pub use balance::{BalanceView, GetBalance, RebalanceMode, RebalanceSettings};
 pub use orders::*;
 
 /// The rules that need no knowledge of other connections: cluster, role (a worker), name, version.
@@ -58,6 +60,8 @@ pub struct MasterListener {
     pending_by_ip: HashMap<std::net::IpAddr, usize>,
     /// Which workers are admitted (identities, join tokens, revocations).
     admission: Admission,
+    /// The rebalancer's state (see `balance.rs`).
+    balance: balance::BalanceState,
 }
 
 /// Handshakes allowed in flight at once from one address: a flood from a few addresses cannot
@@ -140,6 +144,7 @@ impl MasterListener {
                 refusals: RefusalLog::default(),
                 pending_by_ip: HashMap::new(),
                 admission,
+                balance: Default::default(),
             };
             // The master's own agents are its to report.
             me.set_live(&me.settings.node_name, true);
@@ -259,6 +264,13 @@ impl Handler<NotLeading> for MasterListener {
 
 impl Actor for MasterListener {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let rebalance = self.settings.rebalance;
+        if rebalance.mode != RebalanceMode::Off {
+            ctx.run_interval(rebalance.every, |act, ctx| act.rebalance(ctx));
+        }
+    }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.stop_accepting();

@@ -180,6 +180,8 @@ impl MasterListener {
 pub struct CommandAgents {
     pub node: String,
     pub messages: Vec<(u32, String)>,
+    /// A rebalancing move: the worker refuses these agents for this long after the message.
+    pub away: Option<Duration>,
 }
 
 impl Handler<CommandAgents> for MasterListener {
@@ -190,6 +192,7 @@ impl Handler<CommandAgents> for MasterListener {
             &msg.node,
             MasterToWorker::AgentCommand(wazuh_cluster_protocol::message::AgentCommand {
                 messages: msg.messages.clone(),
+                away_ms: msg.away.map(|d| d.as_millis() as u64),
             }),
         );
         Box::pin(async move {

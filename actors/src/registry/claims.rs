@@ -67,6 +67,21 @@ impl Registry {
         Ok(ids)
     }
 
+    /// Up to `n` agents active on `node` whose move costs least (for the rebalancer): those that
+    /// already have their groups' configuration first (no `merged.mg` follows them to their next
+    /// node), then the most recently registered.
+    pub(crate) fn movable(&self, node: &str, n: usize) -> Result<Vec<u32>, StoreError> {
+        let ids = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM agents WHERE node_name = ?1 AND status = 'active'
+                 ORDER BY COALESCE(group_config_status = 'synced', 0) DESC, id DESC LIMIT ?2",
+            )?
+            .query_map(params![node, n as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(ids)
+    }
+
     /// A log line about the reports refused as contested since the last line, at most once per
     /// 10 s (the caller logs it, naming its node).
     pub(crate) fn contest_line(&mut self) -> Option<String> {

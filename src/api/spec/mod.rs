@@ -238,6 +238,9 @@ pub fn endpoints() -> Vec<Endpoint> {
             Body::None,
             || web::get().to(manager::configuration),
         ) },
+        e("get", "/cluster/balance", "Active agents per worker and what the rebalancer does", PLAIN, Body::None, || {
+            web::get().to(cluster_balance)
+        }),
         e("get", "/cluster/status", "Whether clustering is on", params![], Body::None, || {
             web::get().to(cluster_status)
         }),

@@ -14,7 +14,7 @@ use super::integrity::Integrity;
 use super::status::{AgentInfo, KeepAlive};
 use super::sync_round::Schedule;
 use crate::agents::hub::AgentHub;
-use crate::agents::messages::{AskAgent, ForceReconnect, SendToAgents};
+use crate::agents::messages::{AskAgent, ForceReconnect, SendAway, SendToAgents, MAX_AWAY_MS};
 use crate::connection::{ConnHandle, Dispatch, Inbound, LocalFuture, Undeliverable, WorkerSide};
 use crate::jobs::runtime::{
     deliver as send, Controls, JobCore, JobSetView, Notice, Request, Server, SetControl, MAILBOX,
@@ -207,9 +207,16 @@ impl Dispatch<WorkerSide> for WorkerJobs {
                 let (node, peer) = (self.node.clone(), self.peer.clone());
                 Box::pin(async move {
                     let messages = c.messages.into_iter().map(|(id, m)| (id, m.into_bytes())).collect();
-                    let sent = match hub {
-                        Some(hub) => hub.send(SendToAgents(messages)).await.map_err(|_| Undeliverable::Stopped)?,
-                        None => Vec::new(),
+                    let sent = match (hub, c.away_ms) {
+                        (Some(hub), None) => {
+                            hub.send(SendToAgents(messages)).await.map_err(|_| Undeliverable::Stopped)?
+                        }
+                        // A rebalancing move: the agents are refused here for a while.
+                        (Some(hub), Some(ms)) => {
+                            let away = std::time::Duration::from_millis(ms.min(MAX_AWAY_MS));
+                            hub.send(SendAway { messages, away }).await.map_err(|_| Undeliverable::Stopped)?
+                        }
+                        (None, _) => Vec::new(),
                     };
                     info!(node = node.as_str(); "master {peer} had {} agents sent a command", sent.len());
                     let _ = conn.respond(id, WorkerToMaster::AgentCommandSent(AgentCommandSent { sent })).await;
