@@ -126,6 +126,14 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Drain a worker (PUT /cluster/{name}/drain, through any node): it stops taking agents, asks
+    /// its agents to reconnect elsewhere, waits for them (agents.drain_timeout at most) and stops,
+    /// as on SIGTERM; its supervisor decides whether it starts again.
+    Drain {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Revoke a worker's identity on the master: its connection closes and it cannot join again
     /// (POST /cluster/nodes/{name}/revoke). The cluster key stays as it is.
     Revoke {
@@ -446,6 +454,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
             anyhow::ensure!(value["error"] == 0, "the ruleset was not reloaded everywhere");
             Ok(())
         }
+        Command::Drain { name, api } => mutate(&api, "PUT", &format!("/cluster/{name}/drain"), None),
         Command::Revoke { name, api } => mutate(&api, "POST", &format!("/cluster/nodes/{name}/revoke"), None),
         Command::Agents { action: Some(AgentsAction::Reconnect { node, ids }), api, .. } => {
             let mut query = Vec::new();

@@ -351,6 +351,54 @@ pub(super) async fn node_read(
     }
 }
 
+/// `PUT /manager/drain`: this worker stops gracefully, as on SIGTERM: it stops taking agents, asks
+/// its agents to reconnect elsewhere, waits for them (`agents.drain_timeout` at most), says goodbye
+/// and exits 0. A master does not drain.
+pub(super) async fn drain(node: web::Data<NodeHandle>) -> HttpResponse {
+    if !matches!(**node, NodeHandle::Worker { .. }) {
+        return agents::bad_request("a master does not drain: its workers do");
+    }
+    if !crate::node::running::request_stop() {
+        return HttpResponse::ServiceUnavailable()
+            .json(error_body(503, "this node is not run by `wazuh-cluster run`: nothing here can stop it"));
+    }
+    let item = serde_json::json!({ "name": node.name(), "drain": "started" });
+    agents::json_answer(&envelope(&[item], "The node is draining; it stops once its agents have gone"), false)
+}
+
+/// `PUT /cluster/{node_id}/drain`: has worker `node_id` drain (its own `PUT /manager/drain`, asked
+/// over the cluster connection with the caller's credential), from any node.
+pub(super) async fn node_drain(
+    node: web::Data<NodeHandle>,
+    req: actix_web::HttpRequest,
+    node_id: web::Path<String>,
+) -> HttpResponse {
+    let node_id = node_id.into_inner();
+    if node_id == node.name() {
+        return drain(node).await;
+    }
+    if !node.nodes().await.iter().any(|n| n.name == node_id) {
+        return agents::bad_request(&format!(
+            "Node does not exist: {:?}",
+            wazuh_cluster_protocol::agent::enrollment::printable(&node_id)
+        ));
+    }
+    let call = wazuh_cluster_protocol::message::ApiCall {
+        method: wazuh_cluster_protocol::message::ApiMethod::Put,
+        target: "/manager/drain".into(),
+        credential: bearer(&req).to_string(),
+        content_type: String::new(),
+        body: Vec::new(),
+    };
+    match node.call_worker_api(&node_id, call).await {
+        Ok(answer) => {
+            let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            HttpResponse::build(status).content_type(answer.content_type).body(answer.body)
+        }
+        Err(why) => HttpResponse::ServiceUnavailable().json(error_body(503, &why)),
+    }
+}
+
 /// `GET /manager/info`: what this node is, in the fields Wazuh's manager reports.
 pub(super) async fn manager_info(node: web::Data<NodeHandle>, info: web::Data<NodeInfo>) -> HttpResponse {
     let item = serde_json::json!({

@@ -51,6 +51,7 @@ pub(super) fn is_agent_command(path: &str) -> bool {
             | ["agents", "reconnect"]
             | ["agents", _, "restart"]
             | ["agents", "group", _, "restart"]
+            | ["cluster", _, "drain"]
     )
 }
 

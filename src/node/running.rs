@@ -156,6 +156,21 @@ impl Signals {
     }
 }
 
+/// A graceful stop asked through the API (`PUT /manager/drain`), as SIGTERM would.
+static STOP: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Asks the node `run` runs to stop gracefully (a worker drains its agents first); `false` when no
+/// node runs in this process (a test's nodes, which stop as their test says).
+pub fn request_stop() -> bool {
+    if !RUNNING.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
+    STOP.notify_one();
+    true
+}
+
+static RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// `wazuh-cluster run`: one node until SIGINT/SIGTERM (exit 0), or until its store dies (error).
 pub fn run(config: Config) -> anyhow::Result<()> {
     let psk = derive_psk(&config)?;
@@ -165,9 +180,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let node = start(&config, psk).await?;
         super::watchdog::start(&name, config.node.stall_timeout);
         super::watchdog::notify("READY=1");
+        RUNNING.store(true, std::sync::atomic::Ordering::Relaxed);
         let fatal = tokio::select! {
             signal = signals.recv() => {
                 info!(node = name.as_str(); "{signal} received, shutting down");
+                None
+            }
+            () = STOP.notified() => {
+                info!(node = name.as_str(); "a drain was asked through the API; shutting down");
                 None
             }
             died = node.store_died() => {

@@ -87,6 +87,14 @@ async function loadSummary() {
   const s = (await api("/agents/summary/status")).data;
   bars($("chart-status"), ["active", "pending", "disconnected", "never_connected"].map((k) => [k, s.connection[k] || 0]));
   bars($("chart-nodes"), Object.entries(s.nodes || {}).map(([node, c]) => [node || "(none)", c.active || 0]));
+  // The master's rebalancer: its mode and state, the mean per worker, the moves so far.
+  try {
+    const b = (await api("/cluster/balance")).data;
+    const over = (b.over || []).length ? "; moving agents away from " + b.over.join(", ") : "";
+    $("balance").textContent = `rebalance: ${b.mode}, ${b.state}; mean ${Math.round(b.mean)} active agents per worker; ${b.moves} moved in ${b.batches} batches${over}`;
+  } catch (e) {
+    $("balance").textContent = "rebalance: unknown (" + e.message + ")";
+  }
 }
 
 async function loadAgents() {

@@ -46,6 +46,9 @@ try:
     wait.until(lambda d: d.find_element(By.ID, "agents-total").text.startswith("30 "))
     wait.until(lambda d: any("active" in r.text for r in rows("agents-table")))
     print("agents:", driver.find_element(By.ID, "agents-total").text)
+    # The rebalancer's state under the chart of agents per node.
+    wait.until(lambda d: d.find_element(By.ID, "balance").text.startswith("rebalance: on,"))
+    print("balance:", driver.find_element(By.ID, "balance").text)
 
     # Filter by node: every row listed is on that node.
     wait.until(lambda d: "worker-1" in [o.get_attribute("value") for o in Select(d.find_element(By.ID, "filter-node")).options])

@@ -53,8 +53,10 @@ pub(super) struct BalanceState {
 }
 
 /// How many agents each worker should move now: those over `share` above `mean`, or already being
-/// brought down (`moving`) and still above a quarter of `share`, down to the mean; at most `budget`
-/// in all, shared in proportion to the excess.
+/// brought down (`moving`) and still above a quarter of `share`, down to the mean; and when a worker
+/// is more than `share` below the mean (one that joined) and those over it do not make up for it, the
+/// rest from every worker above the mean, in proportion to what each holds above it. At most
+/// `budget` in all, shared in proportion.
 pub(crate) fn plan(
     active: &BTreeMap<String, u64>,
     mean: f64,
@@ -66,7 +68,7 @@ pub(crate) fn plan(
         return Vec::new();
     }
     let target = mean.ceil() as u64;
-    let excess: Vec<(String, u64)> = active
+    let mut take: BTreeMap<String, u64> = active
         .iter()
         .filter(|(node, &n)| {
             let over = n as f64 > mean * (1.0 + share);
@@ -76,11 +78,34 @@ pub(crate) fn plan(
         .map(|(node, &n)| (node.clone(), n.saturating_sub(target)))
         .filter(|(_, e)| *e > 0)
         .collect();
-    let all: u64 = excess.iter().map(|(_, e)| e).sum();
-    if all <= budget {
-        return excess;
+    // Workers far below the mean (one that joined among many) are filled from those above it.
+    let deficit: u64 = active
+        .values()
+        .filter(|&&n| (n as f64) < mean * (1.0 - share))
+        .map(|&n| (mean.floor() as u64).saturating_sub(n))
+        .sum();
+    let covered: u64 = take.values().sum();
+    if deficit > covered {
+        let above: Vec<(&String, u64)> = active
+            .iter()
+            .map(|(node, &n)| (node, n.saturating_sub(target).saturating_sub(take.get(node).copied().unwrap_or(0))))
+            .filter(|(_, a)| *a > 0)
+            .collect();
+        let pool: u64 = above.iter().map(|(_, a)| a).sum();
+        let rest = deficit - covered;
+        for (node, a) in above {
+            let share_of_rest = ((rest as u128 * a as u128).div_ceil(pool.max(1) as u128)) as u64;
+            *take.entry(node.clone()).or_default() += a.min(share_of_rest);
+        }
     }
-    excess.into_iter().map(|(node, e)| (node, ((e as u128 * budget as u128) / all as u128).max(1) as u64)).collect()
+    let all: u64 = take.values().sum();
+    if all <= budget {
+        return take.into_iter().filter(|(_, n)| *n > 0).collect();
+    }
+    take.into_iter()
+        .filter(|(_, e)| *e > 0)
+        .map(|(node, e)| (node, ((e as u128 * budget as u128) / all as u128).max(1) as u64))
+        .collect()
 }
 
 /// What one check decided and did.
@@ -280,6 +305,14 @@ mod tests {
         let b = counts(&[("w1", 760), ("w2", 620), ("w3", 500)]);
         assert_eq!(plan(&b, mean, 0.2, &moving, 250), [("w1".into(), 93)]);
         assert!(plan(&counts(&[("w1", 690), ("w2", 655), ("w3", 655)]), mean, 0.2, &moving, 250).is_empty());
+        // A worker joins 24 that each hold a little above the mean: none is over, yet the newcomer
+        // is filled from all of them, each giving what it holds above the mean.
+        let mut many: Vec<(String, u64)> = (1..=24).map(|i| (format!("w{i:02}"), 2083)).collect();
+        many.push(("w25".into(), 0));
+        let many: BTreeMap<String, u64> = many.into_iter().collect();
+        let moves = plan(&many, 2000.0, 0.2, &none, 100_000);
+        assert_eq!(moves.len(), 24, "{moves:?}");
+        assert!(moves.iter().all(|(n, m)| n != "w25" && *m == 83), "{moves:?}");
         // One worker, or no budget: nothing.
         assert!(plan(&counts(&[("w1", 1000)]), 1000.0, 0.2, &none, 250).is_empty());
         assert!(plan(&a, mean, 0.2, &none, 0).is_empty());

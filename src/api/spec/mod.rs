@@ -238,6 +238,12 @@ pub fn endpoints() -> Vec<Endpoint> {
             Body::None,
             || web::get().to(manager::configuration),
         ) },
+        e("put", "/manager/drain", "This worker drains its agents and stops (as on SIGTERM)", params![], Body::None, || {
+            web::put().to(drain)
+        }),
+        e("put", "/cluster/{node_id}/drain", "A worker drains its agents and stops", params![path("node_id", "the worker's name")], Body::None, || {
+            web::put().to(node_drain)
+        }),
         e("get", "/cluster/balance", "Active agents per worker and what the rebalancer does", PLAIN, Body::None, || {
             web::get().to(cluster_balance)
         }),

@@ -11,7 +11,9 @@
 //!   over the agents of a worker);
 //! - status change on a worker -> visible on the master's API, p50 / p99 (agent-sim measures);
 //! - a rule file written on the master -> the same bytes on every worker, p50 / p99 over rounds;
-//! - `kill -9` of one worker -> its agents active again on the master through the others;
+//! - `kill -9` of one worker -> its agents active again on the master through the others; then the
+//!   same worker back with no agent, as a worker joining -> the time until the master's rebalancer
+//!   has every worker within 20 % of the mean, and the moves it made;
 //! - WARN and ERROR lines per node, before and after the kill, with the distinct messages.
 //!
 //! `bench-scale [--agents 50000] [--workers 25] [--keepalive 10] [--window 60] [--rule-rounds 10]`
@@ -86,6 +88,9 @@ struct Args {
     /// datagrams delivered, dropped and received.
     #[arg(long)]
     analysis: bool,
+    /// After the killed worker rejoins: how long to wait for every worker to hold the mean within 20 %.
+    #[arg(long, default_value_t = 180)]
+    rebalance_wait: u64,
     /// With --analysis: each stand-in reads at most this many datagrams per second (0: as fast as
     /// it can), to show what a slow analysisd does to a worker (drops counted, memory bounded).
     #[arg(long, default_value_t = 0)]
@@ -167,9 +172,24 @@ fn start_node(
     master: bool,
     cluster_port: u16,
 ) -> anyhow::Result<Node> {
-    let (api, enroll, agents) = (ports.take()?, ports.take()?, ports.take()?);
+    let own = (ports.take()?, ports.take()?, ports.take()?);
+    start_node_on(args, bin, dir, name, master, cluster_port, own, &format!("{name}.log"))
+}
+
+/// [`start_node`] on the given API, enrollment and agent ports, logging to `log` in `dir`.
+#[allow(clippy::too_many_arguments)]
+fn start_node_on(
+    args: &Args,
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    master: bool,
+    cluster_port: u16,
+    (api, enroll, agents): (u16, u16, u16),
+    log: &str,
+) -> anyhow::Result<Node> {
     let data = dir.join(name);
-    let log = dir.join(format!("{name}.log"));
+    let log = dir.join(log);
     let config = args.deploy.join(if master { "master.toml" } else { "worker-1.toml" });
     let sets = [
         format!("node.name={name}"),
@@ -694,6 +714,46 @@ fn measure(
         say(&format!("{on_victim} agents of {name} active through the others after {failover_s:?} s"));
     }
 
+    // The killed worker comes back (the same address, in the agents' lists) with no agent: a worker
+    // joining. The master's rebalancer gives it its share.
+    let mut rebalance = serde_json::Value::Null;
+    if failover_s.is_some() {
+        let victim = nodes.len() - 1;
+        let name = nodes[victim].name.clone();
+        let own = (nodes[victim].api, nodes[victim].enroll, nodes[victim].agents);
+        let moves_of =
+            |b: &Option<serde_json::Value>, k: &str| b.as_ref().and_then(|b| b["data"][k].as_u64()).unwrap_or(0);
+        let before = get_json(&master_api, "/cluster/balance");
+        let t0 = Instant::now();
+        let log = format!("{name}-rejoined.log");
+        nodes.push(start_node_on(args, bin, dir, &name, false, cluster_port, own, &log)?);
+        let workers: Vec<String> = nodes[1..victim + 1].iter().map(|n| n.name.clone()).collect();
+        let mean = args.agents as f64 / args.workers as f64;
+        let (low, high) = ((mean * 0.8).floor() as u64, (mean * 1.2).ceil() as u64);
+        let mut balanced_s = None;
+        let mut held: Vec<u64> = Vec::new();
+        while t0.elapsed() < Duration::from_secs(args.rebalance_wait) {
+            if let Some(s) = get_json(&master_api, "/agents/summary/status") {
+                held = workers.iter().map(|w| s["data"]["nodes"][w.as_str()]["active"].as_u64().unwrap_or(0)).collect();
+                if held.iter().all(|n| (low..=high).contains(n)) && held.iter().sum::<u64>() as usize >= args.agents {
+                    balanced_s = Some(t0.elapsed().as_secs_f64());
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let after = get_json(&master_api, "/cluster/balance");
+        let moves = moves_of(&after, "moves").saturating_sub(moves_of(&before, "moves"));
+        let batches = moves_of(&after, "batches").saturating_sub(moves_of(&before, "batches"));
+        rebalance = serde_json::json!({
+            "joined_worker": name, "balanced_s": balanced_s.map(round1), "wait_limit_s": args.rebalance_wait,
+            "within": [low, high], "moves": moves, "batches": batches,
+            "joined_holds": held.last().copied().unwrap_or(0),
+            "min_active": held.iter().min().copied().unwrap_or(0), "max_active": held.iter().max().copied().unwrap_or(0),
+        });
+        say(&format!("rebalance after {name} joined: {rebalance}"));
+    }
+
     // Stop agent-sim and read its summary.
     drop(sim_in.take());
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -737,13 +797,20 @@ fn measure(
     let mut problems_after = serde_json::Map::new();
     let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
     for (i, n) in nodes.iter().enumerate() {
-        let (before, lines, k) = &before_kill[i];
-        problems_before.insert(n.name.clone(), (*before).into());
-        for (m, c) in k {
-            *kinds.entry(m.clone()).or_default() += c;
-        }
-        let (after, _, k2) = log_problems(&n.log, *lines);
-        problems_after.insert(n.name.clone(), after.into());
+        // A worker that rejoined has a log of its own, read from its start.
+        let from = match before_kill.get(i) {
+            Some((before, lines, k)) => {
+                problems_before.insert(n.name.clone(), (*before).into());
+                for (m, c) in k {
+                    *kinds.entry(m.clone()).or_default() += c;
+                }
+                *lines
+            }
+            None => 0,
+        };
+        let (after, _, k2) = log_problems(&n.log, from);
+        let entry = problems_after.entry(n.name.clone()).or_insert(0.into());
+        *entry = (entry.as_u64().unwrap_or(0) + after as u64).into();
         for (m, c) in k2 {
             *kinds.entry(format!("(after the kill) {m}")).or_default() += c;
         }
@@ -773,6 +840,7 @@ fn measure(
         },
         "events": events,
         "failover": { "killed_worker_agents": moved_agents, "active_again_s": failover_s.map(round1) },
+        "rebalance": rebalance,
         "warn_error_lines": { "before_kill": problems_before, "after_kill": problems_after, "top": top },
         "agent_sim": final_summary,
     }))

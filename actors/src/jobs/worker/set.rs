@@ -228,8 +228,12 @@ impl Dispatch<WorkerSide> for WorkerJobs {
                 let (conn, reader) = (self.conn.clone(), self.api_calls.reader());
                 let (node, peer) = (self.node.clone(), self.peer.clone());
                 Box::pin(async move {
-                    // Only reads of this node's own: the master asks nothing else this way.
-                    let own = call.method == wazuh_cluster_protocol::message::ApiMethod::Get
+                    // Only reads of this node's own, and its drain: the master asks nothing else
+                    // this way (the node's API checks the caller's credential as for its own).
+                    use wazuh_cluster_protocol::message::ApiMethod;
+                    let drain =
+                        call.method == ApiMethod::Put && call.target.split('?').next() == Some("/manager/drain");
+                    let own = (call.method == ApiMethod::Get || drain)
                         && call.target.starts_with("/manager/")
                         && call.target.bytes().all(|b| b.is_ascii_graphic())
                         && call.target.len() <= wazuh_cluster_protocol::message::ApiCall::MAX_TARGET;
