@@ -314,6 +314,11 @@ pub struct AgentCommand {
     /// that does not know it just sends the messages).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub away_ms: Option<u64>,
+    /// A rebalancing move's steering: agents moved from other workers to fill one that needs
+    /// them, refused here too for `away_ms` (without a message: they are not connected here), so
+    /// that they go on to that worker. Optional, like `away_ms`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refuse: Vec<u32>,
 }
 
 /// A request for one agent, and how long the worker waits for the agent's answer.

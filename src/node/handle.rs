@@ -410,7 +410,10 @@ impl NodeHandle {
                     .await
                     .map_err(|_| "the agent hub stopped".to_string())
             } else {
-                match listener.send(master::CommandAgents { node: node.clone(), messages, away: None }).await {
+                match listener
+                    .send(master::CommandAgents { node: node.clone(), messages, away: None, refuse: Vec::new() })
+                    .await
+                {
                     Ok(result) => result.map_err(|e| e.to_string()),
                     Err(_) => Err("the master listener stopped".to_string()),
                 }

@@ -276,6 +276,15 @@ pub struct SendAway {
     pub away: std::time::Duration,
 }
 
+/// A rebalancing move's steering: agents moved from another worker to fill one that needs them are
+/// refused here for `away` too (those connected here are left alone).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RefuseFor {
+    pub ids: Vec<u32>,
+    pub away: std::time::Duration,
+}
+
 /// The longest a moved agent is refused (what the master asks is capped at this).
 pub const MAX_AWAY_MS: u64 = 10 * 60 * 1000;
 

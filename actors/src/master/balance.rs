@@ -199,6 +199,7 @@ impl MasterListener {
             }
             let mut moved = 0u64;
             let mut said = Vec::new();
+            let mut picked_all: Vec<(String, Vec<u32>)> = Vec::new();
             for (worker, n) in &batch {
                 let (from, want) = (worker.clone(), *n);
                 let picked = registry
@@ -210,21 +211,42 @@ impl MasterListener {
                         Ok(ids)
                     })
                     .await;
-                let ids = match picked {
-                    Ok(ids) => ids,
-                    Err(e) => {
-                        warn!(node = node.as_str(); "rebalance: cannot pick agents of {worker} to move: {e}");
-                        continue;
+                match picked {
+                    Ok(ids) => picked_all.push((worker.clone(), ids)),
+                    Err(e) => warn!(node = node.as_str(); "rebalance: cannot pick agents of {worker} to move: {e}"),
+                }
+            }
+            // Workers far below the mean (one that joined) are to get what moves: every other
+            // worker refuses the moved agents for a while too, so that an agent whose next server
+            // (or a balancer's next pick) is another busy worker goes on to one of them.
+            let targets: HashSet<&String> =
+                active.iter().filter(|(_, &n)| (n as f64) < mean * (1.0 - rs.share)).map(|(w, _)| w).collect();
+            if rs.mode == RebalanceMode::On && !targets.is_empty() {
+                let all: Vec<u32> = picked_all.iter().flat_map(|(_, ids)| ids.iter().copied()).collect();
+                for w in active.keys().filter(|w| !targets.contains(w)) {
+                    let order = super::CommandAgents {
+                        node: w.clone(),
+                        messages: Vec::new(),
+                        away: Some(rs.away),
+                        refuse: all.clone(),
+                    };
+                    match me.send(order).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => warn!(node = node.as_str(); "rebalance: {e}"),
+                        Err(_) => return Checked { state },
                     }
-                };
-                let holds = active.get(worker).copied().unwrap_or(0);
+                }
+            }
+            for (worker, ids) in picked_all {
+                let holds = active.get(&worker).copied().unwrap_or(0);
                 if rs.mode == RebalanceMode::DryRun {
                     moved += ids.len() as u64;
                     said.push(format!("{worker} ({holds} active) would move {}", ids.len()));
                     continue;
                 }
                 let messages = ids.iter().map(|&id| (id, "#!-force_reconnect".to_string())).collect();
-                let order = super::CommandAgents { node: worker.clone(), messages, away: Some(rs.away) };
+                let order =
+                    super::CommandAgents { node: worker.clone(), messages, away: Some(rs.away), refuse: Vec::new() };
                 match me.send(order).await {
                     Ok(Ok(sent)) => {
                         moved += sent.len() as u64;
@@ -233,6 +255,11 @@ impl MasterListener {
                     Ok(Err(e)) => warn!(node = node.as_str(); "rebalance: {e}"),
                     Err(_) => return Checked { state },
                 }
+            }
+            if !targets.is_empty() && rs.mode == RebalanceMode::On {
+                let mut to: Vec<&str> = targets.iter().map(|t| t.as_str()).collect();
+                to.sort_unstable();
+                said.push(format!("steered to {} (the others refuse the moved agents)", to.join(", ")));
             }
             state.view.moves += moved;
             if rs.mode == RebalanceMode::On {

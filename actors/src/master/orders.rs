@@ -182,6 +182,8 @@ pub struct CommandAgents {
     pub messages: Vec<(u32, String)>,
     /// A rebalancing move: the worker refuses these agents for this long after the message.
     pub away: Option<Duration>,
+    /// A rebalancing move's steering: agents moved elsewhere that this worker refuses for `away`.
+    pub refuse: Vec<u32>,
 }
 
 impl Handler<CommandAgents> for MasterListener {
@@ -193,6 +195,7 @@ impl Handler<CommandAgents> for MasterListener {
             MasterToWorker::AgentCommand(wazuh_cluster_protocol::message::AgentCommand {
                 messages: msg.messages.clone(),
                 away_ms: msg.away.map(|d| d.as_millis() as u64),
+                refuse: msg.refuse.clone(),
             }),
         );
         Box::pin(async move {

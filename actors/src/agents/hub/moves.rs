@@ -2,7 +2,7 @@
 //! moves ([`SendAway`]).
 
 use super::AgentHub;
-use crate::agents::messages::{Drain, Drained, SendAway};
+use crate::agents::messages::{Drain, Drained, RefuseFor, SendAway};
 use actix::prelude::*;
 use log::info;
 use std::time::Instant;
@@ -17,6 +17,20 @@ impl AgentHub {
                 false
             }
             None => false,
+        }
+    }
+}
+
+impl Handler<RefuseFor> for AgentHub {
+    type Result = ();
+
+    fn handle(&mut self, RefuseFor { ids, away }: RefuseFor, _: &mut Context<Self>) {
+        let now = Instant::now();
+        self.away.retain(|_, until| *until > now);
+        for id in ids {
+            if !self.live.contains_key(&id) {
+                self.away.insert(id, now + away);
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ use super::integrity::Integrity;
 use super::status::{AgentInfo, KeepAlive};
 use super::sync_round::Schedule;
 use crate::agents::hub::AgentHub;
-use crate::agents::messages::{AskAgent, ForceReconnect, SendAway, SendToAgents, MAX_AWAY_MS};
+use crate::agents::messages::{AskAgent, ForceReconnect, RefuseFor, SendAway, SendToAgents, MAX_AWAY_MS};
 use crate::connection::{ConnHandle, Dispatch, Inbound, LocalFuture, Undeliverable, WorkerSide};
 use crate::jobs::runtime::{
     deliver as send, Controls, JobCore, JobSetView, Notice, Request, Server, SetControl, MAILBOX,
@@ -207,6 +207,10 @@ impl Dispatch<WorkerSide> for WorkerJobs {
                 let (node, peer) = (self.node.clone(), self.peer.clone());
                 Box::pin(async move {
                     let messages = c.messages.into_iter().map(|(id, m)| (id, m.into_bytes())).collect();
+                    if let (Some(hub), Some(ms), false) = (&hub, c.away_ms, c.refuse.is_empty()) {
+                        let away = std::time::Duration::from_millis(ms.min(MAX_AWAY_MS));
+                        hub.send(RefuseFor { ids: c.refuse, away }).await.map_err(|_| Undeliverable::Stopped)?;
+                    }
                     let sent = match (hub, c.away_ms) {
                         (Some(hub), None) => {
                             hub.send(SendToAgents(messages)).await.map_err(|_| Undeliverable::Stopped)?
@@ -218,7 +222,9 @@ impl Dispatch<WorkerSide> for WorkerJobs {
                         }
                         (None, _) => Vec::new(),
                     };
-                    info!(node = node.as_str(); "master {peer} had {} agents sent a command", sent.len());
+                    if !sent.is_empty() {
+                        info!(node = node.as_str(); "master {peer} had {} agents sent a command", sent.len());
+                    }
                     let _ = conn.respond(id, WorkerToMaster::AgentCommandSent(AgentCommandSent { sent })).await;
                     drop(permit);
                     Ok(())
