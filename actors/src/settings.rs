@@ -262,6 +262,9 @@ pub struct RebalanceSettings {
     pub max_per_second: u32,
     /// How long a moved agent is refused by the worker it left.
     pub away: Duration,
+    /// Whether moves that fill a worker far below the mean are steered to it (every other worker
+    /// refuses the moved agents for `away` too).
+    pub steer: bool,
 }
 
 impl Default for RebalanceSettings {
@@ -272,6 +275,7 @@ impl Default for RebalanceSettings {
             every: Duration::from_secs(5),
             max_per_second: 50,
             away: Duration::from_secs(60),
+            steer: true,
         }
     }
 }

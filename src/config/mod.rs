@@ -49,6 +49,9 @@
 //! every = "5s"               # ...checked this often, is brought down to the mean...
 //! max_per_second = 50        # ...this many agents a second at most, in all...
 //! away = "60s"               # ...each refused by the worker it left this long (server lists)
+//! steer = true               # agents moved to fill a worker far below the mean are refused by the
+//!                            # others too, so they go on to it (with long server lists, each
+//!                            # refusing server costs an agent max_retries x retry_interval)
 //!
 //! [enrollment]
 //! bind = "0.0.0.0:1515"
@@ -262,12 +265,13 @@ fn ser_rebalance<S: serde::Serializer>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeMap;
-    let mut m = s.serialize_map(Some(5))?;
+    let mut m = s.serialize_map(Some(6))?;
     m.serialize_entry("mode", &r.mode)?;
     m.serialize_entry("share", &r.share)?;
     m.serialize_entry("every", &format_duration(r.every))?;
     m.serialize_entry("max_per_second", &r.max_per_second)?;
     m.serialize_entry("away", &format_duration(r.away))?;
+    m.serialize_entry("steer", &r.steer)?;
     m.end()
 }
 

@@ -72,6 +72,7 @@ pub(super) struct RawRebalance {
     pub(super) every: Option<String>,
     pub(super) max_per_second: Option<u32>,
     pub(super) away: Option<String>,
+    pub(super) steer: Option<bool>,
 }
 
 /// A list given as a TOML array, or as one comma-separated string (environment, `--set`).

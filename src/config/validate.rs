@@ -215,6 +215,7 @@ fn rebalance_section(
             None => 50,
         },
         away: duration_field("cluster.rebalance.away", r.away, "60s", Duration::ZERO, Duration::from_secs(600))?,
+        steer: r.steer.unwrap_or(true),
     })
 }
 

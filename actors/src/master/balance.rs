@@ -221,6 +221,7 @@ impl MasterListener {
             // (or a balancer's next pick) is another busy worker goes on to one of them.
             let targets: HashSet<&String> =
                 active.iter().filter(|(_, &n)| (n as f64) < mean * (1.0 - rs.share)).map(|(w, _)| w).collect();
+            let targets = if rs.steer { targets } else { HashSet::new() };
             if rs.mode == RebalanceMode::On && !targets.is_empty() {
                 let all: Vec<u32> = picked_all.iter().flat_map(|(_, ids)| ids.iter().copied()).collect();
                 for w in active.keys().filter(|w| !targets.contains(w)) {
