@@ -335,14 +335,26 @@ pub(super) async fn node_read(
     }
     let query = req.query_string();
     let target = if query.is_empty() { format!("/manager/{what}") } else { format!("/manager/{what}?{query}") };
+    ask_node(&node, &req, &node_id, wazuh_cluster_protocol::message::ApiMethod::Get, target).await
+}
+
+/// Has node `node_id`'s own API answer `method target` with the caller's credential (the master
+/// asks it over the cluster connection), and passes its answer on.
+async fn ask_node(
+    node: &NodeHandle,
+    req: &actix_web::HttpRequest,
+    node_id: &str,
+    method: wazuh_cluster_protocol::message::ApiMethod,
+    target: String,
+) -> HttpResponse {
     let call = wazuh_cluster_protocol::message::ApiCall {
-        method: wazuh_cluster_protocol::message::ApiMethod::Get,
+        method,
         target,
-        credential: bearer(&req).to_string(),
+        credential: bearer(req).to_string(),
         content_type: String::new(),
         body: Vec::new(),
     };
-    match node.call_worker_api(&node_id, call).await {
+    match node.call_worker_api(node_id, call).await {
         Ok(answer) => {
             let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
             HttpResponse::build(status).content_type(answer.content_type).body(answer.body)
@@ -383,20 +395,7 @@ pub(super) async fn node_drain(
             wazuh_cluster_protocol::agent::enrollment::printable(&node_id)
         ));
     }
-    let call = wazuh_cluster_protocol::message::ApiCall {
-        method: wazuh_cluster_protocol::message::ApiMethod::Put,
-        target: "/manager/drain".into(),
-        credential: bearer(&req).to_string(),
-        content_type: String::new(),
-        body: Vec::new(),
-    };
-    match node.call_worker_api(&node_id, call).await {
-        Ok(answer) => {
-            let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
-            HttpResponse::build(status).content_type(answer.content_type).body(answer.body)
-        }
-        Err(why) => HttpResponse::ServiceUnavailable().json(error_body(503, &why)),
-    }
+    ask_node(&node, &req, &node_id, wazuh_cluster_protocol::message::ApiMethod::Put, "/manager/drain".into()).await
 }
 
 /// `GET /manager/info`: what this node is, in the fields Wazuh's manager reports.

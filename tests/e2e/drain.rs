@@ -1,8 +1,8 @@
 //! A worker drained on SIGTERM: 1,000 agent-sim agents, reconnecting as real Wazuh agents do (the
 //! same server first, the next one after `--max-retries` failures), on worker 1 and sending events;
-//! SIGTERM to worker 1 moves them all to worker 2 through a round-robin TCP proxy (as a balancer in
-//! front of the workers); then `wazuh-cluster drain worker-1` (the master's API) does the same with
-//! server lists in the agents. Worker 1 exits 0 and
+//! SIGTERM to worker 1 moves them all to worker 2, through a round-robin TCP proxy (as a balancer in
+//! front of the workers), then with server lists in the agents; `wazuh-cluster drain worker-1` (the
+//! master's API) then does the same as SIGTERM. Worker 1 exits 0 and
 //! every event agent-sim counted as sent is in an archive.
 
 use crate::common;
@@ -202,26 +202,46 @@ fn sigterm_drains_a_workers_agents_to_the_others_through_a_proxy_and_with_server
         Sim::start(&keys, &["--agents", "1000", "--connect", &list, "--max-retries", "3", "--retry-interval", "2"]);
     wait_active(api, "worker-1", false, 1000, Duration::from_secs(90));
     std::thread::sleep(Duration::from_secs(2));
-    // This time the drain is asked of the master's API (`wazuh-cluster drain`), not by a signal.
+    let pid = w1.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let moved = wait_active(api, "worker-1", true, 1000, Duration::from_secs(90));
+    let status = w1.wait_exit(Duration::from_secs(45)).expect("worker 1 exits after its drain");
+    assert!(status.success(), "worker 1 exited with {status}:\n{}", w1.log());
+    eprintln!(
+        "with server lists (3 attempts 2 s apart, 6 s on the agents' own schedule): 1,000 agents active on other nodes {} ms after SIGTERM",
+        moved.as_millis()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let sent_lists = sim.stop();
+
+    // The drain asked of the master's API (`wazuh-cluster drain`), not by a signal, through the proxy.
+    let mut w1 = Node::start("worker-1.toml", &w1_sets);
+    proxy.set_backends(vec![agents_of(&w1_sets)]);
+    let sim = Sim::start(
+        &keys,
+        &["--agents", "1000", "--connect", &proxy.addr.to_string(), "--max-retries", "5", "--retry-interval", "2"],
+    );
+    wait_active(api, "worker-1", false, 1000, Duration::from_secs(90));
+    proxy.set_backends(vec![agents_of(&w1_sets), agents_of(&w2_sets)]);
     let asked = Command::new(BIN)
         .args(["drain", "worker-1", "--api", &format!("http://127.0.0.1:{api}")])
         .env("WMN_API_TOKEN", API_TOKEN)
         .output()
         .expect("wazuh-cluster drain");
     assert!(asked.status.success(), "{}", String::from_utf8_lossy(&asked.stderr));
-    let moved = wait_active(api, "worker-1", true, 1000, Duration::from_secs(90));
+    let moved = wait_active(api, "worker-1", true, 1000, Duration::from_secs(60));
     let status = w1.wait_exit(Duration::from_secs(45)).expect("worker 1 exits after its drain");
     assert!(status.success(), "worker 1 exited with {status}:\n{}", w1.log());
     eprintln!(
-        "drained through the master's API, with server lists (3 attempts 2 s apart, 6 s on the agents' own schedule): 1,000 agents active on other nodes {} ms after the call",
+        "drained through the master's API (the proxy): 1,000 agents active on other nodes {} ms after the call",
         moved.as_millis()
     );
     std::thread::sleep(Duration::from_secs(2));
-    let sent_lists = sim.stop();
+    let sent_api = sim.stop();
 
     // Every event agent-sim counted as sent is in an archive: worker 1's (stopped, flushed) or
     // worker 2's once it has written what it took.
-    let sent = sent_proxy + sent_lists;
+    let sent = sent_proxy + sent_lists + sent_api;
     let archives = [dir.path().join("w1"), dir.path().join("w2")];
     let start = Instant::now();
     let mut got = 0;
@@ -232,7 +252,7 @@ fn sigterm_drains_a_workers_agents_to_the_others_through_a_proxy_and_with_server
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    eprintln!("events: {sent} sent ({sent_proxy} + {sent_lists}), {got} archived");
+    eprintln!("events: {sent} sent ({sent_proxy} + {sent_lists} + {sent_api}), {got} archived");
     assert_eq!(got, sent, "every event sent is archived, once");
     assert!(w2.terminate().success());
     drop(master);
