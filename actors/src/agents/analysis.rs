@@ -234,6 +234,14 @@ mod tests {
         assert_eq!(got, (0..10u8).map(|i| vec![b'a' + i; 100]).collect::<Vec<_>>());
         assert!(q.offer(b"after".to_vec()));
         assert_eq!(recv_all(&listener, 1), vec![b"after".to_vec()]);
+        // The sender counts a delivery once its send has returned, which may be just after the
+        // datagram arrived here: wait for the figures (bounded) rather than race them.
+        let start = std::time::Instant::now();
+        while (q.stats.delivered.load(Ordering::Relaxed) < 11 || q.stats.held.load(Ordering::Relaxed) > 0)
+            && start.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(q.stats.delivered.load(Ordering::Relaxed), 11);
         assert_eq!(q.stats.held.load(Ordering::Relaxed), 0);
         // analysisd restarts (its socket file replaced): delivery resumes on the new one.
