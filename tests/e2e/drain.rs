@@ -102,6 +102,23 @@ impl Drop for Sim {
     }
 }
 
+/// Enrolls `n` agents named `<prefix>-<i>` through `enroll` (authd's address) into `keys`.
+pub fn enroll(enroll: &str, n: u64, prefix: &str, keys: &std::path::Path) {
+    let out = Command::new(agent_sim())
+        .args(["--enroll", enroll, "--agents", &n.to_string(), "--concurrency", "64", "--prefix", prefix])
+        .args(["--json", "--keys-out"])
+        .arg(keys)
+        .output()
+        .expect("agent-sim enrollment");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// SIGTERM to `node`.
+fn send_sigterm(node: &Node) {
+    let pid = node.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+}
+
 /// The master's count of active agents per node.
 pub fn active_by_node(api: u16) -> std::collections::BTreeMap<String, u64> {
     let base = format!("http://127.0.0.1:{api}");
@@ -158,13 +175,7 @@ fn sigterm_drains_a_workers_agents_to_the_others_through_a_proxy_and_with_server
     let w2 = Node::start("worker-2.toml", &w2_sets);
     wait_listed(api, &["master-1", "worker-1", "worker-2"], &[&master, &w1, &w2]);
     let keys = dir.path().join("agents.keys");
-    let enrolled = Command::new(agent_sim())
-        .args(["--enroll", &setting(&w1_sets, "enrollment.bind"), "--agents", "1000", "--concurrency", "64"])
-        .args(["--json", "--keys-out"])
-        .arg(&keys)
-        .output()
-        .expect("agent-sim enrollment");
-    assert!(enrolled.status.success(), "{}", String::from_utf8_lossy(&enrolled.stderr));
+    enroll(&setting(&w1_sets, "enrollment.bind"), 1000, "sim", &keys);
     let agents_of = |sets: &[String]| -> SocketAddr { setting(sets, "agents.bind").parse().expect("agents.bind") };
 
     // Through the proxy: every agent on worker 1 first; then the proxy balances over both.
@@ -177,8 +188,7 @@ fn sigterm_drains_a_workers_agents_to_the_others_through_a_proxy_and_with_server
     proxy.set_backends(vec![agents_of(&w1_sets), agents_of(&w2_sets)]);
     std::thread::sleep(Duration::from_secs(2));
     let sigterm = Instant::now();
-    let pid = w1.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    send_sigterm(&w1);
     let moved = wait_active(api, "worker-1", true, 1000, Duration::from_secs(60));
     let status = w1.wait_exit(Duration::from_secs(45)).expect("worker 1 exits after its drain");
     let exited = sigterm.elapsed();
@@ -202,8 +212,7 @@ fn sigterm_drains_a_workers_agents_to_the_others_through_a_proxy_and_with_server
         Sim::start(&keys, &["--agents", "1000", "--connect", &list, "--max-retries", "3", "--retry-interval", "2"]);
     wait_active(api, "worker-1", false, 1000, Duration::from_secs(90));
     std::thread::sleep(Duration::from_secs(2));
-    let pid = w1.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    send_sigterm(&w1);
     let moved = wait_active(api, "worker-1", true, 1000, Duration::from_secs(90));
     let status = w1.wait_exit(Duration::from_secs(45)).expect("worker 1 exits after its drain");
     assert!(status.success(), "worker 1 exited with {status}:\n{}", w1.log());

@@ -101,12 +101,10 @@ fn shipped(mut sets: Vec<String>) -> Vec<String> {
     sets
 }
 
-/// The master (index) a worker's log says it completed its handshake with last.
-fn followed_master(worker: &Node) -> Option<usize> {
-    let lines = worker.lines();
-    let line = lines.iter().rev().find(|l| l.contains("handshake complete with master m"))?;
-    let at = line.find("with master m")? + "with master m".len();
-    line.get(at..at + 1)?.parse().ok()
+/// The master (index) a worker is connected to, as its own API lists it (`None`: none now).
+fn followed_master(worker_sets: &[String]) -> Option<usize> {
+    let listed = listed_nodes(api_port(worker_sets));
+    listed.iter().find_map(|n| n.strip_prefix('m').and_then(|i| i.parse().ok()))
 }
 
 fn signal(node: &Node, sig: &str) {
@@ -137,8 +135,10 @@ fn workers_follow_a_new_leader_within_seconds_of_a_freeze_and_of_kill_9() {
         })
         .collect();
     let workers: Vec<Node> = worker_sets.iter().map(|s| Node::start("worker-1.toml", s)).collect();
-    for w in &workers {
-        w.wait_for(&["handshake complete with master m"]);
+    let start = Instant::now();
+    while !worker_sets.iter().all(|s| followed_master(s).is_some()) {
+        assert!(start.elapsed() < WAIT, "the workers did not connect to a master");
+        std::thread::sleep(Duration::from_millis(50));
     }
     let history = History::default();
     let enroll_through = |w: usize, attempt: usize, tag: &str| {
@@ -154,7 +154,7 @@ fn workers_follow_a_new_leader_within_seconds_of_a_freeze_and_of_kill_9() {
         // The leader, as both workers follow it.
         let start = Instant::now();
         let leader = loop {
-            let seen: Vec<Option<usize>> = workers.iter().map(followed_master).collect();
+            let seen: Vec<Option<usize>> = worker_sets.iter().map(|s| followed_master(s)).collect();
             if let [Some(a), Some(b)] = seen[..] {
                 if a == b && nodes[a].is_some() {
                     break a;

@@ -235,8 +235,12 @@ fn workers_follow_a_new_leader_within_seconds_of_a_partition_with_the_shipped_ti
         let s = node_sets(&format!("w{w}"), vec!["cluster.master=".into()]);
         nodes.push(Node::spawn(&format!("w{w}"), run_command(net.exec(3 + w, BIN), "worker-1.toml", &s)));
     }
-    for w in &nodes[3..] {
-        w.wait_for(&["handshake complete with master m"]);
+    // Each worker connected to a master, as its own API lists it.
+    let start = Instant::now();
+    let connected = |w: usize| view(&net, w).lines().any(|l| l.split_whitespace().nth(1) == Some("master"));
+    while !(3..5).all(connected) {
+        assert!(start.elapsed() < WAIT, "the workers did not connect to a master");
+        std::thread::sleep(Duration::from_millis(100));
     }
     let history = History::default();
     let enroll_through = |w: usize, attempt: usize, tag: &str| {

@@ -6,25 +6,13 @@
 //! next server).
 
 use crate::common;
-use crate::drain::{active_by_node, wait_active, Proxy, Sim};
+use crate::drain::{active_by_node, enroll, wait_active, Proxy, Sim};
 
 use common::process::*;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const AGENTS: u64 = 2000;
-
-/// Enrolls `n` agents through `enroll` into `keys`.
-fn enroll(enroll: &str, n: u64, prefix: &str, keys: &std::path::Path) {
-    let out = Command::new(agent_sim())
-        .args(["--enroll", enroll, "--agents", &n.to_string(), "--concurrency", "64", "--prefix", prefix])
-        .args(["--json", "--keys-out"])
-        .arg(keys)
-        .output()
-        .expect("agent-sim enrollment");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
 
 /// The master's `GET /cluster/balance`.
 fn balance(api: u16) -> serde_json::Value {

@@ -3,7 +3,7 @@
 //! connections the hung process held open, are active on the other worker.
 
 use crate::common;
-use crate::drain::{wait_active, Proxy, Sim};
+use crate::drain::{enroll, wait_active, Proxy, Sim};
 
 use common::process::*;
 use std::net::SocketAddr;
@@ -25,12 +25,7 @@ fn a_worker_whose_event_loop_hangs_is_ended_and_its_agents_go_on_elsewhere() {
     let w2 = Node::start("worker-2.toml", &w2_sets);
     wait_listed(api, &["master-1", "worker-1", "worker-2"], &[&master, &w1, &w2]);
     let keys = dir.path().join("agents.keys");
-    let out = Command::new(agent_sim())
-        .args(["--enroll", &setting(&w1_sets, "enrollment.bind"), "--agents", "200", "--json", "--keys-out"])
-        .arg(&keys)
-        .output()
-        .expect("agent-sim");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    enroll(&setting(&w1_sets, "enrollment.bind"), 200, "sim", &keys);
     let agents_of = |sets: &[String]| -> SocketAddr { setting(sets, "agents.bind").parse().expect("agents.bind") };
     let proxy = Proxy::start(vec![agents_of(&w1_sets)]);
     let sim = Sim::start(

@@ -108,11 +108,6 @@ pub(crate) fn plan(
         .collect()
 }
 
-/// What one check decided and did.
-struct Checked {
-    state: BalanceState,
-}
-
 impl MasterListener {
     /// One check of the distribution (see the module's documentation).
     pub(super) fn rebalance(&mut self, ctx: &mut Context<Self>) {
@@ -144,7 +139,7 @@ impl MasterListener {
                 Ok(s) => s,
                 Err(e) => {
                     warn!(node = node.as_str(); "rebalance: cannot read the agents per node: {e}");
-                    return Checked { state };
+                    return state;
                 }
             };
             let active: BTreeMap<String, u64> = workers
@@ -174,7 +169,7 @@ impl MasterListener {
             if !steady {
                 state.over_for.clear();
                 state.view.state = "settling".into();
-                return Checked { state };
+                return state;
             }
             // Over for two checks in a row, or already being brought down.
             let over_now: HashSet<String> =
@@ -195,7 +190,7 @@ impl MasterListener {
             state.view.over = batch.iter().map(|(n, _)| n.clone()).collect();
             if batch.is_empty() {
                 state.view.state = "balanced".into();
-                return Checked { state };
+                return state;
             }
             let mut moved = 0u64;
             let mut said = Vec::new();
@@ -234,7 +229,7 @@ impl MasterListener {
                     match me.send(order).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => warn!(node = node.as_str(); "rebalance: {e}"),
-                        Err(_) => return Checked { state },
+                        Err(_) => return state,
                     }
                 }
             }
@@ -254,7 +249,7 @@ impl MasterListener {
                         said.push(format!("{worker} ({holds} active) moves {}", sent.len()));
                     }
                     Ok(Err(e)) => warn!(node = node.as_str(); "rebalance: {e}"),
-                    Err(_) => return Checked { state },
+                    Err(_) => return state,
                 }
             }
             if !targets.is_empty() && rs.mode == RebalanceMode::On {
@@ -270,10 +265,9 @@ impl MasterListener {
             state.view.last_batch_at_ms = crate::clock::now_ms();
             state.view.state = "moving".into();
             info!(node = node.as_str(); "rebalance{}: mean {mean:.0} active agents per worker; {}", if rs.mode == RebalanceMode::DryRun { " (dry run)" } else { "" }, said.join(", "));
-            Checked { state }
+            state
         };
-        ctx.spawn(check.into_actor(self).map(|checked, act, _| {
-            let mut state = checked.state;
+        ctx.spawn(check.into_actor(self).map(|mut state, act, _| {
             state.busy = false;
             state.view.mode = act.settings.rebalance.mode;
             act.balance = state;
