@@ -10,7 +10,7 @@ agents=${1:-50000}
 workers=${2:-25}
 keepalive=${3:-10}
 shift $(( $# < 3 ? $# : 3 ))
-cargo build --release --quiet --bin wazuh-cluster --bin agent-sim --bin bench-scale
+cargo build --release --quiet --bin wazuh-cluster --bin agent-sim --bin bench-scale --bin wdb-standin
 # Every agent holds a socket in agent-sim and one in a worker: use the hard limit (agent-sim runs
 # its agents in several processes when one may not hold them all).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

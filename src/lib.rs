@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod logging;
+pub mod manager;
 pub mod metrics;
 pub mod node;
 pub mod report;

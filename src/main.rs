@@ -360,6 +360,13 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 }
                 Err(e) => anyhow::bail!("node.max_open_files / nofile: {e}"),
             }
+            let on = cfg.manager.enabled();
+            if on.is_empty() {
+                println!("# manager integrations: none on (see [manager])");
+            }
+            for (name, path) in on {
+                println!("# manager integration on: {name} at {}", path.display());
+            }
             print!("{}", cfg.to_masked_toml());
             Ok(())
         }

@@ -37,8 +37,21 @@ pub fn render(
     nodes: &[NodeHealthView],
     agents: Option<&StatusSummary>,
     balance: Option<&wazuh_cluster_actors::master::BalanceView>,
+    manager: &[(String, String, u64)],
 ) -> String {
     let mut out = String::new();
+    if !manager.is_empty() {
+        let name = "wazuh_cluster_manager_integration";
+        let mut f = Family::new(
+            &mut out,
+            name,
+            "gauge",
+            "The Wazuh daemons around this node ([manager]): per integration (active_response, requests, wazuh_db), its bound, what it received, sent, refused and dropped.",
+        );
+        for (integration, figure, value) in manager {
+            f.sample(name, &[("node", this_node), ("integration", integration), ("figure", figure)], *value as f64);
+        }
+    }
     let name = "wazuh_cluster_node_connected";
     let mut f = Family::new(&mut out, name, "gauge", "1 if the node is connected (a worker: to the master).");
     for n in nodes {
@@ -207,7 +220,19 @@ mod tests {
             batches: 2,
             ..Default::default()
         };
-        let text = render("master-1", &nodes, Some(&counts.summary()), Some(&balance));
+        let text = render(
+            "master-1",
+            &nodes,
+            Some(&counts.summary()),
+            Some(&balance),
+            &[("wazuh_db".into(), "dropped".into(), 3)],
+        );
+        assert!(
+            text.contains(
+                "wazuh_cluster_manager_integration{node=\"master-1\",integration=\"wazuh_db\",figure=\"dropped\"} 3"
+            ),
+            "{text}"
+        );
         assert!(text.contains("wazuh_cluster_rebalance_moves_total{node=\"master-1\"} 7"), "{text}");
         assert!(text.contains("wazuh_cluster_worker_active_agents{node=\"w1\"} 2"), "{text}");
         for line in [
@@ -233,6 +258,6 @@ mod tests {
             let value = l.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "{l}");
         }
-        assert!(render("w", &[], None, None).contains("wazuh_cluster_registry_up{node=\"w\"} 0"));
+        assert!(render("w", &[], None, None, &[]).contains("wazuh_cluster_registry_up{node=\"w\"} 0"));
     }
 }

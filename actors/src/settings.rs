@@ -51,6 +51,9 @@ pub struct ChannelSettings {
     pub enrollment: Arc<crate::enrollment_policy::EnrollmentPolicy>,
     /// Master: how the API reads workers forward are answered (by this node's API, once it runs).
     pub api_calls: ApiCalls,
+    /// Master: how what workers relay for agents other nodes hold is done (by the node's manager
+    /// integrations, once they run).
+    pub agent_relays: AgentRelays,
     /// Master: rebalancing agents across workers (`[cluster.rebalance]`).
     pub rebalance: RebalanceSettings,
 }
@@ -87,6 +90,37 @@ impl ApiCalls {
 impl std::fmt::Debug for ApiCalls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.get().is_some() { "ApiCalls(set)" } else { "ApiCalls(unset)" })
+    }
+}
+
+/// Master: does what a worker relays for agents other nodes hold
+/// ([`wazuh_cluster_protocol::message::AgentRelay`]); set once by the node. Until then a relay is
+/// answered `unavailable`.
+#[derive(Clone, Default)]
+pub struct AgentRelays(Arc<std::sync::OnceLock<Arc<RelayFn>>>);
+
+/// `(worker, relay) -> outcome`, run on the worker connection's thread.
+pub type RelayFn = dyn Fn(
+        String,
+        wazuh_cluster_protocol::message::AgentRelay,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = wazuh_cluster_protocol::message::AgentRelayed>>>
+    + Send
+    + Sync;
+
+impl AgentRelays {
+    /// Installs the relay (the first one set stays).
+    pub fn set(&self, relay: Arc<RelayFn>) {
+        let _ = self.0.set(relay);
+    }
+
+    pub fn get(&self) -> Option<Arc<RelayFn>> {
+        self.0.get().cloned()
+    }
+}
+
+impl std::fmt::Debug for AgentRelays {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "AgentRelays(set)" } else { "AgentRelays(unset)" })
     }
 }
 
@@ -226,6 +260,7 @@ pub(crate) fn test_settings(name: &str) -> ChannelSettings {
         max_handshakes: 256,
         enrollment: Default::default(),
         api_calls: Default::default(),
+        agent_relays: Default::default(),
         rebalance: Default::default(),
     }
 }

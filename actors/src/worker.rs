@@ -426,6 +426,31 @@ impl Handler<ForwardCall> for WorkerLink {
     }
 }
 
+/// Relays to the master what the Wazuh daemons beside this worker ask of agents other nodes hold.
+/// `None`: the master speaks a protocol older than
+/// [`wazuh_cluster_protocol::version::AGENT_RELAY`] (only this worker's own agents are reached).
+#[derive(Message)]
+#[rtype(result = "Result<Option<wazuh_cluster_protocol::message::AgentRelayed>, ForwardError>")]
+pub struct Relay(pub wazuh_cluster_protocol::message::AgentRelay);
+
+impl Handler<Relay> for WorkerLink {
+    type Result = ResponseFuture<Result<Option<wazuh_cluster_protocol::message::AgentRelayed>, ForwardError>>;
+
+    fn handle(&mut self, Relay(relay): Relay, _: &mut Context<Self>) -> Self::Result {
+        let conn = self.conn_handle();
+        Box::pin(async move {
+            let conn = conn.ok_or(ForwardError::NotConnected)?;
+            if conn.version() < wazuh_cluster_protocol::version::AGENT_RELAY {
+                return Ok(None);
+            }
+            match conn.call(WorkerToMaster::AgentRelay(relay)).await? {
+                MasterToWorker::AgentRelayed(done) => Ok(Some(done)),
+                other => Err(CallError::unexpected("agent_relayed", &other).into()),
+            }
+        })
+    }
+}
+
 impl Handler<Forward> for WorkerLink {
     type Result = ResponseFuture<Result<EnrollResult, ForwardError>>;
 

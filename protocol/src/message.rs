@@ -125,6 +125,10 @@ pub enum WorkerToMaster {
     AgentAnswer(AgentAnswer),
     /// The worker API's answer to a [`MasterToWorker::NodeApiCall`] (protocol 2.4).
     NodeApiAnswer(ApiAnswer),
+    /// What the Wazuh daemons beside the worker ask of an agent another node holds: an active
+    /// response, or a request on remoted's request socket (protocol 2.5); answered with
+    /// [`MasterToWorker::AgentRelayed`].
+    AgentRelay(AgentRelay),
     /// The worker is closing the connection on purpose.
     Goodbye(Goodbye),
     /// A request of the master's could not be served (the answer to it).
@@ -163,6 +167,8 @@ pub enum MasterToWorker {
     /// Asks the worker to have its analysisd reload the ruleset once its files reached
     /// `digest` (protocol 2.1); answered with [`WorkerToMaster::RulesetReloaded`].
     ReloadRuleset(ReloadRuleset),
+    /// The outcome of a [`WorkerToMaster::AgentRelay`] (protocol 2.5).
+    AgentRelayed(AgentRelayed),
     /// The master is closing the connection on purpose.
     Goodbye(Goodbye),
     /// A request could not be served.
@@ -333,6 +339,33 @@ pub struct AgentRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentAnswer {
     pub outcome: Result<String, String>,
+}
+
+/// What a worker asks the master to do with agents held by other nodes (protocol 2.5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentRelay {
+    /// An active response (`#!-execd ...`, as remoted sends it) for these agents, or for every
+    /// active agent of the cluster that the sender does not hold when `all`.
+    Execd { ids: Vec<u32>, all: bool, message: String },
+    /// A request for agent `id` (remoted's request socket): the agent's answer comes back.
+    Ask(AgentRequest),
+}
+
+impl AgentRelay {
+    /// Longest active-response message relayed (remoted's own buffer, `OS_MAXSTR`).
+    pub const MAX_MESSAGE: usize = 65536;
+    /// Most agents named in one relayed active response.
+    pub const MAX_IDS: usize = 4096;
+}
+
+/// The outcome of an [`AgentRelay`]: the agents whose connection took the message, and for a
+/// request the agent's answer or why there is none.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AgentRelayed {
+    pub sent: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<Result<String, String>>,
 }
 
 /// The agents of an [`AgentCommand`] whose connection on this node took their message.
@@ -982,6 +1015,7 @@ impl MessageName for WorkerToMaster {
             WorkerToMaster::AgentCommandSent(_) => "agent_command_sent",
             WorkerToMaster::AgentAnswer(_) => "agent_answer",
             WorkerToMaster::NodeApiAnswer(_) => "node_api_answer",
+            WorkerToMaster::AgentRelay(_) => "agent_relay",
             WorkerToMaster::RulesetReloaded(_) => "ruleset_reloaded",
             WorkerToMaster::Goodbye(_) => "goodbye",
             WorkerToMaster::Error(_) => "error",
@@ -1008,6 +1042,7 @@ impl MessageName for MasterToWorker {
             MasterToWorker::NodeApiCall(_) => "node_api_call",
             MasterToWorker::ForceReconnect(_) => "force_reconnect",
             MasterToWorker::ReloadRuleset(_) => "reload_ruleset",
+            MasterToWorker::AgentRelayed(_) => "agent_relayed",
             MasterToWorker::Goodbye(_) => "goodbye",
             MasterToWorker::Error(_) => "error",
         }

@@ -37,13 +37,16 @@ impl fmt::Display for ProtocolVersion {
 /// client certificate (the master checks them); none of it goes to or from a 2.1 peer.
 /// 2.3: Raft RPC bodies between master-eligible nodes are MessagePack (JSON to and
 /// from a 2.2 or 2.1 peer).
-/// 2.4 (this build): a worker's API forwards reads of agents and groups, and commands to agents,
+/// 2.4: a worker's API forwards reads of agents and groups, and commands to agents,
 /// to the master ([`crate::message::WorkerToMaster::ApiCall`]), so that every node answers them
 /// alike; the master has a worker send agents their commands
 /// ([`crate::message::MasterToWorker::AgentCommand`]). A worker of an older master answers reads
-/// itself; an older worker is never asked to send commands. 1.x nodes (unreleased development builds) are refused with a version
+/// itself; an older worker is never asked to send commands.
+/// 2.5 (this build): a worker relays to the master what the Wazuh daemons beside it ask of agents
+/// other nodes hold (active responses, requests; [`crate::message::WorkerToMaster::AgentRelay`]);
+/// with an older master it reaches only its own agents. 1.x nodes (unreleased development builds) are refused with a version
 /// message.
-pub const CURRENT: ProtocolVersion = ProtocolVersion::new(2, 4);
+pub const CURRENT: ProtocolVersion = ProtocolVersion::new(2, 5);
 /// The oldest version this build still speaks.
 pub const MIN_SUPPORTED: ProtocolVersion = ProtocolVersion::new(2, 1);
 /// The first version whose peers exchange the API's users and enrollment policy.
@@ -53,6 +56,8 @@ pub const RAFT_MESSAGEPACK: ProtocolVersion = ProtocolVersion::new(2, 3);
 /// The first version whose master serves the API calls its workers forward, and whose workers send
 /// agents the master's commands.
 pub const API_CALLS: ProtocolVersion = ProtocolVersion::new(2, 4);
+/// The first version whose master relays what a worker's Wazuh daemons ask of other nodes' agents.
+pub const AGENT_RELAY: ProtocolVersion = ProtocolVersion::new(2, 5);
 
 /// An inclusive range of versions a node speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -119,7 +119,23 @@ pub(super) async fn health(node: web::Data<NodeHandle>) -> HttpResponse {
         return HttpResponse::ServiceUnavailable().json(body);
     }
     let (serving, detail) = node.serving().await;
-    let body = serde_json::json!({ "status": if serving { "serving" } else { "not serving" }, "detail": detail, "node": node.name() });
+    let mut body = serde_json::json!({ "status": if serving { "serving" } else { "not serving" }, "detail": detail, "node": node.name() });
+    // The manager integrations that are on, with their bounds and drops; a daemon of the install
+    // that is away is said here without taking the node out of service (its agents are served).
+    let figures = node.manager_figures();
+    let on: serde_json::Map<String, serde_json::Value> = serde_json::to_value(&**figures)
+        .ok()
+        .and_then(|v| v.as_object().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, v)| v.get("on").and_then(serde_json::Value::as_u64) == Some(1))
+        .collect();
+    if !on.is_empty() {
+        body["manager"] = serde_json::Value::Object(on);
+        if let Some(trouble) = figures.trouble() {
+            body["manager"]["trouble"] = trouble.into();
+        }
+    }
     if serving {
         HttpResponse::Ok().json(body)
     } else {
@@ -425,6 +441,7 @@ pub(super) async fn metrics(node: web::Data<NodeHandle>) -> HttpResponse {
         &nodes,
         agents.as_ref(),
         balance.as_ref(),
+        &node.manager_figures().samples(),
     ))
 }
 

@@ -88,6 +88,16 @@
 //! buffer = "16MiB"           # events held while analysisd is away or slow; past it they are dropped (counted)
 //! reload_debounce = "1s"     # ruleset changes closer together than this make one reload
 //!
+//! [manager]                  # inside a Wazuh install: the work remoted and authd did for the daemons
+//!                            # around them; each is off unless set: true (Wazuh's path) or a path
+//! active_response = false    # read analysisd's active-response queue ("queue/alerts/ar") and send
+//!                            # each request to its agents, wherever they are connected
+//! requests = false           # serve remoted's request socket ("queue/sockets/remote") for any agent
+//! wazuh_db = false           # keep wazuh-db's agent table ("queue/db/wdb") in step with the cluster
+//! wazuh_db_interval = "10s"  # ...bringing keep-alives and statuses up to date this often
+//! queue = 1024               # active responses waiting to be sent; past it they are dropped (counted)
+//! request_timeout = "30s"    # how long a request's client waits for the agent's answer
+//!
 //! [api]
 //! bind = "127.0.0.1:55000"
 //! tls = true                 # HTTPS; false: plain HTTP
@@ -156,6 +166,7 @@ pub struct Config {
     pub enrollment: EnrollmentConfig,
     pub agents: AgentsConfig,
     pub analysis: AnalysisConfig,
+    pub manager: ManagerConfig,
     pub api: ApiConfig,
     pub log: LogConfig,
 }
@@ -172,6 +183,39 @@ pub struct AnalysisConfig {
     /// Changes to the ruleset closer together than this make one reload.
     #[serde(serialize_with = "ser_duration")]
     pub reload_debounce: Duration,
+}
+
+/// The Wazuh daemons around the node, in a Wazuh install (each off unless set).
+#[derive(Debug, Clone, Serialize)]
+pub struct ManagerConfig {
+    /// analysisd's active-response queue (Unix datagram), which the node binds and reads.
+    pub active_response: Option<PathBuf>,
+    /// remoted's request socket (Unix stream), which the node serves.
+    pub requests: Option<PathBuf>,
+    /// wazuh-db's socket (Unix stream), whose agent table the node keeps in step.
+    pub wazuh_db: Option<PathBuf>,
+    /// How often wazuh-db's agent rows are brought up to date.
+    #[serde(serialize_with = "ser_duration")]
+    pub wazuh_db_interval: Duration,
+    /// Active responses waiting to be sent; past this they are dropped (counted).
+    pub queue: usize,
+    /// How long a request socket client waits for the agent's answer.
+    #[serde(serialize_with = "ser_duration")]
+    pub request_timeout: Duration,
+}
+
+impl ManagerConfig {
+    pub const WAZUH_AR_QUEUE: &'static str = "queue/alerts/ar";
+    pub const WAZUH_REQUESTS: &'static str = "queue/sockets/remote";
+    pub const WAZUH_DB: &'static str = "queue/db/wdb";
+
+    /// The integrations turned on, by name, with their paths.
+    pub fn enabled(&self) -> Vec<(&'static str, &Path)> {
+        [("active_response", &self.active_response), ("requests", &self.requests), ("wazuh_db", &self.wazuh_db)]
+            .into_iter()
+            .filter_map(|(name, path)| path.as_deref().map(|p| (name, p)))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

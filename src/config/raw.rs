@@ -10,6 +10,7 @@ pub(super) struct RawConfig {
     pub(super) enrollment: RawEnrollment,
     pub(super) agents: RawAgents,
     pub(super) analysis: RawAnalysis,
+    pub(super) manager: RawManager,
     pub(super) api: RawApi,
     pub(super) log: RawLog,
 }
@@ -150,6 +151,25 @@ pub(super) struct RawAnalysis {
     pub(super) control: Option<String>,
     pub(super) buffer: Option<String>,
     pub(super) reload_debounce: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawManager {
+    pub(super) active_response: Option<RawSwitch>,
+    pub(super) requests: Option<RawSwitch>,
+    pub(super) wazuh_db: Option<RawSwitch>,
+    pub(super) wazuh_db_interval: Option<String>,
+    pub(super) queue: Option<usize>,
+    pub(super) request_timeout: Option<String>,
+}
+
+/// An integration: `true` (Wazuh's own path), `false`, or a path.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawSwitch {
+    On(bool),
+    Path(String),
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -9,7 +9,7 @@ fn non_empty(v: Option<String>) -> Option<String> {
 }
 
 pub(super) fn validate(raw: RawConfig, file: Option<&Path>, host_name: Option<&str>) -> Result<Config, ConfigError> {
-    let RawConfig { node, cluster, enrollment, agents, analysis, api, log } = raw;
+    let RawConfig { node, cluster, enrollment, agents, analysis, manager, api, log } = raw;
     let mut warnings = Vec::new();
     let node = node_section(node, host_name)?;
     let cluster = cluster_section(cluster, &node, file, &mut warnings)?;
@@ -17,6 +17,7 @@ pub(super) fn validate(raw: RawConfig, file: Option<&Path>, host_name: Option<&s
         enrollment: enrollment_section(enrollment, file)?,
         agents: agents_section(agents)?,
         analysis: analysis_section(analysis, &node.data_dir)?,
+        manager: manager_section(manager, &node.data_dir)?,
         api: api_section(api, file, &node.data_dir)?,
         log: log_section(log)?,
         warnings,
@@ -372,6 +373,52 @@ fn analysis_section(analysis: RawAnalysis, data_dir: &Path) -> Result<AnalysisCo
             analysis.reload_debounce,
             "1s",
             Duration::from_millis(10),
+            Duration::from_secs(600),
+        )?,
+    })
+}
+
+fn manager_section(manager: RawManager, data_dir: &Path) -> Result<ManagerConfig, ConfigError> {
+    // `true` (or "true"/"on" from the environment): Wazuh's own path; `false` or "": off.
+    let switch = |field: &str, value: Option<RawSwitch>, wazuh: &str| -> Result<Option<PathBuf>, ConfigError> {
+        let path = match value {
+            None | Some(RawSwitch::On(false)) => return Ok(None),
+            Some(RawSwitch::On(true)) => wazuh.to_string(),
+            Some(RawSwitch::Path(text)) => match text.trim() {
+                "" | "false" | "off" => return Ok(None),
+                "true" | "on" => wazuh.to_string(),
+                path => path.to_string(),
+            },
+        };
+        let path = PathBuf::from(path);
+        let path = if path.is_relative() { data_dir.join(path) } else { path };
+        // A Unix socket's path must fit sockaddr_un (108 bytes with its terminator).
+        if path.as_os_str().len() > 107 {
+            return Err(invalid(field, format!("{} is longer than a socket path may be (107 bytes)", path.display())));
+        }
+        Ok(Some(path))
+    };
+    let queue = manager.queue.unwrap_or(1024);
+    if !(16..=1 << 20).contains(&queue) {
+        return Err(invalid("manager.queue", "between 16 and 1048576"));
+    }
+    Ok(ManagerConfig {
+        active_response: switch("manager.active_response", manager.active_response, ManagerConfig::WAZUH_AR_QUEUE)?,
+        requests: switch("manager.requests", manager.requests, ManagerConfig::WAZUH_REQUESTS)?,
+        wazuh_db: switch("manager.wazuh_db", manager.wazuh_db, ManagerConfig::WAZUH_DB)?,
+        wazuh_db_interval: duration_field(
+            "manager.wazuh_db_interval",
+            manager.wazuh_db_interval,
+            "10s",
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        )?,
+        queue,
+        request_timeout: duration_field(
+            "manager.request_timeout",
+            manager.request_timeout,
+            "30s",
+            Duration::from_secs(1),
             Duration::from_secs(600),
         )?,
     })

@@ -38,6 +38,8 @@ pub enum NodeHandle {
         /// How long a user change waits for the workers at most.
         settle: std::time::Duration,
         users: std::sync::Arc<wazuh_cluster_actors::registry::users::UserDirectory>,
+        /// What the manager integrations (`[manager]`) did.
+        manager: std::sync::Arc<crate::manager::figures::Figures>,
     },
     Worker {
         name: String,
@@ -49,6 +51,7 @@ pub enum NodeHandle {
         ruleset: Option<Ruleset>,
         data_dir: std::path::PathBuf,
         users: std::sync::Arc<wazuh_cluster_actors::registry::users::UserDirectory>,
+        manager: std::sync::Arc<crate::manager::figures::Figures>,
     },
 }
 

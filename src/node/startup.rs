@@ -81,6 +81,7 @@ pub fn channel_settings(
         max_handshakes: 256,
         enrollment: Default::default(),
         api_calls: Default::default(),
+        agent_relays: Default::default(),
         rebalance: c.rebalance,
     })
 }
@@ -268,6 +269,18 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
         }
     };
     info!(node = handle.name(); "API listening on {}://{api_addr}", if config.api.tls { "https" } else { "http" });
+    // The Wazuh daemons around the node (`[manager]`), once everything they reach runs.
+    match crate::manager::start(&config.manager, &handle) {
+        Ok(started) => tasks.extend(started),
+        Err(e) => {
+            kill_actors(&handle);
+            for t in &tasks {
+                t.abort();
+            }
+            tokio::task::yield_now().await;
+            return Err(e).context("cannot start the manager integrations ([manager])");
+        }
+    }
     // A test build may be told to block its event loop, or make one of its actors panic (see
     // `actors::testing`).
     wazuh_cluster_actors::testing::stall_on_cue(handle.name());
@@ -564,7 +577,9 @@ async fn start_master(
         positions,
         settle,
         users: prepared.access.users.clone(),
+        manager: Default::default(),
     };
+    crate::manager::install_relays(&prepared.settings.agent_relays, handle.clone());
     Ok(Started { handle, enroller, tasks })
 }
 
@@ -605,6 +620,7 @@ fn start_worker(
         ruleset,
         data_dir: config.node.data_dir.clone(),
         users: prepared.access.users.clone(),
+        manager: Default::default(),
     };
     Ok(Started { handle, enroller: Enroller::Worker(link), tasks: Vec::new() })
 }

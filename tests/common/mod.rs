@@ -204,6 +204,7 @@ pub fn settings(name: &str, role: Role, psk_byte: u8) -> ChannelSettings {
         max_handshakes: 256,
         enrollment: Default::default(),
         api_calls: Default::default(),
+        agent_relays: Default::default(),
         rebalance: Default::default(),
     }
 }

@@ -28,7 +28,7 @@ pub fn agent_sim() -> &'static str {
                 build.env_remove(&name);
             }
         }
-        build.args(["--bin", "agent-sim"]);
+        build.args(["--bin", "agent-sim", "--bin", "wdb-standin"]);
         if dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
         }
@@ -36,6 +36,12 @@ pub fn agent_sim() -> &'static str {
         assert!(status.success(), "cannot build agent-sim: {status}");
         dir.join("agent-sim").to_string_lossy().into_owned()
     })
+}
+
+/// The wazuh-db stand-in (`wdb-standin`, built with `agent-sim`).
+pub fn wdb_standin() -> String {
+    let sim = std::path::PathBuf::from(agent_sim());
+    sim.with_file_name("wdb-standin").to_string_lossy().into_owned()
 }
 
 pub const API_TOKEN: &str = "e2e-api-token-0123456789";

@@ -13,6 +13,7 @@ mod checker;
 mod drain;
 mod failover;
 mod ha;
+mod manager;
 mod partition;
 mod processes;
 mod rebalance;

@@ -244,7 +244,7 @@ async fn wrong_cluster_duplicate_name_incompatible_version_and_invalid_name_are_
 
     let mut future = base("refuse-future");
     future.versions = VersionRange { min: ProtocolVersion::new(3, 0), max: ProtocolVersion::new(3, 3) };
-    refused(&m, addr, future, "incompatible protocol versions: peer speaks 3.0..=3.3, this node 2.1..=2.4").await;
+    refused(&m, addr, future, "incompatible protocol versions: peer speaks 3.0..=3.3, this node 2.1..=2.5").await;
 
     refused(&m, addr, base("bad.name"), "invalid node name \"bad.name\"").await;
 
@@ -253,9 +253,9 @@ async fn wrong_cluster_duplicate_name_incompatible_version_and_invalid_name_are_
 
     // One minor version ahead still joins.
     let mut next = base("refuse-next-minor");
-    next.versions = VersionRange { min: ProtocolVersion::new(2, 4), max: ProtocolVersion::new(2, 5) };
+    next.versions = VersionRange { min: ProtocolVersion::new(2, 5), max: ProtocolVersion::new(2, 6) };
     let joined = link::dial(&addr.to_string(), &next).await.expect("a node one minor version apart joins");
-    assert_eq!(joined.version, ProtocolVersion::new(2, 4));
+    assert_eq!(joined.version, ProtocolVersion::new(2, 5));
     // And 2.1 (before the users and the enrollment policy) too, at its version; 2.0 no longer.
     let mut previous = base("refuse-previous-minor");
     previous.versions = VersionRange { min: ProtocolVersion::new(2, 0), max: ProtocolVersion::new(2, 1) };
@@ -263,7 +263,7 @@ async fn wrong_cluster_duplicate_name_incompatible_version_and_invalid_name_are_
     assert_eq!(joined.version, ProtocolVersion::new(2, 1));
     let mut older = base("refuse-older-minor");
     older.versions = VersionRange { min: ProtocolVersion::new(2, 0), max: ProtocolVersion::new(2, 0) };
-    refused(&m, addr, older, "incompatible protocol versions: peer speaks 2.0..=2.0, this node 2.1..=2.4").await;
+    refused(&m, addr, older, "incompatible protocol versions: peer speaks 2.0..=2.0, this node 2.1..=2.5").await;
 }
 
 #[actix_rt::test]

@@ -232,6 +232,9 @@ pub struct AgentOpts {
     pub max_retries: u32,
     /// Real-agent reconnection: the pause after each failed attempt.
     pub retry_interval: std::time::Duration,
+    /// Where to write each command the manager sends (`<agent name> <message>` lines: active
+    /// responses `#!-execd ...`, requests `#!-req ...`); requests are answered either way.
+    pub commands_out: Option<std::sync::Arc<std::sync::Mutex<std::fs::File>>>,
 }
 
 /// Resolves once `stop` says so (at once if it already has).
@@ -365,6 +368,16 @@ pub fn event_text(agent: &str, n: u64, size: usize) -> String {
     text
 }
 
+/// Writes one command the manager sent to `--commands-out`, if asked.
+fn note_command(opts: &AgentOpts, agent: &str, text: &[u8]) {
+    use std::io::Write;
+    if let Some(file) = &opts.commands_out {
+        if let Ok(mut file) = file.lock() {
+            let _ = writeln!(file, "{agent} {}", String::from_utf8_lossy(text));
+        }
+    }
+}
+
 async fn conversation(
     agent: &mut SimAgent,
     stream: &mut TcpStream,
@@ -447,6 +460,19 @@ async fn conversation(
                         agent.merged_sum = md5;
                         stats.pushes.fetch_add(1, Relaxed);
                         stats.last_push_ms.fetch_max(wazuh_cluster_actors::clock::now_ms(), Relaxed);
+                    } else if let Some(rest) = text.strip_prefix(b"#!-req ") {
+                        // As an agent answers a request: an ack, then its answer, under the counter.
+                        let line = String::from_utf8_lossy(rest).into_owned();
+                        let (counter, payload) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+                        note_command(opts, &agent.name, &text);
+                        if payload != "ack" {
+                            let answer = serde_json::json!({"sim": agent.name, "asked": payload});
+                            let mut out = agent.frame(format!("#!-req {counter} ack").as_bytes());
+                            out.extend(agent.frame(format!("#!-req {counter} ok {answer}").as_bytes()));
+                            wr.write_all(&out).await?;
+                        }
+                    } else if text.starts_with(b"#!-execd ") {
+                        note_command(opts, &agent.name, &text);
                     } else if text.starts_with(b"#!-force_reconnect") {
                         return Ok(ConnEnd::Reconnect);
                     } else if text.starts_with(b"#!-err") {

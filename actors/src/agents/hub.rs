@@ -3,8 +3,8 @@
 use super::merged::{groups_key, MergedCache};
 use super::messages::{
     AskAgent, AskError, Bind, BindRefused, CloseAll, Closed, Delivered, ForceReconnect, GetHubView, HubLink, HubView,
-    RefreshKeys, ResendAll, Seen, SeenKind, SendToAgents, SessionTx, SharedChanged, TakeUpdates, WatchFigures,
-    FIGURES_EVERY,
+    LiveStates, RefreshKeys, ResendAll, Seen, SeenKind, SendToAgents, SendToLive, SessionTx, SharedChanged,
+    TakeUpdates, WatchFigures, FIGURES_EVERY,
 };
 use super::{AgentKey, Shared};
 use crate::registry::fmt_id;
@@ -554,6 +554,34 @@ impl Handler<AskAgent> for AgentHub {
             hub.asks.remove(&counter);
             answer
         }))
+    }
+}
+
+impl Handler<SendToLive> for AgentHub {
+    type Result = Vec<u32>;
+
+    fn handle(&mut self, SendToLive(message): SendToLive, _: &mut Context<Self>) -> Vec<u32> {
+        let sent: Vec<u32> =
+            self.live.iter().filter(|(_, live)| live.tx.push(vec![message.clone()])).map(|(id, _)| *id).collect();
+        debug!(node = self.node(); "sent a message to all {} agents connected here", sent.len());
+        sent
+    }
+}
+
+impl Handler<LiveStates> for AgentHub {
+    type Result = Vec<AgentInfoUpdate>;
+
+    fn handle(&mut self, _: LiveStates, _: &mut Context<Self>) -> Vec<AgentInfoUpdate> {
+        let all = |s: &AgentState, id: u32| AgentInfoUpdate {
+            id,
+            status: s.status.as_str().to_string(),
+            last_keepalive_ms: s.last_keepalive_ms,
+            version: s.version.clone(),
+            info: s.info.clone(),
+            group_config_status: s.group_config_status.clone(),
+            peer_ip: s.peer.map(|p| p.ip().to_string()),
+        };
+        self.live.keys().filter_map(|id| self.states.get(id).map(|s| all(s, *id))).collect()
     }
 }
 

@@ -245,6 +245,17 @@ pub enum AskError {
 #[rtype(result = "Vec<u32>")]
 pub struct SendToAgents(pub Vec<(u32, Vec<u8>)>);
 
+/// Sends one message on the connection of every agent connected here (remoted's "all agents"
+/// active response); returns the agents whose connection took it.
+#[derive(Message)]
+#[rtype(result = "Vec<u32>")]
+pub struct SendToLive(pub Vec<u8>);
+
+/// The state of every agent connected here, with its details (for wazuh-db's agent table).
+#[derive(Message)]
+#[rtype(result = "Vec<wazuh_cluster_protocol::message::AgentInfoUpdate>")]
+pub struct LiveStates;
+
 /// The node is stopping and no longer accepts agents: asks the connected ones to reconnect
 /// (`#!-force_reconnect`, as Wazuh's remoted asks), at most `rate` a second so that the nodes they
 /// go to are not stormed, and answers once none is connected or `deadline` has passed. Meanwhile

@@ -91,6 +91,10 @@ struct Args {
     /// Seconds the agents stay connected.
     #[arg(long, default_value_t = 30)]
     duration: u64,
+    /// Write every command the manager sends an agent here (`<agent name> <message>` per line:
+    /// active responses, requests); requests are answered `ok {"sim":NAME,"asked":PAYLOAD}`.
+    #[arg(long)]
+    commands_out: Option<std::path::PathBuf>,
     /// Read commands from standard input (`status N`: measure N status changes now, needs --api)
     /// and stop the agents when it closes (for a benchmark driving agent-sim).
     #[arg(long)]
@@ -248,6 +252,16 @@ async fn connect_part(args: &Args, part: &Part, keys: &[String]) -> anyhow::Resu
         event_size: args.event_size,
         max_retries: args.max_retries,
         retry_interval: Duration::from_secs_f64(args.retry_interval.max(0.01)),
+        commands_out: match &args.commands_out {
+            Some(path) => Some(Arc::new(std::sync::Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?,
+            ))),
+            None => None,
+        },
     });
     let started_ms = now_ms();
     // Who is connected when the run ends is read just before the agents are told to stop.
@@ -431,6 +445,10 @@ fn part_args(args: &Args, index: usize, count: usize) -> Vec<String> {
     push("--max-retries", args.max_retries.to_string());
     push("--retry-interval", args.retry_interval.to_string());
     push("--duration", args.duration.to_string());
+    if let Some(path) = &args.commands_out {
+        // Each part appends its agents' lines (one write per line).
+        push("--commands-out", path.display().to_string());
+    }
     if index == 0 {
         push("--status-samples", args.status_samples.to_string());
         if let Some(api) = &args.api {

@@ -95,6 +95,25 @@ struct Args {
     /// it can), to show what a slow analysisd does to a worker (drops counted, memory bounded).
     #[arg(long, default_value_t = 0)]
     analysis_read_per_s: u64,
+    /// The master keeps a wazuh-db stand-in's agent table in step (`manager.wazuh_db`, one pass per
+    /// keep-alive interval); the figures say what it costs per agent per interval.
+    #[arg(long)]
+    wazuh_db: bool,
+}
+
+/// The wazuh-db stand-in (`wdb-standin`), stopped with the bench.
+struct Standin(std::process::Child);
+
+impl Drop for Standin {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The master's wazuh-db figures (`manager.wazuh_db` in /health).
+fn wdb_figures(master_api: &str) -> serde_json::Value {
+    get_json(master_api, "/health").map(|h| h["manager"]["wazuh_db"].clone()).unwrap_or_default()
 }
 
 /// Datagrams and bytes the analysisd stand-ins received.
@@ -207,6 +226,10 @@ fn start_node_on(
         "cluster.admission=open".to_string(),
     ];
     let mut sets = sets.to_vec();
+    if args.wazuh_db && master {
+        sets.push(format!("manager.wazuh_db={}", dir.join("wdb.sock").display()));
+        sets.push(format!("manager.wazuh_db_interval={}s", args.keepalive.ceil().max(1.0) as u64));
+    }
     if args.analysis && !master {
         sets.push(format!("analysis.queue={}", dir.join(format!("{name}-queue.sock")).display()));
         sets.push("agents.archive=false".to_string());
@@ -434,6 +457,17 @@ fn measure(
     API_HTTPS.store(args.api_https, std::sync::atomic::Ordering::Relaxed);
     // The nodes' certificates are self-signed: the bench trusts them without checking.
     wazuh_multi_node::client::set_trust(wazuh_multi_node::client::Trust { ca_file: None, insecure: args.api_https });
+    let standin = if args.wazuh_db {
+        let child = Command::new(bin.join("wdb-standin"))
+            .arg("--socket")
+            .arg(dir.join("wdb.sock"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Some(Standin(child))
+    } else {
+        None
+    };
     nodes.push(start_node(args, bin, dir, ports, "master", true, cluster_port)?);
     let master_api = nodes[0].api_url();
     anyhow::ensure!(
@@ -562,6 +596,8 @@ fn measure(
     let sunk0 = sink.datagrams.load(std::sync::atomic::Ordering::Relaxed);
     let dropped0: u64 = nodes[1..].iter().filter_map(|n| hub_figure(n, "events_analysis_dropped")).sum();
     let stored0 = statuses_stored(&master_api);
+    let wdb0 = wdb_figures(&master_api);
+    let standin_cpu0 = standin.as_ref().and_then(|s| procstat::cpu_ms(Some(s.0.id()))).unwrap_or(0);
     let w0 = Instant::now();
     let mut rss: Vec<Vec<u64>> = vec![Vec::new(); nodes.len()];
     while w0.elapsed() < Duration::from_secs(args.window) {
@@ -573,6 +609,8 @@ fn measure(
         std::thread::sleep(Duration::from_secs(2));
     }
     let window_s = w0.elapsed().as_secs_f64();
+    let wdb1 = wdb_figures(&master_api);
+    let standin_cpu = standin.as_ref().and_then(|s| procstat::cpu_ms(Some(s.0.id()))).unwrap_or(0) - standin_cpu0;
     let cpu1: Vec<u64> = nodes.iter().map(|n| procstat::cpu_ms(Some(n.pid())).unwrap_or(0)).collect();
     let archived1 = events_archived(&nodes[1..]);
     let own_cpu = procstat::cpu_ms(None).unwrap_or(0).saturating_sub(own_cpu0);
@@ -607,6 +645,27 @@ fn measure(
         "master_cpu_us_per_status_update": if stored > 0 { round1((cpu1[0] - cpu0[0]) as f64 * 1000.0 / stored as f64) } else { 0.0 },
     });
     say(&format!("steady state: {steady}"));
+    let mut wazuh_db = serde_json::Value::Null;
+    if args.wazuh_db {
+        let delta = |k: &str| wdb1[k].as_u64().unwrap_or(0).saturating_sub(wdb0[k].as_u64().unwrap_or(0));
+        let passes = delta("passes").max(1);
+        let per_agent =
+            |total: u64| (total as f64 / passes as f64 / args.agents.max(1) as f64 * 1000.0).round() / 1000.0;
+        wazuh_db = serde_json::json!({
+            "interval_s": args.keepalive.ceil().max(1.0) as u64,
+            "passes_in_window": delta("passes"),
+            "missed_passes": delta("missed_passes"),
+            "queries_per_pass": round1(delta("queries") as f64 / passes as f64),
+            "rows_per_pass": round1(delta("rows_written") as f64 / passes as f64),
+            "queries_per_agent_per_interval": per_agent(delta("queries")),
+            "last_pass": { "agents": wdb1["last_agents"], "rows": wdb1["last_rows"], "queries": wdb1["last_queries"],
+                "bytes": wdb1["last_bytes"], "ms": wdb1["last_ms"] },
+            "bytes_per_agent_per_interval": round1(wdb1["last_bytes"].as_f64().unwrap_or(0.0) / args.agents.max(1) as f64),
+            "errors": wdb1["errors"],
+            "stand_in_cpu_pct": pct(standin_cpu),
+        });
+        say(&format!("wazuh-db: {wazuh_db}"));
+    }
     let api = api_timings(&master_api, args.api_calls, args.agents + args.prefill);
     say(&format!("API on the master: {api}"));
     let mut events = serde_json::Value::Null;
@@ -839,6 +898,7 @@ fn measure(
             "p50": round1(percentile(&rule_ms, 0.5)), "p99": round1(percentile(&rule_ms, 0.99)), "rounds": rule_ms.len(),
         },
         "events": events,
+        "wazuh_db": wazuh_db,
         "failover": { "killed_worker_agents": moved_agents, "active_again_s": failover_s.map(round1) },
         "rebalance": rebalance,
         "warn_error_lines": { "before_kill": problems_before, "after_kill": problems_after, "top": top },

@@ -5,6 +5,7 @@
 pub(crate) mod agent_groups;
 pub(crate) mod delivery;
 pub mod positions;
+pub(crate) mod relay;
 pub(crate) mod servers;
 pub mod set;
 

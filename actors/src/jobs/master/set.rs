@@ -1,4 +1,4 @@
-//! The job set of the master's end of one worker connection: five request servers, one pusher,
+//! The job set of the master's end of one worker connection: six request servers, one pusher,
 //! and two small tasks that carry the shared jobs' publications to this worker.
 //!
 //! | job | kind | serves / does |
@@ -9,12 +9,14 @@
 //! | `Integrity` | server | `integrity_check`, `sync_manifest`, `fetch_files`; announces file changes |
 //! | `Registration` | server | `enroll`, `enroll_resolve`, `admin` |
 //! | `ApiCalls` | server | `api_call` -> `api_answer`: the master's API answers a worker's read |
+//! | `AgentRelay` | server | `agent_relay` -> `agent_relayed`: a worker's daemons reach other nodes' agents |
 //!
 //! [`MasterJobs::deliver`](crate::connection::Dispatch::deliver) unpacks each message into the
 //! typed request of the one job that serves it; a message no job takes in that form (a request
 //! sent as a notification, a response type sent as a request) is refused with an `invalid` error.
 
 use super::agent_groups::{AgentGroupsSend, GroupsMoved};
+use super::relay::AgentRelayServe;
 use super::servers::{
     AgentInfoServe, ApiCallServe, IntegrityRequest, IntegrityServe, KeepAliveServe, PeerReport, RegistrationRequest,
     RegistrationServe,
@@ -47,6 +49,7 @@ pub struct MasterJobs {
     integrity: Addr<Server<IntegrityServe>>,
     registration: Addr<Server<RegistrationServe>>,
     api_calls: Addr<Server<ApiCallServe>>,
+    relays: Addr<Server<AgentRelayServe>>,
     control: SetControl,
     report: Arc<Mutex<PeerReport>>,
     node: String,
@@ -113,8 +116,12 @@ impl MasterJobs {
             node: node.clone(),
             peer: peer.clone(),
         };
-        let (api_calls, h) = Server::start("ApiCalls", job, conn.clone(), settings, alive);
+        let (api_calls, h) = Server::start("ApiCalls", job, conn.clone(), settings, alive.clone());
         controls.add("ApiCalls", &api_calls, h);
+
+        let job = AgentRelayServe { relays: settings.agent_relays.clone(), node: node.clone(), peer: peer.clone() };
+        let (relays, h) = Server::start("AgentRelay", job, conn.clone(), settings, alive);
+        controls.add("AgentRelay", &relays, h);
 
         // The shared jobs' publications: one receiver each, taken here, once per connection.
         let tasks = vec![
@@ -128,6 +135,7 @@ impl MasterJobs {
             integrity,
             registration,
             api_calls,
+            relays,
             control: SetControl::new(controls, tasks, all_stopped),
             report,
             node,
@@ -183,6 +191,7 @@ impl Dispatch<MasterSide> for MasterJobs {
                 send(&self.registration, Request { id, body: RegistrationRequest::Admin(a), permit })
             }
             (Kind::Request(id), W::ApiCall(body)) => send(&self.api_calls, Request { id, body, permit }),
+            (Kind::Request(id), W::AgentRelay(body)) => send(&self.relays, Request { id, body, permit }),
             (Kind::Notify, W::Error(e)) => {
                 warn!(node = self.node.as_str(); "worker {} sent an error that answers nothing: {e}", self.peer);
                 Box::pin(async { Ok(()) })
