@@ -196,3 +196,26 @@ fn durations_and_sizes() {
     assert_eq!(parse_override("cluster.bind=1.2.3.4:5").unwrap(), ("cluster.bind".into(), "1.2.3.4:5".into()));
     assert!(parse_override("novalue").is_err());
 }
+
+#[test]
+fn manager_integrations_are_off_unless_set_and_true_means_wazuhs_own_path() {
+    let c = load(&master(), &[], &[]).unwrap();
+    assert!(c.manager.enabled().is_empty(), "every integration is off by default");
+    let toml = format!(
+        "{}[manager]\nactive_response = true\nrequests = \"sockets/remote\"\nwazuh_db = false\n",
+        master().replacen("[node]\n", "[node]\ndata_dir = \"/var/ossec\"\n", 1)
+    );
+    let c = load(&toml, &[], &[]).unwrap();
+    let on: Vec<(&str, String)> = c.manager.enabled().into_iter().map(|(n, p)| (n, p.display().to_string())).collect();
+    assert_eq!(
+        on,
+        vec![("active_response", "/var/ossec/queue/alerts/ar".into()), ("requests", "/var/ossec/sockets/remote".into())]
+    );
+    // From the environment, "true" and "off" read as switches.
+    let c = load(&master(), &[("WMN_MANAGER__WAZUH_DB", "true"), ("WMN_MANAGER__REQUESTS", "off")], &[]).unwrap();
+    assert_eq!(c.manager.enabled().len(), 1);
+    assert!(c.manager.wazuh_db.as_ref().is_some_and(|p| p.ends_with("queue/db/wdb")));
+    let long = format!("/{}", "d".repeat(120));
+    assert_eq!(field_of(load(&master(), &[], &[("manager.wazuh_db", &long)]).unwrap_err()), "manager.wazuh_db");
+    assert_eq!(field_of(load(&master(), &[], &[("manager.queue", "3")]).unwrap_err()), "manager.queue");
+}
