@@ -209,7 +209,10 @@ fn manager_integrations_are_off_unless_set_and_true_means_wazuhs_own_path() {
     let on: Vec<(&str, String)> = c.manager.enabled().into_iter().map(|(n, p)| (n, p.display().to_string())).collect();
     assert_eq!(
         on,
-        vec![("active_response", "/var/ossec/queue/alerts/ar".into()), ("requests", "/var/ossec/sockets/remote".into())]
+        vec![
+            ("active_response", "/var/ossec/queue/alerts/ar".into()),
+            ("requests", "/var/ossec/sockets/remote".into())
+        ]
     );
     // From the environment, "true" and "off" read as switches.
     let c = load(&master(), &[("WMN_MANAGER__WAZUH_DB", "true"), ("WMN_MANAGER__REQUESTS", "off")], &[]).unwrap();

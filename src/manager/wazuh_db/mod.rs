@@ -44,7 +44,6 @@ const PAGE: u64 = 2000;
 /// How long wazuh-db has to answer one query.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
-
 /// Starts the pass loop.
 pub fn start(
     path: PathBuf,
@@ -348,4 +347,3 @@ impl NodeHandle {
         })
     }
 }
-

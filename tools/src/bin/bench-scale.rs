@@ -649,18 +649,21 @@ fn measure(
     if args.wazuh_db {
         let delta = |k: &str| wdb1[k].as_u64().unwrap_or(0).saturating_sub(wdb0[k].as_u64().unwrap_or(0));
         let passes = delta("passes").max(1);
-        let per_agent =
-            |total: u64| (total as f64 / passes as f64 / args.agents.max(1) as f64 * 1000.0).round() / 1000.0;
+        // Per agent, from the last pass of the window (the window's first pass may still insert
+        // the agents enrolled just before it).
+        let agents = wdb1["last_agents"].as_f64().unwrap_or(0.0).max(1.0);
+        let per_agent = |figure: &str| (wdb1[figure].as_f64().unwrap_or(0.0) / agents * 10000.0).round() / 10000.0;
         wazuh_db = serde_json::json!({
             "interval_s": args.keepalive.ceil().max(1.0) as u64,
             "passes_in_window": delta("passes"),
             "missed_passes": delta("missed_passes"),
             "queries_per_pass": round1(delta("queries") as f64 / passes as f64),
             "rows_per_pass": round1(delta("rows_written") as f64 / passes as f64),
-            "queries_per_agent_per_interval": per_agent(delta("queries")),
+            "queries_per_agent_per_interval": per_agent("last_queries"),
             "last_pass": { "agents": wdb1["last_agents"], "rows": wdb1["last_rows"], "queries": wdb1["last_queries"],
                 "bytes": wdb1["last_bytes"], "ms": wdb1["last_ms"] },
-            "bytes_per_agent_per_interval": round1(wdb1["last_bytes"].as_f64().unwrap_or(0.0) / args.agents.max(1) as f64),
+            "bytes_per_agent_per_interval": round1(per_agent("last_bytes")),
+            "pass_us_per_agent": round1(per_agent("last_ms") * 1000.0),
             "errors": wdb1["errors"],
             "stand_in_cpu_pct": pct(standin_cpu),
         });
