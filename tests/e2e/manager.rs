@@ -193,8 +193,10 @@ fn wazuhs_daemons_reach_agents_anywhere_and_wazuh_db_follows_the_cluster() {
     assert_eq!(commands(&out1).iter().filter(|l| l.ends_with(&here)).count(), 1);
     assert!(!commands(&out2).iter().any(|l| l.ends_with(&here)));
     assert!(!commands(&out1).iter().any(|l| l.ends_with(&there)));
-    // Garbage in the queue is refused and counted; the node goes on.
+    // Garbage and an oversized datagram in the queue are refused and counted; the node goes on.
     analysisd.send_to(b"\xff\xfe not analysisd's format", &queue).expect("send");
+    let oversized = format!("(local_source) [] NRN {} {}", on_w1[0], "x".repeat(70_000));
+    analysisd.send_to(oversized.as_bytes(), &queue).expect("send");
 
     // Requests on worker 1's request socket (remoted's), for agents on both workers.
     let requests = dir.path().join("w1/queue/sockets/remote");
@@ -204,16 +206,22 @@ fn wazuhs_daemons_reach_agents_anywhere_and_wazuh_db_follows_the_cluster() {
     assert!(answer.starts_with("ok ") && answer.contains("\"sim\":\"two-"), "{answer}");
     assert_eq!(ask(&requests, &format!("{idle} agent getconfig internal")).as_deref(), Some("err Cannot send request"));
     assert_eq!(ask(&requests, "999 agent getconfig internal"), None, "no such agent: closed without an answer");
+    // A request with no agent id, and a frame over 64 KiB: closed without an answer.
+    assert_eq!(ask(&requests, "getconfig"), None);
+    let mut s = UnixStream::connect(&requests).expect("the request socket");
+    s.write_all(&(1u32 << 30).to_le_bytes()).expect("write");
+    assert_eq!(s.read(&mut [0u8; 16]).ok(), Some(0), "an oversized frame closes the connection");
 
     // The counters, in worker 1's /metrics and /health.
     let base = format!("http://127.0.0.1:{}", api_port(&w1_sets));
     let (_, metrics) = wazuh_multi_node::client::get(&base, "/metrics", Some(API_TOKEN)).expect("metrics");
     for figure in [
         r#"integration="active_response",figure="sent"} 5"#,
-        r#"integration="active_response",figure="refused"} 1"#,
+        r#"integration="active_response",figure="refused"} 2"#,
         r#"integration="active_response",figure="queue_bound"} 1024"#,
         r#"integration="requests",figure="answered"} 2"#,
-        r#"integration="requests",figure="failed"} 2"#,
+        r#"integration="requests",figure="failed"} 3"#,
+        r#"integration="requests",figure="refused"} 1"#,
     ] {
         assert!(metrics.contains(figure), "{figure} in worker 1's metrics:\n{metrics}");
     }
