@@ -28,6 +28,8 @@ pub enum NodeHandle {
         cluster_addr: SocketAddr,
         started_ms: u64,
         registry: StoreHandle<Registry>,
+        /// The API's reads of the registry, off its store thread (never queued behind its writes).
+        reader: std::sync::Arc<wazuh_cluster_actors::registry::reader::RegistryReader>,
         /// Where changes go (the registry, or the Raft log of the master-eligible nodes).
         writes: wazuh_cluster_actors::consensus::writes::Writes,
         agents: Addr<AgentHub>,
@@ -290,8 +292,8 @@ impl NodeHandle {
     /// Keys are never part of a list: see [`NodeHandle::agent`].
     pub async fn agents_page(&self, q: AgentQuery) -> Result<(u64, Vec<AgentView>), StoreError> {
         match self {
-            NodeHandle::Master { registry, .. } => {
-                let (total, rows) = registry.run(move |r| r.page(&q)).await?;
+            NodeHandle::Master { reader, .. } => {
+                let (total, rows) = reader.page(q).await?;
                 Ok((total, rows.into_iter().map(|r| row_view(r, false)).collect()))
             }
             NodeHandle::Worker { replica, .. } => {
@@ -515,7 +517,7 @@ impl NodeHandle {
     /// agents of its replica.
     pub async fn agent_summary(&self) -> Result<StatusSummary, StoreError> {
         match self {
-            NodeHandle::Master { registry, .. } => registry.run(|r| Ok(r.status_summary())).await,
+            NodeHandle::Master { reader, .. } => Ok(reader.summary()),
             NodeHandle::Worker { name, replica, agents, .. } => {
                 let total = replica.run(|r| r.count()).await?;
                 let hub = agents.send(GetHubView).await.unwrap_or_default();

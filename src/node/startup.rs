@@ -504,6 +504,8 @@ async fn start_master(
     if config.cluster.raft_id.is_some() {
         registry.relax_sync_for_log().context("cannot set up the registry for a replicated log")?;
     }
+    let reader = wazuh_cluster_actors::registry::reader::RegistryReader::open(data_dir, registry.summary_watch())
+        .context("cannot open the agent registry for reading")?;
     let registry = StoreHandle::spawn(&format!("{name}-registry"), registry, |s| s.seq())
         .context("cannot start the registry thread")?;
     info!(node = name.as_str(); "starting master of cluster {:?} (cipher {}, admission {})", config.cluster.name, config.cluster.cipher, admission.mode);
@@ -570,6 +572,7 @@ async fn start_master(
         cluster_addr,
         started_ms,
         registry,
+        reader: Arc::new(reader),
         writes,
         agents,
         ruleset,

@@ -50,6 +50,22 @@ pub struct StatusSummary {
     pub nodes: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
+impl StatusSummary {
+    /// Agents with `status` reporting to `node` (either `None`: any), as [`StatusCounts::count`]
+    /// counts them.
+    pub fn count(&self, status: Option<&str>, node: Option<&str>) -> u64 {
+        match (status, node) {
+            (None, None) => self.connection.get("total").copied().unwrap_or(0),
+            (Some(s), None) if s != "total" => self.connection.get(s).copied().unwrap_or(0),
+            (Some(_), None) => 0,
+            (s, Some(n)) => self.nodes.get(n).map_or(0, |by| match s {
+                Some(s) => by.get(s).copied().unwrap_or(0),
+                None => by.values().sum(),
+            }),
+        }
+    }
+}
+
 impl StatusCounts {
     fn node_index(&mut self, node: &str) -> u16 {
         if let Some(i) = self.nodes.iter().position(|n| n == node) {

@@ -85,6 +85,9 @@ pub struct Registry {
     /// the current command's savepoint began in this list).
     pub(super) removals: Vec<String>,
     pub(super) removals_mark: usize,
+    /// The status counts as of the last commit, for readers off the store thread
+    /// ([`super::reader::RegistryReader`]).
+    summary: tokio::sync::watch::Sender<StatusSummary>,
 }
 
 pub(super) fn now_ms() -> u64 {
@@ -116,8 +119,10 @@ impl Registry {
             claims: Claims::default(),
             removals: Vec::new(),
             removals_mark: 0,
+            summary: tokio::sync::watch::Sender::new(StatusSummary::default()),
         };
         reg.load_counts()?;
+        reg.publish_summary();
         reg.ensure_group_dir(DEFAULT_GROUP)?;
         reg.remove_deleted_group_dirs()?;
         Ok(reg)
@@ -141,6 +146,23 @@ impl Registry {
     /// Agents by status, configuration status and node, from memory.
     pub fn status_summary(&self) -> StatusSummary {
         self.counts.summary()
+    }
+
+    /// The status counts as of each commit (for [`super::reader::RegistryReader`]).
+    pub fn summary_watch(&self) -> tokio::sync::watch::Receiver<StatusSummary> {
+        self.summary.subscribe()
+    }
+
+    /// Publishes the counts, if they changed.
+    fn publish_summary(&self) {
+        let now = self.counts.summary();
+        self.summary.send_if_modified(|seen| {
+            let moved = *seen != now;
+            if moved {
+                *seen = now;
+            }
+            moved
+        });
     }
 
     /// Agents with `status` reporting to `node` (either `None`: any), from memory.
@@ -169,8 +191,6 @@ impl Registry {
     }
 }
 
-impl Registry {}
-
 impl Store for Registry {
     fn begin(&mut self) -> Result<(), StoreError> {
         self.table.begin()
@@ -195,6 +215,9 @@ impl Store for Registry {
         if !keep {
             self.removals.truncate(self.removals_mark);
         }
+    }
+    fn committed(&mut self) {
+        self.publish_summary();
     }
 }
 

@@ -32,6 +32,7 @@ pub mod groups;
 pub mod master;
 pub mod policy;
 pub mod query;
+pub mod reader;
 pub mod replica;
 pub mod rows;
 pub mod schema;

@@ -69,31 +69,39 @@ impl Registry {
     /// One page of agents and how many match in all. The total comes from the in-memory counts
     /// unless a group is asked for.
     pub fn page(&self, q: &AgentQuery) -> Result<(u64, Vec<AgentRow>), StoreError> {
-        let (filter, mut args) = q.where_clause();
-        let total = if q.counted_in_memory() {
-            self.counts.count(q.status.as_deref(), q.node.as_deref())
-        } else {
-            let sql = format!("SELECT COUNT(*) FROM agents {filter}");
-            self.table
-                .conn
-                .prepare_cached(&sql)?
-                .query_row(rusqlite::params_from_iter(&args), |r| r.get::<_, i64>(0))? as u64
-        };
-        let all = [
-            SortField::Name,
-            SortField::Ip,
-            SortField::Status,
-            SortField::NodeName,
-            SortField::Version,
-            SortField::RegisteredAt,
-            SortField::LastKeepAlive,
-        ];
-        let sql =
-            format!("SELECT {ROW_COLUMNS} FROM agents {filter} {} {}", q.order_clause(&all), q.page_clause(&mut args));
-        let mut stmt = self.table.conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(&args), agent_row)?;
-        Ok((total, rows.collect::<Result<_, _>>()?))
+        let counted = q.counted_in_memory().then(|| self.counts.count(q.status.as_deref(), q.node.as_deref()));
+        page_on(&self.table.conn, q, counted)
     }
+}
+
+/// One page of agents on `conn` and how many match in all: `counted`, or counted in SQL.
+pub(crate) fn page_on(
+    conn: &rusqlite::Connection,
+    q: &AgentQuery,
+    counted: Option<u64>,
+) -> Result<(u64, Vec<AgentRow>), StoreError> {
+    let (filter, mut args) = q.where_clause();
+    let total = match counted {
+        Some(total) => total,
+        None => {
+            let sql = format!("SELECT COUNT(*) FROM agents {filter}");
+            conn.prepare_cached(&sql)?.query_row(rusqlite::params_from_iter(&args), |r| r.get::<_, i64>(0))? as u64
+        }
+    };
+    let all = [
+        SortField::Name,
+        SortField::Ip,
+        SortField::Status,
+        SortField::NodeName,
+        SortField::Version,
+        SortField::RegisteredAt,
+        SortField::LastKeepAlive,
+    ];
+    let sql =
+        format!("SELECT {ROW_COLUMNS} FROM agents {filter} {} {}", q.order_clause(&all), q.page_clause(&mut args));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(&args), agent_row)?;
+    Ok((total, rows.collect::<Result<_, _>>()?))
 }
 
 #[cfg(test)]

@@ -67,6 +67,8 @@ pub trait Store: Send + 'static {
     fn reload(&mut self) -> Result<(), StoreError>;
     fn savepoint(&mut self) -> Result<(), StoreError>;
     fn release(&mut self, keep: bool);
+    /// After each transaction that committed: publish what readers off this thread see.
+    fn committed(&mut self) {}
 }
 
 /// Why a whole transaction failed (its text goes to every caller in it).
@@ -240,6 +242,7 @@ fn serve<S: Store>(
                 if std::mem::take(&mut begin_failed) {
                     set_failing(None);
                 }
+                store.committed();
                 Ok(())
             }
             Err(e) => {
