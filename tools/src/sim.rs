@@ -235,6 +235,19 @@ pub struct AgentOpts {
     /// Where to write each command the manager sends (`<agent name> <message>` lines: active
     /// responses `#!-execd ...`, requests `#!-req ...`); requests are answered either way.
     pub commands_out: Option<std::sync::Arc<std::sync::Mutex<std::fs::File>>>,
+    /// Connect from an address of the agent's own in 127.0.0.0/8 (for servers on loopback), as
+    /// agents behind many hosts do.
+    pub spread_sources: bool,
+}
+
+/// The loopback address agent `id` connects from with `spread_sources`: 127.a.b.c, none of them 0
+/// or 255, a different one for each of the first 16 million agents.
+pub fn source_for(id: u32) -> std::net::Ipv4Addr {
+    let n = id as u64;
+    let c = (n % 254) as u8 + 1;
+    let b = ((n / 254) % 254) as u8 + 1;
+    let a = ((n / (254 * 254)) % 254) as u8 + 1;
+    std::net::Ipv4Addr::new(127, a, b, c)
 }
 
 /// Resolves once `stop` says so (at once if it already has).
@@ -314,7 +327,18 @@ async fn agent_conn(
     cmds: &mut tokio::sync::mpsc::Receiver<AgentCmd>,
 ) -> anyhow::Result<ConnEnd> {
     use std::sync::atomic::Ordering::Relaxed;
-    let mut stream = tokio::time::timeout(std::time::Duration::from_secs(5), TcpStream::connect(addr)).await??;
+    let connect = async {
+        if !opts.spread_sources {
+            return TcpStream::connect(addr).await;
+        }
+        let target: std::net::SocketAddr =
+            addr.parse().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}")))?;
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        let id = agent.id.parse::<u32>().unwrap_or(0);
+        socket.bind(std::net::SocketAddr::new(source_for(id).into(), 0))?;
+        socket.connect(target).await
+    };
+    let mut stream = tokio::time::timeout(std::time::Duration::from_secs(5), connect).await??;
     stream.set_nodelay(true)?;
     let startup = agent.frame(b"#!-agent startup {\"version\":\"v4.14.7\"}");
     stream.write_all(&startup).await?;
@@ -482,6 +506,19 @@ async fn conversation(
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod source_tests {
+    #[test]
+    fn every_agent_gets_a_loopback_address_of_its_own() {
+        let mut seen = std::collections::HashSet::new();
+        for id in 0..200_000u32 {
+            let ip = super::source_for(id);
+            assert!(ip.is_loopback() && !ip.octets()[1..].contains(&0) && !ip.octets()[1..].contains(&255));
+            assert!(seen.insert(ip), "{ip} twice");
         }
     }
 }

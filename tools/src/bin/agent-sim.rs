@@ -91,6 +91,14 @@ struct Args {
     /// Seconds the agents stay connected.
     #[arg(long, default_value_t = 30)]
     duration: u64,
+    /// With --enroll and --connect: each agent connects as soon as it is enrolled, while the
+    /// others still enroll (enrollment and the connection burst overlap, as in a real rollout).
+    #[arg(long)]
+    connect_as_enrolled: bool,
+    /// Connect each agent from an address of its own in 127.0.0.0/8 (servers on loopback), so that
+    /// per-address caps see many hosts, as in a real deployment.
+    #[arg(long)]
+    spread_sources: bool,
     /// Write every command the manager sends an agent here (`<agent name> <message>` per line:
     /// active responses, requests); requests are answered `ok {"sim":NAME,"asked":PAYLOAD}`.
     #[arg(long)]
@@ -166,7 +174,12 @@ impl Part {
 }
 
 /// Enrolls agents `first..=last`; reports latencies, completion times and the keys.
-async fn enroll_part(args: &Args, part: &Part) -> anyhow::Result<Vec<String>> {
+/// With `feed`, each key also goes there as soon as its agent is enrolled (`--connect-as-enrolled`).
+async fn enroll_part(
+    args: &Args,
+    part: &Part,
+    feed: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+) -> anyhow::Result<Vec<String>> {
     let connector = connector()?;
     let semaphore = Arc::new(tokio::sync::Semaphore::new((args.concurrency / part.count).max(1)));
     let start_ms = now_ms();
@@ -185,6 +198,7 @@ async fn enroll_part(args: &Args, part: &Part) -> anyhow::Result<Vec<String>> {
         let (connector, semaphore) = (connector.clone(), semaphore.clone());
         let name = format!("{}-{n}", args.prefix);
         let limit = Duration::from_secs(args.timeout);
+        let feed = feed.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = semaphore.acquire_owned().await;
             let t0 = Instant::now();
@@ -192,7 +206,12 @@ async fn enroll_part(args: &Args, part: &Part) -> anyhow::Result<Vec<String>> {
             let ms = t0.elapsed().as_secs_f64() * 1000.0;
             let outcome = match result {
                 Ok(Ok(reply)) => match parse_key(&reply) {
-                    Some(key) => Ok(key),
+                    Some(key) => {
+                        if let Some(feed) = &feed {
+                            let _ = feed.send(key.clone());
+                        }
+                        Ok(key)
+                    }
                     // Group errors by kind: the agent's own name is not part of it.
                     None => Err(reply.replace(&name, "<agent>")),
                 },
@@ -240,7 +259,13 @@ fn keys_in_part(path: &std::path::Path, part: &Part) -> anyhow::Result<Vec<Strin
 }
 
 /// Runs the part's agents until the duration ends or (with --control-stdin) standard input closes.
-async fn connect_part(args: &Args, part: &Part, keys: &[String]) -> anyhow::Result<()> {
+/// The keys arrive on `keys` (all at once, or as their agents enroll); each agent starts as its
+/// key arrives, and "active" is reported once the keys stopped coming and every agent is active.
+async fn connect_part(
+    args: &Args,
+    part: &Part,
+    mut keys: tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> anyhow::Result<()> {
     use std::sync::atomic::Ordering::Relaxed;
     let addrs = Arc::new(args.connect.clone());
     let stats = Arc::new(ConnStats::default());
@@ -252,6 +277,7 @@ async fn connect_part(args: &Args, part: &Part, keys: &[String]) -> anyhow::Resu
         event_size: args.event_size,
         max_retries: args.max_retries,
         retry_interval: Duration::from_secs_f64(args.retry_interval.max(0.01)),
+        spread_sources: args.spread_sources,
         commands_out: match &args.commands_out {
             Some(path) => Some(Arc::new(std::sync::Mutex::new(
                 std::fs::OpenOptions::new()
@@ -301,10 +327,10 @@ async fn connect_part(args: &Args, part: &Part, keys: &[String]) -> anyhow::Resu
     }
     drop(status_tx);
     let measures = part.index == 0 && args.api.is_some();
-    let mut tasks = Vec::with_capacity(keys.len());
+    let mut tasks = Vec::new();
     let mut controls = Vec::new();
-    for line in keys {
-        let agent = SimAgent::from_key_line(line).ok_or_else(|| anyhow::anyhow!("bad key line {line:?}"))?;
+    let mut start = |line: String| -> anyhow::Result<()> {
+        let agent = SimAgent::from_key_line(&line).ok_or_else(|| anyhow::anyhow!("bad key line {line:?}"))?;
         // Spread over the addresses; real agents all start with the first server of their list.
         let n: usize = if opts.max_retries > 0 { 0 } else { agent.id.parse().unwrap_or(0) };
         // One command at a time per agent (the benchmark waits for each to show on the master).
@@ -314,12 +340,27 @@ async fn connect_part(args: &Args, part: &Part, keys: &[String]) -> anyhow::Resu
         }
         let (addrs, stats, opts, stop) = (addrs.clone(), stats.clone(), opts.clone(), stop.clone());
         tasks.push(tokio::spawn(run_agent(agent, addrs, n, opts, stop, stats, rx)));
-    }
-    // Everyone connected and acknowledged.
+        Ok(())
+    };
+    // Every agent started as its key came, then every one connected and acknowledged.
+    let (mut started, mut keys_open) = (0usize, true);
     let mut waiting = stop.clone();
     loop {
-        if stats.active.load(Relaxed) as usize >= keys.len() {
-            report(serde_json::json!({ "phase": "active", "at_ms": now_ms(), "since_ms": started_ms }));
+        while keys_open {
+            match keys.try_recv() {
+                Ok(line) => {
+                    start(line)?;
+                    started += 1;
+                }
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => keys_open = false,
+            }
+        }
+        if !keys_open && stats.active.load(Relaxed) as usize >= started {
+            let errors = stats.errors.load(Relaxed);
+            report(
+                serde_json::json!({ "phase": "active", "at_ms": now_ms(), "since_ms": started_ms, "connection_errors": errors }),
+            );
             break;
         }
         tokio::select! {
@@ -395,12 +436,34 @@ async fn status_samples(
 }
 
 async fn run_part(args: Args, part: Part) -> anyhow::Result<()> {
-    let keys = match &args.keys_in {
-        Some(path) => keys_in_part(path, &part)?,
-        None => enroll_part(&args, &part).await?,
-    };
-    if !args.connect.is_empty() {
-        connect_part(&args, &part, &keys).await?;
+    let (feed, keys) = tokio::sync::mpsc::unbounded_channel();
+    if args.connect.is_empty() {
+        drop(keys);
+        match &args.keys_in {
+            Some(path) => drop(keys_in_part(path, &part)?),
+            None => drop(enroll_part(&args, &part, None).await?),
+        }
+    } else if let Some(path) = &args.keys_in {
+        for key in keys_in_part(path, &part)? {
+            let _ = feed.send(key);
+        }
+        drop(feed);
+        connect_part(&args, &part, keys).await?;
+    } else if args.connect_as_enrolled {
+        // Each agent connects as soon as it has its key, while the others still enroll.
+        let enrolled = async {
+            let result = enroll_part(&args, &part, Some(feed)).await;
+            result.map(drop)
+        };
+        let (enrolled, connected) = tokio::join!(enrolled, connect_part(&args, &part, keys));
+        enrolled?;
+        connected?;
+    } else {
+        for key in enroll_part(&args, &part, None).await? {
+            let _ = feed.send(key);
+        }
+        drop(feed);
+        connect_part(&args, &part, keys).await?;
     }
     report(serde_json::json!({ "phase": "cpu", "cpu_ms": wazuh_cluster_tools::procstat::cpu_ms(None) }));
     Ok(())
@@ -457,6 +520,12 @@ fn part_args(args: &Args, index: usize, count: usize) -> Vec<String> {
     }
     push("--part", format!("{index}/{count}"));
     out.push("--control-stdin".into());
+    if args.spread_sources {
+        out.push("--spread-sources".into());
+    }
+    if args.connect_as_enrolled {
+        out.push("--connect-as-enrolled".into());
+    }
     out
 }
 
@@ -474,6 +543,8 @@ struct Tally {
     active_parts: usize,
     connect_since_ms: u64,
     active_at_ms: u64,
+    /// Connection errors the parts had counted when all their agents were active.
+    errors_until_active: u64,
     status: Vec<f64>,
     end: BTreeMap<String, u64>,
     cpu_ms: u64,
@@ -541,6 +612,7 @@ impl Tally {
                 self.connect_since_ms =
                     if self.connect_since_ms == 0 { since } else { self.connect_since_ms.min(since) };
                 self.active_at_ms = self.active_at_ms.max(num("at_ms"));
+                self.errors_until_active += num("connection_errors");
             }
             Some("status") => {
                 self.status.extend(line["lat_ms"].as_array().into_iter().flatten().filter_map(|v| v.as_f64()));
@@ -657,7 +729,7 @@ fn run_parent(args: &Args) -> anyhow::Result<serde_json::Value> {
             active_printed = true;
             println!(
                 "{}",
-                serde_json::json!({ "phase": "active", "all_active_ms": tally.active_at_ms.saturating_sub(tally.connect_since_ms) })
+                serde_json::json!({ "phase": "active", "all_active_ms": tally.active_at_ms.saturating_sub(tally.connect_since_ms), "connection_errors": tally.errors_until_active })
             );
         }
         if args.progress && value["phase"] == "status" {

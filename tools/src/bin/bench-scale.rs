@@ -79,10 +79,22 @@ struct Args {
     /// Keep the data directory (and the logs) instead of removing it.
     #[arg(long)]
     keep: bool,
-    /// The nodes' APIs over HTTPS (their self-signed certificates; the default of a real node) rather
-    /// than plain HTTP: the API timings then include TLS.
+    /// The nodes' APIs over plain HTTP rather than HTTPS (their self-signed certificates, the
+    /// default of a real node, which the API timings include by default).
     #[arg(long)]
-    api_https: bool,
+    api_http: bool,
+    /// The API sampled while the agents enroll and connect and in the steady window: one call every
+    /// this many milliseconds, `GET /agents?limit=500` and `/agents/summary/status` in turn (0: off).
+    #[arg(long, default_value_t = 250)]
+    api_sample_ms: u64,
+    /// Every agent connects from an address of its own in 127.0.0.0/8 (as agents behind many
+    /// hosts do), so that the nodes' per-address caps do not shape the figures.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    spread_sources: bool,
+    /// Each agent connects as soon as it is enrolled, while the others still enroll (the hard case:
+    /// enrollment and the connection burst at once); `--overlap false`: all enroll first.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    overlap: bool,
     /// Workers hand events to a stand-in for wazuh-analysisd's queue (a Unix datagram socket per
     /// worker, read by this process) instead of writing the JSON archive; the event figures are then
     /// datagrams delivered, dropped and received.
@@ -221,7 +233,7 @@ fn start_node_on(
         format!("agents.bind=127.0.0.1:{agents}"),
         "log.level=info".to_string(),
         format!("api.token={API_TOKEN}"),
-        format!("api.tls={}", args.api_https),
+        format!("api.tls={}", !args.api_http),
         // A lab on loopback: workers join on the cluster key alone.
         "cluster.admission=open".to_string(),
     ];
@@ -313,6 +325,54 @@ fn api_timings(base: &str, calls: usize, total: usize) -> serde_json::Value {
             v["failed"] = failed.into();
         }
         out.insert(name.to_string(), v);
+    }
+    out.into()
+}
+
+/// One API call the sampler made: seconds after the agents started, which call, milliseconds (or
+/// `None`: it failed).
+type ApiSample = (f64, &'static str, Option<f64>);
+
+/// Samples the master's API on a thread of its own until `stop`: `GET /agents?limit=500` and
+/// `/agents/summary/status` in turn, one call every `every`.
+fn start_api_sampler(
+    base: String,
+    every: Duration,
+    t0: Instant,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<ApiSample>> {
+    std::thread::spawn(move || {
+        let calls = [("agents_page_500", "/agents?limit=500"), ("summary_status", "/agents/summary/status")];
+        let mut out = Vec::new();
+        let mut turn = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let (name, path) = calls[turn % calls.len()];
+            turn += 1;
+            let start = Instant::now();
+            let ok = matches!(wazuh_multi_node::client::get(&base, path, Some(API_TOKEN)), Ok((200, _)));
+            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            out.push((start.duration_since(t0).as_secs_f64(), name, ok.then_some(ms)));
+            std::thread::sleep(every.saturating_sub(start.elapsed()));
+        }
+        out
+    })
+}
+
+/// p50 / p99 / max per call of the samples between `from` and `to` seconds, and the failed ones.
+fn api_phase(samples: &[ApiSample], from: f64, to: f64) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for name in ["agents_page_500", "summary_status"] {
+        let within: Vec<&ApiSample> = samples.iter().filter(|s| s.1 == name && s.0 >= from && s.0 <= to).collect();
+        let mut ms: Vec<f64> = within.iter().filter_map(|s| s.2).collect();
+        ms.sort_by(|a, b| a.total_cmp(b));
+        out.insert(
+            name.to_string(),
+            serde_json::json!({
+                "calls": within.len(), "failed": within.len() - ms.len(),
+                "p50": round1(percentile(&ms, 0.5)), "p99": round1(percentile(&ms, 0.99)),
+                "max": round1(ms.last().copied().unwrap_or(0.0)),
+            }),
+        );
     }
     out.into()
 }
@@ -438,6 +498,24 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         let _ = n.child.kill();
         let _ = n.child.wait();
     }
+    // WARN and ERROR lines over the whole run, start-up and teardown included.
+    let result = result.map(|mut v| {
+        let (mut total, mut kinds) = (0, BTreeMap::<String, u64>::new());
+        for n in &nodes {
+            let (count, _, k) = log_problems(&n.log, 0);
+            total += count;
+            for (m, c) in k {
+                *kinds.entry(m).or_default() += c;
+            }
+        }
+        let mut top: Vec<(String, u64)> = kinds.into_iter().collect();
+        top.sort_by_key(|t| std::cmp::Reverse(t.1));
+        top.truncate(20);
+        v["warn_error_lines"]["whole_run"] = serde_json::json!({ "total": total, "top": top });
+        // Over the whole run: the killed worker's agents count theirs too.
+        v["agent_sim_connection_errors_whole_run"] = v["agent_sim"]["connection_errors"].clone();
+        v
+    });
     if args.keep {
         let kept = tmp.keep();
         say(&format!("data and logs kept in {}", kept.display()));
@@ -454,9 +532,9 @@ fn measure(
     nodes: &mut Vec<Node>,
 ) -> anyhow::Result<serde_json::Value> {
     ANALYSIS.store(args.analysis, std::sync::atomic::Ordering::Relaxed);
-    API_HTTPS.store(args.api_https, std::sync::atomic::Ordering::Relaxed);
+    API_HTTPS.store(!args.api_http, std::sync::atomic::Ordering::Relaxed);
     // The nodes' certificates are self-signed: the bench trusts them without checking.
-    wazuh_multi_node::client::set_trust(wazuh_multi_node::client::Trust { ca_file: None, insecure: args.api_https });
+    wazuh_multi_node::client::set_trust(wazuh_multi_node::client::Trust { ca_file: None, insecure: !args.api_http });
     let standin = if args.wazuh_db {
         let child = Command::new(bin.join("wdb-standin"))
             .arg("--socket")
@@ -501,7 +579,7 @@ fn measure(
         say(&format!("enrolling {} agents first (never connected)", args.prefill));
         let out = Command::new(bin.join("agent-sim"))
             .env("WMN_API_TOKEN", API_TOKEN)
-            .env("WMN_API_INSECURE", if args.api_https { "1" } else { "0" })
+            .env("WMN_API_INSECURE", if !args.api_http { "1" } else { "0" })
             .args(["--enroll", &enroll.join(","), "--agents", &args.prefill.to_string(), "--prefix", "prefill"])
             .args(["--concurrency", &args.concurrency.to_string(), "--json"])
             .stderr(Stdio::inherit())
@@ -530,14 +608,25 @@ fn measure(
     }
     let connect: Vec<String> = nodes[1..].iter().map(|n| format!("127.0.0.1:{}", n.agents)).collect();
     let sim_start = Instant::now();
+    let stop_sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = (args.api_sample_ms > 0).then(|| {
+        start_api_sampler(
+            master_api.clone(),
+            Duration::from_millis(args.api_sample_ms),
+            sim_start,
+            stop_sampling.clone(),
+        )
+    });
     let mut sim = Command::new(bin.join("agent-sim"))
         .env("WMN_API_TOKEN", API_TOKEN)
-        .env("WMN_API_INSECURE", if args.api_https { "1" } else { "0" })
+        .env("WMN_API_INSECURE", if !args.api_http { "1" } else { "0" })
         .args(["--enroll", &enroll.join(","), "--agents", &args.agents.to_string()])
         .args(["--concurrency", &args.concurrency.to_string(), "--connect", &connect.join(",")])
         .args(["--keepalive", &args.keepalive.to_string(), "--duration", "100000", "--api", &master_api])
         .args(["--events-per-s", &args.events_per_s.to_string(), "--event-size", &args.event_size.to_string()])
         .args(["--control-stdin", "--progress", "--json"])
+        .args(args.spread_sources.then_some("--spread-sources"))
+        .args(args.overlap.then_some("--connect-as-enrolled"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -609,6 +698,17 @@ fn measure(
         std::thread::sleep(Duration::from_secs(2));
     }
     let window_s = w0.elapsed().as_secs_f64();
+    // The API during the burst (until every agent is active) and in the steady window.
+    stop_sampling.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = sampler.and_then(|t| t.join().ok()).unwrap_or_default();
+    let steady_from = w0.duration_since(sim_start).as_secs_f64();
+    let api_during = serde_json::json!({
+        "https": !args.api_http,
+        "every_ms": args.api_sample_ms,
+        "burst": api_phase(&samples, 0.0, all_active_s.unwrap_or(steady_from)),
+        "steady": api_phase(&samples, steady_from, steady_from + window_s),
+    });
+    say(&format!("API while agents enroll and connect, and in the steady window: {api_during}"));
     let wdb1 = wdb_figures(&master_api);
     let standin_cpu = standin.as_ref().and_then(|s| procstat::cpu_ms(Some(s.0.id()))).unwrap_or(0) - standin_cpu0;
     let cpu1: Vec<u64> = nodes.iter().map(|n| procstat::cpu_ms(Some(n.pid())).unwrap_or(0)).collect();
@@ -895,6 +995,8 @@ fn measure(
         "prefill": prefill,
         "all_active_on_master_s": all_active_s.map(round1),
         "api_ms": api,
+        "api_during_ms": api_during,
+        "agent_sim_connection_errors_until_all_active": phase(&sim_lines, "active").unwrap_or_default()["connection_errors"],
         "steady": steady,
         "status_change_ms": { "p50": status["p50_ms"], "p99": status["p99_ms"] },
         "rule_file_all_workers_ms": {
