@@ -113,6 +113,9 @@ struct Args {
     wazuh_db: bool,
 }
 
+/// Workers started at once (the master takes 8 handshakes from one address at a time).
+const WORKERS_AT_ONCE: usize = 6;
+
 /// The wazuh-db stand-in (`wdb-standin`), stopped with the bench.
 struct Standin(std::process::Child);
 
@@ -485,9 +488,21 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let cluster_port = ports.take()?;
     let mut nodes = Vec::new();
     let result = measure(args, &bin, &dir, &mut ports, cluster_port, &mut nodes);
-    for n in &mut nodes {
-        if matches!(n.child.try_wait(), Ok(None)) {
-            let _ = Command::new("kill").arg("-TERM").arg(n.pid().to_string()).status();
+    // The workers first, as an operator stops a cluster: a worker whose master left first logs
+    // each of its jobs failing.
+    let first = 1.min(nodes.len());
+    let (master, workers) = nodes.split_at_mut(first);
+    for group in [workers, master] {
+        for n in group.iter_mut() {
+            if matches!(n.child.try_wait(), Ok(None)) {
+                let _ = Command::new("kill").arg("-TERM").arg(n.pid().to_string()).status();
+            }
+        }
+        for n in group.iter_mut() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(n.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
     for n in &mut nodes {
@@ -554,12 +569,21 @@ fn measure(
         nodes[0].log.display()
     );
     let sink = std::sync::Arc::new(Sink::default());
+    let listed_now = || {
+        get_json(&master_api, "/cluster/nodes").and_then(|v| v["data"]["total_affected_items"].as_u64()).unwrap_or(0)
+    };
     for i in 1..=args.workers {
         let name = format!("worker-{i:02}");
         if args.analysis {
             analysis_sink(&dir.join(format!("{name}-queue.sock")), args.analysis_read_per_s, sink.clone())?;
         }
         nodes.push(start_node(args, bin, dir, ports, &name, false, cluster_port)?);
+        // Every worker dials from 127.0.0.1, where real ones have addresses of their own: in groups
+        // of WORKERS_AT_ONCE, each joined before the next, so that the master's per-address
+        // handshake cap does not refuse them (a refused dial is a WARN line on both sides).
+        if i % WORKERS_AT_ONCE == 0 {
+            wait_until(Duration::from_secs(30), || listed_now() as usize > i);
+        }
     }
     let expected = args.workers + 1;
     let listed = wait_until(Duration::from_secs(120), || {
