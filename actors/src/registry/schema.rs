@@ -117,6 +117,10 @@ pub(crate) fn open_db(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Each command runs under a savepoint, whose sub-journal (the pages as they were before the
+    // command) is only needed until the transaction ends: in memory, not in a temporary file
+    // (at 100,000 agents connecting, its writes were 9 % of the master's CPU in a profile).
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     // Room for every statement the stores prepare (the master's registry has over 30): rusqlite
     // keeps 16 by default, and an enrollment with its confirmation uses about 15, so some were
@@ -202,16 +206,17 @@ pub fn position(conn: &Connection) -> Result<(u64, TableHash), StoreError> {
     Ok((seq, hash))
 }
 
+/// Starts a command's savepoint (a statement prepared once: one runs for every command).
 pub(crate) fn savepoint(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute_batch("SAVEPOINT cmd")?;
+    conn.prepare_cached("SAVEPOINT cmd")?.execute([])?;
     Ok(())
 }
 
 pub fn release(conn: &Connection, keep: bool) {
     if !keep {
-        let _ = conn.execute_batch("ROLLBACK TO cmd");
+        let _ = conn.prepare_cached("ROLLBACK TO cmd").and_then(|mut s| s.execute([]));
     }
-    let _ = conn.execute_batch("RELEASE cmd");
+    let _ = conn.prepare_cached("RELEASE cmd").and_then(|mut s| s.execute([]));
 }
 
 #[cfg(test)]
