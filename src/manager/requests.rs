@@ -68,12 +68,11 @@ async fn serve(listener: tokio::net::UnixListener, timeout: Duration, node: Node
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             figures.requests.refused.add(1);
             refused(&refusals, &node, &format!("{MAX_IN_FLIGHT} requests are in flight"));
-            // Answered as remoted answers when its pool is full; never waited on.
-            actix_rt::spawn(async move {
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(1), write_frame(&mut stream, INTERNAL_ERROR.as_bytes()))
-                        .await;
-            });
+            // Answered as remoted answers when its pool is full, in one non-blocking write (an
+            // empty socket buffer takes it whole), and closed: no task, nothing waited on.
+            let mut frame = (INTERNAL_ERROR.len() as u32).to_le_bytes().to_vec();
+            frame.extend_from_slice(INTERNAL_ERROR.as_bytes());
+            let _ = stream.try_write(&frame);
             continue;
         };
         let (node, figures, refusals) = (node.clone(), figures.clone(), refusals.clone());

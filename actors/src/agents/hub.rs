@@ -253,16 +253,20 @@ impl AgentHub {
 
     /// The update for the master: status and time always, the details only until it has them.
     fn update_for(&self, id: u32, s: &AgentState) -> AgentInfoUpdate {
-        let details = !s.details_acked;
-        AgentInfoUpdate {
-            id,
-            status: s.status.as_str().to_string(),
-            last_keepalive_ms: s.last_keepalive_ms,
-            version: s.version.clone().filter(|_| details),
-            info: s.info.clone().filter(|_| details),
-            group_config_status: s.group_config_status.clone().filter(|_| details),
-            peer_ip: s.peer.map(|p| p.ip().to_string()).filter(|_| details),
-        }
+        state_update(id, s, !s.details_acked)
+    }
+}
+
+/// Agent `id`'s state as an update: status and time, and the details when `details`.
+fn state_update(id: u32, s: &AgentState, details: bool) -> AgentInfoUpdate {
+    AgentInfoUpdate {
+        id,
+        status: s.status.as_str().to_string(),
+        last_keepalive_ms: s.last_keepalive_ms,
+        version: s.version.clone().filter(|_| details),
+        info: s.info.clone().filter(|_| details),
+        group_config_status: s.group_config_status.clone().filter(|_| details),
+        peer_ip: s.peer.map(|p| p.ip().to_string()).filter(|_| details),
     }
 }
 
@@ -572,16 +576,7 @@ impl Handler<LiveStates> for AgentHub {
     type Result = Vec<AgentInfoUpdate>;
 
     fn handle(&mut self, _: LiveStates, _: &mut Context<Self>) -> Vec<AgentInfoUpdate> {
-        let all = |s: &AgentState, id: u32| AgentInfoUpdate {
-            id,
-            status: s.status.as_str().to_string(),
-            last_keepalive_ms: s.last_keepalive_ms,
-            version: s.version.clone(),
-            info: s.info.clone(),
-            group_config_status: s.group_config_status.clone(),
-            peer_ip: s.peer.map(|p| p.ip().to_string()),
-        };
-        self.live.keys().filter_map(|id| self.states.get(id).map(|s| all(s, *id))).collect()
+        self.live.keys().filter_map(|id| self.states.get(id).map(|s| state_update(*id, s, true))).collect()
     }
 }
 

@@ -86,7 +86,7 @@ mod tests {
         let store = StoreHandle::spawn("reader-test", registry, |r| r.seq()).unwrap();
 
         // A write holds the store thread until the test lets it go.
-        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (release, held) = std::sync::mpsc::sync_channel::<()>(1);
         let (started_tx, started) = tokio::sync::oneshot::channel();
         let write = tokio::spawn({
             let store = store.clone();

@@ -505,11 +505,8 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
             }
         }
     }
+    // What did not stop within its 10 s is killed.
     for n in &mut nodes {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && matches!(n.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
         let _ = n.child.kill();
         let _ = n.child.wait();
     }
