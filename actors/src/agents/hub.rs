@@ -76,7 +76,7 @@ struct Live {
 pub struct AgentHub {
     shared: Arc<Shared>,
     source: KeySource,
-    loaded_seq: Option<u64>,
+    loaded_losses: Option<u64>,
     live: HashMap<u32, Live>,
     states: HashMap<u32, AgentState>,
     /// Agents whose state changed since the master acknowledged it: id -> version_seq.
@@ -104,7 +104,7 @@ impl AgentHub {
         Self {
             shared,
             source,
-            loaded_seq: None,
+            loaded_losses: None,
             live: HashMap::new(),
             states: HashMap::new(),
             dirty: HashMap::new(),
@@ -159,13 +159,15 @@ impl AgentHub {
     /// After a change of the agent table: closes the connections of agents deleted (or re-keyed)
     /// since, and forgets the state of deleted agents. Costs one lookup per agent of this node (the
     /// key index itself is kept up to date by the store's thread; it caches the key of every agent
-    /// that connected here until the agent is deleted, so a missing key means a deleted agent).
+    /// that connected here until the agent is deleted, so a missing key means a deleted agent), and
+    /// only after a change that may take a key away: agents enrolled elsewhere (thousands a second
+    /// in a burst, each moving the table) cost nothing here.
     fn check_keys(&mut self) {
-        let seq = *self.source.watch().borrow();
-        if self.loaded_seq == Some(seq) {
+        let losses = self.shared.keys.losses();
+        if self.loaded_losses == Some(losses) {
             return;
         }
-        self.loaded_seq = Some(seq);
+        self.loaded_losses = Some(losses);
         let keys = &self.shared.keys;
         let gone: Vec<u32> = self
             .live

@@ -95,6 +95,9 @@ pub(crate) struct KeyMap {
     /// Bumped by every change applied: a key read from the store before a change to the table
     /// was applied here is not cached (it may predate that change).
     epoch: u64,
+    /// Bumped by every change that may take a key from an agent of this node (a deletion, a
+    /// cached agent added again, a whole new table); new agents elsewhere leave it alone.
+    losses: u64,
 }
 
 fn key_of(e: AgentEntry) -> AgentKey {
@@ -144,6 +147,7 @@ impl KeyMap {
     /// The table is now exactly `entries`: addresses rebuilt, cached keys refreshed or dropped.
     fn reset(&mut self, entries: &[AgentEntry]) {
         self.epoch += 1;
+        self.losses += 1;
         self.by_ip.clear();
         self.ip_of.clear();
         let cached = std::mem::take(&mut self.by_id);
@@ -170,10 +174,12 @@ impl KeyMap {
                 AgentChange::Added(e) => {
                     self.set_address(e.id, Self::address(&e.ip));
                     if self.by_id.contains_key(&e.id) {
+                        self.losses += 1;
                         self.cache(Arc::new(key_of(e.clone())));
                     }
                 }
                 AgentChange::Removed { id } => {
+                    self.losses += 1;
                     self.set_address(*id, None);
                     self.by_id.remove(id);
                 }
@@ -263,6 +269,12 @@ impl KeyIndex {
 
     fn epoch(&self) -> u64 {
         self.read().epoch
+    }
+
+    /// Moves whenever a change may have deleted or re-keyed an agent whose key is cached here (see
+    /// [`KeyMap`]): while it stays, every cached key is still its agent's.
+    pub(crate) fn losses(&self) -> u64 {
+        self.read().losses
     }
 
     /// The key of agent `id`: cached, or read from `source` and cached. `None` when the agent is
