@@ -149,8 +149,54 @@ thread_local! {
     static INFLATE: RefCell<Decompress> = RefCell::new(Decompress::new(true));
 }
 
-/// Deflates `data` as one zlib stream.
+/// Messages this short go out as stored (uncompressed) zlib blocks: compressing them would save a
+/// few bytes at the cost of clearing the compressor's tables (over 100 KiB) for each one, which is
+/// most of what sending a keep-alive's acknowledgement costs.
+const STORED_UP_TO: usize = 1024;
+
+/// `data` as one zlib stream of stored blocks (RFC 1950/1951): any inflater reads it.
+fn stored(data: &[u8]) -> Vec<u8> {
+    let blocks = data.len().div_ceil(usize::from(u16::MAX)).max(1);
+    let mut out = Vec::with_capacity(data.len() + 5 * blocks + 6);
+    // CMF: deflate with a 32 KiB window; FLG: no dictionary, the lowest level, (CMF << 8 | FLG) % 31 == 0.
+    out.extend_from_slice(&[0x78, 0x01]);
+    let mut chunks = data.chunks(usize::from(u16::MAX)).peekable();
+    if chunks.peek().is_none() {
+        out.extend_from_slice(&[0x01, 0x00, 0x00, 0xff, 0xff]);
+    }
+    while let Some(chunk) = chunks.next() {
+        let last = chunks.peek().is_none();
+        let len = chunk.len() as u16;
+        out.push(u8::from(last));
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out.extend_from_slice(&adler32(data).to_be_bytes());
+    out
+}
+
+/// zlib's checksum of `data`.
+fn adler32(data: &[u8]) -> u32 {
+    const MOD: u32 = 65_521;
+    let (mut a, mut b) = (1u32, 0u32);
+    // 5,552 bytes is the most that can be summed before `b` could overflow a u32.
+    for chunk in data.chunks(5_552) {
+        for &byte in chunk {
+            a += u32::from(byte);
+            b += a;
+        }
+        a %= MOD;
+        b %= MOD;
+    }
+    (b << 16) | a
+}
+
+/// Deflates `data` as one zlib stream (stored blocks when it is short: see [`STORED_UP_TO`]).
 fn deflate(data: &[u8]) -> Vec<u8> {
+    if data.len() <= STORED_UP_TO {
+        return stored(data);
+    }
     DEFLATE.with(|c| {
         let mut c = c.borrow_mut();
         c.reset();
@@ -321,6 +367,28 @@ mod tests {
     use super::*;
 
     const RAW: &str = "e38b58deca755913845ce6a42865eb2a557f34509245e71ca56fcafe812b6d59";
+
+    /// Stored streams are read back by another inflater (flate2's reader, as zlib's `uncompress`
+    /// reads them on an agent), with zlib's own checksum, across block boundaries.
+    #[test]
+    fn short_messages_go_out_as_stored_zlib_streams_any_inflater_reads() {
+        use std::io::Read;
+        for len in [0usize, 1, 13, STORED_UP_TO, 65_535, 65_536, 140_000] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let wire = stored(&data);
+            let mut back = Vec::new();
+            flate2::read::ZlibDecoder::new(&wire[..]).read_to_end(&mut back).unwrap();
+            assert_eq!(back, data, "{len} bytes");
+            let mut z = flate2::write::ZlibEncoder::new(Vec::new(), Compression::fast());
+            z.write_all(&data).unwrap();
+            let reference = z.finish().unwrap();
+            assert_eq!(wire[wire.len() - 4..], reference[reference.len() - 4..], "adler-32 of {len} bytes");
+            if len <= MAX_PAYLOAD {
+                assert_eq!(inflate_capped(&deflate(&data)).unwrap(), data);
+            }
+        }
+        assert_eq!(deflate(b"#!-agent ack ")[..2], [0x78, 0x01], "a short message is stored");
+    }
 
     #[test]
     fn key_derivation_matches_the_reference_example() {
