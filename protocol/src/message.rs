@@ -376,9 +376,13 @@ pub struct AgentCommandSent {
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct AgentInfoAck {
-    /// Updates stored.
+    /// Updates taken: a master of this version answers once the batch is in its status inbox and
+    /// writes it to the registry right after (a master that stops first is followed by a new
+    /// connection, on which the worker sends every status again); older masters answered after
+    /// storing, counting only what they stored.
     pub stored: u32,
-    /// Updates for agents the master does not know (not stored).
+    /// Updates for agents the master does not know (not stored); 0 from a master with an inbox,
+    /// which counts them in its own figures.
     pub unknown: u32,
 }
 

@@ -287,6 +287,15 @@ impl NodeHandle {
         }
     }
 
+    /// Master: the figures of the inbox the workers' agent statuses go through (`None` on a worker,
+    /// or if the master stopped).
+    pub async fn status_inbox(
+        &self,
+    ) -> Option<tokio::sync::watch::Receiver<wazuh_cluster_actors::jobs::master::statuses::Figures>> {
+        let NodeHandle::Master { listener, .. } = self else { return None };
+        listener.send(master::GetStatusInbox).await.ok().map(|inbox| inbox.figures())
+    }
+
     /// One page of agents as this node knows them (the registry on the master, the replica on a
     /// worker) and how many match in all.
     /// Keys are never part of a list: see [`NodeHandle::agent`].

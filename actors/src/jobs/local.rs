@@ -49,6 +49,8 @@ pub struct MasterServices {
     healths: Vec<JobHealth>,
     controls: Arc<Controls>,
     positions: Arc<crate::jobs::master::positions::WorkerPositions>,
+    /// Every worker's agent statuses on their way into the registry.
+    pub statuses: Arc<crate::jobs::master::statuses::StatusInbox>,
 }
 
 /// Agents enrolled through a worker whose delivery was never confirmed are removed after this.
@@ -58,6 +60,7 @@ impl MasterServices {
     /// Starts both shared jobs, supervised. The second value resolves once both have stopped.
     pub fn start(settings: Arc<ChannelSettings>, writes: crate::consensus::writes::Writes) -> (Self, AllStopped) {
         let registry = writes.registry().clone();
+        let writes_registry = registry.clone();
         let (files, _) = broadcast::channel(FILES_BACKLOG);
         let groups = Arc::new(watch::channel(None).0);
         let (alive, all_stopped) = liveness();
@@ -100,6 +103,7 @@ impl MasterServices {
             healths,
             controls: Arc::new(controls),
             positions: Default::default(),
+            statuses: crate::jobs::master::statuses::StatusInbox::start(writes_registry, settings.node_name.clone()),
         };
         (services, all_stopped)
     }

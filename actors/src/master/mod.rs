@@ -173,9 +173,17 @@ impl MasterListener {
     /// Worker `node` is gone: its agents that have not reported elsewhere are disconnected now.
     fn node_gone(&self, node: &str) {
         let (registry, node, me) = (self.services.registry.clone(), node.to_string(), self.settings.node_name.clone());
+        // What it reported and the inbox still holds goes in first: its word before the verdict.
+        let last_words = self.services.statuses.take_peer(&node);
         actix_rt::spawn(async move {
             let gone = node.clone();
-            match registry.run(move |r| r.node_gone(&gone, crate::clock::now_ms())).await {
+            let verdict = move |r: &mut crate::registry::Registry| {
+                if !last_words.is_empty() {
+                    r.store_statuses(&gone, &last_words)?;
+                }
+                r.node_gone(&gone, crate::clock::now_ms())
+            };
+            match registry.run(verdict).await {
                 Ok(ids) if !ids.is_empty() => {
                     info!(node = me.as_str(); "worker {node} is gone: its {} agents still active there are disconnected until they report through another node", ids.len())
                 }

@@ -21,6 +21,19 @@ impl Handler<GetPositions> for MasterListener {
     }
 }
 
+/// The inbox of the workers' agent statuses (its figures: health, tests).
+#[derive(Message)]
+#[rtype(result = "Arc<crate::jobs::master::statuses::StatusInbox>")]
+pub struct GetStatusInbox;
+
+impl Handler<GetStatusInbox> for MasterListener {
+    type Result = Arc<crate::jobs::master::statuses::StatusInbox>;
+
+    fn handle(&mut self, _: GetStatusInbox, _: &mut Context<Self>) -> Self::Result {
+        self.services.statuses.clone()
+    }
+}
+
 /// The master's own shared jobs.
 #[derive(Message)]
 #[rtype(result = "Vec<JobReport>")]

@@ -9,8 +9,9 @@
 
 use crate::connection::{LocalFuture, MasterSide};
 use crate::jobs::local::{GetIntegrity, LocalIntegrity};
+use crate::jobs::master::statuses::StatusInbox;
 use crate::jobs::runtime::{Serve, ServeError, Served};
-use crate::registry::{NewAgent, Registry, StoreHandle};
+use crate::registry::NewAgent;
 use actix::Addr;
 use log::{info, warn};
 use std::path::PathBuf;
@@ -50,11 +51,11 @@ impl Serve for KeepAliveServe {
     }
 }
 
-/// Stores the statuses of the worker's agents: only for agents that exist, never over a newer
-/// report of another node (an agent that moved).
+/// Takes the statuses of the worker's agents into the master's inbox and answers at once: the
+/// registry stores them right after, only for agents that exist, never over a newer report of
+/// another node (an agent that moved); see [`StatusInbox`].
 pub(crate) struct AgentInfoServe {
-    pub registry: StoreHandle<Registry>,
-    pub node: String,
+    pub statuses: Arc<StatusInbox>,
     pub peer: String,
 }
 
@@ -63,30 +64,31 @@ impl Serve for AgentInfoServe {
     type Request = AgentInfoBatch;
 
     fn serve(&mut self, batch: AgentInfoBatch) -> LocalFuture<Result<Served<MasterToWorker>, ServeError>> {
-        let (registry, node, peer) = (self.registry.clone(), self.node.clone(), self.peer.clone());
+        let (statuses, peer) = (self.statuses.clone(), self.peer.clone());
         Box::pin(async move {
-            let ((stored, unknown, stale), contest, moved) = if batch.updates.is_empty() {
-                ((0, 0, 0), None, None)
-            } else {
-                let p = peer.clone();
-                registry
-                    .run(move |r| Ok((r.store_statuses(&p, &batch.updates)?, r.contest_line(), r.move_line())))
-                    .await?
-            };
-            if let Some(line) = contest {
-                warn!(node = node.as_str(); "{line}");
-            }
-            if let Some(line) = moved {
-                info!(node = node.as_str(); "{line}");
-            }
-            if unknown > 0 {
-                warn!(node = node.as_str(); "worker {peer}: {unknown} status updates for agents that do not exist (deleted?) were not stored");
-            }
+            let taken = statuses.put(&peer, batch.updates).await;
             Ok(Served {
-                reply: MasterToWorker::AgentInfoAck(AgentInfoAck { stored, unknown }),
-                counts: vec![("stored", stored.into()), ("unknown", unknown.into()), ("stale", stale.into())],
+                reply: MasterToWorker::AgentInfoAck(AgentInfoAck { stored: taken, unknown: 0 }),
+                counts: vec![("taken", taken.into())],
             })
         })
+    }
+
+    /// The inbox's figures (every worker's, the same on each connection).
+    fn figures(&self) -> Vec<(String, u64)> {
+        let f = *self.statuses.figures().borrow();
+        [
+            ("inbox_bound_per_worker", crate::jobs::master::statuses::PEER_PENDING as u64),
+            ("inbox_waiting", f.waiting),
+            ("inbox_stored", f.stored),
+            ("inbox_unknown", f.unknown),
+            ("inbox_stale", f.stale),
+            ("inbox_failed_writes", f.failed_writes),
+            ("inbox_dropped", f.dropped),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
     }
 }
 

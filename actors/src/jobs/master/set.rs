@@ -4,7 +4,7 @@
 //! | job | kind | serves / does |
 //! |---|---|---|
 //! | `KeepAlive` | server | `keep_alive` -> `keep_alive_ack`, keeps the worker's job reports |
-//! | `AgentInfo` | server | `agent_info` -> `agent_info_ack`, statuses into the registry |
+//! | `AgentInfo` | server | `agent_info` -> `agent_info_ack`, statuses into the registry's inbox |
 //! | `AgentGroupsSend` | pusher | the worker's position in, `agent_groups` out after every change |
 //! | `Integrity` | server | `integrity_check`, `sync_manifest`, `fetch_files`; announces file changes |
 //! | `Registration` | server | `enroll`, `enroll_resolve`, `admin` |
@@ -72,7 +72,7 @@ impl MasterJobs {
             alive.clone(),
         );
         controls.add("KeepAlive", &keepalive, h);
-        let job = AgentInfoServe { registry: services.registry.clone(), node: node.clone(), peer: peer.clone() };
+        let job = AgentInfoServe { statuses: services.statuses.clone(), peer: peer.clone() };
         let (agent_info, h) = Server::start("AgentInfo", job, conn.clone(), settings, alive.clone());
         controls.add("AgentInfo", &agent_info, h);
 
