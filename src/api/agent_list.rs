@@ -317,7 +317,7 @@ impl Selection {
     }
 
     /// Whether SQLite can serve the whole request a page at a time.
-    fn sql_only(&self) -> bool {
+    pub(super) fn sql_only(&self) -> bool {
         self.equal.iter().all(|(f, _)| matches!(*f, "group" | "node_name"))
             && self.statuses.len() <= 1
             && self.older_than_ms.is_none()
@@ -333,7 +333,7 @@ impl Selection {
     }
 
     /// What SQLite filters first (its part of the request, exact).
-    fn sql_query(&self, page: bool) -> AgentQuery {
+    pub(super) fn sql_query(&self, page: bool) -> AgentQuery {
         let field = |name: &str| self.equal.iter().find(|(f, _)| *f == name).map(|(_, v)| v.clone());
         let sort = if page {
             self.sort

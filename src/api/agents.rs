@@ -16,20 +16,25 @@ pub(super) async fn agents(node: web::Data<NodeHandle>, query: web::Query<Agents
         Ok(s) => s,
         Err(why) => return bad_request(&why),
     };
+    const DONE: &str = "All selected agents information was returned";
+    let unavailable = |e: &str| {
+        HttpResponse::ServiceUnavailable().json(error_body(503, &format!("the agent registry is unavailable: {e}")))
+    };
+    if selection.sql_only() {
+        // What SQLite selects is the page: written as it is read, without a JSON tree per agent.
+        return match node.agents_page(selection.sql_query(true)).await {
+            Ok((total, items)) => json_answer(&Listed::new(&items, total, DONE), pretty),
+            Err(e) => unavailable(&e.to_string()),
+        };
+    }
     match select_agents(&node, &selection).await {
-        Ok((total, items)) => {
-            let mut body = envelope(&items, "All selected agents information was returned");
-            body["data"]["total_affected_items"] = total.into();
-            json_answer(&body, pretty)
-        }
-        Err(e) => {
-            HttpResponse::ServiceUnavailable().json(error_body(503, &format!("the agent registry is unavailable: {e}")))
-        }
+        Ok((total, items)) => json_answer(&Listed::new(&items, total, DONE), pretty),
+        Err(e) => unavailable(&e),
     }
 }
 
 /// A 200 with `body`, indented when the caller asked for `pretty`.
-pub(super) fn json_answer(body: &serde_json::Value, pretty: bool) -> HttpResponse {
+pub(super) fn json_answer<T: serde::Serialize>(body: &T, pretty: bool) -> HttpResponse {
     let text = if pretty { serde_json::to_string_pretty(body) } else { serde_json::to_string(body) };
     HttpResponse::Ok().content_type("application/json").body(text.unwrap_or_default())
 }

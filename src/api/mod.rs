@@ -62,6 +62,39 @@ pub fn envelope<T: Serialize>(items: &[T], message: &str) -> serde_json::Value {
     })
 }
 
+/// [`envelope`]'s shape for items of a type, written straight to text: a page of hundreds of
+/// agents costs no `serde_json::Value` tree (whose maps were most of a page's cost).
+#[derive(Serialize)]
+pub struct Listed<'a, T: Serialize> {
+    data: ListedData<'a, T>,
+    message: &'a str,
+    error: u8,
+}
+
+#[derive(Serialize)]
+struct ListedData<'a, T: Serialize> {
+    affected_items: &'a [T],
+    total_affected_items: u64,
+    total_failed_items: u8,
+    failed_items: [u8; 0],
+}
+
+impl<'a, T: Serialize> Listed<'a, T> {
+    /// `items` of `total` matches, with `message`.
+    pub fn new(items: &'a [T], total: u64, message: &'a str) -> Self {
+        Self {
+            data: ListedData {
+                affected_items: items,
+                total_affected_items: total,
+                total_failed_items: 0,
+                failed_items: [],
+            },
+            message,
+            error: 0,
+        }
+    }
+}
+
 fn error_body(code: u16, message: &str) -> serde_json::Value {
     serde_json::json!({ "title": message, "detail": message, "error": code })
 }
