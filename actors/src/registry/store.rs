@@ -4,9 +4,16 @@
 //! enrollments, and every caller hears back only after its change is durable. Each command runs
 //! under a savepoint, so one failure (or one panic, caught here) does not undo its neighbours.
 //!
+//! Two lanes: [`StoreHandle::run`] for commands a caller waits on (an enrollment, a change), and
+//! [`StoreHandle::run_bulk`] for large background writes (a slice of agent statuses). A bulk command
+//! runs in a transaction of its own, never in one with waiting callers' commands, and the two take
+//! turns while both have work: a command waits behind one bulk command at most, and bulk work is
+//! never starved.
+//!
 //! Bounds: the command queue holds [`QUEUE`] commands; a caller finding it full waits for room (the
 //! store's pace becomes its callers' pace) instead of the queue growing. A transaction takes at most
-//! [`MAX_BATCH`] commands. If the thread itself dies (a panic outside a command), every later call
+//! [`MAX_BATCH`] commands; at most [`MAX_DEFERRED`] bulk commands are set aside for their turn (beyond
+//! that the queue is left as it is until they ran). If the thread itself dies (a panic outside a command), every later call
 //! fails with [`StoreError::Stopped`] and [`StoreHandle::stopped`] resolves with the reason, which
 //! the node treats as fatal.
 
@@ -83,10 +90,21 @@ type Job<S> = Box<dyn FnOnce(Result<&mut S, TxFailure>) -> Finish + Send>;
 pub(crate) const QUEUE: usize = 4096;
 /// Most commands in one transaction.
 pub(crate) const MAX_BATCH: usize = 1024;
+/// Most bulk commands taken off the queue to wait for their turn.
+pub(crate) const MAX_DEFERRED: usize = 16;
+
+/// Which lane a command came in by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// A caller waits on it: it runs with the other waiting commands, in the next transaction.
+    Waited,
+    /// A large background write: a transaction of its own, in turns with the waited lane.
+    Bulk,
+}
 
 /// A cheap, clonable handle to the store thread.
 pub struct StoreHandle<S> {
-    tx: mpsc::Sender<Job<S>>,
+    tx: mpsc::Sender<(Lane, Job<S>)>,
     position: watch::Receiver<u64>,
     exit: watch::Receiver<Option<String>>,
     commands: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -111,7 +129,7 @@ impl<S: Store> StoreHandle<S> {
     /// Starts the thread. `position` reads the store's change sequence after each commit; watchers
     /// see it move.
     pub fn spawn(name: &str, mut store: S, position: fn(&S) -> u64) -> std::io::Result<Self> {
-        let (tx, mut rx): (mpsc::Sender<Job<S>>, _) = mpsc::channel(QUEUE);
+        let (tx, mut rx): (mpsc::Sender<(Lane, Job<S>)>, _) = mpsc::channel(QUEUE);
         let (pos_tx, pos_rx) = watch::channel(position(&store));
         let (exit_tx, exit_rx) = watch::channel(None);
         let commands = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -151,6 +169,24 @@ impl<S: Store> StoreHandle<S> {
         T: Send + 'static,
         F: FnOnce(&mut S) -> Result<T, StoreError> + Send + 'static,
     {
+        self.run_in(Lane::Waited, f).await
+    }
+
+    /// [`StoreHandle::run`] for a large background write: in a transaction of its own, taking turns
+    /// with the commands callers wait on, so that they never wait behind more than one of these.
+    pub async fn run_bulk<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut S) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.run_in(Lane::Bulk, f).await
+    }
+
+    async fn run_in<T, F>(&self, lane: Lane, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut S) -> Result<T, StoreError> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         let job: Job<S> = Box::new(move |store: Result<&mut S, TxFailure>| {
             let result = match store {
@@ -179,7 +215,7 @@ impl<S: Store> StoreHandle<S> {
                 let _ = tx.send(out);
             })
         });
-        self.tx.send(job).await.map_err(|_| StoreError::Stopped)?;
+        self.tx.send((lane, job)).await.map_err(|_| StoreError::Stopped)?;
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 
@@ -204,10 +240,56 @@ impl<S: Store> StoreHandle<S> {
     }
 }
 
+/// The thread's next transaction: the waited commands queued now (up to [`MAX_BATCH`]), or one bulk
+/// command; `None` once every handle is dropped and nothing is left.
+struct Lanes<S> {
+    waited: Vec<Job<S>>,
+    deferred: std::collections::VecDeque<Job<S>>,
+    /// The last transaction was of waited commands: a bulk command that waits goes next.
+    bulk_turn: bool,
+    closed: bool,
+}
+
+impl<S> Lanes<S> {
+    fn next(&mut self, rx: &mut mpsc::Receiver<(Lane, Job<S>)>) -> Option<Vec<Job<S>>> {
+        if self.waited.is_empty() && self.deferred.is_empty() && !self.closed {
+            match rx.blocking_recv() {
+                Some(item) => self.take(item),
+                None => self.closed = true,
+            }
+        }
+        while self.waited.len() < MAX_BATCH && self.deferred.len() < MAX_DEFERRED {
+            match rx.try_recv() {
+                Ok(item) => self.take(item),
+                Err(_) => break,
+            }
+        }
+        let bulk_first = self.bulk_turn || self.waited.is_empty();
+        if bulk_first {
+            if let Some(job) = self.deferred.pop_front() {
+                self.bulk_turn = false;
+                return Some(vec![job]);
+            }
+        }
+        if self.waited.is_empty() {
+            return None;
+        }
+        self.bulk_turn = !self.deferred.is_empty();
+        Some(std::mem::take(&mut self.waited))
+    }
+
+    fn take(&mut self, (lane, job): (Lane, Job<S>)) {
+        match lane {
+            Lane::Waited => self.waited.push(job),
+            Lane::Bulk => self.deferred.push_back(job),
+        }
+    }
+}
+
 /// The thread's loop: a batch of commands per transaction, until every handle is dropped.
 fn serve<S: Store>(
     store: &mut S,
-    rx: &mut mpsc::Receiver<Job<S>>,
+    rx: &mut mpsc::Receiver<(Lane, Job<S>)>,
     pos_tx: &watch::Sender<u64>,
     position: fn(&S) -> u64,
     commands: &std::sync::atomic::AtomicU64,
@@ -217,14 +299,8 @@ fn serve<S: Store>(
     // A failed begin is over with the next transaction that commits; a failed commit, with the
     // next one that writes (a read-only one commits even on a full disk).
     let mut begin_failed = false;
-    while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+    let mut lanes = Lanes { waited: Vec::new(), deferred: Default::default(), bulk_turn: false, closed: false };
+    while let Some(batch) = lanes.next(rx) {
         if let Err(e) = store.begin() {
             // Nothing runs; every caller hears why.
             let why = TxFailure(e.to_string());
@@ -321,6 +397,90 @@ mod tests {
         }
         let names: Vec<String> = handle.run(|r| r.entries()).await.unwrap().into_iter().map(|e| e.name).collect();
         assert_eq!(names, ["kept"], "the panicking command's savepoint was rolled back");
+    }
+
+    /// A store that writes down its transactions and what ran in each.
+    #[derive(Default)]
+    struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl Recorder {
+        fn note(&self, what: &str) {
+            self.0.lock().unwrap().push(what.to_string());
+        }
+    }
+
+    impl Store for Recorder {
+        fn begin(&mut self) -> Result<(), StoreError> {
+            self.note("begin");
+            Ok(())
+        }
+        fn commit(&mut self) -> Result<(), StoreError> {
+            self.note("commit");
+            Ok(())
+        }
+        fn rollback(&mut self) {}
+        fn reload(&mut self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn savepoint(&mut self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn release(&mut self, _: bool) {}
+    }
+
+    /// Bulk commands queued before waited ones still let them go first, each bulk command is a
+    /// transaction of its own, and the lanes take turns: a waited command waits behind one bulk
+    /// command at most.
+    #[actix_rt::test]
+    async fn waited_commands_never_share_a_transaction_with_bulk_ones_and_take_turns() {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let handle = StoreHandle::spawn("lanes", Recorder(log.clone()), |_| 0).unwrap();
+        let (release, held) = std::sync::mpsc::sync_channel::<()>(1);
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let hold = tokio::spawn({
+            let handle = handle.clone();
+            async move {
+                handle
+                    .run(move |r| {
+                        r.note("hold");
+                        let _ = started_tx.send(());
+                        let _ = held.recv();
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        started.await.unwrap();
+        let queued = handle.commands.load(std::sync::atomic::Ordering::Relaxed);
+        let mut calls = Vec::new();
+        for (lane, name) in
+            [(Lane::Bulk, "b1"), (Lane::Bulk, "b2"), (Lane::Waited, "w1"), (Lane::Waited, "w2"), (Lane::Bulk, "b3")]
+        {
+            let h = handle.clone();
+            calls.push(tokio::spawn(async move {
+                h.run_in(lane, move |r: &mut Recorder| {
+                    r.note(name);
+                    Ok(())
+                })
+                .await
+            }));
+            // Queued in this order (each send is in the channel before the next is made).
+            tokio::task::yield_now().await;
+        }
+        while handle.tx.capacity() > QUEUE - 5 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(handle.commands.load(std::sync::atomic::Ordering::Relaxed), queued);
+        release.send(()).unwrap();
+        hold.await.unwrap().unwrap();
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+        let log = log.lock().unwrap().join(" ");
+        assert_eq!(
+            log, "begin hold commit begin w1 w2 commit begin b1 commit begin b2 commit begin b3 commit",
+            "the transactions and their commands, in order"
+        );
     }
 
     /// A store whose commit panics: the thread dies, and says so.

@@ -380,20 +380,24 @@ fn api_phase(samples: &[ApiSample], from: f64, to: f64) -> serde_json::Value {
     out.into()
 }
 
-/// Status updates the master stored so far: the `stored` figures of its AgentInfo jobs (one per
-/// worker), from its healthcheck.
+/// Status updates the master stored so far: its status inbox's `inbox_stored` (the same figure on
+/// each worker's AgentInfo job), or, from a master without an inbox, the sum of those jobs'
+/// `stored`; from its healthcheck.
 fn statuses_stored(master: &str) -> u64 {
     let Some(h) = get_json(master, "/cluster/actors") else { return 0 };
     let nodes = h["data"]["affected_items"].as_array().cloned().unwrap_or_default();
-    let mut total = 0;
+    let (mut inbox, mut summed) = (None::<u64>, 0);
     for n in nodes {
         for a in n["actors"].as_array().into_iter().flatten() {
             if a["name"] == "AgentInfo" && a["end"] == "master" {
-                total += a["details"]["stored"].as_u64().unwrap_or(0);
+                if let Some(v) = a["details"]["inbox_stored"].as_u64() {
+                    inbox = Some(inbox.unwrap_or(0).max(v));
+                }
+                summed += a["details"]["stored"].as_u64().unwrap_or(0);
             }
         }
     }
-    total
+    inbox.unwrap_or(summed)
 }
 
 /// A figure of a node's agent connections, from its own healthcheck.

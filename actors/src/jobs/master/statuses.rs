@@ -29,7 +29,7 @@ use wazuh_cluster_protocol::message::AgentInfoUpdate;
 /// Most agents one worker may have waiting in the inbox; a larger report waits for the applier.
 pub(crate) const PEER_PENDING: usize = 100_000;
 /// Most updates in one store command.
-pub(crate) const SLICE: usize = 4096;
+pub(crate) const SLICE: usize = 2048;
 /// How long the applier waits before trying a failed write again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -277,7 +277,7 @@ async fn apply_loop(inbox: Weak<StatusInbox>, arrived: Arc<Notify>, registry: St
         let n: usize = slice.iter().map(|(_, u)| u.len()).sum();
         let written = slice.clone();
         let outcome = registry
-            .run(move |r| {
+            .run_bulk(move |r| {
                 let mut per_peer = Vec::with_capacity(written.len());
                 for (peer, updates) in &written {
                     per_peer.push((peer.clone(), r.store_statuses(peer, updates)?));
