@@ -175,17 +175,17 @@ impl Replica {
                 }
             }
         }
-        self.table.conn.execute("UPDATE meta SET v = ?1 WHERE k = 'seq'", params![to as i64])?;
+        self.table.conn.prepare_cached("UPDATE meta SET v = ?1 WHERE k = 'seq'")?.execute(params![to as i64])?;
         self.table.seq = to;
         Ok(true)
     }
 
     /// Records that the master must hear the fate of `token`.
     pub(crate) fn outbox_put(&self, token: &str, delivered: bool) -> Result<(), StoreError> {
-        self.table.conn.execute(
-            "INSERT OR REPLACE INTO outbox (token, delivered, at) VALUES (?1, ?2, ?3)",
-            params![token, delivered as i64, crate::clock::now_ms() as i64],
-        )?;
+        self.table
+            .conn
+            .prepare_cached("INSERT OR REPLACE INTO outbox (token, delivered, at) VALUES (?1, ?2, ?3)")?
+            .execute(params![token, delivered as i64, crate::clock::now_ms() as i64])?;
         Ok(())
     }
 
@@ -196,7 +196,7 @@ impl Replica {
     }
 
     pub(crate) fn outbox_done(&self, token: &str) -> Result<(), StoreError> {
-        self.table.conn.execute("DELETE FROM outbox WHERE token = ?1", params![token])?;
+        self.table.conn.prepare_cached("DELETE FROM outbox WHERE token = ?1")?.execute(params![token])?;
         Ok(())
     }
 }

@@ -116,8 +116,10 @@ impl AgentTable {
         super::user_store::read_users(&self.conn)
     }
 
+    /// Statements run for every transaction are prepared once (parsing them again was a visible
+    /// share of a replica's thread while thousands of agents enroll).
     pub(super) fn begin(&self) -> Result<(), StoreError> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
         Ok(())
     }
 
@@ -125,7 +127,7 @@ impl AgentTable {
     /// A failed write of client.keys does not undo the commit (the file is written whole after the
     /// next change, and at every start); it is logged.
     pub(super) fn commit(&mut self) -> Result<(), StoreError> {
-        self.conn.execute_batch("COMMIT")?;
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
         let users_changed = self.derived.take_users_changed();
         let (conn, what, dir) = (&self.conn, self.what, self.data_dir.display());
         match self.derived.committed(&self.data_dir, || all_entries(conn)) {
