@@ -10,7 +10,7 @@
 use crate::registry::{fmt_id, NewAgent};
 use crate::worker::{Forward, Resolve, WorkerLink};
 use actix::Addr;
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -179,17 +179,61 @@ fn rustls_pemfile_key(pem: &[u8]) -> Result<rustls::pki_types::PrivateKeyDer<'st
 }
 
 /// Accepts enrollments on `listener` until the returned task is aborted. Every connection takes a
-/// place in `pool` (the node's share of enrollments) until it ends: when the pool is full, the
+/// place in a pool of `capacity` (the node's share of enrollments) until it ends: when the pool is full, the
 /// oldest connection that has not sent its request line yet is closed to make room; an address
 /// with `max_per_address` of those gets no more (closed at once). Each kind of refusal is logged
 /// once per 10 s at most, with how many there were.
+///
+/// Enrollments are served on a thread of their own (an arbiter named after the node): the TLS
+/// handshakes stay off the thread that serves the agents' connections, and an enrollment does not
+/// wait in line behind the keep-alives of every connected agent (at 100,000 agents, thousands a
+/// second). Aborting the returned task stops that thread.
 pub fn serve(
     listener: TcpListener,
     settings: Arc<EnrollmentSettings>,
     enroller: Enroller,
-    pool: crate::budget::Pool,
+    (capacity, max_per_address): (usize, u32),
 ) -> actix_rt::task::JoinHandle<()> {
+    /// Stops the enrollment thread when the task holding it is aborted or ends.
+    struct Thread(actix_rt::Arbiter);
+    impl Drop for Thread {
+        fn drop(&mut self) {
+            self.0.stop();
+        }
+    }
+    let node = settings.node_name.clone();
+    let arbiter = match listener.into_std() {
+        Ok(std_listener) => {
+            let arbiter = actix_rt::Arbiter::new();
+            // Made on the thread itself: the listener registers with its runtime, and the pool
+            // (not Send) lives there.
+            let spawned = arbiter.spawn_fn(move || match TcpListener::from_std(std_listener) {
+                Ok(listener) => {
+                    let pool = crate::budget::Pool::new(capacity, max_per_address);
+                    actix_rt::spawn(accept_loop(listener, settings, enroller, pool));
+                }
+                Err(e) => error!(node = node.as_str(); "enrollment: cannot listen on the enrollment thread: {e}"),
+            });
+            Some(arbiter).filter(|_| spawned)
+        }
+        Err(e) => {
+            error!(node = node.as_str(); "enrollment: cannot hand the listener to its thread: {e}");
+            None
+        }
+    };
     actix_rt::spawn(async move {
+        let _thread = arbiter.map(Thread);
+        std::future::pending::<()>().await
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    settings: Arc<EnrollmentSettings>,
+    enroller: Enroller,
+    pool: crate::budget::Pool,
+) {
+    {
         use crate::budget::NoPlace;
         use crate::throttle::Throttle;
         let acceptor = TlsAcceptor::from(settings.tls.clone());
@@ -240,7 +284,7 @@ pub fn serve(
                 }
             }
         }
-    })
+    }
 }
 
 /// Why no request line could be read.

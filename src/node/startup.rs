@@ -234,7 +234,7 @@ pub async fn start(config: &Config, psk: Psk) -> anyhow::Result<RunningNode> {
         policy,
         unsaid: Default::default(),
     });
-    let enrollments = Pool::new(budget.enrollment as usize, config.enrollment.max_per_address);
+    let enrollments = (budget.enrollment as usize, config.enrollment.max_per_address);
     tasks.push(enrollment::serve(enroll_listener, enroll_settings, enroller, enrollments));
     info!(node = handle.name(); "enrollment listening on {enrollment_addr} (TLS)");
     if let Some(counters) = &agent_counters {
