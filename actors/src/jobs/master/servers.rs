@@ -78,7 +78,7 @@ impl Serve for AgentInfoServe {
     fn figures(&self) -> Vec<(String, u64)> {
         let f = *self.statuses.figures().borrow();
         [
-            ("inbox_bound_per_worker", crate::jobs::master::statuses::PEER_PENDING as u64),
+            ("inbox_bound", self.statuses.bound() as u64),
             ("inbox_waiting", f.waiting),
             ("inbox_stored", f.stored),
             ("inbox_unknown", f.unknown),

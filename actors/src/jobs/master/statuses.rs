@@ -8,9 +8,10 @@
 //! worker's batch.
 //!
 //! Bounds: per worker, one update per agent: a newer report of an agent replaces the one waiting
-//! (its fields merged as the registry would have applied both), so what waits is at most one entry
-//! per agent a worker reports, and at most [`PEER_PENDING`] of them (a worker with more waits for
-//! the applier to take its entries). One store command takes at most [`SLICE`] updates.
+//! (its fields merged as the registry would have applied both); in all, at most [`PENDING`] entries
+//! wait or are being written (a report finding no room waits for the applier, in turn: the room is
+//! a fair semaphore; 20,000 entries with an agent's full details are some 30 MB). One store command
+//! takes at most [`SLICE`] updates.
 //!
 //! What "answered" promises: the updates are applied in order right after, unless the registry
 //! fails (they are kept and tried again; a worker's newer report still wins) or this node stops
@@ -26,8 +27,9 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use wazuh_cluster_protocol::message::AgentInfoUpdate;
 
-/// Most agents one worker may have waiting in the inbox; a larger report waits for the applier.
-pub(crate) const PEER_PENDING: usize = 100_000;
+/// Most entries waiting or being written, every worker's together; a report finding no room waits
+/// for the applier.
+pub(crate) const PENDING: usize = 20_000;
 /// Most updates in one store command.
 pub(crate) const SLICE: usize = 2048;
 /// How long the applier waits before trying a failed write again.
@@ -56,27 +58,30 @@ struct Pending {
 }
 
 impl Pending {
-    fn put(&mut self, update: AgentInfoUpdate) {
-        self.merge_in(update, true);
+    /// Whether `update` made a new entry (rather than merging into one).
+    fn put(&mut self, update: AgentInfoUpdate) -> bool {
+        self.merge_in(update, true)
     }
 
-    /// Puts back `older` updates (a write that failed) under whatever came in since.
-    fn put_back(&mut self, older: Vec<AgentInfoUpdate>) {
-        for u in older {
-            self.merge_in(u, false);
-        }
+    /// Puts back `older` updates (a write that failed) under whatever came in since; how many
+    /// merged into an entry that came in meanwhile.
+    fn put_back(&mut self, older: Vec<AgentInfoUpdate>) -> usize {
+        older.into_iter().map(|u| self.merge_in(u, false)).filter(|new| !new).count()
     }
 
-    /// `u` with what waits for its agent: over it when `newer`, under it otherwise.
-    fn merge_in(&mut self, u: AgentInfoUpdate, newer: bool) {
+    /// `u` with what waits for its agent: over it when `newer`, under it otherwise. Whether it made
+    /// a new entry.
+    fn merge_in(&mut self, u: AgentInfoUpdate, newer: bool) -> bool {
         match self.by_id.remove(&u.id) {
             Some(there) => {
                 let m = if newer { merged(u, there) } else { merged(there, u) };
                 self.by_id.insert(m.id, m);
+                false
             }
             None => {
                 self.order.push(u.id);
                 self.by_id.insert(u.id, u);
+                true
             }
         }
     }
@@ -123,29 +128,30 @@ pub struct StatusInbox {
     waiting: Mutex<Waiting>,
     /// Rung when updates come in (shared with the applier, which holds no strong reference).
     arrived: Arc<Notify>,
-    /// Rung after each store command (a worker over [`PEER_PENDING`] waits for it).
-    taken: Notify,
+    /// Room for entries: one permit per entry waiting or being written ([`PENDING`]).
+    room: tokio::sync::Semaphore,
     /// The inbox's figures after each change, for whoever waits on them (tests, health).
     figures: watch::Sender<Figures>,
-    /// Most agents one worker may have waiting ([`PEER_PENDING`]).
-    peer_pending: usize,
+    /// The room's size ([`PENDING`]).
+    bound: usize,
 }
 
 impl StatusInbox {
     /// An inbox, and its applier writing to `registry` (a task on the current runtime that ends
     /// once the inbox is dropped). `node`: this node's name, for the log.
     pub fn start(registry: StoreHandle<Registry>, node: String) -> Arc<Self> {
-        Self::start_bounded(registry, node, PEER_PENDING)
+        Self::start_bounded(registry, node, PENDING)
     }
 
     /// [`StatusInbox::start`] with another bound per worker.
-    pub(crate) fn start_bounded(registry: StoreHandle<Registry>, node: String, peer_pending: usize) -> Arc<Self> {
+    pub(crate) fn start_bounded(registry: StoreHandle<Registry>, node: String, bound: usize) -> Arc<Self> {
+        let bound = bound.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         let inbox = Arc::new(Self {
             waiting: Mutex::new(Waiting::default()),
             arrived: Arc::new(Notify::new()),
-            taken: Notify::new(),
+            room: tokio::sync::Semaphore::new(bound),
             figures: watch::channel(Figures::default()).0,
-            peer_pending: peer_pending.max(1),
+            bound,
         });
         actix_rt::spawn(apply_loop(Arc::downgrade(&inbox), inbox.arrived.clone(), registry, node));
         inbox
@@ -156,35 +162,31 @@ impl StatusInbox {
     }
 
     /// Takes in worker `peer`'s `updates`; returns how many, once they are in. Waits only while
-    /// `peer` has [`PEER_PENDING`] agents waiting already (for the applier to take some).
+    /// the inbox has no room (for the applier to write some).
     pub async fn put(&self, peer: &str, updates: Vec<AgentInfoUpdate>) -> u32 {
         let n = updates.len() as u32;
         let mut updates = updates.into_iter().peekable();
         while updates.peek().is_some() {
-            let taken = self.taken.notified();
-            tokio::pin!(taken);
-            taken.as_mut().enable();
-            {
+            let chunk: Vec<AgentInfoUpdate> = updates.by_ref().take(self.bound).collect();
+            // The room is never closed; should it be, the updates are dropped (the node stops).
+            let Ok(permit) = self.room.acquire_many(chunk.len() as u32).await else { return n };
+            permit.forget();
+            let (taken, added) = (chunk.len(), {
                 let mut w = self.lock();
                 let w = &mut *w;
                 if !w.peers.contains_key(peer) {
                     w.order.push(peer.to_string());
                 }
                 let pending = w.peers.entry(peer.to_string()).or_default();
-                let before = pending.len();
-                while pending.len() < self.peer_pending {
-                    let Some(u) = updates.next() else { break };
-                    pending.put(u);
-                }
-                let added = (pending.len() - before) as u64;
-                w.figures.accepted += added;
-                w.figures.waiting += added;
+                let added = chunk.into_iter().map(|u| pending.put(u)).filter(|new| *new).count();
+                w.figures.accepted += added as u64;
+                w.figures.waiting += added as u64;
                 self.figures.send_replace(w.figures);
-            }
+                added
+            });
+            // Merged into entries already waiting: no more room taken.
+            self.room.add_permits(taken - added);
             self.arrived.notify_one();
-            if updates.peek().is_some() {
-                taken.await;
-            }
         }
         n
     }
@@ -198,7 +200,7 @@ impl StatusInbox {
         w.figures.waiting = w.figures.waiting.saturating_sub(updates.len() as u64);
         self.figures.send_replace(w.figures);
         drop(w);
-        self.taken.notify_waiters();
+        self.room.add_permits(updates.len());
         updates
     }
 
@@ -233,25 +235,35 @@ impl StatusInbox {
             slice.push((peer, pending.into_updates()));
         }
         self.figures.send_replace(w.figures);
-        drop(w);
-        if !slice.is_empty() {
-            // A worker over its bound may put more in now.
-            self.taken.notify_waiters();
-        }
         slice
+    }
+
+    /// `n` entries were written (or dropped): their room is free.
+    fn done(&self, n: usize) {
+        self.room.add_permits(n);
+    }
+
+    /// The most entries that may wait or be written at once.
+    pub fn bound(&self) -> usize {
+        self.bound
     }
 
     /// A slice that could not be written goes back under what came in since.
     fn put_back(&self, slice: Vec<(String, Vec<AgentInfoUpdate>)>) {
         let mut w = self.lock();
+        let mut freed = 0;
         for (peer, updates) in slice.into_iter().rev() {
             w.figures.waiting += updates.len() as u64;
             if !w.peers.contains_key(&peer) {
                 w.order.insert(0, peer.clone());
             }
-            w.peers.entry(peer).or_default().put_back(updates);
+            let merged = w.peers.entry(peer).or_default().put_back(updates);
+            w.figures.waiting -= merged as u64;
+            freed += merged;
         }
         self.figures.send_replace(w.figures);
+        drop(w);
+        self.room.add_permits(freed);
     }
 
     fn count(&self, f: impl FnOnce(&mut Figures)) {
@@ -306,10 +318,12 @@ async fn apply_loop(inbox: Weak<StatusInbox>, arrived: Arc<Notify>, registry: St
                     }
                 });
                 debug!(node = node.as_str(); "{n} agent statuses written from {} workers", per_peer.len());
+                me.done(n);
             }
             Err(StoreError::NotLeader(_) | StoreError::Stopped) => {
                 // The workers resend everything to whoever leads next (a new connection does).
                 me.count(|f| f.dropped += n as u64);
+                me.done(n);
                 debug!(node = node.as_str(); "{n} agent statuses dropped: this node no longer writes the registry");
             }
             Err(e) => {
@@ -434,20 +448,21 @@ mod tests {
         assert_eq!(inbox.figures().borrow().failed_writes, 0);
     }
 
-    /// A worker with more agents waiting than the bound allows waits for the applier (and only
-    /// it); nothing it reported is lost.
+    /// A report finding no room in the inbox waits for the applier (and only for it); nothing it
+    /// reported is lost.
     #[actix_rt::test]
-    async fn a_worker_over_its_bound_waits_for_the_applier_and_loses_nothing() {
+    async fn a_report_over_the_bound_waits_for_the_applier_and_loses_nothing() {
         let (_dir, store, ids, release, _write) = held_registry(25).await;
         let inbox = StatusInbox::start_bounded(store.clone(), "master".into(), 10);
         let mut figures = inbox.figures();
         let mut server = AgentInfoServe { statuses: inbox.clone(), peer: "worker-1".into() };
         let batch = AgentInfoBatch { updates: ids.iter().map(|&id| update(id, "active", 5)).collect() };
         let call = actix_rt::spawn(server.serve(batch));
-        // The applier took a first 10 (and is stuck on the held registry); 10 more wait: the bound.
-        let full = figures.wait_for(|f| f.waiting == 10 && f.accepted == 20);
+        // A first 10 went in and the applier took them (it is stuck on the held registry): the
+        // room is full until they are written.
+        let full = figures.wait_for(|f| f.waiting == 0 && f.accepted == 10);
         tokio::time::timeout(WAIT, full).await.expect("the inbox full").unwrap();
-        assert!(!call.is_finished(), "a worker over its bound was answered before the applier took any more");
+        assert!(!call.is_finished(), "a report over the bound was answered before the applier wrote any");
         release.send(()).unwrap();
         assert_eq!(ack_of(call.await.unwrap()), 25);
         let settled = figures.wait_for(|f| f.stored == 25 && f.waiting == 0);
