@@ -321,7 +321,8 @@ impl Actor for AgentHub {
                     async move {
                         let versions: Vec<(u32, u64)> = batch.iter().map(|(u, v)| (u.id, *v)).collect();
                         let updates: Vec<AgentInfoUpdate> = batch.into_iter().map(|(u, _)| u).collect();
-                        registry.run(move |r| r.store_statuses(&node, &updates)).await.map(|_| versions)
+                        // In the bulk lane, as the workers' statuses: no enrollment waits behind it.
+                        registry.run_bulk(move |r| r.store_statuses(&node, &updates)).await.map(|_| versions)
                     }
                     .into_actor(act)
                     .map(|result, act, ctx| {
