@@ -317,7 +317,7 @@ impl Selection {
     }
 
     /// Whether SQLite can serve the whole request a page at a time.
-    pub(super) fn sql_only(&self) -> bool {
+    fn sql_only(&self) -> bool {
         self.equal.iter().all(|(f, _)| matches!(*f, "group" | "node_name"))
             && self.statuses.len() <= 1
             && self.older_than_ms.is_none()
@@ -333,7 +333,7 @@ impl Selection {
     }
 
     /// What SQLite filters first (its part of the request, exact).
-    pub(super) fn sql_query(&self, page: bool) -> AgentQuery {
+    fn sql_query(&self, page: bool) -> AgentQuery {
         let field = |name: &str| self.equal.iter().find(|(f, _)| *f == name).map(|(_, v)| v.clone());
         let sort = if page {
             self.sort
@@ -390,10 +390,22 @@ impl Selection {
     }
 }
 
+/// The page as SQLite selects it, when SQLite applies every filter and sort of `s` (`None`: some
+/// are left to [`select_agents`]); how many match in all.
+pub(super) async fn sql_page(
+    node: &NodeHandle,
+    s: &Selection,
+) -> Option<Result<(u64, Vec<crate::views::AgentView>), String>> {
+    if !s.sql_only() {
+        return None;
+    }
+    Some(node.agents_page(s.sql_query(true)).await.map_err(|e| e.to_string()))
+}
+
 /// The matching agents as the API shows them: how many there are, and the page asked for.
 pub(super) async fn select_agents(node: &NodeHandle, s: &Selection) -> Result<(u64, Vec<Value>), String> {
-    if s.sql_only() {
-        let (total, items) = node.agents_page(s.sql_query(true)).await.map_err(|e| e.to_string())?;
+    if let Some(page) = sql_page(node, s).await {
+        let (total, items) = page?;
         return Ok((total, items.into_iter().map(|a| serde_json::to_value(a).unwrap_or_default()).collect()));
     }
     let (_, items) = node.agents_page(s.sql_query(false)).await.map_err(|e| e.to_string())?;

@@ -2,7 +2,7 @@
 //! `PUT /agents/reconnect`, deletion and group assignment one by one or in bulk. Every endpoint reads
 //! `agents_list` through [`AgentsList`].
 
-use super::agent_list::{select_agents, AgentsParams, Selection};
+use super::agent_list::{select_agents, sql_page, AgentsParams, Selection};
 use super::*;
 use wazuh_cluster_actors::registry::enroll::MAX_AGENT_ID;
 use wazuh_cluster_actors::registry::Fixed;
@@ -20,11 +20,11 @@ pub(super) async fn agents(node: web::Data<NodeHandle>, query: web::Query<Agents
     let unavailable = |e: &str| {
         HttpResponse::ServiceUnavailable().json(error_body(503, &format!("the agent registry is unavailable: {e}")))
     };
-    if selection.sql_only() {
-        // What SQLite selects is the page: written as it is read, without a JSON tree per agent.
-        return match node.agents_page(selection.sql_query(true)).await {
+    if let Some(page) = sql_page(&node, &selection).await {
+        // Written as it is read, without a JSON tree per agent.
+        return match page {
             Ok((total, items)) => json_answer(&Listed::new(&items, total, DONE), pretty),
-            Err(e) => unavailable(&e.to_string()),
+            Err(e) => unavailable(&e),
         };
     }
     match select_agents(&node, &selection).await {

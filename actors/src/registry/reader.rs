@@ -86,21 +86,7 @@ mod tests {
         let store = StoreHandle::spawn("reader-test", registry, |r| r.seq()).unwrap();
 
         // A write holds the store thread until the test lets it go.
-        let (release, held) = std::sync::mpsc::sync_channel::<()>(1);
-        let (started_tx, started) = tokio::sync::oneshot::channel();
-        let write = tokio::spawn({
-            let store = store.clone();
-            async move {
-                store
-                    .run(move |_r| {
-                        let _ = started_tx.send(());
-                        let _ = held.recv();
-                        Ok(())
-                    })
-                    .await
-            }
-        });
-        started.await.unwrap();
+        let (release, write) = crate::registry::testing::hold(&store, |_| {}).await;
         let q = AgentQuery { limit: 10, ..AgentQuery::default() };
         let (total, rows) = reader.page(q).await.unwrap();
         assert_eq!((total, rows.len()), (30, 10));

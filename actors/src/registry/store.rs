@@ -399,9 +399,10 @@ mod tests {
         assert_eq!(names, ["kept"], "the panicking command's savepoint was rolled back");
     }
 
-    /// A store that writes down its transactions and what ran in each.
+    /// A store that writes down its transactions and what ran in each; a doomed one panics in its
+    /// commit.
     #[derive(Default)]
-    struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+    struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<String>>>, bool);
 
     impl Recorder {
         fn note(&self, what: &str) {
@@ -415,6 +416,7 @@ mod tests {
             Ok(())
         }
         fn commit(&mut self) -> Result<(), StoreError> {
+            assert!(!self.1, "the disk caught fire");
             self.note("commit");
             Ok(())
         }
@@ -434,23 +436,8 @@ mod tests {
     #[actix_rt::test]
     async fn waited_commands_never_share_a_transaction_with_bulk_ones_and_take_turns() {
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let handle = StoreHandle::spawn("lanes", Recorder(log.clone()), |_| 0).unwrap();
-        let (release, held) = std::sync::mpsc::sync_channel::<()>(1);
-        let (started_tx, started) = tokio::sync::oneshot::channel();
-        let hold = tokio::spawn({
-            let handle = handle.clone();
-            async move {
-                handle
-                    .run(move |r| {
-                        r.note("hold");
-                        let _ = started_tx.send(());
-                        let _ = held.recv();
-                        Ok(())
-                    })
-                    .await
-            }
-        });
-        started.await.unwrap();
+        let handle = StoreHandle::spawn("lanes", Recorder(log.clone(), false), |_| 0).unwrap();
+        let (release, hold) = crate::registry::testing::hold(&handle, |r: &mut Recorder| r.note("hold")).await;
         let queued = handle.commands.load(std::sync::atomic::Ordering::Relaxed);
         let mut calls = Vec::new();
         for (lane, name) in
@@ -484,28 +471,9 @@ mod tests {
     }
 
     /// A store whose commit panics: the thread dies, and says so.
-    struct Doomed;
-
-    impl Store for Doomed {
-        fn begin(&mut self) -> Result<(), StoreError> {
-            Ok(())
-        }
-        fn commit(&mut self) -> Result<(), StoreError> {
-            panic!("the disk caught fire")
-        }
-        fn rollback(&mut self) {}
-        fn reload(&mut self) -> Result<(), StoreError> {
-            Ok(())
-        }
-        fn savepoint(&mut self) -> Result<(), StoreError> {
-            Ok(())
-        }
-        fn release(&mut self, _: bool) {}
-    }
-
     #[actix_rt::test]
     async fn a_dead_store_thread_reports_its_death_and_refuses_further_work() {
-        let handle = StoreHandle::spawn("doomed", Doomed, |_| 0).unwrap();
+        let handle = StoreHandle::spawn("doomed", Recorder(Default::default(), true), |_| 0).unwrap();
         assert!(matches!(handle.run(|_| Ok(())).await, Err(StoreError::Stopped)));
         let reason = tokio::time::timeout(Duration::from_secs(5), handle.stopped()).await.unwrap();
         assert!(reason.contains("panicked") && reason.contains("the disk caught fire"), "{reason}");

@@ -38,3 +38,26 @@ pub fn status(id: u32, status: &str, ka: Option<u64>) -> AgentInfoUpdate {
         peer_ip: None,
     }
 }
+
+/// Holds `store`'s thread with a command (which first runs `first`) until the returned sender is
+/// used or dropped; returns once the command runs, with the task awaiting it.
+pub async fn hold<S: super::Store>(
+    store: &super::StoreHandle<S>,
+    first: impl FnOnce(&mut S) + Send + 'static,
+) -> (std::sync::mpsc::SyncSender<()>, tokio::task::JoinHandle<Result<(), super::StoreError>>) {
+    let (release, held) = std::sync::mpsc::sync_channel::<()>(1);
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    let store = store.clone();
+    let write = tokio::spawn(async move {
+        store
+            .run(move |s| {
+                first(s);
+                let _ = started_tx.send(());
+                let _ = held.recv();
+                Ok(())
+            })
+            .await
+    });
+    started.await.expect("the holding command ran");
+    (release, write)
+}

@@ -171,7 +171,8 @@ impl StatusInbox {
             // The room is never closed; should it be, the updates are dropped (the node stops).
             let Ok(permit) = self.room.acquire_many(chunk.len() as u32).await else { return n };
             permit.forget();
-            let (taken, added) = (chunk.len(), {
+            let taken = chunk.len();
+            let added = {
                 let mut w = self.lock();
                 let w = &mut *w;
                 if !w.peers.contains_key(peer) {
@@ -183,7 +184,7 @@ impl StatusInbox {
                 w.figures.waiting += added as u64;
                 self.figures.send_replace(w.figures);
                 added
-            });
+            };
             // Merged into entries already waiting: no more room taken.
             self.room.add_permits(taken - added);
             self.arrived.notify_one();
@@ -361,7 +362,7 @@ mod tests {
         StoreHandle<Registry>,
         Vec<u32>,
         std::sync::mpsc::SyncSender<()>,
-        tokio::task::JoinHandle<()>,
+        tokio::task::JoinHandle<Result<(), StoreError>>,
     ) {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::open(dir.path()).unwrap();
@@ -370,21 +371,7 @@ mod tests {
             (0..n).map(|i| registry.enroll(&agent(&format!("storm-{i}"), None)).unwrap().unwrap().id).collect();
         registry.commit().unwrap();
         let store = StoreHandle::spawn("storm-test", registry, |r| r.seq()).unwrap();
-        let (release, held) = std::sync::mpsc::sync_channel::<()>(1);
-        let (started_tx, started) = tokio::sync::oneshot::channel();
-        let write = tokio::spawn({
-            let store = store.clone();
-            async move {
-                let _ = store
-                    .run(move |_r| {
-                        let _ = started_tx.send(());
-                        let _ = held.recv();
-                        Ok(())
-                    })
-                    .await;
-            }
-        });
-        started.await.unwrap();
+        let (release, write) = crate::registry::testing::hold(&store, |_| {}).await;
         (dir, store, ids, release, write)
     }
 
