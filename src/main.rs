@@ -277,6 +277,10 @@ fn token_valid_for_a_while(token: &str) -> bool {
     exp.is_some_and(|e| e > wazuh_multi_node::auth::now_s() + 60)
 }
 
+/// jemalloc rather than the C library's allocator: see the dependency's comment in Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match execute(cli.command) {
