@@ -119,25 +119,30 @@ pub struct AgentOs {
 impl AgentOs {
     /// `major` and `minor` from the version's leading numbers (`20.04.2 LTS`: 20 and 04).
     pub fn new(name: &str, platform: &str, version: &str, codename: &str, arch: &str, uname: &str) -> Self {
-        let mut numbers = version.split(|c: char| !c.is_ascii_digit());
-        let lead = version.starts_with(|c: char| c.is_ascii_digit());
-        let major = lead.then(|| numbers.next().map(str::to_string)).flatten().filter(|m| !m.is_empty());
-        let minor = version
-            .split_once('.')
-            .filter(|_| major.is_some())
-            .map(|(_, rest)| rest.chars().take_while(char::is_ascii_digit).collect::<String>())
-            .filter(|m| !m.is_empty());
+        let (major, minor) = os_numbers(version);
         AgentOs {
             arch: arch.into(),
             codename: codename.into(),
-            major,
-            minor,
+            major: major.map(str::to_string),
+            minor: minor.map(str::to_string),
             name: name.into(),
             platform: platform.into(),
             uname: uname.into(),
             version: version.into(),
         }
     }
+}
+
+/// An OS version's major and minor numbers: its leading digits, and the digits right after its
+/// first dot (`20.04.2 LTS`: 20 and 04); none without leading digits.
+pub fn os_numbers(version: &str) -> (Option<&str>, Option<&str>) {
+    let digits = |s: &str| s.bytes().take_while(u8::is_ascii_digit).count();
+    let major = &version[..digits(version)];
+    if major.is_empty() {
+        return (None, None);
+    }
+    let minor = version.split_once('.').map(|(_, rest)| &rest[..digits(rest)]).filter(|m| !m.is_empty());
+    (Some(major), minor)
 }
 
 /// Epoch milliseconds as RFC 3339 UTC.

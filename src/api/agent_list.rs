@@ -402,6 +402,15 @@ pub(super) async fn sql_page(
     Some(node.agents_page(s.sql_query(true)).await.map_err(|e| e.to_string()))
 }
 
+/// [`sql_page`] as the answer's bytes, on the master and when `s` is [`Selection::sql_only`]:
+/// written from the rows as SQLite holds them (`crate::node::page`). `None`: another path answers.
+pub(super) async fn sql_page_json(node: &NodeHandle, s: &Selection) -> Option<Result<(u64, Vec<u8>), String>> {
+    if !s.sql_only() {
+        return None;
+    }
+    Some(node.agents_page_json(s.sql_query(true)).await?.map_err(|e| e.to_string()))
+}
+
 /// The matching agents as the API shows them: how many there are, and the page asked for.
 pub(super) async fn select_agents(node: &NodeHandle, s: &Selection) -> Result<(u64, Vec<Value>), String> {
     if let Some(page) = sql_page(node, s).await {

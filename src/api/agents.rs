@@ -2,7 +2,7 @@
 //! `PUT /agents/reconnect`, deletion and group assignment one by one or in bulk. Every endpoint reads
 //! `agents_list` through [`AgentsList`].
 
-use super::agent_list::{select_agents, sql_page, AgentsParams, Selection};
+use super::agent_list::{select_agents, sql_page, sql_page_json, AgentsParams, Selection};
 use super::*;
 use wazuh_cluster_actors::registry::enroll::MAX_AGENT_ID;
 use wazuh_cluster_actors::registry::Fixed;
@@ -20,6 +20,17 @@ pub(super) async fn agents(node: web::Data<NodeHandle>, query: web::Query<Agents
     let unavailable = |e: &str| {
         HttpResponse::ServiceUnavailable().json(error_body(503, &format!("the agent registry is unavailable: {e}")))
     };
+    if !pretty {
+        // The master's page, written from the rows as SQLite holds them.
+        if let Some(page) = sql_page_json(&node, &selection).await {
+            return match page {
+                Ok((total, items)) => HttpResponse::Ok()
+                    .content_type("application/json")
+                    .body(crate::node::page::envelope(&items, total, DONE)),
+                Err(e) => unavailable(&e),
+            };
+        }
+    }
     if let Some(page) = sql_page(&node, &selection).await {
         // Written as it is read, without a JSON tree per agent.
         return match page {

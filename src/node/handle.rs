@@ -312,6 +312,15 @@ impl NodeHandle {
         }
     }
 
+    /// Master: one page of agents as the API writes it, the objects separated by commas, and how
+    /// many match in all; written from the rows as SQLite holds them ([`super::page`]). `None` on a
+    /// worker (its page is [`Self::agents_page`]'s).
+    pub async fn agents_page_json(&self, q: AgentQuery) -> Option<Result<(u64, Vec<u8>), StoreError>> {
+        let NodeHandle::Master { reader, .. } = self else { return None };
+        let out = Vec::with_capacity(q.limit.min(1_000) as usize * 800);
+        Some(reader.page_with(q, out, super::page::render).await)
+    }
+
     /// Worker: has the master's API answer a read (`None`: the master is too old to, or this is
     /// the master).
     pub async fn forward_call(
@@ -632,7 +641,7 @@ fn wazuh_protocol_request(
     wazuh_cluster_protocol::message::AgentRequest { id, payload, timeout_ms: timeout.as_millis() as u64 }
 }
 
-fn row_view(r: AgentRow, with_keys: bool) -> AgentView {
+pub(crate) fn row_view(r: AgentRow, with_keys: bool) -> AgentView {
     let info = r.info.as_ref();
     // Where it reports from: its own word, else its connection's, else where it registered.
     let ip = info.and_then(|i| i.agent_ip.clone()).or(r.peer_ip.clone()).unwrap_or_else(|| r.entry.ip.clone());

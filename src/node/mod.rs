@@ -4,6 +4,7 @@
 
 pub mod handle;
 mod leader_files;
+pub mod page;
 pub mod running;
 pub mod startup;
 pub mod watchdog;

@@ -49,6 +49,6 @@ pub use enroll::{Fixed, NewAgent};
 pub use master::Registry;
 pub use policy::ReplacePolicy;
 pub use replica::Replica;
-pub use rows::AgentRow;
+pub use rows::{AgentRow, RowRef};
 pub use schema::{fmt_id, parse_id, DEFAULT_GROUP};
 pub use store::{Store, StoreError, StoreHandle};

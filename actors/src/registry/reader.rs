@@ -11,7 +11,7 @@
 
 use super::counts::StatusSummary;
 use super::query::AgentQuery;
-use super::rows::{page_on, AgentRow};
+use super::rows::{page_on, page_on_with, AgentRow, RowRef};
 use super::store::StoreError;
 use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
@@ -53,6 +53,30 @@ impl RegistryReader {
 
     /// One page of agents and how many match in all, as [`super::Registry::page`] reads it.
     pub async fn page(&self, q: AgentQuery) -> Result<(u64, Vec<AgentRow>), StoreError> {
+        self.read(q, page_on).await
+    }
+
+    /// [`Self::page`] without a copy of each row: `each` sees every row of the page as SQLite
+    /// holds it (on a blocking thread) with `state`, which comes back with how many match in all.
+    pub async fn page_with<S, F>(&self, q: AgentQuery, mut state: S, mut each: F) -> Result<(u64, S), StoreError>
+    where
+        S: Send + 'static,
+        F: FnMut(&RowRef<'_>, &mut S) + Send + 'static,
+    {
+        self.read(q, move |conn, q, counted| {
+            let total = page_on_with(conn, q, counted, &mut |row| each(row, &mut state))?;
+            Ok((total, state))
+        })
+        .await
+    }
+
+    /// Runs `job` on a free read connection, on a blocking thread, with the count of the agents
+    /// `q` selects when the published summary has it.
+    async fn read<T, J>(&self, q: AgentQuery, job: J) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        J: FnOnce(&Connection, &AgentQuery, Option<u64>) -> Result<T, StoreError> + Send + 'static,
+    {
         let _permit = self.permits.clone().acquire_owned().await.map_err(|_| StoreError::Stopped)?;
         // With a permit, one connection is free.
         let conn = self.conns.iter().find(|c| !c.is_poisoned() && c.try_lock().is_ok()).cloned();
@@ -61,7 +85,7 @@ impl RegistryReader {
             q.counted_in_memory().then(|| self.summary.borrow().count(q.status.as_deref(), q.node.as_deref()));
         tokio::task::spawn_blocking(move || {
             let conn = conn.lock().map_err(|_| StoreError::Stopped)?;
-            page_on(&conn, &q, counted)
+            job(&conn, &q, counted)
         })
         .await
         .map_err(|e| StoreError::Panicked(e.to_string()))?
@@ -93,6 +117,37 @@ mod tests {
         let named = AgentQuery { name: Some("agent-7".into()), ..AgentQuery::default() };
         assert_eq!(reader.page(named).await.unwrap().0, 1, "a count read in SQL");
         assert_eq!(reader.summary().count(None, None), 30);
+        // The same page without a copy of each row: the same agents, fields and order.
+        let sorted = AgentQuery { limit: 7, offset: 3, ..AgentQuery::default() };
+        let (_, owned) = reader.page(sorted.clone()).await.unwrap();
+        let (total, seen) = reader
+            .page_with(sorted, Vec::new(), |row, seen| {
+                seen.push((
+                    row.id,
+                    row.name.to_string(),
+                    row.ip.to_string(),
+                    row.groups().map(str::to_string).collect::<Vec<_>>(),
+                    row.status.to_string(),
+                    row.registered_at_ms,
+                ))
+            })
+            .await
+            .unwrap();
+        let expected: Vec<_> = owned
+            .iter()
+            .map(|r| {
+                (
+                    r.entry.id,
+                    r.entry.name.clone(),
+                    r.entry.ip.clone(),
+                    r.entry.groups.clone(),
+                    r.status.clone(),
+                    r.registered_at_ms,
+                )
+            })
+            .collect();
+        assert_eq!((total, seen.len()), (30, 7));
+        assert_eq!(seen, expected);
         assert!(!write.is_finished(), "the reads were answered while the write held the store thread");
         release.send(()).unwrap();
         write.await.unwrap().unwrap();

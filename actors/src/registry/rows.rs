@@ -74,20 +74,72 @@ impl Registry {
     }
 }
 
-/// One page of agents on `conn` and how many match in all: `counted`, or counted in SQL.
-pub(crate) fn page_on(
-    conn: &rusqlite::Connection,
-    q: &AgentQuery,
-    counted: Option<u64>,
-) -> Result<(u64, Vec<AgentRow>), StoreError> {
-    let (filter, mut args) = q.where_clause();
-    let total = match counted {
-        Some(total) => total,
-        None => {
-            let sql = format!("SELECT COUNT(*) FROM agents {filter}");
-            conn.prepare_cached(&sql)?.query_row(rusqlite::params_from_iter(&args), |r| r.get::<_, i64>(0))? as u64
-        }
+/// One agent's row as a page of the API reads it, borrowed from SQLite for one step of the query:
+/// written out without each field copied first ([`super::reader::RegistryReader::page_with`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RowRef<'a> {
+    pub id: u32,
+    pub name: &'a str,
+    pub ip: &'a str,
+    /// As stored: comma-separated.
+    pub groups: &'a str,
+    pub registered_at_ms: u64,
+    pub node_name: &'a str,
+    pub status: &'a str,
+    pub last_keepalive_ms: Option<u64>,
+    pub version: Option<&'a str>,
+    /// What its last keep-alive said, as stored: a `KeepAlive` in JSON.
+    pub info: Option<&'a str>,
+    pub group_config_status: Option<&'a str>,
+    pub peer_ip: Option<&'a str>,
+}
+
+impl RowRef<'_> {
+    /// Its groups, in their order.
+    pub fn groups(&self) -> impl Iterator<Item = &str> {
+        self.groups.split(',').filter(|g| !g.is_empty())
+    }
+}
+
+/// The columns [`row_ref`] reads, in its order (no key: a page never shows one).
+const PAGE_COLUMNS: &str =
+    "id, name, ip, groups, registered_at, node_name, status, last_keepalive, version, info, group_config_status, peer_ip";
+
+fn row_ref<'a>(r: &'a rusqlite::Row<'_>) -> rusqlite::Result<RowRef<'a>> {
+    let bad = |i: usize, e: rusqlite::types::FromSqlError| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
     };
+    let text = move |i: usize| r.get_ref(i)?.as_str().map_err(|e| bad(i, e));
+    let maybe = move |i: usize| r.get_ref(i)?.as_str_or_null().map_err(|e| bad(i, e));
+    Ok(RowRef {
+        id: r.get(0)?,
+        name: text(1)?,
+        ip: text(2)?,
+        groups: text(3)?,
+        registered_at_ms: r.get::<_, i64>(4)? as u64,
+        node_name: text(5)?,
+        status: text(6)?,
+        last_keepalive_ms: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+        version: maybe(8)?,
+        info: maybe(9)?,
+        group_config_status: maybe(10)?,
+        peer_ip: maybe(11)?,
+    })
+}
+
+/// How many agents match `q` in all: `counted`, or counted in SQL.
+fn total_on(conn: &rusqlite::Connection, q: &AgentQuery, counted: Option<u64>) -> Result<u64, StoreError> {
+    if let Some(total) = counted {
+        return Ok(total);
+    }
+    let (filter, args) = q.where_clause();
+    let sql = format!("SELECT COUNT(*) FROM agents {filter}");
+    Ok(conn.prepare_cached(&sql)?.query_row(rusqlite::params_from_iter(&args), |r| r.get::<_, i64>(0))? as u64)
+}
+
+/// The query of one page of `columns` for `q`, and its arguments.
+fn page_sql(q: &AgentQuery, columns: &str) -> (String, Vec<rusqlite::types::Value>) {
+    let (filter, mut args) = q.where_clause();
     let all = [
         SortField::Name,
         SortField::Ip,
@@ -97,11 +149,38 @@ pub(crate) fn page_on(
         SortField::RegisteredAt,
         SortField::LastKeepAlive,
     ];
-    let sql =
-        format!("SELECT {ROW_COLUMNS} FROM agents {filter} {} {}", q.order_clause(&all), q.page_clause(&mut args));
+    let sql = format!("SELECT {columns} FROM agents {filter} {} {}", q.order_clause(&all), q.page_clause(&mut args));
+    (sql, args)
+}
+
+/// One page of agents on `conn` and how many match in all: `counted`, or counted in SQL.
+pub(crate) fn page_on(
+    conn: &rusqlite::Connection,
+    q: &AgentQuery,
+    counted: Option<u64>,
+) -> Result<(u64, Vec<AgentRow>), StoreError> {
+    let total = total_on(conn, q, counted)?;
+    let (sql, args) = page_sql(q, ROW_COLUMNS);
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(&args), agent_row)?;
     Ok((total, rows.collect::<Result<_, _>>()?))
+}
+
+/// [`page_on`], each row handed to `each` as SQLite holds it; how many match in all.
+pub(crate) fn page_on_with(
+    conn: &rusqlite::Connection,
+    q: &AgentQuery,
+    counted: Option<u64>,
+    each: &mut dyn FnMut(&RowRef<'_>),
+) -> Result<u64, StoreError> {
+    let total = total_on(conn, q, counted)?;
+    let (sql, args) = page_sql(q, PAGE_COLUMNS);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(&args))?;
+    while let Some(r) = rows.next()? {
+        each(&row_ref(r)?);
+    }
+    Ok(total)
 }
 
 #[cfg(test)]
