@@ -2,7 +2,7 @@
 
 use super::master::Registry;
 use super::query::{AgentQuery, SortField};
-use super::schema::groups_vec;
+use super::schema::{groups_of, groups_vec};
 use super::store::StoreError;
 use rusqlite::params;
 use wazuh_cluster_protocol::message::AgentEntry;
@@ -97,7 +97,7 @@ pub struct RowRef<'a> {
 impl RowRef<'_> {
     /// Its groups, in their order.
     pub fn groups(&self) -> impl Iterator<Item = &str> {
-        self.groups.split(',').filter(|g| !g.is_empty())
+        groups_of(self.groups)
     }
 }
 

@@ -147,7 +147,12 @@ pub(crate) fn groups_text(groups: &[String]) -> String {
 }
 
 pub(crate) fn groups_vec(text: &str) -> Vec<String> {
-    text.split(',').filter(|g| !g.is_empty()).map(String::from).collect()
+    groups_of(text).map(String::from).collect()
+}
+
+/// The groups in a stored, comma-separated `groups` column, in their order.
+pub(crate) fn groups_of(text: &str) -> impl Iterator<Item = &str> {
+    text.split(',').filter(|g| !g.is_empty())
 }
 
 pub(crate) fn row_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentEntry> {
