@@ -33,6 +33,14 @@ fn checked_update(u: &AgentInfoUpdate, now: u64) -> std::borrow::Cow<'_, AgentIn
     })
 }
 
+/// Why a node's status report is not stored: another live node holds the agent.
+pub(super) enum Refused {
+    /// A report older than the holder's, or not a claim: not stored, not logged.
+    Stale,
+    /// A newer claim of an agent the named node holds: logged (at most once per 10 s).
+    Contest(String),
+}
+
 impl Registry {
     /// Marks `node` as holding agent sessions now (the master itself, a connected worker) or not
     /// (a worker that left): what decides competing claims in [`Registry::store_statuses`].
@@ -123,16 +131,20 @@ impl Registry {
         Some(format!("agent {} moved from {from} to {to} after a reconnect order{others}", fmt_id(id)))
     }
 
-    /// Whether `node`'s report on agent `id` contests the claim of another live node that has it
-    /// active and reported it within [`CLAIM_LAPSE_MS`]: the master's order is that the first
-    /// claim holds, unless a reconnect order released the agent (then the claim is its move).
+    /// Whether `node`'s report on agent `id` (of a keep-alive at `reported`) is refused because
+    /// another live node has the agent active and reported it within [`CLAIM_LAPSE_MS`]: the
+    /// master's order is that the first claim holds, unless a reconnect order released the agent
+    /// (then the claim is its move). A claim is a contest (logged) only when it is newer than the
+    /// holder's last keep-alive: an older one is the node the agent left speaking late (its report
+    /// was on its way, or waited in the inbox, while the agent connected elsewhere).
     pub(super) fn contested(
         &mut self,
         node: &str,
         id: u32,
         now: u64,
         claim: bool,
-    ) -> Result<Option<String>, StoreError> {
+        reported: Option<u64>,
+    ) -> Result<Option<Refused>, StoreError> {
         let Some(holder) = self.counts.active_on(id) else { return Ok(None) };
         if holder == node || !self.claims.live.contains(holder) {
             return Ok(None);
@@ -150,7 +162,11 @@ impl Registry {
             self.claims.moves += 1;
             return Ok(None);
         }
-        Ok(fresh.then_some(holder))
+        if !fresh {
+            return Ok(None);
+        }
+        let late = reported.zip(last).is_some_and(|(r, l)| r < l.max(0) as u64);
+        Ok(Some(if claim && !late { Refused::Contest(holder) } else { Refused::Stale }))
     }
 
     /// Stores status updates reported by `node` (a worker, or the master for its own agents), only
@@ -174,11 +190,12 @@ impl Registry {
                 continue;
             }
             let claim = u.status == "active";
-            if let Some(holder) = self.contested(node, u.id, now, claim)? {
+            if let Some(refused) = self.contested(node, u.id, now, claim, u.last_keepalive_ms)? {
                 stale += 1;
-                // Only a claim is a contest: another node's word that the agent left it (its old
-                // session ending after a move) is merely stale.
-                if claim {
+                // Only a newer claim is a contest: another node's word that the agent left it (its
+                // old session ending after a move), or its report from before the move, is merely
+                // stale.
+                if let Refused::Contest(holder) = refused {
                     self.claims.last_contest = Some((u.id, node.to_string(), holder));
                 }
                 continue;
@@ -401,6 +418,35 @@ mod tests {
         assert_eq!(reg.store_statuses("worker-2", &[status(b.id, "active", Some(now_ms()))]).unwrap(), (0, 0, 1));
         reg.release_claims(Some("worker-1"), &[], now_ms());
         assert_eq!(reg.store_statuses("worker-2", &[status(b.id, "active", Some(now_ms()))]).unwrap(), (1, 0, 0));
+    }
+
+    /// After a move the node the agent left may still speak of it: a report from before the move,
+    /// sent or waiting in the inbox while the agent connected elsewhere. It is refused as stale
+    /// and not logged; a claim newer than the holder's last keep-alive still is a contest.
+    #[test]
+    fn a_late_report_from_before_a_move_is_stale_not_a_contest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reg = Registry::open(dir.path()).unwrap();
+        let a = enroll(&mut reg, &agent("moving", None)).unwrap();
+        for n in ["worker-1", "worker-2"] {
+            reg.set_live(n, true);
+        }
+        let before = now_ms() - 2_000;
+        assert_eq!(reg.store_statuses("worker-1", &[status(a.id, "active", Some(before))]).unwrap(), (1, 0, 0));
+        reg.release_claims(Some("worker-1"), &[a.id], now_ms());
+        let moved = now_ms() - 1_000;
+        assert_eq!(reg.store_statuses("worker-2", &[status(a.id, "active", Some(moved))]).unwrap(), (1, 0, 0));
+        assert!(reg.move_line().is_some());
+        // worker-1's report of the agent's last keep-alive there arrives now.
+        assert_eq!(reg.store_statuses("worker-1", &[status(a.id, "active", Some(before + 500))]).unwrap(), (0, 0, 1));
+        assert_eq!(reg.contest_line(), None, "a late report is not a contest");
+        let row = reg.rows(Some(a.id)).unwrap().remove(0);
+        assert_eq!((row.node_name.as_str(), row.last_keepalive_ms), ("worker-2", Some(moved)));
+        // A claim newer than worker-2's last keep-alive is one, refused and logged.
+        assert_eq!(reg.store_statuses("worker-1", &[status(a.id, "active", Some(now_ms()))]).unwrap(), (0, 0, 1));
+        assert!(reg.contest_line().is_some_and(|l| l.contains("worker worker-1 reports agent")), "a contest");
+        let row = reg.rows(Some(a.id)).unwrap().remove(0);
+        assert_eq!(row.node_name, "worker-2");
     }
 
     #[test]
