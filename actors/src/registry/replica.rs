@@ -13,19 +13,43 @@ use std::path::{Path, PathBuf};
 use wazuh_cluster_protocol::message::{AgentChange, AgentEntry};
 
 /// A worker's replica of the agent table.
+///
+/// Its commits do not wait for the disk (`synchronous = NORMAL`): everything in it but the outbox
+/// is the master's, and its position is committed with the changes, so a power loss can take its
+/// last commits (never corrupt it) and the master sends them again from the position that stayed.
+/// At 100,000 agents enrolling through 50 workers every enrollment is a commit in each of the 50
+/// replicas: with an `fsync` each, 1,460 a second on this machine's disk and a quarter of the
+/// replicas' CPU. The outbox is the worker's own word: a commit that records an enrollment's
+/// outcome is on disk before it returns ([`Replica::outbox_put`]).
 pub struct Replica {
     /// The connection, position, hash, the generation of the registry it follows (0: none yet),
     /// and what follows each commit; shared with the registry's code.
     table: AgentTable,
+    /// The open transaction wrote what must be on disk when its commit returns.
+    durable: bool,
+    /// Commits made durable that way (for tests).
+    durable_commits: u64,
 }
 
 impl Replica {
     /// Opens (or creates) `<data_dir>/var/db/replica.db`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let conn = open_db(&data_dir.join("var/db/replica.db"))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(schema::REPLICA_TABLES)?;
         conn.execute_batch(super::user_store::USER_TABLES)?;
-        Ok(Replica { table: AgentTable::open(conn, data_dir, "agent replica")? })
+        Ok(Replica { table: AgentTable::open(conn, data_dir, "agent replica")?, durable: false, durable_commits: 0 })
+    }
+
+    /// The write-ahead log's file, where a commit is before a checkpoint copies it.
+    fn wal_path(&self) -> PathBuf {
+        self.table.data_dir.join("var/db/replica.db-wal")
+    }
+
+    /// Commits made durable for the outbox since the replica was opened.
+    #[cfg(test)]
+    pub(crate) fn durable_commits(&self) -> u64 {
+        self.durable_commits
     }
 
     /// [`Replica::open`], setting a database SQLite finds corrupt (or not a database at all) aside
@@ -180,8 +204,10 @@ impl Replica {
         Ok(true)
     }
 
-    /// Records that the master must hear the fate of `token`.
-    pub(crate) fn outbox_put(&self, token: &str, delivered: bool) -> Result<(), StoreError> {
+    /// Records that the master must hear the fate of `token`; the transaction's commit is on disk
+    /// before it returns.
+    pub(crate) fn outbox_put(&mut self, token: &str, delivered: bool) -> Result<(), StoreError> {
+        self.durable = true;
         self.table
             .conn
             .prepare_cached("INSERT OR REPLACE INTO outbox (token, delivered, at) VALUES (?1, ?2, ?3)")?
@@ -206,9 +232,19 @@ impl Store for Replica {
         self.table.begin()
     }
     fn commit(&mut self) -> Result<(), StoreError> {
-        self.table.commit()
+        let durable = std::mem::take(&mut self.durable);
+        self.table.commit()?;
+        if durable {
+            // What `synchronous = FULL` does at each commit: the log, with this commit in it, on
+            // disk (any descriptor of the file flushes its pages).
+            let wal = self.wal_path();
+            std::fs::File::open(&wal).and_then(|f| f.sync_data()).map_err(StoreError::io(&wal))?;
+            self.durable_commits += 1;
+        }
+        Ok(())
     }
     fn rollback(&mut self) {
+        self.durable = false;
         self.table.rollback();
     }
     fn reload(&mut self) -> Result<(), StoreError> {
@@ -251,6 +287,39 @@ mod tests {
     use super::*;
     use crate::registry::master::Registry;
     use crate::registry::testing::{agent, enroll};
+
+    /// The master's changes are committed without waiting for the disk; a commit that records an
+    /// enrollment's outcome (the worker's own word) waits for it, and a rolled-back one does not.
+    #[test]
+    fn only_the_outbox_waits_for_the_disk() {
+        let m = tempfile::tempdir().unwrap();
+        let w = tempfile::tempdir().unwrap();
+        let mut reg = Registry::open(m.path()).unwrap();
+        let mut rep = Replica::open(w.path()).unwrap();
+        let sync: i64 = rep.table.conn.pragma_query_value(None, "synchronous", |r| r.get(0)).unwrap();
+        assert_eq!(sync, 1, "NORMAL");
+        enroll(&mut reg, &agent("durable", None)).unwrap();
+        let (_, changes) = reg.changes_since(0).unwrap();
+        rep.begin().unwrap();
+        assert!(rep.apply(0, reg.seq(), false, &changes).unwrap());
+        rep.commit().unwrap();
+        assert_eq!(rep.durable_commits(), 0);
+        rep.begin().unwrap();
+        rep.outbox_put("t1", true).unwrap();
+        rep.commit().unwrap();
+        assert_eq!(rep.durable_commits(), 1);
+        rep.begin().unwrap();
+        rep.outbox_put("t2", false).unwrap();
+        rep.rollback();
+        rep.begin().unwrap();
+        rep.outbox_done("t1").unwrap();
+        rep.commit().unwrap();
+        assert_eq!(rep.durable_commits(), 1, "a rolled-back outbox entry, or a cleared one, waits for nothing");
+        drop(rep);
+        let rep = Replica::open(w.path()).unwrap();
+        assert_eq!(rep.outbox().unwrap(), Vec::<(String, bool)>::new());
+        assert_eq!(rep.entries().unwrap(), reg.entries().unwrap());
+    }
 
     #[test]
     fn replicas_follow_by_delta_and_snapshot_and_hashes_agree() {
