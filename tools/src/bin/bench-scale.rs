@@ -5,7 +5,8 @@
 //! through every worker and reporting to them (keep-alive every `--keepalive` seconds), and
 //! measures, printing one JSON object:
 //! - enrollment: time and rate overall and over the first and the last tenth, latency, errors;
-//! - the time until every agent is `active` on the master (from agent-sim's start);
+//! - the time until every agent is `active` on the master (from agent-sim's start), and the CPU
+//!   time the master, the workers together and agent-sim used meanwhile (`burst_cpu`);
 //! - a steady-state window: master and worker RSS (mean, max), each process's CPU, agent-sim's CPU,
 //!   and the memory per connected agent on a worker (RSS in the window minus RSS before any agent,
 //!   over the agents of a worker);
@@ -632,6 +633,9 @@ fn measure(
         say(&format!("prefilled: {prefill}"));
     }
     let connect: Vec<String> = nodes[1..].iter().map(|n| format!("127.0.0.1:{}", n.agents)).collect();
+    let node_cpu =
+        |nodes: &[Node]| -> Vec<u64> { nodes.iter().map(|n| procstat::cpu_ms(Some(n.pid())).unwrap_or(0)).collect() };
+    let burst_cpu0 = node_cpu(nodes);
     let sim_start = Instant::now();
     let stop_sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = (args.api_sample_ms > 0).then(|| {
@@ -700,6 +704,15 @@ fn measure(
     }
     take_lines(&mut sim_lines);
     say(&format!("every agent active on the master after {all_active_s:?} s"));
+    // Where the two cores went from agent-sim's start until every agent was active (or the limit).
+    let burst_cpu1 = node_cpu(nodes);
+    let burst_s = |ms: u64| round1(ms as f64 / 1000.0);
+    let burst_cpu = serde_json::json!({
+        "elapsed_s": round1(sim_start.elapsed().as_secs_f64()),
+        "master_cpu_s": burst_s(burst_cpu1[0].saturating_sub(burst_cpu0[0])),
+        "workers_cpu_s": burst_s(burst_cpu1[1..].iter().zip(&burst_cpu0[1..]).map(|(a, b)| a.saturating_sub(*b)).sum()),
+        "agent_sim_cpu_s": burst_s(cpu_of(&process_tree(sim.id()))),
+    });
 
     // Steady state: memory and CPU over the window.
     let sim_pids = process_tree(sim.id());
@@ -1019,6 +1032,7 @@ fn measure(
         },
         "prefill": prefill,
         "all_active_on_master_s": all_active_s.map(round1),
+        "burst_cpu": burst_cpu,
         "api_ms": api,
         "api_during_ms": api_during,
         "agent_sim_connection_errors_until_all_active": phase(&sim_lines, "active").unwrap_or_default()["connection_errors"],
