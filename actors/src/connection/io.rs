@@ -156,6 +156,15 @@ pub(super) enum WriteError {
     Stalled(Duration),
 }
 
+impl WriteError {
+    /// Whether the peer had closed the connection (a reset or a broken pipe): its goodbye or its
+    /// exit, which the reader reports the same way when it sees the end first.
+    pub(super) fn peer_closed(&self) -> bool {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+        matches!(self, WriteError::Io(e) if matches!(e.kind(), BrokenPipe | ConnectionReset | ConnectionAborted))
+    }
+}
+
 /// Seals and writes what the handles queue, batching what is ready into one write. Ends after the
 /// goodbye (`Ok`), when every handle is gone (`Ok`), or on a fault (`Err` with why). A write that
 /// makes no progress for `stall` means the peer stopped reading.
@@ -196,4 +205,27 @@ pub(super) async fn write_loop(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WriteError;
+    use std::io::{Read, Write};
+
+    /// Writing to a peer that closed its end fails as "the peer closed", not as a fault.
+    #[test]
+    fn a_write_to_a_peer_that_closed_is_the_peer_closing() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut ours = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut theirs, _) = listener.accept().unwrap();
+        ours.write_all(b"unread").unwrap();
+        let mut first = [0u8; 1];
+        theirs.read_exact(&mut first).unwrap();
+        drop(theirs);
+        let failed = (0..1000).find_map(|_| ours.write_all(&[0u8; 4096]).err()).expect("a write fails");
+        let error = WriteError::Io(failed);
+        assert!(error.peer_closed(), "{error}");
+        assert!(!WriteError::Stalled(std::time::Duration::from_secs(1)).peer_closed());
+        assert!(!WriteError::Io(std::io::Error::other("disk on fire")).peer_closed());
+    }
 }

@@ -291,8 +291,14 @@ impl<S: Side> Actor for ConnectionActor<S> {
         self.writer = Some(actix_rt::spawn(async move {
             let outcome = write_loop(out_rx, sealer, write, stall).await;
             let _ = done_tx.send(());
-            if let Err(e) = outcome {
-                me.do_send(Ended { reason: e.to_string(), level: log::Level::Warn });
+            match outcome {
+                // The peer left (its goodbye, or its end) while something was on its way to it:
+                // said as the reader says an end it sees first, whichever of the two comes first.
+                Err(e) if e.peer_closed() => {
+                    me.do_send(Ended { reason: format!("the peer closed the connection ({e})"), level: S::LIFECYCLE });
+                }
+                Err(e) => me.do_send(Ended { reason: e.to_string(), level: log::Level::Warn }),
+                Ok(()) => {}
             }
         }));
         // The silence check runs at a quarter of the keep-alive interval so that a dead peer is
