@@ -548,6 +548,8 @@ struct Tally {
     status: Vec<f64>,
     end: BTreeMap<String, u64>,
     cpu_ms: u64,
+    /// When each part enrolled its last agent.
+    part_ends: Vec<u64>,
 }
 
 impl Tally {
@@ -583,6 +585,16 @@ impl Tally {
             "elapsed_s": elapsed_s,
             "concurrency": args.concurrency,
         });
+        // Each process enrolls its own share with its share of the concurrency: when some finish
+        // before the others, fewer enrollments are in flight at the end (what the last tenth sees).
+        if self.part_ends.len() > 1 && n > 1 {
+            let mut ends = self.part_ends.clone();
+            ends.sort_unstable();
+            let last_tenth_from = done[n.saturating_sub(tenth + 1)];
+            v["parts_done_s"] =
+                ends.iter().map(|e| round2(e.saturating_sub(self.start_ms) as f64 / 1000.0)).collect::<Vec<_>>().into();
+            v["parts_done_before_last_tenth"] = ends.iter().filter(|&&e| e <= last_tenth_from).count().into();
+        }
         if self.from_file > 0 {
             v["keys_from_file"] = self.from_file.into();
         }
@@ -597,6 +609,7 @@ impl Tally {
                 let start = num("start_ms");
                 self.start_ms = if self.start_ms == 0 { start } else { self.start_ms.min(start) };
                 self.end_ms = self.end_ms.max(num("end_ms"));
+                self.part_ends.push(num("end_ms"));
                 self.latencies.extend(line["lat_ms"].as_array().into_iter().flatten().filter_map(|v| v.as_f64()));
                 self.done.extend(line["done_ms"].as_array().into_iter().flatten().filter_map(|v| v.as_u64()));
                 for (k, v) in line["errors"].as_object().into_iter().flatten() {
