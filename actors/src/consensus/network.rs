@@ -602,9 +602,13 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_storm_of_changes_goes_in_few_entries_and_each_caller_hears_its_own_outcome() {
-        let (members, _) = three_members(FAST).await;
+        // What is tested is how changes share entries under one leader: elections slow enough
+        // that a loaded machine's pause (FAST's 400 ms; it happened in CI) does not elect another
+        // between the agreement and the last answer.
+        let steady = crate::consensus::Timing { heartbeat: 200, election_min: 2_000, election_max: 4_000, ..FAST };
+        let (members, _) = three_members(steady).await;
         let all: Vec<&Member> = members.iter().collect();
-        let leader_id = agreed_leader(&all, Duration::from_secs(10)).await;
+        let leader_id = agreed_leader(&all, Duration::from_secs(20)).await;
         let leader = members.iter().find(|m| m.id == leader_id).unwrap();
         let writes = crate::consensus::writes::Writes::replicated(leader.registry.clone(), leader.raft.clone());
         // A lone change first (the group idle): it is answered like any other.
