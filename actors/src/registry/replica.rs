@@ -12,6 +12,11 @@ use rusqlite::params;
 use std::path::{Path, PathBuf};
 use wazuh_cluster_protocol::message::{AgentChange, AgentEntry};
 
+/// `<data_dir>/var/db/replica.db`.
+fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("var/db/replica.db")
+}
+
 /// A worker's replica of the agent table.
 ///
 /// Its commits do not wait for the disk (`synchronous = NORMAL`): everything in it but the outbox
@@ -34,7 +39,7 @@ pub struct Replica {
 impl Replica {
     /// Opens (or creates) `<data_dir>/var/db/replica.db`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        let conn = open_db(&data_dir.join("var/db/replica.db"))?;
+        let conn = open_db(&db_path(data_dir))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(schema::REPLICA_TABLES)?;
         conn.execute_batch(super::user_store::USER_TABLES)?;
@@ -43,7 +48,9 @@ impl Replica {
 
     /// The write-ahead log's file, where a commit is before a checkpoint copies it.
     fn wal_path(&self) -> PathBuf {
-        self.table.data_dir.join("var/db/replica.db-wal")
+        let mut wal = db_path(&self.table.data_dir).into_os_string();
+        wal.push("-wal");
+        PathBuf::from(wal)
     }
 
     /// Commits made durable for the outbox since the replica was opened.
@@ -60,7 +67,7 @@ impl Replica {
         match Self::open(data_dir) {
             Ok(r) => Ok((r, None)),
             Err(StoreError::Db(e)) if is_corruption(&e) => {
-                let db = data_dir.join("var/db/replica.db");
+                let db = db_path(data_dir);
                 let aside = PathBuf::from(format!("{}.corrupt-{}", db.display(), crate::clock::now_ms()));
                 for suffix in ["", "-wal", "-shm"] {
                     let from = PathBuf::from(format!("{}{suffix}", db.display()));

@@ -427,6 +427,11 @@ fn process_tree(pid: u32) -> Vec<u32> {
     out
 }
 
+/// Each node's CPU time so far, in milliseconds (0 for one that cannot be read).
+fn node_cpu(nodes: &[Node]) -> Vec<u64> {
+    nodes.iter().map(|n| procstat::cpu_ms(Some(n.pid())).unwrap_or(0)).collect()
+}
+
 fn cpu_of(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|p| procstat::cpu_ms(Some(*p))).sum()
 }
@@ -633,8 +638,6 @@ fn measure(
         say(&format!("prefilled: {prefill}"));
     }
     let connect: Vec<String> = nodes[1..].iter().map(|n| format!("127.0.0.1:{}", n.agents)).collect();
-    let node_cpu =
-        |nodes: &[Node]| -> Vec<u64> { nodes.iter().map(|n| procstat::cpu_ms(Some(n.pid())).unwrap_or(0)).collect() };
     let burst_cpu0 = node_cpu(nodes);
     let sim_start = Instant::now();
     let stop_sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -716,7 +719,7 @@ fn measure(
 
     // Steady state: memory and CPU over the window.
     let sim_pids = process_tree(sim.id());
-    let cpu0: Vec<u64> = nodes.iter().map(|n| procstat::cpu_ms(Some(n.pid())).unwrap_or(0)).collect();
+    let cpu0 = node_cpu(nodes);
     let sim_cpu0 = cpu_of(&sim_pids);
     let archived0 = events_archived(&nodes[1..]);
     let own_cpu0 = procstat::cpu_ms(None).unwrap_or(0);
@@ -749,7 +752,7 @@ fn measure(
     say(&format!("API while agents enroll and connect, and in the steady window: {api_during}"));
     let wdb1 = wdb_figures(&master_api);
     let standin_cpu = standin.as_ref().and_then(|s| procstat::cpu_ms(Some(s.0.id()))).unwrap_or(0) - standin_cpu0;
-    let cpu1: Vec<u64> = nodes.iter().map(|n| procstat::cpu_ms(Some(n.pid())).unwrap_or(0)).collect();
+    let cpu1 = node_cpu(nodes);
     let archived1 = events_archived(&nodes[1..]);
     let own_cpu = procstat::cpu_ms(None).unwrap_or(0).saturating_sub(own_cpu0);
     let sunk = sink.datagrams.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(sunk0);
