@@ -235,8 +235,16 @@ where
             ),
         }
     })?;
-    let server = builder.run();
+    let mut server = builder.run();
     let handle = server.handle();
+    // Its first poll starts its threads (acceptor, worker): made here rather than on the event
+    // loop's next turn, they take the process's priority, not the event loop's (a worker's lowers
+    // its own once the node is started: node.event_loop_nice), as threads inherit it.
+    use futures_util::FutureExt;
+    if let Some(ended) = (&mut server).now_or_never() {
+        ended?;
+        return Err(std::io::Error::other("the API server stopped as it started"));
+    }
     actix_rt::spawn(server);
     Ok(handle)
 }

@@ -13,6 +13,11 @@
 //! stall_timeout = "15s"      # the node's event loop stuck this long ends the process (exit 1), for
 //!                            # its supervisor to restart it (0s: off); under systemd it also pings
 //!                            # the unit's WatchdogSec
+//! event_loop_nice = 5        # 0-19, added to the process's nice value for the event loop's thread
+//!                            # alone (agent connections, the cluster channel, the jobs): under CPU
+//!                            # contention it waits for the API, enrollment and the registry's
+//!                            # threads, and for a master on the same host. Default: 5 on a worker,
+//!                            # 0 on a master (every worker's traffic goes through its event loop)
 //!
 //! [cluster]
 //! name = "wazuh"
@@ -271,6 +276,10 @@ pub struct NodeConfig {
     /// restart it (zero: off).
     #[serde(serialize_with = "ser_duration")]
     pub stall_timeout: Duration,
+    /// Added to the process's nice value for the event loop's thread alone (agent connections, the
+    /// cluster channel, the jobs), so that under CPU contention it yields to the threads that answer
+    /// the API, take enrollments and write the registry, and to the master on a shared host.
+    pub event_loop_nice: i32,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -44,6 +44,7 @@ pub(super) struct RawNode {
     pub(super) data_dir: Option<String>,
     pub(super) max_open_files: Option<u64>,
     pub(super) stall_timeout: Option<String>,
+    pub(super) event_loop_nice: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -159,6 +159,21 @@ fn validation_names_the_field() {
 }
 
 #[test]
+fn a_workers_event_loop_yields_by_default_and_a_masters_does_not() {
+    assert_eq!(load(&master(), &[], &[]).unwrap().node.event_loop_nice, 0);
+    let worker = master().replace("role = \"master\"", "role = \"worker\"") + "master = \"10.0.0.1:1516\"\n";
+    assert_eq!(load(&worker, &[], &[]).unwrap().node.event_loop_nice, 5);
+    let off = load(&worker, &[], &[("node.event_loop_nice", "0")]).unwrap();
+    assert_eq!(off.node.event_loop_nice, 0);
+    let set = load(&master(), &[("WMN_NODE__EVENT_LOOP_NICE", "19")], &[]).unwrap();
+    assert_eq!(set.node.event_loop_nice, 19);
+    for bad in ["20", "-1"] {
+        let err = load(&master(), &[], &[("node.event_loop_nice", bad)]).unwrap_err();
+        assert_eq!(field_of(err), "node.event_loop_nice", "{bad}");
+    }
+}
+
+#[test]
 fn key_file_is_read_relative_to_the_config_and_never_printed() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("cluster.key"), format!("{KEY}\n")).unwrap();

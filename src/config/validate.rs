@@ -26,6 +26,10 @@ pub(super) fn validate(raw: RawConfig, file: Option<&Path>, host_name: Option<&s
     })
 }
 
+/// A worker's event loop yields to the rest of the host by default: its agents' traffic can wait a
+/// little under contention, the master, the API and enrollment should not.
+const DEFAULT_WORKER_NICE: i32 = 5;
+
 fn node_section(node: RawNode, host_name: Option<&str>) -> Result<NodeConfig, ConfigError> {
     let name = non_empty(node.name)
         .or_else(|| host_name.map(node_name_from_host).filter(|n| !n.is_empty()))
@@ -51,7 +55,13 @@ fn node_section(node: RawNode, host_name: Option<&str>) -> Result<NodeConfig, Co
     if !stall_timeout.is_zero() && stall_timeout < Duration::from_secs(2) {
         return Err(invalid("node.stall_timeout", "0s (off) or at least 2s"));
     }
-    Ok(NodeConfig { name, role, data_dir, max_open_files, stall_timeout })
+    let event_loop_nice = match node.event_loop_nice {
+        None if role == Role::Worker => DEFAULT_WORKER_NICE,
+        None => 0,
+        Some(n @ 0..=19) => n as i32,
+        Some(n) => return Err(invalid("node.event_loop_nice", format!("{n} is not in 0-19 (0: the process's own)"))),
+    };
+    Ok(NodeConfig { name, role, data_dir, max_open_files, stall_timeout, event_loop_nice })
 }
 
 fn cluster_section(

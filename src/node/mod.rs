@@ -5,6 +5,7 @@
 pub mod handle;
 mod leader_files;
 pub mod page;
+mod priority;
 pub mod running;
 pub mod startup;
 pub mod watchdog;

@@ -179,6 +179,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let mut signals = Signals::install()?;
         let node = start(&config, psk).await?;
         super::watchdog::start(&name, config.node.stall_timeout);
+        // Every other thread of the node is started: from here the event loop alone yields.
+        super::priority::yield_this_thread(&name, config.node.event_loop_nice);
         super::watchdog::notify("READY=1");
         RUNNING.store(true, std::sync::atomic::Ordering::Relaxed);
         let fatal = tokio::select! {

@@ -8,14 +8,21 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A master from `deploy/master.toml`, listening, then a worker from `deploy/worker-1.toml` started
+/// (not yet joined): the cluster key's path, the master's cluster port, the two nodes.
+fn master_then_worker(dir: &Path) -> (std::path::PathBuf, u16, Node, Node) {
+    let key = write_key(dir, "cluster.key");
+    let port = free_port();
+    let master = Node::start("master.toml", &local(dir, "master", &key, port));
+    master.wait_for(&["master listening for workers on 127.0.0.1"]);
+    let worker = Node::start("worker-1.toml", &local(dir, "worker", &key, port));
+    (key, port, master, worker)
+}
+
 #[test]
 fn master_and_worker_processes_complete_the_handshake_and_name_each_other() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let key = write_key(dir.path(), "cluster.key");
-    let port = free_port();
-    let master = Node::start("master.toml", &local(dir.path(), "master", &key, port));
-    master.wait_for(&["master listening for workers on 127.0.0.1"]);
-    let worker = Node::start("worker-1.toml", &local(dir.path(), "worker", &key, port));
+    let (key, port, master, worker) = master_then_worker(dir.path());
 
     let w = worker.wait_for(&["[worker-1]", "handshake complete with master master-1"]);
     let m = master.wait_for(&["[master-1]", "handshake complete with worker worker-1"]);
@@ -33,6 +40,51 @@ fn master_and_worker_processes_complete_the_handshake_and_name_each_other() {
     // Graceful stop: the worker says goodbye, the master notices and both exit 0.
     assert!(worker.terminate().success());
     master.wait_for(&["connection with worker worker-1", "closed"]);
+    assert!(master.terminate().success());
+}
+
+/// Each thread of process `pid`: its name and its nice value (Linux: `/proc/<pid>/task/*/stat`).
+fn thread_nices(pid: u32) -> Vec<(u32, String, i32)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads").flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        // After the name: state (field 3) ... nice (field 19).
+        let nice = stat[close + 1..].split_whitespace().nth(16).and_then(|n| n.parse().ok());
+        let tid = task.file_name().to_string_lossy().parse().ok();
+        if let (Some(tid), Some(nice)) = (tid, nice) {
+            threads.push((tid, stat[open + 1..close].to_string(), nice));
+        }
+    }
+    threads
+}
+
+#[test]
+fn a_workers_event_loop_yields_the_cpu_and_its_other_threads_and_the_master_do_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, _, master, worker) = master_then_worker(dir.path());
+    worker.wait_for(&["handshake complete with master master-1"]);
+    let base = thread_nices(std::process::id())[0].2;
+    // The worker's event loop is its main thread (thread id = process id).
+    let pid = worker.child.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let threads = loop {
+        let threads = thread_nices(pid);
+        if threads.iter().any(|(tid, _, nice)| *tid == pid && *nice == (base + 5).min(19)) || Instant::now() > deadline
+        {
+            break threads;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let event_loop = threads.iter().find(|(tid, ..)| *tid == pid).expect("the main thread");
+    assert_eq!(event_loop.2, (base + 5).min(19), "node.event_loop_nice defaults to 5 on a worker: {threads:?}");
+    let replica = threads.iter().find(|(_, name, _)| name.contains("-repl")).expect("the replica's thread");
+    assert_eq!(replica.2, base, "the registry's thread keeps the process's value: {threads:?}");
+    let api = threads.iter().find(|(_, name, _)| name.starts_with("actix-server")).expect("the API's thread");
+    assert_eq!(api.2, base, "the API's thread keeps the process's value: {threads:?}");
+    let on_master = thread_nices(master.child.id());
+    assert!(on_master.iter().all(|(_, _, nice)| *nice == base), "a master yields nothing: {on_master:?}");
+    assert!(worker.terminate().success());
     assert!(master.terminate().success());
 }
 
