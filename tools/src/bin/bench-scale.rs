@@ -946,8 +946,10 @@ fn measure(
             std::thread::sleep(Duration::from_millis(500));
         }
         let after = get_json(&master_api, "/cluster/balance");
-        let moves = moves_of(&after, "moves").saturating_sub(moves_of(&before, "moves"));
-        let batches = moves_of(&after, "batches").saturating_sub(moves_of(&before, "batches"));
+        // null, not 0, when the master's view could not be read before or after.
+        let read = before.is_some() && after.is_some();
+        let moves = read.then(|| moves_of(&after, "moves").saturating_sub(moves_of(&before, "moves")));
+        let batches = read.then(|| moves_of(&after, "batches").saturating_sub(moves_of(&before, "batches")));
         rebalance = serde_json::json!({
             "joined_worker": name, "balanced_s": balanced_s.map(round1), "wait_limit_s": args.rebalance_wait,
             "within": [low, high], "moves": moves, "batches": batches,
