@@ -64,7 +64,9 @@ fn a_workers_event_loop_yields_the_cpu_and_its_other_threads_and_the_master_do_n
     let dir = tempfile::tempdir().expect("tempdir");
     let (_, _, master, worker) = master_then_worker(dir.path());
     worker.wait_for(&["handshake complete with master master-1"]);
-    let base = thread_nices(std::process::id())[0].2;
+    // The nodes start at the value this test process started with (its main thread keeps it).
+    let me = std::process::id();
+    let base = thread_nices(me).into_iter().find(|(tid, ..)| *tid == me).expect("this process's main thread").2;
     // The worker's event loop is its main thread (thread id = process id).
     let pid = worker.child.id();
     let deadline = Instant::now() + Duration::from_secs(30);
